@@ -1,0 +1,165 @@
+//! Choosing a backend and configuring a runner before it starts.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::command::CommandQueue;
+use crate::error::PyRunnerError;
+use crate::runner::PyRunner;
+
+/// Where a runner's Python runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Backend {
+    /// CPython in this process, on one dedicated thread (feature `pyo3`).
+    PyO3,
+    /// A child interpreter driven over stdio (feature `subprocess`).
+    Subprocess,
+    /// RustPython in this process (feature `rustpython`).
+    RustPython,
+}
+
+impl Backend {
+    /// The Cargo feature that compiles this backend in.
+    pub fn feature(self) -> &'static str {
+        match self {
+            Backend::PyO3 => "pyo3",
+            Backend::Subprocess => "subprocess",
+            Backend::RustPython => "rustpython",
+        }
+    }
+}
+
+/// Everything a backend needs to start; filled in by [`PyRunnerBuilder`].
+#[derive(Debug, Clone)]
+pub(crate) struct RunnerConfig {
+    pub backend: Backend,
+    pub python: Option<PathBuf>,
+    pub venv: Option<PathBuf>,
+    pub startup: Option<String>,
+    pub timeout: Option<Duration>,
+    pub env: Vec<(OsString, OsString)>,
+    pub env_clear: bool,
+    pub current_dir: Option<PathBuf>,
+}
+
+impl Default for RunnerConfig {
+    fn default() -> Self {
+        RunnerConfig {
+            backend: Backend::PyO3,
+            python: None,
+            venv: None,
+            startup: None,
+            timeout: None,
+            env: Vec::new(),
+            env_clear: false,
+            current_dir: None,
+        }
+    }
+}
+
+/// Configures and starts a [`PyRunner`]. Made by [`PyRunner::builder`].
+///
+/// ```
+/// use std::time::Duration;
+/// let runner = async_py::PyRunner::builder()
+///     .pyo3()
+///     .startup("import math")
+///     .timeout(Duration::from_secs(5))
+///     .build()?;
+/// assert_eq!(runner.eval_sync("math.floor(2.5)")?, 2);
+/// # Ok::<(), async_py::PyRunnerError>(())
+/// ```
+#[must_use = "a builder does nothing until `build` is called"]
+#[derive(Debug, Clone, Default)]
+pub struct PyRunnerBuilder {
+    config: RunnerConfig,
+}
+
+impl PyRunnerBuilder {
+    pub(crate) fn new() -> Self {
+        PyRunnerBuilder::default()
+    }
+
+    /// CPython in this process (the default).
+    pub fn pyo3(mut self) -> Self {
+        self.config.backend = Backend::PyO3;
+        self
+    }
+
+    /// A child interpreter, started from a venv's own `bin/python`.
+    pub fn subprocess(mut self) -> Self {
+        self.config.backend = Backend::Subprocess;
+        self
+    }
+
+    /// RustPython, no CPython at all.
+    pub fn rustpython(mut self) -> Self {
+        self.config.backend = Backend::RustPython;
+        self
+    }
+
+    /// Subprocess: run exactly this interpreter.
+    pub fn python(mut self, path: impl Into<PathBuf>) -> Self {
+        self.config.python = Some(path.into());
+        self
+    }
+
+    /// Subprocess: run `dir/bin/python`. In-process backends: put the venv's
+    /// site-packages on `sys.path` at start, as [`PyRunner::set_venv`] does.
+    pub fn venv(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.config.venv = Some(dir.into());
+        self
+    }
+
+    /// Code to run first, before any command (and again after every restart
+    /// of a child). If it raises, `build` fails with [`PyRunnerError::Startup`].
+    pub fn startup(mut self, code: impl Into<String>) -> Self {
+        self.config.startup = Some(code.into());
+        self
+    }
+
+    /// A limit for every command, counted from the moment it starts to run.
+    pub fn timeout(mut self, limit: Duration) -> Self {
+        self.config.timeout = Some(limit);
+        self
+    }
+
+    /// Subprocess: set an environment variable for the child.
+    pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
+        self.config.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// Subprocess: start the child with no inherited environment.
+    pub fn env_clear(mut self) -> Self {
+        self.config.env_clear = true;
+        self.config.env.clear();
+        self
+    }
+
+    /// Subprocess: the child's working folder.
+    pub fn current_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.config.current_dir = Some(dir.into());
+        self
+    }
+
+    /// Starts the runner and waits until its interpreter is ready. Synchronous:
+    /// needs no tokio runtime.
+    pub fn build(self) -> Result<PyRunner, PyRunnerError> {
+        let config = self.config;
+        let queue = Arc::new(CommandQueue::new());
+        match config.backend {
+            #[cfg(feature = "pyo3")]
+            Backend::PyO3 => crate::pyo3_backend::spawn(&config, queue.clone())?,
+            other => {
+                return Err(PyRunnerError::Unsupported(format!(
+                    "the {other:?} backend is not compiled in: enable the `{}` feature of async_py",
+                    other.feature()
+                )))
+            }
+        }
+        Ok(PyRunner::from_parts(queue, config.backend, config.timeout))
+    }
+}

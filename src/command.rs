@@ -1,0 +1,410 @@
+//! What travels from a handle to a backend: requests, reply slots, and the
+//! queue that keeps every clone's commands in one order.
+//!
+//! The handle side and the backend side live on different threads, and a
+//! thread wake-up costs tens of microseconds on small VMs. Both sides therefore
+//! spin briefly before they park: the backend after it runs out of work, the
+//! caller right after it sends a command. A fast Python call finishes inside
+//! that window and nobody sleeps.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::{pin, Pin};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::task::{Context, Poll, Wake, Waker};
+use std::thread::{self, Thread};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::error::PyRunnerError;
+
+/// The outcome of one command.
+pub(crate) type Reply = Result<Value, PyRunnerError>;
+
+/// How long a caller polls for its reply before it lets its thread or task sleep.
+const CALLER_SPIN: Duration = Duration::from_micros(40);
+
+/// One command, as every backend receives it.
+#[derive(Debug, Clone)]
+pub(crate) enum Request {
+    Run { code: String },
+    RunFile { path: PathBuf },
+    Eval { expr: String },
+    ReadVariable { name: String },
+    CallFunction { name: String, args: Vec<Value> },
+    CallAsyncFunction { name: String, args: Vec<Value> },
+    SetVenv { dir: PathBuf },
+    Stop,
+}
+
+/// A request with the slot its reply goes to.
+pub(crate) struct Job {
+    pub request: Request,
+    pub reply: Responder,
+    /// The limit for this command, counted from the moment it starts to run.
+    pub timeout: Option<Duration>,
+}
+
+/// The backend's end of a reply slot. A responder dropped without an answer
+/// (its backend shut down, or a thread unwound) answers `Stopped`, so no
+/// caller ever waits for a reply that cannot come.
+pub(crate) struct Responder(Arc<ReplySlot>);
+
+impl Responder {
+    /// Answers the caller, unless it was answered already (say, by a timeout).
+    pub fn send(self, reply: Reply) {
+        self.0.complete(reply);
+    }
+
+    pub fn slot(&self) -> &Arc<ReplySlot> {
+        &self.0
+    }
+
+    /// True once the caller has dropped its future: the work can be skipped.
+    pub fn is_abandoned(&self) -> bool {
+        self.0.is_abandoned()
+    }
+}
+
+impl Drop for Responder {
+    fn drop(&mut self) {
+        if !self.0.is_ready() {
+            self.0.complete(Err(PyRunnerError::Stopped));
+        }
+    }
+}
+
+/// Where one reply lands. The first answer wins: a result that arrives after
+/// the caller was told `Timeout` is dropped.
+#[derive(Default)]
+pub(crate) struct ReplySlot {
+    ready: AtomicBool,
+    abandoned: AtomicBool,
+    inner: Mutex<SlotInner>,
+}
+
+#[derive(Default)]
+struct SlotInner {
+    reply: Option<Reply>,
+    waker: Option<Waker>,
+}
+
+impl ReplySlot {
+    fn lock(&self) -> MutexGuard<'_, SlotInner> {
+        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Stores the reply and wakes the caller; false if it was answered before.
+    pub fn complete(&self, reply: Reply) -> bool {
+        let mut inner = self.lock();
+        if self.ready.load(Ordering::Relaxed) {
+            return false;
+        }
+        inner.reply = Some(reply);
+        self.ready.store(true, Ordering::Release);
+        let waker = inner.waker.take();
+        drop(inner);
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+        true
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// True once the caller has dropped its future: the work can be skipped.
+    pub fn is_abandoned(&self) -> bool {
+        self.abandoned.load(Ordering::Relaxed)
+    }
+
+    fn poll_reply(&self, cx: &mut Context<'_>) -> Poll<Reply> {
+        let mut inner = self.lock();
+        if self.ready.load(Ordering::Acquire) {
+            return Poll::Ready(inner.reply.take().unwrap_or(Err(PyRunnerError::Stopped)));
+        }
+        match &inner.waker {
+            Some(waker) if waker.will_wake(cx.waker()) => {}
+            _ => inner.waker = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+}
+
+/// The command queue between every clone of a handle and its backend.
+pub(crate) struct CommandQueue {
+    jobs: Mutex<Jobs>,
+    queued: AtomicUsize,
+    sleep: AtomicU8,
+    consumer: OnceLock<Thread>,
+    #[cfg(unix)]
+    loop_wake: OnceLock<std::os::unix::net::UnixStream>,
+}
+
+#[derive(Default)]
+struct Jobs {
+    queue: VecDeque<Job>,
+    closed: bool,
+}
+
+/// What the consumer is doing when it is not taking jobs.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[repr(u8)]
+pub(crate) enum Sleep {
+    Awake = 0,
+    /// Parked with `thread::park`: wake with `unpark`.
+    Parked = 1,
+    /// Blocked in an event loop that watches the wake socket: wake with a byte.
+    InLoop = 2,
+}
+
+impl CommandQueue {
+    pub fn new() -> Self {
+        CommandQueue {
+            jobs: Mutex::new(Jobs::default()),
+            queued: AtomicUsize::new(0),
+            sleep: AtomicU8::new(Sleep::Awake as u8),
+            consumer: OnceLock::new(),
+            #[cfg(unix)]
+            loop_wake: OnceLock::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Jobs> {
+        self.jobs.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Queues a job; hands it back if the queue is closed.
+    pub fn push(&self, job: Job) -> Result<(), Job> {
+        {
+            let mut jobs = self.lock();
+            if jobs.closed {
+                return Err(job);
+            }
+            jobs.queue.push_back(job);
+            self.queued.fetch_add(1, Ordering::SeqCst);
+        }
+        self.wake_consumer();
+        Ok(())
+    }
+
+    /// Refuses every later push and wakes the consumer. Returns the jobs that
+    /// were still queued, so the caller can answer them.
+    pub fn close(&self) -> VecDeque<Job> {
+        let rest = {
+            let mut jobs = self.lock();
+            jobs.closed = true;
+            self.queued.store(0, Ordering::SeqCst);
+            std::mem::take(&mut jobs.queue)
+        };
+        self.wake_consumer();
+        rest
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.lock().closed
+    }
+
+    /// Moves every queued job into `batch` without blocking.
+    pub fn take_all(&self, batch: &mut VecDeque<Job>) {
+        if self.queued.load(Ordering::SeqCst) == 0 {
+            return;
+        }
+        let mut jobs = self.lock();
+        self.queued.store(0, Ordering::SeqCst);
+        if batch.is_empty() {
+            std::mem::swap(batch, &mut jobs.queue);
+        } else {
+            batch.append(&mut jobs.queue);
+        }
+    }
+
+    pub fn has_jobs(&self) -> bool {
+        self.queued.load(Ordering::SeqCst) > 0
+    }
+
+    /// Registers the thread that consumes this queue; call it from that thread.
+    pub fn set_consumer(&self) {
+        let _ = self.consumer.set(thread::current());
+    }
+
+    /// Registers the socket an event loop watches while it waits (see [`Sleep::InLoop`]).
+    #[cfg(unix)]
+    pub fn set_loop_wake(&self, wake: std::os::unix::net::UnixStream) {
+        let _ = self.loop_wake.set(wake);
+    }
+
+    /// Spins for `spin`, then parks the calling (consumer) thread until a job
+    /// arrives or the queue closes.
+    pub fn wait(&self, spin: Duration) {
+        if self.spin_for_jobs(spin) {
+            return;
+        }
+        self.sleep.store(Sleep::Parked as u8, Ordering::SeqCst);
+        if self.has_jobs() || self.is_closed() {
+            self.sleep.store(Sleep::Awake as u8, Ordering::SeqCst);
+            return;
+        }
+        while self.sleep.load(Ordering::SeqCst) == Sleep::Parked as u8 {
+            thread::park();
+        }
+    }
+
+    /// Spins up to `spin` for a job; true if one came.
+    pub fn spin_for_jobs(&self, spin: Duration) -> bool {
+        let start = Instant::now();
+        loop {
+            for _ in 0..64 {
+                if self.has_jobs() {
+                    return true;
+                }
+                std::hint::spin_loop();
+            }
+            if start.elapsed() >= spin {
+                return self.has_jobs();
+            }
+        }
+    }
+
+    /// Announces that the consumer is about to block in its event loop; false
+    /// (and stays awake) if a job is already waiting.
+    pub fn enter_loop_sleep(&self) -> bool {
+        self.sleep.store(Sleep::InLoop as u8, Ordering::SeqCst);
+        if self.has_jobs() || self.is_closed() {
+            self.sleep.store(Sleep::Awake as u8, Ordering::SeqCst);
+            return false;
+        }
+        true
+    }
+
+    pub fn leave_loop_sleep(&self) {
+        self.sleep.store(Sleep::Awake as u8, Ordering::SeqCst);
+    }
+
+    fn wake_consumer(&self) {
+        if self.sleep.load(Ordering::SeqCst) == Sleep::Awake as u8 {
+            return;
+        }
+        match self.sleep.swap(Sleep::Awake as u8, Ordering::SeqCst) {
+            x if x == Sleep::Parked as u8 => {
+                if let Some(thread) = self.consumer.get() {
+                    thread.unpark();
+                }
+            }
+            #[cfg(unix)]
+            x if x == Sleep::InLoop as u8 => {
+                if let Some(mut wake) = self.loop_wake.get() {
+                    use std::io::Write;
+                    // A full socket already holds a wake-up; nothing is lost.
+                    let _ = wake.write(&[1]);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The future behind every async command: sends the job on first poll, spins
+/// briefly for a fast reply, then waits to be woken.
+pub(crate) struct Submission {
+    queue: Arc<CommandQueue>,
+    job: Option<Job>,
+    slot: Arc<ReplySlot>,
+    spin: bool,
+}
+
+impl Submission {
+    pub fn new(queue: Arc<CommandQueue>, request: Request, timeout: Option<Duration>) -> Self {
+        let slot = Arc::new(ReplySlot::default());
+        // Coroutines take at least one loop turn; spinning for them only burns CPU.
+        let spin = !matches!(request, Request::CallAsyncFunction { .. });
+        Submission {
+            queue,
+            job: Some(Job {
+                request,
+                reply: Responder(slot.clone()),
+                timeout,
+            }),
+            slot,
+            spin,
+        }
+    }
+}
+
+impl Future for Submission {
+    type Output = Reply;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Reply> {
+        let this = self.get_mut();
+        if let Some(job) = this.job.take() {
+            if this.queue.push(job).is_err() {
+                return Poll::Ready(Err(PyRunnerError::Stopped));
+            }
+            if this.spin {
+                let start = Instant::now();
+                'spin: loop {
+                    for _ in 0..32 {
+                        if this.slot.is_ready() {
+                            break 'spin;
+                        }
+                        std::hint::spin_loop();
+                    }
+                    if start.elapsed() >= CALLER_SPIN {
+                        break;
+                    }
+                }
+            }
+        }
+        this.slot.poll_reply(cx)
+    }
+}
+
+impl Drop for Submission {
+    fn drop(&mut self) {
+        if !self.slot.is_ready() {
+            self.slot.abandoned.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Wakes a parked thread; the flag keeps a wake that comes early from being lost.
+struct ThreadWaker {
+    thread: Thread,
+    notified: AtomicBool,
+}
+
+impl Wake for ThreadWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.notified.store(true, Ordering::Release);
+        self.thread.unpark();
+    }
+}
+
+/// Drives a future to completion on the calling thread. It needs no runtime
+/// and never enters one, so it is safe inside a tokio runtime as well as on a
+/// plain thread: the futures it drives are completed by the backends' own threads.
+pub(crate) fn block_on<F: Future>(future: F) -> F::Output {
+    let mut future = pin!(future);
+    let signal = Arc::new(ThreadWaker {
+        thread: thread::current(),
+        notified: AtomicBool::new(false),
+    });
+    let waker = Waker::from(signal.clone());
+    let mut cx = Context::from_waker(&waker);
+    loop {
+        if let Poll::Ready(output) = future.as_mut().poll(&mut cx) {
+            return output;
+        }
+        while !signal.notified.swap(false, Ordering::Acquire) {
+            thread::park();
+        }
+    }
+}

@@ -1,0 +1,16 @@
+#![doc = include_str!("../README.md")]
+#![deny(missing_docs)]
+
+mod builder;
+mod command;
+mod error;
+#[cfg(feature = "pyo3")]
+mod pyo3_backend;
+mod runner;
+mod value;
+
+pub use builder::{Backend, PyRunnerBuilder};
+pub use error::PyRunnerError;
+pub use runner::PyRunner;
+/// Every value that crosses between Rust and Python (see the value table).
+pub use serde_json::Value;

@@ -1,0 +1,438 @@
+//! The in-process backend: CPython through pyo3, on one dedicated thread per runner.
+//!
+//! The thread stays attached to the interpreter while it works through a
+//! batch of commands and detaches (releases the GIL) while it waits, so other
+//! runners and Python threads run meanwhile. Coroutines run on one asyncio
+//! loop per runner, owned by this thread; the thread turns that loop between
+//! batches and blocks in it when only coroutines are pending, woken by a byte
+//! on a socket when a command arrives.
+
+mod convert;
+mod watchdog;
+
+use std::collections::{HashMap, VecDeque};
+use std::ffi::CString;
+use std::os::unix::io::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use pyo3::exceptions::PyNameError;
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList, PyModule, PyTuple};
+use serde_json::Value;
+
+use crate::builder::RunnerConfig;
+use crate::command::{CommandQueue, Job, Reply, Request, Responder};
+use crate::error::PyRunnerError;
+use convert::{to_args, to_value, ToValueError};
+use watchdog::Watchdog;
+
+/// The Python half of the crate, shared with the subprocess worker.
+const WORKER_SOURCE: &str = include_str!("../../python/worker.py");
+
+/// How long the worker spins for the next command before it parks.
+const WORKER_SPIN: Duration = Duration::from_micros(100);
+
+/// Deep Python recursion and deep values need room; the pages are only
+/// committed when touched.
+const STACK_SIZE: usize = 256 << 20;
+
+/// Starts the interpreter thread for a runner and waits until it is ready.
+pub(crate) fn spawn(config: &RunnerConfig, queue: Arc<CommandQueue>) -> Result<(), PyRunnerError> {
+    let (ready_tx, ready_rx) = mpsc::sync_channel(1);
+    let venv = config.venv.clone();
+    let startup = config.startup.clone();
+    thread::Builder::new()
+        .name("async_py-pyo3".into())
+        .stack_size(STACK_SIZE)
+        .spawn(move || {
+            Python::initialize();
+            Python::attach(|py| {
+                queue.set_consumer();
+                match Worker::start(py, queue, venv.as_deref(), startup.as_deref()) {
+                    Ok(mut worker) => {
+                        let _ = ready_tx.send(Ok(()));
+                        worker.serve();
+                    }
+                    Err(err) => {
+                        let _ = ready_tx.send(Err(err));
+                    }
+                }
+            });
+        })
+        .map_err(|err| PyRunnerError::Startup(format!("could not start the interpreter thread: {err}")))?;
+    ready_rx
+        .recv()
+        .unwrap_or_else(|_| Err(PyRunnerError::Startup("the interpreter thread ended while starting".into())))
+}
+
+/// A coroutine call waiting for its task to finish.
+struct Awaiting {
+    reply: Responder,
+    timeout: Option<Duration>,
+}
+
+struct Worker<'py> {
+    py: Python<'py>,
+    queue: Arc<CommandQueue>,
+    globals: Bound<'py, PyDict>,
+    builtins: Bound<'py, PyModule>,
+    helpers: Helpers<'py>,
+    driver: Option<Bound<'py, PyAny>>,
+    /// Keeps the read end of the loop's wake-up socket open.
+    wake_read: Option<UnixStream>,
+    awaiting: HashMap<u64, Awaiting>,
+    next_token: u64,
+    watchdog: Option<Arc<Watchdog>>,
+}
+
+/// Functions of `python/worker.py`, looked up once.
+struct Helpers<'py> {
+    module: Bound<'py, PyModule>,
+    run_code: Bound<'py, PyAny>,
+    eval_expr: Bound<'py, PyAny>,
+    run_file: Bound<'py, PyAny>,
+    set_venv: Bound<'py, PyAny>,
+    describe_error: Bound<'py, PyAny>,
+}
+
+impl<'py> Helpers<'py> {
+    fn load(py: Python<'py>) -> PyResult<Self> {
+        let source = CString::new(WORKER_SOURCE).expect("worker.py holds no NUL byte");
+        let module = PyModule::from_code(py, &source, c"async_py/worker.py", c"async_py_worker")?;
+        Ok(Helpers {
+            run_code: module.getattr("run_code")?,
+            eval_expr: module.getattr("eval_expr")?,
+            run_file: module.getattr("run_file")?,
+            set_venv: module.getattr("set_venv")?,
+            describe_error: module.getattr("describe_error")?,
+            module,
+        })
+    }
+}
+
+impl<'py> Worker<'py> {
+    fn start(
+        py: Python<'py>,
+        queue: Arc<CommandQueue>,
+        venv: Option<&std::path::Path>,
+        startup: Option<&str>,
+    ) -> Result<Self, PyRunnerError> {
+        let load_error = |err: PyErr| PyRunnerError::Startup(format!("could not load the worker helpers: {err}"));
+        let helpers = Helpers::load(py).map_err(load_error)?;
+        let globals = helpers
+            .module
+            .getattr("new_globals")
+            .and_then(|f| f.call0())
+            .and_then(|g| Ok(g.cast_into::<PyDict>()?))
+            .map_err(load_error)?;
+        let builtins = PyModule::import(py, "builtins").map_err(load_error)?;
+        let worker = Worker {
+            py,
+            queue,
+            globals,
+            builtins,
+            helpers,
+            driver: None,
+            wake_read: None,
+            awaiting: HashMap::new(),
+            next_token: 0,
+            watchdog: None,
+        };
+        if let Some(venv) = venv {
+            worker
+                .set_venv(venv)
+                .map_err(|err| PyRunnerError::Startup(format!("venv {}: {err}", venv.display())))?;
+        }
+        if let Some(code) = startup {
+            worker
+                .run_helper(&worker.helpers.run_code, code)
+                .map_err(|err| PyRunnerError::Startup(format!("startup code failed: {err}")))?;
+        }
+        Ok(worker)
+    }
+
+    /// The command loop: runs until `stop` or until every handle is gone.
+    fn serve(&mut self) {
+        let mut batch = VecDeque::new();
+        loop {
+            self.queue.take_all(&mut batch);
+            if batch.is_empty() {
+                if self.queue.is_closed() {
+                    break;
+                }
+                if self.awaiting.is_empty() {
+                    let queue = &self.queue;
+                    self.py.detach(|| queue.wait(WORKER_SPIN));
+                } else {
+                    let block = self.queue.enter_loop_sleep();
+                    self.turn_loop(block);
+                    if block {
+                        self.queue.leave_loop_sleep();
+                    }
+                }
+                continue;
+            }
+            while let Some(job) = batch.pop_front() {
+                if job.reply.is_abandoned() {
+                    continue;
+                }
+                if matches!(job.request, Request::Stop) {
+                    drop(batch);
+                    self.shut_down();
+                    job.reply.send(Ok(Value::Null));
+                    return;
+                }
+                self.execute(job);
+            }
+            if !self.awaiting.is_empty() {
+                self.turn_loop(false);
+            }
+        }
+        self.shut_down();
+    }
+
+    fn shut_down(&mut self) {
+        drop(self.queue.close());
+        if let Some(driver) = self.driver.take() {
+            if let Err(err) = driver.call_method0("cancel_all") {
+                err.write_unraisable(self.py, Some(&driver));
+            }
+        }
+        for (_, waiting) in self.awaiting.drain() {
+            waiting.reply.send(Err(PyRunnerError::Stopped));
+        }
+        if let Some(watchdog) = self.watchdog.take() {
+            watchdog.shutdown();
+        }
+    }
+
+    fn execute(&mut self, job: Job) {
+        let Job {
+            request,
+            reply,
+            timeout,
+        } = job;
+        if let Request::CallAsyncFunction { name, args } = request {
+            self.start_coroutine(&name, &args, reply, timeout);
+            return;
+        }
+        let watchdog = match timeout {
+            Some(limit) => match self.watchdog() {
+                Ok(watchdog) => {
+                    watchdog.arm(limit, reply.slot().clone());
+                    Some(watchdog)
+                }
+                Err(err) => return reply.send(Err(err)),
+            },
+            None => None,
+        };
+        let outcome = self.run_request(request);
+        if let Some(watchdog) = watchdog {
+            watchdog.disarm(self.py);
+        }
+        reply.send(outcome);
+    }
+
+    fn run_request(&self, request: Request) -> Reply {
+        match request {
+            Request::Run { code } => self.run_helper(&self.helpers.run_code, &code).map(|_| Value::Null),
+            Request::RunFile { path } => {
+                let path = path.to_string_lossy();
+                self.run_helper(&self.helpers.run_file, &path).map(|_| Value::Null)
+            }
+            Request::Eval { expr } => {
+                let result = self.run_helper(&self.helpers.eval_expr, &expr)?;
+                self.to_value(&result)
+            }
+            Request::ReadVariable { name } => {
+                let value = self.resolve(&name).map_err(|err| self.python_error(err))?;
+                self.to_value(&value)
+            }
+            Request::CallFunction { name, args } => {
+                let function = self.resolve(&name).map_err(|err| self.python_error(err))?;
+                let args = to_args(self.py, &args)?;
+                let result = function.call1(args).map_err(|err| self.python_error(err))?;
+                self.to_value(&result)
+            }
+            Request::SetVenv { dir } => self.set_venv(&dir).map(|_| Value::Null),
+            Request::CallAsyncFunction { .. } | Request::Stop => {
+                unreachable!("handled by serve and execute")
+            }
+        }
+    }
+
+    fn run_helper(&self, helper: &Bound<'py, PyAny>, text: &str) -> Result<Bound<'py, PyAny>, PyRunnerError> {
+        helper
+            .call1((text, &self.globals))
+            .map_err(|err| self.python_error(err))
+    }
+
+    fn set_venv(&self, dir: &std::path::Path) -> Result<(), PyRunnerError> {
+        self.helpers
+            .set_venv
+            .call1((dir.to_string_lossy(),))
+            .map(drop)
+            .map_err(|err| self.python_error(err))
+    }
+
+    /// `a.b.c`: `a` from the runner's globals (or builtins), then attributes.
+    fn resolve(&self, name: &str) -> PyResult<Bound<'py, PyAny>> {
+        let mut parts = name.split('.');
+        let first = parts.next().unwrap_or_default();
+        let mut target = match self.globals.get_item(first)? {
+            Some(found) => found,
+            None => match self.builtins.getattr(first) {
+                Ok(found) if !first.is_empty() => found,
+                _ => return Err(PyNameError::new_err(format!("name '{first}' is not defined"))),
+            },
+        };
+        for part in parts {
+            target = target.getattr(part)?;
+        }
+        Ok(target)
+    }
+
+    fn to_value(&self, obj: &Bound<'py, PyAny>) -> Reply {
+        to_value(obj).map_err(|err| match err {
+            ToValueError::Python(err) => self.python_error(err),
+            ToValueError::Conversion(why) => PyRunnerError::Conversion(why),
+        })
+    }
+
+    fn python_error(&self, err: PyErr) -> PyRunnerError {
+        let exception = err.into_value(self.py).into_bound(self.py);
+        self.exception_error(exception.as_any())
+    }
+
+    fn exception_error(&self, exception: &Bound<'py, PyAny>) -> PyRunnerError {
+        match self
+            .helpers
+            .describe_error
+            .call1((exception,))
+            .and_then(|d| d.extract::<(String, String, Option<String>)>().map_err(PyErr::from))
+        {
+            Ok((kind, message, traceback)) => PyRunnerError::Python {
+                kind,
+                message,
+                traceback,
+            },
+            Err(_) => PyRunnerError::python("Exception", "an exception that could not be described"),
+        }
+    }
+
+    fn watchdog(&mut self) -> Result<Arc<Watchdog>, PyRunnerError> {
+        if let Some(watchdog) = &self.watchdog {
+            return Ok(watchdog.clone());
+        }
+        let exception = self
+            .helpers
+            .module
+            .getattr("RunnerTimeout")
+            .map_err(|err| self.python_error(err))?;
+        let watchdog = Watchdog::start(exception.unbind())
+            .map_err(|err| PyRunnerError::Startup(format!("could not start the watchdog thread: {err}")))?;
+        self.watchdog = Some(watchdog.clone());
+        Ok(watchdog)
+    }
+
+    fn driver(&mut self) -> Result<Bound<'py, PyAny>, PyRunnerError> {
+        if let Some(driver) = &self.driver {
+            return Ok(driver.clone());
+        }
+        let io_error = |err: std::io::Error| PyRunnerError::Startup(format!("could not make the event loop's wake-up socket: {err}"));
+        let (wake_read, wake_write) = UnixStream::pair().map_err(io_error)?;
+        wake_read.set_nonblocking(true).map_err(io_error)?;
+        wake_write.set_nonblocking(true).map_err(io_error)?;
+        let driver = self
+            .helpers
+            .module
+            .getattr("CoroutineDriver")
+            .and_then(|class| class.call1((wake_read.as_raw_fd(),)))
+            .map_err(|err| self.python_error(err))?;
+        self.queue.set_loop_wake(wake_write);
+        self.wake_read = Some(wake_read);
+        self.driver = Some(driver.clone());
+        Ok(driver)
+    }
+
+    fn start_coroutine(&mut self, name: &str, args: &[Value], reply: Responder, timeout: Option<Duration>) {
+        let started = (|| {
+            let driver = self.driver()?;
+            let function = self.resolve(name).map_err(|err| self.python_error(err))?;
+            let args = to_args(self.py, args)?;
+            let token = self.next_token;
+            self.next_token += 1;
+            let limit = timeout.map(|d| d.as_secs_f64());
+            let (scheduled, value): (bool, Bound<'py, PyAny>) = driver
+                .call_method1("start", (token, function, args, limit))
+                .and_then(|r| r.extract().map_err(PyErr::from))
+                .map_err(|err| self.python_error(err))?;
+            Ok::<_, PyRunnerError>((token, scheduled, value))
+        })();
+        match started {
+            Err(err) => reply.send(Err(err)),
+            Ok((_, false, value)) => reply.send(self.to_value(&value)),
+            Ok((token, true, _)) => {
+                self.awaiting.insert(token, Awaiting { reply, timeout });
+            }
+        }
+    }
+
+    /// Runs the event loop once (or until woken) and answers finished calls.
+    fn turn_loop(&mut self, block: bool) {
+        let Some(driver) = self.driver.clone() else {
+            return;
+        };
+        let finished = match driver.call_method1("turn", (block,)) {
+            Ok(finished) => finished,
+            Err(err) => {
+                // A failure of the loop itself: every pending call fails with it.
+                let err = self.python_error(err);
+                for (_, waiting) in self.awaiting.drain() {
+                    waiting.reply.send(Err(err.clone()));
+                }
+                return;
+            }
+        };
+        let Ok(finished) = finished.cast_into::<PyList>() else {
+            return;
+        };
+        for outcome in finished.iter() {
+            let Ok(outcome) = outcome.cast_into::<PyTuple>() else {
+                continue;
+            };
+            let (Ok(token), Ok(ok), Ok(value)) = (
+                outcome.get_item(0).and_then(|t| t.extract::<u64>().map_err(PyErr::from)),
+                outcome.get_item(1).and_then(|t| t.extract::<bool>().map_err(PyErr::from)),
+                outcome.get_item(2),
+            ) else {
+                continue;
+            };
+            let Some(waiting) = self.awaiting.remove(&token) else {
+                continue;
+            };
+            let reply = if ok {
+                self.to_value(&value)
+            } else {
+                match (value.extract::<String>().ok().as_deref(), waiting.timeout) {
+                    (Some("timeout"), Some(limit)) => Err(PyRunnerError::Timeout(limit)),
+                    (Some(_), _) => Err(PyRunnerError::python("CancelledError", "the coroutine was cancelled")),
+                    (None, _) => Err(self.exception_error(&value)),
+                }
+            };
+            waiting.reply.send(reply);
+        }
+    }
+}
+
+impl Drop for Worker<'_> {
+    fn drop(&mut self) {
+        if let Some(watchdog) = self.watchdog.take() {
+            watchdog.shutdown();
+        }
+    }
+}

@@ -1,0 +1,220 @@
+//! The handle: [`PyRunner`] and its commands.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::builder::{Backend, PyRunnerBuilder};
+use crate::command::{block_on, CommandQueue, Reply, Request, Submission};
+use crate::error::PyRunnerError;
+
+/// A handle to one Python interpreter context: its own globals, its own
+/// thread or child process, its own event loop.
+///
+/// Cheap to clone (an `Arc`), `Send + Sync`. Commands from every clone run
+/// one at a time, in the order they were sent. Each command has an async form
+/// and a blocking `_sync` twin; the twins need no runtime and are safe inside
+/// one (they block the calling thread, not a runtime).
+///
+/// # Caveats
+/// - A command is sent when its future is first polled. Dropping the future
+///   before it runs takes it out of the queue; dropping it while it runs lets
+///   it finish and discards the result.
+/// - Dropping the last handle ends the runner: queued commands are answered
+///   with [`PyRunnerError::Stopped`], pending coroutines are cancelled, the
+///   thread exits. It does not wait for a command that is running now.
+#[derive(Clone)]
+pub struct PyRunner {
+    shared: Arc<Shared>,
+    timeout: Option<Duration>,
+}
+
+struct Shared {
+    queue: Arc<CommandQueue>,
+    backend: Backend,
+    /// Set when [`PyRunner::new`] could not start Python: every command returns it.
+    failed: Option<PyRunnerError>,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        drop(self.queue.close());
+    }
+}
+
+impl std::fmt::Debug for PyRunner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PyRunner")
+            .field("backend", &self.shared.backend)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for PyRunner {
+    fn default() -> Self {
+        PyRunner::new()
+    }
+}
+
+impl PyRunner {
+    /// A runner on the in-process CPython backend.
+    ///
+    /// This never panics: if Python cannot start, every command of the
+    /// returned runner gives the [`PyRunnerError::Startup`] error. Use
+    /// [`PyRunner::builder`] to get that error from `build()` instead.
+    pub fn new() -> PyRunner {
+        PyRunner::builder().build().unwrap_or_else(|err| {
+            let queue = Arc::new(CommandQueue::new());
+            drop(queue.close());
+            PyRunner {
+                shared: Arc::new(Shared {
+                    queue,
+                    backend: Backend::PyO3,
+                    failed: Some(err),
+                }),
+                timeout: None,
+            }
+        })
+    }
+
+    /// Configures a runner: backend, interpreter, venv, startup code, limits.
+    pub fn builder() -> PyRunnerBuilder {
+        PyRunnerBuilder::new()
+    }
+
+    pub(crate) fn from_parts(queue: Arc<CommandQueue>, backend: Backend, timeout: Option<Duration>) -> PyRunner {
+        PyRunner {
+            shared: Arc::new(Shared {
+                queue,
+                backend,
+                failed: None,
+            }),
+            timeout,
+        }
+    }
+
+    /// A handle to the same runner whose commands have this limit. Cannot fail.
+    pub fn with_timeout(mut self, limit: Duration) -> PyRunner {
+        self.timeout = Some(limit);
+        self
+    }
+
+    /// Which backend this runner uses. Cannot fail.
+    pub fn backend(&self) -> Backend {
+        self.shared.backend
+    }
+
+    async fn send(&self, request: Request) -> Reply {
+        if let Some(err) = &self.shared.failed {
+            return Err(err.clone());
+        }
+        Submission::new(self.shared.queue.clone(), request, self.timeout).await
+    }
+
+    /// Runs Python statements in the runner's globals.
+    pub async fn run(&self, code: &str) -> Result<(), PyRunnerError> {
+        self.send(Request::Run { code: code.to_owned() }).await.map(drop)
+    }
+
+    /// Runs a Python file in the runner's globals, with the file's folder
+    /// first on `sys.path`.
+    pub async fn run_file(&self, path: impl AsRef<Path>) -> Result<(), PyRunnerError> {
+        let path = path.as_ref().to_path_buf();
+        self.send(Request::RunFile { path }).await.map(drop)
+    }
+
+    /// Evaluates one expression and returns its value.
+    pub async fn eval(&self, expr: &str) -> Result<Value, PyRunnerError> {
+        self.send(Request::Eval { expr: expr.to_owned() }).await
+    }
+
+    /// Reads a global, or an attribute path below one (`"config.db.port"`).
+    pub async fn read_variable(&self, name: &str) -> Result<Value, PyRunnerError> {
+        self.send(Request::ReadVariable { name: name.to_owned() }).await
+    }
+
+    /// Calls a function by (dotted) name. An `async def` function returns its
+    /// coroutine unawaited, turned into a string; use
+    /// [`call_async_function`](Self::call_async_function) for those.
+    pub async fn call_function(&self, name: &str, args: Vec<Value>) -> Result<Value, PyRunnerError> {
+        self.send(Request::CallFunction {
+            name: name.to_owned(),
+            args,
+        })
+        .await
+    }
+
+    /// Calls a function and awaits the coroutine it returns on the runner's
+    /// event loop. Calls overlap at their await points. A function that
+    /// returns something that is not awaitable has its result returned as is.
+    pub async fn call_async_function(&self, name: &str, args: Vec<Value>) -> Result<Value, PyRunnerError> {
+        self.send(Request::CallAsyncFunction {
+            name: name.to_owned(),
+            args,
+        })
+        .await
+    }
+
+    /// Puts a venv's site-packages, and the paths its `.pth` files name, first
+    /// on `sys.path`. It does not change the interpreter.
+    pub async fn set_venv(&self, dir: impl AsRef<Path>) -> Result<(), PyRunnerError> {
+        let dir = dir.as_ref().to_path_buf();
+        self.send(Request::SetVenv { dir }).await.map(drop)
+    }
+
+    /// Ends the runner once the commands sent before it have run. Later
+    /// commands give [`PyRunnerError::Stopped`]; stopping again is `Ok`.
+    pub async fn stop(&self) -> Result<(), PyRunnerError> {
+        match self.send(Request::Stop).await {
+            Ok(_) | Err(PyRunnerError::Stopped) => Ok(()),
+            Err(err) if self.shared.failed.is_some() => {
+                let _ = err;
+                Ok(())
+            }
+            Err(err) => Err(err),
+        }
+    }
+
+    /// Blocking twin of [`run`](Self::run).
+    pub fn run_sync(&self, code: &str) -> Result<(), PyRunnerError> {
+        block_on(self.run(code))
+    }
+
+    /// Blocking twin of [`run_file`](Self::run_file).
+    pub fn run_file_sync(&self, path: impl AsRef<Path>) -> Result<(), PyRunnerError> {
+        block_on(self.run_file(path))
+    }
+
+    /// Blocking twin of [`eval`](Self::eval).
+    pub fn eval_sync(&self, expr: &str) -> Result<Value, PyRunnerError> {
+        block_on(self.eval(expr))
+    }
+
+    /// Blocking twin of [`read_variable`](Self::read_variable).
+    pub fn read_variable_sync(&self, name: &str) -> Result<Value, PyRunnerError> {
+        block_on(self.read_variable(name))
+    }
+
+    /// Blocking twin of [`call_function`](Self::call_function).
+    pub fn call_function_sync(&self, name: &str, args: Vec<Value>) -> Result<Value, PyRunnerError> {
+        block_on(self.call_function(name, args))
+    }
+
+    /// Blocking twin of [`call_async_function`](Self::call_async_function).
+    pub fn call_async_function_sync(&self, name: &str, args: Vec<Value>) -> Result<Value, PyRunnerError> {
+        block_on(self.call_async_function(name, args))
+    }
+
+    /// Blocking twin of [`set_venv`](Self::set_venv).
+    pub fn set_venv_sync(&self, dir: impl AsRef<Path>) -> Result<(), PyRunnerError> {
+        block_on(self.set_venv(dir))
+    }
+
+    /// Blocking twin of [`stop`](Self::stop).
+    pub fn stop_sync(&self) -> Result<(), PyRunnerError> {
+        block_on(self.stop())
+    }
+}
