@@ -1,0 +1,126 @@
+//! The conformance suite: every test is written once here, as a function that
+//! takes a fresh runner, and instantiated per backend by `conformance_suite!`
+//! in that backend's test file (`tests/pyo3.rs`, …).
+#![allow(dead_code)]
+
+pub mod concurrency;
+pub mod errors;
+pub mod files;
+pub mod lifecycle;
+pub mod names;
+pub mod ordering;
+pub mod seeds;
+pub mod sync_twins;
+pub mod timeouts;
+pub mod values;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Instantiates every conformance test for one backend. The caller defines
+/// `fn make_runner() -> async_py::PyRunner` beside the macro call.
+#[macro_export]
+macro_rules! conformance_suite {
+    () => {
+        $crate::conformance_suite!(@tokio
+            values {
+                none_round_trips bools_are_checked_before_ints ints_in_i64_and_u64_range
+                ints_past_64_bits_are_conversion_errors floats_and_non_finite_floats
+                strings_keep_unicode lists_and_tuples_become_arrays sets_become_arrays
+                dicts_become_objects_with_str_keys bytes_become_arrays_of_numbers
+                other_objects_become_their_str rust_values_arrive_with_python_types
+                self_containing_values_are_conversion_errors deep_values_are_conversion_errors
+                lone_surrogates_are_conversion_errors
+            }
+            errors {
+                exceptions_arrive_structured_with_traceback display_names_the_exception_type
+                syntax_errors_are_python_errors nul_bytes_are_errors deep_recursion_is_a_recursion_error
+                eval_of_a_statement_is_a_syntax_error system_exit_is_an_error keyboard_interrupt_is_an_error
+                custom_exception_classes_keep_their_name
+            }
+            names {
+                dotted_names_resolve_through_attributes builtins_are_found missing_names_are_name_errors
+                missing_attributes_are_attribute_errors calling_a_non_callable_is_a_type_error
+            }
+            files {
+                run_file_puts_its_folder_first_on_sys_path missing_file_is_an_error
+                set_venv_adds_site_packages_and_honours_pth_files set_venv_of_a_missing_folder_is_an_error
+                set_venv_seed_example_with_a_real_venv
+            }
+            ordering {
+                many_tasks_get_their_own_results commands_from_clones_keep_send_order
+                dropped_unsent_command_never_runs two_runners_keep_globals_apart
+            }
+            concurrency {
+                coroutines_overlap_at_await_points future_made_in_one_call_is_awaited_in_another
+                thousand_sleeping_coroutines_all_finish plain_commands_run_while_coroutines_wait
+                coroutine_exceptions_are_structured non_awaitable_result_is_returned_as_is
+            }
+            lifecycle { stop_makes_later_commands_stopped stop_is_idempotent stop_ends_pending_coroutines }
+            seeds { seed_greet_counter seed_add_and_sleep_overlap }
+            timeouts {
+                runaway_loop_times_out_and_runner_recovers timeout_is_not_swallowed_by_except_exception
+                blocking_call_past_its_limit_does_not_poison_the_next_command
+                coroutine_past_its_limit_times_out handles_keep_their_own_limits
+            }
+        );
+        $crate::conformance_suite!(@plain
+            sync_twins {
+                twins_work_from_plain_threads twins_work_inside_a_current_thread_runtime
+                twins_work_inside_a_multi_thread_runtime every_twin_does_its_job
+            }
+            seeds { seed_five_threads_add_to_x }
+        );
+    };
+    (@tokio $($module:ident { $($name:ident)* })*) => {
+        $(
+            mod $module {
+                $(
+                    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                    async fn $name() {
+                        $crate::conformance::$module::$name(crate::make_runner()).await;
+                    }
+                )*
+            }
+        )*
+    };
+    (@plain $($module:ident { $($name:ident)* })*) => {
+        mod blocking {
+            $(
+                mod $module {
+                    $(
+                        #[test]
+                        fn $name() {
+                            $crate::conformance::$module::$name(crate::make_runner());
+                        }
+                    )*
+                }
+            )*
+        }
+    };
+}
+
+/// The interpreter that test venvs are made with: the one the in-process
+/// backend links (`PYO3_PYTHON`, else `python3`).
+pub fn base_python() -> PathBuf {
+    std::env::var_os("PYO3_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("python3"))
+}
+
+/// Makes a venv with `python -m venv --without-pip` in `dir`, then returns
+/// its site-packages folder.
+pub fn make_venv(python: &Path, dir: &Path) -> PathBuf {
+    let status = Command::new(python)
+        .args(["-m", "venv", "--without-pip"])
+        .arg(dir)
+        .status()
+        .expect("python can be started to make a venv");
+    assert!(status.success(), "python -m venv failed for {}", dir.display());
+    let output = Command::new(dir.join("bin").join("python"))
+        .args(["-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"])
+        .output()
+        .expect("the venv's python starts");
+    assert!(output.status.success());
+    PathBuf::from(String::from_utf8(output.stdout).unwrap().trim())
+}

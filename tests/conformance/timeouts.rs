@@ -1,0 +1,57 @@
+//! Per-command limits: the caller gets `Timeout`, the runner recovers.
+
+use std::time::Duration;
+
+use async_py::{PyRunner, PyRunnerError};
+use serde_json::json;
+
+const LIMIT: Duration = Duration::from_millis(200);
+
+pub async fn runaway_loop_times_out_and_runner_recovers(runner: PyRunner) {
+    let limited = runner.clone().with_timeout(LIMIT);
+    assert_eq!(limited.run("while True:\n    pass").await, Err(PyRunnerError::Timeout(LIMIT)));
+    assert_eq!(limited.eval("6 * 7").await.unwrap(), json!(42));
+    assert_eq!(runner.eval("'unlimited handle works too'").await.unwrap(), json!("unlimited handle works too"));
+}
+
+pub async fn timeout_is_not_swallowed_by_except_exception(runner: PyRunner) {
+    let limited = runner.with_timeout(LIMIT);
+    let code = "caught = 0\nwhile True:\n    try:\n        while True:\n            pass\n    except Exception:\n        caught += 1\n";
+    assert_eq!(limited.run(code).await, Err(PyRunnerError::Timeout(LIMIT)));
+    assert_eq!(limited.eval("1").await.unwrap(), json!(1));
+}
+
+pub async fn blocking_call_past_its_limit_does_not_poison_the_next_command(runner: PyRunner) {
+    let limited = runner.with_timeout(LIMIT);
+    limited.run("import time").await.unwrap();
+    assert_eq!(
+        limited.call_function("time.sleep", vec![json!(0.5)]).await,
+        Err(PyRunnerError::Timeout(LIMIT))
+    );
+    for i in 0..20 {
+        assert_eq!(limited.eval(&format!("{i} + 1")).await.unwrap(), json!(i + 1));
+    }
+    limited.run("after = 'fine'").await.unwrap();
+    assert_eq!(limited.read_variable("after").await.unwrap(), json!("fine"));
+}
+
+pub async fn coroutine_past_its_limit_times_out(runner: PyRunner) {
+    let limited = runner.with_timeout(LIMIT);
+    limited
+        .run("import asyncio\nasync def slow():\n    await asyncio.sleep(30)\nasync def quick():\n    return 'quick'")
+        .await
+        .unwrap();
+    assert_eq!(limited.call_async_function("slow", vec![]).await, Err(PyRunnerError::Timeout(LIMIT)));
+    assert_eq!(limited.call_async_function("quick", vec![]).await.unwrap(), json!("quick"));
+}
+
+pub async fn handles_keep_their_own_limits(runner: PyRunner) {
+    let limited = runner.clone().with_timeout(LIMIT);
+    assert!(matches!(
+        limited.eval("[i for i in iter(int, 1)]").await,
+        Err(PyRunnerError::Timeout(_))
+    ));
+    // The handle without a limit lets a command run longer than LIMIT.
+    runner.run("import time\ntime.sleep(0.3)").await.unwrap();
+    assert_eq!(runner.eval("'done'").await.unwrap(), json!("done"));
+}
