@@ -82,7 +82,11 @@ async fn sleeping_coroutines(runner: &PyRunner, count: usize) -> Duration {
     let calls: Vec<_> = (0..count)
         .map(|_| {
             let runner = runner.clone();
-            tokio::spawn(async move { runner.call_async_function("nap", vec![Value::from(0.1)]).await })
+            tokio::spawn(async move {
+                runner
+                    .call_async_function("nap", vec![Value::from(0.1)])
+                    .await
+            })
         })
         .collect();
     for call in calls {
@@ -93,11 +97,17 @@ async fn sleeping_coroutines(runner: &PyRunner, count: usize) -> Duration {
 
 fn cpu_loop(runner: &PyRunner) -> Duration {
     runner
-        .run_sync("def spin(n):\n    t = 0\n    for i in range(n):\n        t += i * i\n    return t\n")
+        .run_sync(
+            "def spin(n):\n    t = 0\n    for i in range(n):\n        t += i * i\n    return t\n",
+        )
         .unwrap();
-    runner.call_function_sync("spin", vec![Value::from(1000)]).unwrap();
+    runner
+        .call_function_sync("spin", vec![Value::from(1000)])
+        .unwrap();
     let start = Instant::now();
-    runner.call_function_sync("spin", vec![Value::from(1_000_000)]).unwrap();
+    runner
+        .call_function_sync("spin", vec![Value::from(1_000_000)])
+        .unwrap();
     start.elapsed()
 }
 
@@ -116,9 +126,18 @@ async fn measure(backend: Backend) -> Vec<String> {
         micros(start_time),
         micros(awaited_call(&runner).await),
         micros(sync_call(&runner)),
-        format!("{:.0}k/s", concurrent_calls(&runner, 8, 5000).await / 1000.0),
-        format!("{:.0}k/s", concurrent_calls(&runner, 64, 300).await / 1000.0),
-        format!("{:.3} s", sleeping_coroutines(&runner, 1000).await.as_secs_f64()),
+        format!(
+            "{:.0}k/s",
+            concurrent_calls(&runner, 8, 5000).await / 1000.0
+        ),
+        format!(
+            "{:.0}k/s",
+            concurrent_calls(&runner, 64, 300).await / 1000.0
+        ),
+        format!(
+            "{:.3} s",
+            sleeping_coroutines(&runner, 1000).await.as_secs_f64()
+        ),
         format!("{:.1} ms", cpu_loop(&runner).as_secs_f64() * 1e3),
     ]
 }

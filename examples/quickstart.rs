@@ -14,8 +14,14 @@ def greet(name):
 "#;
     // Python function "greet" and variable "counter" are added to globals
     runner.run(code).await.unwrap();
-    let result1 = runner.call_function("greet", vec!["World".into()]).await.unwrap();
+    let result1 = runner
+        .call_function("greet", vec!["World".into()])
+        .await
+        .unwrap();
     println!("{}", result1.as_str().unwrap()); // Hello World! Called 1 time from Python.
-    let result2 = runner.call_function("greet", vec!["World".into()]).await.unwrap();
+    let result2 = runner
+        .call_function("greet", vec!["World".into()])
+        .await
+        .unwrap();
     println!("{}", result2.as_str().unwrap()); // Hello World! Called 2 times from Python.
 }

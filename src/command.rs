@@ -94,7 +94,9 @@ struct SlotInner {
 
 impl ReplySlot {
     fn lock(&self) -> MutexGuard<'_, SlotInner> {
-        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Stores the reply and wakes the caller; false if it was answered before.
@@ -175,7 +177,9 @@ impl CommandQueue {
     }
 
     fn lock(&self) -> MutexGuard<'_, Jobs> {
-        self.jobs.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.jobs
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Queues a job; hands it back if the queue is closed.

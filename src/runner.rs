@@ -85,7 +85,11 @@ impl PyRunner {
         PyRunnerBuilder::new()
     }
 
-    pub(crate) fn from_parts(queue: Arc<CommandQueue>, backend: Backend, timeout: Option<Duration>) -> PyRunner {
+    pub(crate) fn from_parts(
+        queue: Arc<CommandQueue>,
+        backend: Backend,
+        timeout: Option<Duration>,
+    ) -> PyRunner {
         PyRunner {
             shared: Arc::new(Shared {
                 queue,
@@ -116,7 +120,11 @@ impl PyRunner {
 
     /// Runs Python statements in the runner's globals.
     pub async fn run(&self, code: &str) -> Result<(), PyRunnerError> {
-        self.send(Request::Run { code: code.to_owned() }).await.map(drop)
+        self.send(Request::Run {
+            code: code.to_owned(),
+        })
+        .await
+        .map(drop)
     }
 
     /// Runs a Python file in the runner's globals, with the file's folder
@@ -128,18 +136,28 @@ impl PyRunner {
 
     /// Evaluates one expression and returns its value.
     pub async fn eval(&self, expr: &str) -> Result<Value, PyRunnerError> {
-        self.send(Request::Eval { expr: expr.to_owned() }).await
+        self.send(Request::Eval {
+            expr: expr.to_owned(),
+        })
+        .await
     }
 
     /// Reads a global, or an attribute path below one (`"config.db.port"`).
     pub async fn read_variable(&self, name: &str) -> Result<Value, PyRunnerError> {
-        self.send(Request::ReadVariable { name: name.to_owned() }).await
+        self.send(Request::ReadVariable {
+            name: name.to_owned(),
+        })
+        .await
     }
 
     /// Calls a function by (dotted) name. An `async def` function returns its
     /// coroutine unawaited, turned into a string; use
     /// [`call_async_function`](Self::call_async_function) for those.
-    pub async fn call_function(&self, name: &str, args: Vec<Value>) -> Result<Value, PyRunnerError> {
+    pub async fn call_function(
+        &self,
+        name: &str,
+        args: Vec<Value>,
+    ) -> Result<Value, PyRunnerError> {
         self.send(Request::CallFunction {
             name: name.to_owned(),
             args,
@@ -150,7 +168,11 @@ impl PyRunner {
     /// Calls a function and awaits the coroutine it returns on the runner's
     /// event loop. Calls overlap at their await points. A function that
     /// returns something that is not awaitable has its result returned as is.
-    pub async fn call_async_function(&self, name: &str, args: Vec<Value>) -> Result<Value, PyRunnerError> {
+    pub async fn call_async_function(
+        &self,
+        name: &str,
+        args: Vec<Value>,
+    ) -> Result<Value, PyRunnerError> {
         self.send(Request::CallAsyncFunction {
             name: name.to_owned(),
             args,
@@ -204,7 +226,11 @@ impl PyRunner {
     }
 
     /// Blocking twin of [`call_async_function`](Self::call_async_function).
-    pub fn call_async_function_sync(&self, name: &str, args: Vec<Value>) -> Result<Value, PyRunnerError> {
+    pub fn call_async_function_sync(
+        &self,
+        name: &str,
+        args: Vec<Value>,
+    ) -> Result<Value, PyRunnerError> {
         block_on(self.call_async_function(name, args))
     }
 

@@ -48,13 +48,25 @@ fn to_value_at(obj: &Bound<'_, PyAny>, depth: usize) -> Result<Value, ToValueErr
         return s
             .to_str()
             .map(|s| Value::String(s.to_owned()))
-            .map_err(|_| ToValueError::Conversion("str holds a lone surrogate, which UTF-8 cannot carry".into()));
+            .map_err(|_| {
+                ToValueError::Conversion(
+                    "str holds a lone surrogate, which UTF-8 cannot carry".into(),
+                )
+            });
     }
     if let Ok(list) = obj.cast::<PyList>() {
-        return list.iter().map(|item| to_value_at(&item, depth + 1)).collect::<Result<_, _>>().map(Value::Array);
+        return list
+            .iter()
+            .map(|item| to_value_at(&item, depth + 1))
+            .collect::<Result<_, _>>()
+            .map(Value::Array);
     }
     if let Ok(tuple) = obj.cast::<PyTuple>() {
-        return tuple.iter().map(|item| to_value_at(&item, depth + 1)).collect::<Result<_, _>>().map(Value::Array);
+        return tuple
+            .iter()
+            .map(|item| to_value_at(&item, depth + 1))
+            .collect::<Result<_, _>>()
+            .map(Value::Array);
     }
     if let Ok(dict) = obj.cast::<PyDict>() {
         let mut map = Map::with_capacity(dict.len());
@@ -68,10 +80,18 @@ fn to_value_at(obj: &Bound<'_, PyAny>, depth: usize) -> Result<Value, ToValueErr
         return Ok(Value::Object(map));
     }
     if let Ok(set) = obj.cast::<PySet>() {
-        return set.iter().map(|item| to_value_at(&item, depth + 1)).collect::<Result<_, _>>().map(Value::Array);
+        return set
+            .iter()
+            .map(|item| to_value_at(&item, depth + 1))
+            .collect::<Result<_, _>>()
+            .map(Value::Array);
     }
     if let Ok(set) = obj.cast::<PyFrozenSet>() {
-        return set.iter().map(|item| to_value_at(&item, depth + 1)).collect::<Result<_, _>>().map(Value::Array);
+        return set
+            .iter()
+            .map(|item| to_value_at(&item, depth + 1))
+            .collect::<Result<_, _>>()
+            .map(Value::Array);
     }
     if let Ok(bytes) = obj.cast::<PyBytes>() {
         return Ok(bytes_to_value(bytes.as_bytes()));
@@ -100,11 +120,18 @@ fn bytes_to_value(bytes: &[u8]) -> Value {
 }
 
 /// Rust to Python.
-pub(crate) fn to_python<'py>(py: Python<'py>, value: &Value) -> Result<Bound<'py, PyAny>, PyRunnerError> {
+pub(crate) fn to_python<'py>(
+    py: Python<'py>,
+    value: &Value,
+) -> Result<Bound<'py, PyAny>, PyRunnerError> {
     to_python_at(py, value, 0)
 }
 
-fn to_python_at<'py>(py: Python<'py>, value: &Value, depth: usize) -> Result<Bound<'py, PyAny>, PyRunnerError> {
+fn to_python_at<'py>(
+    py: Python<'py>,
+    value: &Value,
+    depth: usize,
+) -> Result<Bound<'py, PyAny>, PyRunnerError> {
     if depth > MAX_DEPTH {
         return Err(PyRunnerError::Conversion(too_deep()));
     }
@@ -125,14 +152,16 @@ fn to_python_at<'py>(py: Python<'py>, value: &Value, depth: usize) -> Result<Bou
         Value::Array(items) => {
             let list = PyList::empty(py);
             for item in items {
-                list.append(to_python_at(py, item, depth + 1)?).map_err(fail)?;
+                list.append(to_python_at(py, item, depth + 1)?)
+                    .map_err(fail)?;
             }
             list.into_any()
         }
         Value::Object(map) => {
             let dict = PyDict::new(py);
             for (key, item) in map {
-                dict.set_item(key, to_python_at(py, item, depth + 1)?).map_err(fail)?;
+                dict.set_item(key, to_python_at(py, item, depth + 1)?)
+                    .map_err(fail)?;
             }
             dict.into_any()
         }
@@ -140,7 +169,13 @@ fn to_python_at<'py>(py: Python<'py>, value: &Value, depth: usize) -> Result<Bou
 }
 
 /// Arguments for a call, as a tuple.
-pub(crate) fn to_args<'py>(py: Python<'py>, args: &[Value]) -> Result<Bound<'py, PyTuple>, PyRunnerError> {
-    let items = args.iter().map(|arg| to_python(py, arg)).collect::<Result<Vec<_>, _>>()?;
+pub(crate) fn to_args<'py>(
+    py: Python<'py>,
+    args: &[Value],
+) -> Result<Bound<'py, PyTuple>, PyRunnerError> {
+    let items = args
+        .iter()
+        .map(|arg| to_python(py, arg))
+        .collect::<Result<Vec<_>, _>>()?;
     PyTuple::new(py, items).map_err(|err| PyRunnerError::Conversion(err.to_string()))
 }

@@ -63,10 +63,14 @@ pub(crate) fn spawn(config: &RunnerConfig, queue: Arc<CommandQueue>) -> Result<(
                 }
             });
         })
-        .map_err(|err| PyRunnerError::Startup(format!("could not start the interpreter thread: {err}")))?;
-    ready_rx
-        .recv()
-        .unwrap_or_else(|_| Err(PyRunnerError::Startup("the interpreter thread ended while starting".into())))
+        .map_err(|err| {
+            PyRunnerError::Startup(format!("could not start the interpreter thread: {err}"))
+        })?;
+    ready_rx.recv().unwrap_or_else(|_| {
+        Err(PyRunnerError::Startup(
+            "the interpreter thread ended while starting".into(),
+        ))
+    })
 }
 
 /// A coroutine call waiting for its task to finish.
@@ -121,7 +125,9 @@ impl<'py> Worker<'py> {
         venv: Option<&std::path::Path>,
         startup: Option<&str>,
     ) -> Result<Self, PyRunnerError> {
-        let load_error = |err: PyErr| PyRunnerError::Startup(format!("could not load the worker helpers: {err}"));
+        let load_error = |err: PyErr| {
+            PyRunnerError::Startup(format!("could not load the worker helpers: {err}"))
+        };
         let helpers = Helpers::load(py).map_err(load_error)?;
         let globals = helpers
             .module
@@ -239,10 +245,13 @@ impl<'py> Worker<'py> {
 
     fn run_request(&self, request: Request) -> Reply {
         match request {
-            Request::Run { code } => self.run_helper(&self.helpers.run_code, &code).map(|_| Value::Null),
+            Request::Run { code } => self
+                .run_helper(&self.helpers.run_code, &code)
+                .map(|_| Value::Null),
             Request::RunFile { path } => {
                 let path = path.to_string_lossy();
-                self.run_helper(&self.helpers.run_file, &path).map(|_| Value::Null)
+                self.run_helper(&self.helpers.run_file, &path)
+                    .map(|_| Value::Null)
             }
             Request::Eval { expr } => {
                 let result = self.run_helper(&self.helpers.eval_expr, &expr)?;
@@ -265,7 +274,11 @@ impl<'py> Worker<'py> {
         }
     }
 
-    fn run_helper(&self, helper: &Bound<'py, PyAny>, text: &str) -> Result<Bound<'py, PyAny>, PyRunnerError> {
+    fn run_helper(
+        &self,
+        helper: &Bound<'py, PyAny>,
+        text: &str,
+    ) -> Result<Bound<'py, PyAny>, PyRunnerError> {
         helper
             .call1((text, &self.globals))
             .map_err(|err| self.python_error(err))
@@ -287,7 +300,11 @@ impl<'py> Worker<'py> {
             Some(found) => found,
             None => match self.builtins.getattr(first) {
                 Ok(found) if !first.is_empty() => found,
-                _ => return Err(PyNameError::new_err(format!("name '{first}' is not defined"))),
+                _ => {
+                    return Err(PyNameError::new_err(format!(
+                        "name '{first}' is not defined"
+                    )))
+                }
             },
         };
         for part in parts {
@@ -313,14 +330,16 @@ impl<'py> Worker<'py> {
             .helpers
             .describe_error
             .call1((exception,))
-            .and_then(|d| d.extract::<(String, String, Option<String>)>().map_err(PyErr::from))
+            .and_then(|d| d.extract::<(String, String, Option<String>)>())
         {
             Ok((kind, message, traceback)) => PyRunnerError::Python {
                 kind,
                 message,
                 traceback,
             },
-            Err(_) => PyRunnerError::python("Exception", "an exception that could not be described"),
+            Err(_) => {
+                PyRunnerError::python("Exception", "an exception that could not be described")
+            }
         }
     }
 
@@ -333,8 +352,9 @@ impl<'py> Worker<'py> {
             .module
             .getattr("RunnerTimeout")
             .map_err(|err| self.python_error(err))?;
-        let watchdog = Watchdog::start(exception.unbind())
-            .map_err(|err| PyRunnerError::Startup(format!("could not start the watchdog thread: {err}")))?;
+        let watchdog = Watchdog::start(exception.unbind()).map_err(|err| {
+            PyRunnerError::Startup(format!("could not start the watchdog thread: {err}"))
+        })?;
         self.watchdog = Some(watchdog.clone());
         Ok(watchdog)
     }
@@ -343,7 +363,11 @@ impl<'py> Worker<'py> {
         if let Some(driver) = &self.driver {
             return Ok(driver.clone());
         }
-        let io_error = |err: std::io::Error| PyRunnerError::Startup(format!("could not make the event loop's wake-up socket: {err}"));
+        let io_error = |err: std::io::Error| {
+            PyRunnerError::Startup(format!(
+                "could not make the event loop's wake-up socket: {err}"
+            ))
+        };
         let (wake_read, wake_write) = UnixStream::pair().map_err(io_error)?;
         wake_read.set_nonblocking(true).map_err(io_error)?;
         wake_write.set_nonblocking(true).map_err(io_error)?;
@@ -359,7 +383,13 @@ impl<'py> Worker<'py> {
         Ok(driver)
     }
 
-    fn start_coroutine(&mut self, name: &str, args: &[Value], reply: Responder, timeout: Option<Duration>) {
+    fn start_coroutine(
+        &mut self,
+        name: &str,
+        args: &[Value],
+        reply: Responder,
+        timeout: Option<Duration>,
+    ) {
         let started = (|| {
             let driver = self.driver()?;
             let function = self.resolve(name).map_err(|err| self.python_error(err))?;
@@ -369,7 +399,7 @@ impl<'py> Worker<'py> {
             let limit = timeout.map(|d| d.as_secs_f64());
             let (scheduled, value): (bool, Bound<'py, PyAny>) = driver
                 .call_method1("start", (token, function, args, limit))
-                .and_then(|r| r.extract().map_err(PyErr::from))
+                .and_then(|r| r.extract())
                 .map_err(|err| self.python_error(err))?;
             Ok::<_, PyRunnerError>((token, scheduled, value))
         })();
@@ -406,8 +436,8 @@ impl<'py> Worker<'py> {
                 continue;
             };
             let (Ok(token), Ok(ok), Ok(value)) = (
-                outcome.get_item(0).and_then(|t| t.extract::<u64>().map_err(PyErr::from)),
-                outcome.get_item(1).and_then(|t| t.extract::<bool>().map_err(PyErr::from)),
+                outcome.get_item(0).and_then(|t| t.extract::<u64>()),
+                outcome.get_item(1).and_then(|t| t.extract::<bool>()),
                 outcome.get_item(2),
             ) else {
                 continue;
@@ -420,7 +450,10 @@ impl<'py> Worker<'py> {
             } else {
                 match (value.extract::<String>().ok().as_deref(), waiting.timeout) {
                     (Some("timeout"), Some(limit)) => Err(PyRunnerError::Timeout(limit)),
-                    (Some(_), _) => Err(PyRunnerError::python("CancelledError", "the coroutine was cancelled")),
+                    (Some(_), _) => Err(PyRunnerError::python(
+                        "CancelledError",
+                        "the coroutine was cancelled",
+                    )),
                     (None, _) => Err(self.exception_error(&value)),
                 }
             };

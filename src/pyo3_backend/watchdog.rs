@@ -60,7 +60,9 @@ impl Watchdog {
     }
 
     fn lock(&self) -> MutexGuard<'_, Armed> {
-        self.armed.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.armed
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Starts the clock for the command about to run. Call with the GIL held.
@@ -138,7 +140,10 @@ impl Watchdog {
             // SAFETY: the GIL is held inside `attach`; the exception type is a
             // live class object kept alive by `self.exception`.
             unsafe {
-                pyo3::ffi::PyThreadState_SetAsyncExc(self.worker_thread, self.exception.bind(py).as_ptr());
+                pyo3::ffi::PyThreadState_SetAsyncExc(
+                    self.worker_thread,
+                    self.exception.bind(py).as_ptr(),
+                );
             }
         });
     }

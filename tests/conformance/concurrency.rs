@@ -43,7 +43,13 @@ pub async fn future_made_in_one_call_is_awaited_in_another(runner: PyRunner) {
         )
         .await
         .unwrap();
-    assert_eq!(runner.call_async_function("make_future", vec![]).await.unwrap(), json!("made"));
+    assert_eq!(
+        runner
+            .call_async_function("make_future", vec![])
+            .await
+            .unwrap(),
+        json!("made")
+    );
     let awaiting = runner.call_async_function("await_future", vec![]);
     let resolving = runner.call_async_function("resolve_future", vec![json!({"v": [1, 2]})]);
     let (awaited, resolved) = tokio::join!(awaiting, resolving);
@@ -55,7 +61,13 @@ pub async fn future_made_in_one_call_is_awaited_in_another(runner: PyRunner) {
         .await
         .unwrap();
     for i in 0..3 {
-        assert_eq!(runner.call_async_function("locked", vec![json!(i)]).await.unwrap(), json!(i));
+        assert_eq!(
+            runner
+                .call_async_function("locked", vec![json!(i)])
+                .await
+                .unwrap(),
+            json!(i)
+        );
     }
 }
 
@@ -67,7 +79,9 @@ pub async fn thousand_sleeping_coroutines_all_finish(runner: PyRunner) {
     let calls: Vec<_> = (0..1000)
         .map(|i| {
             let runner = runner.clone();
-            tokio::spawn(async move { (i, runner.call_async_function("nap", vec![json!(i)]).await) })
+            tokio::spawn(
+                async move { (i, runner.call_async_function("nap", vec![json!(i)]).await) },
+            )
         })
         .collect();
     for call in calls {
@@ -91,9 +105,15 @@ pub async fn plain_commands_run_while_coroutines_wait(runner: PyRunner) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     for i in 0..100 {
-        assert_eq!(runner.eval(&format!("{i} * 3")).await.unwrap(), json!(i * 3));
+        assert_eq!(
+            runner.eval(&format!("{i} * 3")).await.unwrap(),
+            json!(i * 3)
+        );
     }
-    assert!(!waiting.is_finished(), "the coroutine is still waiting at the gate");
+    assert!(
+        !waiting.is_finished(),
+        "the coroutine is still waiting at the gate"
+    );
     runner.run("gate.set()").await.unwrap();
     assert_eq!(waiting.await.unwrap().unwrap(), json!("passed"));
 }
@@ -115,7 +135,10 @@ pub async fn coroutine_exceptions_are_structured(runner: PyRunner) {
         }
         other => panic!("expected LookupError, got {other:?}"),
     }
-    match runner.call_async_function("no_such_coroutine", vec![]).await {
+    match runner
+        .call_async_function("no_such_coroutine", vec![])
+        .await
+    {
         Err(PyRunnerError::Python { kind, .. }) => assert_eq!(kind, "NameError"),
         other => panic!("expected NameError, got {other:?}"),
     }
@@ -123,7 +146,13 @@ pub async fn coroutine_exceptions_are_structured(runner: PyRunner) {
 
 pub async fn non_awaitable_result_is_returned_as_is(runner: PyRunner) {
     runner.run("def plain(x):\n    return x + 1").await.unwrap();
-    assert_eq!(runner.call_async_function("plain", vec![json!(1)]).await.unwrap(), json!(2));
+    assert_eq!(
+        runner
+            .call_async_function("plain", vec![json!(1)])
+            .await
+            .unwrap(),
+        json!(2)
+    );
     // And the other way round: call_function on an async def gives the
     // unawaited coroutine as a string, as the seed describes.
     runner.run("async def coro():\n    return 1").await.unwrap();

@@ -15,12 +15,22 @@ async fn expect_python_error(runner: &PyRunner, code: &str) -> (String, String, 
 }
 
 async fn still_works(runner: &PyRunner) {
-    assert_eq!(runner.eval("40 + 2").await.unwrap(), json!(42), "the runner keeps working");
+    assert_eq!(
+        runner.eval("40 + 2").await.unwrap(),
+        json!(42),
+        "the runner keeps working"
+    );
 }
 
 pub async fn exceptions_arrive_structured_with_traceback(runner: PyRunner) {
-    runner.run("def divide(a, b):\n    return a / b").await.unwrap();
-    match runner.call_function("divide", vec![json!(1), json!(0)]).await {
+    runner
+        .run("def divide(a, b):\n    return a / b")
+        .await
+        .unwrap();
+    match runner
+        .call_function("divide", vec![json!(1), json!(0)])
+        .await
+    {
         Err(PyRunnerError::Python {
             kind,
             message,
@@ -31,7 +41,10 @@ pub async fn exceptions_arrive_structured_with_traceback(runner: PyRunner) {
             let traceback = traceback.expect("a traceback");
             assert!(traceback.contains("Traceback"), "{traceback}");
             assert!(traceback.contains("in divide"), "{traceback}");
-            assert!(traceback.contains("ZeroDivisionError: division by zero"), "{traceback}");
+            assert!(
+                traceback.contains("ZeroDivisionError: division by zero"),
+                "{traceback}"
+            );
         }
         other => panic!("expected ZeroDivisionError, got {other:?}"),
     }
@@ -54,7 +67,10 @@ pub async fn syntax_errors_are_python_errors(runner: PyRunner) {
 
 pub async fn nul_bytes_are_errors(runner: PyRunner) {
     let (kind, message, _) = expect_python_error(&runner, "x = 1\0\nx = 2").await;
-    assert!(kind == "ValueError" || kind == "SyntaxError", "{kind}: {message}");
+    assert!(
+        kind == "ValueError" || kind == "SyntaxError",
+        "{kind}: {message}"
+    );
     assert!(message.contains("null"), "{message}");
     assert!(runner.eval("1\0").await.is_err());
     assert!(runner.read_variable("a\0b").await.is_err());
@@ -63,12 +79,21 @@ pub async fn nul_bytes_are_errors(runner: PyRunner) {
 }
 
 pub async fn deep_recursion_is_a_recursion_error(runner: PyRunner) {
-    runner.run("def down(n):\n    return 0 if n == 0 else 1 + down(n - 1)").await.unwrap();
+    runner
+        .run("def down(n):\n    return 0 if n == 0 else 1 + down(n - 1)")
+        .await
+        .unwrap();
     match runner.call_function("down", vec![json!(100_000)]).await {
         Err(PyRunnerError::Python { kind, .. }) => assert_eq!(kind, "RecursionError"),
         other => panic!("expected RecursionError, got {other:?}"),
     }
-    assert_eq!(runner.call_function("down", vec![json!(100)]).await.unwrap(), json!(100));
+    assert_eq!(
+        runner
+            .call_function("down", vec![json!(100)])
+            .await
+            .unwrap(),
+        json!(100)
+    );
 }
 
 pub async fn eval_of_a_statement_is_a_syntax_error(runner: PyRunner) {
@@ -76,7 +101,10 @@ pub async fn eval_of_a_statement_is_a_syntax_error(runner: PyRunner) {
         Err(PyRunnerError::Python { kind, .. }) => assert_eq!(kind, "SyntaxError"),
         other => panic!("expected SyntaxError, got {other:?}"),
     }
-    assert!(runner.read_variable("x").await.is_err(), "nothing was assigned");
+    assert!(
+        runner.read_variable("x").await.is_err(),
+        "nothing was assigned"
+    );
 }
 
 pub async fn system_exit_is_an_error(runner: PyRunner) {

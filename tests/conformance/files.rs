@@ -9,7 +9,11 @@ use super::{base_python, make_venv};
 
 pub async fn run_file_puts_its_folder_first_on_sys_path(runner: PyRunner) {
     let dir = tempfile::tempdir().unwrap();
-    fs::write(dir.path().join("neighbour_module.py"), "GREETING = 'from next door'\n").unwrap();
+    fs::write(
+        dir.path().join("neighbour_module.py"),
+        "GREETING = 'from next door'\n",
+    )
+    .unwrap();
     let script = dir.path().join("main_script.py");
     fs::write(
         &script,
@@ -24,8 +28,17 @@ pub async fn run_file_puts_its_folder_first_on_sys_path(runner: PyRunner) {
         folder,
         "the file's folder is first on sys.path"
     );
-    assert_eq!(runner.read_variable("greeting").await.unwrap(), json!("from next door"));
-    assert!(runner.read_variable("__file__").await.unwrap().as_str().unwrap().ends_with("main_script.py"));
+    assert_eq!(
+        runner.read_variable("greeting").await.unwrap(),
+        json!("from next door")
+    );
+    assert!(runner
+        .read_variable("__file__")
+        .await
+        .unwrap()
+        .as_str()
+        .unwrap()
+        .ends_with("main_script.py"));
 }
 
 pub async fn missing_file_is_an_error(runner: PyRunner) {
@@ -40,7 +53,9 @@ pub async fn missing_file_is_an_error(runner: PyRunner) {
     let broken = dir.path().join("broken.py");
     fs::write(&broken, "def oops(:\n").unwrap();
     match runner.run_file(&broken).await {
-        Err(PyRunnerError::Python { kind, traceback, .. }) => {
+        Err(PyRunnerError::Python {
+            kind, traceback, ..
+        }) => {
             assert_eq!(kind, "SyntaxError");
             assert!(traceback.unwrap_or_default().contains("broken.py"));
         }
@@ -53,26 +68,51 @@ pub async fn set_venv_adds_site_packages_and_honours_pth_files(runner: PyRunner)
     let venv = dir.path().join("venv");
     let site_packages = make_venv(&base_python(), &venv);
     fs::create_dir_all(site_packages.join("venv_only_pkg")).unwrap();
-    fs::write(site_packages.join("venv_only_pkg/__init__.py"), "ANSWER = 42\n").unwrap();
+    fs::write(
+        site_packages.join("venv_only_pkg/__init__.py"),
+        "ANSWER = 42\n",
+    )
+    .unwrap();
     // A .pth path line pointing at a folder outside site-packages …
     let extra = dir.path().join("extra_src");
     fs::create_dir_all(&extra).unwrap();
-    fs::write(extra.join("pth_path_module.py"), "WHERE = 'pth path line'\n").unwrap();
-    fs::write(site_packages.join("extra.pth"), format!("{}\n", extra.display())).unwrap();
+    fs::write(
+        extra.join("pth_path_module.py"),
+        "WHERE = 'pth path line'\n",
+    )
+    .unwrap();
+    fs::write(
+        site_packages.join("extra.pth"),
+        format!("{}\n", extra.display()),
+    )
+    .unwrap();
     // … and a .pth import line, which runs when the folder is added.
-    fs::write(site_packages.join("hook.pth"), "import os; os.environ['ASYNC_PY_PTH_HOOK'] = 'ran'\n").unwrap();
+    fs::write(
+        site_packages.join("hook.pth"),
+        "import os; os.environ['ASYNC_PY_PTH_HOOK'] = 'ran'\n",
+    )
+    .unwrap();
 
-    assert!(runner.run("import venv_only_pkg").await.is_err(), "not importable before set_venv");
+    assert!(
+        runner.run("import venv_only_pkg").await.is_err(),
+        "not importable before set_venv"
+    );
     runner.set_venv(&venv).await.unwrap();
     runner
         .run("import venv_only_pkg, pth_path_module, os, sys\nanswer = venv_only_pkg.ANSWER\nwhere = pth_path_module.WHERE\nhook = os.environ.get('ASYNC_PY_PTH_HOOK')")
         .await
         .unwrap();
     assert_eq!(runner.read_variable("answer").await.unwrap(), json!(42));
-    assert_eq!(runner.read_variable("where").await.unwrap(), json!("pth path line"));
+    assert_eq!(
+        runner.read_variable("where").await.unwrap(),
+        json!("pth path line")
+    );
     assert_eq!(runner.read_variable("hook").await.unwrap(), json!("ran"));
     let location = runner.eval("venv_only_pkg.__file__").await.unwrap();
-    assert!(location.as_str().unwrap().starts_with(site_packages.to_str().unwrap()));
+    assert!(location
+        .as_str()
+        .unwrap()
+        .starts_with(site_packages.to_str().unwrap()));
 }
 
 pub async fn set_venv_of_a_missing_folder_is_an_error(runner: PyRunner) {
@@ -84,7 +124,10 @@ pub async fn set_venv_of_a_missing_folder_is_an_error(runner: PyRunner) {
         other => panic!("expected an error, got {other:?}"),
     }
     let not_a_venv = tempfile::tempdir().unwrap();
-    assert!(runner.set_venv(not_a_venv.path()).await.is_err(), "a folder with no site-packages");
+    assert!(
+        runner.set_venv(not_a_venv.path()).await.is_err(),
+        "a folder with no site-packages"
+    );
     assert_eq!(runner.eval("1").await.unwrap(), json!(1));
 }
 
@@ -93,11 +136,18 @@ pub async fn set_venv_seed_example_with_a_real_venv(runner: PyRunner) {
     let dir = tempfile::tempdir().unwrap();
     let venv = dir.path().join(".venv");
     let site_packages = make_venv(&base_python(), &venv);
-    fs::write(site_packages.join("your_python_dependency.py"), "def hello():\n    return 'hi from the venv'\n").unwrap();
+    fs::write(
+        site_packages.join("your_python_dependency.py"),
+        "def hello():\n    return 'hi from the venv'\n",
+    )
+    .unwrap();
     runner.set_venv(std::path::Path::new(&venv)).await.unwrap();
     runner.run("import your_python_dependency").await.unwrap();
     assert_eq!(
-        runner.call_function("your_python_dependency.hello", vec![]).await.unwrap(),
+        runner
+            .call_function("your_python_dependency.hello", vec![])
+            .await
+            .unwrap(),
         json!("hi from the venv")
     );
 }

@@ -11,7 +11,10 @@ pub async fn stop_makes_later_commands_stopped(runner: PyRunner) {
     runner.stop().await.unwrap();
     assert_eq!(clone.eval("x").await, Err(PyRunnerError::Stopped));
     assert_eq!(runner.run("x = 2").await, Err(PyRunnerError::Stopped));
-    assert_eq!(runner.call_async_function("f", vec![]).await, Err(PyRunnerError::Stopped));
+    assert_eq!(
+        runner.call_async_function("f", vec![]).await,
+        Err(PyRunnerError::Stopped)
+    );
     assert_eq!(clone.eval_sync("1"), Err(PyRunnerError::Stopped));
 }
 

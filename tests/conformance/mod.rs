@@ -78,7 +78,7 @@ macro_rules! conformance_suite {
                 $(
                     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                     async fn $name() {
-                        $crate::conformance::$module::$name(crate::make_runner()).await;
+                        $crate::conformance::$module::$name($crate::make_runner()).await;
                     }
                 )*
             }
@@ -91,7 +91,7 @@ macro_rules! conformance_suite {
                     $(
                         #[test]
                         fn $name() {
-                            $crate::conformance::$module::$name(crate::make_runner());
+                            $crate::conformance::$module::$name($crate::make_runner());
                         }
                     )*
                 }
@@ -116,9 +116,16 @@ pub fn make_venv(python: &Path, dir: &Path) -> PathBuf {
         .arg(dir)
         .status()
         .expect("python can be started to make a venv");
-    assert!(status.success(), "python -m venv failed for {}", dir.display());
+    assert!(
+        status.success(),
+        "python -m venv failed for {}",
+        dir.display()
+    );
     let output = Command::new(dir.join("bin").join("python"))
-        .args(["-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"])
+        .args([
+            "-c",
+            "import sysconfig; print(sysconfig.get_paths()['purelib'])",
+        ])
         .output()
         .expect("the venv's python starts");
     assert!(output.status.success());

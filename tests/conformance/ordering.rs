@@ -6,13 +6,19 @@ use async_py::PyRunner;
 use serde_json::json;
 
 pub async fn many_tasks_get_their_own_results(runner: PyRunner) {
-    runner.run("def tag(task, i):\n    return [task, i, task * 1000 + i]").await.unwrap();
+    runner
+        .run("def tag(task, i):\n    return [task, i, task * 1000 + i]")
+        .await
+        .unwrap();
     let tasks: Vec<_> = (0..64)
         .map(|task| {
             let runner = runner.clone();
             tokio::spawn(async move {
                 for i in 0..300 {
-                    let got = runner.call_function("tag", vec![json!(task), json!(i)]).await.unwrap();
+                    let got = runner
+                        .call_function("tag", vec![json!(task), json!(i)])
+                        .await
+                        .unwrap();
                     assert_eq!(got, json!([task, i, task * 1000 + i]));
                 }
             })
@@ -24,13 +30,18 @@ pub async fn many_tasks_get_their_own_results(runner: PyRunner) {
 }
 
 pub async fn commands_from_clones_keep_send_order(runner: PyRunner) {
-    runner.run("log = []\ndef note(who, i):\n    log.append([who, i])").await.unwrap();
+    runner
+        .run("log = []\ndef note(who, i):\n    log.append([who, i])")
+        .await
+        .unwrap();
     let threads: Vec<_> = (0..4)
         .map(|who| {
             let runner = runner.clone();
             thread::spawn(move || {
                 for i in 0..250 {
-                    runner.call_function_sync("note", vec![json!(who), json!(i)]).unwrap();
+                    runner
+                        .call_function_sync("note", vec![json!(who), json!(i)])
+                        .unwrap();
                 }
             })
         })
@@ -38,11 +49,20 @@ pub async fn commands_from_clones_keep_send_order(runner: PyRunner) {
     for thread in threads {
         thread.join().unwrap();
     }
-    let log: Vec<(u32, u32)> = serde_json::from_value(runner.read_variable("log").await.unwrap()).unwrap();
+    let log: Vec<(u32, u32)> =
+        serde_json::from_value(runner.read_variable("log").await.unwrap()).unwrap();
     assert_eq!(log.len(), 1000);
     for who in 0..4 {
-        let mine: Vec<u32> = log.iter().filter(|(w, _)| *w == who).map(|(_, i)| *i).collect();
-        assert_eq!(mine, (0..250).collect::<Vec<_>>(), "sender {who} kept its order");
+        let mine: Vec<u32> = log
+            .iter()
+            .filter(|(w, _)| *w == who)
+            .map(|(_, i)| *i)
+            .collect();
+        assert_eq!(
+            mine,
+            (0..250).collect::<Vec<_>>(),
+            "sender {who} kept its order"
+        );
     }
     // Sends from one task without waiting in between keep their order too.
     runner.run("log.clear()").await.unwrap();
@@ -67,11 +87,23 @@ pub async fn two_runners_keep_globals_apart(runner: PyRunner) {
     let other = runner.clone();
     // A clone shares globals …
     runner.run("shared = 'same runner'").await.unwrap();
-    assert_eq!(other.read_variable("shared").await.unwrap(), json!("same runner"));
+    assert_eq!(
+        other.read_variable("shared").await.unwrap(),
+        json!("same runner")
+    );
     // … a second runner of the same backend does not.
     let second = crate::make_runner();
-    second.run("shared = 'second runner'\nonly_second = 1").await.unwrap();
-    assert_eq!(runner.read_variable("shared").await.unwrap(), json!("same runner"));
+    second
+        .run("shared = 'second runner'\nonly_second = 1")
+        .await
+        .unwrap();
+    assert_eq!(
+        runner.read_variable("shared").await.unwrap(),
+        json!("same runner")
+    );
     assert!(runner.read_variable("only_second").await.is_err());
-    assert_eq!(second.read_variable("shared").await.unwrap(), json!("second runner"));
+    assert_eq!(
+        second.read_variable("shared").await.unwrap(),
+        json!("second runner")
+    );
 }

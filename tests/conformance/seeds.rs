@@ -14,10 +14,22 @@ def greet(name):
     return f"Hello {name}! Called {counter} time{s} from Python."
 "#;
     runner.run(code).await.unwrap();
-    let result1 = runner.call_function("greet", vec!["World".into()]).await.unwrap();
-    assert_eq!(result1.as_str().unwrap(), "Hello World! Called 1 time from Python.");
-    let result2 = runner.call_function("greet", vec!["World".into()]).await.unwrap();
-    assert_eq!(result2.as_str().unwrap(), "Hello World! Called 2 times from Python.");
+    let result1 = runner
+        .call_function("greet", vec!["World".into()])
+        .await
+        .unwrap();
+    assert_eq!(
+        result1.as_str().unwrap(),
+        "Hello World! Called 1 time from Python."
+    );
+    let result2 = runner
+        .call_function("greet", vec!["World".into()])
+        .await
+        .unwrap();
+    assert_eq!(
+        result2.as_str().unwrap(),
+        "Hello World! Called 2 times from Python."
+    );
 }
 
 pub async fn seed_add_and_sleep_overlap(runner: PyRunner) {
@@ -33,7 +45,8 @@ async def add_and_sleep(a, b, sleep_time):
 "#;
     runner.run(code).await.unwrap();
     let result1 = runner.call_async_function("add_and_sleep", vec![5.into(), 10.into(), 1.into()]);
-    let result2 = runner.call_async_function("add_and_sleep", vec![5.into(), 10.into(), 0.1.into()]);
+    let result2 =
+        runner.call_async_function("add_and_sleep", vec![5.into(), 10.into(), 0.1.into()]);
     let (result1, result2) = tokio::join!(result1, result2);
     assert_eq!(result1.unwrap(), Value::Number(17.into()));
     assert_eq!(result2.unwrap(), Value::Number(16.into()));

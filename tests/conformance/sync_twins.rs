@@ -14,7 +14,10 @@ pub fn twins_work_from_plain_threads(runner: PyRunner) {
             thread::spawn(move || {
                 for i in 0..200 {
                     let n = t * 1000 + i;
-                    assert_eq!(runner.call_function_sync("square", vec![json!(n)]).unwrap(), json!(n * n));
+                    assert_eq!(
+                        runner.call_function_sync("square", vec![json!(n)]).unwrap(),
+                        json!(n * n)
+                    );
                 }
             })
         })
@@ -25,11 +28,23 @@ pub fn twins_work_from_plain_threads(runner: PyRunner) {
 }
 
 pub fn twins_work_inside_a_current_thread_runtime(runner: PyRunner) {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     runtime.block_on(async {
-        runner.run_sync("import asyncio\nasync def later(v):\n    await asyncio.sleep(0.01)\n    return v").unwrap();
+        runner
+            .run_sync(
+                "import asyncio\nasync def later(v):\n    await asyncio.sleep(0.01)\n    return v",
+            )
+            .unwrap();
         assert_eq!(runner.eval_sync("2 + 2").unwrap(), json!(4));
-        assert_eq!(runner.call_async_function_sync("later", vec![json!("x")]).unwrap(), json!("x"));
+        assert_eq!(
+            runner
+                .call_async_function_sync("later", vec![json!("x")])
+                .unwrap(),
+            json!("x")
+        );
         // Mixed with awaited commands on the same thread.
         assert_eq!(runner.eval("3 + 3").await.unwrap(), json!(6));
         let spawned = tokio::spawn({
@@ -75,13 +90,29 @@ pub fn every_twin_does_its_job(runner: PyRunner) {
 
     runner.run_sync("import asyncio\nasync def twice(x):\n    await asyncio.sleep(0)\n    return 2 * x\ndef add(a, b):\n    return a + b").unwrap();
     runner.run_file_sync(&script).unwrap();
-    assert_eq!(runner.read_variable_sync("from_file").unwrap(), json!("yes"));
+    assert_eq!(
+        runner.read_variable_sync("from_file").unwrap(),
+        json!("yes")
+    );
     assert_eq!(runner.eval_sync("[1] * 2").unwrap(), json!([1, 1]));
-    assert_eq!(runner.call_function_sync("add", vec![json!(1), json!(2)]).unwrap(), json!(3));
-    assert_eq!(runner.call_async_function_sync("twice", vec![json!(21)]).unwrap(), json!(42));
+    assert_eq!(
+        runner
+            .call_function_sync("add", vec![json!(1), json!(2)])
+            .unwrap(),
+        json!(3)
+    );
+    assert_eq!(
+        runner
+            .call_async_function_sync("twice", vec![json!(21)])
+            .unwrap(),
+        json!(42)
+    );
     runner.set_venv_sync(&venv).unwrap();
     runner.run_sync("import twin_pkg").unwrap();
-    assert_eq!(runner.read_variable_sync("twin_pkg.VALUE").unwrap(), json!("from venv"));
+    assert_eq!(
+        runner.read_variable_sync("twin_pkg.VALUE").unwrap(),
+        json!("from venv")
+    );
     runner.stop_sync().unwrap();
     assert!(runner.eval_sync("1").is_err());
 }

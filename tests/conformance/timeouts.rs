@@ -9,9 +9,15 @@ const LIMIT: Duration = Duration::from_millis(200);
 
 pub async fn runaway_loop_times_out_and_runner_recovers(runner: PyRunner) {
     let limited = runner.clone().with_timeout(LIMIT);
-    assert_eq!(limited.run("while True:\n    pass").await, Err(PyRunnerError::Timeout(LIMIT)));
+    assert_eq!(
+        limited.run("while True:\n    pass").await,
+        Err(PyRunnerError::Timeout(LIMIT))
+    );
     assert_eq!(limited.eval("6 * 7").await.unwrap(), json!(42));
-    assert_eq!(runner.eval("'unlimited handle works too'").await.unwrap(), json!("unlimited handle works too"));
+    assert_eq!(
+        runner.eval("'unlimited handle works too'").await.unwrap(),
+        json!("unlimited handle works too")
+    );
 }
 
 pub async fn timeout_is_not_swallowed_by_except_exception(runner: PyRunner) {
@@ -29,7 +35,10 @@ pub async fn blocking_call_past_its_limit_does_not_poison_the_next_command(runne
         Err(PyRunnerError::Timeout(LIMIT))
     );
     for i in 0..20 {
-        assert_eq!(limited.eval(&format!("{i} + 1")).await.unwrap(), json!(i + 1));
+        assert_eq!(
+            limited.eval(&format!("{i} + 1")).await.unwrap(),
+            json!(i + 1)
+        );
     }
     limited.run("after = 'fine'").await.unwrap();
     assert_eq!(limited.read_variable("after").await.unwrap(), json!("fine"));
@@ -41,8 +50,14 @@ pub async fn coroutine_past_its_limit_times_out(runner: PyRunner) {
         .run("import asyncio\nasync def slow():\n    await asyncio.sleep(30)\nasync def quick():\n    return 'quick'")
         .await
         .unwrap();
-    assert_eq!(limited.call_async_function("slow", vec![]).await, Err(PyRunnerError::Timeout(LIMIT)));
-    assert_eq!(limited.call_async_function("quick", vec![]).await.unwrap(), json!("quick"));
+    assert_eq!(
+        limited.call_async_function("slow", vec![]).await,
+        Err(PyRunnerError::Timeout(LIMIT))
+    );
+    assert_eq!(
+        limited.call_async_function("quick", vec![]).await.unwrap(),
+        json!("quick")
+    );
 }
 
 pub async fn handles_keep_their_own_limits(runner: PyRunner) {

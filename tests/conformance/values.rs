@@ -4,13 +4,25 @@ use async_py::{PyRunner, PyRunnerError, Value};
 use serde_json::json;
 
 async fn eval(runner: &PyRunner, expr: &str) -> Value {
-    runner.eval(expr).await.unwrap_or_else(|err| panic!("eval({expr}) failed: {err:?}"))
+    runner
+        .eval(expr)
+        .await
+        .unwrap_or_else(|err| panic!("eval({expr}) failed: {err:?}"))
 }
 
 pub async fn none_round_trips(runner: PyRunner) {
     assert_eq!(eval(&runner, "None").await, Value::Null);
-    runner.run("def is_none(x):\n    return x is None").await.unwrap();
-    assert_eq!(runner.call_function("is_none", vec![Value::Null]).await.unwrap(), json!(true));
+    runner
+        .run("def is_none(x):\n    return x is None")
+        .await
+        .unwrap();
+    assert_eq!(
+        runner
+            .call_function("is_none", vec![Value::Null])
+            .await
+            .unwrap(),
+        json!(true)
+    );
 }
 
 pub async fn bools_are_checked_before_ints(runner: PyRunner) {
@@ -24,23 +36,39 @@ pub async fn ints_in_i64_and_u64_range(runner: PyRunner) {
     assert_eq!(eval(&runner, "2**63 - 1").await, json!(i64::MAX));
     assert_eq!(eval(&runner, "2**64 - 1").await, json!(u64::MAX));
     assert_eq!(eval(&runner, "0").await, json!(0));
-    runner.run("def plus_one(x):\n    return x + 1").await.unwrap();
+    runner
+        .run("def plus_one(x):\n    return x + 1")
+        .await
+        .unwrap();
     assert_eq!(
-        runner.call_function("plus_one", vec![json!(i64::MAX)]).await.unwrap(),
+        runner
+            .call_function("plus_one", vec![json!(i64::MAX)])
+            .await
+            .unwrap(),
         json!(9223372036854775808u64)
     );
-    assert_eq!(runner.call_function("plus_one", vec![json!(u64::MAX - 1)]).await.unwrap(), json!(u64::MAX));
+    assert_eq!(
+        runner
+            .call_function("plus_one", vec![json!(u64::MAX - 1)])
+            .await
+            .unwrap(),
+        json!(u64::MAX)
+    );
 }
 
 pub async fn ints_past_64_bits_are_conversion_errors(runner: PyRunner) {
     for expr in ["2**64", "-2**63 - 1", "2**70", "[1, 2**100]"] {
         match runner.eval(expr).await {
-            Err(PyRunnerError::Conversion(message)) => assert!(message.contains("bits"), "{expr}: {message}"),
+            Err(PyRunnerError::Conversion(message)) => {
+                assert!(message.contains("bits"), "{expr}: {message}")
+            }
             other => panic!("{expr}: expected a Conversion error, got {other:?}"),
         }
     }
     match runner.eval("2**70").await {
-        Err(PyRunnerError::Conversion(message)) => assert!(message.contains("71 bits"), "{message}"),
+        Err(PyRunnerError::Conversion(message)) => {
+            assert!(message.contains("71 bits"), "{message}")
+        }
         other => panic!("expected a Conversion error, got {other:?}"),
     }
     assert_eq!(eval(&runner, "1").await, json!(1), "the runner still works");
@@ -51,15 +79,36 @@ pub async fn floats_and_non_finite_floats(runner: PyRunner) {
     assert_eq!(eval(&runner, "-0.25").await, json!(-0.25));
     assert_eq!(eval(&runner, "float('nan')").await, Value::Null);
     assert_eq!(eval(&runner, "float('inf')").await, Value::Null);
-    assert_eq!(eval(&runner, "[float('-inf'), 2.0]").await, json!([null, 2.0]));
+    assert_eq!(
+        eval(&runner, "[float('-inf'), 2.0]").await,
+        json!([null, 2.0])
+    );
 }
 
 pub async fn strings_keep_unicode(runner: PyRunner) {
-    assert_eq!(eval(&runner, "'héllo wörld ✓ 🐍'").await, json!("héllo wörld ✓ 🐍"));
+    assert_eq!(
+        eval(&runner, "'héllo wörld ✓ 🐍'").await,
+        json!("héllo wörld ✓ 🐍")
+    );
     assert_eq!(eval(&runner, "''").await, json!(""));
-    runner.run("def length(s):\n    return len(s)").await.unwrap();
-    assert_eq!(runner.call_function("length", vec![json!("🐍🐍")]).await.unwrap(), json!(2));
-    assert_eq!(runner.call_function("length", vec![json!("a\0b")]).await.unwrap(), json!(3));
+    runner
+        .run("def length(s):\n    return len(s)")
+        .await
+        .unwrap();
+    assert_eq!(
+        runner
+            .call_function("length", vec![json!("🐍🐍")])
+            .await
+            .unwrap(),
+        json!(2)
+    );
+    assert_eq!(
+        runner
+            .call_function("length", vec![json!("a\0b")])
+            .await
+            .unwrap(),
+        json!(3)
+    );
 }
 
 pub async fn lists_and_tuples_become_arrays(runner: PyRunner) {
@@ -77,7 +126,10 @@ pub async fn sets_become_arrays(runner: PyRunner) {
 }
 
 pub async fn dicts_become_objects_with_str_keys(runner: PyRunner) {
-    assert_eq!(eval(&runner, "{'a': 1, 'b': [2]}").await, json!({"a": 1, "b": [2]}));
+    assert_eq!(
+        eval(&runner, "{'a': 1, 'b': [2]}").await,
+        json!({"a": 1, "b": [2]})
+    );
     assert_eq!(
         eval(&runner, "{1: 'one', (2, 3): 'pair', None: 0}").await,
         json!({"1": "one", "(2, 3)": "pair", "None": 0})
@@ -85,7 +137,10 @@ pub async fn dicts_become_objects_with_str_keys(runner: PyRunner) {
 }
 
 pub async fn bytes_become_arrays_of_numbers(runner: PyRunner) {
-    assert_eq!(eval(&runner, "b'\\x00\\x7f\\xff'").await, json!([0, 127, 255]));
+    assert_eq!(
+        eval(&runner, "b'\\x00\\x7f\\xff'").await,
+        json!([0, 127, 255])
+    );
     assert_eq!(eval(&runner, "bytearray(b'hi')").await, json!([104, 105]));
     assert_eq!(eval(&runner, "b''").await, json!([]));
 }
@@ -96,7 +151,10 @@ pub async fn other_objects_become_their_str(runner: PyRunner) {
         .run("class Point:\n    def __str__(self):\n        return 'Point(1, 2)'\np = Point()")
         .await
         .unwrap();
-    assert_eq!(runner.read_variable("p").await.unwrap(), json!("Point(1, 2)"));
+    assert_eq!(
+        runner.read_variable("p").await.unwrap(),
+        json!("Point(1, 2)")
+    );
     runner
         .run("class Broken:\n    def __str__(self):\n        raise ValueError('no str')\nb = Broken()")
         .await
@@ -123,33 +181,67 @@ pub async fn rust_values_arrive_with_python_types(runner: PyRunner) {
         (json!({"k": {"n": 1}}), json!(["dict", {"k": {"n": 1}}])),
     ];
     for (input, expected) in cases {
-        assert_eq!(runner.call_function("describe", vec![input.clone()]).await.unwrap(), expected, "{input}");
+        assert_eq!(
+            runner
+                .call_function("describe", vec![input.clone()])
+                .await
+                .unwrap(),
+            expected,
+            "{input}"
+        );
     }
 }
 
 pub async fn self_containing_values_are_conversion_errors(runner: PyRunner) {
-    runner.run("loop_list = []\nloop_list.append(loop_list)").await.unwrap();
-    assert!(matches!(runner.read_variable("loop_list").await, Err(PyRunnerError::Conversion(_))));
-    runner.run("loop_dict = {}\nloop_dict['me'] = loop_dict").await.unwrap();
-    assert!(matches!(runner.read_variable("loop_dict").await, Err(PyRunnerError::Conversion(_))));
+    runner
+        .run("loop_list = []\nloop_list.append(loop_list)")
+        .await
+        .unwrap();
+    assert!(matches!(
+        runner.read_variable("loop_list").await,
+        Err(PyRunnerError::Conversion(_))
+    ));
+    runner
+        .run("loop_dict = {}\nloop_dict['me'] = loop_dict")
+        .await
+        .unwrap();
+    assert!(matches!(
+        runner.read_variable("loop_dict").await,
+        Err(PyRunnerError::Conversion(_))
+    ));
     assert_eq!(eval(&runner, "2").await, json!(2));
 }
 
 pub async fn deep_values_are_conversion_errors(runner: PyRunner) {
-    runner.run("deep = []\nfor _ in range(10000):\n    deep = [deep]").await.unwrap();
-    assert!(matches!(runner.read_variable("deep").await, Err(PyRunnerError::Conversion(_))));
+    runner
+        .run("deep = []\nfor _ in range(10000):\n    deep = [deep]")
+        .await
+        .unwrap();
+    assert!(matches!(
+        runner.read_variable("deep").await,
+        Err(PyRunnerError::Conversion(_))
+    ));
     let mut value = json!(1);
     for _ in 0..1_000 {
         value = json!([value]);
     }
     runner.run("def ident(x):\n    return x").await.unwrap();
     let outcome = runner.call_function("ident", vec![value]).await;
-    assert!(matches!(outcome, Err(PyRunnerError::Conversion(_))), "{outcome:?}");
+    assert!(
+        matches!(outcome, Err(PyRunnerError::Conversion(_))),
+        "{outcome:?}"
+    );
     runner.run("shallow = [[[[1]]]]").await.unwrap();
-    assert_eq!(runner.read_variable("shallow").await.unwrap(), json!([[[[1]]]]));
+    assert_eq!(
+        runner.read_variable("shallow").await.unwrap(),
+        json!([[[[1]]]])
+    );
 }
 
 pub async fn lone_surrogates_are_conversion_errors(runner: PyRunner) {
-    assert!(matches!(runner.eval("'\\ud800'").await, Err(PyRunnerError::Conversion(_))));
+    assert!(matches!(
+        runner.eval("'\\ud800'").await,
+        Err(PyRunnerError::Conversion(_))
+    ));
     assert_eq!(eval(&runner, "'ok'").await, json!("ok"));
 }

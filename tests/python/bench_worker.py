@@ -1,0 +1,114 @@
+"""Timings of python/worker.py's codec and of round trips to a worker child.
+
+    python3 tests/python/bench_worker.py [python ...]
+
+Codec timings run in this interpreter; round trips run a child on each
+interpreter named (default: this one). The parent here is Python, so a
+round trip includes its own packing and pipe handling as well as the
+child's; a Rust parent adds less.
+"""
+
+import os
+import struct
+import subprocess
+import sys
+import time
+import timeit
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+WORKER = os.path.join(HERE, "..", "..", "python", "worker.py")
+sys.path.insert(0, os.path.dirname(WORKER))
+import worker  # noqa: E402
+
+
+def rmp_int(value):
+    """An int the way rmp-serde writes it: the narrowest encoding."""
+    if value < 0x80:
+        return bytes((value,))
+    if value <= 0xFF:
+        return b"\xcc" + bytes((value,))
+    if value <= 0xFFFF:
+        return b"\xcd" + value.to_bytes(2, "big")
+    return b"\xce" + value.to_bytes(4, "big")
+
+
+BIG = list(range(100000))
+# [7, "call", "echo", [[0, 1, ..., 99999]]] as rmp-serde would send it.
+BIG_REQUEST = b"\x94\x07\xa4call\xa4echo\x91\xdd" + len(BIG).to_bytes(4, "big") + b"".join(map(rmp_int, BIG))
+SMALL_REQUEST = worker.pack([7, "call", "add", [1, 2]])
+
+
+def best(function, number):
+    return min(timeit.repeat(function, number=number, repeat=7)) / number
+
+
+def codec_timings():
+    child = worker.ChildWorker.__new__(worker.ChildWorker)
+    child.outbox = []
+    child.pack_value = worker.pack
+
+    def small_reply():
+        child._reply_value(7, 3)
+        del child.outbox[:]
+
+    def big_reply():
+        child._reply_value(7, BIG)
+        del child.outbox[:]
+
+    assert worker.unpack(BIG_REQUEST) == [7, "call", "echo", [BIG]]
+    version = "%d.%d" % sys.version_info[:2]
+    print("codec %s: unpack [7,'call','add',[1,2]]  %6.2f us" % (version, best(lambda: worker.unpack(SMALL_REQUEST), 20000) * 1e6))
+    print("codec %s: reply frame [7,'ok',3]         %6.2f us" % (version, best(small_reply, 20000) * 1e6))
+    print("codec %s: unpack 100k-int request        %6.2f ms" % (version, best(lambda: worker.unpack(BIG_REQUEST), 10) * 1e3))
+    print("codec %s: reply frame of 100k ints       %6.2f ms" % (version, best(big_reply, 10) * 1e3))
+
+
+class Child:
+    def __init__(self, python):
+        self.process = subprocess.Popen([python, WORKER], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        self.hello = self.receive()
+
+    def send_raw(self, payload):
+        self.process.stdin.write(struct.pack(">I", len(payload)) + payload)
+        self.process.stdin.flush()
+
+    def receive(self):
+        (size,) = struct.unpack(">I", self.process.stdout.read(4))
+        return worker.unpack(self.process.stdout.read(size))
+
+    def close(self):
+        self.send_raw(worker.pack([0, "stop"]))
+        self.receive()
+        self.process.wait()
+
+
+def round_trips(python):
+    child = Child(python)
+    version = child.hello[2]
+    child.send_raw(worker.pack([1, "run", "def add(a, b):\n    return a + b\ndef echo(x):\n    return x\n"]))
+    child.receive()
+    for _ in range(2000):  # warm up
+        child.send_raw(SMALL_REQUEST)
+        child.receive()
+    count = 20000
+    start = time.perf_counter()
+    for _ in range(count):
+        child.send_raw(SMALL_REQUEST)
+        child.receive()
+    small = (time.perf_counter() - start) / count
+    times = []
+    for _ in range(10):
+        start = time.perf_counter()
+        child.send_raw(BIG_REQUEST)
+        reply = child.receive()
+        times.append(time.perf_counter() - start)
+    assert reply == [7, "ok", BIG]
+    child.close()
+    print("child %s: round trip of a small call   %6.2f us (Python parent)" % (version, small * 1e6))
+    print("child %s: echo of 100k ints            %6.2f ms (Python parent, best of 10)" % (version, min(times) * 1e3))
+
+
+if __name__ == "__main__":
+    codec_timings()
+    for python in sys.argv[1:] or [sys.executable]:
+        round_trips(python)

@@ -1,0 +1,902 @@
+"""Tests of python/worker.py.
+
+    python3 -m unittest discover -s tests/python -v
+
+`CodecTests` check the MessagePack codec in this interpreter against bytes
+written by hand the way rmp-serde writes them. The `ChildOnPython*` classes
+run python/worker.py as a child process (the subprocess backend's program,
+PROTOCOL.md) on every CPython 3.8, 3.10, 3.11, 3.12 and 3.13 found under
+/root/.pyenv/versions, and on this interpreter; `InterpreterTests` fails
+when none of 3.8, 3.10, 3.12 and 3.13 is there. Every read from a child has
+a time limit, so a child that hangs fails its test instead of the run.
+"""
+
+import glob
+import os
+import queue
+import random
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+import unittest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+WORKER = os.path.normpath(os.path.join(HERE, "..", "..", "python", "worker.py"))
+sys.path.insert(0, os.path.dirname(WORKER))
+import worker  # noqa: E402  (the module under test, imported in-process for its codec)
+
+REPLY_TIMEOUT = 10.0
+"""Seconds to wait for one reply, or for a child to exit."""
+
+PYENV_VERSIONS = ("3.8", "3.10", "3.11", "3.12", "3.13")
+REQUIRED_VERSIONS = ("3.8", "3.10", "3.12", "3.13")
+
+
+def find_interpreters():
+    """{"3.12": path, ...}: the pyenv interpreters, plus this one."""
+    found = {}
+    for version in PYENV_VERSIONS:
+        for path in sorted(glob.glob("/root/.pyenv/versions/%s.*/bin/python3" % version)):
+            found.setdefault(version, path)
+    mine = "%d.%d" % sys.version_info[:2]
+    known = {os.path.realpath(path) for path in found.values()}
+    if os.path.realpath(sys.executable) not in known:
+        found.setdefault(mine + "_current", sys.executable)
+    return found
+
+
+INTERPRETERS = find_interpreters()
+
+
+def frame(payload):
+    return struct.pack(">I", len(payload)) + payload
+
+
+def child_env():
+    """The child's environment, without what would hide buffering bugs."""
+    env = dict(os.environ)
+    env.pop("PYTHONUNBUFFERED", None)
+    return env
+
+
+class Exited:
+    """Put on the reply queue when the child's stdout ends."""
+
+    def __init__(self, leftover):
+        self.leftover = leftover
+
+    def __repr__(self):
+        return "<child stdout ended, %d stray bytes>" % len(self.leftover)
+
+
+class Child:
+    """python/worker.py in a child process, talked to over pipes.
+
+    Two threads read its stdout (frames, onto a queue) and its stderr, so
+    every wait here has a time limit.
+    """
+
+    def __init__(self, python, cwd=None):
+        self.process = subprocess.Popen(
+            [python, WORKER],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=child_env(),
+            cwd=cwd,
+        )
+        self.replies = queue.Queue()
+        self.stderr_chunks = []
+        self.readers = [
+            threading.Thread(target=self._read_replies, daemon=True),
+            threading.Thread(target=self._read_stderr, daemon=True),
+        ]
+        for reader in self.readers:
+            reader.start()
+
+    def _read_replies(self):
+        stream = self.process.stdout
+        while True:
+            header = stream.read(4)
+            if len(header) < 4:
+                self.replies.put(Exited(header))
+                return
+            (size,) = struct.unpack(">I", header)
+            body = stream.read(size)
+            if len(body) < size:
+                self.replies.put(Exited(header + body))
+                return
+            try:
+                self.replies.put(worker.unpack(body))
+            except Exception as exc:  # the test fails on it, not the thread
+                self.replies.put(exc)
+
+    def _read_stderr(self):
+        while True:
+            chunk = self.process.stderr.read1(65536) if hasattr(self.process.stderr, "read1") else self.process.stderr.read(1)
+            if not chunk:
+                return
+            self.stderr_chunks.append(chunk)
+
+    def stderr(self):
+        return b"".join(self.stderr_chunks).decode("utf-8", "replace")
+
+    def send_raw(self, data):
+        try:
+            self.process.stdin.write(data)
+            self.process.stdin.flush()
+        except (BrokenPipeError, ValueError):
+            pass  # the child is gone; the test sees that in its replies
+
+    def send(self, request):
+        self.send_raw(frame(worker.pack(request)))
+
+    def reply(self, timeout=REPLY_TIMEOUT):
+        try:
+            return self.replies.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError("no reply from the child within %.1f s; stderr:\n%s" % (timeout, self.stderr())) from None
+
+    def request(self, request, timeout=REPLY_TIMEOUT):
+        self.send(request)
+        return self.reply(timeout)
+
+    def close_input(self):
+        try:
+            self.process.stdin.close()
+        except BrokenPipeError:
+            pass
+
+    def wait(self, timeout=REPLY_TIMEOUT):
+        """The exit status; fails (after killing it) if the child does not exit in time."""
+        try:
+            status = self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise AssertionError("the child did not exit within %.1f s; stderr:\n%s" % (timeout, self.stderr())) from None
+        for reader in self.readers:
+            reader.join(timeout)
+        return status
+
+    def wait_for_stderr(self, text, timeout=REPLY_TIMEOUT):
+        deadline = time.monotonic() + timeout
+        while text not in self.stderr():
+            if time.monotonic() > deadline:
+                raise AssertionError("%r never reached stderr; it holds:\n%s" % (text, self.stderr()))
+            time.sleep(0.01)
+
+    def kill(self):
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def finish(self):
+        self.kill()
+        for stream in (self.process.stdin, self.process.stdout, self.process.stderr):
+            try:
+                stream.close()
+            except (OSError, ValueError):
+                pass
+        for reader in self.readers:
+            reader.join(REPLY_TIMEOUT)
+
+
+class InterpreterTests(unittest.TestCase):
+    def test_the_required_interpreters_are_found(self):
+        required = [version for version in REQUIRED_VERSIONS if version in INTERPRETERS]
+        self.assertTrue(
+            required,
+            "none of CPython %s found under /root/.pyenv/versions: the worker is only tested on %s"
+            % (", ".join(REQUIRED_VERSIONS), sys.executable),
+        )
+
+
+class CodecTests(unittest.TestCase):
+    """The codec in this interpreter, against bytes written by hand."""
+
+    def test_scalars_pack_to_their_shortest_form(self):
+        cases = [
+            (None, b"\xc0"),
+            (False, b"\xc2"),
+            (True, b"\xc3"),
+            (0, b"\x00"),
+            (127, b"\x7f"),
+            (128, b"\xcc\x80"),
+            (255, b"\xcc\xff"),
+            (256, b"\xcd\x01\x00"),
+            (65536, b"\xce\x00\x01\x00\x00"),
+            (2**32, b"\xcf\x00\x00\x00\x01\x00\x00\x00\x00"),
+            (2**64 - 1, b"\xcf" + b"\xff" * 8),
+            (-1, b"\xff"),
+            (-32, b"\xe0"),
+            (-33, b"\xd0\xdf"),
+            (-129, b"\xd1\xff\x7f"),
+            (-(2**31), b"\xd2\x80\x00\x00\x00"),
+            (-(2**63), b"\xd3\x80" + b"\x00" * 7),
+            (1.5, b"\xcb" + struct.pack(">d", 1.5)),
+            (float("nan"), b"\xc0"),
+            (float("-inf"), b"\xc0"),
+            ("", b"\xa0"),
+            ("a" * 31, b"\xbf" + b"a" * 31),
+            ("a" * 32, b"\xd9\x20" + b"a" * 32),
+            ("é" * 200, b"\xda\x01\x90" + "é".encode() * 200),
+        ]
+        for value, wire in cases:
+            with self.subTest(value=value):
+                self.assertEqual(worker.pack(value), wire)
+
+    def test_containers_pack_by_the_value_table(self):
+        self.assertEqual(worker.pack([1, (2,)]), b"\x92\x01\x91\x02")
+        self.assertEqual(worker.pack({1: None}), b"\x81\xa11\xc0")
+        self.assertEqual(worker.pack(b"\x01\xff"), b"\x92\xcc\x01\xcc\xff")
+        self.assertEqual(worker.pack(bytearray(b"ab")), b"\x92\x61\x62")
+        self.assertEqual(worker.pack({5}), b"\x91\x05")
+        self.assertEqual(worker.pack(list(range(16)))[:3], b"\xdc\x00\x10")
+        self.assertEqual(worker.pack({str(i): i for i in range(16)})[:3], b"\xde\x00\x10")
+
+    def test_long_number_lists_round_trip_through_the_fast_path(self):
+        lists = [
+            list(range(100)),
+            list(range(100000)),
+            [-5] * 40,
+            list(range(-100, 100)),
+            [2**63 + i for i in range(20)],
+            [-(2**63) + i for i in range(20)],
+            [-1, 2**63] * 10,
+            [i * 0.25 for i in range(-50, 50)],
+            [True] * 20,
+            [1, True, 2] * 10,
+            [1.0, 2] * 10,
+        ]
+        for items in lists:
+            with self.subTest(items=items[:4]):
+                back = worker.unpack(worker.pack(items))
+                self.assertEqual(back, items)
+                self.assertEqual([type(item) for item in back], [type(item) for item in items])
+
+    def test_special_floats_in_long_lists_become_nil(self):
+        self.assertEqual(worker.unpack(worker.pack([0.5] * 20 + [float("nan")])), [0.5] * 20 + [None])
+
+    def test_ints_outside_64_bits_are_conversion_errors(self):
+        for value in (2**64, -(2**63) - 1, [0] * 20 + [2**70]):
+            with self.subTest(value=value):
+                with self.assertRaises(worker.ConversionError) as caught:
+                    worker.pack(value)
+                self.assertIn("does not fit in a 64-bit integer (i64 or u64)", str(caught.exception))
+        with self.assertRaises(worker.ConversionError) as caught:
+            worker.pack(2**70)
+        self.assertEqual(str(caught.exception), "int of 71 bits does not fit in a 64-bit integer (i64 or u64)")
+
+    def test_nesting_deeper_than_200_is_a_conversion_error(self):
+        value = 0
+        for _ in range(200):
+            value = [value]
+        worker.pack(value)
+        with self.assertRaises(worker.ConversionError) as caught:
+            worker.pack([value])
+        self.assertEqual(str(caught.exception), "value nests deeper than 200 levels (or contains itself)")
+        looped = []
+        looped.append(looped)
+        self.assertRaises(worker.ConversionError, worker.pack, looped)
+
+    def test_every_wire_type_unpacks(self):
+        cases = [
+            (b"\xc0", None),
+            (b"\xc2", False),
+            (b"\xc3", True),
+            (b"\x05", 5),
+            (b"\xfb", -5),
+            (b"\xcc\xc8", 200),
+            (b"\xcd\x01\x00", 256),
+            (b"\xce\x00\x01\x00\x00", 65536),
+            (b"\xcf" + b"\xff" * 8, 2**64 - 1),
+            (b"\xd0\x80", -128),
+            (b"\xd1\x80\x00", -32768),
+            (b"\xd2\x80\x00\x00\x00", -(2**31)),
+            (b"\xd3\x80" + b"\x00" * 7, -(2**63)),
+            (b"\xca" + struct.pack(">f", 0.5), 0.5),
+            (b"\xcb" + struct.pack(">d", -2.5), -2.5),
+            (b"\xa3abc", "abc"),
+            (b"\xd9\x02hi", "hi"),
+            (b"\xda\x00\x02hi", "hi"),
+            (b"\xdb\x00\x00\x00\x02hi", "hi"),
+            (b"\xc4\x02\x00\xff", b"\x00\xff"),
+            (b"\xc5\x00\x01\x07", b"\x07"),
+            (b"\xc6\x00\x00\x00\x01\x07", b"\x07"),
+            (b"\x92\x01\xa1x", [1, "x"]),
+            (b"\xdc\x00\x02\x01\x02", [1, 2]),
+            (b"\xdd\x00\x00\x00\x02\x01\x02", [1, 2]),
+            (b"\x81\xa1k\x01", {"k": 1}),
+            (b"\xde\x00\x01\xa1k\x01", {"k": 1}),
+            (b"\xdf\x00\x00\x00\x01\xa1k\x01", {"k": 1}),
+            (b"\x81\x01\x02", {1: 2}),
+        ]
+        for wire, value in cases:
+            with self.subTest(wire=wire):
+                got = worker.unpack(wire)
+                self.assertEqual(got, value)
+                self.assertIs(type(got), type(value))
+
+    def test_runs_of_mixed_width_ints_unpack(self):
+        def rmp(value):  # the narrowest encoding, as rmp-serde writes it
+            if 0 <= value < 0x80 or -32 <= value < 0:
+                return struct.pack(">b" if value < 0 else ">B", value)
+            for low, high, marker, code in [
+                (0, 0xFF, 0xCC, "B"), (0, 0xFFFF, 0xCD, "H"), (0, 0xFFFFFFFF, 0xCE, "I"),
+                (-128, 127, 0xD0, "b"), (-(2**15), 2**15 - 1, 0xD1, "h"), (-(2**31), 2**31 - 1, 0xD2, "i"),
+            ]:
+                if low <= value <= high:
+                    return bytes((marker,)) + struct.pack(">" + code, value)
+            return b"\xd3" + struct.pack(">q", value) if value < 0 else b"\xcf" + struct.pack(">Q", value)
+
+        rng = random.Random(7)
+        lists = [
+            list(range(-70000, 70000, 3)),
+            [rng.choice([0, 1, -1, 200, -200, 70000, -70000, 2**40, -(2**40)]) for _ in range(500)],
+            [0.5] * 30 + [1] * 30 + [None] * 3 + [-3] * 30,
+        ]
+        for items in lists:
+            with self.subTest(items=items[:4]):
+                body = b"".join(rmp(item) if type(item) is int else worker.pack(item) for item in items)
+                wire = b"\xdd" + struct.pack(">I", len(items)) + body
+                self.assertEqual(worker.unpack(wire), items)
+
+    def test_bad_bytes_are_frame_errors(self):
+        for wire in [
+            b"",
+            b"\xc1",
+            b"\xd4\x01\x00",  # fixext 1
+            b"\xc7\x01\x05\x00",  # ext 8
+            b"\x92\x01",  # one item short
+            b"\xa5abc",  # str cut short
+            b"\xcd\x01",  # uint 16 cut short
+            b"\x01\x02",  # trailing byte
+            b"\xa2\xff\xfe",  # not UTF-8
+            b"\x81\x91\x01\x02",  # a list as a map key
+        ]:
+            with self.subTest(wire=wire):
+                self.assertRaises(worker.FrameError, worker.unpack, wire)
+
+
+class ChildTests:
+    """The worker as a child process; mixed into one TestCase per interpreter."""
+
+    python = None
+
+    def setUp(self):
+        self.children = []
+
+    def tearDown(self):
+        for child in self.children:
+            child.finish()
+
+    def start(self, cwd=None):
+        child = Child(self.python, cwd=cwd)
+        self.children.append(child)
+        hello = child.reply()
+        self.assertIsInstance(hello, list, "first frame: %r; stderr:\n%s" % (hello, child.stderr()))
+        self.assertEqual(hello[0], "hello")
+        return child
+
+    def ok(self, child, request):
+        reply = child.request(request)
+        self.assertEqual(reply[:2], [request[0], "ok"], "reply %r; stderr:\n%s" % (reply, child.stderr()))
+        return reply[2]
+
+    def error(self, child, request):
+        reply = child.request(request)
+        self.assertEqual(reply[:2], [request[0], "err"], "reply %r" % (reply,))
+        self.assertEqual(len(reply), 5)
+        return reply[2], reply[3], reply[4]
+
+    # -- start and stop ------------------------------------------------------
+
+    def test_hello_names_the_protocol_version_pid_and_executable(self):
+        child = Child(self.python)
+        self.children.append(child)
+        hello = child.reply()
+        version = subprocess.check_output(
+            [self.python, "-c", "import sys; print('%d.%d.%d' % sys.version_info[:3])"], universal_newlines=True
+        ).strip()
+        self.assertEqual(hello[:4], ["hello", 1, version, child.process.pid])
+        self.assertEqual(os.path.realpath(hello[4]), os.path.realpath(self.python))
+
+    def test_stop_replies_then_exits_with_status_0(self):
+        child = self.start()
+        self.assertEqual(child.request([1, "stop"]), [1, "ok", None])
+        self.assertEqual(child.wait(), 0)
+
+    def test_requests_after_stop_in_the_same_write_are_not_answered(self):
+        child = self.start()
+        child.send_raw(frame(worker.pack([1, "stop"])) + frame(worker.pack([2, "eval", "1"])))
+        self.assertEqual(child.reply(), [1, "ok", None])
+        self.assertEqual(child.wait(), 0)
+        self.assertIsInstance(child.reply(), Exited)
+
+    def test_end_of_input_exits_with_status_0(self):
+        child = self.start()
+        child.close_input()
+        self.assertEqual(child.wait(), 0)
+
+    def test_end_of_input_with_a_coroutine_pending_exits_promptly(self):
+        child = self.start()
+        self.ok(child, [1, "run", "import asyncio\nasync def forever():\n    await asyncio.sleep(3600)\n"])
+        child.send([2, "call_async", "forever", [], None])
+        time.sleep(0.1)
+        child.close_input()
+        self.assertEqual(child.wait(5.0), 0)
+
+    # -- every op ------------------------------------------------------------
+
+    def test_run_keeps_globals_between_requests(self):
+        child = self.start()
+        self.assertIsNone(self.ok(child, [1, "run", "x = 40\ndef f(y):\n    return x + y\n"]))
+        self.assertEqual(self.ok(child, [2, "eval", "f(2)"]), 42)
+        self.assertEqual(self.ok(child, [3, "eval", "__name__"]), "__main__")
+
+    def test_run_file_puts_its_folder_first_on_sys_path(self):
+        folder = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, folder)
+        with open(os.path.join(folder, "helper_mod.py"), "w") as f:
+            f.write("VALUE = 'from helper'\n")
+        script = os.path.join(folder, "script.py")
+        with open(script, "w") as f:
+            f.write("import sys, helper_mod\nresult = helper_mod.VALUE\nfirst = sys.path[0]\n")
+        child = self.start()
+        self.assertIsNone(self.ok(child, [1, "run_file", script]))
+        self.assertEqual(self.ok(child, [2, "read", "result"]), "from helper")
+        self.assertEqual(self.ok(child, [3, "read", "first"]), os.path.realpath(folder))
+        self.assertEqual(self.ok(child, [4, "read", "__file__"]), os.path.realpath(script))
+
+    def test_read_follows_dotted_names_and_builtins(self):
+        child = self.start()
+        self.ok(child, [1, "run", "import os\nclass Box:\n    inner = {'k': [1, 2]}\n"])
+        self.assertEqual(self.ok(child, [2, "read", "Box.inner"]), {"k": [1, 2]})
+        self.assertEqual(self.ok(child, [3, "read", "os.sep"]), os.sep)
+        self.assertEqual(self.ok(child, [4, "read", "len"]), "<built-in function len>")
+        kind, message, _ = self.error(child, [5, "read", "missing.name"])
+        self.assertEqual((kind, message), ("NameError", "name 'missing' is not defined"))
+
+    def test_call_passes_args_and_returns_the_result(self):
+        child = self.start()
+        self.ok(child, [1, "run", "import math\ndef add(a, b):\n    return a + b\n"])
+        self.assertEqual(self.ok(child, [2, "call", "add", [1, 2]]), 3)
+        self.assertEqual(self.ok(child, [3, "call", "add", [[1], [None, "x"]]]), [1, None, "x"])
+        self.assertEqual(self.ok(child, [4, "call", "math.sqrt", [16]]), 4.0)
+        self.assertEqual(self.ok(child, [5, "call", "len", [{"a": 1, "b": 2}]]), 2)
+
+    def test_set_venv_puts_site_packages_first(self):
+        venv = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, venv)
+        version = subprocess.check_output(
+            [self.python, "-c", "import sys; print('python%d.%d' % sys.version_info[:2])"], universal_newlines=True
+        ).strip()
+        packages = os.path.join(venv, "lib", version, "site-packages")
+        os.makedirs(packages)
+        with open(os.path.join(packages, "venv_only_mod.py"), "w") as f:
+            f.write("WHERE = 'venv'\n")
+        child = self.start()
+        self.assertIsNone(self.ok(child, [1, "set_venv", venv]))
+        self.assertEqual(self.ok(child, [2, "eval", "__import__('venv_only_mod').WHERE"]), "venv")
+        self.assertEqual(self.ok(child, [3, "eval", "__import__('sys').path[0]"]), os.path.realpath(packages))
+        kind, _, _ = self.error(child, [4, "set_venv", os.path.join(venv, "nowhere")])
+        self.assertEqual(kind, "FileNotFoundError")
+
+    def test_call_async_awaits_a_coroutine(self):
+        child = self.start()
+        self.ok(child, [1, "run", "import asyncio\nasync def twice(x):\n    await asyncio.sleep(0.01)\n    return 2 * x\n"])
+        self.assertEqual(self.ok(child, [2, "call_async", "twice", [21], None]), 42)
+        self.assertEqual(self.ok(child, [3, "call_async", "twice", [1], 5]), 2)
+        self.assertEqual(self.ok(child, [4, "call_async", "len", [[1, 2]], None]), 2)
+
+    def test_call_async_replies_come_back_out_of_order(self):
+        child = self.start()
+        self.ok(
+            child,
+            [1, "run", "import asyncio\nasync def wait(seconds, name):\n    await asyncio.sleep(seconds)\n    return name\n"],
+        )
+        child.send([2, "call_async", "wait", [0.5, "slow"], None])
+        child.send([3, "call_async", "wait", [0.01, "fast"], None])
+        self.assertEqual(child.reply(), [3, "ok", "fast"])
+        self.assertEqual(child.reply(), [2, "ok", "slow"])
+
+    def test_call_async_shares_one_event_loop_between_calls(self):
+        child = self.start()
+        code = textwrap.dedent(
+            """
+            import asyncio
+            async def wait_for_signal():
+                global signal
+                signal = asyncio.get_running_loop().create_future()
+                return await signal
+            def send_signal(value):
+                signal.set_result(value)
+                return 'sent'
+            """
+        )
+        self.ok(child, [1, "run", code])
+        child.send([2, "call_async", "wait_for_signal", [], None])
+        time.sleep(0.05)
+        self.assertEqual(child.request([3, "call", "send_signal", ["hi"]]), [3, "ok", "sent"])
+        self.assertEqual(child.reply(), [2, "ok", "hi"])
+
+    def test_call_async_past_its_limit_replies_timeout(self):
+        child = self.start()
+        self.ok(child, [1, "run", "import asyncio\nasync def forever():\n    await asyncio.sleep(3600)\n"])
+        started = time.monotonic()
+        self.assertEqual(child.request([2, "call_async", "forever", [], 0.1]), [2, "timeout"])
+        self.assertLess(time.monotonic() - started, 5.0)
+        self.assertEqual(self.ok(child, [3, "eval", "'still here'"]), "still here")
+
+    def test_call_async_errors_carry_the_coroutines_traceback(self):
+        child = self.start()
+        self.ok(child, [1, "run", "async def broken():\n    raise ValueError('bad value')\n"])
+        kind, message, trace = self.error(child, [2, "call_async", "broken", [], None])
+        self.assertEqual((kind, message), ("ValueError", "bad value"))
+        self.assertIn("in broken", trace)
+
+    def test_user_code_may_run_its_own_event_loop(self):
+        child = self.start()
+        code = "import asyncio\nasync def one():\n    return 1\nresult = asyncio.run(one())\n"
+        self.ok(child, [1, "run", code])
+        self.assertEqual(self.ok(child, [2, "read", "result"]), 1)
+        self.ok(child, [3, "run", "async def two():\n    return 2\n"])
+        self.assertEqual(self.ok(child, [4, "call_async", "two", [], None]), 2)
+
+    def test_many_requests_in_one_write_are_answered_in_order(self):
+        child = self.start()
+        child.send_raw(b"".join(frame(worker.pack([i, "eval", "%d * 2" % i])) for i in range(200)))
+        for i in range(200):
+            self.assertEqual(child.reply(), [i, "ok", i * 2])
+
+    def test_a_100k_int_list_echoes_back(self):
+        child = self.start()
+        self.ok(child, [1, "run", "def echo(x):\n    return x\n"])
+        items = list(range(100000))
+        self.assertEqual(self.ok(child, [2, "call", "echo", [items]]), items)
+
+    # -- the value table -----------------------------------------------------
+
+    def test_values_convert_by_the_table(self):
+        child = self.start()
+        self.ok(child, [1, "run", "import enum\nclass Colour(enum.IntEnum):\n    RED = 1\nclass Plain:\n    def __str__(self):\n        return 'plain!'\n"])
+        cases = [
+            ("None", None),
+            ("True", True),
+            ("[False, 0]", [False, 0]),
+            ("7", 7),
+            ("2**64 - 1", 2**64 - 1),
+            ("-2**63", -(2**63)),
+            ("1.25", 1.25),
+            ("float('nan')", None),
+            ("[float('inf'), -float('inf')]", [None, None]),
+            ("'héllo'", "héllo"),
+            ("(1, [2, (3,)])", [1, [2, [3]]]),
+            ("{'a': 1, 2: 'b', None: [], (1, 2): 0}", {"a": 1, "2": "b", "None": [], "(1, 2)": 0}),
+            ("{5}", [5]),
+            ("frozenset()", []),
+            ("b'\\x00\\x7f\\xff'", [0, 127, 255]),
+            ("bytearray(b'ab')", [97, 98]),
+            ("Colour.RED", 1),
+            ("Plain()", "plain!"),
+            ("[Plain()] * 2", ["plain!", "plain!"]),
+            ("list(range(-50, 50))", list(range(-50, 50))),
+            ("[True] * 20", [True] * 20),
+            ("[0.5] * 20 + [float('nan')]", [0.5] * 20 + [None]),
+        ]
+        for request_id, (expr, value) in enumerate(cases, start=10):
+            with self.subTest(expr=expr):
+                got = self.ok(child, [request_id, "eval", expr])
+                self.assertEqual(got, value)
+                self.assertEqual(repr(got), repr(value))
+        self.assertTrue(self.ok(child, [50, "eval", "object()"]).startswith("<object object at"))
+
+    def test_args_arrive_by_the_table(self):
+        child = self.start()
+        self.ok(child, [1, "run", "def kinds(*args):\n    return [type(a).__name__ for a in args]\n"])
+        kinds = self.ok(child, [2, "call", "kinds", [None, True, 1, -1, 2**64 - 1, 1.5, "s", [1], {"k": "v"}]])
+        self.assertEqual(kinds, ["NoneType", "bool", "int", "int", "int", "float", "str", "list", "dict"])
+
+    def test_hand_written_wire_types_arrive(self):
+        child = self.start()
+        self.ok(child, [1, "run", "def show(*args):\n    return repr(args)\n"])
+        args = [
+            b"\xca" + struct.pack(">f", 0.5),  # float 32
+            b"\xda\x00\x02hi",  # str 16
+            b"\xdc\x00\x01\x07",  # array 16
+            b"\xde\x00\x01\xa1k\xc3",  # map 16
+            b"\xc4\x02\x00\xff",  # bin 8
+            b"\xd1\xff\x00",  # int 16
+            b"\xcf\x00\x00\x00\x00\x00\x00\x00\x05",  # uint 64
+        ]
+        payload = b"\x94\x02\xa4call\xa4show\x97" + b"".join(args)
+        child.send_raw(frame(payload))
+        self.assertEqual(child.reply(), [2, "ok", "(0.5, 'hi', [7], {'k': True}, b'\\x00\\xff', -256, 5)"])
+
+    def test_big_ints_are_conversion_errors_naming_their_size(self):
+        child = self.start()
+        self.assertEqual(
+            child.request([1, "eval", "2**64"]), [1, "conv", "int of 65 bits does not fit in a 64-bit integer (i64 or u64)"]
+        )
+        self.assertEqual(
+            child.request([2, "eval", "[1, -2**100]"]), [2, "conv", "int of 101 bits does not fit in a 64-bit integer (i64 or u64)"]
+        )
+
+    def test_deep_or_self_containing_values_are_conversion_errors(self):
+        child = self.start()
+        self.ok(child, [1, "run", "deep = 0\nfor _ in range(200):\n    deep = [deep]\nloop = []\nloop.append(loop)\n"])
+        self.assertEqual(self.ok(child, [2, "eval", "len(deep)"]), 1)
+        child.send([3, "read", "deep"])
+        self.assertEqual(child.reply()[:2], [3, "ok"])
+        too_deep = "value nests deeper than 200 levels (or contains itself)"
+        self.assertEqual(child.request([4, "eval", "[deep]"]), [4, "conv", too_deep])
+        self.assertEqual(child.request([5, "read", "loop"]), [5, "conv", too_deep])
+
+    def test_too_deep_args_are_a_conversion_error(self):
+        child = self.start()
+        self.ok(child, [1, "run", "def f(x):\n    return 'called'\n"])
+        deep_arg = b"\x91" * 300 + b"\x01"
+        child.send_raw(frame(b"\x94\x02\xa4call\xa1f\x91" + deep_arg))
+        self.assertEqual(child.reply(), [2, "conv", "value nests deeper than 200 levels (or contains itself)"])
+        self.assertEqual(self.ok(child, [3, "eval", "1"]), 1)
+
+    def test_lone_surrogates_are_conversion_errors(self):
+        child = self.start()
+        reply = child.request([1, "eval", "'\\ud800'"])
+        self.assertEqual(reply[:2], [1, "conv"])
+
+    def test_a_failing_str_is_an_error_reply(self):
+        child = self.start()
+        self.ok(child, [1, "run", "class Bad:\n    def __str__(self):\n        raise RuntimeError('no str for you')\n"])
+        kind, message, _ = self.error(child, [2, "eval", "Bad()"])
+        self.assertEqual((kind, message), ("RuntimeError", "no str for you"))
+
+    # -- errors --------------------------------------------------------------
+
+    def test_exceptions_become_err_replies_with_a_traceback(self):
+        child = self.start()
+        self.ok(child, [1, "run", "def inner():\n    return 1 / 0\ndef outer():\n    return inner()\n"])
+        kind, message, trace = self.error(child, [2, "call", "outer", []])
+        self.assertEqual((kind, message), ("ZeroDivisionError", "division by zero"))
+        self.assertTrue(trace.startswith("Traceback (most recent call last):"), trace)
+        self.assertIn("in inner", trace)
+        self.assertIn("ZeroDivisionError: division by zero", trace)
+        self.assertNotIn("worker.py", trace)
+
+    def test_syntax_errors_and_nul_bytes_are_err_replies(self):
+        child = self.start()
+        kind, _, _ = self.error(child, [1, "run", "def ("])
+        self.assertEqual(kind, "SyntaxError")
+        kind, _, _ = self.error(child, [2, "run", "x = 1\0"])
+        self.assertIn(kind, ("ValueError", "SyntaxError"))
+        self.assertEqual(self.ok(child, [3, "eval", "1 + 1"]), 2)
+
+    def test_system_exit_and_keyboard_interrupt_do_not_end_the_child(self):
+        child = self.start()
+        kind, message, _ = self.error(child, [1, "run", "import sys\nsys.exit(4)"])
+        self.assertEqual((kind, message), ("SystemExit", "4"))
+        kind, _, _ = self.error(child, [2, "run", "raise KeyboardInterrupt"])
+        self.assertEqual(kind, "KeyboardInterrupt")
+        self.ok(child, [3, "run", "import sys\nasync def leave():\n    sys.exit(5)\n"])
+        kind, message, _ = self.error(child, [4, "call_async", "leave", [], None])
+        self.assertEqual((kind, message), ("SystemExit", "5"))
+        self.assertEqual(self.ok(child, [5, "eval", "'alive'"]), "alive")
+
+    def test_deep_recursion_is_a_recursion_error(self):
+        child = self.start()
+        self.ok(child, [1, "run", "def down(n):\n    return down(n + 1)\n"])
+        kind, _, _ = self.error(child, [2, "call", "down", [0]])
+        self.assertEqual(kind, "RecursionError")
+        self.assertEqual(self.ok(child, [3, "eval", "'alive'"]), "alive")
+
+    # -- file descriptors ----------------------------------------------------
+
+    def test_stdout_writes_go_to_stderr_not_the_protocol(self):
+        child = self.start()
+        code = textwrap.dedent(
+            """
+            import os, subprocess, sys
+            print('from print')
+            sys.stdout.write('from sys.stdout\\n')
+            os.write(1, b'from fd 1\\n')
+            sys.stdout.buffer.write(b'\\x00\\x00\\x00\\x05junk\\n')
+            subprocess.call([sys.executable, '-c', 'print("from a grandchild")'])
+            """
+        )
+        self.assertIsNone(self.ok(child, [1, "run", code]))
+        self.assertEqual(self.ok(child, [2, "eval", "'clean'"]), "clean")
+        child.wait_for_stderr("from a grandchild")
+        for line in ("from print", "from sys.stdout", "from fd 1", "junk"):
+            child.wait_for_stderr(line)
+
+    def test_print_reaches_stderr_while_the_child_runs(self):
+        child = self.start()
+        self.ok(child, [1, "run", "print('line one')"])
+        child.wait_for_stderr("line one")
+        self.ok(child, [2, "run", "import sys\nprint('line two', file=sys.stderr)"])
+        child.wait_for_stderr("line two")
+
+    def test_input_gets_end_of_file(self):
+        child = self.start()
+        kind, _, _ = self.error(child, [1, "eval", "input()"])
+        self.assertEqual(kind, "EOFError")
+        self.assertEqual(self.ok(child, [2, "eval", "__import__('sys').stdin.read()"]), "")
+        self.assertEqual(self.ok(child, [3, "eval", "__import__('os').read(0, 10)"]), [])
+
+    def test_the_workers_folder_is_not_on_sys_path(self):
+        child = self.start()
+        folder = os.path.dirname(WORKER)
+        self.assertFalse(self.ok(child, [1, "eval", "%r in __import__('sys').path" % folder]))
+
+    # -- malformed input -----------------------------------------------------
+
+    def test_malformed_requests_with_an_id_get_a_protocol_error(self):
+        child = self.start()
+        for request in [
+            [1],
+            [2, "nope"],
+            [3, 7],
+            [4, "run"],
+            [5, "run", 5],
+            [6, "run", "x", "y"],
+            [7, "call", "f", "not a list"],
+            [8, "call_async", "f", [], -1],
+            [9, "call_async", "f", [], "soon"],
+            [10, "call_async", "f", []],
+            [11, "stop", "now"],
+        ]:
+            with self.subTest(request=request):
+                reply = child.request(request)
+                self.assertEqual(reply[:3], [request[0], "err", "ProtocolError"])
+                self.assertIsInstance(reply[3], str)
+                self.assertIsNone(reply[4])
+        self.assertEqual(self.ok(child, [20, "eval", "'alive'"]), "alive")
+
+    def test_requests_without_an_id_are_dropped_with_a_line_on_stderr(self):
+        child = self.start()
+        for request in [{"a": 1}, "text", [], ["1", "eval", "1"], [True, "eval", "1"], [None]]:
+            child.send(request)
+        self.assertEqual(self.ok(child, [5, "eval", "'alive'"]), "alive")
+        child.wait_for_stderr("without an id")
+
+    def test_bytes_that_are_not_messagepack_exit_with_status_3(self):
+        for payload in [b"\xc1", b"\xd4\x01\x00", b"\x92\x01", b"\x93\x01\xa2ok\xc0\xc0", b"\xa2\xff\xfe"]:
+            with self.subTest(payload=payload):
+                child = self.start()
+                child.send_raw(frame(payload))
+                self.assertEqual(child.wait(), 3)
+                self.assertIn("not valid MessagePack", child.stderr())
+
+    def test_replies_before_a_bad_frame_are_still_sent(self):
+        child = self.start()
+        child.send_raw(frame(worker.pack([1, "eval", "'first'"])) + frame(b"\xc1"))
+        self.assertEqual(child.reply(), [1, "ok", "first"])
+        self.assertEqual(child.wait(), 3)
+
+    def test_a_frame_over_1_gib_exits_with_status_3(self):
+        child = self.start()
+        child.send_raw(struct.pack(">I", (1 << 30) + 1))
+        self.assertEqual(child.wait(), 3)
+        self.assertIn("1 GiB", child.stderr())
+
+    def test_a_truncated_frame_at_end_of_input_exits_with_status_3(self):
+        for cut in (1, 3, 4, 7):
+            with self.subTest(cut=cut):
+                child = self.start()
+                child.send_raw(frame(worker.pack([1, "eval", "'never'"]))[:cut])
+                child.close_input()
+                self.assertEqual(child.wait(), 3)
+
+    def test_random_and_truncated_frames_never_hang_the_child(self):
+        rng = random.Random(1234)
+        samples = [
+            [1, "eval", "1 + 1"],
+            [2, "call", "len", [[1, 2, 3]]],
+            [3, "run", "x = 5"],
+            [4, "read", "x"],
+            [5, "call_async", "len", [[1]], 1.5],
+            [6, "eval", "{'a': [1.5, None, True]}"],
+            [7, "call", "max", [list(range(40))]],
+            [8, "call", "str", [{"k": [300, -5, 70000]}]],
+        ]
+        sentinel = [999999, "eval", "'alive'"]
+        child = None
+        for case in range(60):
+            if child is None or child.process.poll() is not None:
+                child = self.start()
+            kind = rng.choice(["random", "mutated", "mutated", "resized", "truncated"])
+            payload = worker.pack(rng.choice(samples))
+            if kind == "random":
+                data = frame(bytes(rng.getrandbits(8) for _ in range(rng.randrange(0, 40))))
+            elif kind == "mutated":
+                payload = bytearray(payload)
+                for _ in range(rng.randrange(1, 4)):
+                    payload[rng.randrange(len(payload))] = rng.getrandbits(8)
+                data = frame(bytes(payload))
+            elif kind == "resized":  # the header and the payload disagree
+                data = struct.pack(">I", max(0, len(payload) + rng.randrange(-5, 6))) + payload
+            else:
+                data = frame(payload)[: rng.randrange(1, len(payload) + 4)]
+                child.send_raw(data)
+                child.close_input()
+                self.assertEqual(child.wait(), 3, "case %d (%s): %r" % (case, kind, data))
+                continue
+            child.send_raw(data + frame(worker.pack(sentinel)))
+            outcome = self._await_sentinel(child, sentinel[0])
+            with self.subTest(case=case, kind=kind, data=data):
+                if outcome == "alive":
+                    continue
+                if outcome == "silent":  # still waiting for the rest of a frame
+                    child.close_input()
+                self.assertIn(child.wait(5.0), (0, 3))
+
+    def _await_sentinel(self, child, sentinel_id, timeout=3.0):
+        """"alive" when the sentinel is answered, "exited" or "silent" otherwise."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return "silent"
+            try:
+                reply = child.replies.get(timeout=left)
+            except queue.Empty:
+                return "silent"
+            if isinstance(reply, Exited):
+                return "exited"
+            self.assertIsInstance(reply, list, "a reply that is not a list: %r" % (reply,))
+            self.assertIn(reply[1], ("ok", "err", "conv", "timeout"), "reply %r" % (reply,))
+            if reply[0] == sentinel_id:
+                return "alive"
+
+
+@unittest.skipUnless(sys.platform.startswith("linux"), "PR_SET_PDEATHSIG is Linux only")
+class ParentDeathTests(unittest.TestCase):
+    def test_the_child_dies_with_its_parent(self):
+        """The worker's parent exits while someone else holds its request pipe."""
+        python = sys.executable
+        read_end, write_end = os.pipe()
+        self.addCleanup(os.close, write_end)
+        launcher = textwrap.dedent(
+            """
+            import subprocess, sys
+            child = subprocess.Popen([sys.executable, %r], stdin=%d, stdout=subprocess.PIPE, pass_fds=[%d])
+            child.stdout.read(4)  # the hello's header: prctl has run
+            print(child.pid)
+            """
+            % (WORKER, read_end, read_end)
+        )
+        pid = int(subprocess.check_output([python, "-c", launcher], pass_fds=[read_end], timeout=REPLY_TIMEOUT))
+        os.close(read_end)
+        deadline = time.monotonic() + REPLY_TIMEOUT
+        while _process_alive(pid):
+            if time.monotonic() > deadline:
+                os.kill(pid, 9)
+                self.fail("the worker outlived its parent")
+            time.sleep(0.02)
+
+
+def _process_alive(pid):
+    try:
+        with open("/proc/%d/stat" % pid) as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return False
+
+
+def _child_test_classes():
+    classes = {}
+    for version, python in sorted(INTERPRETERS.items()):
+        name = "ChildOnPython" + version.replace(".", "_")
+        classes[name] = type(name, (ChildTests, unittest.TestCase), {"python": python, "__doc__": "worker.py on %s" % python})
+    return classes
+
+
+globals().update(_child_test_classes())
+
+if __name__ == "__main__":
+    unittest.main()
