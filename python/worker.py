@@ -2,20 +2,38 @@
 
 This file serves two masters. The in-process (PyO3) backend loads it as a
 module and calls its helpers, so both backends give the same answers for
-the same code. The subprocess backend runs it as a program; `main()` then
-speaks the wire protocol described in PROTOCOL.md beside this file.
+the same code. The subprocess backend runs it as a program (`python
+worker.py`); `main()` then speaks the wire protocol of PROTOCOL.md beside
+this file:
 
-It uses the standard library only, and runs on CPython 3.8 and later.
+- frames are a 4-byte big-endian length and one MessagePack value;
+- the child first sends `["hello", 1, "3.11.7", pid, executable]`;
+- requests are `[id, op, ...]` (ops `run`, `run_file`, `eval`, `read`,
+  `call`, `call_async`, `set_venv`, `stop`) and are handled in arrival order;
+- replies are `[id, "ok", value]`, `[id, "err", kind, message, traceback]`,
+  `[id, "conv", message]` or `[id, "timeout"]`; only `call_async` replies
+  can come back out of order.
+
+It uses the standard library only, and runs on CPython 3.8 and later. It
+carries its own MessagePack codec, and uses the C `msgpack` package instead
+when the interpreter has it.
 """
 
 import asyncio
 import builtins
 import functools
 import inspect
+import math
 import os
+import reprlib
+import select
+import signal
 import site
+import struct
 import sys
+import time
 import traceback
+from array import array
 
 _HERE = globals().get("__file__", "<async_py>")
 
@@ -145,6 +163,7 @@ class CoroutineDriver:
         self.finished = []
         self.pending = 0
         self.closing = False
+        self.turning = False
         if wake_fd is not None:
             self.loop.add_reader(wake_fd, self._on_wake, wake_fd)
 
@@ -181,21 +200,31 @@ class CoroutineDriver:
         else:
             outcome = (token, True, task.result())
         self.finished.append(outcome)
-        if not self.closing:
-            self.loop.stop()
+        self.wake()
 
     def _on_wake(self, fd):
         try:
             os.read(fd, 4096)
         except (BlockingIOError, InterruptedError):
             pass
-        self.loop.stop()
+        self.wake()
+
+    def wake(self):
+        """Ends the current `turn`. Outside one it does nothing: the loop may
+        then be running user code's own `run_until_complete`, which a stop
+        would break."""
+        if self.turning and not self.closing:
+            self.loop.stop()
 
     def turn(self, block):
         """Runs the loop once (block=False) or until woken; returns what finished."""
-        if not block:
+        if not block or self.finished:
             self.loop.call_soon(self.loop.stop)
-        self.loop.run_forever()
+        self.turning = True
+        try:
+            self.loop.run_forever()
+        finally:
+            self.turning = False
         finished, self.finished = self.finished, []
         return finished
 
@@ -216,5 +245,1050 @@ def _prepare_embedded():
         sys.argv = [""]
 
 
-if __name__ != "__main__":
+# ---------------------------------------------------------------------------
+# Values on the wire: the value table and a small MessagePack codec.
+#
+# `pack` turns a Python object into MessagePack by the value table in the
+# crate docs, and `unpack` turns one MessagePack value back into Python.
+# Most values take the plain recursive path. Two fast paths keep big
+# homogeneous lists cheap, because their per-item cost would dominate a call:
+# a long list of plain ints or floats is packed with `array` and strided
+# `bytearray` copies, and a run of same-width numbers inside an array is
+# unpacked the same way.
+# ---------------------------------------------------------------------------
+
+MAX_DEPTH = 200
+"""How deeply values may nest; the same limit as the Rust side's."""
+
+_TOO_DEEP = "value nests deeper than %d levels (or contains itself)" % MAX_DEPTH
+_LONE_SURROGATE = "str holds a lone surrogate, which UTF-8 cannot carry"
+
+
+class ConversionError(Exception):
+    """A value that has no form in the value table (a `conv` reply)."""
+
+
+class FrameError(Exception):
+    """Bytes that are not exactly one valid MessagePack value."""
+
+
+class _TooDeep(Exception):
+    """A request nests deeper than the value table allows."""
+
+
+def _int_too_large(value):
+    return "int of %d bits does not fit in a 64-bit integer (i64 or u64)" % value.bit_length()
+
+
+_BYTE = [bytes((i,)) for i in range(256)]
+_U8 = struct.Struct(">BB").pack
+_U16 = struct.Struct(">BH").pack
+_U32 = struct.Struct(">BI").pack
+_U64 = struct.Struct(">BQ").pack
+_I8 = struct.Struct(">Bb").pack
+_I16 = struct.Struct(">Bh").pack
+_I32 = struct.Struct(">Bi").pack
+_I64 = struct.Struct(">Bq").pack
+_F64 = struct.Struct(">Bd").pack
+_isfinite = math.isfinite
+
+# Lists at least this long are tried as a whole (all ints or all floats)
+# before item by item; arrays this long are scanned for runs of numbers.
+_RUN_MIN = 16
+
+
+def _typecode(size, signed):
+    """The `array` type code of a machine integer of `size` bytes."""
+    for code in ("bhilq" if signed else "BHILQ"):
+        if array(code).itemsize == size:
+            return code
+    raise RuntimeError("no array type code for %d-byte integers" % size)
+
+
+_BIG_ENDIAN_HOST = sys.byteorder == "big"
+
+
+def pack(value):
+    """MessagePack bytes of `value` by the value table.
+
+    Raises ConversionError for a value with no form in the table; an
+    exception raised by `str(obj)` of some object propagates.
+    """
+    out = []
+    _pack(value, out, 0)
+    return b"".join(out)
+
+
+def _pack(obj, out, depth):
+    kind = type(obj)
+    if kind is str:
+        _pack_str(obj, out)
+    elif kind is int:
+        _pack_int(obj, out)
+    elif obj is None:
+        out.append(b"\xc0")
+    elif kind is bool:
+        out.append(b"\xc3" if obj else b"\xc2")
+    elif kind is float:
+        out.append(_F64(0xCB, obj) if _isfinite(obj) else b"\xc0")
+    elif kind is list or kind is tuple:
+        _pack_array(obj, out, depth)
+    elif kind is dict:
+        _pack_map(obj, out, depth)
+    else:
+        _pack_other(obj, out, depth)
+
+
+def _pack_other(obj, out, depth):
+    """Subclasses of the table's types, sets, bytes, and everything else."""
+    # The same order as the table: bool is caught by _pack, int comes before float.
+    if isinstance(obj, int):
+        _pack_int(int(obj), out)
+    elif isinstance(obj, float):
+        _pack(float(obj), out, depth)
+    elif isinstance(obj, str):
+        # The characters themselves, not the subclass's own __str__ (a str Enum).
+        _pack_str(str.__str__(obj), out)
+    elif isinstance(obj, (list, tuple)):
+        _pack_array(obj, out, depth)
+    elif isinstance(obj, dict):
+        _pack_map(obj, out, depth)
+    elif isinstance(obj, (set, frozenset)):
+        _pack_array(list(obj), out, depth)
+    elif isinstance(obj, (bytes, bytearray)):
+        _pack_bytes(obj, out)
+    else:
+        _pack_str(str.__str__(str(obj)), out)
+
+
+def _pack_int(value, out):
+    if value >= 0:
+        if value < 0x80:
+            out.append(_BYTE[value])
+        elif value <= 0xFF:
+            out.append(_U8(0xCC, value))
+        elif value <= 0xFFFF:
+            out.append(_U16(0xCD, value))
+        elif value <= 0xFFFFFFFF:
+            out.append(_U32(0xCE, value))
+        elif value <= 0xFFFFFFFFFFFFFFFF:
+            out.append(_U64(0xCF, value))
+        else:
+            raise ConversionError(_int_too_large(value))
+    elif value >= -0x20:
+        out.append(_BYTE[value + 0x100])
+    elif value >= -0x80:
+        out.append(_I8(0xD0, value))
+    elif value >= -0x8000:
+        out.append(_I16(0xD1, value))
+    elif value >= -0x80000000:
+        out.append(_I32(0xD2, value))
+    elif value >= -0x8000000000000000:
+        out.append(_I64(0xD3, value))
+    else:
+        raise ConversionError(_int_too_large(value))
+
+
+def _pack_str(text, out):
+    try:
+        data = text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ConversionError(_LONE_SURROGATE) from None
+    size = len(data)
+    if size < 32:
+        out.append(_BYTE[0xA0 | size])
+    elif size <= 0xFF:
+        out.append(_U8(0xD9, size))
+    elif size <= 0xFFFF:
+        out.append(_U16(0xDA, size))
+    elif size <= 0xFFFFFFFF:
+        out.append(_U32(0xDB, size))
+    else:
+        raise ConversionError("str of %d bytes is too long for MessagePack" % size)
+    out.append(data)
+
+
+def _pack_header(size, fix, marker16, out):
+    """The header of an array (fix=0x90) or a map (fix=0x80) of `size` items."""
+    if size < 16:
+        out.append(_BYTE[fix | size])
+    elif size <= 0xFFFF:
+        out.append(_U16(marker16, size))
+    elif size <= 0xFFFFFFFF:
+        out.append(_U32(marker16 + 1, size))
+    else:
+        raise ConversionError("a container of %d items is too long for MessagePack" % size)
+
+
+def _pack_array(items, out, depth):
+    size = len(items)
+    _pack_header(size, 0x90, 0xDC, out)
+    if not size:
+        return
+    if depth >= MAX_DEPTH:
+        raise ConversionError(_TOO_DEEP)
+    if size >= _RUN_MIN and _pack_numbers(items, out):
+        return
+    depth += 1
+    for item in items:
+        _pack(item, out, depth)
+
+
+def _pack_map(mapping, out, depth):
+    size = len(mapping)
+    _pack_header(size, 0x80, 0xDE, out)
+    if not size:
+        return
+    if depth >= MAX_DEPTH:
+        raise ConversionError(_TOO_DEEP)
+    depth += 1
+    for key, item in mapping.items():
+        if type(key) is str:
+            _pack_str(key, out)
+        elif isinstance(key, str):
+            _pack_str(str.__str__(key), out)
+        else:
+            _pack_str(str(key), out)
+        _pack(item, out, depth)
+
+
+def _pack_bytes(data, out):
+    """bytes and bytearray go as an array of ints 0..255."""
+    size = len(data)
+    _pack_header(size, 0x90, 0xDC, out)
+    if size and max(data) < 0x80:
+        out.append(bytes(data))  # every byte is already a positive fixint
+    elif size:
+        out.append(_interleave(b"\xcc", data, 1))
+
+
+def _pack_numbers(items, out):
+    """Packs a list of only plain ints or only finite floats with C-level loops.
+
+    Every item gets the same encoding, the first that holds them all.
+    Returns False, having packed nothing, for any other list; the
+    item-by-item path then handles it (and names a too-large int).
+    """
+    first = type(items[0])
+    if first is not int and first is not float:
+        return False
+    if set(map(type, items)) != {first}:
+        return False
+    if first is float:
+        if not _isfinite(sum(items)):
+            return False  # NaN or an infinity somewhere: they become nil one by one
+        out.append(_interleave(b"\xcb", _big_endian(array("d", items)), 8))
+        return True
+    try:
+        small = bytes(items)  # succeeds when every item is in 0..255
+    except (ValueError, OverflowError):
+        pass
+    else:
+        if max(small) < 0x80:
+            out.append(small)  # every item is already a positive fixint
+        else:
+            out.append(_interleave(b"\xcc", small, 1))
+        return True
+    # The first of these that holds every item; array() stops at the first
+    # item out of its range.
+    for marker, code, width in _WIDE_INTS:
+        try:
+            numbers = array(code, items)
+        except OverflowError:
+            continue
+        out.append(_interleave(marker, _big_endian(numbers), width))
+        return True
+    return False
+
+
+# (MessagePack marker, array type code, width in bytes)
+_WIDE_INTS = [
+    (b"\xd0", "b", 1),
+    (b"\xce", _typecode(4, False), 4),
+    (b"\xd2", _typecode(4, True), 4),
+    (b"\xcf", _typecode(8, False), 8),
+    (b"\xd3", _typecode(8, True), 8),
+]
+
+
+def _big_endian(numbers):
+    """The bytes of an array of numbers, most significant byte first."""
+    if not _BIG_ENDIAN_HOST:
+        numbers.byteswap()
+    return numbers.tobytes()
+
+
+def _interleave(marker, raw, width):
+    """`marker` before each `width`-byte number of `raw`, by strided copies."""
+    count = len(raw) // width
+    stride = width + 1
+    body = bytearray(stride * count)
+    body[0::stride] = marker * count
+    for i in range(width):
+        body[1 + i :: stride] = raw[i::width]
+    return body
+
+
+# Unpacking. Every function takes (data, pos, depth) and returns (value, end).
+# A slice that runs past the end of the data is not checked where it is
+# taken: the position then ends past the end too, which `unpack` refuses.
+# Requests nest two levels above their arguments ([id, op, name, [args]]).
+_WIRE_DEPTH = MAX_DEPTH + 2
+
+_unpack_u8 = struct.Struct(">B").unpack_from
+_unpack_u16 = struct.Struct(">H").unpack_from
+_unpack_u32 = struct.Struct(">I").unpack_from
+_unpack_u64 = struct.Struct(">Q").unpack_from
+_unpack_i8 = struct.Struct(">b").unpack_from
+_unpack_i16 = struct.Struct(">h").unpack_from
+_unpack_i32 = struct.Struct(">i").unpack_from
+_unpack_i64 = struct.Struct(">q").unpack_from
+_unpack_f32 = struct.Struct(">f").unpack_from
+_unpack_f64 = struct.Struct(">d").unpack_from
+
+
+def unpack(data):
+    """The Python value of one MessagePack value filling `data`.
+
+    Raises FrameError for bytes that are not one valid value (truncated,
+    trailing bytes, ext types, invalid UTF-8, unhashable map keys).
+    """
+    try:
+        value, end = _unpack(data, 0, 0)
+    except _TooDeep:
+        raise
+    except RecursionError:  # user code lowered the recursion limit
+        raise _TooDeep() from None
+    except (IndexError, struct.error, UnicodeDecodeError, TypeError, ValueError) as exc:
+        raise FrameError(str(exc) or type(exc).__name__) from None
+    if end > len(data):
+        raise FrameError("the value runs %d bytes past the end" % (end - len(data)))
+    if end < len(data):
+        raise FrameError("%d bytes after the value" % (len(data) - end))
+    return value
+
+
+def _unpack(data, pos, depth):
+    marker = data[pos]
+    if marker < 0x80:
+        return marker, pos + 1
+    if marker >= 0xE0:
+        return marker - 0x100, pos + 1
+    if marker >= 0xA0:
+        if marker < 0xC0:
+            end = pos + 1 + (marker & 0x1F)
+            return data[pos + 1 : end].decode(), end
+        return _UNPACK_MARKER[marker - 0xC0](data, pos + 1, depth)
+    if marker >= 0x90:
+        return _unpack_array(data, pos + 1, marker & 0x0F, depth)
+    return _unpack_map(data, pos + 1, marker & 0x0F, depth)
+
+
+def _unpack_array(data, pos, count, depth):
+    if count and depth >= _WIRE_DEPTH:
+        raise _TooDeep()
+    depth += 1
+    items = []
+    append = items.append
+    if count < _RUN_MIN:
+        for _ in range(count):
+            marker = data[pos]
+            if marker < 0x80:
+                append(marker)
+                pos += 1
+            elif 0xA0 <= marker < 0xC0:
+                end = pos + 1 + (marker & 0x1F)
+                append(data[pos + 1 : end].decode())
+                pos = end
+            else:
+                value, pos = _unpack(data, pos, depth)
+                append(value)
+        return items, pos
+    remaining = count
+    while remaining:
+        run = _RUNS.get(data[pos])
+        if run is not None:
+            size = _run_length(data, pos, remaining, run)
+            if size > 1:
+                end = pos + size * run.stride
+                items.extend(_unpack_run(data, pos, end, run))
+                remaining -= size
+                pos = end
+                continue
+        value, pos = _unpack(data, pos, depth)
+        append(value)
+        remaining -= 1
+    return items, pos
+
+
+class _Run:
+    """Numbers that share one encoding: `markers` are the bytes that can start
+    one, each takes `stride` bytes, and `code` is their `array` type code."""
+
+    def __init__(self, markers, stride, code):
+        self.markers = markers
+        self.stride = stride
+        self.code = code
+
+
+def _run_length(data, pos, limit, run):
+    """How many numbers of this run's encoding follow at `pos` (at most `limit`).
+
+    The bytes at each stride are the markers while the run lasts; the first
+    one that is not ends it.
+    """
+    starts = data[pos : pos + run.stride * limit : run.stride]
+    return len(starts) - len(starts.lstrip(run.markers))
+
+
+def _unpack_run(data, pos, end, run):
+    """The numbers of one run, data[pos:end], as a list or an array."""
+    stride = run.stride
+    if stride == 1:  # fixints: each byte is its own value
+        return data[pos:end] if run.code == "B" else array(run.code, data[pos:end])
+    width = stride - 1
+    if width == 1:
+        raw = data[pos + 1 : end : stride]
+    else:
+        raw = bytearray(width * ((end - pos) // stride))
+        for i in range(width):
+            raw[i::width] = data[pos + 1 + i : end : stride]
+    numbers = array(run.code, raw)
+    if not _BIG_ENDIAN_HOST:
+        numbers.byteswap()
+    return numbers
+
+
+_POSITIVE_FIXINTS = _Run(bytes(range(0x00, 0x80)), 1, "B")
+_NEGATIVE_FIXINTS = _Run(bytes(range(0xE0, 0x100)), 1, "b")
+_RUNS = dict.fromkeys(range(0x00, 0x80), _POSITIVE_FIXINTS)
+_RUNS.update(dict.fromkeys(range(0xE0, 0x100), _NEGATIVE_FIXINTS))
+for _marker, _width, _code in [
+    (0xCA, 4, "f"),
+    (0xCB, 8, "d"),
+    (0xCC, 1, "B"),
+    (0xCD, 2, _typecode(2, False)),
+    (0xCE, 4, _typecode(4, False)),
+    (0xCF, 8, _typecode(8, False)),
+    (0xD0, 1, "b"),
+    (0xD1, 2, _typecode(2, True)),
+    (0xD2, 4, _typecode(4, True)),
+    (0xD3, 8, _typecode(8, True)),
+]:
+    _RUNS[_marker] = _Run(_BYTE[_marker], _width + 1, _code)
+del _marker, _width, _code
+
+
+def _unpack_map(data, pos, count, depth):
+    if count and depth >= _WIRE_DEPTH:
+        raise _TooDeep()
+    depth += 1
+    result = {}
+    for _ in range(count):
+        marker = data[pos]
+        if 0xA0 <= marker < 0xC0:
+            end = pos + 1 + (marker & 0x1F)
+            key = data[pos + 1 : end].decode()
+            pos = end
+        else:
+            key, pos = _unpack(data, pos, depth)
+        value, pos = _unpack(data, pos, depth)
+        result[key] = value
+    return result, pos
+
+
+def _take(data, pos, size):
+    end = pos + size
+    return data[pos:end], end
+
+
+def _unpack_str(size_of):
+    def unpack_str(data, pos, depth):
+        size, pos = size_of(data, pos)
+        text, end = _take(data, pos, size)
+        return text.decode(), end
+
+    return unpack_str
+
+
+def _unpack_bin(size_of):
+    def unpack_bin(data, pos, depth):
+        size, pos = size_of(data, pos)
+        blob, end = _take(data, pos, size)
+        return bytes(blob), end
+
+    return unpack_bin
+
+
+def _unpack_container(size_of, unpack_items):
+    def unpack_container(data, pos, depth):
+        count, pos = size_of(data, pos)
+        return unpack_items(data, pos, count, depth)
+
+    return unpack_container
+
+
+def _number(unpack_from, width):
+    def unpack_number(data, pos, depth):
+        return unpack_from(data, pos)[0], pos + width
+
+    return unpack_number
+
+
+def _size8(data, pos):
+    return data[pos], pos + 1
+
+
+def _size16(data, pos):
+    return _unpack_u16(data, pos)[0], pos + 2
+
+
+def _size32(data, pos):
+    return _unpack_u32(data, pos)[0], pos + 4
+
+
+def _constant(value):
+    def unpack_constant(data, pos, depth):
+        return value, pos
+
+    return unpack_constant
+
+
+def _invalid(name):
+    def unpack_invalid(data, pos, depth):
+        raise ValueError("%s at byte %d is not supported" % (name, pos - 1))
+
+    return unpack_invalid
+
+
+# Markers 0xc0..0xdf, in order.
+_UNPACK_MARKER = [
+    _constant(None),  # c0 nil
+    _invalid("marker 0xc1"),  # c1 never used
+    _constant(False),  # c2
+    _constant(True),  # c3
+    _unpack_bin(_size8),  # c4 bin 8
+    _unpack_bin(_size16),  # c5 bin 16
+    _unpack_bin(_size32),  # c6 bin 32
+    _invalid("ext 8"),  # c7
+    _invalid("ext 16"),  # c8
+    _invalid("ext 32"),  # c9
+    _number(_unpack_f32, 4),  # ca float 32
+    _number(_unpack_f64, 8),  # cb float 64
+    _number(_unpack_u8, 1),  # cc uint 8
+    _number(_unpack_u16, 2),  # cd uint 16
+    _number(_unpack_u32, 4),  # ce uint 32
+    _number(_unpack_u64, 8),  # cf uint 64
+    _number(_unpack_i8, 1),  # d0 int 8
+    _number(_unpack_i16, 2),  # d1 int 16
+    _number(_unpack_i32, 4),  # d2 int 32
+    _number(_unpack_i64, 8),  # d3 int 64
+    _invalid("fixext 1"),  # d4
+    _invalid("fixext 2"),  # d5
+    _invalid("fixext 4"),  # d6
+    _invalid("fixext 8"),  # d7
+    _invalid("fixext 16"),  # d8
+    _unpack_str(_size8),  # d9 str 8
+    _unpack_str(_size16),  # da str 16
+    _unpack_str(_size32),  # db str 32
+    _unpack_container(_size16, _unpack_array),  # dc array 16
+    _unpack_container(_size32, _unpack_array),  # dd array 32
+    _unpack_container(_size16, _unpack_map),  # de map 16
+    _unpack_container(_size32, _unpack_map),  # df map 32
+]
+
+
+
+def _msgpack_codec():
+    """(pack, unpack) backed by the C `msgpack` package, or None without it.
+
+    Requests are decoded by the package. Replies are packed by it only when
+    a shallow look shows nothing the value table treats differently from
+    MessagePack's defaults (bytes, sets, NaN, subclasses, other objects);
+    everything else, and anything the package refuses, goes through `pack`.
+    """
+    try:
+        import msgpack
+    except ImportError:
+        return None
+    packb = msgpack.packb
+    unpackb = msgpack.unpackb
+    stack_error = getattr(msgpack.exceptions, "StackError", ())
+    scalars = {type(None), bool, int, str}
+
+    def is_plain(value):
+        kind = type(value)
+        if kind in scalars:
+            return True
+        if kind is float:
+            return _isfinite(value)
+        if kind is list or kind is tuple:
+            kinds = set(map(type, value))
+            if kinds == {float}:
+                return _isfinite(sum(value))
+            return kinds <= scalars
+        if kind is dict:
+            return set(map(type, value)) <= {str} and set(map(type, value.values())) <= scalars
+        return False
+
+    def fast_pack(value):
+        if is_plain(value):
+            try:
+                return packb(value, use_bin_type=True)
+            except Exception:
+                pass  # a big int or a lone surrogate: `pack` names the problem
+        return pack(value)
+
+    def reject_ext(code, data):
+        raise ValueError("ext type %d is not supported" % code)
+
+    def fast_unpack(data):
+        try:
+            return unpackb(data, raw=False, strict_map_key=False, ext_hook=reject_ext)
+        except stack_error:
+            raise _TooDeep() from None
+        except Exception as exc:
+            raise FrameError(str(exc) or type(exc).__name__) from None
+
+    return fast_pack, fast_unpack
+
+
+# ---------------------------------------------------------------------------
+# The child process: `python worker.py` speaks PROTOCOL.md on its stdin and
+# stdout.
+# ---------------------------------------------------------------------------
+
+PROTOCOL_VERSION = 1
+FRAME_LIMIT = 1 << 30
+"""Frames longer than this (1 GiB) make the child exit with status 3."""
+
+EXIT_PROTOCOL = 3
+"""Exit status after bytes that are not a frame of valid MessagePack."""
+
+# A pipe wake-up costs more than this, so the child polls for the next
+# request for a moment before it sleeps in the selector.
+_SPIN_SECONDS = 50e-6
+# Pipes hand over at most 64 KiB at a time, and a bigger read buffer costs
+# an mmap per read.
+_READ_CHUNK = 1 << 16
+
+_frame_header = struct.Struct(">I").pack
+# The start of [id, "ok", value], the id always as a uint 64.
+_ok_head = struct.Struct(">BBQ3s").pack
+_LATER = object()
+"""Returned by a request handler whose reply comes when a coroutine finishes."""
+
+
+def _say(message):
+    """One line on stderr, straight to the fd: user code may have replaced sys.stderr."""
+    try:
+        os.write(2, ("async_py worker: %s\n" % message).encode("utf-8", "backslashreplace"))
+    except OSError:
+        pass
+
+
+def _wire_text(text):
+    """`text` with anything UTF-8 cannot carry (lone surrogates) escaped."""
+    if text is None:
+        return None
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _is_limit(value):
+    """nil, or a finite number of seconds that is not negative."""
+    return value is None or (type(value) in (int, float) and _isfinite(value) and value >= 0)
+
+
+# The types of each op's arguments after [id, op]; `call_async`'s limit is nil
+# or a number of seconds.
+_OPS = {
+    "run": (str,),
+    "run_file": (str,),
+    "eval": (str,),
+    "read": (str,),
+    "call": (str, list),
+    "call_async": (str, list, "limit"),
+    "set_venv": (str,),
+    "stop": (),
+}
+
+
+class ChildWorker:
+    """Answers the requests of one parent until `stop` or end of input.
+
+    Every op runs to completion in the order its request arrived, outside the
+    event loop (so user code may call `asyncio.run`), except `call_async`,
+    whose coroutine runs on the CoroutineDriver's loop while the child waits
+    for the next request.
+    """
+
+    def __init__(self, proto_in, proto_out, pack_value=pack, unpack_frame=unpack):
+        self.proto_in = proto_in
+        self.proto_out = proto_out
+        self.pack_value = pack_value
+        self.unpack_frame = unpack_frame
+        self.globals = new_globals()
+        self.driver = CoroutineDriver()
+        self.inbox = bytearray()
+        self.outbox = []
+        self.at_eof = False
+        self.stopping = False
+        self.handlers = {op: getattr(self, "op_" + op) for op in _OPS}
+        os.set_blocking(proto_in, False)
+        self.driver.loop.add_reader(proto_in, self._on_readable)
+
+    # -- the loop ----------------------------------------------------------
+
+    def serve(self):
+        """Handles requests until `stop` or end of input; returns the exit status."""
+        self._send(pack(["hello", PROTOCOL_VERSION, "%d.%d.%d" % sys.version_info[:3], os.getpid(), _executable()]))
+        self._flush()
+        while True:
+            self._handle_frames()
+            if self.driver.pending and not self.stopping:
+                self._turn_loop(block=False)  # let coroutines move between batches
+            self._flush()
+            if self.stopping:
+                return 0
+            if self.at_eof:
+                if self.inbox:
+                    self._fail("the request pipe ended inside a frame (%d bytes left)" % len(self.inbox))
+                return 0
+            if not self._spin():
+                self._turn_loop(block=True)
+
+    def close(self):
+        """Cancels pending coroutines and closes the event loop."""
+        loop = self.driver.loop
+        if loop.is_closed():
+            return
+        loop.remove_reader(self.proto_in)
+        try:
+            self.driver.cancel_all()
+        except BaseException as exc:
+            _say("while cancelling pending calls: %s: %s" % (type(exc).__name__, exc))
+
+    def _turn_loop(self, block):
+        """Runs the event loop once, or until bytes arrive or a call finishes."""
+        try:
+            finished = self.driver.turn(block)
+        except BaseException as exc:
+            # SystemExit or KeyboardInterrupt from a coroutine leaves run_forever
+            # after its task has recorded it; the task's reply follows next turn.
+            if not isinstance(exc, (SystemExit, KeyboardInterrupt)):
+                _say("event loop error: %s" % "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+            return
+        for token, ok, value in finished:
+            self._reply_finished(token, ok, value)
+
+    def _on_readable(self):
+        self._read_available()
+        self.driver.wake()
+
+    def _read_available(self):
+        """Moves what the request pipe holds into the inbox; True if anything came."""
+        got = False
+        while True:
+            try:
+                chunk = os.read(self.proto_in, _READ_CHUNK)
+            except (BlockingIOError, InterruptedError):
+                return got
+            if not chunk:
+                self.at_eof = True
+                return True
+            self.inbox += chunk
+            got = True
+            if len(chunk) < _READ_CHUNK:
+                return True  # a short read leaves the pipe empty
+
+    def _spin(self):
+        """Polls briefly for the next request; True if bytes (or end of input) came."""
+        deadline = time.perf_counter() + _SPIN_SECONDS
+        while True:
+            if self._read_available():
+                return True
+            if time.perf_counter() >= deadline:
+                return False
+
+    def _handle_frames(self):
+        """Handles every complete frame in the inbox, in order."""
+        inbox = self.inbox
+        pos = 0
+        while len(inbox) - pos >= 4 and not self.stopping:
+            (size,) = _unpack_u32(inbox, pos)
+            if size > FRAME_LIMIT:
+                self._fail("a frame of %d bytes is over the 1 GiB limit" % size)
+            end = pos + 4 + size
+            if end > len(inbox):
+                break
+            frame = inbox[pos + 4 : end]
+            pos = end
+            self._handle_frame(frame)
+        del inbox[:pos]
+
+    def _handle_frame(self, frame):
+        try:
+            request = self.unpack_frame(frame)
+        except _TooDeep:
+            request_id = _request_id_of(frame)
+            if request_id is None:
+                _say("ignoring a request that nests too deeply and has no id")
+            else:
+                self._send_reply([request_id, "conv", _TOO_DEEP])
+            return
+        except FrameError as exc:
+            self._fail("a frame is not valid MessagePack: %s" % exc)
+        if type(request) is not list or not request or type(request[0]) is not int:
+            _say("ignoring a request without an id: %s" % _preview(request))
+            return
+        request_id = request[0]
+        problem = _request_problem(request)
+        if problem is not None:
+            self._send_reply([request_id, "err", "ProtocolError", problem, None])
+            return
+        try:
+            value = self.handlers[request[1]](request_id, *request[2:])
+        except BaseException as exc:
+            # Anything user code raises, SystemExit and KeyboardInterrupt too,
+            # is the caller's error; the child goes on.
+            self._reply_error(request_id, exc)
+            return
+        if value is not _LATER:
+            self._reply_value(request_id, value)
+
+    # -- one method per op: each returns the reply's value, or raises --------
+
+    def op_run(self, request_id, code):
+        run_code(code, self.globals)
+
+    def op_run_file(self, request_id, path):
+        run_file(path, self.globals)
+
+    def op_eval(self, request_id, expr):
+        return eval_expr(expr, self.globals)
+
+    def op_read(self, request_id, name):
+        return resolve(name, self.globals)
+
+    def op_call(self, request_id, name, args):
+        return resolve(name, self.globals)(*args)
+
+    def op_call_async(self, request_id, name, args, limit):
+        function = resolve(name, self.globals)
+        scheduled, value = self.driver.start(request_id, function, args, limit)
+        return _LATER if scheduled else value
+
+    def op_set_venv(self, request_id, path):
+        set_venv(path)
+
+    def op_stop(self, request_id):
+        self.stopping = True
+
+    # -- replies -----------------------------------------------------------
+
+    def _reply_finished(self, request_id, ok, value):
+        if ok:
+            self._reply_value(request_id, value)
+        elif value == "timeout":
+            self._send_reply([request_id, "timeout"])
+        elif value == "cancelled":
+            self._send_reply([request_id, "err", "CancelledError", "the coroutine was cancelled", None])
+        else:
+            self._reply_error(request_id, value)
+
+    def _reply_value(self, request_id, value):
+        try:
+            body = self.pack_value(value)
+        except ConversionError as exc:
+            self._send_reply([request_id, "conv", str(exc)])
+            return
+        except BaseException as exc:  # str(obj) of some object raised
+            self._reply_error(request_id, exc)
+            return
+        if 0 <= request_id <= 0xFFFFFFFFFFFFFFFF:
+            head = _ok_head(0x93, 0xCF, request_id, b"\xa2ok")
+        else:
+            head = b"\x93" + pack(request_id) + b"\xa2ok"
+        size = len(head) + len(body)
+        if size > 0xFFFFFFFF:
+            self._send_reply([request_id, "conv", "a reply of %d bytes does not fit in a frame" % size])
+            return
+        self.outbox += (_frame_header(size), head, body)
+
+    def _reply_error(self, request_id, exc):
+        kind, message, text = describe_error(exc)
+        self._send_reply([request_id, "err", _wire_text(kind), _wire_text(message), _wire_text(text)])
+
+    def _send_reply(self, reply):
+        self._send(pack(reply))
+
+    def _send(self, payload):
+        self.outbox += (_frame_header(len(payload)), payload)
+
+    def _flush(self):
+        """Writes every reply produced since the last flush, in one go.
+
+        What the requests printed is flushed first, so it reaches stderr
+        before their replies reach the parent.
+        """
+        if not self.outbox:
+            return
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:
+                pass
+        data = memoryview(b"".join(self.outbox))
+        del self.outbox[:]
+        while data:
+            try:
+                written = os.write(self.proto_out, data)
+            except (BlockingIOError, InterruptedError):
+                select.select([], [self.proto_out], [])
+                continue
+            except BrokenPipeError:
+                # The parent stopped reading: nobody is left to answer.
+                self.at_eof = True
+                self.inbox.clear()
+                return
+            data = data[written:]
+
+    def _fail(self, message):
+        """A broken protocol stream: say why on stderr and exit with status 3."""
+        self._flush()
+        _say(message)
+        os._exit(EXIT_PROTOCOL)
+
+
+def _request_problem(request):
+    """Why a request [id, op, ...] is malformed, or None."""
+    if len(request) < 2 or type(request[1]) is not str:
+        return "a request is [id, op, arguments...], got %s" % _preview(request)
+    op = request[1]
+    expected = _OPS.get(op)
+    if expected is None:
+        return "unknown op %s" % _preview(op)
+    args = request[2:]
+    if op == "call_async":
+        fits = len(args) == 3 and type(args[0]) is str and type(args[1]) is list and _is_limit(args[2])
+    else:
+        fits = tuple(map(type, args)) == expected
+    if fits:
+        return None
+    shape = ", ".join([repr(op)] + [getattr(kind, "__name__", kind) for kind in expected])
+    return "%s takes [id, %s], got %s" % (op, shape, _preview(request))
+
+
+def _request_id_of(frame):
+    """The id of a request whose body could not be decoded, if its start shows one."""
+    try:
+        marker = frame[0]
+        if 0x91 <= marker <= 0x9F:
+            start = 1
+        elif marker == 0xDC:
+            start = 3
+        elif marker == 0xDD:
+            start = 5
+        else:
+            return None
+        request_id, _ = _unpack(frame, start, 0)
+    except Exception:
+        return None
+    return request_id if type(request_id) is int else None
+
+
+def _preview(value):
+    """A short repr, for messages about malformed requests."""
+    return reprlib.repr(value)
+
+
+def _executable():
+    """sys.executable as text UTF-8 can carry (a path need not be)."""
+    return _wire_text(os.fsdecode(os.fsencode(sys.executable or "")))
+
+
+def _move_protocol_off_stdio():
+    """Keeps the protocol on private fds; fd 1 becomes stderr, fd 0 /dev/null.
+
+    print(), os.write(1, ...) and C printf then land on stderr, and input()
+    raises EOFError instead of eating requests. Returns (proto_in, proto_out).
+    """
+    proto_in = os.dup(0)
+    proto_out = os.dup(1)
+    null = os.open(os.devnull, os.O_RDWR)
+    os.dup2(null, 0)
+    try:
+        os.dup2(2, 1)
+    except OSError:  # no stderr at all
+        os.dup2(null, 1)
+    os.close(null)
+    for stream in (sys.stdout, sys.stderr):
+        if stream is not None:
+            try:
+                stream.reconfigure(line_buffering=True)
+            except (AttributeError, ValueError):
+                pass
+    return proto_in, proto_out
+
+
+def _exit_with_parent(proto_in):
+    """On Linux, asks for SIGKILL when the parent dies, then checks it is alive.
+
+    The death signal only covers deaths from now on; a parent that died
+    earlier left this process to init (parent pid 1) with its request pipe
+    closed. Both are checked, since a parent can itself be pid 1 (a
+    container's init).
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)
+    except Exception:
+        pass
+    if os.getppid() == 1:
+        poller = select.poll()
+        poller.register(proto_in, select.POLLIN)
+        for _, events in poller.poll(0):
+            if events & select.POLLHUP:
+                os._exit(0)
+
+
+def _ignore_interrupts():
+    """Ctrl-C in a terminal reaches the whole process group; the parent, not
+    the terminal, decides when this child ends. A Python handler (not
+    SIG_IGN) so that processes started by user code get the default back."""
+    try:
+        signal.signal(signal.SIGINT, lambda signum, frame: None)
+    except (ValueError, OSError):
+        pass
+
+
+def _forget_own_folder():
+    """Drops this file's folder from sys.path, as the in-process backend has no such entry."""
+    here = os.path.dirname(os.path.abspath(_HERE))
+    if sys.path and os.path.abspath(sys.path[0] or os.curdir) == here:
+        del sys.path[0]
+
+
+def main():
+    proto_in, proto_out = _move_protocol_off_stdio()
+    _exit_with_parent(proto_in)
+    _ignore_interrupts()
+    _forget_own_folder()
+    codec = _msgpack_codec() or (pack, unpack)
+    worker = ChildWorker(proto_in, proto_out, *codec)
+    try:
+        status = worker.serve()
+    finally:
+        worker.close()
+    sys.exit(status)
+
+
+if __name__ == "__main__":
+    main()
+else:
     _prepare_embedded()
