@@ -6,9 +6,11 @@
 written by hand the way rmp-serde writes them. The `ChildOnPython*` classes
 run python/worker.py as a child process (the subprocess backend's program,
 PROTOCOL.md) on every CPython 3.8, 3.10, 3.11, 3.12 and 3.13 found under
-/root/.pyenv/versions, and on this interpreter; `InterpreterTests` fails
-when none of 3.8, 3.10, 3.12 and 3.13 is there. Every read from a child has
-a time limit, so a child that hangs fails its test instead of the run.
+/root/.pyenv/versions, on this interpreter, and on any named in
+ASYNC_PY_TEST_PYTHONS (paths separated by os.pathsep: a venv with the C
+`msgpack` package, say); `InterpreterTests` fails when none of 3.8, 3.10,
+3.12 and 3.13 is there. Every read from a child has a time limit, so a
+child that hangs fails its test instead of the run.
 """
 
 import glob
@@ -43,10 +45,12 @@ def find_interpreters():
     for version in PYENV_VERSIONS:
         for path in sorted(glob.glob("/root/.pyenv/versions/%s.*/bin/python3" % version)):
             found.setdefault(version, path)
-    mine = "%d.%d" % sys.version_info[:2]
     known = {os.path.realpath(path) for path in found.values()}
     if os.path.realpath(sys.executable) not in known:
-        found.setdefault(mine + "_current", sys.executable)
+        found["%d.%d_current" % sys.version_info[:2]] = sys.executable
+    extra = [path for path in os.environ.get("ASYNC_PY_TEST_PYTHONS", "").split(os.pathsep) if path]
+    for number, path in enumerate(extra, start=1):
+        found["extra%d" % number] = path
     return found
 
 
@@ -284,6 +288,14 @@ class CodecTests(unittest.TestCase):
         looped.append(looped)
         self.assertRaises(worker.ConversionError, worker.pack, looped)
 
+    def test_args_nesting_deeper_than_200_are_refused(self):
+        # [id, op, name, [arg]]: the arg itself starts two levels down.
+        deepest = 1
+        for _ in range(202):
+            deepest = [deepest]
+        self.assertEqual(worker.unpack(b"\x91" * 202 + b"\x01"), deepest)
+        self.assertRaises(worker._TooDeep, worker.unpack, b"\x91" * 203 + b"\x01")
+
     def test_every_wire_type_unpacks(self):
         cases = [
             (b"\xc0", None),
@@ -361,6 +373,66 @@ class CodecTests(unittest.TestCase):
         ]:
             with self.subTest(wire=wire):
                 self.assertRaises(worker.FrameError, worker.unpack, wire)
+
+
+class CoroutineDriverTests(unittest.TestCase):
+    """CoroutineDriver the way the in-process backend drives it."""
+
+    def setUp(self):
+        import socket
+
+        self.wake_read, self.wake_write = socket.socketpair()
+        self.wake_read.setblocking(False)
+        self.driver = worker.CoroutineDriver(self.wake_read.fileno())
+        self.namespace = worker.new_globals()
+        worker.run_code(
+            textwrap.dedent(
+                """
+                import asyncio
+                async def wait(seconds, value):
+                    await asyncio.sleep(seconds)
+                    return value
+                """
+            ),
+            self.namespace,
+        )
+        self.wait = self.namespace["wait"]
+
+    def tearDown(self):
+        self.driver.cancel_all()
+        self.wake_read.close()
+        self.wake_write.close()
+
+    def test_a_coroutine_finishes_in_a_blocking_turn(self):
+        self.assertEqual(self.driver.start(5, self.wait, (0.01, "done"), None), (True, None))
+        self.assertEqual(self.driver.pending, 1)
+        finished = []
+        while not finished:
+            finished = self.driver.turn(True)
+        self.assertEqual(finished, [(5, True, "done")])
+        self.assertEqual(self.driver.pending, 0)
+
+    def test_a_plain_function_returns_at_once(self):
+        self.assertEqual(self.driver.start(1, len, ([1, 2],), None), (False, 2))
+
+    def test_a_call_past_its_limit_is_cancelled_as_timeout(self):
+        self.driver.start(2, self.wait, (60, None), 0.01)
+        finished = []
+        while not finished:
+            finished = self.driver.turn(True)
+        self.assertEqual(finished, [(2, False, "timeout")])
+
+    def test_a_write_to_the_wake_fd_ends_a_blocking_turn(self):
+        self.driver.start(3, self.wait, (60, None), None)
+        self.wake_write.send(b"x")
+        self.assertEqual(self.driver.turn(True), [])
+
+    def test_user_code_may_run_the_loop_while_a_call_is_pending(self):
+        self.driver.start(4, self.wait, (0, "early"), None)
+        self.wake_write.send(b"x")
+        loop = self.driver.loop
+        self.assertEqual(loop.run_until_complete(self.wait(0.05, "mine")), "mine")
+        self.assertEqual(self.driver.turn(True), [(4, True, "early")])
 
 
 class ChildTests:
@@ -640,7 +712,7 @@ class ChildTests:
     def test_too_deep_args_are_a_conversion_error(self):
         child = self.start()
         self.ok(child, [1, "run", "def f(x):\n    return 'called'\n"])
-        deep_arg = b"\x91" * 300 + b"\x01"
+        deep_arg = b"\x91" * 3000 + b"\x01"  # past the C msgpack package's own limit too
         child.send_raw(frame(b"\x94\x02\xa4call\xa1f\x91" + deep_arg))
         self.assertEqual(child.reply(), [2, "conv", "value nests deeper than 200 levels (or contains itself)"])
         self.assertEqual(self.ok(child, [3, "eval", "1"]), 1)
@@ -835,7 +907,7 @@ class ChildTests:
                     child.close_input()
                 self.assertIn(child.wait(5.0), (0, 3))
 
-    def _await_sentinel(self, child, sentinel_id, timeout=3.0):
+    def _await_sentinel(self, child, sentinel_id, timeout=1.0):
         """"alive" when the sentinel is answered, "exited" or "silent" otherwise."""
         deadline = time.monotonic() + timeout
         while True:
