@@ -19,10 +19,8 @@ carries its own MessagePack codec, and uses the C `msgpack` package instead
 when the interpreter has it.
 """
 
-import asyncio
 import builtins
 import functools
-import inspect
 import math
 import os
 import reprlib
@@ -74,7 +72,7 @@ def run_file(path, namespace):
 
 def resolve(name, namespace):
     """Looks up `a.b.c`: `a` in the namespace (then builtins), the rest as attributes."""
-    first, _, rest = name.partition(".")
+    first, *rest = name.split(".")
     try:
         target = namespace[first]
     except KeyError:
@@ -82,9 +80,8 @@ def resolve(name, namespace):
             target = getattr(builtins, first)
         except AttributeError:
             raise NameError("name %r is not defined" % first) from None
-    if rest:
-        for part in rest.split("."):
-            target = getattr(target, part)
+    for part in rest:
+        target = getattr(target, part)
     return target
 
 
@@ -158,6 +155,7 @@ class CoroutineDriver:
     """
 
     def __init__(self, wake_fd=None):
+        _import_asyncio()
         self.loop = asyncio.new_event_loop()
         asyncio.set_event_loop(self.loop)
         self.finished = []
@@ -237,6 +235,14 @@ class CoroutineDriver:
         if tasks:
             self.loop.run_until_complete(asyncio.wait(tasks, timeout=1.0))
         self.loop.close()
+
+
+def _import_asyncio():
+    """Imports asyncio when the first CoroutineDriver is made: it is by far
+    the slowest import here, and a child that never awaits starts without it."""
+    global asyncio, inspect
+    import asyncio
+    import inspect
 
 
 def _prepare_embedded():
@@ -919,7 +925,7 @@ class ChildWorker:
     Every op runs to completion in the order its request arrived, outside the
     event loop (so user code may call `asyncio.run`), except `call_async`,
     whose coroutine runs on the CoroutineDriver's loop while the child waits
-    for the next request.
+    for the next request in that loop's selector.
     """
 
     def __init__(self, proto_in, proto_out, pack_value=pack, unpack_frame=unpack):
@@ -928,14 +934,15 @@ class ChildWorker:
         self.pack_value = pack_value
         self.unpack_frame = unpack_frame
         self.globals = new_globals()
-        self.driver = CoroutineDriver()
+        self.driver = None  # made by the first call_async
+        self.poller = select.poll()
+        self.poller.register(proto_in, select.POLLIN)
         self.inbox = bytearray()
         self.outbox = []
         self.at_eof = False
         self.stopping = False
         self.handlers = {op: getattr(self, "op_" + op) for op in _OPS}
         os.set_blocking(proto_in, False)
-        self.driver.loop.add_reader(proto_in, self._on_readable)
 
     # -- the loop ----------------------------------------------------------
 
@@ -945,7 +952,7 @@ class ChildWorker:
         self._flush()
         while True:
             self._handle_frames()
-            if self.driver.pending and not self.stopping:
+            if self.driver is not None and self.driver.pending and not self.stopping:
                 self._turn_loop(block=False)  # let coroutines move between batches
             self._flush()
             if self.stopping:
@@ -954,19 +961,31 @@ class ChildWorker:
                 if self.inbox:
                     self._fail("the request pipe ended inside a frame (%d bytes left)" % len(self.inbox))
                 return 0
-            if not self._spin():
+            if self._spin():
+                continue
+            if self.driver is None:
+                self.poller.poll()
+                self._read_available()
+            else:
                 self._turn_loop(block=True)
 
     def close(self):
         """Cancels pending coroutines and closes the event loop."""
-        loop = self.driver.loop
-        if loop.is_closed():
+        if self.driver is None or self.driver.loop.is_closed():
             return
-        loop.remove_reader(self.proto_in)
+        self.driver.loop.remove_reader(self.proto_in)
         try:
             self.driver.cancel_all()
         except BaseException as exc:
             _say("while cancelling pending calls: %s: %s" % (type(exc).__name__, exc))
+
+    def _coroutine_driver(self):
+        """The event loop for coroutines, made on first use; from then on the
+        child also waits for requests in it."""
+        if self.driver is None:
+            self.driver = CoroutineDriver()
+            self.driver.loop.add_reader(self.proto_in, self._on_readable)
+        return self.driver
 
     def _turn_loop(self, block):
         """Runs the event loop once, or until bytes arrive or a call finishes."""
@@ -1075,7 +1094,7 @@ class ChildWorker:
 
     def op_call_async(self, request_id, name, args, limit):
         function = resolve(name, self.globals)
-        scheduled, value = self.driver.start(request_id, function, args, limit)
+        scheduled, value = self._coroutine_driver().start(request_id, function, args, limit)
         return _LATER if scheduled else value
 
     def op_set_venv(self, request_id, path):

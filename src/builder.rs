@@ -9,6 +9,9 @@ use crate::command::CommandQueue;
 use crate::error::PyRunnerError;
 use crate::runner::PyRunner;
 
+/// Frames over this many bytes are a `Protocol` error unless configured otherwise.
+pub(crate) const DEFAULT_FRAME_LIMIT: usize = 64 << 20;
+
 /// Where a runner's Python runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Backend {
@@ -42,6 +45,7 @@ pub(crate) struct RunnerConfig {
     pub env: Vec<(OsString, OsString)>,
     pub env_clear: bool,
     pub current_dir: Option<PathBuf>,
+    pub frame_limit: usize,
 }
 
 impl Default for RunnerConfig {
@@ -55,6 +59,7 @@ impl Default for RunnerConfig {
             env: Vec::new(),
             env_clear: false,
             current_dir: None,
+            frame_limit: DEFAULT_FRAME_LIMIT,
         }
     }
 }
@@ -145,6 +150,14 @@ impl PyRunnerBuilder {
         self
     }
 
+    /// Subprocess: the largest frame accepted from the child, in bytes
+    /// (default 64 MiB). A larger reply is a `Protocol` error and the child
+    /// is replaced; nothing of that size is allocated.
+    pub fn max_frame_length(mut self, bytes: usize) -> Self {
+        self.config.frame_limit = bytes;
+        self
+    }
+
     /// Starts the runner and waits until its interpreter is ready. Synchronous:
     /// needs no tokio runtime.
     pub fn build(self) -> Result<PyRunner, PyRunnerError> {
@@ -153,6 +166,8 @@ impl PyRunnerBuilder {
         match config.backend {
             #[cfg(feature = "pyo3")]
             Backend::PyO3 => crate::pyo3_backend::spawn(&config, queue.clone())?,
+            #[cfg(feature = "subprocess")]
+            Backend::Subprocess => crate::subprocess::spawn(&config, queue.clone())?,
             other => {
                 return Err(PyRunnerError::Unsupported(format!(
                     "the {other:?} backend is not compiled in: enable the `{}` feature of async_py",

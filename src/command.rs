@@ -141,6 +141,7 @@ impl ReplySlot {
 pub(crate) struct CommandQueue {
     jobs: Mutex<Jobs>,
     queued: AtomicUsize,
+    closed: AtomicBool,
     sleep: AtomicU8,
     consumer: OnceLock<Thread>,
     #[cfg(unix)]
@@ -169,6 +170,7 @@ impl CommandQueue {
         CommandQueue {
             jobs: Mutex::new(Jobs::default()),
             queued: AtomicUsize::new(0),
+            closed: AtomicBool::new(false),
             sleep: AtomicU8::new(Sleep::Awake as u8),
             consumer: OnceLock::new(),
             #[cfg(unix)]
@@ -202,6 +204,7 @@ impl CommandQueue {
         let rest = {
             let mut jobs = self.lock();
             jobs.closed = true;
+            self.closed.store(true, Ordering::SeqCst);
             self.queued.store(0, Ordering::SeqCst);
             std::mem::take(&mut jobs.queue)
         };
@@ -210,7 +213,7 @@ impl CommandQueue {
     }
 
     pub fn is_closed(&self) -> bool {
-        self.lock().closed
+        self.closed.load(Ordering::SeqCst)
     }
 
     /// Moves every queued job into `batch` without blocking.
@@ -287,6 +290,16 @@ impl CommandQueue {
 
     pub fn leave_loop_sleep(&self) {
         self.sleep.store(Sleep::Awake as u8, Ordering::SeqCst);
+    }
+
+    /// Runs `block` (which must return once the wake socket is readable)
+    /// unless a job is already waiting.
+    #[cfg(unix)]
+    pub fn wait_in_loop(&self, block: impl FnOnce()) {
+        if self.enter_loop_sleep() {
+            block();
+            self.leave_loop_sleep();
+        }
     }
 
     fn wake_consumer(&self) {

@@ -7,7 +7,13 @@ mod error;
 #[cfg(feature = "pyo3")]
 mod pyo3_backend;
 mod runner;
+#[cfg(feature = "subprocess")]
+mod subprocess;
 mod value;
+#[cfg(feature = "subprocess")]
+mod wire;
+#[cfg(any(feature = "pyo3", feature = "subprocess"))]
+mod worker_source;
 
 pub use builder::{Backend, PyRunnerBuilder};
 pub use error::PyRunnerError;

@@ -1,0 +1,343 @@
+//! One child interpreter: its process, its pipes, its stderr.
+//!
+//! # Caveats
+//! The child is the leader of its own process group, so killing the group
+//! also ends the processes user code started. The child asks the kernel to
+//! kill it when its parent dies (Linux) and exits on end of file of its
+//! request pipe; dropping a `ChildProcess` kills the group and reaps the
+//! child, so no zombie is left behind.
+
+use std::collections::VecDeque;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::unix::io::AsRawFd;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::error::PyRunnerError;
+use crate::wire::{decode_message, FrameReader, Hello, Message};
+
+/// How many of the child's last stderr lines a `WorkerDied` reason quotes.
+const STDERR_TAIL: usize = 20;
+
+/// `python -c` runs this with the worker's source as its first argument.
+/// The file name keeps the worker's frames apart from user code's `<string>`.
+const BOOTSTRAP: &str =
+    "import sys; __file__ = 'async_py/worker.py'; exec(compile(sys.argv.pop(1), __file__, 'exec'))";
+
+/// How to start a child.
+#[derive(Debug, Clone)]
+pub(crate) struct LaunchSpec {
+    pub python: PathBuf,
+    pub env: Vec<(std::ffi::OsString, std::ffi::OsString)>,
+    pub env_clear: bool,
+    pub current_dir: Option<PathBuf>,
+    pub hello_timeout: Duration,
+}
+
+pub(crate) struct ChildProcess {
+    child: Child,
+    pub pid: u32,
+    stdin: Option<ChildStdin>,
+    pub stdout: ChildStdout,
+    stderr_tail: Arc<Mutex<VecDeque<String>>>,
+    stderr_done: mpsc::Receiver<()>,
+    pub hello: Hello,
+    reaped: Option<ExitStatus>,
+}
+
+impl ChildProcess {
+    /// Starts the child and waits for its hello.
+    pub fn start(spec: &LaunchSpec, reader: &mut FrameReader) -> Result<ChildProcess, PyRunnerError> {
+        let mut command = Command::new(&spec.python);
+        command
+            .arg("-u")
+            .arg("-c")
+            .arg(BOOTSTRAP)
+            .arg(crate::worker_source::WORKER_PY)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        if spec.env_clear {
+            command.env_clear();
+        }
+        for (key, value) in &spec.env {
+            command.env(key, value);
+        }
+        if let Some(dir) = &spec.current_dir {
+            command.current_dir(dir);
+        }
+        let mut child = command
+            .spawn()
+            .map_err(|err| PyRunnerError::Startup(format!("could not start {}: {err}", spec.python.display())))?;
+        let pid = child.id();
+        let stdin = child.stdin.take().expect("stdin is piped");
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let stderr_tail = Arc::new(Mutex::new(VecDeque::with_capacity(STDERR_TAIL)));
+        let (done_tx, stderr_done) = mpsc::channel();
+        {
+            let tail = stderr_tail.clone();
+            let spawned = thread::Builder::new()
+                .name(format!("async_py-stderr-{pid}"))
+                .spawn(move || forward_stderr(pid, stderr, tail, done_tx));
+            if let Err(err) = spawned {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(PyRunnerError::Startup(format!("could not start the stderr thread: {err}")));
+            }
+        }
+        set_nonblocking(&stdin).and_then(|_| set_nonblocking(&stdout)).map_err(|err| {
+            PyRunnerError::Startup(format!("could not set up the child's pipes: {err}"))
+        })?;
+        let mut process = ChildProcess {
+            child,
+            pid,
+            stdin: Some(stdin),
+            stdout,
+            stderr_tail,
+            stderr_done,
+            hello: Hello {
+                python_version: "version unknown".into(),
+                pid,
+            },
+            reaped: None,
+        };
+        match process.await_hello(reader, spec.hello_timeout) {
+            Ok(hello) => {
+                process.hello = hello;
+                Ok(process)
+            }
+            Err(why) => {
+                let reason = process.kill_and_describe();
+                Err(PyRunnerError::Startup(format!(
+                    "{} did not start async_py's worker: {why}; {reason}",
+                    spec.python.display()
+                )))
+            }
+        }
+    }
+
+    fn await_hello(&mut self, reader: &mut FrameReader, limit: Duration) -> Result<Hello, String> {
+        let deadline = Instant::now() + limit;
+        // What the child wrote first, to quote if it is not a hello.
+        let mut seen = String::new();
+        loop {
+            match reader.next_frame() {
+                Ok(Some(frame)) => {
+                    return match decode_message(&frame) {
+                        Ok(Message::Hello(hello)) => Ok(hello),
+                        Ok(Message::Reply { .. }) => Err("its first frame was not a hello".into()),
+                        Err(err) => Err(format!("{err}; its stdout began with {seen:?}")),
+                    }
+                }
+                Ok(None) => {}
+                Err(err) => return Err(format!("{err}; its stdout began with {seen:?}")),
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(format!("no hello within {limit:?}"));
+            }
+            wait_readable(self.stdout.as_raw_fd(), Some(deadline - now));
+            match read_some(&mut self.stdout, reader) {
+                Ok(0) if seen.is_empty() => return Err("it closed its stdout without a word".into()),
+                Ok(0) => return Err(format!("it closed its stdout after writing {seen:?}")),
+                Ok(_) => {
+                    let buffered = reader.buffer();
+                    seen = String::from_utf8_lossy(&buffered[..buffered.len().min(120)]).into_owned();
+                }
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
+                Err(err) => return Err(format!("reading its stdout failed: {err}")),
+            }
+        }
+    }
+
+    /// Writes request bytes without blocking.
+    pub fn write_requests(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        match self.stdin.as_mut() {
+            Some(stdin) => stdin.write(bytes),
+            None => Err(io::ErrorKind::BrokenPipe.into()),
+        }
+    }
+
+    /// The request pipe's fd, or -1 (which poll ignores) once it is closed.
+    pub fn requests_fd(&self) -> i32 {
+        self.stdin.as_ref().map_or(-1, |stdin| stdin.as_raw_fd())
+    }
+
+    /// Closes the request pipe: the child sees end of file and exits.
+    pub fn close_requests(&mut self) {
+        self.stdin = None;
+    }
+
+    /// Sends SIGINT to the interpreter alone (the pid its hello named, in
+    /// case a launcher forked it), so its `finally` blocks run.
+    pub fn interrupt(&self) {
+        signal(self.hello.pid as libc::pid_t, libc::SIGINT);
+    }
+
+    /// Kills the whole process group and reaps the child.
+    pub fn kill_group(&mut self) -> Option<ExitStatus> {
+        if self.reaped.is_none() {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                self.reaped = Some(status);
+            }
+        }
+        // The group outlives its leader while grandchildren live in it.
+        signal(-(self.pid as libc::pid_t), libc::SIGKILL);
+        if self.reaped.is_none() {
+            self.reaped = self.child.wait().ok();
+        }
+        self.reaped
+    }
+
+    /// Waits up to `limit` for the child to exit by itself.
+    pub fn wait_for_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                self.reaped = Some(status);
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// Kills the group, reaps the child, and says how it ended and what it
+    /// last wrote to stderr.
+    pub fn kill_and_describe(&mut self) -> String {
+        let status = self.kill_group();
+        // The stderr pipe closes when the child is gone, unless a process it
+        // started still holds it; then take what arrived so far.
+        let _ = self.stderr_done.recv_timeout(Duration::from_millis(50));
+        let who = format!("child {} (Python {})", self.pid, self.hello.python_version);
+        let mut reason = match status {
+            Some(status) => format!("{who} {}", describe_status(status)),
+            None => format!("{who} could not be reaped"),
+        };
+        let tail = self.stderr_tail.lock().unwrap_or_else(|p| p.into_inner());
+        if !tail.is_empty() {
+            reason.push_str("; last stderr lines:\n");
+            reason.push_str(&tail.iter().cloned().collect::<Vec<_>>().join("\n"));
+        }
+        reason
+    }
+}
+
+impl Drop for ChildProcess {
+    fn drop(&mut self) {
+        self.kill_group();
+    }
+}
+
+fn describe_status(status: ExitStatus) -> String {
+    if let Some(signal) = status.signal() {
+        let name = match signal {
+            libc::SIGKILL => " (SIGKILL)",
+            libc::SIGSEGV => " (SIGSEGV)",
+            libc::SIGABRT => " (SIGABRT)",
+            libc::SIGINT => " (SIGINT)",
+            libc::SIGTERM => " (SIGTERM)",
+            libc::SIGBUS => " (SIGBUS)",
+            _ => "",
+        };
+        format!("killed by signal {signal}{name}")
+    } else {
+        format!("exited with status {}", status.code().unwrap_or(-1))
+    }
+}
+
+fn signal(pid: libc::pid_t, signal: libc::c_int) {
+    // SAFETY: kill(2) has no memory-safety preconditions; a stale pid or
+    // group only makes it fail with ESRCH.
+    unsafe {
+        libc::kill(pid, signal);
+    }
+}
+
+fn set_nonblocking(fd: &impl AsRawFd) -> io::Result<()> {
+    let fd = fd.as_raw_fd();
+    // SAFETY: fcntl on a file descriptor this process owns, with integer
+    // arguments only.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if flags < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: as above.
+    if unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Waits until `fd` is readable (or hung up), or `limit` passes.
+pub(crate) fn wait_readable(fd: i32, limit: Option<Duration>) {
+    let mut fds = [libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    }];
+    poll(&mut fds, limit);
+}
+
+/// poll(2) over `fds`; `None` waits without limit. Interruptions count as a
+/// wake-up: callers re-check their state anyway.
+pub(crate) fn poll(fds: &mut [libc::pollfd], limit: Option<Duration>) {
+    let timeout = match limit {
+        None => -1,
+        Some(limit) => limit.as_millis().min(i32::MAX as u128) as i32 + i32::from(limit.subsec_nanos() % 1_000_000 != 0),
+    };
+    // SAFETY: `fds` is a valid, exclusively borrowed slice of pollfd for the
+    // whole call, and its length is passed alongside.
+    unsafe {
+        libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout);
+    }
+}
+
+/// Reads what the child has written into the reader's buffer. `Ok(0)` is end
+/// of file.
+pub(crate) fn read_some(stdout: &mut ChildStdout, reader: &mut FrameReader) -> io::Result<usize> {
+    let buffer = reader.buffer();
+    buffer.reserve(64 << 10);
+    let start = buffer.len();
+    let capacity = buffer.capacity();
+    buffer.resize(capacity, 0);
+    let outcome = stdout.read(&mut buffer[start..]);
+    let read = *outcome.as_ref().unwrap_or(&0);
+    buffer.truncate(start + read);
+    outcome
+}
+
+fn forward_stderr(
+    pid: u32,
+    stderr: std::process::ChildStderr,
+    tail: Arc<Mutex<VecDeque<String>>>,
+    done: mpsc::Sender<()>,
+) {
+    let mut reader = BufReader::new(stderr);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match reader.read_until(b'\n', &mut line) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {
+                let text = String::from_utf8_lossy(&line);
+                let text = text.trim_end_matches(['\n', '\r']);
+                eprintln!("[python {pid}] {text}");
+                let mut tail = tail.lock().unwrap_or_else(|p| p.into_inner());
+                if tail.len() == STDERR_TAIL {
+                    tail.pop_front();
+                }
+                tail.push_back(text.to_string());
+            }
+        }
+    }
+    let _ = done.send(());
+}

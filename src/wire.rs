@@ -1,0 +1,299 @@
+//! The wire protocol of `python/PROTOCOL.md`, Rust side: length-prefixed
+//! MessagePack frames between this process and a child running `worker.py`.
+//!
+//! Frames are cut and checked by tokio-util's `LengthDelimitedCodec` (4-byte
+//! big-endian length), used here on plain buffers: the subprocess backend
+//! does its own non-blocking I/O on its own thread. A frame over the limit
+//! is refused before any room is reserved for it.
+
+use bytes::{Bytes, BytesMut};
+use serde_json::Value;
+use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec};
+
+use crate::command::{Reply, Request};
+use crate::error::PyRunnerError;
+
+/// The protocol version this crate speaks; the child's hello must match.
+pub(crate) const PROTOCOL_VERSION: u64 = 1;
+
+fn codec(limit: usize) -> LengthDelimitedCodec {
+    LengthDelimitedCodec::builder()
+        .length_field_length(4)
+        .big_endian()
+        .max_frame_length(limit)
+        .new_codec()
+}
+
+/// Cuts the child's output into frames.
+pub(crate) struct FrameReader {
+    codec: LengthDelimitedCodec,
+    buffer: BytesMut,
+}
+
+impl FrameReader {
+    pub fn new(limit: usize) -> Self {
+        FrameReader {
+            codec: codec(limit),
+            buffer: BytesMut::with_capacity(64 << 10),
+        }
+    }
+
+    /// Where freshly read bytes go.
+    pub fn buffer(&mut self) -> &mut BytesMut {
+        &mut self.buffer
+    }
+
+    /// The next whole frame, if the buffer holds one.
+    pub fn next_frame(&mut self) -> Result<Option<BytesMut>, PyRunnerError> {
+        self.codec
+            .decode(&mut self.buffer)
+            .map_err(|err| PyRunnerError::Protocol(format!("bad frame from the child: {err}")))
+    }
+}
+
+/// Frames requests into an output buffer.
+pub(crate) struct FrameWriter {
+    codec: LengthDelimitedCodec,
+    scratch: Vec<u8>,
+}
+
+impl FrameWriter {
+    pub fn new(limit: usize) -> Self {
+        FrameWriter {
+            codec: codec(limit),
+            scratch: Vec::with_capacity(256),
+        }
+    }
+
+    /// Appends one request frame to `out`. `limit` is the coroutine time
+    /// limit in seconds, for `call_async`.
+    pub fn request(
+        &mut self,
+        out: &mut BytesMut,
+        id: u64,
+        request: &Request,
+        limit: Option<f64>,
+    ) -> Result<(), PyRunnerError> {
+        self.scratch.clear();
+        let buf = &mut self.scratch;
+        let encoded = match request {
+            Request::Run { code } => rmp_serde::encode::write(buf, &(id, "run", code)),
+            Request::RunFile { path } => rmp_serde::encode::write(buf, &(id, "run_file", path.to_string_lossy())),
+            Request::Eval { expr } => rmp_serde::encode::write(buf, &(id, "eval", expr)),
+            Request::ReadVariable { name } => rmp_serde::encode::write(buf, &(id, "read", name)),
+            Request::CallFunction { name, args } => {
+                check_depth(args)?;
+                rmp_serde::encode::write(buf, &(id, "call", name, args))
+            }
+            Request::CallAsyncFunction { name, args } => {
+                check_depth(args)?;
+                rmp_serde::encode::write(buf, &(id, "call_async", name, args, limit))
+            }
+            Request::SetVenv { dir } => rmp_serde::encode::write(buf, &(id, "set_venv", dir.to_string_lossy())),
+            Request::Stop => rmp_serde::encode::write(buf, &(id, "stop")),
+        };
+        encoded.map_err(|err| PyRunnerError::Conversion(format!("could not encode the request: {err}")))?;
+        let frame = Bytes::copy_from_slice(&self.scratch);
+        self.codec
+            .encode(frame, out)
+            .map_err(|err| PyRunnerError::Protocol(format!("request too large to send: {err}")))
+    }
+}
+
+/// Arguments nesting deeper than the value table allows are refused here,
+/// before they reach the child's recursive decoder.
+fn check_depth(args: &[Value]) -> Result<(), PyRunnerError> {
+    fn depth_ok(value: &Value, depth: usize) -> bool {
+        if depth > crate::value::MAX_DEPTH {
+            return false;
+        }
+        match value {
+            Value::Array(items) => items.iter().all(|item| depth_ok(item, depth + 1)),
+            Value::Object(map) => map.values().all(|item| depth_ok(item, depth + 1)),
+            _ => true,
+        }
+    }
+    if args.iter().all(|arg| depth_ok(arg, 1)) {
+        Ok(())
+    } else {
+        Err(PyRunnerError::Conversion(crate::value::too_deep()))
+    }
+}
+
+/// The child's first frame.
+#[derive(Debug, Clone)]
+pub(crate) struct Hello {
+    pub python_version: String,
+    pub pid: u32,
+}
+
+/// What a reply frame says about its request.
+#[derive(Debug)]
+pub(crate) enum Outcome {
+    Done(Reply),
+    /// A coroutine ran past its limit and was cancelled in the child.
+    TimedOut,
+}
+
+/// One decoded frame from the child.
+#[derive(Debug)]
+pub(crate) enum Message {
+    Hello(Hello),
+    Reply { id: u64, outcome: Outcome },
+}
+
+fn malformed(what: &str) -> PyRunnerError {
+    PyRunnerError::Protocol(format!("malformed frame from the child: {what}"))
+}
+
+fn take_string(value: Option<Value>) -> Option<String> {
+    match value {
+        Some(Value::String(s)) => Some(s),
+        _ => None,
+    }
+}
+
+pub(crate) fn decode_message(frame: &[u8]) -> Result<Message, PyRunnerError> {
+    let items: Vec<Value> = rmp_serde::from_slice(frame)
+        .map_err(|err| PyRunnerError::Protocol(format!("undecodable frame from the child: {err}")))?;
+    let mut items = items.into_iter();
+    let head = items.next().ok_or_else(|| malformed("empty array"))?;
+    if head.as_str() == Some("hello") {
+        let version = items.next().and_then(|v| v.as_u64()).ok_or_else(|| malformed("hello without a version"))?;
+        if version != PROTOCOL_VERSION {
+            return Err(PyRunnerError::Protocol(format!(
+                "the child speaks protocol {version}, this crate speaks {PROTOCOL_VERSION}"
+            )));
+        }
+        let python_version = take_string(items.next()).unwrap_or_default();
+        let pid = items.next().and_then(|v| v.as_u64()).unwrap_or_default() as u32;
+        return Ok(Message::Hello(Hello { python_version, pid }));
+    }
+    let id = head.as_u64().ok_or_else(|| malformed("reply without an id"))?;
+    let status = take_string(items.next()).ok_or_else(|| malformed("reply without a status"))?;
+    let outcome = match status.as_str() {
+        "ok" => Outcome::Done(Ok(items.next().unwrap_or(Value::Null))),
+        "err" => {
+            let kind = take_string(items.next()).unwrap_or_else(|| "Exception".into());
+            let message = take_string(items.next()).unwrap_or_default();
+            let traceback = take_string(items.next());
+            Outcome::Done(Err(PyRunnerError::Python {
+                kind,
+                message,
+                traceback,
+            }))
+        }
+        "conv" => Outcome::Done(Err(PyRunnerError::Conversion(take_string(items.next()).unwrap_or_default()))),
+        "timeout" => Outcome::TimedOut,
+        other => return Err(malformed(&format!("unknown status {other:?}"))),
+    };
+    Ok(Message::Reply { id, outcome })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame_of(value: &impl serde::Serialize) -> Vec<u8> {
+        let body = rmp_serde::to_vec(value).unwrap();
+        let mut out = (body.len() as u32).to_be_bytes().to_vec();
+        out.extend(body);
+        out
+    }
+
+    #[test]
+    fn reads_frames_split_across_reads() {
+        let mut reader = FrameReader::new(1 << 10);
+        let bytes = frame_of(&(7u64, "ok", 42));
+        reader.buffer().extend_from_slice(&bytes[..3]);
+        assert!(reader.next_frame().unwrap().is_none());
+        reader.buffer().extend_from_slice(&bytes[3..]);
+        let frame = reader.next_frame().unwrap().unwrap();
+        match decode_message(&frame).unwrap() {
+            Message::Reply {
+                id: 7,
+                outcome: Outcome::Done(Ok(value)),
+            } => assert_eq!(value, Value::from(42)),
+            other => panic!("{other:?}"),
+        }
+        assert!(reader.buffer().is_empty());
+    }
+
+    #[test]
+    fn refuses_a_frame_over_the_limit_without_allocating_it() {
+        let mut reader = FrameReader::new(1 << 10);
+        reader.buffer().extend_from_slice(&u32::MAX.to_be_bytes());
+        assert!(matches!(reader.next_frame(), Err(PyRunnerError::Protocol(_))));
+        assert!(reader.buffer().capacity() < 1 << 20);
+    }
+
+    #[test]
+    fn decodes_errors_and_conversion_failures() {
+        let frame = rmp_serde::to_vec(&(3u64, "err", "KeyError", "'k'", Option::<String>::None)).unwrap();
+        match decode_message(&frame).unwrap() {
+            Message::Reply {
+                outcome: Outcome::Done(Err(PyRunnerError::Python { kind, message, traceback })),
+                ..
+            } => assert_eq!((kind.as_str(), message.as_str(), traceback), ("KeyError", "'k'", None)),
+            other => panic!("{other:?}"),
+        }
+        let frame = rmp_serde::to_vec(&(4u64, "conv", "too big")).unwrap();
+        assert!(matches!(
+            decode_message(&frame).unwrap(),
+            Message::Reply {
+                outcome: Outcome::Done(Err(PyRunnerError::Conversion(_))),
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn garbage_is_a_protocol_error() {
+        for garbage in [&b"\xc1"[..], b"", b"\x93\x01", b"\x92\xa2ok\x01", b"\x93\x01\xa3bad\x01", b"\xc4\x01x"] {
+            assert!(matches!(decode_message(garbage), Err(PyRunnerError::Protocol(_))), "{garbage:?}");
+        }
+    }
+
+    #[test]
+    fn hello_with_another_protocol_version_is_refused() {
+        let frame = rmp_serde::to_vec(&("hello", 99u64, "3.11.7", 1u32, "python")).unwrap();
+        assert!(matches!(decode_message(&frame), Err(PyRunnerError::Protocol(_))));
+        let frame = rmp_serde::to_vec(&("hello", 1u64, "3.11.7", 4321u32, "python")).unwrap();
+        match decode_message(&frame).unwrap() {
+            Message::Hello(hello) => assert_eq!((hello.pid, hello.python_version.as_str()), (4321, "3.11.7")),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn requests_round_trip_through_the_codec() {
+        let mut writer = FrameWriter::new(1 << 20);
+        let mut out = BytesMut::new();
+        let request = Request::CallFunction {
+            name: "add".into(),
+            args: vec![Value::from(1), Value::from(u64::MAX)],
+        };
+        writer.request(&mut out, 9, &request, None).unwrap();
+        let mut reader = FrameReader::new(1 << 20);
+        reader.buffer().extend_from_slice(&out);
+        let frame = reader.next_frame().unwrap().unwrap();
+        let decoded: (u64, String, String, Vec<Value>) = rmp_serde::from_slice(&frame).unwrap();
+        assert_eq!(decoded, (9, "call".into(), "add".into(), vec![Value::from(1), Value::from(u64::MAX)]));
+    }
+
+    #[test]
+    fn too_deep_arguments_are_refused_before_sending() {
+        let mut value = Value::from(1);
+        for _ in 0..1000 {
+            value = Value::Array(vec![value]);
+        }
+        let request = Request::CallFunction {
+            name: "f".into(),
+            args: vec![value],
+        };
+        let mut out = BytesMut::new();
+        let outcome = FrameWriter::new(1 << 20).request(&mut out, 1, &request, None);
+        assert!(matches!(outcome, Err(PyRunnerError::Conversion(_))));
+        assert!(out.is_empty());
+    }
+}
