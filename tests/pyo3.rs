@@ -1,3 +1,4 @@
+#![cfg(feature = "pyo3")]
 //! The conformance suite on the in-process CPython backend.
 
 mod conformance;

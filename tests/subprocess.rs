@@ -1,3 +1,4 @@
+#![cfg(feature = "subprocess")]
 //! The conformance suite on the subprocess backend.
 
 mod conformance;
@@ -11,3 +12,275 @@ fn make_runner() -> async_py::PyRunner {
 }
 
 conformance_suite!();
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use async_py::{Backend, PyRunner, PyRunnerError};
+use serde_json::json;
+
+fn startup_error(outcome: Result<PyRunner, PyRunnerError>) -> String {
+    match outcome {
+        Err(PyRunnerError::Startup(message)) => message,
+        Ok(_) => panic!("expected a Startup error, the runner started"),
+        Err(other) => panic!("expected a Startup error, got {other:?}"),
+    }
+}
+
+#[test]
+fn backend_is_subprocess_and_build_needs_no_runtime() {
+    let runner = make_runner();
+    assert_eq!(runner.backend(), Backend::Subprocess);
+    let pid = runner.eval_sync("__import__('os').getpid()").unwrap();
+    assert_ne!(pid, json!(std::process::id()), "Python runs in another process");
+}
+
+#[test]
+fn a_missing_interpreter_is_a_startup_error_naming_it() {
+    let message = startup_error(PyRunner::builder().subprocess().python("/no/such/python3").build());
+    assert!(message.contains("/no/such/python3"), "{message}");
+}
+
+#[test]
+fn a_folder_that_is_not_a_venv_is_a_startup_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let message = startup_error(PyRunner::builder().subprocess().venv(dir.path()).build());
+    assert!(message.contains("is not a venv"), "{message}");
+    assert!(message.contains(&dir.path().display().to_string()), "{message}");
+    let message = startup_error(PyRunner::builder().subprocess().venv("/no/such/venv").build());
+    assert!(message.contains("/no/such/venv"), "{message}");
+}
+
+#[test]
+fn a_program_that_is_not_python_is_a_startup_error() {
+    let message = startup_error(PyRunner::builder().subprocess().python("/bin/true").build());
+    assert!(message.contains("/bin/true"), "{message}");
+    assert!(message.contains("exited with status 0"), "{message}");
+    // A program that writes to stdout: its words are quoted.
+    let message = startup_error(PyRunner::builder().subprocess().python("/bin/echo").build());
+    assert!(message.contains("/bin/echo"), "{message}");
+    assert!(message.contains("-u -c"), "what it printed is quoted: {message}");
+}
+
+#[test]
+fn failing_startup_code_is_a_startup_error() {
+    let message = startup_error(
+        PyRunner::builder()
+            .subprocess()
+            .python(conformance::base_python())
+            .startup("raise ImportError('missing dependency')")
+            .build(),
+    );
+    assert!(message.contains("missing dependency"), "{message}");
+}
+
+#[test]
+fn noisy_output_never_corrupts_the_protocol() {
+    let runner = make_runner();
+    runner
+        .run_sync(
+            "import os, sys, ctypes\nprint('plain print')\nsys.stdout.write('stdout write\\n')\nsys.stdout.flush()\n\
+             os.write(1, b'raw fd 1 write\\n')\nlibc = ctypes.CDLL(None)\nlibc.printf(b'C printf %d\\n', 42)\nlibc.fflush(None)\n\
+             print('to stderr', file=sys.stderr)\nos.write(1, b'\\x00\\x00\\x00\\x05garbage that looks like a frame')",
+        )
+        .unwrap_or_else(|err| panic!("{err:?}"));
+    assert_eq!(runner.eval_sync("1 + 1").unwrap(), json!(2));
+    match runner.eval_sync("input('prompt? ')") {
+        Err(PyRunnerError::Python { kind, .. }) => assert_eq!(kind, "EOFError"),
+        other => panic!("input() should raise EOFError, got {other:?}"),
+    }
+    assert_eq!(runner.eval_sync("'still in sync'").unwrap(), json!("still in sync"));
+}
+
+/// The child's stderr reaches ours line by line, marked with its pid. Checked
+/// by running this test binary again, as a child, and reading its stderr.
+#[test]
+fn child_stderr_is_forwarded_with_its_pid() {
+    if std::env::var_os("ASYNC_PY_STDERR_PROBE").is_some() {
+        let runner = make_runner();
+        let pid = runner.eval_sync("__import__('os').getpid()").unwrap();
+        runner.run_sync("print('first line')\nprint('second line')").unwrap();
+        runner.stop_sync().unwrap();
+        println!("\nCHILD_PID={pid}");
+        return;
+    }
+    let output = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "child_stderr_is_forwarded_with_its_pid", "--nocapture", "--test-threads=1"])
+        .env("ASYNC_PY_STDERR_PROBE", "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    let pid = stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("CHILD_PID="))
+        .unwrap_or_else(|| panic!("no pid in {stdout}"));
+    assert!(stderr.contains(&format!("[python {pid}] first line\n")), "{stderr}");
+    assert!(stderr.contains(&format!("[python {pid}] second line\n")), "{stderr}");
+}
+
+#[test]
+fn env_env_clear_and_current_dir_reach_the_child() {
+    let dir = tempfile::tempdir().unwrap();
+    let runner = PyRunner::builder()
+        .subprocess()
+        .python(conformance::base_python())
+        .env("ASYNC_PY_GREETING", "hello child")
+        .current_dir(dir.path())
+        .build()
+        .unwrap();
+    assert_eq!(
+        runner.eval_sync("__import__('os').environ['ASYNC_PY_GREETING']").unwrap(),
+        json!("hello child")
+    );
+    let cwd = runner.eval_sync("__import__('os').getcwd()").unwrap();
+    assert_eq!(Path::new(cwd.as_str().unwrap()).canonicalize().unwrap(), dir.path().canonicalize().unwrap());
+
+    let python = which_python();
+    let bare = PyRunner::builder()
+        .subprocess()
+        .python(&python)
+        .env_clear()
+        .env("ONLY_THIS", "1")
+        .build()
+        .unwrap();
+    let keys = bare.eval_sync("sorted(k for k in __import__('os').environ if k != 'LC_CTYPE')").unwrap();
+    assert_eq!(keys, json!(["ONLY_THIS"]));
+}
+
+#[test]
+fn a_reply_over_the_frame_limit_is_a_protocol_error_and_the_child_is_replaced() {
+    let runner = PyRunner::builder()
+        .subprocess()
+        .python(conformance::base_python())
+        .max_frame_length(1 << 20)
+        .build()
+        .unwrap();
+    let pid = runner.eval_sync("__import__('os').getpid()").unwrap();
+    match runner.eval_sync("'x' * (2 << 20)") {
+        Err(PyRunnerError::Protocol(message)) => assert!(message.contains("frame"), "{message}"),
+        other => panic!("expected a Protocol error, got {other:?}"),
+    }
+    assert_eq!(runner.eval_sync("'small'").unwrap(), json!("small"));
+    assert_ne!(runner.eval_sync("__import__('os').getpid()").unwrap(), pid, "a fresh child");
+    assert_eq!(runner.eval_sync("len('y' * (512 << 10))").unwrap(), json!(512 << 10));
+}
+
+#[test]
+fn an_echo_of_a_large_list_round_trips() {
+    let runner = make_runner();
+    runner.run_sync("def echo(x):\n    return x").unwrap();
+    let big: Vec<i64> = (0..100_000).map(|i| i * 7 - 350_000).collect();
+    let got = runner.call_function_sync("echo", vec![json!(big)]).unwrap();
+    assert_eq!(got, json!(big));
+    let text = "ünïcödé ".repeat(50_000);
+    assert_eq!(runner.call_function_sync("echo", vec![json!(text)]).unwrap(), json!(text));
+}
+
+/// The interpreter found on PATH (not the pyenv shim), for environments without PATH.
+fn which_python() -> PathBuf {
+    let output = Command::new(conformance::base_python())
+        .args(["-c", "import sys; print(sys.executable)"])
+        .output()
+        .unwrap();
+    PathBuf::from(String::from_utf8(output.stdout).unwrap().trim())
+}
+
+/// Every CPython this machine has beside the default, each in a venv of its
+/// own with a package in site-packages and a `.pth` file.
+#[test]
+fn every_installed_cpython_version_runs_the_worker_from_its_venv() {
+    let root = Command::new("pyenv").arg("root").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    let root = PathBuf::from(root.unwrap_or_else(|_| format!("{}/.pyenv", std::env::var("HOME").unwrap())));
+    let mut tested = Vec::new();
+    for minor in ["3.8", "3.10", "3.11", "3.12", "3.13"] {
+        let Some(python) = fs::read_dir(root.join("versions"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|entry| entry.path())
+            .filter(|path| {
+                let name = path.file_name().unwrap().to_string_lossy().to_string();
+                name == minor || name.starts_with(&format!("{minor}."))
+            })
+            .map(|path| path.join("bin/python3"))
+            .find(|python| python.exists())
+        else {
+            continue;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let venv = dir.path().join("venv");
+        let site_packages = conformance::make_venv(&python, &venv);
+        fs::write(site_packages.join("versioned_pkg.py"), "def where():\n    return __file__\n").unwrap();
+        let extra = dir.path().join("extra");
+        fs::create_dir_all(&extra).unwrap();
+        fs::write(extra.join("pth_found.py"), "OK = True\n").unwrap();
+        fs::write(site_packages.join("extra.pth"), format!("{}\n", extra.display())).unwrap();
+
+        let runner = PyRunner::builder().subprocess().venv(&venv).build().unwrap();
+        let version = runner.eval_sync("'%d.%d' % __import__('sys').version_info[:2]").unwrap();
+        assert_eq!(version, json!(minor), "{}", python.display());
+        assert_eq!(runner.eval_sync("__import__('sys').prefix").unwrap(), json!(venv.display().to_string()));
+        runner.run_sync("import versioned_pkg, pth_found\nimport asyncio\nasync def later(x):\n    await asyncio.sleep(0)\n    return x").unwrap();
+        let location = runner.call_function_sync("versioned_pkg.where", vec![]).unwrap();
+        assert!(location.as_str().unwrap().starts_with(site_packages.to_str().unwrap()));
+        assert_eq!(runner.read_variable_sync("pth_found.OK").unwrap(), json!(true));
+        assert_eq!(runner.eval_sync("[2**63 - 1, 2**64 - 1, 1.5, b'ab', {1: (None,)}]").unwrap(),
+            json!([i64::MAX, u64::MAX, 1.5, [97, 98], {"1": [null]}]));
+        assert!(matches!(runner.eval_sync("2**64"), Err(PyRunnerError::Conversion(_))));
+        assert_eq!(runner.call_async_function_sync("later", vec![json!("async")]).unwrap(), json!("async"));
+        match runner.eval_sync("1/0") {
+            Err(PyRunnerError::Python { kind, traceback, .. }) => {
+                assert_eq!(kind, "ZeroDivisionError");
+                assert!(traceback.unwrap().contains("ZeroDivisionError"));
+            }
+            other => panic!("{other:?}"),
+        }
+        runner.stop_sync().unwrap();
+        tested.push(minor);
+    }
+    for needed in ["3.8", "3.10", "3.12", "3.13"] {
+        assert!(tested.contains(&needed), "CPython {needed} was not found under {}/versions: install it", root.display());
+    }
+}
+
+/// A venv made by uv, with a real package installed from the package index.
+#[test]
+fn a_uv_venv_with_a_package_from_the_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let venv = dir.path().join(".venv");
+    let uv = |args: &[&str]| {
+        let output = Command::new("uv")
+            .args(args)
+            .current_dir(dir.path())
+            .output()
+            .unwrap_or_else(|err| panic!("uv could not be run ({err}); install it with `pip install uv`"));
+        assert!(output.status.success(), "uv {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    };
+    uv(&["venv", "--python", which_python().to_str().unwrap(), venv.to_str().unwrap()]);
+    uv(&["pip", "install", "--python", venv.join("bin/python").to_str().unwrap(), "six==1.16.0"]);
+    // Found as ./.venv in the child's folder: uv's default project venv.
+    let runner = PyRunner::builder().subprocess().current_dir(dir.path()).build().unwrap();
+    assert_eq!(runner.eval_sync("__import__('sys').prefix").unwrap(), json!(venv.display().to_string()));
+    runner.run_sync("import six").unwrap();
+    assert_eq!(runner.read_variable_sync("six.__version__").unwrap(), json!("1.16.0"));
+    runner.stop_sync().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeout_replaces_the_child_and_the_next_command_runs() {
+    let limit = Duration::from_millis(200);
+    let runner = PyRunner::builder()
+        .subprocess()
+        .python(conformance::base_python())
+        .timeout(limit)
+        .build()
+        .unwrap();
+    let first = runner.eval("__import__('os').getpid()").await.unwrap();
+    assert_eq!(runner.run("while True:\n    pass").await, Err(PyRunnerError::Timeout(limit)));
+    let second = runner.eval("__import__('os').getpid()").await.unwrap();
+    assert_ne!(first, second, "the stuck child was replaced");
+}
