@@ -941,6 +941,7 @@ class ChildWorker:
         self.outbox = []
         self.at_eof = False
         self.stopping = False
+        self.interruptible = False
         self.handlers = {op: getattr(self, "op_" + op) for op in _OPS}
         os.set_blocking(proto_in, False)
 
@@ -999,6 +1000,13 @@ class ChildWorker:
             return
         for token, ok, value in finished:
             self._reply_finished(token, ok, value)
+
+    def on_interrupt(self, signum, frame):
+        """SIGINT, which the parent sends when a command runs past its limit:
+        a KeyboardInterrupt in that command, so its `finally` blocks run
+        before the parent replaces the child. Between commands it is ignored."""
+        if self.interruptible:
+            raise KeyboardInterrupt
 
     def _on_readable(self):
         self._read_available()
@@ -1066,7 +1074,11 @@ class ChildWorker:
             self._send_reply([request_id, "err", "ProtocolError", problem, None])
             return
         try:
-            value = self.handlers[request[1]](request_id, *request[2:])
+            self.interruptible = True
+            try:
+                value = self.handlers[request[1]](request_id, *request[2:])
+            finally:
+                self.interruptible = False
         except BaseException as exc:
             # Anything user code raises, SystemExit and KeyboardInterrupt too,
             # is the caller's error; the child goes on.
@@ -1276,16 +1288,6 @@ def _exit_with_parent(proto_in):
                 os._exit(0)
 
 
-def _ignore_interrupts():
-    """Ctrl-C in a terminal reaches the whole process group; the parent, not
-    the terminal, decides when this child ends. A Python handler (not
-    SIG_IGN) so that processes started by user code get the default back."""
-    try:
-        signal.signal(signal.SIGINT, lambda signum, frame: None)
-    except (ValueError, OSError):
-        pass
-
-
 def _forget_own_folder():
     """Drops this file's folder from sys.path, as the in-process backend has no such entry."""
     here = os.path.dirname(os.path.abspath(_HERE))
@@ -1296,10 +1298,10 @@ def _forget_own_folder():
 def main():
     proto_in, proto_out = _move_protocol_off_stdio()
     _exit_with_parent(proto_in)
-    _ignore_interrupts()
     _forget_own_folder()
     codec = _msgpack_codec() or (pack, unpack)
     worker = ChildWorker(proto_in, proto_out, *codec)
+    signal.signal(signal.SIGINT, worker.on_interrupt)
     try:
         status = worker.serve()
     finally:

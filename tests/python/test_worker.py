@@ -5,7 +5,8 @@
 `CodecTests` check the MessagePack codec in this interpreter against bytes
 written by hand the way rmp-serde writes them. The `ChildOnPython*` classes
 run python/worker.py as a child process (the subprocess backend's program,
-PROTOCOL.md) on every CPython 3.8, 3.10, 3.11, 3.12 and 3.13 found under
+PROTOCOL.md; the `_bootstrap` ones start it the way the Rust side does) on
+every CPython 3.8, 3.10, 3.11, 3.12 and 3.13 found under
 /root/.pyenv/versions, on this interpreter, and on any named in
 ASYNC_PY_TEST_PYTHONS (paths separated by os.pathsep: a venv with the C
 `msgpack` package, say); `InterpreterTests` fails when none of 3.8, 3.10,
@@ -18,6 +19,7 @@ import os
 import queue
 import random
 import shutil
+import signal
 import struct
 import subprocess
 import sys
@@ -57,6 +59,13 @@ def find_interpreters():
 INTERPRETERS = find_interpreters()
 
 
+# How the Rust side starts a child (src/subprocess/child.rs): the source as
+# an argument, under a file name that keeps its frames out of tracebacks.
+BOOTSTRAP = "import sys; __file__ = 'async_py/worker.py'; exec(compile(sys.argv.pop(1), __file__, 'exec'))"
+BOOTSTRAP_VERSIONS = ("3.8", "3.13")
+"""Interpreters whose child tests run a second time, started like that."""
+
+
 def frame(payload):
     return struct.pack(">I", len(payload)) + payload
 
@@ -85,9 +94,14 @@ class Child:
     every wait here has a time limit.
     """
 
-    def __init__(self, python, cwd=None):
+    def __init__(self, python, cwd=None, launch="file"):
+        if launch == "file":
+            command = [python, WORKER]
+        else:
+            with open(WORKER) as source:
+                command = [python, "-u", "-c", BOOTSTRAP, source.read()]
         self.process = subprocess.Popen(
-            [python, WORKER],
+            command,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -439,6 +453,7 @@ class ChildTests:
     """The worker as a child process; mixed into one TestCase per interpreter."""
 
     python = None
+    launch = "file"
 
     def setUp(self):
         self.children = []
@@ -448,7 +463,7 @@ class ChildTests:
             child.finish()
 
     def start(self, cwd=None):
-        child = Child(self.python, cwd=cwd)
+        child = Child(self.python, cwd=cwd, launch=self.launch)
         self.children.append(child)
         hello = child.reply()
         self.assertIsInstance(hello, list, "first frame: %r; stderr:\n%s" % (hello, child.stderr()))
@@ -469,7 +484,7 @@ class ChildTests:
     # -- start and stop ------------------------------------------------------
 
     def test_hello_names_the_protocol_version_pid_and_executable(self):
-        child = Child(self.python)
+        child = Child(self.python, launch=self.launch)
         self.children.append(child)
         hello = child.reply()
         version = subprocess.check_output(
@@ -759,6 +774,27 @@ class ChildTests:
         self.assertEqual((kind, message), ("SystemExit", "5"))
         self.assertEqual(self.ok(child, [5, "eval", "'alive'"]), "alive")
 
+    def test_sigint_interrupts_the_running_command_so_it_unwinds(self):
+        child = self.start()
+        child.send([1, "run", "import time\ntry:\n    time.sleep(30)\nfinally:\n    print('unwound')\n"])
+        time.sleep(0.3)
+        child.process.send_signal(signal.SIGINT)
+        reply = child.reply()
+        self.assertEqual(reply[:3], [1, "err", "KeyboardInterrupt"])
+        child.wait_for_stderr("unwound")
+        self.assertEqual(self.ok(child, [2, "eval", "'alive'"]), "alive")
+
+    def test_sigint_between_commands_is_ignored(self):
+        child = self.start()
+        self.ok(child, [1, "run", "import asyncio\nasync def nap():\n    await asyncio.sleep(0.3)\n    return 'rested'\n"])
+        child.process.send_signal(signal.SIGINT)
+        time.sleep(0.1)
+        child.send([2, "call_async", "nap", [], None])
+        time.sleep(0.1)
+        child.process.send_signal(signal.SIGINT)
+        self.assertEqual(child.reply(), [2, "ok", "rested"])
+        self.assertEqual(self.ok(child, [3, "eval", "'alive'"]), "alive")
+
     def test_deep_recursion_is_a_recursion_error(self):
         child = self.start()
         self.ok(child, [1, "run", "def down(n):\n    return down(n + 1)\n"])
@@ -964,7 +1000,11 @@ def _child_test_classes():
     classes = {}
     for version, python in sorted(INTERPRETERS.items()):
         name = "ChildOnPython" + version.replace(".", "_")
-        classes[name] = type(name, (ChildTests, unittest.TestCase), {"python": python, "__doc__": "worker.py on %s" % python})
+        attributes = {"python": python, "__doc__": "python worker.py, on %s" % python}
+        classes[name] = type(name, (ChildTests, unittest.TestCase), attributes)
+        if version in BOOTSTRAP_VERSIONS:
+            attributes = {"python": python, "launch": "bootstrap", "__doc__": "python -u -c ..., on %s" % python}
+            classes[name + "_bootstrap"] = type(name + "_bootstrap", (ChildTests, unittest.TestCase), attributes)
     return classes
 
 
