@@ -3,8 +3,8 @@
 This file serves two masters. The in-process (PyO3) backend loads it as a
 module and calls its helpers, so both backends give the same answers for
 the same code. The subprocess backend runs it as a program (`python
-worker.py`); `main()` then speaks the wire protocol of PROTOCOL.md beside
-this file:
+worker.py`, or its source through `python -c`); `main()` then speaks the
+wire protocol of PROTOCOL.md beside this file:
 
 - frames are a 4-byte big-endian length and one MessagePack value;
 - the child first sends `["hello", 1, "3.11.7", pid, executable]`;
@@ -893,6 +893,15 @@ def _say(message):
         pass
 
 
+def _flush_stdio():
+    """Flushes what user code printed (sys.stdout is fd 2 by now)."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # closed or replaced by user code
+            pass
+
+
 def _wire_text(text):
     """`text` with anything UTF-8 cannot carry (lone surrogates) escaped."""
     if text is None:
@@ -1118,14 +1127,16 @@ class ChildWorker:
     # -- replies -----------------------------------------------------------
 
     def _reply_finished(self, request_id, ok, value):
+        """The reply to a call_async: `value` is the result, the exception,
+        or "timeout" / "cancelled" (see CoroutineDriver._done)."""
         if ok:
             self._reply_value(request_id, value)
+        elif isinstance(value, BaseException):
+            self._reply_error(request_id, value)
         elif value == "timeout":
             self._send_reply([request_id, "timeout"])
-        elif value == "cancelled":
-            self._send_reply([request_id, "err", "CancelledError", "the coroutine was cancelled", None])
         else:
-            self._reply_error(request_id, value)
+            self._send_reply([request_id, "err", "CancelledError", "the coroutine was cancelled", None])
 
     def _reply_value(self, request_id, value):
         try:
@@ -1164,11 +1175,7 @@ class ChildWorker:
         """
         if not self.outbox:
             return
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except Exception:
-                pass
+        _flush_stdio()
         data = memoryview(b"".join(self.outbox))
         del self.outbox[:]
         while data:
@@ -1187,6 +1194,7 @@ class ChildWorker:
     def _fail(self, message):
         """A broken protocol stream: say why on stderr and exit with status 3."""
         self._flush()
+        _flush_stdio()
         _say(message)
         os._exit(EXIT_PROTOCOL)
 
@@ -1265,10 +1273,10 @@ def _move_protocol_off_stdio():
 def _exit_with_parent(proto_in):
     """On Linux, asks for SIGKILL when the parent dies, then checks it is alive.
 
-    The death signal only covers deaths from now on; a parent that died
-    earlier left this process to init (parent pid 1) with its request pipe
-    closed. Both are checked, since a parent can itself be pid 1 (a
-    container's init).
+    The death signal only covers deaths from now on. A parent that died
+    earlier left this process to init (parent pid 1) and its request pipe
+    without a writer; pid 1 alone is not proof, as a container's init can be
+    the real parent.
     """
     if not sys.platform.startswith("linux"):
         return
@@ -1296,6 +1304,7 @@ def _forget_own_folder():
 
 
 def main():
+    """The child program: serve one parent over stdin and stdout, then exit."""
     proto_in, proto_out = _move_protocol_off_stdio()
     _exit_with_parent(proto_in)
     _forget_own_folder()
