@@ -389,6 +389,34 @@ class CodecTests(unittest.TestCase):
                 self.assertRaises(worker.FrameError, worker.unpack, wire)
 
 
+class MsgpackCodecTests(unittest.TestCase):
+    """The C `msgpack` package's codec gives the same answers as the pure one."""
+
+    def setUp(self):
+        codec = worker._msgpack_codec()
+        if codec is None:
+            self.skipTest("no msgpack package in this interpreter (set ASYNC_PY_TEST_PYTHONS to a venv with it)")
+        self.pack, self.unpack = codec
+
+    def test_replies_match_the_pure_codec(self):
+        values = [
+            None, 7, -(2**63), 2**64 - 1, "é", [1, "a", None, True], {"k": 1.5}, list(range(1000)),
+            b"\x00\xff", {1, 2}, [float("nan")] * 3, {1: "a"}, (1, 2), object, [[1], {"a": [2]}],
+        ]
+        for value in values:
+            with self.subTest(value=value):
+                self.assertEqual(worker.unpack(self.pack(value)), worker.unpack(worker.pack(value)))
+        for value in (2**64, "\ud800", [2**70]):
+            self.assertRaises(worker.ConversionError, self.pack, value)
+
+    def test_requests_match_the_pure_codec(self):
+        for wire in (worker.pack([7, "call", "add", [1, 2.5, "x", None, {"k": [True]}]]), b"\xc4\x02\x00\xff"):
+            self.assertEqual(self.unpack(wire), worker.unpack(wire))
+        for wire in (b"\xc1", b"\x92\x01", b"\x01\x02", b"\xd4\x01\x00"):
+            self.assertRaises(worker.FrameError, self.unpack, wire)
+        self.assertRaises(worker._TooDeep, self.unpack, b"\x91" * 3000 + b"\x01")
+
+
 class CoroutineDriverTests(unittest.TestCase):
     """CoroutineDriver the way the in-process backend drives it."""
 
@@ -776,8 +804,8 @@ class ChildTests:
 
     def test_sigint_interrupts_the_running_command_so_it_unwinds(self):
         child = self.start()
-        child.send([1, "run", "import time\ntry:\n    time.sleep(30)\nfinally:\n    print('unwound')\n"])
-        time.sleep(0.3)
+        child.send([1, "run", "import time\ntry:\n    print('sleeping')\n    time.sleep(30)\nfinally:\n    print('unwound')\n"])
+        child.wait_for_stderr("sleeping")
         child.process.send_signal(signal.SIGINT)
         reply = child.reply()
         self.assertEqual(reply[:3], [1, "err", "KeyboardInterrupt"])
@@ -786,11 +814,12 @@ class ChildTests:
 
     def test_sigint_between_commands_is_ignored(self):
         child = self.start()
-        self.ok(child, [1, "run", "import asyncio\nasync def nap():\n    await asyncio.sleep(0.3)\n    return 'rested'\n"])
+        code = "import asyncio\nasync def nap():\n    print('napping')\n    await asyncio.sleep(0.3)\n    return 'rested'\n"
+        self.ok(child, [1, "run", code])
         child.process.send_signal(signal.SIGINT)
         time.sleep(0.1)
         child.send([2, "call_async", "nap", [], None])
-        time.sleep(0.1)
+        child.wait_for_stderr("napping")
         child.process.send_signal(signal.SIGINT)
         self.assertEqual(child.reply(), [2, "ok", "rested"])
         self.assertEqual(self.ok(child, [3, "eval", "'alive'"]), "alive")
