@@ -18,7 +18,11 @@ fn median(mut samples: Vec<Duration>) -> Duration {
 }
 
 fn micros(d: Duration) -> String {
-    format!("{:.1} µs", d.as_secs_f64() * 1e6)
+    if d >= Duration::from_millis(10) {
+        format!("{:.1} ms", d.as_secs_f64() * 1e3)
+    } else {
+        format!("{:.1} µs", d.as_secs_f64() * 1e6)
+    }
 }
 
 const ADD: &str = "def add(a, b):\n    return a + b\n";
@@ -95,6 +99,46 @@ async fn sleeping_coroutines(runner: &PyRunner, count: usize) -> Duration {
     start.elapsed()
 }
 
+fn echo_large_list(runner: &PyRunner) -> Duration {
+    runner.run_sync("def echo(x):\n    return x").unwrap();
+    let list = Value::Array((0..100_000).map(Value::from).collect());
+    let mut samples = Vec::new();
+    for _ in 0..11 {
+        let start = Instant::now();
+        let back = runner
+            .call_function_sync("echo", vec![list.clone()])
+            .unwrap();
+        samples.push(start.elapsed());
+        assert_eq!(back.as_array().map(Vec::len), Some(100_000));
+    }
+    median(samples)
+}
+
+/// The real interpreter behind `python3` on PATH (not a version manager's shim).
+fn python_executable() -> std::path::PathBuf {
+    let output = std::process::Command::new("python3")
+        .args(["-c", "import sys; print(sys.executable)"])
+        .output()
+        .expect("python3 runs");
+    String::from_utf8(output.stdout).unwrap().trim().into()
+}
+
+/// Median time to start a bare `python -c pass`: the floor for a child's start.
+fn bare_python_start() -> Duration {
+    let python = python_executable();
+    let samples = (0..11)
+        .map(|_| {
+            let start = Instant::now();
+            std::process::Command::new(&python)
+                .args(["-c", "pass"])
+                .status()
+                .unwrap();
+            start.elapsed()
+        })
+        .collect();
+    median(samples)
+}
+
 fn cpu_loop(runner: &PyRunner) -> Duration {
     runner
         .run_sync(
@@ -115,12 +159,18 @@ async fn measure(backend: Backend) -> Vec<String> {
     let builder = PyRunner::builder();
     let builder = match backend {
         Backend::PyO3 => builder.pyo3(),
-        Backend::Subprocess => builder.subprocess(),
+        Backend::Subprocess => builder.subprocess().python(python_executable()),
         Backend::RustPython => builder.rustpython(),
     };
-    let started = Instant::now();
+    let mut starts = Vec::new();
+    for _ in 0..5 {
+        let started = Instant::now();
+        let runner = builder.clone().build().expect("backend starts");
+        starts.push(started.elapsed());
+        runner.stop_sync().unwrap();
+    }
+    let start_time = median(starts);
     let runner = builder.build().expect("backend starts");
-    let start_time = started.elapsed();
     runner.run(ADD).await.unwrap();
     vec![
         micros(start_time),
@@ -138,13 +188,14 @@ async fn measure(backend: Backend) -> Vec<String> {
             "{:.3} s",
             sleeping_coroutines(&runner, 1000).await.as_secs_f64()
         ),
+        format!("{:.1} ms", echo_large_list(&runner).as_secs_f64() * 1e3),
         format!("{:.1} ms", cpu_loop(&runner).as_secs_f64() * 1e3),
     ]
 }
 
 #[tokio::main]
 async fn main() {
-    let backends = [Backend::PyO3];
+    let backends = [Backend::PyO3, Backend::Subprocess];
     let labels = [
         "start (build to ready)",
         "awaited `call_function(\"add\", [1, 2])`, median",
@@ -152,6 +203,7 @@ async fn main() {
         "8 tasks × 5000 calls",
         "64 tasks × 300 calls",
         "1000 concurrent `asyncio.sleep(0.1)` calls",
+        "echo of a 100 000-int list, median",
         "CPU loop, 1M iterations",
     ];
     let mut rows: Vec<Row> = labels
@@ -175,4 +227,9 @@ async fn main() {
     for row in rows {
         println!("| {} | {} |", row.what, row.cells.join(" | "));
     }
+    println!();
+    println!(
+        "For reference, a bare `python -c pass` starts in {} here.",
+        micros(bare_python_start())
+    );
 }

@@ -12,7 +12,7 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::task::{Context, Poll, Wake, Waker};
 use std::thread::{self, Thread};
 use std::time::{Duration, Instant};
@@ -142,6 +142,8 @@ pub(crate) struct CommandQueue {
     jobs: Mutex<Jobs>,
     queued: AtomicUsize,
     closed: AtomicBool,
+    /// A backend whose I/O a waiting caller may run on its own thread.
+    driver: OnceLock<Weak<dyn Drive>>,
     sleep: AtomicU8,
     consumer: OnceLock<Thread>,
     #[cfg(unix)]
@@ -171,6 +173,7 @@ impl CommandQueue {
             jobs: Mutex::new(Jobs::default()),
             queued: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
+            driver: OnceLock::new(),
             sleep: AtomicU8::new(Sleep::Awake as u8),
             consumer: OnceLock::new(),
             #[cfg(unix)]
@@ -210,6 +213,27 @@ impl CommandQueue {
         };
         self.wake_consumer();
         rest
+    }
+
+    /// Lets waiting callers drive the backend (see [`Drive`]).
+    pub fn set_driver(&self, driver: Weak<dyn Drive>) {
+        let _ = self.driver.set(driver);
+    }
+
+    fn driver(&self) -> Option<Arc<dyn Drive>> {
+        self.driver.get().and_then(Weak::upgrade)
+    }
+
+    /// Queues a job without waking the consumer, for a caller that drives
+    /// the backend itself or wakes it after.
+    fn push_quiet(&self, job: Job) -> Result<(), Job> {
+        let mut jobs = self.lock();
+        if jobs.closed {
+            return Err(job);
+        }
+        jobs.queue.push_back(job);
+        self.queued.fetch_add(1, Ordering::SeqCst);
+        Ok(())
     }
 
     pub fn is_closed(&self) -> bool {
@@ -302,7 +326,7 @@ impl CommandQueue {
         }
     }
 
-    fn wake_consumer(&self) {
+    pub fn wake_consumer(&self) {
         if self.sleep.load(Ordering::SeqCst) == Sleep::Awake as u8 {
             return;
         }
@@ -323,6 +347,24 @@ impl CommandQueue {
             _ => {}
         }
     }
+}
+
+/// A backend that talks to another process can let the caller that waits
+/// for a reply do the talking: the caller spins anyway, and on two cores a
+/// separate I/O thread spinning as well would leave the child no core to
+/// run on. One caller at a time drives; the backend's own thread takes over
+/// when nobody does.
+pub(crate) trait Drive: Send + Sync {
+    /// Claims the driver's seat; false if another caller has it, or if other
+    /// work is in flight (then batching on the backend's thread serves
+    /// everyone better than one caller spinning).
+    fn try_begin(&self) -> bool;
+    /// Sends queued jobs and reads replies, without blocking.
+    fn drive(&self);
+    /// Gives the seat back, waking the backend's thread if work remains.
+    fn end(&self);
+    /// How long the driving caller spins for its reply.
+    fn spin(&self) -> Duration;
 }
 
 /// The future behind every async command: sends the job on first poll, spins
@@ -358,25 +400,54 @@ impl Future for Submission {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Reply> {
         let this = self.get_mut();
         if let Some(job) = this.job.take() {
-            if this.queue.push(job).is_err() {
-                return Poll::Ready(Err(PyRunnerError::Stopped));
-            }
-            if this.spin {
-                let start = Instant::now();
-                'spin: loop {
-                    for _ in 0..32 {
-                        if this.slot.is_ready() {
-                            break 'spin;
-                        }
-                        std::hint::spin_loop();
+            let driver = if this.spin { this.queue.driver() } else { None };
+            match driver {
+                Some(driver) => {
+                    if this.queue.push_quiet(job).is_err() {
+                        return Poll::Ready(Err(PyRunnerError::Stopped));
                     }
-                    if start.elapsed() >= CALLER_SPIN {
-                        break;
+                    if driver.try_begin() {
+                        let limit = driver.spin();
+                        let start = Instant::now();
+                        loop {
+                            driver.drive();
+                            if this.slot.is_ready() || start.elapsed() >= limit {
+                                break;
+                            }
+                            std::hint::spin_loop();
+                        }
+                        driver.end();
+                    } else {
+                        this.queue.wake_consumer();
+                    }
+                }
+                None => {
+                    if this.queue.push(job).is_err() {
+                        return Poll::Ready(Err(PyRunnerError::Stopped));
+                    }
+                    if this.spin {
+                        spin_until_ready(&this.slot);
                     }
                 }
             }
         }
         this.slot.poll_reply(cx)
+    }
+}
+
+/// Spins up to [`CALLER_SPIN`] for a reply from an in-process backend thread.
+fn spin_until_ready(slot: &ReplySlot) {
+    let start = Instant::now();
+    loop {
+        for _ in 0..32 {
+            if slot.is_ready() {
+                return;
+            }
+            std::hint::spin_loop();
+        }
+        if start.elapsed() >= CALLER_SPIN {
+            return;
+        }
     }
 }
 

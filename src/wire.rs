@@ -78,7 +78,9 @@ impl FrameWriter {
         let buf = &mut self.scratch;
         let encoded = match request {
             Request::Run { code } => rmp_serde::encode::write(buf, &(id, "run", code)),
-            Request::RunFile { path } => rmp_serde::encode::write(buf, &(id, "run_file", path.to_string_lossy())),
+            Request::RunFile { path } => {
+                rmp_serde::encode::write(buf, &(id, "run_file", path.to_string_lossy()))
+            }
             Request::Eval { expr } => rmp_serde::encode::write(buf, &(id, "eval", expr)),
             Request::ReadVariable { name } => rmp_serde::encode::write(buf, &(id, "read", name)),
             Request::CallFunction { name, args } => {
@@ -89,10 +91,14 @@ impl FrameWriter {
                 check_depth(args)?;
                 rmp_serde::encode::write(buf, &(id, "call_async", name, args, limit))
             }
-            Request::SetVenv { dir } => rmp_serde::encode::write(buf, &(id, "set_venv", dir.to_string_lossy())),
+            Request::SetVenv { dir } => {
+                rmp_serde::encode::write(buf, &(id, "set_venv", dir.to_string_lossy()))
+            }
             Request::Stop => rmp_serde::encode::write(buf, &(id, "stop")),
         };
-        encoded.map_err(|err| PyRunnerError::Conversion(format!("could not encode the request: {err}")))?;
+        encoded.map_err(|err| {
+            PyRunnerError::Conversion(format!("could not encode the request: {err}"))
+        })?;
         let frame = Bytes::copy_from_slice(&self.scratch);
         self.codec
             .encode(frame, out)
@@ -154,12 +160,16 @@ fn take_string(value: Option<Value>) -> Option<String> {
 }
 
 pub(crate) fn decode_message(frame: &[u8]) -> Result<Message, PyRunnerError> {
-    let items: Vec<Value> = rmp_serde::from_slice(frame)
-        .map_err(|err| PyRunnerError::Protocol(format!("undecodable frame from the child: {err}")))?;
+    let items: Vec<Value> = rmp_serde::from_slice(frame).map_err(|err| {
+        PyRunnerError::Protocol(format!("undecodable frame from the child: {err}"))
+    })?;
     let mut items = items.into_iter();
     let head = items.next().ok_or_else(|| malformed("empty array"))?;
     if head.as_str() == Some("hello") {
-        let version = items.next().and_then(|v| v.as_u64()).ok_or_else(|| malformed("hello without a version"))?;
+        let version = items
+            .next()
+            .and_then(|v| v.as_u64())
+            .ok_or_else(|| malformed("hello without a version"))?;
         if version != PROTOCOL_VERSION {
             return Err(PyRunnerError::Protocol(format!(
                 "the child speaks protocol {version}, this crate speaks {PROTOCOL_VERSION}"
@@ -167,9 +177,14 @@ pub(crate) fn decode_message(frame: &[u8]) -> Result<Message, PyRunnerError> {
         }
         let python_version = take_string(items.next()).unwrap_or_default();
         let pid = items.next().and_then(|v| v.as_u64()).unwrap_or_default() as u32;
-        return Ok(Message::Hello(Hello { python_version, pid }));
+        return Ok(Message::Hello(Hello {
+            python_version,
+            pid,
+        }));
     }
-    let id = head.as_u64().ok_or_else(|| malformed("reply without an id"))?;
+    let id = head
+        .as_u64()
+        .ok_or_else(|| malformed("reply without an id"))?;
     let status = take_string(items.next()).ok_or_else(|| malformed("reply without a status"))?;
     let outcome = match status.as_str() {
         "ok" => Outcome::Done(Ok(items.next().unwrap_or(Value::Null))),
@@ -183,7 +198,9 @@ pub(crate) fn decode_message(frame: &[u8]) -> Result<Message, PyRunnerError> {
                 traceback,
             }))
         }
-        "conv" => Outcome::Done(Err(PyRunnerError::Conversion(take_string(items.next()).unwrap_or_default()))),
+        "conv" => Outcome::Done(Err(PyRunnerError::Conversion(
+            take_string(items.next()).unwrap_or_default(),
+        ))),
         "timeout" => Outcome::TimedOut,
         other => return Err(malformed(&format!("unknown status {other:?}"))),
     };
@@ -223,18 +240,30 @@ mod tests {
     fn refuses_a_frame_over_the_limit_without_allocating_it() {
         let mut reader = FrameReader::new(1 << 10);
         reader.buffer().extend_from_slice(&u32::MAX.to_be_bytes());
-        assert!(matches!(reader.next_frame(), Err(PyRunnerError::Protocol(_))));
+        assert!(matches!(
+            reader.next_frame(),
+            Err(PyRunnerError::Protocol(_))
+        ));
         assert!(reader.buffer().capacity() < 1 << 20);
     }
 
     #[test]
     fn decodes_errors_and_conversion_failures() {
-        let frame = rmp_serde::to_vec(&(3u64, "err", "KeyError", "'k'", Option::<String>::None)).unwrap();
+        let frame =
+            rmp_serde::to_vec(&(3u64, "err", "KeyError", "'k'", Option::<String>::None)).unwrap();
         match decode_message(&frame).unwrap() {
             Message::Reply {
-                outcome: Outcome::Done(Err(PyRunnerError::Python { kind, message, traceback })),
+                outcome:
+                    Outcome::Done(Err(PyRunnerError::Python {
+                        kind,
+                        message,
+                        traceback,
+                    })),
                 ..
-            } => assert_eq!((kind.as_str(), message.as_str(), traceback), ("KeyError", "'k'", None)),
+            } => assert_eq!(
+                (kind.as_str(), message.as_str(), traceback),
+                ("KeyError", "'k'", None)
+            ),
             other => panic!("{other:?}"),
         }
         let frame = rmp_serde::to_vec(&(4u64, "conv", "too big")).unwrap();
@@ -249,18 +278,33 @@ mod tests {
 
     #[test]
     fn garbage_is_a_protocol_error() {
-        for garbage in [&b"\xc1"[..], b"", b"\x93\x01", b"\x92\xa2ok\x01", b"\x93\x01\xa3bad\x01", b"\xc4\x01x"] {
-            assert!(matches!(decode_message(garbage), Err(PyRunnerError::Protocol(_))), "{garbage:?}");
+        for garbage in [
+            &b"\xc1"[..],
+            b"",
+            b"\x93\x01",
+            b"\x92\xa2ok\x01",
+            b"\x93\x01\xa3bad\x01",
+            b"\xc4\x01x",
+        ] {
+            assert!(
+                matches!(decode_message(garbage), Err(PyRunnerError::Protocol(_))),
+                "{garbage:?}"
+            );
         }
     }
 
     #[test]
     fn hello_with_another_protocol_version_is_refused() {
         let frame = rmp_serde::to_vec(&("hello", 99u64, "3.11.7", 1u32, "python")).unwrap();
-        assert!(matches!(decode_message(&frame), Err(PyRunnerError::Protocol(_))));
+        assert!(matches!(
+            decode_message(&frame),
+            Err(PyRunnerError::Protocol(_))
+        ));
         let frame = rmp_serde::to_vec(&("hello", 1u64, "3.11.7", 4321u32, "python")).unwrap();
         match decode_message(&frame).unwrap() {
-            Message::Hello(hello) => assert_eq!((hello.pid, hello.python_version.as_str()), (4321, "3.11.7")),
+            Message::Hello(hello) => {
+                assert_eq!((hello.pid, hello.python_version.as_str()), (4321, "3.11.7"))
+            }
             other => panic!("{other:?}"),
         }
     }
@@ -278,7 +322,15 @@ mod tests {
         reader.buffer().extend_from_slice(&out);
         let frame = reader.next_frame().unwrap().unwrap();
         let decoded: (u64, String, String, Vec<Value>) = rmp_serde::from_slice(&frame).unwrap();
-        assert_eq!(decoded, (9, "call".into(), "add".into(), vec![Value::from(1), Value::from(u64::MAX)]));
+        assert_eq!(
+            decoded,
+            (
+                9,
+                "call".into(),
+                "add".into(),
+                vec![Value::from(1), Value::from(u64::MAX)]
+            )
+        );
     }
 
     #[test]

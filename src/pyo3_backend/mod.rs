@@ -30,7 +30,6 @@ use crate::error::PyRunnerError;
 use convert::{to_args, to_value, ToValueError};
 use watchdog::Watchdog;
 
-
 /// How long the worker spins for the next command before it parks.
 const WORKER_SPIN: Duration = Duration::from_micros(100);
 
@@ -103,7 +102,8 @@ struct Helpers<'py> {
 
 impl<'py> Helpers<'py> {
     fn load(py: Python<'py>) -> PyResult<Self> {
-        let source = CString::new(crate::worker_source::WORKER_PY).expect("worker.py holds no NUL byte");
+        let source =
+            CString::new(crate::worker_source::WORKER_PY).expect("worker.py holds no NUL byte");
         let module = PyModule::from_code(py, &source, c"async_py/worker.py", c"async_py_worker")?;
         Ok(Helpers {
             run_code: module.getattr("run_code")?,

@@ -51,7 +51,10 @@ pub(crate) struct ChildProcess {
 
 impl ChildProcess {
     /// Starts the child and waits for its hello.
-    pub fn start(spec: &LaunchSpec, reader: &mut FrameReader) -> Result<ChildProcess, PyRunnerError> {
+    pub fn start(
+        spec: &LaunchSpec,
+        reader: &mut FrameReader,
+    ) -> Result<ChildProcess, PyRunnerError> {
         let mut command = Command::new(&spec.python);
         command
             .arg("-u")
@@ -71,9 +74,9 @@ impl ChildProcess {
         if let Some(dir) = &spec.current_dir {
             command.current_dir(dir);
         }
-        let mut child = command
-            .spawn()
-            .map_err(|err| PyRunnerError::Startup(format!("could not start {}: {err}", spec.python.display())))?;
+        let mut child = command.spawn().map_err(|err| {
+            PyRunnerError::Startup(format!("could not start {}: {err}", spec.python.display()))
+        })?;
         let pid = child.id();
         let stdin = child.stdin.take().expect("stdin is piped");
         let stdout = child.stdout.take().expect("stdout is piped");
@@ -88,12 +91,16 @@ impl ChildProcess {
             if let Err(err) = spawned {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(PyRunnerError::Startup(format!("could not start the stderr thread: {err}")));
+                return Err(PyRunnerError::Startup(format!(
+                    "could not start the stderr thread: {err}"
+                )));
             }
         }
-        set_nonblocking(&stdin).and_then(|_| set_nonblocking(&stdout)).map_err(|err| {
-            PyRunnerError::Startup(format!("could not set up the child's pipes: {err}"))
-        })?;
+        set_nonblocking(&stdin)
+            .and_then(|_| set_nonblocking(&stdout))
+            .map_err(|err| {
+                PyRunnerError::Startup(format!("could not set up the child's pipes: {err}"))
+            })?;
         let mut process = ChildProcess {
             child,
             pid,
@@ -144,11 +151,14 @@ impl ChildProcess {
             }
             wait_readable(self.stdout.as_raw_fd(), Some(deadline - now));
             match read_some(&mut self.stdout, reader) {
-                Ok(0) if seen.is_empty() => return Err("it closed its stdout without a word".into()),
+                Ok(0) if seen.is_empty() => {
+                    return Err("it closed its stdout without a word".into())
+                }
                 Ok(0) => return Err(format!("it closed its stdout after writing {seen:?}")),
                 Ok(_) => {
                     let buffered = reader.buffer();
-                    seen = String::from_utf8_lossy(&buffered[..buffered.len().min(120)]).into_owned();
+                    seen =
+                        String::from_utf8_lossy(&buffered[..buffered.len().min(120)]).into_owned();
                 }
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
                 Err(err) => return Err(format!("reading its stdout failed: {err}")),
@@ -292,7 +302,10 @@ pub(crate) fn wait_readable(fd: i32, limit: Option<Duration>) {
 pub(crate) fn poll(fds: &mut [libc::pollfd], limit: Option<Duration>) {
     let timeout = match limit {
         None => -1,
-        Some(limit) => limit.as_millis().min(i32::MAX as u128) as i32 + i32::from(limit.subsec_nanos() % 1_000_000 != 0),
+        Some(limit) => {
+            limit.as_millis().min(i32::MAX as u128) as i32
+                + i32::from(limit.subsec_nanos() % 1_000_000 != 0)
+        }
     };
     // SAFETY: `fds` is a valid, exclusively borrowed slice of pollfd for the
     // whole call, and its length is passed alongside.
@@ -304,15 +317,10 @@ pub(crate) fn poll(fds: &mut [libc::pollfd], limit: Option<Duration>) {
 /// Reads what the child has written into the reader's buffer. `Ok(0)` is end
 /// of file.
 pub(crate) fn read_some(stdout: &mut ChildStdout, reader: &mut FrameReader) -> io::Result<usize> {
-    let buffer = reader.buffer();
-    buffer.reserve(64 << 10);
-    let start = buffer.len();
-    let capacity = buffer.capacity();
-    buffer.resize(capacity, 0);
-    let outcome = stdout.read(&mut buffer[start..]);
-    let read = *outcome.as_ref().unwrap_or(&0);
-    buffer.truncate(start + read);
-    outcome
+    let mut chunk = [0u8; 16 << 10];
+    let read = stdout.read(&mut chunk)?;
+    reader.buffer().extend_from_slice(&chunk[..read]);
+    Ok(read)
 }
 
 fn forward_stderr(

@@ -38,7 +38,8 @@ pub(crate) fn find_python(config: &RunnerConfig) -> Result<PathBuf, PyRunnerErro
         return venv_python(venv);
     }
     let inherits_env = !config.env_clear;
-    if let Some(active) = std::env::var_os("VIRTUAL_ENV").filter(|v| inherits_env && !v.is_empty()) {
+    if let Some(active) = std::env::var_os("VIRTUAL_ENV").filter(|v| inherits_env && !v.is_empty())
+    {
         return venv_python(Path::new(&active));
     }
     let local_venv = match &config.current_dir {

@@ -18,7 +18,7 @@ use crate::command::CommandQueue;
 use crate::error::PyRunnerError;
 use child::LaunchSpec;
 pub(crate) use interpreter::find_python;
-use supervisor::{Settings, Supervisor};
+use supervisor::{Settings, Shared};
 
 /// How long a child may take from spawn to hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
@@ -38,10 +38,12 @@ pub(crate) fn spawn(config: &RunnerConfig, queue: Arc<CommandQueue>) -> Result<(
         startup: config.startup.clone(),
         frame_limit: config.frame_limit,
     };
-    let supervisor = Supervisor::start(queue, settings)?;
+    let shared = Shared::start(queue, settings)?;
     thread::Builder::new()
         .name("async_py-subprocess".into())
-        .spawn(move || supervisor.run())
-        .map_err(|err| PyRunnerError::Startup(format!("could not start the supervisor thread: {err}")))?;
+        .spawn(move || shared.run())
+        .map_err(|err| {
+            PyRunnerError::Startup(format!("could not start the supervisor thread: {err}"))
+        })?;
     Ok(())
 }

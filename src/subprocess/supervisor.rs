@@ -1,29 +1,36 @@
-//! The thread that owns a runner's child: it sends commands, reads replies,
-//! enforces limits, and replaces the child when it dies.
+//! A runner's child and everything in flight to it: commands are sent,
+//! replies read, limits enforced, and a dead child replaced.
 //!
-//! One thread does all of it with non-blocking pipes and poll(2), so a child
-//! that stops reading can never deadlock a parent that is writing, and no
-//! lock guards the table of requests in flight. Before it blocks, the thread
-//! spins briefly on the pipe and the queue: a pipe wake-up costs tens of
-//! microseconds, a fast Python call less.
+//! The state sits behind one lock and is moved forward by whoever holds it:
+//! the caller that waits for a reply (it spins anyway, so it also sends and
+//! reads, see [`Drive`]) or, when no caller does, the supervisor thread,
+//! which sleeps in poll(2) until a reply, a command, room in the pipe, or a
+//! deadline. The pipes are non-blocking, so a child that stops reading can
+//! never deadlock a parent that is writing. Only the supervisor thread does
+//! what may block or take long: starting, killing and replacing children.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{self, Read};
 use std::os::unix::io::AsRawFd;
 use std::os::unix::net::UnixStream;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
 use serde_json::Value;
 
 use super::child::{poll, read_some, wait_readable, ChildProcess, LaunchSpec};
-use crate::command::{CommandQueue, Job, Request};
+use crate::command::{CommandQueue, Drive, Job, Request};
 use crate::error::PyRunnerError;
 use crate::wire::{decode_message, FrameReader, FrameWriter, Message, Outcome};
 
-/// How long the thread spins for a reply or a command before it polls.
-const SPIN: Duration = Duration::from_micros(50);
+/// How long a caller that drives the child spins for its reply.
+const CALLER_SPIN: Duration = Duration::from_micros(150);
+
+/// How long the supervisor thread spins for replies or commands while calls
+/// are in flight and no caller drives.
+const THREAD_SPIN: Duration = Duration::from_micros(40);
 
 /// After SIGINT, how long a timed-out child gets to unwind before SIGKILL.
 const INTERRUPT_GRACE: Duration = Duration::from_millis(250);
@@ -60,7 +67,7 @@ enum Loss {
     TimedOut,
 }
 
-pub(crate) struct Supervisor {
+pub(crate) struct Core {
     queue: Arc<CommandQueue>,
     settings: Settings,
     child: Option<ChildProcess>,
@@ -80,19 +87,14 @@ pub(crate) struct Supervisor {
     stop_sent: bool,
     /// `stop` was answered by the child: shut down now.
     stop_done: bool,
-    wake: UnixStream,
+    /// A dead or broken child seen by a caller, for the thread to replace.
+    lost: Option<Loss>,
 }
 
-impl Supervisor {
+impl Core {
     /// Starts the first child; errors here are `build()`'s errors.
-    pub fn start(queue: Arc<CommandQueue>, settings: Settings) -> Result<Supervisor, PyRunnerError> {
-        let (wake, wake_write) = UnixStream::pair()
-            .map_err(|err| PyRunnerError::Startup(format!("could not make a wake-up socket: {err}")))?;
-        wake.set_nonblocking(true)
-            .and_then(|_| wake_write.set_nonblocking(true))
-            .map_err(|err| PyRunnerError::Startup(format!("could not set up the wake-up socket: {err}")))?;
-        queue.set_loop_wake(wake_write);
-        let mut supervisor = Supervisor {
+    fn start(queue: Arc<CommandQueue>, settings: Settings) -> Result<Core, PyRunnerError> {
+        let mut core = Core {
             queue,
             reader: FrameReader::new(settings.frame_limit),
             writer: FrameWriter::new(settings.frame_limit),
@@ -107,23 +109,24 @@ impl Supervisor {
             interrupting: None,
             stop_sent: false,
             stop_done: false,
-            wake,
+            lost: None,
         };
-        supervisor.start_child()?;
-        Ok(supervisor)
+        core.start_child()?;
+        Ok(core)
     }
 
     /// Starts a child, runs the startup code, and counts failures.
     fn start_child(&mut self) -> Result<(), PyRunnerError> {
         self.reader = FrameReader::new(self.settings.frame_limit);
         self.outgoing.clear();
-        let started = ChildProcess::start(&self.settings.spec, &mut self.reader).and_then(|child| {
-            self.child = Some(child);
-            match self.settings.startup.clone() {
-                Some(code) => self.run_startup(&code),
-                None => Ok(()),
-            }
-        });
+        let started =
+            ChildProcess::start(&self.settings.spec, &mut self.reader).and_then(|child| {
+                self.child = Some(child);
+                match self.settings.startup.clone() {
+                    Some(code) => self.run_startup(&code),
+                    None => Ok(()),
+                }
+            });
         match started {
             Ok(()) => {
                 self.failed_starts = 0;
@@ -142,28 +145,41 @@ impl Supervisor {
     /// Runs the startup code synchronously, before any queued command.
     fn run_startup(&mut self, code: &str) -> Result<(), PyRunnerError> {
         let id = self.take_id();
-        let request = Request::Run { code: code.to_owned() };
-        self.writer.request(&mut self.outgoing, id, &request, None)?;
-        let deadline = Instant::now() + self.settings.spec.hello_timeout.max(Duration::from_secs(60));
+        let request = Request::Run {
+            code: code.to_owned(),
+        };
+        self.writer
+            .request(&mut self.outgoing, id, &request, None)?;
+        let deadline = Instant::now()
+            + self
+                .settings
+                .spec
+                .hello_timeout
+                .max(Duration::from_secs(60));
         loop {
-            self.flush()
-                .map_err(|err| PyRunnerError::Startup(format!("the child stopped reading: {err}")))?;
+            self.flush().map_err(|err| {
+                PyRunnerError::Startup(format!("the child stopped reading: {err}"))
+            })?;
             while let Some(frame) = self.reader.next_frame()? {
                 if let Message::Reply { id: got, outcome } = decode_message(&frame)? {
                     if got == id {
                         return match outcome {
                             Outcome::Done(Ok(_)) => Ok(()),
-                            Outcome::Done(Err(err)) => {
-                                Err(PyRunnerError::Startup(format!("startup code failed: {err}")))
+                            Outcome::Done(Err(err)) => Err(PyRunnerError::Startup(format!(
+                                "startup code failed: {err}"
+                            ))),
+                            Outcome::TimedOut => {
+                                Err(PyRunnerError::Startup("startup code timed out".into()))
                             }
-                            Outcome::TimedOut => Err(PyRunnerError::Startup("startup code timed out".into())),
                         };
                     }
                 }
             }
             let now = Instant::now();
             if now >= deadline {
-                return Err(PyRunnerError::Startup("startup code did not finish in time".into()));
+                return Err(PyRunnerError::Startup(
+                    "startup code did not finish in time".into(),
+                ));
             }
             let child = self.child.as_mut().expect("started above");
             wait_readable(child.stdout.as_raw_fd(), Some(deadline - now));
@@ -176,7 +192,11 @@ impl Supervisor {
                 }
                 Ok(_) => {}
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
-                Err(err) => return Err(PyRunnerError::Startup(format!("reading from the child failed: {err}"))),
+                Err(err) => {
+                    return Err(PyRunnerError::Startup(format!(
+                        "reading from the child failed: {err}"
+                    )))
+                }
             }
         }
     }
@@ -187,34 +207,65 @@ impl Supervisor {
         id
     }
 
-    /// The command loop. Returns when the runner is stopped or dropped.
-    pub fn run(mut self) {
-        loop {
-            self.queue.take_all(&mut self.backlog);
-            if self.queue.is_closed() && !self.stop_sent {
-                self.shut_down(false);
-                return;
-            }
-            if self.interrupting.is_none() {
-                self.send_backlog();
-            }
-            if let Err(err) = self.flush() {
-                self.replace_child(Loss::Protocol(format!("writing to the child failed: {err}")));
-                continue;
-            }
-            match self.read_replies() {
-                Ok(true) => {}
-                Ok(false) if self.interrupting.is_some() => self.replace_child(Loss::TimedOut),
-                Ok(false) => self.replace_child(Loss::Died),
-                Err(err) => self.replace_child(Loss::Protocol(err.to_string())),
-            }
-            if self.stop_done || (self.stop_sent && self.child.is_none()) {
-                self.shut_down(true);
-                return;
-            }
-            self.enforce_deadlines();
-            self.wait();
+    /// Moves everything forward without blocking. On a caller's thread
+    /// (`on_thread` false) it neither starts nor kills children: a loss is
+    /// recorded for the supervisor thread.
+    fn pump(&mut self, on_thread: bool) {
+        if self.lost.is_some() {
+            return;
         }
+        self.queue.take_all(&mut self.backlog);
+        if self.interrupting.is_none() && (on_thread || self.child.is_some()) {
+            self.send_backlog();
+        }
+        if let Err(err) = self.flush() {
+            self.lost = Some(Loss::Protocol(format!(
+                "writing to the child failed: {err}"
+            )));
+            return;
+        }
+        match self.read_replies() {
+            Ok(true) => {}
+            Ok(false) if self.interrupting.is_some() => self.lost = Some(Loss::TimedOut),
+            Ok(false) => self.lost = Some(Loss::Died),
+            Err(err) => self.lost = Some(Loss::Protocol(err.to_string())),
+        }
+    }
+
+    /// Commands taken but not answered.
+    fn outstanding(&self) -> usize {
+        self.inflight.len() + self.backlog.len()
+    }
+
+    /// What the supervisor thread waits for next: the child's replies, room
+    /// in its request pipe, and the nearest deadline. `None`: do not wait.
+    fn wait_plan(&self) -> Option<WaitPlan> {
+        let Some(child) = self.child.as_ref() else {
+            return Some(WaitPlan {
+                replies: -1,
+                requests: -1,
+                limit: None,
+            });
+        };
+        if !self.backlog.is_empty() && self.interrupting.is_none() {
+            return None;
+        }
+        let now = Instant::now();
+        let mut next = self.interrupting.map(|since| since + INTERRUPT_GRACE);
+        for flight in self.inflight.values() {
+            if let Some(deadline) = flight.deadline {
+                next = Some(next.map_or(deadline, |n| n.min(deadline)));
+            }
+        }
+        Some(WaitPlan {
+            replies: child.stdout.as_raw_fd(),
+            requests: if self.outgoing.is_empty() {
+                -1
+            } else {
+                child.requests_fd()
+            },
+            limit: next.map(|deadline| deadline.saturating_duration_since(now)),
+        })
     }
 
     /// Sends what is queued, starting a child first if there is none.
@@ -254,8 +305,15 @@ impl Supervisor {
     fn send(&mut self, job: Job) {
         let id = self.take_id();
         let is_coroutine = matches!(job.request, Request::CallAsyncFunction { .. });
-        let limit = if is_coroutine { job.timeout.map(|d| d.as_secs_f64()) } else { None };
-        if let Err(err) = self.writer.request(&mut self.outgoing, id, &job.request, limit) {
+        let limit = if is_coroutine {
+            job.timeout.map(|d| d.as_secs_f64())
+        } else {
+            None
+        };
+        if let Err(err) = self
+            .writer
+            .request(&mut self.outgoing, id, &job.request, limit)
+        {
             job.reply.send(Err(err));
             return;
         }
@@ -312,7 +370,11 @@ impl Supervisor {
                 Ok(_) => {}
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Ok(true),
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
-                Err(err) => return Err(PyRunnerError::Protocol(format!("reading from the child failed: {err}"))),
+                Err(err) => {
+                    return Err(PyRunnerError::Protocol(format!(
+                        "reading from the child failed: {err}"
+                    )))
+                }
             }
         }
     }
@@ -320,10 +382,14 @@ impl Supervisor {
     fn answer_frames(&mut self) -> Result<(), PyRunnerError> {
         while let Some(frame) = self.reader.next_frame()? {
             let Message::Reply { id, outcome } = decode_message(&frame)? else {
-                return Err(PyRunnerError::Protocol("a second hello from the child".into()));
+                return Err(PyRunnerError::Protocol(
+                    "a second hello from the child".into(),
+                ));
             };
             let Some(done) = self.inflight.remove(&id) else {
-                return Err(PyRunnerError::Protocol(format!("a reply to unknown request {id}")));
+                return Err(PyRunnerError::Protocol(format!(
+                    "a reply to unknown request {id}"
+                )));
             };
             if !done.is_coroutine {
                 if self.sync_line.front() == Some(&id) {
@@ -338,7 +404,9 @@ impl Supervisor {
             }
             let reply = match outcome {
                 Outcome::Done(reply) => reply,
-                Outcome::TimedOut => Err(PyRunnerError::Timeout(done.job.timeout.unwrap_or_default())),
+                Outcome::TimedOut => {
+                    Err(PyRunnerError::Timeout(done.job.timeout.unwrap_or_default()))
+                }
             };
             done.job.reply.send(reply);
         }
@@ -365,11 +433,19 @@ impl Supervisor {
             }
             return;
         }
-        if let Some(running) = self.sync_line.front().and_then(|head| self.inflight.get(head)) {
+        if let Some(running) = self
+            .sync_line
+            .front()
+            .and_then(|head| self.inflight.get(head))
+        {
             if running.deadline.is_some_and(|deadline| now >= deadline) {
                 let limit = running.job.timeout.unwrap_or_default();
                 // The caller hears at the deadline; the child gets to unwind.
-                running.job.reply.slot().complete(Err(PyRunnerError::Timeout(limit)));
+                running
+                    .job
+                    .reply
+                    .slot()
+                    .complete(Err(PyRunnerError::Timeout(limit)));
                 if let Some(child) = &self.child {
                     child.interrupt();
                 }
@@ -377,10 +453,9 @@ impl Supervisor {
                 return;
             }
         }
-        let stuck = self
-            .inflight
-            .values()
-            .any(|flight| flight.is_coroutine && flight.deadline.is_some_and(|deadline| now >= deadline));
+        let stuck = self.inflight.values().any(|flight| {
+            flight.is_coroutine && flight.deadline.is_some_and(|deadline| now >= deadline)
+        });
         if stuck {
             self.replace_child(Loss::TimedOut);
         }
@@ -412,11 +487,19 @@ impl Supervisor {
                     flight.job.reply.send(Ok(Value::Null));
                     continue;
                 }
-                Loss::Died => PyRunnerError::WorkerDied { reason: reason.clone() },
-                Loss::Protocol(why) => PyRunnerError::Protocol(format!("{why}; the child was replaced")),
-                Loss::TimedOut if Some(id) == head => PyRunnerError::Timeout(flight.job.timeout.unwrap_or_default()),
+                Loss::Died => PyRunnerError::WorkerDied {
+                    reason: reason.clone(),
+                },
+                Loss::Protocol(why) => {
+                    PyRunnerError::Protocol(format!("{why}; the child was replaced"))
+                }
+                Loss::TimedOut if Some(id) == head => {
+                    PyRunnerError::Timeout(flight.job.timeout.unwrap_or_default())
+                }
                 Loss::TimedOut => PyRunnerError::WorkerDied {
-                    reason: format!("the child was killed after a command ran past its limit; {reason}"),
+                    reason: format!(
+                        "the child was killed after a command ran past its limit; {reason}"
+                    ),
                 },
             };
             flight.job.reply.send(Err(err));
@@ -435,67 +518,6 @@ impl Supervisor {
                 }
             }
         }
-    }
-
-    /// Blocks until a reply, a command, room in the pipe, or the next deadline.
-    fn wait(&mut self) {
-        if !self.backlog.is_empty() && self.interrupting.is_none() && self.child.is_some() {
-            return;
-        }
-        let Some(child) = self.child.as_mut() else {
-            let wake = self.wake.as_raw_fd();
-            self.queue.wait_in_loop(|| wait_readable(wake, None));
-            drain(&mut self.wake);
-            return;
-        };
-        if !self.inflight.is_empty() || self.queue.has_jobs() {
-            // Spin briefly: a fast reply or the next command may be microseconds away.
-            let start = Instant::now();
-            loop {
-                if self.queue.has_jobs() {
-                    return;
-                }
-                if !self.inflight.is_empty() {
-                    match read_some(&mut child.stdout, &mut self.reader) {
-                        Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
-                        _ => return,
-                    }
-                }
-                if start.elapsed() >= SPIN {
-                    break;
-                }
-                std::hint::spin_loop();
-            }
-        } else if self.queue.spin_for_jobs(SPIN) {
-            return;
-        }
-        let now = Instant::now();
-        let mut next = self.interrupting.map(|since| since + INTERRUPT_GRACE);
-        for flight in self.inflight.values() {
-            if let Some(deadline) = flight.deadline {
-                next = Some(next.map_or(deadline, |n| n.min(deadline)));
-            }
-        }
-        let limit = next.map(|deadline| deadline.saturating_duration_since(now));
-        let mut fds = [
-            libc::pollfd {
-                fd: child.stdout.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: self.wake.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: child.requests_fd(),
-                events: if self.outgoing.is_empty() { 0 } else { libc::POLLOUT },
-                revents: 0,
-            },
-        ];
-        self.queue.wait_in_loop(|| poll(&mut fds, limit));
-        drain(&mut self.wake);
     }
 
     /// Ends the child: on `stop`, after it has answered; when dropped, by end
@@ -525,7 +547,178 @@ impl Supervisor {
     }
 }
 
-fn drain(wake: &mut UnixStream) {
+/// What the supervisor thread polls for; -1 skips an fd.
+struct WaitPlan {
+    replies: i32,
+    requests: i32,
+    limit: Option<Duration>,
+}
+
+/// The state, the seat of the driving caller, and the thread's wake-up socket.
+pub(crate) struct Shared {
+    core: Mutex<Core>,
+    queue: Arc<CommandQueue>,
+    driving: AtomicBool,
+    /// `Core::outstanding` as of the last pump, readable without the lock.
+    outstanding: AtomicUsize,
+    wake: Mutex<UnixStream>,
+}
+
+impl Shared {
+    /// Starts the first child and wires the queue to this state.
+    pub fn start(
+        queue: Arc<CommandQueue>,
+        settings: Settings,
+    ) -> Result<Arc<Shared>, PyRunnerError> {
+        let (wake, wake_write) = UnixStream::pair().map_err(|err| {
+            PyRunnerError::Startup(format!("could not make a wake-up socket: {err}"))
+        })?;
+        wake.set_nonblocking(true)
+            .and_then(|_| wake_write.set_nonblocking(true))
+            .map_err(|err| {
+                PyRunnerError::Startup(format!("could not set up the wake-up socket: {err}"))
+            })?;
+        let core = Core::start(queue.clone(), settings)?;
+        let shared = Arc::new(Shared {
+            core: Mutex::new(core),
+            queue: queue.clone(),
+            driving: AtomicBool::new(false),
+            outstanding: AtomicUsize::new(0),
+            wake: Mutex::new(wake),
+        });
+        queue.set_loop_wake(wake_write);
+        let driver: Arc<dyn Drive> = shared.clone();
+        queue.set_driver(Arc::downgrade(&driver));
+        Ok(shared)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Core> {
+        self.core
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The supervisor thread. Returns when the runner is stopped or dropped.
+    pub fn run(&self) {
+        loop {
+            let mut core = self.lock();
+            if self.queue.is_closed() && !core.stop_sent {
+                core.shut_down(false);
+                return;
+            }
+            core.pump(true);
+            if let Some(loss) = core.lost.take() {
+                core.replace_child(loss);
+                continue;
+            }
+            if core.stop_done || (core.stop_sent && core.child.is_none()) {
+                core.shut_down(true);
+                return;
+            }
+            core.enforce_deadlines();
+            if let Some(loss) = core.lost.take() {
+                core.replace_child(loss);
+                continue;
+            }
+            self.outstanding.store(core.outstanding(), Ordering::SeqCst);
+            let plan = core.wait_plan();
+            drop(core);
+            if let Some(plan) = plan {
+                self.sleep(plan);
+            }
+        }
+    }
+
+    fn sleep(&self, plan: WaitPlan) {
+        if self.outstanding.load(Ordering::SeqCst) > 0 && self.spin_for_work(&plan) {
+            return;
+        }
+        let wake = self.wake.lock().unwrap_or_else(|p| p.into_inner());
+        self.queue.wait_in_loop(|| {
+            // A driving caller reads the replies; waking for them too would
+            // put a third thread on two cores.
+            let replies = if self.driving.load(Ordering::SeqCst) {
+                -1
+            } else {
+                plan.replies
+            };
+            let mut fds = [
+                libc::pollfd {
+                    fd: replies,
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: wake.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: plan.requests,
+                    events: libc::POLLOUT,
+                    revents: 0,
+                },
+            ];
+            poll(&mut fds, plan.limit);
+        });
+        drain(&wake);
+    }
+}
+
+impl Shared {
+    /// With calls in flight and no caller driving, the next reply or command
+    /// is usually microseconds away: spin for it before paying for a wake-up.
+    fn spin_for_work(&self, plan: &WaitPlan) -> bool {
+        let start = Instant::now();
+        while start.elapsed() < THREAD_SPIN {
+            if self.driving.load(Ordering::SeqCst) {
+                return false;
+            }
+            if self.queue.has_jobs() {
+                return true;
+            }
+            let mut fds = [libc::pollfd {
+                fd: plan.replies,
+                events: libc::POLLIN,
+                revents: 0,
+            }];
+            poll(&mut fds, Some(Duration::ZERO));
+            if fds[0].revents != 0 {
+                return true;
+            }
+        }
+        false
+    }
+}
+
+impl Drive for Shared {
+    fn try_begin(&self) -> bool {
+        self.outstanding.load(Ordering::SeqCst) == 0 && !self.driving.swap(true, Ordering::SeqCst)
+    }
+
+    fn drive(&self) {
+        let mut core = match self.core.try_lock() {
+            Ok(core) => core,
+            Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(TryLockError::WouldBlock) => return,
+        };
+        core.pump(false);
+        self.outstanding.store(core.outstanding(), Ordering::SeqCst);
+    }
+
+    fn end(&self) {
+        self.driving.store(false, Ordering::SeqCst);
+        if self.outstanding.load(Ordering::SeqCst) > 0 || self.queue.has_jobs() {
+            self.queue.wake_consumer();
+        }
+    }
+
+    fn spin(&self) -> Duration {
+        CALLER_SPIN
+    }
+}
+
+fn drain(mut wake: &UnixStream) {
     let mut sink = [0u8; 64];
     while matches!(wake.read(&mut sink), Ok(n) if n > 0) {}
 }
