@@ -34,12 +34,21 @@ fn backend_is_subprocess_and_build_needs_no_runtime() {
     let runner = make_runner();
     assert_eq!(runner.backend(), Backend::Subprocess);
     let pid = runner.eval_sync("__import__('os').getpid()").unwrap();
-    assert_ne!(pid, json!(std::process::id()), "Python runs in another process");
+    assert_ne!(
+        pid,
+        json!(std::process::id()),
+        "Python runs in another process"
+    );
 }
 
 #[test]
 fn a_missing_interpreter_is_a_startup_error_naming_it() {
-    let message = startup_error(PyRunner::builder().subprocess().python("/no/such/python3").build());
+    let message = startup_error(
+        PyRunner::builder()
+            .subprocess()
+            .python("/no/such/python3")
+            .build(),
+    );
     assert!(message.contains("/no/such/python3"), "{message}");
 }
 
@@ -48,8 +57,16 @@ fn a_folder_that_is_not_a_venv_is_a_startup_error() {
     let dir = tempfile::tempdir().unwrap();
     let message = startup_error(PyRunner::builder().subprocess().venv(dir.path()).build());
     assert!(message.contains("is not a venv"), "{message}");
-    assert!(message.contains(&dir.path().display().to_string()), "{message}");
-    let message = startup_error(PyRunner::builder().subprocess().venv("/no/such/venv").build());
+    assert!(
+        message.contains(&dir.path().display().to_string()),
+        "{message}"
+    );
+    let message = startup_error(
+        PyRunner::builder()
+            .subprocess()
+            .venv("/no/such/venv")
+            .build(),
+    );
     assert!(message.contains("/no/such/venv"), "{message}");
 }
 
@@ -61,7 +78,10 @@ fn a_program_that_is_not_python_is_a_startup_error() {
     // A program that writes to stdout: its words are quoted.
     let message = startup_error(PyRunner::builder().subprocess().python("/bin/echo").build());
     assert!(message.contains("/bin/echo"), "{message}");
-    assert!(message.contains("-u -c"), "what it printed is quoted: {message}");
+    assert!(
+        message.contains("-u -c"),
+        "what it printed is quoted: {message}"
+    );
 }
 
 #[test]
@@ -91,7 +111,10 @@ fn noisy_output_never_corrupts_the_protocol() {
         Err(PyRunnerError::Python { kind, .. }) => assert_eq!(kind, "EOFError"),
         other => panic!("input() should raise EOFError, got {other:?}"),
     }
-    assert_eq!(runner.eval_sync("'still in sync'").unwrap(), json!("still in sync"));
+    assert_eq!(
+        runner.eval_sync("'still in sync'").unwrap(),
+        json!("still in sync")
+    );
 }
 
 /// The child's stderr reaches ours line by line, marked with its pid. Checked
@@ -101,13 +124,20 @@ fn child_stderr_is_forwarded_with_its_pid() {
     if std::env::var_os("ASYNC_PY_STDERR_PROBE").is_some() {
         let runner = make_runner();
         let pid = runner.eval_sync("__import__('os').getpid()").unwrap();
-        runner.run_sync("print('first line')\nprint('second line')").unwrap();
+        runner
+            .run_sync("print('first line')\nprint('second line')")
+            .unwrap();
         runner.stop_sync().unwrap();
         println!("\nCHILD_PID={pid}");
         return;
     }
     let output = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "child_stderr_is_forwarded_with_its_pid", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "child_stderr_is_forwarded_with_its_pid",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env("ASYNC_PY_STDERR_PROBE", "1")
         .output()
         .unwrap();
@@ -118,8 +148,14 @@ fn child_stderr_is_forwarded_with_its_pid() {
         .lines()
         .find_map(|line| line.strip_prefix("CHILD_PID="))
         .unwrap_or_else(|| panic!("no pid in {stdout}"));
-    assert!(stderr.contains(&format!("[python {pid}] first line\n")), "{stderr}");
-    assert!(stderr.contains(&format!("[python {pid}] second line\n")), "{stderr}");
+    assert!(
+        stderr.contains(&format!("[python {pid}] first line\n")),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("[python {pid}] second line\n")),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -133,11 +169,16 @@ fn env_env_clear_and_current_dir_reach_the_child() {
         .build()
         .unwrap();
     assert_eq!(
-        runner.eval_sync("__import__('os').environ['ASYNC_PY_GREETING']").unwrap(),
+        runner
+            .eval_sync("__import__('os').environ['ASYNC_PY_GREETING']")
+            .unwrap(),
         json!("hello child")
     );
     let cwd = runner.eval_sync("__import__('os').getcwd()").unwrap();
-    assert_eq!(Path::new(cwd.as_str().unwrap()).canonicalize().unwrap(), dir.path().canonicalize().unwrap());
+    assert_eq!(
+        Path::new(cwd.as_str().unwrap()).canonicalize().unwrap(),
+        dir.path().canonicalize().unwrap()
+    );
 
     let python = which_python();
     let bare = PyRunner::builder()
@@ -147,7 +188,9 @@ fn env_env_clear_and_current_dir_reach_the_child() {
         .env("ONLY_THIS", "1")
         .build()
         .unwrap();
-    let keys = bare.eval_sync("sorted(k for k in __import__('os').environ if k != 'LC_CTYPE')").unwrap();
+    let keys = bare
+        .eval_sync("sorted(k for k in __import__('os').environ if k != 'LC_CTYPE')")
+        .unwrap();
     assert_eq!(keys, json!(["ONLY_THIS"]));
 }
 
@@ -165,8 +208,15 @@ fn a_reply_over_the_frame_limit_is_a_protocol_error_and_the_child_is_replaced() 
         other => panic!("expected a Protocol error, got {other:?}"),
     }
     assert_eq!(runner.eval_sync("'small'").unwrap(), json!("small"));
-    assert_ne!(runner.eval_sync("__import__('os').getpid()").unwrap(), pid, "a fresh child");
-    assert_eq!(runner.eval_sync("len('y' * (512 << 10))").unwrap(), json!(512 << 10));
+    assert_ne!(
+        runner.eval_sync("__import__('os').getpid()").unwrap(),
+        pid,
+        "a fresh child"
+    );
+    assert_eq!(
+        runner.eval_sync("len('y' * (512 << 10))").unwrap(),
+        json!(512 << 10)
+    );
 }
 
 #[test]
@@ -177,7 +227,12 @@ fn an_echo_of_a_large_list_round_trips() {
     let got = runner.call_function_sync("echo", vec![json!(big)]).unwrap();
     assert_eq!(got, json!(big));
     let text = "ünïcödé ".repeat(50_000);
-    assert_eq!(runner.call_function_sync("echo", vec![json!(text)]).unwrap(), json!(text));
+    assert_eq!(
+        runner
+            .call_function_sync("echo", vec![json!(text)])
+            .unwrap(),
+        json!(text)
+    );
 }
 
 /// The interpreter found on PATH (not the pyenv shim), for environments without PATH.
@@ -193,8 +248,13 @@ fn which_python() -> PathBuf {
 /// own with a package in site-packages and a `.pth` file.
 #[test]
 fn every_installed_cpython_version_runs_the_worker_from_its_venv() {
-    let root = Command::new("pyenv").arg("root").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
-    let root = PathBuf::from(root.unwrap_or_else(|_| format!("{}/.pyenv", std::env::var("HOME").unwrap())));
+    let root = Command::new("pyenv")
+        .arg("root")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    let root = PathBuf::from(
+        root.unwrap_or_else(|_| format!("{}/.pyenv", std::env::var("HOME").unwrap())),
+    );
     let mut tested = Vec::new();
     for minor in ["3.8", "3.10", "3.11", "3.12", "3.13"] {
         let Some(python) = fs::read_dir(root.join("versions"))
@@ -214,26 +274,65 @@ fn every_installed_cpython_version_runs_the_worker_from_its_venv() {
         let dir = tempfile::tempdir().unwrap();
         let venv = dir.path().join("venv");
         let site_packages = conformance::make_venv(&python, &venv);
-        fs::write(site_packages.join("versioned_pkg.py"), "def where():\n    return __file__\n").unwrap();
+        fs::write(
+            site_packages.join("versioned_pkg.py"),
+            "def where():\n    return __file__\n",
+        )
+        .unwrap();
         let extra = dir.path().join("extra");
         fs::create_dir_all(&extra).unwrap();
         fs::write(extra.join("pth_found.py"), "OK = True\n").unwrap();
-        fs::write(site_packages.join("extra.pth"), format!("{}\n", extra.display())).unwrap();
+        fs::write(
+            site_packages.join("extra.pth"),
+            format!("{}\n", extra.display()),
+        )
+        .unwrap();
 
-        let runner = PyRunner::builder().subprocess().venv(&venv).build().unwrap();
-        let version = runner.eval_sync("'%d.%d' % __import__('sys').version_info[:2]").unwrap();
+        let runner = PyRunner::builder()
+            .subprocess()
+            .venv(&venv)
+            .build()
+            .unwrap();
+        let version = runner
+            .eval_sync("'%d.%d' % __import__('sys').version_info[:2]")
+            .unwrap();
         assert_eq!(version, json!(minor), "{}", python.display());
-        assert_eq!(runner.eval_sync("__import__('sys').prefix").unwrap(), json!(venv.display().to_string()));
+        assert_eq!(
+            runner.eval_sync("__import__('sys').prefix").unwrap(),
+            json!(venv.display().to_string())
+        );
         runner.run_sync("import versioned_pkg, pth_found\nimport asyncio\nasync def later(x):\n    await asyncio.sleep(0)\n    return x").unwrap();
-        let location = runner.call_function_sync("versioned_pkg.where", vec![]).unwrap();
-        assert!(location.as_str().unwrap().starts_with(site_packages.to_str().unwrap()));
-        assert_eq!(runner.read_variable_sync("pth_found.OK").unwrap(), json!(true));
-        assert_eq!(runner.eval_sync("[2**63 - 1, 2**64 - 1, 1.5, b'ab', {1: (None,)}]").unwrap(),
-            json!([i64::MAX, u64::MAX, 1.5, [97, 98], {"1": [null]}]));
-        assert!(matches!(runner.eval_sync("2**64"), Err(PyRunnerError::Conversion(_))));
-        assert_eq!(runner.call_async_function_sync("later", vec![json!("async")]).unwrap(), json!("async"));
+        let location = runner
+            .call_function_sync("versioned_pkg.where", vec![])
+            .unwrap();
+        assert!(location
+            .as_str()
+            .unwrap()
+            .starts_with(site_packages.to_str().unwrap()));
+        assert_eq!(
+            runner.read_variable_sync("pth_found.OK").unwrap(),
+            json!(true)
+        );
+        assert_eq!(
+            runner
+                .eval_sync("[2**63 - 1, 2**64 - 1, 1.5, b'ab', {1: (None,)}]")
+                .unwrap(),
+            json!([i64::MAX, u64::MAX, 1.5, [97, 98], {"1": [null]}])
+        );
+        assert!(matches!(
+            runner.eval_sync("2**64"),
+            Err(PyRunnerError::Conversion(_))
+        ));
+        assert_eq!(
+            runner
+                .call_async_function_sync("later", vec![json!("async")])
+                .unwrap(),
+            json!("async")
+        );
         match runner.eval_sync("1/0") {
-            Err(PyRunnerError::Python { kind, traceback, .. }) => {
+            Err(PyRunnerError::Python {
+                kind, traceback, ..
+            }) => {
                 assert_eq!(kind, "ZeroDivisionError");
                 assert!(traceback.unwrap().contains("ZeroDivisionError"));
             }
@@ -243,7 +342,11 @@ fn every_installed_cpython_version_runs_the_worker_from_its_venv() {
         tested.push(minor);
     }
     for needed in ["3.8", "3.10", "3.12", "3.13"] {
-        assert!(tested.contains(&needed), "CPython {needed} was not found under {}/versions: install it", root.display());
+        assert!(
+            tested.contains(&needed),
+            "CPython {needed} was not found under {}/versions: install it",
+            root.display()
+        );
     }
 }
 
@@ -257,16 +360,43 @@ fn a_uv_venv_with_a_package_from_the_index() {
             .args(args)
             .current_dir(dir.path())
             .output()
-            .unwrap_or_else(|err| panic!("uv could not be run ({err}); install it with `pip install uv`"));
-        assert!(output.status.success(), "uv {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+            .unwrap_or_else(|err| {
+                panic!("uv could not be run ({err}); install it with `pip install uv`")
+            });
+        assert!(
+            output.status.success(),
+            "uv {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
     };
-    uv(&["venv", "--python", which_python().to_str().unwrap(), venv.to_str().unwrap()]);
-    uv(&["pip", "install", "--python", venv.join("bin/python").to_str().unwrap(), "six==1.16.0"]);
+    uv(&[
+        "venv",
+        "--python",
+        which_python().to_str().unwrap(),
+        venv.to_str().unwrap(),
+    ]);
+    uv(&[
+        "pip",
+        "install",
+        "--python",
+        venv.join("bin/python").to_str().unwrap(),
+        "six==1.16.0",
+    ]);
     // Found as ./.venv in the child's folder: uv's default project venv.
-    let runner = PyRunner::builder().subprocess().current_dir(dir.path()).build().unwrap();
-    assert_eq!(runner.eval_sync("__import__('sys').prefix").unwrap(), json!(venv.display().to_string()));
+    let runner = PyRunner::builder()
+        .subprocess()
+        .current_dir(dir.path())
+        .build()
+        .unwrap();
+    assert_eq!(
+        runner.eval_sync("__import__('sys').prefix").unwrap(),
+        json!(venv.display().to_string())
+    );
     runner.run_sync("import six").unwrap();
-    assert_eq!(runner.read_variable_sync("six.__version__").unwrap(), json!("1.16.0"));
+    assert_eq!(
+        runner.read_variable_sync("six.__version__").unwrap(),
+        json!("1.16.0")
+    );
     runner.stop_sync().unwrap();
 }
 
@@ -280,7 +410,10 @@ async fn timeout_replaces_the_child_and_the_next_command_runs() {
         .build()
         .unwrap();
     let first = runner.eval("__import__('os').getpid()").await.unwrap();
-    assert_eq!(runner.run("while True:\n    pass").await, Err(PyRunnerError::Timeout(limit)));
+    assert_eq!(
+        runner.run("while True:\n    pass").await,
+        Err(PyRunnerError::Timeout(limit))
+    );
     let second = runner.eval("__import__('os').getpid()").await.unwrap();
     assert_ne!(first, second, "the stuck child was replaced");
 }
