@@ -258,6 +258,7 @@ impl CommandQueue {
         self.queued.load(Ordering::SeqCst) > 0
     }
 
+    #[cfg(feature = "pyo3")]
     /// Registers the thread that consumes this queue; call it from that thread.
     pub fn set_consumer(&self) {
         let _ = self.consumer.set(thread::current());
@@ -269,6 +270,7 @@ impl CommandQueue {
         let _ = self.loop_wake.set(wake);
     }
 
+    #[cfg(feature = "pyo3")]
     /// Spins for `spin`, then parks the calling (consumer) thread until a job
     /// arrives or the queue closes.
     pub fn wait(&self, spin: Duration) {
@@ -285,6 +287,7 @@ impl CommandQueue {
         }
     }
 
+    #[cfg(feature = "pyo3")]
     /// Spins up to `spin` for a job; true if one came.
     pub fn spin_for_jobs(&self, spin: Duration) -> bool {
         let start = Instant::now();

@@ -19,6 +19,7 @@
 /// `a = []; a.append(a)`) are a `Conversion` error instead of a stack overflow.
 pub(crate) const MAX_DEPTH: usize = 200;
 
+#[cfg(feature = "pyo3")]
 /// The message of a `Conversion` error for an `int` that fits in neither
 /// `i64` nor `u64`.
 pub(crate) fn int_too_large(bits: u64) -> String {
