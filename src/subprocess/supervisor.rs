@@ -83,10 +83,13 @@ pub(crate) struct Core {
     failed_starts: u32,
     /// Set while a timed-out child unwinds after SIGINT.
     interrupting: Option<Instant>,
+    /// The request that ran past its limit. The child runs nothing after it:
+    /// an interrupted worker exits once that request has unwound.
+    interrupted: Option<u64>,
     /// `stop` was sent: no more commands, no more restarts.
     stop_sent: bool,
-    /// `stop` was answered by the child: shut down now.
-    stop_done: bool,
+    /// `stop` was answered by the child: shut down now, then answer it.
+    stop_done: Option<Job>,
     /// A dead or broken child seen by a caller, for the thread to replace.
     lost: Option<Loss>,
 }
@@ -107,8 +110,9 @@ impl Core {
             backlog: VecDeque::new(),
             failed_starts: 0,
             interrupting: None,
+            interrupted: None,
             stop_sent: false,
-            stop_done: false,
+            stop_done: None,
             lost: None,
         };
         core.start_child()?;
@@ -400,7 +404,9 @@ impl Core {
                 self.start_next_clock();
             }
             if matches!(done.job.request, Request::Stop) {
-                self.stop_done = true;
+                // Answered once the child is reaped, in `shut_down`.
+                self.stop_done = Some(done.job);
+                continue;
             }
             let reply = match outcome {
                 Outcome::Done(reply) => reply,
@@ -465,6 +471,7 @@ impl Core {
     /// ones it had not for a fresh child, which starts at once.
     fn replace_child(&mut self, loss: Loss) {
         self.interrupting = None;
+        let interrupted = self.interrupted.take();
         let reason = match self.child.as_mut() {
             Some(child) => child.kill_and_describe(),
             None => "there was no child".into(),
@@ -472,8 +479,9 @@ impl Core {
         self.child = None;
         self.outgoing.clear();
         // The child runs requests in order: everything up to and including
-        // the first sync request in flight had started, the rest had not.
-        let head = self.sync_line.front().copied();
+        // the first sync request in flight had started, the rest had not. An
+        // interrupted child starts nothing after the request that timed out.
+        let head = interrupted.or(self.sync_line.front().copied());
         self.sync_line.clear();
         let mut replay = Vec::new();
         for (id, flight) in std::mem::take(&mut self.inflight) {
@@ -483,8 +491,7 @@ impl Core {
             }
             let err = match &loss {
                 _ if matches!(flight.job.request, Request::Stop) => {
-                    self.stop_done = true;
-                    flight.job.reply.send(Ok(Value::Null));
+                    self.stop_done = Some(flight.job);
                     continue;
                 }
                 Loss::Died => PyRunnerError::WorkerDied {
@@ -543,6 +550,9 @@ impl Core {
                 Err(PyRunnerError::Stopped)
             };
             flight.job.reply.send(reply);
+        }
+        if let Some(stop) = self.stop_done.take() {
+            stop.reply.send(Ok(Value::Null));
         }
     }
 }
@@ -611,7 +621,7 @@ impl Shared {
                 core.replace_child(loss);
                 continue;
             }
-            if core.stop_done || (core.stop_sent && core.child.is_none()) {
+            if core.stop_done.is_some() || (core.stop_sent && core.child.is_none()) {
                 core.shut_down(true);
                 return;
             }

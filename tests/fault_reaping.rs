@@ -1,0 +1,90 @@
+#![cfg(feature = "subprocess")]
+//! No child outlives its runner: `stop()` and dropping the last handle end
+//! the child's whole process group and reap it.
+
+mod faults;
+
+use faults::*;
+
+const SPAWN_GRANDCHILD: &str =
+    "import subprocess\ngrandchild = subprocess.Popen(['sleep', '1000'])\ngrandchild_pid = grandchild.pid";
+
+fn grandchild(runner: &async_py::PyRunner) -> u32 {
+    runner.run_sync(SPAWN_GRANDCHILD).unwrap();
+    runner
+        .read_variable_sync("grandchild_pid")
+        .unwrap()
+        .as_u64()
+        .unwrap() as u32
+}
+
+#[test]
+fn stop_ends_and_reaps_the_child_and_its_grandchildren() {
+    let runner = runner();
+    let child = child_pid(&runner);
+    let grandchild = grandchild(&runner);
+    assert!(is_running(child) && is_running(grandchild));
+    runner.stop_sync().unwrap();
+    assert!(is_gone(child), "stop returns after the child is reaped");
+    eventually("the grandchild is killed", || !is_running(grandchild));
+}
+
+#[test]
+fn dropping_the_last_handle_ends_and_reaps_the_child() {
+    let runner = runner();
+    let clone = runner.clone();
+    let child = child_pid(&runner);
+    let grandchild = grandchild(&runner);
+    drop(runner);
+    assert!(is_running(child), "a clone keeps the child");
+    drop(clone);
+    eventually("the child is reaped", || is_gone(child));
+    eventually("the grandchild is killed", || !is_running(grandchild));
+}
+
+#[test]
+fn a_replaced_child_is_reaped_too() {
+    let runner = runner();
+    let child = child_pid(&runner);
+    let grandchild = grandchild(&runner);
+    let _ = runner.run_sync("import os\nos._exit(9)");
+    assert!(is_gone(child));
+    eventually("the dead child's grandchild is killed", || {
+        !is_running(grandchild)
+    });
+}
+
+/// The worker exits when its request pipe closes, even if the parent could
+/// not kill it (here: the parent is another process that we kill).
+#[test]
+fn a_child_never_outlives_its_parent_process() {
+    if let Some(report) = std::env::var_os("ASYNC_PY_ORPHAN_PROBE") {
+        let runner = runner();
+        std::fs::write(report, child_pid(&runner).to_string()).unwrap();
+        std::thread::sleep(std::time::Duration::from_secs(60));
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("pid");
+    let mut parent = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "a_child_never_outlives_its_parent_process",
+            "--nocapture",
+        ])
+        .env("ASYNC_PY_ORPHAN_PROBE", &report)
+        .spawn()
+        .unwrap();
+    eventually("the probe reports its child", || {
+        report.exists() && !std::fs::read_to_string(&report).unwrap().is_empty()
+    });
+    let child: u32 = std::fs::read_to_string(&report)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(is_running(child));
+    parent.kill().unwrap();
+    parent.wait().unwrap();
+    eventually("the orphaned child exits", || !is_running(child));
+}

@@ -1,0 +1,70 @@
+#![cfg(feature = "subprocess")]
+//! A child that dies while starting, again and again, gives `Startup`
+//! errors after a few tries instead of a busy restart loop.
+
+mod faults;
+
+use std::fs;
+
+use async_py::PyRunnerError;
+use faults::*;
+use serde_json::json;
+
+#[test]
+fn a_startup_crash_loop_ends_in_startup_errors_and_recovers_later() {
+    let dir = tempfile::tempdir().unwrap();
+    let poison = dir.path().join("poison");
+    let attempts = dir.path().join("attempts");
+    let startup = format!(
+        "import os\nif os.path.exists({poison:?}):\n    open({attempts:?}, 'a').write('x')\n    os._exit(3)\nready = True",
+        poison = poison.display().to_string(),
+        attempts = attempts.display().to_string(),
+    );
+    let runner = builder().startup(startup).build().unwrap();
+    fs::write(&poison, "").unwrap();
+    // The child dies; every restart dies in its startup code.
+    assert!(matches!(
+        runner.run_sync("import os\nos._exit(1)"),
+        Err(PyRunnerError::WorkerDied { .. })
+    ));
+    for _ in 0..3 {
+        match runner.eval_sync("1") {
+            Err(PyRunnerError::Startup(message)) => {
+                assert!(message.contains("status 3"), "{message}")
+            }
+            other => panic!("expected a Startup error, got {other:?}"),
+        }
+    }
+    let tries = fs::read_to_string(&attempts).unwrap().len();
+    assert!(
+        (3..=6).contains(&tries),
+        "a few tries, not a restart loop: {tries}"
+    );
+    // Once the cause is gone, the next command gets a fresh try.
+    fs::remove_file(&poison).unwrap();
+    assert_eq!(runner.read_variable_sync("ready").unwrap(), json!(true));
+}
+
+#[test]
+fn a_child_that_exits_before_its_hello_is_a_startup_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = dir.path().join("python");
+    fs::write(
+        &fake,
+        "#!/bin/sh\necho 'boom: no python here' >&2\nexit 4\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&fake, fs::Permissions::from_mode(0o755)).unwrap();
+    match async_py::PyRunner::builder()
+        .subprocess()
+        .python(&fake)
+        .build()
+    {
+        Err(PyRunnerError::Startup(message)) => {
+            assert!(message.contains("exited with status 4"), "{message}");
+            assert!(message.contains("boom: no python here"), "{message}");
+        }
+        other => panic!("expected a Startup error, got {other:?}"),
+    }
+}

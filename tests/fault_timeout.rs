@@ -1,0 +1,100 @@
+#![cfg(feature = "subprocess")]
+//! A command past its limit returns `Timeout`; the child gets SIGINT (its
+//! `finally` blocks run), then SIGKILL, and is replaced.
+
+mod faults;
+
+use std::time::Duration;
+
+use async_py::PyRunnerError;
+use faults::*;
+use serde_json::json;
+
+const LIMIT: Duration = Duration::from_millis(300);
+
+#[test]
+fn finally_blocks_run_before_the_child_is_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("cleaned");
+    let runner = builder().timeout(LIMIT).build().unwrap();
+    let first = child_pid(&runner);
+    let code = format!(
+        "try:\n    while True:\n        pass\nfinally:\n    open({:?}, 'w').write('cleaned up')",
+        marker.display().to_string()
+    );
+    assert_eq!(runner.run_sync(&code), Err(PyRunnerError::Timeout(LIMIT)));
+    assert_ne!(child_pid(&runner), first, "replaced");
+    assert_eq!(std::fs::read_to_string(&marker).unwrap(), "cleaned up");
+    eventually("the old child is reaped", || is_gone(first));
+}
+
+#[test]
+fn a_child_that_ignores_sigint_is_killed_after_the_grace() {
+    let runner = builder().timeout(LIMIT).build().unwrap();
+    let first = child_pid(&runner);
+    let code = "while True:\n    try:\n        while True:\n            pass\n    except KeyboardInterrupt:\n        pass";
+    assert_eq!(runner.run_sync(code), Err(PyRunnerError::Timeout(LIMIT)));
+    assert_eq!(runner.eval_sync("'next'").unwrap(), json!("next"));
+    assert!(is_gone(first));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_queued_behind_a_timeout_run_on_the_fresh_child() {
+    let runner = builder().timeout(LIMIT).build().unwrap();
+    runner.run("import time").await.unwrap();
+    let stuck = runner.run("while True:\n    pass");
+    let after: Vec<_> = (0..4).map(|i| runner.eval_owned(i)).collect();
+    let (stuck, after) = tokio::join!(stuck, futures_join(after));
+    assert_eq!(stuck, Err(PyRunnerError::Timeout(LIMIT)));
+    for (i, outcome) in after.into_iter().enumerate() {
+        assert_eq!(outcome.unwrap(), json!(i + 100), "queued command {i}");
+    }
+}
+
+/// `runner.eval` borrows the runner; give each queued command its own clone.
+trait EvalOwned {
+    fn eval_owned(
+        &self,
+        i: usize,
+    ) -> tokio::task::JoinHandle<Result<serde_json::Value, PyRunnerError>>;
+}
+
+impl EvalOwned for async_py::PyRunner {
+    fn eval_owned(
+        &self,
+        i: usize,
+    ) -> tokio::task::JoinHandle<Result<serde_json::Value, PyRunnerError>> {
+        let runner = self.clone();
+        tokio::spawn(async move {
+            // Sent after the stuck command, which was polled first by join!.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            runner.eval(&format!("{} + 100", i)).await
+        })
+    }
+}
+
+async fn futures_join(
+    handles: Vec<tokio::task::JoinHandle<Result<serde_json::Value, PyRunnerError>>>,
+) -> Vec<Result<serde_json::Value, PyRunnerError>> {
+    let mut out = Vec::new();
+    for handle in handles {
+        out.push(handle.await.unwrap());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coroutine_past_its_limit_is_cancelled_in_the_child_which_lives_on() {
+    let runner = builder().timeout(LIMIT).build().unwrap();
+    runner
+        .run("import asyncio\ncancelled = []\nasync def slow():\n    try:\n        await asyncio.sleep(30)\n    finally:\n        cancelled.append(1)")
+        .await
+        .unwrap();
+    let pid = child_pid(&runner);
+    assert_eq!(
+        runner.call_async_function("slow", vec![]).await,
+        Err(PyRunnerError::Timeout(LIMIT))
+    );
+    assert_eq!(runner.eval("len(cancelled)").await.unwrap(), json!(1));
+    assert_eq!(child_pid(&runner), pid, "only the coroutine was cancelled");
+}

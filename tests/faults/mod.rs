@@ -1,0 +1,86 @@
+//! Helpers for the fault tests of the subprocess backend.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use async_py::{PyRunner, PyRunnerBuilder};
+
+pub fn python() -> PathBuf {
+    std::env::var_os("PYO3_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("python3"))
+}
+
+pub fn builder() -> PyRunnerBuilder {
+    PyRunner::builder().subprocess().python(python())
+}
+
+pub fn runner() -> PyRunner {
+    builder().build().expect("the subprocess backend starts")
+}
+
+pub fn child_pid(runner: &PyRunner) -> u32 {
+    runner
+        .eval_sync("__import__('os').getpid()")
+        .expect("the child answers")
+        .as_u64()
+        .expect("a pid") as u32
+}
+
+/// Whether a process exists and is not a zombie.
+pub fn is_running(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name in parentheses.
+        Ok(stat) => {
+            stat.rsplit(')')
+                .next()
+                .and_then(|rest| rest.split_whitespace().next())
+                != Some("Z")
+        }
+        Err(_) => false,
+    }
+}
+
+/// Whether a process is gone entirely: neither running nor a zombie.
+pub fn is_gone(pid: u32) -> bool {
+    !std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Polls `condition` for up to ten seconds (a deadline for hangs, not a timing assertion).
+pub fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !condition() {
+        assert!(Instant::now() < deadline, "never happened: {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+pub fn kill(pid: u32, signal: i32) {
+    let status = std::process::Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("kill runs");
+    assert!(status.success(), "kill -{signal} {pid}");
+}
+
+/// Python that finds the worker's protocol output fd (a write-only pipe that
+/// is not stderr's) and writes raw bytes to it, behind the worker's back.
+pub fn write_to_protocol(bytes: &str) -> String {
+    format!(
+        "import os, stat, fcntl\n\
+         err = os.fstat(2).st_ino\n\
+         for fd in range(3, 256):\n\
+         \x20   try:\n\
+         \x20       st = os.fstat(fd)\n\
+         \x20   except OSError:\n\
+         \x20       continue\n\
+         \x20   writable = fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_WRONLY\n\
+         \x20   if stat.S_ISFIFO(st.st_mode) and writable and st.st_ino != err:\n\
+         \x20       os.write(fd, {bytes})\n\
+         \x20       break\n\
+         else:\n\
+         \x20   raise RuntimeError('no protocol fd found')\n"
+    )
+}
