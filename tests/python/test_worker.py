@@ -615,8 +615,11 @@ class ChildTests:
             child,
             [1, "run", "import asyncio\nasync def wait(seconds, name):\n    await asyncio.sleep(seconds)\n    return name\n"],
         )
-        child.send([2, "call_async", "wait", [0.5, "slow"], None])
-        child.send([3, "call_async", "wait", [0.01, "fast"], None])
+        # One write, so both start in the same turn of the loop however
+        # slowly this machine runs the test.
+        slow = frame(worker.pack([2, "call_async", "wait", [1.0, "slow"], None]))
+        fast = frame(worker.pack([3, "call_async", "wait", [0.01, "fast"], None]))
+        child.send_raw(slow + fast)
         self.assertEqual(child.reply(), [3, "ok", "fast"])
         self.assertEqual(child.reply(), [2, "ok", "slow"])
 
@@ -628,6 +631,7 @@ class ChildTests:
             async def wait_for_signal():
                 global signal
                 signal = asyncio.get_running_loop().create_future()
+                print('waiting for the signal')
                 return await signal
             def send_signal(value):
                 signal.set_result(value)
@@ -636,7 +640,7 @@ class ChildTests:
         )
         self.ok(child, [1, "run", code])
         child.send([2, "call_async", "wait_for_signal", [], None])
-        time.sleep(0.05)
+        child.wait_for_stderr("waiting for the signal")
         self.assertEqual(child.request([3, "call", "send_signal", ["hi"]]), [3, "ok", "sent"])
         self.assertEqual(child.reply(), [2, "ok", "hi"])
 
