@@ -951,6 +951,7 @@ class ChildWorker:
         self.at_eof = False
         self.stopping = False
         self.interruptible = False
+        self.interrupted = False
         self.handlers = {op: getattr(self, "op_" + op) for op in _OPS}
         os.set_blocking(proto_in, False)
 
@@ -967,6 +968,8 @@ class ChildWorker:
             self._flush()
             if self.stopping:
                 return 0
+            if self.interrupted:
+                return 130
             if self.at_eof:
                 if self.inbox:
                     self._fail("the request pipe ended inside a frame (%d bytes left)" % len(self.inbox))
@@ -1012,9 +1015,12 @@ class ChildWorker:
 
     def on_interrupt(self, signum, frame):
         """SIGINT, which the parent sends when a command runs past its limit:
-        a KeyboardInterrupt in that command, so its `finally` blocks run
-        before the parent replaces the child. Between commands it is ignored."""
+        a KeyboardInterrupt in that command, so its `finally` blocks run,
+        after which the child exits without starting anything else: the
+        parent replaces it and sends what was queued to the new child.
+        Between commands it is ignored."""
         if self.interruptible:
+            self.interrupted = True
             raise KeyboardInterrupt
 
     def _on_readable(self):
@@ -1050,7 +1056,7 @@ class ChildWorker:
         """Handles every complete frame in the inbox, in order."""
         inbox = self.inbox
         pos = 0
-        while len(inbox) - pos >= 4 and not self.stopping:
+        while len(inbox) - pos >= 4 and not self.stopping and not self.interrupted:
             (size,) = _unpack_u32(inbox, pos)
             if size > FRAME_LIMIT:
                 self._fail("a frame of %d bytes is over the 1 GiB limit" % size)
@@ -1297,9 +1303,12 @@ def _exit_with_parent(proto_in):
 
 
 def _forget_own_folder():
-    """Drops this file's folder from sys.path, as the in-process backend has no such entry."""
+    """Drops the entry Python put first on sys.path for how it was started
+    (this file's folder, or '' for `python -c`), as the in-process backend
+    has no such entry and the child's working folder should not shadow
+    installed packages."""
     here = os.path.dirname(os.path.abspath(_HERE))
-    if sys.path and os.path.abspath(sys.path[0] or os.curdir) == here:
+    if sys.path and (sys.path[0] == "" or os.path.abspath(sys.path[0]) == here):
         del sys.path[0]
 
 

@@ -88,3 +88,14 @@ fn a_child_never_outlives_its_parent_process() {
     parent.wait().unwrap();
     eventually("the orphaned child exits", || !is_running(child));
 }
+
+/// Linux ties the parent-death signal to the thread that started the child:
+/// a runner built on a short-lived thread must keep its child all the same.
+#[test]
+fn a_runner_built_on_a_short_lived_thread_keeps_its_child() {
+    let runner = std::thread::spawn(runner).join().unwrap();
+    let pid = child_pid(&runner);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert!(is_running(pid));
+    assert_eq!(child_pid(&runner), pid, "the same child still answers");
+}

@@ -9,7 +9,7 @@ mod child;
 mod interpreter;
 mod supervisor;
 
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::Duration;
 
@@ -38,12 +38,27 @@ pub(crate) fn spawn(config: &RunnerConfig, queue: Arc<CommandQueue>) -> Result<(
         startup: config.startup.clone(),
         frame_limit: config.frame_limit,
     };
-    let shared = Shared::start(queue, settings)?;
+    // Every child is started by the supervisor thread, which lives as long
+    // as the runner: Linux's parent-death signal fires when the thread that
+    // forked the child exits, not the process.
+    let (ready_tx, ready_rx) = mpsc::sync_channel(1);
     thread::Builder::new()
         .name("async_py-subprocess".into())
-        .spawn(move || shared.run())
+        .spawn(move || match Shared::start(queue, settings) {
+            Ok(shared) => {
+                let _ = ready_tx.send(Ok(()));
+                shared.run();
+            }
+            Err(err) => {
+                let _ = ready_tx.send(Err(err));
+            }
+        })
         .map_err(|err| {
             PyRunnerError::Startup(format!("could not start the supervisor thread: {err}"))
         })?;
-    Ok(())
+    ready_rx.recv().unwrap_or_else(|_| {
+        Err(PyRunnerError::Startup(
+            "the supervisor thread ended while starting".into(),
+        ))
+    })
 }

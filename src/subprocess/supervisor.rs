@@ -455,6 +455,7 @@ impl Core {
                 if let Some(child) = &self.child {
                     child.interrupt();
                 }
+                self.interrupted = self.sync_line.front().copied();
                 self.interrupting = Some(now);
                 return;
             }

@@ -806,15 +806,19 @@ class ChildTests:
         self.assertEqual((kind, message), ("SystemExit", "5"))
         self.assertEqual(self.ok(child, [5, "eval", "'alive'"]), "alive")
 
-    def test_sigint_interrupts_the_running_command_so_it_unwinds(self):
+    def test_sigint_interrupts_the_running_command_then_the_child_exits(self):
         child = self.start()
         child.send([1, "run", "import time\ntry:\n    print('sleeping')\n    time.sleep(30)\nfinally:\n    print('unwound')\n"])
         child.wait_for_stderr("sleeping")
+        # Queued behind the interrupted command: the parent replays it on a
+        # fresh child, so this child must not start it.
+        child.send([2, "run", "print('must not run')"])
         child.process.send_signal(signal.SIGINT)
         reply = child.reply()
         self.assertEqual(reply[:3], [1, "err", "KeyboardInterrupt"])
         child.wait_for_stderr("unwound")
-        self.assertEqual(self.ok(child, [2, "eval", "'alive'"]), "alive")
+        self.assertEqual(child.wait(), 130)
+        self.assertNotIn("must not run", child.stderr())
 
     def test_sigint_between_commands_is_ignored(self):
         child = self.start()
