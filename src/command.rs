@@ -359,11 +359,15 @@ impl CommandQueue {
 /// when nobody does.
 pub(crate) trait Drive: Send + Sync {
     /// Claims the driver's seat; false if another caller has it, or if other
-    /// work is in flight (then batching on the backend's thread serves
-    /// everyone better than one caller spinning).
+    /// work is in flight: then the caller does not spin, so that the tasks
+    /// its thread also runs are not held up.
     fn try_begin(&self) -> bool;
     /// Sends queued jobs and reads replies, without blocking.
     fn drive(&self);
+    /// One such turn for a caller without the seat, so its job goes out now
+    /// rather than after a wake-up of the backend's thread; false if the
+    /// state was busy (then the caller wakes that thread).
+    fn drive_once(&self) -> bool;
     /// Gives the seat back, waking the backend's thread if work remains.
     fn end(&self);
     /// How long the driving caller spins for its reply.
@@ -420,7 +424,7 @@ impl Future for Submission {
                             std::hint::spin_loop();
                         }
                         driver.end();
-                    } else {
+                    } else if !driver.drive_once() {
                         this.queue.wake_consumer();
                     }
                 }

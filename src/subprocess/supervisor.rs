@@ -251,7 +251,7 @@ impl Core {
                 limit: None,
             });
         };
-        if !self.backlog.is_empty() && self.interrupting.is_none() {
+        if !self.backlog.is_empty() && self.interrupting.is_none() && self.sync_line.is_empty() {
             return None;
         }
         let now = Instant::now();
@@ -273,7 +273,15 @@ impl Core {
     }
 
     /// Sends what is queued, starting a child first if there is none.
+    ///
+    /// While the child runs a sync request, new requests wait here and go
+    /// out together once it answers: the child would not start them sooner
+    /// anyway, and one read of many requests (and one write of their
+    /// replies) costs the child far less than many reads of one.
     fn send_backlog(&mut self) {
+        if !self.sync_line.is_empty() {
+            return;
+        }
         while let Some(job) = self.backlog.pop_front() {
             if job.reply.is_abandoned() {
                 continue;
@@ -570,6 +578,8 @@ pub(crate) struct Shared {
     core: Mutex<Core>,
     queue: Arc<CommandQueue>,
     driving: AtomicBool,
+    /// The thread sleeps without watching the child's replies (a caller drives).
+    blind: AtomicBool,
     /// `Core::outstanding` as of the last pump, readable without the lock.
     outstanding: AtomicUsize,
     wake: Mutex<UnixStream>,
@@ -594,6 +604,7 @@ impl Shared {
             core: Mutex::new(core),
             queue: queue.clone(),
             driving: AtomicBool::new(false),
+            blind: AtomicBool::new(false),
             outstanding: AtomicUsize::new(0),
             wake: Mutex::new(wake),
         });
@@ -647,10 +658,13 @@ impl Shared {
         let wake = self.wake.lock().unwrap_or_else(|p| p.into_inner());
         self.queue.wait_in_loop(|| {
             // A driving caller reads the replies; waking for them too would
-            // put a third thread on two cores.
+            // put a third thread on two cores. Announce the blind spot first,
+            // then check: a driver leaving sees one or the other (`end`).
+            self.blind.store(true, Ordering::SeqCst);
             let replies = if self.driving.load(Ordering::SeqCst) {
                 -1
             } else {
+                self.blind.store(false, Ordering::SeqCst);
                 plan.replies
             };
             let mut fds = [
@@ -671,6 +685,7 @@ impl Shared {
                 },
             ];
             poll(&mut fds, plan.limit);
+            self.blind.store(false, Ordering::SeqCst);
         });
         drain(&wake);
     }
@@ -708,18 +723,28 @@ impl Drive for Shared {
     }
 
     fn drive(&self) {
+        self.drive_once();
+    }
+
+    fn drive_once(&self) -> bool {
         let mut core = match self.core.try_lock() {
             Ok(core) => core,
             Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
-            Err(TryLockError::WouldBlock) => return,
+            Err(TryLockError::WouldBlock) => return false,
         };
         core.pump(false);
         self.outstanding.store(core.outstanding(), Ordering::SeqCst);
+        true
     }
 
     fn end(&self) {
         self.driving.store(false, Ordering::SeqCst);
-        if self.outstanding.load(Ordering::SeqCst) > 0 || self.queue.has_jobs() {
+        // Wake the thread if it sleeps without watching the replies: work
+        // sent by others without the seat may be waiting for them.
+        if self.blind.load(Ordering::SeqCst)
+            || self.outstanding.load(Ordering::SeqCst) > 0
+            || self.queue.has_jobs()
+        {
             self.queue.wake_consumer();
         }
     }
