@@ -223,9 +223,12 @@ impl Core {
             self.send_backlog();
         }
         if let Err(err) = self.flush() {
-            self.lost = Some(Loss::Protocol(format!(
-                "writing to the child failed: {err}"
-            )));
+            // A closed pipe means the child is gone; its exit status says why.
+            self.lost = Some(if err.kind() == io::ErrorKind::BrokenPipe {
+                Loss::Died
+            } else {
+                Loss::Protocol(format!("writing to the child failed: {err}"))
+            });
             return;
         }
         match self.read_replies() {
