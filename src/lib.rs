@@ -12,6 +12,13 @@ mod subprocess;
 mod value;
 #[cfg(feature = "subprocess")]
 mod wire;
+
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing {
+    //! Entry points for the fuzz targets under `fuzz/`; not part of the API.
+    pub use crate::wire::read_child_output;
+}
 #[cfg(any(feature = "pyo3", feature = "subprocess"))]
 mod worker_source;
 

@@ -207,6 +207,44 @@ pub(crate) fn decode_message(frame: &[u8]) -> Result<Message, PyRunnerError> {
     Ok(Message::Reply { id, outcome })
 }
 
+/// Feeds bytes, as a child might write them, through the frame reader and
+/// the reply decoder, in chunks whose sizes the bytes themselves choose.
+/// Returns how many frames decoded; stops at the first error, as the
+/// subprocess backend does (it replaces the child then).
+#[cfg(any(test, feature = "fuzzing"))]
+pub fn read_child_output(data: &[u8]) -> usize {
+    const LIMIT: usize = 1 << 16;
+    let Some((&chunk, mut rest)) = data.split_first() else {
+        return 0;
+    };
+    let chunk = usize::from(chunk).max(1);
+    let mut reader = FrameReader::new(LIMIT);
+    let mut decoded = 0;
+    while !rest.is_empty() {
+        let (now, later) = rest.split_at(chunk.min(rest.len()));
+        rest = later;
+        reader.buffer().extend_from_slice(now);
+        loop {
+            match reader.next_frame() {
+                Ok(Some(frame)) => {
+                    assert!(frame.len() <= LIMIT, "a frame over the limit got through");
+                    if decode_message(&frame).is_err() {
+                        return decoded;
+                    }
+                    decoded += 1;
+                }
+                Ok(None) => break,
+                Err(_) => return decoded,
+            }
+        }
+        assert!(
+            reader.buffer().capacity() <= 2 * LIMIT + 64 * 1024 + data.len(),
+            "the reader reserved room the limit does not allow"
+        );
+    }
+    decoded
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -216,6 +254,21 @@ mod tests {
         let mut out = (body.len() as u32).to_be_bytes().to_vec();
         out.extend(body);
         out
+    }
+
+    #[test]
+    fn child_output_in_any_chunking_decodes_the_same() {
+        let mut stream = Vec::new();
+        for i in 0..5u64 {
+            stream.extend(frame_of(&(i, "ok", vec![i; 3])));
+        }
+        for chunk in [1u8, 2, 3, 7, 255] {
+            let mut data = vec![chunk];
+            data.extend(&stream);
+            assert_eq!(read_child_output(&data), 5, "chunk {chunk}");
+        }
+        // A length over the limit stops the stream at once.
+        assert_eq!(read_child_output(&[4, 0xff, 0xff, 0xff, 0xff, 1, 2]), 0);
     }
 
     #[test]
