@@ -155,6 +155,67 @@ fn cpu_loop(runner: &PyRunner) -> Duration {
     start.elapsed()
 }
 
+/// Resident memory of a process, from /proc, in MiB.
+fn rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kib: f64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0.0);
+    kib / 1024.0
+}
+
+fn python_pid(runner: &PyRunner) -> u32 {
+    runner
+        .eval_sync("__import__('os').getpid()")
+        .unwrap()
+        .as_u64()
+        .unwrap() as u32
+}
+
+/// Resident memory of this process (and of the child, if Python runs in
+/// one) before and after 100 000 calls.
+fn memory_over_many_calls(runner: &PyRunner) -> String {
+    let own = std::process::id();
+    let child = python_pid(runner);
+    let before = (rss_mib(own), rss_mib(child));
+    for i in 0..100_000u64 {
+        runner
+            .call_function_sync("add", vec![Value::from(i), Value::from(1)])
+            .unwrap();
+    }
+    let after = (rss_mib(own), rss_mib(child));
+    if child == own {
+        format!("{:.1} → {:.1} MiB", before.0, after.0)
+    } else {
+        format!(
+            "parent {:.1} → {:.1} MiB, child {:.1} → {:.1} MiB",
+            before.0, after.0, before.1, after.1
+        )
+    }
+}
+
+/// From SIGKILL of the child to the next call that succeeds (median of 9).
+fn death_to_next_call(runner: &PyRunner) -> String {
+    if python_pid(runner) == std::process::id() {
+        return "—".into();
+    }
+    let mut samples = Vec::new();
+    for _ in 0..9 {
+        let pid = python_pid(runner);
+        std::process::Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status()
+            .unwrap();
+        let start = Instant::now();
+        while runner.eval_sync("1").is_err() {}
+        samples.push(start.elapsed());
+    }
+    micros(median(samples))
+}
+
 async fn measure(backend: Backend) -> Vec<String> {
     let builder = PyRunner::builder();
     let builder = match backend {
@@ -190,6 +251,8 @@ async fn measure(backend: Backend) -> Vec<String> {
         ),
         format!("{:.1} ms", echo_large_list(&runner).as_secs_f64() * 1e3),
         format!("{:.1} ms", cpu_loop(&runner).as_secs_f64() * 1e3),
+        memory_over_many_calls(&runner),
+        death_to_next_call(&runner),
     ]
 }
 
@@ -205,6 +268,8 @@ async fn main() {
         "1000 concurrent `asyncio.sleep(0.1)` calls",
         "echo of a 100 000-int list, median",
         "CPU loop, 1M iterations",
+        "resident memory before → after 100 000 calls",
+        "child killed → next call succeeds, median",
     ];
     let mut rows: Vec<Row> = labels
         .iter()

@@ -25,8 +25,37 @@ const STDERR_TAIL: usize = 20;
 
 /// `python -c` runs this with the worker's source as its first argument.
 /// The file name keeps the worker's frames apart from user code's `<string>`.
-const BOOTSTRAP: &str =
-    "import sys; __file__ = 'async_py/worker.py'; exec(compile(sys.argv.pop(1), __file__, 'exec'))";
+///
+/// Compiling the worker takes tens of milliseconds, longer than the rest of
+/// a start, so the compiled code is cached (marshal) in a folder of the
+/// user's own, per interpreter version; the second argument names the cache
+/// file's prefix, or is empty for no cache.
+const BOOTSTRAP: &str = "\
+import sys, marshal
+source, cache = sys.argv.pop(1), sys.argv.pop(1)
+__file__ = 'async_py/worker.py'
+code = None
+if cache:
+    cache = '%s-%s-%x.bin' % (cache, sys.implementation.cache_tag, sys.hexversion)
+    try:
+        with open(cache, 'rb') as cached:
+            code = marshal.load(cached)
+    except Exception:
+        pass
+if code is None:
+    code = compile(source, __file__, 'exec')
+    if cache:
+        try:
+            import os
+            partial = '%s.%d' % (cache, os.getpid())
+            with open(partial, 'wb') as cached:
+                marshal.dump(code, cached)
+            os.replace(partial, cache)
+        except Exception:
+            pass
+del source, cache
+exec(code)
+";
 
 /// How to start a child.
 #[derive(Debug, Clone)]
@@ -61,6 +90,7 @@ impl ChildProcess {
             .arg("-c")
             .arg(BOOTSTRAP)
             .arg(crate::worker_source::WORKER_PY)
+            .arg(compiled_worker_cache())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -245,6 +275,54 @@ impl Drop for ChildProcess {
     fn drop(&mut self) {
         self.kill_group();
     }
+}
+
+/// Where children cache the compiled worker: `$XDG_CACHE_HOME/async_py`
+/// (or `~/.cache/async_py`), a folder only this user may write, named by a
+/// hash of the worker's source. Empty (no cache) if there is no such folder.
+fn compiled_worker_cache() -> &'static std::ffi::OsStr {
+    static PREFIX: std::sync::OnceLock<std::ffi::OsString> = std::sync::OnceLock::new();
+    PREFIX.get_or_init(|| {
+        let base = std::env::var_os("XDG_CACHE_HOME")
+            .filter(|dir| !dir.is_empty())
+            .map(PathBuf::from)
+            .or_else(|| {
+                std::env::var_os("HOME")
+                    .filter(|h| !h.is_empty())
+                    .map(|h| PathBuf::from(h).join(".cache"))
+            });
+        let Some(dir) = base.map(|base| base.join("async_py")) else {
+            return std::ffi::OsString::new();
+        };
+        if std::fs::create_dir_all(&dir).is_err() || !private_to_us(&dir) {
+            return std::ffi::OsString::new();
+        }
+        // FNV-1a: a fresh file for every change of the source.
+        let hash = crate::worker_source::WORKER_PY
+            .bytes()
+            .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+            });
+        dir.join(format!("worker-{hash:016x}")).into_os_string()
+    })
+}
+
+/// True if `dir` belongs to this user and no one else may write to it: the
+/// children load code from it.
+fn private_to_us(dir: &std::path::Path) -> bool {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let Ok(meta) = std::fs::metadata(dir) else {
+        return false;
+    };
+    // SAFETY: getuid(2) cannot fail and touches no memory.
+    let uid = unsafe { libc::getuid() };
+    if meta.uid() != uid {
+        return false;
+    }
+    if meta.mode() & 0o022 != 0 {
+        return std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).is_ok();
+    }
+    true
 }
 
 fn describe_status(status: ExitStatus) -> String {
