@@ -23,39 +23,8 @@ use crate::wire::{decode_message, FrameReader, Hello, Message};
 /// How many of the child's last stderr lines a `WorkerDied` reason quotes.
 const STDERR_TAIL: usize = 20;
 
-/// `python -c` runs this with the worker's source as its first argument.
-/// The file name keeps the worker's frames apart from user code's `<string>`.
-///
-/// Compiling the worker takes tens of milliseconds, longer than the rest of
-/// a start, so the compiled code is cached (marshal) in a folder of the
-/// user's own, per interpreter version; the second argument names the cache
-/// file's prefix, or is empty for no cache.
-const BOOTSTRAP: &str = "\
-import sys, marshal
-source, cache = sys.argv.pop(1), sys.argv.pop(1)
-__file__ = 'async_py/worker.py'
-code = None
-if cache:
-    cache = '%s-%s-%x.bin' % (cache, sys.implementation.cache_tag, sys.hexversion)
-    try:
-        with open(cache, 'rb') as cached:
-            code = marshal.load(cached)
-    except Exception:
-        pass
-if code is None:
-    code = compile(source, __file__, 'exec')
-    if cache:
-        try:
-            import os
-            partial = '%s.%d' % (cache, os.getpid())
-            with open(partial, 'wb') as cached:
-                marshal.dump(code, cached)
-            os.replace(partial, cache)
-        except Exception:
-            pass
-del source, cache
-exec(code)
-";
+/// How a child starts the worker; see the file for the arguments.
+const BOOTSTRAP: &str = include_str!("../../python/bootstrap.py");
 
 /// How to start a child.
 #[derive(Debug, Clone)]

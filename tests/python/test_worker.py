@@ -59,9 +59,10 @@ def find_interpreters():
 INTERPRETERS = find_interpreters()
 
 
-# How the Rust side starts a child (src/subprocess/child.rs): the source as
-# an argument, under a file name that keeps its frames out of tracebacks.
-BOOTSTRAP = "import sys; __file__ = 'async_py/worker.py'; exec(compile(sys.argv.pop(1), __file__, 'exec'))"
+# How the Rust side starts a child (src/subprocess/child.rs runs this file
+# with the worker's source and a cache prefix as arguments).
+with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "python", "bootstrap.py")) as _bootstrap:
+    BOOTSTRAP = _bootstrap.read()
 BOOTSTRAP_VERSIONS = ("3.8", "3.13")
 """Interpreters whose child tests run a second time, started like that."""
 
@@ -99,7 +100,8 @@ class Child:
             command = [python, WORKER]
         else:
             with open(WORKER) as source:
-                command = [python, "-u", "-c", BOOTSTRAP, source.read()]
+                # No cache prefix: each start compiles the worker afresh.
+                command = [python, "-u", "-c", BOOTSTRAP, source.read(), ""]
         self.process = subprocess.Popen(
             command,
             stdin=subprocess.PIPE,
