@@ -71,6 +71,7 @@ fn builder_timeout_applies_to_every_command() {
 
 #[test]
 fn builder_venv_puts_site_packages_on_sys_path() {
+    let _sys_path = conformance::sys_path_lock();
     let dir = tempfile::tempdir().unwrap();
     let venv = dir.path().join("venv");
     let site_packages = conformance::make_venv(&conformance::base_python(), &venv);

@@ -28,6 +28,9 @@ use crate::wire::{decode_message, FrameReader, FrameWriter, Message, Outcome};
 /// How long a caller that drives the child spins for its reply.
 const CALLER_SPIN: Duration = Duration::from_micros(150);
 
+/// How long requests are gathered into one batch after a batch of replies.
+const GATHER: Duration = Duration::from_micros(20);
+
 /// How long the supervisor thread spins for replies or commands while calls
 /// are in flight and no caller drives.
 const THREAD_SPIN: Duration = Duration::from_micros(40);
@@ -92,6 +95,8 @@ pub(crate) struct Core {
     stop_done: Option<Job>,
     /// A dead or broken child seen by a caller, for the thread to replace.
     lost: Option<Loss>,
+    /// Until when, and for how many requests, to gather the next batch.
+    gather: Option<(Instant, usize)>,
 }
 
 impl Core {
@@ -114,6 +119,7 @@ impl Core {
             stop_sent: false,
             stop_done: None,
             lost: None,
+            gather: None,
         };
         core.start_child()?;
         Ok(core)
@@ -239,6 +245,19 @@ impl Core {
         }
     }
 
+    /// True while the batch after a multi-reply batch is still being gathered.
+    fn gathering(&mut self) -> bool {
+        match self.gather {
+            Some((until, expected)) if self.backlog.len() < expected && Instant::now() < until => {
+                true
+            }
+            _ => {
+                self.gather = None;
+                false
+            }
+        }
+    }
+
     /// Commands taken but not answered.
     fn outstanding(&self) -> usize {
         self.inflight.len() + self.backlog.len()
@@ -254,11 +273,19 @@ impl Core {
                 limit: None,
             });
         };
-        if !self.backlog.is_empty() && self.interrupting.is_none() && self.sync_line.is_empty() {
+        let gathering = self.gather.map(|(until, _)| until);
+        if !self.backlog.is_empty()
+            && self.interrupting.is_none()
+            && self.sync_line.is_empty()
+            && gathering.is_none()
+        {
             return None;
         }
         let now = Instant::now();
         let mut next = self.interrupting.map(|since| since + INTERRUPT_GRACE);
+        if !self.backlog.is_empty() {
+            next = gathering.or(next);
+        }
         for flight in self.inflight.values() {
             if let Some(deadline) = flight.deadline {
                 next = Some(next.map_or(deadline, |n| n.min(deadline)));
@@ -281,8 +308,12 @@ impl Core {
     /// out together once it answers: the child would not start them sooner
     /// anyway, and one read of many requests (and one write of their
     /// replies) costs the child far less than many reads of one.
+    ///
+    /// Right after the child answered several callers at once, their next
+    /// requests tend to arrive within microseconds of each other: they are
+    /// gathered for up to [`GATHER`] so the child gets them in one read.
     fn send_backlog(&mut self) {
-        if !self.sync_line.is_empty() {
+        if !self.sync_line.is_empty() || self.gathering() {
             return;
         }
         while let Some(job) = self.backlog.pop_front() {
@@ -395,6 +426,15 @@ impl Core {
     }
 
     fn answer_frames(&mut self) -> Result<(), PyRunnerError> {
+        let mut answered = 0;
+        let result = self.answer_each_frame(&mut answered);
+        if answered >= 2 {
+            self.gather = Some((Instant::now() + GATHER, answered));
+        }
+        result
+    }
+
+    fn answer_each_frame(&mut self, answered: &mut usize) -> Result<(), PyRunnerError> {
         while let Some(frame) = self.reader.next_frame()? {
             let Message::Reply { id, outcome } = decode_message(&frame)? else {
                 return Err(PyRunnerError::Protocol(
@@ -407,6 +447,7 @@ impl Core {
                 )));
             };
             if !done.is_coroutine {
+                *answered += 1;
                 if self.sync_line.front() == Some(&id) {
                     self.sync_line.pop_front();
                 } else {

@@ -8,6 +8,7 @@ use serde_json::json;
 use super::{base_python, make_venv};
 
 pub async fn run_file_puts_its_folder_first_on_sys_path(runner: PyRunner) {
+    let _sys_path = super::SYS_PATH.lock().await;
     let dir = tempfile::tempdir().unwrap();
     fs::write(
         dir.path().join("neighbour_module.py"),
@@ -64,6 +65,7 @@ pub async fn missing_file_is_an_error(runner: PyRunner) {
 }
 
 pub async fn set_venv_adds_site_packages_and_honours_pth_files(runner: PyRunner) {
+    let _sys_path = super::SYS_PATH.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let venv = dir.path().join("venv");
     let site_packages = make_venv(&base_python(), &venv);
@@ -133,6 +135,7 @@ pub async fn set_venv_of_a_missing_folder_is_an_error(runner: PyRunner) {
 
 /// The seed's example: `set_venv` on a venv made by `python3 -m venv`, then import from it.
 pub async fn set_venv_seed_example_with_a_real_venv(runner: PyRunner) {
+    let _sys_path = super::SYS_PATH.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let venv = dir.path().join(".venv");
     let site_packages = make_venv(&base_python(), &venv);

@@ -100,6 +100,15 @@ macro_rules! conformance_suite {
     };
 }
 
+/// In-process runners share one `sys.path`; tests that change it take this
+/// lock so that they do not see each other's entries.
+pub static SYS_PATH: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// For tests outside a runtime; async tests use `SYS_PATH.lock().await`.
+pub fn sys_path_lock() -> tokio::sync::MutexGuard<'static, ()> {
+    SYS_PATH.blocking_lock()
+}
+
 /// The interpreter that test venvs are made with: the one the in-process
 /// backend links (`PYO3_PYTHON`, else `python3`).
 pub fn base_python() -> PathBuf {

@@ -81,6 +81,7 @@ pub fn twins_work_inside_a_multi_thread_runtime(runner: PyRunner) {
 }
 
 pub fn every_twin_does_its_job(runner: PyRunner) {
+    let _sys_path = super::sys_path_lock();
     let dir = tempfile::tempdir().unwrap();
     let script = dir.path().join("twin_script.py");
     fs::write(&script, "from_file = 'yes'\n").unwrap();
