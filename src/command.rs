@@ -503,3 +503,34 @@ pub(crate) fn block_on<F: Future>(future: F) -> F::Output {
         }
     }
 }
+
+/// Tells [`start_backend_thread`] whether the backend started.
+pub(crate) struct Ready(std::sync::mpsc::SyncSender<Result<(), PyRunnerError>>);
+
+impl Ready {
+    pub fn report(&self, started: Result<(), PyRunnerError>) {
+        let _ = self.0.send(started);
+    }
+}
+
+/// Runs a backend's thread and waits until it reports whether it started;
+/// the thread goes on serving after that.
+pub(crate) fn start_backend_thread(
+    name: &str,
+    stack_size: usize,
+    body: impl FnOnce(Ready) + Send + 'static,
+) -> Result<(), PyRunnerError> {
+    let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
+    thread::Builder::new()
+        .name(name.into())
+        .stack_size(stack_size)
+        .spawn(move || body(Ready(ready_tx)))
+        .map_err(|err| {
+            PyRunnerError::Startup(format!("could not start the {name} thread: {err}"))
+        })?;
+    ready_rx.recv().unwrap_or_else(|_| {
+        Err(PyRunnerError::Startup(format!(
+            "the {name} thread ended while starting"
+        )))
+    })
+}

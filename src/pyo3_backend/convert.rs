@@ -55,18 +55,10 @@ fn to_value_at(obj: &Bound<'_, PyAny>, depth: usize) -> Result<Value, ToValueErr
             });
     }
     if let Ok(list) = obj.cast::<PyList>() {
-        return list
-            .iter()
-            .map(|item| to_value_at(&item, depth + 1))
-            .collect::<Result<_, _>>()
-            .map(Value::Array);
+        return array_of(list.iter(), depth);
     }
     if let Ok(tuple) = obj.cast::<PyTuple>() {
-        return tuple
-            .iter()
-            .map(|item| to_value_at(&item, depth + 1))
-            .collect::<Result<_, _>>()
-            .map(Value::Array);
+        return array_of(tuple.iter(), depth);
     }
     if let Ok(dict) = obj.cast::<PyDict>() {
         let mut map = Map::with_capacity(dict.len());
@@ -80,18 +72,10 @@ fn to_value_at(obj: &Bound<'_, PyAny>, depth: usize) -> Result<Value, ToValueErr
         return Ok(Value::Object(map));
     }
     if let Ok(set) = obj.cast::<PySet>() {
-        return set
-            .iter()
-            .map(|item| to_value_at(&item, depth + 1))
-            .collect::<Result<_, _>>()
-            .map(Value::Array);
+        return array_of(set.iter(), depth);
     }
     if let Ok(set) = obj.cast::<PyFrozenSet>() {
-        return set
-            .iter()
-            .map(|item| to_value_at(&item, depth + 1))
-            .collect::<Result<_, _>>()
-            .map(Value::Array);
+        return array_of(set.iter(), depth);
     }
     if let Ok(bytes) = obj.cast::<PyBytes>() {
         return Ok(bytes_to_value(bytes.as_bytes()));
@@ -100,6 +84,16 @@ fn to_value_at(obj: &Bound<'_, PyAny>, depth: usize) -> Result<Value, ToValueErr
         return Ok(bytes_to_value(&bytes.to_vec()));
     }
     Ok(Value::String(obj.str()?.to_cow()?.into_owned()))
+}
+
+fn array_of<'py>(
+    items: impl Iterator<Item = Bound<'py, PyAny>>,
+    depth: usize,
+) -> Result<Value, ToValueError> {
+    items
+        .map(|item| to_value_at(&item, depth + 1))
+        .collect::<Result<_, _>>()
+        .map(Value::Array)
 }
 
 fn int_to_value(int: &Bound<'_, PyInt>) -> Result<Value, ToValueError> {

@@ -14,9 +14,7 @@ use std::collections::{HashMap, VecDeque};
 use std::ffi::CString;
 use std::os::unix::io::AsRawFd;
 use std::os::unix::net::UnixStream;
-use std::sync::mpsc;
 use std::sync::Arc;
-use std::thread;
 use std::time::Duration;
 
 use pyo3::exceptions::PyNameError;
@@ -25,7 +23,7 @@ use pyo3::types::{PyDict, PyList, PyModule, PyTuple};
 use serde_json::Value;
 
 use crate::builder::RunnerConfig;
-use crate::command::{CommandQueue, Job, Reply, Request, Responder};
+use crate::command::{start_backend_thread, CommandQueue, Job, Reply, Request, Responder};
 use crate::error::PyRunnerError;
 use convert::{to_args, to_value, ToValueError};
 use watchdog::Watchdog;
@@ -39,34 +37,20 @@ const STACK_SIZE: usize = 256 << 20;
 
 /// Starts the interpreter thread for a runner and waits until it is ready.
 pub(crate) fn spawn(config: &RunnerConfig, queue: Arc<CommandQueue>) -> Result<(), PyRunnerError> {
-    let (ready_tx, ready_rx) = mpsc::sync_channel(1);
     let venv = config.venv.clone();
     let startup = config.startup.clone();
-    thread::Builder::new()
-        .name("async_py-pyo3".into())
-        .stack_size(STACK_SIZE)
-        .spawn(move || {
-            Python::initialize();
-            Python::attach(|py| {
-                queue.set_consumer();
-                match Worker::start(py, queue, venv.as_deref(), startup.as_deref()) {
-                    Ok(mut worker) => {
-                        let _ = ready_tx.send(Ok(()));
-                        worker.serve();
-                    }
-                    Err(err) => {
-                        let _ = ready_tx.send(Err(err));
-                    }
+    start_backend_thread("async_py-pyo3", STACK_SIZE, move |ready| {
+        Python::initialize();
+        Python::attach(|py| {
+            queue.set_consumer();
+            match Worker::start(py, queue, venv.as_deref(), startup.as_deref()) {
+                Ok(mut worker) => {
+                    ready.report(Ok(()));
+                    worker.serve();
                 }
-            });
-        })
-        .map_err(|err| {
-            PyRunnerError::Startup(format!("could not start the interpreter thread: {err}"))
-        })?;
-    ready_rx.recv().unwrap_or_else(|_| {
-        Err(PyRunnerError::Startup(
-            "the interpreter thread ended while starting".into(),
-        ))
+                Err(err) => ready.report(Err(err)),
+            }
+        });
     })
 }
 

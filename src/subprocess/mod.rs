@@ -9,16 +9,19 @@ mod child;
 mod interpreter;
 mod supervisor;
 
-use std::sync::{mpsc, Arc};
-use std::thread;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::builder::RunnerConfig;
-use crate::command::CommandQueue;
+use crate::command::{start_backend_thread, CommandQueue};
 use crate::error::PyRunnerError;
 use child::LaunchSpec;
 pub(crate) use interpreter::find_python;
 use supervisor::{Settings, Shared};
+
+/// The supervisor thread decodes replies, which nest up to rmp-serde's
+/// depth limit; room to spare.
+const SUPERVISOR_STACK: usize = 8 << 20;
 
 /// How long a child may take from spawn to hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
@@ -41,24 +44,15 @@ pub(crate) fn spawn(config: &RunnerConfig, queue: Arc<CommandQueue>) -> Result<(
     // Every child is started by the supervisor thread, which lives as long
     // as the runner: Linux's parent-death signal fires when the thread that
     // forked the child exits, not the process.
-    let (ready_tx, ready_rx) = mpsc::sync_channel(1);
-    thread::Builder::new()
-        .name("async_py-subprocess".into())
-        .spawn(move || match Shared::start(queue, settings) {
+    start_backend_thread(
+        "async_py-subprocess",
+        SUPERVISOR_STACK,
+        move |ready| match Shared::start(queue, settings) {
             Ok(shared) => {
-                let _ = ready_tx.send(Ok(()));
+                ready.report(Ok(()));
                 shared.run();
             }
-            Err(err) => {
-                let _ = ready_tx.send(Err(err));
-            }
-        })
-        .map_err(|err| {
-            PyRunnerError::Startup(format!("could not start the supervisor thread: {err}"))
-        })?;
-    ready_rx.recv().unwrap_or_else(|_| {
-        Err(PyRunnerError::Startup(
-            "the supervisor thread ended while starting".into(),
-        ))
-    })
+            Err(err) => ready.report(Err(err)),
+        },
+    )
 }
