@@ -215,6 +215,7 @@ impl CommandQueue {
         rest
     }
 
+    #[cfg(feature = "subprocess")]
     /// Lets waiting callers drive the backend (see [`Drive`]).
     pub fn set_driver(&self, driver: Weak<dyn Drive>) {
         let _ = self.driver.set(driver);
@@ -319,6 +320,7 @@ impl CommandQueue {
         self.sleep.store(Sleep::Awake as u8, Ordering::SeqCst);
     }
 
+    #[cfg(feature = "subprocess")]
     /// Runs `block` (which must return once the wake socket is readable)
     /// unless a job is already waiting.
     #[cfg(unix)]

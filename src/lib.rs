@@ -1,6 +1,9 @@
 #![doc = include_str!("../README.md")]
 #![deny(missing_docs)]
 
+#[cfg(not(any(feature = "pyo3", feature = "subprocess")))]
+compile_error!("async_py needs a backend: enable the `pyo3` or the `subprocess` feature (both are default)");
+
 mod builder;
 mod command;
 mod error;
