@@ -2,7 +2,9 @@
 #![deny(missing_docs)]
 
 #[cfg(not(any(feature = "pyo3", feature = "subprocess")))]
-compile_error!("async_py needs a backend: enable the `pyo3` or the `subprocess` feature (both are default)");
+compile_error!(
+    "async_py needs a backend: enable the `pyo3` or the `subprocess` feature (both are default)"
+);
 
 mod builder;
 mod command;

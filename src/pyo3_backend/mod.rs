@@ -193,6 +193,10 @@ impl<'py> Worker<'py> {
         for (_, waiting) in self.awaiting.drain() {
             waiting.reply.send(Err(PyRunnerError::Stopped));
         }
+        // Functions defined in the globals refer back to them: clearing the
+        // dict breaks those cycles, so the runner's objects are released
+        // (and their `__del__` runs) now rather than at some later collection.
+        self.globals.clear();
         if let Some(watchdog) = self.watchdog.take() {
             watchdog.shutdown();
         }

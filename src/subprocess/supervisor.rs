@@ -701,15 +701,18 @@ impl Shared {
         }
         let wake = self.wake.lock().unwrap_or_else(|p| p.into_inner());
         self.queue.wait_in_loop(|| {
-            // A driving caller reads the replies; waking for them too would
-            // put a third thread on two cores. Announce the blind spot first,
-            // then check: a driver leaving sees one or the other (`end`).
+            // Replies matter only with calls in flight, and a driving caller
+            // reads them itself: waking for them too would put a third
+            // thread on two cores. Announce the blind spot first, then check;
+            // a caller that sends or leaves the seat sees one or the other.
             self.blind.store(true, Ordering::SeqCst);
-            let replies = if self.driving.load(Ordering::SeqCst) {
-                -1
-            } else {
+            let watch =
+                !self.driving.load(Ordering::SeqCst) && self.outstanding.load(Ordering::SeqCst) > 0;
+            let replies = if watch {
                 self.blind.store(false, Ordering::SeqCst);
                 plan.replies
+            } else {
+                -1
             };
             let mut fds = [
                 libc::pollfd {
@@ -761,16 +764,9 @@ impl Shared {
     }
 }
 
-impl Drive for Shared {
-    fn try_begin(&self) -> bool {
-        self.outstanding.load(Ordering::SeqCst) == 0 && !self.driving.swap(true, Ordering::SeqCst)
-    }
-
-    fn drive(&self) {
-        self.drive_once();
-    }
-
-    fn drive_once(&self) -> bool {
+impl Shared {
+    /// One non-blocking turn on the caller's thread; false if the state was busy.
+    fn pump_here(&self) -> bool {
         let mut core = match self.core.try_lock() {
             Ok(core) => core,
             Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
@@ -781,14 +777,36 @@ impl Drive for Shared {
         true
     }
 
+    /// Calls are in flight while the thread sleeps without watching replies.
+    fn needs_watching(&self) -> bool {
+        self.outstanding.load(Ordering::SeqCst) > 0 && self.blind.load(Ordering::SeqCst)
+    }
+}
+
+impl Drive for Shared {
+    fn try_begin(&self) -> bool {
+        self.outstanding.load(Ordering::SeqCst) == 0 && !self.driving.swap(true, Ordering::SeqCst)
+    }
+
+    fn drive(&self) {
+        self.pump_here();
+    }
+
+    fn drive_once(&self) -> bool {
+        if !self.pump_here() {
+            return false;
+        }
+        // Sent without the seat: nobody spins for the reply, so the thread
+        // must watch for it.
+        if !self.driving.load(Ordering::SeqCst) && self.needs_watching() {
+            self.queue.wake_consumer();
+        }
+        true
+    }
+
     fn end(&self) {
         self.driving.store(false, Ordering::SeqCst);
-        // Wake the thread if it sleeps without watching the replies: work
-        // sent by others without the seat may be waiting for them.
-        if self.blind.load(Ordering::SeqCst)
-            || self.outstanding.load(Ordering::SeqCst) > 0
-            || self.queue.has_jobs()
-        {
+        if self.queue.has_jobs() || self.needs_watching() {
             self.queue.wake_consumer();
         }
     }

@@ -43,6 +43,7 @@ pub async fn run_file_puts_its_folder_first_on_sys_path(runner: PyRunner) {
 }
 
 pub async fn missing_file_is_an_error(runner: PyRunner) {
+    let _sys_path = super::SYS_PATH.lock().await;
     match runner.run_file("/no/such/folder/script.py").await {
         Err(PyRunnerError::Python { kind, message, .. }) => {
             assert_eq!(kind, "FileNotFoundError");
