@@ -974,7 +974,8 @@ class ChildWorker:
                 if self.inbox:
                     self._fail("the request pipe ended inside a frame (%d bytes left)" % len(self.inbox))
                 return 0
-            if self._spin():
+            # A loop turn may have moved whole requests into the inbox.
+            if self._has_whole_frame() or self._spin():
                 continue
             if self.driver is None:
                 self.poller.poll()
@@ -1052,8 +1053,16 @@ class ChildWorker:
             if time.perf_counter() >= deadline:
                 return False
 
+    def _has_whole_frame(self):
+        inbox = self.inbox
+        return len(inbox) >= 4 and len(inbox) - 4 >= _unpack_u32(inbox, 0)[0]
+
     def _handle_frames(self):
-        """Handles every complete frame in the inbox, in order."""
+        """Handles every complete frame in the inbox, in order.
+
+        Each reply is written before the next request starts: the parent
+        takes the oldest unanswered request to be the one running, for its
+        time limit and to know what a dead child had not started."""
         inbox = self.inbox
         pos = 0
         while len(inbox) - pos >= 4 and not self.stopping and not self.interrupted:
@@ -1066,6 +1075,7 @@ class ChildWorker:
             frame = inbox[pos + 4 : end]
             pos = end
             self._handle_frame(frame)
+            self._flush()
         del inbox[:pos]
 
     def _handle_frame(self, frame):

@@ -416,6 +416,8 @@ impl Future for Submission {
                         return Poll::Ready(Err(PyRunnerError::Stopped));
                     }
                     if driver.try_begin() {
+                        // Given back on every way out, unwinding included.
+                        let seat = Seat(&*driver);
                         let limit = driver.spin();
                         let start = Instant::now();
                         loop {
@@ -425,7 +427,7 @@ impl Future for Submission {
                             }
                             std::hint::spin_loop();
                         }
-                        driver.end();
+                        drop(seat);
                     } else if !driver.drive_once() {
                         this.queue.wake_consumer();
                     }
@@ -441,6 +443,15 @@ impl Future for Submission {
             }
         }
         this.slot.poll_reply(cx)
+    }
+}
+
+/// The driver's seat, held by one caller.
+struct Seat<'a>(&'a dyn Drive);
+
+impl Drop for Seat<'_> {
+    fn drop(&mut self) {
+        self.0.end();
     }
 }
 

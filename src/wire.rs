@@ -130,7 +130,6 @@ fn check_depth(args: &[Value]) -> Result<(), PyRunnerError> {
 #[derive(Debug, Clone)]
 pub(crate) struct Hello {
     pub python_version: String,
-    pub pid: u32,
 }
 
 /// What a reply frame says about its request.
@@ -160,7 +159,11 @@ fn take_string(value: Option<Value>) -> Option<String> {
 }
 
 pub(crate) fn decode_message(frame: &[u8]) -> Result<Message, PyRunnerError> {
-    let items: Vec<Value> = rmp_serde::from_slice(frame).map_err(|err| {
+    // Whoever reads a reply decodes it, on whatever stack it has: nesting is
+    // capped just past the value table's own limit, never left to the stack.
+    let mut decoder = rmp_serde::Deserializer::from_read_ref(frame);
+    decoder.set_max_depth(crate::value::MAX_DEPTH + 3);
+    let items: Vec<Value> = serde::Deserialize::deserialize(&mut decoder).map_err(|err| {
         PyRunnerError::Protocol(format!("undecodable frame from the child: {err}"))
     })?;
     let mut items = items.into_iter();
@@ -175,12 +178,10 @@ pub(crate) fn decode_message(frame: &[u8]) -> Result<Message, PyRunnerError> {
                 "the child speaks protocol {version}, this crate speaks {PROTOCOL_VERSION}"
             )));
         }
+        // The pid that follows is not used: signals go to the process this
+        // side started, whatever the child claims.
         let python_version = take_string(items.next()).unwrap_or_default();
-        let pid = items.next().and_then(|v| v.as_u64()).unwrap_or_default() as u32;
-        return Ok(Message::Hello(Hello {
-            python_version,
-            pid,
-        }));
+        return Ok(Message::Hello(Hello { python_version }));
     }
     let id = head
         .as_u64()
@@ -356,7 +357,7 @@ mod tests {
         let frame = rmp_serde::to_vec(&("hello", 1u64, "3.11.7", 4321u32, "python")).unwrap();
         match decode_message(&frame).unwrap() {
             Message::Hello(hello) => {
-                assert_eq!((hello.pid, hello.python_version.as_str()), (4321, "3.11.7"))
+                assert_eq!(hello.python_version, "3.11.7")
             }
             other => panic!("{other:?}"),
         }

@@ -45,6 +45,7 @@ pub(crate) struct ChildProcess {
     stderr_done: mpsc::Receiver<()>,
     pub hello: Hello,
     reaped: Option<ExitStatus>,
+    group_killed: bool,
 }
 
 impl ChildProcess {
@@ -95,11 +96,13 @@ impl ChildProcess {
                 )));
             }
         }
-        set_nonblocking(&stdin)
-            .and_then(|_| set_nonblocking(&stdout))
-            .map_err(|err| {
-                PyRunnerError::Startup(format!("could not set up the child's pipes: {err}"))
-            })?;
+        if let Err(err) = set_nonblocking(&stdin).and_then(|_| set_nonblocking(&stdout)) {
+            signal(-(pid as libc::pid_t), libc::SIGKILL);
+            let _ = child.wait();
+            return Err(PyRunnerError::Startup(format!(
+                "could not set up the child's pipes: {err}"
+            )));
+        }
         let mut process = ChildProcess {
             child,
             pid,
@@ -109,9 +112,9 @@ impl ChildProcess {
             stderr_done,
             hello: Hello {
                 python_version: "version unknown".into(),
-                pid,
             },
             reaped: None,
+            group_killed: false,
         };
         match process.await_hello(reader, spec.hello_timeout) {
             Ok(hello) => {
@@ -183,21 +186,21 @@ impl ChildProcess {
         self.stdin = None;
     }
 
-    /// Sends SIGINT to the interpreter alone (the pid its hello named, in
-    /// case a launcher forked it), so its `finally` blocks run.
+    /// Sends SIGINT to the child alone, so its `finally` blocks run. (Not to
+    /// the pid its hello names: a child's word is not trusted with signals.)
     pub fn interrupt(&self) {
-        signal(self.hello.pid as libc::pid_t, libc::SIGINT);
+        signal(self.pid as libc::pid_t, libc::SIGINT);
     }
 
     /// Kills the whole process group and reaps the child.
     pub fn kill_group(&mut self) -> Option<ExitStatus> {
-        if self.reaped.is_none() {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                self.reaped = Some(status);
-            }
+        // Signal before reaping: an unreaped leader keeps its group id from
+        // being reused. The group outlives its leader while grandchildren
+        // live in it.
+        if !self.group_killed {
+            signal(-(self.pid as libc::pid_t), libc::SIGKILL);
+            self.group_killed = true;
         }
-        // The group outlives its leader while grandchildren live in it.
-        signal(-(self.pid as libc::pid_t), libc::SIGKILL);
         if self.reaped.is_none() {
             self.reaped = self.child.wait().ok();
         }

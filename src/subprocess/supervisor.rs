@@ -133,7 +133,12 @@ impl Core {
             ChildProcess::start(&self.settings.spec, &mut self.reader).and_then(|child| {
                 self.child = Some(child);
                 match self.settings.startup.clone() {
-                    Some(code) => self.run_startup(&code),
+                    Some(code) => self.run_startup(&code).map_err(|err| match err {
+                        PyRunnerError::Startup(_) => err,
+                        other => {
+                            PyRunnerError::Startup(format!("running the startup code: {other}"))
+                        }
+                    }),
                     None => Ok(()),
                 }
             });
@@ -243,6 +248,31 @@ impl Core {
             Ok(false) => self.lost = Some(Loss::Died),
             Err(err) => self.lost = Some(Loss::Protocol(err.to_string())),
         }
+        // Replies may have freed the line for what waits in the backlog.
+        if self.lost.is_none() && self.interrupting.is_none() && self.child.is_some() {
+            self.send_backlog();
+            if let Err(err) = self.flush() {
+                self.lost = Some(if err.kind() == io::ErrorKind::BrokenPipe {
+                    Loss::Died
+                } else {
+                    Loss::Protocol(format!("writing to the child failed: {err}"))
+                });
+            }
+        }
+    }
+
+    /// Whether the supervisor thread must look at the state: something a
+    /// caller's turn left for it to finish, time, or replace.
+    fn needs_thread(&self) -> bool {
+        self.lost.is_some()
+            || !self.outgoing.is_empty()
+            || !self.backlog.is_empty()
+            || self.gather.is_some()
+            || self.interrupting.is_some()
+            || self
+                .inflight
+                .values()
+                .any(|flight| flight.deadline.is_some())
     }
 
     /// True while the batch after a multi-reply batch is still being gathered.
@@ -428,7 +458,7 @@ impl Core {
     fn answer_frames(&mut self) -> Result<(), PyRunnerError> {
         let mut answered = 0;
         let result = self.answer_each_frame(&mut answered);
-        if answered >= 2 {
+        if answered >= 2 && self.sync_line.is_empty() {
             self.gather = Some((Instant::now() + GATHER, answered));
         }
         result
@@ -512,10 +542,17 @@ impl Core {
                 return;
             }
         }
-        let stuck = self.inflight.values().any(|flight| {
-            flight.is_coroutine && flight.deadline.is_some_and(|deadline| now >= deadline)
+        // A coroutine only runs while no sync request does: its backstop is
+        // judged only then, so a long sync request is not blamed on it.
+        if !self.sync_line.is_empty() {
+            return;
+        }
+        let stuck = self.inflight.iter().find_map(|(&id, flight)| {
+            (flight.is_coroutine && flight.deadline.is_some_and(|deadline| now >= deadline))
+                .then_some(id)
         });
-        if stuck {
+        if let Some(id) = stuck {
+            self.interrupted = Some(id);
             self.replace_child(Loss::TimedOut);
         }
     }
@@ -582,7 +619,7 @@ impl Core {
 
     /// Ends the child: on `stop`, after it has answered; when dropped, by end
     /// of file on its requests and then, after a grace, by force.
-    fn shut_down(&mut self, stopped: bool) {
+    fn shut_down(&mut self) {
         for job in self.queue.close() {
             job.reply.send(Err(PyRunnerError::Stopped));
         }
@@ -590,10 +627,10 @@ impl Core {
             job.reply.send(Err(PyRunnerError::Stopped));
         }
         if let Some(mut child) = self.child.take() {
-            if !stopped {
-                child.close_requests();
-                child.wait_for_exit(EXIT_GRACE);
-            }
+            // A stopped child exits by itself after its reply, once its
+            // pending coroutines have unwound; a dropped one on end of file.
+            child.close_requests();
+            child.wait_for_exit(EXIT_GRACE);
             child.kill_group();
         }
         for (_, flight) in std::mem::take(&mut self.inflight) {
@@ -624,6 +661,8 @@ pub(crate) struct Shared {
     driving: AtomicBool,
     /// The thread sleeps without watching the child's replies (a caller drives).
     blind: AtomicBool,
+    /// A caller's turn left work, a deadline or a loss for the thread.
+    thread_needed: AtomicBool,
     /// `Core::outstanding` as of the last pump, readable without the lock.
     outstanding: AtomicUsize,
     wake: Mutex<UnixStream>,
@@ -649,6 +688,7 @@ impl Shared {
             queue: queue.clone(),
             driving: AtomicBool::new(false),
             blind: AtomicBool::new(false),
+            thread_needed: AtomicBool::new(false),
             outstanding: AtomicUsize::new(0),
             wake: Mutex::new(wake),
         });
@@ -669,16 +709,17 @@ impl Shared {
         loop {
             let mut core = self.lock();
             if self.queue.is_closed() && !core.stop_sent {
-                core.shut_down(false);
+                core.shut_down();
                 return;
             }
             core.pump(true);
+            self.thread_needed.store(false, Ordering::SeqCst);
             if let Some(loss) = core.lost.take() {
                 core.replace_child(loss);
                 continue;
             }
             if core.stop_done.is_some() || (core.stop_sent && core.child.is_none()) {
-                core.shut_down(true);
+                core.shut_down();
                 return;
             }
             core.enforce_deadlines();
@@ -708,16 +749,15 @@ impl Shared {
             self.blind.store(true, Ordering::SeqCst);
             let watch =
                 !self.driving.load(Ordering::SeqCst) && self.outstanding.load(Ordering::SeqCst) > 0;
-            let replies = if watch {
+            if watch {
                 self.blind.store(false, Ordering::SeqCst);
-                plan.replies
-            } else {
-                -1
-            };
+            }
             let mut fds = [
+                // Unwatched, the pipe still reports a hang-up: a child that
+                // dies while idle is noticed and replaced at once.
                 libc::pollfd {
-                    fd: replies,
-                    events: libc::POLLIN,
+                    fd: plan.replies,
+                    events: if watch { libc::POLLIN } else { 0 },
                     revents: 0,
                 },
                 libc::pollfd {
@@ -774,12 +814,16 @@ impl Shared {
         };
         core.pump(false);
         self.outstanding.store(core.outstanding(), Ordering::SeqCst);
+        self.thread_needed
+            .store(core.needs_thread(), Ordering::SeqCst);
         true
     }
 
-    /// Calls are in flight while the thread sleeps without watching replies.
+    /// The thread must wake: calls are in flight while it sleeps without
+    /// watching replies, or a caller's turn left it work or a deadline.
     fn needs_watching(&self) -> bool {
-        self.outstanding.load(Ordering::SeqCst) > 0 && self.blind.load(Ordering::SeqCst)
+        self.thread_needed.load(Ordering::SeqCst)
+            || self.outstanding.load(Ordering::SeqCst) > 0 && self.blind.load(Ordering::SeqCst)
     }
 }
 
