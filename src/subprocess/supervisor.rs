@@ -246,6 +246,7 @@ impl Core {
             Ok(true) => {}
             Ok(false) if self.interrupting.is_some() => self.lost = Some(Loss::TimedOut),
             Ok(false) => self.lost = Some(Loss::Died),
+            Err(PyRunnerError::Protocol(why)) => self.lost = Some(Loss::Protocol(why)),
             Err(err) => self.lost = Some(Loss::Protocol(err.to_string())),
         }
         // Replies may have freed the line for what waits in the backlog.
