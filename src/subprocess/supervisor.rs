@@ -233,13 +233,7 @@ impl Core {
         if self.interrupting.is_none() && (on_thread || self.child.is_some()) {
             self.send_backlog();
         }
-        if let Err(err) = self.flush() {
-            // A closed pipe means the child is gone; its exit status says why.
-            self.lost = Some(if err.kind() == io::ErrorKind::BrokenPipe {
-                Loss::Died
-            } else {
-                Loss::Protocol(format!("writing to the child failed: {err}"))
-            });
+        if !self.flush_or_lose() {
             return;
         }
         match self.read_replies() {
@@ -252,14 +246,22 @@ impl Core {
         // Replies may have freed the line for what waits in the backlog.
         if self.lost.is_none() && self.interrupting.is_none() && self.child.is_some() {
             self.send_backlog();
-            if let Err(err) = self.flush() {
-                self.lost = Some(if err.kind() == io::ErrorKind::BrokenPipe {
-                    Loss::Died
-                } else {
-                    Loss::Protocol(format!("writing to the child failed: {err}"))
-                });
-            }
+            self.flush_or_lose();
         }
+    }
+
+    /// Flushes; on failure records the loss and returns false. A closed pipe
+    /// means the child is gone (its exit status says why).
+    fn flush_or_lose(&mut self) -> bool {
+        let Err(err) = self.flush() else {
+            return true;
+        };
+        self.lost = Some(if err.kind() == io::ErrorKind::BrokenPipe {
+            Loss::Died
+        } else {
+            Loss::Protocol(format!("writing to the child failed: {err}"))
+        });
+        false
     }
 
     /// Whether the supervisor thread must look at the state: something a
