@@ -139,8 +139,10 @@ impl ReplySlot {
 
 /// The command queue between every clone of a handle and its backend.
 pub(crate) struct CommandQueue {
-    jobs: Mutex<Jobs>,
+    jobs: Mutex<VecDeque<Job>>,
     queued: AtomicUsize,
+    /// Written under the `jobs` lock, so a push that sees it false is
+    /// taken before `close` takes the rest.
     closed: AtomicBool,
     /// A backend whose I/O a waiting caller may run on its own thread.
     driver: OnceLock<Weak<dyn Drive>>,
@@ -148,12 +150,6 @@ pub(crate) struct CommandQueue {
     consumer: OnceLock<Thread>,
     #[cfg(unix)]
     loop_wake: OnceLock<std::os::unix::net::UnixStream>,
-}
-
-#[derive(Default)]
-struct Jobs {
-    queue: VecDeque<Job>,
-    closed: bool,
 }
 
 /// What the consumer is doing when it is not taking jobs.
@@ -170,7 +166,7 @@ pub(crate) enum Sleep {
 impl CommandQueue {
     pub fn new() -> Self {
         CommandQueue {
-            jobs: Mutex::new(Jobs::default()),
+            jobs: Mutex::new(VecDeque::new()),
             queued: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
             driver: OnceLock::new(),
@@ -181,7 +177,7 @@ impl CommandQueue {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Jobs> {
+    fn lock(&self) -> MutexGuard<'_, VecDeque<Job>> {
         self.jobs
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -189,14 +185,7 @@ impl CommandQueue {
 
     /// Queues a job; hands it back if the queue is closed.
     pub fn push(&self, job: Job) -> Result<(), Job> {
-        {
-            let mut jobs = self.lock();
-            if jobs.closed {
-                return Err(job);
-            }
-            jobs.queue.push_back(job);
-            self.queued.fetch_add(1, Ordering::SeqCst);
-        }
+        self.push_quiet(job)?;
         self.wake_consumer();
         Ok(())
     }
@@ -206,10 +195,9 @@ impl CommandQueue {
     pub fn close(&self) -> VecDeque<Job> {
         let rest = {
             let mut jobs = self.lock();
-            jobs.closed = true;
             self.closed.store(true, Ordering::SeqCst);
             self.queued.store(0, Ordering::SeqCst);
-            std::mem::take(&mut jobs.queue)
+            std::mem::take(&mut *jobs)
         };
         self.wake_consumer();
         rest
@@ -229,10 +217,10 @@ impl CommandQueue {
     /// the backend itself or wakes it after.
     fn push_quiet(&self, job: Job) -> Result<(), Job> {
         let mut jobs = self.lock();
-        if jobs.closed {
+        if self.is_closed() {
             return Err(job);
         }
-        jobs.queue.push_back(job);
+        jobs.push_back(job);
         self.queued.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
@@ -249,9 +237,9 @@ impl CommandQueue {
         let mut jobs = self.lock();
         self.queued.store(0, Ordering::SeqCst);
         if batch.is_empty() {
-            std::mem::swap(batch, &mut jobs.queue);
+            std::mem::swap(batch, &mut *jobs);
         } else {
-            batch.append(&mut jobs.queue);
+            batch.append(&mut jobs);
         }
     }
 

@@ -190,12 +190,12 @@ impl PyRunner {
     /// Ends the runner once the commands sent before it have run. Later
     /// commands give [`PyRunnerError::Stopped`]; stopping again is `Ok`.
     pub async fn stop(&self) -> Result<(), PyRunnerError> {
+        // A runner that never started has nothing to stop.
+        if self.shared.failed.is_some() {
+            return Ok(());
+        }
         match self.send(Request::Stop).await {
             Ok(_) | Err(PyRunnerError::Stopped) => Ok(()),
-            Err(err) if self.shared.failed.is_some() => {
-                let _ = err;
-                Ok(())
-            }
             Err(err) => Err(err),
         }
     }
