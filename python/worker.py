@@ -21,6 +21,7 @@ when the interpreter has it.
 
 import builtins
 import functools
+import io
 import math
 import os
 import reprlib
@@ -320,6 +321,8 @@ def pack(value):
     Raises ConversionError for a value with no form in the table; an
     exception raised by `str(obj)` of some object propagates.
     """
+    if type(value) is int and -32 <= value < 128:
+        return _BYTE[value & 0xFF]  # a fixint: the commonest small reply
     out = []
     _pack(value, out, 0)
     return b"".join(out)
@@ -879,8 +882,11 @@ _SPIN_SECONDS = 50e-6
 _READ_CHUNK = 1 << 16
 
 _frame_header = struct.Struct(">I").pack
-# The start of [id, "ok", value], the id always as a uint 64.
-_ok_head = struct.Struct(">BBQ3s").pack
+# The frame header and the start of [id, "ok", value], the id as a uint 64.
+_ok_head = struct.Struct(">IBBQ3s").pack
+_OK_HEAD_SIZE = 13
+# How request ids are written after their marker: (width, reader).
+_ID_READERS = {0xCC: (1, _unpack_u8), 0xCD: (2, _unpack_u16), 0xCE: (4, _unpack_u32), 0xCF: (8, _unpack_u64)}
 _LATER = object()
 """Returned by a request handler whose reply comes when a coroutine finishes."""
 
@@ -953,6 +959,11 @@ class ChildWorker:
         self.interruptible = False
         self.interrupted = False
         self.handlers = {op: getattr(self, "op_" + op) for op in _OPS}
+        # The common request gets a decoder of its own with the pure-Python codec.
+        self.quick_calls = unpack_frame is unpack
+        # Streams that write straight to their fd need no flush before a reply.
+        streams = (sys.stdout, sys.stderr)
+        self.direct_streams = streams if all(map(_writes_through, streams)) else (_LATER, _LATER)
         os.set_blocking(proto_in, False)
 
     # -- the loop ----------------------------------------------------------
@@ -1047,9 +1058,12 @@ class ChildWorker:
     def _spin(self):
         """Polls briefly for the next request; True if bytes (or end of input) came."""
         deadline = time.perf_counter() + _SPIN_SECONDS
+        poll = self.poller.poll
         while True:
-            if self._read_available():
-                return True
+            # poll(0) rather than reads that fail: each failed read builds
+            # an exception and its message.
+            if poll(0):
+                return self._read_available()
             if time.perf_counter() >= deadline:
                 return False
 
@@ -1079,6 +1093,31 @@ class ChildWorker:
         del inbox[:pos]
 
     def _handle_frame(self, frame):
+        call = _call_request(frame) if self.quick_calls else None
+        if call is None:
+            request = self._decode_request(frame)
+            if request is None:
+                return
+            request_id, handler, args = request[0], self.handlers[request[1]], request[2:]
+        else:
+            request_id, handler, args = call[0], self.op_call, call[1:]
+        try:
+            self.interruptible = True
+            try:
+                value = handler(request_id, *args)
+            finally:
+                self.interruptible = False
+        except BaseException as exc:
+            # Anything user code raises, SystemExit and KeyboardInterrupt too,
+            # is the caller's error; the child goes on.
+            self._reply_error(request_id, exc)
+            return
+        if value is not _LATER:
+            self._reply_value(request_id, value)
+
+    def _decode_request(self, frame):
+        """The request [id, op, ...] in a frame, checked; None if it was
+        answered (or ignored) as malformed here."""
         try:
             request = self.unpack_frame(frame)
         except _TooDeep:
@@ -1093,24 +1132,11 @@ class ChildWorker:
         if type(request) is not list or not request or type(request[0]) is not int:
             _say("ignoring a request without an id: %s" % _preview(request))
             return
-        request_id = request[0]
         problem = _request_problem(request)
         if problem is not None:
-            self._send_reply([request_id, "err", "ProtocolError", problem, None])
-            return
-        try:
-            self.interruptible = True
-            try:
-                value = self.handlers[request[1]](request_id, *request[2:])
-            finally:
-                self.interruptible = False
-        except BaseException as exc:
-            # Anything user code raises, SystemExit and KeyboardInterrupt too,
-            # is the caller's error; the child goes on.
-            self._reply_error(request_id, exc)
-            return
-        if value is not _LATER:
-            self._reply_value(request_id, value)
+            self._send_reply([request[0], "err", "ProtocolError", problem, None])
+            return None
+        return request
 
     # -- one method per op: each returns the reply's value, or raises --------
 
@@ -1163,15 +1189,14 @@ class ChildWorker:
         except BaseException as exc:  # str(obj) of some object raised
             self._reply_error(request_id, exc)
             return
-        if 0 <= request_id <= 0xFFFFFFFFFFFFFFFF:
-            head = _ok_head(0x93, 0xCF, request_id, b"\xa2ok")
-        else:
-            head = b"\x93" + pack(request_id) + b"\xa2ok"
-        size = len(head) + len(body)
+        size = _OK_HEAD_SIZE + len(body)
         if size > 0xFFFFFFFF:
             self._send_reply([request_id, "conv", "a reply of %d bytes does not fit in a frame" % size])
             return
-        self.outbox += (_frame_header(size), head, body)
+        if 0 <= request_id <= 0xFFFFFFFFFFFFFFFF:
+            self.outbox += (_ok_head(size, 0x93, 0xCF, request_id, b"\xa2ok"), body)
+        else:
+            self._send(b"\x93" + pack(request_id) + b"\xa2ok" + body)
 
     def _reply_error(self, request_id, exc):
         kind, message, text = describe_error(exc)
@@ -1189,12 +1214,15 @@ class ChildWorker:
         What the requests printed is flushed first, so it reaches stderr
         before their replies reach the parent.
         """
-        if not self.outbox:
+        outbox = self.outbox
+        if not outbox:
             return
-        _flush_stdio()
-        data = memoryview(b"".join(self.outbox))
-        del self.outbox[:]
-        while data:
+        stdout, stderr = self.direct_streams
+        if sys.stdout is not stdout or sys.stderr is not stderr:
+            _flush_stdio()
+        data = memoryview(b"".join(outbox))
+        del outbox[:]
+        while True:
             try:
                 written = os.write(self.proto_out, data)
             except (BlockingIOError, InterruptedError):
@@ -1205,6 +1233,8 @@ class ChildWorker:
                 self.at_eof = True
                 self.inbox.clear()
                 return
+            if written == len(data):
+                return
             data = data[written:]
 
     def _fail(self, message):
@@ -1213,6 +1243,45 @@ class ChildWorker:
         _flush_stdio()
         _say(message)
         os._exit(EXIT_PROTOCOL)
+
+
+def _writes_through(stream):
+    """Whether text written to `stream` reaches its fd at once (python -u)."""
+    return getattr(stream, "write_through", False) and type(getattr(stream, "buffer", None)) is io.FileIO
+
+
+def _call_request(frame):
+    """(id, name, args) of a `call` request shaped the way the parent writes
+    one (a short name, a short argument list), or None: anything else, valid
+    or not, takes the general decoder."""
+    try:
+        if frame[0] != 0x94:
+            return None
+        marker = frame[1]
+        if marker < 0x80:
+            request_id, pos = marker, 2
+        else:
+            width, read = _ID_READERS[marker]
+            (request_id,) = read(frame, 2)
+            pos = 2 + width
+        if frame[pos : pos + 5] != b"\xa4call":
+            return None
+        marker = frame[pos + 5]
+        if not 0xA0 <= marker < 0xC0:
+            return None
+        start = pos + 6
+        end = start + (marker & 0x1F)
+        name = frame[start:end].decode()
+        marker = frame[end]
+        if not 0x90 <= marker < 0xA0:
+            return None
+        # The arguments sit one level down in the request, as in `unpack`.
+        args, end = _unpack_array(frame, end + 1, marker & 0x0F, 1)
+        if end != len(frame):
+            return None
+        return request_id, name, args
+    except Exception:
+        return None
 
 
 def _request_problem(request):
