@@ -342,25 +342,30 @@ impl CommandQueue {
     }
 }
 
-/// A backend that talks to another process can let the caller that waits
-/// for a reply do the talking: the caller spins anyway, and on two cores a
+/// A backend that talks to another process can let a caller that waits for
+/// a reply do the talking: the caller spins anyway, and on two cores a
 /// separate I/O thread spinning as well would leave the child no core to
-/// run on. One caller at a time drives; the backend's own thread takes over
-/// when nobody does.
+/// run on. One caller at a time holds the driver's seat; the backend's own
+/// thread takes over when nobody does.
+///
+/// The seat holder sends what every caller queued and reads every reply.
+/// When it hands replies to other callers it returns to its executor
+/// (keeping the seat, and asking to be polled again) so that those callers'
+/// tasks, often on the same thread, run and queue their next calls; the
+/// holder then sends those together. Many tasks on one runtime thus cycle
+/// through the child without a thread wake-up per call.
 pub(crate) trait Drive: Send + Sync {
-    /// Claims the driver's seat; false if another caller has it, or if other
-    /// work is in flight: then the caller does not spin, so that the tasks
-    /// its thread also runs are not held up.
+    /// Claims the driver's seat; false if another caller has it.
     fn try_begin(&self) -> bool;
-    /// Sends queued jobs and reads replies, without blocking.
-    fn drive(&self);
-    /// One such turn for a caller without the seat, so its job goes out now
-    /// rather than after a wake-up of the backend's thread; false if the
-    /// state was busy (then the caller wakes that thread).
-    fn drive_once(&self) -> bool;
+    /// Sends queued jobs and reads replies, without blocking; how many
+    /// replies it handed out.
+    fn drive(&self) -> usize;
     /// Gives the seat back, waking the backend's thread if work remains.
-    fn end(&self);
-    /// How long the driving caller spins for its reply.
+    /// `handed_out`: other callers were just given replies and will likely
+    /// take the seat with their next calls, so the thread is not woken just
+    /// to watch for replies (it looks on its own soon after).
+    fn end(&self, handed_out: bool);
+    /// How long the driving caller spins for a reply.
     fn spin(&self) -> Duration;
 }
 
@@ -371,6 +376,10 @@ pub(crate) struct Submission {
     job: Option<Job>,
     slot: Arc<ReplySlot>,
     spin: bool,
+    /// The backend's [`Drive`], for backends that let callers drive.
+    driver: Option<Arc<dyn Drive>>,
+    /// This caller holds the driver's seat (also between polls).
+    seated: bool,
 }
 
 impl Submission {
@@ -387,6 +396,49 @@ impl Submission {
             }),
             slot,
             spin,
+            driver: None,
+            seated: false,
+        }
+    }
+
+    /// A turn in the driver's seat, if it is free or already ours: spins
+    /// until this job's reply, until replies went to other callers (then
+    /// asks to be polled again after their tasks ran), or for the backend's
+    /// spin limit (then leaves the seat and waits to be woken).
+    fn drive(&mut self, driver: &dyn Drive, cx: &mut Context<'_>) {
+        if !self.seated {
+            // Whoever has the seat sends this job, or hands it to the
+            // backend's thread when it leaves.
+            self.seated = driver.try_begin();
+            if !self.seated {
+                return;
+            }
+        }
+        let limit = driver.spin();
+        let start = Instant::now();
+        loop {
+            let handed_out = driver.drive();
+            if self.slot.is_ready() {
+                self.leave_seat(handed_out > 1);
+                return;
+            }
+            if handed_out > 0 {
+                cx.waker().wake_by_ref();
+                return;
+            }
+            if start.elapsed() >= limit {
+                self.leave_seat(false);
+                return;
+            }
+            std::hint::spin_loop();
+        }
+    }
+
+    fn leave_seat(&mut self, handed_out: bool) {
+        if std::mem::take(&mut self.seated) {
+            if let Some(driver) = &self.driver {
+                driver.end(handed_out);
+            }
         }
     }
 }
@@ -403,22 +455,7 @@ impl Future for Submission {
                     if this.queue.push_quiet(job).is_err() {
                         return Poll::Ready(Err(PyRunnerError::Stopped));
                     }
-                    if driver.try_begin() {
-                        // Given back on every way out, unwinding included.
-                        let seat = Seat(&*driver);
-                        let limit = driver.spin();
-                        let start = Instant::now();
-                        loop {
-                            driver.drive();
-                            if this.slot.is_ready() || start.elapsed() >= limit {
-                                break;
-                            }
-                            std::hint::spin_loop();
-                        }
-                        drop(seat);
-                    } else if !driver.drive_once() {
-                        this.queue.wake_consumer();
-                    }
+                    this.driver = Some(driver);
                 }
                 None => {
                     if this.queue.push(job).is_err() {
@@ -430,16 +467,16 @@ impl Future for Submission {
                 }
             }
         }
-        this.slot.poll_reply(cx)
-    }
-}
-
-/// The driver's seat, held by one caller.
-struct Seat<'a>(&'a dyn Drive);
-
-impl Drop for Seat<'_> {
-    fn drop(&mut self) {
-        self.0.end();
+        if let Some(driver) = this.driver.clone() {
+            if !this.slot.is_ready() {
+                this.drive(&*driver, cx);
+            }
+        }
+        let reply = this.slot.poll_reply(cx);
+        if reply.is_ready() {
+            this.leave_seat(false);
+        }
+        reply
     }
 }
 
@@ -461,6 +498,8 @@ fn spin_until_ready(slot: &ReplySlot) {
 
 impl Drop for Submission {
     fn drop(&mut self) {
+        // Given back on every way out, unwinding included.
+        self.leave_seat(false);
         if !self.slot.is_ready() {
             self.slot.abandoned.store(true, Ordering::Relaxed);
         }

@@ -35,6 +35,10 @@ const GATHER: Duration = Duration::from_micros(20);
 /// are in flight and no caller drives.
 const THREAD_SPIN: Duration = Duration::from_micros(40);
 
+/// With calls in flight, how long the thread sleeps without watching for
+/// replies before it looks whether a caller still drives.
+const BLIND_LOOK: Duration = Duration::from_micros(500);
+
 /// After SIGINT, how long a timed-out child gets to unwind before SIGKILL.
 const INTERRUPT_GRACE: Duration = Duration::from_millis(250);
 
@@ -97,6 +101,8 @@ pub(crate) struct Core {
     lost: Option<Loss>,
     /// Until when, and for how many requests, to gather the next batch.
     gather: Option<(Instant, usize)>,
+    /// Replies handed out so far.
+    handed_out: usize,
 }
 
 impl Core {
@@ -120,6 +126,7 @@ impl Core {
             stop_done: None,
             lost: None,
             gather: None,
+            handed_out: 0,
         };
         core.start_child()?;
         Ok(core)
@@ -500,6 +507,7 @@ impl Core {
                 }
             };
             done.job.reply.send(reply);
+            self.handed_out += 1;
         }
         Ok(())
     }
@@ -752,8 +760,14 @@ impl Shared {
             self.blind.store(true, Ordering::SeqCst);
             let watch =
                 !self.driving.load(Ordering::SeqCst) && self.outstanding.load(Ordering::SeqCst) > 0;
+            let mut limit = plan.limit;
             if watch {
                 self.blind.store(false, Ordering::SeqCst);
+            } else if self.outstanding.load(Ordering::SeqCst) > 0 {
+                // A caller that left the seat after handing out replies did
+                // not wake this thread: look again soon in case nobody took
+                // the seat after it.
+                limit = Some(limit.map_or(BLIND_LOOK, |limit| limit.min(BLIND_LOOK)));
             }
             let mut fds = [
                 // Unwatched, the pipe still reports a hang-up: a child that
@@ -774,7 +788,7 @@ impl Shared {
                     revents: 0,
                 },
             ];
-            poll(&mut fds, plan.limit);
+            poll(&mut fds, limit);
             self.blind.store(false, Ordering::SeqCst);
         });
         drain(&wake);
@@ -808,18 +822,20 @@ impl Shared {
 }
 
 impl Shared {
-    /// One non-blocking turn on the caller's thread; false if the state was busy.
-    fn pump_here(&self) -> bool {
+    /// One non-blocking turn on the caller's thread, unless the state is
+    /// busy; how many replies it handed out.
+    fn pump_here(&self) -> usize {
         let mut core = match self.core.try_lock() {
             Ok(core) => core,
             Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
-            Err(TryLockError::WouldBlock) => return false,
+            Err(TryLockError::WouldBlock) => return 0,
         };
+        let before = core.handed_out;
         core.pump(false);
         self.outstanding.store(core.outstanding(), Ordering::SeqCst);
         self.thread_needed
             .store(core.needs_thread(), Ordering::SeqCst);
-        true
+        core.handed_out - before
     }
 
     /// The thread must wake: calls are in flight while it sleeps without
@@ -832,28 +848,17 @@ impl Shared {
 
 impl Drive for Shared {
     fn try_begin(&self) -> bool {
-        self.outstanding.load(Ordering::SeqCst) == 0 && !self.driving.swap(true, Ordering::SeqCst)
+        !self.driving.swap(true, Ordering::SeqCst)
     }
 
-    fn drive(&self) {
-        self.pump_here();
+    fn drive(&self) -> usize {
+        self.pump_here()
     }
 
-    fn drive_once(&self) -> bool {
-        if !self.pump_here() {
-            return false;
-        }
-        // Sent without the seat: nobody spins for the reply, so the thread
-        // must watch for it.
-        if !self.driving.load(Ordering::SeqCst) && self.needs_watching() {
-            self.queue.wake_consumer();
-        }
-        true
-    }
-
-    fn end(&self) {
+    fn end(&self, handed_out: bool) {
         self.driving.store(false, Ordering::SeqCst);
-        if self.queue.has_jobs() || self.needs_watching() {
+        let watch = !handed_out && self.needs_watching();
+        if self.queue.has_jobs() || self.thread_needed.load(Ordering::SeqCst) || watch {
             self.queue.wake_consumer();
         }
     }
