@@ -104,10 +104,9 @@ fn echo_large_list(runner: &PyRunner) -> Duration {
     let list = Value::Array((0..100_000).map(Value::from).collect());
     let mut samples = Vec::new();
     for _ in 0..11 {
+        let args = vec![list.clone()];
         let start = Instant::now();
-        let back = runner
-            .call_function_sync("echo", vec![list.clone()])
-            .unwrap();
+        let back = runner.call_function_sync("echo", args).unwrap();
         samples.push(start.elapsed());
         assert_eq!(back.as_array().map(Vec::len), Some(100_000));
     }
