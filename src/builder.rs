@@ -46,6 +46,9 @@ pub(crate) struct RunnerConfig {
     pub env_clear: bool,
     pub current_dir: Option<PathBuf>,
     pub frame_limit: usize,
+    /// Set for a pool's workers.
+    #[cfg(feature = "subprocess")]
+    pub pool_hooks: Option<crate::subprocess::PoolHooks>,
 }
 
 impl Default for RunnerConfig {
@@ -60,6 +63,8 @@ impl Default for RunnerConfig {
             env_clear: false,
             current_dir: None,
             frame_limit: DEFAULT_FRAME_LIMIT,
+            #[cfg(feature = "subprocess")]
+            pool_hooks: None,
         }
     }
 }
@@ -85,6 +90,11 @@ pub struct PyRunnerBuilder {
 impl PyRunnerBuilder {
     pub(crate) fn new() -> Self {
         PyRunnerBuilder::default()
+    }
+
+    #[cfg(feature = "subprocess")]
+    pub(crate) fn from_config(config: RunnerConfig) -> Self {
+        PyRunnerBuilder { config }
     }
 
     /// CPython in this process (the default).

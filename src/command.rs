@@ -30,14 +30,35 @@ const CALLER_SPIN: Duration = Duration::from_micros(40);
 /// One command, as every backend receives it.
 #[derive(Debug, Clone)]
 pub(crate) enum Request {
-    Run { code: String },
-    RunFile { path: PathBuf },
-    Eval { expr: String },
-    ReadVariable { name: String },
-    CallFunction { name: String, args: Vec<Value> },
-    CallAsyncFunction { name: String, args: Vec<Value> },
-    SetVenv { dir: PathBuf },
+    Run {
+        code: String,
+    },
+    RunFile {
+        path: PathBuf,
+    },
+    Eval {
+        expr: String,
+    },
+    ReadVariable {
+        name: String,
+    },
+    CallFunction {
+        name: String,
+        args: Vec<Value>,
+    },
+    CallAsyncFunction {
+        name: String,
+        args: Vec<Value>,
+    },
+    SetVenv {
+        dir: PathBuf,
+    },
     Stop,
+    /// A pool's `run`: entry `index` of its replay log (see `subprocess::PoolHooks`).
+    Broadcast {
+        code: String,
+        index: usize,
+    },
 }
 
 /// A request with the slot its reply goes to.
@@ -405,7 +426,11 @@ impl Submission {
     /// until this job's reply, until replies went to other callers (then
     /// asks to be polled again after their tasks ran), or for the backend's
     /// spin limit (then leaves the seat and waits to be woken).
-    fn drive(&mut self, driver: &dyn Drive, cx: &mut Context<'_>) {
+    ///
+    /// On the first poll it only sends and asks to be polled again: futures
+    /// polled after this one in the same task (a join of many calls) then
+    /// queue their jobs before anyone spins, and go out in one write.
+    fn drive(&mut self, driver: &dyn Drive, cx: &mut Context<'_>, first: bool) {
         if !self.seated {
             // Whoever has the seat sends this job, or hands it to the
             // backend's thread when it leaves.
@@ -413,6 +438,15 @@ impl Submission {
             if !self.seated {
                 return;
             }
+        }
+        if first {
+            let handed_out = driver.drive();
+            if self.slot.is_ready() {
+                self.leave_seat(handed_out > 1);
+            } else {
+                cx.waker().wake_by_ref();
+            }
+            return;
         }
         let limit = driver.spin();
         let start = Instant::now();
@@ -448,6 +482,7 @@ impl Future for Submission {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Reply> {
         let this = self.get_mut();
+        let first = this.job.is_some();
         if let Some(job) = this.job.take() {
             let driver = if this.spin { this.queue.driver() } else { None };
             match driver {
@@ -469,7 +504,7 @@ impl Future for Submission {
         }
         if let Some(driver) = this.driver.clone() {
             if !this.slot.is_ready() {
-                this.drive(&*driver, cx);
+                this.drive(&*driver, cx, first);
             }
         }
         let reply = this.slot.poll_reply(cx);

@@ -9,6 +9,8 @@ compile_error!(
 mod builder;
 mod command;
 mod error;
+#[cfg(feature = "subprocess")]
+mod pool;
 #[cfg(feature = "pyo3")]
 mod pyo3_backend;
 mod runner;
@@ -29,6 +31,8 @@ mod worker_source;
 
 pub use builder::{Backend, PyRunnerBuilder};
 pub use error::PyRunnerError;
+#[cfg(feature = "subprocess")]
+pub use pool::{PyPool, PyPoolBuilder, WorkerStats};
 pub use runner::PyRunner;
 /// Every value that crosses between Rust and Python (see the value table).
 pub use serde_json::Value;

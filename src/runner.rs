@@ -111,7 +111,13 @@ impl PyRunner {
         self.shared.backend
     }
 
-    async fn send(&self, request: Request) -> Reply {
+    /// The queue every clone sends to.
+    #[cfg(feature = "subprocess")]
+    pub(crate) fn queue(&self) -> &Arc<CommandQueue> {
+        &self.shared.queue
+    }
+
+    pub(crate) async fn send(&self, request: Request) -> Reply {
         if let Some(err) = &self.shared.failed {
             return Err(err.clone());
         }

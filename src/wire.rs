@@ -77,7 +77,9 @@ impl FrameWriter {
         self.scratch.clear();
         let buf = &mut self.scratch;
         let encoded = match request {
-            Request::Run { code } => rmp_serde::encode::write(buf, &(id, "run", code)),
+            Request::Run { code } | Request::Broadcast { code, .. } => {
+                rmp_serde::encode::write(buf, &(id, "run", code))
+            }
             Request::RunFile { path } => {
                 rmp_serde::encode::write(buf, &(id, "run_file", path.to_string_lossy()))
             }

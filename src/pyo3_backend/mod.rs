@@ -231,7 +231,7 @@ impl<'py> Worker<'py> {
 
     fn run_request(&self, request: Request) -> Reply {
         match request {
-            Request::Run { code } => self
+            Request::Run { code } | Request::Broadcast { code, .. } => self
                 .run_helper(&self.helpers.run_code, &code)
                 .map(|_| Value::Null),
             Request::RunFile { path } => {

@@ -9,11 +9,12 @@ mod child;
 mod interpreter;
 mod supervisor;
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::builder::RunnerConfig;
-use crate::command::{start_backend_thread, CommandQueue};
+use crate::command::{start_backend_thread, CommandQueue, Job};
 use crate::error::PyRunnerError;
 use child::LaunchSpec;
 pub(crate) use interpreter::find_python;
@@ -25,6 +26,68 @@ const SUPERVISOR_STACK: usize = 8 << 20;
 
 /// How long a child may take from spawn to hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What ties a pool's worker to its pool: the definitions every child must
+/// hold, counters the pool reports, and where a lost child's unstarted
+/// calls go.
+#[derive(Clone)]
+pub(crate) struct PoolHooks {
+    pub log: Arc<ReplayLog>,
+    pub state: Arc<WorkerState>,
+    /// Places a call this worker's lost child never started on another
+    /// worker; gives it back if there is none to take it.
+    pub hand_back: Arc<dyn Fn(Job) -> Option<Job> + Send + Sync>,
+}
+
+impl std::fmt::Debug for PoolHooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PoolHooks").finish_non_exhaustive()
+    }
+}
+
+/// The code of every `run` sent to a pool, in order: each child a worker
+/// starts runs them all (after `startup`) before its first call. A run that
+/// failed anywhere is blanked, so it is not replayed.
+#[derive(Default)]
+pub(crate) struct ReplayLog {
+    entries: Mutex<Vec<Option<String>>>,
+}
+
+impl ReplayLog {
+    /// Adds a run; its index.
+    pub fn push(&self, code: &str) -> usize {
+        let mut entries = self.lock();
+        entries.push(Some(code.to_owned()));
+        entries.len() - 1
+    }
+
+    /// Keeps a run that failed from being replayed.
+    pub fn blank(&self, index: usize) {
+        if let Some(entry) = self.lock().get_mut(index) {
+            *entry = None;
+        }
+    }
+
+    /// Every entry so far (blanked ones as `None`).
+    pub fn snapshot(&self) -> Vec<Option<String>> {
+        self.lock().clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Option<String>>> {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A worker's child as the pool sees it.
+#[derive(Default)]
+pub(crate) struct WorkerState {
+    /// The current child's pid (0 before the first start).
+    pub pid: AtomicU32,
+    /// Children replaced after a death, a timeout or a broken stream.
+    pub restarts: AtomicU64,
+    /// The child is being replaced: calls sent now wait for its start.
+    pub restarting: AtomicBool,
+}
 
 /// Starts the child and its supervisor thread; returns once the child has
 /// said hello and run the startup code.
@@ -40,6 +103,7 @@ pub(crate) fn spawn(config: &RunnerConfig, queue: Arc<CommandQueue>) -> Result<(
         },
         startup: config.startup.clone(),
         frame_limit: config.frame_limit,
+        hooks: config.pool_hooks.clone(),
     };
     // Every child is started by the supervisor thread, which lives as long
     // as the runner: Linux's parent-death signal fires when the thread that

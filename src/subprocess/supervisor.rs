@@ -21,6 +21,7 @@ use bytes::{Buf, BytesMut};
 use serde_json::Value;
 
 use super::child::{poll, read_some, wait_readable, ChildProcess, LaunchSpec};
+use super::PoolHooks;
 use crate::command::{CommandQueue, Drive, Job, Request};
 use crate::error::PyRunnerError;
 use crate::wire::{decode_message, FrameReader, FrameWriter, Message, Outcome};
@@ -57,6 +58,7 @@ pub(crate) struct Settings {
     pub spec: LaunchSpec,
     pub startup: Option<String>,
     pub frame_limit: usize,
+    pub hooks: Option<PoolHooks>,
 }
 
 struct Inflight {
@@ -103,6 +105,8 @@ pub(crate) struct Core {
     gather: Option<(Instant, usize)>,
     /// Replies handed out so far.
     handed_out: usize,
+    /// How many entries of a pool's replay log the child ran at its start.
+    replayed: usize,
 }
 
 impl Core {
@@ -127,31 +131,37 @@ impl Core {
             lost: None,
             gather: None,
             handed_out: 0,
+            replayed: 0,
         };
         core.start_child()?;
         Ok(core)
     }
 
-    /// Starts a child, runs the startup code, and counts failures.
+    /// Starts a child, runs the startup code (and, for a pool's worker, every
+    /// run sent to the pool so far), and counts failures.
     fn start_child(&mut self) -> Result<(), PyRunnerError> {
         self.reader = FrameReader::new(self.settings.frame_limit);
         self.outgoing.clear();
-        let started =
-            ChildProcess::start(&self.settings.spec, &mut self.reader).and_then(|child| {
+        self.replayed = 0;
+        let started = ChildProcess::start(&self.settings.spec, &mut self.reader)
+            .and_then(|child| {
                 self.child = Some(child);
                 match self.settings.startup.clone() {
-                    Some(code) => self.run_startup(&code).map_err(|err| match err {
-                        PyRunnerError::Startup(_) => err,
-                        other => {
-                            PyRunnerError::Startup(format!("running the startup code: {other}"))
-                        }
-                    }),
+                    Some(code) => self
+                        .run_at_start(&code, "the startup code")?
+                        .map_err(|err| {
+                            PyRunnerError::Startup(format!("startup code failed: {err}"))
+                        }),
                     None => Ok(()),
                 }
-            });
+            })
+            .and_then(|()| self.replay_runs());
         match started {
             Ok(()) => {
                 self.failed_starts = 0;
+                if let (Some(hooks), Some(child)) = (&self.settings.hooks, &self.child) {
+                    hooks.state.pid.store(child.pid, Ordering::SeqCst);
+                }
                 Ok(())
             }
             Err(err) => {
@@ -164,14 +174,36 @@ impl Core {
         }
     }
 
-    /// Runs the startup code synchronously, before any queued command.
-    fn run_startup(&mut self, code: &str) -> Result<(), PyRunnerError> {
+    /// A pool's worker: runs what was sent to the pool so far. A run that
+    /// raises here raised on the other workers too; it is not a failed start.
+    fn replay_runs(&mut self) -> Result<(), PyRunnerError> {
+        let Some(hooks) = self.settings.hooks.clone() else {
+            return Ok(());
+        };
+        let entries = hooks.log.snapshot();
+        for code in entries.iter().flatten() {
+            let _ = self.run_at_start(code, "a replayed run")?;
+        }
+        self.replayed = entries.len();
+        Ok(())
+    }
+
+    /// Runs code synchronously, before any queued command. The outer error
+    /// is a failed start (the child died, broke the protocol or took too
+    /// long); the inner one is what the code raised.
+    fn run_at_start(
+        &mut self,
+        code: &str,
+        what: &str,
+    ) -> Result<Result<(), PyRunnerError>, PyRunnerError> {
         let id = self.take_id();
         let request = Request::Run {
             code: code.to_owned(),
         };
+        let failed = |why: String| PyRunnerError::Startup(format!("{what}: {why}"));
         self.writer
-            .request(&mut self.outgoing, id, &request, None)?;
+            .request(&mut self.outgoing, id, &request, None)
+            .map_err(|err| failed(err.to_string()))?;
         let deadline = Instant::now()
             + self
                 .settings
@@ -179,46 +211,37 @@ impl Core {
                 .hello_timeout
                 .max(Duration::from_secs(60));
         loop {
-            self.flush().map_err(|err| {
-                PyRunnerError::Startup(format!("the child stopped reading: {err}"))
-            })?;
-            while let Some(frame) = self.reader.next_frame()? {
-                if let Message::Reply { id: got, outcome } = decode_message(&frame)? {
+            self.flush()
+                .map_err(|err| failed(format!("the child stopped reading: {err}")))?;
+            while let Some(frame) = self
+                .reader
+                .next_frame()
+                .map_err(|e| failed(e.to_string()))?
+            {
+                let message = decode_message(&frame).map_err(|e| failed(e.to_string()))?;
+                if let Message::Reply { id: got, outcome } = message {
                     if got == id {
                         return match outcome {
-                            Outcome::Done(Ok(_)) => Ok(()),
-                            Outcome::Done(Err(err)) => Err(PyRunnerError::Startup(format!(
-                                "startup code failed: {err}"
-                            ))),
-                            Outcome::TimedOut => {
-                                Err(PyRunnerError::Startup("startup code timed out".into()))
-                            }
+                            Outcome::Done(done) => Ok(done.map(drop)),
+                            Outcome::TimedOut => Err(failed("timed out".into())),
                         };
                     }
                 }
             }
             let now = Instant::now();
             if now >= deadline {
-                return Err(PyRunnerError::Startup(
-                    "startup code did not finish in time".into(),
-                ));
+                return Err(failed("did not finish in time".into()));
             }
             let child = self.child.as_mut().expect("started above");
             wait_readable(child.stdout.as_raw_fd(), Some(deadline - now));
             match read_some(&mut child.stdout, &mut self.reader) {
                 Ok(0) => {
                     let reason = child.kill_and_describe();
-                    return Err(PyRunnerError::Startup(format!(
-                        "the child died running the startup code: {reason}"
-                    )));
+                    return Err(failed(format!("the child died running it: {reason}")));
                 }
                 Ok(_) => {}
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
-                Err(err) => {
-                    return Err(PyRunnerError::Startup(format!(
-                        "reading from the child failed: {err}"
-                    )))
-                }
+                Err(err) => return Err(failed(format!("reading from the child failed: {err}"))),
             }
         }
     }
@@ -389,6 +412,14 @@ impl Core {
     }
 
     fn send(&mut self, job: Job) {
+        if let Request::Broadcast { index, .. } = job.request {
+            // A child started after this run was logged ran it at its start.
+            if index < self.replayed {
+                job.reply.send(Ok(Value::Null));
+                return;
+            }
+            self.replayed = index + 1;
+        }
         let id = self.take_id();
         let is_coroutine = matches!(job.request, Request::CallAsyncFunction { .. });
         let limit = if is_coroutine {
@@ -571,6 +602,10 @@ impl Core {
     /// Kills the child; fails the requests it had started and queues the
     /// ones it had not for a fresh child, which starts at once.
     fn replace_child(&mut self, loss: Loss) {
+        if let Some(hooks) = &self.settings.hooks {
+            hooks.state.restarting.store(true, Ordering::SeqCst);
+            hooks.state.restarts.fetch_add(1, Ordering::SeqCst);
+        }
         self.interrupting = None;
         let interrupted = self.interrupted.take();
         let reason = match self.child.as_mut() {
@@ -618,6 +653,7 @@ impl Core {
         if self.stop_sent || self.queue.is_closed() {
             return;
         }
+        self.hand_back_unstarted();
         // A fresh child now, so the next command does not wait for a start.
         if let Err(err) = self.start_child() {
             if self.failed_starts >= MAX_FAILED_STARTS {
@@ -626,6 +662,35 @@ impl Core {
                 }
             }
         }
+        if let Some(hooks) = &self.settings.hooks {
+            hooks.state.restarting.store(false, Ordering::SeqCst);
+        }
+    }
+
+    /// A pool's worker gives the calls its lost child never started to the
+    /// other workers rather than make them wait for a new child. Its own
+    /// share of a broadcast stays: the new child runs it at start.
+    fn hand_back_unstarted(&mut self) {
+        let Some(hooks) = self.settings.hooks.clone() else {
+            return;
+        };
+        self.queue.take_all(&mut self.backlog);
+        let mut kept = VecDeque::new();
+        for job in self.backlog.drain(..) {
+            let movable = matches!(
+                job.request,
+                Request::Eval { .. }
+                    | Request::ReadVariable { .. }
+                    | Request::CallFunction { .. }
+                    | Request::CallAsyncFunction { .. }
+            );
+            if !movable || job.reply.is_abandoned() {
+                kept.push_back(job);
+            } else if let Some(job) = (hooks.hand_back)(job) {
+                kept.push_back(job);
+            }
+        }
+        self.backlog = kept;
     }
 
     /// Ends the child: on `stop`, after it has answered; when dropped, by end

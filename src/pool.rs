@@ -1,0 +1,641 @@
+//! [`PyPool`]: many child interpreters behind one handle, for Python that
+//! runs in parallel.
+//!
+//! Each worker is a subprocess runner of its own (its own child, supervisor
+//! thread and fault handling). The pool adds what makes them one: calls go
+//! to the least loaded worker, `run` reaches every worker and is replayed on
+//! children started later, calls a lost child never started move to other
+//! workers, and workers can be recycled after a number of calls.
+
+use std::future::{poll_fn, Future};
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock, RwLock, Weak};
+use std::task::Poll;
+use std::thread;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::sync::{Mutex as AsyncMutex, Semaphore};
+
+use crate::builder::{Backend, RunnerConfig};
+use crate::command::{block_on, Job, Reply, Request};
+use crate::error::PyRunnerError;
+use crate::runner::PyRunner;
+use crate::subprocess::{PoolHooks, ReplayLog, WorkerState};
+
+/// Calls admitted per worker at once, queued ones included; past that,
+/// callers wait their turn (first come, first served) instead of piling up.
+const ADMITTED_PER_WORKER: usize = 64;
+
+/// How many calls of one `map` are in flight per worker.
+const MAP_WINDOW_PER_WORKER: usize = 16;
+
+/// How often a retired worker is checked for calls still running on it.
+const RETIRE_POLL: Duration = Duration::from_millis(2);
+
+/// One worker as [`PyPool::stats`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerStats {
+    /// The process id of the worker's current child.
+    pub pid: u32,
+    /// Calls this worker has answered (across the children it has had).
+    pub calls: u64,
+    /// Children started after its first: after a death, a timeout, a broken
+    /// stream, or a recycle (see [`PyPoolBuilder::max_calls_per_worker`]).
+    pub restarts: u64,
+    /// Whether a call is running or waiting on it now.
+    pub busy: bool,
+}
+
+/// Configures and starts a [`PyPool`]. Made by [`PyPool::builder`].
+#[must_use = "a builder does nothing until `build` is called"]
+#[derive(Debug, Clone)]
+pub struct PyPoolBuilder {
+    config: RunnerConfig,
+    workers: usize,
+    max_calls: Option<u64>,
+}
+
+impl PyPoolBuilder {
+    /// How many workers (child processes); default: the number of cores.
+    /// Zero is taken as one.
+    pub fn workers(mut self, count: usize) -> Self {
+        self.workers = count.max(1);
+        self
+    }
+
+    /// Run exactly this interpreter in every worker.
+    pub fn python(mut self, path: impl Into<PathBuf>) -> Self {
+        self.config.python = Some(path.into());
+        self
+    }
+
+    /// Run the venv's own interpreter in every worker.
+    pub fn venv(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.config.venv = Some(dir.into());
+        self
+    }
+
+    /// Code every child runs first, before the pool's runs are replayed.
+    /// If it raises, `build` fails with [`PyRunnerError::Startup`].
+    pub fn startup(mut self, code: impl Into<String>) -> Self {
+        self.config.startup = Some(code.into());
+        self
+    }
+
+    /// A limit for every command, counted from the moment it starts to run
+    /// on its worker. A call past it is stopped, that worker's child is
+    /// replaced, and the other workers go on.
+    pub fn timeout(mut self, limit: Duration) -> Self {
+        self.config.timeout = Some(limit);
+        self
+    }
+
+    /// Retire a worker after it answered this many calls. Its replacement
+    /// is started first and takes over once ready, so no call waits for a
+    /// start; the old child finishes what it was given, then ends.
+    pub fn max_calls_per_worker(mut self, calls: u64) -> Self {
+        self.max_calls = Some(calls.max(1));
+        self
+    }
+
+    /// Set an environment variable for every child.
+    pub fn env(
+        mut self,
+        key: impl Into<std::ffi::OsString>,
+        value: impl Into<std::ffi::OsString>,
+    ) -> Self {
+        self.config.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// Start the children with no inherited environment.
+    pub fn env_clear(mut self) -> Self {
+        self.config.env_clear = true;
+        self.config.env.clear();
+        self
+    }
+
+    /// The children's working folder.
+    pub fn current_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.config.current_dir = Some(dir.into());
+        self
+    }
+
+    /// The largest frame accepted from a child, in bytes (default 64 MiB).
+    pub fn max_frame_length(mut self, bytes: usize) -> Self {
+        self.config.frame_limit = bytes;
+        self
+    }
+
+    /// Starts every worker at once and waits until all are ready; the first
+    /// failure is returned (and the workers already started are ended).
+    /// Synchronous: needs no tokio runtime.
+    pub fn build(self) -> Result<PyPool, PyRunnerError> {
+        let pool: Arc<OnceLock<Weak<Inner>>> = Arc::default();
+        let log = Arc::new(ReplayLog::default());
+        let starts: Vec<_> = (0..self.workers)
+            .map(|_| {
+                let config = self.config.clone();
+                let (log, pool) = (log.clone(), pool.clone());
+                thread::Builder::new()
+                    .name("async_py-pool-start".into())
+                    .spawn(move || Worker::start(config, log, pool))
+            })
+            .collect();
+        let mut workers = Vec::with_capacity(starts.len());
+        let mut failure = None;
+        for start in starts {
+            let started = match start {
+                Ok(handle) => handle.join().unwrap_or_else(|_| {
+                    Err(PyRunnerError::Startup("a worker's start panicked".into()))
+                }),
+                Err(err) => Err(PyRunnerError::Startup(format!(
+                    "could not start a thread to start a worker: {err}"
+                ))),
+            };
+            match started {
+                Ok(worker) => workers.push(worker),
+                Err(err) => failure = failure.or(Some(err)),
+            }
+        }
+        if let Some(err) = failure {
+            for worker in workers {
+                let _ = worker.runner.stop_sync();
+            }
+            return Err(err);
+        }
+        let count = workers.len();
+        let inner = Arc::new(Inner {
+            config: self.config,
+            log,
+            slots: workers.into_iter().map(Slot::new).collect(),
+            admission: Semaphore::new(count * ADMITTED_PER_WORKER),
+            broadcasts: AsyncMutex::new(()),
+            next: AtomicUsize::new(0),
+            max_calls: self.max_calls,
+            pool,
+        });
+        let _ = inner.pool.set(Arc::downgrade(&inner));
+        Ok(PyPool { inner })
+    }
+}
+
+/// A pool of child interpreters that run Python in parallel.
+///
+/// Cheap to clone, `Send + Sync`. `run` reaches every worker; `eval`,
+/// `call_function` and `call_async_function` go to one worker, an idle one
+/// if there is one, else the least loaded; `map` spreads many calls out.
+/// Unlike a [`PyRunner`], commands from different callers are not ordered
+/// with respect to each other: they run on different workers at once.
+/// Every command has a blocking `_sync` twin.
+///
+/// ```no_run
+/// # fn main() -> Result<(), async_py::PyRunnerError> {
+/// let pool = async_py::PyPool::builder().workers(2).build()?;
+/// pool.run_sync("def square(x):\n    return x * x")?;
+/// let squares = pool.map_sync("square", (0..4).map(|x| vec![x.into()]).collect());
+/// assert_eq!(squares.into_iter().map(Result::unwrap).collect::<Vec<_>>(), [0, 1, 4, 9]);
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct PyPool {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for PyPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PyPool")
+            .field("workers", &self.inner.slots.len())
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    config: RunnerConfig,
+    log: Arc<ReplayLog>,
+    slots: Vec<Slot>,
+    admission: Semaphore,
+    /// Runs reach the workers one at a time, in log order.
+    broadcasts: AsyncMutex<()>,
+    /// Where the search for the least loaded worker starts, in turn.
+    next: AtomicUsize,
+    max_calls: Option<u64>,
+    /// This pool, for the workers' hand-back hooks.
+    pool: Arc<OnceLock<Weak<Inner>>>,
+}
+
+/// A place in the pool, held by one worker at a time (a recycled worker's
+/// replacement takes its place).
+struct Slot {
+    worker: RwLock<Arc<Worker>>,
+    /// Calls answered by the workers that held this place.
+    calls: AtomicU64,
+    /// Restarts of the workers that held this place before, and their recycles.
+    past_restarts: AtomicU64,
+}
+
+struct Worker {
+    runner: PyRunner,
+    state: Arc<WorkerState>,
+    /// Calls sent to it and not yet answered.
+    load: AtomicUsize,
+    /// Calls it answered, for recycling.
+    calls: AtomicU64,
+    /// Its replacement is being started; it takes no new calls once that
+    /// replacement is in place.
+    retiring: AtomicBool,
+}
+
+impl Worker {
+    fn start(
+        mut config: RunnerConfig,
+        log: Arc<ReplayLog>,
+        pool: Arc<OnceLock<Weak<Inner>>>,
+    ) -> Result<Worker, PyRunnerError> {
+        let state = Arc::new(WorkerState::default());
+        let own = state.clone();
+        config.backend = Backend::Subprocess;
+        config.pool_hooks = Some(PoolHooks {
+            log,
+            state: state.clone(),
+            hand_back: Arc::new(move |job| match pool.get().and_then(Weak::upgrade) {
+                Some(inner) => inner.place_elsewhere(job, &own),
+                None => Some(job),
+            }),
+        });
+        let runner = crate::builder::PyRunnerBuilder::from_config(config).build()?;
+        Ok(Worker {
+            runner,
+            state,
+            load: AtomicUsize::new(0),
+            calls: AtomicU64::new(0),
+            retiring: AtomicBool::new(false),
+        })
+    }
+
+    /// How busy it looks to the dispatcher: a worker whose child is being
+    /// replaced counts as full.
+    fn weight(&self) -> usize {
+        let load = self.load.load(Ordering::SeqCst);
+        if self.state.restarting.load(Ordering::SeqCst) {
+            load + ADMITTED_PER_WORKER
+        } else {
+            load
+        }
+    }
+}
+
+impl Slot {
+    fn new(worker: Worker) -> Slot {
+        Slot {
+            worker: RwLock::new(Arc::new(worker)),
+            calls: AtomicU64::new(0),
+            past_restarts: AtomicU64::new(0),
+        }
+    }
+
+    fn current(&self) -> Arc<Worker> {
+        self.worker
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+/// Counts a call against its worker until it is answered or dropped.
+struct Load(Arc<Worker>);
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.0.load.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Inner {
+    /// The worker for the next call, its load already counted: the first
+    /// idle one from this turn's starting place, else the least loaded.
+    fn pick(&self) -> (usize, Load) {
+        let count = self.slots.len();
+        let first = self.next.fetch_add(1, Ordering::Relaxed) % count;
+        let mut best: Option<(usize, usize)> = None;
+        for step in 0..count {
+            let index = (first + step) % count;
+            let weight = self.slots[index].current().weight();
+            if best.is_none_or(|(_, least)| weight < least) {
+                best = Some((index, weight));
+            }
+            if weight == 0 {
+                break;
+            }
+        }
+        let index = best.map_or(first, |(index, _)| index);
+        // Counted under the read lock, so a recycle that swaps the worker
+        // out (under the write lock) sees every call sent to the old one.
+        let guard = self.slots[index]
+            .worker
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
+        guard.load.fetch_add(1, Ordering::SeqCst);
+        (index, Load(guard.clone()))
+    }
+
+    /// A call that `from`'s lost child never started goes to the least
+    /// loaded other worker; `Some` gives it back if none takes it.
+    fn place_elsewhere(&self, job: Job, from: &Arc<WorkerState>) -> Option<Job> {
+        let mut others: Vec<Arc<Worker>> = self
+            .slots
+            .iter()
+            .map(Slot::current)
+            .filter(|worker| !Arc::ptr_eq(&worker.state, from))
+            .filter(|worker| !worker.state.restarting.load(Ordering::SeqCst))
+            .collect();
+        others.sort_by_key(|worker| worker.weight());
+        let mut job = job;
+        for worker in others {
+            match worker.runner.queue().push(job) {
+                Ok(()) => return None,
+                Err(refused) => job = refused,
+            }
+        }
+        Some(job)
+    }
+
+    /// Counts an answered call; past the limit, starts the worker's recycle.
+    fn answered(self: &Arc<Self>, index: usize, worker: &Arc<Worker>) {
+        self.slots[index].calls.fetch_add(1, Ordering::SeqCst);
+        let calls = worker.calls.fetch_add(1, Ordering::SeqCst) + 1;
+        let Some(limit) = self.max_calls else {
+            return;
+        };
+        if calls < limit || worker.retiring.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let pool = Arc::downgrade(self);
+        let old = worker.clone();
+        let started = thread::Builder::new()
+            .name("async_py-pool-recycle".into())
+            .spawn(move || recycle(pool, index, old));
+        if started.is_err() {
+            worker.retiring.store(false, Ordering::SeqCst);
+        }
+    }
+}
+
+/// Starts a replacement for the worker in place `index`, swaps it in once
+/// ready and caught up with the pool's runs, then ends the old one after
+/// the calls it was given.
+fn recycle(pool: Weak<Inner>, index: usize, old: Arc<Worker>) {
+    let Some(inner) = pool.upgrade() else {
+        return;
+    };
+    let fresh = Worker::start(inner.config.clone(), inner.log.clone(), inner.pool.clone());
+    let fresh = match fresh {
+        Ok(fresh) => Arc::new(fresh),
+        Err(err) => {
+            eprintln!("async_py: could not start a worker to recycle one, keeping the old: {err}");
+            old.retiring.store(false, Ordering::SeqCst);
+            return;
+        }
+    };
+    {
+        // Runs logged after the fresh child started reach it before any call.
+        let _runs = inner.broadcasts.blocking_lock();
+        for (index, code) in inner.log.snapshot().into_iter().enumerate() {
+            if let Some(code) = code {
+                let _ = block_on(fresh.runner.send(Request::Broadcast { code, index }));
+            }
+        }
+        let slot = &inner.slots[index];
+        *slot.worker.write().unwrap_or_else(|p| p.into_inner()) = fresh;
+        slot.past_restarts.fetch_add(
+            old.state.restarts.load(Ordering::SeqCst) + 1,
+            Ordering::SeqCst,
+        );
+    }
+    drop(inner);
+    while old.load.load(Ordering::SeqCst) > 0 {
+        thread::sleep(RETIRE_POLL);
+    }
+    let _ = old.runner.stop_sync();
+}
+
+impl PyPool {
+    /// Configures a pool: size, interpreter, venv, startup code, limits.
+    pub fn builder() -> PyPoolBuilder {
+        PyPoolBuilder {
+            config: RunnerConfig {
+                backend: Backend::Subprocess,
+                ..RunnerConfig::default()
+            },
+            workers: thread::available_parallelism().map_or(1, |n| n.get()),
+            max_calls: None,
+        }
+    }
+
+    /// How many workers the pool has.
+    pub fn workers(&self) -> usize {
+        self.inner.slots.len()
+    }
+
+    /// Each worker's pid, calls answered, restarts and whether it is busy.
+    pub fn stats(&self) -> Vec<WorkerStats> {
+        self.inner
+            .slots
+            .iter()
+            .map(|slot| {
+                let worker = slot.current();
+                WorkerStats {
+                    pid: worker.state.pid.load(Ordering::SeqCst),
+                    calls: slot.calls.load(Ordering::SeqCst),
+                    restarts: slot.past_restarts.load(Ordering::SeqCst)
+                        + worker.state.restarts.load(Ordering::SeqCst),
+                    busy: worker.load.load(Ordering::SeqCst) > 0,
+                }
+            })
+            .collect()
+    }
+
+    /// Runs Python statements on every worker, and on every child started
+    /// later (after `startup`), so all hold the same definitions. The first
+    /// error from any worker is returned; code that failed anywhere is not
+    /// replayed on later children.
+    pub async fn run(&self, code: &str) -> Result<(), PyRunnerError> {
+        let _runs = self.inner.broadcasts.lock().await;
+        let index = self.inner.log.push(code);
+        let sends: Vec<_> = self
+            .inner
+            .slots
+            .iter()
+            .map(|slot| {
+                let worker = slot.current();
+                let request = Request::Broadcast {
+                    code: code.to_owned(),
+                    index,
+                };
+                Box::pin(async move { worker.runner.send(request).await })
+                    as Pin<Box<dyn Future<Output = Reply> + Send>>
+            })
+            .collect();
+        let replies = join_in_order(sends, usize::MAX).await;
+        let failure = replies.into_iter().find_map(Result::err);
+        match failure {
+            Some(err) => {
+                self.inner.log.blank(index);
+                Err(err)
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Evaluates one expression on one worker.
+    pub async fn eval(&self, expr: &str) -> Result<Value, PyRunnerError> {
+        self.dispatch(Request::Eval {
+            expr: expr.to_owned(),
+        })
+        .await
+    }
+
+    /// Calls a function by (dotted) name on one worker.
+    pub async fn call_function(
+        &self,
+        name: &str,
+        args: Vec<Value>,
+    ) -> Result<Value, PyRunnerError> {
+        self.dispatch(Request::CallFunction {
+            name: name.to_owned(),
+            args,
+        })
+        .await
+    }
+
+    /// Calls a function on one worker and awaits the coroutine it returns
+    /// on that worker's event loop.
+    pub async fn call_async_function(
+        &self,
+        name: &str,
+        args: Vec<Value>,
+    ) -> Result<Value, PyRunnerError> {
+        self.dispatch(Request::CallAsyncFunction {
+            name: name.to_owned(),
+            args,
+        })
+        .await
+    }
+
+    /// Calls `name` once per argument list, spread over the workers; one
+    /// result per input, in input order, each failure in its own slot.
+    pub async fn map(&self, name: &str, inputs: Vec<Vec<Value>>) -> Vec<Reply> {
+        let calls = inputs.into_iter().map(|args| {
+            let pool = self.clone();
+            let name = name.to_owned();
+            Box::pin(async move { pool.call_function(&name, args).await })
+                as Pin<Box<dyn Future<Output = Reply> + Send>>
+        });
+        join_in_order(calls, self.workers() * MAP_WINDOW_PER_WORKER).await
+    }
+
+    /// Ends every worker once the calls sent before have been answered.
+    /// Later commands give [`PyRunnerError::Stopped`]; stopping again is `Ok`.
+    pub async fn stop(&self) -> Result<(), PyRunnerError> {
+        self.inner.admission.close();
+        let _runs = self.inner.broadcasts.lock().await;
+        let stops = self.inner.slots.iter().map(|slot| {
+            let worker = slot.current();
+            Box::pin(async move { worker.runner.stop().await })
+                as Pin<Box<dyn Future<Output = Result<(), PyRunnerError>> + Send>>
+        });
+        join_in_order(stops, usize::MAX)
+            .await
+            .into_iter()
+            .collect::<Result<Vec<()>, _>>()
+            .map(drop)
+    }
+
+    async fn dispatch(&self, request: Request) -> Reply {
+        let Ok(_admitted) = self.inner.admission.acquire().await else {
+            return Err(PyRunnerError::Stopped);
+        };
+        let (index, load) = self.inner.pick();
+        let reply = load.0.runner.send(request).await;
+        if !matches!(reply, Err(PyRunnerError::Stopped)) {
+            self.inner.answered(index, &load.0);
+        }
+        reply
+    }
+
+    /// Blocking twin of [`run`](Self::run).
+    pub fn run_sync(&self, code: &str) -> Result<(), PyRunnerError> {
+        block_on(self.run(code))
+    }
+
+    /// Blocking twin of [`eval`](Self::eval).
+    pub fn eval_sync(&self, expr: &str) -> Result<Value, PyRunnerError> {
+        block_on(self.eval(expr))
+    }
+
+    /// Blocking twin of [`call_function`](Self::call_function).
+    pub fn call_function_sync(&self, name: &str, args: Vec<Value>) -> Result<Value, PyRunnerError> {
+        block_on(self.call_function(name, args))
+    }
+
+    /// Blocking twin of [`call_async_function`](Self::call_async_function).
+    pub fn call_async_function_sync(
+        &self,
+        name: &str,
+        args: Vec<Value>,
+    ) -> Result<Value, PyRunnerError> {
+        block_on(self.call_async_function(name, args))
+    }
+
+    /// Blocking twin of [`map`](Self::map).
+    pub fn map_sync(&self, name: &str, inputs: Vec<Vec<Value>>) -> Vec<Reply> {
+        block_on(self.map(name, inputs))
+    }
+
+    /// Blocking twin of [`stop`](Self::stop).
+    pub fn stop_sync(&self) -> Result<(), PyRunnerError> {
+        block_on(self.stop())
+    }
+}
+
+type BoxedCall<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// Runs the futures with at most `window` in flight; their outputs in input order.
+async fn join_in_order<T>(
+    futures: impl IntoIterator<Item = BoxedCall<T>>,
+    window: usize,
+) -> Vec<T> {
+    let mut waiting = futures.into_iter().enumerate().peekable();
+    let mut running: Vec<(usize, BoxedCall<T>)> = Vec::new();
+    let mut done: Vec<Option<T>> = Vec::new();
+    poll_fn(|cx| loop {
+        while running.len() < window {
+            let Some((index, future)) = waiting.next() else {
+                break;
+            };
+            done.push(None);
+            running.push((index, future));
+        }
+        let before = running.len();
+        running.retain_mut(|(index, future)| match future.as_mut().poll(cx) {
+            Poll::Ready(output) => {
+                done[*index] = Some(output);
+                false
+            }
+            Poll::Pending => true,
+        });
+        if running.is_empty() && waiting.peek().is_none() {
+            return Poll::Ready(());
+        }
+        if running.len() == before {
+            return Poll::Pending;
+        }
+    })
+    .await;
+    done.into_iter()
+        .map(|output| output.expect("every future ran to the end"))
+        .collect()
+}

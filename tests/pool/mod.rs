@@ -1,0 +1,57 @@
+//! Helpers for the pool tests.
+#![allow(dead_code)]
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use async_py::{PyPool, PyPoolBuilder, Value};
+
+pub fn builder(workers: usize) -> PyPoolBuilder {
+    let python = std::env::var_os("PYO3_PYTHON").unwrap_or_else(|| "python3".into());
+    PyPool::builder().workers(workers).python(python)
+}
+
+pub fn pool(workers: usize) -> PyPool {
+    builder(workers).build().expect("the pool starts")
+}
+
+/// Definitions the tests share: `pid()`, and `meet(me, other, folder)`, which
+/// leaves a file named `me` and waits up to ten seconds for one named
+/// `other`, so two calls return only if they run at the same time.
+pub const DEFS: &str = r#"
+import os, time
+def pid():
+    return os.getpid()
+def var(name):
+    return globals()[name]
+def meet(me, other, folder):
+    open(os.path.join(folder, me), "w").close()
+    deadline = time.monotonic() + 10
+    while not os.path.exists(os.path.join(folder, other)):
+        if time.monotonic() > deadline:
+            raise TimeoutError("%s never came" % other)
+        time.sleep(0.001)
+    return os.getpid()
+def hold(folder):
+    """Blocks until a file named `go` appears in `folder`; returns the pid."""
+    open(os.path.join(folder, "held"), "w").close()
+    while not os.path.exists(os.path.join(folder, "go")):
+        time.sleep(0.001)
+    return os.getpid()
+"#;
+
+pub fn pids(pool: &PyPool) -> BTreeSet<u32> {
+    pool.stats().iter().map(|worker| worker.pid).collect()
+}
+
+pub fn text(path: &Path) -> Value {
+    Value::from(path.to_str().expect("a UTF-8 temp path"))
+}
+
+/// The pids that answered `pid()` across `calls` calls sent at once.
+pub fn answering_pids(pool: &PyPool, calls: usize) -> BTreeSet<u32> {
+    pool.map_sync("pid", vec![Vec::new(); calls])
+        .into_iter()
+        .map(|pid| pid.expect("pid() answers").as_u64().expect("a pid") as u32)
+        .collect()
+}

@@ -1,0 +1,147 @@
+//! PyPool: calls go to idle workers first, run in parallel, and many callers share the pool.
+
+mod faults;
+mod pool;
+
+use async_py::{PyRunnerError, Value};
+use faults::eventually;
+use pool::{pids, text, DEFS};
+
+#[tokio::test]
+async fn two_calls_run_at_the_same_time_on_two_workers() {
+    let pool = pool::pool(2);
+    pool.run(DEFS).await.unwrap();
+    let folder = tempfile::tempdir().unwrap();
+    let (a, b) = tokio::join!(
+        pool.call_function("meet", vec!["a".into(), "b".into(), text(folder.path())]),
+        pool.call_function("meet", vec!["b".into(), "a".into(), text(folder.path())]),
+    );
+    // Each call waits for the other's file: both return only if they overlap.
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_ne!(a, b, "the two calls ran on different workers");
+    let expected: std::collections::BTreeSet<u32> =
+        [a, b].iter().map(|p| p.as_u64().unwrap() as u32).collect();
+    assert_eq!(pids(&pool), expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_worker_is_chosen_over_a_busy_one() {
+    let pool = pool::pool(2);
+    pool.run(DEFS).await.unwrap();
+    let folder = tempfile::tempdir().unwrap();
+    let held = {
+        let pool = pool.clone();
+        let folder = text(folder.path());
+        tokio::spawn(async move { pool.call_function("hold", vec![folder]).await })
+    };
+    eventually("the held call started", || {
+        folder.path().join("held").exists()
+    });
+    let busy: Vec<_> = pool.stats().into_iter().filter(|w| w.busy).collect();
+    assert_eq!(busy.len(), 1, "one worker is busy: {:?}", pool.stats());
+    for _ in 0..20 {
+        let pid = pool.call_function("pid", vec![]).await.unwrap();
+        assert_ne!(
+            pid,
+            Value::from(busy[0].pid),
+            "a call went to the busy worker"
+        );
+    }
+    std::fs::write(folder.path().join("go"), "").unwrap();
+    assert_eq!(held.await.unwrap().unwrap(), Value::from(busy[0].pid));
+    eventually("no worker busy", || pool.stats().iter().all(|w| !w.busy));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_callers_get_their_own_results_and_share_the_workers() {
+    let pool = pool::pool(2);
+    pool.run("def add(a, b):\n    return a + b").await.unwrap();
+    let tasks: Vec<_> = (0..16)
+        .map(|t| {
+            let pool = pool.clone();
+            tokio::spawn(async move {
+                for i in 0..200 {
+                    let sum = pool.call_function("add", vec![t.into(), i.into()]).await;
+                    assert_eq!(sum.unwrap(), Value::from(t + i));
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let stats = pool.stats();
+    assert_eq!(stats.iter().map(|w| w.calls).sum::<u64>(), 16 * 200);
+    assert!(
+        stats.iter().all(|w| w.calls > 0),
+        "both workers served: {stats:?}"
+    );
+}
+
+#[tokio::test]
+async fn callers_past_the_admission_bound_wait_their_turn() {
+    // One worker admits a bounded number of calls; the rest wait, then run.
+    let pool = pool::pool(1);
+    pool.run("import time\ndef nap(i):\n    time.sleep(0.0005)\n    return i")
+        .await
+        .unwrap();
+    let calls: Vec<_> = (0..500)
+        .map(|i| {
+            let pool = pool.clone();
+            tokio::spawn(async move { pool.call_function("nap", vec![i.into()]).await })
+        })
+        .collect();
+    for (i, call) in calls.into_iter().enumerate() {
+        assert_eq!(call.await.unwrap().unwrap(), Value::from(i));
+    }
+    assert_eq!(pool.stats()[0].calls, 500);
+}
+
+#[test]
+fn sync_twins_work_from_plain_threads() {
+    let pool = pool::pool(2);
+    pool.run_sync(DEFS).unwrap();
+    assert_eq!(pool.workers(), 2);
+    assert_eq!(pool.eval_sync("6 * 7").unwrap(), Value::from(42));
+    pool.run_sync("async def twice(x):\n    return 2 * x")
+        .unwrap();
+    assert_eq!(
+        pool.call_async_function_sync("twice", vec![21.into()])
+            .unwrap(),
+        Value::from(42)
+    );
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let pool = pool.clone();
+            std::thread::spawn(move || pool.call_function_sync("pid", vec![]).unwrap())
+        })
+        .collect();
+    for thread in threads {
+        let pid = thread.join().unwrap().as_u64().unwrap() as u32;
+        assert!(pids(&pool).contains(&pid));
+    }
+    match pool.call_function_sync("missing", vec![]) {
+        Err(PyRunnerError::Python { kind, .. }) => assert_eq!(kind, "NameError"),
+        other => panic!("expected a NameError, got {other:?}"),
+    }
+}
+
+#[test]
+fn stats_name_each_worker() {
+    let pool = pool::pool(3);
+    pool.run_sync(DEFS).unwrap();
+    let stats = pool.stats();
+    assert_eq!(stats.len(), 3);
+    assert_eq!(pids(&pool).len(), 3, "three distinct children: {stats:?}");
+    for worker in &stats {
+        assert!(faults::is_running(worker.pid));
+        assert_eq!((worker.calls, worker.restarts, worker.busy), (0, 0, false));
+    }
+    let answered = pool::answering_pids(&pool, 30);
+    assert_eq!(
+        answered,
+        pids(&pool),
+        "the first calls of a burst go to idle workers"
+    );
+    assert_eq!(pool.stats().iter().map(|w| w.calls).sum::<u64>(), 30);
+}

@@ -1,0 +1,80 @@
+//! PyPool::map: one result per input, in input order, each failure in its own slot.
+
+mod pool;
+
+use async_py::{PyRunnerError, Value};
+
+const DEFS: &str = r#"
+import os, random, time
+def square_unless_seventh(x):
+    time.sleep(random.random() / 2000)  # finish out of order
+    if x % 7 == 0:
+        raise ValueError("seventh: %d" % x)
+    return [x * x, os.getpid()]
+"#;
+
+#[tokio::test]
+async fn results_come_back_in_input_order_with_errors_in_place() {
+    let pool = pool::pool(2);
+    pool.run(DEFS).await.unwrap();
+    let inputs: Vec<Vec<Value>> = (0..500).map(|x| vec![Value::from(x)]).collect();
+    let results = pool.map("square_unless_seventh", inputs).await;
+    assert_eq!(results.len(), 500);
+    let mut pids = std::collections::BTreeSet::new();
+    for (x, result) in results.into_iter().enumerate() {
+        if x % 7 == 0 {
+            match result {
+                Err(PyRunnerError::Python { kind, message, .. }) => {
+                    assert_eq!(kind, "ValueError");
+                    assert_eq!(message, format!("seventh: {x}"));
+                }
+                other => panic!("input {x}: expected its ValueError, got {other:?}"),
+            }
+        } else {
+            let value = result.unwrap();
+            assert_eq!(value[0], Value::from(x * x), "input {x}");
+            pids.insert(value[1].as_u64().unwrap());
+        }
+    }
+    assert_eq!(pids.len(), 2, "the calls were spread over both workers");
+}
+
+#[test]
+fn map_sync_handles_empty_input_bad_names_and_conversion_errors() {
+    let pool = pool::pool(2);
+    assert!(pool.map_sync("anything", Vec::new()).is_empty());
+    let missing = pool.map_sync("no_such_function", vec![vec![], vec![]]);
+    assert_eq!(missing.len(), 2);
+    for result in missing {
+        assert!(
+            matches!(result, Err(PyRunnerError::Python { ref kind, .. }) if kind == "NameError")
+        );
+    }
+    pool.run_sync("def back(x):\n    return x if x != 'set' else {1, 2} and object()")
+        .unwrap();
+    let results = pool.map_sync(
+        "back",
+        vec![
+            vec!["a\0b".into()],
+            vec!["set".into()],
+            vec![Value::from(u64::MAX)],
+        ],
+    );
+    assert_eq!(results[0].as_ref().unwrap(), "a\0b");
+    assert!(
+        results[1].is_ok(),
+        "an object becomes its str: {:?}",
+        results[1]
+    );
+    assert_eq!(results[2].as_ref().unwrap(), &Value::from(u64::MAX));
+}
+
+#[tokio::test]
+async fn a_map_after_stop_fails_every_item_with_stopped() {
+    let pool = pool::pool(1);
+    pool.stop().await.unwrap();
+    let results = pool.map("f", vec![vec![]; 3]).await;
+    assert!(results
+        .into_iter()
+        .all(|r| matches!(r, Err(PyRunnerError::Stopped))));
+}

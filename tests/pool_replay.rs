@@ -1,0 +1,110 @@
+//! PyPool: `run` reaches every worker, and a replaced worker gets `startup` and every run again.
+
+mod faults;
+mod pool;
+
+use async_py::{PyRunnerError, Value};
+use faults::{eventually, kill};
+use pool::{answering_pids, pids, DEFS};
+
+#[test]
+fn run_reaches_every_worker() {
+    let pool = pool::pool(3);
+    pool.run_sync(DEFS).unwrap();
+    pool.run_sync("X = 41").unwrap();
+    pool.run_sync("X += 1").unwrap();
+    pool.run_sync("def seen():\n    return [os.getpid(), X]")
+        .unwrap();
+    let mut answered = std::collections::BTreeSet::new();
+    for reply in pool.map_sync("seen", vec![Vec::new(); 60]) {
+        let reply = reply.unwrap();
+        assert_eq!(reply[1], Value::from(42), "every worker ran both runs once");
+        answered.insert(reply[0].as_u64().unwrap() as u32);
+    }
+    assert_eq!(answered, pids(&pool));
+}
+
+#[test]
+fn a_killed_worker_comes_back_with_startup_and_every_run() {
+    let pool = pool::builder(2)
+        .startup("STARTED = 'by startup'")
+        .build()
+        .unwrap();
+    pool.run_sync(DEFS).unwrap();
+    pool.run_sync("COUNT = 1").unwrap();
+    pool.run_sync("COUNT += 1\ndef state():\n    return [os.getpid(), STARTED, COUNT]")
+        .unwrap();
+    let before = pool.stats();
+    kill(before[0].pid, 9);
+    eventually("the killed worker was replaced", || {
+        let now = pool.stats();
+        now[0].restarts == 1 && now[0].pid != before[0].pid && now[0].pid != 0
+    });
+    assert_eq!(
+        pool.stats()[1].pid,
+        before[1].pid,
+        "the other worker was left alone"
+    );
+    for reply in pool.map_sync("state", vec![Vec::new(); 40]) {
+        let reply = reply.unwrap();
+        assert_eq!(reply[1], Value::from("by startup"));
+        assert_eq!(reply[2], Value::from(2), "runs replayed once, in order");
+    }
+    assert_eq!(answering_pids(&pool, 20), pids(&pool));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_fails_only_the_call_it_was_running() {
+    let pool = pool::pool(2);
+    pool.run(DEFS).await.unwrap();
+    pool.run("import time\ndef slow(i):\n    time.sleep(0.002)\n    return i\ndef crash():\n    os._exit(7)")
+        .await
+        .unwrap();
+    for round in 0..3 {
+        let others: Vec<_> = (0..40)
+            .map(|i| {
+                let pool = pool.clone();
+                tokio::spawn(async move { pool.call_function("slow", vec![i.into()]).await })
+            })
+            .collect();
+        let crashed = pool.call_function("crash", vec![]).await;
+        match crashed {
+            Err(PyRunnerError::WorkerDied { reason }) => {
+                assert!(reason.contains('7'), "the exit status is named: {reason}")
+            }
+            other => panic!("round {round}: expected WorkerDied, got {other:?}"),
+        }
+        for (i, call) in others.into_iter().enumerate() {
+            assert_eq!(
+                call.await.unwrap().unwrap(),
+                Value::from(i),
+                "round {round}"
+            );
+        }
+    }
+    let restarts: u64 = pool.stats().iter().map(|w| w.restarts).sum();
+    assert_eq!(restarts, 3);
+    assert_eq!(pool.call_function("slow", vec![5.into()]).await.unwrap(), 5);
+}
+
+#[test]
+fn a_run_that_failed_is_not_replayed() {
+    let pool = pool::pool(2);
+    pool.run_sync(DEFS).unwrap();
+    match pool.run_sync("raise ValueError('bad run')") {
+        Err(PyRunnerError::Python { kind, .. }) => assert_eq!(kind, "ValueError"),
+        other => panic!("expected the ValueError, got {other:?}"),
+    }
+    pool.run_sync("AFTER = 'kept'").unwrap();
+    let victim = pool.stats()[1].pid;
+    kill(victim, 9);
+    eventually("the worker was replaced", || {
+        let now = pool.stats()[1].pid;
+        now != victim && now != 0
+    });
+    for reply in pool.map_sync("pid", vec![Vec::new(); 20]) {
+        reply.unwrap();
+    }
+    let afters = pool.map_sync("var", vec![vec!["AFTER".into()]; 20]);
+    assert!(afters.into_iter().all(|a| a.unwrap() == "kept"));
+}

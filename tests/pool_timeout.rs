@@ -1,0 +1,49 @@
+//! PyPool timeouts: a call past its limit fails alone; its worker is replaced and the others go on.
+
+mod faults;
+mod pool;
+
+use std::time::Duration;
+
+use async_py::{PyRunnerError, Value};
+use faults::eventually;
+use pool::DEFS;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_call_times_out_while_the_other_worker_keeps_answering() {
+    let pool = pool::builder(2)
+        .timeout(Duration::from_millis(400))
+        .build()
+        .unwrap();
+    pool.run(DEFS).await.unwrap();
+    pool.run("import time\ndef stuck():\n    time.sleep(30)\nMARK = 'replayed'")
+        .await
+        .unwrap();
+    let stuck = {
+        let pool = pool.clone();
+        tokio::spawn(async move { pool.call_function("stuck", vec![]).await })
+    };
+    eventually("the stuck call is running", || {
+        pool.stats().iter().any(|w| w.busy)
+    });
+    let stuck_pid = pool.stats().into_iter().find(|w| w.busy).unwrap().pid;
+    // While it is stuck, calls keep being answered by the other worker.
+    let mut answered = 0;
+    while !stuck.is_finished() {
+        let pid = pool.call_function("pid", vec![]).await.unwrap();
+        assert_ne!(pid, Value::from(stuck_pid));
+        answered += 1;
+    }
+    assert!(answered > 0);
+    match stuck.await.unwrap() {
+        Err(PyRunnerError::Timeout(limit)) => assert_eq!(limit, Duration::from_millis(400)),
+        other => panic!("expected Timeout, got {other:?}"),
+    }
+    eventually("the stuck worker was replaced", || {
+        pool.stats().iter().map(|w| w.restarts).sum::<u64>() == 1
+            && !pool.stats().iter().any(|w| w.pid == stuck_pid)
+    });
+    assert!(!faults::is_running(stuck_pid) || faults::is_gone(stuck_pid));
+    let marks = pool.map("var", vec![vec!["MARK".into()]; 20]).await;
+    assert!(marks.into_iter().all(|m| m.unwrap() == "replayed"));
+}
