@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use async_py::{Backend, PyRunner};
+use async_py::{Backend, PyPool, PyRunner};
 use serde_json::Value;
 
 struct Row {
@@ -255,6 +255,168 @@ async fn measure(backend: Backend) -> Vec<String> {
     ]
 }
 
+/// CPU-bound pure Python: about 20 ms a call here.
+const BURN: &str = "def burn(n):\n    t = 0\n    for i in range(n):\n        t += i * i\n    return t\ndef add(a, b):\n    return a + b\n";
+const BURN_CALLS: usize = 16;
+const BURN_N: u64 = 400_000;
+
+fn pool(workers: usize) -> PyPool {
+    PyPool::builder()
+        .workers(workers)
+        .python(python_executable())
+        .build()
+        .expect("the pool starts")
+}
+
+fn pool_start(workers: usize) -> Duration {
+    let samples = (0..5)
+        .map(|_| {
+            let start = Instant::now();
+            let pool = pool(workers);
+            let took = start.elapsed();
+            pool.stop_sync().unwrap();
+            took
+        })
+        .collect();
+    median(samples)
+}
+
+/// Seconds for BURN_CALLS calls of `burn`, all sent at once.
+async fn pool_burn(pool: &PyPool) -> f64 {
+    pool.run(BURN).await.unwrap();
+    let inputs = vec![vec![Value::from(BURN_N)]; BURN_CALLS];
+    pool.map("burn", vec![vec![Value::from(1000)]; 4]).await;
+    let start = Instant::now();
+    for result in pool.map("burn", inputs).await {
+        result.unwrap();
+    }
+    start.elapsed().as_secs_f64()
+}
+
+async fn pool_callers(pool: &PyPool, callers: usize, calls: usize) -> f64 {
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..callers)
+        .map(|t| {
+            let pool = pool.clone();
+            tokio::spawn(async move {
+                for i in 0..calls {
+                    let sum = pool.call_function("add", vec![t.into(), i.into()]).await;
+                    assert_eq!(sum.unwrap(), Value::from(t + i));
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    (callers * calls) as f64 / start.elapsed().as_secs_f64()
+}
+
+async fn pool_map(pool: &PyPool, items: usize) -> f64 {
+    let inputs: Vec<Vec<Value>> = (0..items).map(|i| vec![i.into(), 1.into()]).collect();
+    let start = Instant::now();
+    let results = pool.map("add", inputs).await;
+    let rate = items as f64 / start.elapsed().as_secs_f64();
+    assert!(results.into_iter().all(|r| r.is_ok()));
+    rate
+}
+
+/// The same measures for Python's own `concurrent.futures.ProcessPoolExecutor`,
+/// run by the same interpreter: [start of 1, start of 4, burn on 1, burn on 2,
+/// 8 callers' pipelined calls per second, map items per second].
+fn process_pool_executor() -> Vec<f64> {
+    let script = format!(
+        r#"
+import concurrent.futures as cf, time, threading
+{BURN}
+def start(n):
+    t = time.perf_counter()
+    with cf.ProcessPoolExecutor(n) as ex:
+        list(ex.map(add, range(n), range(n)))
+    return time.perf_counter() - t
+def burn_on(n):
+    with cf.ProcessPoolExecutor(n) as ex:
+        list(ex.map(burn, [1000] * 4))
+        t = time.perf_counter()
+        list(ex.map(burn, [{BURN_N}] * {BURN_CALLS}))
+        return time.perf_counter() - t
+def callers(ex, n, calls):
+    def one(c):
+        futures = [ex.submit(add, c, i) for i in range(calls)]
+        for f in futures: f.result()
+    threads = [threading.Thread(target=one, args=(c,)) for c in range(n)]
+    t = time.perf_counter()
+    for th in threads: th.start()
+    for th in threads: th.join()
+    return n * calls / (time.perf_counter() - t)
+if __name__ == "__main__":
+    out = [start(1), start(4), burn_on(1), burn_on(2)]
+    with cf.ProcessPoolExecutor(2) as ex:
+        list(ex.map(add, range(100), range(100)))
+        out.append(callers(ex, 8, 500))
+        t = time.perf_counter()
+        list(ex.map(add, range(10000), range(10000)))
+        out.append(10000 / (time.perf_counter() - t))
+    print(" ".join(map(str, out)))
+"#
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ppe_bench.py");
+    std::fs::write(&path, script).unwrap();
+    let output = std::process::Command::new(python_executable())
+        .arg(&path)
+        .output()
+        .expect("python runs");
+    String::from_utf8(output.stdout)
+        .unwrap()
+        .split_whitespace()
+        .map(|n| n.parse().expect("a number"))
+        .collect()
+}
+
+async fn pool_table() {
+    let one = pool(1);
+    let burn_one = pool_burn(&one).await;
+    one.stop().await.unwrap();
+    let two = pool(2);
+    let burn_two = pool_burn(&two).await;
+    two.run("def add(a, b):\n    return a + b").await.unwrap();
+    pool_callers(&two, 8, 500).await;
+    let callers = pool_callers(&two, 8, 5000).await;
+    let mapped = pool_map(&two, 10_000).await;
+    two.stop().await.unwrap();
+    let (start_one, start_four) = (pool_start(1), pool_start(4));
+    let ppe = process_pool_executor();
+    println!("| pool measure | `PyPool` | `ProcessPoolExecutor` |");
+    println!("|---|---|---|");
+    println!(
+        "| start, 1 worker / 4 workers | {} / {} | {} / {} |",
+        micros(start_one),
+        micros(start_four),
+        micros(Duration::from_secs_f64(ppe[0])),
+        micros(Duration::from_secs_f64(ppe[1]))
+    );
+    println!(
+        "| {BURN_CALLS} CPU-bound calls (~{BURN_N} loop turns each), 1 worker / 2 workers | {:.3} s / {:.3} s ({:.2}×) | {:.3} s / {:.3} s ({:.2}×) |",
+        burn_one,
+        burn_two,
+        burn_one / burn_two,
+        ppe[2],
+        ppe[3],
+        ppe[2] / ppe[3]
+    );
+    println!(
+        "| trivial calls from 8 callers, 2 workers | {:.0}k/s | {:.1}k/s |",
+        callers / 1000.0,
+        ppe[4] / 1000.0
+    );
+    println!(
+        "| `map` over 10 000 trivial calls, 2 workers | {:.0}k items/s | {:.1}k items/s |",
+        mapped / 1000.0,
+        ppe[5] / 1000.0
+    );
+}
+
 #[tokio::main]
 async fn main() {
     let backends = [Backend::PyO3, Backend::Subprocess];
@@ -296,4 +458,6 @@ async fn main() {
         "For reference, a bare `python -c pass` starts in {} here.",
         micros(bare_python_start())
     );
+    println!();
+    pool_table().await;
 }

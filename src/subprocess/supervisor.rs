@@ -29,6 +29,10 @@ use crate::wire::{decode_message, FrameReader, FrameWriter, Message, Outcome};
 /// How long a caller that drives the child spins for its reply.
 const CALLER_SPIN: Duration = Duration::from_micros(150);
 
+/// The same for a pool's worker: its siblings need the cores more than a
+/// spinning caller does.
+const POOL_CALLER_SPIN: Duration = Duration::from_micros(50);
+
 /// How long requests are gathered into one batch after a batch of replies.
 const GATHER: Duration = Duration::from_micros(20);
 
@@ -742,6 +746,8 @@ pub(crate) struct Shared {
     /// `Core::outstanding` as of the last pump, readable without the lock.
     outstanding: AtomicUsize,
     wake: Mutex<UnixStream>,
+    /// A pool's worker.
+    pooled: bool,
 }
 
 impl Shared {
@@ -758,6 +764,7 @@ impl Shared {
             .map_err(|err| {
                 PyRunnerError::Startup(format!("could not set up the wake-up socket: {err}"))
             })?;
+        let pooled = settings.hooks.is_some();
         let core = Core::start(queue.clone(), settings)?;
         let shared = Arc::new(Shared {
             core: Mutex::new(core),
@@ -767,6 +774,7 @@ impl Shared {
             thread_needed: AtomicBool::new(false),
             outstanding: AtomicUsize::new(0),
             wake: Mutex::new(wake),
+            pooled,
         });
         queue.set_loop_wake(wake_write);
         let driver: Arc<dyn Drive> = shared.clone();
@@ -929,7 +937,11 @@ impl Drive for Shared {
     }
 
     fn spin(&self) -> Duration {
-        CALLER_SPIN
+        if self.pooled {
+            POOL_CALLER_SPIN
+        } else {
+            CALLER_SPIN
+        }
     }
 }
 
