@@ -375,17 +375,28 @@ impl CommandQueue {
 /// tasks, often on the same thread, run and queue their next calls; the
 /// holder then sends those together. Many tasks on one runtime thus cycle
 /// through the child without a thread wake-up per call.
+///
+/// A holder that returns to its executor "parks" the seat. A parked seat may
+/// be taken by any other caller: the holder's task may never be polled
+/// again soon (it sits in a `select!`, or its thread is blocked by a `_sync`
+/// call of another task), and calls must not wait for it.
 pub(crate) trait Drive: Send + Sync {
-    /// Claims the driver's seat; false if another caller has it.
-    fn try_begin(&self) -> bool;
+    /// Claims the driver's seat if it is free or parked; the holder's token.
+    fn try_begin(&self) -> Option<u64>;
+    /// Unparks the seat on the holder's next poll; false if another caller
+    /// took it meanwhile.
+    fn resume(&self, token: u64) -> bool;
+    /// Parks the seat while its holder returns to its executor.
+    fn park(&self, token: u64);
     /// Sends queued jobs and reads replies, without blocking; how many
     /// replies it handed out.
     fn drive(&self) -> usize;
-    /// Gives the seat back, waking the backend's thread if work remains.
-    /// `handed_out`: other callers were just given replies and will likely
-    /// take the seat with their next calls, so the thread is not woken just
-    /// to watch for replies (it looks on its own soon after).
-    fn end(&self, handed_out: bool);
+    /// Gives the seat back (if it is still the holder's), waking the
+    /// backend's thread if work remains. `handed_out`: other callers were
+    /// just given replies and will likely take the seat with their next
+    /// calls, so the thread is not woken just to watch for replies when it
+    /// will look on its own soon.
+    fn end(&self, token: u64, handed_out: bool);
     /// How long the driving caller spins for a reply.
     fn spin(&self) -> Duration;
 }
@@ -399,8 +410,9 @@ pub(crate) struct Submission {
     spin: bool,
     /// The backend's [`Drive`], for backends that let callers drive.
     driver: Option<Arc<dyn Drive>>,
-    /// This caller holds the driver's seat (also between polls).
-    seated: bool,
+    /// The token of the driver's seat, while this caller holds it (also
+    /// parked between polls).
+    seat: Option<u64>,
 }
 
 impl Submission {
@@ -418,7 +430,7 @@ impl Submission {
             slot,
             spin,
             driver: None,
-            seated: false,
+            seat: None,
         }
     }
 
@@ -431,19 +443,25 @@ impl Submission {
     /// polled after this one in the same task (a join of many calls) then
     /// queue their jobs before anyone spins, and go out in one write.
     fn drive(&mut self, driver: &dyn Drive, cx: &mut Context<'_>, first: bool) {
-        if !self.seated {
-            // Whoever has the seat sends this job, or hands it to the
-            // backend's thread when it leaves.
-            self.seated = driver.try_begin();
-            if !self.seated {
-                return;
+        if let Some(token) = self.seat {
+            if !driver.resume(token) {
+                self.seat = None;
             }
         }
+        if self.seat.is_none() {
+            // Whoever has the seat sends this job, or hands it to the
+            // backend's thread when it leaves.
+            self.seat = driver.try_begin();
+        }
+        let Some(token) = self.seat else {
+            return;
+        };
         if first {
             let handed_out = driver.drive();
             if self.slot.is_ready() {
                 self.leave_seat(handed_out > 1);
             } else {
+                driver.park(token);
                 cx.waker().wake_by_ref();
             }
             return;
@@ -457,6 +475,7 @@ impl Submission {
                 return;
             }
             if handed_out > 0 {
+                driver.park(token);
                 cx.waker().wake_by_ref();
                 return;
             }
@@ -469,10 +488,8 @@ impl Submission {
     }
 
     fn leave_seat(&mut self, handed_out: bool) {
-        if std::mem::take(&mut self.seated) {
-            if let Some(driver) = &self.driver {
-                driver.end(handed_out);
-            }
+        if let (Some(token), Some(driver)) = (self.seat.take(), &self.driver) {
+            driver.end(token, handed_out);
         }
     }
 }

@@ -177,6 +177,7 @@ impl PyPoolBuilder {
             next: AtomicUsize::new(0),
             max_calls: self.max_calls,
             pool,
+            stopped: AtomicBool::new(false),
         });
         let _ = inner.pool.set(Arc::downgrade(&inner));
         Ok(PyPool { inner })
@@ -225,6 +226,8 @@ struct Inner {
     max_calls: Option<u64>,
     /// This pool, for the workers' hand-back hooks.
     pool: Arc<OnceLock<Weak<Inner>>>,
+    /// `stop` was called: no more runs, no more recycles.
+    stopped: AtomicBool,
 }
 
 /// A place in the pool, held by one worker at a time (a recycled worker's
@@ -351,6 +354,7 @@ impl Inner {
             .map(Slot::current)
             .filter(|worker| !Arc::ptr_eq(&worker.state, from))
             .filter(|worker| !worker.state.restarting.load(Ordering::SeqCst))
+            .filter(|worker| !worker.retiring.load(Ordering::SeqCst))
             .collect();
         others.sort_by_key(|worker| worker.weight());
         let mut job = job;
@@ -370,6 +374,9 @@ impl Inner {
         let Some(limit) = self.max_calls else {
             return;
         };
+        if self.stopped.load(Ordering::SeqCst) {
+            return;
+        }
         if calls < limit || worker.retiring.swap(true, Ordering::SeqCst) {
             return;
         }
@@ -402,7 +409,12 @@ fn recycle(pool: Weak<Inner>, index: usize, old: Arc<Worker>) {
     };
     {
         // Runs logged after the fresh child started reach it before any call.
-        let _runs = inner.broadcasts.blocking_lock();
+        let runs = inner.broadcasts.blocking_lock();
+        if inner.stopped.load(Ordering::SeqCst) {
+            drop(runs);
+            let _ = fresh.runner.stop_sync();
+            return;
+        }
         for (index, code) in inner.log.snapshot().into_iter().enumerate() {
             if let Some(code) = code {
                 let _ = block_on(fresh.runner.send(Request::Broadcast { code, index }));
@@ -464,6 +476,9 @@ impl PyPool {
     /// replayed on later children.
     pub async fn run(&self, code: &str) -> Result<(), PyRunnerError> {
         let _runs = self.inner.broadcasts.lock().await;
+        if self.inner.stopped.load(Ordering::SeqCst) {
+            return Err(PyRunnerError::Stopped);
+        }
         let index = self.inner.log.push(code);
         let sends: Vec<_> = self
             .inner
@@ -542,6 +557,7 @@ impl PyPool {
     pub async fn stop(&self) -> Result<(), PyRunnerError> {
         self.inner.admission.close();
         let _runs = self.inner.broadcasts.lock().await;
+        self.inner.stopped.store(true, Ordering::SeqCst);
         let stops = self.inner.slots.iter().map(|slot| {
             let worker = slot.current();
             Box::pin(async move { worker.runner.stop().await })

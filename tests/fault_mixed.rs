@@ -5,6 +5,7 @@
 
 mod faults;
 
+use std::future::Future;
 use std::time::Duration;
 
 use async_py::PyRunnerError;
@@ -105,4 +106,49 @@ fn a_child_that_dies_while_idle_is_replaced_before_the_next_command() {
         json!(2),
         "the next command just runs"
     );
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_call_polled_once_and_left_does_not_hold_up_the_next() {
+    // The first call is sent and then not polled again while the task awaits
+    // another call (as in a `select!`): the second must still be answered.
+    let runner = runner();
+    runner
+        .run("import time\ndef slow():\n    time.sleep(0.05)\n    return 1")
+        .await
+        .unwrap();
+    let first = runner.call_function("slow", vec![]);
+    tokio::pin!(first);
+    std::future::poll_fn(|cx| {
+        assert!(first.as_mut().poll(cx).is_pending());
+        std::task::Poll::Ready(())
+    })
+    .await;
+    let second = tokio::time::timeout(Duration::from_secs(20), runner.eval("1 + 1"))
+        .await
+        .expect("the second call was answered");
+    assert_eq!(second.unwrap(), json!(2));
+    assert_eq!(first.await.unwrap(), json!(1));
+}
+
+#[test]
+fn threads_calling_at_once_are_all_answered() {
+    let runner = runner();
+    let (done, finished) = std::sync::mpsc::channel();
+    for thread in 0..3 {
+        let runner = runner.clone();
+        let done = done.clone();
+        std::thread::spawn(move || {
+            for i in 0..500 {
+                let got = runner.eval_sync(&format!("{thread} * 1000 + {i}")).unwrap();
+                assert_eq!(got, json!(thread * 1000 + i));
+            }
+            done.send(()).unwrap();
+        });
+    }
+    for _ in 0..3 {
+        finished
+            .recv_timeout(Duration::from_secs(30))
+            .expect("every thread got all its replies");
+    }
 }

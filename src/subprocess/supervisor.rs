@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::io::{self, Read};
 use std::os::unix::io::AsRawFd;
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, Instant};
 
@@ -63,6 +63,8 @@ pub(crate) struct Settings {
     pub startup: Option<String>,
     pub frame_limit: usize,
     pub hooks: Option<PoolHooks>,
+    /// The per-command limit, which replayed runs get too.
+    pub timeout: Option<Duration>,
 }
 
 struct Inflight {
@@ -151,11 +153,12 @@ impl Core {
             .and_then(|child| {
                 self.child = Some(child);
                 match self.settings.startup.clone() {
-                    Some(code) => self
-                        .run_at_start(&code, "the startup code")?
-                        .map_err(|err| {
-                            PyRunnerError::Startup(format!("startup code failed: {err}"))
-                        }),
+                    Some(code) => {
+                        self.run_at_start(&code, "the startup code", None)?
+                            .map_err(|err| {
+                                PyRunnerError::Startup(format!("startup code failed: {err}"))
+                            })
+                    }
                     None => Ok(()),
                 }
             })
@@ -185,8 +188,9 @@ impl Core {
             return Ok(());
         };
         let entries = hooks.log.snapshot();
+        let limit = self.settings.timeout;
         for code in entries.iter().flatten() {
-            let _ = self.run_at_start(code, "a replayed run")?;
+            let _ = self.run_at_start(code, "a replayed run", limit)?;
         }
         self.replayed = entries.len();
         Ok(())
@@ -194,11 +198,13 @@ impl Core {
 
     /// Runs code synchronously, before any queued command. The outer error
     /// is a failed start (the child died, broke the protocol or took too
-    /// long); the inner one is what the code raised.
+    /// long, `limit` or else a minute at least); the inner one is what the
+    /// code raised.
     fn run_at_start(
         &mut self,
         code: &str,
         what: &str,
+        limit: Option<Duration>,
     ) -> Result<Result<(), PyRunnerError>, PyRunnerError> {
         let id = self.take_id();
         let request = Request::Run {
@@ -209,11 +215,12 @@ impl Core {
             .request(&mut self.outgoing, id, &request, None)
             .map_err(|err| failed(err.to_string()))?;
         let deadline = Instant::now()
-            + self
-                .settings
-                .spec
-                .hello_timeout
-                .max(Duration::from_secs(60));
+            + limit.unwrap_or(
+                self.settings
+                    .spec
+                    .hello_timeout
+                    .max(Duration::from_secs(60)),
+            );
         loop {
             self.flush()
                 .map_err(|err| failed(format!("the child stopped reading: {err}")))?;
@@ -384,7 +391,9 @@ impl Core {
             return;
         }
         while let Some(job) = self.backlog.pop_front() {
-            if job.reply.is_abandoned() {
+            // A pool's run goes out even if its caller gave up: every child
+            // must hold what the others hold.
+            if job.reply.is_abandoned() && !matches!(job.request, Request::Broadcast { .. }) {
                 continue;
             }
             if self.stop_sent {
@@ -629,6 +638,12 @@ impl Core {
                 replay.push(flight.job);
                 continue;
             }
+            if let (Request::Broadcast { index, .. }, Some(hooks)) =
+                (&flight.job.request, &self.settings.hooks)
+            {
+                // A pool's run that killed its child is not replayed on the next.
+                hooks.log.blank(*index);
+            }
             let err = match &loss {
                 _ if matches!(flight.job.request, Request::Stop) => {
                     self.stop_done = Some(flight.job);
@@ -738,9 +753,14 @@ struct WaitPlan {
 pub(crate) struct Shared {
     core: Mutex<Core>,
     queue: Arc<CommandQueue>,
-    driving: AtomicBool,
+    /// The driver's seat: 0 when free, else the holder's token shifted left
+    /// by one, with the low bit set while the seat is parked.
+    seat: AtomicU64,
+    tokens: AtomicU64,
     /// The thread sleeps without watching the child's replies (a caller drives).
     blind: AtomicBool,
+    /// ... and that sleep ends within [`BLIND_LOOK`].
+    blind_bounded: AtomicBool,
     /// A caller's turn left work, a deadline or a loss for the thread.
     thread_needed: AtomicBool,
     /// `Core::outstanding` as of the last pump, readable without the lock.
@@ -769,8 +789,10 @@ impl Shared {
         let shared = Arc::new(Shared {
             core: Mutex::new(core),
             queue: queue.clone(),
-            driving: AtomicBool::new(false),
+            seat: AtomicU64::new(0),
+            tokens: AtomicU64::new(1),
             blind: AtomicBool::new(false),
+            blind_bounded: AtomicBool::new(false),
             thread_needed: AtomicBool::new(false),
             outstanding: AtomicUsize::new(0),
             wake: Mutex::new(wake),
@@ -831,16 +853,19 @@ impl Shared {
             // thread on two cores. Announce the blind spot first, then check;
             // a caller that sends or leaves the seat sees one or the other.
             self.blind.store(true, Ordering::SeqCst);
-            let watch =
-                !self.driving.load(Ordering::SeqCst) && self.outstanding.load(Ordering::SeqCst) > 0;
+            self.blind_bounded.store(false, Ordering::SeqCst);
+            let seated = self.seat.load(Ordering::SeqCst) != 0;
+            let outstanding = self.outstanding.load(Ordering::SeqCst) > 0;
+            let watch = !seated && outstanding;
             let mut limit = plan.limit;
             if watch {
                 self.blind.store(false, Ordering::SeqCst);
-            } else if self.outstanding.load(Ordering::SeqCst) > 0 {
-                // A caller that left the seat after handing out replies did
-                // not wake this thread: look again soon in case nobody took
-                // the seat after it.
+            } else if seated || outstanding {
+                // A caller that parks the seat, or leaves it after handing
+                // out replies, does not wake this thread when it sleeps
+                // bounded: look again soon in case nobody drives by then.
                 limit = Some(limit.map_or(BLIND_LOOK, |limit| limit.min(BLIND_LOOK)));
+                self.blind_bounded.store(true, Ordering::SeqCst);
             }
             let mut fds = [
                 // Unwatched, the pipe still reports a hang-up: a child that
@@ -874,8 +899,9 @@ impl Shared {
     fn spin_for_work(&self, plan: &WaitPlan) -> bool {
         let start = Instant::now();
         while start.elapsed() < THREAD_SPIN {
-            if self.driving.load(Ordering::SeqCst) {
-                return false;
+            let seat = self.seat.load(Ordering::SeqCst);
+            if seat != 0 && seat & 1 == 0 {
+                return false; // a caller drives
             }
             if self.queue.has_jobs() {
                 return true;
@@ -917,20 +943,61 @@ impl Shared {
         self.thread_needed.load(Ordering::SeqCst)
             || self.outstanding.load(Ordering::SeqCst) > 0 && self.blind.load(Ordering::SeqCst)
     }
+
+    /// The thread sleeps blind with no bound: a caller that stops driving
+    /// with calls in flight must wake it.
+    fn sleeps_unbounded(&self) -> bool {
+        self.blind.load(Ordering::SeqCst) && !self.blind_bounded.load(Ordering::SeqCst)
+    }
 }
 
 impl Drive for Shared {
-    fn try_begin(&self) -> bool {
-        !self.driving.swap(true, Ordering::SeqCst)
+    fn try_begin(&self) -> Option<u64> {
+        let token = self.tokens.fetch_add(1, Ordering::Relaxed);
+        let mut seat = self.seat.load(Ordering::SeqCst);
+        // Free, or parked by a holder that is not polling now.
+        while seat == 0 || seat & 1 == 1 {
+            match self
+                .seat
+                .compare_exchange(seat, token << 1, Ordering::SeqCst, Ordering::SeqCst)
+            {
+                Ok(_) => return Some(token),
+                Err(now) => seat = now,
+            }
+        }
+        None
+    }
+
+    fn resume(&self, token: u64) -> bool {
+        let parked = token << 1 | 1;
+        self.seat
+            .compare_exchange(parked, token << 1, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+    }
+
+    fn park(&self, token: u64) {
+        let _ = self.seat.compare_exchange(
+            token << 1,
+            token << 1 | 1,
+            Ordering::SeqCst,
+            Ordering::SeqCst,
+        );
+        if self.outstanding.load(Ordering::SeqCst) > 0 && self.sleeps_unbounded() {
+            self.queue.wake_consumer();
+        }
     }
 
     fn drive(&self) -> usize {
         self.pump_here()
     }
 
-    fn end(&self, handed_out: bool) {
-        self.driving.store(false, Ordering::SeqCst);
-        let watch = !handed_out && self.needs_watching();
+    fn end(&self, token: u64, handed_out: bool) {
+        for held in [token << 1, token << 1 | 1] {
+            let _ = self
+                .seat
+                .compare_exchange(held, 0, Ordering::SeqCst, Ordering::SeqCst);
+        }
+        let watch = self.needs_watching() && !(handed_out && !self.sleeps_unbounded());
         if self.queue.has_jobs() || self.thread_needed.load(Ordering::SeqCst) || watch {
             self.queue.wake_consumer();
         }
