@@ -997,7 +997,8 @@ impl Drive for Shared {
                 .seat
                 .compare_exchange(held, 0, Ordering::SeqCst, Ordering::SeqCst);
         }
-        let watch = self.needs_watching() && !(handed_out && !self.sleeps_unbounded());
+        // After handing out replies, a thread that looks on its own soon is left asleep.
+        let watch = (!handed_out || self.sleeps_unbounded()) && self.needs_watching();
         if self.queue.has_jobs() || self.thread_needed.load(Ordering::SeqCst) || watch {
             self.queue.wake_consumer();
         }
