@@ -261,18 +261,21 @@ const BURN_CALLS: usize = 16;
 const BURN_N: u64 = 400_000;
 
 fn pool(workers: usize) -> PyPool {
+    pool_builder(workers).build().expect("the pool starts")
+}
+
+fn pool_builder(workers: usize) -> async_py::PyPoolBuilder {
     PyPool::builder()
         .workers(workers)
         .python(python_executable())
-        .build()
-        .expect("the pool starts")
 }
 
 fn pool_start(workers: usize) -> Duration {
+    let builder = pool_builder(workers);
     let samples = (0..5)
         .map(|_| {
             let start = Instant::now();
-            let pool = pool(workers);
+            let pool = builder.clone().build().expect("the pool starts");
             let took = start.elapsed();
             pool.stop_sync().unwrap();
             took
@@ -336,7 +339,8 @@ def start(n):
     return time.perf_counter() - t
 def burn_on(n):
     with cf.ProcessPoolExecutor(n) as ex:
-        list(ex.map(burn, [1000] * 4))
+        # Calls that overlap make it start all n processes before timing.
+        list(ex.map(time.sleep, [0.2] * n))
         t = time.perf_counter()
         list(ex.map(burn, [{BURN_N}] * {BURN_CALLS}))
         return time.perf_counter() - t
@@ -352,7 +356,7 @@ def callers(ex, n, calls):
 if __name__ == "__main__":
     out = [start(1), start(4), burn_on(1), burn_on(2)]
     with cf.ProcessPoolExecutor(2) as ex:
-        list(ex.map(add, range(100), range(100)))
+        list(ex.map(time.sleep, [0.2] * 2))
         out.append(callers(ex, 8, 500))
         t = time.perf_counter()
         list(ex.map(add, range(10000), range(10000)))
@@ -375,6 +379,7 @@ if __name__ == "__main__":
 }
 
 async fn pool_table() {
+    let (start_one, start_four) = (pool_start(1), pool_start(4));
     let one = pool(1);
     let burn_one = pool_burn(&one).await;
     one.stop().await.unwrap();
@@ -385,7 +390,6 @@ async fn pool_table() {
     let callers = pool_callers(&two, 8, 5000).await;
     let mapped = pool_map(&two, 10_000).await;
     two.stop().await.unwrap();
-    let (start_one, start_four) = (pool_start(1), pool_start(4));
     let ppe = process_pool_executor();
     println!("| pool measure | `PyPool` | `ProcessPoolExecutor` |");
     println!("|---|---|---|");
@@ -419,6 +423,10 @@ async fn pool_table() {
 
 #[tokio::main]
 async fn main() {
+    if std::env::args().nth(1).as_deref() == Some("pool") {
+        pool_table().await;
+        return;
+    }
     let backends = [Backend::PyO3, Backend::Subprocess];
     let labels = [
         "start (build to ready)",
