@@ -436,60 +436,59 @@ impl Submission {
 
     /// A turn in the driver's seat, if it is free or already ours: spins
     /// until this job's reply, until replies went to other callers (then
-    /// asks to be polled again after their tasks ran), or for the backend's
-    /// spin limit (then leaves the seat and waits to be woken).
+    /// parks the seat and asks to be polled again after their tasks ran),
+    /// or for the backend's spin limit (then leaves the seat and waits to be
+    /// woken).
     ///
     /// On the first poll it only sends and asks to be polled again: futures
     /// polled after this one in the same task (a join of many calls) then
     /// queue their jobs before anyone spins, and go out in one write.
-    fn drive(&mut self, driver: &dyn Drive, cx: &mut Context<'_>, first: bool) {
-        if let Some(token) = self.seat {
+    fn drive(
+        seat: &mut Option<u64>,
+        slot: &ReplySlot,
+        driver: &dyn Drive,
+        cx: &mut Context<'_>,
+        first: bool,
+    ) {
+        if let Some(token) = *seat {
             if !driver.resume(token) {
-                self.seat = None;
+                *seat = None;
             }
         }
-        if self.seat.is_none() {
+        if seat.is_none() {
             // Whoever has the seat sends this job, or hands it to the
             // backend's thread when it leaves.
-            self.seat = driver.try_begin();
+            *seat = driver.try_begin();
         }
-        let Some(token) = self.seat else {
+        let Some(token) = *seat else {
             return;
         };
-        if first {
-            let handed_out = driver.drive();
-            if self.slot.is_ready() {
-                self.leave_seat(handed_out > 1);
-            } else {
-                driver.park(token);
-                cx.waker().wake_by_ref();
-            }
-            return;
-        }
-        let limit = driver.spin();
+        let limit = if first { Duration::ZERO } else { driver.spin() };
         let start = Instant::now();
         loop {
             let handed_out = driver.drive();
-            if self.slot.is_ready() {
-                self.leave_seat(handed_out > 1);
+            if slot.is_ready() {
+                *seat = None;
+                driver.end(token, handed_out > 1);
                 return;
             }
-            if handed_out > 0 {
+            if first || handed_out > 0 {
                 driver.park(token);
                 cx.waker().wake_by_ref();
                 return;
             }
             if start.elapsed() >= limit {
-                self.leave_seat(false);
+                *seat = None;
+                driver.end(token, false);
                 return;
             }
             std::hint::spin_loop();
         }
     }
 
-    fn leave_seat(&mut self, handed_out: bool) {
+    fn leave_seat(&mut self) {
         if let (Some(token), Some(driver)) = (self.seat.take(), &self.driver) {
-            driver.end(token, handed_out);
+            driver.end(token, false);
         }
     }
 }
@@ -519,14 +518,14 @@ impl Future for Submission {
                 }
             }
         }
-        if let Some(driver) = this.driver.clone() {
+        if let Some(driver) = &this.driver {
             if !this.slot.is_ready() {
-                this.drive(&*driver, cx, first);
+                Submission::drive(&mut this.seat, &this.slot, &**driver, cx, first);
             }
         }
         let reply = this.slot.poll_reply(cx);
         if reply.is_ready() {
-            this.leave_seat(false);
+            this.leave_seat();
         }
         reply
     }
@@ -551,7 +550,7 @@ fn spin_until_ready(slot: &ReplySlot) {
 impl Drop for Submission {
     fn drop(&mut self) {
         // Given back on every way out, unwinding included.
-        self.leave_seat(false);
+        self.leave_seat();
         if !self.slot.is_ready() {
             self.slot.abandoned.store(true, Ordering::Relaxed);
         }
