@@ -91,6 +91,8 @@ pub(crate) struct Core {
     outgoing: BytesMut,
     /// Requests in flight by id; ids grow, so this is also send order.
     inflight: BTreeMap<u64, Inflight>,
+    /// How many of them have a limit, whose clock the thread keeps.
+    timed: usize,
     /// Ids of sync requests in flight, in the order the child runs them.
     sync_line: VecDeque<u64>,
     next_id: u64,
@@ -126,6 +128,7 @@ impl Core {
             child: None,
             outgoing: BytesMut::with_capacity(64 << 10),
             inflight: BTreeMap::new(),
+            timed: 0,
             sync_line: VecDeque::new(),
             next_id: 1,
             backlog: VecDeque::new(),
@@ -313,10 +316,7 @@ impl Core {
             || !self.backlog.is_empty()
             || self.gather.is_some()
             || self.interrupting.is_some()
-            || self
-                .inflight
-                .values()
-                .any(|flight| flight.deadline.is_some())
+            || self.timed > 0
     }
 
     /// True while the batch after a multi-reply batch is still being gathered.
@@ -456,6 +456,7 @@ impl Core {
         if !is_coroutine {
             self.sync_line.push_back(id);
         }
+        self.timed += usize::from(job.timeout.is_some());
         self.inflight.insert(
             id,
             Inflight {
@@ -510,15 +511,16 @@ impl Core {
     }
 
     fn answer_frames(&mut self) -> Result<(), PyRunnerError> {
-        let mut answered = 0;
-        let result = self.answer_each_frame(&mut answered);
+        let before = self.handed_out;
+        let result = self.answer_each_frame();
+        let answered = self.handed_out - before;
         if answered >= 2 && self.sync_line.is_empty() {
             self.gather = Some((Instant::now() + GATHER, answered));
         }
         result
     }
 
-    fn answer_each_frame(&mut self, answered: &mut usize) -> Result<(), PyRunnerError> {
+    fn answer_each_frame(&mut self) -> Result<(), PyRunnerError> {
         while let Some(frame) = self.reader.next_frame()? {
             let Message::Reply { id, outcome } = decode_message(&frame)? else {
                 return Err(PyRunnerError::Protocol(
@@ -530,8 +532,8 @@ impl Core {
                     "a reply to unknown request {id}"
                 )));
             };
+            self.timed -= usize::from(done.job.timeout.is_some());
             if !done.is_coroutine {
-                *answered += 1;
                 if self.sync_line.front() == Some(&id) {
                     self.sync_line.pop_front();
                 } else {
@@ -633,6 +635,7 @@ impl Core {
         let head = interrupted.or(self.sync_line.front().copied());
         self.sync_line.clear();
         let mut replay = Vec::new();
+        self.timed = 0;
         for (id, flight) in std::mem::take(&mut self.inflight) {
             if head.is_some_and(|head| id > head) {
                 replay.push(flight.job);
@@ -728,6 +731,7 @@ impl Core {
             child.wait_for_exit(EXIT_GRACE);
             child.kill_group();
         }
+        self.timed = 0;
         for (_, flight) in std::mem::take(&mut self.inflight) {
             let reply = if matches!(flight.job.request, Request::Stop) {
                 Ok(Value::Null)
@@ -766,8 +770,8 @@ pub(crate) struct Shared {
     /// `Core::outstanding` as of the last pump, readable without the lock.
     outstanding: AtomicUsize,
     wake: Mutex<UnixStream>,
-    /// A pool's worker.
-    pooled: bool,
+    /// How long a driving caller spins for a reply.
+    caller_spin: Duration,
 }
 
 impl Shared {
@@ -784,7 +788,11 @@ impl Shared {
             .map_err(|err| {
                 PyRunnerError::Startup(format!("could not set up the wake-up socket: {err}"))
             })?;
-        let pooled = settings.hooks.is_some();
+        let caller_spin = if settings.hooks.is_some() {
+            POOL_CALLER_SPIN
+        } else {
+            CALLER_SPIN
+        };
         let core = Core::start(queue.clone(), settings)?;
         let shared = Arc::new(Shared {
             core: Mutex::new(core),
@@ -796,7 +804,7 @@ impl Shared {
             thread_needed: AtomicBool::new(false),
             outstanding: AtomicUsize::new(0),
             wake: Mutex::new(wake),
-            pooled,
+            caller_spin,
         });
         queue.set_loop_wake(wake_write);
         let driver: Arc<dyn Drive> = shared.clone();
@@ -937,17 +945,12 @@ impl Shared {
         core.handed_out - before
     }
 
-    /// The thread must wake: calls are in flight while it sleeps without
-    /// watching replies, or a caller's turn left it work or a deadline.
-    fn needs_watching(&self) -> bool {
-        self.thread_needed.load(Ordering::SeqCst)
-            || self.outstanding.load(Ordering::SeqCst) > 0 && self.blind.load(Ordering::SeqCst)
-    }
-
-    /// The thread sleeps blind with no bound: a caller that stops driving
-    /// with calls in flight must wake it.
-    fn sleeps_unbounded(&self) -> bool {
-        self.blind.load(Ordering::SeqCst) && !self.blind_bounded.load(Ordering::SeqCst)
+    /// Calls are in flight and the thread does not watch their replies: not
+    /// at all, or (`bounded_will_do` false) not even within [`BLIND_LOOK`].
+    fn replies_unwatched(&self, bounded_will_do: bool) -> bool {
+        self.outstanding.load(Ordering::SeqCst) > 0
+            && self.blind.load(Ordering::SeqCst)
+            && !(bounded_will_do && self.blind_bounded.load(Ordering::SeqCst))
     }
 }
 
@@ -982,7 +985,7 @@ impl Drive for Shared {
             Ordering::SeqCst,
             Ordering::SeqCst,
         );
-        if self.outstanding.load(Ordering::SeqCst) > 0 && self.sleeps_unbounded() {
+        if self.replies_unwatched(true) {
             self.queue.wake_consumer();
         }
     }
@@ -998,18 +1001,16 @@ impl Drive for Shared {
                 .compare_exchange(held, 0, Ordering::SeqCst, Ordering::SeqCst);
         }
         // After handing out replies, a thread that looks on its own soon is left asleep.
-        let watch = (!handed_out || self.sleeps_unbounded()) && self.needs_watching();
-        if self.queue.has_jobs() || self.thread_needed.load(Ordering::SeqCst) || watch {
+        if self.queue.has_jobs()
+            || self.thread_needed.load(Ordering::SeqCst)
+            || self.replies_unwatched(handed_out)
+        {
             self.queue.wake_consumer();
         }
     }
 
     fn spin(&self) -> Duration {
-        if self.pooled {
-            POOL_CALLER_SPIN
-        } else {
-            CALLER_SPIN
-        }
+        self.caller_spin
     }
 }
 
