@@ -6,7 +6,7 @@
 //! does its own non-blocking I/O on its own thread. A frame over the limit
 //! is refused before any room is reserved for it.
 
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, BytesMut};
 use serde_json::Value;
 use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec};
 
@@ -54,14 +54,15 @@ impl FrameReader {
 /// Frames requests into an output buffer.
 pub(crate) struct FrameWriter {
     codec: LengthDelimitedCodec,
-    scratch: Vec<u8>,
+    /// Where a request is encoded; handed to the codec without a copy.
+    scratch: BytesMut,
 }
 
 impl FrameWriter {
     pub fn new(limit: usize) -> Self {
         FrameWriter {
             codec: codec(limit),
-            scratch: Vec::with_capacity(256),
+            scratch: BytesMut::with_capacity(256),
         }
     }
 
@@ -75,7 +76,7 @@ impl FrameWriter {
         limit: Option<f64>,
     ) -> Result<(), PyRunnerError> {
         self.scratch.clear();
-        let buf = &mut self.scratch;
+        let buf = &mut (&mut self.scratch).writer();
         let encoded = match request {
             Request::Run { code } | Request::Broadcast { code, .. } => {
                 rmp_serde::encode::write(buf, &(id, "run", code))
@@ -101,7 +102,7 @@ impl FrameWriter {
         encoded.map_err(|err| {
             PyRunnerError::Conversion(format!("could not encode the request: {err}"))
         })?;
-        let frame = Bytes::copy_from_slice(&self.scratch);
+        let frame = self.scratch.split().freeze();
         self.codec
             .encode(frame, out)
             .map_err(|err| PyRunnerError::Protocol(format!("request too large to send: {err}")))
