@@ -92,9 +92,11 @@ impl PyRunnerBuilder {
         PyRunnerBuilder::default()
     }
 
+    /// Makes the runner a pool's worker (see `subprocess::PoolHooks`).
     #[cfg(feature = "subprocess")]
-    pub(crate) fn from_config(config: RunnerConfig) -> Self {
-        PyRunnerBuilder { config }
+    pub(crate) fn pool_hooks(mut self, hooks: crate::subprocess::PoolHooks) -> Self {
+        self.config.pool_hooks = Some(hooks);
+        self
     }
 
     /// CPython in this process (the default).

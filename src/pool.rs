@@ -11,7 +11,7 @@ use std::future::{poll_fn, Future};
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock, RwLock, Weak};
+use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard, Weak};
 use std::task::Poll;
 use std::thread;
 use std::time::Duration;
@@ -19,7 +19,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::sync::{Mutex as AsyncMutex, Semaphore};
 
-use crate::builder::{Backend, RunnerConfig};
+use crate::builder::PyRunnerBuilder;
 use crate::command::{block_on, Job, Reply, Request};
 use crate::error::PyRunnerError;
 use crate::runner::PyRunner;
@@ -53,7 +53,8 @@ pub struct WorkerStats {
 #[must_use = "a builder does nothing until `build` is called"]
 #[derive(Debug, Clone)]
 pub struct PyPoolBuilder {
-    config: RunnerConfig,
+    /// What every worker's runner is built from.
+    runner: PyRunnerBuilder,
     workers: usize,
     max_calls: Option<u64>,
 }
@@ -68,20 +69,20 @@ impl PyPoolBuilder {
 
     /// Run exactly this interpreter in every worker.
     pub fn python(mut self, path: impl Into<PathBuf>) -> Self {
-        self.config.python = Some(path.into());
+        self.runner = self.runner.python(path);
         self
     }
 
     /// Run the venv's own interpreter in every worker.
     pub fn venv(mut self, dir: impl Into<PathBuf>) -> Self {
-        self.config.venv = Some(dir.into());
+        self.runner = self.runner.venv(dir);
         self
     }
 
     /// Code every child runs first, before the pool's runs are replayed.
     /// If it raises, `build` fails with [`PyRunnerError::Startup`].
     pub fn startup(mut self, code: impl Into<String>) -> Self {
-        self.config.startup = Some(code.into());
+        self.runner = self.runner.startup(code);
         self
     }
 
@@ -89,7 +90,7 @@ impl PyPoolBuilder {
     /// on its worker. A call past it is stopped, that worker's child is
     /// replaced, and the other workers go on.
     pub fn timeout(mut self, limit: Duration) -> Self {
-        self.config.timeout = Some(limit);
+        self.runner = self.runner.timeout(limit);
         self
     }
 
@@ -107,26 +108,25 @@ impl PyPoolBuilder {
         key: impl Into<std::ffi::OsString>,
         value: impl Into<std::ffi::OsString>,
     ) -> Self {
-        self.config.env.push((key.into(), value.into()));
+        self.runner = self.runner.env(key, value);
         self
     }
 
     /// Start the children with no inherited environment.
     pub fn env_clear(mut self) -> Self {
-        self.config.env_clear = true;
-        self.config.env.clear();
+        self.runner = self.runner.env_clear();
         self
     }
 
     /// The children's working folder.
     pub fn current_dir(mut self, dir: impl Into<PathBuf>) -> Self {
-        self.config.current_dir = Some(dir.into());
+        self.runner = self.runner.current_dir(dir);
         self
     }
 
     /// The largest frame accepted from a child, in bytes (default 64 MiB).
     pub fn max_frame_length(mut self, bytes: usize) -> Self {
-        self.config.frame_limit = bytes;
+        self.runner = self.runner.max_frame_length(bytes);
         self
     }
 
@@ -138,11 +138,11 @@ impl PyPoolBuilder {
         let log = Arc::new(ReplayLog::default());
         let starts: Vec<_> = (0..self.workers)
             .map(|_| {
-                let config = self.config.clone();
+                let runner = self.runner.clone();
                 let (log, pool) = (log.clone(), pool.clone());
                 thread::Builder::new()
                     .name("async_py-pool-start".into())
-                    .spawn(move || Worker::start(config, log, pool))
+                    .spawn(move || Worker::start(runner, log, pool))
             })
             .collect();
         let mut workers = Vec::with_capacity(starts.len());
@@ -169,7 +169,7 @@ impl PyPoolBuilder {
         }
         let count = workers.len();
         let inner = Arc::new(Inner {
-            config: self.config,
+            runner: self.runner,
             log,
             slots: workers.into_iter().map(Slot::new).collect(),
             admission: Semaphore::new(count * ADMITTED_PER_WORKER),
@@ -215,7 +215,7 @@ impl std::fmt::Debug for PyPool {
 }
 
 struct Inner {
-    config: RunnerConfig,
+    runner: PyRunnerBuilder,
     log: Arc<ReplayLog>,
     slots: Vec<Slot>,
     admission: Semaphore,
@@ -254,22 +254,22 @@ struct Worker {
 
 impl Worker {
     fn start(
-        mut config: RunnerConfig,
+        runner: PyRunnerBuilder,
         log: Arc<ReplayLog>,
         pool: Arc<OnceLock<Weak<Inner>>>,
     ) -> Result<Worker, PyRunnerError> {
         let state = Arc::new(WorkerState::default());
         let own = state.clone();
-        config.backend = Backend::Subprocess;
-        config.pool_hooks = Some(PoolHooks {
-            log,
-            state: state.clone(),
-            hand_back: Arc::new(move |job| match pool.get().and_then(Weak::upgrade) {
-                Some(inner) => inner.place_elsewhere(job, &own),
-                None => Some(job),
-            }),
-        });
-        let runner = crate::builder::PyRunnerBuilder::from_config(config).build()?;
+        let runner = runner
+            .pool_hooks(PoolHooks {
+                log,
+                state: state.clone(),
+                hand_back: Arc::new(move |job| match pool.get().and_then(Weak::upgrade) {
+                    Some(inner) => inner.place_elsewhere(job, &own),
+                    None => Some(job),
+                }),
+            })
+            .build()?;
         Ok(Worker {
             runner,
             state,
@@ -300,11 +300,12 @@ impl Slot {
         }
     }
 
+    fn read(&self) -> RwLockReadGuard<'_, Arc<Worker>> {
+        self.worker.read().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn current(&self) -> Arc<Worker> {
-        self.worker
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.read().clone()
     }
 }
 
@@ -326,7 +327,7 @@ impl Inner {
         let mut best: Option<(usize, usize)> = None;
         for step in 0..count {
             let index = (first + step) % count;
-            let weight = self.slots[index].current().weight();
+            let weight = self.slots[index].read().weight();
             if best.is_none_or(|(_, least)| weight < least) {
                 best = Some((index, weight));
             }
@@ -337,10 +338,7 @@ impl Inner {
         let index = best.map_or(first, |(index, _)| index);
         // Counted under the read lock, so a recycle that swaps the worker
         // out (under the write lock) sees every call sent to the old one.
-        let guard = self.slots[index]
-            .worker
-            .read()
-            .unwrap_or_else(|p| p.into_inner());
+        let guard = self.slots[index].read();
         guard.load.fetch_add(1, Ordering::SeqCst);
         (index, Load(guard.clone()))
     }
@@ -398,7 +396,7 @@ fn recycle(pool: Weak<Inner>, index: usize, old: Arc<Worker>) {
     let Some(inner) = pool.upgrade() else {
         return;
     };
-    let fresh = Worker::start(inner.config.clone(), inner.log.clone(), inner.pool.clone());
+    let fresh = Worker::start(inner.runner.clone(), inner.log.clone(), inner.pool.clone());
     let fresh = match fresh {
         Ok(fresh) => Arc::new(fresh),
         Err(err) => {
@@ -438,10 +436,7 @@ impl PyPool {
     /// Configures a pool: size, interpreter, venv, startup code, limits.
     pub fn builder() -> PyPoolBuilder {
         PyPoolBuilder {
-            config: RunnerConfig {
-                backend: Backend::Subprocess,
-                ..RunnerConfig::default()
-            },
+            runner: PyRunner::builder().subprocess(),
             workers: thread::available_parallelism().map_or(1, |n| n.get()),
             max_calls: None,
         }
@@ -490,8 +485,7 @@ impl PyPool {
                     code: code.to_owned(),
                     index,
                 };
-                Box::pin(async move { worker.runner.send(request).await })
-                    as Pin<Box<dyn Future<Output = Reply> + Send>>
+                Box::pin(async move { worker.runner.send(request).await }) as BoxedCall<'_, Reply>
             })
             .collect();
         let replies = join_in_order(sends, usize::MAX).await;
@@ -543,12 +537,9 @@ impl PyPool {
     /// Calls `name` once per argument list, spread over the workers; one
     /// result per input, in input order, each failure in its own slot.
     pub async fn map(&self, name: &str, inputs: Vec<Vec<Value>>) -> Vec<Reply> {
-        let calls = inputs.into_iter().map(|args| {
-            let pool = self.clone();
-            let name = name.to_owned();
-            Box::pin(async move { pool.call_function(&name, args).await })
-                as Pin<Box<dyn Future<Output = Reply> + Send>>
-        });
+        let calls = inputs
+            .into_iter()
+            .map(|args| Box::pin(self.call_function(name, args)) as BoxedCall<'_, Reply>);
         join_in_order(calls, self.workers() * MAP_WINDOW_PER_WORKER).await
     }
 
@@ -561,7 +552,7 @@ impl PyPool {
         let stops = self.inner.slots.iter().map(|slot| {
             let worker = slot.current();
             Box::pin(async move { worker.runner.stop().await })
-                as Pin<Box<dyn Future<Output = Result<(), PyRunnerError>> + Send>>
+                as BoxedCall<'_, Result<(), PyRunnerError>>
         });
         join_in_order(stops, usize::MAX)
             .await
@@ -617,11 +608,11 @@ impl PyPool {
     }
 }
 
-type BoxedCall<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+type BoxedCall<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// Runs the futures with at most `window` in flight; their outputs in input order.
-async fn join_in_order<T>(
-    futures: impl IntoIterator<Item = BoxedCall<T>>,
+async fn join_in_order<'a, T>(
+    futures: impl IntoIterator<Item = BoxedCall<'a, T>>,
     window: usize,
 ) -> Vec<T> {
     let mut waiting = futures.into_iter().enumerate().peekable();
