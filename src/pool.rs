@@ -11,7 +11,7 @@ use std::future::{poll_fn, Future};
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard, Weak};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard, Weak};
 use std::task::Poll;
 use std::thread;
 use std::time::Duration;
@@ -178,6 +178,7 @@ impl PyPoolBuilder {
             max_calls: self.max_calls,
             pool,
             stopped: AtomicBool::new(false),
+            retired: Mutex::default(),
         });
         let _ = inner.pool.set(Arc::downgrade(&inner));
         Ok(PyPool { inner })
@@ -228,6 +229,8 @@ struct Inner {
     pool: Arc<OnceLock<Weak<Inner>>>,
     /// `stop` was called: no more runs, no more recycles.
     stopped: AtomicBool,
+    /// Workers swapped out by a recycle that still finish their calls.
+    retired: Mutex<Vec<Arc<Worker>>>,
 }
 
 /// A place in the pool, held by one worker at a time (a recycled worker's
@@ -319,6 +322,10 @@ impl Drop for Load {
 }
 
 impl Inner {
+    fn retired(&self) -> std::sync::MutexGuard<'_, Vec<Arc<Worker>>> {
+        self.retired.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// The worker for the next call, its load already counted: the first
     /// idle one from this turn's starting place, else the least loaded.
     fn pick(&self) -> (usize, Load) {
@@ -420,6 +427,7 @@ fn recycle(pool: Weak<Inner>, index: usize, old: Arc<Worker>) {
         }
         let slot = &inner.slots[index];
         *slot.worker.write().unwrap_or_else(|p| p.into_inner()) = fresh;
+        inner.retired().push(old.clone());
         slot.past_restarts.fetch_add(
             old.state.restarts.load(Ordering::SeqCst) + 1,
             Ordering::SeqCst,
@@ -430,6 +438,9 @@ fn recycle(pool: Weak<Inner>, index: usize, old: Arc<Worker>) {
         thread::sleep(RETIRE_POLL);
     }
     let _ = old.runner.stop_sync();
+    if let Some(inner) = pool.upgrade() {
+        inner.retired().retain(|worker| !Arc::ptr_eq(worker, &old));
+    }
 }
 
 impl PyPool {
@@ -549,8 +560,10 @@ impl PyPool {
         self.inner.admission.close();
         let _runs = self.inner.broadcasts.lock().await;
         self.inner.stopped.store(true, Ordering::SeqCst);
-        let stops = self.inner.slots.iter().map(|slot| {
-            let worker = slot.current();
+        // Retired workers too: their children end before `stop` returns.
+        let mut workers: Vec<_> = self.inner.slots.iter().map(Slot::current).collect();
+        workers.extend(self.inner.retired().iter().cloned());
+        let stops = workers.into_iter().map(|worker| {
             Box::pin(async move { worker.runner.stop().await })
                 as BoxedCall<'_, Result<(), PyRunnerError>>
         });

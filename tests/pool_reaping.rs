@@ -60,3 +60,28 @@ fn a_pool_that_cannot_start_says_why_and_leaves_nothing_behind() {
         .unwrap_err();
     assert!(matches!(missing, PyRunnerError::Startup(ref why) if why.contains("/no/such/python")));
 }
+
+#[test]
+fn stop_also_ends_a_worker_retired_by_a_recycle() {
+    let pool = pool::builder(2).max_calls_per_worker(1).build().unwrap();
+    pool.run_sync("import os, time\ndef nap():\n    time.sleep(0.5)\n    return os.getpid()")
+        .unwrap();
+    // One answered call starts a recycle; two naps then keep both the
+    // worker being recycled and the other one busy.
+    pool.eval_sync("1").unwrap();
+    let naps: Vec<_> = (0..2)
+        .map(|_| {
+            let pool = pool.clone();
+            std::thread::spawn(move || pool.call_function_sync("nap", vec![]))
+        })
+        .collect();
+    eventually("a worker was swapped out", || {
+        pool.stats().iter().any(|w| w.restarts > 0)
+    });
+    // The swapped-out worker still runs its nap: stop waits for it and ends it.
+    pool.stop_sync().unwrap();
+    for nap in naps {
+        let pid = nap.join().unwrap().unwrap().as_u64().unwrap() as u32;
+        assert!(is_gone(pid), "child {pid} outlived stop()");
+    }
+}
