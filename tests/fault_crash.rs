@@ -143,3 +143,25 @@ async fn coroutines_in_flight_fail_with_the_child_and_later_ones_run() {
         json!(0.01)
     );
 }
+
+#[test]
+fn a_stderr_line_without_end_is_held_in_pieces_not_whole() {
+    // 4 MiB on stderr with no newline, then death: the parent keeps only
+    // the last pieces of it, and the runner goes on.
+    let runner = runner();
+    runner
+        .run_sync("import os, sys\ndef flood():\n    sys.stderr.write('x' * (4 << 20))\n    sys.stderr.flush()\n    os._exit(5)")
+        .unwrap();
+    let reason = died(runner.call_function_sync("flood", vec![]));
+    assert!(
+        reason.contains("xxxx"),
+        "the tail is quoted: {}",
+        &reason[..80.min(reason.len())]
+    );
+    assert!(
+        reason.len() < 2 << 20,
+        "a {}-byte reason holds the whole line",
+        reason.len()
+    );
+    assert_eq!(runner.eval_sync("1 + 1").unwrap(), json!(2));
+}

@@ -23,6 +23,9 @@ use crate::wire::{decode_message, FrameReader, Hello, Message};
 /// How many of the child's last stderr lines a `WorkerDied` reason quotes.
 const STDERR_TAIL: usize = 20;
 
+/// The longest piece of a stderr line forwarded (and kept) at once.
+const STDERR_LINE: u64 = 64 << 10;
+
 /// How a child starts the worker; see the file for the arguments.
 const BOOTSTRAP: &str = include_str!("../../python/bootstrap.py");
 
@@ -412,7 +415,8 @@ fn forward_stderr(
     let mut line = Vec::new();
     loop {
         line.clear();
-        match reader.read_until(b'\n', &mut line) {
+        // A line without end is forwarded in pieces, never held whole.
+        match io::Read::take(&mut reader, STDERR_LINE).read_until(b'\n', &mut line) {
             Ok(0) | Err(_) => break,
             Ok(_) => {
                 let text = String::from_utf8_lossy(&line);
