@@ -122,7 +122,7 @@ fn check_depth(args: &[Value]) -> Result<(), PyRunnerError> {
             _ => true,
         }
     }
-    if args.iter().all(|arg| depth_ok(arg, 1)) {
+    if args.iter().all(|arg| depth_ok(arg, 0)) {
         Ok(())
     } else {
         Err(PyRunnerError::Conversion(crate::value::too_deep()))

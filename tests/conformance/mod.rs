@@ -30,6 +30,7 @@ macro_rules! conformance_suite {
                 dicts_become_objects_with_str_keys bytes_become_arrays_of_numbers
                 other_objects_become_their_str rust_values_arrive_with_python_types
                 self_containing_values_are_conversion_errors deep_values_are_conversion_errors
+                two_hundred_levels_cross_and_no_more
                 lone_surrogates_are_conversion_errors
             }
             errors {

@@ -245,3 +245,43 @@ pub async fn lone_surrogates_are_conversion_errors(runner: PyRunner) {
     ));
     assert_eq!(eval(&runner, "'ok'").await, json!("ok"));
 }
+
+/// The value table's limit is the same on every backend and both ways:
+/// 200 levels of nesting cross, 201 do not.
+pub async fn two_hundred_levels_cross_and_no_more(runner: PyRunner) {
+    let nested = |levels: usize| {
+        let mut value = json!(1);
+        for _ in 0..levels {
+            value = json!([value]);
+        }
+        value
+    };
+    runner
+        .run("def ident(x):\n    return x\ndef nest(n):\n    v = 1\n    for _ in range(n):\n        v = [v]\n    return v")
+        .await
+        .unwrap();
+    assert_eq!(
+        runner
+            .call_function("ident", vec![nested(200)])
+            .await
+            .unwrap(),
+        nested(200)
+    );
+    let outcome = runner.call_function("ident", vec![nested(201)]).await;
+    assert!(
+        matches!(outcome, Err(PyRunnerError::Conversion(_))),
+        "{outcome:?}"
+    );
+    assert_eq!(
+        runner
+            .call_function("nest", vec![json!(200)])
+            .await
+            .unwrap(),
+        nested(200)
+    );
+    let outcome = runner.call_function("nest", vec![json!(201)]).await;
+    assert!(
+        matches!(outcome, Err(PyRunnerError::Conversion(_))),
+        "{outcome:?}"
+    );
+}
