@@ -132,7 +132,8 @@ def _user_traceback(exc):
 
 
 def describe_error(exc):
-    """(class name, str(), formatted traceback) of an exception."""
+    """(class name, str(), formatted traceback) of an exception, as text
+    UTF-8 can carry (lone surrogates escaped)."""
     try:
         message = str(exc)
     except BaseException:
@@ -142,7 +143,7 @@ def describe_error(exc):
         text = "".join(lines)
     except BaseException:
         text = None
-    return type(exc).__name__, message, text
+    return _wire_text(type(exc).__name__), _wire_text(message), _wire_text(text)
 
 
 class CoroutineDriver:
@@ -1199,8 +1200,7 @@ class ChildWorker:
             self._send(b"\x93" + pack(request_id) + b"\xa2ok" + body)
 
     def _reply_error(self, request_id, exc):
-        kind, message, text = describe_error(exc)
-        self._send_reply([request_id, "err", _wire_text(kind), _wire_text(message), _wire_text(text)])
+        self._send_reply([request_id, "err", *describe_error(exc)])
 
     def _send_reply(self, reply):
         self._send(pack(reply))

@@ -134,3 +134,12 @@ pub async fn custom_exception_classes_keep_their_name(runner: PyRunner) {
         other => panic!("expected QuotaExceeded, got {other:?}"),
     }
 }
+
+pub async fn lone_surrogates_in_an_error_arrive_escaped(runner: PyRunner) {
+    let (kind, message, traceback) =
+        expect_python_error(&runner, "raise ValueError('bad \\udc80 byte')").await;
+    assert_eq!(kind, "ValueError");
+    assert_eq!(message, "bad \\udc80 byte");
+    assert!(traceback.unwrap().contains("ValueError: bad \\udc80 byte"));
+    still_works(&runner).await;
+}

@@ -37,7 +37,7 @@ macro_rules! conformance_suite {
                 exceptions_arrive_structured_with_traceback display_names_the_exception_type
                 syntax_errors_are_python_errors nul_bytes_are_errors deep_recursion_is_a_recursion_error
                 eval_of_a_statement_is_a_syntax_error system_exit_is_an_error keyboard_interrupt_is_an_error
-                custom_exception_classes_keep_their_name
+                custom_exception_classes_keep_their_name lone_surrogates_in_an_error_arrive_escaped
             }
             names {
                 dotted_names_resolve_through_attributes builtins_are_found missing_names_are_name_errors
