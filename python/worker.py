@@ -162,7 +162,6 @@ class CoroutineDriver:
         asyncio.set_event_loop(self.loop)
         self.finished = []
         self.pending = 0
-        self.closing = False
         self.turning = False
         if wake_fd is not None:
             self.loop.add_reader(wake_fd, self._on_wake, wake_fd)
@@ -213,7 +212,7 @@ class CoroutineDriver:
         """Ends the current `turn`. Outside one it does nothing: the loop may
         then be running user code's own `run_until_complete`, which a stop
         would break."""
-        if self.turning and not self.closing:
+        if self.turning:
             self.loop.stop()
 
     def turn(self, block):
@@ -230,7 +229,6 @@ class CoroutineDriver:
 
     def cancel_all(self):
         """Cancels every pending call, gives them a moment to unwind, closes the loop."""
-        self.closing = True
         tasks = [task for task in asyncio.all_tasks(self.loop) if not task.done()]
         for task in tasks:
             task.cancel()
@@ -565,8 +563,6 @@ def unpack(data):
     """
     try:
         value, end = _unpack(data, 0, 0)
-    except _TooDeep:
-        raise
     except RecursionError:  # user code lowered the recursion limit
         raise _TooDeep() from None
     except (IndexError, struct.error, UnicodeDecodeError, TypeError, ValueError) as exc:
@@ -645,10 +641,22 @@ def _run_length(data, pos, limit, run):
     """How many numbers of this run's encoding follow at `pos` (at most `limit`).
 
     The bytes at each stride are the markers while the run lasts; the first
-    one that is not ends it.
+    one that is not ends it. They are looked at in windows that grow
+    eightfold, so a short run costs a short look however many items follow.
     """
-    starts = data[pos : pos + run.stride * limit : run.stride]
-    return len(starts) - len(starts.lstrip(run.markers))
+    stride = run.stride
+    counted = 0
+    window = 8
+    while counted < limit:
+        size = min(window, limit - counted)
+        start = pos + counted * stride
+        starts = data[start : start + stride * size : stride]
+        same = len(starts) - len(starts.lstrip(run.markers))
+        counted += same
+        if same < size:
+            break
+        window *= 8
+    return counted
 
 
 def _unpack_run(data, pos, end, run):
