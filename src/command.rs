@@ -55,6 +55,7 @@ pub(crate) enum Request {
     },
     Stop,
     /// A pool's `run`: entry `index` of its replay log (see `subprocess::PoolHooks`).
+    #[cfg_attr(not(feature = "subprocess"), allow(dead_code))]
     Broadcast {
         code: String,
         index: usize,
@@ -316,7 +317,7 @@ impl CommandQueue {
 
     /// Announces that the consumer is about to block in its event loop; false
     /// (and stays awake) if a job is already waiting.
-    pub fn enter_loop_sleep(&self) -> bool {
+    fn enter_loop_sleep(&self) -> bool {
         self.sleep.store(Sleep::InLoop as u8, Ordering::SeqCst);
         if self.has_jobs() || self.is_closed() {
             self.sleep.store(Sleep::Awake as u8, Ordering::SeqCst);
@@ -325,11 +326,10 @@ impl CommandQueue {
         true
     }
 
-    pub fn leave_loop_sleep(&self) {
+    fn leave_loop_sleep(&self) {
         self.sleep.store(Sleep::Awake as u8, Ordering::SeqCst);
     }
 
-    #[cfg(feature = "subprocess")]
     /// Runs `block` (which must return once the wake socket is readable)
     /// unless a job is already waiting.
     #[cfg(unix)]

@@ -18,8 +18,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pyo3::exceptions::PyNameError;
+use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList, PyModule, PyTuple};
+use pyo3::types::{PyDict, PyModule};
 use serde_json::Value;
 
 use crate::builder::RunnerConfig;
@@ -156,11 +157,10 @@ impl<'py> Worker<'py> {
                     let queue = &self.queue;
                     self.py.detach(|| queue.wait(WORKER_SPIN));
                 } else {
-                    let block = self.queue.enter_loop_sleep();
-                    self.turn_loop(block);
-                    if block {
-                        self.queue.leave_loop_sleep();
-                    }
+                    // Blocks in the event loop until a coroutine finishes
+                    // or the queue's wake-up byte arrives.
+                    let queue = self.queue.clone();
+                    queue.wait_in_loop(|| self.turn_loop(true));
                 }
                 continue;
             }
@@ -384,7 +384,7 @@ impl<'py> Worker<'py> {
             self.next_token += 1;
             let limit = timeout.map(|d| d.as_secs_f64());
             let (scheduled, value): (bool, Bound<'py, PyAny>) = driver
-                .call_method1("start", (token, function, args, limit))
+                .call_method1(intern!(self.py, "start"), (token, function, args, limit))
                 .and_then(|r| r.extract())
                 .map_err(|err| self.python_error(err))?;
             Ok::<_, PyRunnerError>((token, scheduled, value))
@@ -403,7 +403,7 @@ impl<'py> Worker<'py> {
         let Some(driver) = self.driver.clone() else {
             return;
         };
-        let finished = match driver.call_method1("turn", (block,)) {
+        let finished = match driver.call_method1(intern!(self.py, "turn"), (block,)) {
             Ok(finished) => finished,
             Err(err) => {
                 // A failure of the loop itself: every pending call fails with it.
@@ -414,20 +414,11 @@ impl<'py> Worker<'py> {
                 return;
             }
         };
-        let Ok(finished) = finished.cast_into::<PyList>() else {
+        // `turn` returns a list of (token, ok, value).
+        let Ok(finished) = finished.extract::<Vec<(u64, bool, Bound<'py, PyAny>)>>() else {
             return;
         };
-        for outcome in finished.iter() {
-            let Ok(outcome) = outcome.cast_into::<PyTuple>() else {
-                continue;
-            };
-            let (Ok(token), Ok(ok), Ok(value)) = (
-                outcome.get_item(0).and_then(|t| t.extract::<u64>()),
-                outcome.get_item(1).and_then(|t| t.extract::<bool>()),
-                outcome.get_item(2),
-            ) else {
-                continue;
-            };
+        for (token, ok, value) in finished {
             let Some(waiting) = self.awaiting.remove(&token) else {
                 continue;
             };
