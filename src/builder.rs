@@ -111,7 +111,8 @@ impl PyRunnerBuilder {
         self
     }
 
-    /// RustPython, no CPython at all.
+    /// RustPython, no CPython at all. This version of the crate has no
+    /// RustPython backend: `build` gives [`PyRunnerError::Unsupported`].
     pub fn rustpython(mut self) -> Self {
         self.config.backend = Backend::RustPython;
         self
@@ -180,6 +181,12 @@ impl PyRunnerBuilder {
             Backend::PyO3 => crate::pyo3_backend::spawn(&config, queue.clone())?,
             #[cfg(feature = "subprocess")]
             Backend::Subprocess => crate::subprocess::spawn(&config, queue.clone())?,
+            Backend::RustPython => {
+                return Err(PyRunnerError::Unsupported(
+                    "this version of async_py has no RustPython backend".into(),
+                ))
+            }
+            #[allow(unreachable_patterns)] // both backends compiled in
             other => {
                 return Err(PyRunnerError::Unsupported(format!(
                     "the {other:?} backend is not compiled in: enable the `{}` feature of async_py",

@@ -422,3 +422,24 @@ async fn timeout_replaces_the_child_and_the_next_command_runs() {
     let second = runner.eval("__import__('os').getpid()").await.unwrap();
     assert_ne!(first, second, "the stuck child was replaced");
 }
+
+#[test]
+fn a_backend_that_is_not_there_is_unsupported_and_says_why() {
+    match async_py::PyRunner::builder().rustpython().build() {
+        Err(async_py::PyRunnerError::Unsupported(why)) => {
+            assert!(why.contains("RustPython"), "{why}")
+        }
+        other => panic!("expected Unsupported, got {other:?}"),
+    }
+    let in_process = async_py::PyRunner::builder().pyo3().build();
+    if cfg!(feature = "pyo3") {
+        assert!(in_process.is_ok());
+    } else {
+        match in_process {
+            Err(async_py::PyRunnerError::Unsupported(why)) => {
+                assert!(why.contains("`pyo3` feature"), "{why}")
+            }
+            other => panic!("expected Unsupported, got {other:?}"),
+        }
+    }
+}
