@@ -26,6 +26,10 @@ pub(crate) fn int_too_large(bits: u64) -> String {
     format!("int of {bits} bits does not fit in a 64-bit integer (i64 or u64)")
 }
 
+#[cfg(feature = "pyo3")]
+/// The message of a `Conversion` error for a `str` UTF-8 cannot carry.
+pub(crate) const LONE_SURROGATE: &str = "str holds a lone surrogate, which UTF-8 cannot carry";
+
 pub(crate) fn too_deep() -> String {
     format!("value nests deeper than {MAX_DEPTH} levels (or contains itself)")
 }

@@ -9,7 +9,7 @@ use pyo3::types::{
 use serde_json::{Map, Number, Value};
 
 use crate::error::PyRunnerError;
-use crate::value::{int_too_large, too_deep, MAX_DEPTH};
+use crate::value::{int_too_large, too_deep, LONE_SURROGATE, MAX_DEPTH};
 
 /// Either a Python exception raised while converting (by `str()` of an
 /// object, say) or a value with no faithful form.
@@ -45,14 +45,7 @@ fn to_value_at(obj: &Bound<'_, PyAny>, depth: usize) -> Result<Value, ToValueErr
         return Ok(Number::from_f64(float.value()).map_or(Value::Null, Value::Number));
     }
     if let Ok(s) = obj.cast::<PyString>() {
-        return s
-            .to_str()
-            .map(|s| Value::String(s.to_owned()))
-            .map_err(|_| {
-                ToValueError::Conversion(
-                    "str holds a lone surrogate, which UTF-8 cannot carry".into(),
-                )
-            });
+        return utf8(s).map(Value::String);
     }
     if let Ok(list) = obj.cast::<PyList>() {
         return array_of(list.iter(), depth);
@@ -64,8 +57,8 @@ fn to_value_at(obj: &Bound<'_, PyAny>, depth: usize) -> Result<Value, ToValueErr
         let mut map = Map::with_capacity(dict.len());
         for (key, item) in dict.iter() {
             let key = match key.cast::<PyString>() {
-                Ok(s) => s.to_cow()?.into_owned(),
-                Err(_) => key.str()?.to_cow()?.into_owned(),
+                Ok(s) => utf8(s)?,
+                Err(_) => utf8(&key.str()?)?,
             };
             map.insert(key, to_value_at(&item, depth + 1)?);
         }
@@ -83,7 +76,15 @@ fn to_value_at(obj: &Bound<'_, PyAny>, depth: usize) -> Result<Value, ToValueErr
     if let Ok(bytes) = obj.cast::<PyByteArray>() {
         return Ok(bytes_to_value(&bytes.to_vec()));
     }
-    Ok(Value::String(obj.str()?.to_cow()?.into_owned()))
+    utf8(&obj.str()?).map(Value::String)
+}
+
+/// The text of a `str` (a dict key, or `str()` of an object, too); one that
+/// UTF-8 cannot carry is a `Conversion` error, as in the child.
+fn utf8(s: &Bound<'_, PyString>) -> Result<String, ToValueError> {
+    s.to_str()
+        .map(str::to_owned)
+        .map_err(|_| ToValueError::Conversion(LONE_SURROGATE.into()))
 }
 
 fn array_of<'py>(

@@ -285,3 +285,18 @@ pub async fn two_hundred_levels_cross_and_no_more(runner: PyRunner) {
         "{outcome:?}"
     );
 }
+
+pub async fn lone_surrogates_in_keys_and_str_are_conversion_errors(runner: PyRunner) {
+    runner
+        .run("class Odd:\n    def __str__(self):\n        return '\\udc80'")
+        .await
+        .unwrap();
+    for expr in ["{'\\ud800': 1}", "{Odd(): 1}", "Odd()"] {
+        let outcome = runner.eval(expr).await;
+        assert!(
+            matches!(outcome, Err(PyRunnerError::Conversion(_))),
+            "{expr}: {outcome:?}"
+        );
+    }
+    assert_eq!(eval(&runner, "{'ok': 1}").await, json!({"ok": 1}));
+}
