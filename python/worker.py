@@ -350,13 +350,14 @@ def _pack(obj, out, depth):
 def _pack_other(obj, out, depth):
     """Subclasses of the table's types, sets, bytes, and everything else."""
     # The same order as the table: bool is caught by _pack, int comes before float.
+    # A subclass's stored value, not what its own __int__, __float__ or
+    # __str__ (a str Enum) would say: the in-process backend reads the same.
     if isinstance(obj, int):
-        _pack_int(int(obj), out)
+        _pack_int(int.__int__(obj), out)
     elif isinstance(obj, float):
-        _pack(float(obj), out, depth)
+        _pack(float.__float__(obj), out, depth)
     elif isinstance(obj, str):
-        # The characters themselves, not the subclass's own __str__ (a str Enum).
-        _pack_str(str.__str__(obj), out)
+        _pack_str(obj, out)
     elif isinstance(obj, (list, tuple)):
         _pack_array(obj, out, depth)
     elif isinstance(obj, dict):
@@ -366,7 +367,7 @@ def _pack_other(obj, out, depth):
     elif isinstance(obj, (bytes, bytearray)):
         _pack_bytes(obj, out)
     else:
-        _pack_str(str.__str__(str(obj)), out)
+        _pack_str(str(obj), out)
 
 
 def _pack_int(value, out):
@@ -397,9 +398,12 @@ def _pack_int(value, out):
         raise ConversionError(_int_too_large(value))
 
 
+_encode_str = str.encode
+
+
 def _pack_str(text, out):
     try:
-        data = text.encode("utf-8")
+        data = _encode_str(text, "utf-8")  # a subclass's characters, whatever its own encode does
     except UnicodeEncodeError:
         raise ConversionError(_LONE_SURROGATE) from None
     size = len(data)
@@ -451,12 +455,7 @@ def _pack_map(mapping, out, depth):
         raise ConversionError(_TOO_DEEP)
     depth += 1
     for key, item in mapping.items():
-        if type(key) is str:
-            _pack_str(key, out)
-        elif isinstance(key, str):
-            _pack_str(str.__str__(key), out)
-        else:
-            _pack_str(str(key), out)
+        _pack_str(key if isinstance(key, str) else str(key), out)
         _pack(item, out, depth)
 
 

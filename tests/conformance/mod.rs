@@ -32,6 +32,7 @@ macro_rules! conformance_suite {
                 self_containing_values_are_conversion_errors deep_values_are_conversion_errors
                 two_hundred_levels_cross_and_no_more
                 lone_surrogates_are_conversion_errors lone_surrogates_in_keys_and_str_are_conversion_errors
+                subclasses_cross_as_the_value_they_hold
             }
             errors {
                 exceptions_arrive_structured_with_traceback display_names_the_exception_type

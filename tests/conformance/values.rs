@@ -300,3 +300,22 @@ pub async fn lone_surrogates_in_keys_and_str_are_conversion_errors(runner: PyRun
     }
     assert_eq!(eval(&runner, "{'ok': 1}").await, json!({"ok": 1}));
 }
+
+/// Subclasses of int, float and str cross as the value they hold, whatever
+/// their own `__int__`, `__float__`, `__str__` or `encode` say.
+pub async fn subclasses_cross_as_the_value_they_hold(runner: PyRunner) {
+    runner
+        .run(concat!(
+            "class I(int):\n    def __int__(self):\n        return 99\n",
+            "class F(float):\n    def __float__(self):\n        return 9.5\n",
+            "class S(str):\n    def __str__(self):\n        return 'other'\n",
+            "    def encode(self, *a):\n        return b'HACK'\n",
+            "class K:\n    def __str__(self):\n        return S('key')\n",
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        eval(&runner, "[I(5), F(1.5), S('text'), {S('k'): 1, K(): 2}]").await,
+        json!([5, 1.5, "text", {"k": 1, "key": 2}])
+    );
+}
