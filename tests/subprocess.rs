@@ -443,3 +443,17 @@ fn a_backend_that_is_not_there_is_unsupported_and_says_why() {
         }
     }
 }
+
+#[test]
+fn startup_code_larger_than_the_pipe_goes_out_whole() {
+    // 3 MiB of startup code: more than the request pipe holds at once.
+    let code = format!("BIG = 'yes'\n#{}\n", "x".repeat(3 << 20));
+    let runner = PyRunner::builder()
+        .subprocess()
+        .python(conformance::base_python())
+        .startup(code)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("a large startup runs");
+    assert_eq!(runner.eval_sync("BIG").unwrap(), "yes");
+}

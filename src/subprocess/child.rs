@@ -17,6 +17,8 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use bytes::BytesMut;
+
 use crate::error::PyRunnerError;
 use crate::wire::{decode_message, FrameReader, Hello, Message};
 
@@ -137,40 +139,72 @@ impl ChildProcess {
     }
 
     fn await_hello(&mut self, reader: &mut FrameReader, limit: Duration) -> Result<Hello, String> {
-        let deadline = Instant::now() + limit;
-        // What the child wrote first, to quote if it is not a hello.
-        let mut seen = String::new();
+        let frame = self.next_frame(reader, Instant::now() + limit);
+        // What the child wrote, to quote if it is not a hello: a frame the
+        // codec refused, or a partial one, is still in the buffer.
+        let seen = |reader: &mut FrameReader| {
+            let buffered = reader.buffer();
+            String::from_utf8_lossy(&buffered[..buffered.len().min(120)]).into_owned()
+        };
+        match frame {
+            Ok(frame) => match decode_message(&frame) {
+                Ok(Message::Hello(hello)) => Ok(hello),
+                Ok(Message::Reply { .. }) => Err("its first frame was not a hello".into()),
+                Err(err) => Err(format!(
+                    "{err}; its stdout began with {:?}",
+                    String::from_utf8_lossy(&frame[..frame.len().min(120)])
+                )),
+            },
+            Err(NoFrame::Bad(err)) => {
+                Err(format!("{err}; its stdout began with {:?}", seen(reader)))
+            }
+            Err(NoFrame::Late) => Err(format!("no hello within {limit:?}")),
+            Err(NoFrame::Closed) if reader.buffer().is_empty() => {
+                Err("it closed its stdout without a word".into())
+            }
+            Err(NoFrame::Closed) => Err(format!(
+                "it closed its stdout after writing {:?}",
+                seen(reader)
+            )),
+            Err(NoFrame::Io(err)) => Err(format!("reading its stdout failed: {err}")),
+        }
+    }
+
+    /// Waits until `deadline` for the child's next frame, reading its stdout.
+    pub fn next_frame(
+        &mut self,
+        reader: &mut FrameReader,
+        deadline: Instant,
+    ) -> Result<BytesMut, NoFrame> {
         loop {
-            match reader.next_frame() {
-                Ok(Some(frame)) => {
-                    return match decode_message(&frame) {
-                        Ok(Message::Hello(hello)) => Ok(hello),
-                        Ok(Message::Reply { .. }) => Err("its first frame was not a hello".into()),
-                        Err(err) => Err(format!("{err}; its stdout began with {seen:?}")),
-                    }
-                }
-                Ok(None) => {}
-                Err(err) => return Err(format!("{err}; its stdout began with {seen:?}")),
+            if let Some(frame) = reader.next_frame().map_err(NoFrame::Bad)? {
+                return Ok(frame);
             }
             let now = Instant::now();
             if now >= deadline {
-                return Err(format!("no hello within {limit:?}"));
+                return Err(NoFrame::Late);
             }
             wait_readable(self.stdout.as_raw_fd(), Some(deadline - now));
             match read_some(&mut self.stdout, reader) {
-                Ok(0) if seen.is_empty() => {
-                    return Err("it closed its stdout without a word".into())
-                }
-                Ok(0) => return Err(format!("it closed its stdout after writing {seen:?}")),
-                Ok(_) => {
-                    let buffered = reader.buffer();
-                    seen =
-                        String::from_utf8_lossy(&buffered[..buffered.len().min(120)]).into_owned();
-                }
+                Ok(0) => return Err(NoFrame::Closed),
+                Ok(_) => {}
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
-                Err(err) => return Err(format!("reading its stdout failed: {err}")),
+                Err(err) => return Err(NoFrame::Io(err)),
             }
         }
+    }
+
+    /// Waits until `deadline` for room in the request pipe.
+    pub fn wait_writable(&self, deadline: Instant) {
+        let mut fds = [libc::pollfd {
+            fd: self.requests_fd(),
+            events: libc::POLLOUT,
+            revents: 0,
+        }];
+        poll(
+            &mut fds,
+            Some(deadline.saturating_duration_since(Instant::now())),
+        );
     }
 
     /// Writes request bytes without blocking.
@@ -252,6 +286,17 @@ impl Drop for ChildProcess {
     fn drop(&mut self) {
         self.kill_group();
     }
+}
+
+/// Why [`ChildProcess::next_frame`] has no frame.
+pub(crate) enum NoFrame {
+    /// The deadline passed.
+    Late,
+    /// The child closed its stdout: it is dead or dying.
+    Closed,
+    Io(io::Error),
+    /// Bytes that are not a frame.
+    Bad(PyRunnerError),
 }
 
 /// Where children cache the compiled worker: `$XDG_CACHE_HOME/async_py`

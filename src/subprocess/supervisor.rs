@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, BytesMut};
 use serde_json::Value;
 
-use super::child::{poll, read_some, wait_readable, ChildProcess, LaunchSpec};
+use super::child::{poll, read_some, ChildProcess, LaunchSpec, NoFrame};
 use super::PoolHooks;
 use crate::command::{CommandQueue, Drive, Job, Request};
 use crate::error::PyRunnerError;
@@ -224,38 +224,45 @@ impl Core {
                     .hello_timeout
                     .max(Duration::from_secs(60)),
             );
+        let late = || failed("did not finish in time".into());
+        // The whole request first: code larger than the pipe goes out as
+        // the child reads it.
         loop {
             self.flush()
                 .map_err(|err| failed(format!("the child stopped reading: {err}")))?;
-            while let Some(frame) = self
-                .reader
-                .next_frame()
-                .map_err(|e| failed(e.to_string()))?
-            {
-                let message = decode_message(&frame).map_err(|e| failed(e.to_string()))?;
-                if let Message::Reply { id: got, outcome } = message {
-                    if got == id {
-                        return match outcome {
-                            Outcome::Done(done) => Ok(done.map(drop)),
-                            Outcome::TimedOut => Err(failed("timed out".into())),
-                        };
-                    }
-                }
+            if self.outgoing.is_empty() {
+                break;
             }
-            let now = Instant::now();
-            if now >= deadline {
-                return Err(failed("did not finish in time".into()));
+            if Instant::now() >= deadline {
+                return Err(late());
             }
-            let child = self.child.as_mut().expect("started above");
-            wait_readable(child.stdout.as_raw_fd(), Some(deadline - now));
-            match read_some(&mut child.stdout, &mut self.reader) {
-                Ok(0) => {
+            self.child
+                .as_ref()
+                .expect("started above")
+                .wait_writable(deadline);
+        }
+        let child = self.child.as_mut().expect("started above");
+        loop {
+            let frame = match child.next_frame(&mut self.reader, deadline) {
+                Ok(frame) => frame,
+                Err(NoFrame::Late) => return Err(late()),
+                Err(NoFrame::Closed) => {
                     let reason = child.kill_and_describe();
                     return Err(failed(format!("the child died running it: {reason}")));
                 }
-                Ok(_) => {}
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
-                Err(err) => return Err(failed(format!("reading from the child failed: {err}"))),
+                Err(NoFrame::Io(err)) => {
+                    return Err(failed(format!("reading from the child failed: {err}")))
+                }
+                Err(NoFrame::Bad(err)) => return Err(failed(err.to_string())),
+            };
+            let message = decode_message(&frame).map_err(|e| failed(e.to_string()))?;
+            if let Message::Reply { id: got, outcome } = message {
+                if got == id {
+                    return match outcome {
+                        Outcome::Done(done) => Ok(done.map(drop)),
+                        Outcome::TimedOut => Err(failed("timed out".into())),
+                    };
+                }
             }
         }
     }
