@@ -588,17 +588,17 @@ impl PyPool {
 
     /// Blocking twin of [`run`](Self::run).
     pub fn run_sync(&self, code: &str) -> Result<(), PyRunnerError> {
-        block_on(self.run(code))
+        block_on_pool(self.run(code))
     }
 
     /// Blocking twin of [`eval`](Self::eval).
     pub fn eval_sync(&self, expr: &str) -> Result<Value, PyRunnerError> {
-        block_on(self.eval(expr))
+        block_on_pool(self.eval(expr))
     }
 
     /// Blocking twin of [`call_function`](Self::call_function).
     pub fn call_function_sync(&self, name: &str, args: Vec<Value>) -> Result<Value, PyRunnerError> {
-        block_on(self.call_function(name, args))
+        block_on_pool(self.call_function(name, args))
     }
 
     /// Blocking twin of [`call_async_function`](Self::call_async_function).
@@ -607,18 +607,27 @@ impl PyPool {
         name: &str,
         args: Vec<Value>,
     ) -> Result<Value, PyRunnerError> {
-        block_on(self.call_async_function(name, args))
+        block_on_pool(self.call_async_function(name, args))
     }
 
     /// Blocking twin of [`map`](Self::map).
     pub fn map_sync(&self, name: &str, inputs: Vec<Vec<Value>>) -> Vec<Reply> {
-        block_on(self.map(name, inputs))
+        block_on_pool(self.map(name, inputs))
     }
 
     /// Blocking twin of [`stop`](Self::stop).
     pub fn stop_sync(&self) -> Result<(), PyRunnerError> {
-        block_on(self.stop())
+        block_on_pool(self.stop())
     }
+}
+
+/// [`block_on`] for the pool's twins. The pool waits on tokio's semaphore
+/// and mutex, which count their polls against the budget of the tokio task
+/// they run in and, once it is spent, ask to be polled later; a twin called
+/// inside a task never hands back to the runtime to refill it, so without
+/// this it would spin there.
+fn block_on_pool<F: Future>(future: F) -> F::Output {
+    block_on(tokio::task::unconstrained(future))
 }
 
 type BoxedCall<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

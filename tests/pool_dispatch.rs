@@ -145,3 +145,18 @@ fn stats_name_each_worker() {
     );
     assert_eq!(pool.stats().iter().map(|w| w.calls).sum::<u64>(), 30);
 }
+
+#[tokio::test]
+async fn sync_twins_work_inside_a_runtime_task_many_times_over() {
+    // Blocking twins called from a runtime's own task: tokio's per-task
+    // budget for its sync primitives runs out and must not spin the caller.
+    let pool = pool::pool(1);
+    pool.run_sync("def one():\n    return 1").unwrap();
+    for _ in 0..1000 {
+        assert_eq!(
+            pool.call_function_sync("one", vec![]).unwrap(),
+            Value::from(1)
+        );
+    }
+    pool.stop_sync().unwrap();
+}
