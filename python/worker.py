@@ -50,12 +50,24 @@ def new_globals():
     return {"__name__": "__main__", "__builtins__": builtins}
 
 
+def _compile_without_nul(source, filename, mode):
+    if (b"\0" if isinstance(source, bytes) else "\0") in source:
+        raise ValueError("source code string cannot contain null bytes")
+    return compile(source, filename, mode)
+
+
+# RustPython's parser calls a NUL byte plain invalid syntax; this says what
+# CPython up to 3.11 says (3.12 raises SyntaxError with the same message).
+# CPython keeps its own check and pays nothing for this one.
+_compile = _compile_without_nul if sys.implementation.name == "rustpython" else compile
+
+
 def run_code(code, namespace):
-    exec(compile(code, "<string>", "exec"), namespace)
+    exec(_compile(code, "<string>", "exec"), namespace)
 
 
 def eval_expr(expr, namespace):
-    return eval(compile(expr, "<string>", "eval"), namespace)
+    return eval(_compile(expr, "<string>", "eval"), namespace)
 
 
 def run_file(path, namespace):
@@ -68,7 +80,7 @@ def run_file(path, namespace):
         sys.path.remove(folder)
     sys.path.insert(0, folder)
     namespace["__file__"] = path
-    exec(compile(source, path, "exec"), namespace)
+    exec(_compile(source, path, "exec"), namespace)
 
 
 def resolve(name, namespace):
@@ -99,12 +111,16 @@ def venv_site_packages(venv):
         if os.path.isdir(exact):
             return exact
     found = []
+    seen = set()
     for lib in ("lib", "lib64"):
         lib_dir = os.path.join(venv, lib)
         if os.path.isdir(lib_dir):
             for entry in sorted(os.listdir(lib_dir)):
                 candidate = os.path.join(lib_dir, entry, "site-packages")
-                if entry.startswith("python") and os.path.isdir(candidate):
+                # lib64 is often a link to lib: name each folder once, by lib.
+                real = os.path.realpath(candidate)
+                if entry.startswith("python") and os.path.isdir(candidate) and real not in seen:
+                    seen.add(real)
                     found.append(candidate)
     if not found:
         raise FileNotFoundError("no site-packages folder in venv: %s" % venv)
