@@ -17,6 +17,8 @@ mod runner;
 #[cfg(feature = "subprocess")]
 mod subprocess;
 mod value;
+#[cfg(any(feature = "pyo3", feature = "rustpython"))]
+mod watchdog;
 #[cfg(feature = "subprocess")]
 mod wire;
 

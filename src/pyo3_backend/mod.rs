@@ -26,8 +26,9 @@ use serde_json::Value;
 use crate::builder::RunnerConfig;
 use crate::command::{start_backend_thread, CommandQueue, Job, Reply, Request, Responder};
 use crate::error::PyRunnerError;
+use crate::watchdog::Watchdog;
 use convert::{to_args, to_value, ToValueError};
-use watchdog::Watchdog;
+use watchdog::AsyncExc;
 
 /// How long the worker spins for the next command before it parks.
 const WORKER_SPIN: Duration = Duration::from_micros(100);
@@ -72,7 +73,7 @@ struct Worker<'py> {
     wake_read: Option<UnixStream>,
     awaiting: HashMap<u64, Awaiting>,
     next_token: u64,
-    watchdog: Option<Arc<Watchdog>>,
+    watchdog: Option<Arc<Watchdog<AsyncExc>>>,
 }
 
 /// Functions of `python/worker.py`, looked up once.
@@ -224,7 +225,7 @@ impl<'py> Worker<'py> {
         };
         let outcome = self.run_request(request);
         if let Some(watchdog) = watchdog {
-            watchdog.disarm(self.py);
+            watchdog::disarm(&watchdog, self.py);
         }
         reply.send(outcome);
     }
@@ -329,7 +330,7 @@ impl<'py> Worker<'py> {
         }
     }
 
-    fn watchdog(&mut self) -> Result<Arc<Watchdog>, PyRunnerError> {
+    fn watchdog(&mut self) -> Result<Arc<Watchdog<AsyncExc>>, PyRunnerError> {
         if let Some(watchdog) = &self.watchdog {
             return Ok(watchdog.clone());
         }
@@ -338,7 +339,7 @@ impl<'py> Worker<'py> {
             .module
             .getattr("RunnerTimeout")
             .map_err(|err| self.python_error(err))?;
-        let watchdog = Watchdog::start(exception.unbind()).map_err(|err| {
+        let watchdog = watchdog::start(exception.unbind()).map_err(|err| {
             PyRunnerError::Startup(format!("could not start the watchdog thread: {err}"))
         })?;
         self.watchdog = Some(watchdog.clone());
