@@ -111,8 +111,7 @@ impl PyRunnerBuilder {
         self
     }
 
-    /// RustPython, no CPython at all. This version of the crate has no
-    /// RustPython backend: `build` gives [`PyRunnerError::Unsupported`].
+    /// RustPython in this process: no CPython at all (feature `rustpython`).
     pub fn rustpython(mut self) -> Self {
         self.config.backend = Backend::RustPython;
         self
@@ -181,12 +180,9 @@ impl PyRunnerBuilder {
             Backend::PyO3 => crate::pyo3_backend::spawn(&config, queue.clone())?,
             #[cfg(feature = "subprocess")]
             Backend::Subprocess => crate::subprocess::spawn(&config, queue.clone())?,
-            Backend::RustPython => {
-                return Err(PyRunnerError::Unsupported(
-                    "this version of async_py has no RustPython backend".into(),
-                ))
-            }
-            #[allow(unreachable_patterns)] // both backends compiled in
+            #[cfg(feature = "rustpython")]
+            Backend::RustPython => crate::rustpython_backend::spawn(&config, queue.clone())?,
+            #[allow(unreachable_patterns)] // every backend compiled in
             other => {
                 return Err(PyRunnerError::Unsupported(format!(
                     "the {other:?} backend is not compiled in: enable the `{}` feature of async_py",

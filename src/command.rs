@@ -46,6 +46,7 @@ pub(crate) enum Request {
         name: String,
         args: Vec<Value>,
     },
+    #[cfg_attr(not(any(feature = "pyo3", feature = "subprocess")), allow(dead_code))]
     CallAsyncFunction {
         name: String,
         args: Vec<Value>,
@@ -269,7 +270,7 @@ impl CommandQueue {
         self.queued.load(Ordering::SeqCst) > 0
     }
 
-    #[cfg(feature = "pyo3")]
+    #[cfg(any(feature = "pyo3", feature = "rustpython"))]
     /// Registers the thread that consumes this queue; call it from that thread.
     pub fn set_consumer(&self) {
         let _ = self.consumer.set(thread::current());
@@ -277,11 +278,12 @@ impl CommandQueue {
 
     /// Registers the socket an event loop watches while it waits (see [`Sleep::InLoop`]).
     #[cfg(unix)]
+    #[cfg(any(feature = "pyo3", feature = "subprocess"))]
     pub fn set_loop_wake(&self, wake: std::os::unix::net::UnixStream) {
         let _ = self.loop_wake.set(wake);
     }
 
-    #[cfg(feature = "pyo3")]
+    #[cfg(any(feature = "pyo3", feature = "rustpython"))]
     /// Spins for `spin`, then parks the calling (consumer) thread until a job
     /// arrives or the queue closes.
     pub fn wait(&self, spin: Duration) {
@@ -298,7 +300,7 @@ impl CommandQueue {
         }
     }
 
-    #[cfg(feature = "pyo3")]
+    #[cfg(any(feature = "pyo3", feature = "rustpython"))]
     /// Spins up to `spin` for a job; true if one came.
     pub fn spin_for_jobs(&self, spin: Duration) -> bool {
         let start = Instant::now();
@@ -317,6 +319,7 @@ impl CommandQueue {
 
     /// Announces that the consumer is about to block in its event loop; false
     /// (and stays awake) if a job is already waiting.
+    #[cfg(any(feature = "pyo3", feature = "subprocess"))]
     fn enter_loop_sleep(&self) -> bool {
         self.sleep.store(Sleep::InLoop as u8, Ordering::SeqCst);
         if self.has_jobs() || self.is_closed() {
@@ -326,6 +329,7 @@ impl CommandQueue {
         true
     }
 
+    #[cfg(any(feature = "pyo3", feature = "subprocess"))]
     fn leave_loop_sleep(&self) {
         self.sleep.store(Sleep::Awake as u8, Ordering::SeqCst);
     }
@@ -333,6 +337,7 @@ impl CommandQueue {
     /// Runs `block` (which must return once the wake socket is readable)
     /// unless a job is already waiting.
     #[cfg(unix)]
+    #[cfg(any(feature = "pyo3", feature = "subprocess"))]
     pub fn wait_in_loop(&self, block: impl FnOnce()) {
         if self.enter_loop_sleep() {
             block();

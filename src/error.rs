@@ -42,7 +42,7 @@ pub enum PyRunnerError {
 }
 
 impl PyRunnerError {
-    #[cfg(feature = "pyo3")]
+    #[cfg(any(feature = "pyo3", feature = "rustpython"))]
     /// Shorthand for a Python exception without a traceback.
     pub(crate) fn python(kind: impl Into<String>, message: impl Into<String>) -> Self {
         PyRunnerError::Python {

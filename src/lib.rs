@@ -1,9 +1,9 @@
 #![doc = include_str!("../README.md")]
 #![deny(missing_docs)]
 
-#[cfg(not(any(feature = "pyo3", feature = "subprocess")))]
+#[cfg(not(any(feature = "pyo3", feature = "subprocess", feature = "rustpython")))]
 compile_error!(
-    "async_py needs a backend: enable the `pyo3` or the `subprocess` feature (both are default)"
+    "async_py needs a backend: enable `pyo3` or `subprocess` (both default) or `rustpython`"
 );
 
 mod builder;
@@ -14,6 +14,8 @@ mod pool;
 #[cfg(feature = "pyo3")]
 mod pyo3_backend;
 mod runner;
+#[cfg(feature = "rustpython")]
+mod rustpython_backend;
 #[cfg(feature = "subprocess")]
 mod subprocess;
 mod value;
@@ -28,7 +30,6 @@ pub mod fuzzing {
     //! Entry points for the fuzz targets under `fuzz/`; not part of the API.
     pub use crate::wire::read_child_output;
 }
-#[cfg(any(feature = "pyo3", feature = "subprocess"))]
 mod worker_source;
 
 pub use builder::{Backend, PyRunnerBuilder};

@@ -19,14 +19,14 @@
 /// `a = []; a.append(a)`) are a `Conversion` error instead of a stack overflow.
 pub(crate) const MAX_DEPTH: usize = 200;
 
-#[cfg(feature = "pyo3")]
+#[cfg(any(feature = "pyo3", feature = "rustpython"))]
 /// The message of a `Conversion` error for an `int` that fits in neither
 /// `i64` nor `u64`.
 pub(crate) fn int_too_large(bits: u64) -> String {
     format!("int of {bits} bits does not fit in a 64-bit integer (i64 or u64)")
 }
 
-#[cfg(feature = "pyo3")]
+#[cfg(any(feature = "pyo3", feature = "rustpython"))]
 /// The message of a `Conversion` error for a `str` UTF-8 cannot carry.
 pub(crate) const LONE_SURROGATE: &str = "str holds a lone surrogate, which UTF-8 cannot carry";
 

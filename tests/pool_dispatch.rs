@@ -1,3 +1,4 @@
+#![cfg(feature = "subprocess")]
 //! PyPool: calls go to idle workers first, run in parallel, and many callers share the pool.
 
 mod faults;

@@ -1,3 +1,4 @@
+#![cfg(feature = "subprocess")]
 //! PyPool::map: one result per input, in input order, each failure in its own slot.
 
 mod pool;

@@ -1,3 +1,4 @@
+#![cfg(feature = "subprocess")]
 //! PyPool: stop() and dropping the last handle end and reap every worker.
 
 mod faults;

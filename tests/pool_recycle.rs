@@ -1,3 +1,4 @@
+#![cfg(feature = "subprocess")]
 //! PyPool::max_calls_per_worker: workers are replaced after that many calls, with no call failing or waiting for a start.
 
 mod faults;

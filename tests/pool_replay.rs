@@ -1,3 +1,4 @@
+#![cfg(feature = "subprocess")]
 //! PyPool: `run` reaches every worker, and a replaced worker gets `startup` and every run again.
 
 mod faults;

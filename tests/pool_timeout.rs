@@ -1,3 +1,4 @@
+#![cfg(feature = "subprocess")]
 //! PyPool timeouts: a call past its limit fails alone; its worker is replaced and the others go on.
 
 mod faults;

@@ -425,11 +425,17 @@ async fn timeout_replaces_the_child_and_the_next_command_runs() {
 
 #[test]
 fn a_backend_that_is_not_there_is_unsupported_and_says_why() {
-    match async_py::PyRunner::builder().rustpython().build() {
-        Err(async_py::PyRunnerError::Unsupported(why)) => {
-            assert!(why.contains("RustPython"), "{why}")
+    let rustpython = async_py::PyRunner::builder().rustpython().build();
+    if cfg!(feature = "rustpython") {
+        assert!(rustpython.is_ok());
+    } else {
+        match rustpython {
+            Err(async_py::PyRunnerError::Unsupported(why)) => {
+                assert!(why.contains("RustPython"), "{why}");
+                assert!(why.contains("`rustpython` feature"), "{why}")
+            }
+            other => panic!("expected Unsupported, got {other:?}"),
         }
-        other => panic!("expected Unsupported, got {other:?}"),
     }
     let in_process = async_py::PyRunner::builder().pyo3().build();
     if cfg!(feature = "pyo3") {

@@ -24,6 +24,9 @@ async def open_gate():
 "#;
 
 pub async fn coroutines_overlap_at_await_points(runner: PyRunner) {
+    if !crate::conformance::runs_coroutines(&runner).await {
+        return;
+    }
     let runner = runner.with_timeout(Duration::from_secs(10));
     runner.run(EVENTS).await.unwrap();
     let waiting = runner.call_async_function("wait_at_gate", vec![]);
@@ -34,6 +37,9 @@ pub async fn coroutines_overlap_at_await_points(runner: PyRunner) {
 }
 
 pub async fn future_made_in_one_call_is_awaited_in_another(runner: PyRunner) {
+    if !crate::conformance::runs_coroutines(&runner).await {
+        return;
+    }
     let runner = runner.with_timeout(Duration::from_secs(10));
     runner
         .run(
@@ -72,6 +78,9 @@ pub async fn future_made_in_one_call_is_awaited_in_another(runner: PyRunner) {
 }
 
 pub async fn thousand_sleeping_coroutines_all_finish(runner: PyRunner) {
+    if !crate::conformance::runs_coroutines(&runner).await {
+        return;
+    }
     runner
         .run("import asyncio\nasync def nap(i):\n    await asyncio.sleep(0.1)\n    return i * 2")
         .await
@@ -91,6 +100,9 @@ pub async fn thousand_sleeping_coroutines_all_finish(runner: PyRunner) {
 }
 
 pub async fn plain_commands_run_while_coroutines_wait(runner: PyRunner) {
+    if !crate::conformance::runs_coroutines(&runner).await {
+        return;
+    }
     let runner = runner.with_timeout(Duration::from_secs(10));
     runner.run(EVENTS).await.unwrap();
     let waiting = tokio::spawn({
@@ -119,6 +131,9 @@ pub async fn plain_commands_run_while_coroutines_wait(runner: PyRunner) {
 }
 
 pub async fn coroutine_exceptions_are_structured(runner: PyRunner) {
+    if !crate::conformance::runs_coroutines(&runner).await {
+        return;
+    }
     runner
         .run("import asyncio\nasync def fail_later():\n    await asyncio.sleep(0)\n    raise LookupError('gone')")
         .await
@@ -145,6 +160,9 @@ pub async fn coroutine_exceptions_are_structured(runner: PyRunner) {
 }
 
 pub async fn non_awaitable_result_is_returned_as_is(runner: PyRunner) {
+    if !crate::conformance::runs_coroutines(&runner).await {
+        return;
+    }
     runner.run("def plain(x):\n    return x + 1").await.unwrap();
     assert_eq!(
         runner

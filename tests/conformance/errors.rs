@@ -143,3 +143,37 @@ pub async fn lone_surrogates_in_an_error_arrive_escaped(runner: PyRunner) {
     assert!(traceback.unwrap().contains("ValueError: bad \\udc80 byte"));
     still_works(&runner).await;
 }
+
+/// Source nested 100 000 levels deep (brackets, unary and binary operators)
+/// is a Python error or a value, on every backend, from `run`, `eval` and
+/// `run_file`; it never overflows a stack, and the runner goes on.
+pub async fn deeply_nested_source_never_crashes(runner: PyRunner) {
+    let levels = 100_000;
+    let sources = [
+        format!("{}1{}", "(".repeat(levels), ")".repeat(levels)),
+        format!("{}1", "-".repeat(levels)),
+        format!("1{}", "+1".repeat(levels)),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    for source in &sources {
+        let evaluated = runner.eval(source).await;
+        let ran = runner.run(&format!("x = {source}")).await;
+        let file = dir.path().join("nested.py");
+        std::fs::write(&file, format!("x = {source}\n")).unwrap();
+        let ran_file = runner.run_file(&file).await;
+        for outcome in [
+            evaluated,
+            ran.map(|_| json!(null)),
+            ran_file.map(|_| json!(null)),
+        ] {
+            match outcome {
+                Ok(_) | Err(PyRunnerError::Python { .. }) => {}
+                other => panic!(
+                    "{}…: expected a value or a Python error, got {other:?}",
+                    &source[..8]
+                ),
+            }
+        }
+        still_works(&runner).await;
+    }
+}

@@ -25,6 +25,9 @@ pub async fn stop_is_idempotent(runner: PyRunner) {
 }
 
 pub async fn stop_ends_pending_coroutines(runner: PyRunner) {
+    if !crate::conformance::runs_coroutines(&runner).await {
+        return;
+    }
     runner
         .run("import asyncio\nasync def forever():\n    await asyncio.Event().wait()")
         .await

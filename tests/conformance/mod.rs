@@ -39,6 +39,7 @@ macro_rules! conformance_suite {
                 syntax_errors_are_python_errors nul_bytes_are_errors deep_recursion_is_a_recursion_error
                 eval_of_a_statement_is_a_syntax_error system_exit_is_an_error keyboard_interrupt_is_an_error
                 custom_exception_classes_keep_their_name lone_surrogates_in_an_error_arrive_escaped
+                deeply_nested_source_never_crashes
             }
             names {
                 dotted_names_resolve_through_attributes builtins_are_found missing_names_are_name_errors
@@ -141,4 +142,42 @@ pub fn make_venv(python: &Path, dir: &Path) -> PathBuf {
         .expect("the venv's python starts");
     assert!(output.status.success());
     PathBuf::from(String::from_utf8(output.stdout).unwrap().trim())
+}
+
+/// The backends without an asyncio event loop (RustPython) answer every
+/// `call_async_function` with `Unsupported`. A coroutine test asks this
+/// first: there it checks that answer and ends, everywhere else it goes on.
+pub async fn runs_coroutines(runner: &async_py::PyRunner) -> bool {
+    if runner.backend() != async_py::Backend::RustPython {
+        return true;
+    }
+    runner
+        .run("async def _probe():\n    return 1")
+        .await
+        .unwrap();
+    refuses_coroutines(runner.call_async_function("_probe", vec![]).await)
+}
+
+/// [`runs_coroutines`] for the blocking tests.
+pub fn runs_coroutines_sync(runner: &async_py::PyRunner) -> bool {
+    if runner.backend() != async_py::Backend::RustPython {
+        return true;
+    }
+    runner
+        .run_sync("async def _probe():\n    return 1")
+        .unwrap();
+    refuses_coroutines(runner.call_async_function_sync("_probe", vec![]))
+}
+
+fn refuses_coroutines(reply: Result<serde_json::Value, async_py::PyRunnerError>) -> bool {
+    match reply {
+        Err(async_py::PyRunnerError::Unsupported(message)) => {
+            assert!(
+                message.contains("pyo3") && message.contains("subprocess"),
+                "the message names the backends that run coroutines: {message}"
+            );
+            false
+        }
+        other => panic!("expected Unsupported for a coroutine, got {other:?}"),
+    }
 }

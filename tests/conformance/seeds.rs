@@ -33,6 +33,9 @@ def greet(name):
 }
 
 pub async fn seed_add_and_sleep_overlap(runner: PyRunner) {
+    if !crate::conformance::runs_coroutines(&runner).await {
+        return;
+    }
     let code = r#"
 import asyncio
 counter = 0

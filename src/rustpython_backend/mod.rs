@@ -1,0 +1,503 @@
+//! The RustPython backend: a pure-Rust interpreter in this process, on one
+//! dedicated thread per runner, with no libpython anywhere.
+//!
+//! Each runner has its own interpreter, so runners never share `sys.path` or
+//! modules. The helpers of `python/worker.py` run here too, so code, errors
+//! and tracebacks come back as the CPython backends give them. There is no
+//! event loop: `call_async_function` is `Unsupported`. A command past its
+//! limit is stopped by a user signal that the interpreter checks between
+//! bytecodes (see [`Signal`]).
+
+mod convert;
+mod nesting;
+
+use std::collections::VecDeque;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustpython_vm::builtins::{PyBaseExceptionRef, PyDictRef, PyStr, PyTuple, PyType, PyTypeRef};
+use rustpython_vm::compiler::Mode;
+use rustpython_vm::convert::ToPyObject;
+use rustpython_vm::scope::Scope;
+use rustpython_vm::signal::{user_signal_channel, UserSignalSender};
+use rustpython_vm::{
+    Interpreter, InterpreterBuilder, PyObjectRef, PyResult, Settings, VirtualMachine,
+};
+use serde_json::Value;
+
+use crate::builder::RunnerConfig;
+use crate::command::{start_backend_thread, CommandQueue, Job, Reply, Request};
+use crate::error::PyRunnerError;
+use crate::watchdog::{Interrupt, Watchdog};
+use convert::{exception_text, to_args, to_value, ToValueError};
+
+/// How long the worker spins for the next command before it parks.
+const WORKER_SPIN: Duration = Duration::from_micros(100);
+
+/// RustPython's frames are deep native recursion; the interpreter checks the
+/// stack it runs on and raises `RecursionError` well before its end. The
+/// pages are only committed when touched.
+const STACK_SIZE: usize = 256 << 20;
+
+/// How soon a timed-out command is told again to stop (see [`Signal`]); the
+/// pause doubles each time, up to [`INTERRUPT_AGAIN_AT_MOST`].
+const INTERRUPT_AGAIN: Duration = Duration::from_millis(5);
+const INTERRUPT_AGAIN_AT_MOST: Duration = Duration::from_millis(500);
+
+/// RustPython's parser and code generator recurse once per level of nesting
+/// (brackets, operators, `x if c else …`) with no limit of their own. A
+/// source that can nest up to this deep (see [`nesting::nesting_bound`]) is
+/// compiled on the runner's thread, whose stack holds that many levels; a
+/// deeper one on a thread of its own, with [`STACK_PER_LEVEL`] for each
+/// level it can reach, so no source overflows a stack. (CPython, on the
+/// other backends, refuses such nesting with `SyntaxError` or
+/// `RecursionError`.) Measured: up to about 32 KiB a level in a debug build,
+/// 1 KiB in a release build.
+const INLINE_LEVELS: usize = 2000;
+const STACK_PER_LEVEL: usize = if cfg!(debug_assertions) {
+    64 << 10
+} else {
+    8 << 10
+};
+
+/// The filename the helpers are compiled under; their frames are left out
+/// of user tracebacks by it.
+const HELPERS_FILE: &str = "async_py/worker.py";
+
+/// What `call_async_function` answers on this backend.
+pub(crate) const NO_COROUTINES: &str = "call_async_function needs an asyncio event loop, which \
+     the RustPython backend does not run: use the pyo3 or the subprocess backend for coroutines";
+
+/// Starts the interpreter thread for a runner and waits until it is ready.
+pub(crate) fn spawn(config: &RunnerConfig, queue: Arc<CommandQueue>) -> Result<(), PyRunnerError> {
+    let venv = config.venv.clone();
+    let startup = config.startup.clone();
+    start_backend_thread("async_py-rustpython", STACK_SIZE, move |ready| {
+        queue.set_consumer();
+        let (signals, signal_rx) = user_signal_channel();
+        let interpreter = interpreter(signal_rx);
+        interpreter.enter(|vm| {
+            match Worker::start(vm, queue, signals, venv.as_deref(), startup.as_deref()) {
+                Ok(mut worker) => {
+                    ready.report(Ok(()));
+                    worker.serve();
+                }
+                Err(err) => ready.report(Err(err)),
+            }
+        });
+        // Runs `atexit` handlers and frees what the interpreter holds; a
+        // dropped interpreter would keep it all.
+        interpreter.finalize(None);
+    })
+}
+
+/// An interpreter with RustPython's standard library, native and Python parts.
+fn interpreter(signal_rx: rustpython_vm::signal::UserSignalReceiver) -> Interpreter {
+    let mut settings = Settings::default();
+    // The host process owns its signals; the interpreter must not take SIGINT.
+    settings.install_signal_handlers = false;
+    // `print` output shows up at once, as with PYTHONUNBUFFERED.
+    settings.buffered_stdio = false;
+    // No `site`: the folders it would add belong to a CPython install that
+    // this interpreter cannot use. `set_venv` adds a venv's packages.
+    settings.import_site = false;
+    let builder = InterpreterBuilder::new().settings(settings);
+    let modules = rustpython_stdlib::stdlib_module_defs(&builder.ctx);
+    builder
+        .add_native_modules(&modules)
+        .add_frozen_modules(rustpython_pylib::FROZEN_STDLIB)
+        .init_hook(move |vm| {
+            vm.set_user_signal_channel(signal_rx);
+            let state = rustpython_vm::common::rc::PyRc::get_mut(&mut vm.state)
+                .expect("the interpreter's state is not shared before it starts");
+            state.config.paths.stdlib_dir = Some(rustpython_pylib::LIB_PATH.to_owned());
+            // The standard library is compiled in; the guessed install
+            // folders (under /usr/local) would only shadow it.
+            state.config.paths.module_search_paths.clear();
+        })
+        .build()
+}
+
+struct Worker<'vm> {
+    vm: &'vm VirtualMachine,
+    queue: Arc<CommandQueue>,
+    globals: PyDictRef,
+    helpers: Helpers,
+    signals: UserSignalSender,
+    watchdog: Option<Arc<Watchdog<Signal>>>,
+}
+
+/// Functions of `python/worker.py`, looked up once.
+struct Helpers {
+    run_code: PyObjectRef,
+    eval_expr: PyObjectRef,
+    run_file: PyObjectRef,
+    set_venv: PyObjectRef,
+    resolve: PyObjectRef,
+    describe_error: PyObjectRef,
+    abspath: PyObjectRef,
+    timeout: PyTypeRef,
+}
+
+impl Helpers {
+    fn load(vm: &VirtualMachine) -> Result<(Self, PyDictRef), String> {
+        let namespace = vm.ctx.new_dict();
+        let fail = |err: PyBaseExceptionRef| exception_text(vm, &err);
+        namespace
+            .set_item("__name__", vm.ctx.new_str("async_py_worker").into(), vm)
+            .map_err(fail)?;
+        namespace
+            .set_item("__file__", vm.ctx.new_str(HELPERS_FILE).into(), vm)
+            .map_err(fail)?;
+        let code = vm
+            .compile(
+                crate::worker_source::WORKER_PY,
+                Mode::Exec,
+                HELPERS_FILE.to_owned(),
+            )
+            .map_err(|err| err.to_string())?;
+        vm.run_code_obj(code, Scope::with_builtins(None, namespace.clone(), vm))
+            .map_err(fail)?;
+        let get = |name: &str| namespace.get_item(name, vm).map_err(fail);
+        let timeout = get("RunnerTimeout")?
+            .downcast::<PyType>()
+            .map_err(|_| "RunnerTimeout is not a class".to_owned())?;
+        let globals = get("new_globals")?
+            .call((), vm)
+            .map_err(fail)?
+            .downcast::<rustpython_vm::builtins::PyDict>()
+            .map_err(|_| "new_globals did not make a dict".to_owned())?;
+        let helpers = Helpers {
+            run_code: get("run_code")?,
+            eval_expr: get("eval_expr")?,
+            run_file: get("run_file")?,
+            set_venv: get("set_venv")?,
+            resolve: get("resolve")?,
+            describe_error: get("describe_error")?,
+            abspath: get("os")?
+                .get_attr("path", vm)
+                .and_then(|path| path.get_attr("abspath", vm))
+                .map_err(fail)?,
+            timeout,
+        };
+        Ok((helpers, globals))
+    }
+}
+
+impl<'vm> Worker<'vm> {
+    fn start(
+        vm: &'vm VirtualMachine,
+        queue: Arc<CommandQueue>,
+        signals: UserSignalSender,
+        venv: Option<&Path>,
+        startup: Option<&str>,
+    ) -> Result<Self, PyRunnerError> {
+        let (helpers, globals) = Helpers::load(vm).map_err(|err| {
+            PyRunnerError::Startup(format!("could not load the worker helpers: {err}"))
+        })?;
+        let worker = Worker {
+            vm,
+            queue,
+            globals,
+            helpers,
+            signals,
+            watchdog: None,
+        };
+        if let Some(venv) = venv {
+            worker
+                .set_venv(venv)
+                .map_err(|err| PyRunnerError::Startup(format!("venv {}: {err}", venv.display())))?;
+        }
+        if let Some(code) = startup {
+            worker
+                .run_source(&worker.helpers.run_code, code, Mode::Exec)
+                .map_err(|err| PyRunnerError::Startup(format!("startup code failed: {err}")))?;
+        }
+        Ok(worker)
+    }
+
+    /// The command loop: runs until `stop` or until every handle is gone.
+    fn serve(&mut self) {
+        let mut batch = VecDeque::new();
+        loop {
+            self.queue.take_all(&mut batch);
+            if batch.is_empty() {
+                if self.queue.is_closed() {
+                    break;
+                }
+                self.queue.wait(WORKER_SPIN);
+                continue;
+            }
+            while let Some(job) = batch.pop_front() {
+                if job.reply.is_abandoned() {
+                    continue;
+                }
+                if matches!(job.request, Request::Stop) {
+                    drop(batch);
+                    self.shut_down();
+                    job.reply.send(Ok(Value::Null));
+                    return;
+                }
+                self.execute(job);
+            }
+        }
+        self.shut_down();
+    }
+
+    fn shut_down(&mut self) {
+        drop(self.queue.close());
+        // Functions in the globals refer back to them: clearing the dict
+        // breaks those cycles, so the runner's objects are released now.
+        self.globals.clear();
+        if let Some(watchdog) = self.watchdog.take() {
+            watchdog.shutdown();
+        }
+    }
+
+    fn execute(&mut self, job: Job) {
+        let Job {
+            request,
+            reply,
+            timeout,
+        } = job;
+        let watchdog = match timeout {
+            Some(limit) => match self.watchdog() {
+                Ok(watchdog) => {
+                    watchdog.arm(limit, reply.slot().clone());
+                    Some(watchdog)
+                }
+                Err(err) => return reply.send(Err(err)),
+            },
+            None => None,
+        };
+        // A panic inside the interpreter is a bug of RustPython's; it fails
+        // this command and the runner goes on.
+        let outcome = catch_unwind(AssertUnwindSafe(|| self.run_request(request)))
+            .unwrap_or_else(|panic| Err(panicked(panic)));
+        if let Some(watchdog) = watchdog {
+            watchdog.disarm();
+        }
+        reply.send(outcome);
+    }
+
+    fn run_request(&self, request: Request) -> Reply {
+        let vm = self.vm;
+        match request {
+            Request::Run { code } | Request::Broadcast { code, .. } => self
+                .run_source(&self.helpers.run_code, &code, Mode::Exec)
+                .map(|_| Value::Null),
+            Request::RunFile { path } => self.run_file(&path).map(|_| Value::Null),
+            Request::Eval { expr } => {
+                let result = self.run_source(&self.helpers.eval_expr, &expr, Mode::Eval)?;
+                self.to_value(&result)
+            }
+            Request::ReadVariable { name } => {
+                let value = self.resolve(&name)?;
+                self.to_value(&value)
+            }
+            Request::CallFunction { name, args } => {
+                let function = self.resolve(&name)?;
+                let args = to_args(vm, &args)?;
+                let result = self.python(function.call(args, vm))?;
+                self.to_value(&result)
+            }
+            Request::CallAsyncFunction { .. } => {
+                Err(PyRunnerError::Unsupported(NO_COROUTINES.into()))
+            }
+            Request::SetVenv { dir } => self.set_venv(&dir),
+            Request::Stop => unreachable!("handled by serve"),
+        }
+    }
+
+    /// `run_code` or `eval_expr` of the helpers, on `source`.
+    fn run_source(
+        &self,
+        helper: &PyObjectRef,
+        source: &str,
+        mode: Mode,
+    ) -> Result<PyObjectRef, PyRunnerError> {
+        let code = self.compiled(source, mode, "<string>")?;
+        self.python(helper.call((code, self.globals.clone()), self.vm))
+    }
+
+    fn run_file(&self, file: &Path) -> Result<PyObjectRef, PyRunnerError> {
+        let vm = self.vm;
+        let path = vm.ctx.new_str(file.to_string_lossy().as_ref());
+        let mut args = vec![path.clone().into(), self.globals.clone().into()];
+        // A file that cannot be read as text is left to the helper, which
+        // raises what Python raises for it.
+        if let Ok(source) = std::fs::read_to_string(file) {
+            if nesting::nesting_bound(&source) > INLINE_LEVELS {
+                let absolute = self.python(self.helpers.abspath.call((path,), vm))?;
+                let filename = text_of(&absolute).unwrap_or_default();
+                args.push(self.compiled(&source, Mode::Exec, &filename)?);
+            }
+        }
+        self.python(self.helpers.run_file.call(args, vm))
+    }
+
+    /// `source` as the helpers take it: the text itself when it cannot nest
+    /// deeply (the helper compiles it), else a code object compiled on a
+    /// thread with room for any nesting it can hold (see [`INLINE_LEVELS`]).
+    fn compiled(
+        &self,
+        source: &str,
+        mode: Mode,
+        filename: &str,
+    ) -> Result<PyObjectRef, PyRunnerError> {
+        let vm = self.vm;
+        let levels = nesting::nesting_bound(source);
+        if levels <= INLINE_LEVELS || source.contains('\0') {
+            return Ok(vm.ctx.new_str(source).into());
+        }
+        let opts = vm.compile_opts();
+        let stack = levels.saturating_mul(STACK_PER_LEVEL).max(STACK_SIZE);
+        let outcome = std::thread::scope(|scope| {
+            std::thread::Builder::new()
+                .name("async_py-compile".into())
+                .stack_size(stack)
+                .spawn_scoped(scope, || {
+                    rustpython_vm::compiler::compile(source, mode, filename, opts)
+                })
+                .map(|compiling| compiling.join())
+        });
+        match outcome {
+            Ok(Ok(Ok(code))) => Ok(vm.ctx.new_code(code).into()),
+            Ok(Ok(Err(err))) => Err(self.exception_error(&vm.new_syntax_error(&err, Some(source)))),
+            Ok(Err(panic)) => Err(panicked(panic)),
+            Err(err) => Err(PyRunnerError::python(
+                "MemoryError",
+                format!(
+                    "no {stack}-byte stack to compile {} bytes of source on: {err}",
+                    source.len()
+                ),
+            )),
+        }
+    }
+
+    fn set_venv(&self, dir: &Path) -> Reply {
+        let vm = self.vm;
+        let dir = vm.ctx.new_str(dir.to_string_lossy().as_ref());
+        self.python(self.helpers.set_venv.call((dir,), vm))
+            .map(|_| Value::Null)
+    }
+
+    fn resolve(&self, name: &str) -> Result<PyObjectRef, PyRunnerError> {
+        let vm = self.vm;
+        let args = (vm.ctx.new_str(name), self.globals.clone());
+        self.python(self.helpers.resolve.call(args, vm))
+    }
+
+    fn to_value(&self, obj: &PyObjectRef) -> Reply {
+        to_value(self.vm, obj).map_err(|err| match err {
+            ToValueError::Python(err) => self.exception_error(&err),
+            ToValueError::Conversion(why) => PyRunnerError::Conversion(why),
+        })
+    }
+
+    fn python(&self, result: PyResult) -> Result<PyObjectRef, PyRunnerError> {
+        result.map_err(|err| self.exception_error(&err))
+    }
+
+    fn exception_error(&self, exception: &PyBaseExceptionRef) -> PyRunnerError {
+        let vm = self.vm;
+        let described = self
+            .helpers
+            .describe_error
+            .call((exception.clone().to_pyobject(vm),), vm)
+            .ok()
+            .and_then(|d| d.downcast::<PyTuple>().ok())
+            .and_then(|d| match d.as_slice() {
+                [kind, message, traceback] => {
+                    Some((text_of(kind)?, text_of(message)?, text_of(traceback)))
+                }
+                _ => None,
+            });
+        match described {
+            Some((kind, message, traceback)) => PyRunnerError::Python {
+                kind,
+                message,
+                traceback,
+            },
+            None => PyRunnerError::python("Exception", "an exception that could not be described"),
+        }
+    }
+
+    fn watchdog(&mut self) -> Result<Arc<Watchdog<Signal>>, PyRunnerError> {
+        if let Some(watchdog) = &self.watchdog {
+            return Ok(watchdog.clone());
+        }
+        let watchdog = Watchdog::start(Signal {
+            sender: self.signals.clone(),
+            exception: self.helpers.timeout.clone(),
+            again: std::sync::Mutex::new((0, INTERRUPT_AGAIN)),
+        })
+        .map_err(|err| {
+            PyRunnerError::Startup(format!("could not start the watchdog thread: {err}"))
+        })?;
+        self.watchdog = Some(watchdog.clone());
+        Ok(watchdog)
+    }
+}
+
+/// The text of a `str` (None for anything else).
+fn text_of(obj: &PyObjectRef) -> Option<String> {
+    obj.downcast_ref::<PyStr>()
+        .and_then(|s| s.to_str())
+        .map(str::to_owned)
+}
+
+fn panicked(panic: Box<dyn std::any::Any + Send>) -> PyRunnerError {
+    let what = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".into());
+    PyRunnerError::WorkerDied {
+        reason: format!("the RustPython interpreter panicked: {what}"),
+    }
+}
+
+/// Stops a command past its limit: a user signal, run by the interpreter
+/// between bytecodes, raises `RunnerTimeout` if that command still runs.
+///
+/// RustPython keeps one "a signal is pending" flag for the whole process, and
+/// another runner's interpreter may clear it first; so the signal is sent
+/// again until the command ends, after 5 ms, then twice as long each time.
+struct Signal {
+    sender: UserSignalSender,
+    exception: PyTypeRef,
+    /// The command last interrupted, and the pause before its next signal.
+    again: std::sync::Mutex<(u64, Duration)>,
+}
+
+impl Interrupt for Signal {
+    fn interrupt(&self, running: &Arc<AtomicU64>, seq: u64) -> Option<Duration> {
+        if running.load(Ordering::SeqCst) != seq {
+            return None;
+        }
+        let running = running.clone();
+        let exception = self.exception.clone();
+        let sent = self.sender.send(Box::new(move |vm: &VirtualMachine| {
+            if running.load(Ordering::SeqCst) == seq {
+                Err(vm.new_exception_empty(exception))
+            } else {
+                Ok(())
+            }
+        }));
+        if sent.is_err() {
+            return None;
+        }
+        let mut again = self.again.lock().unwrap_or_else(|p| p.into_inner());
+        let pause = if again.0 == seq {
+            (again.1 * 2).min(INTERRUPT_AGAIN_AT_MOST)
+        } else {
+            INTERRUPT_AGAIN
+        };
+        *again = (seq, pause);
+        Some(pause)
+    }
+}

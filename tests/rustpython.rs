@@ -1,0 +1,211 @@
+#![cfg(feature = "rustpython")]
+//! The conformance suite on the RustPython backend, and what is its own:
+//! no event loop, an interpreter per runner, recursion that never crashes.
+
+mod conformance;
+
+fn make_runner() -> async_py::PyRunner {
+    async_py::PyRunner::builder()
+        .rustpython()
+        .build()
+        .expect("the rustpython backend starts")
+}
+
+conformance_suite!();
+
+use std::time::{Duration, Instant};
+
+use async_py::{Backend, PyRunner, PyRunnerError};
+use serde_json::json;
+
+#[test]
+fn the_builder_picks_rustpython_at_run_time() {
+    let runner = make_runner();
+    assert_eq!(runner.backend(), Backend::RustPython);
+    runner.run_sync("import sys").unwrap();
+    let version = runner.eval_sync("sys.version").unwrap();
+    assert!(
+        version.as_str().unwrap().contains("RustPython"),
+        "{version}"
+    );
+}
+
+#[test]
+fn coroutines_are_unsupported_and_say_where_they_run() {
+    let runner = make_runner();
+    runner.run_sync("async def later():\n    return 1").unwrap();
+    for reply in [
+        runner.call_async_function_sync("later", vec![]),
+        runner.call_async_function_sync("no_such_function", vec![]),
+    ] {
+        match reply {
+            Err(PyRunnerError::Unsupported(message)) => {
+                assert!(message.contains("RustPython"), "{message}");
+                assert!(message.contains("pyo3"), "{message}");
+                assert!(message.contains("subprocess"), "{message}");
+            }
+            other => panic!("expected Unsupported, got {other:?}"),
+        }
+    }
+    assert_eq!(runner.eval_sync("1 + 1").unwrap(), json!(2));
+}
+
+/// Even with the recursion limit lifted, deep recursion ends in
+/// `RecursionError` (the interpreter watches its native stack), and the
+/// runner goes on.
+#[test]
+fn recursion_past_a_lifted_limit_is_a_recursion_error() {
+    let runner = make_runner();
+    runner
+        .run_sync(
+            "import sys\nsys.setrecursionlimit(10 ** 7)\n\
+             def down(n):\n    return 0 if n == 0 else 1 + down(n - 1)",
+        )
+        .unwrap();
+    match runner.call_function_sync("down", vec![json!(10_000_000)]) {
+        Err(PyRunnerError::Python { kind, .. }) => assert_eq!(kind, "RecursionError"),
+        other => panic!("expected RecursionError, got {other:?}"),
+    }
+    assert_eq!(
+        runner.call_function_sync("down", vec![json!(50)]).unwrap(),
+        json!(50)
+    );
+}
+
+/// Each runner has an interpreter of its own: unlike in-process CPython,
+/// `sys.path` and imported modules are not shared.
+#[test]
+fn runners_have_their_own_sys_path_and_modules() {
+    let one = make_runner();
+    let two = make_runner();
+    one.run_sync("import sys\nsys.path.insert(0, '/only/in/one')\nsys.modules['only_one'] = sys")
+        .unwrap();
+    two.run_sync("import sys").unwrap();
+    assert_eq!(
+        two.eval_sync("'/only/in/one' in sys.path").unwrap(),
+        json!(false)
+    );
+    assert_eq!(
+        two.eval_sync("'only_one' in sys.modules").unwrap(),
+        json!(false)
+    );
+    assert_eq!(
+        one.eval_sync("'/only/in/one' in sys.path").unwrap(),
+        json!(true)
+    );
+}
+
+/// Timeouts in two runners at once: each interrupt reaches its own
+/// interpreter, though RustPython keeps one pending-signal flag per process.
+#[test]
+fn two_runners_time_out_at_once_and_both_recover() {
+    let limit = Duration::from_millis(200);
+    let runners: Vec<PyRunner> = (0..2)
+        .map(|_| {
+            PyRunner::builder()
+                .rustpython()
+                .timeout(limit)
+                .build()
+                .unwrap()
+        })
+        .collect();
+    let threads: Vec<_> = runners
+        .iter()
+        .cloned()
+        .map(|runner| std::thread::spawn(move || runner.run_sync("while True:\n    pass")))
+        .collect();
+    for thread in threads {
+        assert_eq!(thread.join().unwrap(), Err(PyRunnerError::Timeout(limit)));
+    }
+    for runner in &runners {
+        let started = Instant::now();
+        assert_eq!(runner.eval_sync("'next'").unwrap(), json!("next"));
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the runaway loop was stopped"
+        );
+    }
+}
+
+#[test]
+fn startup_code_runs_before_the_first_command() {
+    let runner = PyRunner::builder()
+        .rustpython()
+        .startup("import math\nready = 'yes'")
+        .build()
+        .unwrap();
+    assert_eq!(runner.read_variable_sync("ready").unwrap(), json!("yes"));
+    assert_eq!(runner.eval_sync("math.pi > 3").unwrap(), json!(true));
+}
+
+#[test]
+fn failing_startup_code_is_a_startup_error() {
+    match PyRunner::builder()
+        .rustpython()
+        .startup("raise RuntimeError('no config')")
+        .build()
+    {
+        Err(PyRunnerError::Startup(message)) => assert!(message.contains("no config"), "{message}"),
+        other => panic!("expected a Startup error, got {other:?}"),
+    }
+    match PyRunner::builder()
+        .rustpython()
+        .venv("/no/such/venv")
+        .build()
+    {
+        Err(PyRunnerError::Startup(message)) => {
+            assert!(message.contains("/no/such/venv"), "{message}")
+        }
+        other => panic!("expected a Startup error, got {other:?}"),
+    }
+}
+
+#[test]
+fn builder_venv_puts_site_packages_on_sys_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let venv = dir.path().join("venv");
+    let site_packages = conformance::make_venv(&conformance::base_python(), &venv);
+    std::fs::write(
+        site_packages.join("builder_venv_pkg.py"),
+        "NAME = 'builder venv'\n",
+    )
+    .unwrap();
+    let runner = PyRunner::builder()
+        .rustpython()
+        .venv(&venv)
+        .build()
+        .unwrap();
+    runner.run_sync("import builder_venv_pkg").unwrap();
+    assert_eq!(
+        runner.read_variable_sync("builder_venv_pkg.NAME").unwrap(),
+        json!("builder venv")
+    );
+}
+
+/// Dropping the last handle ends the interpreter thread, which releases the
+/// runner's globals: an object's `__del__` there proves it.
+#[test]
+fn dropping_the_last_handle_ends_the_runner() {
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("released");
+    let runner = make_runner();
+    let clone = runner.clone();
+    runner
+        .run_sync(&format!(
+            "class Sentinel:\n    def __del__(self):\n        open({:?}, 'w').write('released')\nsentinel = Sentinel()",
+            marker.display().to_string()
+        ))
+        .unwrap();
+    drop(runner);
+    assert_eq!(clone.eval_sync("1").unwrap(), json!(1));
+    assert!(!marker.exists());
+    drop(clone);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !marker.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the runner's globals were never released"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
