@@ -51,6 +51,8 @@ def new_globals():
 
 
 def _compile_without_nul(source, filename, mode):
+    if not isinstance(source, (str, bytes)):
+        return source  # compiled already, by the RustPython backend
     if (b"\0" if isinstance(source, bytes) else "\0") in source:
         raise ValueError("source code string cannot contain null bytes")
     return compile(source, filename, mode)
@@ -70,11 +72,15 @@ def eval_expr(expr, namespace):
     return eval(_compile(expr, "<string>", "eval"), namespace)
 
 
-def run_file(path, namespace):
-    """Runs a file in the namespace, with its folder first on sys.path."""
+def run_file(path, namespace, code=None):
+    """Runs a file (or `code`, compiled from it) in the namespace, with its
+    folder first on sys.path."""
     path = os.path.abspath(path)
-    with open(path, "rb") as source_file:
-        source = source_file.read()
+    if code is None:
+        with open(path, "rb") as source_file:
+            source = source_file.read()
+    else:
+        source = code
     folder = os.path.dirname(path)
     if folder in sys.path:
         sys.path.remove(folder)
