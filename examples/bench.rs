@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use async_py::{Backend, PyPool, PyRunner};
+use async_py::{Backend, PyRunner};
 use serde_json::Value;
 
 struct Row {
@@ -244,10 +244,14 @@ async fn measure(backend: Backend) -> Vec<String> {
             "{:.0}k/s",
             concurrent_calls(&runner, 64, 300).await / 1000.0
         ),
-        format!(
-            "{:.3} s",
-            sleeping_coroutines(&runner, 1000).await.as_secs_f64()
-        ),
+        if backend == Backend::RustPython {
+            "— (no event loop)".into()
+        } else {
+            format!(
+                "{:.3} s",
+                sleeping_coroutines(&runner, 1000).await.as_secs_f64()
+            )
+        },
         format!("{:.1} ms", echo_large_list(&runner).as_secs_f64() * 1e3),
         format!("{:.1} ms", cpu_loop(&runner).as_secs_f64() * 1e3),
         memory_over_many_calls(&runner),
@@ -255,81 +259,87 @@ async fn measure(backend: Backend) -> Vec<String> {
     ]
 }
 
-/// CPU-bound pure Python: about 20 ms a call here.
-const BURN: &str = "def burn(n):\n    t = 0\n    for i in range(n):\n        t += i * i\n    return t\ndef add(a, b):\n    return a + b\n";
-const BURN_CALLS: usize = 16;
-const BURN_N: u64 = 400_000;
+/// The pool table: `PyPool` next to Python's own `ProcessPoolExecutor`.
+#[cfg(feature = "subprocess")]
+mod pool_bench {
+    use super::*;
+    use async_py::PyPool;
 
-fn pool(workers: usize) -> PyPool {
-    pool_builder(workers).build().expect("the pool starts")
-}
+    /// CPU-bound pure Python: about 20 ms a call here.
+    const BURN: &str = "def burn(n):\n    t = 0\n    for i in range(n):\n        t += i * i\n    return t\ndef add(a, b):\n    return a + b\n";
+    const BURN_CALLS: usize = 16;
+    const BURN_N: u64 = 400_000;
 
-fn pool_builder(workers: usize) -> async_py::PyPoolBuilder {
-    PyPool::builder()
-        .workers(workers)
-        .python(python_executable())
-}
-
-fn pool_start(workers: usize) -> Duration {
-    let builder = pool_builder(workers);
-    let samples = (0..5)
-        .map(|_| {
-            let start = Instant::now();
-            let pool = builder.clone().build().expect("the pool starts");
-            let took = start.elapsed();
-            pool.stop_sync().unwrap();
-            took
-        })
-        .collect();
-    median(samples)
-}
-
-/// Seconds for BURN_CALLS calls of `burn`, all sent at once.
-async fn pool_burn(pool: &PyPool) -> f64 {
-    pool.run(BURN).await.unwrap();
-    let inputs = vec![vec![Value::from(BURN_N)]; BURN_CALLS];
-    pool.map("burn", vec![vec![Value::from(1000)]; 4]).await;
-    let start = Instant::now();
-    for result in pool.map("burn", inputs).await {
-        result.unwrap();
+    fn pool(workers: usize) -> PyPool {
+        pool_builder(workers).build().expect("the pool starts")
     }
-    start.elapsed().as_secs_f64()
-}
 
-async fn pool_callers(pool: &PyPool, callers: usize, calls: usize) -> f64 {
-    let start = Instant::now();
-    let tasks: Vec<_> = (0..callers)
-        .map(|t| {
-            let pool = pool.clone();
-            tokio::spawn(async move {
-                for i in 0..calls {
-                    let sum = pool.call_function("add", vec![t.into(), i.into()]).await;
-                    assert_eq!(sum.unwrap(), Value::from(t + i));
-                }
+    fn pool_builder(workers: usize) -> async_py::PyPoolBuilder {
+        PyPool::builder()
+            .workers(workers)
+            .python(python_executable())
+    }
+
+    fn pool_start(workers: usize) -> Duration {
+        let builder = pool_builder(workers);
+        let samples = (0..5)
+            .map(|_| {
+                let start = Instant::now();
+                let pool = builder.clone().build().expect("the pool starts");
+                let took = start.elapsed();
+                pool.stop_sync().unwrap();
+                took
             })
-        })
-        .collect();
-    for task in tasks {
-        task.await.unwrap();
+            .collect();
+        median(samples)
     }
-    (callers * calls) as f64 / start.elapsed().as_secs_f64()
-}
 
-async fn pool_map(pool: &PyPool, items: usize) -> f64 {
-    let inputs: Vec<Vec<Value>> = (0..items).map(|i| vec![i.into(), 1.into()]).collect();
-    let start = Instant::now();
-    let results = pool.map("add", inputs).await;
-    let rate = items as f64 / start.elapsed().as_secs_f64();
-    assert!(results.into_iter().all(|r| r.is_ok()));
-    rate
-}
+    /// Seconds for BURN_CALLS calls of `burn`, all sent at once.
+    async fn pool_burn(pool: &PyPool) -> f64 {
+        pool.run(BURN).await.unwrap();
+        let inputs = vec![vec![Value::from(BURN_N)]; BURN_CALLS];
+        pool.map("burn", vec![vec![Value::from(1000)]; 4]).await;
+        let start = Instant::now();
+        for result in pool.map("burn", inputs).await {
+            result.unwrap();
+        }
+        start.elapsed().as_secs_f64()
+    }
 
-/// The same measures for Python's own `concurrent.futures.ProcessPoolExecutor`,
-/// run by the same interpreter: [start of 1, start of 4, burn on 1, burn on 2,
-/// 8 callers' pipelined calls per second, map items per second].
-fn process_pool_executor() -> Vec<f64> {
-    let script = format!(
-        r#"
+    async fn pool_callers(pool: &PyPool, callers: usize, calls: usize) -> f64 {
+        let start = Instant::now();
+        let tasks: Vec<_> = (0..callers)
+            .map(|t| {
+                let pool = pool.clone();
+                tokio::spawn(async move {
+                    for i in 0..calls {
+                        let sum = pool.call_function("add", vec![t.into(), i.into()]).await;
+                        assert_eq!(sum.unwrap(), Value::from(t + i));
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        (callers * calls) as f64 / start.elapsed().as_secs_f64()
+    }
+
+    async fn pool_map(pool: &PyPool, items: usize) -> f64 {
+        let inputs: Vec<Vec<Value>> = (0..items).map(|i| vec![i.into(), 1.into()]).collect();
+        let start = Instant::now();
+        let results = pool.map("add", inputs).await;
+        let rate = items as f64 / start.elapsed().as_secs_f64();
+        assert!(results.into_iter().all(|r| r.is_ok()));
+        rate
+    }
+
+    /// The same measures for Python's own `concurrent.futures.ProcessPoolExecutor`,
+    /// run by the same interpreter: [start of 1, start of 4, burn on 1, burn on 2,
+    /// 8 callers' pipelined calls per second, map items per second].
+    fn process_pool_executor() -> Vec<f64> {
+        let script = format!(
+            r#"
 import concurrent.futures as cf, time, threading
 {BURN}
 def start(n):
@@ -362,72 +372,86 @@ if __name__ == "__main__":
         list(ex.map(add, range(10000), range(10000)))
         out.append(10000 / (time.perf_counter() - t))
     print(" ".join(map(str, out)))
-"#
-    );
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("ppe_bench.py");
-    std::fs::write(&path, script).unwrap();
-    let output = std::process::Command::new(python_executable())
-        .arg(&path)
-        .output()
-        .expect("python runs");
-    String::from_utf8(output.stdout)
-        .unwrap()
-        .split_whitespace()
-        .map(|n| n.parse().expect("a number"))
-        .collect()
-}
+    "#
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ppe_bench.py");
+        std::fs::write(&path, script).unwrap();
+        let output = std::process::Command::new(python_executable())
+            .arg(&path)
+            .output()
+            .expect("python runs");
+        assert!(
+            output.status.success(),
+            "the ProcessPoolExecutor script failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout)
+            .unwrap()
+            .split_whitespace()
+            .map(|n| n.parse().expect("a number"))
+            .collect()
+    }
 
-async fn pool_table() {
-    let (start_one, start_four) = (pool_start(1), pool_start(4));
-    let one = pool(1);
-    let burn_one = pool_burn(&one).await;
-    one.stop().await.unwrap();
-    let two = pool(2);
-    let burn_two = pool_burn(&two).await;
-    two.run("def add(a, b):\n    return a + b").await.unwrap();
-    pool_callers(&two, 8, 500).await;
-    let callers = pool_callers(&two, 8, 5000).await;
-    let mapped = pool_map(&two, 10_000).await;
-    two.stop().await.unwrap();
-    let ppe = process_pool_executor();
-    println!("| pool measure | `PyPool` | `ProcessPoolExecutor` |");
-    println!("|---|---|---|");
-    println!(
-        "| start, 1 worker / 4 workers | {} / {} | {} / {} |",
-        micros(start_one),
-        micros(start_four),
-        micros(Duration::from_secs_f64(ppe[0])),
-        micros(Duration::from_secs_f64(ppe[1]))
-    );
-    println!(
-        "| {BURN_CALLS} CPU-bound calls (~{BURN_N} loop turns each), 1 worker / 2 workers | {:.3} s / {:.3} s ({:.2}×) | {:.3} s / {:.3} s ({:.2}×) |",
-        burn_one,
-        burn_two,
-        burn_one / burn_two,
-        ppe[2],
-        ppe[3],
-        ppe[2] / ppe[3]
-    );
-    println!(
-        "| trivial calls from 8 callers, 2 workers | {:.0}k/s | {:.1}k/s |",
-        callers / 1000.0,
-        ppe[4] / 1000.0
-    );
-    println!(
-        "| `map` over 10 000 trivial calls, 2 workers | {:.0}k items/s | {:.1}k items/s |",
-        mapped / 1000.0,
-        ppe[5] / 1000.0
-    );
+    pub async fn pool_table() {
+        let (start_one, start_four) = (pool_start(1), pool_start(4));
+        let one = pool(1);
+        let burn_one = pool_burn(&one).await;
+        one.stop().await.unwrap();
+        let two = pool(2);
+        let burn_two = pool_burn(&two).await;
+        two.run("def add(a, b):\n    return a + b").await.unwrap();
+        pool_callers(&two, 8, 500).await;
+        let callers = pool_callers(&two, 8, 5000).await;
+        let mapped = pool_map(&two, 10_000).await;
+        two.stop().await.unwrap();
+        let ppe = process_pool_executor();
+        println!("| pool measure | `PyPool` | `ProcessPoolExecutor` |");
+        println!("|---|---|---|");
+        println!(
+            "| start, 1 worker / 4 workers | {} / {} | {} / {} |",
+            micros(start_one),
+            micros(start_four),
+            micros(Duration::from_secs_f64(ppe[0])),
+            micros(Duration::from_secs_f64(ppe[1]))
+        );
+        println!(
+            "| {BURN_CALLS} CPU-bound calls (~{BURN_N} loop turns each), 1 worker / 2 workers | {:.3} s / {:.3} s ({:.2}×) | {:.3} s / {:.3} s ({:.2}×) |",
+            burn_one,
+            burn_two,
+            burn_one / burn_two,
+            ppe[2],
+            ppe[3],
+            ppe[2] / ppe[3]
+        );
+        println!(
+            "| trivial calls from 8 callers, 2 workers | {:.0}k/s | {:.1}k/s |",
+            callers / 1000.0,
+            ppe[4] / 1000.0
+        );
+        println!(
+            "| `map` over 10 000 trivial calls, 2 workers | {:.0}k items/s | {:.1}k items/s |",
+            mapped / 1000.0,
+            ppe[5] / 1000.0
+        );
+    }
 }
 
 #[tokio::main]
 async fn main() {
+    #[cfg(feature = "subprocess")]
     if std::env::args().nth(1).as_deref() == Some("pool") {
-        pool_table().await;
+        pool_bench::pool_table().await;
         return;
     }
-    let backends = [Backend::PyO3, Backend::Subprocess];
+    let backends = [
+        #[cfg(feature = "pyo3")]
+        Backend::PyO3,
+        #[cfg(feature = "subprocess")]
+        Backend::Subprocess,
+        #[cfg(feature = "rustpython")]
+        Backend::RustPython,
+    ];
     let labels = [
         "start (build to ready)",
         "awaited `call_function(\"add\", [1, 2])`, median",
@@ -466,6 +490,10 @@ async fn main() {
         "For reference, a bare `python -c pass` starts in {} here.",
         micros(bare_python_start())
     );
+    if !cfg!(feature = "rustpython") {
+        println!("(The RustPython column needs `--features rustpython`.)");
+    }
     println!();
-    pool_table().await;
+    #[cfg(feature = "subprocess")]
+    pool_bench::pool_table().await;
 }
