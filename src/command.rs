@@ -600,6 +600,50 @@ pub(crate) fn block_on<F: Future>(future: F) -> F::Output {
     }
 }
 
+/// An in-process backend's thread: it runs its queue's commands one at a
+/// time, in order, until `stop` or until every handle is gone.
+#[cfg(any(feature = "pyo3", feature = "rustpython"))]
+pub(crate) trait Serve {
+    fn queue(&self) -> &CommandQueue;
+    /// Runs one command (never `Stop`).
+    fn execute(&mut self, job: Job);
+    /// Waits for work while the queue is empty.
+    fn idle(&mut self);
+    /// Runs after each batch of commands taken off the queue.
+    fn after_batch(&mut self) {}
+    /// Ends the runner; called once, before `stop` is answered.
+    fn shut_down(&mut self);
+
+    /// The command loop.
+    fn serve(&mut self) {
+        let mut batch = VecDeque::new();
+        loop {
+            self.queue().take_all(&mut batch);
+            if batch.is_empty() {
+                if self.queue().is_closed() {
+                    break;
+                }
+                self.idle();
+                continue;
+            }
+            while let Some(job) = batch.pop_front() {
+                if job.reply.is_abandoned() {
+                    continue;
+                }
+                if matches!(job.request, Request::Stop) {
+                    drop(batch);
+                    self.shut_down();
+                    job.reply.send(Ok(Value::Null));
+                    return;
+                }
+                self.execute(job);
+            }
+            self.after_batch();
+        }
+        self.shut_down();
+    }
+}
+
 /// Tells [`start_backend_thread`] whether the backend started.
 pub(crate) struct Ready(std::sync::mpsc::SyncSender<Result<(), PyRunnerError>>);
 

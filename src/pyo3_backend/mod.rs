@@ -10,7 +10,7 @@
 mod convert;
 mod watchdog;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::ffi::CString;
 use std::os::unix::io::AsRawFd;
 use std::os::unix::net::UnixStream;
@@ -24,7 +24,7 @@ use pyo3::types::{PyDict, PyModule};
 use serde_json::Value;
 
 use crate::builder::RunnerConfig;
-use crate::command::{start_backend_thread, CommandQueue, Job, Reply, Request, Responder};
+use crate::command::{start_backend_thread, CommandQueue, Job, Reply, Request, Responder, Serve};
 use crate::error::PyRunnerError;
 use crate::watchdog::Watchdog;
 use convert::{to_args, to_value, ToValueError};
@@ -144,44 +144,29 @@ impl<'py> Worker<'py> {
         }
         Ok(worker)
     }
+}
 
-    /// The command loop: runs until `stop` or until every handle is gone.
-    fn serve(&mut self) {
-        let mut batch = VecDeque::new();
-        loop {
-            self.queue.take_all(&mut batch);
-            if batch.is_empty() {
-                if self.queue.is_closed() {
-                    break;
-                }
-                if self.awaiting.is_empty() {
-                    let queue = &self.queue;
-                    self.py.detach(|| queue.wait(WORKER_SPIN));
-                } else {
-                    // Blocks in the event loop until a coroutine finishes
-                    // or the queue's wake-up byte arrives.
-                    let queue = self.queue.clone();
-                    queue.wait_in_loop(|| self.turn_loop(true));
-                }
-                continue;
-            }
-            while let Some(job) = batch.pop_front() {
-                if job.reply.is_abandoned() {
-                    continue;
-                }
-                if matches!(job.request, Request::Stop) {
-                    drop(batch);
-                    self.shut_down();
-                    job.reply.send(Ok(Value::Null));
-                    return;
-                }
-                self.execute(job);
-            }
-            if !self.awaiting.is_empty() {
-                self.turn_loop(false);
-            }
+impl Serve for Worker<'_> {
+    fn queue(&self) -> &CommandQueue {
+        &self.queue
+    }
+
+    fn idle(&mut self) {
+        if self.awaiting.is_empty() {
+            let queue = &self.queue;
+            self.py.detach(|| queue.wait(WORKER_SPIN));
+        } else {
+            // Blocks in the event loop until a coroutine finishes or the
+            // queue's wake-up byte arrives.
+            let queue = self.queue.clone();
+            queue.wait_in_loop(|| self.turn_loop(true));
         }
-        self.shut_down();
+    }
+
+    fn after_batch(&mut self) {
+        if !self.awaiting.is_empty() {
+            self.turn_loop(false);
+        }
     }
 
     fn shut_down(&mut self) {
@@ -229,7 +214,9 @@ impl<'py> Worker<'py> {
         }
         reply.send(outcome);
     }
+}
 
+impl<'py> Worker<'py> {
     fn run_request(&self, request: Request) -> Reply {
         match request {
             Request::Run { code } | Request::Broadcast { code, .. } => self

@@ -11,7 +11,6 @@
 mod convert;
 mod nesting;
 
-use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,7 +28,7 @@ use rustpython_vm::{
 use serde_json::Value;
 
 use crate::builder::RunnerConfig;
-use crate::command::{start_backend_thread, CommandQueue, Job, Reply, Request};
+use crate::command::{start_backend_thread, CommandQueue, Job, Reply, Request, Serve};
 use crate::error::PyRunnerError;
 use crate::watchdog::{Interrupt, Watchdog};
 use convert::{exception_text, to_args, to_value, ToValueError};
@@ -218,33 +217,15 @@ impl<'vm> Worker<'vm> {
         }
         Ok(worker)
     }
+}
 
-    /// The command loop: runs until `stop` or until every handle is gone.
-    fn serve(&mut self) {
-        let mut batch = VecDeque::new();
-        loop {
-            self.queue.take_all(&mut batch);
-            if batch.is_empty() {
-                if self.queue.is_closed() {
-                    break;
-                }
-                self.queue.wait(WORKER_SPIN);
-                continue;
-            }
-            while let Some(job) = batch.pop_front() {
-                if job.reply.is_abandoned() {
-                    continue;
-                }
-                if matches!(job.request, Request::Stop) {
-                    drop(batch);
-                    self.shut_down();
-                    job.reply.send(Ok(Value::Null));
-                    return;
-                }
-                self.execute(job);
-            }
-        }
-        self.shut_down();
+impl Serve for Worker<'_> {
+    fn queue(&self) -> &CommandQueue {
+        &self.queue
+    }
+
+    fn idle(&mut self) {
+        self.queue.wait(WORKER_SPIN);
     }
 
     fn shut_down(&mut self) {
@@ -282,7 +263,9 @@ impl<'vm> Worker<'vm> {
         }
         reply.send(outcome);
     }
+}
 
+impl Worker<'_> {
     fn run_request(&self, request: Request) -> Reply {
         let vm = self.vm;
         match request {

@@ -6,6 +6,7 @@
 pub mod concurrency;
 pub mod errors;
 pub mod files;
+pub mod in_process;
 pub mod lifecycle;
 pub mod names;
 pub mod ordering;
@@ -97,6 +98,29 @@ macro_rules! conformance_suite {
                             $crate::conformance::$module::$name($crate::make_runner());
                         }
                     )*
+                }
+            )*
+        }
+    };
+}
+
+/// Instantiates the tests every in-process backend shares
+/// (`conformance/in_process.rs`) for the backend a builder method picks.
+#[macro_export]
+macro_rules! in_process_suite {
+    ($backend:ident) => {
+        $crate::in_process_suite!($backend:
+            startup_code_runs_before_the_first_command failing_startup_code_is_a_startup_error
+            builder_timeout_applies_to_every_command builder_venv_puts_site_packages_on_sys_path
+            dropping_the_last_handle_ends_the_runner
+        );
+    };
+    ($backend:ident: $($name:ident)*) => {
+        mod in_process {
+            $(
+                #[test]
+                fn $name() {
+                    $crate::conformance::in_process::$name(async_py::PyRunner::builder().$backend());
                 }
             )*
         }
