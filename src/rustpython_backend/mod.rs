@@ -87,9 +87,10 @@ pub(crate) fn spawn(config: &RunnerConfig, queue: Arc<CommandQueue>) -> Result<(
                 Err(err) => ready.report(Err(err)),
             }
         });
-        // Runs `atexit` handlers and frees what the interpreter holds; a
-        // dropped interpreter would keep it all.
-        interpreter.finalize(None);
+        // Not `finalize`: it runs a full collection of RustPython's
+        // process-wide collector, which holds up every other RustPython
+        // runner's allocations for as long as it takes (seconds in a debug
+        // build, and longer as the process's heap grows).
     })
 }
 
