@@ -644,6 +644,26 @@ pub(crate) trait Serve {
     }
 }
 
+/// What an in-process backend does before its first command: put the venv's
+/// packages on `sys.path`, then run the startup code. Either failing is a
+/// `Startup` error naming what failed.
+#[cfg(any(feature = "pyo3", feature = "rustpython"))]
+pub(crate) fn prepare_in_process<T>(
+    venv: Option<&std::path::Path>,
+    startup: Option<&str>,
+    set_venv: impl FnOnce(&std::path::Path) -> Result<T, PyRunnerError>,
+    run: impl FnOnce(&str) -> Result<T, PyRunnerError>,
+) -> Result<(), PyRunnerError> {
+    if let Some(venv) = venv {
+        set_venv(venv)
+            .map_err(|err| PyRunnerError::Startup(format!("venv {}: {err}", venv.display())))?;
+    }
+    if let Some(code) = startup {
+        run(code).map_err(|err| PyRunnerError::Startup(format!("startup code failed: {err}")))?;
+    }
+    Ok(())
+}
+
 /// Tells [`start_backend_thread`] whether the backend started.
 pub(crate) struct Ready(std::sync::mpsc::SyncSender<Result<(), PyRunnerError>>);
 

@@ -24,7 +24,9 @@ use pyo3::types::{PyDict, PyModule};
 use serde_json::Value;
 
 use crate::builder::RunnerConfig;
-use crate::command::{start_backend_thread, CommandQueue, Job, Reply, Request, Responder, Serve};
+use crate::command::{
+    prepare_in_process, start_backend_thread, CommandQueue, Job, Reply, Request, Responder, Serve,
+};
 use crate::error::PyRunnerError;
 use crate::watchdog::Watchdog;
 use convert::{to_args, to_value, ToValueError};
@@ -132,16 +134,12 @@ impl<'py> Worker<'py> {
             next_token: 0,
             watchdog: None,
         };
-        if let Some(venv) = venv {
-            worker
-                .set_venv(venv)
-                .map_err(|err| PyRunnerError::Startup(format!("venv {}: {err}", venv.display())))?;
-        }
-        if let Some(code) = startup {
-            worker
-                .run_helper(&worker.helpers.run_code, code)
-                .map_err(|err| PyRunnerError::Startup(format!("startup code failed: {err}")))?;
-        }
+        prepare_in_process(
+            venv,
+            startup,
+            |dir| worker.set_venv(dir),
+            |code| worker.run_helper(&worker.helpers.run_code, code).map(drop),
+        )?;
         Ok(worker)
     }
 }

@@ -28,7 +28,9 @@ use rustpython_vm::{
 use serde_json::Value;
 
 use crate::builder::RunnerConfig;
-use crate::command::{start_backend_thread, CommandQueue, Job, Reply, Request, Serve};
+use crate::command::{
+    prepare_in_process, start_backend_thread, CommandQueue, Job, Reply, Request, Serve,
+};
 use crate::error::PyRunnerError;
 use crate::watchdog::{Interrupt, Watchdog};
 use convert::{exception_text, to_args, to_value, ToValueError};
@@ -67,7 +69,7 @@ const STACK_PER_LEVEL: usize = if cfg!(debug_assertions) {
 const HELPERS_FILE: &str = "async_py/worker.py";
 
 /// What `call_async_function` answers on this backend.
-pub(crate) const NO_COROUTINES: &str = "call_async_function needs an asyncio event loop, which \
+const NO_COROUTINES: &str = "call_async_function needs an asyncio event loop, which \
      the RustPython backend does not run: use the pyo3 or the subprocess backend for coroutines";
 
 /// Starts the interpreter thread for a runner and waits until it is ready.
@@ -206,16 +208,16 @@ impl<'vm> Worker<'vm> {
             signals,
             watchdog: None,
         };
-        if let Some(venv) = venv {
-            worker
-                .set_venv(venv)
-                .map_err(|err| PyRunnerError::Startup(format!("venv {}: {err}", venv.display())))?;
-        }
-        if let Some(code) = startup {
-            worker
-                .run_source(&worker.helpers.run_code, code, Mode::Exec)
-                .map_err(|err| PyRunnerError::Startup(format!("startup code failed: {err}")))?;
-        }
+        prepare_in_process(
+            venv,
+            startup,
+            |dir| worker.set_venv(dir).map(drop),
+            |code| {
+                worker
+                    .run_source(&worker.helpers.run_code, code, Mode::Exec)
+                    .map(drop)
+            },
+        )?;
         Ok(worker)
     }
 }
@@ -314,10 +316,11 @@ impl Worker<'_> {
         // A file that cannot be read as text is left to the helper, which
         // raises what Python raises for it.
         if let Ok(source) = std::fs::read_to_string(file) {
-            if nesting::nesting_bound(&source) > INLINE_LEVELS {
+            let levels = nesting::nesting_bound(&source);
+            if levels > INLINE_LEVELS && !source.contains('\0') {
                 let absolute = self.python(self.helpers.abspath.call((path,), vm))?;
                 let filename = text_of(&absolute).unwrap_or_default();
-                args.push(self.compiled(&source, Mode::Exec, &filename)?);
+                args.push(self.compile_deep(&source, levels, Mode::Exec, &filename)?);
             }
         }
         self.python(self.helpers.run_file.call(args, vm))
@@ -337,6 +340,19 @@ impl Worker<'_> {
         if levels <= INLINE_LEVELS || source.contains('\0') {
             return Ok(vm.ctx.new_str(source).into());
         }
+        self.compile_deep(source, levels, mode, filename)
+    }
+
+    /// Compiles a source that can nest `levels` deep on a thread with room
+    /// for that many levels.
+    fn compile_deep(
+        &self,
+        source: &str,
+        levels: usize,
+        mode: Mode,
+        filename: &str,
+    ) -> Result<PyObjectRef, PyRunnerError> {
+        let vm = self.vm;
         let opts = vm.compile_opts();
         let stack = levels.saturating_mul(STACK_PER_LEVEL).max(STACK_SIZE);
         let outcome = std::thread::scope(|scope| {
