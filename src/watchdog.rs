@@ -37,6 +37,31 @@ struct Armed {
     shutdown: bool,
 }
 
+/// Arms the runner's watchdog for a command with a limit,
+/// starting it on first use with the interrupt `make` gives. `None` for a
+/// command without a limit.
+pub(crate) fn arm<I: Interrupt>(
+    watchdog: &mut Option<Arc<Watchdog<I>>>,
+    timeout: Option<Duration>,
+    reply: &Arc<ReplySlot>,
+    make: impl FnOnce() -> Result<I, PyRunnerError>,
+) -> Result<Option<Arc<Watchdog<I>>>, PyRunnerError> {
+    let Some(limit) = timeout else {
+        return Ok(None);
+    };
+    let watchdog = match watchdog {
+        Some(started) => started.clone(),
+        None => {
+            let started = Watchdog::start(make()?).map_err(|err| {
+                PyRunnerError::Startup(format!("could not start the watchdog thread: {err}"))
+            })?;
+            watchdog.insert(started).clone()
+        }
+    };
+    watchdog.arm(limit, reply.clone());
+    Ok(Some(watchdog))
+}
+
 impl<I: Interrupt> Watchdog<I> {
     /// Starts the watchdog thread.
     pub fn start(interrupt: I) -> std::io::Result<Arc<Self>> {

@@ -196,15 +196,19 @@ impl Serve for Worker<'_> {
             self.start_coroutine(&name, &args, reply, timeout);
             return;
         }
-        let watchdog = match timeout {
-            Some(limit) => match self.watchdog() {
-                Ok(watchdog) => {
-                    watchdog.arm(limit, reply.slot().clone());
-                    Some(watchdog)
-                }
-                Err(err) => return reply.send(Err(err)),
-            },
-            None => None,
+        let mut started = self.watchdog.take();
+        let armed = crate::watchdog::arm(&mut started, timeout, reply.slot(), || {
+            let exception = self
+                .helpers
+                .module
+                .getattr("RunnerTimeout")
+                .map_err(|err| self.python_error(err))?;
+            Ok(watchdog::interrupt_this_thread(exception.unbind()))
+        });
+        self.watchdog = started;
+        let watchdog = match armed {
+            Ok(watchdog) => watchdog,
+            Err(err) => return reply.send(Err(err)),
         };
         let outcome = self.run_request(request);
         if let Some(watchdog) = watchdog {
@@ -313,22 +317,6 @@ impl<'py> Worker<'py> {
                 PyRunnerError::python("Exception", "an exception that could not be described")
             }
         }
-    }
-
-    fn watchdog(&mut self) -> Result<Arc<Watchdog<AsyncExc>>, PyRunnerError> {
-        if let Some(watchdog) = &self.watchdog {
-            return Ok(watchdog.clone());
-        }
-        let exception = self
-            .helpers
-            .module
-            .getattr("RunnerTimeout")
-            .map_err(|err| self.python_error(err))?;
-        let watchdog = watchdog::start(exception.unbind()).map_err(|err| {
-            PyRunnerError::Startup(format!("could not start the watchdog thread: {err}"))
-        })?;
-        self.watchdog = Some(watchdog.clone());
-        Ok(watchdog)
     }
 
     fn driver(&mut self) -> Result<Bound<'py, PyAny>, PyRunnerError> {

@@ -20,15 +20,15 @@ pub(crate) struct AsyncExc {
     exception: Py<PyAny>,
 }
 
-/// Starts a watchdog for the calling worker thread.
-pub(crate) fn start(exception: Py<PyAny>) -> std::io::Result<Arc<Watchdog<AsyncExc>>> {
+/// Raises `exception` in the calling worker thread. Call it on that thread.
+pub(crate) fn interrupt_this_thread(exception: Py<PyAny>) -> AsyncExc {
     // SAFETY: plain query of the calling thread's identifier; it has no preconditions.
     let worker_thread = unsafe { pyo3::ffi::PyThread_get_thread_ident() } as c_long;
-    Watchdog::start(AsyncExc {
+    AsyncExc {
         interrupted: AtomicBool::new(false),
         worker_thread,
         exception,
-    })
+    }
 }
 
 /// Stops the clock. Call with the GIL held, right after the command ends.

@@ -247,15 +247,16 @@ impl Serve for Worker<'_> {
             reply,
             timeout,
         } = job;
-        let watchdog = match timeout {
-            Some(limit) => match self.watchdog() {
-                Ok(watchdog) => {
-                    watchdog.arm(limit, reply.slot().clone());
-                    Some(watchdog)
-                }
-                Err(err) => return reply.send(Err(err)),
-            },
-            None => None,
+        let armed = crate::watchdog::arm(&mut self.watchdog, timeout, reply.slot(), || {
+            Ok(Signal {
+                sender: self.signals.clone(),
+                exception: self.helpers.timeout.clone(),
+                again: std::sync::Mutex::new((0, INTERRUPT_AGAIN)),
+            })
+        });
+        let watchdog = match armed {
+            Ok(watchdog) => watchdog,
+            Err(err) => return reply.send(Err(err)),
         };
         // A panic inside the interpreter is a bug of RustPython's; it fails
         // this command and the runner goes on.
@@ -424,22 +425,6 @@ impl Worker<'_> {
             },
             None => PyRunnerError::python("Exception", "an exception that could not be described"),
         }
-    }
-
-    fn watchdog(&mut self) -> Result<Arc<Watchdog<Signal>>, PyRunnerError> {
-        if let Some(watchdog) = &self.watchdog {
-            return Ok(watchdog.clone());
-        }
-        let watchdog = Watchdog::start(Signal {
-            sender: self.signals.clone(),
-            exception: self.helpers.timeout.clone(),
-            again: std::sync::Mutex::new((0, INTERRUPT_AGAIN)),
-        })
-        .map_err(|err| {
-            PyRunnerError::Startup(format!("could not start the watchdog thread: {err}"))
-        })?;
-        self.watchdog = Some(watchdog.clone());
-        Ok(watchdog)
     }
 }
 
