@@ -7,7 +7,9 @@ worker.py`, or its source through `python -c`); `main()` then speaks the
 wire protocol of PROTOCOL.md beside this file:
 
 - frames are a 4-byte big-endian length and one MessagePack value;
-- the child first sends `["hello", 1, "3.11.7", pid, executable]`;
+- the child first sends `["hello", 1, "3.11.7", pid, executable, ring]`;
+- with the reply ring the parent offers (shared memory), replies go there
+  and stdout carries only doorbells;
 - requests are `[id, op, ...]` (ops `run`, `run_file`, `eval`, `read`,
   `call`, `call_async`, `set_venv`, `stop`) and are handled in arrival order;
 - replies are `[id, "ok", value]`, `[id, "err", kind, message, traceback]`,
@@ -23,6 +25,7 @@ import builtins
 import functools
 import io
 import math
+import mmap
 import os
 import reprlib
 import select
@@ -964,6 +967,75 @@ _OPS = {
 }
 
 
+# The reply ring: shared memory the parent offers for replies (see
+# src/subprocess/ring.rs for the layout). Its counters are native u64s read
+# and written through a memoryview, which moves each one whole (struct's
+# pack_into zero-fills first: a reader could see 0 between the two stores).
+_RING_PUBLISHED = 0  # index of the u64 at byte 0
+_RING_TAKEN = 8  # byte 64
+_RING_WAITING = 16  # byte 128
+_RING_DATA = 4096
+_RING_SIZE = 1 << 20
+_RING_FULL_NAP = 100e-6
+
+
+class ReplyRing:
+    """The child's end of the reply ring: whole frames are copied in, then
+    the new total is published; a doorbell byte follows on stdout when the
+    parent has said it sleeps until one comes."""
+
+    def __init__(self, path):
+        fd = os.open(path, os.O_RDWR)
+        try:
+            self.map = mmap.mmap(fd, _RING_DATA + _RING_SIZE)
+        finally:
+            os.close(fd)
+        self.counters = memoryview(self.map)[:_RING_DATA].cast("Q")
+        self.published = self.counters[_RING_PUBLISHED]
+
+    def put(self, data, doorbell):
+        """Copies `data` in, waiting for room as the parent takes it;
+        False once the parent is gone."""
+        ring = self.map
+        counters = self.counters
+        if len(data) > 4096:
+            data = memoryview(data)
+        size = len(data)
+        done = 0
+        published = self.published
+        while done < size:
+            room = _RING_SIZE - (published - counters[_RING_TAKEN])
+            if room <= 0:
+                if not doorbell():
+                    return False
+                time.sleep(_RING_FULL_NAP)
+                continue
+            take = min(room, size - done)
+            start = _RING_DATA + published % _RING_SIZE
+            first = min(take, _RING_DATA + _RING_SIZE - start)
+            ring[start : start + first] = data[done : done + first]
+            if first < take:
+                ring[_RING_DATA : _RING_DATA + take - first] = data[done + first : done + take]
+            published += take
+            done += take
+            self.published = published
+            counters[_RING_PUBLISHED] = published
+            if counters[_RING_WAITING] and not doorbell():
+                return False
+        return True
+
+
+def _open_ring(path):
+    """The ring at `path`, or None (no path, or it cannot be mapped here)."""
+    if not path:
+        return None
+    try:
+        return ReplyRing(path)
+    except (OSError, ValueError) as exc:
+        _say("replies take the pipe: the reply ring did not open: %s" % exc)
+        return None
+
+
 class ChildWorker:
     """Answers the requests of one parent until `stop` or end of input.
 
@@ -973,9 +1045,12 @@ class ChildWorker:
     for the next request in that loop's selector.
     """
 
-    def __init__(self, proto_in, proto_out, pack_value=pack, unpack_frame=unpack):
+    def __init__(self, proto_in, proto_out, pack_value=pack, unpack_frame=unpack, ring=None):
         self.proto_in = proto_in
         self.proto_out = proto_out
+        # Replies take the ring from the first one after the hello.
+        self.offered_ring = ring
+        self.ring = None
         self.pack_value = pack_value
         self.unpack_frame = unpack_frame
         self.globals = new_globals()
@@ -1000,8 +1075,12 @@ class ChildWorker:
 
     def serve(self):
         """Handles requests until `stop` or end of input; returns the exit status."""
-        self._send(pack(["hello", PROTOCOL_VERSION, "%d.%d.%d" % sys.version_info[:3], os.getpid(), _executable()]))
+        hello = ["hello", PROTOCOL_VERSION, "%d.%d.%d" % sys.version_info[:3], os.getpid(), _executable()]
+        self._send(pack(hello + [self.offered_ring is not None]))
         self._flush()
+        if self.offered_ring is not None:
+            os.set_blocking(self.proto_out, False)  # a full pipe holds doorbells enough
+            self.ring = self.offered_ring
         while True:
             self._handle_frames()
             if self.driver is not None and self.driver.pending and not self.stopping:
@@ -1249,8 +1328,13 @@ class ChildWorker:
         stdout, stderr = self.direct_streams
         if sys.stdout is not stdout or sys.stderr is not stderr:
             _flush_stdio()
-        data = memoryview(b"".join(outbox))
+        data = b"".join(outbox)
         del outbox[:]
+        if self.ring is not None:
+            if not self.ring.put(data, self._doorbell):
+                self._parent_gone()
+            return
+        data = memoryview(data)
         while True:
             try:
                 written = os.write(self.proto_out, data)
@@ -1258,13 +1342,26 @@ class ChildWorker:
                 select.select([], [self.proto_out], [])
                 continue
             except BrokenPipeError:
-                # The parent stopped reading: nobody is left to answer.
-                self.at_eof = True
-                self.inbox.clear()
+                self._parent_gone()
                 return
             if written == len(data):
                 return
             data = data[written:]
+
+    def _doorbell(self):
+        """Wakes a parent that sleeps until replies come; False if it is gone."""
+        try:
+            os.write(self.proto_out, b"\0")
+        except (BlockingIOError, InterruptedError):
+            pass  # the pipe is full of doorbells the parent has yet to read
+        except BrokenPipeError:
+            return False
+        return True
+
+    def _parent_gone(self):
+        """The parent stopped reading: nobody is left to answer."""
+        self.at_eof = True
+        self.inbox.clear()
 
     def _fail(self, message):
         """A broken protocol stream: say why on stderr and exit with status 3."""
@@ -1422,11 +1519,14 @@ def _forget_own_folder():
 
 def main():
     """The child program: serve one parent over stdin and stdout, then exit."""
+    ring_path = sys.argv.pop(1) if len(sys.argv) > 1 else ""
+    if os.environ.get("ASYNC_PY_REPLY_RING") == "0":
+        ring_path = ""  # replies take the pipe
     proto_in, proto_out = _move_protocol_off_stdio()
     _exit_with_parent(proto_in)
     _forget_own_folder()
     codec = _msgpack_codec() or (pack, unpack)
-    worker = ChildWorker(proto_in, proto_out, *codec)
+    worker = ChildWorker(proto_in, proto_out, *codec, ring=_open_ring(ring_path))
     signal.signal(signal.SIGINT, worker.on_interrupt)
     try:
         status = worker.serve()

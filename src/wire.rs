@@ -133,6 +133,8 @@ fn check_depth(args: &[Value]) -> Result<(), PyRunnerError> {
 #[derive(Debug, Clone)]
 pub(crate) struct Hello {
     pub python_version: String,
+    /// The child took the reply ring it was offered.
+    pub ring: bool,
 }
 
 /// What a reply frame says about its request.
@@ -184,7 +186,11 @@ pub(crate) fn decode_message(frame: &[u8]) -> Result<Message, PyRunnerError> {
         // The pid that follows is not used: signals go to the process this
         // side started, whatever the child claims.
         let python_version = take_string(items.next()).unwrap_or_default();
-        return Ok(Message::Hello(Hello { python_version }));
+        let ring = items.nth(2).and_then(|v| v.as_bool()).unwrap_or(false);
+        return Ok(Message::Hello(Hello {
+            python_version,
+            ring,
+        }));
     }
     let id = head
         .as_u64()

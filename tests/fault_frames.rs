@@ -15,9 +15,26 @@ fn protocol_error(outcome: Result<(), PyRunnerError>) -> String {
     }
 }
 
+/// A runner whose child declines the reply ring: replies take the pipe.
+fn pipe_runner() -> async_py::PyRunner {
+    builder()
+        .env("ASYNC_PY_REPLY_RING", "0")
+        .build()
+        .expect("the subprocess backend starts")
+}
+
+/// Python that copies raw bytes into the reply ring, behind the worker's back.
+fn write_to_ring(bytes: &str) -> String {
+    format!(
+        "import gc\n\
+         ring = next(o for o in gc.get_objects() if type(o).__name__ == 'ReplyRing')\n\
+         ring.put({bytes}, lambda: True)\n"
+    )
+}
+
 #[test]
 fn a_length_over_the_limit_is_refused_and_the_child_replaced() {
-    let runner = runner();
+    let runner = pipe_runner();
     let first = child_pid(&runner);
     let message =
         protocol_error(runner.run_sync(&write_to_protocol("b'\\xff\\xff\\xff\\xff' + b'x' * 100")));
@@ -29,7 +46,7 @@ fn a_length_over_the_limit_is_refused_and_the_child_replaced() {
 
 #[test]
 fn bytes_that_are_not_messagepack_are_refused_and_the_child_replaced() {
-    let runner = runner();
+    let runner = pipe_runner();
     // A whole frame whose body is not MessagePack (0xc1 is never used).
     protocol_error(runner.run_sync(&write_to_protocol("b'\\x00\\x00\\x00\\x02\\xc1\\xc1'")));
     assert_eq!(runner.eval_sync("1 + 1").unwrap(), json!(2));
@@ -42,10 +59,76 @@ fn bytes_that_are_not_messagepack_are_refused_and_the_child_replaced() {
 
 #[test]
 fn a_frame_cut_short_by_death_is_a_worker_death() {
-    let runner = runner();
+    let runner = pipe_runner();
     let code = format!(
         "{}\nimport os\nos._exit(0)",
         write_to_protocol("b'\\x00\\x00\\x10\\x00partial'")
+    );
+    assert!(matches!(
+        runner.run_sync(&code),
+        Err(PyRunnerError::WorkerDied { .. })
+    ));
+    assert_eq!(runner.eval_sync("3").unwrap(), json!(3));
+}
+
+#[test]
+fn a_length_over_the_limit_in_the_ring_is_refused_and_the_child_replaced() {
+    let runner = runner();
+    let first = child_pid(&runner);
+    let message =
+        protocol_error(runner.run_sync(&write_to_ring("b'\\xff\\xff\\xff\\xff' + b'x' * 100")));
+    assert!(message.contains("frame"), "{message}");
+    assert_eq!(runner.eval_sync("'fresh'").unwrap(), json!("fresh"));
+    assert_ne!(child_pid(&runner), first);
+    assert!(is_gone(first));
+}
+
+#[test]
+fn bytes_in_the_ring_that_are_not_messagepack_are_refused() {
+    let runner = runner();
+    protocol_error(runner.run_sync(&write_to_ring("b'\\x00\\x00\\x00\\x02\\xc1\\xc1'")));
+    assert_eq!(runner.eval_sync("1 + 1").unwrap(), json!(2));
+    protocol_error(runner.run_sync(&write_to_ring(
+        "b'\\x00\\x00\\x00\\x04\\x93\\xcd\\x30\\x39'",
+    )));
+    assert_eq!(runner.eval_sync("2 + 2").unwrap(), json!(4));
+}
+
+#[test]
+fn a_count_past_the_ring_is_refused_not_read() {
+    let runner = runner();
+    let first = child_pid(&runner);
+    let code = "import gc\n\
+                ring = next(o for o in gc.get_objects() if type(o).__name__ == 'ReplyRing')\n\
+                ring.published += 1 << 40\n\
+                ring.counters[0] = ring.published\n";
+    let message = protocol_error(runner.run_sync(code));
+    assert!(message.contains("ring"), "{message}");
+    assert_eq!(runner.eval_sync("3 * 3").unwrap(), json!(9));
+    assert_ne!(child_pid(&runner), first);
+}
+
+/// With a ring, the child's stdout carries only doorbells. What else comes
+/// there is seen when the thread next reads it: at the latest while it
+/// waits for a slow reply, which then fails with the child.
+#[test]
+fn stray_bytes_on_the_pipe_beside_a_ring_are_refused() {
+    let runner = runner();
+    let first = child_pid(&runner);
+    let stray = write_to_protocol("b'\\x00\\x00\\x00\\x01\\xc0'");
+    let code = format!("{stray}\nimport time\ntime.sleep(0.3)\n");
+    let message = protocol_error(runner.run_sync(&code));
+    assert!(message.contains("doorbell"), "{message}");
+    assert_eq!(runner.eval_sync("4 + 4").unwrap(), json!(8));
+    assert_ne!(child_pid(&runner), first);
+}
+
+#[test]
+fn a_frame_cut_short_in_the_ring_by_death_is_a_worker_death() {
+    let runner = runner();
+    let code = format!(
+        "{}\nimport os\nos._exit(0)",
+        write_to_ring("b'\\x00\\x00\\x10\\x00partial'")
     );
     assert!(matches!(
         runner.run_sync(&code),

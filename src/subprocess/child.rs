@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 
+use super::ring::ReplyRing;
 use crate::error::PyRunnerError;
 use crate::wire::{decode_message, FrameReader, Hello, Message};
 
@@ -49,6 +50,9 @@ pub(crate) struct ChildProcess {
     stderr_tail: Arc<Mutex<VecDeque<String>>>,
     stderr_done: mpsc::Receiver<()>,
     pub hello: Hello,
+    /// Shared memory the child's replies come through, if it took it (see
+    /// `ring`); its stdout then carries only doorbells.
+    pub ring: Option<Arc<ReplyRing>>,
     reaped: Option<ExitStatus>,
     group_killed: bool,
 }
@@ -59,6 +63,8 @@ impl ChildProcess {
         spec: &LaunchSpec,
         reader: &mut FrameReader,
     ) -> Result<ChildProcess, PyRunnerError> {
+        // Without a ring (no memfd here) replies take the pipe, only slower.
+        let ring = ReplyRing::create().ok();
         let mut command = Command::new(&spec.python);
         command
             .arg("-u")
@@ -66,6 +72,10 @@ impl ChildProcess {
             .arg(BOOTSTRAP)
             .arg(crate::worker_source::WORKER_PY)
             .arg(compiled_worker_cache())
+            .arg(
+                ring.as_ref()
+                    .map_or(String::new(), ReplyRing::path_for_child),
+            )
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -119,12 +129,17 @@ impl ChildProcess {
             stderr_done,
             hello: Hello {
                 python_version: "version unknown".into(),
+                ring: false,
             },
+            ring: None,
             reaped: None,
             group_killed: false,
         };
         match process.await_hello(reader, spec.hello_timeout) {
             Ok(hello) => {
+                if hello.ring {
+                    process.ring = ring.map(Arc::new);
+                }
                 process.hello = hello;
                 Ok(process)
             }
@@ -170,28 +185,88 @@ impl ChildProcess {
         }
     }
 
-    /// Waits until `deadline` for the child's next frame, reading its stdout.
+    /// Waits until `deadline` for the child's next frame.
     pub fn next_frame(
         &mut self,
         reader: &mut FrameReader,
         deadline: Instant,
     ) -> Result<BytesMut, NoFrame> {
+        let mut closed = false;
         loop {
             if let Some(frame) = reader.next_frame().map_err(NoFrame::Bad)? {
                 return Ok(frame);
+            }
+            if closed {
+                return Err(NoFrame::Closed);
             }
             let now = Instant::now();
             if now >= deadline {
                 return Err(NoFrame::Late);
             }
-            wait_readable(self.stdout.as_raw_fd(), Some(deadline - now));
-            match read_some(&mut self.stdout, reader) {
-                Ok(0) => return Err(NoFrame::Closed),
+            let mut fds = [libc::pollfd {
+                fd: self.stdout.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            }];
+            match &self.ring {
+                Some(ring) => ring.sleep(&mut fds, Some(deadline - now)),
+                None => poll(&mut fds, Some(deadline - now)),
+            }
+            match self.receive(reader, true) {
+                Ok(0) => closed = true,
                 Ok(_) => {}
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
                 Err(err) => return Err(NoFrame::Io(err)),
             }
         }
+    }
+
+    /// Moves what the child sent into `reader`: `Ok(0)` is end of file (what
+    /// the child published before it is taken too), `WouldBlock` nothing new.
+    /// With a ring the pipe holds only doorbells and end of file, and is
+    /// read only if `pipe_too`: a caller spinning for replies then makes no
+    /// system call.
+    pub fn receive(&mut self, reader: &mut FrameReader, pipe_too: bool) -> io::Result<usize> {
+        let Some(ring) = &self.ring else {
+            return read_some(&mut self.stdout, reader);
+        };
+        let taken = ring.take_into(reader.buffer())?;
+        if pipe_too {
+            let mut doorbells = [0u8; 256];
+            loop {
+                // SAFETY: read(2) into a local buffer of the length given.
+                let read = unsafe {
+                    libc::read(
+                        self.stdout.as_raw_fd(),
+                        doorbells.as_mut_ptr().cast(),
+                        doorbells.len(),
+                    )
+                };
+                if read == 0 {
+                    // The child is gone: all it published is there now.
+                    ring.take_into(reader.buffer())?;
+                    return Ok(0);
+                }
+                if read < 0 {
+                    let err = io::Error::last_os_error();
+                    match err.kind() {
+                        io::ErrorKind::WouldBlock => break,
+                        io::ErrorKind::Interrupted => {}
+                        _ => return Err(err),
+                    }
+                } else if doorbells[..read as usize].iter().any(|&byte| byte != 0) {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "the child wrote to its stdout what is not a doorbell \
+                         (with a reply ring, a frame there is out of place)",
+                    ));
+                }
+            }
+        }
+        if taken == 0 {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(taken)
     }
 
     /// Waits until `deadline` for room in the request pipe.
@@ -399,16 +474,6 @@ fn set_nonblocking(fd: &impl AsRawFd) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
-}
-
-/// Waits until `fd` is readable (or hung up), or `limit` passes.
-pub(crate) fn wait_readable(fd: i32, limit: Option<Duration>) {
-    let mut fds = [libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    }];
-    poll(&mut fds, limit);
 }
 
 /// poll(2) over `fds`; `None` waits without limit. Interruptions count as a

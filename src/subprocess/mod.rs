@@ -7,6 +7,7 @@
 
 mod child;
 mod interpreter;
+mod ring;
 mod supervisor;
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64};

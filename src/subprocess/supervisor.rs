@@ -20,7 +20,8 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, BytesMut};
 use serde_json::Value;
 
-use super::child::{poll, read_some, ChildProcess, LaunchSpec, NoFrame};
+use super::child::{poll, ChildProcess, LaunchSpec, NoFrame};
+use super::ring::ReplyRing;
 use super::PoolHooks;
 use crate::command::{CommandQueue, Drive, Job, Request};
 use crate::error::PyRunnerError;
@@ -287,7 +288,7 @@ impl Core {
         if !self.flush_or_lose() {
             return;
         }
-        match self.read_replies() {
+        match self.read_replies(on_thread) {
             Ok(true) => {}
             Ok(false) if self.interrupting.is_some() => self.lost = Some(Loss::TimedOut),
             Ok(false) => self.lost = Some(Loss::Died),
@@ -350,6 +351,7 @@ impl Core {
         let Some(child) = self.child.as_ref() else {
             return Some(WaitPlan {
                 replies: -1,
+                ring: None,
                 requests: -1,
                 limit: None,
             });
@@ -374,6 +376,7 @@ impl Core {
         }
         Some(WaitPlan {
             replies: child.stdout.as_raw_fd(),
+            ring: child.ring.clone(),
             requests: if self.outgoing.is_empty() {
                 -1
             } else {
@@ -493,14 +496,16 @@ impl Core {
     }
 
     /// Answers every reply that has arrived. `Ok(false)`: the child closed
-    /// its end, so it is dead or dying.
-    fn read_replies(&mut self) -> Result<bool, PyRunnerError> {
+    /// its end, so it is dead or dying. A caller's turn (`on_thread` false)
+    /// leaves a ring's doorbells and end of file to the thread, which polls
+    /// for them anyway.
+    fn read_replies(&mut self, on_thread: bool) -> Result<bool, PyRunnerError> {
         loop {
             self.answer_frames()?;
             let Some(child) = self.child.as_mut() else {
                 return Ok(true);
             };
-            match read_some(&mut child.stdout, &mut self.reader) {
+            match child.receive(&mut self.reader, on_thread) {
                 Ok(0) => {
                     self.answer_frames()?;
                     return Ok(false);
@@ -756,6 +761,8 @@ impl Core {
 /// What the supervisor thread polls for; -1 skips an fd.
 struct WaitPlan {
     replies: i32,
+    /// The child's reply ring, if replies come through one.
+    ring: Option<Arc<ReplyRing>>,
     requests: i32,
     limit: Option<Duration>,
 }
@@ -901,7 +908,10 @@ impl Shared {
                     revents: 0,
                 },
             ];
-            poll(&mut fds, limit);
+            match &plan.ring {
+                Some(ring) if watch => ring.sleep(&mut fds, limit),
+                _ => poll(&mut fds, limit),
+            }
             self.blind.store(false, Ordering::SeqCst);
         });
         drain(&wake);
@@ -920,6 +930,13 @@ impl Shared {
             }
             if self.queue.has_jobs() {
                 return true;
+            }
+            if let Some(ring) = &plan.ring {
+                if ring.pending() {
+                    return true;
+                }
+                std::hint::spin_loop();
+                continue;
             }
             let mut fds = [libc::pollfd {
                 fd: plan.replies,

@@ -1,0 +1,184 @@
+//! The reply ring: shared memory that carries the child's replies, so that
+//! a reply costs the child a copy instead of a write(2) and a wake-up, and a
+//! parent that spins for replies looks at memory instead of calling read(2).
+//!
+//! The parent makes a sealed memfd (it cannot be shrunk, so neither side can
+//! fault on it) and the child opens it through `/proc/<parent>/fd/<n>`.
+//! Layout, each counter on its own cache line, in native byte order:
+//!
+//! | offset | what | written by |
+//! |---|---|---|
+//! | 0 | bytes published so far (u64) | child |
+//! | 64 | bytes taken so far (u64) | parent |
+//! | 128 | 1 while the parent may sleep until a doorbell (u64) | parent |
+//! | 4096 | the ring: [`RING_SIZE`] bytes of reply frames | child |
+//!
+//! The ring carries the same frames the pipe would, as one byte stream: the
+//! child copies whole frames in (wrapping at the end), then publishes the new
+//! total. When the parent has said it may sleep, the child also writes one
+//! byte, a doorbell, to its stdout; with a ring, stdout carries nothing else
+//! after the hello. A child that dies leaves what it published readable, so
+//! no reply it wrote is lost.
+//!
+//! The child cannot fence its stores, so the parent may miss a doorbell
+//! when it goes to sleep just as a reply is published. It therefore sleeps
+//! at most [`RECHECK`] at first, looks at the ring again, and only then
+//! sleeps as long as it likes: by then any later reply sees its flag.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::BytesMut;
+
+use super::child::poll;
+
+const PUBLISHED: usize = 0;
+const TAKEN: usize = 64;
+const WAITING: usize = 128;
+const DATA: usize = 4096;
+
+/// The ring's size; a reply larger than it crosses in pieces.
+pub(crate) const RING_SIZE: usize = 1 << 20;
+
+/// How long a parent sleeps before it looks at the ring once more.
+const RECHECK: Duration = Duration::from_micros(200);
+
+pub(crate) struct ReplyRing {
+    fd: OwnedFd,
+    base: *mut u8,
+}
+
+// SAFETY: the mapping lives as long as the ring; the counters are only
+// touched through atomics, and the data only by the one reader that holds
+// the supervisor's lock (the child writes only where it has not published).
+unsafe impl Send for ReplyRing {}
+unsafe impl Sync for ReplyRing {}
+
+impl ReplyRing {
+    /// A fresh ring, or the reason there is none (the pipe then carries
+    /// replies, as it does on systems without memfd).
+    #[cfg(target_os = "linux")]
+    pub fn create() -> io::Result<ReplyRing> {
+        let name = c"async_py-replies";
+        // SAFETY: a NUL-terminated name and flags; the result is checked.
+        let raw = unsafe {
+            libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING)
+        };
+        if raw < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: memfd_create returned a new fd that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let length = DATA + RING_SIZE;
+        // SAFETY: ftruncate and fcntl on the fd made above, integer arguments.
+        let sized = unsafe {
+            libc::ftruncate(fd.as_raw_fd(), length as libc::off_t) == 0
+                && libc::fcntl(
+                    fd.as_raw_fd(),
+                    libc::F_ADD_SEALS,
+                    libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL,
+                ) == 0
+        };
+        if !sized {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a fresh shared mapping of the whole (sealed) file.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                length,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(ReplyRing {
+            fd,
+            base: base.cast(),
+        })
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    pub fn create() -> io::Result<ReplyRing> {
+        Err(io::ErrorKind::Unsupported.into())
+    }
+
+    /// Where the child opens the ring.
+    pub fn path_for_child(&self) -> String {
+        format!("/proc/{}/fd/{}", std::process::id(), self.fd.as_raw_fd())
+    }
+
+    fn counter(&self, offset: usize) -> &AtomicU64 {
+        // SAFETY: the offset is one of the three aligned header slots inside
+        // the mapping, which outlives `self`.
+        unsafe { &*self.base.add(offset).cast::<AtomicU64>() }
+    }
+
+    /// Whether the child has published bytes not yet taken.
+    pub fn pending(&self) -> bool {
+        self.counter(PUBLISHED).load(Ordering::Acquire)
+            != self.counter(TAKEN).load(Ordering::Relaxed)
+    }
+
+    /// Appends every published byte to `buffer`; how many. Only one reader
+    /// may call this at a time (the supervisor's lock sees to that).
+    pub fn take_into(&self, buffer: &mut BytesMut) -> io::Result<usize> {
+        let published = self.counter(PUBLISHED).load(Ordering::Acquire);
+        let taken = self.counter(TAKEN).load(Ordering::Relaxed);
+        let count = published.wrapping_sub(taken);
+        if count == 0 {
+            return Ok(0);
+        }
+        if count > RING_SIZE as u64 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("the child published {count} bytes in a ring of {RING_SIZE}"),
+            ));
+        }
+        let count = count as usize;
+        let start = (taken % RING_SIZE as u64) as usize;
+        let first = count.min(RING_SIZE - start);
+        // SAFETY: both ranges lie inside the ring's data area, and the child
+        // wrote them before it published them; it writes there again only
+        // after the new total below is stored.
+        unsafe {
+            let data = self.base.add(DATA);
+            buffer.extend_from_slice(std::slice::from_raw_parts(data.add(start), first));
+            buffer.extend_from_slice(std::slice::from_raw_parts(data, count - first));
+        }
+        self.counter(TAKEN).store(published, Ordering::Release);
+        Ok(count)
+    }
+
+    /// poll(2) over `fds`, the first of which is the child's stdout, after
+    /// asking the child for doorbells; see the module docs for the recheck.
+    pub fn sleep(&self, fds: &mut [libc::pollfd], limit: Option<Duration>) {
+        let waiting = self.counter(WAITING);
+        waiting.store(1, Ordering::SeqCst);
+        if !self.pending() {
+            let first = limit.map_or(RECHECK, |limit| limit.min(RECHECK));
+            poll(fds, Some(first));
+            let woken = fds.iter().any(|fd| fd.revents != 0);
+            if !woken && !self.pending() && limit.is_none_or(|limit| limit > RECHECK) {
+                poll(fds, limit.map(|limit| limit - RECHECK));
+            }
+        }
+        waiting.store(0, Ordering::SeqCst);
+    }
+}
+
+impl Drop for ReplyRing {
+    fn drop(&mut self) {
+        // SAFETY: unmaps the mapping made in `create`, which nothing uses
+        // once the ring is dropped.
+        unsafe {
+            libc::munmap(self.base.cast(), DATA + RING_SIZE);
+        }
+    }
+}
