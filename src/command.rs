@@ -142,6 +142,21 @@ impl ReplySlot {
         self.ready.load(Ordering::Acquire)
     }
 
+    /// Wakes the waiting caller without answering it, so that it polls again
+    /// (and takes the driver's seat); false if no caller waits to be woken.
+    pub fn nudge(&self) -> bool {
+        let inner = self.lock();
+        if self.is_ready() {
+            return false;
+        }
+        let Some(waker) = inner.waker.clone() else {
+            return false;
+        };
+        drop(inner);
+        waker.wake();
+        true
+    }
+
     /// True once the caller has dropped its future: the work can be skipped.
     pub fn is_abandoned(&self) -> bool {
         self.abandoned.load(Ordering::Relaxed)
@@ -368,6 +383,11 @@ impl CommandQueue {
     }
 }
 
+/// A caller driving another process gives up its core once in this many
+/// turns of its spin: on a machine with few cores, the child or another
+/// runtime thread may be waiting for it.
+const YIELD_EVERY: u32 = 8;
+
 /// A backend that talks to another process can let a caller that waits for
 /// a reply do the talking: the caller spins anyway, and on two cores a
 /// separate I/O thread spinning as well would leave the child no core to
@@ -385,6 +405,10 @@ impl CommandQueue {
 /// be taken by any other caller: the holder's task may never be polled
 /// again soon (it sits in a `select!`, or its thread is blocked by a `_sync`
 /// call of another task), and calls must not wait for it.
+///
+/// A holder whose own reply came leaves the seat to a caller still waiting
+/// (it wakes that caller's task), so that the backend's thread is woken
+/// only when no caller can take over.
 pub(crate) trait Drive: Send + Sync {
     /// Claims the driver's seat if it is free or parked; the holder's token.
     fn try_begin(&self) -> Option<u64>;
@@ -404,6 +428,8 @@ pub(crate) trait Drive: Send + Sync {
     fn end(&self, token: u64, handed_out: bool);
     /// How long the driving caller spins for a reply.
     fn spin(&self) -> Duration;
+    /// Whether the child still works through requests already sent.
+    fn line_busy(&self) -> bool;
 }
 
 /// The future behind every async command: sends the job on first poll, spins
@@ -440,9 +466,10 @@ impl Submission {
     }
 
     /// A turn in the driver's seat, if it is free or already ours: spins
-    /// until this job's reply, until replies went to other callers (then
-    /// parks the seat and asks to be polled again after their tasks ran),
-    /// or for the backend's spin limit (then leaves the seat and waits to be
+    /// until this job's reply, until replies went to other callers and the
+    /// child has nothing else to answer (then parks the seat and asks to be
+    /// polled again after their tasks ran and queued their next calls), or
+    /// for the backend's spin limit (then leaves the seat and waits to be
     /// woken).
     ///
     /// On the first poll it only sends and asks to be polled again: futures
@@ -470,14 +497,16 @@ impl Submission {
         };
         let limit = if first { Duration::ZERO } else { driver.spin() };
         let start = Instant::now();
+        let mut handed_out = 0;
+        let mut turns = 0u32;
         loop {
-            let handed_out = driver.drive();
+            handed_out += driver.drive();
             if slot.is_ready() {
                 *seat = None;
                 driver.end(token, handed_out > 1);
                 return;
             }
-            if first || handed_out > 0 {
+            if first || (handed_out > 0 && !driver.line_busy()) {
                 driver.park(token);
                 cx.waker().wake_by_ref();
                 return;
@@ -487,7 +516,12 @@ impl Submission {
                 driver.end(token, false);
                 return;
             }
-            std::hint::spin_loop();
+            turns += 1;
+            if turns % YIELD_EVERY == 0 {
+                std::thread::yield_now();
+            } else {
+                std::hint::spin_loop();
+            }
         }
     }
 

@@ -783,6 +783,7 @@ pub(crate) struct Shared {
     thread_needed: AtomicBool,
     /// `Core::outstanding` as of the last pump, readable without the lock.
     outstanding: AtomicUsize,
+    line_busy: AtomicBool,
     wake: Mutex<UnixStream>,
     /// How long a driving caller spins for a reply.
     caller_spin: Duration,
@@ -817,6 +818,7 @@ impl Shared {
             blind_bounded: AtomicBool::new(false),
             thread_needed: AtomicBool::new(false),
             outstanding: AtomicUsize::new(0),
+            line_busy: AtomicBool::new(false),
             wake: Mutex::new(wake),
             caller_spin,
         });
@@ -964,9 +966,30 @@ impl Shared {
         let before = core.handed_out;
         core.pump(false);
         self.outstanding.store(core.outstanding(), Ordering::SeqCst);
+        self.line_busy
+            .store(!core.sync_line.is_empty(), Ordering::Relaxed);
         self.thread_needed
             .store(core.needs_thread(), Ordering::SeqCst);
         core.handed_out - before
+    }
+
+    /// Wakes a caller that waits for a reply, so that it takes the seat this
+    /// one left, instead of waking the thread: a task woken on the caller's
+    /// own runtime is far cheaper than a thread. Not when the thread has
+    /// its own work (a deadline, a lost child), or when the state is busy.
+    fn pass_seat(&self) -> bool {
+        let core = match self.core.try_lock() {
+            Ok(core) => core,
+            Err(_) => return false,
+        };
+        if core.lost.is_some() || core.interrupting.is_some() || core.timed > 0 {
+            return false;
+        }
+        core.sync_line
+            .iter()
+            .take(4)
+            .filter_map(|id| core.inflight.get(id))
+            .any(|flight| flight.job.reply.slot().nudge())
     }
 
     /// Calls are in flight and the thread does not watch their replies: not
@@ -1024,17 +1047,25 @@ impl Drive for Shared {
                 .seat
                 .compare_exchange(held, 0, Ordering::SeqCst, Ordering::SeqCst);
         }
-        // After handing out replies, a thread that looks on its own soon is left asleep.
+        // After handing out replies, a thread that looks on its own soon is
+        // left asleep; else a waiting caller takes over if there is one.
         if self.queue.has_jobs()
             || self.thread_needed.load(Ordering::SeqCst)
             || self.replies_unwatched(handed_out)
         {
+            if self.pass_seat() {
+                return;
+            }
             self.queue.wake_consumer();
         }
     }
 
     fn spin(&self) -> Duration {
         self.caller_spin
+    }
+
+    fn line_busy(&self) -> bool {
+        self.line_busy.load(Ordering::Relaxed)
     }
 }
 
