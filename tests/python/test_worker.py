@@ -479,6 +479,75 @@ class CoroutineDriverTests(unittest.TestCase):
         self.assertEqual(self.driver.turn(True), [(4, True, "early")])
 
 
+@unittest.skipUnless(hasattr(os, "memfd_create"), "the reply ring needs memfd (Linux)")
+class ReplyRingTests(unittest.TestCase):
+    """The child's end of the reply ring, against a parent played here."""
+
+    def setUp(self):
+        fd = os.memfd_create("ring-test")
+        self.addCleanup(os.close, fd)
+        os.ftruncate(fd, worker._RING_DATA + worker._RING_SIZE)
+        self.ring = worker.ReplyRing("/proc/self/fd/%d" % fd)
+        self.doorbells = 0
+
+    def doorbell(self):
+        self.doorbells += 1
+        return True
+
+    def take(self):
+        """What the parent would take: every published byte."""
+        ring, counters = self.ring, self.ring.counters
+        taken, published = counters[worker._RING_TAKEN], counters[worker._RING_PUBLISHED]
+        out = bytearray()
+        for at in range(taken, published):
+            out.append(ring.map[worker._RING_DATA + at % worker._RING_SIZE])
+        counters[worker._RING_TAKEN] = published
+        return bytes(out)
+
+    def start_at(self, position):
+        counters = self.ring.counters
+        counters[worker._RING_PUBLISHED] = counters[worker._RING_TAKEN] = position
+        self.ring.published = position
+
+    def test_bytes_come_out_as_they_went_in(self):
+        self.assertTrue(self.ring.put(b"first", self.doorbell))
+        self.assertTrue(self.ring.put(b"second", self.doorbell))
+        self.assertEqual(self.take(), b"firstsecond")
+        self.assertEqual(self.doorbells, 0)
+
+    def test_a_reply_wraps_at_the_end(self):
+        self.start_at(worker._RING_SIZE - 7)
+        data = bytes(range(40))
+        self.assertTrue(self.ring.put(data, self.doorbell))
+        self.assertEqual(self.take(), data)
+        self.assertEqual(self.ring.counters[worker._RING_PUBLISHED], worker._RING_SIZE + 33)
+
+    def test_a_doorbell_rings_only_while_the_parent_waits(self):
+        self.ring.put(b"quiet", self.doorbell)
+        self.assertEqual(self.doorbells, 0)
+        self.ring.counters[worker._RING_WAITING] = 1
+        self.ring.put(b"loud", self.doorbell)
+        self.assertEqual(self.doorbells, 1)
+
+    def test_a_reply_larger_than_the_ring_waits_for_room(self):
+        data = os.urandom(worker._RING_SIZE * 2 + 123)
+        taken = []
+
+        def parent_takes():
+            # The parent wakes on the doorbell and makes room.
+            taken.append(self.take())
+            return True
+
+        self.assertTrue(self.ring.put(data, parent_takes))
+        taken.append(self.take())
+        self.assertEqual(b"".join(taken), data)
+
+    def test_a_full_ring_with_no_parent_gives_up(self):
+        self.start_at(0)
+        self.assertTrue(self.ring.put(b"x" * worker._RING_SIZE, self.doorbell))
+        self.assertFalse(self.ring.put(b"one more", lambda: False))
+
+
 class ChildTests:
     """The worker as a child process; mixed into one TestCase per interpreter."""
 
