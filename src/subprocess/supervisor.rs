@@ -989,6 +989,7 @@ impl Shared {
             .iter()
             .take(4)
             .filter_map(|id| core.inflight.get(id))
+            .filter(|flight| !flight.job.reply.is_abandoned())
             .any(|flight| flight.job.reply.slot().nudge())
     }
 
