@@ -77,6 +77,35 @@ async fn concurrent_calls(runner: &PyRunner, tasks: usize, calls: usize) -> f64 
     (tasks * calls) as f64 / start.elapsed().as_secs_f64()
 }
 
+/// The median of five runs of [`concurrent_calls`] on this (multi-thread)
+/// runtime, and the same on a current-thread runtime of its own thread.
+async fn concurrent_rates(runner: &PyRunner, tasks: usize, calls: usize) -> (f64, f64) {
+    let mut multi = Vec::new();
+    for _ in 0..5 {
+        multi.push(concurrent_calls(runner, tasks, calls).await);
+    }
+    let single = {
+        let runner = runner.clone();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a current-thread runtime");
+            (0..5)
+                .map(|_| runtime.block_on(concurrent_calls(&runner, tasks, calls)))
+                .collect::<Vec<f64>>()
+        })
+        .join()
+        .expect("the current-thread runs finish")
+    };
+    (median_rate(multi), median_rate(single))
+}
+
+fn median_rate(mut rates: Vec<f64>) -> f64 {
+    rates.sort_by(f64::total_cmp);
+    rates[rates.len() / 2]
+}
+
 async fn sleeping_coroutines(runner: &PyRunner, count: usize) -> Duration {
     runner
         .run("import asyncio\nasync def nap(s):\n    await asyncio.sleep(s)\n    return s\n")
@@ -232,18 +261,17 @@ async fn measure(backend: Backend) -> Vec<String> {
     let start_time = median(starts);
     let runner = builder.build().expect("backend starts");
     runner.run(ADD).await.unwrap();
+    let awaited = micros(awaited_call(&runner).await);
+    let sync = micros(sync_call(&runner));
+    let (eight, eight_single) = concurrent_rates(&runner, 8, 5000).await;
+    let (many, many_single) = concurrent_rates(&runner, 64, 300).await;
+    let rates = |multi: f64, single: f64| format!("{:.0}k/s ({:.0}k/s)", multi / 1e3, single / 1e3);
     vec![
         micros(start_time),
-        micros(awaited_call(&runner).await),
-        micros(sync_call(&runner)),
-        format!(
-            "{:.0}k/s",
-            concurrent_calls(&runner, 8, 5000).await / 1000.0
-        ),
-        format!(
-            "{:.0}k/s",
-            concurrent_calls(&runner, 64, 300).await / 1000.0
-        ),
+        awaited,
+        sync,
+        rates(eight, eight_single),
+        rates(many, many_single),
         if backend == Backend::RustPython {
             "— (no event loop)".into()
         } else {
@@ -295,10 +323,14 @@ mod pool_bench {
     }
 
     /// Seconds for BURN_CALLS calls of `burn`, all sent at once.
-    async fn pool_burn(pool: &PyPool) -> f64 {
+    /// Defines `burn` on every worker and warms them up.
+    async fn prepare_burn(pool: &PyPool) {
         pool.run(BURN).await.unwrap();
-        let inputs = vec![vec![Value::from(BURN_N)]; BURN_CALLS];
         pool.map("burn", vec![vec![Value::from(1000)]; 4]).await;
+    }
+
+    async fn pool_burn(pool: &PyPool) -> f64 {
+        let inputs = vec![vec![Value::from(BURN_N)]; BURN_CALLS];
         let start = Instant::now();
         for result in pool.map("burn", inputs).await {
             result.unwrap();
@@ -347,13 +379,25 @@ def start(n):
     with cf.ProcessPoolExecutor(n) as ex:
         list(ex.map(add, range(n), range(n)))
     return time.perf_counter() - t
-def burn_on(n):
-    with cf.ProcessPoolExecutor(n) as ex:
-        # Calls that overlap make it start all n processes before timing.
-        list(ex.map(time.sleep, [0.2] * n))
-        t = time.perf_counter()
-        list(ex.map(burn, [{BURN_N}] * {BURN_CALLS}))
-        return time.perf_counter() - t
+def ready(n):
+    ex = cf.ProcessPoolExecutor(n)
+    # Calls that overlap make it start all n processes before timing.
+    list(ex.map(time.sleep, [0.2] * n))
+    return ex
+def burn_on(ex):
+    t = time.perf_counter()
+    list(ex.map(burn, [{BURN_N}] * {BURN_CALLS}))
+    return time.perf_counter() - t
+def burns():
+    # One and two workers take turns, three times each, as for PyPool.
+    one, two = ready(1), ready(2)
+    ones, twos = [], []
+    for _ in range(3):
+        ones.append(burn_on(one))
+        twos.append(burn_on(two))
+    one.shutdown()
+    two.shutdown()
+    return sorted(ones)[1], sorted(twos)[1]
 def callers(ex, n, calls):
     def one(c):
         futures = [ex.submit(add, c, i) for i in range(calls)]
@@ -364,7 +408,7 @@ def callers(ex, n, calls):
     for th in threads: th.join()
     return n * calls / (time.perf_counter() - t)
 if __name__ == "__main__":
-    out = [start(1), start(4), burn_on(1), burn_on(2)]
+    out = [start(1), start(4), *burns()]
     with cf.ProcessPoolExecutor(2) as ex:
         list(ex.map(time.sleep, [0.2] * 2))
         out.append(callers(ex, 8, 500))
@@ -395,11 +439,18 @@ if __name__ == "__main__":
 
     pub async fn pool_table() {
         let (start_one, start_four) = (pool_start(1), pool_start(4));
-        let one = pool(1);
-        let burn_one = pool_burn(&one).await;
+        // One and two workers take turns, three times each: the machine's
+        // speed drifts, and the ratio should not measure the drift.
+        let (one, two) = (pool(1), pool(2));
+        prepare_burn(&one).await;
+        prepare_burn(&two).await;
+        let (mut ones, mut twos) = (Vec::new(), Vec::new());
+        for _ in 0..3 {
+            ones.push(pool_burn(&one).await);
+            twos.push(pool_burn(&two).await);
+        }
         one.stop().await.unwrap();
-        let two = pool(2);
-        let burn_two = pool_burn(&two).await;
+        let (burn_one, burn_two) = (median_rate(ones), median_rate(twos));
         two.run("def add(a, b):\n    return a + b").await.unwrap();
         pool_callers(&two, 8, 500).await;
         let callers = pool_callers(&two, 8, 5000).await;
@@ -416,7 +467,7 @@ if __name__ == "__main__":
             micros(Duration::from_secs_f64(ppe[1]))
         );
         println!(
-            "| {BURN_CALLS} CPU-bound calls (~{BURN_N} loop turns each), 1 worker / 2 workers | {:.3} s / {:.3} s ({:.2}×) | {:.3} s / {:.3} s ({:.2}×) |",
+            "| {BURN_CALLS} CPU-bound calls (~{BURN_N} loop turns each), 1 worker / 2 workers, median of 3 | {:.3} s / {:.3} s ({:.2}×) | {:.3} s / {:.3} s ({:.2}×) |",
             burn_one,
             burn_two,
             burn_one / burn_two,
@@ -456,8 +507,8 @@ async fn main() {
         "start (build to ready)",
         "awaited `call_function(\"add\", [1, 2])`, median",
         "`call_function_sync`, median",
-        "8 tasks × 5000 calls",
-        "64 tasks × 300 calls",
+        "8 tasks × 5000 calls, median of 5 (on a current-thread runtime)",
+        "64 tasks × 300 calls, median of 5 (on a current-thread runtime)",
         "1000 concurrent `asyncio.sleep(0.1)` calls",
         "echo of a 100 000-int list, median",
         "CPU loop, 1M iterations",
