@@ -144,6 +144,7 @@ impl ReplySlot {
 
     /// Wakes the waiting caller without answering it, so that it polls again
     /// (and takes the driver's seat); false if no caller waits to be woken.
+    #[cfg(feature = "subprocess")]
     pub fn nudge(&self) -> bool {
         let inner = self.lock();
         if self.is_ready() {
