@@ -425,8 +425,11 @@ pub(crate) trait Drive: Send + Sync {
     /// backend's thread if work remains. `handed_out`: other callers were
     /// just given replies and will likely take the seat with their next
     /// calls, so the thread is not woken just to watch for replies when it
-    /// will look on its own soon.
-    fn end(&self, token: u64, handed_out: bool);
+    /// will look on its own soon. `done`: the holder's call is over, so a
+    /// caller still waiting may take over instead of the thread; a holder
+    /// that merely stops spinning for a slow reply leaves it to the thread,
+    /// which sleeps, or waiting callers would spin in turns all along.
+    fn end(&self, token: u64, handed_out: bool, done: bool);
     /// How long the driving caller spins for a reply.
     fn spin(&self) -> Duration;
     /// Whether the child still works through requests already sent.
@@ -504,7 +507,7 @@ impl Submission {
             handed_out += driver.drive();
             if slot.is_ready() {
                 *seat = None;
-                driver.end(token, handed_out > 1);
+                driver.end(token, handed_out > 1, true);
                 return;
             }
             if first || (handed_out > 0 && !driver.line_busy()) {
@@ -514,7 +517,7 @@ impl Submission {
             }
             if start.elapsed() >= limit {
                 *seat = None;
-                driver.end(token, false);
+                driver.end(token, false, false);
                 return;
             }
             turns += 1;
@@ -526,9 +529,10 @@ impl Submission {
         }
     }
 
+    /// Gives back a parked seat once the call is over (answered or dropped).
     fn leave_seat(&mut self) {
         if let (Some(token), Some(driver)) = (self.seat.take(), &self.driver) {
-            driver.end(token, false);
+            driver.end(token, false, true);
         }
     }
 }

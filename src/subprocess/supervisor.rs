@@ -1042,7 +1042,7 @@ impl Drive for Shared {
         self.pump_here()
     }
 
-    fn end(&self, token: u64, handed_out: bool) {
+    fn end(&self, token: u64, handed_out: bool, done: bool) {
         for held in [token << 1, token << 1 | 1] {
             let _ = self
                 .seat
@@ -1054,7 +1054,7 @@ impl Drive for Shared {
             || self.thread_needed.load(Ordering::SeqCst)
             || self.replies_unwatched(handed_out)
         {
-            if self.pass_seat() {
+            if done && self.pass_seat() {
                 return;
             }
             self.queue.wake_consumer();
