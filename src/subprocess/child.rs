@@ -232,8 +232,10 @@ impl ChildProcess {
         };
         let taken = ring.take_into(reader.buffer())?;
         if pipe_too {
-            let mut doorbells = [0u8; 256];
-            loop {
+            // One read: a child that floods its stdout with zeros must not
+            // keep this turn (and the state's lock) for ever.
+            let mut doorbells = [0u8; 4096];
+            let read = loop {
                 // SAFETY: read(2) into a local buffer of the length given.
                 let read = unsafe {
                     libc::read(
@@ -242,25 +244,30 @@ impl ChildProcess {
                         doorbells.len(),
                     )
                 };
-                if read == 0 {
+                if read >= 0 {
+                    break Some(read as usize);
+                }
+                let err = io::Error::last_os_error();
+                match err.kind() {
+                    io::ErrorKind::WouldBlock => break None,
+                    io::ErrorKind::Interrupted => {}
+                    _ => return Err(err),
+                }
+            };
+            match read {
+                Some(0) => {
                     // The child is gone: all it published is there now.
                     ring.take_into(reader.buffer())?;
                     return Ok(0);
                 }
-                if read < 0 {
-                    let err = io::Error::last_os_error();
-                    match err.kind() {
-                        io::ErrorKind::WouldBlock => break,
-                        io::ErrorKind::Interrupted => {}
-                        _ => return Err(err),
-                    }
-                } else if doorbells[..read as usize].iter().any(|&byte| byte != 0) {
+                Some(read) if doorbells[..read].iter().any(|&byte| byte != 0) => {
                     return Err(io::Error::new(
                         io::ErrorKind::InvalidData,
                         "the child wrote to its stdout what is not a doorbell \
                          (with a reply ring, a frame there is out of place)",
                     ));
                 }
+                _ => {}
             }
         }
         if taken == 0 {

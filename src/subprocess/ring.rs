@@ -16,14 +16,18 @@
 //! The ring carries the same frames the pipe would, as one byte stream: the
 //! child copies whole frames in (wrapping at the end), then publishes the new
 //! total. When the parent has said it may sleep, the child also writes one
-//! byte, a doorbell, to its stdout; with a ring, stdout carries nothing else
-//! after the hello. A child that dies leaves what it published readable, so
+//! zero byte, a doorbell, to its stdout (and, while the ring is full, one
+//! every 100 µs until there is room); with a ring, stdout carries nothing
+//! else after the hello. A child that dies leaves what it published readable, so
 //! no reply it wrote is lost.
 //!
 //! The child cannot fence its stores, so the parent may miss a doorbell
 //! when it goes to sleep just as a reply is published. It therefore sleeps
-//! at most [`RECHECK`] at first, looks at the ring again, and only then
-//! sleeps as long as it likes: by then any later reply sees its flag.
+//! at most [`RECHECK`] at first (ppoll(2), which does not round that up to
+//! a millisecond), looks at the ring again, and only then sleeps as long as
+//! it likes: by then any later reply sees its flag. For the same reason, and
+//! because each counter must move in one store, the ring is made only on
+//! x86-64, whose stores reach other cores in program order.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -48,6 +52,9 @@ const RECHECK: Duration = Duration::from_micros(200);
 pub(crate) struct ReplyRing {
     fd: OwnedFd,
     base: *mut u8,
+    /// What was taken, as this side counts it: the copy in shared memory
+    /// is for the child, which could overwrite it.
+    taken: AtomicU64,
 }
 
 // SAFETY: the mapping lives as long as the ring; the counters are only
@@ -58,8 +65,10 @@ unsafe impl Sync for ReplyRing {}
 
 impl ReplyRing {
     /// A fresh ring, or the reason there is none (the pipe then carries
-    /// replies, as it does on systems without memfd).
-    #[cfg(target_os = "linux")]
+    /// replies). Only on x86-64 Linux: the child publishes with plain
+    /// stores and no fence, which x86-64 alone keeps in order, and each
+    /// counter must move in one 8-byte store.
+    #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
     pub fn create() -> io::Result<ReplyRing> {
         let name = c"async_py-replies";
         // SAFETY: a NUL-terminated name and flags; the result is checked.
@@ -101,10 +110,11 @@ impl ReplyRing {
         Ok(ReplyRing {
             fd,
             base: base.cast(),
+            taken: AtomicU64::new(0),
         })
     }
 
-    #[cfg(not(target_os = "linux"))]
+    #[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
     pub fn create() -> io::Result<ReplyRing> {
         Err(io::ErrorKind::Unsupported.into())
     }
@@ -122,15 +132,14 @@ impl ReplyRing {
 
     /// Whether the child has published bytes not yet taken.
     pub fn pending(&self) -> bool {
-        self.counter(PUBLISHED).load(Ordering::Acquire)
-            != self.counter(TAKEN).load(Ordering::Relaxed)
+        self.counter(PUBLISHED).load(Ordering::Acquire) != self.taken.load(Ordering::Relaxed)
     }
 
     /// Appends every published byte to `buffer`; how many. Only one reader
     /// may call this at a time (the supervisor's lock sees to that).
     pub fn take_into(&self, buffer: &mut BytesMut) -> io::Result<usize> {
         let published = self.counter(PUBLISHED).load(Ordering::Acquire);
-        let taken = self.counter(TAKEN).load(Ordering::Relaxed);
+        let taken = self.taken.load(Ordering::Relaxed);
         let count = published.wrapping_sub(taken);
         if count == 0 {
             return Ok(0);
@@ -144,14 +153,21 @@ impl ReplyRing {
         let count = count as usize;
         let start = (taken % RING_SIZE as u64) as usize;
         let first = count.min(RING_SIZE - start);
-        // SAFETY: both ranges lie inside the ring's data area, and the child
-        // wrote them before it published them; it writes there again only
-        // after the new total below is stored.
+        buffer.reserve(count);
+        // SAFETY: both source ranges lie inside the ring's data area, which
+        // the child wrote before it published them (it writes there again
+        // only after the new total below is stored); they are copied as raw
+        // bytes, never borrowed, since a misbehaving child could write them
+        // at any time. The destination is spare capacity reserved above,
+        // and only the `count` bytes copied become part of the buffer.
         unsafe {
             let data = self.base.add(DATA);
-            buffer.extend_from_slice(std::slice::from_raw_parts(data.add(start), first));
-            buffer.extend_from_slice(std::slice::from_raw_parts(data, count - first));
+            let spare = buffer.spare_capacity_mut().as_mut_ptr().cast::<u8>();
+            std::ptr::copy_nonoverlapping(data.add(start), spare, first);
+            std::ptr::copy_nonoverlapping(data, spare.add(first), count - first);
+            buffer.set_len(buffer.len() + count);
         }
+        self.taken.store(published, Ordering::Relaxed);
         self.counter(TAKEN).store(published, Ordering::Release);
         Ok(count)
     }
@@ -163,13 +179,32 @@ impl ReplyRing {
         waiting.store(1, Ordering::SeqCst);
         if !self.pending() {
             let first = limit.map_or(RECHECK, |limit| limit.min(RECHECK));
-            poll(fds, Some(first));
+            poll_precisely(fds, first);
             let woken = fds.iter().any(|fd| fd.revents != 0);
             if !woken && !self.pending() && limit.is_none_or(|limit| limit > RECHECK) {
                 poll(fds, limit.map(|limit| limit - RECHECK));
             }
         }
         waiting.store(0, Ordering::SeqCst);
+    }
+}
+
+/// ppoll(2), whose limit is not rounded up to a whole millisecond as
+/// poll(2)'s is.
+fn poll_precisely(fds: &mut [libc::pollfd], limit: Duration) {
+    let limit = libc::timespec {
+        tv_sec: limit.as_secs() as libc::time_t,
+        tv_nsec: limit.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: `fds` is a valid, exclusively borrowed slice of pollfd whose
+    // length is passed alongside; the timespec lives across the call.
+    unsafe {
+        libc::ppoll(
+            fds.as_mut_ptr(),
+            fds.len() as libc::nfds_t,
+            &limit,
+            std::ptr::null(),
+        );
     }
 }
 

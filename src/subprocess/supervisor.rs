@@ -976,13 +976,21 @@ impl Shared {
     /// Wakes a caller that waits for a reply, so that it takes the seat this
     /// one left, instead of waking the thread: a task woken on the caller's
     /// own runtime is far cheaper than a thread. Not when the thread has
-    /// its own work (a deadline, a lost child), or when the state is busy.
+    /// its own work (a deadline, a lost child, unsent bytes), or when the
+    /// state is busy. A woken caller that is not polled soon is covered by
+    /// the thread's bounded look while it sleeps blind.
     fn pass_seat(&self) -> bool {
         let core = match self.core.try_lock() {
             Ok(core) => core,
             Err(_) => return false,
         };
-        if core.lost.is_some() || core.interrupting.is_some() || core.timed > 0 {
+        // Unsent request bytes need the thread too: it waits for room in
+        // the pipe, which a caller's spin does not.
+        if core.lost.is_some()
+            || core.interrupting.is_some()
+            || core.timed > 0
+            || !core.outgoing.is_empty()
+        {
             return false;
         }
         core.sync_line
