@@ -136,3 +136,32 @@ fn a_frame_cut_short_in_the_ring_by_death_is_a_worker_death() {
     ));
     assert_eq!(runner.eval_sync("3").unwrap(), json!(3));
 }
+
+/// A child that floods its stdout with zeros (valid doorbells) cannot keep
+/// the parent reading them: the clock still runs and the runner recovers.
+#[test]
+fn a_flood_of_doorbells_does_not_stop_the_clock() {
+    let runner = builder()
+        .timeout(std::time::Duration::from_millis(500))
+        .build()
+        .unwrap();
+    // Finds the protocol fd (writing nothing) and leaves it in `fd`.
+    runner.run_sync(&write_to_protocol("b''")).unwrap();
+    let flood = "import threading, time\n\
+                 def flood():\n\
+                 \x20   while True:\n\
+                 \x20       try:\n\
+                 \x20           os.write(fd, bytes(65536))\n\
+                 \x20       except BlockingIOError:\n\
+                 \x20           pass\n\
+                 threading.Thread(target=flood, daemon=True).start()\n\
+                 time.sleep(5)\n";
+    let started = std::time::Instant::now();
+    assert!(matches!(
+        runner.run_sync(flood),
+        Err(PyRunnerError::Timeout(_))
+    ));
+    // A deadline for a hang, not a timing assertion.
+    assert!(started.elapsed() < std::time::Duration::from_secs(4));
+    assert_eq!(runner.eval_sync("2 + 2").unwrap(), json!(4));
+}
