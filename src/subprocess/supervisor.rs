@@ -319,10 +319,16 @@ impl Core {
     /// Whether the supervisor thread must look at the state: something a
     /// caller's turn left for it to finish, time, or replace.
     fn needs_thread(&self) -> bool {
+        self.only_thread_can() || !self.backlog.is_empty() || self.gather.is_some()
+    }
+
+    /// What no spinning caller sees to: a deadline's clock, a lost or
+    /// interrupted child to replace, unsent bytes waiting for room in the
+    /// pipe. (Held-back requests, the rest of `needs_thread`, are sent by
+    /// whichever caller drives next.)
+    fn only_thread_can(&self) -> bool {
         self.lost.is_some()
             || !self.outgoing.is_empty()
-            || !self.backlog.is_empty()
-            || self.gather.is_some()
             || self.interrupting.is_some()
             || self.timed > 0
     }
@@ -767,6 +773,22 @@ struct WaitPlan {
     limit: Option<Duration>,
 }
 
+impl WaitPlan {
+    /// Whether replies wait to be read: in the ring, else in the pipe.
+    fn replies_ready(&self) -> bool {
+        if let Some(ring) = &self.ring {
+            return ring.pending();
+        }
+        let mut fds = [libc::pollfd {
+            fd: self.replies,
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        poll(&mut fds, Some(Duration::ZERO));
+        fds[0].revents != 0
+    }
+}
+
 /// The state, the seat of the driving caller, and the thread's wake-up socket.
 pub(crate) struct Shared {
     core: Mutex<Core>,
@@ -933,22 +955,10 @@ impl Shared {
             if self.queue.has_jobs() {
                 return true;
             }
-            if let Some(ring) = &plan.ring {
-                if ring.pending() {
-                    return true;
-                }
-                std::hint::spin_loop();
-                continue;
-            }
-            let mut fds = [libc::pollfd {
-                fd: plan.replies,
-                events: libc::POLLIN,
-                revents: 0,
-            }];
-            poll(&mut fds, Some(Duration::ZERO));
-            if fds[0].revents != 0 {
+            if plan.replies_ready() {
                 return true;
             }
+            std::hint::spin_loop();
         }
         false
     }
@@ -984,13 +994,7 @@ impl Shared {
             Ok(core) => core,
             Err(_) => return false,
         };
-        // Unsent request bytes need the thread too: it waits for room in
-        // the pipe, which a caller's spin does not.
-        if core.lost.is_some()
-            || core.interrupting.is_some()
-            || core.timed > 0
-            || !core.outgoing.is_empty()
-        {
+        if core.only_thread_can() {
             return false;
         }
         core.sync_line
