@@ -12,8 +12,8 @@ struct Row {
     cells: Vec<String>,
 }
 
-fn median(mut samples: Vec<Duration>) -> Duration {
-    samples.sort();
+fn median<T: PartialOrd + Copy>(mut samples: Vec<T>) -> T {
+    samples.sort_by(|a, b| a.partial_cmp(b).expect("comparable samples"));
     samples[samples.len() / 2]
 }
 
@@ -98,12 +98,7 @@ async fn concurrent_rates(runner: &PyRunner, tasks: usize, calls: usize) -> (f64
         .join()
         .expect("the current-thread runs finish")
     };
-    (median_rate(multi), median_rate(single))
-}
-
-fn median_rate(mut rates: Vec<f64>) -> f64 {
-    rates.sort_by(f64::total_cmp);
-    rates[rates.len() / 2]
+    (median(multi), median(single))
 }
 
 async fn sleeping_coroutines(runner: &PyRunner, count: usize) -> Duration {
@@ -450,7 +445,7 @@ if __name__ == "__main__":
             twos.push(pool_burn(&two).await);
         }
         one.stop().await.unwrap();
-        let (burn_one, burn_two) = (median_rate(ones), median_rate(twos));
+        let (burn_one, burn_two) = (median(ones), median(twos));
         two.run("def add(a, b):\n    return a + b").await.unwrap();
         pool_callers(&two, 8, 500).await;
         let callers = pool_callers(&two, 8, 5000).await;
