@@ -8,7 +8,7 @@
 //! child, so no zombie is left behind.
 
 use std::collections::VecDeque;
-use std::io::{self, BufRead, BufReader, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::io::AsRawFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
@@ -236,22 +236,11 @@ impl ChildProcess {
             // keep this turn (and the state's lock) for ever.
             let mut doorbells = [0u8; 4096];
             let read = loop {
-                // SAFETY: read(2) into a local buffer of the length given.
-                let read = unsafe {
-                    libc::read(
-                        self.stdout.as_raw_fd(),
-                        doorbells.as_mut_ptr().cast(),
-                        doorbells.len(),
-                    )
-                };
-                if read >= 0 {
-                    break Some(read as usize);
-                }
-                let err = io::Error::last_os_error();
-                match err.kind() {
-                    io::ErrorKind::WouldBlock => break None,
-                    io::ErrorKind::Interrupted => {}
-                    _ => return Err(err),
+                match self.stdout.read(&mut doorbells) {
+                    Ok(read) => break Some(read),
+                    Err(err) if err.kind() == io::ErrorKind::WouldBlock => break None,
+                    Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                    Err(err) => return Err(err),
                 }
             };
             match read {
