@@ -11,6 +11,8 @@ use serde_json::Value;
 use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec};
 
 use crate::command::{Reply, Request};
+
+mod decode;
 use crate::error::PyRunnerError;
 
 /// The protocol version this crate speaks; the child's hello must match.
@@ -166,9 +168,8 @@ fn take_string(value: Option<Value>) -> Option<String> {
 pub(crate) fn decode_message(frame: &[u8]) -> Result<Message, PyRunnerError> {
     // Whoever reads a reply decodes it, on whatever stack it has: nesting is
     // capped just past the value table's own limit, never left to the stack.
-    let mut decoder = rmp_serde::Deserializer::from_read_ref(frame);
-    decoder.set_max_depth(crate::value::MAX_DEPTH + 3);
-    let items: Vec<Value> = serde::Deserialize::deserialize(&mut decoder).map_err(|err| {
+    // The frame's array and a reply's own envelope hold the value.
+    let items = decode::decode_items(frame, crate::value::MAX_DEPTH + 2).map_err(|err| {
         PyRunnerError::Protocol(format!("undecodable frame from the child: {err}"))
     })?;
     let mut items = items.into_iter();
