@@ -25,6 +25,7 @@ import builtins
 import functools
 import io
 import math
+import marshal
 import mmap
 import os
 import reprlib
@@ -322,6 +323,7 @@ _I32 = struct.Struct(">Bi").pack
 _I64 = struct.Struct(">Bq").pack
 _F64 = struct.Struct(">Bd").pack
 _isfinite = math.isfinite
+_marshal_dumps = marshal.dumps
 
 # Lists at least this long are tried as a whole (all ints or all floats)
 # before item by item; arrays this long are scanned for runs of numbers.
@@ -504,22 +506,29 @@ def _pack_numbers(items, out):
     first = type(items[0])
     if first is not int and first is not float:
         return False
+    if first is float and not _isfinite(sum(items)):
+        return False  # NaN or an infinity somewhere: they become nil one by one
+    if first is int:
+        try:
+            small = bytes(items)  # succeeds when every item is an int in 0..255
+        except (ValueError, OverflowError, TypeError):
+            pass
+        else:
+            if set(map(type, items)) != {int}:
+                return False  # bools
+            if max(small) < 0x80:
+                out.append(small)  # every item is already a positive fixint
+            else:
+                out.append(_interleave(b"\xcc", small, 1))
+            return True
+    flipped = _from_marshal(items, first)
+    if flipped is not None:
+        out.append(flipped)
+        return True
     if set(map(type, items)) != {first}:
         return False
     if first is float:
-        if not _isfinite(sum(items)):
-            return False  # NaN or an infinity somewhere: they become nil one by one
         out.append(_interleave(b"\xcb", _big_endian(array("d", items)), 8))
-        return True
-    try:
-        small = bytes(items)  # succeeds when every item is in 0..255
-    except (ValueError, OverflowError):
-        pass
-    else:
-        if max(small) < 0x80:
-            out.append(small)  # every item is already a positive fixint
-        else:
-            out.append(_interleave(b"\xcc", small, 1))
         return True
     # The first of these that holds every item; array() stops at the first
     # item out of its range.
@@ -531,6 +540,38 @@ def _pack_numbers(items, out):
         out.append(_interleave(marker, _big_endian(numbers), width))
         return True
     return False
+
+
+# For each type: its record's code in marshal's format (version 2), the
+# width of the number after it, and the MessagePack marker for that width.
+_MARSHAL_RECORDS = {int: (b"i", 4, b"\xd2"), float: (b"g", 8, b"\xcb")}
+
+
+def _from_marshal(items, kind):
+    """The MessagePack items of a list of only plain ints that fit in 32 bits
+    or only floats, from marshal's copy of it; None for any other list.
+
+    marshal writes such a list, in C, as "[", a 4-byte count, then for each
+    item one code byte and the number, least significant byte first; a
+    MessagePack item is one marker and the number, most significant byte
+    first. So the records have the same length, and only the code and the
+    byte order change. Bools, subclasses and wider ints have other records
+    (or none: ValueError), which the checks of codes and length catch.
+    """
+    code, width, marker = _MARSHAL_RECORDS[kind]
+    try:
+        flat = _marshal_dumps(items, 2)  # version 2: no back-references
+    except ValueError:
+        return None
+    count = len(items)
+    stride = width + 1
+    if len(flat) != 5 + stride * count or flat[5::stride] != code * count:
+        return None
+    body = bytearray(flat[5:])
+    body[0::stride] = marker * count
+    for i in range(width):
+        body[1 + i :: stride] = flat[5 + width - i :: stride]
+    return body
 
 
 # (MessagePack marker, array type code, width in bytes)

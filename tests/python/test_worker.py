@@ -259,6 +259,34 @@ class CodecTests(unittest.TestCase):
         self.assertEqual(worker.pack(list(range(16)))[:3], b"\xdc\x00\x10")
         self.assertEqual(worker.pack({str(i): i for i in range(16)})[:3], b"\xde\x00\x10")
 
+    def test_long_number_lists_take_one_encoding_for_every_item(self):
+        ints = [1000, -5, 2**31 - 1, -(2**31)] * 4
+        self.assertEqual(
+            worker.pack(ints), b"\xdc\x00\x10" + b"".join(b"\xd2" + struct.pack(">i", i) for i in ints)
+        )
+        floats = [0.5, -1e300, 3.0, 2.0**-1074] * 4
+        self.assertEqual(
+            worker.pack(floats), b"\xdc\x00\x10" + b"".join(b"\xcb" + struct.pack(">d", f) for f in floats)
+        )
+
+    def test_subclasses_in_long_number_lists_pack_as_their_stored_values(self):
+        class Count(int):
+            def __index__(self):
+                return 7
+
+        class Share(float):
+            pass
+
+        for items, plain in [
+            ([1000] * 19 + [Count(5)], [1000] * 19 + [5]),
+            ([3] * 19 + [Count(5)], [3] * 19 + [5]),
+            ([0.5] * 19 + [Share(0.25)], [0.5] * 19 + [0.25]),
+        ]:
+            with self.subTest(last=type(items[-1])):
+                back = worker.unpack(worker.pack(items))
+                self.assertEqual(back, plain)
+                self.assertIs(type(back[-1]), type(plain[-1]))
+
     def test_long_number_lists_round_trip_through_the_fast_path(self):
         lists = [
             list(range(100)),
@@ -272,6 +300,13 @@ class CodecTests(unittest.TestCase):
             [True] * 20,
             [1, True, 2] * 10,
             [1.0, 2] * 10,
+            [2**31 - 1, -(2**31)] * 10,  # the ends of marshal's 32-bit records
+            [2**31] + list(range(20)),  # one int past them
+            [1000, True] * 10,
+            [1000, 2.5] * 10,
+            [2.5, 1000] * 10,
+            [1000] * 19 + ["x"],
+            [1000] * 19 + [[1000] * 3],
         ]
         for items in lists:
             with self.subTest(items=items[:4]):
