@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use async_py::{Backend, PyRunner};
+use async_py::{Backend, PyRunner, PyRunnerBuilder};
 use serde_json::Value;
 
 struct Row {
@@ -146,20 +146,33 @@ fn python_executable() -> std::path::PathBuf {
     String::from_utf8(output.stdout).unwrap().trim().into()
 }
 
-/// Median time to start a bare `python -c pass`: the floor for a child's start.
-fn bare_python_start() -> Duration {
+/// How long a bare `python -c pass` takes: the floor for a child's start.
+fn bare_python_start(python: &std::path::Path) -> Duration {
+    let start = Instant::now();
+    std::process::Command::new(python)
+        .args(["-c", "pass"])
+        .status()
+        .unwrap();
+    start.elapsed()
+}
+
+/// Medians of 11 builds and, for a backend with a child, of a bare
+/// `python -c pass` started just before each build: the two are compared
+/// at the same moments of a machine whose speed drifts.
+fn start_times(builder: &PyRunnerBuilder, child: bool) -> (Duration, Option<Duration>) {
     let python = python_executable();
-    let samples = (0..11)
-        .map(|_| {
-            let start = Instant::now();
-            std::process::Command::new(&python)
-                .args(["-c", "pass"])
-                .status()
-                .unwrap();
-            start.elapsed()
-        })
-        .collect();
-    median(samples)
+    let mut starts = Vec::new();
+    let mut bare = Vec::new();
+    for _ in 0..11 {
+        if child {
+            bare.push(bare_python_start(&python));
+        }
+        let started = Instant::now();
+        let runner = builder.clone().build().expect("backend starts");
+        starts.push(started.elapsed());
+        runner.stop_sync().unwrap();
+    }
+    (median(starts), child.then(|| median(bare)))
 }
 
 fn cpu_loop(runner: &PyRunner) -> Duration {
@@ -246,14 +259,7 @@ async fn measure(backend: Backend) -> Vec<String> {
         Backend::Subprocess => builder.subprocess().python(python_executable()),
         Backend::RustPython => builder.rustpython(),
     };
-    let mut starts = Vec::new();
-    for _ in 0..5 {
-        let started = Instant::now();
-        let runner = builder.clone().build().expect("backend starts");
-        starts.push(started.elapsed());
-        runner.stop_sync().unwrap();
-    }
-    let start_time = median(starts);
+    let (start_time, bare) = start_times(&builder, backend == Backend::Subprocess);
     let runner = builder.build().expect("backend starts");
     runner.run(ADD).await.unwrap();
     let awaited = micros(awaited_call(&runner).await);
@@ -262,7 +268,10 @@ async fn measure(backend: Backend) -> Vec<String> {
     let (many, many_single) = concurrent_rates(&runner, 64, 300).await;
     let rates = |multi: f64, single: f64| format!("{:.0}k/s ({:.0}k/s)", multi / 1e3, single / 1e3);
     vec![
-        micros(start_time),
+        match bare {
+            Some(bare) => format!("{} (bare `python -c pass`: {})", micros(start_time), micros(bare)),
+            None => micros(start_time),
+        },
         awaited,
         sync,
         rates(eight, eight_single),
@@ -303,18 +312,20 @@ mod pool_bench {
             .python(python_executable())
     }
 
-    fn pool_start(workers: usize) -> Duration {
-        let builder = pool_builder(workers);
-        let samples = (0..5)
-            .map(|_| {
+    /// Medians of the start of a pool of 1 and of 4, taken in turn.
+    fn pool_starts() -> (Duration, Duration) {
+        let builders = [pool_builder(1), pool_builder(4)];
+        let mut samples = [Vec::new(), Vec::new()];
+        for _ in 0..5 {
+            for (builder, samples) in builders.iter().zip(&mut samples) {
                 let start = Instant::now();
                 let pool = builder.clone().build().expect("the pool starts");
-                let took = start.elapsed();
+                samples.push(start.elapsed());
                 pool.stop_sync().unwrap();
-                took
-            })
-            .collect();
-        median(samples)
+            }
+        }
+        let [one, four] = samples;
+        (median(one), median(four))
     }
 
     /// Seconds for BURN_CALLS calls of `burn`, all sent at once.
@@ -433,7 +444,7 @@ if __name__ == "__main__":
     }
 
     pub async fn pool_table() {
-        let (start_one, start_four) = (pool_start(1), pool_start(4));
+        let (start_one, start_four) = pool_starts();
         // One and two workers take turns, three times each: the machine's
         // speed drifts, and the ratio should not measure the drift.
         let (one, two) = (pool(1), pool(2));
@@ -533,8 +544,8 @@ async fn main() {
     }
     println!();
     println!(
-        "For reference, a bare `python -c pass` starts in {} here.",
-        micros(bare_python_start())
+        "A child's start is measured next to a bare `python -c pass` of the same \
+         interpreter, each started just before one of the 11 builds."
     );
     if !cfg!(feature = "rustpython") {
         println!("(The RustPython column needs `--features rustpython`.)");
