@@ -35,6 +35,7 @@ import site
 import struct
 import sys
 import time
+import traceback
 from array import array
 
 _HERE = globals().get("__file__", "<async_py>")
@@ -148,15 +149,6 @@ def set_venv(venv):
     return packages
 
 
-def _format_exception(exc, tb):
-    """The lines Python prints for an uncaught `exc` with traceback `tb`.
-    traceback is imported on the first error: it and what it imports take
-    about 4 ms of a child's start."""
-    import traceback
-
-    return traceback.format_exception(type(exc), exc, tb)
-
-
 def _user_traceback(exc):
     """The exception's traceback without this module's own frames at the top."""
     tb = exc.__traceback__
@@ -173,7 +165,7 @@ def describe_error(exc):
     except BaseException:
         message = "<exception str() failed>"
     try:
-        lines = _format_exception(exc, _user_traceback(exc))
+        lines = traceback.format_exception(type(exc), exc, _user_traceback(exc))
         text = "".join(lines)
     except BaseException:
         text = None
@@ -1193,7 +1185,7 @@ class ChildWorker:
             # SystemExit or KeyboardInterrupt from a coroutine leaves run_forever
             # after its task has recorded it; the task's reply follows next turn.
             if not isinstance(exc, (SystemExit, KeyboardInterrupt)):
-                _say("event loop error: %s" % "".join(_format_exception(exc, exc.__traceback__)))
+                _say("event loop error: %s" % "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
             return
         for token, ok, value in finished:
             self._reply_finished(token, ok, value)
