@@ -501,45 +501,43 @@ def _pack_numbers(items, out):
 
     Every item gets the same encoding, the first that holds them all.
     Returns False, having packed nothing, for any other list; the
-    item-by-item path then handles it (and names a too-large int).
+    item-by-item path then handles it (and names a too-large int). No user
+    code runs here: bytes(), sum() and array() only ever see lists that
+    marshal or a check of types has shown to hold plain ints or floats.
     """
     first = type(items[0])
-    if first is not int and first is not float:
+    if (first is not int and first is not float) or type(items[-1]) is not first:
         return False
-    if first is float and not _isfinite(sum(items)):
-        return False  # NaN or an infinity somewhere: they become nil one by one
-    if first is int:
-        try:
-            small = bytes(items)  # succeeds when every item is an int in 0..255
-        except (ValueError, OverflowError, TypeError):
-            pass
-        else:
-            if set(map(type, items)) != {int}:
-                return False  # bools
-            if max(small) < 0x80:
-                out.append(small)  # every item is already a positive fixint
-            else:
-                out.append(_interleave(b"\xcc", small, 1))
-            return True
     flipped = _from_marshal(items, first)
-    if flipped is not None:
-        out.append(flipped)
-        return True
-    if set(map(type, items)) != {first}:
+    if flipped is None:
+        # Not all plain floats, or not all plain ints within 32 bits.
+        if first is float or set(map(type, items)) != {int}:
+            return False
+        # The first of these that holds every item; array() stops at the
+        # first item out of its range.
+        for marker, code, width in _WIDE_INTS:
+            try:
+                numbers = array(code, items)
+            except OverflowError:
+                continue
+            out.append(_interleave(marker, _big_endian(numbers), width))
+            return True
         return False
     if first is float:
-        out.append(_interleave(b"\xcb", _big_endian(array("d", items)), 8))
+        if not _isfinite(sum(items)):
+            return False  # NaN or an infinity somewhere: they become nil one by one
+        out.append(flipped)
         return True
-    # The first of these that holds every item; array() stops at the first
-    # item out of its range.
-    for marker, code, width in _WIDE_INTS:
-        try:
-            numbers = array(code, items)
-        except OverflowError:
-            continue
-        out.append(_interleave(marker, _big_endian(numbers), width))
+    try:
+        small = bytes(items)  # succeeds when every item is in 0..255
+    except ValueError:
+        out.append(flipped)
         return True
-    return False
+    if max(small) < 0x80:
+        out.append(small)  # every item is already a positive fixint
+    else:
+        out.append(_interleave(b"\xcc", small, 1))
+    return True
 
 
 # For each type: its record's code in marshal's format (version 2), the
@@ -574,11 +572,9 @@ def _from_marshal(items, kind):
     return body
 
 
-# (MessagePack marker, array type code, width in bytes)
+# For ints past 32 bits: (MessagePack marker, array type code, width in bytes)
 _WIDE_INTS = [
-    (b"\xd0", "b", 1),
     (b"\xce", _typecode(4, False), 4),
-    (b"\xd2", _typecode(4, True), 4),
     (b"\xcf", _typecode(8, False), 8),
     (b"\xd3", _typecode(8, True), 8),
 ]

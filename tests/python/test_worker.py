@@ -287,6 +287,20 @@ class CodecTests(unittest.TestCase):
                 self.assertEqual(back, plain)
                 self.assertIs(type(back[-1]), type(plain[-1]))
 
+    def test_long_number_lists_run_no_user_code(self):
+        class Index:
+            def __index__(self):
+                raise AssertionError("__index__ ran")
+
+            def __radd__(self, other):
+                raise AssertionError("__radd__ ran")
+
+            def __str__(self):
+                return "index"
+
+        self.assertEqual(worker.unpack(worker.pack([1] * 19 + [Index()])), [1] * 19 + ["index"])
+        self.assertEqual(worker.unpack(worker.pack([0.5] * 19 + [Index()])), [0.5] * 19 + ["index"])
+
     def test_long_number_lists_round_trip_through_the_fast_path(self):
         lists = [
             list(range(100)),
@@ -307,6 +321,11 @@ class CodecTests(unittest.TestCase):
             [2.5, 1000] * 10,
             [1000] * 19 + ["x"],
             [1000] * 19 + [[1000] * 3],
+            [0.5] * 19 + [None],
+            [0.5] * 19 + ["x"],
+            [0.5] * 19 + [1000],
+            [0.5] * 16 + [1e308, 1e308],  # finite, though their sum is not
+            [3000000000, 2**63 - 1, -(2**40)] * 7,
         ]
         for items in lists:
             with self.subTest(items=items[:4]):
@@ -318,7 +337,7 @@ class CodecTests(unittest.TestCase):
         self.assertEqual(worker.unpack(worker.pack([0.5] * 20 + [float("nan")])), [0.5] * 20 + [None])
 
     def test_ints_outside_64_bits_are_conversion_errors(self):
-        for value in (2**64, -(2**63) - 1, [0] * 20 + [2**70]):
+        for value in (2**64, -(2**63) - 1, [0] * 20 + [2**70], [0.5] * 20 + [2**70]):
             with self.subTest(value=value):
                 with self.assertRaises(worker.ConversionError) as caught:
                     worker.pack(value)
