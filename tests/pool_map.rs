@@ -40,6 +40,36 @@ async fn results_come_back_in_input_order_with_errors_in_place() {
     assert_eq!(pids.len(), 2, "the calls were spread over both workers");
 }
 
+#[tokio::test]
+async fn a_call_made_during_a_long_map_waits_behind_little_of_it() {
+    // Calls of 10 ms: the map keeps only a few of them queued (about 6 here,
+    // where a fixed 16 a worker would be 32), so a call made while it runs
+    // waits for a few of its calls, not dozens. The bound leaves room for a
+    // busy machine.
+    let pool = pool::pool(2);
+    pool.run("import time\ndef nap(i):\n    time.sleep(0.01)\n    return i")
+        .await
+        .unwrap();
+    let served = |pool: &async_py::PyPool| pool.stats().iter().map(|w| w.calls).sum::<u64>();
+    let mapping = {
+        let pool = pool.clone();
+        let inputs: Vec<Vec<Value>> = (0..150).map(|i| vec![Value::from(i)]).collect();
+        tokio::spawn(async move { pool.map("nap", inputs).await })
+    };
+    while served(&pool) < 20 {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let before = served(&pool);
+    assert_eq!(pool.eval("6 * 7").await.unwrap(), Value::from(42));
+    let behind = served(&pool) - before;
+    let results = mapping.await.unwrap();
+    assert!(results.iter().all(Result::is_ok));
+    assert!(
+        behind <= 20,
+        "the call waited for {behind} of the map's calls to finish"
+    );
+}
+
 #[test]
 fn map_sync_handles_empty_input_bad_names_and_conversion_errors() {
     let pool = pool::pool(2);
