@@ -328,7 +328,7 @@ mod pool_bench {
         (median(one), median(four))
     }
 
-    /// Seconds for BURN_CALLS calls of `burn`, all sent at once.
+    /// Seconds for BURN_CALLS calls of `burn`, all given to one `map`.
     /// Defines `burn` on every worker and warms them up.
     async fn prepare_burn(pool: &PyPool) {
         pool.run(BURN).await.unwrap();
