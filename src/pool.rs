@@ -182,7 +182,7 @@ impl PyPoolBuilder {
             slots: workers.into_iter().map(Slot::new).collect(),
             admission: Semaphore::new(count * ADMITTED_PER_WORKER),
             broadcasts: AsyncMutex::new(()),
-            next: AtomicUsize::new(0),
+            warm: AtomicUsize::new(0),
             max_calls: self.max_calls,
             pool,
             stopped: AtomicBool::new(false),
@@ -230,8 +230,11 @@ struct Inner {
     admission: Semaphore,
     /// Runs reach the workers one at a time, in log order.
     broadcasts: AsyncMutex<()>,
-    /// Where the search for the least loaded worker starts, in turn.
-    next: AtomicUsize,
+    /// The worker that answered last, where the search for an idle worker
+    /// starts: its child has just worked and spins a moment for the next
+    /// request, while an idle sibling's child sleeps and takes a wake-up
+    /// (tens of microseconds here) to answer.
+    warm: AtomicUsize,
     max_calls: Option<u64>,
     /// This pool, for the workers' hand-back hooks.
     pool: Arc<OnceLock<Weak<Inner>>>,
@@ -338,7 +341,7 @@ impl Inner {
     /// idle one from this turn's starting place, else the least loaded.
     fn pick(&self) -> (usize, Load) {
         let count = self.slots.len();
-        let first = self.next.fetch_add(1, Ordering::Relaxed) % count;
+        let first = self.warm.load(Ordering::Relaxed) % count;
         let mut best: Option<(usize, usize)> = None;
         for step in 0..count {
             let index = (first + step) % count;
@@ -382,6 +385,7 @@ impl Inner {
 
     /// Counts an answered call; past the limit, starts the worker's recycle.
     fn answered(self: &Arc<Self>, index: usize, worker: &Arc<Worker>) {
+        self.warm.store(index, Ordering::Relaxed);
         self.slots[index].calls.fetch_add(1, Ordering::SeqCst);
         let calls = worker.calls.fetch_add(1, Ordering::SeqCst) + 1;
         let Some(limit) = self.max_calls else {

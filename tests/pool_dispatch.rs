@@ -25,6 +25,26 @@ async fn two_calls_run_at_the_same_time_on_two_workers() {
     assert_eq!(pids(&pool), expected);
 }
 
+#[tokio::test]
+async fn calls_one_after_another_stay_on_the_worker_that_answered_last() {
+    let pool = pool::pool(3);
+    pool.run(DEFS).await.unwrap();
+    let first = pool.call_function("pid", vec![]).await.unwrap();
+    for _ in 0..30 {
+        assert_eq!(pool.call_function("pid", vec![]).await.unwrap(), first);
+    }
+    // Two at once: the second goes to an idle worker, and whichever
+    // answers last is where the next call goes.
+    let (a, b) = tokio::join!(
+        pool.call_function("pid", vec![]),
+        pool.call_function("pid", vec![])
+    );
+    assert_ne!(a.unwrap(), b.unwrap());
+    let stats = pool.stats();
+    assert_eq!(stats.iter().map(|w| w.calls).sum::<u64>(), 33);
+    assert!(stats.iter().any(|w| w.calls >= 32), "{stats:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_worker_is_chosen_over_a_busy_one() {
     let pool = pool::pool(2);
