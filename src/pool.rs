@@ -183,6 +183,7 @@ impl PyPoolBuilder {
             admission: Semaphore::new(count * ADMITTED_PER_WORKER),
             broadcasts: AsyncMutex::new(()),
             warm: AtomicUsize::new(0),
+            next: AtomicUsize::new(0),
             max_calls: self.max_calls,
             pool,
             stopped: AtomicBool::new(false),
@@ -233,8 +234,11 @@ struct Inner {
     /// The worker that answered last, where the search for an idle worker
     /// starts: its child has just worked and spins a moment for the next
     /// request, while an idle sibling's child sleeps and takes a wake-up
-    /// (tens of microseconds here) to answer.
+    /// (tens of microseconds here) to answer. With none idle, ties between
+    /// the least loaded go to each in turn (`next`).
     warm: AtomicUsize,
+    /// Where the search for the least loaded worker starts, in turn.
+    next: AtomicUsize,
     max_calls: Option<u64>,
     /// This pool, for the workers' hand-back hooks.
     pool: Arc<OnceLock<Weak<Inner>>>,
@@ -341,19 +345,19 @@ impl Inner {
     /// idle one from this turn's starting place, else the least loaded.
     fn pick(&self) -> (usize, Load) {
         let count = self.slots.len();
-        let first = self.warm.load(Ordering::Relaxed) % count;
-        let mut best: Option<(usize, usize)> = None;
-        for step in 0..count {
-            let index = (first + step) % count;
-            let weight = self.slots[index].read().weight();
-            if best.is_none_or(|(_, least)| weight < least) {
-                best = Some((index, weight));
-            }
-            if weight == 0 {
-                break;
-            }
-        }
-        let index = best.map_or(first, |(index, _)| index);
+        let weight = |index: usize| self.slots[index].read().weight();
+        let warm = self.warm.load(Ordering::Relaxed) % count;
+        let idle = (0..count)
+            .map(|step| (warm + step) % count)
+            .find(|&index| weight(index) == 0);
+        let index = idle.unwrap_or_else(|| {
+            // None idle: the least loaded, ties going to each in turn.
+            let first = self.next.fetch_add(1, Ordering::Relaxed) % count;
+            (0..count)
+                .map(|step| (first + step) % count)
+                .min_by_key(|&index| weight(index))
+                .unwrap_or(first)
+        });
         // Counted under the read lock, so a recycle that swaps the worker
         // out (under the write lock) sees every call sent to the old one.
         let guard = self.slots[index].read();
