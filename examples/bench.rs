@@ -269,7 +269,11 @@ async fn measure(backend: Backend) -> Vec<String> {
     let rates = |multi: f64, single: f64| format!("{:.0}k/s ({:.0}k/s)", multi / 1e3, single / 1e3);
     vec![
         match bare {
-            Some(bare) => format!("{} (bare `python -c pass`: {})", micros(start_time), micros(bare)),
+            Some(bare) => format!(
+                "{} (bare `python -c pass`: {})",
+                micros(start_time),
+                micros(bare)
+            ),
             None => micros(start_time),
         },
         awaited,

@@ -201,7 +201,11 @@ impl<'a> Reader<'a> {
         let size = match self.byte()? {
             marker @ 0xa0..=0xbf => usize::from(marker & 0x1f),
             marker @ 0xd9..=0xdb => self.size(marker - 0xd9)?,
-            marker => return Err(format!("a map key that is not a string (marker {marker:#04x})")),
+            marker => {
+                return Err(format!(
+                    "a map key that is not a string (marker {marker:#04x})"
+                ))
+            }
         };
         self.text(size)
     }
@@ -253,17 +257,54 @@ mod tests {
     fn reads_what_rmp_serde_writes() {
         let values = [
             json!([1, "ok", null]),
-            json!([0, 127, 128, 255, 256, 65535, 65536, 4294967295u64, 4294967296u64, u64::MAX]),
-            json!([-1, -32, -33, -128, -129, -32768, -32769, -2147483648i64, -2147483649i64, i64::MIN]),
-            json!([0.5, -1e300, 1.0, true, false, "", "é", "x".repeat(31), "x".repeat(32)]),
+            json!([
+                0,
+                127,
+                128,
+                255,
+                256,
+                65535,
+                65536,
+                4294967295u64,
+                4294967296u64,
+                u64::MAX
+            ]),
+            json!([
+                -1,
+                -32,
+                -33,
+                -128,
+                -129,
+                -32768,
+                -32769,
+                -2147483648i64,
+                -2147483649i64,
+                i64::MIN
+            ]),
+            json!([
+                0.5,
+                -1e300,
+                1.0,
+                true,
+                false,
+                "",
+                "é",
+                "x".repeat(31),
+                "x".repeat(32)
+            ]),
             json!(["x".repeat(300), "y".repeat(70_000)]),
             json!([{"a": 1, "b": [1, 2, {"c": null}]}, {}, []]),
             json!([(0..20).collect::<Vec<_>>(), (0..70_000).collect::<Vec<_>>()]),
-            json!([(0..20).map(|i| (i.to_string(), Value::from(i))).collect::<serde_json::Map<String, Value>>()]),
+            json!([(0..20)
+                .map(|i| (i.to_string(), Value::from(i)))
+                .collect::<serde_json::Map<String, Value>>()]),
         ];
         for value in values {
             let frame = rmp_serde::to_vec(&value).unwrap();
-            assert_eq!(decode_items(&frame, DEPTH).unwrap(), *value.as_array().unwrap());
+            assert_eq!(
+                decode_items(&frame, DEPTH).unwrap(),
+                *value.as_array().unwrap()
+            );
             agree(&frame);
         }
     }
@@ -271,27 +312,27 @@ mod tests {
     #[test]
     fn agrees_with_rmp_serde_on_hand_made_bytes() {
         let frames: &[&[u8]] = &[
-            b"\x91\xca\x7f\xc0\x00\x00",             // f32 NaN: nil
+            b"\x91\xca\x7f\xc0\x00\x00",                 // f32 NaN: nil
             b"\x91\xcb\x7f\xf0\x00\x00\x00\x00\x00\x00", // f64 infinity: nil
-            b"\x91\xca\x3f\x80\x00\x00",             // f32 1.0
-            b"\x92\xd0\x05\xd1\x00\x05",             // wide encodings of small ints
+            b"\x91\xca\x3f\x80\x00\x00",                 // f32 1.0
+            b"\x92\xd0\x05\xd1\x00\x05",                 // wide encodings of small ints
             b"\x92\xd2\x00\x00\x00\x05\xd3\x00\x00\x00\x00\x00\x00\x00\x05", // non-negative signed ints
-            b"\x91\xd4\x01\x00",                     // fixext 1
-            b"\x91\xc7\x01\x05\x00",                 // ext 8
-            b"\x91\xc1",                             // reserved
-            b"\x91\xa2\xff\xfe",                     // invalid UTF-8
-            b"\x91\x81\x01\x02",                     // int key
-            b"\x91\x81\xc0\x02",                     // nil key
-            b"\x91\x82\xa1a\x01\xa1a\x02",           // repeated key: the last wins
-            b"\x92\x01",                             // one item short
-            b"\x91\xdd\xff\xff\xff\xff",             // a count the frame cannot hold
+            b"\x91\xd4\x01\x00",                                             // fixext 1
+            b"\x91\xc7\x01\x05\x00",                                         // ext 8
+            b"\x91\xc1",                                                     // reserved
+            b"\x91\xa2\xff\xfe",                                             // invalid UTF-8
+            b"\x91\x81\x01\x02",                                             // int key
+            b"\x91\x81\xc0\x02",                                             // nil key
+            b"\x91\x82\xa1a\x01\xa1a\x02", // repeated key: the last wins
+            b"\x92\x01",                   // one item short
+            b"\x91\xdd\xff\xff\xff\xff",   // a count the frame cannot hold
             b"\x91\xdf\xff\xff\xff\xff",
             b"\x91\xdb\xff\xff\xff\xff",
-            b"\x91\xcd\x01",                         // cut inside a number
-            b"\x01",                                 // not an array
+            b"\x91\xcd\x01", // cut inside a number
+            b"\x01",         // not an array
             b"\x80",
             b"",
-            b"\x91\x01\x02",                         // a byte after the value
+            b"\x91\x01\x02", // a byte after the value
         ];
         for frame in frames {
             agree(frame);
@@ -304,7 +345,10 @@ mod tests {
             (&b"\xc4\x01\x05"[..], json!([5])),
             (b"\x91\x82\xa1a\x01\xc4\x01b\x02", json!([{"a": 1, "b": 2}])),
         ] {
-            assert_eq!(by_serde(frame, DEPTH), Ok(theirs.as_array().unwrap().clone()));
+            assert_eq!(
+                by_serde(frame, DEPTH),
+                Ok(theirs.as_array().unwrap().clone())
+            );
             assert!(decode_items(frame, DEPTH).is_err(), "{frame:02x?}");
         }
     }
@@ -345,7 +389,11 @@ mod tests {
                 }
                 frame.push(close);
                 agree(&frame);
-                assert_eq!(decode_items(&frame, DEPTH).is_ok(), depth <= DEPTH, "depth {depth}");
+                assert_eq!(
+                    decode_items(&frame, DEPTH).is_ok(),
+                    depth <= DEPTH,
+                    "depth {depth}"
+                );
             }
         }
     }
@@ -366,7 +414,11 @@ mod tests {
         agree_at(&frame, depth);
         // Less than the 2 MiB of a tokio worker's stack; an unoptimised
         // build takes several times the stack of an optimised one.
-        let stack = if cfg!(debug_assertions) { 1536 << 10 } else { 128 << 10 };
+        let stack = if cfg!(debug_assertions) {
+            1536 << 10
+        } else {
+            128 << 10
+        };
         let decoded = std::thread::Builder::new()
             .stack_size(stack)
             .spawn(move || decode_items(&frame, depth).map(|items| items.len()))
