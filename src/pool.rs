@@ -342,7 +342,7 @@ impl Inner {
     }
 
     /// The worker for the next call, its load already counted: the first
-    /// idle one from this turn's starting place, else the least loaded.
+    /// idle one from the warm worker on, else the least loaded.
     fn pick(&self) -> (usize, Load) {
         let count = self.slots.len();
         let weight = |index: usize| self.slots[index].read().weight();
