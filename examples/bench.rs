@@ -305,6 +305,8 @@ mod pool_bench {
     const BURN: &str = "def burn(n):\n    t = 0\n    for i in range(n):\n        t += i * i\n    return t\ndef add(a, b):\n    return a + b\n";
     const BURN_CALLS: usize = 16;
     const BURN_N: u64 = 400_000;
+    /// How many times 1 and 2 workers take turns at the burn.
+    const BURN_PAIRS: usize = 5;
 
     fn pool(workers: usize) -> PyPool {
         pool_builder(workers).build().expect("the pool starts")
@@ -378,7 +380,8 @@ mod pool_bench {
 
     /// The same measures for Python's own `concurrent.futures.ProcessPoolExecutor`,
     /// run by the same interpreter: [start of 1, start of 4, burn on 1, burn on 2,
-    /// 8 callers' pipelined calls per second, map items per second].
+    /// the median of the paired ratios of those, 8 callers' pipelined calls
+    /// per second, map items per second].
     fn process_pool_executor() -> Vec<f64> {
         let script = format!(
             r#"
@@ -399,15 +402,17 @@ def burn_on(ex):
     list(ex.map(burn, [{BURN_N}] * {BURN_CALLS}))
     return time.perf_counter() - t
 def burns():
-    # One and two workers take turns, three times each, as for PyPool.
+    # One and two workers take turns, {BURN_PAIRS} times each, as for PyPool.
     one, two = ready(1), ready(2)
     ones, twos = [], []
-    for _ in range(3):
+    for _ in range({BURN_PAIRS}):
         ones.append(burn_on(one))
         twos.append(burn_on(two))
     one.shutdown()
     two.shutdown()
-    return sorted(ones)[1], sorted(twos)[1]
+    mid = {BURN_PAIRS} // 2
+    ratios = sorted(a / b for a, b in zip(ones, twos))
+    return sorted(ones)[mid], sorted(twos)[mid], ratios[mid]
 def callers(ex, n, calls):
     def one(c):
         futures = [ex.submit(add, c, i) for i in range(calls)]
@@ -449,18 +454,22 @@ if __name__ == "__main__":
 
     pub async fn pool_table() {
         let (start_one, start_four) = pool_starts();
-        // One and two workers take turns, three times each: the machine's
-        // speed drifts, and the ratio should not measure the drift.
+        // One and two workers take turns: the machine's speed drifts (and
+        // here it sometimes changes by a third from one second to the
+        // next), so the speed-up is the median of the ratios of adjacent
+        // runs, not the ratio of two medians.
         let (one, two) = (pool(1), pool(2));
         prepare_burn(&one).await;
         prepare_burn(&two).await;
-        let (mut ones, mut twos) = (Vec::new(), Vec::new());
-        for _ in 0..3 {
-            ones.push(pool_burn(&one).await);
-            twos.push(pool_burn(&two).await);
+        let (mut ones, mut twos, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..BURN_PAIRS {
+            let (a, b) = (pool_burn(&one).await, pool_burn(&two).await);
+            ones.push(a);
+            twos.push(b);
+            ratios.push(a / b);
         }
         one.stop().await.unwrap();
-        let (burn_one, burn_two) = (median(ones), median(twos));
+        let (burn_one, burn_two, speedup) = (median(ones), median(twos), median(ratios));
         two.run("def add(a, b):\n    return a + b").await.unwrap();
         pool_callers(&two, 8, 500).await;
         let callers = pool_callers(&two, 8, 5000).await;
@@ -477,23 +486,23 @@ if __name__ == "__main__":
             micros(Duration::from_secs_f64(ppe[1]))
         );
         println!(
-            "| {BURN_CALLS} CPU-bound calls (~{BURN_N} loop turns each), 1 worker / 2 workers, median of 3 | {:.3} s / {:.3} s ({:.2}×) | {:.3} s / {:.3} s ({:.2}×) |",
+            "| {BURN_CALLS} CPU-bound calls (~{BURN_N} loop turns each), 1 worker / 2 workers, medians of {BURN_PAIRS} (speed-up: median of paired runs) | {:.3} s / {:.3} s ({:.2}×) | {:.3} s / {:.3} s ({:.2}×) |",
             burn_one,
             burn_two,
-            burn_one / burn_two,
+            speedup,
             ppe[2],
             ppe[3],
-            ppe[2] / ppe[3]
+            ppe[4]
         );
         println!(
             "| trivial calls from 8 callers, 2 workers | {:.0}k/s | {:.1}k/s |",
             callers / 1000.0,
-            ppe[4] / 1000.0
+            ppe[5] / 1000.0
         );
         println!(
             "| `map` over 10 000 trivial calls, 2 workers | {:.0}k items/s | {:.1}k items/s |",
             mapped / 1000.0,
-            ppe[5] / 1000.0
+            ppe[6] / 1000.0
         );
     }
 }
