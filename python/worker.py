@@ -1569,8 +1569,102 @@ def _forget_own_folder():
         del sys.path[0]
 
 
+def _zygote_main():
+    """A zygote: forks workers on request, so that a pool's workers start
+    without paying for a Python start each (see PROTOCOL.md, "Zygote").
+
+    Its stdin is a Unix stream socket to the parent. A request is the byte
+    b"f" carrying, as passed fds, the new worker's stdin, stdout and stderr,
+    and its reply ring if it has one; the answer is b"p" and the worker's
+    pid. When a worker it forked exits, it sends b"x", the pid and the raw
+    wait status. It sends b"r" once ready, and exits at end of file.
+    """
+    import socket
+
+    _exit_with_parent(0)
+    control = socket.socket(fileno=0)
+    _msgpack_codec()  # its import, if it has one, is then done for every worker
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda signum, frame: None)
+    poller = select.poll()
+    poller.register(control.fileno(), select.POLLIN)
+    poller.register(wake_r, select.POLLIN)
+    record = struct.Struct(">cIi")
+    control.sendall(b"r")
+    while True:
+        for fd, _ in poller.poll():
+            if fd == wake_r:
+                os.read(wake_r, 512)
+                while True:
+                    try:
+                        pid, status = os.waitpid(-1, os.WNOHANG)
+                    except ChildProcessError:
+                        break
+                    if pid == 0:
+                        break
+                    control.sendall(record.pack(b"x", pid, status))
+                continue
+            data, ancdata, _, _ = control.recvmsg(1, socket.CMSG_SPACE(4 * 4))
+            if not data:
+                return 0
+            fds = array("i")
+            for level, kind, payload in ancdata:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                    fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
+            pid = os.fork() if data == b"f" and len(fds) in (3, 4) else -1
+            if pid == 0:
+                _forked_worker(list(fds), control, (wake_r, wake_w))
+            if pid > 0:
+                try:
+                    # Here too, so the group exists once the parent hears the pid.
+                    os.setpgid(pid, pid)
+                except OSError:
+                    pass
+            for fd in fds:
+                os.close(fd)
+            control.sendall(struct.pack(">cI", b"p", max(pid, 0)))
+
+
+def _forked_worker(fds, control, wake):
+    """In a child the zygote forked: takes the passed fds as stdin, stdout
+    and stderr (and the reply ring), leads a process group of its own, and
+    runs `main`. Never returns."""
+    status = 1
+    try:
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        os.setpgid(0, 0)
+        control.detach()  # fd 0, about to be the worker's stdin
+        for target, fd in enumerate(fds[:3]):
+            os.dup2(fd, target)
+        for fd in fds[:3] + list(wake):
+            os.close(fd)
+        ring = ""
+        if len(fds) > 3:
+            os.set_inheritable(fds[3], False)
+            ring = "/proc/self/fd/%d" % fds[3]
+        sys.argv[1:] = [ring]
+        main()
+        status = 0
+    except SystemExit as exit:
+        status = exit.code if isinstance(exit.code, int) else 1
+    except BaseException as exc:
+        _say("the forked worker failed: %s: %s" % (type(exc).__name__, exc))
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:
+                pass
+        os._exit(status)
+
+
 def main():
     """The child program: serve one parent over stdin and stdout, then exit."""
+    if sys.argv[1:2] == ["--zygote"]:
+        sys.exit(_zygote_main())
     ring_path = sys.argv.pop(1) if len(sys.argv) > 1 else ""
     if os.environ.get("ASYNC_PY_REPLY_RING") == "0":
         ring_path = ""  # replies take the pipe

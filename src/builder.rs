@@ -88,6 +88,12 @@ pub struct PyRunnerBuilder {
 }
 
 impl PyRunnerBuilder {
+    /// What was set so far.
+    #[cfg(feature = "subprocess")]
+    pub(crate) fn config(&self) -> &RunnerConfig {
+        &self.config
+    }
+
     pub(crate) fn new() -> Self {
         PyRunnerBuilder::default()
     }

@@ -23,7 +23,7 @@ use crate::builder::PyRunnerBuilder;
 use crate::command::{block_on, Job, Reply, Request};
 use crate::error::PyRunnerError;
 use crate::runner::PyRunner;
-use crate::subprocess::{PoolHooks, ReplayLog, WorkerState};
+use crate::subprocess::{PoolHooks, ReplayLog, WorkerState, Zygote};
 
 /// Calls admitted per worker at once, queued ones included; past that,
 /// callers wait their turn (first come, first served) instead of piling up.
@@ -144,13 +144,16 @@ impl PyPoolBuilder {
     pub fn build(self) -> Result<PyPool, PyRunnerError> {
         let pool: Arc<OnceLock<Weak<Inner>>> = Arc::default();
         let log = Arc::new(ReplayLog::default());
+        // The workers' children are forks of one started interpreter, when
+        // it starts; else each starts its own (see `subprocess::Zygote`).
+        let zygote = crate::subprocess::start_zygote(self.runner.config()).ok();
         let starts: Vec<_> = (0..self.workers)
             .map(|_| {
                 let runner = self.runner.clone();
-                let (log, pool) = (log.clone(), pool.clone());
+                let (log, pool, zygote) = (log.clone(), pool.clone(), zygote.clone());
                 thread::Builder::new()
                     .name("async_py-pool-start".into())
-                    .spawn(move || Worker::start(runner, log, pool))
+                    .spawn(move || Worker::start(runner, log, pool, zygote))
             })
             .collect();
         let mut workers = Vec::with_capacity(starts.len());
@@ -178,6 +181,7 @@ impl PyPoolBuilder {
         let count = workers.len();
         let inner = Arc::new(Inner {
             runner: self.runner,
+            zygote,
             log,
             slots: workers.into_iter().map(Slot::new).collect(),
             admission: Semaphore::new(count * ADMITTED_PER_WORKER),
@@ -226,6 +230,8 @@ impl std::fmt::Debug for PyPool {
 
 struct Inner {
     runner: PyRunnerBuilder,
+    /// Forks the workers' children, if it started.
+    zygote: Option<Arc<Zygote>>,
     log: Arc<ReplayLog>,
     slots: Vec<Slot>,
     admission: Semaphore,
@@ -275,6 +281,7 @@ impl Worker {
         runner: PyRunnerBuilder,
         log: Arc<ReplayLog>,
         pool: Arc<OnceLock<Weak<Inner>>>,
+        zygote: Option<Arc<Zygote>>,
     ) -> Result<Worker, PyRunnerError> {
         let state = Arc::new(WorkerState::default());
         let own = state.clone();
@@ -286,6 +293,7 @@ impl Worker {
                     Some(inner) => inner.place_elsewhere(job, &own),
                     None => Some(job),
                 }),
+                zygote,
             })
             .build()?;
         Ok(Worker {
@@ -419,7 +427,12 @@ fn recycle(pool: Weak<Inner>, index: usize, old: Arc<Worker>) {
     let Some(inner) = pool.upgrade() else {
         return;
     };
-    let fresh = Worker::start(inner.runner.clone(), inner.log.clone(), inner.pool.clone());
+    let fresh = Worker::start(
+        inner.runner.clone(),
+        inner.log.clone(),
+        inner.pool.clone(),
+        inner.zygote.clone(),
+    );
     let fresh = match fresh {
         Ok(fresh) => Arc::new(fresh),
         Err(err) => {

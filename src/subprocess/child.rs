@@ -5,14 +5,18 @@
 //! also ends the processes user code started. The child asks the kernel to
 //! kill it when its parent dies (Linux) and exits on end of file of its
 //! request pipe; dropping a `ChildProcess` kills the group and reaps the
-//! child, so no zombie is left behind.
+//! child, so no zombie is left behind. A pool's children are forked by its
+//! zygote (see `zygote`), their parent, which reaps them and reports how
+//! they ended.
 
 use std::collections::VecDeque;
+use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::fd::OwnedFd;
 use std::os::unix::io::AsRawFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
-use std::process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -20,6 +24,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 
 use super::ring::ReplyRing;
+use super::zygote::{self, Zygote};
 use crate::error::PyRunnerError;
 use crate::wire::{decode_message, FrameReader, Hello, Message};
 
@@ -30,7 +35,7 @@ const STDERR_TAIL: usize = 20;
 const STDERR_LINE: u64 = 64 << 10;
 
 /// How a child starts the worker; see the file for the arguments.
-const BOOTSTRAP: &str = include_str!("../../python/bootstrap.py");
+pub(super) const BOOTSTRAP: &str = include_str!("../../python/bootstrap.py");
 
 /// How to start a child.
 #[derive(Debug, Clone)]
@@ -40,13 +45,37 @@ pub(crate) struct LaunchSpec {
     pub env_clear: bool,
     pub current_dir: Option<PathBuf>,
     pub hello_timeout: Duration,
+    /// A pool's zygote, which forks children instead (see `zygote`).
+    pub zygote: Option<Arc<Zygote>>,
+}
+
+impl LaunchSpec {
+    /// Sets the environment and folder a child starts with.
+    pub fn apply(&self, command: &mut Command) {
+        if self.env_clear {
+            command.env_clear();
+        }
+        for (key, value) in &self.env {
+            command.env(key, value);
+        }
+        if let Some(dir) = &self.current_dir {
+            command.current_dir(dir);
+        }
+    }
+}
+
+/// The process behind a child: started here, or forked by a pool's zygote
+/// (which reaps it and reports how it ended).
+enum Process {
+    Spawned(Child),
+    Forked(Arc<Zygote>),
 }
 
 pub(crate) struct ChildProcess {
-    child: Child,
+    process: Process,
     pub pid: u32,
-    stdin: Option<ChildStdin>,
-    pub stdout: ChildStdout,
+    stdin: Option<File>,
+    pub stdout: File,
     stderr_tail: Arc<Mutex<VecDeque<String>>>,
     stderr_done: mpsc::Receiver<()>,
     pub hello: Hello,
@@ -65,37 +94,15 @@ impl ChildProcess {
     ) -> Result<ChildProcess, PyRunnerError> {
         // Without a ring (no memfd here) replies take the pipe, only slower.
         let ring = ReplyRing::create().ok();
-        let mut command = Command::new(&spec.python);
-        command
-            .arg("-u")
-            .arg("-c")
-            .arg(BOOTSTRAP)
-            .arg(crate::worker_source::WORKER_PY)
-            .arg(compiled_worker_cache())
-            .arg(
-                ring.as_ref()
-                    .map_or(String::new(), ReplyRing::path_for_child),
-            )
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0);
-        if spec.env_clear {
-            command.env_clear();
-        }
-        for (key, value) in &spec.env {
-            command.env(key, value);
-        }
-        if let Some(dir) = &spec.current_dir {
-            command.current_dir(dir);
-        }
-        let mut child = command.spawn().map_err(|err| {
-            PyRunnerError::Startup(format!("could not start {}: {err}", spec.python.display()))
-        })?;
-        let pid = child.id();
-        let stdin = child.stdin.take().expect("stdin is piped");
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let stderr = child.stderr.take().expect("stderr is piped");
+        let forked = spec
+            .zygote
+            .as_ref()
+            .filter(|zygote| zygote.alive())
+            .and_then(|zygote| fork(zygote, ring.as_ref()).ok());
+        let (process, pid, stdin, stdout, stderr) = match forked {
+            Some(forked) => forked,
+            None => spawn(spec, ring.as_ref())?,
+        };
         let stderr_tail = Arc::new(Mutex::new(VecDeque::with_capacity(STDERR_TAIL)));
         let (done_tx, stderr_done) = mpsc::channel();
         {
@@ -104,8 +111,9 @@ impl ChildProcess {
                 .name(format!("async_py-stderr-{pid}"))
                 .spawn(move || forward_stderr(pid, stderr, tail, done_tx));
             if let Err(err) = spawned {
-                let _ = child.kill();
-                let _ = child.wait();
+                signal(-(pid as libc::pid_t), libc::SIGKILL);
+                let mut process = process;
+                reap(&mut process, pid);
                 return Err(PyRunnerError::Startup(format!(
                     "could not start the stderr thread: {err}"
                 )));
@@ -115,13 +123,14 @@ impl ChildProcess {
         widen_pipe(&stdout);
         if let Err(err) = set_nonblocking(&stdin).and_then(|_| set_nonblocking(&stdout)) {
             signal(-(pid as libc::pid_t), libc::SIGKILL);
-            let _ = child.wait();
+            let mut process = process;
+            reap(&mut process, pid);
             return Err(PyRunnerError::Startup(format!(
                 "could not set up the child's pipes: {err}"
             )));
         }
         let mut process = ChildProcess {
-            child,
+            process,
             pid,
             stdin: Some(stdin),
             stdout,
@@ -312,7 +321,7 @@ impl ChildProcess {
             self.group_killed = true;
         }
         if self.reaped.is_none() {
-            self.reaped = self.child.wait().ok();
+            self.reaped = reap(&mut self.process, self.pid);
         }
         self.reaped
     }
@@ -321,7 +330,11 @@ impl ChildProcess {
     pub fn wait_for_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
         let deadline = Instant::now() + limit;
         loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
+            let status = match &mut self.process {
+                Process::Spawned(child) => child.try_wait().ok().flatten(),
+                Process::Forked(zygote) => zygote.exit_status(self.pid, limit),
+            };
+            if let Some(status) = status {
                 self.reaped = Some(status);
                 return Some(status);
             }
@@ -359,6 +372,65 @@ impl Drop for ChildProcess {
     }
 }
 
+/// What a started child is made of: its process, pid, and pipes.
+type Started = (Process, u32, File, File, File);
+
+/// Starts a child from `spec`'s interpreter.
+fn spawn(spec: &LaunchSpec, ring: Option<&ReplyRing>) -> Result<Started, PyRunnerError> {
+    let mut command = Command::new(&spec.python);
+    command
+        .arg("-u")
+        .arg("-c")
+        .arg(BOOTSTRAP)
+        .arg(crate::worker_source::WORKER_PY)
+        .arg(compiled_worker_cache())
+        .arg(ring.map_or(String::new(), ReplyRing::path_for_child))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    spec.apply(&mut command);
+    let mut child = command.spawn().map_err(|err| {
+        PyRunnerError::Startup(format!("could not start {}: {err}", spec.python.display()))
+    })?;
+    let pid = child.id();
+    let stdin = OwnedFd::from(child.stdin.take().expect("stdin is piped"));
+    let stdout = OwnedFd::from(child.stdout.take().expect("stdout is piped"));
+    let stderr = OwnedFd::from(child.stderr.take().expect("stderr is piped"));
+    Ok((
+        Process::Spawned(child),
+        pid,
+        stdin.into(),
+        stdout.into(),
+        stderr.into(),
+    ))
+}
+
+/// Has the zygote fork a child, with pipes made here.
+fn fork(zygote: &Arc<Zygote>, ring: Option<&ReplyRing>) -> io::Result<Started> {
+    let (their_stdin, stdin) = zygote::pipe()?;
+    let (stdout, their_stdout) = zygote::pipe()?;
+    let (stderr, their_stderr) = zygote::pipe()?;
+    let theirs = [their_stdin, their_stdout, their_stderr].map(OwnedFd::from);
+    let pid = zygote.fork(
+        [&theirs[0], &theirs[1], &theirs[2]],
+        ring.map(ReplyRing::raw_fd),
+    )?;
+    // Their ends close here: the child holds its own copies.
+    Ok((Process::Forked(zygote.clone()), pid, stdin, stdout, stderr))
+}
+
+/// Reaps a killed child: waits for it, or for the zygote's word of it.
+fn reap(process: &mut Process, pid: u32) -> Option<ExitStatus> {
+    match process {
+        Process::Spawned(child) => child.wait().ok(),
+        Process::Forked(zygote) => zygote.exit_status(pid, REAP_LIMIT),
+    }
+}
+
+/// How long a killed forked child's end is waited for.
+const REAP_LIMIT: Duration = Duration::from_secs(5);
+
 /// Why [`ChildProcess::next_frame`] has no frame.
 pub(crate) enum NoFrame {
     /// The deadline passed.
@@ -373,7 +445,7 @@ pub(crate) enum NoFrame {
 /// Where children cache the compiled worker: `$XDG_CACHE_HOME/async_py`
 /// (or `~/.cache/async_py`), a folder only this user may write, named by a
 /// hash of the worker's source. Empty (no cache) if there is no such folder.
-fn compiled_worker_cache() -> &'static std::ffi::OsStr {
+pub(super) fn compiled_worker_cache() -> &'static std::ffi::OsStr {
     static PREFIX: std::sync::OnceLock<std::ffi::OsString> = std::sync::OnceLock::new();
     PREFIX.get_or_init(|| {
         let base = std::env::var_os("XDG_CACHE_HOME")
@@ -491,7 +563,7 @@ pub(crate) fn poll(fds: &mut [libc::pollfd], limit: Option<Duration>) {
 
 /// Reads what the child has written into the reader's buffer. `Ok(0)` is end
 /// of file.
-pub(crate) fn read_some(stdout: &mut ChildStdout, reader: &mut FrameReader) -> io::Result<usize> {
+pub(crate) fn read_some(stdout: &mut File, reader: &mut FrameReader) -> io::Result<usize> {
     let buffer = reader.buffer();
     buffer.reserve(READ_CHUNK);
     let spare = buffer.spare_capacity_mut();
@@ -511,9 +583,17 @@ pub(crate) fn read_some(stdout: &mut ChildStdout, reader: &mut FrameReader) -> i
 /// How much room a read of the reply pipe offers: a full pipe's worth.
 const READ_CHUNK: usize = 64 << 10;
 
+/// Forwards a process's stderr on a thread of its own, keeping nothing.
+pub(super) fn forward_stderr_of(pid: u32, stderr: impl Read + Send + 'static) {
+    let (done, _) = mpsc::channel();
+    let _ = thread::Builder::new()
+        .name(format!("async_py-stderr-{pid}"))
+        .spawn(move || forward_stderr(pid, stderr, Arc::default(), done));
+}
+
 fn forward_stderr(
     pid: u32,
-    stderr: std::process::ChildStderr,
+    stderr: impl Read,
     tail: Arc<Mutex<VecDeque<String>>>,
     done: mpsc::Sender<()>,
 ) {

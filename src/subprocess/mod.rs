@@ -9,6 +9,7 @@ mod child;
 mod interpreter;
 mod ring;
 mod supervisor;
+mod zygote;
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64};
 use std::sync::{Arc, Mutex};
@@ -20,6 +21,7 @@ use crate::error::PyRunnerError;
 use child::LaunchSpec;
 pub(crate) use interpreter::find_python;
 use supervisor::{Settings, Shared};
+pub(crate) use zygote::Zygote;
 
 /// The supervisor thread decodes replies, which nest up to rmp-serde's
 /// depth limit; room to spare.
@@ -38,6 +40,8 @@ pub(crate) struct PoolHooks {
     /// Places a call this worker's lost child never started on another
     /// worker; gives it back if there is none to take it.
     pub hand_back: Arc<dyn Fn(Job) -> Option<Job> + Send + Sync>,
+    /// The pool's zygote, which forks this worker's children.
+    pub zygote: Option<Arc<Zygote>>,
 }
 
 impl std::fmt::Debug for PoolHooks {
@@ -93,15 +97,12 @@ pub(crate) struct WorkerState {
 /// Starts the child and its supervisor thread; returns once the child has
 /// said hello and run the startup code.
 pub(crate) fn spawn(config: &RunnerConfig, queue: Arc<CommandQueue>) -> Result<(), PyRunnerError> {
-    let python = find_python(config)?;
+    let zygote = config
+        .pool_hooks
+        .as_ref()
+        .and_then(|hooks| hooks.zygote.clone());
     let settings = Settings {
-        spec: LaunchSpec {
-            python,
-            env: config.env.clone(),
-            env_clear: config.env_clear,
-            current_dir: config.current_dir.clone(),
-            hello_timeout: HELLO_TIMEOUT,
-        },
+        spec: launch_spec(config, zygote)?,
         startup: config.startup.clone(),
         frame_limit: config.frame_limit,
         hooks: config.pool_hooks.clone(),
@@ -121,4 +122,24 @@ pub(crate) fn spawn(config: &RunnerConfig, queue: Arc<CommandQueue>) -> Result<(
             Err(err) => ready.report(Err(err)),
         },
     )
+}
+
+/// How the children of a runner with `config` start.
+fn launch_spec(
+    config: &RunnerConfig,
+    zygote: Option<Arc<Zygote>>,
+) -> Result<LaunchSpec, PyRunnerError> {
+    Ok(LaunchSpec {
+        python: find_python(config)?,
+        env: config.env.clone(),
+        env_clear: config.env_clear,
+        current_dir: config.current_dir.clone(),
+        hello_timeout: HELLO_TIMEOUT,
+        zygote,
+    })
+}
+
+/// Starts a zygote for the children of a pool's workers with `config`.
+pub(crate) fn start_zygote(config: &RunnerConfig) -> Result<Arc<Zygote>, PyRunnerError> {
+    Zygote::start(&launch_spec(config, None)?)
 }

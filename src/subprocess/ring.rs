@@ -119,6 +119,11 @@ impl ReplyRing {
         Err(io::ErrorKind::Unsupported.into())
     }
 
+    /// The ring's fd, to pass to a child that a zygote forks.
+    pub fn raw_fd(&self) -> std::os::fd::RawFd {
+        self.fd.as_raw_fd()
+    }
+
     /// Where the child opens the ring.
     pub fn path_for_child(&self) -> String {
         format!("/proc/{}/fd/{}", std::process::id(), self.fd.as_raw_fd())

@@ -1,0 +1,301 @@
+//! A pool's zygote: one child that has started Python and loaded the worker,
+//! and forks a ready worker on request (see `python/PROTOCOL.md`, "The
+//! zygote"). A Python start is CPU-bound, so on a machine with few cores the
+//! workers of a pool could not start at once; forks of one started
+//! interpreter can. The pool's workers are then its grandchildren: the
+//! zygote reaps them and reports each one's wait status.
+//!
+//! # Caveats
+//! A forked worker's parent is the zygote, so the kernel kills it when the
+//! zygote dies (and the zygote when this process dies). A worker that
+//! cannot be forked (the zygote died, say) is started the usual way.
+
+use std::collections::{HashMap, VecDeque};
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use super::child::{forward_stderr_of, LaunchSpec, BOOTSTRAP};
+use crate::error::PyRunnerError;
+
+/// How long a fork may take before the worker is started the usual way.
+const FORK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a zygote may take from spawn to its first word.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What the zygote has said, as its reader thread records it.
+#[derive(Default)]
+struct Heard {
+    /// Pids of forks, in the order the requests went (0: the fork failed).
+    forked: VecDeque<u32>,
+    /// Raw wait statuses of workers it reaped, by pid.
+    exits: HashMap<u32, i32>,
+    /// It has said it is ready.
+    ready: bool,
+    /// Its socket ended: it is gone.
+    gone: bool,
+}
+
+struct Shared {
+    heard: Mutex<Heard>,
+    changed: Condvar,
+}
+
+impl Shared {
+    fn heard(&self) -> MutexGuard<'_, Heard> {
+        self.heard.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits until `done` holds of what was heard, or `deadline` passes.
+    fn wait_until<T>(
+        &self,
+        deadline: Instant,
+        mut done: impl FnMut(&mut Heard) -> Option<T>,
+    ) -> Option<T> {
+        let mut heard = self.heard();
+        loop {
+            if let Some(found) = done(&mut heard) {
+                return Some(found);
+            }
+            let now = Instant::now();
+            if now >= deadline || heard.gone {
+                return None;
+            }
+            heard = self
+                .changed
+                .wait_timeout(heard, deadline - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+}
+
+/// The parent's end of a zygote. Dropping the last handle closes its
+/// socket, and the zygote exits.
+pub(crate) struct Zygote {
+    /// Requests go one at a time, so answers come in their order.
+    requests: Mutex<UnixStream>,
+    shared: Arc<Shared>,
+    pub pid: u32,
+}
+
+impl Zygote {
+    /// Starts a zygote for children launched by `spec`; waits until it is
+    /// ready to fork.
+    pub fn start(spec: &LaunchSpec) -> Result<Arc<Zygote>, PyRunnerError> {
+        let (ours, theirs) = UnixStream::pair()
+            .map_err(|err| PyRunnerError::Startup(format!("could not make a socket: {err}")))?;
+        let reader = ours
+            .try_clone()
+            .map_err(|err| PyRunnerError::Startup(format!("could not share a socket: {err}")))?;
+        let shared = Arc::new(Shared {
+            heard: Mutex::default(),
+            changed: Condvar::new(),
+        });
+        let (started_tx, started) = mpsc::channel();
+        let launch = spec.clone();
+        let listening = shared.clone();
+        // The thread that spawns the zygote lives as long as it: Linux's
+        // parent-death signal follows the thread that forked a child.
+        thread::Builder::new()
+            .name("async_py-zygote".into())
+            .spawn(move || {
+                let spec = launch;
+                let mut command = Command::new(&spec.python);
+                command
+                    .arg("-u")
+                    .arg("-c")
+                    .arg(BOOTSTRAP)
+                    .arg(crate::worker_source::WORKER_PY)
+                    .arg(super::child::compiled_worker_cache())
+                    .arg("--zygote")
+                    .stdin(Stdio::from(OwnedFd::from(theirs)))
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::piped())
+                    .process_group(0);
+                spec.apply(&mut command);
+                let spawned = command.spawn();
+                // The command holds the zygote's end of the socket: with it
+                // open here, the zygote's death would not end the socket.
+                drop(command);
+                let mut child = match spawned {
+                    Ok(child) => child,
+                    Err(err) => {
+                        let _ = started_tx.send(Err(err));
+                        return;
+                    }
+                };
+                let pid = child.id();
+                let stderr = child.stderr.take().expect("stderr is piped");
+                let _ = started_tx.send(Ok(pid));
+                forward_stderr_of(pid, stderr);
+                listen(reader, &listening);
+                // Its socket ended: it exited, or is about to.
+                let _ = child.kill();
+                let _ = child.wait();
+            })
+            .map_err(|err| PyRunnerError::Startup(format!("could not start a thread: {err}")))?;
+        let pid = match started.recv() {
+            Ok(Ok(pid)) => pid,
+            Ok(Err(err)) => {
+                return Err(PyRunnerError::Startup(format!(
+                    "could not start {}: {err}",
+                    spec.python.display()
+                )))
+            }
+            Err(_) => return Err(PyRunnerError::Startup("the zygote's thread died".into())),
+        };
+        let zygote = Arc::new(Zygote {
+            requests: Mutex::new(ours),
+            shared,
+            pid,
+        });
+        let ready = zygote
+            .shared
+            .wait_until(Instant::now() + READY_TIMEOUT, |heard| {
+                heard.ready.then_some(())
+            });
+        match ready {
+            Some(()) => Ok(zygote),
+            None => Err(PyRunnerError::Startup(format!(
+                "{} did not start a zygote",
+                spec.python.display()
+            ))),
+        }
+    }
+
+    /// Forks a worker whose stdin, stdout and stderr are the given fds (and
+    /// whose reply ring is `ring`); its pid.
+    pub fn fork(&self, stdio: [&OwnedFd; 3], ring: Option<RawFd>) -> io::Result<u32> {
+        let mut fds: Vec<RawFd> = stdio.iter().map(|fd| fd.as_raw_fd()).collect();
+        fds.extend(ring);
+        let requests = self.requests.lock().unwrap_or_else(|p| p.into_inner());
+        send_with_fds(&requests, b'f', &fds)?;
+        let pid = self
+            .shared
+            .wait_until(Instant::now() + FORK_TIMEOUT, |heard| {
+                heard.forked.pop_front()
+            });
+        drop(requests);
+        match pid {
+            Some(0) => Err(io::Error::other("the zygote could not fork")),
+            Some(pid) => Ok(pid),
+            None => Err(io::Error::other("the zygote did not answer")),
+        }
+    }
+
+    /// The wait status of forked worker `pid`, waiting up to `limit` for it;
+    /// `None` if it has not exited (or the zygote is gone and cannot say).
+    pub fn exit_status(&self, pid: u32, limit: Duration) -> Option<ExitStatus> {
+        self.shared
+            .wait_until(Instant::now() + limit, |heard| heard.exits.remove(&pid))
+            .map(ExitStatus::from_raw)
+    }
+
+    /// Whether the zygote can still fork.
+    pub fn alive(&self) -> bool {
+        !self.shared.heard().gone
+    }
+}
+
+impl std::fmt::Debug for Zygote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Zygote").field("pid", &self.pid).finish()
+    }
+}
+
+impl Drop for Zygote {
+    fn drop(&mut self) {
+        let requests = self.requests.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = requests.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+/// Reads what the zygote says until its socket ends.
+fn listen(mut socket: UnixStream, shared: &Shared) {
+    loop {
+        let mut tag = [0u8; 1];
+        if socket.read_exact(&mut tag).is_err() {
+            break;
+        }
+        let mut body = [0u8; 8];
+        let size = match tag[0] {
+            b'r' => 0,
+            b'p' => 4,
+            b'x' => 8,
+            _ => break, // not the zygote's protocol: take it as gone
+        };
+        if socket.read_exact(&mut body[..size]).is_err() {
+            break;
+        }
+        let pid = u32::from_be_bytes(body[..4].try_into().expect("4 bytes"));
+        let mut heard = shared.heard();
+        match tag[0] {
+            b'r' => heard.ready = true,
+            b'p' => heard.forked.push_back(pid),
+            _ => {
+                let status = i32::from_be_bytes(body[4..].try_into().expect("4 bytes"));
+                heard.exits.insert(pid, status);
+            }
+        }
+        drop(heard);
+        shared.changed.notify_all();
+    }
+    shared.heard().gone = true;
+    shared.changed.notify_all();
+}
+
+/// Sends one byte with `fds` attached (SCM_RIGHTS).
+fn send_with_fds(socket: &UnixStream, byte: u8, fds: &[RawFd]) -> io::Result<()> {
+    let mut data = [byte];
+    let mut iov = libc::iovec {
+        iov_base: data.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    let payload = std::mem::size_of_val(fds) as u32;
+    // SAFETY: CMSG_SPACE is arithmetic on its argument.
+    let space = unsafe { libc::CMSG_SPACE(payload) } as usize;
+    // u64s: the buffer must be aligned for a cmsghdr.
+    let mut buffer = vec![0u64; space.div_ceil(8)];
+    // SAFETY: a zeroed msghdr is a valid empty one; the fields set below
+    // point at `iov` and `buffer`, which outlive the sendmsg call.
+    let sent = unsafe {
+        let mut message: libc::msghdr = std::mem::zeroed();
+        message.msg_iov = &mut iov;
+        message.msg_iovlen = 1;
+        message.msg_control = buffer.as_mut_ptr().cast();
+        message.msg_controllen = space as _;
+        let header = libc::CMSG_FIRSTHDR(&message);
+        (*header).cmsg_level = libc::SOL_SOCKET;
+        (*header).cmsg_type = libc::SCM_RIGHTS;
+        (*header).cmsg_len = libc::CMSG_LEN(payload) as _;
+        std::ptr::copy_nonoverlapping(
+            fds.as_ptr(),
+            libc::CMSG_DATA(header).cast::<RawFd>(),
+            fds.len(),
+        );
+        libc::sendmsg(socket.as_raw_fd(), &message, libc::MSG_NOSIGNAL)
+    };
+    if sent != 1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// A pipe, both ends close-on-exec: (read end, write end).
+pub(crate) fn pipe() -> io::Result<(File, File)> {
+    let mut fds = [0 as RawFd; 2];
+    // SAFETY: pipe2 fills the two-int array it is given.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: pipe2 succeeded, so both fds are new and owned by nothing else.
+    Ok(unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) })
+}

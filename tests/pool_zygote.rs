@@ -1,0 +1,99 @@
+#![cfg(feature = "subprocess")]
+//! PyPool: the workers' children are forks of one zygote, a child of ours;
+//! without it they are started the usual way.
+
+mod faults;
+mod pool;
+
+use std::collections::BTreeSet;
+
+use faults::{eventually, is_gone, kill};
+use pool::DEFS;
+
+/// The parent pid of a process, from /proc.
+fn parent_of(pid: u32) -> u32 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("the process exists");
+    // After the command name in parentheses: the state, then the parent pid.
+    stat.rsplit(')')
+        .next()
+        .and_then(|rest| rest.split_whitespace().nth(1))
+        .and_then(|ppid| ppid.parse().ok())
+        .expect("a parent pid")
+}
+
+fn command_line(pid: u32) -> String {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|line| String::from_utf8_lossy(&line).replace('\0', " "))
+        .unwrap_or_default()
+}
+
+/// The one zygote behind the pool's workers.
+fn zygote_of(pool: &async_py::PyPool) -> u32 {
+    let parents: BTreeSet<u32> = pool::pids(pool).into_iter().map(parent_of).collect();
+    assert_eq!(parents.len(), 1, "one parent for all workers: {parents:?}");
+    parents.into_iter().next().unwrap()
+}
+
+#[test]
+fn workers_are_forks_of_one_zygote_that_ends_with_the_pool() {
+    let pool = pool::pool(3);
+    pool.run_sync(DEFS).unwrap();
+    let workers = pool::pids(&pool);
+    assert_eq!(workers.len(), 3);
+    let zygote = zygote_of(&pool);
+    assert_ne!(zygote, std::process::id());
+    assert_eq!(
+        parent_of(zygote),
+        std::process::id(),
+        "the zygote is our child"
+    );
+    assert!(command_line(zygote).contains("--zygote"));
+    // Forked workers answer like started ones, with each their own pid.
+    assert_eq!(pool::answering_pids(&pool, 60), workers);
+    drop(pool);
+    for pid in workers.into_iter().chain([zygote]) {
+        eventually("the workers and the zygote are reaped", || is_gone(pid));
+    }
+}
+
+#[test]
+fn a_killed_worker_is_forked_anew_by_the_zygote() {
+    let pool = pool::pool(2);
+    pool.run_sync(DEFS).unwrap();
+    let zygote = zygote_of(&pool);
+    let victim = *pool::pids(&pool).iter().next().unwrap();
+    kill(victim, 9);
+    eventually("the worker is replaced", || {
+        let pids = pool::pids(&pool);
+        !pids.contains(&victim) && pids.len() == 2 && !pids.contains(&0)
+    });
+    assert_eq!(zygote_of(&pool), zygote);
+    assert_eq!(pool::answering_pids(&pool, 40), pool::pids(&pool));
+    // The replacement ran every `run`: `pid` is one of DEFS.
+    assert_eq!(pool.eval_sync("callable(pid)").unwrap(), true);
+}
+
+#[test]
+fn when_the_zygote_dies_its_workers_go_and_the_pool_starts_new_ones() {
+    let pool = pool::pool(2);
+    pool.run_sync(DEFS).unwrap();
+    let workers = pool::pids(&pool);
+    let zygote = zygote_of(&pool);
+    kill(zygote, 9);
+    // The kernel ends a forked worker with its zygote.
+    for pid in &workers {
+        eventually("a worker ends with its zygote", || {
+            !faults::is_running(*pid)
+        });
+    }
+    eventually("both workers are back", || {
+        let pids = pool::pids(&pool);
+        pids.len() == 2 && pids.is_disjoint(&workers) && !pids.contains(&0)
+    });
+    // Started the usual way now: children of ours, with every definition.
+    for pid in pool::pids(&pool) {
+        assert_eq!(parent_of(pid), std::process::id());
+    }
+    assert_eq!(pool::answering_pids(&pool, 40), pool::pids(&pool));
+    eventually("the zygote is reaped", || is_gone(zygote));
+}
