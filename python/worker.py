@@ -1571,13 +1571,16 @@ def _forget_own_folder():
 
 def _zygote_main():
     """A zygote: forks workers on request, so that a pool's workers start
-    without paying for a Python start each (see PROTOCOL.md, "Zygote").
+    without paying for a Python start each (see PROTOCOL.md, "The zygote").
 
-    Its stdin is a Unix stream socket to the parent. A request is the byte
-    b"f" carrying, as passed fds, the new worker's stdin, stdout and stderr,
-    and its reply ring if it has one; the answer is b"p" and the worker's
-    pid. When a worker it forked exits, it sends b"x", the pid and the raw
-    wait status. It sends b"r" once ready, and exits at end of file.
+    Its stdin is a Unix stream socket to the parent. It sends b"r" once
+    ready. A request b"f" carries, as passed fds, the new worker's stdin,
+    stdout and stderr, and its reply ring if it has one; the answer is b"p"
+    and the worker's pid (0: no fork). When a worker it forked exits, it
+    sends b"x", the pid and the raw wait status, but leaves the worker a
+    zombie until the request b"w" and the pid: until then the worker's pid
+    and process group cannot be reused, so the parent's signals to them
+    reach no other process. It exits at end of file.
     """
     import socket
 
@@ -1591,20 +1594,18 @@ def _zygote_main():
     poller = select.poll()
     poller.register(control.fileno(), select.POLLIN)
     poller.register(wake_r, select.POLLIN)
-    record = struct.Struct(">cIi")
+    running, ended = set(), set()
     control.sendall(b"r")
     while True:
         for fd, _ in poller.poll():
             if fd == wake_r:
                 os.read(wake_r, 512)
-                while True:
-                    try:
-                        pid, status = os.waitpid(-1, os.WNOHANG)
-                    except ChildProcessError:
-                        break
-                    if pid == 0:
-                        break
-                    control.sendall(record.pack(b"x", pid, status))
+                for pid in sorted(running):
+                    status = _ended_status(pid)
+                    if status is not None:
+                        running.discard(pid)
+                        ended.add(pid)
+                        control.sendall(struct.pack(">cIi", b"x", pid, status))
                 continue
             data, ancdata, _, _ = control.recvmsg(1, socket.CMSG_SPACE(4 * 4))
             if not data:
@@ -1613,10 +1614,23 @@ def _zygote_main():
             for level, kind, payload in ancdata:
                 if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
                     fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
-            pid = os.fork() if data == b"f" and len(fds) in (3, 4) else -1
-            if pid == 0:
+            if data == b"w":
+                (pid,) = struct.unpack(">I", _receive_exactly(control, 4))
+                if pid in ended:
+                    ended.discard(pid)
+                    os.waitpid(pid, 0)
+                continue
+            forked = None  # the worker's pid here, 0 in the worker
+            if data == b"f" and len(fds) in (3, 4):
+                try:
+                    forked = os.fork()
+                except OSError as exc:  # no room for a process: the parent starts one
+                    _say("the zygote could not fork: %s" % exc)
+            if forked == 0:
                 _forked_worker(list(fds), control, (wake_r, wake_w))
+            pid = forked or 0
             if pid > 0:
+                running.add(pid)
                 try:
                     # Here too, so the group exists once the parent hears the pid.
                     os.setpgid(pid, pid)
@@ -1624,14 +1638,40 @@ def _zygote_main():
                     pass
             for fd in fds:
                 os.close(fd)
-            control.sendall(struct.pack(">cI", b"p", max(pid, 0)))
+            control.sendall(struct.pack(">cI", b"p", pid))
+
+
+def _ended_status(pid):
+    """The raw wait status of child `pid` if it has ended, else None; an
+    ended child is left a zombie (WNOWAIT)."""
+    try:
+        info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return None
+    if info is None or info.si_pid == 0:
+        return None
+    if info.si_code == os.CLD_EXITED:
+        return (info.si_status & 0xFF) << 8
+    if info.si_code == os.CLD_DUMPED:
+        return info.si_status | 0x80
+    return info.si_status  # killed by that signal
+
+
+def _receive_exactly(sock, size):
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            raise EOFError("the parent's socket ended inside a request")
+        data += chunk
+    return data
 
 
 def _forked_worker(fds, control, wake):
     """In a child the zygote forked: takes the passed fds as stdin, stdout
     and stderr (and the reply ring), leads a process group of its own, and
-    runs `main`. Never returns."""
-    status = 1
+    runs `main`. Never returns: `main`'s SystemExit ends the interpreter as
+    it ends a started worker (atexit handlers, threads joined)."""
     try:
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
@@ -1647,18 +1687,12 @@ def _forked_worker(fds, control, wake):
             ring = "/proc/self/fd/%d" % fds[3]
         sys.argv[1:] = [ring]
         main()
-        status = 0
-    except SystemExit as exit:
-        status = exit.code if isinstance(exit.code, int) else 1
+    except SystemExit:
+        raise
     except BaseException as exc:
         _say("the forked worker failed: %s: %s" % (type(exc).__name__, exc))
-    finally:
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except Exception:
-                pass
-        os._exit(status)
+        os._exit(1)
+    os._exit(0)
 
 
 def main():
@@ -1666,13 +1700,18 @@ def main():
     if sys.argv[1:2] == ["--zygote"]:
         sys.exit(_zygote_main())
     ring_path = sys.argv.pop(1) if len(sys.argv) > 1 else ""
+    # A ring passed by fd (a zygote's worker) is this process's to close.
+    passed = ring_path[len("/proc/self/fd/") :] if ring_path.startswith("/proc/self/fd/") else ""
     if os.environ.get("ASYNC_PY_REPLY_RING") == "0":
         ring_path = ""  # replies take the pipe
     proto_in, proto_out = _move_protocol_off_stdio()
     _exit_with_parent(proto_in)
     _forget_own_folder()
     codec = _msgpack_codec() or (pack, unpack)
-    worker = ChildWorker(proto_in, proto_out, *codec, ring=_open_ring(ring_path))
+    ring = _open_ring(ring_path)
+    if passed.isdigit():
+        os.close(int(passed))
+    worker = ChildWorker(proto_in, proto_out, *codec, ring=ring)
     signal.signal(signal.SIGINT, worker.on_interrupt)
     try:
         status = worker.serve()

@@ -97,3 +97,34 @@ fn when_the_zygote_dies_its_workers_go_and_the_pool_starts_new_ones() {
     assert_eq!(pool::answering_pids(&pool, 40), pool::pids(&pool));
     eventually("the zygote is reaped", || is_gone(zygote));
 }
+
+#[test]
+fn a_forked_worker_says_how_it_ended_and_exits_as_a_started_one_does() {
+    let pool = pool::pool(1);
+    let folder = tempfile::tempdir().unwrap();
+    let marker = folder.path().join("atexit-ran");
+    pool.run_sync(&format!(
+        "import atexit\natexit.register(lambda: open({:?}, 'w').close())",
+        marker.to_str().unwrap()
+    ))
+    .unwrap();
+    for (code, said) in [
+        ("__import__('os')._exit(7)", "exited with status 7"),
+        (
+            "__import__('os').kill(__import__('os').getpid(), 9)",
+            "killed by signal 9",
+        ),
+    ] {
+        match pool.eval_sync(code) {
+            Err(async_py::PyRunnerError::WorkerDied { reason }) => {
+                assert!(reason.contains(said), "{said:?} in {reason:?}")
+            }
+            other => panic!("{code}: expected WorkerDied, got {other:?}"),
+        }
+    }
+    assert!(!marker.exists(), "neither ending runs atexit handlers");
+    // The third child (forked, with the run replayed) ends at stop as a
+    // started one does: through the interpreter's exit, atexit included.
+    pool.stop_sync().unwrap();
+    eventually("the atexit handler ran", || marker.exists());
+}

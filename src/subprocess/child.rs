@@ -332,7 +332,14 @@ impl ChildProcess {
         loop {
             let status = match &mut self.process {
                 Process::Spawned(child) => child.try_wait().ok().flatten(),
-                Process::Forked(zygote) => zygote.exit_status(self.pid, limit),
+                Process::Forked(zygote) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    let status = zygote.exit_status(self.pid, left);
+                    if status.is_none() && zygote.gone() {
+                        return None; // no one is left to say
+                    }
+                    status
+                }
             };
             if let Some(status) = status {
                 self.reaped = Some(status);

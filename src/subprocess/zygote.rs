@@ -10,9 +10,9 @@
 //! zygote dies (and the zygote when this process dies). A worker that
 //! cannot be forked (the zygote died, say) is started the usual way.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::File;
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -35,10 +35,17 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 struct Heard {
     /// Pids of forks, in the order the requests went (0: the fork failed).
     forked: VecDeque<u32>,
-    /// Raw wait statuses of workers it reaped, by pid.
+    /// Raw wait statuses of workers that ended, by pid, until taken.
     exits: HashMap<u32, i32>,
+    /// Forks whose callers stopped waiting: their pids are killed on
+    /// arrival, not handed to a later request.
+    abandoned: usize,
+    /// Pids of such forks, killed, whose ends are not waited for.
+    unwanted: HashSet<u32>,
     /// It has said it is ready.
     ready: bool,
+    /// It was too slow to answer once: no more forks are asked of it.
+    broken: bool,
     /// Its socket ended: it is gone.
     gone: bool,
 }
@@ -183,6 +190,12 @@ impl Zygote {
             .wait_until(Instant::now() + FORK_TIMEOUT, |heard| {
                 heard.forked.pop_front()
             });
+        if pid.is_none() {
+            // Its answer may still come; it must not be taken for the next.
+            let mut heard = self.shared.heard();
+            heard.abandoned += 1;
+            heard.broken = true;
+        }
         drop(requests);
         match pid {
             Some(0) => Err(io::Error::other("the zygote could not fork")),
@@ -193,15 +206,27 @@ impl Zygote {
 
     /// The wait status of forked worker `pid`, waiting up to `limit` for it;
     /// `None` if it has not exited (or the zygote is gone and cannot say).
+    /// The zygote keeps an ended worker unreaped until its status is taken,
+    /// so until then its pid and process group are not reused.
     pub fn exit_status(&self, pid: u32, limit: Duration) -> Option<ExitStatus> {
-        self.shared
-            .wait_until(Instant::now() + limit, |heard| heard.exits.remove(&pid))
-            .map(ExitStatus::from_raw)
+        let status = self
+            .shared
+            .wait_until(Instant::now() + limit, |heard| heard.exits.remove(&pid))?;
+        // Taken: the zygote may reap it now.
+        let requests = self.requests.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = (&*requests).write_all(&reap_request(pid));
+        Some(ExitStatus::from_raw(status))
     }
 
     /// Whether the zygote can still fork.
     pub fn alive(&self) -> bool {
-        !self.shared.heard().gone
+        let heard = self.shared.heard();
+        !heard.gone && !heard.broken
+    }
+
+    /// Whether the zygote has ended (it can say nothing more).
+    pub fn gone(&self) -> bool {
+        self.shared.heard().gone
     }
 }
 
@@ -236,10 +261,22 @@ fn listen(mut socket: UnixStream, shared: &Shared) {
             break;
         }
         let pid = u32::from_be_bytes(body[..4].try_into().expect("4 bytes"));
+        let mut reap = None;
         let mut heard = shared.heard();
         match tag[0] {
             b'r' => heard.ready = true,
+            b'p' if heard.abandoned > 0 => {
+                // A fork whose caller gave up and started a worker itself.
+                heard.abandoned -= 1;
+                if pid != 0 {
+                    // SAFETY: kill(2) with integer arguments; the group is
+                    // the unreaped worker's own.
+                    unsafe { libc::kill(-(pid as libc::pid_t), libc::SIGKILL) };
+                    heard.unwanted.insert(pid);
+                }
+            }
             b'p' => heard.forked.push_back(pid),
+            _ if heard.unwanted.remove(&pid) => reap = Some(pid),
             _ => {
                 let status = i32::from_be_bytes(body[4..].try_into().expect("4 bytes"));
                 heard.exits.insert(pid, status);
@@ -247,9 +284,19 @@ fn listen(mut socket: UnixStream, shared: &Shared) {
         }
         drop(heard);
         shared.changed.notify_all();
+        if let Some(pid) = reap {
+            let _ = socket.write_all(&reap_request(pid));
+        }
     }
     shared.heard().gone = true;
     shared.changed.notify_all();
+}
+
+/// Asks the zygote to reap ended worker `pid`.
+fn reap_request(pid: u32) -> [u8; 5] {
+    let mut request = [b'w', 0, 0, 0, 0];
+    request[1..].copy_from_slice(&pid.to_be_bytes());
+    request
 }
 
 /// Sends one byte with `fds` attached (SCM_RIGHTS).
