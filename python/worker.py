@@ -1578,9 +1578,10 @@ def _zygote_main():
     stdout and stderr, and its reply ring if it has one; the answer is b"p"
     and the worker's pid (0: no fork). When a worker it forked exits, it
     sends b"x", the pid and the raw wait status, but leaves the worker a
-    zombie until the request b"w" and the pid: until then the worker's pid
-    and process group cannot be reused, so the parent's signals to them
-    reach no other process. It exits at end of file.
+    zombie until the request b"w" and the pid (answered b"d" and the pid
+    once reaped): until then the worker's pid and process group cannot be
+    reused, so the parent's signals to them reach no other process. It
+    exits at end of file.
     """
     import socket
 
@@ -1619,6 +1620,7 @@ def _zygote_main():
                 if pid in ended:
                     ended.discard(pid)
                     os.waitpid(pid, 0)
+                control.sendall(struct.pack(">cI", b"d", pid))
                 continue
             forked = None  # the worker's pid here, 0 in the worker
             if data == b"f" and len(fds) in (3, 4):

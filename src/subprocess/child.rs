@@ -35,7 +35,7 @@ const STDERR_TAIL: usize = 20;
 const STDERR_LINE: u64 = 64 << 10;
 
 /// How a child starts the worker; see the file for the arguments.
-pub(super) const BOOTSTRAP: &str = include_str!("../../python/bootstrap.py");
+const BOOTSTRAP: &str = include_str!("../../python/bootstrap.py");
 
 /// How to start a child.
 #[derive(Debug, Clone)]
@@ -50,8 +50,19 @@ pub(crate) struct LaunchSpec {
 }
 
 impl LaunchSpec {
-    /// Sets the environment and folder a child starts with.
-    pub fn apply(&self, command: &mut Command) {
+    /// The command that starts the worker (`last` is its own argument: the
+    /// reply ring, or `--zygote`) as the leader of a process group, with
+    /// this spec's environment and folder; stdio is the caller's to set.
+    pub fn command(&self, last: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut command = Command::new(&self.python);
+        command
+            .arg("-u")
+            .arg("-c")
+            .arg(BOOTSTRAP)
+            .arg(crate::worker_source::WORKER_PY)
+            .arg(compiled_worker_cache())
+            .arg(last)
+            .process_group(0);
         if self.env_clear {
             command.env_clear();
         }
@@ -61,6 +72,7 @@ impl LaunchSpec {
         if let Some(dir) = &self.current_dir {
             command.current_dir(dir);
         }
+        command
     }
 }
 
@@ -384,22 +396,15 @@ type Started = (Process, u32, File, File, File);
 
 /// Starts a child from `spec`'s interpreter.
 fn spawn(spec: &LaunchSpec, ring: Option<&ReplyRing>) -> Result<Started, PyRunnerError> {
-    let mut command = Command::new(&spec.python);
-    command
-        .arg("-u")
-        .arg("-c")
-        .arg(BOOTSTRAP)
-        .arg(crate::worker_source::WORKER_PY)
-        .arg(compiled_worker_cache())
-        .arg(ring.map_or(String::new(), ReplyRing::path_for_child))
+    let mut child = spec
+        .command(ring.map_or(String::new(), ReplyRing::path_for_child))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .process_group(0);
-    spec.apply(&mut command);
-    let mut child = command.spawn().map_err(|err| {
-        PyRunnerError::Startup(format!("could not start {}: {err}", spec.python.display()))
-    })?;
+        .spawn()
+        .map_err(|err| {
+            PyRunnerError::Startup(format!("could not start {}: {err}", spec.python.display()))
+        })?;
     let pid = child.id();
     let stdin = OwnedFd::from(child.stdin.take().expect("stdin is piped"));
     let stdout = OwnedFd::from(child.stdout.take().expect("stdout is piped"));
@@ -452,7 +457,7 @@ pub(crate) enum NoFrame {
 /// Where children cache the compiled worker: `$XDG_CACHE_HOME/async_py`
 /// (or `~/.cache/async_py`), a folder only this user may write, named by a
 /// hash of the worker's source. Empty (no cache) if there is no such folder.
-pub(super) fn compiled_worker_cache() -> &'static std::ffi::OsStr {
+fn compiled_worker_cache() -> &'static std::ffi::OsStr {
     static PREFIX: std::sync::OnceLock<std::ffi::OsString> = std::sync::OnceLock::new();
     PREFIX.get_or_init(|| {
         let base = std::env::var_os("XDG_CACHE_HOME")

@@ -15,17 +15,20 @@ use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::process::{Command, ExitStatus, Stdio};
+use std::os::unix::process::ExitStatusExt;
+use std::process::{ExitStatus, Stdio};
 use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::child::{forward_stderr_of, LaunchSpec, BOOTSTRAP};
+use super::child::{forward_stderr_of, LaunchSpec};
 use crate::error::PyRunnerError;
 
 /// How long a fork may take before the worker is started the usual way.
 const FORK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long the zygote may take to reap an ended worker when asked.
+const REAP_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How long a zygote may take from spawn to its first word.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -42,6 +45,11 @@ struct Heard {
     abandoned: usize,
     /// Pids of such forks, killed, whose ends are not waited for.
     unwanted: HashSet<u32>,
+    /// Workers reaped at the parent's request, until the request's caller
+    /// takes the word.
+    reaped: HashSet<u32>,
+    /// Workers reaped at the request of the reader itself (unwanted ones).
+    reaped_quietly: HashSet<u32>,
     /// It has said it is ready.
     ready: bool,
     /// It was too slow to answer once: no more forks are asked of it.
@@ -114,20 +122,11 @@ impl Zygote {
         thread::Builder::new()
             .name("async_py-zygote".into())
             .spawn(move || {
-                let spec = launch;
-                let mut command = Command::new(&spec.python);
+                let mut command = launch.command("--zygote");
                 command
-                    .arg("-u")
-                    .arg("-c")
-                    .arg(BOOTSTRAP)
-                    .arg(crate::worker_source::WORKER_PY)
-                    .arg(super::child::compiled_worker_cache())
-                    .arg("--zygote")
                     .stdin(Stdio::from(OwnedFd::from(theirs)))
                     .stdout(Stdio::null())
-                    .stderr(Stdio::piped())
-                    .process_group(0);
-                spec.apply(&mut command);
+                    .stderr(Stdio::piped());
                 let spawned = command.spawn();
                 // The command holds the zygote's end of the socket: with it
                 // open here, the zygote's death would not end the socket.
@@ -212,9 +211,16 @@ impl Zygote {
         let status = self
             .shared
             .wait_until(Instant::now() + limit, |heard| heard.exits.remove(&pid))?;
-        // Taken: the zygote may reap it now.
+        // Taken: the zygote may reap it now. Waiting for its word keeps the
+        // promise that a child is reaped once its end is known.
         let requests = self.requests.lock().unwrap_or_else(|p| p.into_inner());
-        let _ = (&*requests).write_all(&reap_request(pid));
+        if (&*requests).write_all(&reap_request(pid)).is_ok() {
+            drop(requests);
+            self.shared
+                .wait_until(Instant::now() + REAP_TIMEOUT, |heard| {
+                    heard.reaped.remove(&pid).then_some(())
+                });
+        }
         Some(ExitStatus::from_raw(status))
     }
 
@@ -253,7 +259,7 @@ fn listen(mut socket: UnixStream, shared: &Shared) {
         let mut body = [0u8; 8];
         let size = match tag[0] {
             b'r' => 0,
-            b'p' => 4,
+            b'p' | b'd' => 4,
             b'x' => 8,
             _ => break, // not the zygote's protocol: take it as gone
         };
@@ -276,7 +282,15 @@ fn listen(mut socket: UnixStream, shared: &Shared) {
                 }
             }
             b'p' => heard.forked.push_back(pid),
-            _ if heard.unwanted.remove(&pid) => reap = Some(pid),
+            b'd' => {
+                if !heard.reaped_quietly.remove(&pid) {
+                    heard.reaped.insert(pid);
+                }
+            }
+            _ if heard.unwanted.remove(&pid) => {
+                heard.reaped_quietly.insert(pid);
+                reap = Some(pid);
+            }
             _ => {
                 let status = i32::from_be_bytes(body[4..].try_into().expect("4 bytes"));
                 heard.exits.insert(pid, status);
