@@ -181,7 +181,7 @@ impl PyPoolBuilder {
         let count = workers.len();
         let inner = Arc::new(Inner {
             runner: self.runner,
-            zygote,
+            zygote: Mutex::new(zygote),
             log,
             slots: workers.into_iter().map(Slot::new).collect(),
             admission: Semaphore::new(count * ADMITTED_PER_WORKER),
@@ -230,8 +230,8 @@ impl std::fmt::Debug for PyPool {
 
 struct Inner {
     runner: PyRunnerBuilder,
-    /// Forks the workers' children, if it started.
-    zygote: Option<Arc<Zygote>>,
+    /// Forks the workers' children, if it started; taken (and ended) by `stop`.
+    zygote: Mutex<Option<Arc<Zygote>>>,
     log: Arc<ReplayLog>,
     slots: Vec<Slot>,
     admission: Semaphore,
@@ -431,7 +431,11 @@ fn recycle(pool: Weak<Inner>, index: usize, old: Arc<Worker>) {
         inner.runner.clone(),
         inner.log.clone(),
         inner.pool.clone(),
-        inner.zygote.clone(),
+        inner
+            .zygote
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone(),
     );
     let fresh = match fresh {
         Ok(fresh) => Arc::new(fresh),
@@ -603,11 +607,32 @@ impl PyPool {
             Box::pin(async move { worker.runner.stop().await })
                 as BoxedCall<'_, Result<(), PyRunnerError>>
         });
-        join_in_order(stops, |_| usize::MAX)
+        let stopped = join_in_order(stops, |_| usize::MAX)
             .await
             .into_iter()
             .collect::<Result<Vec<()>, _>>()
-            .map(drop)
+            .map(drop);
+        // Its workers are reaped: the zygote ends too, on a thread of its
+        // own, as ending it waits for its exit.
+        let zygote = self
+            .inner
+            .zygote
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(zygote) = zygote {
+            let (ended, was_ended) = tokio::sync::oneshot::channel();
+            let ending = thread::Builder::new()
+                .name("async_py-zygote-end".into())
+                .spawn(move || {
+                    zygote.end();
+                    let _ = ended.send(());
+                });
+            if ending.is_ok() {
+                let _ = was_ended.await;
+            }
+        }
+        stopped
     }
 
     async fn dispatch(&self, request: Request) -> Reply {

@@ -128,3 +128,16 @@ fn a_forked_worker_says_how_it_ended_and_exits_as_a_started_one_does() {
     pool.stop_sync().unwrap();
     eventually("the atexit handler ran", || marker.exists());
 }
+
+#[test]
+fn stop_ends_and_reaps_the_zygote_with_the_workers() {
+    let pool = pool::pool(2);
+    let workers = pool::pids(&pool);
+    let zygote = zygote_of(&pool);
+    pool.stop_sync().unwrap();
+    // Reaped by the time stop returns, with the handle still held.
+    for pid in workers.into_iter().chain([zygote]) {
+        assert!(is_gone(pid), "process {pid} outlived stop()");
+    }
+    assert!(pool.eval_sync("1").is_err());
+}

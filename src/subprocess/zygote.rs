@@ -56,6 +56,8 @@ struct Heard {
     broken: bool,
     /// Its socket ended: it is gone.
     gone: bool,
+    /// It has been reaped.
+    reaped_itself: bool,
 }
 
 struct Shared {
@@ -146,6 +148,8 @@ impl Zygote {
                 // Its socket ended: it exited, or is about to.
                 let _ = child.kill();
                 let _ = child.wait();
+                listening.heard().reaped_itself = true;
+                listening.changed.notify_all();
             })
             .map_err(|err| PyRunnerError::Startup(format!("could not start a thread: {err}")))?;
         let pid = match started.recv() {
@@ -234,6 +238,27 @@ impl Zygote {
     pub fn gone(&self) -> bool {
         self.shared.heard().gone
     }
+
+    /// Ends the zygote (its workers should be gone by now) and waits, a
+    /// little, until it is reaped.
+    pub fn end(&self) {
+        self.close();
+        let deadline = Instant::now() + REAP_TIMEOUT;
+        let mut heard = self.shared.heard();
+        while !heard.reaped_itself && Instant::now() < deadline {
+            heard = self
+                .shared
+                .changed
+                .wait_timeout(heard, deadline.saturating_duration_since(Instant::now()))
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
+    fn close(&self) {
+        let requests = self.requests.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = requests.shutdown(std::net::Shutdown::Both);
+    }
 }
 
 impl std::fmt::Debug for Zygote {
@@ -244,8 +269,7 @@ impl std::fmt::Debug for Zygote {
 
 impl Drop for Zygote {
     fn drop(&mut self) {
-        let requests = self.requests.lock().unwrap_or_else(|p| p.into_inner());
-        let _ = requests.shutdown(std::net::Shutdown::Both);
+        self.close();
     }
 }
 
