@@ -13,8 +13,8 @@ mod nesting;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rustpython_vm::builtins::{PyBaseExceptionRef, PyDictRef, PyStr, PyTuple, PyType, PyTypeRef};
@@ -72,12 +72,60 @@ const HELPERS_FILE: &str = "async_py/worker.py";
 const NO_COROUTINES: &str = "call_async_function needs an asyncio event loop, which \
      the RustPython backend does not run: use the pyo3 or the subprocess backend for coroutines";
 
+/// RustPython 0.5 keeps one cycle collector for the whole process, and a
+/// collection traverses every interpreter's objects while their threads go
+/// on: with several runners at work, an automatic collection on one thread
+/// met a frame another thread was building and aborted the process. So the
+/// collector never runs on its own here (it is disabled when the first
+/// runner starts), and a runner's thread runs it between commands, past the
+/// collector's own threshold, only while no other RustPython runner lives.
+/// `LIVE` counts the runners; `GATE` keeps a new interpreter from being made
+/// while such a collection runs.
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+static GATE: Mutex<()> = Mutex::new(());
+
+fn gate() -> std::sync::MutexGuard<'static, ()> {
+    GATE.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Counts a runner as live for as long as it is held.
+struct Live;
+
+impl Live {
+    fn new() -> Live {
+        let _gate = gate();
+        rustpython_vm::gc_state::gc_state().disable();
+        LIVE.fetch_add(1, Ordering::SeqCst);
+        Live
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        LIVE.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Between commands: collects cycles if the collector's threshold is past
+/// and this is the only RustPython runner.
+fn collect_if_alone() {
+    let collector = rustpython_vm::gc_state::gc_state();
+    if collector.get_count().0 < collector.get_threshold().0 as usize {
+        return;
+    }
+    let _gate = gate();
+    if LIVE.load(Ordering::SeqCst) == 1 {
+        collector.collect_force(0);
+    }
+}
+
 /// Starts the interpreter thread for a runner and waits until it is ready.
 pub(crate) fn spawn(config: &RunnerConfig, queue: Arc<CommandQueue>) -> Result<(), PyRunnerError> {
     let venv = config.venv.clone();
     let startup = config.startup.clone();
     start_backend_thread("async_py-rustpython", STACK_SIZE, move |ready| {
         queue.set_consumer();
+        let _live = Live::new();
         let (signals, signal_rx) = user_signal_channel();
         let interpreter = interpreter(signal_rx);
         interpreter.enter(|vm| {
@@ -229,6 +277,10 @@ impl Serve for Worker<'_> {
 
     fn idle(&mut self) {
         self.queue.wait(WORKER_SPIN);
+    }
+
+    fn after_batch(&mut self) {
+        collect_if_alone();
     }
 
     fn shut_down(&mut self) {
