@@ -504,12 +504,13 @@ def _pack_numbers(items, out):
     item-by-item path then handles it (and names a too-large int). No user
     code runs here: bytes(), sum() and array() only ever see lists that
     marshal or a check of types has shown to hold plain ints or floats.
+    Lists of small ints are only checked by marshal, not rewritten from it.
     """
     first = type(items[0])
     if (first is not int and first is not float) or type(items[-1]) is not first:
         return False
-    flipped = _from_marshal(items, first)
-    if flipped is None:
+    flat = _marshalled(items, first)
+    if flat is None:
         # Not all plain floats, or not all plain ints within 32 bits.
         if first is float or set(map(type, items)) != {int}:
             return False
@@ -526,12 +527,12 @@ def _pack_numbers(items, out):
     if first is float:
         if not _isfinite(sum(items)):
             return False  # NaN or an infinity somewhere: they become nil one by one
-        out.append(flipped)
+        out.append(_from_marshal(flat, first))
         return True
     try:
         small = bytes(items)  # succeeds when every item is in 0..255
     except ValueError:
-        out.append(flipped)
+        out.append(_from_marshal(flat, first))
         return True
     if max(small) < 0x80:
         out.append(small)  # every item is already a positive fixint
@@ -545,18 +546,16 @@ def _pack_numbers(items, out):
 _MARSHAL_RECORDS = {int: (b"i", 4, b"\xd2"), float: (b"g", 8, b"\xcb")}
 
 
-def _from_marshal(items, kind):
-    """The MessagePack items of a list of only plain ints that fit in 32 bits
-    or only floats, from marshal's copy of it; None for any other list.
+def _marshalled(items, kind):
+    """marshal's copy of a list of only plain ints that fit in 32 bits or
+    only floats; None for any other list.
 
     marshal writes such a list, in C, as "[", a 4-byte count, then for each
-    item one code byte and the number, least significant byte first; a
-    MessagePack item is one marker and the number, most significant byte
-    first. So the records have the same length, and only the code and the
-    byte order change. Bools, subclasses and wider ints have other records
-    (or none: ValueError), which the checks of codes and length catch.
+    item one code byte and the number, least significant byte first. Bools,
+    subclasses and wider ints have other records (or none: ValueError),
+    which the checks of codes and length catch.
     """
-    code, width, marker = _MARSHAL_RECORDS[kind]
+    code, width, _ = _MARSHAL_RECORDS[kind]
     try:
         flat = _marshal_dumps(items, 2)  # version 2: no back-references
     except ValueError:
@@ -565,6 +564,17 @@ def _from_marshal(items, kind):
     stride = width + 1
     if len(flat) != 5 + stride * count or flat[5::stride] != code * count:
         return None
+    return flat
+
+
+def _from_marshal(flat, kind):
+    """The MessagePack items of a list, from `_marshalled`'s copy of it: a
+    MessagePack item is one marker and the number, most significant byte
+    first, so the records have the same length, and only the code and the
+    byte order change."""
+    _, width, marker = _MARSHAL_RECORDS[kind]
+    stride = width + 1
+    count = (len(flat) - 5) // stride
     body = bytearray(flat[5:])
     body[0::stride] = marker * count
     for i in range(width):
