@@ -1107,8 +1107,14 @@ class ChildWorker:
     for the next request in that loop's selector.
     """
 
-    def __init__(self, proto_in, proto_out, pack_value=pack, unpack_frame=unpack, ring=None):
+    def __init__(
+        self, proto_in, proto_out, pack_value=pack, unpack_frame=unpack, ring=None, share=False
+    ):
         self.proto_in = proto_in
+        # A pool's worker shares the cores with its siblings and the parent:
+        # while it polls for a request it gives its core to whichever of them
+        # is ready to run.
+        self.pause = getattr(os, "sched_yield", None) if share else None
         self.proto_out = proto_out
         # Replies take the ring from the first one after the hello.
         self.offered_ring = ring
@@ -1230,6 +1236,7 @@ class ChildWorker:
         """Polls briefly for the next request; True if bytes (or end of input) came."""
         deadline = time.perf_counter() + _SPIN_SECONDS
         poll = self.poller.poll
+        pause = self.pause
         while True:
             # poll(0) rather than reads that fail: each failed read builds
             # an exception and its message.
@@ -1237,6 +1244,8 @@ class ChildWorker:
                 return self._read_available()
             if time.perf_counter() >= deadline:
                 return False
+            if pause is not None:
+                pause()
 
     def _has_whole_frame(self):
         inbox = self.inbox
@@ -1697,7 +1706,7 @@ def _forked_worker(fds, control, wake):
         if len(fds) > 3:
             os.set_inheritable(fds[3], False)
             ring = "/proc/self/fd/%d" % fds[3]
-        sys.argv[1:] = [ring]
+        sys.argv[1:] = ["--share-cores", ring]
         main()
     except SystemExit:
         raise
@@ -1711,6 +1720,9 @@ def main():
     """The child program: serve one parent over stdin and stdout, then exit."""
     if sys.argv[1:2] == ["--zygote"]:
         sys.exit(_zygote_main())
+    share = sys.argv[1:2] == ["--share-cores"]
+    if share:
+        del sys.argv[1]
     ring_path = sys.argv.pop(1) if len(sys.argv) > 1 else ""
     # A ring passed by fd (a zygote's worker) is this process's to close.
     passed = ring_path[len("/proc/self/fd/") :] if ring_path.startswith("/proc/self/fd/") else ""
@@ -1723,7 +1735,7 @@ def main():
     ring = _open_ring(ring_path)
     if passed.isdigit():
         os.close(int(passed))
-    worker = ChildWorker(proto_in, proto_out, *codec, ring=ring)
+    worker = ChildWorker(proto_in, proto_out, *codec, ring=ring, share=share)
     signal.signal(signal.SIGINT, worker.on_interrupt)
     try:
         status = worker.serve()

@@ -47,6 +47,9 @@ pub(crate) struct LaunchSpec {
     pub hello_timeout: Duration,
     /// A pool's zygote, which forks children instead (see `zygote`).
     pub zygote: Option<Arc<Zygote>>,
+    /// The child is a pool's worker, which shares the cores with its
+    /// siblings: it yields its core while it polls for a request.
+    pub share_cores: bool,
 }
 
 impl LaunchSpec {
@@ -60,9 +63,11 @@ impl LaunchSpec {
             .arg("-c")
             .arg(BOOTSTRAP)
             .arg(crate::worker_source::WORKER_PY)
-            .arg(compiled_worker_cache())
-            .arg(last)
-            .process_group(0);
+            .arg(compiled_worker_cache());
+        if self.share_cores {
+            command.arg("--share-cores");
+        }
+        command.arg(last).process_group(0);
         if self.env_clear {
             command.env_clear();
         }

@@ -136,10 +136,14 @@ fn launch_spec(
         current_dir: config.current_dir.clone(),
         hello_timeout: HELLO_TIMEOUT,
         zygote,
+        share_cores: config.pool_hooks.is_some(),
     })
 }
 
 /// Starts a zygote for the children of a pool's workers with `config`.
 pub(crate) fn start_zygote(config: &RunnerConfig) -> Result<Arc<Zygote>, PyRunnerError> {
-    Zygote::start(&launch_spec(config, None)?)
+    let mut spec = launch_spec(config, None)?;
+    // Its forks are told so themselves.
+    spec.share_cores = false;
+    Zygote::start(&spec)
 }

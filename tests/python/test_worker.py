@@ -95,13 +95,14 @@ class Child:
     every wait here has a time limit.
     """
 
-    def __init__(self, python, cwd=None, launch="file"):
+    def __init__(self, python, cwd=None, launch="file", args=()):
         if launch == "file":
             command = [python, WORKER]
         else:
             with open(WORKER) as source:
                 # No cache prefix: each start compiles the worker afresh.
                 command = [python, "-u", "-c", BOOTSTRAP, source.read(), ""]
+        command.extend(args)
         self.process = subprocess.Popen(
             command,
             stdin=subprocess.PIPE,
@@ -534,6 +535,29 @@ class CoroutineDriverTests(unittest.TestCase):
 
 
 @unittest.skipUnless(hasattr(os, "memfd_create"), "the reply ring needs memfd (Linux)")
+class SpinTests(unittest.TestCase):
+    """How the child waits a moment for the next request."""
+
+    def spin_with(self, share):
+        read_end, write_end = os.pipe()
+        self.addCleanup(os.close, read_end)
+        self.addCleanup(os.close, write_end)
+        child = worker.ChildWorker(read_end, write_end, share=share)
+        pauses = []
+        if child.pause is not None:
+            child.pause = lambda: pauses.append(1)
+        self.assertFalse(child._spin())  # nothing comes
+        return pauses
+
+    def test_a_pool_worker_gives_up_its_core_between_looks(self):
+        self.assertIs(worker.ChildWorker(0, 1, share=True).pause, os.sched_yield)
+        self.assertGreater(len(self.spin_with(share=True)), 0)
+
+    def test_a_runners_child_keeps_its_core(self):
+        self.assertIsNone(worker.ChildWorker(0, 1).pause)
+        self.assertEqual(self.spin_with(share=False), [])
+
+
 class ReplyRingTests(unittest.TestCase):
     """The child's end of the reply ring, against a parent played here."""
 
@@ -615,8 +639,8 @@ class ChildTests:
         for child in self.children:
             child.finish()
 
-    def start(self, cwd=None):
-        child = Child(self.python, cwd=cwd, launch=self.launch)
+    def start(self, cwd=None, args=()):
+        child = Child(self.python, cwd=cwd, launch=self.launch, args=args)
         self.children.append(child)
         hello = child.reply()
         self.assertIsInstance(hello, list, "first frame: %r; stderr:\n%s" % (hello, child.stderr()))
@@ -645,6 +669,18 @@ class ChildTests:
         ).strip()
         self.assertEqual(hello[:4], ["hello", 1, version, child.process.pid])
         self.assertEqual(os.path.realpath(hello[4]), os.path.realpath(self.python))
+
+    def test_a_pool_worker_takes_its_flag_and_serves_as_any_other(self):
+        plain = self.start()
+        shared = self.start(args=["--share-cores"])
+        for child in (plain, shared):
+            self.ok(child, [1, "run", "def add(a, b):\n    return a + b\n"])
+            for i in range(200):
+                self.assertEqual(self.ok(child, [2 + i, "call", "add", [i, 1]]), i + 1)
+        # The flag is the worker's, not the user's, nor taken for a ring's path.
+        argv = "__import__('sys').argv"
+        self.assertEqual(self.ok(shared, [300, "eval", argv]), self.ok(plain, [300, "eval", argv]))
+        self.assertNotIn("reply ring", shared.stderr())
 
     def test_stop_replies_then_exits_with_status_0(self):
         child = self.start()
