@@ -343,15 +343,32 @@ impl ChildProcess {
         self.reaped
     }
 
-    /// Waits up to `limit` for the child to exit by itself.
+    /// Waits up to `limit` for the child to exit by itself. What it left in
+    /// its process group is killed before the child is reaped, while its
+    /// pid, and so its group id, cannot yet be reused.
     pub fn wait_for_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
         let deadline = Instant::now() + limit;
+        let pid = self.pid;
+        let killed = &mut self.group_killed;
+        let mut kill_group = || {
+            if !*killed {
+                signal(-(pid as libc::pid_t), libc::SIGKILL);
+                *killed = true;
+            }
+        };
         loop {
             let status = match &mut self.process {
-                Process::Spawned(child) => child.try_wait().ok().flatten(),
+                Process::Spawned(child) => {
+                    if has_exited(pid) {
+                        kill_group();
+                        child.wait().ok()
+                    } else {
+                        None
+                    }
+                }
                 Process::Forked(zygote) => {
                     let left = deadline.saturating_duration_since(Instant::now());
-                    let status = zygote.exit_status(self.pid, left);
+                    let status = zygote.exit_status(pid, left, &mut kill_group);
                     if status.is_none() && zygote.gone() {
                         return None; // no one is left to say
                     }
@@ -441,8 +458,27 @@ fn fork(zygote: &Arc<Zygote>, ring: Option<&ReplyRing>) -> io::Result<Started> {
 fn reap(process: &mut Process, pid: u32) -> Option<ExitStatus> {
     match process {
         Process::Spawned(child) => child.wait().ok(),
-        Process::Forked(zygote) => zygote.exit_status(pid, REAP_LIMIT),
+        Process::Forked(zygote) => zygote.exit_status(pid, REAP_LIMIT, || {}),
     }
+}
+
+/// Whether our child `pid` has ended, leaving it unreaped.
+fn has_exited(pid: u32) -> bool {
+    // SAFETY: siginfo_t is plain data that waitid fills in; zeroed, its pid
+    // reads 0 when no child has changed state.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: waitid(2) writes only into `info`; WNOWAIT leaves the child
+    // to be reaped by `Child::wait`.
+    let found = unsafe {
+        libc::waitid(
+            libc::P_PID,
+            pid as libc::id_t,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+        )
+    };
+    // SAFETY: si_pid is the field waitid sets for WEXITED.
+    found == 0 && unsafe { info.si_pid() } != 0
 }
 
 /// How long a killed forked child's end is waited for.

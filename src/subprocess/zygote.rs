@@ -210,11 +210,18 @@ impl Zygote {
     /// The wait status of forked worker `pid`, waiting up to `limit` for it;
     /// `None` if it has not exited (or the zygote is gone and cannot say).
     /// The zygote keeps an ended worker unreaped until its status is taken,
-    /// so until then its pid and process group are not reused.
-    pub fn exit_status(&self, pid: u32, limit: Duration) -> Option<ExitStatus> {
+    /// so until then its pid and process group are not reused: `before_reap`
+    /// runs in that window, once the end is known.
+    pub fn exit_status(
+        &self,
+        pid: u32,
+        limit: Duration,
+        before_reap: impl FnOnce(),
+    ) -> Option<ExitStatus> {
         let status = self
             .shared
             .wait_until(Instant::now() + limit, |heard| heard.exits.remove(&pid))?;
+        before_reap();
         // Taken: the zygote may reap it now. Waiting for its word keeps the
         // promise that a child is reaped once its end is known.
         let requests = self.requests.lock().unwrap_or_else(|p| p.into_inner());
