@@ -1,6 +1,6 @@
 # How the subprocess backend starts a child: `python -u -c <this file>
-# <worker.py source> <cache prefix> <reply ring path>`; the last is the
-# worker's own (see PROTOCOL.md), and may be empty. Compiling the worker takes tens of
+# <worker.py source> <cache prefix> [--share-cores] <reply ring path>`; the
+# rest are the worker's own (see PROTOCOL.md), and the path may be empty. Compiling the worker takes tens of
 # milliseconds, longer than the rest of a start, so the compiled code is kept
 # (marshal) under the cache prefix, one file per interpreter version; an empty
 # prefix means no cache. The file name given to compile() keeps the worker's

@@ -27,6 +27,23 @@ fn command_line(pid: u32) -> String {
         .unwrap_or_default()
 }
 
+/// The arguments a process was started with.
+fn arguments(pid: u32) -> Vec<String> {
+    let line = std::fs::read(format!("/proc/{pid}/cmdline")).expect("the process exists");
+    line.split(|&byte| byte == 0)
+        .map(|arg| String::from_utf8_lossy(arg).into_owned())
+        .filter(|arg| !arg.is_empty())
+        .collect()
+}
+
+/// Whether a started child was told to share the cores: the flag comes
+/// just before its last argument (the reply ring's path, which may be empty
+/// and then does not show).
+fn told_to_share(pid: u32) -> bool {
+    let args = arguments(pid);
+    args.iter().rev().take(2).any(|arg| arg == "--share-cores")
+}
+
 /// The one zygote behind the pool's workers.
 fn zygote_of(pool: &async_py::PyPool) -> u32 {
     let parents: BTreeSet<u32> = pool::pids(pool).into_iter().map(parent_of).collect();
@@ -90,12 +107,29 @@ fn when_the_zygote_dies_its_workers_go_and_the_pool_starts_new_ones() {
         let pids = pool::pids(&pool);
         pids.len() == 2 && pids.is_disjoint(&workers) && !pids.contains(&0)
     });
-    // Started the usual way now: children of ours, with every definition.
+    // Started the usual way now: children of ours, with every definition,
+    // told to share the cores as forked ones are.
     for pid in pool::pids(&pool) {
         assert_eq!(parent_of(pid), std::process::id());
+        assert!(told_to_share(pid), "arguments: {:?}", arguments(pid).last());
     }
     assert_eq!(pool::answering_pids(&pool, 40), pool::pids(&pool));
     eventually("the zygote is reaped", || is_gone(zygote));
+}
+
+#[test]
+fn a_runners_child_and_the_zygote_are_not_told_to_share_the_cores() {
+    let runner = async_py::PyRunner::builder().subprocess().build().unwrap();
+    let child = runner.eval_sync("__import__('os').getpid()").unwrap();
+    let child = child.as_u64().unwrap() as u32;
+    assert!(!told_to_share(child));
+    let pool = pool::pool(1);
+    let zygote = zygote_of(&pool);
+    assert_eq!(
+        arguments(zygote).last().map(String::as_str),
+        Some("--zygote")
+    );
+    assert!(!told_to_share(zygote));
 }
 
 #[test]

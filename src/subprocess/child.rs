@@ -347,6 +347,9 @@ impl ChildProcess {
     /// its process group is killed before the child is reaped, while its
     /// pid, and so its group id, cannot yet be reused.
     pub fn wait_for_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        if self.reaped.is_some() {
+            return self.reaped;
+        }
         let deadline = Instant::now() + limit;
         let pid = self.pid;
         let killed = &mut self.group_killed;
@@ -358,14 +361,15 @@ impl ChildProcess {
         };
         loop {
             let status = match &mut self.process {
-                Process::Spawned(child) => {
-                    if has_exited(pid) {
+                Process::Spawned(child) => match has_exited(pid) {
+                    Some(true) => {
                         kill_group();
                         child.wait().ok()
-                    } else {
-                        None
                     }
-                }
+                    Some(false) => None,
+                    // Not ours to wait for (reaped elsewhere): say so at once.
+                    None => child.try_wait().ok().flatten(),
+                },
                 Process::Forked(zygote) => {
                     let left = deadline.saturating_duration_since(Instant::now());
                     let status = zygote.exit_status(pid, left, &mut kill_group);
@@ -462,8 +466,9 @@ fn reap(process: &mut Process, pid: u32) -> Option<ExitStatus> {
     }
 }
 
-/// Whether our child `pid` has ended, leaving it unreaped.
-fn has_exited(pid: u32) -> bool {
+/// Whether our child `pid` has ended, leaving it unreaped; `None` if it
+/// cannot be waited for (it is not, or no longer, a child to reap).
+fn has_exited(pid: u32) -> Option<bool> {
     // SAFETY: siginfo_t is plain data that waitid fills in; zeroed, its pid
     // reads 0 when no child has changed state.
     let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
@@ -477,8 +482,12 @@ fn has_exited(pid: u32) -> bool {
             libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
         )
     };
+    if found != 0 {
+        let error = io::Error::last_os_error();
+        return (error.raw_os_error() == Some(libc::EINTR)).then_some(false);
+    }
     // SAFETY: si_pid is the field waitid sets for WEXITED.
-    found == 0 && unsafe { info.si_pid() } != 0
+    Some(unsafe { info.si_pid() } != 0)
 }
 
 /// How long a killed forked child's end is waited for.

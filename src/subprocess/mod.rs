@@ -142,8 +142,5 @@ fn launch_spec(
 
 /// Starts a zygote for the children of a pool's workers with `config`.
 pub(crate) fn start_zygote(config: &RunnerConfig) -> Result<Arc<Zygote>, PyRunnerError> {
-    let mut spec = launch_spec(config, None)?;
-    // Its forks are told so themselves.
-    spec.share_cores = false;
-    Zygote::start(&spec)
+    Zygote::start(&launch_spec(config, None)?)
 }

@@ -117,7 +117,9 @@ impl Zygote {
             changed: Condvar::new(),
         });
         let (started_tx, started) = mpsc::channel();
-        let launch = spec.clone();
+        let mut launch = spec.clone();
+        // The zygote's own argument comes last; its forks are told to share.
+        launch.share_cores = false;
         let listening = shared.clone();
         // The thread that spawns the zygote lives as long as it: Linux's
         // parent-death signal follows the thread that forked a child.

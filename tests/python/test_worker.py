@@ -28,6 +28,7 @@ import textwrap
 import threading
 import time
 import unittest
+from unittest import mock
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 WORKER = os.path.normpath(os.path.join(HERE, "..", "..", "python", "worker.py"))
@@ -534,30 +535,38 @@ class CoroutineDriverTests(unittest.TestCase):
         self.assertEqual(self.driver.turn(True), [(4, True, "early")])
 
 
-@unittest.skipUnless(hasattr(os, "memfd_create"), "the reply ring needs memfd (Linux)")
 class SpinTests(unittest.TestCase):
     """How the child waits a moment for the next request."""
 
-    def spin_with(self, share):
+    def worker_on_a_pipe(self, share):
         read_end, write_end = os.pipe()
         self.addCleanup(os.close, read_end)
         self.addCleanup(os.close, write_end)
-        child = worker.ChildWorker(read_end, write_end, share=share)
-        pauses = []
-        if child.pause is not None:
-            child.pause = lambda: pauses.append(1)
-        self.assertFalse(child._spin())  # nothing comes
-        return pauses
+        return worker.ChildWorker(read_end, write_end, share=share), write_end
 
     def test_a_pool_worker_gives_up_its_core_between_looks(self):
-        self.assertIs(worker.ChildWorker(0, 1, share=True).pause, os.sched_yield)
-        self.assertGreater(len(self.spin_with(share=True)), 0)
+        child, requests = self.worker_on_a_pipe(share=True)
+        self.assertIs(child.pause, os.sched_yield)
+        pauses = []
+
+        def pause():
+            # The first pause lets a request in: the spin ends at its next look.
+            pauses.append(1)
+            os.write(requests, frame(worker.pack([1, "eval", "1"])))
+
+        child.pause = pause
+        # Long enough that no preemption ends the spin before its first pause.
+        with mock.patch.object(worker, "_SPIN_SECONDS", 5.0):
+            self.assertTrue(child._spin())
+        self.assertEqual(pauses, [1])
 
     def test_a_runners_child_keeps_its_core(self):
-        self.assertIsNone(worker.ChildWorker(0, 1).pause)
-        self.assertEqual(self.spin_with(share=False), [])
+        child, _ = self.worker_on_a_pipe(share=False)
+        self.assertIsNone(child.pause)
+        self.assertFalse(child._spin())  # nothing came, and nothing paused
 
 
+@unittest.skipUnless(hasattr(os, "memfd_create"), "the reply ring needs memfd (Linux)")
 class ReplyRingTests(unittest.TestCase):
     """The child's end of the reply ring, against a parent played here."""
 
@@ -672,7 +681,8 @@ class ChildTests:
 
     def test_a_pool_worker_takes_its_flag_and_serves_as_any_other(self):
         plain = self.start()
-        shared = self.start(args=["--share-cores"])
+        # As the parent starts one: the flag, then the ring's path (none here).
+        shared = self.start(args=["--share-cores", ""])
         for child in (plain, shared):
             self.ok(child, [1, "run", "def add(a, b):\n    return a + b\n"])
             for i in range(200):
