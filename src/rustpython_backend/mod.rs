@@ -39,9 +39,12 @@ use convert::{exception_text, to_args, to_value, ToValueError};
 const WORKER_SPIN: Duration = Duration::from_micros(100);
 
 /// RustPython's frames are deep native recursion; the interpreter checks the
-/// stack it runs on and raises `RecursionError` well before its end. The
-/// pages are only committed when touched.
-const STACK_SIZE: usize = 256 << 20;
+/// stack it runs on and raises `RecursionError` near its end. The pages are
+/// only committed when touched. Not more: RustPython's calls grow slower
+/// with the depth of the stack (10 000 levels took 0.09 s, 80 000 took
+/// 3.7 s, release build), so a runaway recursion past a lifted limit took a
+/// minute to fail on 256 MiB, and about three seconds on this.
+const STACK_SIZE: usize = 32 << 20;
 
 /// How soon a timed-out command is told again to stop (see [`Signal`]); the
 /// pause doubles each time, up to [`INTERRUPT_AGAIN_AT_MOST`].
@@ -51,13 +54,13 @@ const INTERRUPT_AGAIN_AT_MOST: Duration = Duration::from_millis(500);
 /// RustPython's parser and code generator recurse once per level of nesting
 /// (brackets, operators, `x if c else …`) with no limit of their own. A
 /// source that can nest up to this deep (see [`nesting::nesting_bound`]) is
-/// compiled on the runner's thread, whose stack holds that many levels; a
+/// compiled on the runner's thread, half of whose stack holds that many levels; a
 /// deeper one on a thread of its own, with [`STACK_PER_LEVEL`] for each
 /// level it can reach, so no source overflows a stack. (CPython, on the
 /// other backends, refuses such nesting with `SyntaxError` or
 /// `RecursionError`.) Measured: up to about 32 KiB a level in a debug build,
 /// 1 KiB in a release build.
-const INLINE_LEVELS: usize = 2000;
+const INLINE_LEVELS: usize = STACK_SIZE / 2 / STACK_PER_LEVEL;
 const STACK_PER_LEVEL: usize = if cfg!(debug_assertions) {
     64 << 10
 } else {
