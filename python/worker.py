@@ -490,9 +490,15 @@ def _pack_bytes(data, out):
     """bytes and bytearray go as an array of ints 0..255."""
     size = len(data)
     _pack_header(size, 0x90, 0xDC, out)
-    if size and max(data) < 0x80:
+    if size:
+        _pack_bytes_as_ints(data, out)
+
+
+def _pack_bytes_as_ints(data, out):
+    """The items of a non-empty run of ints 0..255, given as bytes."""
+    if max(data) < 0x80:
         out.append(bytes(data))  # every byte is already a positive fixint
-    elif size:
+    else:
         out.append(_interleave(b"\xcc", data, 1))
 
 
@@ -527,17 +533,14 @@ def _pack_numbers(items, out):
     if first is float:
         if not _isfinite(sum(items)):
             return False  # NaN or an infinity somewhere: they become nil one by one
-        out.append(_from_marshal(flat, first))
+        out.append(_from_marshal(flat, first, len(items)))
         return True
     try:
         small = bytes(items)  # succeeds when every item is in 0..255
     except ValueError:
-        out.append(_from_marshal(flat, first))
+        out.append(_from_marshal(flat, first, len(items)))
         return True
-    if max(small) < 0x80:
-        out.append(small)  # every item is already a positive fixint
-    else:
-        out.append(_interleave(b"\xcc", small, 1))
+    _pack_bytes_as_ints(small, out)
     return True
 
 
@@ -567,15 +570,14 @@ def _marshalled(items, kind):
     return flat
 
 
-def _from_marshal(flat, kind):
-    """The MessagePack items of a list, from `_marshalled`'s copy of it: a
-    MessagePack item is one marker and the number, most significant byte
-    first, so the records have the same length, and only the code and the
-    byte order change."""
+def _from_marshal(flat, kind, count):
+    """The MessagePack items of a list of `count` items, from `_marshalled`'s
+    copy of it: a MessagePack item is one marker and the number, most
+    significant byte first, so the records have the same length, and only
+    the code and the byte order change."""
     _, width, marker = _MARSHAL_RECORDS[kind]
     stride = width + 1
-    count = (len(flat) - 5) // stride
-    body = bytearray(flat[5:])
+    body = bytearray(stride * count)  # every byte is written below
     body[0::stride] = marker * count
     for i in range(width):
         body[1 + i :: stride] = flat[5 + width - i :: stride]
