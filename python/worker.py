@@ -1604,6 +1604,9 @@ def _zygote_main():
     reused, so the parent's signals to them reach no other process. It
     exits at end of file.
     """
+    # Before any import: what the zygote imports, every fork inherits, and
+    # a file in the working folder must not stand in for a module.
+    _forget_own_folder()
     import socket
 
     _exit_with_parent(0)

@@ -175,3 +175,21 @@ fn stop_ends_and_reaps_the_zygote_with_the_workers() {
     }
     assert!(pool.eval_sync("1").is_err());
 }
+
+#[test]
+fn a_file_in_the_working_folder_stands_in_for_no_module_the_zygote_imports() {
+    // The zygote tries `msgpack`; a stand-in here would mark every fork.
+    let folder = tempfile::tempdir().unwrap();
+    std::fs::write(
+        folder.path().join("msgpack.py"),
+        "import builtins\nbuiltins.STOOD_IN = True\nraise ImportError('a stand-in')\n",
+    )
+    .unwrap();
+    let pool = pool::builder(2).current_dir(folder.path()).build().unwrap();
+    pool.run_sync(DEFS).unwrap();
+    for pid in pool::pids(&pool) {
+        assert_ne!(parent_of(pid), std::process::id(), "forked by the zygote");
+    }
+    let marked = pool.eval_sync("hasattr(__import__('builtins'), 'STOOD_IN')");
+    assert_eq!(marked.unwrap(), false);
+}
