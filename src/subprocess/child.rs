@@ -330,13 +330,7 @@ impl ChildProcess {
 
     /// Kills the whole process group and reaps the child.
     pub fn kill_group(&mut self) -> Option<ExitStatus> {
-        // Signal before reaping: an unreaped leader keeps its group id from
-        // being reused. The group outlives its leader while grandchildren
-        // live in it.
-        if !self.group_killed {
-            signal(-(self.pid as libc::pid_t), libc::SIGKILL);
-            self.group_killed = true;
-        }
+        kill_group_once(self.pid, &mut self.group_killed);
         if self.reaped.is_none() {
             self.reaped = reap(&mut self.process, self.pid);
         }
@@ -350,44 +344,29 @@ impl ChildProcess {
         if self.reaped.is_some() {
             return self.reaped;
         }
-        let deadline = Instant::now() + limit;
-        let pid = self.pid;
-        let killed = &mut self.group_killed;
-        let mut kill_group = || {
-            if !*killed {
-                signal(-(pid as libc::pid_t), libc::SIGKILL);
-                *killed = true;
+        let (pid, killed) = (self.pid, &mut self.group_killed);
+        self.reaped = match &mut self.process {
+            // The zygote's word is waited for until the limit, or its end.
+            Process::Forked(zygote) => {
+                zygote.exit_status(pid, limit, || kill_group_once(pid, killed))
+            }
+            Process::Spawned(child) => {
+                let deadline = Instant::now() + limit;
+                loop {
+                    match has_exited(pid) {
+                        Some(true) => {
+                            kill_group_once(pid, killed);
+                            break child.wait().ok();
+                        }
+                        // Not ours to wait for (reaped elsewhere): say so at once.
+                        None => break child.try_wait().ok().flatten(),
+                        Some(false) if Instant::now() >= deadline => break None,
+                        Some(false) => thread::sleep(Duration::from_millis(1)),
+                    }
+                }
             }
         };
-        loop {
-            let status = match &mut self.process {
-                Process::Spawned(child) => match has_exited(pid) {
-                    Some(true) => {
-                        kill_group();
-                        child.wait().ok()
-                    }
-                    Some(false) => None,
-                    // Not ours to wait for (reaped elsewhere): say so at once.
-                    None => child.try_wait().ok().flatten(),
-                },
-                Process::Forked(zygote) => {
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    let status = zygote.exit_status(pid, left, &mut kill_group);
-                    if status.is_none() && zygote.gone() {
-                        return None; // no one is left to say
-                    }
-                    status
-                }
-            };
-            if let Some(status) = status {
-                self.reaped = Some(status);
-                return Some(status);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            thread::sleep(Duration::from_millis(1));
-        }
+        self.reaped
     }
 
     /// Kills the group, reaps the child, and says how it ended and what it
@@ -569,7 +548,17 @@ fn describe_status(status: ExitStatus) -> String {
     }
 }
 
-fn signal(pid: libc::pid_t, signal: libc::c_int) {
+/// Kills child `pid`'s process group unless `killed` says it was. Done
+/// before the child is reaped: an unreaped leader keeps its group id from
+/// being reused. The group outlives its leader while grandchildren live in it.
+fn kill_group_once(pid: u32, killed: &mut bool) {
+    if !*killed {
+        signal(-(pid as libc::pid_t), libc::SIGKILL);
+        *killed = true;
+    }
+}
+
+pub(super) fn signal(pid: libc::pid_t, signal: libc::c_int) {
     // SAFETY: kill(2) has no memory-safety preconditions; a stale pid or
     // group only makes it fail with ESRCH.
     unsafe {

@@ -21,7 +21,7 @@ use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::child::{forward_stderr_of, LaunchSpec};
+use super::child::{forward_stderr_of, signal, LaunchSpec};
 use crate::error::PyRunnerError;
 
 /// How long a fork may take before the worker is started the usual way.
@@ -29,9 +29,6 @@ const FORK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long the zygote may take to reap an ended worker when asked.
 const REAP_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// How long a zygote may take from spawn to its first word.
-const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What the zygote has said, as its reader thread records it.
 #[derive(Default)]
@@ -45,11 +42,9 @@ struct Heard {
     abandoned: usize,
     /// Pids of such forks, killed, whose ends are not waited for.
     unwanted: HashSet<u32>,
-    /// Workers reaped at the parent's request, until the request's caller
-    /// takes the word.
+    /// Workers the zygote reaped, until the request's caller takes the word
+    /// (a word nobody takes is dropped when its pid is forked again).
     reaped: HashSet<u32>,
-    /// Workers reaped at the request of the reader itself (unwanted ones).
-    reaped_quietly: HashSet<u32>,
     /// It has said it is ready.
     ready: bool,
     /// It was too slow to answer once: no more forks are asked of it.
@@ -171,7 +166,7 @@ impl Zygote {
         });
         let ready = zygote
             .shared
-            .wait_until(Instant::now() + READY_TIMEOUT, |heard| {
+            .wait_until(Instant::now() + spec.hello_timeout, |heard| {
                 heard.ready.then_some(())
             });
         match ready {
@@ -243,11 +238,6 @@ impl Zygote {
         !heard.gone && !heard.broken
     }
 
-    /// Whether the zygote has ended (it can say nothing more).
-    pub fn gone(&self) -> bool {
-        self.shared.heard().gone
-    }
-
     /// Ends the zygote (its workers should be gone by now) and waits, a
     /// little, until it is reaped.
     pub fn end(&self) {
@@ -302,28 +292,27 @@ fn listen(mut socket: UnixStream, shared: &Shared) {
         let pid = u32::from_be_bytes(body[..4].try_into().expect("4 bytes"));
         let mut reap = None;
         let mut heard = shared.heard();
+        if tag[0] == b'p' {
+            // A word of a reaped worker whose pid is now another's is stale
+            // (its waiter gave up, or it was reaped unwanted).
+            heard.reaped.remove(&pid);
+        }
         match tag[0] {
             b'r' => heard.ready = true,
             b'p' if heard.abandoned > 0 => {
                 // A fork whose caller gave up and started a worker itself.
                 heard.abandoned -= 1;
                 if pid != 0 {
-                    // SAFETY: kill(2) with integer arguments; the group is
-                    // the unreaped worker's own.
-                    unsafe { libc::kill(-(pid as libc::pid_t), libc::SIGKILL) };
+                    // The group is the unreaped worker's own.
+                    signal(-(pid as libc::pid_t), libc::SIGKILL);
                     heard.unwanted.insert(pid);
                 }
             }
             b'p' => heard.forked.push_back(pid),
             b'd' => {
-                if !heard.reaped_quietly.remove(&pid) {
-                    heard.reaped.insert(pid);
-                }
+                heard.reaped.insert(pid);
             }
-            _ if heard.unwanted.remove(&pid) => {
-                heard.reaped_quietly.insert(pid);
-                reap = Some(pid);
-            }
+            _ if heard.unwanted.remove(&pid) => reap = Some(pid),
             _ => {
                 let status = i32::from_be_bytes(body[4..].try_into().expect("4 bytes"));
                 heard.exits.insert(pid, status);
