@@ -79,8 +79,8 @@ const NO_COROUTINES: &str = "call_async_function needs an asyncio event loop, wh
 /// collection traverses every interpreter's objects while their threads go
 /// on: with several runners at work, an automatic collection on one thread
 /// met a frame another thread was building and aborted the process. So the
-/// collector never runs on its own here (it is disabled when the first
-/// runner starts), and a runner's thread runs it between commands, past the
+/// collector never runs on its own here (every runner's start disables
+/// it), and a runner's thread runs it between commands, past the
 /// collector's own threshold, only while no other RustPython runner lives.
 /// `LIVE` counts the runners; `GATE` keeps a new interpreter from being made
 /// while such a collection runs.
@@ -112,6 +112,12 @@ impl Drop for Live {
 /// Between commands: collects cycles if the collector's threshold is past
 /// and this is the only RustPython runner.
 fn collect_if_alone() {
+    // With others alive nobody collects, so the count stays past the
+    // threshold: look at `LIVE` first, without the gate (it only grows under
+    // the gate, and is looked at again there).
+    if LIVE.load(Ordering::Relaxed) != 1 {
+        return;
+    }
     let collector = rustpython_vm::gc_state::gc_state();
     if collector.get_count().0 < collector.get_threshold().0 as usize {
         return;
