@@ -97,12 +97,8 @@ pub(crate) struct WorkerState {
 /// Starts the child and its supervisor thread; returns once the child has
 /// said hello and run the startup code.
 pub(crate) fn spawn(config: &RunnerConfig, queue: Arc<CommandQueue>) -> Result<(), PyRunnerError> {
-    let zygote = config
-        .pool_hooks
-        .as_ref()
-        .and_then(|hooks| hooks.zygote.clone());
     let settings = Settings {
-        spec: launch_spec(config, zygote)?,
+        spec: launch_spec(config)?,
         startup: config.startup.clone(),
         frame_limit: config.frame_limit,
         hooks: config.pool_hooks.clone(),
@@ -124,11 +120,13 @@ pub(crate) fn spawn(config: &RunnerConfig, queue: Arc<CommandQueue>) -> Result<(
     )
 }
 
-/// How the children of a runner with `config` start.
-fn launch_spec(
-    config: &RunnerConfig,
-    zygote: Option<Arc<Zygote>>,
-) -> Result<LaunchSpec, PyRunnerError> {
+/// How the children of a runner with `config` start: a pool's worker's
+/// are forked by the pool's zygote if it has one.
+fn launch_spec(config: &RunnerConfig) -> Result<LaunchSpec, PyRunnerError> {
+    let zygote = config
+        .pool_hooks
+        .as_ref()
+        .and_then(|hooks| hooks.zygote.clone());
     Ok(LaunchSpec {
         python: find_python(config)?,
         env: config.env.clone(),
@@ -142,5 +140,5 @@ fn launch_spec(
 
 /// Starts a zygote for the children of a pool's workers with `config`.
 pub(crate) fn start_zygote(config: &RunnerConfig) -> Result<Arc<Zygote>, PyRunnerError> {
-    Zygote::start(&launch_spec(config, None)?)
+    Zygote::start(&launch_spec(config)?)
 }
