@@ -1696,8 +1696,9 @@ def _receive_exactly(sock, size):
 def _forked_worker(fds, control, wake):
     """In a child the zygote forked: takes the passed fds as stdin, stdout
     and stderr (and the reply ring), leads a process group of its own, and
-    runs `main`. Never returns: `main`'s SystemExit ends the interpreter as
-    it ends a started worker (atexit handlers, threads joined)."""
+    serves as a started pool worker does. Never returns: SystemExit ends the
+    interpreter as it ends a started worker (atexit handlers, threads
+    joined)."""
     try:
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
@@ -1707,30 +1708,32 @@ def _forked_worker(fds, control, wake):
             os.dup2(fd, target)
         for fd in fds[:3] + list(wake):
             os.close(fd)
-        ring = ""
-        if len(fds) > 3:
-            os.set_inheritable(fds[3], False)
-            ring = "/proc/self/fd/%d" % fds[3]
-        sys.argv[1:] = ["--share-cores", ring]
-        main()
+        ring_fd = fds[3] if len(fds) > 3 else None
+        ring_path = "" if ring_fd is None else "/proc/self/fd/%d" % ring_fd
+        del sys.argv[1:]  # as a started worker's, once its arguments are taken
+        _serve(True, ring_path, ring_fd)
     except SystemExit:
         raise
     except BaseException as exc:
         _say("the forked worker failed: %s: %s" % (type(exc).__name__, exc))
         os._exit(1)
-    os._exit(0)
+    os._exit(0)  # never back into the zygote's loop
 
 
 def main():
-    """The child program: serve one parent over stdin and stdout, then exit."""
+    """The child program: its arguments are `--zygote`, or an optional
+    `--share-cores` and the reply ring's path (see PROTOCOL.md)."""
     if sys.argv[1:2] == ["--zygote"]:
         sys.exit(_zygote_main())
     share = sys.argv[1:2] == ["--share-cores"]
     if share:
         del sys.argv[1]
-    ring_path = sys.argv.pop(1) if len(sys.argv) > 1 else ""
-    # A ring passed by fd (a zygote's worker) is this process's to close.
-    passed = ring_path[len("/proc/self/fd/") :] if ring_path.startswith("/proc/self/fd/") else ""
+    _serve(share, sys.argv.pop(1) if len(sys.argv) > 1 else "")
+
+
+def _serve(share, ring_path, ring_fd=None):
+    """Serves one parent over stdin and stdout, then exits. `ring_fd` is the
+    fd behind a ring passed as /proc/self/fd/<n>, closed once mapped."""
     if os.environ.get("ASYNC_PY_REPLY_RING") == "0":
         ring_path = ""  # replies take the pipe
     proto_in, proto_out = _move_protocol_off_stdio()
@@ -1738,8 +1741,8 @@ def main():
     _forget_own_folder()
     codec = _msgpack_codec() or (pack, unpack)
     ring = _open_ring(ring_path)
-    if passed.isdigit():
-        os.close(int(passed))
+    if ring_fd is not None:
+        os.close(ring_fd)
     worker = ChildWorker(proto_in, proto_out, *codec, ring=ring, share=share)
     signal.signal(signal.SIGINT, worker.on_interrupt)
     try:
