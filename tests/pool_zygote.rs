@@ -21,12 +21,6 @@ fn parent_of(pid: u32) -> u32 {
         .expect("a parent pid")
 }
 
-fn command_line(pid: u32) -> String {
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|line| String::from_utf8_lossy(&line).replace('\0', " "))
-        .unwrap_or_default()
-}
-
 /// The arguments a process was started with.
 fn arguments(pid: u32) -> Vec<String> {
     let line = std::fs::read(format!("/proc/{pid}/cmdline")).expect("the process exists");
@@ -64,7 +58,10 @@ fn workers_are_forks_of_one_zygote_that_ends_with_the_pool() {
         std::process::id(),
         "the zygote is our child"
     );
-    assert!(command_line(zygote).contains("--zygote"));
+    assert_eq!(
+        arguments(zygote).last().map(String::as_str),
+        Some("--zygote")
+    );
     // Forked workers answer like started ones, with each their own pid.
     assert_eq!(pool::answering_pids(&pool, 60), workers);
     drop(pool);
@@ -120,9 +117,7 @@ fn when_the_zygote_dies_its_workers_go_and_the_pool_starts_new_ones() {
 #[test]
 fn a_runners_child_and_the_zygote_are_not_told_to_share_the_cores() {
     let runner = async_py::PyRunner::builder().subprocess().build().unwrap();
-    let child = runner.eval_sync("__import__('os').getpid()").unwrap();
-    let child = child.as_u64().unwrap() as u32;
-    assert!(!told_to_share(child));
+    assert!(!told_to_share(faults::child_pid(&runner)));
     let pool = pool::pool(1);
     let zygote = zygote_of(&pool);
     assert_eq!(
@@ -192,4 +187,24 @@ fn a_file_in_the_working_folder_stands_in_for_no_module_the_zygote_imports() {
     }
     let marked = pool.eval_sync("hasattr(__import__('builtins'), 'STOOD_IN')");
     assert_eq!(marked.unwrap(), false);
+}
+
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+#[test]
+fn a_forked_worker_maps_its_reply_ring_and_closes_the_fd_it_was_passed() {
+    let pool = pool::pool(2);
+    pool.run_sync(DEFS).unwrap();
+    for pid in pool::pids(&pool) {
+        assert_ne!(parent_of(pid), std::process::id(), "forked by the zygote");
+        let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+        assert!(maps.contains("memfd:async_py-replies"), "{maps}");
+        // Python's mmap keeps a duplicate of the fd it mapped; the passed
+        // one is closed.
+        let ring_fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .filter_map(|fd| std::fs::read_link(fd.unwrap().path()).ok())
+            .filter(|target| target.to_string_lossy().contains("async_py-replies"))
+            .count();
+        assert_eq!(ring_fds, 1, "fds of the ring in worker {pid}");
+    }
 }
