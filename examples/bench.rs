@@ -78,27 +78,33 @@ async fn concurrent_calls(runner: &PyRunner, tasks: usize, calls: usize) -> f64 
 }
 
 /// The median of five runs of [`concurrent_calls`] on this (multi-thread)
-/// runtime, and the same on a current-thread runtime of its own thread.
-async fn concurrent_rates(runner: &PyRunner, tasks: usize, calls: usize) -> (f64, f64) {
+/// runtime, the same on a current-thread runtime of its own thread, and on
+/// a multi-thread runtime with one worker thread.
+async fn concurrent_rates(runner: &PyRunner, tasks: usize, calls: usize) -> [f64; 3] {
     let mut multi = Vec::new();
     for _ in 0..5 {
         multi.push(concurrent_calls(runner, tasks, calls).await);
     }
-    let single = {
+    let on_runtime = |builder: fn() -> tokio::runtime::Builder| {
         let runner = runner.clone();
         std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a current-thread runtime");
-            (0..5)
-                .map(|_| runtime.block_on(concurrent_calls(&runner, tasks, calls)))
-                .collect::<Vec<f64>>()
+            let runtime = builder().enable_all().build().expect("a runtime");
+            median(
+                (0..5)
+                    .map(|_| runtime.block_on(concurrent_calls(&runner, tasks, calls)))
+                    .collect(),
+            )
         })
         .join()
-        .expect("the current-thread runs finish")
+        .expect("the runs finish")
     };
-    (median(multi), median(single))
+    let single = on_runtime(tokio::runtime::Builder::new_current_thread);
+    let one_worker = on_runtime(|| {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(1);
+        builder
+    });
+    [median(multi), single, one_worker]
 }
 
 async fn sleeping_coroutines(runner: &PyRunner, count: usize) -> Duration {
@@ -264,9 +270,16 @@ async fn measure(backend: Backend) -> Vec<String> {
     runner.run(ADD).await.unwrap();
     let awaited = micros(awaited_call(&runner).await);
     let sync = micros(sync_call(&runner));
-    let (eight, eight_single) = concurrent_rates(&runner, 8, 5000).await;
-    let (many, many_single) = concurrent_rates(&runner, 64, 300).await;
-    let rates = |multi: f64, single: f64| format!("{:.0}k/s ({:.0}k/s)", multi / 1e3, single / 1e3);
+    let eight = concurrent_rates(&runner, 8, 5000).await;
+    let many = concurrent_rates(&runner, 64, 300).await;
+    let rates = |[multi, single, one_worker]: [f64; 3]| {
+        format!(
+            "{:.0}k/s ({:.0}k/s; {:.0}k/s)",
+            multi / 1e3,
+            single / 1e3,
+            one_worker / 1e3
+        )
+    };
     vec![
         match bare {
             Some(bare) => format!(
@@ -278,8 +291,8 @@ async fn measure(backend: Backend) -> Vec<String> {
         },
         awaited,
         sync,
-        rates(eight, eight_single),
-        rates(many, many_single),
+        rates(eight),
+        rates(many),
         if backend == Backend::RustPython {
             "— (no event loop)".into()
         } else {
@@ -526,8 +539,8 @@ async fn main() {
         "start (build to ready)",
         "awaited `call_function(\"add\", [1, 2])`, median",
         "`call_function_sync`, median",
-        "8 tasks × 5000 calls, median of 5 (on a current-thread runtime)",
-        "64 tasks × 300 calls, median of 5 (on a current-thread runtime)",
+        "8 tasks × 5000 calls, median of 5 (on a current-thread runtime; on a multi-thread one with 1 worker thread)",
+        "64 tasks × 300 calls, median of 5 (on a current-thread runtime; on a multi-thread one with 1 worker thread)",
         "1000 concurrent `asyncio.sleep(0.1)` calls",
         "echo of a 100 000-int list, median",
         "CPU loop, 1M iterations",
