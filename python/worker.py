@@ -95,7 +95,7 @@ def run_file(path, namespace, code=None):
 
 def resolve(name, namespace):
     """Looks up `a.b.c`: `a` in the namespace (then builtins), the rest as attributes."""
-    first, *rest = name.split(".")
+    first, dot, rest = name.partition(".")
     try:
         target = namespace[first]
     except KeyError:
@@ -103,8 +103,9 @@ def resolve(name, namespace):
             target = getattr(builtins, first)
         except AttributeError:
             raise NameError("name %r is not defined" % first) from None
-    for part in rest:
-        target = getattr(target, part)
+    if dot:
+        for part in rest.split("."):
+            target = getattr(target, part)
     return target
 
 
@@ -1025,6 +1026,7 @@ _RING_TAKEN = 8  # byte 64
 _RING_WAITING = 16  # byte 128
 _RING_DATA = 4096
 _RING_SIZE = 1 << 20
+_RING_MASK = _RING_SIZE - 1
 _RING_FULL_NAP = 100e-6
 
 
@@ -1045,17 +1047,15 @@ class ReplyRing:
     def put(self, data, doorbell):
         """Copies `data` in, waiting for room as the parent takes it;
         False once the parent is gone."""
-        size = len(data)
         published = self.published
-        start = published % _RING_SIZE
+        end = published + len(data)
         counters = self.counters
         # The common case: a reply that fits before the end and in the room left.
-        if size <= _RING_SIZE - start and size <= _RING_SIZE - (published - counters[_RING_TAKEN]):
-            start += _RING_DATA
-            self.map[start : start + size] = data
-            published += size
-            self.published = published
-            counters[_RING_PUBLISHED] = published
+        if end - counters[_RING_TAKEN] <= _RING_SIZE and (published & _RING_MASK) + len(data) <= _RING_SIZE:
+            start = _RING_DATA + (published & _RING_MASK)
+            self.map[start : start + len(data)] = data
+            self.published = end
+            counters[_RING_PUBLISHED] = end
             return not counters[_RING_WAITING] or doorbell()
         return self._put_in_pieces(data, doorbell)
 
@@ -1276,13 +1276,24 @@ class ChildWorker:
 
     def _handle_frame(self, frame):
         call = _call_request(frame) if self.quick_calls else None
-        if call is None:
-            request = self._decode_request(frame)
-            if request is None:
+        if call is not None:
+            # op_call, inline: the commonest request.
+            request_id, name, args = call
+            try:
+                self.interruptible = True
+                try:
+                    value = resolve(name, self.globals)(*args)
+                finally:
+                    self.interruptible = False
+            except BaseException as exc:
+                self._reply_error(request_id, exc)
                 return
-            request_id, handler, args = request[0], self.handlers[request[1]], request[2:]
-        else:
-            request_id, handler, args = call[0], self.op_call, call[1:]
+            self._reply_value(request_id, value)
+            return
+        request = self._decode_request(frame)
+        if request is None:
+            return
+        request_id, handler, args = request[0], self.handlers[request[1]], request[2:]
         try:
             self.interruptible = True
             try:
@@ -1376,7 +1387,7 @@ class ChildWorker:
             self._send_reply([request_id, "conv", "a reply of %d bytes does not fit in a frame" % size])
             return
         if 0 <= request_id <= 0xFFFFFFFFFFFFFFFF:
-            self.outbox += (_ok_head(size, 0x93, 0xCF, request_id, b"\xa2ok"), body)
+            self.outbox.append(_ok_head(size, 0x93, 0xCF, request_id, b"\xa2ok") + body)
         else:
             self._send(b"\x93" + pack(request_id) + b"\xa2ok" + body)
 
@@ -1401,8 +1412,8 @@ class ChildWorker:
         stdout, stderr = self.direct_streams
         if sys.stdout is not stdout or sys.stderr is not stderr:
             _flush_stdio()
-        data = b"".join(outbox)
-        del outbox[:]
+        data = outbox[0] if len(outbox) == 1 else b"".join(outbox)
+        outbox.clear()
         if self.ring is not None:
             if not self.ring.put(data, self._doorbell):
                 self._parent_gone()
