@@ -41,6 +41,11 @@ const GATHER: Duration = Duration::from_micros(20);
 /// are in flight and no caller drives.
 const THREAD_SPIN: Duration = Duration::from_micros(40);
 
+/// The same for a pool's worker, whose thread does not spin: with the
+/// callers, the siblings' threads and every child on the same cores, a
+/// spinning thread takes more from them than it saves its own calls.
+const POOL_THREAD_SPIN: Duration = Duration::ZERO;
+
 /// With calls in flight, how long the thread sleeps without watching for
 /// replies before it looks whether a caller still drives.
 const BLIND_LOOK: Duration = Duration::from_micros(500);
@@ -809,6 +814,8 @@ pub(crate) struct Shared {
     wake: Mutex<UnixStream>,
     /// How long a driving caller spins for a reply.
     caller_spin: Duration,
+    /// How long the thread spins for work before it sleeps.
+    thread_spin: Duration,
 }
 
 impl Shared {
@@ -825,10 +832,10 @@ impl Shared {
             .map_err(|err| {
                 PyRunnerError::Startup(format!("could not set up the wake-up socket: {err}"))
             })?;
-        let caller_spin = if settings.hooks.is_some() {
-            POOL_CALLER_SPIN
+        let (caller_spin, thread_spin) = if settings.hooks.is_some() {
+            (POOL_CALLER_SPIN, POOL_THREAD_SPIN)
         } else {
-            CALLER_SPIN
+            (CALLER_SPIN, THREAD_SPIN)
         };
         let core = Core::start(queue.clone(), settings)?;
         let shared = Arc::new(Shared {
@@ -843,6 +850,7 @@ impl Shared {
             line_busy: AtomicBool::new(false),
             wake: Mutex::new(wake),
             caller_spin,
+            thread_spin,
         });
         queue.set_loop_wake(wake_write);
         let driver: Arc<dyn Drive> = shared.clone();
@@ -944,10 +952,11 @@ impl Shared {
 
 impl Shared {
     /// With calls in flight and no caller driving, the next reply or command
-    /// is usually microseconds away: spin for it before paying for a wake-up.
+    /// is usually microseconds away: spin for it before paying for a wake-up
+    /// (a runner's thread; a pool's worker's does not spin).
     fn spin_for_work(&self, plan: &WaitPlan) -> bool {
         let start = Instant::now();
-        while start.elapsed() < THREAD_SPIN {
+        while start.elapsed() < self.thread_spin {
             let seat = self.seat.load(Ordering::SeqCst);
             if seat != 0 && seat & 1 == 0 {
                 return false; // a caller drives
