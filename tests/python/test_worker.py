@@ -748,6 +748,19 @@ class ChildTests:
         kind, message, _ = self.error(child, [5, "read", "missing.name"])
         self.assertEqual((kind, message), ("NameError", "name 'missing' is not defined"))
 
+    def test_names_with_empty_parts_are_errors(self):
+        child = self.start()
+        self.ok(child, [1, "run", "class Box:\n    inner = 1\n"])
+        for request_id, name, kind in (
+            (2, "Box..inner", "AttributeError"),
+            (3, "Box.", "AttributeError"),
+            (4, ".inner", "NameError"),
+            (5, "", "NameError"),
+        ):
+            self.assertEqual(self.error(child, [request_id, "read", name])[0], kind, name)
+            self.assertEqual(self.error(child, [request_id + 10, "call", name, []])[0], kind, name)
+        self.assertEqual(self.ok(child, [20, "read", "Box.inner"]), 1)
+
     def test_call_passes_args_and_returns_the_result(self):
         child = self.start()
         self.ok(child, [1, "run", "import math\ndef add(a, b):\n    return a + b\n"])
