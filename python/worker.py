@@ -1286,6 +1286,8 @@ class ChildWorker:
                 finally:
                     self.interruptible = False
             except BaseException as exc:
+                # Set again: a signal may have cut the `finally` short.
+                self.interruptible = False
                 self._reply_error(request_id, exc)
                 return
             self._reply_value(request_id, value)
@@ -1303,6 +1305,7 @@ class ChildWorker:
         except BaseException as exc:
             # Anything user code raises, SystemExit and KeyboardInterrupt too,
             # is the caller's error; the child goes on.
+            self.interruptible = False
             self._reply_error(request_id, exc)
             return
         if value is not _LATER:
@@ -1346,6 +1349,8 @@ class ChildWorker:
         return resolve(name, self.globals)
 
     def op_call(self, request_id, name, args):
+        # The C msgpack codec's way; with the pure codec, _handle_frame
+        # runs the commonest calls itself.
         return resolve(name, self.globals)(*args)
 
     def op_call_async(self, request_id, name, args, limit):

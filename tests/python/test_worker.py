@@ -566,6 +566,54 @@ class SpinTests(unittest.TestCase):
         self.assertFalse(child._spin())  # nothing came, and nothing paused
 
 
+class QuickCallTests(unittest.TestCase):
+    """`call` requests that the pure codec's child decodes and runs itself."""
+
+    def setUp(self):
+        requests_in, self.requests = os.pipe()
+        self.replies, replies_out = os.pipe()
+        for fd in (requests_in, self.requests, self.replies, replies_out):
+            self.addCleanup(os.close, fd)
+        self.child = worker.ChildWorker(requests_in, replies_out)
+        self.assertTrue(self.child.quick_calls)
+        # The general decoder must not see these requests.
+        self.child._decode_request = mock.Mock(side_effect=AssertionError("not a quick call"))
+        self.child.globals["add"] = lambda a, b: a + b
+
+    def handle(self, *requests):
+        for request in requests:
+            self.child.inbox += frame(worker.pack(request))
+        self.child._handle_frames()
+        data = os.read(self.replies, 1 << 16)
+        replies = []
+        while data:
+            (size,) = struct.unpack(">I", data[:4])
+            replies.append(worker.unpack(data[4 : 4 + size]))
+            data = data[4 + size :]
+        return replies
+
+    def test_a_call_is_answered(self):
+        self.assertEqual(self.handle([1, "call", "add", [1, 2]], [300, "call", "add", ["a", "b"]]), [[1, "ok", 3], [300, "ok", "ab"]])
+
+    def test_an_error_is_answered_and_the_child_goes_on(self):
+        (reply,) = self.handle([1, "call", "add", [1]])
+        self.assertEqual(reply[:3], [1, "err", "TypeError"])
+        self.assertEqual(self.handle([2, "call", "add", [2, 2]]), [[2, "ok", 4]])
+
+    def test_an_interrupt_during_a_call_is_its_error_and_nothing_runs_after(self):
+        def interrupted():
+            # What SIGINT does while the call runs.
+            self.child.on_interrupt(signal.SIGINT, None)
+
+        self.child.globals["slow"] = interrupted
+        (reply,) = self.handle([1, "call", "slow", []], [2, "call", "add", [1, 1]])
+        self.assertEqual(reply[:3], [1, "err", "KeyboardInterrupt"])
+        self.assertTrue(self.child.interrupted)
+        self.assertFalse(self.child.interruptible)
+        # Between calls, the signal is ignored.
+        self.child.on_interrupt(signal.SIGINT, None)
+
+
 @unittest.skipUnless(hasattr(os, "memfd_create"), "the reply ring needs memfd (Linux)")
 class ReplyRingTests(unittest.TestCase):
     """The child's end of the reply ring, against a parent played here."""
