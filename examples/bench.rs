@@ -18,7 +18,7 @@ fn median<T: PartialOrd + Copy>(mut samples: Vec<T>) -> T {
 }
 
 fn micros(d: Duration) -> String {
-    if d >= Duration::from_millis(10) {
+    if d >= Duration::from_millis(1) {
         format!("{:.1} ms", d.as_secs_f64() * 1e3)
     } else {
         format!("{:.1} µs", d.as_secs_f64() * 1e6)
@@ -391,6 +391,34 @@ mod pool_bench {
         rate
     }
 
+    /// Median time from SIGKILL of an idle worker's child to its replacement
+    /// being ready (a new pid in `stats()`, which the pool shows only once
+    /// the new child has run `startup` and every `run`), over 9 kills
+    /// spread over the workers; a call after each must succeed.
+    fn death_to_replacement(pool: &PyPool) -> Duration {
+        let mut samples = Vec::new();
+        for round in 0..9 {
+            let index = round % pool.workers();
+            let pid = pool.stats()[index].pid;
+            std::process::Command::new("kill")
+                .args(["-9", &pid.to_string()])
+                .status()
+                .unwrap();
+            let start = Instant::now();
+            while pool.stats()[index].pid == pid {
+                assert!(
+                    start.elapsed() < Duration::from_secs(10),
+                    "worker {index} was not replaced within 10 s"
+                );
+                std::thread::sleep(Duration::from_micros(100));
+            }
+            samples.push(start.elapsed());
+            let sum = pool.call_function_sync("add", vec![1.into(), 2.into()]);
+            assert_eq!(sum.unwrap(), Value::from(3));
+        }
+        median(samples)
+    }
+
     /// The same measures for Python's own `concurrent.futures.ProcessPoolExecutor`,
     /// run by the same interpreter: [start of 1, start of 4, burn on 1, burn on 2,
     /// the median of the paired ratios of those, 8 callers' pipelined calls
@@ -487,6 +515,7 @@ if __name__ == "__main__":
         pool_callers(&two, 8, 500).await;
         let callers = pool_callers(&two, 8, 5000).await;
         let mapped = pool_map(&two, 10_000).await;
+        let replaced = death_to_replacement(&two);
         two.stop().await.unwrap();
         let ppe = process_pool_executor();
         println!("| pool measure | `PyPool` | `ProcessPoolExecutor` |");
@@ -516,6 +545,10 @@ if __name__ == "__main__":
             "| `map` over 10 000 trivial calls, 2 workers | {:.0}k items/s | {:.1}k items/s |",
             mapped / 1000.0,
             ppe[6] / 1000.0
+        );
+        println!(
+            "| a worker's child killed → its replacement ready, median of 9 | {} | — |",
+            micros(replaced)
         );
     }
 }
