@@ -348,8 +348,12 @@ def pack(value):
     Raises ConversionError for a value with no form in the table; an
     exception raised by `str(obj)` of some object propagates.
     """
-    if type(value) is int and -32 <= value < 128:
-        return _BYTE[value & 0xFF]  # a fixint: the commonest small reply
+    if type(value) is int:
+        # The commonest replies: a fixint, then a uint 8 or 16.
+        if -32 <= value < 128:
+            return _BYTE[value & 0xFF]
+        if 0 < value <= 0xFFFF:
+            return _U8(0xCC, value) if value <= 0xFF else _U16(0xCD, value)
     out = []
     _pack(value, out, 0)
     return b"".join(out)
@@ -627,6 +631,20 @@ _unpack_i32 = struct.Struct(">i").unpack_from
 _unpack_i64 = struct.Struct(">q").unpack_from
 _unpack_f32 = struct.Struct(">f").unpack_from
 _unpack_f64 = struct.Struct(">d").unpack_from
+# Numbers by marker: (reader, bytes taken with the marker), for the small
+# arrays that carry call arguments.
+_SCALARS = {
+    0xCA: (_unpack_f32, 5),
+    0xCB: (_unpack_f64, 9),
+    0xCC: (_unpack_u8, 2),
+    0xCD: (_unpack_u16, 3),
+    0xCE: (_unpack_u32, 5),
+    0xCF: (_unpack_u64, 9),
+    0xD0: (_unpack_i8, 2),
+    0xD1: (_unpack_i16, 3),
+    0xD2: (_unpack_i32, 5),
+    0xD3: (_unpack_i64, 9),
+}
 
 
 def unpack(data):
@@ -680,6 +698,10 @@ def _unpack_array(data, pos, count, depth):
                 end = pos + 1 + (marker & 0x1F)
                 append(data[pos + 1 : end].decode())
                 pos = end
+            elif marker in _SCALARS:
+                read, width = _SCALARS[marker]
+                append(read(data, pos + 1)[0])
+                pos += width
             else:
                 value, pos = _unpack(data, pos, depth)
                 append(value)

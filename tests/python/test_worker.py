@@ -231,6 +231,7 @@ class CodecTests(unittest.TestCase):
             (128, b"\xcc\x80"),
             (255, b"\xcc\xff"),
             (256, b"\xcd\x01\x00"),
+            (65535, b"\xcd\xff\xff"),
             (65536, b"\xce\x00\x01\x00\x00"),
             (2**32, b"\xcf\x00\x00\x00\x01\x00\x00\x00\x00"),
             (2**64 - 1, b"\xcf" + b"\xff" * 8),
@@ -405,6 +406,22 @@ class CodecTests(unittest.TestCase):
                 got = worker.unpack(wire)
                 self.assertEqual(got, value)
                 self.assertIs(type(got), type(value))
+
+    def test_numbers_in_short_arrays_unpack_as_alone(self):
+        # Call arguments are short arrays, which read numbers by marker.
+        numbers = [
+            b"\xcc\xc8", b"\xcd\x01\x00", b"\xce\x00\x01\x00\x00", b"\xcf" + b"\xff" * 8,
+            b"\xd0\x80", b"\xd1\x80\x00", b"\xd2\x80\x00\x00\x00", b"\xd3\x80" + b"\x00" * 7,
+            b"\xca" + struct.pack(">f", 0.5), b"\xcb" + struct.pack(">d", -2.5),
+        ]
+        for wire in numbers:
+            with self.subTest(wire=wire):
+                alone = worker.unpack(wire)
+                got = worker.unpack(b"\x93" + wire + b"\x01" + wire)
+                self.assertEqual(got, [alone, 1, alone])
+                self.assertIs(type(got[0]), type(alone))
+                with self.assertRaises(worker.FrameError):
+                    worker.unpack(b"\x92\x01" + wire[:-1])
 
     def test_runs_of_mixed_width_ints_unpack(self):
         def rmp(value):  # the narrowest encoding, as rmp-serde writes it
