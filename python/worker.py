@@ -1298,35 +1298,27 @@ class ChildWorker:
 
     def _handle_frame(self, frame):
         call = _call_request(frame) if self.quick_calls else None
-        if call is not None:
-            # op_call, inline: the commonest request.
-            request_id, name, args = call
-            try:
-                self.interruptible = True
-                try:
-                    value = resolve(name, self.globals)(*args)
-                finally:
-                    self.interruptible = False
-            except BaseException as exc:
-                # Set again: a signal may have cut the `finally` short.
-                self.interruptible = False
-                self._reply_error(request_id, exc)
+        if call is None:
+            request = self._decode_request(frame)
+            if request is None:
                 return
-            self._reply_value(request_id, value)
-            return
-        request = self._decode_request(frame)
-        if request is None:
-            return
-        request_id, handler, args = request[0], self.handlers[request[1]], request[2:]
+            request_id, handler, args = request[0], self.handlers[request[1]], request[2:]
+        else:
+            request_id, name, args = call
         try:
             self.interruptible = True
             try:
-                value = handler(request_id, *args)
+                if call is None:
+                    value = handler(request_id, *args)
+                else:
+                    # op_call without the method call: the commonest request.
+                    value = resolve(name, self.globals)(*args)
             finally:
                 self.interruptible = False
         except BaseException as exc:
             # Anything user code raises, SystemExit and KeyboardInterrupt too,
-            # is the caller's error; the child goes on.
+            # is the caller's error; the child goes on. (Set again: a signal
+            # may have cut the `finally` short.)
             self.interruptible = False
             self._reply_error(request_id, exc)
             return
@@ -1371,8 +1363,7 @@ class ChildWorker:
         return resolve(name, self.globals)
 
     def op_call(self, request_id, name, args):
-        # The C msgpack codec's way; with the pure codec, _handle_frame
-        # runs the commonest calls itself.
+        # Calls that `_call_request` decodes skip this method (_handle_frame).
         return resolve(name, self.globals)(*args)
 
     def op_call_async(self, request_id, name, args, limit):
