@@ -631,19 +631,19 @@ _unpack_i32 = struct.Struct(">i").unpack_from
 _unpack_i64 = struct.Struct(">q").unpack_from
 _unpack_f32 = struct.Struct(">f").unpack_from
 _unpack_f64 = struct.Struct(">d").unpack_from
-# Numbers by marker: (reader, bytes taken with the marker), for the small
-# arrays that carry call arguments.
-_SCALARS = {
-    0xCA: (_unpack_f32, 5),
-    0xCB: (_unpack_f64, 9),
-    0xCC: (_unpack_u8, 2),
-    0xCD: (_unpack_u16, 3),
-    0xCE: (_unpack_u32, 5),
-    0xCF: (_unpack_u64, 9),
-    0xD0: (_unpack_i8, 2),
-    0xD1: (_unpack_i16, 3),
-    0xD2: (_unpack_i32, 5),
-    0xD3: (_unpack_i64, 9),
+# Numbers by marker: (reader, width after the marker). `_UNPACK_MARKER`
+# reads them through these, and short arrays (call arguments) directly.
+_NUMBERS = {
+    0xCA: (_unpack_f32, 4),
+    0xCB: (_unpack_f64, 8),
+    0xCC: (_unpack_u8, 1),
+    0xCD: (_unpack_u16, 2),
+    0xCE: (_unpack_u32, 4),
+    0xCF: (_unpack_u64, 8),
+    0xD0: (_unpack_i8, 1),
+    0xD1: (_unpack_i16, 2),
+    0xD2: (_unpack_i32, 4),
+    0xD3: (_unpack_i64, 8),
 }
 
 
@@ -698,10 +698,10 @@ def _unpack_array(data, pos, count, depth):
                 end = pos + 1 + (marker & 0x1F)
                 append(data[pos + 1 : end].decode())
                 pos = end
-            elif marker in _SCALARS:
-                read, width = _SCALARS[marker]
+            elif marker in _NUMBERS:
+                read, width = _NUMBERS[marker]
                 append(read(data, pos + 1)[0])
-                pos += width
+                pos += 1 + width
             else:
                 value, pos = _unpack(data, pos, depth)
                 append(value)
@@ -887,16 +887,7 @@ _UNPACK_MARKER = [
     _invalid("ext 8"),  # c7
     _invalid("ext 16"),  # c8
     _invalid("ext 32"),  # c9
-    _number(_unpack_f32, 4),  # ca float 32
-    _number(_unpack_f64, 8),  # cb float 64
-    _number(_unpack_u8, 1),  # cc uint 8
-    _number(_unpack_u16, 2),  # cd uint 16
-    _number(_unpack_u32, 4),  # ce uint 32
-    _number(_unpack_u64, 8),  # cf uint 64
-    _number(_unpack_i8, 1),  # d0 int 8
-    _number(_unpack_i16, 2),  # d1 int 16
-    _number(_unpack_i32, 4),  # d2 int 32
-    _number(_unpack_i64, 8),  # d3 int 64
+    *[_number(*_NUMBERS[marker]) for marker in range(0xCA, 0xD4)],  # ca..d3 numbers
     _invalid("fixext 1"),  # d4
     _invalid("fixext 2"),  # d5
     _invalid("fixext 4"),  # d6
