@@ -349,11 +349,7 @@ def pack(value):
     exception raised by `str(obj)` of some object propagates.
     """
     if type(value) is int:
-        # The commonest replies: a fixint, then a uint 8 or 16.
-        if -32 <= value < 128:
-            return _BYTE[value & 0xFF]
-        if 0 < value <= 0xFFFF:
-            return _U8(0xCC, value) if value <= 0xFF else _U16(0xCD, value)
+        return _int_bytes(value)  # the commonest reply
     out = []
     _pack(value, out, 0)
     return b"".join(out)
@@ -364,7 +360,7 @@ def _pack(obj, out, depth):
     if kind is str:
         _pack_str(obj, out)
     elif kind is int:
-        _pack_int(obj, out)
+        out.append(_int_bytes(obj))
     elif obj is None:
         out.append(b"\xc0")
     elif kind is bool:
@@ -385,7 +381,7 @@ def _pack_other(obj, out, depth):
     # A subclass's stored value, not what its own __int__, __float__ or
     # __str__ (a str Enum) would say: the in-process backend reads the same.
     if isinstance(obj, int):
-        _pack_int(int.__int__(obj), out)
+        out.append(_int_bytes(int.__int__(obj)))
     elif isinstance(obj, float):
         _pack(float.__float__(obj), out, depth)
     elif isinstance(obj, str):
@@ -402,30 +398,31 @@ def _pack_other(obj, out, depth):
         _pack_str(str(obj), out)
 
 
-def _pack_int(value, out):
+def _int_bytes(value):
+    """The shortest MessagePack form of an int."""
     if value >= 0:
         if value < 0x80:
-            out.append(_BYTE[value])
+            return _BYTE[value]
         elif value <= 0xFF:
-            out.append(_U8(0xCC, value))
+            return _U8(0xCC, value)
         elif value <= 0xFFFF:
-            out.append(_U16(0xCD, value))
+            return _U16(0xCD, value)
         elif value <= 0xFFFFFFFF:
-            out.append(_U32(0xCE, value))
+            return _U32(0xCE, value)
         elif value <= 0xFFFFFFFFFFFFFFFF:
-            out.append(_U64(0xCF, value))
+            return _U64(0xCF, value)
         else:
             raise ConversionError(_int_too_large(value))
     elif value >= -0x20:
-        out.append(_BYTE[value + 0x100])
+        return _BYTE[value + 0x100]
     elif value >= -0x80:
-        out.append(_I8(0xD0, value))
+        return _I8(0xD0, value)
     elif value >= -0x8000:
-        out.append(_I16(0xD1, value))
+        return _I16(0xD1, value)
     elif value >= -0x80000000:
-        out.append(_I32(0xD2, value))
+        return _I32(0xD2, value)
     elif value >= -0x8000000000000000:
-        out.append(_I64(0xD3, value))
+        return _I64(0xD3, value)
     else:
         raise ConversionError(_int_too_large(value))
 
