@@ -1057,15 +1057,17 @@ class ReplyRing:
     def put(self, data, doorbell):
         """Copies `data` in, waiting for room as the parent takes it;
         False once the parent is gone."""
+        size = len(data)
         published = self.published
-        end = published + len(data)
+        start = published & _RING_MASK
         counters = self.counters
         # The common case: a reply that fits before the end and in the room left.
-        if end - counters[_RING_TAKEN] <= _RING_SIZE and (published & _RING_MASK) + len(data) <= _RING_SIZE:
-            start = _RING_DATA + (published & _RING_MASK)
-            self.map[start : start + len(data)] = data
-            self.published = end
-            counters[_RING_PUBLISHED] = end
+        if start + size <= _RING_SIZE and published + size - counters[_RING_TAKEN] <= _RING_SIZE:
+            start += _RING_DATA
+            self.map[start : start + size] = data
+            published += size
+            self.published = published
+            counters[_RING_PUBLISHED] = published
             return not counters[_RING_WAITING] or doorbell()
         return self._put_in_pieces(data, doorbell)
 
