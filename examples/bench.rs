@@ -240,17 +240,21 @@ fn memory_over_many_calls(runner: &PyRunner) -> String {
 }
 
 /// From SIGKILL of the child to the next call that succeeds (median of 9).
+/// SIGKILL for a child, as a crash would end it.
+fn kill_hard(pid: u32) {
+    std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+}
+
 fn death_to_next_call(runner: &PyRunner) -> String {
     if python_pid(runner) == std::process::id() {
         return "—".into();
     }
     let mut samples = Vec::new();
     for _ in 0..9 {
-        let pid = python_pid(runner);
-        std::process::Command::new("kill")
-            .args(["-9", &pid.to_string()])
-            .status()
-            .unwrap();
+        kill_hard(python_pid(runner));
         let start = Instant::now();
         while runner.eval_sync("1").is_err() {}
         samples.push(start.elapsed());
@@ -400,10 +404,7 @@ mod pool_bench {
         for round in 0..9 {
             let index = round % pool.workers();
             let pid = pool.stats()[index].pid;
-            std::process::Command::new("kill")
-                .args(["-9", &pid.to_string()])
-                .status()
-                .unwrap();
+            kill_hard(pid);
             let start = Instant::now();
             while pool.stats()[index].pid == pid {
                 assert!(
