@@ -35,7 +35,7 @@ const ADMITTED_PER_WORKER: usize = 64;
 /// queue only a few, so callers that come during a long map wait behind
 /// little of it. (10 000 trivial calls on 2 workers, when it came: about
 /// 25k–50k items/s with a fixed 16 in flight per worker, about 60k–75k this
-/// way; the README has today's figures.)
+/// way; the README has the current figures.)
 const MAP_QUEUED: Duration = Duration::from_millis(10);
 
 /// The fewest calls of a `map` in flight per worker: one running, one next.
