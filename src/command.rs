@@ -82,6 +82,15 @@ impl Responder {
         self.0.complete(reply);
     }
 
+    /// Answers the caller without waking it; the waker to wake, if it waits.
+    #[cfg(feature = "subprocess")]
+    pub fn send_unwoken(self, reply: Reply) -> Option<Waker> {
+        match self.0.store(reply) {
+            Stored::Waiting(waker) => Some(waker),
+            Stored::NotWaiting | Stored::AnsweredBefore => None,
+        }
+    }
+
     pub fn slot(&self) -> &Arc<ReplySlot> {
         &self.0
     }
@@ -98,6 +107,15 @@ impl Drop for Responder {
             self.0.complete(Err(PyRunnerError::Stopped));
         }
     }
+}
+
+/// What [`ReplySlot::store`] found.
+enum Stored {
+    /// The caller waits to be woken with this waker.
+    Waiting(Waker),
+    /// The caller has not polled yet, or is polling now: it sees the reply.
+    NotWaiting,
+    AnsweredBefore,
 }
 
 /// Where one reply lands. The first answer wins: a result that arrives after
@@ -124,18 +142,26 @@ impl ReplySlot {
 
     /// Stores the reply and wakes the caller; false if it was answered before.
     pub fn complete(&self, reply: Reply) -> bool {
+        match self.store(reply) {
+            Stored::Waiting(waker) => waker.wake(),
+            Stored::NotWaiting => {}
+            Stored::AnsweredBefore => return false,
+        }
+        true
+    }
+
+    /// Stores the reply, leaving the waking to the caller.
+    fn store(&self, reply: Reply) -> Stored {
         let mut inner = self.lock();
         if self.ready.load(Ordering::Relaxed) {
-            return false;
+            return Stored::AnsweredBefore;
         }
         inner.reply = Some(reply);
         self.ready.store(true, Ordering::Release);
-        let waker = inner.waker.take();
-        drop(inner);
-        if let Some(waker) = waker {
-            waker.wake();
+        match inner.waker.take() {
+            Some(waker) => Stored::Waiting(waker),
+            None => Stored::NotWaiting,
         }
-        true
     }
 
     pub fn is_ready(&self) -> bool {

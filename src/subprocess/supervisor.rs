@@ -15,6 +15,7 @@ use std::os::unix::io::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
+use std::task::Waker;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
@@ -36,6 +37,10 @@ const POOL_CALLER_SPIN: Duration = Duration::from_micros(50);
 
 /// How long requests are gathered into one batch after a batch of replies.
 const GATHER: Duration = Duration::from_micros(20);
+
+/// How long a driving caller holds back the wake-ups of callers it answered
+/// while more replies of the batch are due (see [`Shared::pump_here`]).
+const HOLD_WAKES: Duration = Duration::from_micros(50);
 
 /// How long the supervisor thread spins for replies or commands while calls
 /// are in flight and no caller drives.
@@ -119,6 +124,10 @@ pub(crate) struct Core {
     gather: Option<(Instant, usize)>,
     /// Replies handed out so far.
     handed_out: usize,
+    /// Set during a caller's turn: answered callers' wakers go to
+    /// `held_wakers` instead of being woken.
+    hold_wakes: bool,
+    held_wakers: Vec<Waker>,
     /// How many entries of a pool's replay log the child ran at its start.
     replayed: usize,
 }
@@ -146,6 +155,8 @@ impl Core {
             lost: None,
             gather: None,
             handed_out: 0,
+            hold_wakes: false,
+            held_wakers: Vec::new(),
             replayed: 0,
         };
         core.start_child()?;
@@ -575,7 +586,11 @@ impl Core {
                     Err(PyRunnerError::Timeout(done.job.timeout.unwrap_or_default()))
                 }
             };
-            done.job.reply.send(reply);
+            if self.hold_wakes {
+                self.held_wakers.extend(done.job.reply.send_unwoken(reply));
+            } else {
+                done.job.reply.send(reply);
+            }
             self.handed_out += 1;
         }
         Ok(())
@@ -816,6 +831,15 @@ pub(crate) struct Shared {
     caller_spin: Duration,
     /// How long the thread spins for work before it sleeps.
     thread_spin: Duration,
+    held: Mutex<HeldWakes>,
+}
+
+/// Wake-ups of callers answered during the seat holder's turns.
+#[derive(Default)]
+struct HeldWakes {
+    wakers: Vec<Waker>,
+    /// Since when the oldest of them waits.
+    since: Option<Instant>,
 }
 
 impl Shared {
@@ -851,6 +875,7 @@ impl Shared {
             wake: Mutex::new(wake),
             caller_spin,
             thread_spin,
+            held: Mutex::default(),
         });
         queue.set_loop_wake(wake_write);
         let driver: Arc<dyn Drive> = shared.clone();
@@ -976,6 +1001,15 @@ impl Shared {
 impl Shared {
     /// One non-blocking turn on the caller's thread, unless the state is
     /// busy; how many replies it handed out.
+    ///
+    /// The callers it answers are woken only once the child has answered
+    /// everything sent, or [`HOLD_WAKES`] after the first of them, or when
+    /// the seat is parked or left. On a multi-thread runtime each wake-up
+    /// beyond the first from one poll makes the runtime wake another worker
+    /// thread; woken reply by reply, as replies trickle in, that worker
+    /// wakes and sleeps again for every reply, on the child's core as often
+    /// as not. Woken together, the callers run (and queue their next calls)
+    /// while the child is idle anyway.
     fn pump_here(&self) -> usize {
         let mut core = match self.core.try_lock() {
             Ok(core) => core,
@@ -983,13 +1017,39 @@ impl Shared {
             Err(TryLockError::WouldBlock) => return 0,
         };
         let before = core.handed_out;
+        core.hold_wakes = true;
         core.pump(false);
+        core.hold_wakes = false;
+        let line_busy = !core.sync_line.is_empty();
         self.outstanding.store(core.outstanding(), Ordering::SeqCst);
-        self.line_busy
-            .store(!core.sync_line.is_empty(), Ordering::Relaxed);
+        self.line_busy.store(line_busy, Ordering::Relaxed);
         self.thread_needed
             .store(core.needs_thread(), Ordering::SeqCst);
-        core.handed_out - before
+        let handed_out = core.handed_out - before;
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        held.wakers.append(&mut core.held_wakers);
+        drop(core);
+        let due = !held.wakers.is_empty()
+            && (!line_busy || held.since.get_or_insert_with(Instant::now).elapsed() >= HOLD_WAKES);
+        drop(held);
+        if due {
+            self.wake_held();
+        }
+        handed_out
+    }
+
+    /// Wakes the callers whose wake-ups [`Shared::pump_here`] held back.
+    fn wake_held(&self) {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        if held.wakers.is_empty() {
+            return;
+        }
+        held.since = None;
+        let wakers = std::mem::take(&mut held.wakers);
+        drop(held);
+        for waker in wakers {
+            waker.wake();
+        }
     }
 
     /// Wakes a caller that waits for a reply, so that it takes the seat this
@@ -1054,6 +1114,7 @@ impl Drive for Shared {
             Ordering::SeqCst,
             Ordering::SeqCst,
         );
+        self.wake_held();
         if self.replies_unwatched(true) {
             self.queue.wake_consumer();
         }
@@ -1069,6 +1130,7 @@ impl Drive for Shared {
                 .seat
                 .compare_exchange(held, 0, Ordering::SeqCst, Ordering::SeqCst);
         }
+        self.wake_held();
         // After handing out replies, a thread that looks on its own soon is
         // left asleep; else a waiting caller takes over if there is one.
         if self.queue.has_jobs()
