@@ -458,6 +458,12 @@ pub(crate) trait Drive: Send + Sync {
     fn end(&self, token: u64, handed_out: bool, done: bool);
     /// How long the driving caller spins for a reply.
     fn spin(&self) -> Duration;
+    /// Whether a caller's first poll leaves its job to the holder of a
+    /// parked seat, which sends it with the others queued meanwhile when
+    /// its task is polled again (or, should it not be soon, the backend's
+    /// thread on its next look), instead of taking the seat to send it at
+    /// once.
+    fn leave_to_parked(&self) -> bool;
     /// Whether the child still works through requests already sent.
     fn line_busy(&self) -> bool;
 }
@@ -518,6 +524,9 @@ impl Submission {
             }
         }
         if seat.is_none() {
+            if first && driver.leave_to_parked() {
+                return;
+            }
             // Whoever has the seat sends this job, or hands it to the
             // backend's thread when it leaves.
             *seat = driver.try_begin();

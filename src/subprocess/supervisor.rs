@@ -831,6 +831,12 @@ pub(crate) struct Shared {
     caller_spin: Duration,
     /// How long the thread spins for work before it sleeps.
     thread_spin: Duration,
+    /// A runner's callers leave their first poll's job to the holder of a
+    /// parked seat (see [`Drive::leave_to_parked`]): its one child is what
+    /// limits many callers, and it gets their requests together. A pool's
+    /// children more often wait for work than not, and there the first
+    /// request of a batch is better sent at once.
+    batch_behind_parked: bool,
     held: Mutex<HeldWakes>,
 }
 
@@ -856,7 +862,8 @@ impl Shared {
             .map_err(|err| {
                 PyRunnerError::Startup(format!("could not set up the wake-up socket: {err}"))
             })?;
-        let (caller_spin, thread_spin) = if settings.hooks.is_some() {
+        let pool_worker = settings.hooks.is_some();
+        let (caller_spin, thread_spin) = if pool_worker {
             (POOL_CALLER_SPIN, POOL_THREAD_SPIN)
         } else {
             (CALLER_SPIN, THREAD_SPIN)
@@ -875,6 +882,7 @@ impl Shared {
             wake: Mutex::new(wake),
             caller_spin,
             thread_spin,
+            batch_behind_parked: !pool_worker,
             held: Mutex::default(),
         });
         queue.set_loop_wake(wake_write);
@@ -1146,6 +1154,10 @@ impl Drive for Shared {
 
     fn spin(&self) -> Duration {
         self.caller_spin
+    }
+
+    fn leave_to_parked(&self) -> bool {
+        self.batch_behind_parked && self.seat.load(Ordering::SeqCst) & 1 == 1
     }
 
     fn line_busy(&self) -> bool {
