@@ -323,7 +323,7 @@ mod pool_bench {
     const BURN_CALLS: usize = 16;
     const BURN_N: u64 = 400_000;
     /// How many times 1 and 2 workers take turns at the burn.
-    const BURN_PAIRS: usize = 5;
+    const BURN_PAIRS: usize = 9;
 
     fn pool(workers: usize) -> PyPool {
         pool_builder(workers).build().expect("the pool starts")
@@ -420,15 +420,11 @@ mod pool_bench {
         median(samples)
     }
 
-    /// The same measures for Python's own `concurrent.futures.ProcessPoolExecutor`,
-    /// run by the same interpreter: [start of 1, start of 4, burn on 1, burn on 2,
-    /// the median of the paired ratios of those, 8 callers' pipelined calls
-    /// per second, map items per second].
-    fn process_pool_executor() -> Vec<f64> {
-        let script = format!(
-            r#"
-import concurrent.futures as cf, time, threading
-{BURN}
+    /// Python's own `concurrent.futures.ProcessPoolExecutor`, run by the
+    /// same interpreter: a script that takes one command a line on stdin and
+    /// answers each with numbers on a line of stdout.
+    const PPE_SCRIPT: &str = r#"
+import concurrent.futures as cf, sys, time, threading
 def start(n):
     t = time.perf_counter()
     with cf.ProcessPoolExecutor(n) as ex:
@@ -441,20 +437,8 @@ def ready(n):
     return ex
 def burn_on(ex):
     t = time.perf_counter()
-    list(ex.map(burn, [{BURN_N}] * {BURN_CALLS}))
+    list(ex.map(burn, [BURN_N] * BURN_CALLS))
     return time.perf_counter() - t
-def burns():
-    # One and two workers take turns, {BURN_PAIRS} times each, as for PyPool.
-    one, two = ready(1), ready(2)
-    ones, twos = [], []
-    for _ in range({BURN_PAIRS}):
-        ones.append(burn_on(one))
-        twos.append(burn_on(two))
-    one.shutdown()
-    two.shutdown()
-    mid = {BURN_PAIRS} // 2
-    ratios = sorted(a / b for a, b in zip(ones, twos))
-    return sorted(ones)[mid], sorted(twos)[mid], ratios[mid]
 def callers(ex, n, calls):
     def one(c):
         futures = [ex.submit(add, c, i) for i in range(calls)]
@@ -464,34 +448,85 @@ def callers(ex, n, calls):
     for th in threads: th.start()
     for th in threads: th.join()
     return n * calls / (time.perf_counter() - t)
-if __name__ == "__main__":
-    out = [start(1), start(4), *burns()]
+def trivial():
     with cf.ProcessPoolExecutor(2) as ex:
         list(ex.map(time.sleep, [0.2] * 2))
-        out.append(callers(ex, 8, 500))
+        rate = callers(ex, 8, 500)
         t = time.perf_counter()
         list(ex.map(add, range(10000), range(10000)))
-        out.append(10000 / (time.perf_counter() - t))
-    print(" ".join(map(str, out)))
-    "#
-        );
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("ppe_bench.py");
-        std::fs::write(&path, script).unwrap();
-        let output = std::process::Command::new(python_executable())
-            .arg(&path)
-            .output()
-            .expect("python runs");
-        assert!(
-            output.status.success(),
-            "the ProcessPoolExecutor script failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8(output.stdout)
-            .unwrap()
-            .split_whitespace()
-            .map(|n| n.parse().expect("a number"))
-            .collect()
+        return rate, 10000 / (time.perf_counter() - t)
+if __name__ == "__main__":
+    pools = {}
+    for line in sys.stdin:
+        command = line.split()
+        if command[0] == "starts":
+            out = [start(1), start(4)]
+        elif command[0] == "burn":
+            n = int(command[1])
+            if n not in pools:
+                pools[n] = ready(n)
+            out = [burn_on(pools[n])]
+        elif command[0] == "trivial":
+            out = list(trivial())
+        else:
+            break
+        print(" ".join(map(str, out)), flush=True)
+    for ex in pools.values():
+        ex.shutdown()
+"#;
+
+    /// The `ProcessPoolExecutor` script, running, with its pipes.
+    struct ProcessPoolExecutor {
+        child: std::process::Child,
+        answers: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+        _dir: tempfile::TempDir,
+    }
+
+    impl ProcessPoolExecutor {
+        fn start() -> Self {
+            use std::io::BufRead;
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("ppe_bench.py");
+            let script =
+                format!("{BURN}\nBURN_N = {BURN_N}\nBURN_CALLS = {BURN_CALLS}\n{PPE_SCRIPT}");
+            std::fs::write(&path, script).unwrap();
+            let mut child = std::process::Command::new(python_executable())
+                .arg(&path)
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .expect("python runs");
+            let answers = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+            ProcessPoolExecutor {
+                child,
+                answers,
+                _dir: dir,
+            }
+        }
+
+        /// Sends one command; the numbers of its answer.
+        fn ask(&mut self, command: &str) -> Vec<f64> {
+            use std::io::Write;
+            let stdin = self.child.stdin.as_mut().unwrap();
+            writeln!(stdin, "{command}").unwrap();
+            stdin.flush().unwrap();
+            let line = self
+                .answers
+                .next()
+                .expect("the ProcessPoolExecutor script answers")
+                .unwrap();
+            line.split_whitespace()
+                .map(|n| n.parse().expect("a number"))
+                .collect()
+        }
+    }
+
+    impl Drop for ProcessPoolExecutor {
+        fn drop(&mut self) {
+            drop(self.child.stdin.take());
+            let status = self.child.wait().unwrap();
+            assert!(status.success(), "the ProcessPoolExecutor script failed");
+        }
     }
 
     pub async fn pool_table() {
@@ -500,52 +535,67 @@ if __name__ == "__main__":
         // here it sometimes changes by a third from one second to the
         // next), so the speed-up is the median of the ratios of adjacent
         // runs, not the ratio of two medians.
+        // Python's pool takes its turns between this pool's, so that both
+        // see the same stretches of the machine's speed.
+        let mut ppe = ProcessPoolExecutor::start();
         let (one, two) = (pool(1), pool(2));
         prepare_burn(&one).await;
         prepare_burn(&two).await;
-        let (mut ones, mut twos, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+        let mut ours = [Vec::new(), Vec::new(), Vec::new()];
+        let mut theirs = [Vec::new(), Vec::new(), Vec::new()];
         for _ in 0..BURN_PAIRS {
             let (a, b) = (pool_burn(&one).await, pool_burn(&two).await);
-            ones.push(a);
-            twos.push(b);
-            ratios.push(a / b);
+            ours[0].push(a);
+            ours[1].push(b);
+            ours[2].push(a / b);
+            let (a, b) = (ppe.ask("burn 1")[0], ppe.ask("burn 2")[0]);
+            theirs[0].push(a);
+            theirs[1].push(b);
+            theirs[2].push(a / b);
         }
         one.stop().await.unwrap();
-        let (burn_one, burn_two, speedup) = (median(ones), median(twos), median(ratios));
+        let [burn_one, burn_two, speedup] = ours.map(median);
+        let [ppe_one, ppe_two, ppe_speedup] = theirs.map(median);
         two.run("def add(a, b):\n    return a + b").await.unwrap();
         pool_callers(&two, 8, 500).await;
-        let callers = pool_callers(&two, 8, 5000).await;
+        let mut rates = Vec::new();
+        for _ in 0..5 {
+            rates.push(pool_callers(&two, 8, 5000).await);
+        }
+        let callers = median(rates);
         let mapped = pool_map(&two, 10_000).await;
         let replaced = death_to_replacement(&two);
         two.stop().await.unwrap();
-        let ppe = process_pool_executor();
+        let ppe_starts = ppe.ask("starts");
+        let ppe_trivial = ppe.ask("trivial");
+        drop(ppe);
         println!("| pool measure | `PyPool` | `ProcessPoolExecutor` |");
         println!("|---|---|---|");
         println!(
             "| start, 1 worker / 4 workers | {} / {} | {} / {} |",
             micros(start_one),
             micros(start_four),
-            micros(Duration::from_secs_f64(ppe[0])),
-            micros(Duration::from_secs_f64(ppe[1]))
+            micros(Duration::from_secs_f64(ppe_starts[0])),
+            micros(Duration::from_secs_f64(ppe_starts[1]))
         );
         println!(
-            "| {BURN_CALLS} CPU-bound calls (~{BURN_N} loop turns each), 1 worker / 2 workers, medians of {BURN_PAIRS} (speed-up: median of paired runs) | {:.3} s / {:.3} s ({:.2}×) | {:.3} s / {:.3} s ({:.2}×) |",
+            "| {BURN_CALLS} CPU-bound calls (~{BURN_N} loop turns each), 1 worker / 2 workers, medians of {BURN_PAIRS} (speed-up: median of paired runs; the two pools take turns) | {:.3} s / {:.3} s ({:.2}×) | {:.3} s / {:.3} s ({:.2}×) |",
             burn_one,
             burn_two,
             speedup,
-            ppe[2],
-            ppe[3],
-            ppe[4]
+            ppe_one,
+            ppe_two,
+            ppe_speedup
         );
         println!(
-            "| trivial calls from 8 callers, 2 workers | {:.0}k/s | {:.1}k/s |",
+            "| trivial calls from 8 callers, 2 workers (`PyPool`: 8 × 5000 calls, median of 5; `ProcessPoolExecutor`: 8 × 500 pipelined) | {:.0}k/s | {:.1}k/s |",
             callers / 1000.0,
-            ppe[5] / 1000.0
+            ppe_trivial[0] / 1000.0
         );
         println!(
             "| `map` over 10 000 trivial calls, 2 workers | {:.0}k items/s | {:.1}k items/s |",
             mapped / 1000.0,
-            ppe[6] / 1000.0
+            ppe_trivial[1] / 1000.0
         );
         println!(
             "| a worker's child killed → its replacement ready, median of 9 | {} | — |",
