@@ -426,12 +426,16 @@ const YIELD_EVERY: u32 = 8;
 /// (keeping the seat, and asking to be polled again) so that those callers'
 /// tasks, often on the same thread, run and queue their next calls; the
 /// holder then sends those together. Many tasks on one runtime thus cycle
-/// through the child without a thread wake-up per call.
+/// through the child without a thread wake-up per call. The backend may
+/// hold back the answered callers' wake-ups while more replies are due, so
+/// that a multi-thread runtime sees them all at once and not one by one.
 ///
 /// A holder that returns to its executor "parks" the seat. A parked seat may
 /// be taken by any other caller: the holder's task may never be polled
 /// again soon (it sits in a `select!`, or its thread is blocked by a `_sync`
-/// call of another task), and calls must not wait for it.
+/// call of another task), and calls must not wait for it. A backend may let
+/// a caller that comes just after the parking leave its job to the holder
+/// instead ([`Drive::leave_to_parked`]); later callers take the seat.
 ///
 /// A holder whose own reply came leaves the seat to a caller still waiting
 /// (it wakes that caller's task), so that the backend's thread is woken
@@ -468,8 +472,9 @@ pub(crate) trait Drive: Send + Sync {
     fn line_busy(&self) -> bool;
 }
 
-/// The future behind every async command: sends the job on first poll, spins
-/// briefly for a fast reply, then waits to be woken.
+/// The future behind every async command: queues the job on first poll (and
+/// sends it, or leaves it to whoever drives), spins briefly for a fast
+/// reply, then waits to be woken.
 pub(crate) struct Submission {
     queue: Arc<CommandQueue>,
     job: Option<Job>,
@@ -510,7 +515,9 @@ impl Submission {
     ///
     /// On the first poll it only sends and asks to be polled again: futures
     /// polled after this one in the same task (a join of many calls) then
-    /// queue their jobs before anyone spins, and go out in one write.
+    /// queue their jobs before anyone spins, and go out in one write. A
+    /// first poll that finds the seat parked may not even send (see
+    /// [`Drive::leave_to_parked`]).
     fn drive(
         seat: &mut Option<u64>,
         slot: &ReplySlot,

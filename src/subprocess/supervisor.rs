@@ -38,6 +38,13 @@ const POOL_CALLER_SPIN: Duration = Duration::from_micros(50);
 /// How long requests are gathered into one batch after a batch of replies.
 const GATHER: Duration = Duration::from_micros(20);
 
+/// A runner's caller whose first poll finds the seat parked leaves its job
+/// to the holder only this soon after the holder parked it (nanoseconds):
+/// a holder parked longer may not be polled again soon (it sits in a
+/// `select!`, or its thread is blocked), and callers then take the seat as
+/// before instead of each waiting for the thread's next look.
+const LEAVE_WINDOW_NANOS: u64 = 100_000;
+
 /// How long a driving caller holds back the wake-ups of callers it answered
 /// while more replies of the batch are due (see [`Shared::pump_here`]).
 const HOLD_WAKES: Duration = Duration::from_micros(50);
@@ -124,9 +131,8 @@ pub(crate) struct Core {
     gather: Option<(Instant, usize)>,
     /// Replies handed out so far.
     handed_out: usize,
-    /// Set during a caller's turn: answered callers' wakers go to
-    /// `held_wakers` instead of being woken.
-    hold_wakes: bool,
+    /// Wakers of callers answered during a caller's turn, not yet woken
+    /// (see [`Shared::pump_here`]).
     held_wakers: Vec<Waker>,
     /// How many entries of a pool's replay log the child ran at its start.
     replayed: usize,
@@ -155,7 +161,6 @@ impl Core {
             lost: None,
             gather: None,
             handed_out: 0,
-            hold_wakes: false,
             held_wakers: Vec::new(),
             replayed: 0,
         };
@@ -523,13 +528,13 @@ impl Core {
     /// for them anyway.
     fn read_replies(&mut self, on_thread: bool) -> Result<bool, PyRunnerError> {
         loop {
-            self.answer_frames()?;
+            self.answer_frames(!on_thread)?;
             let Some(child) = self.child.as_mut() else {
                 return Ok(true);
             };
             match child.receive(&mut self.reader, on_thread) {
                 Ok(0) => {
-                    self.answer_frames()?;
+                    self.answer_frames(!on_thread)?;
                     return Ok(false);
                 }
                 Ok(_) => {}
@@ -544,9 +549,11 @@ impl Core {
         }
     }
 
-    fn answer_frames(&mut self) -> Result<(), PyRunnerError> {
+    /// Answers every whole reply frame read so far; `hold`: the answered
+    /// callers' wakers go to `held_wakers` instead of being woken.
+    fn answer_frames(&mut self, hold: bool) -> Result<(), PyRunnerError> {
         let before = self.handed_out;
-        let result = self.answer_each_frame();
+        let result = self.answer_each_frame(hold);
         let answered = self.handed_out - before;
         if answered >= 2 && self.sync_line.is_empty() {
             self.gather = Some((Instant::now() + GATHER, answered));
@@ -554,7 +561,7 @@ impl Core {
         result
     }
 
-    fn answer_each_frame(&mut self) -> Result<(), PyRunnerError> {
+    fn answer_each_frame(&mut self, hold: bool) -> Result<(), PyRunnerError> {
         while let Some(frame) = self.reader.next_frame()? {
             let Message::Reply { id, outcome } = decode_message(&frame)? else {
                 return Err(PyRunnerError::Protocol(
@@ -586,7 +593,7 @@ impl Core {
                     Err(PyRunnerError::Timeout(done.job.timeout.unwrap_or_default()))
                 }
             };
-            if self.hold_wakes {
+            if hold {
                 self.held_wakers.extend(done.job.reply.send_unwoken(reply));
             } else {
                 done.job.reply.send(reply);
@@ -837,6 +844,9 @@ pub(crate) struct Shared {
     /// children more often wait for work than not, and there the first
     /// request of a batch is better sent at once.
     batch_behind_parked: bool,
+    /// When the seat was last parked, in nanoseconds from `started`.
+    parked_at: AtomicU64,
+    started: Instant,
     held: Mutex<HeldWakes>,
 }
 
@@ -883,6 +893,8 @@ impl Shared {
             caller_spin,
             thread_spin,
             batch_behind_parked: !pool_worker,
+            parked_at: AtomicU64::new(0),
+            started: Instant::now(),
             held: Mutex::default(),
         });
         queue.set_loop_wake(wake_write);
@@ -906,6 +918,10 @@ impl Shared {
                 return;
             }
             core.pump(true);
+            // Left by a caller's turn that unwound before handing them on.
+            for waker in core.held_wakers.drain(..) {
+                waker.wake();
+            }
             self.thread_needed.store(false, Ordering::SeqCst);
             if let Some(loss) = core.lost.take() {
                 core.replace_child(loss);
@@ -1011,8 +1027,8 @@ impl Shared {
     /// busy; how many replies it handed out.
     ///
     /// The callers it answers are woken only once the child has answered
-    /// everything sent, or [`HOLD_WAKES`] after the first of them, or when
-    /// the seat is parked or left. On a multi-thread runtime each wake-up
+    /// every request it runs in order (coroutines aside), or [`HOLD_WAKES`]
+    /// after the first of them, or when the seat is parked or left. On a multi-thread runtime each wake-up
     /// beyond the first from one poll makes the runtime wake another worker
     /// thread; woken reply by reply, as replies trickle in, that worker
     /// wakes and sleeps again for every reply, on the child's core as often
@@ -1025,9 +1041,7 @@ impl Shared {
             Err(TryLockError::WouldBlock) => return 0,
         };
         let before = core.handed_out;
-        core.hold_wakes = true;
         core.pump(false);
-        core.hold_wakes = false;
         let line_busy = !core.sync_line.is_empty();
         self.outstanding.store(core.outstanding(), Ordering::SeqCst);
         self.line_busy.store(line_busy, Ordering::Relaxed);
@@ -1044,6 +1058,10 @@ impl Shared {
             self.wake_held();
         }
         handed_out
+    }
+
+    fn since_start(&self) -> u64 {
+        self.started.elapsed().as_nanos() as u64
     }
 
     /// Wakes the callers whose wake-ups [`Shared::pump_here`] held back.
@@ -1116,6 +1134,9 @@ impl Drive for Shared {
     }
 
     fn park(&self, token: u64) {
+        // Before the seat shows parked: a caller that sees it parked sees
+        // this time too, or a later one.
+        self.parked_at.store(self.since_start(), Ordering::SeqCst);
         let _ = self.seat.compare_exchange(
             token << 1,
             token << 1 | 1,
@@ -1157,7 +1178,12 @@ impl Drive for Shared {
     }
 
     fn leave_to_parked(&self) -> bool {
-        self.batch_behind_parked && self.seat.load(Ordering::SeqCst) & 1 == 1
+        self.batch_behind_parked
+            && self.seat.load(Ordering::SeqCst) & 1 == 1
+            && self
+                .since_start()
+                .saturating_sub(self.parked_at.load(Ordering::SeqCst))
+                < LEAVE_WINDOW_NANOS
     }
 
     fn line_busy(&self) -> bool {
