@@ -1028,12 +1028,13 @@ impl Shared {
     ///
     /// The callers it answers are woken only once the child has answered
     /// every request it runs in order (coroutines aside), or [`HOLD_WAKES`]
-    /// after the first of them, or when the seat is parked or left. On a multi-thread runtime each wake-up
-    /// beyond the first from one poll makes the runtime wake another worker
-    /// thread; woken reply by reply, as replies trickle in, that worker
-    /// wakes and sleeps again for every reply, on the child's core as often
-    /// as not. Woken together, the callers run (and queue their next calls)
-    /// while the child is idle anyway.
+    /// after the first of them, or when the seat is parked or left. On a
+    /// multi-thread runtime each wake-up beyond the first from one poll
+    /// makes the runtime wake another worker thread; woken reply by reply,
+    /// as replies trickle in, that worker wakes and sleeps again for every
+    /// reply, on the child's core as often as not. Woken together, the
+    /// callers run (and queue their next calls) while the child is idle
+    /// anyway.
     fn pump_here(&self) -> usize {
         let mut core = match self.core.try_lock() {
             Ok(core) => core,
@@ -1060,6 +1061,7 @@ impl Shared {
         handed_out
     }
 
+    /// Nanoseconds since this state was made, the clock of `parked_at`.
     fn since_start(&self) -> u64 {
         self.started.elapsed().as_nanos() as u64
     }
