@@ -426,9 +426,8 @@ const YIELD_EVERY: u32 = 8;
 /// (keeping the seat, and asking to be polled again) so that those callers'
 /// tasks, often on the same thread, run and queue their next calls; the
 /// holder then sends those together. Many tasks on one runtime thus cycle
-/// through the child without a thread wake-up per call. The backend may
-/// hold back the answered callers' wake-ups while more replies are due, so
-/// that a multi-thread runtime sees them all at once and not one by one.
+/// through the child without a thread wake-up per call. The holder wakes
+/// the callers it answered together, not one by one ([`HeldWakes`]).
 ///
 /// A holder that returns to its executor "parks" the seat. A parked seat may
 /// be taken by any other caller: the holder's task may never be polled
@@ -449,8 +448,9 @@ pub(crate) trait Drive: Send + Sync {
     /// Parks the seat while its holder returns to its executor.
     fn park(&self, token: u64);
     /// Sends queued jobs and reads replies, without blocking; how many
-    /// replies it handed out.
-    fn drive(&self) -> usize;
+    /// replies it handed out. The answered callers' wakers go to `held`,
+    /// for the holder to wake (see [`HeldWakes`]).
+    fn drive(&self, held: &mut Vec<Waker>) -> usize;
     /// Gives the seat back (if it is still the holder's), waking the
     /// backend's thread if work remains. `handed_out`: other callers were
     /// just given replies and will likely take the seat with their next
@@ -470,6 +470,53 @@ pub(crate) trait Drive: Send + Sync {
     fn leave_to_parked(&self) -> bool;
     /// Whether the child still works through requests already sent.
     fn line_busy(&self) -> bool;
+}
+
+/// How long the seat's holder holds back the wake-ups of callers it
+/// answered while more replies are due.
+const HOLD_WAKES: Duration = Duration::from_micros(50);
+
+/// Wake-ups of the callers the seat's holder answered during its turn. They
+/// are woken together when the turn ends (the child has answered everything
+/// it runs in order, the holder's own reply came, or it stops spinning) or
+/// [`HOLD_WAKES`] after the first came. On a multi-thread runtime each
+/// wake-up beyond the first from one poll makes the runtime wake another
+/// worker thread; woken reply by reply, as replies trickle in, that worker
+/// woke and slept again for every reply, on the child's core as often as
+/// not. Woken together, the callers run (and queue their next calls) while
+/// the child is idle anyway. Dropping wakes what is left: every way out of
+/// the turn, unwinding included.
+#[derive(Default)]
+struct HeldWakes {
+    wakers: Vec<Waker>,
+    /// When, into the turn, the first of them was seen.
+    since: Option<Duration>,
+}
+
+impl HeldWakes {
+    fn wake_all(&mut self) {
+        self.since = None;
+        for waker in self.wakers.drain(..) {
+            waker.wake();
+        }
+    }
+
+    /// Wakes them once the first has waited [`HOLD_WAKES`]; `now` is the
+    /// time into the turn.
+    fn wake_if_late(&mut self, now: Duration) {
+        if self.wakers.is_empty() {
+            return;
+        }
+        if now - *self.since.get_or_insert(now) >= HOLD_WAKES {
+            self.wake_all();
+        }
+    }
+}
+
+impl Drop for HeldWakes {
+    fn drop(&mut self) {
+        self.wake_all();
+    }
 }
 
 /// The future behind every async command: queues the job on first poll (and
@@ -544,9 +591,10 @@ impl Submission {
         let limit = if first { Duration::ZERO } else { driver.spin() };
         let start = Instant::now();
         let mut handed_out = 0;
+        let mut held = HeldWakes::default();
         let mut turns = 0u32;
         loop {
-            handed_out += driver.drive();
+            handed_out += driver.drive(&mut held.wakers);
             if slot.is_ready() {
                 *seat = None;
                 driver.end(token, handed_out > 1, true);
@@ -554,14 +602,18 @@ impl Submission {
             }
             if first || (handed_out > 0 && !driver.line_busy()) {
                 driver.park(token);
+                // Before this task's own wake: they run first.
+                held.wake_all();
                 cx.waker().wake_by_ref();
                 return;
             }
-            if start.elapsed() >= limit {
+            let spun = start.elapsed();
+            if spun >= limit {
                 *seat = None;
                 driver.end(token, false, false);
                 return;
             }
+            held.wake_if_late(spun);
             turns += 1;
             if turns % YIELD_EVERY == 0 {
                 std::thread::yield_now();

@@ -45,10 +45,6 @@ const GATHER: Duration = Duration::from_micros(20);
 /// before instead of each waiting for the thread's next look.
 const LEAVE_WINDOW_NANOS: u64 = 100_000;
 
-/// How long a driving caller holds back the wake-ups of callers it answered
-/// while more replies of the batch are due (see [`Shared::pump_here`]).
-const HOLD_WAKES: Duration = Duration::from_micros(50);
-
 /// How long the supervisor thread spins for replies or commands while calls
 /// are in flight and no caller drives.
 const THREAD_SPIN: Duration = Duration::from_micros(40);
@@ -131,9 +127,6 @@ pub(crate) struct Core {
     gather: Option<(Instant, usize)>,
     /// Replies handed out so far.
     handed_out: usize,
-    /// Wakers of callers answered during a caller's turn, not yet woken
-    /// (see [`Shared::pump_here`]).
-    held_wakers: Vec<Waker>,
     /// How many entries of a pool's replay log the child ran at its start.
     replayed: usize,
 }
@@ -161,7 +154,6 @@ impl Core {
             lost: None,
             gather: None,
             handed_out: 0,
-            held_wakers: Vec::new(),
             replayed: 0,
         };
         core.start_child()?;
@@ -295,10 +287,13 @@ impl Core {
         id
     }
 
-    /// Moves everything forward without blocking. On a caller's thread
-    /// (`on_thread` false) it neither starts nor kills children: a loss is
+    /// Moves everything forward without blocking. `held` is `None` on the
+    /// supervisor thread. On a caller's turn it is where the wakers of the
+    /// callers answered go, for the turn's holder to wake (see [`Drive`]);
+    /// and a caller's turn neither starts nor kills children: a loss is
     /// recorded for the supervisor thread.
-    fn pump(&mut self, on_thread: bool) {
+    fn pump(&mut self, held: Option<&mut Vec<Waker>>) {
+        let on_thread = held.is_none();
         if self.lost.is_some() {
             return;
         }
@@ -309,7 +304,7 @@ impl Core {
         if !self.flush_or_lose() {
             return;
         }
-        match self.read_replies(on_thread) {
+        match self.read_replies(held) {
             Ok(true) => {}
             Ok(false) if self.interrupting.is_some() => self.lost = Some(Loss::TimedOut),
             Ok(false) => self.lost = Some(Loss::Died),
@@ -523,18 +518,19 @@ impl Core {
     }
 
     /// Answers every reply that has arrived. `Ok(false)`: the child closed
-    /// its end, so it is dead or dying. A caller's turn (`on_thread` false)
+    /// its end, so it is dead or dying. A caller's turn (`held` given)
     /// leaves a ring's doorbells and end of file to the thread, which polls
     /// for them anyway.
-    fn read_replies(&mut self, on_thread: bool) -> Result<bool, PyRunnerError> {
+    fn read_replies(&mut self, mut held: Option<&mut Vec<Waker>>) -> Result<bool, PyRunnerError> {
+        let on_thread = held.is_none();
         loop {
-            self.answer_frames(!on_thread)?;
+            self.answer_frames(held.as_deref_mut())?;
             let Some(child) = self.child.as_mut() else {
                 return Ok(true);
             };
             match child.receive(&mut self.reader, on_thread) {
                 Ok(0) => {
-                    self.answer_frames(!on_thread)?;
+                    self.answer_frames(held.as_deref_mut())?;
                     return Ok(false);
                 }
                 Ok(_) => {}
@@ -549,11 +545,11 @@ impl Core {
         }
     }
 
-    /// Answers every whole reply frame read so far; `hold`: the answered
-    /// callers' wakers go to `held_wakers` instead of being woken.
-    fn answer_frames(&mut self, hold: bool) -> Result<(), PyRunnerError> {
+    /// Answers every whole reply frame read so far; with `held`, the
+    /// answered callers' wakers go there instead of being woken.
+    fn answer_frames(&mut self, held: Option<&mut Vec<Waker>>) -> Result<(), PyRunnerError> {
         let before = self.handed_out;
-        let result = self.answer_each_frame(hold);
+        let result = self.answer_each_frame(held);
         let answered = self.handed_out - before;
         if answered >= 2 && self.sync_line.is_empty() {
             self.gather = Some((Instant::now() + GATHER, answered));
@@ -561,7 +557,10 @@ impl Core {
         result
     }
 
-    fn answer_each_frame(&mut self, hold: bool) -> Result<(), PyRunnerError> {
+    fn answer_each_frame(
+        &mut self,
+        mut held: Option<&mut Vec<Waker>>,
+    ) -> Result<(), PyRunnerError> {
         while let Some(frame) = self.reader.next_frame()? {
             let Message::Reply { id, outcome } = decode_message(&frame)? else {
                 return Err(PyRunnerError::Protocol(
@@ -593,10 +592,9 @@ impl Core {
                     Err(PyRunnerError::Timeout(done.job.timeout.unwrap_or_default()))
                 }
             };
-            if hold {
-                self.held_wakers.extend(done.job.reply.send_unwoken(reply));
-            } else {
-                done.job.reply.send(reply);
+            match held.as_deref_mut() {
+                Some(held) => held.extend(done.job.reply.send_unwoken(reply)),
+                None => done.job.reply.send(reply),
             }
             self.handed_out += 1;
         }
@@ -847,15 +845,6 @@ pub(crate) struct Shared {
     /// When the seat was last parked, in nanoseconds from `started`.
     parked_at: AtomicU64,
     started: Instant,
-    held: Mutex<HeldWakes>,
-}
-
-/// Wake-ups of callers answered during the seat holder's turns.
-#[derive(Default)]
-struct HeldWakes {
-    wakers: Vec<Waker>,
-    /// Since when the oldest of them waits.
-    since: Option<Instant>,
 }
 
 impl Shared {
@@ -895,7 +884,6 @@ impl Shared {
             batch_behind_parked: !pool_worker,
             parked_at: AtomicU64::new(0),
             started: Instant::now(),
-            held: Mutex::default(),
         });
         queue.set_loop_wake(wake_write);
         let driver: Arc<dyn Drive> = shared.clone();
@@ -917,11 +905,7 @@ impl Shared {
                 core.shut_down();
                 return;
             }
-            core.pump(true);
-            // Left by a caller's turn that unwound before handing them on.
-            for waker in core.held_wakers.drain(..) {
-                waker.wake();
-            }
+            core.pump(None);
             self.thread_needed.store(false, Ordering::SeqCst);
             if let Some(loss) = core.lost.take() {
                 core.replace_child(loss);
@@ -1024,60 +1008,27 @@ impl Shared {
 
 impl Shared {
     /// One non-blocking turn on the caller's thread, unless the state is
-    /// busy; how many replies it handed out.
-    ///
-    /// The callers it answers are woken only once the child has answered
-    /// every request it runs in order (coroutines aside), or [`HOLD_WAKES`]
-    /// after the first of them, or when the seat is parked or left. On a
-    /// multi-thread runtime each wake-up beyond the first from one poll
-    /// makes the runtime wake another worker thread; woken reply by reply,
-    /// as replies trickle in, that worker wakes and sleeps again for every
-    /// reply, on the child's core as often as not. Woken together, the
-    /// callers run (and queue their next calls) while the child is idle
-    /// anyway.
-    fn pump_here(&self) -> usize {
+    /// busy; how many replies it handed out. The answered callers' wakers
+    /// go to `held`.
+    fn pump_here(&self, held: &mut Vec<Waker>) -> usize {
         let mut core = match self.core.try_lock() {
             Ok(core) => core,
             Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
             Err(TryLockError::WouldBlock) => return 0,
         };
         let before = core.handed_out;
-        core.pump(false);
-        let line_busy = !core.sync_line.is_empty();
+        core.pump(Some(held));
         self.outstanding.store(core.outstanding(), Ordering::SeqCst);
-        self.line_busy.store(line_busy, Ordering::Relaxed);
+        self.line_busy
+            .store(!core.sync_line.is_empty(), Ordering::Relaxed);
         self.thread_needed
             .store(core.needs_thread(), Ordering::SeqCst);
-        let handed_out = core.handed_out - before;
-        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
-        held.wakers.append(&mut core.held_wakers);
-        drop(core);
-        let due = !held.wakers.is_empty()
-            && (!line_busy || held.since.get_or_insert_with(Instant::now).elapsed() >= HOLD_WAKES);
-        drop(held);
-        if due {
-            self.wake_held();
-        }
-        handed_out
+        core.handed_out - before
     }
 
     /// Nanoseconds since this state was made, the clock of `parked_at`.
     fn since_start(&self) -> u64 {
         self.started.elapsed().as_nanos() as u64
-    }
-
-    /// Wakes the callers whose wake-ups [`Shared::pump_here`] held back.
-    fn wake_held(&self) {
-        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
-        if held.wakers.is_empty() {
-            return;
-        }
-        held.since = None;
-        let wakers = std::mem::take(&mut held.wakers);
-        drop(held);
-        for waker in wakers {
-            waker.wake();
-        }
     }
 
     /// Wakes a caller that waits for a reply, so that it takes the seat this
@@ -1145,14 +1096,13 @@ impl Drive for Shared {
             Ordering::SeqCst,
             Ordering::SeqCst,
         );
-        self.wake_held();
         if self.replies_unwatched(true) {
             self.queue.wake_consumer();
         }
     }
 
-    fn drive(&self) -> usize {
-        self.pump_here()
+    fn drive(&self, held: &mut Vec<Waker>) -> usize {
+        self.pump_here(held)
     }
 
     fn end(&self, token: u64, handed_out: bool, done: bool) {
@@ -1161,7 +1111,6 @@ impl Drive for Shared {
                 .seat
                 .compare_exchange(held, 0, Ordering::SeqCst, Ordering::SeqCst);
         }
-        self.wake_held();
         // After handing out replies, a thread that looks on its own soon is
         // left asleep; else a waiting caller takes over if there is one.
         if self.queue.has_jobs()
