@@ -695,8 +695,8 @@ def _unpack_array(data, pos, count, depth):
                 end = pos + 1 + (marker & 0x1F)
                 append(data[pos + 1 : end].decode())
                 pos = end
-            elif marker in _NUMBERS:
-                read, width = _NUMBERS[marker]
+            elif (number := _NUMBERS.get(marker)) is not None:
+                read, width = number
                 append(read(data, pos + 1)[0])
                 pos += 1 + width
             else:
