@@ -239,7 +239,6 @@ fn memory_over_many_calls(runner: &PyRunner) -> String {
     }
 }
 
-/// From SIGKILL of the child to the next call that succeeds (median of 9).
 /// SIGKILL for a child, as a crash would end it.
 fn kill_hard(pid: u32) {
     std::process::Command::new("kill")
@@ -248,6 +247,7 @@ fn kill_hard(pid: u32) {
         .unwrap();
 }
 
+/// From SIGKILL of the child to the next call that succeeds (median of 9).
 fn death_to_next_call(runner: &PyRunner) -> String {
     if python_pid(runner) == std::process::id() {
         return "—".into();
@@ -351,13 +351,13 @@ mod pool_bench {
         (median(one), median(four))
     }
 
-    /// Seconds for BURN_CALLS calls of `burn`, all given to one `map`.
     /// Defines `burn` on every worker and warms them up.
     async fn prepare_burn(pool: &PyPool) {
         pool.run(BURN).await.unwrap();
         pool.map("burn", vec![vec![Value::from(1000)]; 4]).await;
     }
 
+    /// Seconds for BURN_CALLS calls of `burn`, all given to one `map`.
     async fn pool_burn(pool: &PyPool) -> f64 {
         let inputs = vec![vec![Value::from(BURN_N)]; BURN_CALLS];
         let start = Instant::now();
