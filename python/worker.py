@@ -984,6 +984,15 @@ _LATER = object()
 """Returned by a request handler whose reply comes when a coroutine finishes."""
 
 
+_in_forked_copy = False
+"""True in a process forked (os.fork) by user code in the worker."""
+
+
+def _note_fork():
+    global _in_forked_copy
+    _in_forked_copy = True
+
+
 def _say(message):
     """One line on stderr, straight to the fd: user code may have replaced sys.stderr."""
     try:
@@ -1034,6 +1043,7 @@ _OPS = {
 _RING_PUBLISHED = 0  # index of the u64 at byte 0
 _RING_TAKEN = 8  # byte 64
 _RING_WAITING = 16  # byte 128
+_RING_INTERRUPTS = 24  # byte 192
 _RING_DATA = 4096
 _RING_SIZE = 1 << 20
 _RING_MASK = _RING_SIZE - 1
@@ -1053,6 +1063,15 @@ class ReplyRing:
             os.close(fd)
         self.counters = memoryview(self.map)[:_RING_DATA].cast("Q")
         self.published = self.counters[_RING_PUBLISHED]
+        self.interrupts = self.counters[_RING_INTERRUPTS]
+
+    def parent_interrupted(self):
+        """Whether the parent counted a SIGINT of its own since the last call."""
+        interrupts = self.counters[_RING_INTERRUPTS]
+        if interrupts == self.interrupts:
+            return False
+        self.interrupts = interrupts
+        return True
 
     def put(self, data, doorbell):
         """Copies `data` in, waiting for room as the parent takes it;
@@ -1217,14 +1236,20 @@ class ChildWorker:
             self._reply_finished(token, ok, value)
 
     def on_interrupt(self, signum, frame):
-        """SIGINT, which the parent sends when a command runs past its limit:
-        a KeyboardInterrupt in that command, so its `finally` blocks run,
-        after which the child exits without starting anything else: the
-        parent replaces it and sends what was queued to the new child.
-        Between commands it is ignored."""
-        if self.interruptible:
+        """SIGINT during a command is a KeyboardInterrupt in it, so its
+        `finally` blocks run. When the parent sent it (the command ran past
+        its limit), the child then exits without starting anything else: the
+        parent replaces it and sends what was queued to the new child. With
+        a reply ring the parent counts its SIGINTs there, so one that the
+        command's own code raised (`signal.raise_signal`,
+        `_thread.interrupt_main`) is only the KeyboardInterrupt; without a
+        ring every SIGINT is taken for the parent's. Between commands it is
+        ignored."""
+        if not self.interruptible:
+            return
+        if self.ring is None or self.ring.parent_interrupted():
             self.interrupted = True
-            raise KeyboardInterrupt
+        raise KeyboardInterrupt
 
     def _on_readable(self):
         self._read_available()
@@ -1414,6 +1439,10 @@ class ChildWorker:
         What the requests printed is flushed first, so it reaches stderr
         before their replies reach the parent.
         """
+        if _in_forked_copy:
+            # A copy of this process that user code forked and that came back
+            # here: the worker is the other copy, and it answers.
+            os._exit(0)
         outbox = self.outbox
         if not outbox:
             return
@@ -1757,6 +1786,7 @@ def _serve(share, ring_path, ring_fd=None):
         ring_path = ""  # replies take the pipe
     proto_in, proto_out = _move_protocol_off_stdio()
     _exit_with_parent(proto_in)
+    os.register_at_fork(after_in_child=_note_fork)
     _forget_own_folder()
     codec = _msgpack_codec() or (pack, unpack)
     ring = _open_ring(ring_path)

@@ -324,7 +324,12 @@ impl ChildProcess {
 
     /// Sends SIGINT to the child alone, so its `finally` blocks run. (Not to
     /// the pid its hello names: a child's word is not trusted with signals.)
+    /// With a ring, the child can tell this SIGINT from one its own code
+    /// raised, and exits after it only for this one.
     pub fn interrupt(&self) {
+        if let Some(ring) = &self.ring {
+            ring.note_interrupt();
+        }
         signal(self.pid as libc::pid_t, libc::SIGINT);
     }
 

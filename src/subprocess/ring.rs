@@ -11,6 +11,7 @@
 //! | 0 | bytes published so far (u64) | child |
 //! | 64 | bytes taken so far (u64) | parent |
 //! | 128 | 1 while the parent may sleep until a doorbell (u64) | parent |
+//! | 192 | time limits enforced so far, counted before each SIGINT (u64) | parent |
 //! | 4096 | the ring: [`RING_SIZE`] bytes of reply frames | child |
 //!
 //! The ring carries the same frames the pipe would, as one byte stream: the
@@ -41,6 +42,7 @@ use super::child::poll;
 const PUBLISHED: usize = 0;
 const TAKEN: usize = 64;
 const WAITING: usize = 128;
+const INTERRUPTS: usize = 192;
 const DATA: usize = 4096;
 
 /// The ring's size; a reply larger than it crosses in pieces.
@@ -130,9 +132,17 @@ impl ReplyRing {
     }
 
     fn counter(&self, offset: usize) -> &AtomicU64 {
-        // SAFETY: the offset is one of the three aligned header slots inside
+        // SAFETY: the offset is one of the four aligned header slots inside
         // the mapping, which outlives `self`.
         unsafe { &*self.base.add(offset).cast::<AtomicU64>() }
+    }
+
+    /// Counts a time limit the parent enforces, before it sends SIGINT: the
+    /// child then tells the parent's interrupt from a SIGINT of its own
+    /// code's making (the signal reaches it after the store, as kill(2)
+    /// is a full barrier).
+    pub fn note_interrupt(&self) {
+        self.counter(INTERRUPTS).fetch_add(1, Ordering::SeqCst);
     }
 
     /// Whether the child has published bytes not yet taken.

@@ -1,0 +1,84 @@
+#![cfg(feature = "subprocess")]
+//! What user code does to its own process: a fork that comes back into the
+//! worker, and SIGINT raised by the code itself. Neither may answer for the
+//! worker or cost it its globals.
+
+mod faults;
+
+use std::time::Duration;
+
+use async_py::PyRunnerError;
+use faults::*;
+use serde_json::json;
+
+#[test]
+fn a_forked_copy_that_returns_into_the_worker_exits_without_answering() {
+    // With replies in the ring and on the pipe: the copy shares both.
+    for ring in ["1", "0"] {
+        let runner = builder()
+            .env("ASYNC_PY_REPLY_RING", ring)
+            .build()
+            .unwrap();
+        runner.run_sync("import os\nG = 'kept'").unwrap();
+        let worker = child_pid(&runner);
+        // The worker's answer is the copy's pid; the copy's own (0) never comes.
+        for _ in 0..3 {
+            let copy = runner.eval_sync("os.fork()").unwrap();
+            let copy = copy.as_u64().expect("the copy's pid, from the worker") as u32;
+            assert!(copy != 0 && copy != worker, "ring {ring}: {copy}");
+            eventually("the copy exits", || !is_running(copy));
+            let copy = runner
+                .call_function_sync("os.fork", vec![])
+                .unwrap()
+                .as_u64()
+                .expect("the copy's pid") as u32;
+            assert!(copy != 0 && copy != worker, "ring {ring}: {copy}");
+            eventually("the copy exits", || !is_running(copy));
+            assert_eq!(
+                runner.eval_sync("(os.getpid(), G)").unwrap(),
+                json!([worker, "kept"]),
+                "ring {ring}"
+            );
+        }
+        // Reap the copies, which are the worker's own children.
+        runner
+            .run_sync("while True:\n    try:\n        os.wait()\n    except ChildProcessError:\n        break")
+            .unwrap();
+    }
+}
+
+#[test]
+fn sigint_raised_by_the_code_itself_is_a_keyboard_interrupt_and_nothing_more() {
+    let runner = runner();
+    runner
+        .run_sync("import os, signal, time, _thread\nG = 'kept'")
+        .unwrap();
+    let worker = child_pid(&runner);
+    let caught = "try:\n    _thread.interrupt_main()\n    time.sleep(0.2)\nexcept KeyboardInterrupt:\n    caught = True";
+    runner.run_sync(caught).unwrap();
+    assert_eq!(runner.eval_sync("caught").unwrap(), json!(true));
+    for raise in [
+        "signal.raise_signal(signal.SIGINT)",
+        "os.kill(os.getpid(), signal.SIGINT); time.sleep(1)",
+        "_thread.interrupt_main(); time.sleep(1)",
+    ] {
+        match runner.run_sync(raise) {
+            Err(PyRunnerError::Python { kind, .. }) => assert_eq!(kind, "KeyboardInterrupt", "{raise}"),
+            other => panic!("{raise}: expected a KeyboardInterrupt, got {other:?}"),
+        }
+        assert_eq!(
+            runner.eval_sync("(os.getpid(), G)").unwrap(),
+            json!([worker, "kept"]),
+            "{raise}"
+        );
+    }
+    // The parent's own SIGINT, for a limit, still ends the command and the child.
+    let quick = runner.clone().with_timeout(Duration::from_millis(300));
+    match quick.run_sync("while True:\n    pass") {
+        Err(PyRunnerError::Timeout(limit)) => assert_eq!(limit, Duration::from_millis(300)),
+        other => panic!("expected Timeout, got {other:?}"),
+    }
+    eventually("the timed-out child is gone", || !is_running(worker));
+    assert_eq!(runner.eval_sync("1 + 1").unwrap(), json!(2));
+    assert_ne!(child_pid(&runner), worker);
+}
