@@ -105,7 +105,10 @@ impl PyPoolBuilder {
 
     /// Retire a worker after it answered this many calls. Its replacement
     /// is started first and takes over once ready, so no call waits for a
-    /// start; the old child finishes what it was given, then ends.
+    /// start; the old child finishes what it was given, then ends. A
+    /// replacement that fails to start, or to replay the pool's runs, is
+    /// given up: the old worker serves on, and the next try comes after as
+    /// many calls again.
     pub fn max_calls_per_worker(mut self, calls: u64) -> Self {
         self.max_calls = Some(calls.max(1));
         self
@@ -306,6 +309,14 @@ impl Worker {
         })
     }
 
+    /// Keeps a worker whose replacement could not be made: it serves on,
+    /// and the next try comes after another `max_calls_per_worker` calls
+    /// rather than with the next call.
+    fn keep(&self) {
+        self.calls.store(0, Ordering::SeqCst);
+        self.retiring.store(false, Ordering::SeqCst);
+    }
+
     /// How busy it looks to the dispatcher: a worker whose child is being
     /// replaced counts as full.
     fn weight(&self) -> usize {
@@ -442,7 +453,7 @@ fn recycle(pool: Weak<Inner>, index: usize, old: Arc<Worker>) {
         Ok(fresh) => Arc::new(fresh),
         Err(err) => {
             eprintln!("async_py: could not start a worker to recycle one, keeping the old: {err}");
-            old.retiring.store(false, Ordering::SeqCst);
+            old.keep();
             return;
         }
     };
@@ -454,9 +465,23 @@ fn recycle(pool: Weak<Inner>, index: usize, old: Arc<Worker>) {
             let _ = fresh.runner.stop_sync();
             return;
         }
-        for (index, code) in inner.log.snapshot().into_iter().enumerate() {
-            if let Some(code) = code {
-                let _ = block_on(fresh.runner.send(Request::Broadcast { code, index }));
+        for (run, code) in inner.log.snapshot().into_iter().enumerate() {
+            let Some(code) = code else {
+                continue;
+            };
+            let ran = block_on(fresh.runner.send(Request::Broadcast { code, index: run }));
+            if let Err(err) = ran {
+                if inner.log.is_settled(run) {
+                    eprintln!(
+                        "async_py: a worker's replacement raised in the pool's run number {}, \
+                         which every worker ran; keeping the old: {err}",
+                        run + 1
+                    );
+                    drop(runs);
+                    let _ = fresh.runner.stop_sync();
+                    old.keep();
+                    return;
+                }
             }
         }
         let slot = &inner.slots[index];
@@ -540,7 +565,10 @@ impl PyPool {
                 self.inner.log.blank(index);
                 Err(err)
             }
-            None => Ok(()),
+            None => {
+                self.inner.log.settle(index);
+                Ok(())
+            }
         }
     }
 

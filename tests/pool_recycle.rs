@@ -80,3 +80,25 @@ async fn workers_are_recycled_and_keep_every_definition() {
         eventually("a retired child exits", || !faults::is_running(*pid));
     }
 }
+
+#[test]
+fn a_recycle_whose_replacement_cannot_replay_a_run_keeps_the_old_worker() {
+    let folder = tempfile::tempdir().unwrap();
+    let flag = folder.path().join("flag");
+    std::fs::write(&flag, "v").unwrap();
+    let pool = pool::builder(1).max_calls_per_worker(5).build().unwrap();
+    pool.run_sync(DEFS).unwrap();
+    pool.run_sync(&format!("X = open({:?}).read()", flag.to_str().unwrap()))
+        .unwrap();
+    std::fs::remove_file(&flag).unwrap();
+    let first = pool.stats()[0].pid;
+    // Past the limit the recycle starts, fails its replay, and gives up.
+    for _ in 0..20 {
+        assert_eq!(pool.call_function_sync("var", vec!["X".into()]).unwrap(), "v");
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    for _ in 0..5 {
+        assert_eq!(pool.call_function_sync("var", vec!["X".into()]).unwrap(), "v");
+    }
+    assert_eq!(pool.stats()[0].pid, first, "the old worker, which holds X, serves on");
+}

@@ -109,3 +109,30 @@ fn a_run_that_failed_is_not_replayed() {
     let afters = pool.map_sync("var", vec![vec!["AFTER".into()]; 20]);
     assert!(afters.into_iter().all(|a| a.unwrap() == "kept"));
 }
+
+#[test]
+fn a_replacement_that_cannot_replay_a_run_fails_its_start_instead_of_serving() {
+    let folder = tempfile::tempdir().unwrap();
+    let flag = folder.path().join("flag");
+    std::fs::write(&flag, "v").unwrap();
+    let pool = pool::pool(1);
+    pool.run_sync(DEFS).unwrap();
+    pool.run_sync(&format!("X = open({:?}).read()", flag.to_str().unwrap()))
+        .unwrap();
+    std::fs::remove_file(&flag).unwrap();
+    match pool.eval_sync("os._exit(1)") {
+        Err(PyRunnerError::WorkerDied { .. }) => {}
+        other => panic!("expected WorkerDied, got {other:?}"),
+    }
+    // The fresh child cannot read the file: it must not answer without X.
+    match pool.eval_sync("X") {
+        Err(PyRunnerError::Startup(why)) => {
+            assert!(why.contains("run number 2"), "{why}");
+            assert!(why.contains("FileNotFoundError"), "{why}");
+        }
+        other => panic!("expected Startup naming the replayed run, got {other:?}"),
+    }
+    // Once the run can be replayed again, the next command's start succeeds.
+    std::fs::write(&flag, "v").unwrap();
+    assert_eq!(pool.eval_sync("X").unwrap(), "v");
+}

@@ -55,14 +55,24 @@ impl std::fmt::Debug for PoolHooks {
 /// failed anywhere is blanked, so it is not replayed.
 #[derive(Default)]
 pub(crate) struct ReplayLog {
-    entries: Mutex<Vec<Option<String>>>,
+    entries: Mutex<Vec<Option<LoggedRun>>>,
+}
+
+#[derive(Clone)]
+struct LoggedRun {
+    code: String,
+    /// It has run on every worker without raising.
+    settled: bool,
 }
 
 impl ReplayLog {
     /// Adds a run; its index.
     pub fn push(&self, code: &str) -> usize {
         let mut entries = self.lock();
-        entries.push(Some(code.to_owned()));
+        entries.push(Some(LoggedRun {
+            code: code.to_owned(),
+            settled: false,
+        }));
         entries.len() - 1
     }
 
@@ -73,12 +83,28 @@ impl ReplayLog {
         }
     }
 
-    /// Every entry so far (blanked ones as `None`).
-    pub fn snapshot(&self) -> Vec<Option<String>> {
-        self.lock().clone()
+    /// Marks a run that every worker ran without raising: one that raises
+    /// when replayed would leave that child unlike the others.
+    pub fn settle(&self, index: usize) {
+        if let Some(Some(run)) = self.lock().get_mut(index) {
+            run.settled = true;
+        }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Option<String>>> {
+    /// Whether the run at `index` ran on every worker without raising.
+    pub fn is_settled(&self, index: usize) -> bool {
+        matches!(self.lock().get(index), Some(Some(run)) if run.settled)
+    }
+
+    /// The code of every entry so far (blanked ones as `None`).
+    pub fn snapshot(&self) -> Vec<Option<String>> {
+        self.lock()
+            .iter()
+            .map(|entry| entry.as_ref().map(|run| run.code.clone()))
+            .collect()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Option<LoggedRun>>> {
         self.entries.lock().unwrap_or_else(|p| p.into_inner())
     }
 }

@@ -199,15 +199,30 @@ impl Core {
     }
 
     /// A pool's worker: runs what was sent to the pool so far. A run that
-    /// raises here raised on the other workers too; it is not a failed start.
+    /// raises here though it ran on every worker without raising (it read a
+    /// file since deleted, say) fails the start: this child would lack what
+    /// the others hold. One still running on the others may yet fail there
+    /// too, and is left to that outcome.
     fn replay_runs(&mut self) -> Result<(), PyRunnerError> {
         let Some(hooks) = self.settings.hooks.clone() else {
             return Ok(());
         };
         let entries = hooks.log.snapshot();
         let limit = self.settings.timeout;
-        for code in entries.iter().flatten() {
-            let _ = self.run_at_start(code, "a replayed run", limit)?;
+        for (index, code) in entries.iter().enumerate() {
+            let Some(code) = code else {
+                continue;
+            };
+            let raised = self.run_at_start(code, "a replayed run", limit)?;
+            if let Err(err) = raised {
+                if hooks.log.is_settled(index) {
+                    return Err(PyRunnerError::Startup(format!(
+                        "the pool's run number {} raised when replayed on a fresh child, \
+                         though it had run on every worker: {err}",
+                        index + 1
+                    )));
+                }
+            }
         }
         self.replayed = entries.len();
         Ok(())
