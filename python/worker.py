@@ -1044,6 +1044,7 @@ _RING_PUBLISHED = 0  # index of the u64 at byte 0
 _RING_TAKEN = 8  # byte 64
 _RING_WAITING = 16  # byte 128
 _RING_INTERRUPTS = 24  # byte 192
+_RING_IN_LOOP = 32  # byte 256
 _RING_DATA = 4096
 _RING_SIZE = 1 << 20
 _RING_MASK = _RING_SIZE - 1
@@ -1223,7 +1224,15 @@ class ChildWorker:
         return self.driver
 
     def _turn_loop(self, block):
-        """Runs the event loop once, or until bytes arrive or a call finishes."""
+        """Runs the event loop once, or until bytes arrive or a call finishes.
+
+        With a ring, the child says there while it is in the loop: requests
+        run only outside it, so a parent that finds a limit passed while the
+        child is inside knows a coroutine holds the loop and no request runs.
+        """
+        counters = None if self.ring is None else self.ring.counters
+        if counters is not None:
+            counters[_RING_IN_LOOP] = 1
         try:
             finished = self.driver.turn(block)
         except BaseException as exc:
@@ -1232,6 +1241,9 @@ class ChildWorker:
             if not isinstance(exc, (SystemExit, KeyboardInterrupt)):
                 _say("event loop error: %s" % "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
             return
+        finally:
+            if counters is not None:
+                counters[_RING_IN_LOOP] = 0
         for token, ok, value in finished:
             self._reply_finished(token, ok, value)
 

@@ -98,3 +98,45 @@ async fn a_coroutine_past_its_limit_is_cancelled_in_the_child_which_lives_on() {
     assert_eq!(runner.eval("len(cancelled)").await.unwrap(), json!(1));
     assert_eq!(child_pid(&runner), pid, "only the coroutine was cancelled");
 }
+
+/// A coroutine that never yields holds the child's event loop, so the child
+/// cannot cancel it, nor read what comes next. Its caller still hears at
+/// its limit; the child is killed at the backstop (2 s past the limit), and
+/// the commands sent behind it, which never started, run on the fresh one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coroutine_that_holds_the_loop_times_out_and_what_waited_behind_it_runs() {
+    let defs = "import asyncio\n\
+                async def hold():\n    while True:\n        pass\n\
+                async def nap():\n    await asyncio.sleep(0.05)\n    return 'napped'";
+    let runner = builder().startup(defs).build().unwrap();
+    let first = child_pid(&runner);
+    let limited = runner.clone().with_timeout(LIMIT);
+    let held = tokio::spawn({
+        let limited = limited.clone();
+        async move { limited.call_async_function("hold", vec![]).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Behind the held loop: a command without a limit, then one with.
+    let plain = tokio::spawn({
+        let runner = runner.clone();
+        async move { runner.eval("6 * 7").await }
+    });
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let timed = tokio::spawn({
+        let limited = limited.clone();
+        async move { limited.eval("'not blamed'").await }
+    });
+    assert_eq!(held.await.unwrap(), Err(PyRunnerError::Timeout(LIMIT)));
+    assert!(
+        is_running(first),
+        "the caller heard at the limit, before the backstop killed the child"
+    );
+    assert_eq!(plain.await.unwrap().unwrap(), json!(42));
+    assert_eq!(timed.await.unwrap().unwrap(), json!("not blamed"));
+    assert_ne!(child_pid(&runner), first);
+    assert!(!is_running(first));
+    assert_eq!(
+        runner.call_async_function("nap", vec![]).await.unwrap(),
+        json!("napped")
+    );
+}

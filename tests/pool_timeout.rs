@@ -48,3 +48,29 @@ async fn a_stuck_call_times_out_while_the_other_worker_keeps_answering() {
     let marks = pool.map("var", vec![vec!["MARK".into()]; 20]).await;
     assert!(marks.into_iter().all(|m| m.unwrap() == "replayed"));
 }
+
+/// A coroutine that holds its worker's event loop: it times out, and the
+/// call queued behind it on that worker is not blamed for it; it runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coroutine_that_holds_the_loop_fails_alone() {
+    let limit = Duration::from_millis(400);
+    let pool = pool::builder(1).timeout(limit).build().unwrap();
+    pool.run(DEFS).await.unwrap();
+    pool.run("async def hold():\n    while True:\n        pass")
+        .await
+        .unwrap();
+    let first = pool.stats()[0].pid;
+    let held = tokio::spawn({
+        let pool = pool.clone();
+        async move { pool.call_async_function("hold", vec![]).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let queued = tokio::spawn({
+        let pool = pool.clone();
+        async move { pool.call_function("pid", vec![]).await }
+    });
+    assert_eq!(held.await.unwrap(), Err(PyRunnerError::Timeout(limit)));
+    let answered = queued.await.unwrap().expect("the queued call runs");
+    assert_ne!(answered, Value::from(first), "on the fresh child");
+    assert_eq!(pool.stats()[0].restarts, 1);
+}

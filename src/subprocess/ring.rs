@@ -12,6 +12,7 @@
 //! | 64 | bytes taken so far (u64) | parent |
 //! | 128 | 1 while the parent may sleep until a doorbell (u64) | parent |
 //! | 192 | time limits enforced so far, counted before each SIGINT (u64) | parent |
+//! | 256 | 1 while the child runs its event loop (u64) | child |
 //! | 4096 | the ring: [`RING_SIZE`] bytes of reply frames | child |
 //!
 //! The ring carries the same frames the pipe would, as one byte stream: the
@@ -43,6 +44,7 @@ const PUBLISHED: usize = 0;
 const TAKEN: usize = 64;
 const WAITING: usize = 128;
 const INTERRUPTS: usize = 192;
+const IN_LOOP: usize = 256;
 const DATA: usize = 4096;
 
 /// The ring's size; a reply larger than it crosses in pieces.
@@ -132,7 +134,7 @@ impl ReplyRing {
     }
 
     fn counter(&self, offset: usize) -> &AtomicU64 {
-        // SAFETY: the offset is one of the four aligned header slots inside
+        // SAFETY: the offset is one of the five aligned header slots inside
         // the mapping, which outlives `self`.
         unsafe { &*self.base.add(offset).cast::<AtomicU64>() }
     }
@@ -143,6 +145,12 @@ impl ReplyRing {
     /// is a full barrier).
     pub fn note_interrupt(&self) {
         self.counter(INTERRUPTS).fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Whether the child says it is in its event loop, where no request
+    /// runs (only a coroutine, or nothing while it waits).
+    pub fn child_in_loop(&self) -> bool {
+        self.counter(IN_LOOP).load(Ordering::Acquire) != 0
     }
 
     /// Whether the child has published bytes not yet taken.

@@ -84,8 +84,13 @@ pub(crate) struct Settings {
 struct Inflight {
     job: Job,
     /// A sync request's limit runs from when it reaches the head of the
-    /// child's line; a coroutine's from when it was sent.
+    /// child's line; a coroutine's from when it was sent, and this is its
+    /// backstop: [`COROUTINE_BACKSTOP`] past the limit.
     deadline: Option<Instant>,
+    /// A coroutine's caller hears `Timeout` at its limit, if the child has
+    /// not answered by then (it cancels the coroutine itself, unless the
+    /// coroutine holds its loop).
+    answer_by: Option<Instant>,
     is_coroutine: bool,
 }
 
@@ -94,6 +99,8 @@ enum Loss {
     Died,
     Protocol(String),
     TimedOut,
+    /// A coroutine held the child's event loop past its backstop.
+    LoopHeld,
 }
 
 pub(crate) struct Core {
@@ -407,7 +414,7 @@ impl Core {
             next = gathering.or(next);
         }
         for flight in self.inflight.values() {
-            if let Some(deadline) = flight.deadline {
+            for deadline in [flight.deadline, flight.answer_by].into_iter().flatten() {
                 next = Some(next.map_or(deadline, |n| n.min(deadline)));
             }
         }
@@ -503,12 +510,14 @@ impl Core {
         if !is_coroutine {
             self.sync_line.push_back(id);
         }
+        let answer_by = job.timeout.filter(|_| is_coroutine).map(|limit| now + limit);
         self.timed += usize::from(job.timeout.is_some());
         self.inflight.insert(
             id,
             Inflight {
                 job,
                 deadline,
+                answer_by,
                 is_coroutine,
             },
         );
@@ -636,30 +645,55 @@ impl Core {
             }
             return;
         }
-        if let Some(running) = self
-            .sync_line
-            .front()
-            .and_then(|head| self.inflight.get(head))
-        {
-            if running.deadline.is_some_and(|deadline| now >= deadline) {
-                let limit = running.job.timeout.unwrap_or_default();
-                // The caller hears at the deadline; the child gets to unwind.
-                running
+        for flight in self.inflight.values_mut() {
+            if flight.answer_by.is_some_and(|by| now >= by) {
+                flight.answer_by = None;
+                let limit = flight.job.timeout.unwrap_or_default();
+                flight
                     .job
                     .reply
                     .slot()
                     .complete(Err(PyRunnerError::Timeout(limit)));
-                if let Some(child) = &self.child {
-                    child.interrupt();
+            }
+        }
+        // With a ring the child says when it is in its event loop, where no
+        // request runs: then only a coroutine can be what holds it up.
+        let in_loop = self
+            .child
+            .as_ref()
+            .and_then(|child| child.ring.as_ref())
+            .is_some_and(|ring| ring.child_in_loop());
+        if let Some(running) = self
+            .sync_line
+            .front()
+            .and_then(|head| self.inflight.get_mut(head))
+        {
+            if running.deadline.is_some_and(|deadline| now >= deadline) {
+                let limit = running.job.timeout.unwrap_or_default();
+                if in_loop {
+                    // Not started: a coroutine holds the loop. Its clock
+                    // starts again; the coroutine's backstop decides.
+                    running.deadline = Some(now + limit);
+                } else {
+                    // The caller hears at the deadline; the child gets to unwind.
+                    running
+                        .job
+                        .reply
+                        .slot()
+                        .complete(Err(PyRunnerError::Timeout(limit)));
+                    if let Some(child) = &self.child {
+                        child.interrupt();
+                    }
+                    self.interrupted = self.sync_line.front().copied();
+                    self.interrupting = Some(now);
+                    return;
                 }
-                self.interrupted = self.sync_line.front().copied();
-                self.interrupting = Some(now);
-                return;
             }
         }
         // A coroutine only runs while no sync request does: its backstop is
-        // judged only then, so a long sync request is not blamed on it.
-        if !self.sync_line.is_empty() {
+        // judged only then (or while the child says it is in its loop), so
+        // a long sync request is not blamed on it.
+        if !self.sync_line.is_empty() && !in_loop {
             return;
         }
         let stuck = self.inflight.iter().find_map(|(&id, flight)| {
@@ -668,7 +702,7 @@ impl Core {
         });
         if let Some(id) = stuck {
             self.interrupted = Some(id);
-            self.replace_child(Loss::TimedOut);
+            self.replace_child(Loss::LoopHeld);
         }
     }
 
@@ -695,7 +729,13 @@ impl Core {
         let mut replay = Vec::new();
         self.timed = 0;
         for (id, flight) in std::mem::take(&mut self.inflight) {
-            if head.is_some_and(|head| id > head) {
+            let unstarted = match loss {
+                // The child was in its loop: no sync request had started,
+                // and any coroutine may have.
+                Loss::LoopHeld => !flight.is_coroutine,
+                _ => head.is_some_and(|head| id > head),
+            };
+            if unstarted {
                 replay.push(flight.job);
                 continue;
             }
@@ -716,12 +756,18 @@ impl Core {
                 Loss::Protocol(why) => {
                     PyRunnerError::Protocol(format!("{why}; the child was replaced"))
                 }
-                Loss::TimedOut if Some(id) == head => {
+                Loss::TimedOut | Loss::LoopHeld if Some(id) == head => {
                     PyRunnerError::Timeout(flight.job.timeout.unwrap_or_default())
                 }
                 Loss::TimedOut => PyRunnerError::WorkerDied {
                     reason: format!(
                         "the child was killed after a command ran past its limit; {reason}"
+                    ),
+                },
+                Loss::LoopHeld => PyRunnerError::WorkerDied {
+                    reason: format!(
+                        "the child was killed after a coroutine held its event loop \
+                         past its limit; {reason}"
                     ),
                 },
             };
