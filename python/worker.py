@@ -462,6 +462,10 @@ def _pack_header(size, fix, marker16, out):
 
 
 def _pack_array(items, out, depth):
+    if type(items) is not tuple:
+        # A copy: str() of an item may change the list, and the header
+        # must count what follows it.
+        items = tuple(items)
     size = len(items)
     _pack_header(size, 0x90, 0xDC, out)
     if not size:
@@ -476,14 +480,15 @@ def _pack_array(items, out, depth):
 
 
 def _pack_map(mapping, out, depth):
-    size = len(mapping)
+    items = list(mapping.items())  # a copy, as in _pack_array
+    size = len(items)
     _pack_header(size, 0x80, 0xDE, out)
     if not size:
         return
     if depth >= MAX_DEPTH:
         raise ConversionError(_TOO_DEEP)
     depth += 1
-    for key, item in mapping.items():
+    for key, item in items:
         _pack_str(key if isinstance(key, str) else str(key), out)
         _pack(item, out, depth)
 

@@ -15,10 +15,7 @@ use serde_json::json;
 fn a_forked_copy_that_returns_into_the_worker_exits_without_answering() {
     // With replies in the ring and on the pipe: the copy shares both.
     for ring in ["1", "0"] {
-        let runner = builder()
-            .env("ASYNC_PY_REPLY_RING", ring)
-            .build()
-            .unwrap();
+        let runner = builder().env("ASYNC_PY_REPLY_RING", ring).build().unwrap();
         runner.run_sync("import os\nG = 'kept'").unwrap();
         let worker = child_pid(&runner);
         // The worker's answer is the copy's pid; the copy's own (0) never comes.
@@ -63,7 +60,9 @@ fn sigint_raised_by_the_code_itself_is_a_keyboard_interrupt_and_nothing_more() {
         "_thread.interrupt_main(); time.sleep(1)",
     ] {
         match runner.run_sync(raise) {
-            Err(PyRunnerError::Python { kind, .. }) => assert_eq!(kind, "KeyboardInterrupt", "{raise}"),
+            Err(PyRunnerError::Python { kind, .. }) => {
+                assert_eq!(kind, "KeyboardInterrupt", "{raise}")
+            }
             other => panic!("{raise}: expected a KeyboardInterrupt, got {other:?}"),
         }
         assert_eq!(

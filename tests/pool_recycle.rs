@@ -94,11 +94,21 @@ fn a_recycle_whose_replacement_cannot_replay_a_run_keeps_the_old_worker() {
     let first = pool.stats()[0].pid;
     // Past the limit the recycle starts, fails its replay, and gives up.
     for _ in 0..20 {
-        assert_eq!(pool.call_function_sync("var", vec!["X".into()]).unwrap(), "v");
+        assert_eq!(
+            pool.call_function_sync("var", vec!["X".into()]).unwrap(),
+            "v"
+        );
     }
     std::thread::sleep(std::time::Duration::from_millis(300));
     for _ in 0..5 {
-        assert_eq!(pool.call_function_sync("var", vec!["X".into()]).unwrap(), "v");
+        assert_eq!(
+            pool.call_function_sync("var", vec!["X".into()]).unwrap(),
+            "v"
+        );
     }
-    assert_eq!(pool.stats()[0].pid, first, "the old worker, which holds X, serves on");
+    assert_eq!(
+        pool.stats()[0].pid,
+        first,
+        "the old worker, which holds X, serves on"
+    );
 }

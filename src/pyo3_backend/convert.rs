@@ -54,6 +54,8 @@ fn to_value_at(obj: &Bound<'_, PyAny>, depth: usize) -> Result<Value, ToValueErr
         return array_of(tuple.iter(), depth);
     }
     if let Ok(dict) = obj.cast::<PyDict>() {
+        // A copy: `str()` of a key or item may change the dict itself.
+        let dict = dict.copy()?;
         let mut map = Map::with_capacity(dict.len());
         for (key, item) in dict.iter() {
             let key = match key.cast::<PyString>() {
@@ -65,7 +67,12 @@ fn to_value_at(obj: &Bound<'_, PyAny>, depth: usize) -> Result<Value, ToValueErr
         return Ok(Value::Object(map));
     }
     if let Ok(set) = obj.cast::<PySet>() {
-        return array_of(set.iter(), depth);
+        // Frozen first, for the same reason.
+        let frozen = obj.py().get_type::<PyFrozenSet>().call1((set,))?;
+        return array_of(
+            frozen.cast::<PyFrozenSet>().map_err(PyErr::from)?.iter(),
+            depth,
+        );
     }
     if let Ok(set) = obj.cast::<PyFrozenSet>() {
         return array_of(set.iter(), depth);

@@ -17,7 +17,7 @@ use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use std::time::Duration;
 
-use pyo3::exceptions::PyNameError;
+use pyo3::exceptions::{PyKeyboardInterrupt, PyNameError, PySystemExit};
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyModule};
@@ -45,6 +45,9 @@ pub(crate) fn spawn(config: &RunnerConfig, queue: Arc<CommandQueue>) -> Result<(
     let startup = config.startup.clone();
     start_backend_thread("async_py-pyo3", STACK_SIZE, move |ready| {
         Python::initialize();
+        // Should the thread ever end by a panic, commands get `Stopped`
+        // instead of waiting for it.
+        let _closing = CloseOnExit(queue.clone());
         Python::attach(|py| {
             queue.set_consumer();
             match Worker::start(py, queue, venv.as_deref(), startup.as_deref()) {
@@ -56,6 +59,15 @@ pub(crate) fn spawn(config: &RunnerConfig, queue: Arc<CommandQueue>) -> Result<(
             }
         });
     })
+}
+
+/// Closes the queue when the interpreter thread ends, however it ends.
+struct CloseOnExit(Arc<CommandQueue>);
+
+impl Drop for CloseOnExit {
+    fn drop(&mut self) {
+        drop(self.0.close());
+    }
 }
 
 /// A coroutine call waiting for its task to finish.
@@ -197,14 +209,8 @@ impl Serve for Worker<'_> {
             return;
         }
         let mut started = self.watchdog.take();
-        let armed = crate::watchdog::arm(&mut started, timeout, reply.slot(), || {
-            let exception = self
-                .helpers
-                .module
-                .getattr("RunnerTimeout")
-                .map_err(|err| self.python_error(err))?;
-            Ok(watchdog::interrupt_this_thread(exception.unbind()))
-        });
+        let armed =
+            crate::watchdog::arm(&mut started, timeout, reply.slot(), || self.interrupter());
         self.watchdog = started;
         let watchdog = match armed {
             Ok(watchdog) => watchdog,
@@ -219,6 +225,17 @@ impl Serve for Worker<'_> {
 }
 
 impl<'py> Worker<'py> {
+    /// How the watchdog stops a command past its limit: `RunnerTimeout`
+    /// raised in this thread.
+    fn interrupter(&self) -> Result<watchdog::AsyncExc, PyRunnerError> {
+        let exception = self
+            .helpers
+            .module
+            .getattr("RunnerTimeout")
+            .map_err(|err| self.python_error(err))?;
+        Ok(watchdog::interrupt_this_thread(exception.unbind()))
+    }
+
     fn run_request(&self, request: Request) -> Reply {
         match request {
             Request::Run { code } | Request::Broadcast { code, .. } => self
@@ -290,7 +307,16 @@ impl<'py> Worker<'py> {
     }
 
     fn to_value(&self, obj: &Bound<'py, PyAny>) -> Reply {
-        to_value(obj).map_err(|err| match err {
+        // Reading Python objects runs their code (`__str__`), which can
+        // change them under the reader; should that ever panic in pyo3,
+        // the command fails, not the runner's thread.
+        let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| to_value(obj)));
+        let Ok(read) = read else {
+            return Err(PyRunnerError::Conversion(
+                "the value changed while it was being read".into(),
+            ));
+        };
+        read.map_err(|err| match err {
             ToValueError::Python(err) => self.python_error(err),
             ToValueError::Conversion(why) => PyRunnerError::Conversion(why),
         })
@@ -367,6 +393,19 @@ impl<'py> Worker<'py> {
             Err(err) => reply.send(Err(err)),
             Ok((_, false, value)) => reply.send(self.to_value(&value)),
             Ok((token, true, _)) => {
+                if let Some(limit) = timeout {
+                    // The loop cancels it at the limit, if it gets the
+                    // thread back; the caller hears then either way.
+                    let mut started = self.watchdog.take();
+                    let answering =
+                        crate::watchdog::answer_at_limit(&mut started, limit, reply.slot(), || {
+                            self.interrupter()
+                        });
+                    self.watchdog = started;
+                    if let Err(err) = answering {
+                        return reply.send(Err(err));
+                    }
+                }
                 self.awaiting.insert(token, Awaiting { reply, timeout });
             }
         }
@@ -379,6 +418,15 @@ impl<'py> Worker<'py> {
         };
         let finished = match driver.call_method1(intern!(self.py, "turn"), (block,)) {
             Ok(finished) => finished,
+            Err(err)
+                if err.is_instance_of::<PySystemExit>(self.py)
+                    || err.is_instance_of::<PyKeyboardInterrupt>(self.py) =>
+            {
+                // A coroutine raised it: asyncio lets these two out of the
+                // loop after the task has taken it, and that call's reply
+                // comes with the next turn. The other calls go on.
+                return;
+            }
             Err(err) => {
                 // A failure of the loop itself: every pending call fails with it.
                 let err = self.python_error(err);

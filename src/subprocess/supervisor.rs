@@ -510,7 +510,10 @@ impl Core {
         if !is_coroutine {
             self.sync_line.push_back(id);
         }
-        let answer_by = job.timeout.filter(|_| is_coroutine).map(|limit| now + limit);
+        let answer_by = job
+            .timeout
+            .filter(|_| is_coroutine)
+            .map(|limit| now + limit);
         self.timed += usize::from(job.timeout.is_some());
         self.inflight.insert(
             id,

@@ -177,3 +177,31 @@ pub async fn non_awaitable_result_is_returned_as_is(runner: PyRunner) {
     let got = runner.call_function("coro", vec![]).await.unwrap();
     assert!(got.as_str().unwrap().contains("coroutine"), "{got}");
 }
+
+/// SystemExit and KeyboardInterrupt raised in a coroutine fail its own call
+/// (asyncio lets these two out of the loop); the others go on.
+pub async fn a_coroutine_that_exits_fails_only_its_own_call(runner: PyRunner) {
+    if !crate::conformance::runs_coroutines(&runner).await {
+        return;
+    }
+    runner
+        .run(
+            "import asyncio, sys\n\
+             async def nap(tag):\n    await asyncio.sleep(0.2)\n    return tag\n\
+             async def leave():\n    await asyncio.sleep(0.02)\n    sys.exit(7)\n\
+             async def interrupt():\n    await asyncio.sleep(0.02)\n    raise KeyboardInterrupt('stop')",
+        )
+        .await
+        .unwrap();
+    for (raiser, kind) in [("leave", "SystemExit"), ("interrupt", "KeyboardInterrupt")] {
+        let (raised, other) = tokio::join!(
+            runner.call_async_function(raiser, vec![]),
+            runner.call_async_function("nap", vec![json!(raiser)])
+        );
+        match raised {
+            Err(PyRunnerError::Python { kind: got, .. }) => assert_eq!(got, kind),
+            other => panic!("expected {kind}, got {other:?}"),
+        }
+        assert_eq!(other.unwrap(), json!(raiser), "the other call after {kind}");
+    }
+}

@@ -33,7 +33,7 @@ macro_rules! conformance_suite {
                 self_containing_values_are_conversion_errors deep_values_are_conversion_errors
                 two_hundred_levels_cross_and_no_more
                 lone_surrogates_are_conversion_errors lone_surrogates_in_keys_and_str_are_conversion_errors
-                subclasses_cross_as_the_value_they_hold
+                subclasses_cross_as_the_value_they_hold containers_changed_while_read_cross_as_they_were
             }
             errors {
                 exceptions_arrive_structured_with_traceback display_names_the_exception_type
@@ -59,6 +59,7 @@ macro_rules! conformance_suite {
                 coroutines_overlap_at_await_points future_made_in_one_call_is_awaited_in_another
                 thousand_sleeping_coroutines_all_finish plain_commands_run_while_coroutines_wait
                 coroutine_exceptions_are_structured non_awaitable_result_is_returned_as_is
+                a_coroutine_that_exits_fails_only_its_own_call
             }
             lifecycle { stop_makes_later_commands_stopped stop_is_idempotent stop_ends_pending_coroutines }
             seeds { seed_greet_counter seed_add_and_sleep_overlap }
@@ -66,6 +67,7 @@ macro_rules! conformance_suite {
                 runaway_loop_times_out_and_runner_recovers timeout_is_not_swallowed_by_except_exception
                 blocking_call_past_its_limit_does_not_poison_the_next_command
                 coroutine_past_its_limit_times_out handles_keep_their_own_limits
+                a_coroutine_that_does_not_stop_is_answered_at_its_limit
             }
         );
         $crate::conformance_suite!(@plain

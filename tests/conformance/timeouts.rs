@@ -73,3 +73,32 @@ pub async fn handles_keep_their_own_limits(runner: PyRunner) {
     runner.run("import time\ntime.sleep(0.3)").await.unwrap();
     assert_eq!(runner.eval("'done'").await.unwrap(), json!("done"));
 }
+
+/// A coroutine that keeps the loop (no await for a second), or that
+/// catches its cancellation and goes on: either way its caller hears
+/// `Timeout` at the limit, and the runner goes on.
+pub async fn a_coroutine_that_does_not_stop_is_answered_at_its_limit(runner: PyRunner) {
+    if !crate::conformance::runs_coroutines(&runner).await {
+        return;
+    }
+    let limited = runner.clone().with_timeout(LIMIT);
+    runner
+        .run(
+            "import asyncio, time\n\
+             async def busy():\n    end = time.monotonic() + 1\n    while time.monotonic() < end:\n        pass\n    return 'busy done'\n\
+             async def stubborn():\n    try:\n        await asyncio.sleep(30)\n    except asyncio.CancelledError:\n        await asyncio.sleep(0.5)\n    return 'stubborn done'",
+        )
+        .await
+        .unwrap();
+    for name in ["busy", "stubborn"] {
+        assert_eq!(
+            limited.call_async_function(name, vec![]).await,
+            Err(PyRunnerError::Timeout(LIMIT)),
+            "{name}"
+        );
+    }
+    assert_eq!(
+        runner.eval("'still here'").await.unwrap(),
+        json!("still here")
+    );
+}

@@ -319,3 +319,37 @@ pub async fn subclasses_cross_as_the_value_they_hold(runner: PyRunner) {
         json!([5, 1.5, "text", {"k": 1, "key": 2}])
     );
 }
+
+/// `str()` of an item may change the container being read (its own code
+/// runs): the container crosses as it was when the reading began.
+pub async fn containers_changed_while_read_cross_as_they_were(runner: PyRunner) {
+    runner
+        .run(
+            "class Grow:\n\
+             \x20   def __init__(self, box):\n\
+             \x20       self.box = box\n\
+             \x20   def __str__(self):\n\
+             \x20       if isinstance(self.box, dict):\n\
+             \x20           self.box['k%d' % len(self.box)] = 1\n\
+             \x20       elif isinstance(self.box, list):\n\
+             \x20           self.box.append(0)\n\
+             \x20       else:\n\
+             \x20           self.box.add(len(self.box))\n\
+             \x20       return 'grew'\n\
+             d = {}\nd['a'] = Grow(d)\nd['b'] = 2\n\
+             l = []\nl.append(Grow(l))\nl.append(2)\n\
+             s = set()\ns.add(Grow(s))",
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        runner.read_variable("d").await.unwrap(),
+        json!({"a": "grew", "b": 2})
+    );
+    assert_eq!(runner.read_variable("l").await.unwrap(), json!(["grew", 2]));
+    assert_eq!(runner.read_variable("s").await.unwrap(), json!(["grew"]));
+    assert_eq!(
+        eval(&runner, "len(d), len(l), len(s)").await,
+        json!([3, 3, 2])
+    );
+}
