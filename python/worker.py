@@ -76,10 +76,19 @@ def eval_expr(expr, namespace):
     return eval(_compile(expr, "<string>", "eval"), namespace)
 
 
+def native_path(path):
+    """A path as str: the bytes of one that is not UTF-8 (an array of ints
+    on the wire, bytes in process) are decoded as os.fsdecode does, so the
+    os functions find the same file."""
+    if isinstance(path, str):
+        return path
+    return os.fsdecode(bytes(path))
+
+
 def run_file(path, namespace, code=None):
     """Runs a file (or `code`, compiled from it) in the namespace, with its
     folder first on sys.path."""
-    path = os.path.abspath(path)
+    path = os.path.abspath(native_path(path))
     if code is None:
         with open(path, "rb") as source_file:
             source = source_file.read()
@@ -140,7 +149,7 @@ def venv_site_packages(venv):
 
 def set_venv(venv):
     """Puts a venv's site-packages (and what its .pth files name) first on sys.path."""
-    packages = venv_site_packages(os.path.abspath(venv))
+    packages = venv_site_packages(os.path.abspath(native_path(venv)))
     before = set(sys.path)
     site.addsitedir(packages)
     added = [entry for entry in sys.path if entry not in before]
@@ -1548,6 +1557,14 @@ def _call_request(frame):
         return None
 
 
+_PATH_OPS = ("run_file", "set_venv")
+"""Ops whose path is a str, or the bytes of a path that is not UTF-8."""
+
+
+def _is_byte_list(value):
+    return type(value) is list and all(type(b) is int and 0 <= b <= 255 for b in value)
+
+
 def _request_problem(request):
     """Why a request [id, op, ...] is malformed, or None."""
     if len(request) < 2 or type(request[1]) is not str:
@@ -1559,6 +1576,8 @@ def _request_problem(request):
     args = request[2:]
     if op == "call_async":
         fits = len(args) == 3 and type(args[0]) is str and type(args[1]) is list and _is_limit(args[2])
+    elif op in _PATH_OPS:
+        fits = len(args) == 1 and (type(args[0]) is str or _is_byte_list(args[0]))
     else:
         fits = tuple(map(type, args)) == expected
     if fits:

@@ -20,7 +20,7 @@ use std::time::Duration;
 use pyo3::exceptions::{PyKeyboardInterrupt, PyNameError, PySystemExit};
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyModule};
+use pyo3::types::{PyBytes, PyDict, PyModule, PyString};
 use serde_json::Value;
 
 use crate::builder::RunnerConfig;
@@ -241,11 +241,12 @@ impl<'py> Worker<'py> {
             Request::Run { code } | Request::Broadcast { code, .. } => self
                 .run_helper(&self.helpers.run_code, &code)
                 .map(|_| Value::Null),
-            Request::RunFile { path } => {
-                let path = path.to_string_lossy();
-                self.run_helper(&self.helpers.run_file, &path)
-                    .map(|_| Value::Null)
-            }
+            Request::RunFile { path } => self
+                .helpers
+                .run_file
+                .call1((self.path_arg(&path), &self.globals))
+                .map(|_| Value::Null)
+                .map_err(|err| self.python_error(err)),
             Request::Eval { expr } => {
                 let result = self.run_helper(&self.helpers.eval_expr, &expr)?;
                 self.to_value(&result)
@@ -280,9 +281,19 @@ impl<'py> Worker<'py> {
     fn set_venv(&self, dir: &std::path::Path) -> Result<(), PyRunnerError> {
         self.helpers
             .set_venv
-            .call1((dir.to_string_lossy(),))
+            .call1((self.path_arg(dir),))
             .map(drop)
             .map_err(|err| self.python_error(err))
+    }
+
+    /// A path for the helpers: a str, or the bytes of one that is not
+    /// UTF-8 (which they decode as `os.fsdecode` does).
+    fn path_arg(&self, path: &std::path::Path) -> Bound<'py, PyAny> {
+        use std::os::unix::ffi::OsStrExt;
+        match path.to_str() {
+            Some(text) => PyString::new(self.py, text).into_any(),
+            None => PyBytes::new(self.py, path.as_os_str().as_bytes()).into_any(),
+        }
     }
 
     /// `a.b.c`: `a` from the runner's globals (or builtins), then attributes.

@@ -373,8 +373,8 @@ impl Worker<'_> {
 
     fn run_file(&self, file: &Path) -> Result<PyObjectRef, PyRunnerError> {
         let vm = self.vm;
-        let path = vm.ctx.new_str(file.to_string_lossy().as_ref());
-        let mut args = vec![path.clone().into(), self.globals.clone().into()];
+        let path = path_arg(vm, file);
+        let mut args = vec![path.clone(), self.globals.clone().into()];
         // A file that cannot be read as text is left to the helper, which
         // raises what Python raises for it.
         if let Ok(source) = std::fs::read_to_string(file) {
@@ -442,7 +442,7 @@ impl Worker<'_> {
 
     fn set_venv(&self, dir: &Path) -> Reply {
         let vm = self.vm;
-        let dir = vm.ctx.new_str(dir.to_string_lossy().as_ref());
+        let dir = path_arg(vm, dir);
         self.python(self.helpers.set_venv.call((dir,), vm))
             .map(|_| Value::Null)
     }
@@ -490,6 +490,19 @@ impl Worker<'_> {
 }
 
 /// The text of a `str` (None for anything else).
+/// A path for the helpers: a str, or the bytes of one that is not UTF-8
+/// (which they decode as `os.fsdecode` does).
+fn path_arg(vm: &VirtualMachine, path: &Path) -> PyObjectRef {
+    use std::os::unix::ffi::OsStrExt;
+    match path.to_str() {
+        Some(text) => vm.ctx.new_str(text).into(),
+        None => vm
+            .ctx
+            .new_bytes(path.as_os_str().as_bytes().to_vec())
+            .into(),
+    }
+}
+
 fn text_of(obj: &PyObjectRef) -> Option<String> {
     obj.downcast_ref::<PyStr>()
         .and_then(|s| s.to_str())

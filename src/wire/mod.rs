@@ -83,9 +83,10 @@ impl FrameWriter {
             Request::Run { code } | Request::Broadcast { code, .. } => {
                 rmp_serde::encode::write(buf, &(id, "run", code))
             }
-            Request::RunFile { path } => {
-                rmp_serde::encode::write(buf, &(id, "run_file", path.to_string_lossy()))
-            }
+            Request::RunFile { path } => match path.to_str() {
+                Some(text) => rmp_serde::encode::write(buf, &(id, "run_file", text)),
+                None => rmp_serde::encode::write(buf, &(id, "run_file", path_bytes(path))),
+            },
             Request::Eval { expr } => rmp_serde::encode::write(buf, &(id, "eval", expr)),
             Request::ReadVariable { name } => rmp_serde::encode::write(buf, &(id, "read", name)),
             Request::CallFunction { name, args } => {
@@ -96,9 +97,10 @@ impl FrameWriter {
                 check_depth(args)?;
                 rmp_serde::encode::write(buf, &(id, "call_async", name, args, limit))
             }
-            Request::SetVenv { dir } => {
-                rmp_serde::encode::write(buf, &(id, "set_venv", dir.to_string_lossy()))
-            }
+            Request::SetVenv { dir } => match dir.to_str() {
+                Some(text) => rmp_serde::encode::write(buf, &(id, "set_venv", text)),
+                None => rmp_serde::encode::write(buf, &(id, "set_venv", path_bytes(dir))),
+            },
             Request::Stop => rmp_serde::encode::write(buf, &(id, "stop")),
         };
         encoded.map_err(|err| {
@@ -113,6 +115,14 @@ impl FrameWriter {
 
 /// Arguments nesting deeper than the value table allows are refused here,
 /// before they reach the child's recursive decoder.
+/// The bytes of a path that is not UTF-8, as an array of ints: a str on
+/// the wire must be UTF-8, and bin is kept out of the protocol. The child
+/// decodes them as `os.fsdecode` does.
+fn path_bytes(path: &std::path::Path) -> Vec<u8> {
+    use std::os::unix::ffi::OsStrExt;
+    path.as_os_str().as_bytes().to_vec()
+}
+
 fn check_depth(args: &[Value]) -> Result<(), PyRunnerError> {
     fn depth_ok(value: &Value, depth: usize) -> bool {
         if depth > crate::value::MAX_DEPTH {

@@ -155,3 +155,30 @@ pub async fn set_venv_seed_example_with_a_real_venv(runner: PyRunner) {
         json!("hi from the venv")
     );
 }
+
+/// A file whose name is not UTF-8 is run, not mistaken for a missing one:
+/// Python gets the name as `os.fsdecode` gives it.
+pub async fn run_file_takes_a_name_that_is_not_utf8(runner: PyRunner) {
+    use std::os::unix::ffi::OsStrExt;
+    let _sys_path = super::SYS_PATH.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let name = b"name_\xff.py";
+    let script = dir.path().join(std::ffi::OsStr::from_bytes(name));
+    fs::write(
+        &script,
+        "import os\ntail = list(os.fsencode(__file__)[-9:])\n",
+    )
+    .unwrap();
+    runner.run_file(&script).await.unwrap();
+    assert_eq!(
+        runner.read_variable("tail").await.unwrap(),
+        json!(name.to_vec())
+    );
+    let missing = dir
+        .path()
+        .join(std::ffi::OsStr::from_bytes(b"gone_\xfe.py"));
+    match runner.run_file(&missing).await {
+        Err(PyRunnerError::Python { kind, .. }) => assert_eq!(kind, "FileNotFoundError"),
+        other => panic!("expected FileNotFoundError, got {other:?}"),
+    }
+}

@@ -49,7 +49,7 @@ macro_rules! conformance_suite {
             files {
                 run_file_puts_its_folder_first_on_sys_path missing_file_is_an_error
                 set_venv_adds_site_packages_and_honours_pth_files set_venv_of_a_missing_folder_is_an_error
-                set_venv_seed_example_with_a_real_venv
+                set_venv_seed_example_with_a_real_venv run_file_takes_a_name_that_is_not_utf8
             }
             ordering {
                 many_tasks_get_their_own_results commands_from_clones_keep_send_order
