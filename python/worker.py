@@ -471,10 +471,6 @@ def _pack_header(size, fix, marker16, out):
 
 
 def _pack_array(items, out, depth):
-    if type(items) is not tuple:
-        # A copy: str() of an item may change the list, and the header
-        # must count what follows it.
-        items = tuple(items)
     size = len(items)
     _pack_header(size, 0x90, 0xDC, out)
     if not size:
@@ -483,6 +479,10 @@ def _pack_array(items, out, depth):
         raise ConversionError(_TOO_DEEP)
     if size >= _RUN_MIN and _pack_numbers(items, out):
         return
+    if type(items) is not tuple:
+        # A copy (no user code ran since the header): str() of an item may
+        # change the list, and the header must count what follows it.
+        items = tuple(items)
     depth += 1
     for item in items:
         _pack(item, out, depth)

@@ -59,16 +59,18 @@ pub(crate) fn arm<I: Interrupt>(
     Ok(Some(watchdog))
 }
 
-/// Has the runner's watchdog answer a coroutine's caller `Timeout` at its
-/// limit (see [`Watchdog::answer_at_limit`]), starting it as [`arm`] does.
+/// Has the runner's watchdog answer a coroutine's caller `Timeout` `grace`
+/// past its limit (see [`Watchdog::answer_at_limit`]), starting it as
+/// [`arm`] does.
 #[cfg(feature = "pyo3")]
 pub(crate) fn answer_at_limit<I: Interrupt>(
     watchdog: &mut Option<Arc<Watchdog<I>>>,
     limit: Duration,
+    grace: Duration,
     reply: &Arc<ReplySlot>,
     make: impl FnOnce() -> Result<I, PyRunnerError>,
 ) -> Result<(), PyRunnerError> {
-    started(watchdog, make)?.answer_at_limit(limit, reply.clone());
+    started(watchdog, make)?.answer_at_limit(limit, grace, reply.clone());
     Ok(())
 }
 
@@ -125,13 +127,15 @@ impl<I: Interrupt> Watchdog<I> {
     }
 
     /// Stops the clock, right after the command ends.
-    /// Answers `slot` with `Timeout(limit)` at the limit, unless it was
-    /// answered before.
+    /// Answers `slot` with `Timeout(limit)` `grace` past the limit, unless
+    /// it was answered before.
     #[cfg(feature = "pyo3")]
-    pub fn answer_at_limit(&self, limit: Duration, slot: Arc<ReplySlot>) {
+    pub fn answer_at_limit(&self, limit: Duration, grace: Duration, slot: Arc<ReplySlot>) {
         let mut armed = self.lock();
         armed.answers.retain(|(_, _, slot)| !slot.is_ready());
-        armed.answers.push((Instant::now() + limit, limit, slot));
+        armed
+            .answers
+            .push((Instant::now() + limit + grace, limit, slot));
         drop(armed);
         self.changed.notify_one();
     }

@@ -100,8 +100,8 @@ async fn a_coroutine_past_its_limit_is_cancelled_in_the_child_which_lives_on() {
 }
 
 /// A coroutine that never yields holds the child's event loop, so the child
-/// cannot cancel it, nor read what comes next. Its caller still hears at
-/// its limit; the child is killed at the backstop (2 s past the limit), and
+/// cannot cancel it, nor read what comes next. Its caller still hears soon
+/// after its limit; the child is killed at the backstop (2 s past it), and
 /// the commands sent behind it, which never started, run on the fresh one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_coroutine_that_holds_the_loop_times_out_and_what_waited_behind_it_runs() {
@@ -129,7 +129,7 @@ async fn a_coroutine_that_holds_the_loop_times_out_and_what_waited_behind_it_run
     assert_eq!(held.await.unwrap(), Err(PyRunnerError::Timeout(LIMIT)));
     assert!(
         is_running(first),
-        "the caller heard at the limit, before the backstop killed the child"
+        "the caller heard soon after the limit, before the backstop killed the child"
     );
     assert_eq!(plain.await.unwrap().unwrap(), json!(42));
     assert_eq!(timed.await.unwrap().unwrap(), json!("not blamed"));

@@ -61,6 +61,12 @@ pub(crate) fn spawn(config: &RunnerConfig, queue: Arc<CommandQueue>) -> Result<(
     })
 }
 
+/// Past a coroutine's limit by this much, its caller hears `Timeout` from
+/// the watchdog if the loop has not answered it: a coroutine that never
+/// awaits keeps the loop from cancelling it, and one may go on after its
+/// cancellation.
+const COROUTINE_ANSWER_GRACE: Duration = Duration::from_millis(250);
+
 /// Closes the queue when the interpreter thread ends, however it ends.
 struct CloseOnExit(Arc<CommandQueue>);
 
@@ -406,12 +412,16 @@ impl<'py> Worker<'py> {
             Ok((token, true, _)) => {
                 if let Some(limit) = timeout {
                     // The loop cancels it at the limit, if it gets the
-                    // thread back; the caller hears then either way.
+                    // thread back, and answers once it has unwound; the
+                    // caller hears soon after either way.
                     let mut started = self.watchdog.take();
-                    let answering =
-                        crate::watchdog::answer_at_limit(&mut started, limit, reply.slot(), || {
-                            self.interrupter()
-                        });
+                    let answering = crate::watchdog::answer_at_limit(
+                        &mut started,
+                        limit,
+                        COROUTINE_ANSWER_GRACE,
+                        reply.slot(),
+                        || self.interrupter(),
+                    );
                     self.watchdog = started;
                     if let Err(err) = answering {
                         return reply.send(Err(err));

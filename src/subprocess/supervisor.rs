@@ -65,6 +65,12 @@ const INTERRUPT_GRACE: Duration = Duration::from_millis(250);
 /// child is taken to be stuck and is killed.
 const COROUTINE_BACKSTOP: Duration = Duration::from_secs(2);
 
+/// Past a coroutine's limit by this much, its caller hears `Timeout` even
+/// if the child has not answered: the child cancels it at the limit and
+/// answers once it has unwound, unless the coroutine holds the loop or
+/// goes on after its cancellation.
+const COROUTINE_ANSWER_GRACE: Duration = Duration::from_millis(250);
+
 /// Children that die before they are ready this many times in a row make
 /// queued commands fail with `Startup` instead of a busy restart loop.
 const MAX_FAILED_STARTS: u32 = 3;
@@ -87,9 +93,8 @@ struct Inflight {
     /// child's line; a coroutine's from when it was sent, and this is its
     /// backstop: [`COROUTINE_BACKSTOP`] past the limit.
     deadline: Option<Instant>,
-    /// A coroutine's caller hears `Timeout` at its limit, if the child has
-    /// not answered by then (it cancels the coroutine itself, unless the
-    /// coroutine holds its loop).
+    /// A coroutine's caller hears `Timeout` [`COROUTINE_ANSWER_GRACE`] past
+    /// its limit if the child has not answered by then.
     answer_by: Option<Instant>,
     is_coroutine: bool,
 }
@@ -513,7 +518,7 @@ impl Core {
         let answer_by = job
             .timeout
             .filter(|_| is_coroutine)
-            .map(|limit| now + limit);
+            .map(|limit| now + limit + COROUTINE_ANSWER_GRACE);
         self.timed += usize::from(job.timeout.is_some());
         self.inflight.insert(
             id,

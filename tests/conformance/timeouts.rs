@@ -76,7 +76,7 @@ pub async fn handles_keep_their_own_limits(runner: PyRunner) {
 
 /// A coroutine that keeps the loop (no await for a second), or that
 /// catches its cancellation and goes on: either way its caller hears
-/// `Timeout` at the limit, and the runner goes on.
+/// `Timeout` soon after the limit, and the runner goes on.
 pub async fn a_coroutine_that_does_not_stop_is_answered_at_its_limit(runner: PyRunner) {
     if !crate::conformance::runs_coroutines(&runner).await {
         return;
