@@ -225,11 +225,21 @@ class CoroutineDriver:
         task.cancel()
 
     def _done(self, token, timer, task):
+        # Past its limit, a call is a timeout however it ended: cancelled
+        # at the limit, going on after its cancellation, or keeping the
+        # loop (no await) so that the cancellation never came.
+        late = timer is not None and (
+            getattr(task, "async_py_expired", False) or self.loop.time() >= timer.when()
+        )
         if timer is not None:
             timer.cancel()
         self.pending -= 1
-        if task.cancelled():
-            outcome = (token, False, "timeout" if getattr(task, "async_py_expired", False) else "cancelled")
+        if late:
+            if not task.cancelled():
+                task.exception()  # taken, or asyncio would log it as never retrieved
+            outcome = (token, False, "timeout")
+        elif task.cancelled():
+            outcome = (token, False, "cancelled")
         elif task.exception() is not None:
             outcome = (token, False, task.exception())
         else:
@@ -1007,6 +1017,27 @@ def _note_fork():
     _in_forked_copy = True
 
 
+def _leave_forked_copy(exc):
+    """Ends a copy of the worker that user code forked, once the code that
+    forked returns into the worker (the worker is the other copy, and it
+    answers): its output flushed, with the status a script ending with
+    `exc` (None: none) would have."""
+    status = 0
+    try:
+        if isinstance(exc, SystemExit):
+            if isinstance(exc.code, int):
+                status = exc.code & 0xFF
+            elif exc.code is not None:
+                print(exc.code, file=sys.stderr)
+                status = 1
+        elif exc is not None:
+            traceback.print_exception(type(exc), exc, exc.__traceback__)
+            status = 1
+        _flush_stdio()
+    finally:
+        os._exit(status)
+
+
 def _say(message):
     """One line on stderr, straight to the fd: user code may have replaced sys.stderr."""
     try:
@@ -1059,6 +1090,7 @@ _RING_TAKEN = 8  # byte 64
 _RING_WAITING = 16  # byte 128
 _RING_INTERRUPTS = 24  # byte 192
 _RING_IN_LOOP = 32  # byte 256
+_RING_LAST_COROUTINE = 40  # byte 320
 _RING_DATA = 4096
 _RING_SIZE = 1 << 20
 _RING_MASK = _RING_SIZE - 1
@@ -1171,6 +1203,7 @@ class ChildWorker:
         self.unpack_frame = unpack_frame
         self.globals = new_globals()
         self.driver = None  # made by the first call_async
+        self.last_coroutine = 0  # the id of the last call_async started
         self.poller = select.poll()
         self.poller.register(proto_in, select.POLLIN)
         self.inbox = bytearray()
@@ -1240,12 +1273,15 @@ class ChildWorker:
     def _turn_loop(self, block):
         """Runs the event loop once, or until bytes arrive or a call finishes.
 
-        With a ring, the child says there while it is in the loop: requests
-        run only outside it, so a parent that finds a limit passed while the
-        child is inside knows a coroutine holds the loop and no request runs.
+        With a ring, the child says there while it is in the loop, and which
+        coroutine it started last: requests run only outside the loop, so a
+        parent that finds a limit passed while the child is inside knows a
+        coroutine holds the loop, no request runs, and which coroutines had
+        started. (Its replies are published before the flag is set.)
         """
         counters = None if self.ring is None else self.ring.counters
         if counters is not None:
+            counters[_RING_LAST_COROUTINE] = self.last_coroutine
             counters[_RING_IN_LOOP] = 1
         try:
             finished = self.driver.turn(block)
@@ -1256,6 +1292,8 @@ class ChildWorker:
                 _say("event loop error: %s" % "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
             return
         finally:
+            if _in_forked_copy:
+                _leave_forked_copy(None)
             if counters is not None:
                 counters[_RING_IN_LOOP] = 0
         for token, ok, value in finished:
@@ -1270,8 +1308,14 @@ class ChildWorker:
         command's own code raised (`signal.raise_signal`,
         `_thread.interrupt_main`) is only the KeyboardInterrupt; without a
         ring every SIGINT is taken for the parent's. Between commands it is
-        ignored."""
+        ignored, except that the parent's (with a ring) still means the
+        child starts nothing more."""
         if not self.interruptible:
+            if self.ring is not None and self.ring.parent_interrupted():
+                # The parent's, for a request that ended just before it came:
+                # start nothing more, or the next request would run here and
+                # again on the child that replaces this one.
+                self.interrupted = True
             return
         if self.ring is None or self.ring.parent_interrupted():
             self.interrupted = True
@@ -1361,8 +1405,12 @@ class ChildWorker:
             # is the caller's error; the child goes on. (Set again: a signal
             # may have cut the `finally` short.)
             self.interruptible = False
+            if _in_forked_copy:
+                _leave_forked_copy(exc)
             self._reply_error(request_id, exc)
             return
+        if _in_forked_copy:
+            _leave_forked_copy(None)
         if value is not _LATER:
             self._reply_value(request_id, value)
 
@@ -1408,6 +1456,7 @@ class ChildWorker:
         return resolve(name, self.globals)(*args)
 
     def op_call_async(self, request_id, name, args, limit):
+        self.last_coroutine = request_id
         function = resolve(name, self.globals)
         scheduled, value = self._coroutine_driver().start(request_id, function, args, limit)
         return _LATER if scheduled else value
@@ -1466,9 +1515,7 @@ class ChildWorker:
         before their replies reach the parent.
         """
         if _in_forked_copy:
-            # A copy of this process that user code forked and that came back
-            # here: the worker is the other copy, and it answers.
-            os._exit(0)
+            _leave_forked_copy(None)  # a last guard; see _handle_frame
         outbox = self.outbox
         if not outbox:
             return

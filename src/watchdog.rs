@@ -34,11 +34,6 @@ struct Armed {
     deadline: Option<Instant>,
     limit: Duration,
     slot: Option<Arc<ReplySlot>>,
-    /// Callers of coroutines to answer `Timeout` at their limits: the
-    /// event loop cancels the coroutine itself, but only once it gets the
-    /// thread back, and a coroutine that never yields keeps it. No
-    /// interrupt for these: it could land in another coroutine.
-    answers: Vec<(Instant, Duration, Arc<ReplySlot>)>,
     shutdown: bool,
 }
 
@@ -54,37 +49,17 @@ pub(crate) fn arm<I: Interrupt>(
     let Some(limit) = timeout else {
         return Ok(None);
     };
-    let watchdog = started(watchdog, make)?;
+    let watchdog = match watchdog {
+        Some(started) => started.clone(),
+        None => {
+            let started = Watchdog::start(make()?).map_err(|err| {
+                PyRunnerError::Startup(format!("could not start the watchdog thread: {err}"))
+            })?;
+            watchdog.insert(started).clone()
+        }
+    };
     watchdog.arm(limit, reply.clone());
     Ok(Some(watchdog))
-}
-
-/// Has the runner's watchdog answer a coroutine's caller `Timeout` `grace`
-/// past its limit (see [`Watchdog::answer_at_limit`]), starting it as
-/// [`arm`] does.
-#[cfg(feature = "pyo3")]
-pub(crate) fn answer_at_limit<I: Interrupt>(
-    watchdog: &mut Option<Arc<Watchdog<I>>>,
-    limit: Duration,
-    grace: Duration,
-    reply: &Arc<ReplySlot>,
-    make: impl FnOnce() -> Result<I, PyRunnerError>,
-) -> Result<(), PyRunnerError> {
-    started(watchdog, make)?.answer_at_limit(limit, grace, reply.clone());
-    Ok(())
-}
-
-fn started<I: Interrupt>(
-    watchdog: &mut Option<Arc<Watchdog<I>>>,
-    make: impl FnOnce() -> Result<I, PyRunnerError>,
-) -> Result<Arc<Watchdog<I>>, PyRunnerError> {
-    if let Some(started) = watchdog {
-        return Ok(started.clone());
-    }
-    let started = Watchdog::start(make()?).map_err(|err| {
-        PyRunnerError::Startup(format!("could not start the watchdog thread: {err}"))
-    })?;
-    Ok(watchdog.insert(started).clone())
 }
 
 impl<I: Interrupt> Watchdog<I> {
@@ -127,19 +102,6 @@ impl<I: Interrupt> Watchdog<I> {
     }
 
     /// Stops the clock, right after the command ends.
-    /// Answers `slot` with `Timeout(limit)` `grace` past the limit, unless
-    /// it was answered before.
-    #[cfg(feature = "pyo3")]
-    pub fn answer_at_limit(&self, limit: Duration, grace: Duration, slot: Arc<ReplySlot>) {
-        let mut armed = self.lock();
-        armed.answers.retain(|(_, _, slot)| !slot.is_ready());
-        armed
-            .answers
-            .push((Instant::now() + limit + grace, limit, slot));
-        drop(armed);
-        self.changed.notify_one();
-    }
-
     pub fn disarm(&self) {
         self.running.store(0, Ordering::SeqCst);
         let mut armed = self.lock();
@@ -158,32 +120,15 @@ impl<I: Interrupt> Watchdog<I> {
             if armed.shutdown {
                 return;
             }
-            let now = Instant::now();
-            armed.answers.retain(|(by, limit, slot)| {
-                if now < *by {
-                    return !slot.is_ready();
-                }
-                slot.complete(Err(PyRunnerError::Timeout(*limit)));
-                false
-            });
-            let first_answer = armed.answers.iter().map(|(by, _, _)| *by).min();
             let Some(deadline) = armed.deadline else {
-                armed = match first_answer {
-                    Some(by) => {
-                        self.changed
-                            .wait_timeout(armed, by - now)
-                            .unwrap_or_else(|p| p.into_inner())
-                            .0
-                    }
-                    None => self.changed.wait(armed).unwrap_or_else(|p| p.into_inner()),
-                };
+                armed = self.changed.wait(armed).unwrap_or_else(|p| p.into_inner());
                 continue;
             };
+            let now = Instant::now();
             if now < deadline {
-                let wake = first_answer.map_or(deadline, |by| by.min(deadline));
                 armed = self
                     .changed
-                    .wait_timeout(armed, wake - now)
+                    .wait_timeout(armed, deadline - now)
                     .unwrap_or_else(|p| p.into_inner())
                     .0;
                 continue;

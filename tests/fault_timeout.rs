@@ -100,23 +100,30 @@ async fn a_coroutine_past_its_limit_is_cancelled_in_the_child_which_lives_on() {
 }
 
 /// A coroutine that never yields holds the child's event loop, so the child
-/// cannot cancel it, nor read what comes next. Its caller still hears soon
-/// after its limit; the child is killed at the backstop (2 s past it), and
-/// the commands sent behind it, which never started, run on the fresh one.
+/// cannot cancel it, nor read what comes next. The child is killed at the
+/// backstop (2 s past the limit) and the holder's caller gets `Timeout`. A
+/// coroutine the child had started fails with it; the commands sent behind
+/// the holder, which never started (sync ones and a coroutine alike), run
+/// on the fresh child, and no command's limit is blamed on the holder.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_coroutine_that_holds_the_loop_times_out_and_what_waited_behind_it_runs() {
     let defs = "import asyncio\n\
                 async def hold():\n    while True:\n        pass\n\
-                async def nap():\n    await asyncio.sleep(0.05)\n    return 'napped'";
+                async def nap(seconds):\n    await asyncio.sleep(seconds)\n    return 'napped'";
     let runner = builder().startup(defs).build().unwrap();
     let first = child_pid(&runner);
     let limited = runner.clone().with_timeout(LIMIT);
+    let started = tokio::spawn({
+        let runner = runner.clone();
+        async move { runner.call_async_function("nap", vec![json!(30)]).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
     let held = tokio::spawn({
         let limited = limited.clone();
         async move { limited.call_async_function("hold", vec![]).await }
     });
     tokio::time::sleep(Duration::from_millis(100)).await;
-    // Behind the held loop: a command without a limit, then one with.
+    // Behind the held loop: a command without a limit, one with, a coroutine.
     let plain = tokio::spawn({
         let runner = runner.clone();
         async move { runner.eval("6 * 7").await }
@@ -126,17 +133,20 @@ async fn a_coroutine_that_holds_the_loop_times_out_and_what_waited_behind_it_run
         let limited = limited.clone();
         async move { limited.eval("'not blamed'").await }
     });
+    let later = tokio::spawn({
+        let runner = runner.clone();
+        async move { runner.call_async_function("nap", vec![json!(0.05)]).await }
+    });
     assert_eq!(held.await.unwrap(), Err(PyRunnerError::Timeout(LIMIT)));
-    assert!(
-        is_running(first),
-        "the caller heard soon after the limit, before the backstop killed the child"
-    );
+    match started.await.unwrap() {
+        Err(PyRunnerError::WorkerDied { reason }) => {
+            assert!(reason.contains("held its event loop"), "{reason}")
+        }
+        other => panic!("expected WorkerDied, got {other:?}"),
+    }
     assert_eq!(plain.await.unwrap().unwrap(), json!(42));
     assert_eq!(timed.await.unwrap().unwrap(), json!("not blamed"));
+    assert_eq!(later.await.unwrap().unwrap(), json!("napped"));
     assert_ne!(child_pid(&runner), first);
     assert!(!is_running(first));
-    assert_eq!(
-        runner.call_async_function("nap", vec![]).await.unwrap(),
-        json!("napped")
-    );
 }

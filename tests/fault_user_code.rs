@@ -37,6 +37,21 @@ fn a_forked_copy_that_returns_into_the_worker_exits_without_answering() {
                 "ring {ring}"
             );
         }
+        // A copy ends as a script ending that way would: its exit status.
+        for (ending, status) in [
+            ("raise SystemExit(3)", 3 << 8),
+            ("raise ValueError('in the copy')", 1 << 8),
+            ("pass", 0),
+        ] {
+            runner
+                .run_sync(&format!("copy = os.fork()\nif copy == 0:\n    {ending}"))
+                .unwrap();
+            assert_eq!(
+                runner.eval_sync("os.waitpid(copy, 0)[1]").unwrap(),
+                json!(status),
+                "ring {ring}: {ending}"
+            );
+        }
         // Reap the copies, which are the worker's own children.
         runner
             .run_sync("while True:\n    try:\n        os.wait()\n    except ChildProcessError:\n        break")

@@ -61,12 +61,6 @@ pub(crate) fn spawn(config: &RunnerConfig, queue: Arc<CommandQueue>) -> Result<(
     })
 }
 
-/// Past a coroutine's limit by this much, its caller hears `Timeout` from
-/// the watchdog if the loop has not answered it: a coroutine that never
-/// awaits keeps the loop from cancelling it, and one may go on after its
-/// cancellation.
-const COROUTINE_ANSWER_GRACE: Duration = Duration::from_millis(250);
-
 /// Closes the queue when the interpreter thread ends, however it ends.
 struct CloseOnExit(Arc<CommandQueue>);
 
@@ -410,23 +404,6 @@ impl<'py> Worker<'py> {
             Err(err) => reply.send(Err(err)),
             Ok((_, false, value)) => reply.send(self.to_value(&value)),
             Ok((token, true, _)) => {
-                if let Some(limit) = timeout {
-                    // The loop cancels it at the limit, if it gets the
-                    // thread back, and answers once it has unwound; the
-                    // caller hears soon after either way.
-                    let mut started = self.watchdog.take();
-                    let answering = crate::watchdog::answer_at_limit(
-                        &mut started,
-                        limit,
-                        COROUTINE_ANSWER_GRACE,
-                        reply.slot(),
-                        || self.interrupter(),
-                    );
-                    self.watchdog = started;
-                    if let Err(err) = answering {
-                        return reply.send(Err(err));
-                    }
-                }
                 self.awaiting.insert(token, Awaiting { reply, timeout });
             }
         }

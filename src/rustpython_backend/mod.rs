@@ -489,20 +489,28 @@ impl Worker<'_> {
     }
 }
 
-/// The text of a `str` (None for anything else).
 /// A path for the helpers: a str, or the bytes of one that is not UTF-8
 /// (which they decode as `os.fsdecode` does).
 fn path_arg(vm: &VirtualMachine, path: &Path) -> PyObjectRef {
-    use std::os::unix::ffi::OsStrExt;
     match path.to_str() {
         Some(text) => vm.ctx.new_str(text).into(),
-        None => vm
-            .ctx
-            .new_bytes(path.as_os_str().as_bytes().to_vec())
-            .into(),
+        None => vm.ctx.new_bytes(path_bytes(path)).into(),
     }
 }
 
+#[cfg(unix)]
+fn path_bytes(path: &Path) -> Vec<u8> {
+    use std::os::unix::ffi::OsStrExt;
+    path.as_os_str().as_bytes().to_vec()
+}
+
+/// Elsewhere a path that is not Unicode has no bytes of its own to pass.
+#[cfg(not(unix))]
+fn path_bytes(path: &Path) -> Vec<u8> {
+    path.to_string_lossy().into_owned().into_bytes()
+}
+
+/// The text of a `str` (None for anything else).
 fn text_of(obj: &PyObjectRef) -> Option<String> {
     obj.downcast_ref::<PyStr>()
         .and_then(|s| s.to_str())

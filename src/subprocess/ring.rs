@@ -13,6 +13,7 @@
 //! | 128 | 1 while the parent may sleep until a doorbell (u64) | parent |
 //! | 192 | time limits enforced so far, counted before each SIGINT (u64) | parent |
 //! | 256 | 1 while the child runs its event loop (u64) | child |
+//! | 320 | the id of the last coroutine the child started, set before 256 (u64) | child |
 //! | 4096 | the ring: [`RING_SIZE`] bytes of reply frames | child |
 //!
 //! The ring carries the same frames the pipe would, as one byte stream: the
@@ -45,6 +46,7 @@ const TAKEN: usize = 64;
 const WAITING: usize = 128;
 const INTERRUPTS: usize = 192;
 const IN_LOOP: usize = 256;
+const LAST_COROUTINE: usize = 320;
 const DATA: usize = 4096;
 
 /// The ring's size; a reply larger than it crosses in pieces.
@@ -52,6 +54,13 @@ pub(crate) const RING_SIZE: usize = 1 << 20;
 
 /// How long a parent sleeps before it looks at the ring once more.
 const RECHECK: Duration = Duration::from_micros(200);
+
+/// What [`ReplyRing::child_at`] finds.
+pub(crate) enum ChildAt {
+    Outside,
+    Loop { last_coroutine: u64 },
+    Unsure,
+}
 
 pub(crate) struct ReplyRing {
     fd: OwnedFd,
@@ -134,7 +143,7 @@ impl ReplyRing {
     }
 
     fn counter(&self, offset: usize) -> &AtomicU64 {
-        // SAFETY: the offset is one of the five aligned header slots inside
+        // SAFETY: the offset is one of the six aligned header slots inside
         // the mapping, which outlives `self`.
         unsafe { &*self.base.add(offset).cast::<AtomicU64>() }
     }
@@ -147,10 +156,21 @@ impl ReplyRing {
         self.counter(INTERRUPTS).fetch_add(1, Ordering::SeqCst);
     }
 
-    /// Whether the child says it is in its event loop, where no request
-    /// runs (only a coroutine, or nothing while it waits).
-    pub fn child_in_loop(&self) -> bool {
-        self.counter(IN_LOOP).load(Ordering::Acquire) != 0
+    /// Where the child says it is. In its event loop no request runs
+    /// (only coroutines, or nothing while it waits), and it has started no
+    /// coroutine after `last_coroutine` (an id; 0 for none). The child
+    /// publishes its replies, then the id, then the flag: a flag seen with
+    /// replies still to take is `Unsure`, as those may be to requests that
+    /// ran just before the loop.
+    pub fn child_at(&self) -> ChildAt {
+        if self.counter(IN_LOOP).load(Ordering::Acquire) == 0 {
+            return ChildAt::Outside;
+        }
+        let last_coroutine = self.counter(LAST_COROUTINE).load(Ordering::Acquire);
+        if self.pending() {
+            return ChildAt::Unsure;
+        }
+        ChildAt::Loop { last_coroutine }
     }
 
     /// Whether the child has published bytes not yet taken.

@@ -9,7 +9,7 @@
 //! never deadlock a parent that is writing. Only the supervisor thread does
 //! what may block or take long: starting, killing and replacing children.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io::{self, Read};
 use std::os::unix::io::AsRawFd;
 use std::os::unix::net::UnixStream;
@@ -22,7 +22,7 @@ use bytes::{Buf, BytesMut};
 use serde_json::Value;
 
 use super::child::{poll, ChildProcess, LaunchSpec, NoFrame};
-use super::ring::ReplyRing;
+use super::ring::{ChildAt, ReplyRing};
 use super::PoolHooks;
 use crate::command::{CommandQueue, Drive, Job, Request};
 use crate::error::PyRunnerError;
@@ -65,12 +65,6 @@ const INTERRUPT_GRACE: Duration = Duration::from_millis(250);
 /// child is taken to be stuck and is killed.
 const COROUTINE_BACKSTOP: Duration = Duration::from_secs(2);
 
-/// Past a coroutine's limit by this much, its caller hears `Timeout` even
-/// if the child has not answered: the child cancels it at the limit and
-/// answers once it has unwound, unless the coroutine holds the loop or
-/// goes on after its cancellation.
-const COROUTINE_ANSWER_GRACE: Duration = Duration::from_millis(250);
-
 /// Children that die before they are ready this many times in a row make
 /// queued commands fail with `Startup` instead of a busy restart loop.
 const MAX_FAILED_STARTS: u32 = 3;
@@ -93,9 +87,6 @@ struct Inflight {
     /// child's line; a coroutine's from when it was sent, and this is its
     /// backstop: [`COROUTINE_BACKSTOP`] past the limit.
     deadline: Option<Instant>,
-    /// A coroutine's caller hears `Timeout` [`COROUTINE_ANSWER_GRACE`] past
-    /// its limit if the child has not answered by then.
-    answer_by: Option<Instant>,
     is_coroutine: bool,
 }
 
@@ -104,8 +95,11 @@ enum Loss {
     Died,
     Protocol(String),
     TimedOut,
-    /// A coroutine held the child's event loop past its backstop.
-    LoopHeld,
+    /// A coroutine held the child's event loop past its backstop; the
+    /// child had started no coroutine after `last_coroutine`.
+    LoopHeld {
+        last_coroutine: u64,
+    },
 }
 
 pub(crate) struct Core {
@@ -141,6 +135,9 @@ pub(crate) struct Core {
     handed_out: usize,
     /// How many entries of a pool's replay log the child ran at its start.
     replayed: usize,
+    /// What those of them that were still running on the pool raised here,
+    /// for this worker's own share of the run to answer with.
+    replay_errors: HashMap<usize, PyRunnerError>,
 }
 
 impl Core {
@@ -167,6 +164,7 @@ impl Core {
             gather: None,
             handed_out: 0,
             replayed: 0,
+            replay_errors: HashMap::new(),
         };
         core.start_child()?;
         Ok(core)
@@ -178,6 +176,7 @@ impl Core {
         self.reader = FrameReader::new(self.settings.frame_limit);
         self.outgoing.clear();
         self.replayed = 0;
+        self.replay_errors.clear();
         let started = ChildProcess::start(&self.settings.spec, &mut self.reader)
             .and_then(|child| {
                 self.child = Some(child);
@@ -234,6 +233,10 @@ impl Core {
                         index + 1
                     )));
                 }
+                // Still running on the pool: this worker's share answers
+                // with it, so the run fails (and is forgotten) as it would
+                // have on the child this one replaced.
+                self.replay_errors.insert(index, err);
             }
         }
         self.replayed = entries.len();
@@ -419,7 +422,7 @@ impl Core {
             next = gathering.or(next);
         }
         for flight in self.inflight.values() {
-            for deadline in [flight.deadline, flight.answer_by].into_iter().flatten() {
+            if let Some(deadline) = flight.deadline {
                 next = Some(next.map_or(deadline, |n| n.min(deadline)));
             }
         }
@@ -487,7 +490,11 @@ impl Core {
         if let Request::Broadcast { index, .. } = job.request {
             // A child started after this run was logged ran it at its start.
             if index < self.replayed {
-                job.reply.send(Ok(Value::Null));
+                job.reply.send(
+                    self.replay_errors
+                        .remove(&index)
+                        .map_or(Ok(Value::Null), Err),
+                );
                 return;
             }
             self.replayed = index + 1;
@@ -515,17 +522,12 @@ impl Core {
         if !is_coroutine {
             self.sync_line.push_back(id);
         }
-        let answer_by = job
-            .timeout
-            .filter(|_| is_coroutine)
-            .map(|limit| now + limit + COROUTINE_ANSWER_GRACE);
         self.timed += usize::from(job.timeout.is_some());
         self.inflight.insert(
             id,
             Inflight {
                 job,
                 deadline,
-                answer_by,
                 is_coroutine,
             },
         );
@@ -653,24 +655,19 @@ impl Core {
             }
             return;
         }
-        for flight in self.inflight.values_mut() {
-            if flight.answer_by.is_some_and(|by| now >= by) {
-                flight.answer_by = None;
-                let limit = flight.job.timeout.unwrap_or_default();
-                flight
-                    .job
-                    .reply
-                    .slot()
-                    .complete(Err(PyRunnerError::Timeout(limit)));
-            }
-        }
         // With a ring the child says when it is in its event loop, where no
         // request runs: then only a coroutine can be what holds it up.
-        let in_loop = self
+        let at = self
             .child
             .as_ref()
             .and_then(|child| child.ring.as_ref())
-            .is_some_and(|ring| ring.child_in_loop());
+            .map_or(ChildAt::Outside, |ring| ring.child_at());
+        let held = match at {
+            ChildAt::Outside => None,
+            ChildAt::Loop { last_coroutine } => Some(last_coroutine),
+            // Replies to take first; the thread is back as soon as it has.
+            ChildAt::Unsure => return,
+        };
         if let Some(running) = self
             .sync_line
             .front()
@@ -678,9 +675,10 @@ impl Core {
         {
             if running.deadline.is_some_and(|deadline| now >= deadline) {
                 let limit = running.job.timeout.unwrap_or_default();
-                if in_loop {
+                if held.is_some() {
                     // Not started: a coroutine holds the loop. Its clock
-                    // starts again; the coroutine's backstop decides.
+                    // starts again (a limit counts while a command runs,
+                    // not while it waits); a coroutine's backstop decides.
                     running.deadline = Some(now + limit);
                 } else {
                     // The caller hears at the deadline; the child gets to unwind.
@@ -701,7 +699,7 @@ impl Core {
         // A coroutine only runs while no sync request does: its backstop is
         // judged only then (or while the child says it is in its loop), so
         // a long sync request is not blamed on it.
-        if !self.sync_line.is_empty() && !in_loop {
+        if !self.sync_line.is_empty() && held.is_none() {
             return;
         }
         let stuck = self.inflight.iter().find_map(|(&id, flight)| {
@@ -710,7 +708,10 @@ impl Core {
         });
         if let Some(id) = stuck {
             self.interrupted = Some(id);
-            self.replace_child(Loss::LoopHeld);
+            match held {
+                Some(last_coroutine) => self.replace_child(Loss::LoopHeld { last_coroutine }),
+                None => self.replace_child(Loss::TimedOut),
+            }
         }
     }
 
@@ -739,8 +740,8 @@ impl Core {
         for (id, flight) in std::mem::take(&mut self.inflight) {
             let unstarted = match loss {
                 // The child was in its loop: no sync request had started,
-                // and any coroutine may have.
-                Loss::LoopHeld => !flight.is_coroutine,
+                // and no coroutine sent after the last one it started.
+                Loss::LoopHeld { last_coroutine } => !flight.is_coroutine || id > last_coroutine,
                 _ => head.is_some_and(|head| id > head),
             };
             if unstarted {
@@ -764,7 +765,7 @@ impl Core {
                 Loss::Protocol(why) => {
                     PyRunnerError::Protocol(format!("{why}; the child was replaced"))
                 }
-                Loss::TimedOut | Loss::LoopHeld if Some(id) == head => {
+                Loss::TimedOut | Loss::LoopHeld { .. } if Some(id) == head => {
                     PyRunnerError::Timeout(flight.job.timeout.unwrap_or_default())
                 }
                 Loss::TimedOut => PyRunnerError::WorkerDied {
@@ -772,7 +773,7 @@ impl Core {
                         "the child was killed after a command ran past its limit; {reason}"
                     ),
                 },
-                Loss::LoopHeld => PyRunnerError::WorkerDied {
+                Loss::LoopHeld { .. } => PyRunnerError::WorkerDied {
                     reason: format!(
                         "the child was killed after a coroutine held its event loop \
                          past its limit; {reason}"

@@ -113,8 +113,6 @@ impl FrameWriter {
     }
 }
 
-/// Arguments nesting deeper than the value table allows are refused here,
-/// before they reach the child's recursive decoder.
 /// The bytes of a path that is not UTF-8, as an array of ints: a str on
 /// the wire must be UTF-8, and bin is kept out of the protocol. The child
 /// decodes them as `os.fsdecode` does.
@@ -123,6 +121,8 @@ fn path_bytes(path: &std::path::Path) -> Vec<u8> {
     path.as_os_str().as_bytes().to_vec()
 }
 
+/// Arguments nesting deeper than the value table allows are refused here,
+/// before they reach the child's recursive decoder.
 fn check_depth(args: &[Value]) -> Result<(), PyRunnerError> {
     fn depth_ok(value: &Value, depth: usize) -> bool {
         if depth > crate::value::MAX_DEPTH {

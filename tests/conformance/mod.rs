@@ -67,7 +67,8 @@ macro_rules! conformance_suite {
                 runaway_loop_times_out_and_runner_recovers timeout_is_not_swallowed_by_except_exception
                 blocking_call_past_its_limit_does_not_poison_the_next_command
                 coroutine_past_its_limit_times_out handles_keep_their_own_limits
-                a_coroutine_that_does_not_stop_is_answered_at_its_limit
+                a_coroutine_past_its_limit_is_a_timeout_however_it_ends
+                a_coroutine_limit_counts_from_its_start
             }
         );
         $crate::conformance_suite!(@plain

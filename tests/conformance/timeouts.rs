@@ -75,9 +75,10 @@ pub async fn handles_keep_their_own_limits(runner: PyRunner) {
 }
 
 /// A coroutine that keeps the loop (no await for a second), or that
-/// catches its cancellation and goes on: either way its caller hears
-/// `Timeout` soon after the limit, and the runner goes on.
-pub async fn a_coroutine_that_does_not_stop_is_answered_at_its_limit(runner: PyRunner) {
+/// catches its cancellation and goes on, ends past its limit: its caller
+/// gets `Timeout`, not the late result. One that unwinds slowly after its
+/// cancellation has unwound when its caller hears. The runner goes on.
+pub async fn a_coroutine_past_its_limit_is_a_timeout_however_it_ends(runner: PyRunner) {
     if !crate::conformance::runs_coroutines(&runner).await {
         return;
     }
@@ -85,20 +86,38 @@ pub async fn a_coroutine_that_does_not_stop_is_answered_at_its_limit(runner: PyR
     runner
         .run(
             "import asyncio, time\n\
+             unwound = False\n\
              async def busy():\n    end = time.monotonic() + 1\n    while time.monotonic() < end:\n        pass\n    return 'busy done'\n\
-             async def stubborn():\n    try:\n        await asyncio.sleep(30)\n    except asyncio.CancelledError:\n        await asyncio.sleep(0.5)\n    return 'stubborn done'",
+             async def stubborn():\n    try:\n        await asyncio.sleep(30)\n    except asyncio.CancelledError:\n        await asyncio.sleep(0.5)\n    return 'stubborn done'\n\
+             async def slow_to_unwind():\n    global unwound\n    try:\n        await asyncio.sleep(30)\n    finally:\n        await asyncio.sleep(0.6)\n        unwound = True",
         )
         .await
         .unwrap();
-    for name in ["busy", "stubborn"] {
+    for name in ["busy", "stubborn", "slow_to_unwind"] {
         assert_eq!(
             limited.call_async_function(name, vec![]).await,
             Err(PyRunnerError::Timeout(LIMIT)),
             "{name}"
         );
     }
-    assert_eq!(
-        runner.eval("'still here'").await.unwrap(),
-        json!("still here")
+    assert_eq!(runner.eval("unwound").await.unwrap(), json!(true));
+}
+
+/// A coroutine's limit counts from when it starts, not while it waits
+/// behind a slow command sent with it.
+pub async fn a_coroutine_limit_counts_from_its_start(runner: PyRunner) {
+    if !crate::conformance::runs_coroutines(&runner).await {
+        return;
+    }
+    let limited = runner.clone().with_timeout(Duration::from_millis(500));
+    runner
+        .run("import time\nasync def quick():\n    return 'quick'")
+        .await
+        .unwrap();
+    let (slow, quick) = tokio::join!(
+        runner.run("time.sleep(1)"),
+        limited.call_async_function("quick", vec![])
     );
+    slow.unwrap();
+    assert_eq!(quick.unwrap(), json!("quick"));
 }
