@@ -212,24 +212,35 @@ class CoroutineDriver:
         if not inspect.isawaitable(result):
             return False, result
         asyncio.set_event_loop(self.loop)
+        ended = []
+        if limit is not None:
+            result = self._noting_end(result, ended)
         task = asyncio.ensure_future(result, loop=self.loop)
         timer = None
         if limit is not None:
             timer = self.loop.call_later(limit, self._expire, task)
-        task.add_done_callback(functools.partial(self._done, token, timer))
+        task.add_done_callback(functools.partial(self._done, token, timer, ended))
         self.pending += 1
         return True, None
+
+    async def _noting_end(self, awaitable, ended):
+        """Awaits a limited call, noting when it ended: its done callback
+        may run much later, if another coroutine keeps the loop meanwhile."""
+        try:
+            return await awaitable
+        finally:
+            ended.append(self.loop.time())
 
     def _expire(self, task):
         task.async_py_expired = True
         task.cancel()
 
-    def _done(self, token, timer, task):
+    def _done(self, token, timer, ended, task):
         # Past its limit, a call is a timeout however it ended: cancelled
         # at the limit, going on after its cancellation, or keeping the
         # loop (no await) so that the cancellation never came.
         late = timer is not None and (
-            getattr(task, "async_py_expired", False) or self.loop.time() >= timer.when()
+            getattr(task, "async_py_expired", False) or (ended and ended[0] >= timer.when())
         )
         if timer is not None:
             timer.cancel()
@@ -1015,6 +1026,12 @@ _in_forked_copy = False
 def _note_fork():
     global _in_forked_copy
     _in_forked_copy = True
+    # Forked in a coroutine: the copy's loop turn ends after what is ready
+    # now, and the copy with it (see ChildWorker._turn_loop).
+    aio = sys.modules.get("asyncio")
+    running = aio._get_running_loop() if aio is not None else None
+    if running is not None:
+        running.stop()
 
 
 def _leave_forked_copy(exc):
@@ -1286,6 +1303,8 @@ class ChildWorker:
         try:
             finished = self.driver.turn(block)
         except BaseException as exc:
+            if _in_forked_copy:
+                _leave_forked_copy(exc)
             # SystemExit or KeyboardInterrupt from a coroutine leaves run_forever
             # after its task has recorded it; the task's reply follows next turn.
             if not isinstance(exc, (SystemExit, KeyboardInterrupt)):
@@ -1327,6 +1346,8 @@ class ChildWorker:
 
     def _read_available(self):
         """Moves what the request pipe holds into the inbox; True if anything came."""
+        if _in_forked_copy:
+            _leave_forked_copy(None)  # the requests are the worker's to read
         got = False
         while True:
             try:

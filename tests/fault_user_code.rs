@@ -96,3 +96,40 @@ fn sigint_raised_by_the_code_itself_is_a_keyboard_interrupt_and_nothing_more() {
     assert_eq!(runner.eval_sync("1 + 1").unwrap(), json!(2));
     assert_ne!(child_pid(&runner), worker);
 }
+
+/// A fork inside a coroutine: the copy shares the worker's event loop and
+/// request pipe, and must leave both to the worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fork_inside_a_coroutine_leaves_the_requests_to_the_worker() {
+    let runner = runner();
+    runner
+        .run(
+            "import asyncio, os\n\
+             async def fork_then_wait():\n\
+             \x20   await asyncio.sleep(0.05)\n\
+             \x20   copy = os.fork()\n\
+             \x20   await asyncio.sleep(1 if copy == 0 else 0)\n\
+             \x20   return copy",
+        )
+        .await
+        .unwrap();
+    let worker = child_pid(&runner);
+    for _ in 0..3 {
+        let copy = runner
+            .call_async_function("fork_then_wait", vec![])
+            .await
+            .unwrap()
+            .as_u64()
+            .expect("the copy's pid, from the worker") as u32;
+        for i in 0..20 {
+            let sum = runner.eval(&format!("{i} + 1")).await.unwrap();
+            assert_eq!(sum, json!(i + 1));
+        }
+        let status = runner
+            .eval(&format!("os.waitpid({copy}, 0)[1]"))
+            .await
+            .unwrap();
+        assert_eq!(status, json!(0), "the copy left after its loop turn");
+    }
+    assert_eq!(child_pid(&runner), worker);
+}

@@ -57,7 +57,7 @@ const RECHECK: Duration = Duration::from_micros(200);
 
 /// What [`ReplyRing::child_at`] finds.
 pub(crate) enum ChildAt {
-    Outside,
+    Outside { last_coroutine: u64 },
     Loop { last_coroutine: u64 },
     Unsure,
 }
@@ -157,16 +157,18 @@ impl ReplyRing {
     }
 
     /// Where the child says it is. In its event loop no request runs
-    /// (only coroutines, or nothing while it waits), and it has started no
-    /// coroutine after `last_coroutine` (an id; 0 for none). The child
-    /// publishes its replies, then the id, then the flag: a flag seen with
-    /// replies still to take is `Unsure`, as those may be to requests that
-    /// ran just before the loop.
+    /// (only coroutines, or nothing while it waits). The body of no
+    /// coroutine after `last_coroutine` (an id; 0 for none) has run: bodies
+    /// run only in the loop, and the id is stored before each turn. The
+    /// child publishes its replies, then the id, then the flag: a flag seen
+    /// with replies still to take is `Unsure`, as those may be to requests
+    /// that ran just before the loop.
     pub fn child_at(&self) -> ChildAt {
-        if self.counter(IN_LOOP).load(Ordering::Acquire) == 0 {
-            return ChildAt::Outside;
-        }
+        let in_loop = self.counter(IN_LOOP).load(Ordering::Acquire) != 0;
         let last_coroutine = self.counter(LAST_COROUTINE).load(Ordering::Acquire);
+        if !in_loop {
+            return ChildAt::Outside { last_coroutine };
+        }
         if self.pending() {
             return ChildAt::Unsure;
         }

@@ -65,6 +65,10 @@ const INTERRUPT_GRACE: Duration = Duration::from_millis(250);
 /// child is taken to be stuck and is killed.
 const COROUTINE_BACKSTOP: Duration = Duration::from_secs(2);
 
+/// How often a coroutine's passed backstop is looked at again while it
+/// cannot be judged yet.
+const COROUTINE_RECHECK: Duration = Duration::from_millis(10);
+
 /// Children that die before they are ready this many times in a row make
 /// queued commands fail with `Startup` instead of a busy restart loop.
 const MAX_FAILED_STARTS: u32 = 3;
@@ -95,9 +99,10 @@ enum Loss {
     Died,
     Protocol(String),
     TimedOut,
-    /// A coroutine held the child's event loop past its backstop; the
-    /// child had started no coroutine after `last_coroutine`.
-    LoopHeld {
+    /// A coroutine ran on past its backstop (it held the child's event
+    /// loop, or would not stop); no sync request was running, and the body
+    /// of no coroutine after `last_coroutine` had run.
+    CoroutineStuck {
         last_coroutine: u64,
     },
 }
@@ -422,7 +427,13 @@ impl Core {
             next = gathering.or(next);
         }
         for flight in self.inflight.values() {
-            if let Some(deadline) = flight.deadline {
+            if let Some(mut deadline) = flight.deadline {
+                if flight.is_coroutine && deadline <= now {
+                    // A backstop passed while a sync request runs waits for
+                    // it to end (or for the child to be seen in its loop):
+                    // look again now and then rather than spin.
+                    deadline = now + COROUTINE_RECHECK;
+                }
                 next = Some(next.map_or(deadline, |n| n.min(deadline)));
             }
         }
@@ -661,12 +672,13 @@ impl Core {
             .child
             .as_ref()
             .and_then(|child| child.ring.as_ref())
-            .map_or(ChildAt::Outside, |ring| ring.child_at());
-        let held = match at {
-            ChildAt::Outside => None,
-            ChildAt::Loop { last_coroutine } => Some(last_coroutine),
+            .map(|ring| ring.child_at());
+        let (held, last_coroutine) = match at {
+            None => (false, None),
+            Some(ChildAt::Outside { last_coroutine }) => (false, Some(last_coroutine)),
+            Some(ChildAt::Loop { last_coroutine }) => (true, Some(last_coroutine)),
             // Replies to take first; the thread is back as soon as it has.
-            ChildAt::Unsure => return,
+            Some(ChildAt::Unsure) => return,
         };
         if let Some(running) = self
             .sync_line
@@ -675,7 +687,7 @@ impl Core {
         {
             if running.deadline.is_some_and(|deadline| now >= deadline) {
                 let limit = running.job.timeout.unwrap_or_default();
-                if held.is_some() {
+                if held {
                     // Not started: a coroutine holds the loop. Its clock
                     // starts again (a limit counts while a command runs,
                     // not while it waits); a coroutine's backstop decides.
@@ -699,7 +711,7 @@ impl Core {
         // A coroutine only runs while no sync request does: its backstop is
         // judged only then (or while the child says it is in its loop), so
         // a long sync request is not blamed on it.
-        if !self.sync_line.is_empty() && held.is_none() {
+        if !self.sync_line.is_empty() && !held {
             return;
         }
         let stuck = self.inflight.iter().find_map(|(&id, flight)| {
@@ -708,10 +720,10 @@ impl Core {
         });
         if let Some(id) = stuck {
             self.interrupted = Some(id);
-            match held {
-                Some(last_coroutine) => self.replace_child(Loss::LoopHeld { last_coroutine }),
-                None => self.replace_child(Loss::TimedOut),
-            }
+            // Without a ring, any coroutine in flight may have run.
+            self.replace_child(Loss::CoroutineStuck {
+                last_coroutine: last_coroutine.unwrap_or(u64::MAX),
+            });
         }
     }
 
@@ -741,7 +753,11 @@ impl Core {
             let unstarted = match loss {
                 // The child was in its loop: no sync request had started,
                 // and no coroutine sent after the last one it started.
-                Loss::LoopHeld { last_coroutine } => !flight.is_coroutine || id > last_coroutine,
+                // No sync request was running, nor had the body of any
+                // coroutine after the last one the child started a turn with.
+                Loss::CoroutineStuck { last_coroutine } => {
+                    !flight.is_coroutine || id > last_coroutine
+                }
                 _ => head.is_some_and(|head| id > head),
             };
             if unstarted {
@@ -765,7 +781,7 @@ impl Core {
                 Loss::Protocol(why) => {
                     PyRunnerError::Protocol(format!("{why}; the child was replaced"))
                 }
-                Loss::TimedOut | Loss::LoopHeld { .. } if Some(id) == head => {
+                Loss::TimedOut | Loss::CoroutineStuck { .. } if Some(id) == head => {
                     PyRunnerError::Timeout(flight.job.timeout.unwrap_or_default())
                 }
                 Loss::TimedOut => PyRunnerError::WorkerDied {
@@ -773,10 +789,10 @@ impl Core {
                         "the child was killed after a command ran past its limit; {reason}"
                     ),
                 },
-                Loss::LoopHeld { .. } => PyRunnerError::WorkerDied {
+                Loss::CoroutineStuck { .. } => PyRunnerError::WorkerDied {
                     reason: format!(
-                        "the child was killed after a coroutine held its event loop \
-                         past its limit; {reason}"
+                        "the child was killed after a coroutine ran on past its limit \
+                         (it held the event loop, or would not stop); {reason}"
                     ),
                 },
             };

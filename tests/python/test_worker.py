@@ -539,6 +539,54 @@ class CoroutineDriverTests(unittest.TestCase):
             finished = self.driver.turn(True)
         self.assertEqual(finished, [(2, False, "timeout")])
 
+    def test_a_call_that_ends_past_its_limit_is_a_timeout_however_it_ends(self):
+        worker.run_code(
+            textwrap.dedent(
+                """
+                import time
+                async def busy(seconds):
+                    time.sleep(seconds)  # no await: the limit cannot cancel it
+                    return "late"
+                async def stubborn():
+                    try:
+                        await asyncio.sleep(60)
+                    except asyncio.CancelledError:
+                        return "went on"
+                """
+            ),
+            self.namespace,
+        )
+        self.driver.start(6, self.namespace["busy"], (0.05,), 0.01)
+        self.driver.start(7, self.namespace["stubborn"], (), 0.01)
+        finished = []
+        while len(finished) < 2:
+            finished += self.driver.turn(True)
+        self.assertEqual(sorted(finished), [(6, False, "timeout"), (7, False, "timeout")])
+
+    def test_a_call_that_ended_in_time_is_not_late_for_a_slow_done_callback(self):
+        # `quick` ends at 10 ms, inside its 50 ms limit; `hog` then keeps
+        # the loop (no await) past that limit before the done callbacks run.
+        worker.run_code(
+            textwrap.dedent(
+                """
+                import time
+                async def quick():
+                    await asyncio.sleep(0.01)
+                    return "in time"
+                async def hog():
+                    await asyncio.sleep(0.01)
+                    time.sleep(0.1)
+                """
+            ),
+            self.namespace,
+        )
+        self.driver.start(8, self.namespace["quick"], (), 0.05)
+        self.driver.start(9, self.namespace["hog"], (), None)
+        finished = []
+        while len(finished) < 2:
+            finished += self.driver.turn(True)
+        self.assertIn((8, True, "in time"), finished)
+
     def test_a_write_to_the_wake_fd_ends_a_blocking_turn(self):
         self.driver.start(3, self.wait, (60, None), None)
         self.wake_write.send(b"x")
