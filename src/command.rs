@@ -27,6 +27,29 @@ pub(crate) type Reply = Result<Value, PyRunnerError>;
 /// How long a caller polls for its reply before it lets its thread or task sleep.
 const CALLER_SPIN: Duration = Duration::from_micros(40);
 
+/// A path as the Python side takes it (`run_file`, `set_venv`): its text,
+/// or, for one that is not UTF-8, its bytes, which the helpers decode as
+/// `os.fsdecode` does so that the os functions find the same file.
+pub(crate) enum PathArg<'a> {
+    Text(&'a str),
+    Bytes(std::borrow::Cow<'a, [u8]>),
+}
+
+pub(crate) fn path_arg(path: &std::path::Path) -> PathArg<'_> {
+    if let Some(text) = path.to_str() {
+        return PathArg::Text(text);
+    }
+    #[cfg(unix)]
+    let bytes = {
+        use std::os::unix::ffi::OsStrExt;
+        std::borrow::Cow::Borrowed(path.as_os_str().as_bytes())
+    };
+    // Elsewhere a path that is not Unicode has no bytes of its own to pass.
+    #[cfg(not(unix))]
+    let bytes = std::borrow::Cow::Owned(path.to_string_lossy().into_owned().into_bytes());
+    PathArg::Bytes(bytes)
+}
+
 /// One command, as every backend receives it.
 #[derive(Debug, Clone)]
 pub(crate) enum Request {

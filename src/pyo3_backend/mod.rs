@@ -25,7 +25,8 @@ use serde_json::Value;
 
 use crate::builder::RunnerConfig;
 use crate::command::{
-    prepare_in_process, start_backend_thread, CommandQueue, Job, Reply, Request, Responder, Serve,
+    path_arg, prepare_in_process, start_backend_thread, CommandQueue, Job, PathArg, Reply, Request,
+    Responder, Serve,
 };
 use crate::error::PyRunnerError;
 use crate::watchdog::Watchdog;
@@ -286,13 +287,11 @@ impl<'py> Worker<'py> {
             .map_err(|err| self.python_error(err))
     }
 
-    /// A path for the helpers: a str, or the bytes of one that is not
-    /// UTF-8 (which they decode as `os.fsdecode` does).
+    /// A path for the helpers (see [`PathArg`]).
     fn path_arg(&self, path: &std::path::Path) -> Bound<'py, PyAny> {
-        use std::os::unix::ffi::OsStrExt;
-        match path.to_str() {
-            Some(text) => PyString::new(self.py, text).into_any(),
-            None => PyBytes::new(self.py, path.as_os_str().as_bytes()).into_any(),
+        match path_arg(path) {
+            PathArg::Text(text) => PyString::new(self.py, text).into_any(),
+            PathArg::Bytes(bytes) => PyBytes::new(self.py, &bytes).into_any(),
         }
     }
 

@@ -29,7 +29,8 @@ use serde_json::Value;
 
 use crate::builder::RunnerConfig;
 use crate::command::{
-    prepare_in_process, start_backend_thread, CommandQueue, Job, Reply, Request, Serve,
+    path_arg, prepare_in_process, start_backend_thread, CommandQueue, Job, PathArg, Reply, Request,
+    Serve,
 };
 use crate::error::PyRunnerError;
 use crate::watchdog::{Interrupt, Watchdog};
@@ -373,7 +374,7 @@ impl Worker<'_> {
 
     fn run_file(&self, file: &Path) -> Result<PyObjectRef, PyRunnerError> {
         let vm = self.vm;
-        let path = path_arg(vm, file);
+        let path = path_object(vm, file);
         let mut args = vec![path.clone(), self.globals.clone().into()];
         // A file that cannot be read as text is left to the helper, which
         // raises what Python raises for it.
@@ -442,7 +443,7 @@ impl Worker<'_> {
 
     fn set_venv(&self, dir: &Path) -> Reply {
         let vm = self.vm;
-        let dir = path_arg(vm, dir);
+        let dir = path_object(vm, dir);
         self.python(self.helpers.set_venv.call((dir,), vm))
             .map(|_| Value::Null)
     }
@@ -489,25 +490,12 @@ impl Worker<'_> {
     }
 }
 
-/// A path for the helpers: a str, or the bytes of one that is not UTF-8
-/// (which they decode as `os.fsdecode` does).
-fn path_arg(vm: &VirtualMachine, path: &Path) -> PyObjectRef {
-    match path.to_str() {
-        Some(text) => vm.ctx.new_str(text).into(),
-        None => vm.ctx.new_bytes(path_bytes(path)).into(),
+/// A path for the helpers (see [`PathArg`]).
+fn path_object(vm: &VirtualMachine, path: &Path) -> PyObjectRef {
+    match path_arg(path) {
+        PathArg::Text(text) => vm.ctx.new_str(text).into(),
+        PathArg::Bytes(bytes) => vm.ctx.new_bytes(bytes.into_owned()).into(),
     }
-}
-
-#[cfg(unix)]
-fn path_bytes(path: &Path) -> Vec<u8> {
-    use std::os::unix::ffi::OsStrExt;
-    path.as_os_str().as_bytes().to_vec()
-}
-
-/// Elsewhere a path that is not Unicode has no bytes of its own to pass.
-#[cfg(not(unix))]
-fn path_bytes(path: &Path) -> Vec<u8> {
-    path.to_string_lossy().into_owned().into_bytes()
 }
 
 /// The text of a `str` (None for anything else).

@@ -10,7 +10,7 @@ use bytes::{BufMut, BytesMut};
 use serde_json::Value;
 use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec};
 
-use crate::command::{Reply, Request};
+use crate::command::{path_arg, PathArg, Reply, Request};
 
 mod decode;
 use crate::error::PyRunnerError;
@@ -83,10 +83,9 @@ impl FrameWriter {
             Request::Run { code } | Request::Broadcast { code, .. } => {
                 rmp_serde::encode::write(buf, &(id, "run", code))
             }
-            Request::RunFile { path } => match path.to_str() {
-                Some(text) => rmp_serde::encode::write(buf, &(id, "run_file", text)),
-                None => rmp_serde::encode::write(buf, &(id, "run_file", path_bytes(path))),
-            },
+            Request::RunFile { path } => {
+                rmp_serde::encode::write(buf, &(id, "run_file", path_arg(path)))
+            }
             Request::Eval { expr } => rmp_serde::encode::write(buf, &(id, "eval", expr)),
             Request::ReadVariable { name } => rmp_serde::encode::write(buf, &(id, "read", name)),
             Request::CallFunction { name, args } => {
@@ -97,10 +96,9 @@ impl FrameWriter {
                 check_depth(args)?;
                 rmp_serde::encode::write(buf, &(id, "call_async", name, args, limit))
             }
-            Request::SetVenv { dir } => match dir.to_str() {
-                Some(text) => rmp_serde::encode::write(buf, &(id, "set_venv", text)),
-                None => rmp_serde::encode::write(buf, &(id, "set_venv", path_bytes(dir))),
-            },
+            Request::SetVenv { dir } => {
+                rmp_serde::encode::write(buf, &(id, "set_venv", path_arg(dir)))
+            }
             Request::Stop => rmp_serde::encode::write(buf, &(id, "stop")),
         };
         encoded.map_err(|err| {
@@ -113,12 +111,16 @@ impl FrameWriter {
     }
 }
 
-/// The bytes of a path that is not UTF-8, as an array of ints: a str on
-/// the wire must be UTF-8, and bin is kept out of the protocol. The child
-/// decodes them as `os.fsdecode` does.
-fn path_bytes(path: &std::path::Path) -> Vec<u8> {
-    use std::os::unix::ffi::OsStrExt;
-    path.as_os_str().as_bytes().to_vec()
+/// On the wire a path is a str, or, when it is not UTF-8, an array of its
+/// bytes as ints: a str there must be UTF-8, and bin is kept out of the
+/// protocol.
+impl serde::Serialize for PathArg<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            PathArg::Text(text) => serializer.serialize_str(text),
+            PathArg::Bytes(bytes) => serializer.collect_seq(bytes.iter()),
+        }
+    }
 }
 
 /// Arguments nesting deeper than the value table allows are refused here,
