@@ -1341,13 +1341,13 @@ class ChildWorker:
         raise KeyboardInterrupt
 
     def _on_readable(self):
+        if _in_forked_copy:
+            _leave_forked_copy(None)  # forked in a coroutine: the requests are the worker's
         self._read_available()
         self.driver.wake()
 
     def _read_available(self):
         """Moves what the request pipe holds into the inbox; True if anything came."""
-        if _in_forked_copy:
-            _leave_forked_copy(None)  # the requests are the worker's to read
         got = False
         while True:
             try:
@@ -1430,8 +1430,6 @@ class ChildWorker:
                 _leave_forked_copy(exc)
             self._reply_error(request_id, exc)
             return
-        if _in_forked_copy:
-            _leave_forked_copy(None)
         if value is not _LATER:
             self._reply_value(request_id, value)
 
@@ -1536,7 +1534,9 @@ class ChildWorker:
         before their replies reach the parent.
         """
         if _in_forked_copy:
-            _leave_forked_copy(None)  # a last guard; see _handle_frame
+            # A copy whose forking code returned (one that raised left in
+            # _handle_frame): every reply passes here, once per request.
+            _leave_forked_copy(None)
         outbox = self.outbox
         if not outbox:
             return
