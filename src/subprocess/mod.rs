@@ -58,7 +58,6 @@ pub(crate) struct ReplayLog {
     entries: Mutex<Vec<Option<LoggedRun>>>,
 }
 
-#[derive(Clone)]
 struct LoggedRun {
     code: String,
     /// It has run on every worker without raising.

@@ -751,8 +751,6 @@ impl Core {
         self.timed = 0;
         for (id, flight) in std::mem::take(&mut self.inflight) {
             let unstarted = match loss {
-                // The child was in its loop: no sync request had started,
-                // and no coroutine sent after the last one it started.
                 // No sync request was running, nor had the body of any
                 // coroutine after the last one the child started a turn with.
                 Loss::CoroutineStuck { last_coroutine } => {
