@@ -673,7 +673,7 @@ impl Core {
             .as_ref()
             .and_then(|child| child.ring.as_ref())
             .map(|ring| ring.child_at());
-        let (held, last_coroutine) = match at {
+        let (in_loop, last_coroutine) = match at {
             None => (false, None),
             Some(ChildAt::Outside { last_coroutine }) => (false, Some(last_coroutine)),
             Some(ChildAt::Loop { last_coroutine }) => (true, Some(last_coroutine)),
@@ -687,7 +687,7 @@ impl Core {
         {
             if running.deadline.is_some_and(|deadline| now >= deadline) {
                 let limit = running.job.timeout.unwrap_or_default();
-                if held {
+                if in_loop {
                     // Not started: a coroutine holds the loop. Its clock
                     // starts again (a limit counts while a command runs,
                     // not while it waits); a coroutine's backstop decides.
@@ -711,7 +711,7 @@ impl Core {
         // A coroutine only runs while no sync request does: its backstop is
         // judged only then (or while the child says it is in its loop), so
         // a long sync request is not blamed on it.
-        if !self.sync_line.is_empty() && !held {
+        if !self.sync_line.is_empty() && !in_loop {
             return;
         }
         let stuck = self.inflight.iter().find_map(|(&id, flight)| {
