@@ -35,7 +35,8 @@ const CALLER_SPIN: Duration = Duration::from_micros(150);
 /// spinning caller does.
 const POOL_CALLER_SPIN: Duration = Duration::from_micros(50);
 
-/// How long requests are gathered into one batch after a batch of replies.
+/// How long requests are gathered into one batch after a batch of replies
+/// (not by a pool's worker: see `answer_frames`).
 const GATHER: Duration = Duration::from_micros(20);
 
 /// A runner's caller whose first poll finds the seat parked leaves its job
@@ -596,7 +597,11 @@ impl Core {
         let before = self.handed_out;
         let result = self.answer_each_frame(held);
         let answered = self.handed_out - before;
-        if answered >= 2 && self.sync_line.is_empty() {
+        // A pool's worker does not gather: the callers it answered send
+        // their next calls to whichever worker is least loaded, often a
+        // sibling, and the batch it waited for would not fill. (8 callers
+        // on 2 workers, alternating builds: 117k against 108k calls/s.)
+        if answered >= 2 && self.sync_line.is_empty() && self.settings.hooks.is_none() {
             self.gather = Some((Instant::now() + GATHER, answered));
         }
         result
