@@ -1022,16 +1022,22 @@ _LATER = object()
 _in_forked_copy = False
 """True in a process forked (os.fork) by user code in the worker."""
 
+_worker_driver = None
+"""The worker's CoroutineDriver, once it has one (a child worker only)."""
+
 
 def _note_fork():
     global _in_forked_copy
     _in_forked_copy = True
     # Forked in a coroutine: the copy's loop turn ends after what is ready
-    # now, and the copy with it (see ChildWorker._turn_loop).
-    aio = sys.modules.get("asyncio")
-    running = aio._get_running_loop() if aio is not None else None
-    if running is not None:
-        running.stop()
+    # now, and the copy with it (see ChildWorker._turn_loop). Only the
+    # worker's own loop, and only in its turn: a loop that user code runs
+    # inside a request (asyncio.run) is the user's, and the copy leaves when
+    # that request returns. (asyncio cannot tell: it reports no running
+    # loop in a forked process.)
+    driver = _worker_driver
+    if driver is not None and driver.turning:
+        driver.loop.stop()
 
 
 def _leave_forked_copy(exc):
@@ -1282,9 +1288,11 @@ class ChildWorker:
     def _coroutine_driver(self):
         """The event loop for coroutines, made on first use; from then on the
         child also waits for requests in it."""
+        global _worker_driver
         if self.driver is None:
             self.driver = CoroutineDriver()
             self.driver.loop.add_reader(self.proto_in, self._on_readable)
+            _worker_driver = self.driver
         return self.driver
 
     def _turn_loop(self, block):

@@ -133,3 +133,37 @@ async fn a_fork_inside_a_coroutine_leaves_the_requests_to_the_worker() {
     }
     assert_eq!(child_pid(&runner), worker);
 }
+
+/// The copy's loop turn ends after the fork even when nothing would end it
+/// otherwise: the worker waited in its loop, no request comes, and the
+/// copy's own call waits on a future that never completes. (It awaits one
+/// made before the fork: up to 3.11 asyncio's own functions raise in a
+/// forked process, which would end the call, and the turn with it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_forked_in_a_coroutine_leaves_without_a_request_to_wake_it() {
+    let runner = runner();
+    runner
+        .run(
+            "import asyncio, os\n\
+             async def fork_then_wait():\n\
+             \x20   await asyncio.sleep(0.05)\n\
+             \x20   never = asyncio.get_running_loop().create_future()\n\
+             \x20   copy = os.fork()\n\
+             \x20   if copy == 0:\n\
+             \x20       await never\n\
+             \x20   return copy",
+        )
+        .await
+        .unwrap();
+    let copy = runner
+        .call_async_function("fork_then_wait", vec![])
+        .await
+        .unwrap()
+        .as_u64()
+        .expect("the copy's pid, from the worker") as u32;
+    let t0 = std::time::Instant::now();
+    eventually("the copy left", || !is_running(copy));
+    eprintln!("LEFT after {:?}", t0.elapsed());
+    let status = runner.eval(&format!("os.waitpid({copy}, 0)[1]")).await;
+    assert_eq!(status.unwrap(), json!(0));
+}
