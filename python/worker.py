@@ -1325,6 +1325,9 @@ class ChildWorker:
                 counters[_RING_IN_LOOP] = 0
         for token, ok, value in finished:
             self._reply_finished(token, ok, value)
+        # Published now, before the next request or turn: the parent reads
+        # the flag above as "every reply before it is out".
+        self._flush()
 
     def on_interrupt(self, signum, frame):
         """SIGINT during a command is a KeyboardInterrupt in it, so its
@@ -1485,7 +1488,19 @@ class ChildWorker:
     def op_call_async(self, request_id, name, args, limit):
         self.last_coroutine = request_id
         function = resolve(name, self.globals)
-        scheduled, value = self._coroutine_driver().start(request_id, function, args, limit)
+        driver = self._coroutine_driver()
+        counters = None if self.ring is None else self.ring.counters
+        if counters is not None:
+            # The call that makes the coroutine is part of it: the parent
+            # judges it by the coroutine's limit, as it judges a coroutine
+            # that holds the loop, and knows that no request runs meanwhile.
+            counters[_RING_LAST_COROUTINE] = request_id
+            counters[_RING_IN_LOOP] = 1
+        try:
+            scheduled, value = driver.start(request_id, function, args, limit)
+        finally:
+            if counters is not None:
+                counters[_RING_IN_LOOP] = 0
         return _LATER if scheduled else value
 
     def op_set_venv(self, request_id, path):

@@ -150,3 +150,39 @@ async fn a_coroutine_that_holds_the_loop_times_out_and_what_waited_behind_it_run
     assert_ne!(child_pid(&runner), first);
     assert!(!is_running(first));
 }
+
+/// The call that makes a coroutine is part of it: a function given to
+/// `call_async_function` that blocks before it returns anything to await
+/// is judged by the coroutine's limit. It times out once (it is not sent
+/// again to the fresh child), and a command with a limit of its own that
+/// waited behind it is not blamed: it runs on the fresh child.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_that_blocks_before_its_coroutine_times_out_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let marks = dir.path().join("marks");
+    let runner = runner();
+    runner
+        .run(&format!(
+            "import time\n\
+             def blocker():\n\
+             \x20   with open({:?}, 'a') as marks:\n\
+             \x20       marks.write('x')\n\
+             \x20   time.sleep(60)",
+            marks.display().to_string()
+        ))
+        .await
+        .unwrap();
+    let first = child_pid(&runner);
+    let limited = runner.clone().with_timeout(LIMIT);
+    let blocked = tokio::spawn({
+        let limited = limited.clone();
+        async move { limited.call_async_function("blocker", vec![]).await }
+    });
+    eventually("the blocking call started", || marks.exists());
+    assert_eq!(limited.eval("40 + 2").await.unwrap(), json!(42));
+    assert_eq!(blocked.await.unwrap(), Err(PyRunnerError::Timeout(LIMIT)));
+    assert_ne!(child_pid(&runner), first);
+    // Sent again, it would have marked the file on the fresh child at once.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(std::fs::read_to_string(&marks).unwrap(), "x");
+}

@@ -12,7 +12,7 @@
 //! | 64 | bytes taken so far (u64) | parent |
 //! | 128 | 1 while the parent may sleep until a doorbell (u64) | parent |
 //! | 192 | time limits enforced so far, counted before each SIGINT (u64) | parent |
-//! | 256 | 1 while the child runs its event loop (u64) | child |
+//! | 256 | 1 while the child runs its event loop, or makes a coroutine (u64) | child |
 //! | 320 | the id of the last coroutine the child started, set before 256 (u64) | child |
 //! | 4096 | the ring: [`RING_SIZE`] bytes of reply frames | child |
 //!
@@ -159,7 +159,8 @@ impl ReplyRing {
     /// Where the child says it is. In its event loop no request runs
     /// (only coroutines, or nothing while it waits). The body of no
     /// coroutine after `last_coroutine` (an id; 0 for none) has run: bodies
-    /// run only in the loop, and the id is stored before each turn. The
+    /// run only in the loop, and the id is stored before each turn (and
+    /// before the call that makes a coroutine, which counts as its loop). The
     /// child publishes its replies, then the id, then the flag: a flag seen
     /// with replies still to take is `Unsure`, as those may be to requests
     /// that ran just before the loop.
