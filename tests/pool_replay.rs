@@ -136,3 +136,98 @@ fn a_replacement_that_cannot_replay_a_run_fails_its_start_instead_of_serving() {
     std::fs::write(&flag, "v").unwrap();
     assert_eq!(pool.eval_sync("X").unwrap(), "v");
 }
+
+#[test]
+fn a_worker_whose_child_cannot_start_leaves_its_calls_to_the_others_until_it_can() {
+    let folder = tempfile::tempdir().unwrap();
+    let flag = folder.path().join("flag");
+    std::fs::write(&flag, "v").unwrap();
+    let pool = pool::pool(2);
+    pool.run_sync(DEFS).unwrap();
+    pool.run_sync(&format!("X = open({:?}).read()", flag.to_str().unwrap()))
+        .unwrap();
+    std::fs::remove_file(&flag).unwrap();
+    let before = pool.stats();
+    kill(before[0].pid, 9);
+    eventually("the killed worker tried a fresh child", || {
+        pool.stats()[0].restarts == 1
+    });
+    // Its fresh child cannot replay the run; the other worker answers.
+    for _ in 0..40 {
+        assert_eq!(pool.eval_sync("X").unwrap(), "v");
+    }
+    for reply in pool.map_sync("var", vec![vec!["X".into()]; 40]) {
+        assert_eq!(reply.unwrap(), "v");
+    }
+    assert_eq!(
+        pool.stats()[0].pid,
+        before[0].pid,
+        "no child serves there yet"
+    );
+    // Once the run can be replayed, the worker starts a child on its own.
+    std::fs::write(&flag, "v").unwrap();
+    eventually("the worker serves again", || {
+        let pid = pool.stats()[0].pid;
+        pid != before[0].pid && pid != 0
+    });
+    assert_eq!(answering_pids(&pool, 20), pids(&pool));
+}
+
+/// A run still in progress on one worker, that another worker's child ran
+/// without raising before it died: a replacement that cannot replay it must
+/// not serve without it once the run has succeeded everywhere.
+#[test]
+fn a_run_a_lost_child_had_answered_is_required_of_its_replacement() {
+    let folder = tempfile::tempdir().unwrap();
+    let file = |name: &str| folder.path().join(name).to_str().unwrap().to_owned();
+    std::fs::write(file("flag"), "v").unwrap();
+    let pool = pool::pool(2);
+    pool.run_sync(DEFS).unwrap();
+    let [first, second] = [pool.stats()[0].pid, pool.stats()[1].pid];
+    let code = format!(
+        "X = open({flag:?}).read()\n\
+         if os.getpid() == {second}:\n\
+         \x20   open({waiting:?}, 'w').close()\n\
+         \x20   while not os.path.exists({go:?}):\n\
+         \x20       time.sleep(0.005)\n\
+         else:\n\
+         \x20   open({done:?}, 'w').close()",
+        flag = file("flag"),
+        waiting = file("waiting"),
+        go = file("go"),
+        done = file("done"),
+    );
+    let run = std::thread::spawn({
+        let pool = pool.clone();
+        move || pool.run_sync(&code)
+    });
+    eventually("both shares of the run began", || {
+        std::path::Path::new(&file("waiting")).exists()
+            && std::path::Path::new(&file("done")).exists()
+    });
+    // The first worker's share is answered by now; its child then dies.
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    std::fs::remove_file(file("flag")).unwrap();
+    kill(first, 9);
+    eventually("the first worker tried a fresh child", || {
+        pool.stats()[0].restarts == 1
+    });
+    std::fs::write(file("go"), "").unwrap();
+    run.join()
+        .unwrap()
+        .expect("the run succeeded on both workers");
+    // Both workers ran it: the first one's fresh child, which cannot, must
+    // not serve without it.
+    for reply in pool.map_sync("var", vec![vec!["X".into()]; 40]) {
+        assert_eq!(reply.unwrap(), "v");
+    }
+    std::fs::write(file("flag"), "v").unwrap();
+    eventually("the first worker serves again, with the run", || {
+        let pid = pool.stats()[0].pid;
+        pid != first && pid != 0
+    });
+    assert_eq!(answering_pids(&pool, 20), pids(&pool));
+    for reply in pool.map_sync("var", vec![vec!["X".into()]; 40]) {
+        assert_eq!(reply.unwrap(), "v");
+    }
+}

@@ -95,6 +95,12 @@ impl ReplayLog {
         matches!(self.lock().get(index), Some(Some(run)) if run.settled)
     }
 
+    /// Whether the run at `index` is still in progress on the pool: neither
+    /// settled nor blanked.
+    pub fn is_pending(&self, index: usize) -> bool {
+        matches!(self.lock().get(index), Some(Some(run)) if !run.settled)
+    }
+
     /// The code of every entry so far (blanked ones as `None`).
     pub fn snapshot(&self) -> Vec<Option<String>> {
         self.lock()

@@ -9,7 +9,7 @@
 //! never deadlock a parent that is writing. Only the supervisor thread does
 //! what may block or take long: starting, killing and replacing children.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::io::{self, Read};
 use std::os::unix::io::AsRawFd;
 use std::os::unix::net::UnixStream;
@@ -73,6 +73,12 @@ const COROUTINE_RECHECK: Duration = Duration::from_millis(10);
 /// Children that die before they are ready this many times in a row make
 /// queued commands fail with `Startup` instead of a busy restart loop.
 const MAX_FAILED_STARTS: u32 = 3;
+
+/// A pool's worker whose child could not start tries again this long after
+/// its first failure, then twice as long after each further one, up to
+/// [`START_RETRY_MAX`]; meanwhile its siblings take its calls.
+const START_RETRY: Duration = Duration::from_secs(1);
+const START_RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// How long a dropped runner's child gets to exit on end of file.
 const EXIT_GRACE: Duration = Duration::from_millis(500);
@@ -144,6 +150,12 @@ pub(crate) struct Core {
     /// What those of them that were still running on the pool raised here,
     /// for this worker's own share of the run to answer with.
     replay_errors: HashMap<usize, PyRunnerError>,
+    /// A pool's worker left without a child by a failed start: when it
+    /// tries again on its own.
+    retry_at: Option<Instant>,
+    /// The pool's runs whose share here was answered without an error
+    /// (those not yet settled; see `replay_runs`).
+    shares_ok: HashSet<usize>,
 }
 
 impl Core {
@@ -171,6 +183,8 @@ impl Core {
             handed_out: 0,
             replayed: 0,
             replay_errors: HashMap::new(),
+            retry_at: None,
+            shares_ok: HashSet::new(),
         };
         core.start_child()?;
         Ok(core)
@@ -200,8 +214,10 @@ impl Core {
         match started {
             Ok(()) => {
                 self.failed_starts = 0;
+                self.retry_at = None;
                 if let (Some(hooks), Some(child)) = (&self.settings.hooks, &self.child) {
                     hooks.state.pid.store(child.pid, Ordering::SeqCst);
+                    hooks.state.restarting.store(false, Ordering::SeqCst);
                 }
                 Ok(())
             }
@@ -209,6 +225,14 @@ impl Core {
                 self.failed_starts += 1;
                 if let Some(mut child) = self.child.take() {
                     child.kill_group();
+                }
+                if let Some(hooks) = &self.settings.hooks {
+                    // Counted as full by the pool, which sends its calls
+                    // elsewhere, until a start succeeds.
+                    hooks.state.restarting.store(true, Ordering::SeqCst);
+                    let doublings = self.failed_starts.saturating_sub(1).min(5);
+                    let wait = (START_RETRY * (1 << doublings)).min(START_RETRY_MAX);
+                    self.retry_at = Some(Instant::now() + wait);
                 }
                 Err(err)
             }
@@ -226,16 +250,26 @@ impl Core {
         };
         let entries = hooks.log.snapshot();
         let limit = self.settings.timeout;
+        self.shares_ok.retain(|&index| hooks.log.is_pending(index));
         for (index, code) in entries.iter().enumerate() {
             let Some(code) = code else {
                 continue;
             };
             let raised = self.run_at_start(code, "a replayed run", limit)?;
             if let Err(err) = raised {
-                if hooks.log.is_settled(index) {
+                let before = if hooks.log.is_settled(index) {
+                    Some("on every worker")
+                } else if self.shares_ok.contains(&index) {
+                    // Still running elsewhere, but this worker's share was
+                    // answered: nothing is left here to fail the run with.
+                    Some("on this worker's child before")
+                } else {
+                    None
+                };
+                if let Some(before) = before {
                     return Err(PyRunnerError::Startup(format!(
                         "the pool's run number {} raised when replayed on a fresh child, \
-                         though it had run on every worker: {err}",
+                         though it had run {before}: {err}",
                         index + 1
                     )));
                 }
@@ -411,7 +445,9 @@ impl Core {
                 replies: -1,
                 ring: None,
                 requests: -1,
-                limit: None,
+                limit: self
+                    .retry_at
+                    .map(|at| at.saturating_duration_since(Instant::now())),
             });
         };
         let gathering = self.gather.map(|(until, _)| until);
@@ -463,6 +499,11 @@ impl Core {
     fn send_backlog(&mut self) {
         if !self.sync_line.is_empty() || self.gathering() {
             return;
+        }
+        if self.child.is_none() && self.retry_at.is_some() {
+            // A pool's worker whose child could not start: its siblings
+            // take what they can; what is left gets a start of its own.
+            self.hand_back_unstarted();
         }
         while let Some(job) = self.backlog.pop_front() {
             // A pool's run goes out even if its caller gave up: every child
@@ -642,6 +683,9 @@ impl Core {
                     Err(PyRunnerError::Timeout(done.job.timeout.unwrap_or_default()))
                 }
             };
+            if let (Request::Broadcast { index, .. }, Ok(_)) = (&done.job.request, &reply) {
+                self.note_share_ok(*index);
+            }
             match held.as_deref_mut() {
                 Some(held) => held.extend(done.job.reply.send_unwoken(reply)),
                 None => done.job.reply.send(reply),
@@ -649,6 +693,17 @@ impl Core {
             self.handed_out += 1;
         }
         Ok(())
+    }
+
+    /// Notes a pool's run that this worker's child ran without raising; the
+    /// runs no longer in progress are let go now and then.
+    fn note_share_ok(&mut self, index: usize) {
+        if let Some(hooks) = &self.settings.hooks {
+            if self.shares_ok.len() >= 64 {
+                self.shares_ok.retain(|&index| hooks.log.is_pending(index));
+            }
+            self.shares_ok.insert(index);
+        }
     }
 
     /// The sync request now at the head of the child's line starts its clock.
@@ -809,6 +864,7 @@ impl Core {
         }
         self.hand_back_unstarted();
         // A fresh child now, so the next command does not wait for a start.
+        // (A pool's worker counts as restarting until one has started.)
         if let Err(err) = self.start_child() {
             if self.failed_starts >= MAX_FAILED_STARTS {
                 for job in self.backlog.drain(..) {
@@ -816,8 +872,14 @@ impl Core {
                 }
             }
         }
-        if let Some(hooks) = &self.settings.hooks {
-            hooks.state.restarting.store(false, Ordering::SeqCst);
+    }
+
+    /// A pool's worker left without a child tries a start on its own once
+    /// its wait is over, so that it serves again without a call to make it.
+    fn retry_start(&mut self) {
+        let due = self.retry_at.is_some_and(|at| Instant::now() >= at);
+        if due && self.child.is_none() && !self.stop_sent {
+            let _ = self.start_child();
         }
     }
 
@@ -995,6 +1057,7 @@ impl Shared {
                 return;
             }
             core.pump(None);
+            core.retry_start();
             self.thread_needed.store(false, Ordering::SeqCst);
             if let Some(loss) = core.lost.take() {
                 core.replace_child(loss);
