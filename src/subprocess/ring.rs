@@ -163,17 +163,20 @@ impl ReplyRing {
     /// before the call that makes a coroutine, which counts as its loop). The
     /// child publishes its replies, then the id, then the flag: a flag seen
     /// with replies still to take is `Unsure`, as those may be to requests
-    /// that ran just before the loop.
+    /// that ran just before the loop. Outside the loop, replies still to
+    /// take are `Unsure` too: one may answer the request whose limit just
+    /// passed, and a SIGINT sent for it would land in the next request.
     pub fn child_at(&self) -> ChildAt {
         let in_loop = self.counter(IN_LOOP).load(Ordering::Acquire) != 0;
         let last_coroutine = self.counter(LAST_COROUTINE).load(Ordering::Acquire);
-        if !in_loop {
-            return ChildAt::Outside { last_coroutine };
-        }
         if self.pending() {
             return ChildAt::Unsure;
         }
-        ChildAt::Loop { last_coroutine }
+        if in_loop {
+            ChildAt::Loop { last_coroutine }
+        } else {
+            ChildAt::Outside { last_coroutine }
+        }
     }
 
     /// Whether the child has published bytes not yet taken.
