@@ -107,10 +107,11 @@ enum Loss {
     Protocol(String),
     TimedOut,
     /// A coroutine ran on past its backstop (it held the child's event
-    /// loop, or would not stop); no sync request was running, and the body
-    /// of no coroutine after `last_coroutine` had run.
+    /// loop, or would not stop); the body of no coroutine after
+    /// `last_coroutine` had run, and no sync request but `sync_started`.
     CoroutineStuck {
         last_coroutine: u64,
+        sync_started: Option<u64>,
     },
 }
 
@@ -783,13 +784,14 @@ impl Core {
             // Without a ring, any coroutine in flight may have run.
             self.replace_child(Loss::CoroutineStuck {
                 last_coroutine: last_coroutine.unwrap_or(u64::MAX),
+                sync_started: None,
             });
         }
     }
 
     /// Kills the child; fails the requests it had started and queues the
     /// ones it had not for a fresh child, which starts at once.
-    fn replace_child(&mut self, loss: Loss) {
+    fn replace_child(&mut self, mut loss: Loss) {
         if let Some(hooks) = &self.settings.hooks {
             hooks.state.restarting.store(true, Ordering::SeqCst);
             hooks.state.restarts.fetch_add(1, Ordering::SeqCst);
@@ -800,6 +802,13 @@ impl Core {
             Some(child) => child.kill_and_describe(),
             None => "there was no child".into(),
         };
+        if let Loss::CoroutineStuck {
+            last_coroutine,
+            sync_started,
+        } = &mut loss
+        {
+            self.look_after_death(last_coroutine, sync_started);
+        }
         self.child = None;
         self.outgoing.clear();
         // The child runs requests in order: everything up to and including
@@ -813,8 +822,15 @@ impl Core {
             let unstarted = match loss {
                 // No sync request was running, nor had the body of any
                 // coroutine after the last one the child started a turn with.
-                Loss::CoroutineStuck { last_coroutine } => {
-                    !flight.is_coroutine || id > last_coroutine
+                Loss::CoroutineStuck {
+                    last_coroutine,
+                    sync_started,
+                } => {
+                    if flight.is_coroutine {
+                        id > last_coroutine
+                    } else {
+                        Some(id) != sync_started
+                    }
                 }
                 _ => head.is_some_and(|head| id > head),
             };
@@ -880,6 +896,31 @@ impl Core {
         let due = self.retry_at.is_some_and(|at| Instant::now() >= at);
         if due && self.child.is_none() && !self.stop_sent {
             let _ = self.start_child();
+        }
+    }
+
+    /// A child killed for a stuck coroutine was judged by a look at its ring
+    /// taken before the kill; what it did in between is read now that it is
+    /// dead. Its last replies are answered, and if it had left its loop
+    /// since, the sync request it went on to may have started: that one is
+    /// not sent again.
+    fn look_after_death(&mut self, last_coroutine: &mut u64, sync_started: &mut Option<u64>) {
+        let _ = self.read_replies(None);
+        let Some(ring) = self.child.as_ref().and_then(|child| child.ring.clone()) else {
+            return;
+        };
+        match ring.child_at() {
+            ChildAt::Loop {
+                last_coroutine: last,
+            } => *last_coroutine = last,
+            ChildAt::Outside {
+                last_coroutine: last,
+            } => {
+                *last_coroutine = last;
+                *sync_started = self.sync_line.front().copied();
+            }
+            // Replies it could not read: the look before the kill stands.
+            ChildAt::Unsure => {}
         }
     }
 
