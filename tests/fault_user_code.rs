@@ -7,7 +7,7 @@ mod faults;
 
 use std::time::Duration;
 
-use async_py::PyRunnerError;
+use async_py::{PyRunner, PyRunnerError};
 use faults::*;
 use serde_json::json;
 
@@ -97,30 +97,43 @@ fn sigint_raised_by_the_code_itself_is_a_keyboard_interrupt_and_nothing_more() {
     assert_ne!(child_pid(&runner), worker);
 }
 
+/// Defines `fork_then_wait`, a coroutine that forks after a turn of the
+/// loop; the copy runs `in_copy` and the worker returns the copy's pid.
+async fn define_fork_then_wait(runner: &PyRunner, in_copy: &str) {
+    runner
+        .run(&format!(
+            "import asyncio, os\n\
+             async def fork_then_wait():\n\
+             \x20   await asyncio.sleep(0.05)\n\
+             \x20   never = asyncio.get_running_loop().create_future()\n\
+             \x20   copy = os.fork()\n\
+             \x20   if copy == 0:\n\
+             \x20       {in_copy}\n\
+             \x20   return copy"
+        ))
+        .await
+        .unwrap();
+}
+
+/// The pid of the copy that `fork_then_wait` made.
+async fn fork_in_a_coroutine(runner: &PyRunner) -> u32 {
+    runner
+        .call_async_function("fork_then_wait", vec![])
+        .await
+        .unwrap()
+        .as_u64()
+        .expect("the copy's pid, from the worker") as u32
+}
+
 /// A fork inside a coroutine: the copy shares the worker's event loop and
 /// request pipe, and must leave both to the worker.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fork_inside_a_coroutine_leaves_the_requests_to_the_worker() {
     let runner = runner();
-    runner
-        .run(
-            "import asyncio, os\n\
-             async def fork_then_wait():\n\
-             \x20   await asyncio.sleep(0.05)\n\
-             \x20   copy = os.fork()\n\
-             \x20   await asyncio.sleep(1 if copy == 0 else 0)\n\
-             \x20   return copy",
-        )
-        .await
-        .unwrap();
+    define_fork_then_wait(&runner, "await asyncio.sleep(1)").await;
     let worker = child_pid(&runner);
     for _ in 0..3 {
-        let copy = runner
-            .call_async_function("fork_then_wait", vec![])
-            .await
-            .unwrap()
-            .as_u64()
-            .expect("the copy's pid, from the worker") as u32;
+        let copy = fork_in_a_coroutine(&runner).await;
         for i in 0..20 {
             let sum = runner.eval(&format!("{i} + 1")).await.unwrap();
             assert_eq!(sum, json!(i + 1));
@@ -137,33 +150,14 @@ async fn a_fork_inside_a_coroutine_leaves_the_requests_to_the_worker() {
 /// The copy's loop turn ends after the fork even when nothing would end it
 /// otherwise: the worker waited in its loop, no request comes, and the
 /// copy's own call waits on a future that never completes. (It awaits one
-/// made before the fork: up to 3.11 asyncio's own functions raise in a
-/// forked process, which would end the call, and the turn with it.)
+/// made before the fork: asyncio's own functions raise in a forked
+/// process, which would end the call, and the turn with it.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_copy_forked_in_a_coroutine_leaves_without_a_request_to_wake_it() {
     let runner = runner();
-    runner
-        .run(
-            "import asyncio, os\n\
-             async def fork_then_wait():\n\
-             \x20   await asyncio.sleep(0.05)\n\
-             \x20   never = asyncio.get_running_loop().create_future()\n\
-             \x20   copy = os.fork()\n\
-             \x20   if copy == 0:\n\
-             \x20       await never\n\
-             \x20   return copy",
-        )
-        .await
-        .unwrap();
-    let copy = runner
-        .call_async_function("fork_then_wait", vec![])
-        .await
-        .unwrap()
-        .as_u64()
-        .expect("the copy's pid, from the worker") as u32;
-    let t0 = std::time::Instant::now();
+    define_fork_then_wait(&runner, "await never").await;
+    let copy = fork_in_a_coroutine(&runner).await;
     eventually("the copy left", || !is_running(copy));
-    eprintln!("LEFT after {:?}", t0.elapsed());
     let status = runner.eval(&format!("os.waitpid({copy}, 0)[1]")).await;
     assert_eq!(status.unwrap(), json!(0));
 }

@@ -4,7 +4,9 @@
 mod faults;
 mod pool;
 
-use async_py::{PyRunnerError, Value};
+use std::path::PathBuf;
+
+use async_py::{PyPool, PyRunnerError, Value};
 use faults::{eventually, kill};
 use pool::{answering_pids, pids, DEFS};
 
@@ -110,16 +112,34 @@ fn a_run_that_failed_is_not_replayed() {
     assert!(afters.into_iter().all(|a| a.unwrap() == "kept"));
 }
 
-#[test]
-fn a_replacement_that_cannot_replay_a_run_fails_its_start_instead_of_serving() {
+/// A pool of `workers` whose second run read a file that is gone now (its
+/// folder and path come along): a fresh child cannot replay that run until
+/// the file is written again.
+fn pool_whose_run_read_a_file_now_gone(workers: usize) -> (tempfile::TempDir, PathBuf, PyPool) {
     let folder = tempfile::tempdir().unwrap();
     let flag = folder.path().join("flag");
     std::fs::write(&flag, "v").unwrap();
-    let pool = pool::pool(1);
+    let pool = pool::pool(workers);
     pool.run_sync(DEFS).unwrap();
     pool.run_sync(&format!("X = open({:?}).read()", flag.to_str().unwrap()))
         .unwrap();
     std::fs::remove_file(&flag).unwrap();
+    (folder, flag, pool)
+}
+
+/// Waits until the first worker has a child other than `old`, then checks
+/// that every worker answers.
+fn first_worker_serves_again(pool: &PyPool, old: u32) {
+    eventually("the first worker serves again", || {
+        let pid = pool.stats()[0].pid;
+        pid != old && pid != 0
+    });
+    assert_eq!(answering_pids(pool, 20), pids(pool));
+}
+
+#[test]
+fn a_replacement_that_cannot_replay_a_run_fails_its_start_instead_of_serving() {
+    let (_folder, flag, pool) = pool_whose_run_read_a_file_now_gone(1);
     match pool.eval_sync("os._exit(1)") {
         Err(PyRunnerError::WorkerDied { .. }) => {}
         other => panic!("expected WorkerDied, got {other:?}"),
@@ -139,14 +159,7 @@ fn a_replacement_that_cannot_replay_a_run_fails_its_start_instead_of_serving() {
 
 #[test]
 fn a_worker_whose_child_cannot_start_leaves_its_calls_to_the_others_until_it_can() {
-    let folder = tempfile::tempdir().unwrap();
-    let flag = folder.path().join("flag");
-    std::fs::write(&flag, "v").unwrap();
-    let pool = pool::pool(2);
-    pool.run_sync(DEFS).unwrap();
-    pool.run_sync(&format!("X = open({:?}).read()", flag.to_str().unwrap()))
-        .unwrap();
-    std::fs::remove_file(&flag).unwrap();
+    let (_folder, flag, pool) = pool_whose_run_read_a_file_now_gone(2);
     let before = pool.stats();
     kill(before[0].pid, 9);
     eventually("the killed worker tried a fresh child", || {
@@ -166,11 +179,7 @@ fn a_worker_whose_child_cannot_start_leaves_its_calls_to_the_others_until_it_can
     );
     // Once the run can be replayed, the worker starts a child on its own.
     std::fs::write(&flag, "v").unwrap();
-    eventually("the worker serves again", || {
-        let pid = pool.stats()[0].pid;
-        pid != before[0].pid && pid != 0
-    });
-    assert_eq!(answering_pids(&pool, 20), pids(&pool));
+    first_worker_serves_again(&pool, before[0].pid);
 }
 
 /// A run still in progress on one worker, that another worker's child ran
@@ -222,11 +231,7 @@ fn a_run_a_lost_child_had_answered_is_required_of_its_replacement() {
         assert_eq!(reply.unwrap(), "v");
     }
     std::fs::write(file("flag"), "v").unwrap();
-    eventually("the first worker serves again, with the run", || {
-        let pid = pool.stats()[0].pid;
-        pid != first && pid != 0
-    });
-    assert_eq!(answering_pids(&pool, 20), pids(&pool));
+    first_worker_serves_again(&pool, first);
     for reply in pool.map_sync("var", vec![vec!["X".into()]; 40]) {
         assert_eq!(reply.unwrap(), "v");
     }
