@@ -1226,7 +1226,6 @@ class ChildWorker:
         self.unpack_frame = unpack_frame
         self.globals = new_globals()
         self.driver = None  # made by the first call_async
-        self.last_coroutine = 0  # the id of the last call_async started
         self.poller = select.poll()
         self.poller.register(proto_in, select.POLLIN)
         self.inbox = bytearray()
@@ -1257,7 +1256,7 @@ class ChildWorker:
             self._handle_frames()
             if self.driver is not None and self.driver.pending and not self.stopping:
                 self._turn_loop(block=False)  # let coroutines move between batches
-            self._flush()
+            # Every reply is out by now: each request's and each turn's flush it.
             if self.stopping:
                 return 0
             if self.interrupted:
@@ -1298,15 +1297,15 @@ class ChildWorker:
     def _turn_loop(self, block):
         """Runs the event loop once, or until bytes arrive or a call finishes.
 
-        With a ring, the child says there while it is in the loop, and which
-        coroutine it started last: requests run only outside the loop, so a
-        parent that finds a limit passed while the child is inside knows a
-        coroutine holds the loop, no request runs, and which coroutines had
-        started. (Its replies are published before the flag is set.)
+        With a ring, the child says there while it is in the loop (the id of
+        the last coroutine it started is there already, see op_call_async):
+        requests run only outside the loop, so a parent that finds a limit
+        passed while the child is inside knows a coroutine holds the loop, no
+        request runs, and which coroutines had started. (Its replies are
+        published before the flag is set.)
         """
         counters = None if self.ring is None else self.ring.counters
         if counters is not None:
-            counters[_RING_LAST_COROUTINE] = self.last_coroutine
             counters[_RING_IN_LOOP] = 1
         try:
             finished = self.driver.turn(block)
@@ -1486,13 +1485,13 @@ class ChildWorker:
         return resolve(name, self.globals)(*args)
 
     def op_call_async(self, request_id, name, args, limit):
-        self.last_coroutine = request_id
         function = resolve(name, self.globals)
         driver = self._coroutine_driver()
         counters = None if self.ring is None else self.ring.counters
         if counters is not None:
-            # The call that makes the coroutine is part of it: the parent
-            # judges it by the coroutine's limit, as it judges a coroutine
+            # The last coroutine started, which the loop's turns leave in
+            # place. The call that makes it is part of it: the parent judges
+            # that call by the coroutine's limit, as it judges a coroutine
             # that holds the loop, and knows that no request runs meanwhile.
             counters[_RING_LAST_COROUTINE] = request_id
             counters[_RING_IN_LOOP] = 1

@@ -159,8 +159,8 @@ impl ReplyRing {
     /// Where the child says it is. In its event loop no request runs
     /// (only coroutines, or nothing while it waits). The body of no
     /// coroutine after `last_coroutine` (an id; 0 for none) has run: bodies
-    /// run only in the loop, and the id is stored before each turn (and
-    /// before the call that makes a coroutine, which counts as its loop). The
+    /// run only in the loop, and the id is stored as the call that makes a
+    /// coroutine starts (that call counts as its loop). The
     /// child publishes its replies, then the id, then the flag: a flag seen
     /// with replies still to take is `Unsure`, as those may be to requests
     /// that ran just before the loop. Outside the loop, replies still to
