@@ -251,7 +251,6 @@ impl Core {
         };
         let entries = hooks.log.snapshot();
         let limit = self.settings.timeout;
-        self.shares_ok.retain(|&index| hooks.log.is_pending(index));
         for (index, code) in entries.iter().enumerate() {
             let Some(code) = code else {
                 continue;
@@ -727,6 +726,9 @@ impl Core {
             }
             return;
         }
+        if self.timed == 0 {
+            return; // no limit in flight: nothing to look at
+        }
         // With a ring the child says when it is in its event loop, where no
         // request runs: then only a coroutine can be what holds it up.
         let at = self
@@ -820,8 +822,9 @@ impl Core {
         self.timed = 0;
         for (id, flight) in std::mem::take(&mut self.inflight) {
             let unstarted = match loss {
-                // No sync request was running, nor had the body of any
-                // coroutine after the last one the child started a turn with.
+                // No coroutine after the last one the child started had
+                // run, nor any sync request but the one it may have gone on
+                // to after the look that judged it.
                 Loss::CoroutineStuck {
                     last_coroutine,
                     sync_started,
