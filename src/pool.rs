@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard, Weak};
-use std::task::Poll;
+use std::task::{Context, Poll, Wake, Waker};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -724,39 +724,239 @@ type BoxedCall<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// Runs the futures with at most `window(finished so far)` in flight; their
 /// outputs in input order.
+///
+/// Each future gets a waker of its own, and a poll of the whole polls only
+/// the futures that were woken (and those just started). Polling every one
+/// on every wake-up would make each pending call of a `map` take its
+/// worker's driver's seat and spin for its reply whenever any other call
+/// finished, and wake that worker's thread when it gave up: on two cores
+/// those threads ran on the cores of the children doing the work.
 async fn join_in_order<'a, T>(
     futures: impl IntoIterator<Item = BoxedCall<'a, T>>,
     mut window: impl FnMut(usize) -> usize,
 ) -> Vec<T> {
-    let mut waiting = futures.into_iter().enumerate().peekable();
-    let mut running: Vec<(usize, BoxedCall<T>)> = Vec::new();
+    let mut waiting = futures.into_iter().peekable();
+    let woken = Arc::new(Woken::default());
+    // By input index: the future and its waker while it runs, then its output.
+    let mut running: Vec<Option<Running<T>>> = Vec::new();
     let mut done: Vec<Option<T>> = Vec::new();
-    poll_fn(|cx| loop {
-        let limit = window(done.len() - running.len());
-        while running.len() < limit {
-            let Some((index, future)) = waiting.next() else {
-                break;
-            };
-            done.push(None);
-            running.push((index, future));
-        }
-        let before = running.len();
-        running.retain_mut(|(index, future)| match future.as_mut().poll(cx) {
-            Poll::Ready(output) => {
-                done[*index] = Some(output);
-                false
+    let (mut started, mut finished) = (0, 0);
+    let mut to_poll = Vec::new();
+    poll_fn(|cx| {
+        woken.set_task(cx.waker());
+        // Woken since the last poll; futures woken during this poll (one
+        // that parked its worker's seat to let other tasks run first asks
+        // for another poll at once) wait for the next, unless one finishes.
+        to_poll.append(&mut woken.take());
+        loop {
+            let limit = window(finished);
+            while started - finished < limit {
+                let Some(future) = waiting.next() else {
+                    break;
+                };
+                let note = Arc::new(FutureWaker {
+                    index: started,
+                    queued: AtomicBool::new(false),
+                    woken: woken.clone(),
+                });
+                let waker = Waker::from(note.clone());
+                running.push(Some(Running {
+                    future,
+                    note,
+                    waker,
+                }));
+                done.push(None);
+                to_poll.push(started);
+                started += 1;
             }
-            Poll::Pending => true,
-        });
-        if running.is_empty() && waiting.peek().is_none() {
-            return Poll::Ready(());
-        }
-        if running.len() == before {
-            return Poll::Pending;
+            let before = finished;
+            for index in to_poll.drain(..) {
+                let Some(run) = &mut running[index] else {
+                    continue; // finished, and woken again since
+                };
+                // Cleared first, so that a wake-up during the poll counts.
+                run.note.queued.store(false, Ordering::SeqCst);
+                let mut cx = Context::from_waker(&run.waker);
+                if let Poll::Ready(output) = run.future.as_mut().poll(&mut cx) {
+                    done[index] = Some(output);
+                    running[index] = None;
+                    finished += 1;
+                }
+            }
+            if finished == started && waiting.peek().is_none() {
+                return Poll::Ready(());
+            }
+            if finished == before {
+                return Poll::Pending;
+            }
+            to_poll.append(&mut woken.take());
         }
     })
     .await;
     done.into_iter()
         .map(|output| output.expect("every future ran to the end"))
         .collect()
+}
+
+/// A future of [`join_in_order`] that has yet to finish, with its waker.
+struct Running<'a, T> {
+    future: BoxedCall<'a, T>,
+    note: Arc<FutureWaker>,
+    waker: Waker,
+}
+
+/// The futures of one [`join_in_order`] that asked to be polled, and the
+/// task that polls them.
+#[derive(Default)]
+struct Woken {
+    indices: Mutex<Vec<usize>>,
+    task: Mutex<Option<Waker>>,
+}
+
+impl Woken {
+    fn set_task(&self, waker: &Waker) {
+        let mut task = self.task.lock().unwrap_or_else(|p| p.into_inner());
+        if !task.as_ref().is_some_and(|task| task.will_wake(waker)) {
+            *task = Some(waker.clone());
+        }
+    }
+
+    fn take(&self) -> Vec<usize> {
+        std::mem::take(&mut *self.indices.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+/// The waker of one future in a [`join_in_order`]: notes its index, once
+/// until it is polled, and wakes the task.
+struct FutureWaker {
+    index: usize,
+    queued: AtomicBool,
+    woken: Arc<Woken>,
+}
+
+impl Wake for FutureWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        if !self.queued.swap(true, Ordering::SeqCst) {
+            self.woken
+                .indices
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(self.index);
+        }
+        let task = self.woken.task.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(task) = task.as_ref() {
+            task.wake_by_ref();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A future that stays pending until its gate opens, counting its polls.
+    struct Gate {
+        open: AtomicBool,
+        polls: AtomicUsize,
+        waker: Mutex<Option<Waker>>,
+    }
+
+    impl Gate {
+        fn new() -> Arc<Gate> {
+            Arc::new(Gate {
+                open: AtomicBool::new(false),
+                polls: AtomicUsize::new(0),
+                waker: Mutex::new(None),
+            })
+        }
+
+        fn open(&self) {
+            self.open.store(true, Ordering::SeqCst);
+            if let Some(waker) = self.waker.lock().unwrap().take() {
+                waker.wake();
+            }
+        }
+
+        fn wait(self: Arc<Self>, output: usize) -> BoxedCall<'static, usize> {
+            Box::pin(poll_fn(move |cx| {
+                self.polls.fetch_add(1, Ordering::SeqCst);
+                if self.open.load(Ordering::SeqCst) {
+                    return Poll::Ready(output);
+                }
+                *self.waker.lock().unwrap() = Some(cx.waker().clone());
+                Poll::Pending
+            }))
+        }
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn only_the_futures_woken_are_polled_again() {
+        let gates: Vec<_> = (0..8).map(|_| Gate::new()).collect();
+        let futures: Vec<_> = gates
+            .iter()
+            .enumerate()
+            .map(|(i, g)| g.clone().wait(i))
+            .collect();
+        let outputs = runtime().block_on(async {
+            let opener = {
+                let gates = gates.clone();
+                tokio::spawn(async move {
+                    // Out of order, one per turn of the runtime.
+                    for index in [3, 0, 7, 1, 6, 2, 5, 4] {
+                        tokio::task::yield_now().await;
+                        gates[index].open();
+                    }
+                })
+            };
+            let outputs = join_in_order(futures, |_| usize::MAX).await;
+            opener.await.unwrap();
+            outputs
+        });
+        assert_eq!(outputs, (0..8).collect::<Vec<_>>());
+        for (index, gate) in gates.iter().enumerate() {
+            // Once when started, once after its own wake-up.
+            assert_eq!(gate.polls.load(Ordering::SeqCst), 2, "future {index}");
+        }
+    }
+
+    #[test]
+    fn no_more_than_the_window_runs_at_once() {
+        let gates: Vec<_> = (0..6).map(|_| Gate::new()).collect();
+        let futures: Vec<_> = gates
+            .iter()
+            .enumerate()
+            .map(|(i, g)| g.clone().wait(i * 10))
+            .collect();
+        let outputs = runtime().block_on(async {
+            let opener = {
+                let gates = gates.clone();
+                tokio::spawn(async move {
+                    for index in [1, 0, 3, 2, 5, 4] {
+                        // Started futures have been polled; later ones not yet.
+                        while gates[index].polls.load(Ordering::SeqCst) == 0 {
+                            tokio::task::yield_now().await;
+                        }
+                        let started = gates.iter().filter(|g| g.polls.load(Ordering::SeqCst) > 0);
+                        let finished = gates.iter().filter(|g| g.open.load(Ordering::SeqCst));
+                        assert!(started.count() - finished.count() <= 2);
+                        gates[index].open();
+                    }
+                })
+            };
+            let outputs = join_in_order(futures, |_| 2).await;
+            opener.await.unwrap();
+            outputs
+        });
+        assert_eq!(outputs, vec![0, 10, 20, 30, 40, 50]);
+    }
 }
