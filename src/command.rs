@@ -433,11 +433,6 @@ impl CommandQueue {
     }
 }
 
-/// A caller driving another process gives up its core once in this many
-/// turns of its spin: on a machine with few cores, the child or another
-/// runtime thread may be waiting for it.
-const YIELD_EVERY: u32 = 8;
-
 /// A backend that talks to another process can let a caller that waits for
 /// a reply do the talking: the caller spins anyway, and on two cores a
 /// separate I/O thread spinning as well would leave the child no core to
@@ -483,8 +478,11 @@ pub(crate) trait Drive: Send + Sync {
     /// that merely stops spinning for a slow reply leaves it to the thread,
     /// which sleeps, or waiting callers would spin in turns all along.
     fn end(&self, token: u64, handed_out: bool, done: bool);
-    /// How long the driving caller spins for a reply.
-    fn spin(&self) -> Duration;
+    /// How long the driving caller spins for a reply, and how many turns of
+    /// that spin it makes between giving up its core (`sched_yield`): on a
+    /// machine with few cores, the child or another runtime thread may be
+    /// waiting for it.
+    fn spin(&self) -> (Duration, u32);
     /// Whether a caller's first poll leaves its job to the holder of a
     /// parked seat, which sends it with the others queued meanwhile when
     /// its task is polled again (or, should it not be soon, the backend's
@@ -611,7 +609,8 @@ impl Submission {
         let Some(token) = *seat else {
             return;
         };
-        let limit = if first { Duration::ZERO } else { driver.spin() };
+        let (limit, yield_every) = driver.spin();
+        let limit = if first { Duration::ZERO } else { limit };
         let start = Instant::now();
         let mut handed_out = 0;
         let mut held = HeldWakes::default();
@@ -638,7 +637,7 @@ impl Submission {
             }
             held.wake_if_late(spun);
             turns += 1;
-            if turns % YIELD_EVERY == 0 {
+            if turns % yield_every == 0 {
                 std::thread::yield_now();
             } else {
                 std::hint::spin_loop();
