@@ -322,6 +322,8 @@ mod pool_bench {
     const BURN: &str = "def burn(n):\n    t = 0\n    for i in range(n):\n        t += i * i\n    return t\ndef add(a, b):\n    return a + b\n";
     const BURN_CALLS: usize = 16;
     const BURN_N: u64 = 400_000;
+    /// How many pools of 1 and of 4 are started, in turn, for the start row.
+    const POOL_STARTS: usize = 9;
     /// How many times 1 and 2 workers take turns at the burn.
     const BURN_PAIRS: usize = 9;
 
@@ -339,7 +341,7 @@ mod pool_bench {
     fn pool_starts() -> (Duration, Duration) {
         let builders = [pool_builder(1), pool_builder(4)];
         let mut samples = [Vec::new(), Vec::new()];
-        for _ in 0..5 {
+        for _ in 0..POOL_STARTS {
             for (builder, samples) in builders.iter().zip(&mut samples) {
                 let start = Instant::now();
                 let pool = builder.clone().build().expect("the pool starts");
@@ -635,7 +637,7 @@ if __name__ == "__main__":
         println!("| pool measure | `PyPool` | `ProcessPoolExecutor` |");
         println!("|---|---|---|");
         println!(
-            "| start, 1 worker / 4 workers | {} / {} | {} / {} |",
+            "| start, 1 worker / 4 workers (`PyPool`: medians of {POOL_STARTS}, taken in turn) | {} / {} | {} / {} |",
             micros(start_one),
             micros(start_four),
             micros(Duration::from_secs_f64(ppe_starts[0])),
