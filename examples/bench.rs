@@ -364,6 +364,7 @@ mod pool_bench {
     }
 
     /// The first two CPUs this process may run on (none if it cannot tell).
+    #[cfg(target_os = "linux")]
     fn two_cpus() -> Vec<usize> {
         // SAFETY: an all-zero cpu_set_t is a valid empty set, which
         // sched_getaffinity fills in; CPU_ISSET only reads it.
@@ -379,7 +380,13 @@ mod pool_bench {
         }
     }
 
+    #[cfg(not(target_os = "linux"))]
+    fn two_cpus() -> Vec<usize> {
+        Vec::new()
+    }
+
     /// Keeps process `pid` on one CPU.
+    #[cfg(target_os = "linux")]
     fn pin(pid: u32, cpu: usize) {
         // SAFETY: the set is a valid cpu_set_t that lives across the call.
         let pinned = unsafe {
@@ -388,6 +395,11 @@ mod pool_bench {
             libc::sched_setaffinity(pid as libc::pid_t, std::mem::size_of_val(&set), &set)
         };
         assert_eq!(pinned, 0, "could not keep process {pid} on CPU {cpu}");
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn pin(_pid: u32, _cpu: usize) {
+        unreachable!("no CPUs to pin to are listed off Linux")
     }
 
     /// Seconds for BURN_CALLS calls of `burn`, all given to one `map`.
@@ -590,11 +602,12 @@ if __name__ == "__main__":
         // worker stays on the CPU it started on: one worker's time is the
         // mean of a run on each CPU, for both pools.
         let cpus = two_cpus();
-        let one_pid = one.stats()[0].pid;
         for _ in 0..BURN_PAIRS {
             let mut a = Vec::new();
             for &cpu in &cpus {
-                pin(one_pid, cpu);
+                let pid = one.stats()[0].pid;
+                assert_ne!(pid, 0, "the one-worker pool has a child");
+                pin(pid, cpu);
                 a.push(pool_burn(&one).await);
             }
             if cpus.is_empty() {
@@ -643,8 +656,13 @@ if __name__ == "__main__":
             micros(Duration::from_secs_f64(ppe_starts[0])),
             micros(Duration::from_secs_f64(ppe_starts[1]))
         );
+        let held = match cpus.len() {
+            0 => "not held on a CPU".to_string(),
+            1 => "held on the one CPU".to_string(),
+            n => format!("mean of a run on each of {n} CPUs"),
+        };
         println!(
-            "| {BURN_CALLS} CPU-bound calls (~{BURN_N} loop turns each), 1 worker (mean of a run on each of 2 CPUs) / 2 workers, medians of {BURN_PAIRS} (speed-up: median of paired runs; the two pools take turns) | {:.3} s / {:.3} s ({:.2}×) | {:.3} s / {:.3} s ({:.2}×) |",
+            "| {BURN_CALLS} CPU-bound calls (~{BURN_N} loop turns each), 1 worker ({held}) / 2 workers, medians of {BURN_PAIRS} (speed-up: median of paired runs; the two pools take turns) | {:.3} s / {:.3} s ({:.2}×) | {:.3} s / {:.3} s ({:.2}×) |",
             burn_one,
             burn_two,
             speedup,

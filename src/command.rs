@@ -637,7 +637,7 @@ impl Submission {
             }
             held.wake_if_late(spun);
             turns += 1;
-            if turns % yield_every == 0 {
+            if turns % yield_every.max(1) == 0 {
                 std::thread::yield_now();
             } else {
                 std::hint::spin_loop();

@@ -7,6 +7,7 @@
 //! children started later, calls a lost child never started move to other
 //! workers, and workers can be recycled after a number of calls.
 
+use std::collections::HashMap;
 use std::future::{poll_fn, Future};
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -737,8 +738,8 @@ async fn join_in_order<'a, T>(
 ) -> Vec<T> {
     let mut waiting = futures.into_iter().peekable();
     let woken = Arc::new(Woken::default());
-    // By input index: the future and its waker while it runs, then its output.
-    let mut running: Vec<Option<Running<T>>> = Vec::new();
+    // The futures in flight, by input index; outputs go to `done`.
+    let mut running: HashMap<usize, Running<T>> = HashMap::new();
     let mut done: Vec<Option<T>> = Vec::new();
     let (mut started, mut finished) = (0, 0);
     let mut to_poll = Vec::new();
@@ -760,26 +761,29 @@ async fn join_in_order<'a, T>(
                     woken: woken.clone(),
                 });
                 let waker = Waker::from(note.clone());
-                running.push(Some(Running {
-                    future,
-                    note,
-                    waker,
-                }));
+                running.insert(
+                    started,
+                    Running {
+                        future,
+                        note,
+                        waker,
+                    },
+                );
                 done.push(None);
                 to_poll.push(started);
                 started += 1;
             }
             let before = finished;
             for index in to_poll.drain(..) {
-                let Some(run) = &mut running[index] else {
+                let Some(run) = running.get_mut(&index) else {
                     continue; // finished, and woken again since
                 };
                 // Cleared first, so that a wake-up during the poll counts.
-                run.note.queued.store(false, Ordering::SeqCst);
+                run.note.queued.swap(false, Ordering::AcqRel);
                 let mut cx = Context::from_waker(&run.waker);
                 if let Poll::Ready(output) = run.future.as_mut().poll(&mut cx) {
                     done[index] = Some(output);
-                    running[index] = None;
+                    running.remove(&index);
                     finished += 1;
                 }
             }
@@ -847,9 +851,15 @@ impl Wake for FutureWaker {
                 .unwrap_or_else(|p| p.into_inner())
                 .push(self.index);
         }
-        let task = self.woken.task.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(task) = task.as_ref() {
-            task.wake_by_ref();
+        // Woken outside the lock: an executor may poll the task at once.
+        let task = self
+            .woken
+            .task
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some(task) = task {
+            task.wake();
         }
     }
 }
@@ -859,18 +869,22 @@ mod tests {
     use super::*;
 
     /// A future that stays pending until its gate opens, counting its polls.
+    /// With `bounce`, its first poll wakes itself and returns pending, as a
+    /// call that parks its worker's seat does.
     struct Gate {
         open: AtomicBool,
         polls: AtomicUsize,
         waker: Mutex<Option<Waker>>,
+        bounce: bool,
     }
 
     impl Gate {
-        fn new() -> Arc<Gate> {
+        fn new(bounce: bool) -> Arc<Gate> {
             Arc::new(Gate {
                 open: AtomicBool::new(false),
                 polls: AtomicUsize::new(0),
                 waker: Mutex::new(None),
+                bounce,
             })
         }
 
@@ -883,46 +897,62 @@ mod tests {
 
         fn wait(self: Arc<Self>, output: usize) -> BoxedCall<'static, usize> {
             Box::pin(poll_fn(move |cx| {
-                self.polls.fetch_add(1, Ordering::SeqCst);
+                let polls = self.polls.fetch_add(1, Ordering::SeqCst) + 1;
+                if self.bounce && polls == 1 {
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
+                *self.waker.lock().unwrap() = Some(cx.waker().clone());
+                // Checked after the waker is stored: an opening in between
+                // finds it, or is seen here.
                 if self.open.load(Ordering::SeqCst) {
                     return Poll::Ready(output);
                 }
-                *self.waker.lock().unwrap() = Some(cx.waker().clone());
                 Poll::Pending
             }))
         }
     }
 
-    fn runtime() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_current_thread()
+    /// Runs the join of the gates' futures on a current-thread runtime while
+    /// `open` opens them; a join that never ends fails after 10 s.
+    fn join_gates(
+        gates: &[Arc<Gate>],
+        window: usize,
+        open: impl FnOnce(Vec<Arc<Gate>>) -> tokio::task::JoinHandle<()>,
+    ) -> Vec<usize> {
+        let futures: Vec<_> = gates
+            .iter()
+            .enumerate()
+            .map(|(i, gate)| gate.clone().wait(i * 10))
+            .collect();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
             .build()
-            .unwrap()
+            .unwrap();
+        runtime.block_on(async {
+            let opener = open(gates.to_vec());
+            let joined = join_in_order(futures, |_| window);
+            let outputs = tokio::time::timeout(Duration::from_secs(10), joined)
+                .await
+                .expect("the join ends once every gate is open");
+            opener.await.unwrap();
+            outputs
+        })
     }
 
     #[test]
     fn only_the_futures_woken_are_polled_again() {
-        let gates: Vec<_> = (0..8).map(|_| Gate::new()).collect();
-        let futures: Vec<_> = gates
-            .iter()
-            .enumerate()
-            .map(|(i, g)| g.clone().wait(i))
-            .collect();
-        let outputs = runtime().block_on(async {
-            let opener = {
-                let gates = gates.clone();
-                tokio::spawn(async move {
-                    // Out of order, one per turn of the runtime.
-                    for index in [3, 0, 7, 1, 6, 2, 5, 4] {
-                        tokio::task::yield_now().await;
-                        gates[index].open();
-                    }
-                })
-            };
-            let outputs = join_in_order(futures, |_| usize::MAX).await;
-            opener.await.unwrap();
-            outputs
+        let gates: Vec<_> = (0..8).map(|_| Gate::new(false)).collect();
+        let outputs = join_gates(&gates, usize::MAX, |gates| {
+            tokio::spawn(async move {
+                // Out of order, one per turn of the runtime.
+                for index in [3, 0, 7, 1, 6, 2, 5, 4] {
+                    tokio::task::yield_now().await;
+                    gates[index].open();
+                }
+            })
         });
-        assert_eq!(outputs, (0..8).collect::<Vec<_>>());
+        assert_eq!(outputs, (0..8).map(|i| i * 10).collect::<Vec<_>>());
         for (index, gate) in gates.iter().enumerate() {
             // Once when started, once after its own wake-up.
             assert_eq!(gate.polls.load(Ordering::SeqCst), 2, "future {index}");
@@ -931,32 +961,47 @@ mod tests {
 
     #[test]
     fn no_more_than_the_window_runs_at_once() {
-        let gates: Vec<_> = (0..6).map(|_| Gate::new()).collect();
-        let futures: Vec<_> = gates
-            .iter()
-            .enumerate()
-            .map(|(i, g)| g.clone().wait(i * 10))
-            .collect();
-        let outputs = runtime().block_on(async {
-            let opener = {
-                let gates = gates.clone();
-                tokio::spawn(async move {
-                    for index in [1, 0, 3, 2, 5, 4] {
-                        // Started futures have been polled; later ones not yet.
-                        while gates[index].polls.load(Ordering::SeqCst) == 0 {
-                            tokio::task::yield_now().await;
-                        }
-                        let started = gates.iter().filter(|g| g.polls.load(Ordering::SeqCst) > 0);
-                        let finished = gates.iter().filter(|g| g.open.load(Ordering::SeqCst));
-                        assert!(started.count() - finished.count() <= 2);
-                        gates[index].open();
+        let gates: Vec<_> = (0..6).map(|_| Gate::new(false)).collect();
+        let most = Arc::new(AtomicUsize::new(0));
+        let seen = most.clone();
+        let outputs = join_gates(&gates, 2, move |gates| {
+            tokio::spawn(async move {
+                for index in [1, 0, 3, 2, 5, 4] {
+                    // Waits for the join to start it.
+                    while gates[index].polls.load(Ordering::SeqCst) == 0 {
+                        tokio::task::yield_now().await;
                     }
-                })
-            };
-            let outputs = join_in_order(futures, |_| 2).await;
-            opener.await.unwrap();
-            outputs
+                    let started = gates.iter().filter(|g| g.polls.load(Ordering::SeqCst) > 0);
+                    let open = gates.iter().filter(|g| g.open.load(Ordering::SeqCst));
+                    seen.fetch_max(started.count() - open.count(), Ordering::SeqCst);
+                    gates[index].open();
+                }
+            })
         });
         assert_eq!(outputs, vec![0, 10, 20, 30, 40, 50]);
+        assert_eq!(most.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn futures_woken_from_other_threads_or_by_themselves_all_finish() {
+        let gates: Vec<_> = (0..64).map(|i| Gate::new(i % 2 == 0)).collect();
+        let outputs = join_gates(&gates, 16, |gates| {
+            tokio::task::spawn_blocking(move || {
+                // From another thread, in reverse: most wake-ups come while
+                // the join runs or sleeps.
+                for _ in 0..1000 {
+                    for gate in gates.iter().rev() {
+                        if gate.polls.load(Ordering::SeqCst) > 0 {
+                            gate.open();
+                        }
+                    }
+                    if gates.iter().all(|g| g.open.load(Ordering::SeqCst)) {
+                        return;
+                    }
+                    thread::sleep(Duration::from_millis(1));
+                }
+            })
+        });
+        assert_eq!(outputs, (0..64).map(|i| i * 10).collect::<Vec<_>>());
     }
 }
