@@ -7,7 +7,6 @@
 //! children started later, calls a lost child never started move to other
 //! workers, and workers can be recycled after a number of calls.
 
-use std::collections::HashMap;
 use std::future::{poll_fn, Future};
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -738,8 +737,10 @@ async fn join_in_order<'a, T>(
 ) -> Vec<T> {
     let mut waiting = futures.into_iter().peekable();
     let woken = Arc::new(Woken::default());
-    // The futures in flight, by input index; outputs go to `done`.
-    let mut running: HashMap<usize, Running<T>> = HashMap::new();
+    // By input index: the future and its waker while it runs. A slot per
+    // input, as `done` and the inputs have: a lookup by index costs less
+    // than a hash per poll, which a map of trivial calls felt.
+    let mut running: Vec<Option<Running<T>>> = Vec::new();
     let mut done: Vec<Option<T>> = Vec::new();
     let (mut started, mut finished) = (0, 0);
     let mut to_poll = Vec::new();
@@ -761,21 +762,18 @@ async fn join_in_order<'a, T>(
                     woken: woken.clone(),
                 });
                 let waker = Waker::from(note.clone());
-                running.insert(
-                    started,
-                    Running {
-                        future,
-                        note,
-                        waker,
-                    },
-                );
+                running.push(Some(Running {
+                    future,
+                    note,
+                    waker,
+                }));
                 done.push(None);
                 to_poll.push(started);
                 started += 1;
             }
             let before = finished;
             for index in to_poll.drain(..) {
-                let Some(run) = running.get_mut(&index) else {
+                let Some(run) = &mut running[index] else {
                     continue; // finished, and woken again since
                 };
                 // Cleared first, so that a wake-up during the poll counts.
@@ -783,7 +781,7 @@ async fn join_in_order<'a, T>(
                 let mut cx = Context::from_waker(&run.waker);
                 if let Poll::Ready(output) = run.future.as_mut().poll(&mut cx) {
                     done[index] = Some(output);
-                    running.remove(&index);
+                    running[index] = None;
                     finished += 1;
                 }
             }
