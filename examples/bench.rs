@@ -598,9 +598,9 @@ if __name__ == "__main__":
         let mut ours = [Vec::new(), Vec::new(), Vec::new()];
         let mut theirs = [Vec::new(), Vec::new(), Vec::new()];
         // The CPUs of a VM need not run at one speed (here one at times
-        // took a fifth longer than the other for the same loop), and a lone
-        // worker stays on the CPU it started on: one worker's time is the
-        // mean of a run on each CPU, for both pools.
+        // took up to half as long again as the other for the same loop),
+        // and a lone worker stays on the CPU it started on: one worker's
+        // time is the mean of a run on each CPU, for both pools.
         let cpus = two_cpus();
         for _ in 0..BURN_PAIRS {
             let mut a = Vec::new();
