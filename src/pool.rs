@@ -737,27 +737,29 @@ async fn join_in_order<'a, T>(
 ) -> Vec<T> {
     let mut waiting = futures.into_iter().peekable();
     let woken = Arc::new(Woken::default());
-    // By input index: the future and its waker while it runs. A slot per
-    // input, as `done` and the inputs have: a lookup by index costs less
-    // than a hash per poll, which a map of trivial calls felt.
+    // By input index: the future and its waker while it runs; its length
+    // is how many have started. A slot per input, as `done` and the inputs
+    // have: a lookup by index costs less than a hash per poll, which a map
+    // of trivial calls felt.
     let mut running: Vec<Option<Running<T>>> = Vec::new();
     let mut done: Vec<Option<T>> = Vec::new();
-    let (mut started, mut finished) = (0, 0);
+    let mut finished = 0;
     let mut to_poll = Vec::new();
     poll_fn(|cx| {
         woken.set_task(cx.waker());
         // Woken since the last poll; futures woken during this poll (one
         // that parked its worker's seat to let other tasks run first asks
         // for another poll at once) wait for the next, unless one finishes.
-        to_poll.append(&mut woken.take());
+        woken.take_into(&mut to_poll);
         loop {
             let limit = window(finished);
-            while started - finished < limit {
+            while running.len() - finished < limit {
                 let Some(future) = waiting.next() else {
                     break;
                 };
+                let index = running.len();
                 let note = Arc::new(FutureWaker {
-                    index: started,
+                    index,
                     queued: AtomicBool::new(false),
                     woken: woken.clone(),
                 });
@@ -768,8 +770,7 @@ async fn join_in_order<'a, T>(
                     waker,
                 }));
                 done.push(None);
-                to_poll.push(started);
-                started += 1;
+                to_poll.push(index);
             }
             let before = finished;
             for index in to_poll.drain(..) {
@@ -785,13 +786,13 @@ async fn join_in_order<'a, T>(
                     finished += 1;
                 }
             }
-            if finished == started && waiting.peek().is_none() {
+            if finished == running.len() && waiting.peek().is_none() {
                 return Poll::Ready(());
             }
             if finished == before {
                 return Poll::Pending;
             }
-            to_poll.append(&mut woken.take());
+            woken.take_into(&mut to_poll);
         }
     })
     .await;
@@ -816,15 +817,24 @@ struct Woken {
 }
 
 impl Woken {
+    fn indices(&self) -> std::sync::MutexGuard<'_, Vec<usize>> {
+        self.indices.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn task(&self) -> std::sync::MutexGuard<'_, Option<Waker>> {
+        self.task.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn set_task(&self, waker: &Waker) {
-        let mut task = self.task.lock().unwrap_or_else(|p| p.into_inner());
+        let mut task = self.task();
         if !task.as_ref().is_some_and(|task| task.will_wake(waker)) {
             *task = Some(waker.clone());
         }
     }
 
-    fn take(&self) -> Vec<usize> {
-        std::mem::take(&mut *self.indices.lock().unwrap_or_else(|p| p.into_inner()))
+    /// Moves the indices woken so far to `into`; both keep their buffers.
+    fn take_into(&self, into: &mut Vec<usize>) {
+        into.append(&mut self.indices());
     }
 }
 
@@ -843,19 +853,10 @@ impl Wake for FutureWaker {
 
     fn wake_by_ref(self: &Arc<Self>) {
         if !self.queued.swap(true, Ordering::SeqCst) {
-            self.woken
-                .indices
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(self.index);
+            self.woken.indices().push(self.index);
         }
         // Woken outside the lock: an executor may poll the task at once.
-        let task = self
-            .woken
-            .task
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let task = self.woken.task().clone();
         if let Some(task) = task {
             task.wake();
         }
