@@ -602,28 +602,33 @@ if __name__ == "__main__":
         // and a lone worker stays on the CPU it started on: one worker's
         // time is the mean of a run on each CPU, for both pools.
         let cpus = two_cpus();
+        // Where the lone workers run: on each of those CPUs, or anywhere.
+        let places: Vec<Option<usize>> = if cpus.is_empty() {
+            vec![None]
+        } else {
+            cpus.iter().copied().map(Some).collect()
+        };
         for _ in 0..BURN_PAIRS {
             let mut a = Vec::new();
-            for &cpu in &cpus {
-                let pid = one.stats()[0].pid;
-                assert_ne!(pid, 0, "the one-worker pool has a child");
-                pin(pid, cpu);
-                a.push(pool_burn(&one).await);
-            }
-            if cpus.is_empty() {
+            for &place in &places {
+                if let Some(cpu) = place {
+                    let pid = one.stats()[0].pid;
+                    assert_ne!(pid, 0, "the one-worker pool has a child");
+                    pin(pid, cpu);
+                }
                 a.push(pool_burn(&one).await);
             }
             let (a, b) = (mean(&a), pool_burn(&two).await);
             ours[0].push(a);
             ours[1].push(b);
             ours[2].push(a / b);
-            let mut a: Vec<f64> = cpus
+            let a: Vec<f64> = places
                 .iter()
-                .map(|cpu| ppe.ask(&format!("burn 1 {cpu}"))[0])
+                .map(|place| match place {
+                    Some(cpu) => ppe.ask(&format!("burn 1 {cpu}"))[0],
+                    None => ppe.ask("burn 1")[0],
+                })
                 .collect();
-            if cpus.is_empty() {
-                a.push(ppe.ask("burn 1")[0]);
-            }
             let (a, b) = (mean(&a), ppe.ask("burn 2")[0]);
             theirs[0].push(a);
             theirs[1].push(b);
