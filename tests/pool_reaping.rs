@@ -86,3 +86,38 @@ fn stop_also_ends_a_worker_retired_by_a_recycle() {
         assert!(is_gone(pid), "child {pid} outlived stop()");
     }
 }
+
+#[test]
+fn stop_ends_a_worker_left_without_a_child_and_starts_none_after() {
+    pool::within(60, || {
+        let folder = tempfile::tempdir().unwrap();
+        let flag = folder.path().join("flag");
+        std::fs::write(&flag, "v").unwrap();
+        let pool = pool::pool(2);
+        pool.run_sync(&format!("X = open({:?}).read()", flag.to_str().unwrap()))
+            .unwrap();
+        // The run cannot be replayed now: the killed worker's replacement
+        // fails to start, and the worker is left without a child.
+        std::fs::remove_file(&flag).unwrap();
+        let before = pool.stats();
+        faults::kill(before[0].pid, 9);
+        eventually("the killed worker tried a fresh child", || {
+            pool.stats()[0].restarts >= 1
+        });
+        assert_eq!(pool.eval_sync("X").unwrap(), "v", "the other worker serves");
+        pool.stop_sync()
+            .expect("stop with a worker that has no child is Ok");
+        assert!(matches!(pool.eval_sync("1"), Err(PyRunnerError::Stopped)));
+        eventually("the other worker is reaped", || is_gone(before[1].pid));
+        // A start would succeed again from here; a worker still trying
+        // would be past its next try (2 s after the last) within 3 s, and
+        // show its new child's pid.
+        std::fs::write(&flag, "v").unwrap();
+        std::thread::sleep(std::time::Duration::from_secs(3));
+        assert_eq!(
+            pool.stats()[0].pid,
+            before[0].pid,
+            "no child started after stop()"
+        );
+    });
+}

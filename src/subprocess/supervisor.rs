@@ -525,6 +525,16 @@ impl Core {
                 job.reply.send(Err(PyRunnerError::Stopped));
                 continue;
             }
+            if self.child.is_none() && matches!(job.request, Request::Stop) {
+                // Nothing runs to be stopped: no child is started just to
+                // end it (nor one left to start later, after `stop`).
+                self.stop_sent = true;
+                for late in self.queue.close() {
+                    late.reply.send(Err(PyRunnerError::Stopped));
+                }
+                self.stop_done = Some(job);
+                continue;
+            }
             if self.child.is_none() {
                 // A fresh command gets one fresh try even after a crash loop.
                 self.failed_starts = self.failed_starts.min(MAX_FAILED_STARTS - 1);

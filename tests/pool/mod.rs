@@ -55,3 +55,17 @@ pub fn answering_pids(pool: &PyPool, calls: usize) -> BTreeSet<u32> {
         .map(|pid| pid.expect("pid() answers").as_u64().expect("a pid") as u32)
         .collect()
 }
+
+/// Runs `body` on a thread of its own and fails the test if it has not
+/// returned within `seconds`: a hang shows as a failure, not a stuck run.
+pub fn within<T: Send + 'static>(seconds: u64, body: impl FnOnce() -> T + Send + 'static) -> T {
+    let (done, outcome) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)));
+    });
+    match outcome.recv_timeout(std::time::Duration::from_secs(seconds)) {
+        Ok(Ok(value)) => value,
+        Ok(Err(panic)) => std::panic::resume_unwind(panic),
+        Err(_) => panic!("still running after {seconds} s: it hangs"),
+    }
+}
