@@ -74,3 +74,50 @@ async fn a_coroutine_that_holds_the_loop_fails_alone() {
     assert_ne!(answered, Value::from(first), "on the fresh child");
     assert_eq!(pool.stats()[0].restarts, 1);
 }
+
+/// The caller of a call that timed out hears at once, while its worker's
+/// child is still being stopped: a call it makes next goes to the idle
+/// worker, not to the one whose child is on its way out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_call_after_a_timeout_goes_to_the_idle_worker() {
+    let pool = pool::builder(2)
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    pool.run(DEFS).await.unwrap();
+    // Ignores the interrupt: its child is killed after the grace.
+    pool.run("import time\ndef stubborn():\n    while True:\n        try:\n            time.sleep(30)\n        except BaseException:\n            pass")
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        let before = pool.stats();
+        let err = pool.call_function("stubborn", vec![]).await.unwrap_err();
+        assert!(matches!(err, PyRunnerError::Timeout(_)), "{err:?}");
+        let after_timeout = pool.stats();
+        let stuck = (0..2)
+            .find(|&i| after_timeout[i].calls == before[i].calls + 1)
+            .expect("one worker counted the stuck call");
+        let idle = 1 - stuck;
+        let pid = pool.call_function("pid", vec![]).await.unwrap();
+        assert_eq!(
+            pid,
+            Value::from(before[idle].pid),
+            "answered by the idle worker"
+        );
+        let now = pool.stats();
+        assert_eq!(
+            now[idle].calls,
+            before[idle].calls + 1,
+            "sent to the idle worker"
+        );
+        assert_eq!(
+            now[stuck].calls,
+            before[stuck].calls + 1,
+            "not to the stuck one"
+        );
+        eventually("the stuck worker has a fresh child", || {
+            let stats = pool.stats();
+            stats[stuck].pid != before[stuck].pid && !stats[stuck].busy
+        });
+    }
+}

@@ -776,6 +776,13 @@ impl Core {
                     // not while it waits); a coroutine's backstop decides.
                     running.deadline = Some(now + limit);
                 } else {
+                    if let Some(hooks) = &self.settings.hooks {
+                        // From here the child only unwinds and exits: the
+                        // pool counts this worker as full until a fresh child
+                        // has started, and sends the caller's next call (made
+                        // as soon as it hears) to another worker.
+                        hooks.state.restarting.store(true, Ordering::SeqCst);
+                    }
                     // The caller hears at the deadline; the child gets to unwind.
                     running
                         .job
