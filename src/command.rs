@@ -574,6 +574,24 @@ impl Submission {
         }
     }
 
+    /// A submission whose job is queued now rather than on its first poll,
+    /// and handed to the backend's thread (woken if it sleeps), so it goes
+    /// out whether or not the future is polled soon. Jobs queued this way
+    /// one after another reach the backend in that order.
+    #[cfg(feature = "subprocess")]
+    pub fn queued(queue: Arc<CommandQueue>, request: Request, timeout: Option<Duration>) -> Self {
+        let mut submission = Submission::new(queue, request, timeout);
+        if let Some(job) = submission.job.take() {
+            if submission.spin {
+                submission.driver = submission.queue.driver();
+            }
+            if let Err(refused) = submission.queue.push(job) {
+                refused.reply.send(Err(PyRunnerError::Stopped));
+            }
+        }
+        submission
+    }
+
     /// A turn in the driver's seat, if it is free or already ours: spins
     /// until this job's reply, until replies went to other callers and the
     /// child has nothing else to answer (then parks the seat and asks to be

@@ -17,7 +17,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tokio::sync::{Mutex as AsyncMutex, Semaphore};
+use tokio::sync::{Semaphore, TryAcquireError};
 
 use crate::builder::PyRunnerBuilder;
 use crate::command::{block_on, Job, Reply, Request};
@@ -189,7 +189,8 @@ impl PyPoolBuilder {
             log,
             slots: workers.into_iter().map(Slot::new).collect(),
             admission: Semaphore::new(count * ADMITTED_PER_WORKER),
-            broadcasts: AsyncMutex::new(()),
+            broadcasts: Mutex::new(()),
+            runs_in_flight: AtomicUsize::new(0),
             warm: AtomicUsize::new(0),
             next: AtomicUsize::new(0),
             max_calls: self.max_calls,
@@ -239,8 +240,14 @@ struct Inner {
     log: Arc<ReplayLog>,
     slots: Vec<Slot>,
     admission: Semaphore,
-    /// Runs reach the workers one at a time, in log order.
-    broadcasts: AsyncMutex<()>,
+    /// Held while a run is logged and queued on every worker, so runs reach
+    /// each worker in log order; never held across an await, so a `_sync`
+    /// twin blocking a runtime's thread never waits for a task that thread
+    /// would run.
+    broadcasts: Mutex<()>,
+    /// Runs queued on the workers whose outcome is not yet recorded (a
+    /// recycle waits for them, see [`recycle`]).
+    runs_in_flight: AtomicUsize,
     /// The worker that answered last, where the search for an idle worker
     /// starts: its child has just worked and spins a moment for the next
     /// request, while an idle sibling's child sleeps and takes a wake-up
@@ -361,6 +368,10 @@ impl Inner {
         self.retired.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn broadcasts(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.broadcasts.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// The worker for the next call, its load already counted: the first
     /// idle one from the warm worker on, else the least loaded.
     fn pick(&self) -> (usize, Load) {
@@ -458,8 +469,18 @@ fn recycle(pool: Weak<Inner>, index: usize, old: Arc<Worker>) {
         }
     };
     {
-        // Runs logged after the fresh child started reach it before any call.
-        let runs = inner.broadcasts.blocking_lock();
+        // Runs logged after the fresh child started reach it before any
+        // call. A run still in flight is waited for, lock let go, so that
+        // each one logged is settled (or blanked) or was given up by its
+        // caller when it is replayed here.
+        let mut runs = inner.broadcasts();
+        while inner.runs_in_flight.load(Ordering::SeqCst) > 0
+            && !inner.stopped.load(Ordering::SeqCst)
+        {
+            drop(runs);
+            thread::sleep(RETIRE_POLL);
+            runs = inner.broadcasts();
+        }
         if inner.stopped.load(Ordering::SeqCst) {
             drop(runs);
             let _ = fresh.runner.stop_sync();
@@ -540,24 +561,28 @@ impl PyPool {
     /// error from any worker is returned; code that failed anywhere is not
     /// replayed on later children.
     pub async fn run(&self, code: &str) -> Result<(), PyRunnerError> {
-        let _runs = self.inner.broadcasts.lock().await;
-        if self.inner.stopped.load(Ordering::SeqCst) {
-            return Err(PyRunnerError::Stopped);
-        }
-        let index = self.inner.log.push(code);
-        let sends: Vec<_> = self
-            .inner
-            .slots
-            .iter()
-            .map(|slot| {
-                let worker = slot.current();
-                let request = Request::Broadcast {
-                    code: code.to_owned(),
-                    index,
-                };
-                Box::pin(async move { worker.runner.send(request).await }) as BoxedCall<'_, Reply>
-            })
-            .collect();
+        let (index, sends, _in_flight) = {
+            let _runs = self.inner.broadcasts();
+            if self.inner.stopped.load(Ordering::SeqCst) {
+                return Err(PyRunnerError::Stopped);
+            }
+            let index = self.inner.log.push(code);
+            // Queued on every worker before the lock is let go: the next run
+            // lands behind this one everywhere.
+            let sends: Vec<_> = self
+                .inner
+                .slots
+                .iter()
+                .map(|slot| {
+                    let request = Request::Broadcast {
+                        code: code.to_owned(),
+                        index,
+                    };
+                    Box::pin(slot.current().runner.queue_now(request)) as BoxedCall<'_, Reply>
+                })
+                .collect();
+            (index, sends, RunInFlight::new(&self.inner))
+        };
         let replies = join_in_order(sends, |_| usize::MAX).await;
         let failure = replies.into_iter().find_map(Result::err);
         match failure {
@@ -574,10 +599,7 @@ impl PyPool {
 
     /// Evaluates one expression on one worker.
     pub async fn eval(&self, expr: &str) -> Result<Value, PyRunnerError> {
-        self.dispatch(Request::Eval {
-            expr: expr.to_owned(),
-        })
-        .await
+        self.dispatch(eval_request(expr), Admission::Wait).await
     }
 
     /// Calls a function by (dotted) name on one worker.
@@ -586,11 +608,8 @@ impl PyPool {
         name: &str,
         args: Vec<Value>,
     ) -> Result<Value, PyRunnerError> {
-        self.dispatch(Request::CallFunction {
-            name: name.to_owned(),
-            args,
-        })
-        .await
+        self.dispatch(call_request(name, args), Admission::Wait)
+            .await
     }
 
     /// Calls a function on one worker and awaits the coroutine it returns
@@ -600,19 +619,25 @@ impl PyPool {
         name: &str,
         args: Vec<Value>,
     ) -> Result<Value, PyRunnerError> {
-        self.dispatch(Request::CallAsyncFunction {
-            name: name.to_owned(),
-            args,
-        })
-        .await
+        self.dispatch(async_call_request(name, args), Admission::Wait)
+            .await
     }
 
     /// Calls `name` once per argument list, spread over the workers; one
     /// result per input, in input order, each failure in its own slot.
     pub async fn map(&self, name: &str, inputs: Vec<Vec<Value>>) -> Vec<Reply> {
-        let calls = inputs
-            .into_iter()
-            .map(|args| Box::pin(self.call_function(name, args)) as BoxedCall<'_, Reply>);
+        self.map_admitted(name, inputs, Admission::Wait).await
+    }
+
+    async fn map_admitted(
+        &self,
+        name: &str,
+        inputs: Vec<Vec<Value>>,
+        admission: Admission,
+    ) -> Vec<Reply> {
+        let calls = inputs.into_iter().map(|args| {
+            Box::pin(self.dispatch(call_request(name, args), admission)) as BoxedCall<'_, Reply>
+        });
         let workers = self.workers();
         let (least, most) = (workers * MAP_WINDOW_MIN, workers * ADMITTED_PER_WORKER);
         let started = Instant::now();
@@ -627,8 +652,12 @@ impl PyPool {
     /// Later commands give [`PyRunnerError::Stopped`]; stopping again is `Ok`.
     pub async fn stop(&self) -> Result<(), PyRunnerError> {
         self.inner.admission.close();
-        let _runs = self.inner.broadcasts.lock().await;
-        self.inner.stopped.store(true, Ordering::SeqCst);
+        {
+            // Runs queued before are ahead of the stop on every worker; later
+            // ones are refused.
+            let _runs = self.inner.broadcasts();
+            self.inner.stopped.store(true, Ordering::SeqCst);
+        }
         // Retired workers too: their children end before `stop` returns.
         let mut workers: Vec<_> = self.inner.slots.iter().map(Slot::current).collect();
         workers.extend(self.inner.retired().iter().cloned());
@@ -664,9 +693,17 @@ impl PyPool {
         stopped
     }
 
-    async fn dispatch(&self, request: Request) -> Reply {
-        let Ok(_admitted) = self.inner.admission.acquire().await else {
-            return Err(PyRunnerError::Stopped);
+    async fn dispatch(&self, request: Request, admission: Admission) -> Reply {
+        let _admitted = match admission {
+            Admission::Wait => match self.inner.admission.acquire().await {
+                Ok(permit) => Some(permit),
+                Err(_) => return Err(PyRunnerError::Stopped),
+            },
+            Admission::Skip => match self.inner.admission.try_acquire() {
+                Ok(permit) => Some(permit),
+                Err(TryAcquireError::NoPermits) => None,
+                Err(TryAcquireError::Closed) => return Err(PyRunnerError::Stopped),
+            },
         };
         let (index, load) = self.inner.pick();
         let reply = load.0.runner.send(request).await;
@@ -683,12 +720,12 @@ impl PyPool {
 
     /// Blocking twin of [`eval`](Self::eval).
     pub fn eval_sync(&self, expr: &str) -> Result<Value, PyRunnerError> {
-        block_on_pool(self.eval(expr))
+        block_on_pool(self.dispatch(eval_request(expr), Admission::Skip))
     }
 
     /// Blocking twin of [`call_function`](Self::call_function).
     pub fn call_function_sync(&self, name: &str, args: Vec<Value>) -> Result<Value, PyRunnerError> {
-        block_on_pool(self.call_function(name, args))
+        block_on_pool(self.dispatch(call_request(name, args), Admission::Skip))
     }
 
     /// Blocking twin of [`call_async_function`](Self::call_async_function).
@@ -697,12 +734,12 @@ impl PyPool {
         name: &str,
         args: Vec<Value>,
     ) -> Result<Value, PyRunnerError> {
-        block_on_pool(self.call_async_function(name, args))
+        block_on_pool(self.dispatch(async_call_request(name, args), Admission::Skip))
     }
 
     /// Blocking twin of [`map`](Self::map).
     pub fn map_sync(&self, name: &str, inputs: Vec<Vec<Value>>) -> Vec<Reply> {
-        block_on_pool(self.map(name, inputs))
+        block_on_pool(self.map_admitted(name, inputs, Admission::Skip))
     }
 
     /// Blocking twin of [`stop`](Self::stop).
@@ -711,11 +748,61 @@ impl PyPool {
     }
 }
 
-/// [`block_on`] for the pool's twins. The pool waits on tokio's semaphore
-/// and mutex, which count their polls against the budget of the tokio task
-/// they run in and, once it is spent, ask to be polled later; a twin called
-/// inside a task never hands back to the runtime to refill it, so without
-/// this it would spin there.
+/// How a call gets its place among the calls admitted to the pool.
+#[derive(Clone, Copy)]
+enum Admission {
+    /// Waits its turn for a place.
+    Wait,
+    /// Takes a place if one is free, else goes without: for the `_sync`
+    /// twins. A twin called inside a tokio task blocks that task's thread,
+    /// and the places may all be held by other tasks' calls that only that
+    /// thread would poll again to give them back. Each blocked thread adds
+    /// at most one call (or one `map`'s window) past the bound.
+    Skip,
+}
+
+fn eval_request(expr: &str) -> Request {
+    Request::Eval {
+        expr: expr.to_owned(),
+    }
+}
+
+fn call_request(name: &str, args: Vec<Value>) -> Request {
+    Request::CallFunction {
+        name: name.to_owned(),
+        args,
+    }
+}
+
+fn async_call_request(name: &str, args: Vec<Value>) -> Request {
+    Request::CallAsyncFunction {
+        name: name.to_owned(),
+        args,
+    }
+}
+
+/// Counts a run as in flight until its outcome is recorded, or its caller
+/// gives up on it.
+struct RunInFlight<'a>(&'a Inner);
+
+impl<'a> RunInFlight<'a> {
+    fn new(inner: &'a Inner) -> Self {
+        inner.runs_in_flight.fetch_add(1, Ordering::SeqCst);
+        RunInFlight(inner)
+    }
+}
+
+impl Drop for RunInFlight<'_> {
+    fn drop(&mut self) {
+        self.0.runs_in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// [`block_on`] for the pool's twins. The pool's futures may wait on tokio's
+/// primitives (the zygote's end in `stop`), which count their polls against
+/// the budget of the tokio task they run in and, once it is spent, ask to be
+/// polled later; a twin called inside a task never hands back to the
+/// runtime to refill it, so without this it would spin there.
 fn block_on_pool<F: Future>(future: F) -> F::Output {
     block_on(tokio::task::unconstrained(future))
 }

@@ -124,6 +124,24 @@ impl PyRunner {
         Submission::new(self.shared.queue.clone(), request, self.timeout).await
     }
 
+    /// Queues the request at once (see [`Submission::queued`]); the reply
+    /// comes through the returned future.
+    #[cfg(feature = "subprocess")]
+    pub(crate) fn queue_now(
+        &self,
+        request: Request,
+    ) -> impl std::future::Future<Output = Reply> + Send + 'static {
+        let queued = match &self.shared.failed {
+            Some(err) => Err(err.clone()),
+            None => Ok(Submission::queued(
+                self.shared.queue.clone(),
+                request,
+                self.timeout,
+            )),
+        };
+        async move { queued?.await }
+    }
+
     /// Runs Python statements in the runner's globals.
     pub async fn run(&self, code: &str) -> Result<(), PyRunnerError> {
         self.send(Request::Run {

@@ -236,3 +236,38 @@ fn a_run_a_lost_child_had_answered_is_required_of_its_replacement() {
         assert_eq!(reply.unwrap(), "v");
     }
 }
+
+/// `run_sync` inside a task, while an async `run` of another task on the
+/// same (current-thread) runtime is still running on the workers: the
+/// twin blocks the only thread that could poll that task, so it must not
+/// wait for it; both runs reach every worker, in the order they came.
+#[test]
+fn run_sync_in_a_task_next_to_an_async_run_of_another_task() {
+    pool::within(60, || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let pool = pool::pool(2);
+            pool.run(DEFS).await.unwrap();
+            let first = {
+                let pool = pool.clone();
+                tokio::spawn(async move { pool.run("time.sleep(0.2)\nORDER = ['first']").await })
+            };
+            tokio::task::yield_now().await;
+            pool.run_sync("ORDER.append('second')").unwrap();
+            first.await.unwrap().unwrap();
+            pool.run("def order():\n    return [os.getpid(), ORDER]")
+                .await
+                .unwrap();
+            let mut answered = std::collections::BTreeSet::new();
+            for reply in pool.map("order", vec![Vec::new(); 40]).await {
+                let reply = reply.unwrap();
+                assert_eq!(reply[1], serde_json::json!(["first", "second"]));
+                answered.insert(reply[0].as_u64().unwrap() as u32);
+            }
+            assert_eq!(answered, pids(&pool), "every worker ran both");
+        });
+    });
+}
