@@ -112,7 +112,7 @@ fn stop_ends_a_worker_left_without_a_child_and_starts_none_after() {
         // A start would succeed again from here; a worker still trying
         // would be past its next try (2 s after the last) within 3 s, and
         // show its new child's pid.
-        std::fs::write(&flag, "v").unwrap();
+        pool::restore(&flag, "v");
         std::thread::sleep(std::time::Duration::from_secs(3));
         assert_eq!(
             pool.stats()[0].pid,

@@ -153,7 +153,7 @@ fn a_replacement_that_cannot_replay_a_run_fails_its_start_instead_of_serving() {
         other => panic!("expected Startup naming the replayed run, got {other:?}"),
     }
     // Once the run can be replayed again, the next command's start succeeds.
-    std::fs::write(&flag, "v").unwrap();
+    pool::restore(&flag, "v");
     assert_eq!(pool.eval_sync("X").unwrap(), "v");
 }
 
@@ -178,7 +178,7 @@ fn a_worker_whose_child_cannot_start_leaves_its_calls_to_the_others_until_it_can
         "no child serves there yet"
     );
     // Once the run can be replayed, the worker starts a child on its own.
-    std::fs::write(&flag, "v").unwrap();
+    pool::restore(&flag, "v");
     first_worker_serves_again(&pool, before[0].pid);
 }
 
@@ -230,7 +230,7 @@ fn a_run_a_lost_child_had_answered_is_required_of_its_replacement() {
     for reply in pool.map_sync("var", vec![vec!["X".into()]; 40]) {
         assert_eq!(reply.unwrap(), "v");
     }
-    std::fs::write(file("flag"), "v").unwrap();
+    pool::restore(std::path::Path::new(&file("flag")), "v");
     first_worker_serves_again(&pool, first);
     for reply in pool.map_sync("var", vec![vec!["X".into()]; 40]) {
         assert_eq!(reply.unwrap(), "v");

@@ -69,3 +69,12 @@ pub fn within<T: Send + 'static>(seconds: u64, body: impl FnOnce() -> T + Send +
         Err(_) => panic!("still running after {seconds} s: it hangs"),
     }
 }
+
+/// Writes `text` to `path` in one step (a file beside it, renamed over it):
+/// a worker that retries a start reading the file meanwhile finds it whole
+/// or not at all, never empty.
+pub fn restore(path: &Path, text: &str) {
+    let beside = path.with_extension("part");
+    std::fs::write(&beside, text).unwrap();
+    std::fs::rename(&beside, path).unwrap();
+}
