@@ -190,7 +190,7 @@ impl PyPoolBuilder {
             slots: workers.into_iter().map(Slot::new).collect(),
             admission: Semaphore::new(count * ADMITTED_PER_WORKER),
             broadcasts: Mutex::new(()),
-            runs_in_flight: AtomicUsize::new(0),
+            runs_in_flight: Mutex::default(),
             warm: AtomicUsize::new(0),
             next: AtomicUsize::new(0),
             max_calls: self.max_calls,
@@ -241,13 +241,13 @@ struct Inner {
     slots: Vec<Slot>,
     admission: Semaphore,
     /// Held while a run is logged and queued on every worker, so runs reach
-    /// each worker in log order; never held across an await, so a `_sync`
-    /// twin blocking a runtime's thread never waits for a task that thread
-    /// would run.
+    /// each worker in log order; never held across an await or while a
+    /// child works, so a `_sync` twin blocking a runtime's thread never waits
+    /// for a task that thread would run.
     broadcasts: Mutex<()>,
-    /// Runs queued on the workers whose outcome is not yet recorded (a
-    /// recycle waits for them, see [`recycle`]).
-    runs_in_flight: AtomicUsize,
+    /// The log indices of runs queued on the workers whose outcome is not
+    /// yet recorded and whose callers still wait for it (see [`recycle`]).
+    runs_in_flight: Mutex<Vec<usize>>,
     /// The worker that answered last, where the search for an idle worker
     /// starts: its child has just worked and spins a moment for the next
     /// request, while an idle sibling's child sleeps and takes a wake-up
@@ -269,6 +269,9 @@ struct Inner {
 /// replacement takes its place).
 struct Slot {
     worker: RwLock<Arc<Worker>>,
+    /// A recycle's replacement catching up on the pool's runs: runs made
+    /// meanwhile reach it too. Set and cleared under the broadcast lock.
+    joining: Mutex<Option<Arc<Worker>>>,
     /// Calls answered by the workers that held this place.
     calls: AtomicU64,
     /// Restarts of the workers that held this place before, and their recycles.
@@ -340,6 +343,7 @@ impl Slot {
     fn new(worker: Worker) -> Slot {
         Slot {
             worker: RwLock::new(Arc::new(worker)),
+            joining: Mutex::new(None),
             calls: AtomicU64::new(0),
             past_restarts: AtomicU64::new(0),
         }
@@ -351,6 +355,10 @@ impl Slot {
 
     fn current(&self) -> Arc<Worker> {
         self.read().clone()
+    }
+
+    fn joining(&self) -> std::sync::MutexGuard<'_, Option<Arc<Worker>>> {
+        self.joining.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -370,6 +378,29 @@ impl Inner {
 
     fn broadcasts(&self) -> std::sync::MutexGuard<'_, ()> {
         self.broadcasts.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn runs_in_flight(&self) -> std::sync::MutexGuard<'_, Vec<usize>> {
+        self.runs_in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether a replacement that raised in logged run `run` must not serve:
+    /// the run ran on every worker without raising. A run still in flight
+    /// is waited for; one whose caller gave up on it never gets an outcome,
+    /// and does not count.
+    fn requires(&self, run: usize) -> bool {
+        loop {
+            if self.log.is_settled(run) {
+                return true;
+            }
+            let waited_for = self.log.is_pending(run) && self.runs_in_flight().contains(&run);
+            if !waited_for || self.stopped.load(Ordering::SeqCst) {
+                return false;
+            }
+            thread::sleep(RETIRE_POLL);
+        }
     }
 
     /// The worker for the next call, its load already counted: the first
@@ -468,44 +499,58 @@ fn recycle(pool: Weak<Inner>, index: usize, old: Arc<Worker>) {
             return;
         }
     };
-    {
-        // Runs logged after the fresh child started reach it before any
-        // call. A run still in flight is waited for, lock let go, so that
-        // each one logged is settled (or blanked) or was given up by its
-        // caller when it is replayed here.
-        let mut runs = inner.broadcasts();
-        while inner.runs_in_flight.load(Ordering::SeqCst) > 0
-            && !inner.stopped.load(Ordering::SeqCst)
-        {
-            drop(runs);
-            thread::sleep(RETIRE_POLL);
-            runs = inner.broadcasts();
-        }
+    let slot = &inner.slots[index];
+    // Every run logged so far is queued on the fresh worker (those its child
+    // ran at its start are answered at once), and it joins its place, so
+    // runs made from here on reach it too, with their outcome. No lock is
+    // held while its child works: a run waits for none of this.
+    let shares: Vec<_> = {
+        let runs = inner.broadcasts();
         if inner.stopped.load(Ordering::SeqCst) {
             drop(runs);
             let _ = fresh.runner.stop_sync();
             return;
         }
-        for (run, code) in inner.log.snapshot().into_iter().enumerate() {
-            let Some(code) = code else {
-                continue;
-            };
-            let ran = block_on(fresh.runner.send(Request::Broadcast { code, index: run }));
-            if let Err(err) = ran {
-                if inner.log.is_settled(run) {
-                    eprintln!(
-                        "async_py: a worker's replacement raised in the pool's run number {}, \
-                         which every worker ran; keeping the old: {err}",
-                        run + 1
-                    );
-                    drop(runs);
-                    let _ = fresh.runner.stop_sync();
-                    old.keep();
-                    return;
-                }
+        *slot.joining() = Some(fresh.clone());
+        inner
+            .log
+            .snapshot()
+            .into_iter()
+            .enumerate()
+            .filter_map(|(run, code)| {
+                let code = code?;
+                let share = fresh
+                    .runner
+                    .queue_now(Request::Broadcast { code, index: run });
+                Some((run, share))
+            })
+            .collect()
+    };
+    let mut lacks = None;
+    for (run, share) in shares {
+        if let Err(err) = block_on(share) {
+            if inner.requires(run) {
+                lacks = Some((run, err));
+                break;
             }
         }
-        let slot = &inner.slots[index];
+    }
+    {
+        let runs = inner.broadcasts();
+        *slot.joining() = None;
+        if inner.stopped.load(Ordering::SeqCst) || lacks.is_some() {
+            drop(runs);
+            if let Some((run, err)) = lacks {
+                eprintln!(
+                    "async_py: a worker's replacement raised in the pool's run number {}, \
+                     which every worker ran; keeping the old: {err}",
+                    run + 1
+                );
+                old.keep();
+            }
+            let _ = fresh.runner.stop_sync();
+            return;
+        }
         *slot.worker.write().unwrap_or_else(|p| p.into_inner()) = fresh;
         inner.retired().push(old.clone());
         slot.past_restarts.fetch_add(
@@ -561,30 +606,44 @@ impl PyPool {
     /// error from any worker is returned; code that failed anywhere is not
     /// replayed on later children.
     pub async fn run(&self, code: &str) -> Result<(), PyRunnerError> {
-        let (index, sends, _in_flight) = {
+        let (index, sends, joining, _in_flight) = {
             let _runs = self.inner.broadcasts();
             if self.inner.stopped.load(Ordering::SeqCst) {
                 return Err(PyRunnerError::Stopped);
             }
             let index = self.inner.log.push(code);
-            // Queued on every worker before the lock is let go: the next run
-            // lands behind this one everywhere.
-            let sends: Vec<_> = self
-                .inner
-                .slots
-                .iter()
-                .map(|slot| {
+            // Queued on every worker (and every replacement catching up)
+            // before the lock is let go: the next run lands behind this one
+            // everywhere.
+            let mut sends = Vec::new();
+            let mut joining = Vec::new();
+            for slot in &self.inner.slots {
+                let current = slot.current();
+                let catching_up = slot.joining().clone();
+                for (worker, is_joining) in [(Some(current), false), (catching_up, true)] {
+                    let Some(worker) = worker else {
+                        continue;
+                    };
                     let request = Request::Broadcast {
                         code: code.to_owned(),
                         index,
                     };
-                    Box::pin(slot.current().runner.queue_now(request)) as BoxedCall<'_, Reply>
-                })
-                .collect();
-            (index, sends, RunInFlight::new(&self.inner))
+                    sends.push(Box::pin(worker.runner.queue_now(request)) as BoxedCall<'_, Reply>);
+                    joining.push(is_joining);
+                }
+            }
+            (index, sends, joining, RunInFlight::new(&self.inner, index))
         };
         let replies = join_in_order(sends, |_| usize::MAX).await;
-        let failure = replies.into_iter().find_map(Result::err);
+        // A replacement given up while it caught up was stopped: its
+        // `Stopped` is no outcome of the run.
+        let failure = replies
+            .into_iter()
+            .zip(joining)
+            .find_map(|(reply, joining)| match reply {
+                Err(PyRunnerError::Stopped) if joining => None,
+                reply => reply.err(),
+            });
         match failure {
             Some(err) => {
                 self.inner.log.blank(index);
@@ -652,15 +711,18 @@ impl PyPool {
     /// Later commands give [`PyRunnerError::Stopped`]; stopping again is `Ok`.
     pub async fn stop(&self) -> Result<(), PyRunnerError> {
         self.inner.admission.close();
-        {
-            // Runs queued before are ahead of the stop on every worker; later
-            // ones are refused.
+        // Runs queued before are ahead of the stop on every worker; later
+        // ones are refused. Retired workers, and replacements still catching
+        // up, are stopped too: their children end before `stop` returns.
+        let workers: Vec<_> = {
             let _runs = self.inner.broadcasts();
             self.inner.stopped.store(true, Ordering::SeqCst);
-        }
-        // Retired workers too: their children end before `stop` returns.
-        let mut workers: Vec<_> = self.inner.slots.iter().map(Slot::current).collect();
-        workers.extend(self.inner.retired().iter().cloned());
+            let slots = self.inner.slots.iter();
+            let current = slots.clone().map(Slot::current);
+            let joining = slots.filter_map(|slot| slot.joining().clone());
+            let retired = self.inner.retired().clone();
+            current.chain(joining).chain(retired).collect()
+        };
         let stops = workers.into_iter().map(|worker| {
             Box::pin(async move { worker.runner.stop().await })
                 as BoxedCall<'_, Result<(), PyRunnerError>>
@@ -781,20 +843,20 @@ fn async_call_request(name: &str, args: Vec<Value>) -> Request {
     }
 }
 
-/// Counts a run as in flight until its outcome is recorded, or its caller
+/// Lists a run as in flight until its outcome is recorded, or its caller
 /// gives up on it.
-struct RunInFlight<'a>(&'a Inner);
+struct RunInFlight<'a>(&'a Inner, usize);
 
 impl<'a> RunInFlight<'a> {
-    fn new(inner: &'a Inner) -> Self {
-        inner.runs_in_flight.fetch_add(1, Ordering::SeqCst);
-        RunInFlight(inner)
+    fn new(inner: &'a Inner, index: usize) -> Self {
+        inner.runs_in_flight().push(index);
+        RunInFlight(inner, index)
     }
 }
 
 impl Drop for RunInFlight<'_> {
     fn drop(&mut self) {
-        self.0.runs_in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.0.runs_in_flight().retain(|&run| run != self.1);
     }
 }
 

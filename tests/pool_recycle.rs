@@ -112,3 +112,105 @@ fn a_recycle_whose_replacement_cannot_replay_a_run_keeps_the_old_worker() {
         "the old worker, which holds X, serves on"
     );
 }
+
+/// A recycle's replacement catches up on a slow run while a `run` is made
+/// on a current-thread runtime whose task the replayed run needs (a server
+/// on that runtime): the `run` must not block the thread the server runs on.
+#[test]
+fn a_run_made_while_a_replacement_catches_up_does_not_wait_for_it() {
+    pool::within(60, || {
+        let folder = tempfile::tempdir().unwrap();
+        let slow = folder.path().join("slow");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let port = listener.local_addr().unwrap().port();
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                while let Ok((mut peer, _)) = listener.accept().await {
+                    tokio::spawn(async move {
+                        let mut byte = [0u8; 1];
+                        let _ = peer.read_exact(&mut byte).await;
+                        let _ = peer.write_all(b"k").await;
+                    });
+                }
+            });
+            let pool = pool::builder(1).max_calls_per_worker(1).build().unwrap();
+            // Slow on every child started once `slow` exists.
+            pool.run(&format!(
+                "import os, socket, time\nif os.path.exists({:?}):\n    time.sleep(1)",
+                slow.to_str().unwrap()
+            ))
+            .await
+            .unwrap();
+            std::fs::write(&slow, "").unwrap();
+            let first = pool.stats()[0].pid;
+            pool.eval("1").await.unwrap(); // the recycle starts
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            // Logged while the replacement starts: it catches up on this one
+            // once ready, and that takes the server.
+            pool.run(&format!(
+                "time.sleep(1.5)\npeer = socket.create_connection(('127.0.0.1', {port}))\n\
+                 peer.sendall(b'x')\nANSWER = peer.recv(1).decode()\npeer.close()"
+            ))
+            .await
+            .unwrap();
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            pool.run("AFTER = 1").await.unwrap();
+            let replaced = async {
+                while pool.stats()[0].pid == first {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            };
+            tokio::time::timeout(Duration::from_secs(20), replaced)
+                .await
+                .expect("the replacement took over");
+            assert_eq!(
+                pool.eval("[ANSWER, AFTER]").await.unwrap(),
+                serde_json::json!(["k", 1])
+            );
+        });
+    });
+}
+
+/// Runs made back to back, from two threads, while a replacement starts:
+/// it takes over while they go on, not only once they stop.
+#[test]
+fn back_to_back_runs_do_not_hold_up_a_recycle() {
+    let pool = pool::builder(1).max_calls_per_worker(1).build().unwrap();
+    pool.run_sync("import time\nRUNS = 0").unwrap();
+    let first = pool.stats()[0].pid;
+    let going = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let loops: Vec<_> = (0..2)
+        .map(|_| {
+            let (pool, going) = (pool.clone(), going.clone());
+            std::thread::spawn(move || {
+                while going.load(std::sync::atomic::Ordering::SeqCst) {
+                    pool.run_sync("time.sleep(0.005)\nRUNS += 1").unwrap();
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(100));
+    pool.eval_sync("1").unwrap(); // the recycle starts
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while pool.stats()[0].pid == first && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let replaced = pool.stats()[0].pid != first;
+    going.store(false, std::sync::atomic::Ordering::SeqCst);
+    for runs in loops {
+        runs.join().unwrap();
+    }
+    assert!(replaced, "the replacement took over while runs went on");
+    // Every run reached the replacement, once: it holds the count the old one had.
+    let runs = pool.eval_sync("RUNS").unwrap();
+    assert!(runs.as_u64().unwrap() > 0);
+    assert_eq!(
+        pool.map_sync("abs", vec![vec![Value::from(-1)]; 4]).len(),
+        4
+    );
+}
