@@ -165,13 +165,7 @@ fn interpreter(signal_rx: rustpython_vm::signal::UserSignalReceiver) -> Interpre
     // this interpreter cannot use. `set_venv` adds a venv's packages.
     settings.import_site = false;
     let builder = InterpreterBuilder::new().settings(settings);
-    let mut modules = rustpython_stdlib::stdlib_module_defs(&builder.ctx);
-    // The native `_json` parses nested arrays and objects by recursing on
-    // the runner's stack with no check of its depth: `json.loads` of a few
-    // hundred thousand brackets overflowed it and aborted the process.
-    // Without it `json` takes its Python parts, whose recursion the
-    // interpreter checks (a `RecursionError`).
-    modules.retain(|module| module.name.as_str() != "_json");
+    let modules = rustpython_stdlib::stdlib_module_defs(&builder.ctx);
     builder
         .add_native_modules(&modules)
         .add_frozen_modules(rustpython_pylib::FROZEN_STDLIB)
