@@ -72,6 +72,44 @@ fn recursion_past_a_lifted_limit_is_a_recursion_error() {
     );
 }
 
+/// Data nested more than 5000 deep, given to `json`, ends in
+/// `RecursionError` (RustPython's native parser overflowed the stack and
+/// aborted the process at about 190 000 levels), and `json` still works
+/// after: brackets inside strings, escaped quotes and documents with many
+/// shallow containers parse as before.
+#[test]
+fn json_nested_too_deep_is_a_recursion_error() {
+    let runner = make_runner();
+    runner.run_sync("import json").unwrap();
+    for code in [
+        "json.loads('[' * 200_000 + ']' * 200_000)",
+        "json.loads('{\"a\": ' * 200_000 + '1' + '}' * 200_000)",
+        "json.loads('[' * 5_001 + ']' * 5_001)",
+        // Far more brackets in strings than outside: the depth still counts.
+        "json.loads('[\"' + ']' * 9_000 + '\", ' * 3 + '[' * 6_000 + ']' * 6_001)",
+    ] {
+        match runner.run_sync(code) {
+            Err(PyRunnerError::Python { kind, .. }) => assert_eq!(kind, "RecursionError", "{code}"),
+            other => panic!("expected RecursionError from {code}, got {other:?}"),
+        }
+    }
+    runner
+        .run_sync(
+            "text = json.dumps(['[' * 50, '\\\\\"{' * 30, [[1, 'x]'], {'k': [2]}]] * 300)\n\
+             parsed = json.loads(text)\n\
+             deep = json.loads('[' * 5_000 + ']' * 5_000)\n\
+             quoted = json.loads('[\"' + '[' * 9_000 + '\"]')",
+        )
+        .unwrap();
+    assert_eq!(runner.eval_sync("len(parsed)").unwrap(), json!(900));
+    assert_eq!(
+        runner.eval_sync("parsed[:3]").unwrap(),
+        json!(["[".repeat(50), "\\\"{".repeat(30), [[1, "x]"], {"k": [2]}]])
+    );
+    assert_eq!(runner.eval_sync("len(quoted[0])").unwrap(), json!(9000));
+    assert_eq!(runner.eval_sync("len(deep)").unwrap(), json!(1));
+}
+
 /// Each runner has an interpreter of its own: unlike in-process CPython,
 /// `sys.path` and imported modules are not shared.
 #[test]

@@ -247,6 +247,20 @@ impl Helpers {
     }
 }
 
+/// Wraps the native `json` parser so that documents nested past the
+/// recursion limit are refused instead of overflowing the stack (see the
+/// file's own comment).
+fn guard_json(vm: &VirtualMachine) -> Result<(), String> {
+    const GUARD: &str = include_str!("json_guard.py");
+    let code = vm
+        .compile(GUARD, Mode::Exec, "async_py/json_guard.py".to_owned())
+        .map_err(|err| err.to_string())?;
+    let namespace = vm.ctx.new_dict();
+    vm.run_code_obj(code, Scope::with_builtins(None, namespace, vm))
+        .map(drop)
+        .map_err(|err| exception_text(vm, &err))
+}
+
 impl<'vm> Worker<'vm> {
     fn start(
         vm: &'vm VirtualMachine,
@@ -255,6 +269,10 @@ impl<'vm> Worker<'vm> {
         venv: Option<&Path>,
         startup: Option<&str>,
     ) -> Result<Self, PyRunnerError> {
+        // Before anything can import `json` and take the unguarded parser.
+        guard_json(vm).map_err(|err| {
+            PyRunnerError::Startup(format!("could not guard the json parser: {err}"))
+        })?;
         let (helpers, globals) = Helpers::load(vm).map_err(|err| {
             PyRunnerError::Startup(format!("could not load the worker helpers: {err}"))
         })?;
