@@ -17,13 +17,13 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tokio::sync::{Semaphore, TryAcquireError};
+use tokio::sync::{watch, Semaphore, TryAcquireError};
 
 use crate::builder::PyRunnerBuilder;
 use crate::command::{block_on, Job, Reply, Request};
 use crate::error::PyRunnerError;
 use crate::runner::PyRunner;
-use crate::subprocess::{PoolHooks, ReplayLog, WorkerState, Zygote};
+use crate::subprocess::{PoolHooks, ReplayLog, RunState, WorkerState, Zygote};
 
 /// Calls admitted per worker at once, queued ones included; past that,
 /// callers wait their turn (first come, first served) instead of piling up.
@@ -271,7 +271,7 @@ struct Slot {
     worker: RwLock<Arc<Worker>>,
     /// A recycle's replacement catching up on the pool's runs: runs made
     /// meanwhile reach it too. Set and cleared under the broadcast lock.
-    joining: Mutex<Option<Arc<Worker>>>,
+    joining: Mutex<Option<Joining>>,
     /// Calls answered by the workers that held this place.
     calls: AtomicU64,
     /// Restarts of the workers that held this place before, and their recycles.
@@ -357,8 +357,34 @@ impl Slot {
         self.read().clone()
     }
 
-    fn joining(&self) -> std::sync::MutexGuard<'_, Option<Arc<Worker>>> {
+    fn joining(&self) -> std::sync::MutexGuard<'_, Option<Joining>> {
         self.joining.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A recycle's replacement while it catches up, and whether it will take
+/// over: `Some(true)` once swapped in, `Some(false)` once given up.
+#[derive(Clone)]
+struct Joining {
+    worker: Arc<Worker>,
+    verdict: watch::Receiver<Option<bool>>,
+}
+
+/// The recycle's side of [`Joining::verdict`]: given up unless said
+/// otherwise, on every way out.
+struct Verdict(watch::Sender<Option<bool>>);
+
+impl Verdict {
+    fn give(&self, takes_over: bool) {
+        self.0.send_replace(Some(takes_over));
+    }
+}
+
+impl Drop for Verdict {
+    fn drop(&mut self) {
+        if self.0.borrow().is_none() {
+            self.give(false);
+        }
     }
 }
 
@@ -392,14 +418,17 @@ impl Inner {
     /// and does not count.
     fn requires(&self, run: usize) -> bool {
         loop {
-            if self.log.is_settled(run) {
-                return true;
+            // Looked at before the log: a run's outcome is recorded before
+            // it leaves the list, so a pending run not in it was given up.
+            let in_flight = self.runs_in_flight().contains(&run);
+            match self.log.state(run) {
+                RunState::Settled => return true,
+                RunState::Blank => return false,
+                RunState::Pending if !in_flight || self.stopped.load(Ordering::SeqCst) => {
+                    return false
+                }
+                RunState::Pending => thread::sleep(RETIRE_POLL),
             }
-            let waited_for = self.log.is_pending(run) && self.runs_in_flight().contains(&run);
-            if !waited_for || self.stopped.load(Ordering::SeqCst) {
-                return false;
-            }
-            thread::sleep(RETIRE_POLL);
         }
     }
 
@@ -504,6 +533,8 @@ fn recycle(pool: Weak<Inner>, index: usize, old: Arc<Worker>) {
     // ran at its start are answered at once), and it joins its place, so
     // runs made from here on reach it too, with their outcome. No lock is
     // held while its child works: a run waits for none of this.
+    let (verdict, told) = watch::channel(None);
+    let verdict = Verdict(verdict);
     let shares: Vec<_> = {
         let runs = inner.broadcasts();
         if inner.stopped.load(Ordering::SeqCst) {
@@ -511,7 +542,10 @@ fn recycle(pool: Weak<Inner>, index: usize, old: Arc<Worker>) {
             let _ = fresh.runner.stop_sync();
             return;
         }
-        *slot.joining() = Some(fresh.clone());
+        *slot.joining() = Some(Joining {
+            worker: fresh.clone(),
+            verdict: told,
+        });
         inner
             .log
             .snapshot()
@@ -538,19 +572,28 @@ fn recycle(pool: Weak<Inner>, index: usize, old: Arc<Worker>) {
     {
         let runs = inner.broadcasts();
         *slot.joining() = None;
-        if inner.stopped.load(Ordering::SeqCst) || lacks.is_some() {
-            drop(runs);
-            if let Some((run, err)) = lacks {
-                eprintln!(
-                    "async_py: a worker's replacement raised in the pool's run number {}, \
-                     which every worker ran; keeping the old: {err}",
-                    run + 1
-                );
-                old.keep();
-            }
-            let _ = fresh.runner.stop_sync();
+        if inner.stopped.load(Ordering::SeqCst) {
+            // `stop` took it from its place and ends it.
             return;
         }
+        if let Some((run, err)) = lacks {
+            // Retired until it has ended, so a `stop` now waits for it too.
+            inner.retired().push(fresh.clone());
+            drop(runs);
+            verdict.give(false);
+            eprintln!(
+                "async_py: a worker's replacement raised in the pool's run number {}, \
+                 which every worker ran; keeping the old: {err}",
+                run + 1
+            );
+            old.keep();
+            let _ = fresh.runner.stop_sync();
+            inner
+                .retired()
+                .retain(|worker| !Arc::ptr_eq(worker, &fresh));
+            return;
+        }
+        verdict.give(true);
         *slot.worker.write().unwrap_or_else(|p| p.into_inner()) = fresh;
         inner.retired().push(old.clone());
         slot.past_restarts.fetch_add(
@@ -620,7 +663,11 @@ impl PyPool {
             for slot in &self.inner.slots {
                 let current = slot.current();
                 let catching_up = slot.joining().clone();
-                for (worker, is_joining) in [(Some(current), false), (catching_up, true)] {
+                let (catching_up, verdict) = match catching_up {
+                    Some(Joining { worker, verdict }) => (Some(worker), Some(verdict)),
+                    None => (None, None),
+                };
+                for (worker, verdict) in [(Some(current), None), (catching_up, verdict)] {
                     let Some(worker) = worker else {
                         continue;
                     };
@@ -629,21 +676,30 @@ impl PyPool {
                         index,
                     };
                     sends.push(Box::pin(worker.runner.queue_now(request)) as BoxedCall<'_, Reply>);
-                    joining.push(is_joining);
+                    joining.push(verdict);
                 }
             }
             (index, sends, joining, RunInFlight::new(&self.inner, index))
         };
         let replies = join_in_order(sends, |_| usize::MAX).await;
-        // A replacement given up while it caught up was stopped: its
-        // `Stopped` is no outcome of the run.
-        let failure = replies
-            .into_iter()
-            .zip(joining)
-            .find_map(|(reply, joining)| match reply {
-                Err(PyRunnerError::Stopped) if joining => None,
-                reply => reply.err(),
-            });
+        let mut failure = None;
+        for (reply, verdict) in replies.into_iter().zip(joining) {
+            let Err(err) = reply else {
+                continue;
+            };
+            if let Some(mut verdict) = verdict {
+                // A replacement that raised while it caught up counts only
+                // if it takes over: one given up leaves no child behind.
+                let takes_over = matches!(
+                    verdict.wait_for(Option::is_some).await.as_deref(),
+                    Ok(Some(true))
+                );
+                if !takes_over {
+                    continue;
+                }
+            }
+            failure = failure.or(Some(err));
+        }
         match failure {
             Some(err) => {
                 self.inner.log.blank(index);
@@ -719,7 +775,7 @@ impl PyPool {
             self.inner.stopped.store(true, Ordering::SeqCst);
             let slots = self.inner.slots.iter();
             let current = slots.clone().map(Slot::current);
-            let joining = slots.filter_map(|slot| slot.joining().clone());
+            let joining = slots.filter_map(|slot| slot.joining().clone().map(|j| j.worker));
             let retired = self.inner.retired().clone();
             current.chain(joining).chain(retired).collect()
         };

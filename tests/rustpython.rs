@@ -108,6 +108,43 @@ fn json_nested_too_deep_is_a_recursion_error() {
     );
     assert_eq!(runner.eval_sync("len(quoted[0])").unwrap(), json!(9000));
     assert_eq!(runner.eval_sync("len(deep)").unwrap(), json!(1));
+    // A subclass of str cannot hide the brackets from the guard.
+    runner
+        .run_sync("class Text(str):\n    def count(self, *args):\n        return 0")
+        .unwrap();
+    match runner.run_sync("json.loads(Text('[' * 200_000 + ']' * 200_000))") {
+        Err(PyRunnerError::Python { kind, .. }) => assert_eq!(kind, "RecursionError"),
+        other => panic!("expected RecursionError, got {other:?}"),
+    }
+    // A thread of its own has a smaller stack (2 MiB): less depth is let through.
+    runner
+        .run_sync(
+            "import threading\n\
+             def parse_in_thread(depth):\n\
+             \x20   out = []\n\
+             \x20   def parse():\n\
+             \x20       try:\n\
+             \x20           out.append(len(json.loads('[' * depth + ']' * depth)))\n\
+             \x20       except RecursionError as err:\n\
+             \x20           out.append(type(err).__name__)\n\
+             \x20   thread = threading.Thread(target=parse)\n\
+             \x20   thread.start()\n\
+             \x20   thread.join()\n\
+             \x20   return out",
+        )
+        .unwrap();
+    assert_eq!(
+        runner
+            .call_function_sync("parse_in_thread", vec![json!(500)])
+            .unwrap(),
+        json!([1])
+    );
+    assert_eq!(
+        runner
+            .call_function_sync("parse_in_thread", vec![json!(200_000)])
+            .unwrap(),
+        json!(["RecursionError"])
+    );
 }
 
 /// Each runner has an interpreter of its own: unlike in-process CPython,

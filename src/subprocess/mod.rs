@@ -64,6 +64,17 @@ struct LoggedRun {
     settled: bool,
 }
 
+/// A logged run, as [`ReplayLog::state`] tells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RunState {
+    /// It ran on every worker without raising.
+    Settled,
+    /// Its outcome is not recorded yet.
+    Pending,
+    /// It failed somewhere (or there is no such run): it is not replayed.
+    Blank,
+}
+
 impl ReplayLog {
     /// Adds a run; its index.
     pub fn push(&self, code: &str) -> usize {
@@ -93,6 +104,15 @@ impl ReplayLog {
     /// Whether the run at `index` ran on every worker without raising.
     pub fn is_settled(&self, index: usize) -> bool {
         matches!(self.lock().get(index), Some(Some(run)) if run.settled)
+    }
+
+    /// Where the run at `index` stands, in one look.
+    pub fn state(&self, index: usize) -> RunState {
+        match self.lock().get(index) {
+            Some(Some(run)) if run.settled => RunState::Settled,
+            Some(Some(_)) => RunState::Pending,
+            _ => RunState::Blank,
+        }
     }
 
     /// Whether the run at `index` is still in progress on the pool: neither

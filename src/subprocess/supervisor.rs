@@ -871,8 +871,12 @@ impl Core {
             if let (Request::Broadcast { index, .. }, Some(hooks)) =
                 (&flight.job.request, &self.settings.hooks)
             {
-                // A pool's run that killed its child is not replayed on the next.
-                hooks.log.blank(*index);
+                // A pool's run that killed its child is not replayed on the
+                // next, unless every worker ran it: then the next child must
+                // run it too (and fails its start if it cannot).
+                if !hooks.log.is_settled(*index) {
+                    hooks.log.blank(*index);
+                }
             }
             let err = match &loss {
                 _ if matches!(flight.job.request, Request::Stop) => {
