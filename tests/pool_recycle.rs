@@ -214,3 +214,73 @@ fn back_to_back_runs_do_not_hold_up_a_recycle() {
         4
     );
 }
+
+/// A replacement joins while a run is still in flight on another worker,
+/// and raises in it (a file it reads is gone); a run made meanwhile raises
+/// there too. Once the first run has succeeded everywhere the replacement
+/// is given up, and the run made meanwhile, which ran without raising on
+/// every worker that serves, is `Ok`.
+#[test]
+fn a_replacement_given_up_does_not_fail_runs_made_while_it_joined() {
+    pool::within(90, || {
+        let folder = tempfile::tempdir().unwrap();
+        let file = |name: &str| folder.path().join(name).to_str().unwrap().to_owned();
+        std::fs::write(file("flag"), "v").unwrap();
+        let pool = pool::builder(2).max_calls_per_worker(2).build().unwrap();
+        pool.run_sync(DEFS).unwrap();
+        let pids = [pool.stats()[0].pid, pool.stats()[1].pid];
+        let slow = pids[0];
+        let code = format!(
+            "X = open({flag:?}).read()\n\
+             if os.getpid() == {slow}:\n\
+             \x20   open({waiting:?}, 'w').close()\n\
+             \x20   while not os.path.exists({go:?}):\n\
+             \x20       time.sleep(0.005)\n\
+             else:\n\
+             \x20   open({done:?}, 'w').close()",
+            flag = file("flag"),
+            waiting = file("waiting"),
+            go = file("go"),
+            done = file("done"),
+        );
+        let first = std::thread::spawn({
+            let pool = pool.clone();
+            move || pool.run_sync(&code)
+        });
+        eventually("both workers read the file", || {
+            std::path::Path::new(&file("waiting")).exists()
+                && std::path::Path::new(&file("done")).exists()
+        });
+        std::fs::remove_file(file("flag")).unwrap();
+        // Calls: those on the slow worker wait behind the run; the other
+        // worker answers its two and starts its recycle, whose replacement
+        // cannot read the file.
+        let calls = std::thread::spawn({
+            let pool = pool.clone();
+            move || pool.map_sync("pid", vec![Vec::new(); 8])
+        });
+        eventually("the other worker answered its calls", || {
+            pool.stats()[1].calls >= 2
+        });
+        // Time for the replacement to start and join.
+        std::thread::sleep(Duration::from_millis(500));
+        let meanwhile = std::thread::spawn({
+            let pool = pool.clone();
+            move || pool.run_sync("Y = len(X)")
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        std::fs::write(file("go"), "").unwrap();
+        first
+            .join()
+            .unwrap()
+            .expect("the first run succeeded everywhere");
+        meanwhile
+            .join()
+            .unwrap()
+            .expect("the run made meanwhile succeeded on every worker that serves");
+        assert!(calls.join().unwrap().into_iter().all(|pid| pid.is_ok()));
+        for reply in pool.map_sync("var", vec![vec!["Y".into()]; 20]) {
+            assert_eq!(reply.unwrap(), 1);
+        }
+    });
+}
