@@ -197,6 +197,7 @@ impl PyPoolBuilder {
             pool,
             stopped: AtomicBool::new(false),
             retired: Mutex::default(),
+            recycles: Arc::new(watch::Sender::new(0)),
         });
         let _ = inner.pool.set(Arc::downgrade(&inner));
         Ok(PyPool { inner })
@@ -263,6 +264,9 @@ struct Inner {
     stopped: AtomicBool,
     /// Workers swapped out by a recycle that still finish their calls.
     retired: Mutex<Vec<Arc<Worker>>>,
+    /// Recycles under way (their threads), which `stop` waits for: one may
+    /// be starting a replacement that no list holds yet.
+    recycles: Arc<watch::Sender<usize>>,
 }
 
 /// A place in the pool, held by one worker at a time (a recycled worker's
@@ -359,6 +363,22 @@ impl Slot {
 
     fn joining(&self) -> std::sync::MutexGuard<'_, Option<Joining>> {
         self.joining.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Counts a recycle as under way until its thread is done with it.
+struct Recycling(Arc<watch::Sender<usize>>);
+
+impl Recycling {
+    fn new(count: &Arc<watch::Sender<usize>>) -> Self {
+        count.send_modify(|under_way| *under_way += 1);
+        Recycling(count.clone())
+    }
+}
+
+impl Drop for Recycling {
+    fn drop(&mut self) {
+        self.0.send_modify(|under_way| *under_way -= 1);
     }
 }
 
@@ -494,9 +514,13 @@ impl Inner {
         }
         let pool = Arc::downgrade(self);
         let old = worker.clone();
+        let under_way = Recycling::new(&self.recycles);
         let started = thread::Builder::new()
             .name("async_py-pool-recycle".into())
-            .spawn(move || recycle(pool, index, old));
+            .spawn(move || {
+                let _under_way = under_way;
+                recycle(pool, index, old);
+            });
         if started.is_err() {
             worker.retiring.store(false, Ordering::SeqCst);
         }
@@ -788,6 +812,14 @@ impl PyPool {
             .into_iter()
             .collect::<Result<Vec<()>, _>>()
             .map(drop);
+        // A recycle under way sees `stopped` and ends its replacement,
+        // which may not have been in any list above.
+        let _ = self
+            .inner
+            .recycles
+            .subscribe()
+            .wait_for(|under_way| *under_way == 0)
+            .await;
         // Its workers are reaped: the zygote ends too, on a thread of its
         // own, as ending it waits for its exit.
         let zygote = self

@@ -121,3 +121,40 @@ fn stop_ends_a_worker_left_without_a_child_and_starts_none_after() {
         );
     });
 }
+
+/// `stop` while a recycle's replacement is still starting (its `startup`
+/// takes a while): no list holds it yet, and `stop` still waits for its
+/// child to end.
+#[test]
+fn stop_ends_a_replacement_that_is_still_starting() {
+    pool::within(60, || {
+        let folder = tempfile::tempdir().unwrap();
+        let startup = format!(
+            "import os, time\n\
+             open(os.path.join({dir:?}, str(os.getpid())), 'w').close()\n\
+             if os.path.exists(os.path.join({dir:?}, 'slow')):\n\
+             \x20   time.sleep(1)",
+            dir = folder.path().to_str().unwrap()
+        );
+        let pool = pool::builder(1)
+            .startup(startup)
+            .max_calls_per_worker(1)
+            .build()
+            .unwrap();
+        std::fs::write(folder.path().join("slow"), "").unwrap();
+        pool.eval_sync("1").unwrap(); // the recycle starts its replacement
+        let started = |folder: &std::path::Path| -> Vec<u32> {
+            std::fs::read_dir(folder)
+                .unwrap()
+                .filter_map(|entry| entry.unwrap().file_name().to_str()?.parse().ok())
+                .collect()
+        };
+        eventually("the replacement's child runs its startup", || {
+            started(folder.path()).len() == 2
+        });
+        pool.stop_sync().unwrap();
+        for pid in started(folder.path()) {
+            assert!(is_gone(pid), "child {pid} outlived stop()");
+        }
+    });
+}
