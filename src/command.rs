@@ -86,6 +86,31 @@ pub(crate) enum Request {
     },
 }
 
+impl Request {
+    /// `eval(expr)`, as a runner or a pool sends it.
+    pub fn eval(expr: &str) -> Request {
+        Request::Eval {
+            expr: expr.to_owned(),
+        }
+    }
+
+    /// `call_function(name, args)`.
+    pub fn call(name: &str, args: Vec<Value>) -> Request {
+        Request::CallFunction {
+            name: name.to_owned(),
+            args,
+        }
+    }
+
+    /// `call_async_function(name, args)`.
+    pub fn call_async(name: &str, args: Vec<Value>) -> Request {
+        Request::CallAsyncFunction {
+            name: name.to_owned(),
+            args,
+        }
+    }
+}
+
 /// A request with the slot its reply goes to.
 pub(crate) struct Job {
     pub request: Request,

@@ -738,7 +738,7 @@ impl PyPool {
 
     /// Evaluates one expression on one worker.
     pub async fn eval(&self, expr: &str) -> Result<Value, PyRunnerError> {
-        self.dispatch(eval_request(expr), Admission::Wait).await
+        self.dispatch(Request::eval(expr), Admission::Wait).await
     }
 
     /// Calls a function by (dotted) name on one worker.
@@ -747,7 +747,7 @@ impl PyPool {
         name: &str,
         args: Vec<Value>,
     ) -> Result<Value, PyRunnerError> {
-        self.dispatch(call_request(name, args), Admission::Wait)
+        self.dispatch(Request::call(name, args), Admission::Wait)
             .await
     }
 
@@ -758,7 +758,7 @@ impl PyPool {
         name: &str,
         args: Vec<Value>,
     ) -> Result<Value, PyRunnerError> {
-        self.dispatch(async_call_request(name, args), Admission::Wait)
+        self.dispatch(Request::call_async(name, args), Admission::Wait)
             .await
     }
 
@@ -775,7 +775,7 @@ impl PyPool {
         admission: Admission,
     ) -> Vec<Reply> {
         let calls = inputs.into_iter().map(|args| {
-            Box::pin(self.dispatch(call_request(name, args), admission)) as BoxedCall<'_, Reply>
+            Box::pin(self.dispatch(Request::call(name, args), admission)) as BoxedCall<'_, Reply>
         });
         let workers = self.workers();
         let (least, most) = (workers * MAP_WINDOW_MIN, workers * ADMITTED_PER_WORKER);
@@ -870,12 +870,12 @@ impl PyPool {
 
     /// Blocking twin of [`eval`](Self::eval).
     pub fn eval_sync(&self, expr: &str) -> Result<Value, PyRunnerError> {
-        block_on_pool(self.dispatch(eval_request(expr), Admission::Skip))
+        block_on_pool(self.dispatch(Request::eval(expr), Admission::Skip))
     }
 
     /// Blocking twin of [`call_function`](Self::call_function).
     pub fn call_function_sync(&self, name: &str, args: Vec<Value>) -> Result<Value, PyRunnerError> {
-        block_on_pool(self.dispatch(call_request(name, args), Admission::Skip))
+        block_on_pool(self.dispatch(Request::call(name, args), Admission::Skip))
     }
 
     /// Blocking twin of [`call_async_function`](Self::call_async_function).
@@ -884,7 +884,7 @@ impl PyPool {
         name: &str,
         args: Vec<Value>,
     ) -> Result<Value, PyRunnerError> {
-        block_on_pool(self.dispatch(async_call_request(name, args), Admission::Skip))
+        block_on_pool(self.dispatch(Request::call_async(name, args), Admission::Skip))
     }
 
     /// Blocking twin of [`map`](Self::map).
@@ -909,26 +909,6 @@ enum Admission {
     /// thread would poll again to give them back. Each blocked thread adds
     /// at most one call (or one `map`'s window) past the bound.
     Skip,
-}
-
-fn eval_request(expr: &str) -> Request {
-    Request::Eval {
-        expr: expr.to_owned(),
-    }
-}
-
-fn call_request(name: &str, args: Vec<Value>) -> Request {
-    Request::CallFunction {
-        name: name.to_owned(),
-        args,
-    }
-}
-
-fn async_call_request(name: &str, args: Vec<Value>) -> Request {
-    Request::CallAsyncFunction {
-        name: name.to_owned(),
-        args,
-    }
 }
 
 /// Lists a run as in flight until its outcome is recorded, or its caller

@@ -160,10 +160,7 @@ impl PyRunner {
 
     /// Evaluates one expression and returns its value.
     pub async fn eval(&self, expr: &str) -> Result<Value, PyRunnerError> {
-        self.send(Request::Eval {
-            expr: expr.to_owned(),
-        })
-        .await
+        self.send(Request::eval(expr)).await
     }
 
     /// Reads a global, or an attribute path below one (`"config.db.port"`).
@@ -182,11 +179,7 @@ impl PyRunner {
         name: &str,
         args: Vec<Value>,
     ) -> Result<Value, PyRunnerError> {
-        self.send(Request::CallFunction {
-            name: name.to_owned(),
-            args,
-        })
-        .await
+        self.send(Request::call(name, args)).await
     }
 
     /// Calls a function and awaits the coroutine it returns on the runner's
@@ -197,11 +190,7 @@ impl PyRunner {
         name: &str,
         args: Vec<Value>,
     ) -> Result<Value, PyRunnerError> {
-        self.send(Request::CallAsyncFunction {
-            name: name.to_owned(),
-            args,
-        })
-        .await
+        self.send(Request::call_async(name, args)).await
     }
 
     /// Puts a venv's site-packages, and the paths its `.pth` files name, first
