@@ -190,7 +190,6 @@ impl PyPoolBuilder {
             slots: workers.into_iter().map(Slot::new).collect(),
             admission: Semaphore::new(count * ADMITTED_PER_WORKER),
             broadcasts: Mutex::new(()),
-            runs_in_flight: Mutex::default(),
             warm: AtomicUsize::new(0),
             next: AtomicUsize::new(0),
             max_calls: self.max_calls,
@@ -246,9 +245,6 @@ struct Inner {
     /// child works, so a `_sync` twin blocking a runtime's thread never waits
     /// for a task that thread would run.
     broadcasts: Mutex<()>,
-    /// The log indices of runs queued on the workers whose outcome is not
-    /// yet recorded and whose callers still wait for it (see [`recycle`]).
-    runs_in_flight: Mutex<Vec<usize>>,
     /// The worker that answered last, where the search for an idle worker
     /// starts: its child has just worked and spins a moment for the next
     /// request, while an idle sibling's child sleeps and takes a wake-up
@@ -426,28 +422,17 @@ impl Inner {
         self.broadcasts.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn runs_in_flight(&self) -> std::sync::MutexGuard<'_, Vec<usize>> {
-        self.runs_in_flight
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-    }
-
     /// Whether a replacement that raised in logged run `run` must not serve:
     /// the run ran on every worker without raising. A run still in flight
     /// is waited for; one whose caller gave up on it never gets an outcome,
     /// and does not count.
     fn requires(&self, run: usize) -> bool {
         loop {
-            // Looked at before the log: a run's outcome is recorded before
-            // it leaves the list, so a pending run not in it was given up.
-            let in_flight = self.runs_in_flight().contains(&run);
             match self.log.state(run) {
                 RunState::Settled => return true,
-                RunState::Blank => return false,
-                RunState::Pending if !in_flight || self.stopped.load(Ordering::SeqCst) => {
-                    return false
-                }
-                RunState::Pending => thread::sleep(RETIRE_POLL),
+                RunState::Blank | RunState::GivenUp => return false,
+                RunState::Awaited if self.stopped.load(Ordering::SeqCst) => return false,
+                RunState::Awaited => thread::sleep(RETIRE_POLL),
             }
         }
     }
@@ -673,7 +658,7 @@ impl PyPool {
     /// error from any worker is returned; code that failed anywhere is not
     /// replayed on later children.
     pub async fn run(&self, code: &str) -> Result<(), PyRunnerError> {
-        let (index, sends, joining, _in_flight) = {
+        let (index, sends, verdicts, _awaited) = {
             let _runs = self.inner.broadcasts();
             if self.inner.stopped.load(Ordering::SeqCst) {
                 return Err(PyRunnerError::Stopped);
@@ -683,7 +668,7 @@ impl PyPool {
             // before the lock is let go: the next run lands behind this one
             // everywhere.
             let mut sends = Vec::new();
-            let mut joining = Vec::new();
+            let mut verdicts = Vec::new();
             for slot in &self.inner.slots {
                 let current = slot.current();
                 let catching_up = slot.joining().clone();
@@ -700,14 +685,14 @@ impl PyPool {
                         index,
                     };
                     sends.push(Box::pin(worker.runner.queue_now(request)) as BoxedCall<'_, Reply>);
-                    joining.push(verdict);
+                    verdicts.push(verdict);
                 }
             }
-            (index, sends, joining, RunInFlight::new(&self.inner, index))
+            (index, sends, verdicts, RunAwaited(&self.inner, index))
         };
         let replies = join_in_order(sends, |_| usize::MAX).await;
         let mut failure = None;
-        for (reply, verdict) in replies.into_iter().zip(joining) {
+        for (reply, verdict) in replies.into_iter().zip(verdicts) {
             let Err(err) = reply else {
                 continue;
             };
@@ -911,20 +896,13 @@ enum Admission {
     Skip,
 }
 
-/// Lists a run as in flight until its outcome is recorded, or its caller
-/// gives up on it.
-struct RunInFlight<'a>(&'a Inner, usize);
+/// Marks a logged run given up if its caller drops it before its outcome
+/// is recorded.
+struct RunAwaited<'a>(&'a Inner, usize);
 
-impl<'a> RunInFlight<'a> {
-    fn new(inner: &'a Inner, index: usize) -> Self {
-        inner.runs_in_flight().push(index);
-        RunInFlight(inner, index)
-    }
-}
-
-impl Drop for RunInFlight<'_> {
+impl Drop for RunAwaited<'_> {
     fn drop(&mut self) {
-        self.0.runs_in_flight().retain(|&run| run != self.1);
+        self.0.log.give_up(self.1);
     }
 }
 

@@ -60,8 +60,8 @@ pub(crate) struct ReplayLog {
 
 struct LoggedRun {
     code: String,
-    /// It has run on every worker without raising.
-    settled: bool,
+    /// Settled, awaited or given up (a blanked run has no entry).
+    state: RunState,
 }
 
 /// A logged run, as [`ReplayLog::state`] tells it.
@@ -69,8 +69,10 @@ struct LoggedRun {
 pub(crate) enum RunState {
     /// It ran on every worker without raising.
     Settled,
-    /// Its outcome is not recorded yet.
-    Pending,
+    /// Its outcome is not recorded yet, and its caller waits for it.
+    Awaited,
+    /// Its caller dropped it before its outcome: it never gets one.
+    GivenUp,
     /// It failed somewhere (or there is no such run): it is not replayed.
     Blank,
 }
@@ -81,7 +83,7 @@ impl ReplayLog {
         let mut entries = self.lock();
         entries.push(Some(LoggedRun {
             code: code.to_owned(),
-            settled: false,
+            state: RunState::Awaited,
         }));
         entries.len() - 1
     }
@@ -97,28 +99,36 @@ impl ReplayLog {
     /// when replayed would leave that child unlike the others.
     pub fn settle(&self, index: usize) {
         if let Some(Some(run)) = self.lock().get_mut(index) {
-            run.settled = true;
+            run.state = RunState::Settled;
+        }
+    }
+
+    /// Notes that the caller of a run still awaited dropped it.
+    pub fn give_up(&self, index: usize) {
+        if let Some(Some(run)) = self.lock().get_mut(index) {
+            if run.state == RunState::Awaited {
+                run.state = RunState::GivenUp;
+            }
+        }
+    }
+
+    /// Where the run at `index` stands.
+    pub fn state(&self, index: usize) -> RunState {
+        match self.lock().get(index) {
+            Some(Some(run)) => run.state,
+            _ => RunState::Blank,
         }
     }
 
     /// Whether the run at `index` ran on every worker without raising.
     pub fn is_settled(&self, index: usize) -> bool {
-        matches!(self.lock().get(index), Some(Some(run)) if run.settled)
-    }
-
-    /// Where the run at `index` stands, in one look.
-    pub fn state(&self, index: usize) -> RunState {
-        match self.lock().get(index) {
-            Some(Some(run)) if run.settled => RunState::Settled,
-            Some(Some(_)) => RunState::Pending,
-            _ => RunState::Blank,
-        }
+        self.state(index) == RunState::Settled
     }
 
     /// Whether the run at `index` is still in progress on the pool: neither
     /// settled nor blanked.
     pub fn is_pending(&self, index: usize) -> bool {
-        matches!(self.lock().get(index), Some(Some(run)) if !run.settled)
+        matches!(self.state(index), RunState::Awaited | RunState::GivenUp)
     }
 
     /// The code of every entry so far (blanked ones as `None`).
