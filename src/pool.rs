@@ -670,16 +670,10 @@ impl PyPool {
             let mut sends = Vec::new();
             let mut verdicts = Vec::new();
             for slot in &self.inner.slots {
-                let current = slot.current();
-                let catching_up = slot.joining().clone();
-                let (catching_up, verdict) = match catching_up {
-                    Some(Joining { worker, verdict }) => (Some(worker), Some(verdict)),
-                    None => (None, None),
-                };
-                for (worker, verdict) in [(Some(current), None), (catching_up, verdict)] {
-                    let Some(worker) = worker else {
-                        continue;
-                    };
+                let joining = slot.joining().clone();
+                let targets = std::iter::once((slot.current(), None))
+                    .chain(joining.map(|joining| (joining.worker, Some(joining.verdict))));
+                for (worker, verdict) in targets {
                     let request = Request::Broadcast {
                         code: code.to_owned(),
                         index,
@@ -784,7 +778,7 @@ impl PyPool {
             self.inner.stopped.store(true, Ordering::SeqCst);
             let slots = self.inner.slots.iter();
             let current = slots.clone().map(Slot::current);
-            let joining = slots.filter_map(|slot| slot.joining().clone().map(|j| j.worker));
+            let joining = slots.filter_map(|slot| Some(slot.joining().as_ref()?.worker.clone()));
             let retired = self.inner.retired().clone();
             current.chain(joining).chain(retired).collect()
         };
