@@ -181,34 +181,28 @@ async fn sync_twins_work_inside_a_runtime_task_many_times_over() {
 /// give them back: the twin must not wait for one.
 #[test]
 fn a_sync_twin_in_a_task_waits_for_no_place_held_by_other_tasks() {
-    pool::within(60, || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
+    pool::on_runtime(0, 60, || async {
+        let pool = pool::pool(1);
+        pool.run("import time\ndef nap():\n    time.sleep(0.02)\n    return 1")
+            .await
             .unwrap();
-        runtime.block_on(async {
-            let pool = pool::pool(1);
-            pool.run("import time\ndef nap():\n    time.sleep(0.02)\n    return 1")
-                .await
-                .unwrap();
-            // More calls than one worker admits (64): the rest wait for places.
-            let naps: Vec<_> = (0..100)
-                .map(|_| {
-                    let pool = pool.clone();
-                    tokio::spawn(async move { pool.call_function("nap", vec![]).await })
-                })
-                .collect();
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            assert!(pool.stats()[0].busy, "the naps hold the worker");
-            assert_eq!(pool.eval_sync("1 + 1").unwrap(), Value::from(2));
-            assert_eq!(
-                pool.map_sync("abs", vec![vec![Value::from(-3)]; 3]),
-                vec![Ok(Value::from(3)); 3]
-            );
-            for nap in naps {
-                assert_eq!(nap.await.unwrap().unwrap(), Value::from(1));
-            }
-        });
+        // More calls than one worker admits (64): the rest wait for places.
+        let naps: Vec<_> = (0..100)
+            .map(|_| {
+                let pool = pool.clone();
+                tokio::spawn(async move { pool.call_function("nap", vec![]).await })
+            })
+            .collect();
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(pool.stats()[0].busy, "the naps hold the worker");
+        assert_eq!(pool.eval_sync("1 + 1").unwrap(), Value::from(2));
+        assert_eq!(
+            pool.map_sync("abs", vec![vec![Value::from(-3)]; 3]),
+            vec![Ok(Value::from(3)); 3]
+        );
+        for nap in naps {
+            assert_eq!(nap.await.unwrap().unwrap(), Value::from(1));
+        }
     });
 }
 
@@ -216,42 +210,35 @@ fn a_sync_twin_in_a_task_waits_for_no_place_held_by_other_tasks() {
 /// `map` whose calls hold every place in the admission.
 #[test]
 fn sync_twins_on_every_runtime_thread_next_to_an_async_map() {
-    pool::within(120, || {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async {
-            let pool = pool::pool(2);
-            pool.run("def same(x):\n    return x").await.unwrap();
-            let map = {
+    pool::on_runtime(2, 120, || async {
+        let pool = pool::pool(2);
+        pool.run("def same(x):\n    return x").await.unwrap();
+        let map = {
+            let pool = pool.clone();
+            tokio::spawn(async move {
+                let inputs = (0..20_000).map(|x| vec![Value::from(x)]).collect();
+                pool.map("same", inputs).await
+            })
+        };
+        let twins: Vec<_> = (0..2)
+            .map(|_| {
                 let pool = pool.clone();
                 tokio::spawn(async move {
-                    let inputs = (0..20_000).map(|x| vec![Value::from(x)]).collect();
-                    pool.map("same", inputs).await
+                    for i in 0..2000 {
+                        let got = pool.call_function_sync("same", vec![Value::from(i)]);
+                        assert_eq!(got.unwrap(), Value::from(i));
+                    }
                 })
-            };
-            let twins: Vec<_> = (0..2)
-                .map(|_| {
-                    let pool = pool.clone();
-                    tokio::spawn(async move {
-                        for i in 0..2000 {
-                            let got = pool.call_function_sync("same", vec![Value::from(i)]);
-                            assert_eq!(got.unwrap(), Value::from(i));
-                        }
-                    })
-                })
-                .collect();
-            let mapped = map.await.unwrap();
-            assert_eq!(mapped.len(), 20_000);
-            assert!(mapped
-                .into_iter()
-                .enumerate()
-                .all(|(i, result)| result == Ok(Value::from(i))));
-            for twin in twins {
-                twin.await.unwrap();
-            }
-        });
+            })
+            .collect();
+        let mapped = map.await.unwrap();
+        assert_eq!(mapped.len(), 20_000);
+        assert!(mapped
+            .into_iter()
+            .enumerate()
+            .all(|(i, result)| result == Ok(Value::from(i))));
+        for twin in twins {
+            twin.await.unwrap();
+        }
     });
 }

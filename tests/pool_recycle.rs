@@ -118,61 +118,55 @@ fn a_recycle_whose_replacement_cannot_replay_a_run_keeps_the_old_worker() {
 /// on that runtime): the `run` must not block the thread the server runs on.
 #[test]
 fn a_run_made_while_a_replacement_catches_up_does_not_wait_for_it() {
-    pool::within(60, || {
+    pool::on_runtime(0, 60, || async {
         let folder = tempfile::tempdir().unwrap();
         let slow = folder.path().join("slow");
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let port = listener.local_addr().unwrap().port();
-            tokio::spawn(async move {
-                use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                while let Ok((mut peer, _)) = listener.accept().await {
-                    tokio::spawn(async move {
-                        let mut byte = [0u8; 1];
-                        let _ = peer.read_exact(&mut byte).await;
-                        let _ = peer.write_all(b"k").await;
-                    });
-                }
-            });
-            let pool = pool::builder(1).max_calls_per_worker(1).build().unwrap();
-            // Slow on every child started once `slow` exists.
-            pool.run(&format!(
-                "import os, socket, time\nif os.path.exists({:?}):\n    time.sleep(1)",
-                slow.to_str().unwrap()
-            ))
-            .await
-            .unwrap();
-            std::fs::write(&slow, "").unwrap();
-            let first = pool.stats()[0].pid;
-            pool.eval("1").await.unwrap(); // the recycle starts
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            // Logged while the replacement starts: it catches up on this one
-            // once ready, and that takes the server.
-            pool.run(&format!(
-                "time.sleep(1.5)\npeer = socket.create_connection(('127.0.0.1', {port}))\n\
-                 peer.sendall(b'x')\nANSWER = peer.recv(1).decode()\npeer.close()"
-            ))
-            .await
-            .unwrap();
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            pool.run("AFTER = 1").await.unwrap();
-            let replaced = async {
-                while pool.stats()[0].pid == first {
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-            };
-            tokio::time::timeout(Duration::from_secs(20), replaced)
-                .await
-                .expect("the replacement took over");
-            assert_eq!(
-                pool.eval("[ANSWER, AFTER]").await.unwrap(),
-                serde_json::json!(["k", 1])
-            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            while let Ok((mut peer, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut byte = [0u8; 1];
+                    let _ = peer.read_exact(&mut byte).await;
+                    let _ = peer.write_all(b"k").await;
+                });
+            }
         });
+        let pool = pool::builder(1).max_calls_per_worker(1).build().unwrap();
+        // Slow on every child started once `slow` exists.
+        pool.run(&format!(
+            "import os, socket, time\nif os.path.exists({:?}):\n    time.sleep(1)",
+            slow.to_str().unwrap()
+        ))
+        .await
+        .unwrap();
+        std::fs::write(&slow, "").unwrap();
+        let first = pool.stats()[0].pid;
+        pool.eval("1").await.unwrap(); // the recycle starts
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        // Logged while the replacement starts: it catches up on this one
+        // once ready, and that takes the server.
+        pool.run(&format!(
+            "time.sleep(1.5)\npeer = socket.create_connection(('127.0.0.1', {port}))\n\
+             peer.sendall(b'x')\nANSWER = peer.recv(1).decode()\npeer.close()"
+        ))
+        .await
+        .unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        pool.run("AFTER = 1").await.unwrap();
+        let replaced = async {
+            while pool.stats()[0].pid == first {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(20), replaced)
+            .await
+            .expect("the replacement took over");
+        assert_eq!(
+            pool.eval("[ANSWER, AFTER]").await.unwrap(),
+            serde_json::json!(["k", 1])
+        );
     });
 }
 
@@ -228,29 +222,7 @@ fn a_replacement_given_up_does_not_fail_runs_made_while_it_joined() {
         std::fs::write(file("flag"), "v").unwrap();
         let pool = pool::builder(2).max_calls_per_worker(2).build().unwrap();
         pool.run_sync(DEFS).unwrap();
-        let pids = [pool.stats()[0].pid, pool.stats()[1].pid];
-        let slow = pids[0];
-        let code = format!(
-            "X = open({flag:?}).read()\n\
-             if os.getpid() == {slow}:\n\
-             \x20   open({waiting:?}, 'w').close()\n\
-             \x20   while not os.path.exists({go:?}):\n\
-             \x20       time.sleep(0.005)\n\
-             else:\n\
-             \x20   open({done:?}, 'w').close()",
-            flag = file("flag"),
-            waiting = file("waiting"),
-            go = file("go"),
-            done = file("done"),
-        );
-        let first = std::thread::spawn({
-            let pool = pool.clone();
-            move || pool.run_sync(&code)
-        });
-        eventually("both workers read the file", || {
-            std::path::Path::new(&file("waiting")).exists()
-                && std::path::Path::new(&file("done")).exists()
-        });
+        let first = pool::run_held_on(&pool, folder.path(), pool.stats()[0].pid);
         std::fs::remove_file(file("flag")).unwrap();
         // Calls: those on the slow worker wait behind the run; the other
         // worker answers its two and starts its recycle, whose replacement

@@ -193,27 +193,7 @@ fn a_run_a_lost_child_had_answered_is_required_of_its_replacement() {
     let pool = pool::pool(2);
     pool.run_sync(DEFS).unwrap();
     let [first, second] = [pool.stats()[0].pid, pool.stats()[1].pid];
-    let code = format!(
-        "X = open({flag:?}).read()\n\
-         if os.getpid() == {second}:\n\
-         \x20   open({waiting:?}, 'w').close()\n\
-         \x20   while not os.path.exists({go:?}):\n\
-         \x20       time.sleep(0.005)\n\
-         else:\n\
-         \x20   open({done:?}, 'w').close()",
-        flag = file("flag"),
-        waiting = file("waiting"),
-        go = file("go"),
-        done = file("done"),
-    );
-    let run = std::thread::spawn({
-        let pool = pool.clone();
-        move || pool.run_sync(&code)
-    });
-    eventually("both shares of the run began", || {
-        std::path::Path::new(&file("waiting")).exists()
-            && std::path::Path::new(&file("done")).exists()
-    });
+    let run = pool::run_held_on(&pool, folder.path(), second);
     // The first worker's share is answered by now; its child then dies.
     std::thread::sleep(std::time::Duration::from_millis(200));
     std::fs::remove_file(file("flag")).unwrap();
@@ -243,31 +223,25 @@ fn a_run_a_lost_child_had_answered_is_required_of_its_replacement() {
 /// wait for it; both runs reach every worker, in the order they came.
 #[test]
 fn run_sync_in_a_task_next_to_an_async_run_of_another_task() {
-    pool::within(60, || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
+    pool::on_runtime(0, 60, || async {
+        let pool = pool::pool(2);
+        pool.run(DEFS).await.unwrap();
+        let first = {
+            let pool = pool.clone();
+            tokio::spawn(async move { pool.run("time.sleep(0.2)\nORDER = ['first']").await })
+        };
+        tokio::task::yield_now().await;
+        pool.run_sync("ORDER.append('second')").unwrap();
+        first.await.unwrap().unwrap();
+        pool.run("def order():\n    return [os.getpid(), ORDER]")
+            .await
             .unwrap();
-        runtime.block_on(async {
-            let pool = pool::pool(2);
-            pool.run(DEFS).await.unwrap();
-            let first = {
-                let pool = pool.clone();
-                tokio::spawn(async move { pool.run("time.sleep(0.2)\nORDER = ['first']").await })
-            };
-            tokio::task::yield_now().await;
-            pool.run_sync("ORDER.append('second')").unwrap();
-            first.await.unwrap().unwrap();
-            pool.run("def order():\n    return [os.getpid(), ORDER]")
-                .await
-                .unwrap();
-            let mut answered = std::collections::BTreeSet::new();
-            for reply in pool.map("order", vec![Vec::new(); 40]).await {
-                let reply = reply.unwrap();
-                assert_eq!(reply[1], serde_json::json!(["first", "second"]));
-                answered.insert(reply[0].as_u64().unwrap() as u32);
-            }
-            assert_eq!(answered, pids(&pool), "every worker ran both");
-        });
+        let mut answered = std::collections::BTreeSet::new();
+        for reply in pool.map("order", vec![Vec::new(); 40]).await {
+            let reply = reply.unwrap();
+            assert_eq!(reply[1], serde_json::json!(["first", "second"]));
+            answered.insert(reply[0].as_u64().unwrap() as u32);
+        }
+        assert_eq!(answered, pids(&pool), "every worker ran both");
     });
 }

@@ -78,3 +78,64 @@ pub fn restore(path: &Path, text: &str) {
     std::fs::write(&beside, text).unwrap();
     std::fs::rename(&beside, path).unwrap();
 }
+
+/// Runs the future `body` makes on a tokio runtime of its own, on a thread
+/// of its own, failing past `seconds` (see [`within`]): a current-thread
+/// runtime with `threads` 0, else a multi-thread one with that many workers.
+pub fn on_runtime<F>(
+    threads: usize,
+    seconds: u64,
+    body: impl FnOnce() -> F + Send + 'static,
+) -> F::Output
+where
+    F: std::future::Future,
+    F::Output: Send + 'static,
+{
+    within(seconds, move || {
+        let mut builder = if threads == 0 {
+            tokio::runtime::Builder::new_current_thread()
+        } else {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(threads);
+            builder
+        };
+        builder.enable_all().build().unwrap().block_on(body())
+    })
+}
+
+/// Starts, on a thread of its own, a run that reads `folder/flag` into `X`
+/// on every worker and then, on the worker whose child is `held`, waits
+/// for `folder/go`; returns once every worker has read the file.
+pub fn run_held_on(
+    pool: &PyPool,
+    folder: &Path,
+    held: u32,
+) -> std::thread::JoinHandle<Result<(), async_py::PyRunnerError>> {
+    let file = |name: &str| folder.join(name).to_str().unwrap().to_owned();
+    let code = format!(
+        "X = open({flag:?}).read()\n\
+         if os.getpid() == {held}:\n\
+         \x20   open({waiting:?}, 'w').close()\n\
+         \x20   while not os.path.exists({go:?}):\n\
+         \x20       time.sleep(0.005)\n\
+         else:\n\
+         \x20   open({done:?}, 'w').close()",
+        flag = file("flag"),
+        waiting = file("waiting"),
+        go = file("go"),
+        done = file("done"),
+    );
+    let run = std::thread::spawn({
+        let pool = pool.clone();
+        move || pool.run_sync(&code)
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !(folder.join("waiting").exists() && folder.join("done").exists()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "every worker read the file"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    run
+}
