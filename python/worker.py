@@ -27,6 +27,7 @@ import io
 import math
 import marshal
 import mmap
+import operator
 import os
 import reprlib
 import select
@@ -147,9 +148,47 @@ def venv_site_packages(venv):
     return found[-1]
 
 
+def venv_version(venv):
+    """(major, minor) of the Python a venv was made for, from its pyvenv.cfg,
+    or None where the file does not say (venv writes `version`, uv and
+    virtualenv `version_info`)."""
+    try:
+        with open(os.path.join(venv, "pyvenv.cfg"), encoding="utf-8", errors="replace") as cfg:
+            lines = cfg.read().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        key, eq, value = line.partition("=")
+        if eq and key.strip() in ("version", "version_info"):
+            parts = value.strip().split(".")
+            if len(parts) >= 2 and parts[0].isdigit() and parts[1].isdigit():
+                return int(parts[0]), int(parts[1])
+    return None
+
+
+def check_venv_version(venv):
+    """Refuses a venv made for another CPython minor version: its compiled
+    packages would fail later with an import error that names neither.
+    RustPython runs pure-Python packages of any CPython venv, so it is not asked."""
+    if sys.implementation.name != "cpython":
+        return
+    made_for = venv_version(venv)
+    running = sys.version_info[:2]
+    if made_for is not None and made_for != running:
+        raise ImportError(
+            "venv %s was made for Python %d.%d, but this interpreter is Python %s: "
+            "its packages would not import. Make the venv with this interpreter "
+            "(uv venv --python %d.%d), or run the venv's own interpreter with the "
+            "subprocess backend (PyRunner::builder().subprocess().venv(dir))"
+            % ((venv,) + made_for + ("%d.%d.%d" % sys.version_info[:3],) + running)
+        )
+
+
 def set_venv(venv):
     """Puts a venv's site-packages (and what its .pth files name) first on sys.path."""
-    packages = venv_site_packages(os.path.abspath(native_path(venv)))
+    venv = os.path.abspath(native_path(venv))
+    check_venv_version(venv)
+    packages = venv_site_packages(venv)
     before = set(sys.path)
     site.addsitedir(packages)
     added = [entry for entry in sys.path if entry not in before]
@@ -425,7 +464,41 @@ def _pack_other(obj, out, depth):
     elif isinstance(obj, (bytes, bytearray)):
         _pack_bytes(obj, out)
     else:
-        _pack_str(str(obj), out)
+        if depth >= MAX_DEPTH:
+            raise ConversionError(_TOO_DEEP)
+        _pack(table_form(obj), out, depth + 1)
+
+
+def table_form(obj):
+    """What the value table makes of an object that none of its exact rows
+    (None, bool, int, float, str, list, tuple, dict, set, bytes) fits: an
+    object that one of them, or this function again, turns into a value.
+
+    It imports nothing: a row whose module user code has not imported
+    cannot match, since no object of it can exist yet.
+    """
+    kind = type(obj)
+    if hasattr(kind, "__index__"):  # numpy integers; numpy's bool_ refuses
+        try:
+            return operator.index(obj)
+        except TypeError:
+            pass
+    numbers = sys.modules.get("numbers")
+    if numbers is not None and isinstance(obj, numbers.Real) and hasattr(kind, "__float__"):
+        return float(obj)  # numpy floats, Fraction
+    tolist = getattr(obj, "tolist", None)
+    if callable(tolist):
+        return tolist()  # numpy arrays and scalars (bool_), array.array
+    dataclasses = sys.modules.get("dataclasses")
+    if dataclasses is not None and not isinstance(obj, type) and dataclasses.is_dataclass(obj):
+        return {field.name: getattr(obj, field.name) for field in dataclasses.fields(obj)}
+    abc = sys.modules.get("collections.abc")
+    if abc is not None and isinstance(obj, abc.Mapping):
+        return dict(obj.items())
+    datetime = sys.modules.get("datetime")
+    if datetime is not None and isinstance(obj, (datetime.date, datetime.time)):
+        return obj.isoformat()  # datetime is a date
+    return str(obj)
 
 
 def _int_bytes(value):

@@ -25,3 +25,32 @@ fn new_and_builder_pick_the_pyo3_backend() {
 }
 
 in_process_suite!(pyo3);
+
+/// numpy from a uv venv, on the in-process backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn numpy_values_cross_as_values() {
+    let _sys_path = conformance::SYS_PATH.lock().await;
+    let runner = make_runner();
+    runner.set_venv(conformance::numpy_venv()).await.unwrap();
+    conformance::values::numpy_values_cross_as_values(runner).await;
+}
+
+/// `builder().venv(..)` of a venv made by another minor version fails the
+/// build, naming both versions.
+#[test]
+fn builder_venv_of_another_python_version_is_a_startup_error() {
+    let _sys_path = conformance::sys_path_lock();
+    let (python, version) = conformance::other_cpython();
+    let dir = tempfile::tempdir().unwrap();
+    let venv = dir.path().join("venv");
+    conformance::make_venv(&python, &venv);
+    match PyRunner::builder().pyo3().venv(&venv).build() {
+        Err(async_py::PyRunnerError::Startup(message)) => {
+            assert!(
+                message.contains(&format!("made for Python {version}")),
+                "{message}"
+            );
+        }
+        other => panic!("expected a Startup error, got {other:?}"),
+    }
+}

@@ -511,3 +511,14 @@ fn callers_behind_a_slow_call_do_not_spin() {
         used * 1e3
     );
 }
+
+/// numpy from a uv venv, in a child started from that venv.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn numpy_values_cross_as_values() {
+    let runner = PyRunner::builder()
+        .subprocess()
+        .venv(conformance::numpy_venv())
+        .build()
+        .unwrap();
+    conformance::values::numpy_values_cross_as_values(runner).await;
+}

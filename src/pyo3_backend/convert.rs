@@ -24,11 +24,20 @@ impl From<PyErr> for ToValueError {
     }
 }
 
-pub(crate) fn to_value(obj: &Bound<'_, PyAny>) -> Result<Value, ToValueError> {
-    to_value_at(obj, 0)
+/// Python to Rust. `table_form` is the helpers' function of that name: the
+/// rows of the table after the exact types (numpy values, dataclasses, ...).
+pub(crate) fn to_value<'py>(
+    obj: &Bound<'py, PyAny>,
+    table_form: &Bound<'py, PyAny>,
+) -> Result<Value, ToValueError> {
+    to_value_at(obj, table_form, 0)
 }
 
-fn to_value_at(obj: &Bound<'_, PyAny>, depth: usize) -> Result<Value, ToValueError> {
+fn to_value_at<'py>(
+    obj: &Bound<'py, PyAny>,
+    table_form: &Bound<'py, PyAny>,
+    depth: usize,
+) -> Result<Value, ToValueError> {
     if depth > MAX_DEPTH {
         return Err(ToValueError::Conversion(too_deep()));
     }
@@ -48,10 +57,10 @@ fn to_value_at(obj: &Bound<'_, PyAny>, depth: usize) -> Result<Value, ToValueErr
         return utf8(s).map(Value::String);
     }
     if let Ok(list) = obj.cast::<PyList>() {
-        return array_of(list.iter(), depth);
+        return array_of(list.iter(), table_form, depth);
     }
     if let Ok(tuple) = obj.cast::<PyTuple>() {
-        return array_of(tuple.iter(), depth);
+        return array_of(tuple.iter(), table_form, depth);
     }
     if let Ok(dict) = obj.cast::<PyDict>() {
         // A copy: `str()` of a key or item may change the dict itself.
@@ -62,7 +71,7 @@ fn to_value_at(obj: &Bound<'_, PyAny>, depth: usize) -> Result<Value, ToValueErr
                 Ok(s) => utf8(s)?,
                 Err(_) => utf8(&key.str()?)?,
             };
-            map.insert(key, to_value_at(&item, depth + 1)?);
+            map.insert(key, to_value_at(&item, table_form, depth + 1)?);
         }
         return Ok(Value::Object(map));
     }
@@ -71,11 +80,12 @@ fn to_value_at(obj: &Bound<'_, PyAny>, depth: usize) -> Result<Value, ToValueErr
         let frozen = obj.py().get_type::<PyFrozenSet>().call1((set,))?;
         return array_of(
             frozen.cast::<PyFrozenSet>().map_err(PyErr::from)?.iter(),
+            table_form,
             depth,
         );
     }
     if let Ok(set) = obj.cast::<PyFrozenSet>() {
-        return array_of(set.iter(), depth);
+        return array_of(set.iter(), table_form, depth);
     }
     if let Ok(bytes) = obj.cast::<PyBytes>() {
         return Ok(bytes_to_value(bytes.as_bytes()));
@@ -83,7 +93,7 @@ fn to_value_at(obj: &Bound<'_, PyAny>, depth: usize) -> Result<Value, ToValueErr
     if let Ok(bytes) = obj.cast::<PyByteArray>() {
         return Ok(bytes_to_value(&bytes.to_vec()));
     }
-    utf8(&obj.str()?).map(Value::String)
+    to_value_at(&table_form.call1((obj,))?, table_form, depth + 1)
 }
 
 /// The text of a `str` (a dict key, or `str()` of an object, too); one that
@@ -96,10 +106,11 @@ fn utf8(s: &Bound<'_, PyString>) -> Result<String, ToValueError> {
 
 fn array_of<'py>(
     items: impl Iterator<Item = Bound<'py, PyAny>>,
+    table_form: &Bound<'py, PyAny>,
     depth: usize,
 ) -> Result<Value, ToValueError> {
     items
-        .map(|item| to_value_at(&item, depth + 1))
+        .map(|item| to_value_at(&item, table_form, depth + 1))
         .collect::<Result<_, _>>()
         .map(Value::Array)
 }

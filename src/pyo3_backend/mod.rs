@@ -15,7 +15,7 @@ use std::ffi::CString;
 use std::os::unix::io::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use pyo3::exceptions::{PyKeyboardInterrupt, PyNameError, PySystemExit};
 use pyo3::intern;
@@ -35,6 +35,10 @@ use watchdog::AsyncExc;
 
 /// How long the worker spins for the next command before it parks.
 const WORKER_SPIN: Duration = Duration::from_micros(100);
+
+/// Under a steady stream of commands the loop is turned at least this
+/// often, so background tasks are not starved by busy callers.
+const LOOP_TURN_GAP: Duration = Duration::from_millis(2);
 
 /// Deep Python recursion and deep values need room; the pages are only
 /// committed when touched.
@@ -87,6 +91,8 @@ struct Worker<'py> {
     /// Keeps the read end of the loop's wake-up socket open.
     wake_read: Option<UnixStream>,
     awaiting: HashMap<u64, Awaiting>,
+    /// When the event loop last ran (see [`LOOP_TURN_GAP`]).
+    last_turn: Instant,
     next_token: u64,
     watchdog: Option<Arc<Watchdog<AsyncExc>>>,
 }
@@ -99,6 +105,7 @@ struct Helpers<'py> {
     run_file: Bound<'py, PyAny>,
     set_venv: Bound<'py, PyAny>,
     describe_error: Bound<'py, PyAny>,
+    table_form: Bound<'py, PyAny>,
 }
 
 impl<'py> Helpers<'py> {
@@ -112,6 +119,7 @@ impl<'py> Helpers<'py> {
             run_file: module.getattr("run_file")?,
             set_venv: module.getattr("set_venv")?,
             describe_error: module.getattr("describe_error")?,
+            table_form: module.getattr("table_form")?,
             module,
         })
     }
@@ -144,6 +152,7 @@ impl<'py> Worker<'py> {
             driver: None,
             wake_read: None,
             awaiting: HashMap::new(),
+            last_turn: Instant::now(),
             next_token: 0,
             watchdog: None,
         };
@@ -163,19 +172,31 @@ impl Serve for Worker<'_> {
     }
 
     fn idle(&mut self) {
-        if self.awaiting.is_empty() {
+        if self.driver.is_none() {
             let queue = &self.queue;
             self.py.detach(|| queue.wait(WORKER_SPIN));
-        } else {
-            // Blocks in the event loop until a coroutine finishes or the
-            // queue's wake-up byte arrives.
-            let queue = self.queue.clone();
-            queue.wait_in_loop(|| self.turn_loop(true));
+            return;
         }
+        if self.awaiting.is_empty() {
+            // The next command often follows at once: catch it before
+            // going to sleep in the loop's selector.
+            let queue = &self.queue;
+            if self.py.detach(|| queue.spin_for_jobs(WORKER_SPIN)) {
+                return;
+            }
+        }
+        // Once there is a loop, the runner waits in it: tasks that calls
+        // left behind (servers, tickers, `call_later`) run between commands,
+        // as in a child. A coroutine finishing or the queue's wake-up byte
+        // ends the wait.
+        let queue = self.queue.clone();
+        queue.wait_in_loop(|| self.turn_loop(true));
     }
 
     fn after_batch(&mut self) {
-        if !self.awaiting.is_empty() {
+        let due = !self.awaiting.is_empty()
+            || (self.driver.is_some() && self.last_turn.elapsed() >= LOOP_TURN_GAP);
+        if due {
             self.turn_loop(false);
         }
     }
@@ -320,7 +341,9 @@ impl<'py> Worker<'py> {
         // Reading Python objects runs their code (`__str__`), which can
         // change them under the reader; should that ever panic in pyo3,
         // the command fails, not the runner's thread.
-        let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| to_value(obj)));
+        let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            to_value(obj, &self.helpers.table_form)
+        }));
         let Ok(read) = read else {
             return Err(PyRunnerError::Conversion(
                 "the value changed while it was being read".into(),
@@ -413,7 +436,9 @@ impl<'py> Worker<'py> {
         let Some(driver) = self.driver.clone() else {
             return;
         };
-        let finished = match driver.call_method1(intern!(self.py, "turn"), (block,)) {
+        let finished = driver.call_method1(intern!(self.py, "turn"), (block,));
+        self.last_turn = Instant::now();
+        let finished = match finished {
             Ok(finished) => finished,
             Err(err)
                 if err.is_instance_of::<PySystemExit>(self.py)

@@ -22,67 +22,89 @@ impl From<rustpython_vm::builtins::PyBaseExceptionRef> for ToValueError {
     }
 }
 
-pub(crate) fn to_value(vm: &VirtualMachine, obj: &PyObject) -> Result<Value, ToValueError> {
-    to_value_at(vm, obj, 0)
+/// Python to Rust. `table_form` is the helpers' function of that name: the
+/// rows of the table after the exact types (dataclasses, mappings, ...).
+pub(crate) fn to_value(
+    vm: &VirtualMachine,
+    obj: &PyObject,
+    table_form: &PyObject,
+) -> Result<Value, ToValueError> {
+    Reader { vm, table_form }.value(obj, 0)
 }
 
-fn to_value_at(vm: &VirtualMachine, obj: &PyObject, depth: usize) -> Result<Value, ToValueError> {
-    if depth > MAX_DEPTH {
-        return Err(ToValueError::Conversion(too_deep()));
-    }
-    if vm.is_none(obj) {
-        return Ok(Value::Null);
-    }
-    if obj.class().is(vm.ctx.types.bool_type) {
-        return Ok(Value::Bool(obj.is(&vm.ctx.true_value)));
-    }
-    // `downcast_ref` also accepts subclasses: they cross as the value they hold.
-    if let Some(int) = obj.downcast_ref::<PyInt>() {
-        return int_to_value(vm, int);
-    }
-    if let Some(float) = obj.downcast_ref::<PyFloat>() {
-        return Ok(Number::from_f64(float.to_f64()).map_or(Value::Null, Value::Number));
-    }
-    if let Some(s) = obj.downcast_ref::<PyStr>() {
-        return utf8(s).map(Value::String);
-    }
-    if let Some(list) = obj.downcast_ref::<PyList>() {
-        // A copy: `str()` of an item may run code that changes the list.
-        let items = list.borrow_vec().to_vec();
-        return array_of(vm, &items, depth);
-    }
-    if let Some(tuple) = obj.downcast_ref::<PyTuple>() {
-        return array_of(vm, tuple.as_slice(), depth);
-    }
-    if let Some(dict) = obj.downcast_ref::<PyDict>() {
-        let items = dict.items_vec();
-        let mut map = Map::with_capacity(items.len());
-        for (key, item) in items {
-            let key = match key.downcast_ref::<PyStr>() {
-                Some(s) => utf8(s)?,
-                None => {
-                    let text = key.str(vm)?;
-                    utf8(&text)?
-                }
-            };
-            map.insert(key, to_value_at(vm, &item, depth + 1)?);
+struct Reader<'a> {
+    vm: &'a VirtualMachine,
+    table_form: &'a PyObject,
+}
+
+impl Reader<'_> {
+    fn value(&self, obj: &PyObject, depth: usize) -> Result<Value, ToValueError> {
+        let vm = self.vm;
+        if depth > MAX_DEPTH {
+            return Err(ToValueError::Conversion(too_deep()));
         }
-        return Ok(Value::Object(map));
+        if vm.is_none(obj) {
+            return Ok(Value::Null);
+        }
+        if obj.class().is(vm.ctx.types.bool_type) {
+            return Ok(Value::Bool(obj.is(&vm.ctx.true_value)));
+        }
+        // `downcast_ref` also accepts subclasses: they cross as the value they hold.
+        if let Some(int) = obj.downcast_ref::<PyInt>() {
+            return int_to_value(vm, int);
+        }
+        if let Some(float) = obj.downcast_ref::<PyFloat>() {
+            return Ok(Number::from_f64(float.to_f64()).map_or(Value::Null, Value::Number));
+        }
+        if let Some(s) = obj.downcast_ref::<PyStr>() {
+            return utf8(s).map(Value::String);
+        }
+        if let Some(list) = obj.downcast_ref::<PyList>() {
+            // A copy: `str()` of an item may run code that changes the list.
+            let items = list.borrow_vec().to_vec();
+            return self.array_of(&items, depth);
+        }
+        if let Some(tuple) = obj.downcast_ref::<PyTuple>() {
+            return self.array_of(tuple.as_slice(), depth);
+        }
+        if let Some(dict) = obj.downcast_ref::<PyDict>() {
+            let items = dict.items_vec();
+            let mut map = Map::with_capacity(items.len());
+            for (key, item) in items {
+                let key = match key.downcast_ref::<PyStr>() {
+                    Some(s) => utf8(s)?,
+                    None => {
+                        let text = key.str(vm)?;
+                        utf8(&text)?
+                    }
+                };
+                map.insert(key, self.value(&item, depth + 1)?);
+            }
+            return Ok(Value::Object(map));
+        }
+        if let Some(set) = obj.downcast_ref::<PySet>() {
+            return self.array_of(&set.elements(), depth);
+        }
+        if let Some(set) = obj.downcast_ref::<PyFrozenSet>() {
+            return self.array_of(&set.elements(), depth);
+        }
+        if let Some(bytes) = obj.downcast_ref::<PyBytes>() {
+            return Ok(bytes_to_value(bytes.as_bytes()));
+        }
+        if let Some(bytes) = obj.downcast_ref::<PyByteArray>() {
+            return Ok(bytes_to_value(&bytes.borrow_buf()));
+        }
+        let adapted = self.table_form.call((obj.to_owned(),), vm)?;
+        self.value(&adapted, depth + 1)
     }
-    if let Some(set) = obj.downcast_ref::<PySet>() {
-        return array_of(vm, &set.elements(), depth);
+
+    fn array_of(&self, items: &[PyObjectRef], depth: usize) -> Result<Value, ToValueError> {
+        items
+            .iter()
+            .map(|item| self.value(item, depth + 1))
+            .collect::<Result<_, _>>()
+            .map(Value::Array)
     }
-    if let Some(set) = obj.downcast_ref::<PyFrozenSet>() {
-        return array_of(vm, &set.elements(), depth);
-    }
-    if let Some(bytes) = obj.downcast_ref::<PyBytes>() {
-        return Ok(bytes_to_value(bytes.as_bytes()));
-    }
-    if let Some(bytes) = obj.downcast_ref::<PyByteArray>() {
-        return Ok(bytes_to_value(&bytes.borrow_buf()));
-    }
-    let text = obj.str(vm)?;
-    utf8(&text).map(Value::String)
 }
 
 /// The text of a `str`; one UTF-8 cannot carry is a `Conversion` error.
@@ -90,18 +112,6 @@ fn utf8(s: &PyStr) -> Result<String, ToValueError> {
     s.to_str()
         .map(str::to_owned)
         .ok_or_else(|| ToValueError::Conversion(LONE_SURROGATE.into()))
-}
-
-fn array_of(
-    vm: &VirtualMachine,
-    items: &[PyObjectRef],
-    depth: usize,
-) -> Result<Value, ToValueError> {
-    items
-        .iter()
-        .map(|item| to_value_at(vm, item, depth + 1))
-        .collect::<Result<_, _>>()
-        .map(Value::Array)
 }
 
 fn int_to_value(vm: &VirtualMachine, int: &PyInt) -> Result<Value, ToValueError> {

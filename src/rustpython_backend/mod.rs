@@ -198,6 +198,7 @@ struct Helpers {
     set_venv: PyObjectRef,
     resolve: PyObjectRef,
     describe_error: PyObjectRef,
+    table_form: PyObjectRef,
     abspath: PyObjectRef,
     timeout: PyTypeRef,
 }
@@ -237,6 +238,7 @@ impl Helpers {
             set_venv: get("set_venv")?,
             resolve: get("resolve")?,
             describe_error: get("describe_error")?,
+            table_form: get("table_form")?,
             abspath: get("os")?
                 .get_attr("path", vm)
                 .and_then(|path| path.get_attr("abspath", vm))
@@ -473,7 +475,7 @@ impl Worker<'_> {
     }
 
     fn to_value(&self, obj: &PyObjectRef) -> Reply {
-        to_value(self.vm, obj).map_err(|err| match err {
+        to_value(self.vm, obj, &self.helpers.table_form).map_err(|err| match err {
             ToValueError::Python(err) => self.exception_error(&err),
             ToValueError::Conversion(why) => PyRunnerError::Conversion(why),
         })

@@ -205,3 +205,83 @@ pub async fn a_coroutine_that_exits_fails_only_its_own_call(runner: PyRunner) {
         assert_eq!(other.unwrap(), json!(raiser), "the other call after {kind}");
     }
 }
+
+/// A task that a call left running (a 10 ms ticker) goes on while no command
+/// is pending, as on a long-lived loop it should.
+pub async fn background_tasks_run_between_commands(runner: PyRunner) {
+    if !crate::conformance::runs_coroutines(&runner).await {
+        return;
+    }
+    runner
+        .run(
+            r#"
+import asyncio
+ticks = 0
+async def tick():
+    global ticks
+    while True:
+        ticks += 1
+        await asyncio.sleep(0.01)
+async def start_ticking():
+    global ticker
+    ticker = asyncio.ensure_future(tick())
+"#,
+        )
+        .await
+        .unwrap();
+    runner
+        .call_async_function("start_ticking", vec![])
+        .await
+        .unwrap();
+    let before = runner.read_variable("ticks").await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = runner.read_variable("ticks").await.unwrap();
+    let ticked = after.as_i64().unwrap() - before.as_i64().unwrap();
+    // About 100 at full speed; a slow machine still gives many more than 10.
+    assert!(
+        ticked >= 10,
+        "the ticker ran {ticked} times in 1 s with no command pending"
+    );
+}
+
+/// An asyncio server started by a call answers a client while the runner
+/// has no command to run.
+pub async fn servers_answer_between_commands(runner: PyRunner) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    if !crate::conformance::runs_coroutines(&runner).await {
+        return;
+    }
+    runner
+        .run(
+            r#"
+import asyncio
+async def echo(reader, writer):
+    line = await reader.readline()
+    writer.write(b"echo " + line)
+    await writer.drain()
+    writer.close()
+async def serve():
+    global server
+    server = await asyncio.start_server(echo, "127.0.0.1", 0)
+    return server.sockets[0].getsockname()[1]
+"#,
+        )
+        .await
+        .unwrap();
+    let port = runner.call_async_function("serve", vec![]).await.unwrap();
+    let port = u16::try_from(port.as_u64().unwrap()).unwrap();
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        stream.write_all(b"hi\n").await.unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await.unwrap();
+        answer
+    };
+    let answer = tokio::time::timeout(Duration::from_secs(10), exchange)
+        .await
+        .expect("the server answered within 10 s with no command pending");
+    assert_eq!(answer, "echo hi\n");
+    runner.run("server.close()").await.unwrap();
+}

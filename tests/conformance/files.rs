@@ -182,3 +182,40 @@ pub async fn run_file_takes_a_name_that_is_not_utf8(runner: PyRunner) {
         other => panic!("expected FileNotFoundError, got {other:?}"),
     }
 }
+
+/// A venv made by another CPython minor version (a real one, from pyenv) is
+/// refused by name on CPython, before `sys.path` changes; RustPython, which
+/// runs only the pure-Python packages of any venv, takes it.
+pub async fn set_venv_of_another_python_version_is_named(runner: PyRunner) {
+    let _sys_path = super::SYS_PATH.lock().await;
+    let (python, version) = super::other_cpython();
+    let dir = tempfile::tempdir().unwrap();
+    let venv = dir.path().join("venv");
+    make_venv(&python, &venv);
+    let before = runner.eval("list(__import__('sys').path)").await.unwrap();
+    let outcome = runner.set_venv(&venv).await;
+    if runner.backend() == async_py::Backend::RustPython {
+        outcome.expect("RustPython takes a venv of any CPython version");
+        return;
+    }
+    let running = runner
+        .eval("'%d.%d' % __import__('sys').version_info[:2]")
+        .await
+        .unwrap();
+    match outcome {
+        Err(PyRunnerError::Python { kind, message, .. }) => {
+            assert_eq!(kind, "ImportError");
+            assert!(
+                message.contains(&format!("made for Python {version}")),
+                "{message}"
+            );
+            assert!(
+                message.contains(&format!("Python {}", running.as_str().unwrap())),
+                "{message}"
+            );
+        }
+        other => panic!("expected the versions named, got {other:?}"),
+    }
+    let after = runner.eval("list(__import__('sys').path)").await.unwrap();
+    assert_eq!(before, after, "sys.path is untouched");
+}

@@ -34,6 +34,7 @@ macro_rules! conformance_suite {
                 two_hundred_levels_cross_and_no_more
                 lone_surrogates_are_conversion_errors lone_surrogates_in_keys_and_str_are_conversion_errors
                 subclasses_cross_as_the_value_they_hold containers_changed_while_read_cross_as_they_were
+                objects_of_the_later_rows_cross_as_values later_rows_keep_the_limits
             }
             errors {
                 exceptions_arrive_structured_with_traceback display_names_the_exception_type
@@ -50,6 +51,7 @@ macro_rules! conformance_suite {
                 run_file_puts_its_folder_first_on_sys_path missing_file_is_an_error
                 set_venv_adds_site_packages_and_honours_pth_files set_venv_of_a_missing_folder_is_an_error
                 set_venv_seed_example_with_a_real_venv run_file_takes_a_name_that_is_not_utf8
+                set_venv_of_another_python_version_is_named
             }
             ordering {
                 many_tasks_get_their_own_results commands_from_clones_keep_send_order
@@ -60,6 +62,7 @@ macro_rules! conformance_suite {
                 thousand_sleeping_coroutines_all_finish plain_commands_run_while_coroutines_wait
                 coroutine_exceptions_are_structured non_awaitable_result_is_returned_as_is
                 a_coroutine_that_exits_fails_only_its_own_call
+                background_tasks_run_between_commands servers_answer_between_commands
             }
             lifecycle { stop_makes_later_commands_stopped stop_is_idempotent stop_ends_pending_coroutines }
             seeds { seed_greet_counter seed_add_and_sleep_overlap }
@@ -207,4 +210,92 @@ fn refuses_coroutines(reply: Result<serde_json::Value, async_py::PyRunnerError>)
         }
         other => panic!("expected Unsupported for a coroutine, got {other:?}"),
     }
+}
+
+/// A uv venv with numpy from the package index, made once and kept under
+/// the target folder (`.ci/run` makes it before the tests). Made with the
+/// interpreter the in-process backend links, so both CPython backends can
+/// use it.
+pub fn numpy_venv() -> PathBuf {
+    static MADE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _made = MADE.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("numpy-venv");
+    if venv.join("numpy-installed").exists() {
+        return venv;
+    }
+    // Built beside and renamed into place: another test binary may be at
+    // the same work, and neither may see a half-made venv.
+    let building = venv.with_extension(format!("building-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&building);
+    let uv = |args: &[&std::ffi::OsStr]| {
+        let output = Command::new("uv")
+            .args(args)
+            .output()
+            .unwrap_or_else(|err| {
+                panic!("uv could not be run ({err}); install it with `pip install uv`")
+            });
+        assert!(
+            output.status.success(),
+            "uv {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    };
+    uv(&[
+        "venv".as_ref(),
+        "--quiet".as_ref(),
+        "--python".as_ref(),
+        base_python().as_os_str(),
+        building.as_os_str(),
+    ]);
+    uv(&[
+        "pip".as_ref(),
+        "install".as_ref(),
+        "--quiet".as_ref(),
+        "--python".as_ref(),
+        building.join("bin/python").as_os_str(),
+        "numpy".as_ref(),
+    ]);
+    std::fs::write(building.join("numpy-installed"), "").unwrap();
+    if std::fs::rename(&building, &venv).is_err() {
+        // Another binary put its own in place first.
+        let _ = std::fs::remove_dir_all(&building);
+    }
+    assert!(venv.join("numpy-installed").exists());
+    venv
+}
+
+/// A CPython of another minor version than the one the tests run, from
+/// pyenv, to make a venv the running interpreter must refuse.
+pub fn other_cpython() -> (PathBuf, String) {
+    let root = Command::new("pyenv")
+        .arg("root")
+        .output()
+        .ok()
+        .filter(|out| out.status.success())
+        .map(|out| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+        .unwrap_or_else(|| Path::new(&std::env::var("HOME").unwrap()).join(".pyenv"));
+    let running = Command::new(base_python())
+        .args(["-c", "import sys; print('%d.%d' % sys.version_info[:2])"])
+        .output()
+        .expect("the base python starts");
+    let running = String::from_utf8_lossy(&running.stdout).trim().to_owned();
+    for candidate in ["3.12", "3.13", "3.10", "3.8"] {
+        if candidate == running {
+            continue;
+        }
+        let Ok(entries) = std::fs::read_dir(root.join("versions")) else {
+            break;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let python = entry.path().join("bin/python3");
+            if name.starts_with(&format!("{candidate}.")) && python.exists() {
+                return (python, candidate.to_owned());
+            }
+        }
+    }
+    panic!(
+        "no CPython other than {running} under {}: these tests need one (pyenv install 3.12)",
+        root.display()
+    );
 }

@@ -353,3 +353,136 @@ pub async fn containers_changed_while_read_cross_as_they_were(runner: PyRunner) 
         json!([3, 3, 2])
     );
 }
+
+/// The rows after the exact types, with standard-library objects: anything
+/// with `__index__`, a `numbers.Real`, `tolist()`, a dataclass, a mapping,
+/// and dates and times.
+pub async fn objects_of_the_later_rows_cross_as_values(runner: PyRunner) {
+    runner
+        .run(
+            r#"
+import array, dataclasses, datetime, fractions, types
+
+class Index:
+    def __index__(self):
+        return 7
+
+class Listable:
+    def tolist(self):
+        return [1, Index(), "x"]
+
+@dataclasses.dataclass
+class Inner:
+    tags: list
+
+@dataclasses.dataclass
+class Outer:
+    name: str
+    inner: Inner
+
+class Settings(__import__("collections.abc").abc.Mapping):
+    def __init__(self):
+        self.data = {"a": 1, 2: "b"}
+    def __getitem__(self, key):
+        return self.data[key]
+    def __iter__(self):
+        return iter(self.data)
+    def __len__(self):
+        return len(self.data)
+"#,
+        )
+        .await
+        .unwrap();
+    let cases = [
+        ("Index()", json!(7)),
+        ("fractions.Fraction(1, 4)", json!(0.25)),
+        ("array.array('i', [1, 2, 3])", json!([1, 2, 3])),
+        ("array.array('d', [0.5, float('nan')])", json!([0.5, null])),
+        ("Listable()", json!([1, 7, "x"])),
+        (
+            "Outer('o', Inner([Index(), (1, 2)]))",
+            json!({"name": "o", "inner": {"tags": [7, [1, 2]]}}),
+        ),
+        ("Settings()", json!({"a": 1, "2": "b"})),
+        ("types.MappingProxyType({'k': [1]})", json!({"k": [1]})),
+        (
+            "datetime.datetime(2024, 5, 6, 7, 8, 9)",
+            json!("2024-05-06T07:08:09"),
+        ),
+        ("datetime.date(2024, 5, 6)", json!("2024-05-06")),
+        ("datetime.time(7, 8)", json!("07:08:00")),
+        // A class is not a dataclass instance, and a complex is no Real.
+        ("Inner", json!("<class '__main__.Inner'>")),
+        ("1+2j", json!("(1+2j)")),
+    ];
+    for (expr, expected) in cases {
+        assert_eq!(eval(&runner, expr).await, expected, "eval({expr})");
+    }
+    // The rows hold for arguments' results, nested, as for eval.
+    runner
+        .run("def wrap(x):\n    return {'when': datetime.date(2000, 1, x), 'n': Index()}")
+        .await
+        .unwrap();
+    assert_eq!(
+        runner.call_function("wrap", vec![json!(2)]).await.unwrap(),
+        json!({"when": "2000-01-02", "n": 7})
+    );
+}
+
+/// An object whose `tolist()` gives itself again is cut at the depth limit,
+/// not followed for ever; an `__index__` past 64 bits is the int's error.
+pub async fn later_rows_keep_the_limits(runner: PyRunner) {
+    runner
+        .run(
+            "class Loop:\n    def tolist(self):\n        return self\n\
+             class Huge:\n    def __index__(self):\n        return 2**70",
+        )
+        .await
+        .unwrap();
+    match runner.eval("Loop()").await {
+        Err(PyRunnerError::Conversion(message)) => {
+            assert!(message.contains("nests deeper"), "{message}")
+        }
+        other => panic!("expected a Conversion error, got {other:?}"),
+    }
+    match runner.eval("Huge()").await {
+        Err(PyRunnerError::Conversion(message)) => assert!(message.contains("71"), "{message}"),
+        other => panic!("expected a Conversion error, got {other:?}"),
+    }
+    assert_eq!(eval(&runner, "1 + 1").await, json!(2), "the runner goes on");
+}
+
+/// numpy's values, from a real numpy in a venv: numbers, bools and arrays
+/// arrive as values, not as their repr. CPython backends only.
+pub async fn numpy_values_cross_as_values(runner: PyRunner) {
+    runner
+        .eval("__import__('numpy').__version__")
+        .await
+        .expect("numpy imports in this runner");
+    runner.run("import numpy as np").await.unwrap();
+    let cases = [
+        ("np.arange(10).sum()", json!(45)),
+        ("np.int8(-3)", json!(-3)),
+        ("np.uint64(2**64 - 1)", json!(u64::MAX)),
+        ("np.float32(0.5)", json!(0.5)),
+        ("np.float64('nan')", json!(null)),
+        ("np.float32('inf')", json!(null)),
+        ("np.bool_(True)", json!(true)),
+        ("[np.True_, np.False_]", json!([true, false])),
+        ("np.arange(3) * 2", json!([0, 2, 4])),
+        (
+            "np.array([[1.5, 2], [3, 4]])",
+            json!([[1.5, 2.0], [3.0, 4.0]]),
+        ),
+        ("np.array(['a', 'b'])", json!(["a", "b"])),
+        ("{'mean': np.mean([1, 2])}", json!({"mean": 1.5})),
+    ];
+    for (expr, expected) in cases {
+        assert_eq!(eval(&runner, expr).await, expected, "eval({expr})");
+    }
+    // Not a truncated repr: every one of 2000 items arrives.
+    let long = eval(&runner, "np.arange(2000)").await;
+    let items = long.as_array().expect("an array");
+    assert_eq!(items.len(), 2000);
+    assert_eq!(items[1999], json!(1999));
+}
