@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::command::CommandQueue;
+use crate::command::{user_limit, CommandQueue};
 use crate::error::PyRunnerError;
 use crate::runner::PyRunner;
 
@@ -66,6 +66,53 @@ impl Default for RunnerConfig {
             #[cfg(feature = "subprocess")]
             pool_hooks: None,
         }
+    }
+}
+
+/// The smallest `max_frame_length` taken: the child's hello names its
+/// interpreter's path, which may be up to about 4 KiB long.
+pub(crate) const MIN_FRAME_LIMIT: usize = 8 << 10;
+
+impl RunnerConfig {
+    /// Settings that could only fail later, or in a misleading way, are
+    /// refused before anything starts.
+    pub(crate) fn check(&self) -> Result<(), PyRunnerError> {
+        if self.backend != Backend::Subprocess {
+            return Ok(());
+        }
+        for (key, value) in &self.env {
+            let key_bytes = key.as_encoded_bytes();
+            if key_bytes.is_empty() {
+                return Err(PyRunnerError::Startup(
+                    "env: a variable needs a name, and \"\" was given".into(),
+                ));
+            }
+            if key_bytes.contains(&b'=') || key_bytes.contains(&0) {
+                return Err(PyRunnerError::Startup(format!(
+                    "env: the variable name {key:?} holds '=' or a NUL byte, which no name may"
+                )));
+            }
+            if value.as_encoded_bytes().contains(&0) {
+                return Err(PyRunnerError::Startup(format!(
+                    "env: the value of {key:?} holds a NUL byte"
+                )));
+            }
+        }
+        if self.frame_limit < MIN_FRAME_LIMIT {
+            return Err(PyRunnerError::Startup(format!(
+                "max_frame_length of {} bytes is below the least a child needs ({MIN_FRAME_LIMIT} bytes)",
+                self.frame_limit
+            )));
+        }
+        if let Some(dir) = &self.current_dir {
+            if !dir.is_dir() {
+                return Err(PyRunnerError::Startup(format!(
+                    "current_dir {} is not a folder that exists",
+                    dir.display()
+                )));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -144,12 +191,15 @@ impl PyRunnerBuilder {
     }
 
     /// A limit for every command, counted from the moment it starts to run.
+    /// `Duration::ZERO` times every command out without running it; a limit
+    /// of over a century (`Duration::MAX`) is no limit.
     pub fn timeout(mut self, limit: Duration) -> Self {
-        self.config.timeout = Some(limit);
+        self.config.timeout = user_limit(limit);
         self
     }
 
-    /// Subprocess: set an environment variable for the child.
+    /// Subprocess: set an environment variable for the child. A name that
+    /// is empty or holds `=` fails `build` with [`PyRunnerError::Startup`].
     pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
         self.config.env.push((key.into(), value.into()));
         self
@@ -169,7 +219,7 @@ impl PyRunnerBuilder {
     }
 
     /// Subprocess: the largest frame accepted from the child, in bytes
-    /// (default 64 MiB). A larger reply is a `Protocol` error and the child
+    /// (default 64 MiB, at least 8 KiB: less fails `build`). A larger reply is a `Protocol` error and the child
     /// is replaced; nothing of that size is allocated.
     pub fn max_frame_length(mut self, bytes: usize) -> Self {
         self.config.frame_limit = bytes;
@@ -180,6 +230,7 @@ impl PyRunnerBuilder {
     /// needs no tokio runtime.
     pub fn build(self) -> Result<PyRunner, PyRunnerError> {
         let config = self.config;
+        config.check()?;
         let queue = Arc::new(CommandQueue::new());
         match config.backend {
             #[cfg(feature = "pyo3")]

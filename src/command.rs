@@ -20,12 +20,23 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::error::PyRunnerError;
+use crate::value::checked_args;
 
 /// The outcome of one command.
 pub(crate) type Reply = Result<Value, PyRunnerError>;
 
 /// How long a caller polls for its reply before it lets its thread or task sleep.
 const CALLER_SPIN: Duration = Duration::from_micros(40);
+
+/// Limits longer than this (about a century) are no limit: every deadline
+/// is the clock plus a limit plus a little slack, and a user's
+/// `Duration::MAX` must not overflow that sum anywhere.
+const NO_LIMIT_PAST: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
+
+/// A limit as a user gave it, as the crate keeps it: `None` for no limit.
+pub(crate) fn user_limit(limit: Duration) -> Option<Duration> {
+    (limit <= NO_LIMIT_PAST).then_some(limit)
+}
 
 /// A path as the Python side takes it (`run_file`, `set_venv`): its text,
 /// or, for one that is not UTF-8, its bytes, which the helpers decode as
@@ -94,20 +105,21 @@ impl Request {
         }
     }
 
-    /// `call_function(name, args)`.
-    pub fn call(name: &str, args: Vec<Value>) -> Request {
-        Request::CallFunction {
+    /// `call_function(name, args)`; arguments nested too deeply are
+    /// refused here (see [`checked_args`]).
+    pub fn call(name: &str, args: Vec<Value>) -> Result<Request, PyRunnerError> {
+        Ok(Request::CallFunction {
             name: name.to_owned(),
-            args,
-        }
+            args: checked_args(args)?,
+        })
     }
 
-    /// `call_async_function(name, args)`.
-    pub fn call_async(name: &str, args: Vec<Value>) -> Request {
-        Request::CallAsyncFunction {
+    /// `call_async_function(name, args)`, checked as [`Request::call`].
+    pub fn call_async(name: &str, args: Vec<Value>) -> Result<Request, PyRunnerError> {
+        Ok(Request::CallAsyncFunction {
             name: name.to_owned(),
-            args,
-        }
+            args: checked_args(args)?,
+        })
     }
 }
 
@@ -585,13 +597,20 @@ impl Submission {
         let slot = Arc::new(ReplySlot::default());
         // Coroutines take at least one loop turn; spinning for them only burns CPU.
         let spin = !matches!(request, Request::CallAsyncFunction { .. });
+        let mut job = Some(Job {
+            request,
+            reply: Responder(slot.clone()),
+            timeout,
+        });
+        // One rule on every backend and the pool: a zero limit times out
+        // without running the command.
+        if timeout == Some(Duration::ZERO) {
+            slot.complete(Err(PyRunnerError::Timeout(Duration::ZERO)));
+            job = None;
+        }
         Submission {
             queue,
-            job: Some(Job {
-                request,
-                reply: Responder(slot.clone()),
-                timeout,
-            }),
+            job,
             slot,
             spin,
             driver: None,

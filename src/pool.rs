@@ -146,6 +146,7 @@ impl PyPoolBuilder {
     /// failure is returned (and the workers already started are ended).
     /// Synchronous: needs no tokio runtime.
     pub fn build(self) -> Result<PyPool, PyRunnerError> {
+        self.runner.config().check()?;
         let pool: Arc<OnceLock<Weak<Inner>>> = Arc::default();
         let log = Arc::new(ReplayLog::default());
         // The workers' children are forks of one started interpreter, when
@@ -726,7 +727,7 @@ impl PyPool {
         name: &str,
         args: Vec<Value>,
     ) -> Result<Value, PyRunnerError> {
-        self.dispatch(Request::call(name, args), Admission::Wait)
+        self.dispatch(Request::call(name, args)?, Admission::Wait)
             .await
     }
 
@@ -737,7 +738,7 @@ impl PyPool {
         name: &str,
         args: Vec<Value>,
     ) -> Result<Value, PyRunnerError> {
-        self.dispatch(Request::call_async(name, args), Admission::Wait)
+        self.dispatch(Request::call_async(name, args)?, Admission::Wait)
             .await
     }
 
@@ -754,7 +755,8 @@ impl PyPool {
         admission: Admission,
     ) -> Vec<Reply> {
         let calls = inputs.into_iter().map(|args| {
-            Box::pin(self.dispatch(Request::call(name, args), admission)) as BoxedCall<'_, Reply>
+            Box::pin(async move { self.dispatch(Request::call(name, args)?, admission).await })
+                as BoxedCall<'_, Reply>
         });
         let workers = self.workers();
         let (least, most) = (workers * MAP_WINDOW_MIN, workers * ADMITTED_PER_WORKER);
@@ -854,7 +856,10 @@ impl PyPool {
 
     /// Blocking twin of [`call_function`](Self::call_function).
     pub fn call_function_sync(&self, name: &str, args: Vec<Value>) -> Result<Value, PyRunnerError> {
-        block_on_pool(self.dispatch(Request::call(name, args), Admission::Skip))
+        block_on_pool(async {
+            self.dispatch(Request::call(name, args)?, Admission::Skip)
+                .await
+        })
     }
 
     /// Blocking twin of [`call_async_function`](Self::call_async_function).
@@ -863,7 +868,10 @@ impl PyPool {
         name: &str,
         args: Vec<Value>,
     ) -> Result<Value, PyRunnerError> {
-        block_on_pool(self.dispatch(Request::call_async(name, args), Admission::Skip))
+        block_on_pool(async {
+            self.dispatch(Request::call_async(name, args)?, Admission::Skip)
+                .await
+        })
     }
 
     /// Blocking twin of [`map`](Self::map).

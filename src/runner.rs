@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::builder::{Backend, PyRunnerBuilder};
-use crate::command::{block_on, CommandQueue, Reply, Request, Submission};
+use crate::command::{block_on, user_limit, CommandQueue, Reply, Request, Submission};
 use crate::error::PyRunnerError;
 
 /// A handle to one Python interpreter context: its own globals, its own
@@ -100,9 +100,10 @@ impl PyRunner {
         }
     }
 
-    /// A handle to the same runner whose commands have this limit. Cannot fail.
+    /// A handle to the same runner whose commands have this limit (see
+    /// [`PyRunnerBuilder::timeout`]; `stop` is never limited). Cannot fail.
     pub fn with_timeout(mut self, limit: Duration) -> PyRunner {
-        self.timeout = Some(limit);
+        self.timeout = user_limit(limit);
         self
     }
 
@@ -179,7 +180,7 @@ impl PyRunner {
         name: &str,
         args: Vec<Value>,
     ) -> Result<Value, PyRunnerError> {
-        self.send(Request::call(name, args)).await
+        self.send(Request::call(name, args)?).await
     }
 
     /// Calls a function and awaits the coroutine it returns on the runner's
@@ -190,7 +191,7 @@ impl PyRunner {
         name: &str,
         args: Vec<Value>,
     ) -> Result<Value, PyRunnerError> {
-        self.send(Request::call_async(name, args)).await
+        self.send(Request::call_async(name, args)?).await
     }
 
     /// Puts a venv's site-packages, and the paths its `.pth` files name, first
@@ -207,7 +208,10 @@ impl PyRunner {
         if self.shared.failed.is_some() {
             return Ok(());
         }
-        match self.send(Request::Stop).await {
+        // Not bounded by the handle's limit: a stop always ends the runner,
+        // and the backend takes care that it does so in bounded time.
+        let stopping = Submission::new(self.shared.queue.clone(), Request::Stop, None);
+        match stopping.await {
             Ok(_) | Err(PyRunnerError::Stopped) => Ok(()),
             Err(err) => Err(err),
         }

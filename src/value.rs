@@ -15,6 +15,10 @@
 //! Rust to Python: `null`→`None`, bool, numbers (`i64`/`u64` to `int`, others
 //! to `float`), string→`str`, array→`list`, object→`dict`.
 
+use serde_json::Value;
+
+use crate::error::PyRunnerError;
+
 /// How deeply values may nest. Deeper values (and self-containing ones,
 /// `a = []; a.append(a)`) are a `Conversion` error instead of a stack overflow.
 pub(crate) const MAX_DEPTH: usize = 200;
@@ -32,4 +36,41 @@ pub(crate) const LONE_SURROGATE: &str = "str holds a lone surrogate, which UTF-8
 
 pub(crate) fn too_deep() -> String {
     format!("value nests deeper than {MAX_DEPTH} levels (or contains itself)")
+}
+
+/// Refuses arguments that nest past [`MAX_DEPTH`], on the caller's thread and
+/// before anything else touches them: serde_json drops, clones and
+/// serializes a `Value` recursively, so one nested 100 000 deep would
+/// overflow a 2 MiB stack on the way to the backend.
+pub(crate) fn checked_args(args: Vec<Value>) -> Result<Vec<Value>, PyRunnerError> {
+    if args.iter().any(|arg| nests_past(arg, 0)) {
+        dismantle(args);
+        return Err(PyRunnerError::Conversion(too_deep()));
+    }
+    Ok(args)
+}
+
+/// Whether `value`, found at `depth`, reaches past [`MAX_DEPTH`]. The
+/// recursion stops there, so its own depth is bounded.
+fn nests_past(value: &Value, depth: usize) -> bool {
+    if depth > MAX_DEPTH {
+        return true;
+    }
+    match value {
+        Value::Array(items) => items.iter().any(|item| nests_past(item, depth + 1)),
+        Value::Object(map) => map.values().any(|item| nests_past(item, depth + 1)),
+        _ => false,
+    }
+}
+
+/// Drops values of any depth with a heap stack instead of the call stack.
+fn dismantle(values: Vec<Value>) {
+    let mut pending = values;
+    while let Some(value) = pending.pop() {
+        match value {
+            Value::Array(items) => pending.extend(items),
+            Value::Object(map) => pending.extend(map.into_iter().map(|(_, item)| item)),
+            _ => {}
+        }
+    }
 }

@@ -68,3 +68,34 @@ fn a_child_that_exits_before_its_hello_is_a_startup_error() {
         other => panic!("expected a Startup error, got {other:?}"),
     }
 }
+
+/// Settings that would fail later, or with a message pointing elsewhere,
+/// are refused by `build` with a `Startup` error that names them.
+#[test]
+fn bad_settings_are_refused_by_name_at_build() {
+    let refused = |outcome: Result<async_py::PyRunner, PyRunnerError>| match outcome {
+        Err(PyRunnerError::Startup(message)) => message,
+        other => panic!("expected a Startup error, got {other:?}"),
+    };
+    let message = refused(builder().env("A=B", "C").build());
+    assert!(
+        message.contains("\"A=B\"") && message.contains("'='"),
+        "{message}"
+    );
+    let message = refused(builder().env("", "C").build());
+    assert!(message.contains("needs a name"), "{message}");
+    let message = refused(builder().max_frame_length(100).build());
+    assert!(message.contains("100 bytes"), "{message}");
+    let message = refused(builder().current_dir("/no/such/folder").build());
+    assert!(
+        message.contains("current_dir /no/such/folder"),
+        "the folder is named, not the interpreter: {message}"
+    );
+    match async_py::PyPool::builder().env("X=Y", "1").build() {
+        Err(PyRunnerError::Startup(message)) => assert!(message.contains("X=Y"), "{message}"),
+        other => panic!("expected a Startup error, got {:?}", other.map(|_| ())),
+    }
+    // The smallest frame limit taken still works.
+    let runner = builder().max_frame_length(8 << 10).build().unwrap();
+    assert_eq!(runner.eval_sync("'x' * 10").unwrap(), json!("xxxxxxxxxx"));
+}

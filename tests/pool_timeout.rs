@@ -121,3 +121,70 @@ async fn the_call_after_a_timeout_goes_to_the_idle_worker() {
         });
     }
 }
+
+/// Limits of any size never panic on a pool: one past the clock is no
+/// limit, zero times every command out without running it (`stop` aside).
+#[test]
+fn limits_of_any_size_never_panic() {
+    pool::within(60, || {
+        for limit in [Duration::MAX, Duration::from_secs(u64::MAX)] {
+            let pool = pool::builder(2).timeout(limit).build().unwrap();
+            pool.run_sync("def twice(x):\n    return 2 * x").unwrap();
+            assert_eq!(
+                pool.call_function_sync("twice", vec![Value::from(4)])
+                    .unwrap(),
+                Value::from(8)
+            );
+            let doubled = pool.map_sync("twice", vec![vec![Value::from(1)]; 10]);
+            assert!(
+                doubled.iter().all(|r| r == &Ok(Value::from(2))),
+                "{doubled:?}"
+            );
+            pool.stop_sync().unwrap();
+        }
+        let pool = pool::builder(1).timeout(Duration::ZERO).build().unwrap();
+        let timed_out = Err(PyRunnerError::Timeout(Duration::ZERO));
+        assert_eq!(pool.eval_sync("1"), timed_out);
+        assert_eq!(
+            pool.call_function_sync("abs", vec![Value::from(-1)]),
+            timed_out
+        );
+        assert_eq!(
+            pool.call_async_function_sync("abs", vec![Value::from(-1)]),
+            timed_out
+        );
+        assert_eq!(
+            pool.map_sync("abs", vec![vec![Value::from(-1)]]),
+            vec![timed_out.clone()]
+        );
+        pool.stop_sync().expect("stop is not limited");
+    });
+}
+
+/// An argument nested 100 000 deep is a `Conversion` error on a pool too,
+/// from a tokio task's 2 MiB stack.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn arguments_nested_past_any_stack_are_conversion_errors() {
+    let pool = pool::pool(1);
+    let mut deep = Value::from(1);
+    for _ in 0..100_000 {
+        deep = Value::Array(vec![deep]);
+    }
+    let outcome = {
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            let mut inputs = vec![vec![Value::from(1)]; 3];
+            inputs.push(vec![deep]);
+            pool.map("abs", inputs).await
+        })
+    }
+    .await
+    .expect("the task did not overflow its stack");
+    assert_eq!(outcome[0], Ok(Value::from(1)));
+    assert!(
+        matches!(&outcome[3], Err(PyRunnerError::Conversion(m)) if m.contains("nests deeper")),
+        "{:?}",
+        outcome[3]
+    );
+    assert_eq!(pool.eval("2 + 2").await.unwrap(), Value::from(4));
+}

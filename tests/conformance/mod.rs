@@ -35,6 +35,7 @@ macro_rules! conformance_suite {
                 lone_surrogates_are_conversion_errors lone_surrogates_in_keys_and_str_are_conversion_errors
                 subclasses_cross_as_the_value_they_hold containers_changed_while_read_cross_as_they_were
                 objects_of_the_later_rows_cross_as_values later_rows_keep_the_limits
+                arguments_nested_past_any_stack_are_conversion_errors
             }
             errors {
                 exceptions_arrive_structured_with_traceback display_names_the_exception_type
@@ -71,7 +72,7 @@ macro_rules! conformance_suite {
                 blocking_call_past_its_limit_does_not_poison_the_next_command
                 coroutine_past_its_limit_times_out handles_keep_their_own_limits
                 a_coroutine_past_its_limit_is_a_timeout_however_it_ends
-                a_coroutine_limit_counts_from_its_start
+                a_coroutine_limit_counts_from_its_start limits_of_any_size_never_panic
             }
         );
         $crate::conformance_suite!(@plain

@@ -121,3 +121,51 @@ pub async fn a_coroutine_limit_counts_from_its_start(runner: PyRunner) {
     slow.unwrap();
     assert_eq!(quick.unwrap(), json!("quick"));
 }
+
+/// Every limit a user can give is taken without a panic: zero times each
+/// command out without running it, one past what the clock can hold is no
+/// limit, and the runner works on with either. `stop` ignores the limit.
+pub async fn limits_of_any_size_never_panic(runner: PyRunner) {
+    let coroutines = crate::conformance::runs_coroutines(&runner).await;
+    runner
+        .run("ran = 0\ndef bump():\n    global ran\n    ran += 1\n    return ran\nasync def abump():\n    return bump()")
+        .await
+        .unwrap();
+    for limit in [
+        Duration::MAX,
+        Duration::from_secs(u64::MAX),
+        Duration::new(u64::MAX / 2, 7),
+    ] {
+        let limited = runner.clone().with_timeout(limit);
+        assert_eq!(limited.eval("1 + 1").await.unwrap(), json!(2), "{limit:?}");
+        limited.run("bump()").await.unwrap();
+        limited.call_function("bump", vec![]).await.unwrap();
+        if coroutines {
+            limited.call_async_function("abump", vec![]).await.unwrap();
+        }
+    }
+    let before = runner.read_variable("ran").await.unwrap();
+    let zero = runner.clone().with_timeout(Duration::ZERO);
+    let timed_out = Err(PyRunnerError::Timeout(Duration::ZERO));
+    assert_eq!(zero.eval("bump()").await, timed_out);
+    assert_eq!(zero.run("bump()").await, timed_out.clone().map(drop));
+    assert_eq!(zero.call_function("bump", vec![]).await, timed_out);
+    assert_eq!(zero.call_async_function("abump", vec![]).await, timed_out);
+    assert_eq!(zero.read_variable("ran").await, timed_out);
+    assert_eq!(
+        runner.read_variable("ran").await.unwrap(),
+        before,
+        "nothing ran under a zero limit"
+    );
+    // A nanosecond may or may not be enough; either way nothing breaks.
+    let tiny = runner.clone().with_timeout(Duration::from_nanos(1));
+    for _ in 0..20 {
+        match tiny.call_function("bump", vec![]).await {
+            Ok(_) | Err(PyRunnerError::Timeout(_)) => {}
+            Err(other) => panic!("a 1 ns limit gave {other:?}"),
+        }
+    }
+    assert_eq!(runner.eval("40 + 2").await.unwrap(), json!(42));
+    zero.stop().await.expect("stop is not limited");
+    assert_eq!(runner.eval("1").await, Err(PyRunnerError::Stopped));
+}

@@ -486,3 +486,39 @@ pub async fn numpy_values_cross_as_values(runner: PyRunner) {
     assert_eq!(items.len(), 2000);
     assert_eq!(items[1999], json!(1999));
 }
+
+/// An argument nested 100 000 deep is a `Conversion` error on every
+/// backend, from a tokio task's 2 MiB stack, and the runner goes on.
+pub async fn arguments_nested_past_any_stack_are_conversion_errors(runner: PyRunner) {
+    let mut deep = json!(1);
+    for _ in 0..100_000 {
+        deep = Value::Array(vec![deep]);
+    }
+    let mut deep_map = json!(1);
+    for _ in 0..100_000 {
+        // Not json!: it would serialize the inner value, recursively.
+        let mut map = serde_json::Map::new();
+        map.insert("k".to_owned(), deep_map);
+        deep_map = Value::Object(map);
+    }
+    let call = {
+        let runner = runner.clone();
+        tokio::spawn(async move {
+            let first = runner.call_function("len", vec![deep]).await;
+            let second = runner
+                .call_async_function("len", vec![json!(1), deep_map])
+                .await;
+            (first, second)
+        })
+    };
+    let (first, second) = call.await.expect("the task did not overflow its stack");
+    for outcome in [first, second] {
+        match outcome {
+            Err(PyRunnerError::Conversion(message)) => {
+                assert!(message.contains("nests deeper"), "{message}")
+            }
+            other => panic!("expected a Conversion error, got {other:?}"),
+        }
+    }
+    assert_eq!(eval(&runner, "2 + 2").await, json!(4));
+}
