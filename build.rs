@@ -8,6 +8,8 @@ fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     #[cfg(feature = "pyo3")]
     {
+        // `Py_LIMITED_API` and the like, as pyo3 itself sees them.
+        pyo3_build_config::use_pyo3_cfgs();
         let config = pyo3_build_config::get();
         if let Some(lib_dir) = config.lib_dir() {
             if cfg!(unix) && config.shared() {
