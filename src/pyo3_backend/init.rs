@@ -169,8 +169,9 @@ fn initialize() -> Result<(), PyRunnerError> {
         preconfig.assume_init()
     };
     preconfig.parse_argv = 0;
-    // No PEP 538 locale coercion and no UTF-8 mode in a C locale, as before:
-    // coercion calls `setenv` in a process that already runs other threads.
+    // As before: no PEP 538 locale coercion, which calls `setenv` in a
+    // process that already runs other threads, and no UTF-8 mode, neither
+    // in a C locale nor from `PYTHONUTF8`.
     preconfig.coerce_c_locale = 0;
     preconfig.coerce_c_locale_warn = 0;
     preconfig.utf8_mode = 0;
