@@ -8,6 +8,7 @@
 //! on a socket when a command arrives.
 
 mod convert;
+mod init;
 mod watchdog;
 
 use std::collections::HashMap;
@@ -49,7 +50,9 @@ pub(crate) fn spawn(config: &RunnerConfig, queue: Arc<CommandQueue>) -> Result<(
     let venv = config.venv.clone();
     let startup = config.startup.clone();
     start_backend_thread("async_py-pyo3", STACK_SIZE, move |ready| {
-        Python::initialize();
+        if let Err(err) = init::start_interpreter() {
+            return ready.report(Err(err));
+        }
         // Should the thread ever end by a panic, commands get `Stopped`
         // instead of waiting for it.
         let _closing = CloseOnExit(queue.clone());
