@@ -46,6 +46,8 @@ pub(crate) struct RunnerConfig {
     pub env_clear: bool,
     pub current_dir: Option<PathBuf>,
     pub frame_limit: usize,
+    /// A fresh child replays the runner's `run`, `run_file` and `set_venv`.
+    pub replay: bool,
     /// Set for a pool's workers.
     #[cfg(feature = "subprocess")]
     pub pool_hooks: Option<crate::subprocess::PoolHooks>,
@@ -63,6 +65,7 @@ impl Default for RunnerConfig {
             env_clear: false,
             current_dir: None,
             frame_limit: DEFAULT_FRAME_LIMIT,
+            replay: true,
             #[cfg(feature = "subprocess")]
             pool_hooks: None,
         }
@@ -136,8 +139,9 @@ impl PyRunnerBuilder {
         self
     }
 
-    /// Code to run first, before any command (and again after every restart
-    /// of a child). If it raises, `build` fails with [`PyRunnerError::Startup`].
+    /// Code to run first, before any command (and again first in every fresh
+    /// child, see [`replay`](Self::replay)). If it raises, `build` fails with
+    /// [`PyRunnerError::Startup`].
     pub fn startup(mut self, code: impl Into<String>) -> Self {
         self.config.startup = Some(code.into());
         self
@@ -165,6 +169,24 @@ impl PyRunnerBuilder {
     /// Subprocess: the child's working folder.
     pub fn current_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.config.current_dir = Some(dir.into());
+        self
+    }
+
+    /// Subprocess: whether a fresh child, started after a crash, a timeout or
+    /// a broken stream, replays what the runner did (default `true`). It runs
+    /// `startup`, then every `run`, `run_file` and `set_venv` that succeeded,
+    /// in order, before the command that needed it, so the runner keeps its
+    /// definitions (a pool does the same with its runs). Not replayed: a
+    /// command that raised, one that killed its child or ran past its limit,
+    /// and what calls and `eval` changed. A replayed command that fails is
+    /// forgotten, and the command that needed the child gets
+    /// [`PyRunnerError::Startup`] naming it; the next one runs. The
+    /// remembered commands are kept for the runner's life.
+    ///
+    /// With `false` a fresh child runs only `startup`: globals, imports and
+    /// `sys.path` changes of the dead child are gone.
+    pub fn replay(mut self, replay: bool) -> Self {
+        self.config.replay = replay;
         self
     }
 
