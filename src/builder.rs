@@ -126,7 +126,13 @@ impl PyRunnerBuilder {
         self
     }
 
-    /// Subprocess: run exactly this interpreter.
+    /// Subprocess: run exactly this interpreter, as given, at every start of
+    /// a child, even if it is a script: a wrapper's own set-up then runs for
+    /// each child, as its author meant (a pyenv shim costs its shell and
+    /// pyenv every time; name the interpreter itself to save that). An
+    /// interpreter found instead (`$VIRTUAL_ENV`, `./.venv`, `python3` on
+    /// `PATH`) that is a script is run once per process to ask which
+    /// executable it runs, and children start that one.
     pub fn python(mut self, path: impl Into<PathBuf>) -> Self {
         self.config.python = Some(path.into());
         self
