@@ -46,6 +46,8 @@ pub(crate) struct RunnerConfig {
     pub env_clear: bool,
     pub current_dir: Option<PathBuf>,
     pub frame_limit: usize,
+    /// A fresh child replays the runner's `run`, `run_file` and `set_venv`.
+    pub replay: bool,
     /// Set for a pool's workers.
     #[cfg(feature = "subprocess")]
     pub pool_hooks: Option<crate::subprocess::PoolHooks>,
@@ -63,6 +65,7 @@ impl Default for RunnerConfig {
             env_clear: false,
             current_dir: None,
             frame_limit: DEFAULT_FRAME_LIMIT,
+            replay: true,
             #[cfg(feature = "subprocess")]
             pool_hooks: None,
         }
@@ -170,7 +173,13 @@ impl PyRunnerBuilder {
         self
     }
 
-    /// Subprocess: run exactly this interpreter.
+    /// Subprocess: run exactly this interpreter, as given, at every start of
+    /// a child, even if it is a script: a wrapper's own set-up then runs for
+    /// each child, as its author meant (a pyenv shim costs its shell and
+    /// pyenv every time; name the interpreter itself to save that). An
+    /// interpreter found instead (`$VIRTUAL_ENV`, `./.venv`, `python3` on
+    /// `PATH`) that is a script is run once per process to ask which
+    /// executable it runs, and children start that one.
     pub fn python(mut self, path: impl Into<PathBuf>) -> Self {
         self.config.python = Some(path.into());
         self
@@ -183,8 +192,9 @@ impl PyRunnerBuilder {
         self
     }
 
-    /// Code to run first, before any command (and again after every restart
-    /// of a child). If it raises, `build` fails with [`PyRunnerError::Startup`].
+    /// Code to run first, before any command (and again first in every fresh
+    /// child, see [`replay`](Self::replay)). If it raises, `build` fails with
+    /// [`PyRunnerError::Startup`].
     pub fn startup(mut self, code: impl Into<String>) -> Self {
         self.config.startup = Some(code.into());
         self
@@ -215,6 +225,24 @@ impl PyRunnerBuilder {
     /// Subprocess: the child's working folder.
     pub fn current_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.config.current_dir = Some(dir.into());
+        self
+    }
+
+    /// Subprocess: whether a fresh child, started after a crash, a timeout or
+    /// a broken stream, replays what the runner did (default `true`). It runs
+    /// `startup`, then every `run`, `run_file` and `set_venv` that succeeded,
+    /// in order, before the command that needed it, so the runner keeps its
+    /// definitions (a pool does the same with its runs). Not replayed: a
+    /// command that raised, one that killed its child or ran past its limit,
+    /// and what calls and `eval` changed. A replayed command that fails is
+    /// forgotten, and the command that needed the child gets
+    /// [`PyRunnerError::Startup`] naming it; the next one runs. The
+    /// remembered commands are kept for the runner's life.
+    ///
+    /// With `false` a fresh child runs only `startup`: globals, imports and
+    /// `sys.path` changes of the dead child are gone.
+    pub fn replay(mut self, replay: bool) -> Self {
+        self.config.replay = replay;
         self
     }
 

@@ -76,7 +76,8 @@ impl PyPoolBuilder {
         self
     }
 
-    /// Run exactly this interpreter in every worker.
+    /// Run exactly this interpreter in every worker, as given (see
+    /// [`PyRunnerBuilder::python`]).
     pub fn python(mut self, path: impl Into<PathBuf>) -> Self {
         self.runner = self.runner.python(path);
         self

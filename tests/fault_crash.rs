@@ -95,9 +95,166 @@ fn startup_code_runs_again_in_every_fresh_child() {
     assert!(runner.read_variable_sync("boot_pid").is_ok());
 }
 
+/// The fresh child after a death runs `startup`, then every `run`,
+/// `run_file` and `set_venv` that succeeded, in order: what the runner
+/// defined is still there. The runs that killed a child are not replayed.
 #[test]
-fn globals_of_a_dead_child_are_gone_and_say_so() {
-    let runner = runner();
+fn definitions_survive_a_crash() {
+    within(60, || {
+        let runner = runner();
+        runner.run_sync("keep = 41").unwrap();
+        runner.run_sync("keep += 1\nimport json").unwrap();
+        for crash in [
+            "import os\nos._exit(1)",
+            "import ctypes\nctypes.string_at(0)",
+        ] {
+            let first = child_pid(&runner);
+            died(runner.run_sync(crash).map(|_| json!(null)));
+            assert_eq!(runner.read_variable_sync("keep").unwrap(), json!(42));
+            assert_eq!(runner.eval_sync("json.dumps([1])").unwrap(), json!("[1]"));
+            assert_ne!(child_pid(&runner), first, "a fresh child answered");
+        }
+    });
+}
+
+/// A `run_file` and a `set_venv` are replayed where they came, between the
+/// runs; a run that raised is not replayed.
+#[test]
+fn run_file_and_set_venv_are_replayed_in_order_and_a_run_that_raised_is_not() {
+    within(60, || {
+        let dir = tempfile::tempdir().unwrap();
+        let runner = runner();
+        let version = runner
+            .eval_sync("'python%d.%d' % __import__('sys').version_info[:2]")
+            .unwrap();
+        let venv = dir.path().join("venv");
+        let site_packages = venv
+            .join("lib")
+            .join(version.as_str().unwrap())
+            .join("site-packages");
+        std::fs::create_dir_all(&site_packages).unwrap();
+        std::fs::write(site_packages.join("replayed_pkg.py"), "WHERE = 'venv'\n").unwrap();
+        let script = dir.path().join("script.py");
+        std::fs::write(&script, "order.append('file')\n").unwrap();
+
+        runner.run_sync("order = ['run']").unwrap();
+        runner.set_venv_sync(&venv).unwrap();
+        runner.run_file_sync(&script).unwrap();
+        let raised = runner.run_sync("order.append('raised')\nraise ValueError('no')");
+        assert!(matches!(raised, Err(PyRunnerError::Python { .. })));
+        runner
+            .run_sync("import replayed_pkg\norder.append(replayed_pkg.WHERE)")
+            .unwrap();
+        let before = runner.read_variable_sync("order").unwrap();
+        assert_eq!(before, json!(["run", "file", "raised", "venv"]));
+
+        died(
+            runner
+                .run_sync("import os\nos._exit(3)")
+                .map(|_| json!(null)),
+        );
+        assert_eq!(
+            runner.read_variable_sync("order").unwrap(),
+            json!(["run", "file", "venv"]),
+            "replayed once each, in order, without the run that raised"
+        );
+        assert_eq!(
+            runner.read_variable_sync("__file__").unwrap(),
+            json!(script.display().to_string())
+        );
+    });
+}
+
+/// A remembered command that fails when replayed (it read a file deleted
+/// since) is named in a `Startup` error for the command that needed the
+/// fresh child; it is forgotten, the others stay, and the runner goes on.
+#[test]
+fn a_replay_that_fails_is_a_startup_error_naming_it_and_the_runner_goes_on() {
+    within(60, || {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data.txt");
+        std::fs::write(&data, "from the file").unwrap();
+        let runner = runner();
+        runner.run_sync("before = 1").unwrap();
+        runner
+            .run_sync(&format!(
+                "data = open({:?}).read()\nafter_data = True",
+                data.display().to_string()
+            ))
+            .unwrap();
+        runner.run_sync("after = 2").unwrap();
+        std::fs::remove_file(&data).unwrap();
+
+        died(
+            runner
+                .run_sync("import os\nos._exit(1)")
+                .map(|_| json!(null)),
+        );
+        match runner.eval_sync("before + after") {
+            Err(PyRunnerError::Startup(message)) => {
+                assert!(message.contains("2 of 3"), "its position: {message}");
+                assert!(
+                    message.contains("data = open("),
+                    "its first line: {message}"
+                );
+                assert!(
+                    !message.contains("after_data"),
+                    "only the first line: {message}"
+                );
+                assert!(message.contains("FileNotFoundError"), "{message}");
+            }
+            other => panic!("expected a Startup error, got {other:?}"),
+        }
+        assert_eq!(runner.eval_sync("before + after").unwrap(), json!(3));
+        assert!(matches!(
+            runner.read_variable_sync("data"),
+            Err(PyRunnerError::Python { .. })
+        ));
+        // Forgotten: the next fresh child replays the rest without a word.
+        died(
+            runner
+                .run_sync("import os\nos._exit(1)")
+                .map(|_| json!(null)),
+        );
+        assert_eq!(runner.eval_sync("before + after").unwrap(), json!(3));
+    });
+}
+
+/// A replayed command that kills the fresh child is forgotten too: the
+/// command that needed the child hears of it, and the next child starts.
+#[test]
+fn a_replay_that_kills_the_fresh_child_is_forgotten() {
+    within(60, || {
+        let dir = tempfile::tempdir().unwrap();
+        let armed = dir.path().join("armed");
+        let runner = runner();
+        runner.run_sync("kept = 'yes'").unwrap();
+        runner
+            .run_sync(&format!(
+                "import os\nif os.path.exists({:?}):\n    os._exit(9)",
+                armed.display().to_string()
+            ))
+            .unwrap();
+        std::fs::write(&armed, "").unwrap();
+        died(
+            runner
+                .run_sync("import os\nos._exit(1)")
+                .map(|_| json!(null)),
+        );
+        match runner.read_variable_sync("kept") {
+            Err(PyRunnerError::Startup(message)) => {
+                assert!(message.contains("2 of 2"), "{message}");
+                assert!(message.contains("exited with status 9"), "{message}");
+            }
+            other => panic!("expected a Startup error, got {other:?}"),
+        }
+        assert_eq!(runner.read_variable_sync("kept").unwrap(), json!("yes"));
+    });
+}
+
+#[test]
+fn without_replay_globals_of_a_dead_child_are_gone_and_say_so() {
+    let runner = builder().replay(false).build().unwrap();
     runner.run_sync("kept = 1").unwrap();
     died(
         runner

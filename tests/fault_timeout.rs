@@ -28,6 +28,32 @@ fn finally_blocks_run_before_the_child_is_replaced() {
     eventually("the old child is reaped", || is_gone(first));
 }
 
+/// Definitions outlive a timeout: the fresh child replays the runs that
+/// succeeded, not the one that ran past its limit (it would time out again
+/// on every fresh child).
+#[test]
+fn definitions_survive_a_timeout_and_the_run_that_timed_out_is_not_replayed() {
+    within(60, || {
+        let runner = builder().timeout(LIMIT).build().unwrap();
+        runner
+            .run_sync("keep = 41\ndef more():\n    return keep + 1")
+            .unwrap();
+        let first = child_pid(&runner);
+        assert_eq!(
+            runner.run_sync("keep = 0\nwhile True:\n    pass"),
+            Err(PyRunnerError::Timeout(LIMIT))
+        );
+        assert_eq!(
+            runner.call_function_sync("more", vec![]).unwrap(),
+            json!(42)
+        );
+        let second = child_pid(&runner);
+        assert_ne!(second, first, "replaced");
+        assert_eq!(runner.read_variable_sync("keep").unwrap(), json!(41));
+        assert_eq!(child_pid(&runner), second, "no replay timed out since");
+    });
+}
+
 #[test]
 fn a_child_that_ignores_sigint_is_killed_after_the_grace() {
     let runner = builder().timeout(LIMIT).build().unwrap();

@@ -158,6 +158,74 @@ fn child_stderr_is_forwarded_with_its_pid() {
     );
 }
 
+/// A `python3` on PATH that is a script (a version manager's shim, here
+/// one that notes each run in a log) costs its own start once per process,
+/// not once per child: children of runners and of a pool, fresh ones after
+/// a crash included, start the interpreter it runs. Checked by running
+/// this test binary again, with the shim first on its PATH.
+#[test]
+fn a_python3_shim_on_path_runs_once_for_every_child_of_the_process() {
+    if std::env::var_os("ASYNC_PY_SHIM_PROBE").is_some() {
+        let runner = PyRunner::builder().subprocess().build().unwrap();
+        let crashed = runner.run_sync("import os\nos._exit(1)");
+        assert!(matches!(crashed, Err(PyRunnerError::WorkerDied { .. })));
+        let executable = runner.eval_sync("__import__('sys').executable").unwrap();
+        let other = PyRunner::builder().subprocess().build().unwrap();
+        assert_eq!(other.eval_sync("1 + 1").unwrap(), json!(2));
+        let pool = async_py::PyPool::builder().workers(2).build().unwrap();
+        assert_eq!(pool.eval_sync("2 + 2").unwrap(), json!(4));
+        pool.stop_sync().unwrap();
+        println!("\nCHILD_EXECUTABLE={}", executable.as_str().unwrap());
+        return;
+    }
+    let real = which_python();
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("bin");
+    fs::create_dir_all(&bin).unwrap();
+    let log = dir.path().join("shim.log");
+    let shim = bin.join("python3");
+    fs::write(
+        &shim,
+        format!(
+            "#!/bin/sh\necho ran >> '{}'\nexec '{}' \"$@\"\n",
+            log.display(),
+            real.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&shim, fs::Permissions::from_mode(0o755)).unwrap();
+    let path = std::env::join_paths(std::iter::once(bin.clone()).chain(std::env::split_paths(
+        &std::env::var_os("PATH").unwrap_or_default(),
+    )))
+    .unwrap();
+    let output = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "a_python3_shim_on_path_runs_once_for_every_child_of_the_process",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("ASYNC_PY_SHIM_PROBE", "1")
+        .env("PATH", path)
+        .env_remove("VIRTUAL_ENV")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    let runs = fs::read_to_string(&log).unwrap_or_default().lines().count();
+    assert_eq!(
+        runs, 1,
+        "the shim ran {runs} times, for 4 children started and a zygote"
+    );
+    assert!(
+        stdout.contains(&format!("CHILD_EXECUTABLE={}\n", real.display())),
+        "{stdout}"
+    );
+}
+
 #[test]
 fn env_env_clear_and_current_dir_reach_the_child() {
     let dir = tempfile::tempdir().unwrap();

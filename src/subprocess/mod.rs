@@ -164,6 +164,7 @@ pub(crate) fn spawn(config: &RunnerConfig, queue: Arc<CommandQueue>) -> Result<(
         frame_limit: config.frame_limit,
         hooks: config.pool_hooks.clone(),
         timeout: config.timeout,
+        replay: config.replay,
     };
     // Every child is started by the supervisor thread, which lives as long
     // as the runner: Linux's parent-death signal fires when the thread that

@@ -100,6 +100,9 @@ pub(crate) struct Settings {
     pub hooks: Option<PoolHooks>,
     /// The per-command limit, which replayed runs get too.
     pub timeout: Option<Duration>,
+    /// A runner's fresh child replays what the runner did (a pool's worker
+    /// replays the pool's runs instead).
+    pub replay: bool,
 }
 
 struct Inflight {
@@ -167,11 +170,17 @@ pub(crate) struct Core {
     /// The pool's runs whose share here was answered without an error
     /// (those not yet settled; see `replay_runs`).
     shares_ok: HashSet<usize>,
+    /// A runner's `run`, `run_file` and `set_venv` answered without an
+    /// error, in order, for a fresh child to replay; `None` when it does not.
+    remembered: Option<Vec<Request>>,
+    /// What a fresh child could not replay, for the next command to answer.
+    replay_failure: Option<PyRunnerError>,
 }
 
 impl Core {
     /// Starts the first child; errors here are `build()`'s errors.
     fn start(queue: Arc<CommandQueue>, settings: Settings) -> Result<Core, PyRunnerError> {
+        let remembered = (settings.replay && settings.hooks.is_none()).then(Vec::new);
         let mut core = Core {
             queue,
             reader: FrameReader::new(settings.frame_limit),
@@ -196,13 +205,16 @@ impl Core {
             replay_errors: HashMap::new(),
             retry_at: None,
             shares_ok: HashSet::new(),
+            remembered,
+            replay_failure: None,
         };
         core.start_child()?;
         Ok(core)
     }
 
-    /// Starts a child, runs the startup code (and, for a pool's worker, every
-    /// run sent to the pool so far), and counts failures.
+    /// Starts a child, runs the startup code, then replays what the runner
+    /// did (for a pool's worker, every run sent to the pool so far), and
+    /// counts failures.
     fn start_child(&mut self) -> Result<(), PyRunnerError> {
         self.reader = FrameReader::new(self.settings.frame_limit);
         self.outgoing.clear();
@@ -212,16 +224,16 @@ impl Core {
             .and_then(|child| {
                 self.child = Some(child);
                 match self.settings.startup.clone() {
-                    Some(code) => {
-                        self.run_at_start(&code, "the startup code", None)?
-                            .map_err(|err| {
-                                PyRunnerError::Startup(format!("startup code failed: {err}"))
-                            })
-                    }
+                    Some(code) => self
+                        .run_at_start(&Request::Run { code }, "the startup code", None)?
+                        .map_err(|err| {
+                            PyRunnerError::Startup(format!("startup code failed: {err}"))
+                        }),
                     None => Ok(()),
                 }
             })
-            .and_then(|()| self.replay_runs());
+            .and_then(|()| self.replay_runs())
+            .and_then(|()| self.replay_remembered());
         match started {
             Ok(()) => {
                 self.failed_starts = 0;
@@ -265,7 +277,8 @@ impl Core {
             let Some(code) = code else {
                 continue;
             };
-            let raised = self.run_at_start(code, "a replayed run", limit)?;
+            let run = Request::Run { code: code.clone() };
+            let raised = self.run_at_start(&run, "a replayed run", limit)?;
             if let Err(err) = raised {
                 let before = if hooks.log.is_settled(index) {
                     Some("on every worker")
@@ -293,23 +306,73 @@ impl Core {
         Ok(())
     }
 
-    /// Runs code synchronously, before any queued command. The outer error
-    /// is a failed start (the child died, broke the protocol or took too
-    /// long, `limit` or else a minute at least); the inner one is what the
-    /// code raised.
+    /// A runner's fresh child: does again what the runner did, in order (see
+    /// `PyRunnerBuilder::replay`). A command that raises now is forgotten and
+    /// the replay goes on; one that kills the child is forgotten and fails
+    /// the start, and the next start goes without it. Either way the next
+    /// command hears of it, through `replay_failure`.
+    fn replay_remembered(&mut self) -> Result<(), PyRunnerError> {
+        let Some(remembered) = self.remembered.take() else {
+            return Ok(());
+        };
+        let total = remembered.len();
+        let limit = self.settings.timeout;
+        let mut kept = Vec::with_capacity(total);
+        let mut failures = Vec::new();
+        let mut child_lost = false;
+        let mut commands = remembered.into_iter().enumerate();
+        for (index, request) in commands.by_ref() {
+            let label = format!(
+                "command {} of {total} ({}) on a fresh child",
+                index + 1,
+                describe_command(&request)
+            );
+            match self.run_at_start(&request, &label, limit) {
+                Ok(Ok(())) => kept.push(request),
+                Ok(Err(raised)) => failures.push(format!("replaying {label}: {raised}")),
+                Err(lost) => {
+                    let why = match lost {
+                        PyRunnerError::Startup(why) => why,
+                        other => format!("{label}: {other}"),
+                    };
+                    failures.push(format!("replaying {why}"));
+                    child_lost = true;
+                    break;
+                }
+            }
+        }
+        // Those the dead child never got to wait for the next one.
+        kept.extend(commands.map(|(_, request)| request));
+        self.remembered = Some(kept);
+        if failures.is_empty() {
+            return Ok(());
+        }
+        let failure = PyRunnerError::Startup(format!(
+            "{}; forgotten, so later children do not replay it",
+            failures.join("; ")
+        ));
+        self.replay_failure = Some(failure.clone());
+        if child_lost {
+            Err(failure)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Runs a `run`, `run_file` or `set_venv` synchronously, before any
+    /// queued command. The outer error is a failed start (the child died,
+    /// broke the protocol or took too long, `limit` or else a minute at
+    /// least); the inner one is what the command raised.
     fn run_at_start(
         &mut self,
-        code: &str,
+        request: &Request,
         what: &str,
         limit: Option<Duration>,
     ) -> Result<Result<(), PyRunnerError>, PyRunnerError> {
         let id = self.take_id();
-        let request = Request::Run {
-            code: code.to_owned(),
-        };
         let failed = |why: String| PyRunnerError::Startup(format!("{what}: {why}"));
         self.writer
-            .request(&mut self.outgoing, id, &request, None)
+            .request(&mut self.outgoing, id, request, None)
             .map_err(|err| failed(err.to_string()))?;
         let deadline = Instant::now()
             + limit.unwrap_or(
@@ -539,12 +602,22 @@ impl Core {
                 // A fresh command gets one fresh try even after a crash loop.
                 self.failed_starts = self.failed_starts.min(MAX_FAILED_STARTS - 1);
                 if let Err(err) = self.start_child() {
+                    // It names a replay that failed, if that was why.
+                    self.replay_failure = None;
                     job.reply.send(Err(err.clone()));
                     if self.failed_starts >= MAX_FAILED_STARTS {
                         for job in self.backlog.drain(..) {
                             job.reply.send(Err(err.clone()));
                         }
                     }
+                    continue;
+                }
+            }
+            if let Some(failure) = self.replay_failure.take() {
+                if !matches!(job.request, Request::Stop) {
+                    // The command that needed the fresh child hears what it
+                    // lacks instead of running without it unawares.
+                    job.reply.send(Err(failure));
                     continue;
                 }
             }
@@ -706,9 +779,19 @@ impl Core {
             if let (Request::Broadcast { index, .. }, Ok(_)) = (&done.job.request, &reply) {
                 self.note_share_ok(*index);
             }
+            // Its caller heard `Timeout` already: that run killed the child.
+            let remember = reply.is_ok()
+                && self.remembered.is_some()
+                && changes_child(&done.job.request)
+                && !done.job.reply.slot().is_ready();
             match held.as_deref_mut() {
                 Some(held) => held.extend(done.job.reply.send_unwoken(reply)),
                 None => done.job.reply.send(reply),
+            }
+            if remember {
+                if let Some(remembered) = &mut self.remembered {
+                    remembered.push(done.job.request);
+                }
             }
             self.handed_out += 1;
         }
@@ -916,7 +999,8 @@ impl Core {
         // A fresh child now, so the next command does not wait for a start.
         // (A pool's worker counts as restarting until one has started.)
         if let Err(err) = self.start_child() {
-            if self.failed_starts >= MAX_FAILED_STARTS {
+            if self.failed_starts >= MAX_FAILED_STARTS && !self.backlog.is_empty() {
+                self.replay_failure = None;
                 for job in self.backlog.drain(..) {
                     job.reply.send(Err(err.clone()));
                 }
@@ -1369,6 +1453,33 @@ impl Drive for Shared {
 
     fn line_busy(&self) -> bool {
         self.line_busy.load(Ordering::Relaxed)
+    }
+}
+
+/// Whether a command that succeeded is one a runner's fresh child replays.
+fn changes_child(request: &Request) -> bool {
+    matches!(
+        request,
+        Request::Run { .. } | Request::RunFile { .. } | Request::SetVenv { .. }
+    )
+}
+
+/// A remembered command as an error names it: its op and its path, or the
+/// first line of its code.
+fn describe_command(request: &Request) -> String {
+    const SHOWN: usize = 80;
+    match request {
+        Request::RunFile { path } => format!("run_file {}", path.display()),
+        Request::SetVenv { dir } => format!("set_venv {}", dir.display()),
+        Request::Run { code } | Request::Broadcast { code, .. } => {
+            let first = code.trim_start().lines().next().unwrap_or("");
+            let mut shown: String = first.chars().take(SHOWN).collect();
+            if shown.len() < code.trim().len() {
+                shown.push_str(" ...");
+            }
+            format!("run `{shown}`")
+        }
+        other => format!("{other:?}"),
     }
 }
 
