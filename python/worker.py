@@ -7,14 +7,16 @@ worker.py`, or its source through `python -c`); `main()` then speaks the
 wire protocol of PROTOCOL.md beside this file:
 
 - frames are a 4-byte big-endian length and one MessagePack value;
-- the child first sends `["hello", 1, "3.11.7", pid, executable, ring]`;
+- the child first sends `["hello", 2, "3.11.7", pid, executable, ring]`;
 - with the reply ring the parent offers (shared memory), replies go there
   and stdout carries only doorbells;
 - requests are `[id, op, ...]` (ops `run`, `run_file`, `eval`, `read`,
   `call`, `call_async`, `set_venv`, `stop`) and are handled in arrival order;
 - replies are `[id, "ok", value]`, `[id, "err", kind, message, traceback]`,
   `[id, "conv", message]` or `[id, "timeout"]`; only `call_async` replies
-  can come back out of order.
+  can come back out of order;
+- `["out"]` goes before the replies that follow output written through
+  sys.stdout or sys.stderr, which is in the stderr pipe by then.
 
 It uses the standard library only, and runs on CPython 3.8 and later. It
 carries its own MessagePack codec, and uses the C `msgpack` package instead
@@ -1068,7 +1070,7 @@ def _msgpack_codec():
 # stdout.
 # ---------------------------------------------------------------------------
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 FRAME_LIMIT = 1 << 30
 """Frames longer than this (1 GiB) make the child exit with status 3."""
 
@@ -1083,6 +1085,8 @@ _SPIN_SECONDS = 50e-6
 _READ_CHUNK = 1 << 16
 
 _frame_header = struct.Struct(">I").pack
+# ["out"]: what sys.stdout and sys.stderr took is in the stderr pipe.
+_OUTPUT_MARK = _frame_header(5) + b"\x91\xa3out"
 # The frame header and the start of [id, "ok", value], the id as a uint 64.
 _ok_head = struct.Struct(">IBBQ3s").pack
 _OK_HEAD_SIZE = 13
@@ -1134,8 +1138,41 @@ def _leave_forked_copy(exc):
         os._exit(status)
 
 
+_output_written = False
+"""True once sys.stdout or sys.stderr took a write since the last output
+mark (see ChildWorker._flush)."""
+
+_fileio_write = io.FileIO.write
+
+
+class _NotedFileIO(io.FileIO):
+    """The fd under the worker's sys.stdout and sys.stderr: each write is
+    noted, so that only replies that follow output go out behind a mark,
+    and a reply after none costs nothing more."""
+
+    def write(self, data):
+        global _output_written
+        _output_written = True
+        return _fileio_write(self, data)
+
+
+def _noted_stream(fd, like):
+    """A text stream on `fd` that notes its writes, writing through as
+    `python -u` streams do, with `like`'s encoding and error handler."""
+    return io.TextIOWrapper(
+        _NotedFileIO(fd, "w", closefd=False),
+        encoding=getattr(like, "encoding", None) or "utf-8",
+        errors=getattr(like, "errors", None) or "backslashreplace",
+        newline="\n",
+        line_buffering=True,
+        write_through=True,
+    )
+
+
 def _say(message):
     """One line on stderr, straight to the fd: user code may have replaced sys.stderr."""
+    global _output_written
+    _output_written = True
     try:
         os.write(2, ("async_py worker: %s\n" % message).encode("utf-8", "backslashreplace"))
     except OSError:
@@ -1319,8 +1356,10 @@ class ChildWorker:
 
     def serve(self):
         """Handles requests until `stop` or end of input; returns the exit status."""
+        global _output_written
         hello = ["hello", PROTOCOL_VERSION, "%d.%d.%d" % sys.version_info[:3], os.getpid(), _executable()]
         self._send(pack(hello + [self.offered_ring is not None]))
+        _output_written = False  # nothing goes before the hello
         self._flush()
         if self.offered_ring is not None:
             os.set_blocking(self.proto_out, False)  # a full pipe holds doorbells enough
@@ -1626,8 +1665,14 @@ class ChildWorker:
         """Writes every reply produced since the last flush, in one go.
 
         What the requests printed is flushed first, so it reaches stderr
-        before their replies reach the parent.
+        before their replies reach the parent; if anything was written
+        through sys.stdout or sys.stderr since the last flush, an output
+        mark goes before the replies, and the parent forwards its copy of
+        the stderr pipe up to here before it hands them out. (Writes
+        straight to fd 1 or 2, by os.write or C code, are not noted: noting
+        them would cost a system call for every reply.)
         """
+        global _output_written
         if _in_forked_copy:
             # A copy whose forking code returned (one that raised left in
             # _handle_frame): every reply passes here, once per request.
@@ -1638,6 +1683,9 @@ class ChildWorker:
         stdout, stderr = self.direct_streams
         if sys.stdout is not stdout or sys.stderr is not stderr:
             _flush_stdio()
+        if _output_written:
+            _output_written = False
+            outbox.insert(0, _OUTPUT_MARK)
         data = outbox[0] if len(outbox) == 1 else b"".join(outbox)
         outbox.clear()
         if self.ring is not None:
@@ -1683,7 +1731,7 @@ class ChildWorker:
 
 def _writes_through(stream):
     """Whether text written to `stream` reaches its fd at once (python -u)."""
-    return getattr(stream, "write_through", False) and type(getattr(stream, "buffer", None)) is io.FileIO
+    return getattr(stream, "write_through", False) and type(getattr(stream, "buffer", None)) in (io.FileIO, _NotedFileIO)
 
 
 def _call_request(frame):
@@ -1781,7 +1829,9 @@ def _move_protocol_off_stdio():
     """Keeps the protocol on private fds; fd 1 becomes stderr, fd 0 /dev/null.
 
     print(), os.write(1, ...) and C printf then land on stderr, and input()
-    raises EOFError instead of eating requests. Returns (proto_in, proto_out).
+    raises EOFError instead of eating requests. sys.stdout and sys.stderr
+    become streams that note their writes (see ChildWorker._flush).
+    Returns (proto_in, proto_out).
     """
     proto_in = os.dup(0)
     proto_out = os.dup(1)
@@ -1792,12 +1842,17 @@ def _move_protocol_off_stdio():
     except OSError:  # no stderr at all
         os.dup2(null, 1)
     os.close(null)
-    for stream in (sys.stdout, sys.stderr):
-        if stream is not None:
-            try:
-                stream.reconfigure(line_buffering=True)
-            except (AttributeError, ValueError):
-                pass
+    try:
+        # The originals are left unclosed: they do not own fds 1 and 2.
+        sys.stdout = sys.__stdout__ = _noted_stream(1, sys.stdout)
+        sys.stderr = sys.__stderr__ = _noted_stream(2, sys.stderr)
+    except OSError:  # no stderr at all: the originals stay, unnoted
+        for stream in (sys.stdout, sys.stderr):
+            if stream is not None:
+                try:
+                    stream.reconfigure(line_buffering=True)
+                except (AttributeError, ValueError):
+                    pass
     return proto_in, proto_out
 
 

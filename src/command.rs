@@ -12,9 +12,9 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, Weak};
 use std::task::{Context, Poll, Wake, Waker};
-use std::thread::{self, Thread};
+use std::thread::{self, Thread, ThreadId};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -275,6 +275,24 @@ pub(crate) struct CommandQueue {
     consumer: OnceLock<Thread>,
     #[cfg(unix)]
     loop_wake: OnceLock<std::os::unix::net::UnixStream>,
+    /// The backend thread whose end the last handle's drop waits for.
+    ends_on: OnceLock<ThreadId>,
+    ended: Mutex<bool>,
+    ended_changed: Condvar,
+}
+
+/// Held by a backend's thread while it serves; dropped (on return or
+/// unwind), it tells a drop of the last handle that waits that the backend
+/// has ended. See [`CommandQueue::end_awaited`].
+#[cfg(feature = "subprocess")]
+pub(crate) struct BackendEnd(Arc<CommandQueue>);
+
+#[cfg(feature = "subprocess")]
+impl Drop for BackendEnd {
+    fn drop(&mut self) {
+        *self.0.ended.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        self.0.ended_changed.notify_all();
+    }
 }
 
 /// What the consumer is doing when it is not taking jobs.
@@ -299,6 +317,37 @@ impl CommandQueue {
             consumer: OnceLock::new(),
             #[cfg(unix)]
             loop_wake: OnceLock::new(),
+            ends_on: OnceLock::new(),
+            ended: Mutex::new(false),
+            ended_changed: Condvar::new(),
+        }
+    }
+
+    /// Called on a backend's thread before it serves: the drop of the last
+    /// handle then returns only after the thread has dropped the returned
+    /// guard (its child ended, and all that child wrote forwarded).
+    #[cfg(feature = "subprocess")]
+    pub fn end_awaited(self: &Arc<Self>) -> BackendEnd {
+        let _ = self.ends_on.set(thread::current().id());
+        BackendEnd(self.clone())
+    }
+
+    /// Waits for the backend's end, if it asked to be waited for; not on
+    /// its own thread, where the last handle may be dropped too (a pool
+    /// dropped while its worker hands a call back).
+    pub fn wait_for_end(&self) {
+        let Some(&backend) = self.ends_on.get() else {
+            return;
+        };
+        if thread::current().id() == backend {
+            return;
+        }
+        let mut ended = self.ended.lock().unwrap_or_else(|p| p.into_inner());
+        while !*ended {
+            ended = self
+                .ended_changed
+                .wait(ended)
+                .unwrap_or_else(|p| p.into_inner());
         }
     }
 

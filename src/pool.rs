@@ -415,6 +415,24 @@ impl Drop for Load {
     }
 }
 
+impl Drop for Inner {
+    /// Ends every worker's child at once: each worker's handle, dropped
+    /// after this, waits for its own child's end and output, and the
+    /// children then end side by side rather than one after another.
+    fn drop(&mut self) {
+        let end = |worker: &Worker| drop(worker.runner.queue().close());
+        for slot in &self.slots {
+            end(&slot.worker.read().unwrap_or_else(|p| p.into_inner()));
+            if let Some(joining) = slot.joining().as_ref() {
+                end(&joining.worker);
+            }
+        }
+        for worker in self.retired().iter() {
+            end(worker);
+        }
+    }
+}
+
 impl Inner {
     fn retired(&self) -> std::sync::MutexGuard<'_, Vec<Arc<Worker>>> {
         self.retired.lock().unwrap_or_else(|p| p.into_inner())

@@ -24,7 +24,11 @@ use crate::error::PyRunnerError;
 ///   it finish and discards the result.
 /// - Dropping the last handle ends the runner: queued commands are answered
 ///   with [`PyRunnerError::Stopped`], pending coroutines are cancelled, the
-///   thread exits. It does not wait for a command that is running now.
+///   thread exits. It does not wait for a command that is running now. On
+///   the subprocess backend the drop blocks until the child has ended (one
+///   still running a command is killed after a 500 ms grace) and all it
+///   wrote to stderr has been forwarded, as `stop()` does: a program may
+///   exit right after it without losing the child's last lines.
 #[derive(Clone)]
 pub struct PyRunner {
     shared: Arc<Shared>,
@@ -41,6 +45,7 @@ struct Shared {
 impl Drop for Shared {
     fn drop(&mut self) {
         drop(self.queue.close());
+        self.queue.wait_for_end();
     }
 }
 

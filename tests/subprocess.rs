@@ -158,6 +158,123 @@ fn child_stderr_is_forwarded_with_its_pid() {
     );
 }
 
+/// Runs this test binary again, as a child, for the test named `test`
+/// only, with `probe` set to `mode` in its environment; its stdout and
+/// stderr.
+fn rerun_as_probe(test: &str, probe: &str, mode: &str) -> (String, String) {
+    let output = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", test, "--nocapture", "--test-threads=1"])
+        .env(probe, mode)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    (stdout, stderr)
+}
+
+const PRINTED_LINES: usize = 20_000;
+
+/// Every line a child wrote reaches this process's stderr before `stop()`
+/// returns, and before the drop of the last handle returns, so a program
+/// may exit right after either. Checked in reruns of this test binary that
+/// exit at once after them.
+#[test]
+fn every_line_printed_is_forwarded_before_stop_or_the_drop_returns() {
+    const TEST: &str = "every_line_printed_is_forwarded_before_stop_or_the_drop_returns";
+    const PROBE: &str = "ASYNC_PY_PRINT_ALL_PROBE";
+    if let Some(mode) = std::env::var_os(PROBE) {
+        let runner = make_runner();
+        let pid = runner.eval_sync("__import__('os').getpid()").unwrap();
+        println!("\nCHILD_PID={pid}");
+        runner
+            .run_sync(&format!(
+                "import sys\nfor i in range({PRINTED_LINES}):\n    print('numbered', i)\n\
+                 sys.stderr.write('without an end')"
+            ))
+            .unwrap();
+        if mode == "stop" {
+            runner.stop_sync().unwrap();
+        } else {
+            drop(runner);
+        }
+        std::process::exit(0);
+    }
+    for mode in ["stop", "drop"] {
+        let (stdout, stderr) = rerun_as_probe(TEST, PROBE, mode);
+        let pid = stdout
+            .lines()
+            .find_map(|line| line.strip_prefix("CHILD_PID="))
+            .unwrap_or_else(|| panic!("no pid in {stdout}"));
+        let prefix = format!("[python {pid}] ");
+        let lines: Vec<&str> = stderr
+            .lines()
+            .filter_map(|line| line.strip_prefix(&prefix))
+            .collect();
+        let numbered = lines
+            .iter()
+            .filter(|line| line.starts_with("numbered "))
+            .count();
+        assert_eq!(numbered, PRINTED_LINES, "{mode}: lines forwarded");
+        for (i, line) in lines.iter().take(PRINTED_LINES).enumerate() {
+            assert_eq!(*line, format!("numbered {i}"), "{mode}: in order");
+        }
+        assert_eq!(
+            lines.last(),
+            Some(&"without an end"),
+            "{mode}: the last piece"
+        );
+    }
+}
+
+/// What a command printed reaches this process's stderr before its reply
+/// reaches the caller: sync commands, and coroutines.
+#[test]
+fn what_a_command_printed_is_forwarded_before_its_reply() {
+    if std::env::var_os("ASYNC_PY_BEFORE_REPLY_PROBE").is_some() {
+        let runner = make_runner();
+        runner
+            .run_sync(
+                "import asyncio, sys\n\
+                 def noisy(n, tag):\n    for i in range(n):\n        print('filler', i)\n    print(tag)\n    return tag\n\
+                 async def noisy_later(n, tag):\n    await asyncio.sleep(0)\n    return noisy(n, tag)",
+            )
+            .unwrap();
+        for (round, lines) in [0, 1, 3000, 0, 3000].into_iter().enumerate() {
+            let tag = format!("printed-{round}");
+            runner
+                .call_function_sync("noisy", vec![json!(lines), json!(tag)])
+                .unwrap();
+            eprintln!("ANSWERED {tag}");
+            let tag = format!("awaited-{round}");
+            runner
+                .call_async_function_sync("noisy_later", vec![json!(lines), json!(tag)])
+                .unwrap();
+            eprintln!("ANSWERED {tag}");
+        }
+        runner.stop_sync().unwrap();
+        return;
+    }
+    let (_, stderr) = rerun_as_probe(
+        "what_a_command_printed_is_forwarded_before_its_reply",
+        "ASYNC_PY_BEFORE_REPLY_PROBE",
+        "1",
+    );
+    let mut checked = 0;
+    for (at, line) in stderr.lines().enumerate() {
+        let Some(tag) = line.strip_prefix("ANSWERED ") else {
+            continue;
+        };
+        let printed = stderr
+            .lines()
+            .position(|line| line.ends_with(&format!("] {tag}")))
+            .unwrap_or_else(|| panic!("{tag} was never forwarded"));
+        assert!(printed < at, "{tag} was forwarded after its reply came");
+        checked += 1;
+    }
+    assert_eq!(checked, 10, "{stderr}");
+}
+
 /// A `python3` on PATH that is a script (a version manager's shim, here
 /// one that notes each run in a log) costs its own start once per process,
 /// not once per child: children of runners and of a pool, fresh ones after

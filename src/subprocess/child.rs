@@ -9,30 +9,24 @@
 //! zygote (see `zygote`), their parent, which reaps them and reports how
 //! they ended.
 
-use std::collections::VecDeque;
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, Read, Write};
 use std::os::fd::OwnedFd;
 use std::os::unix::io::AsRawFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 
 use super::ring::ReplyRing;
+use super::stderr::StderrForwarder;
 use super::zygote::{self, Zygote};
 use crate::error::PyRunnerError;
 use crate::wire::{decode_message, FrameReader, Hello, Message};
-
-/// How many of the child's last stderr lines a `WorkerDied` reason quotes.
-const STDERR_TAIL: usize = 20;
-
-/// The longest piece of a stderr line forwarded (and kept) at once.
-const STDERR_LINE: u64 = 64 << 10;
 
 /// How a child starts the worker; see the file for the arguments.
 const BOOTSTRAP: &str = include_str!("../../python/bootstrap.py");
@@ -93,8 +87,7 @@ pub(crate) struct ChildProcess {
     pub pid: u32,
     stdin: Option<File>,
     pub stdout: File,
-    stderr_tail: Arc<Mutex<VecDeque<String>>>,
-    stderr_done: mpsc::Receiver<()>,
+    stderr: Arc<StderrForwarder>,
     pub hello: Hello,
     /// Shared memory the child's replies come through, if it took it (see
     /// `ring`); its stdout then carries only doorbells.
@@ -120,22 +113,17 @@ impl ChildProcess {
             Some(forked) => forked,
             None => spawn(spec, ring.as_ref())?,
         };
-        let stderr_tail = Arc::new(Mutex::new(VecDeque::with_capacity(STDERR_TAIL)));
-        let (done_tx, stderr_done) = mpsc::channel();
-        {
-            let tail = stderr_tail.clone();
-            let spawned = thread::Builder::new()
-                .name(format!("async_py-stderr-{pid}"))
-                .spawn(move || forward_stderr(pid, stderr, tail, done_tx));
-            if let Err(err) = spawned {
+        let stderr = match StderrForwarder::start(pid, OwnedFd::from(stderr)) {
+            Ok(stderr) => stderr,
+            Err(err) => {
                 signal(-(pid as libc::pid_t), libc::SIGKILL);
                 let mut process = process;
                 reap(&mut process, pid);
                 return Err(PyRunnerError::Startup(format!(
-                    "could not start the stderr thread: {err}"
+                    "could not start forwarding the child's stderr: {err}"
                 )));
             }
-        }
+        };
         widen_pipe(&stdin);
         widen_pipe(&stdout);
         if let Err(err) = set_nonblocking(&stdin).and_then(|_| set_nonblocking(&stdout)) {
@@ -151,8 +139,7 @@ impl ChildProcess {
             pid,
             stdin: Some(stdin),
             stdout,
-            stderr_tail,
-            stderr_done,
+            stderr,
             hello: Hello {
                 python_version: "version unknown".into(),
                 ring: false,
@@ -190,7 +177,9 @@ impl ChildProcess {
         match frame {
             Ok(frame) => match decode_message(&frame) {
                 Ok(Message::Hello(hello)) => Ok(hello),
-                Ok(Message::Reply { .. }) => Err("its first frame was not a hello".into()),
+                Ok(Message::Reply { .. } | Message::OutputMark) => {
+                    Err("its first frame was not a hello".into())
+                }
                 Err(err) => Err(format!(
                     "{err}; its stdout began with {:?}",
                     String::from_utf8_lossy(&frame[..frame.len().min(120)])
@@ -374,22 +363,32 @@ impl ChildProcess {
         self.reaped
     }
 
+    /// Forwards what the child has written to its stderr so far.
+    pub fn forward_stderr(&self) {
+        self.stderr.forward_pending();
+    }
+
+    /// Once the child is reaped: forwards the rest of what it wrote to its
+    /// stderr, the start of a line it never ended too.
+    pub fn forward_last_stderr(&self) {
+        self.stderr.forward_rest();
+    }
+
     /// Kills the group, reaps the child, and says how it ended and what it
     /// last wrote to stderr.
     pub fn kill_and_describe(&mut self) -> String {
         let status = self.kill_group();
-        // The stderr pipe closes when the child is gone, unless a process it
-        // started still holds it; then take what arrived so far.
-        let _ = self.stderr_done.recv_timeout(Duration::from_millis(50));
+        // Reaped, it wrote all it will: its last lines are in the pipe.
+        self.forward_last_stderr();
         let who = format!("child {} (Python {})", self.pid, self.hello.python_version);
         let mut reason = match status {
             Some(status) => format!("{who} {}", describe_status(status)),
             None => format!("{who} could not be reaped"),
         };
-        let tail = self.stderr_tail.lock().unwrap_or_else(|p| p.into_inner());
+        let tail = self.stderr.tail();
         if !tail.is_empty() {
             reason.push_str("; last stderr lines:\n");
-            reason.push_str(&tail.iter().cloned().collect::<Vec<_>>().join("\n"));
+            reason.push_str(&tail.join("\n"));
         }
         reason
     }
@@ -585,7 +584,7 @@ fn widen_pipe(fd: &impl AsRawFd) {
     let _ = fd;
 }
 
-fn set_nonblocking(fd: &impl AsRawFd) -> io::Result<()> {
+pub(super) fn set_nonblocking(fd: &impl AsRawFd) -> io::Result<()> {
     let fd = fd.as_raw_fd();
     // SAFETY: fcntl on a file descriptor this process owns, with integer
     // arguments only.
@@ -638,39 +637,3 @@ pub(crate) fn read_some(stdout: &mut File, reader: &mut FrameReader) -> io::Resu
 
 /// How much room a read of the reply pipe offers: a full pipe's worth.
 const READ_CHUNK: usize = 64 << 10;
-
-/// Forwards a process's stderr on a thread of its own, keeping nothing.
-pub(super) fn forward_stderr_of(pid: u32, stderr: impl Read + Send + 'static) {
-    let (done, _) = mpsc::channel();
-    let _ = thread::Builder::new()
-        .name(format!("async_py-stderr-{pid}"))
-        .spawn(move || forward_stderr(pid, stderr, Arc::default(), done));
-}
-
-fn forward_stderr(
-    pid: u32,
-    stderr: impl Read,
-    tail: Arc<Mutex<VecDeque<String>>>,
-    done: mpsc::Sender<()>,
-) {
-    let mut reader = BufReader::new(stderr);
-    let mut line = Vec::new();
-    loop {
-        line.clear();
-        // A line without end is forwarded in pieces, never held whole.
-        match io::Read::take(&mut reader, STDERR_LINE).read_until(b'\n', &mut line) {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {
-                let text = String::from_utf8_lossy(&line);
-                let text = text.trim_end_matches(['\n', '\r']);
-                eprintln!("[python {pid}] {text}");
-                let mut tail = tail.lock().unwrap_or_else(|p| p.into_inner());
-                if tail.len() == STDERR_TAIL {
-                    tail.pop_front();
-                }
-                tail.push_back(text.to_string());
-            }
-        }
-    }
-    let _ = done.send(());
-}

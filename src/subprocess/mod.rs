@@ -8,6 +8,7 @@
 mod child;
 mod interpreter;
 mod ring;
+mod stderr;
 mod supervisor;
 mod zygote;
 
@@ -172,8 +173,9 @@ pub(crate) fn spawn(config: &RunnerConfig, queue: Arc<CommandQueue>) -> Result<(
     start_backend_thread(
         "async_py-subprocess",
         SUPERVISOR_STACK,
-        move |ready| match Shared::start(queue, settings) {
+        move |ready| match Shared::start(queue.clone(), settings) {
             Ok(shared) => {
+                let _ended = queue.end_awaited();
                 ready.report(Ok(()));
                 shared.run();
             }

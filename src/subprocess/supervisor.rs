@@ -413,6 +413,9 @@ impl Core {
                 Err(NoFrame::Bad(err)) => return Err(failed(err.to_string())),
             };
             let message = decode_message(&frame).map_err(|e| failed(e.to_string()))?;
+            if let Message::OutputMark = message {
+                child.forward_stderr();
+            }
             if let Message::Reply { id: got, outcome } = message {
                 if got == id {
                     return match outcome {
@@ -746,10 +749,20 @@ impl Core {
         mut held: Option<&mut Vec<Waker>>,
     ) -> Result<(), PyRunnerError> {
         while let Some(frame) = self.reader.next_frame()? {
-            let Message::Reply { id, outcome } = decode_message(&frame)? else {
-                return Err(PyRunnerError::Protocol(
-                    "a second hello from the child".into(),
-                ));
+            let (id, outcome) = match decode_message(&frame)? {
+                Message::Reply { id, outcome } => (id, outcome),
+                Message::OutputMark => {
+                    // What the replies after it follow goes out before them.
+                    if let Some(child) = &self.child {
+                        child.forward_stderr();
+                    }
+                    continue;
+                }
+                Message::Hello(_) => {
+                    return Err(PyRunnerError::Protocol(
+                        "a second hello from the child".into(),
+                    ))
+                }
             };
             let Some(done) = self.inflight.remove(&id) else {
                 return Err(PyRunnerError::Protocol(format!(
@@ -1083,6 +1096,8 @@ impl Core {
             child.close_requests();
             child.wait_for_exit(EXIT_GRACE);
             child.kill_group();
+            // All it printed is out before `stop` (or the drop) returns.
+            child.forward_last_stderr();
         }
         self.timed = 0;
         for (_, flight) in std::mem::take(&mut self.inflight) {

@@ -21,7 +21,8 @@ use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::child::{forward_stderr_of, signal, LaunchSpec};
+use super::child::{signal, LaunchSpec};
+use super::stderr::StderrForwarder;
 use crate::error::PyRunnerError;
 
 /// How long a fork may take before the worker is started the usual way.
@@ -140,7 +141,8 @@ impl Zygote {
                 let pid = child.id();
                 let stderr = child.stderr.take().expect("stderr is piped");
                 let _ = started_tx.send(Ok(pid));
-                forward_stderr_of(pid, stderr);
+                // What the zygote says goes on until its end; nothing waits for it.
+                let _ = StderrForwarder::start(pid, OwnedFd::from(stderr));
                 listen(reader, &listening);
                 // Its socket ended: it exited, or is about to.
                 let _ = child.kill();

@@ -16,7 +16,7 @@ mod decode;
 use crate::error::PyRunnerError;
 
 /// The protocol version this crate speaks; the child's hello must match.
-pub(crate) const PROTOCOL_VERSION: u64 = 1;
+pub(crate) const PROTOCOL_VERSION: u64 = 2;
 
 fn codec(limit: usize) -> LengthDelimitedCodec {
     LengthDelimitedCodec::builder()
@@ -163,7 +163,14 @@ pub(crate) enum Outcome {
 #[derive(Debug)]
 pub(crate) enum Message {
     Hello(Hello),
-    Reply { id: u64, outcome: Outcome },
+    Reply {
+        id: u64,
+        outcome: Outcome,
+    },
+    /// What the child wrote through `sys.stdout` and `sys.stderr` before
+    /// this frame is in its stderr pipe: forward that before the replies
+    /// that follow.
+    OutputMark,
 }
 
 fn malformed(what: &str) -> PyRunnerError {
@@ -186,6 +193,9 @@ pub(crate) fn decode_message(frame: &[u8]) -> Result<Message, PyRunnerError> {
     })?;
     let mut items = items.into_iter();
     let head = items.next().ok_or_else(|| malformed("empty array"))?;
+    if head.as_str() == Some("out") {
+        return Ok(Message::OutputMark);
+    }
     if head.as_str() == Some("hello") {
         let version = items
             .next()
@@ -353,6 +363,13 @@ mod tests {
     }
 
     #[test]
+    fn an_output_mark_decodes_as_one() {
+        let frame = rmp_serde::to_vec(&("out",)).unwrap();
+        assert_eq!(frame, b"\x91\xa3out", "the bytes the worker writes");
+        assert!(matches!(decode_message(&frame), Ok(Message::OutputMark)));
+    }
+
+    #[test]
     fn garbage_is_a_protocol_error() {
         for garbage in [
             &b"\xc1"[..],
@@ -377,6 +394,11 @@ mod tests {
             Err(PyRunnerError::Protocol(_))
         ));
         let frame = rmp_serde::to_vec(&("hello", 1u64, "3.11.7", 4321u32, "python")).unwrap();
+        assert!(matches!(
+            decode_message(&frame),
+            Err(PyRunnerError::Protocol(_))
+        ));
+        let frame = rmp_serde::to_vec(&("hello", 2u64, "3.11.7", 4321u32, "python")).unwrap();
         match decode_message(&frame).unwrap() {
             Message::Hello(hello) => {
                 assert_eq!(hello.python_version, "3.11.7")

@@ -93,7 +93,8 @@ class Child:
     """python/worker.py in a child process, talked to over pipes.
 
     Two threads read its stdout (frames, onto a queue) and its stderr, so
-    every wait here has a time limit.
+    every wait here has a time limit. Output marks are not put on the
+    queue; `frames` holds every frame, marks included, in order.
     """
 
     def __init__(self, python, cwd=None, launch="file", args=()):
@@ -113,6 +114,7 @@ class Child:
             cwd=cwd,
         )
         self.replies = queue.Queue()
+        self.frames = []
         self.stderr_chunks = []
         self.readers = [
             threading.Thread(target=self._read_replies, daemon=True),
@@ -134,9 +136,13 @@ class Child:
                 self.replies.put(Exited(header + body))
                 return
             try:
-                self.replies.put(worker.unpack(body))
+                decoded = worker.unpack(body)
             except Exception as exc:  # the test fails on it, not the thread
                 self.replies.put(exc)
+                continue
+            self.frames.append(decoded)
+            if decoded != ["out"]:
+                self.replies.put(decoded)
 
     def _read_stderr(self):
         while True:
@@ -797,7 +803,7 @@ class ChildTests:
         version = subprocess.check_output(
             [self.python, "-c", "import sys; print('%d.%d.%d' % sys.version_info[:3])"], universal_newlines=True
         ).strip()
-        self.assertEqual(hello[:4], ["hello", 1, version, child.process.pid])
+        self.assertEqual(hello[:4], ["hello", 2, version, child.process.pid])
         self.assertEqual(os.path.realpath(hello[4]), os.path.realpath(self.python))
 
     def test_a_pool_worker_takes_its_flag_and_serves_as_any_other(self):
@@ -1163,6 +1169,19 @@ class ChildTests:
         child.wait_for_stderr("from a grandchild")
         for line in ("from print", "from sys.stdout", "from fd 1", "junk"):
             child.wait_for_stderr(line)
+
+    def test_an_output_mark_goes_before_a_reply_after_output_and_only_then(self):
+        child = self.start()
+        self.ok(child, [1, "eval", "1"])
+        self.ok(child, [2, "run", "print('printed')"])
+        self.ok(child, [3, "run", "import sys\nsys.stderr.write('written')"])
+        self.ok(child, [4, "run", "import os\nos.write(2, b'not noted')"])
+        self.ok(child, [5, "eval", "2"])
+        heads = [frame[0] for frame in child.frames[1:]]
+        self.assertEqual(heads, [1, "out", 2, "out", 3, 4, 5])
+        # The mark says the output is in the pipe already.
+        child.wait_for_stderr("printed")
+        child.wait_for_stderr("written")
 
     def test_print_reaches_stderr_while_the_child_runs(self):
         child = self.start()
