@@ -485,22 +485,28 @@ def table_form(obj):
             return operator.index(obj)
         except TypeError:
             pass
-    numbers = sys.modules.get("numbers")
-    if numbers is not None and isinstance(obj, numbers.Real) and hasattr(kind, "__float__"):
+    real = _loaded("numbers", "Real")
+    if real is not None and isinstance(obj, real) and hasattr(kind, "__float__"):
         return float(obj)  # numpy floats, Fraction
     tolist = getattr(obj, "tolist", None)
     if callable(tolist):
         return tolist()  # numpy arrays and scalars (bool_), array.array
-    dataclasses = sys.modules.get("dataclasses")
-    if dataclasses is not None and not isinstance(obj, type) and dataclasses.is_dataclass(obj):
-        return {field.name: getattr(obj, field.name) for field in dataclasses.fields(obj)}
-    abc = sys.modules.get("collections.abc")
-    if abc is not None and isinstance(obj, abc.Mapping):
+    fields = _loaded("dataclasses", "fields")
+    if fields is not None and hasattr(kind, "__dataclass_fields__") and not isinstance(obj, type):
+        return {field.name: getattr(obj, field.name) for field in fields(obj)}
+    mapping = _loaded("collections.abc", "Mapping")
+    if mapping is not None and isinstance(obj, mapping):
         return dict(obj.items())
-    datetime = sys.modules.get("datetime")
-    if datetime is not None and isinstance(obj, (datetime.date, datetime.time)):
+    date, time_of_day = _loaded("datetime", "date"), _loaded("datetime", "time")
+    if date is not None and time_of_day is not None and isinstance(obj, (date, time_of_day)):
         return obj.isoformat()  # datetime is a date
     return str(obj)
+
+
+def _loaded(module, name):
+    """`module.name` if user code has imported the module, else None. A
+    module another thread is importing right now may lack the name yet."""
+    return getattr(sys.modules.get(module), name, None)
 
 
 def _int_bytes(value):
