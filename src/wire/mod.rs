@@ -16,7 +16,7 @@ mod decode;
 use crate::error::PyRunnerError;
 
 /// The protocol version this crate speaks; the child's hello must match.
-pub(crate) const PROTOCOL_VERSION: u64 = 1;
+pub(crate) const PROTOCOL_VERSION: u64 = 2;
 
 fn codec(limit: usize) -> LengthDelimitedCodec {
     LengthDelimitedCodec::builder()
@@ -376,7 +376,8 @@ mod tests {
             decode_message(&frame),
             Err(PyRunnerError::Protocol(_))
         ));
-        let frame = rmp_serde::to_vec(&("hello", 1u64, "3.11.7", 4321u32, "python")).unwrap();
+        let frame =
+            rmp_serde::to_vec(&("hello", PROTOCOL_VERSION, "3.11.7", 4321u32, "python")).unwrap();
         match decode_message(&frame).unwrap() {
             Message::Hello(hello) => {
                 assert_eq!(hello.python_version, "3.11.7")
