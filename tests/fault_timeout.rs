@@ -218,34 +218,18 @@ async fn a_call_that_blocks_before_its_coroutine_times_out_once() {
 /// behind it. Each round sends a command that busy-waits about as long as
 /// its limit with an unlimited one right behind it (both behind a short
 /// one, so they reach the child together); the busy-wait is nudged
-/// towards the limit's edge round by round, so most rounds sit on it. The
-/// unlimited command must answer every time and run exactly once (it
-/// counts its runs in a file, which outlives the child).
+/// towards the limit's edge round by round, so most rounds sit on it, and
+/// the edge command's caller is woken slowly, which widens the race. The
+/// unlimited command must answer every time and run exactly once.
 #[test]
 fn an_interrupt_for_a_command_that_ended_at_its_limit_never_lands_in_the_next() {
-    // A round whose command times out costs a fresh child: 300 take about
-    // 40 s, and about one in ten hit the race.
     const ROUNDS: usize = 300;
     const EDGE: Duration = Duration::from_millis(20);
     within(120, || {
         let dir = tempfile::tempdir().unwrap();
         let runs = dir.path().join("runs");
         let runner = runner();
-        runner
-            .run_sync(&format!(
-                "import os, time\n\
-                 def busy(seconds):\n\
-                 \x20   end = time.perf_counter() + seconds\n\
-                 \x20   while time.perf_counter() < end:\n\
-                 \x20       pass\n\
-                 def record(round):\n\
-                 \x20   with open({:?}, 'a') as runs:\n\
-                 \x20       runs.write('%d\\n' % round)\n\
-                 \x20   busy(0.001)\n\
-                 \x20   return os.getpid()",
-                runs.display().to_string()
-            ))
-            .unwrap();
+        runner.run_sync(&race_defs(&runs)).unwrap();
         let limited = runner.clone().with_timeout(EDGE);
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -253,12 +237,12 @@ fn an_interrupt_for_a_command_that_ended_at_its_limit_never_lands_in_the_next() 
             .build()
             .unwrap();
         let mut seconds = EDGE.as_secs_f64();
-        let (mut timed_out, mut interrupted_next) = (0, Vec::new());
+        let (mut timed_out, mut failed_behind) = (0, Vec::new());
         for round in 0..ROUNDS {
-            let (_, edge, next) = rt.block_on(async {
+            let (_, edge, behind) = rt.block_on(async {
                 tokio::join!(
                     runner.eval("busy(0.002)"),
-                    limited.call_function("busy", vec![json!(seconds)]),
+                    woken_slowly(limited.call_function("busy", vec![json!(seconds)])),
                     runner.call_function("record", vec![json!(round)]),
                 )
             });
@@ -270,22 +254,17 @@ fn an_interrupt_for_a_command_that_ended_at_its_limit_never_lands_in_the_next() 
                 }
                 Err(other) => panic!("round {round}: the edge command gave {other:?}"),
             }
-            if let Err(err) = next {
-                interrupted_next.push((round, err));
+            if let Err(err) = behind {
+                failed_behind.push((round, err));
             }
         }
-        let text = std::fs::read_to_string(&runs).unwrap();
-        let mut counted = vec![0; ROUNDS];
-        for line in text.lines() {
-            counted[line.parse::<usize>().unwrap()] += 1;
-        }
-        let not_once: Vec<_> = (0..ROUNDS).filter(|&r| counted[r] != 1).collect();
+        let not_once = rounds_not_run_once(&runs, ROUNDS);
         assert!(
-            interrupted_next.is_empty() && not_once.is_empty(),
-            "{ROUNDS} rounds, {timed_out} timed out; the command behind failed in {}: {:?}; \
-             rounds whose command behind did not run exactly once: {not_once:?}",
-            interrupted_next.len(),
-            interrupted_next
+            failed_behind.is_empty() && not_once.is_empty(),
+            "{ROUNDS} rounds, {timed_out} timed out; the command behind failed in {}: \
+             {failed_behind:?}; rounds whose command behind did not run exactly once: \
+             {not_once:?}",
+            failed_behind.len(),
         );
     });
 }

@@ -195,39 +195,25 @@ async fn arguments_nested_past_any_stack_are_conversion_errors() {
 /// Every call has the pool's limit here; the one behind is quick.
 #[test]
 fn an_interrupt_for_a_call_that_ended_at_its_limit_never_lands_in_the_next() {
-    // About one round in twenty hits the race.
     const ROUNDS: usize = 400;
     const EDGE: Duration = Duration::from_millis(20);
     pool::within(120, || {
         let dir = tempfile::tempdir().unwrap();
         let runs = dir.path().join("runs");
         let pool = pool::builder(1).timeout(EDGE).build().unwrap();
-        pool.run_sync(&format!(
-            "import os, time\n\
-             def busy(seconds):\n\
-             \x20   end = time.perf_counter() + seconds\n\
-             \x20   while time.perf_counter() < end:\n\
-             \x20       pass\n\
-             def record(round):\n\
-             \x20   with open({:?}, 'a') as runs:\n\
-             \x20       runs.write('%d\\n' % round)\n\
-             \x20   busy(0.001)\n\
-             \x20   return os.getpid()",
-            runs.display().to_string()
-        ))
-        .unwrap();
+        pool.run_sync(&faults::race_defs(&runs)).unwrap();
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .unwrap();
         let mut seconds = EDGE.as_secs_f64();
-        let (mut timed_out, mut interrupted_next) = (0, Vec::new());
+        let (mut timed_out, mut failed_behind) = (0, Vec::new());
         for round in 0..ROUNDS {
-            let (_, edge, next) = rt.block_on(async {
+            let (_, edge, behind) = rt.block_on(async {
                 tokio::join!(
                     pool.call_function("busy", vec![Value::from(0.002)]),
-                    pool.call_function("busy", vec![Value::from(seconds)]),
+                    faults::woken_slowly(pool.call_function("busy", vec![Value::from(seconds)])),
                     pool.call_function("record", vec![Value::from(round)]),
                 )
             });
@@ -239,22 +225,17 @@ fn an_interrupt_for_a_call_that_ended_at_its_limit_never_lands_in_the_next() {
                 }
                 Err(other) => panic!("round {round}: the edge call gave {other:?}"),
             }
-            if let Err(err) = next {
-                interrupted_next.push((round, err));
+            if let Err(err) = behind {
+                failed_behind.push((round, err));
             }
         }
-        let text = std::fs::read_to_string(&runs).unwrap();
-        let mut counted = vec![0; ROUNDS];
-        for line in text.lines() {
-            counted[line.parse::<usize>().unwrap()] += 1;
-        }
-        let not_once: Vec<_> = (0..ROUNDS).filter(|&r| counted[r] != 1).collect();
+        let not_once = faults::rounds_not_run_once(&runs, ROUNDS);
         assert!(
-            interrupted_next.is_empty() && not_once.is_empty(),
-            "{ROUNDS} rounds, {timed_out} timed out; the call behind failed in {}: {:?}; \
-             rounds whose call behind did not run exactly once: {not_once:?}",
-            interrupted_next.len(),
-            interrupted_next
+            failed_behind.is_empty() && not_once.is_empty(),
+            "{ROUNDS} rounds, {timed_out} timed out; the call behind failed in {}: \
+             {failed_behind:?}; rounds whose call behind did not run exactly once: \
+             {not_once:?}",
+            failed_behind.len(),
         );
     });
 }
