@@ -191,7 +191,7 @@ async fn arguments_nested_past_any_stack_are_conversion_errors() {
 
 /// A call that ends just at its limit races the parent's SIGINT, which must
 /// stop that call or nothing, never the call queued behind it on the same
-/// worker (see the runner's test of the same name in `fault_timeout.rs`).
+/// worker (see the runner's test of it in `fault_timeout.rs`).
 /// Every call has the pool's limit here; the one behind is quick.
 #[test]
 fn an_interrupt_for_a_call_that_ended_at_its_limit_never_lands_in_the_next() {
