@@ -1227,9 +1227,10 @@ _OPS = {
 _RING_PUBLISHED = 0  # index of the u64 at byte 0
 _RING_TAKEN = 8  # byte 64
 _RING_WAITING = 16  # byte 128
-_RING_INTERRUPTS = 24  # byte 192
+_RING_INTERRUPT_TARGET = 24  # byte 192
 _RING_IN_LOOP = 32  # byte 256
 _RING_LAST_COROUTINE = 40  # byte 320
+_RING_INTERRUPT_TAKEN = 48  # byte 384
 _RING_DATA = 4096
 _RING_SIZE = 1 << 20
 _RING_MASK = _RING_SIZE - 1
@@ -1249,15 +1250,22 @@ class ReplyRing:
             os.close(fd)
         self.counters = memoryview(self.map)[:_RING_DATA].cast("Q")
         self.published = self.counters[_RING_PUBLISHED]
-        self.interrupts = self.counters[_RING_INTERRUPTS]
+        self.interrupt_target = self.counters[_RING_INTERRUPT_TARGET]
 
-    def parent_interrupted(self):
-        """Whether the parent counted a SIGINT of its own since the last call."""
-        interrupts = self.counters[_RING_INTERRUPTS]
-        if interrupts == self.interrupts:
-            return False
-        self.interrupts = interrupts
-        return True
+    def new_interrupt_target(self):
+        """The id of the request the parent's last SIGINT is for, if the
+        parent named one since the last call; else None."""
+        target = self.counters[_RING_INTERRUPT_TARGET]
+        if target == self.interrupt_target:
+            return None
+        self.interrupt_target = target
+        return target
+
+    def take_interrupt(self, request_id):
+        """Tells the parent that this request stops for its SIGINT: stored
+        before the request's reply is published, so a parent that takes the
+        reply sees it."""
+        self.counters[_RING_INTERRUPT_TAKEN] = request_id
 
     def put(self, data, doorbell):
         """Copies `data` in, waiting for room as the parent takes it;
@@ -1348,7 +1356,7 @@ class ChildWorker:
         self.outbox = []
         self.at_eof = False
         self.stopping = False
-        self.interruptible = False
+        self.running = None  # the id of the request running now, if any
         self.interrupted = False
         self.handlers = {op: getattr(self, "op_" + op) for op in _OPS}
         # The common request gets a decoder of its own with the pure-Python codec.
@@ -1448,23 +1456,33 @@ class ChildWorker:
 
     def on_interrupt(self, signum, frame):
         """SIGINT during a command is a KeyboardInterrupt in it, so its
-        `finally` blocks run. When the parent sent it (the command ran past
-        its limit), the child then exits without starting anything else: the
-        parent replaces it and sends what was queued to the new child. With
-        a reply ring the parent counts its SIGINTs there, so one that the
-        command's own code raised (`signal.raise_signal`,
-        `_thread.interrupt_main`) is only the KeyboardInterrupt; without a
-        ring every SIGINT is taken for the parent's. Between commands it is
-        ignored, except that the parent's (with a ring) still means the
-        child starts nothing more."""
-        if not self.interruptible:
-            if self.ring is not None and self.ring.parent_interrupted():
-                # The parent's, for a request that ended just before it came:
-                # start nothing more, or the next request would run here and
-                # again on the child that replaces this one.
-                self.interrupted = True
+        `finally` blocks run. When the parent sent it for this command (it
+        ran past its limit), the child then exits without starting anything
+        else: the parent replaces it and sends what was queued to the new
+        child.
+
+        With a reply ring the parent names there the request each SIGINT
+        of its own is for. One for a request that has ended (it ended just
+        before the signal came) is ignored, and the child goes on: the
+        parent, which sees that request answered without being stopped,
+        keeps this child and waits for what it sent after. A SIGINT with no
+        new name is of the command's own making (`signal.raise_signal`,
+        `_thread.interrupt_main`): only a KeyboardInterrupt. Without a ring
+        every SIGINT during a command is taken for the parent's. Between
+        commands SIGINT is ignored."""
+        running = self.running
+        if self.ring is None:
+            from_parent = True
+        else:
+            target = self.ring.new_interrupt_target()
+            if target is not None and target != running:
+                return
+            from_parent = target is not None
+        if running is None:
             return
-        if self.ring is None or self.ring.parent_interrupted():
+        if from_parent:
+            if self.ring is not None:
+                self.ring.take_interrupt(running)
             self.interrupted = True
         raise KeyboardInterrupt
 
@@ -1540,7 +1558,7 @@ class ChildWorker:
         else:
             request_id, name, args = call
         try:
-            self.interruptible = True
+            self.running = request_id
             try:
                 if call is None:
                     value = handler(request_id, *args)
@@ -1548,12 +1566,12 @@ class ChildWorker:
                     # op_call without the method call: the commonest request.
                     value = resolve(name, self.globals)(*args)
             finally:
-                self.interruptible = False
+                self.running = None
         except BaseException as exc:
             # Anything user code raises, SystemExit and KeyboardInterrupt too,
             # is the caller's error; the child goes on. (Set again: a signal
             # may have cut the `finally` short.)
-            self.interruptible = False
+            self.running = None
             if _in_forked_copy:
                 _leave_forked_copy(exc)
             self._reply_error(request_id, exc)

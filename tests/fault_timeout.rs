@@ -212,3 +212,59 @@ async fn a_call_that_blocks_before_its_coroutine_times_out_once() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(std::fs::read_to_string(&marks).unwrap(), "x");
 }
+
+/// A command that ends just at its limit races the parent's SIGINT: the
+/// signal must stop that command or nothing, never the command queued
+/// behind it. Each round sends a command that busy-waits about as long as
+/// its limit with an unlimited one right behind it (both behind a short
+/// one, so they reach the child together); the busy-wait is nudged
+/// towards the limit's edge round by round, so most rounds sit on it, and
+/// the edge command's caller is woken slowly, which widens the race. The
+/// unlimited command must answer every time and run exactly once.
+#[test]
+fn an_interrupt_for_a_command_that_ended_at_its_limit_never_lands_in_the_next() {
+    const ROUNDS: usize = 300;
+    const EDGE: Duration = Duration::from_millis(20);
+    within(120, || {
+        let dir = tempfile::tempdir().unwrap();
+        let runs = dir.path().join("runs");
+        let runner = runner();
+        runner.run_sync(&race_defs(&runs)).unwrap();
+        let limited = runner.clone().with_timeout(EDGE);
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let mut seconds = EDGE.as_secs_f64();
+        let (mut timed_out, mut failed_behind) = (0, Vec::new());
+        for round in 0..ROUNDS {
+            let (_, edge, behind) = rt.block_on(async {
+                tokio::join!(
+                    runner.eval("busy(0.002)"),
+                    woken_slowly(limited.call_function("busy", vec![json!(seconds)])),
+                    runner.call_function("record", vec![json!(round)]),
+                )
+            });
+            match edge {
+                Ok(_) => seconds += 20e-6,
+                Err(PyRunnerError::Timeout(_)) => {
+                    timed_out += 1;
+                    seconds -= 20e-6;
+                }
+                Err(other) => panic!("round {round}: the edge command gave {other:?}"),
+            }
+            if let Err(err) = behind {
+                failed_behind.push((round, err));
+            }
+        }
+        let not_once = rounds_not_run_once(&runs, ROUNDS);
+        assert!(
+            failed_behind.is_empty() && not_once.is_empty(),
+            "{ROUNDS} rounds, {timed_out} timed out; the command behind failed in {}: \
+             {failed_behind:?}; rounds whose command behind did not run exactly once: \
+             {not_once:?}",
+            failed_behind.len(),
+        );
+    });
+}

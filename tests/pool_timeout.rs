@@ -188,3 +188,54 @@ async fn arguments_nested_past_any_stack_are_conversion_errors() {
     );
     assert_eq!(pool.eval("2 + 2").await.unwrap(), Value::from(4));
 }
+
+/// A call that ends just at its limit races the parent's SIGINT, which must
+/// stop that call or nothing, never the call queued behind it on the same
+/// worker (see the runner's test of it in `fault_timeout.rs`).
+/// Every call has the pool's limit here; the one behind is quick.
+#[test]
+fn an_interrupt_for_a_call_that_ended_at_its_limit_never_lands_in_the_next() {
+    const ROUNDS: usize = 400;
+    const EDGE: Duration = Duration::from_millis(20);
+    pool::within(120, || {
+        let dir = tempfile::tempdir().unwrap();
+        let runs = dir.path().join("runs");
+        let pool = pool::builder(1).timeout(EDGE).build().unwrap();
+        pool.run_sync(&faults::race_defs(&runs)).unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let mut seconds = EDGE.as_secs_f64();
+        let (mut timed_out, mut failed_behind) = (0, Vec::new());
+        for round in 0..ROUNDS {
+            let (_, edge, behind) = rt.block_on(async {
+                tokio::join!(
+                    pool.call_function("busy", vec![Value::from(0.002)]),
+                    faults::woken_slowly(pool.call_function("busy", vec![Value::from(seconds)])),
+                    pool.call_function("record", vec![Value::from(round)]),
+                )
+            });
+            match edge {
+                Ok(_) => seconds += 20e-6,
+                Err(PyRunnerError::Timeout(_)) => {
+                    timed_out += 1;
+                    seconds -= 20e-6;
+                }
+                Err(other) => panic!("round {round}: the edge call gave {other:?}"),
+            }
+            if let Err(err) = behind {
+                failed_behind.push((round, err));
+            }
+        }
+        let not_once = faults::rounds_not_run_once(&runs, ROUNDS);
+        assert!(
+            failed_behind.is_empty() && not_once.is_empty(),
+            "{ROUNDS} rounds, {timed_out} timed out; the call behind failed in {}: \
+             {failed_behind:?}; rounds whose call behind did not run exactly once: \
+             {not_once:?}",
+            failed_behind.len(),
+        );
+    });
+}

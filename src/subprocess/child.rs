@@ -311,13 +311,15 @@ impl ChildProcess {
         self.stdin = None;
     }
 
-    /// Sends SIGINT to the child alone, so its `finally` blocks run. (Not to
-    /// the pid its hello names: a child's word is not trusted with signals.)
-    /// With a ring, the child can tell this SIGINT from one its own code
-    /// raised, and exits after it only for this one.
-    pub fn interrupt(&self) {
+    /// Sends SIGINT to the child alone, so the `finally` blocks of the
+    /// request `target` run. (Not to the pid its hello names: a child's
+    /// word is not trusted with signals.) With a ring, the child learns
+    /// which request the signal is for: it stops that one and then exits,
+    /// or, if it had ended, ignores the signal and goes on. Without one,
+    /// it stops whatever request runs, and exits.
+    pub fn interrupt(&self, target: u64) {
         if let Some(ring) = &self.ring {
-            ring.note_interrupt();
+            ring.target_interrupt(target);
         }
         signal(self.pid as libc::pid_t, libc::SIGINT);
     }

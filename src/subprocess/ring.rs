@@ -11,9 +11,10 @@
 //! | 0 | bytes published so far (u64) | child |
 //! | 64 | bytes taken so far (u64) | parent |
 //! | 128 | 1 while the parent may sleep until a doorbell (u64) | parent |
-//! | 192 | time limits enforced so far, counted before each SIGINT (u64) | parent |
+//! | 192 | the id of the request the last SIGINT targets, stored before it (u64) | parent |
 //! | 256 | 1 while the child runs its event loop, or makes a coroutine (u64) | child |
 //! | 320 | the id of the last coroutine the child started, set before 256 (u64) | child |
+//! | 384 | the id of the request the child stopped for a SIGINT, set before its reply (u64) | child |
 //! | 4096 | the ring: [`RING_SIZE`] bytes of reply frames | child |
 //!
 //! The ring carries the same frames the pipe would, as one byte stream: the
@@ -44,9 +45,10 @@ use super::child::poll;
 const PUBLISHED: usize = 0;
 const TAKEN: usize = 64;
 const WAITING: usize = 128;
-const INTERRUPTS: usize = 192;
+const INTERRUPT_TARGET: usize = 192;
 const IN_LOOP: usize = 256;
 const LAST_COROUTINE: usize = 320;
+const INTERRUPT_TAKEN: usize = 384;
 const DATA: usize = 4096;
 
 /// The ring's size; a reply larger than it crosses in pieces.
@@ -143,17 +145,27 @@ impl ReplyRing {
     }
 
     fn counter(&self, offset: usize) -> &AtomicU64 {
-        // SAFETY: the offset is one of the six aligned header slots inside
+        // SAFETY: the offset is one of the seven aligned header slots inside
         // the mapping, which outlives `self`.
         unsafe { &*self.base.add(offset).cast::<AtomicU64>() }
     }
 
-    /// Counts a time limit the parent enforces, before it sends SIGINT: the
-    /// child then tells the parent's interrupt from a SIGINT of its own
-    /// code's making (the signal reaches it after the store, as kill(2)
-    /// is a full barrier).
-    pub fn note_interrupt(&self) {
-        self.counter(INTERRUPTS).fetch_add(1, Ordering::SeqCst);
+    /// Names the request whose limit the parent enforces, before it sends
+    /// SIGINT (kill(2) is a full barrier, so the child sees the id when
+    /// the signal comes). The child stops that request only: the signal
+    /// may come after it ended, while the next one runs. A new id also
+    /// tells the parent's SIGINT from one of the child's own making.
+    pub fn target_interrupt(&self, request: u64) {
+        self.counter(INTERRUPT_TARGET)
+            .store(request, Ordering::SeqCst);
+    }
+
+    /// Whether the child stopped `request` for the parent's SIGINT (it
+    /// says so before the request's reply is published, and then starts
+    /// nothing more). A child that answered `request` without stopping it
+    /// ended it before the signal came, and goes on with what follows.
+    pub fn took_interrupt(&self, request: u64) -> bool {
+        self.counter(INTERRUPT_TAKEN).load(Ordering::Acquire) == request
     }
 
     /// Where the child says it is. In its event loop no request runs
@@ -165,7 +177,7 @@ impl ReplyRing {
     /// with replies still to take is `Unsure`, as those may be to requests
     /// that ran just before the loop. Outside the loop, replies still to
     /// take are `Unsure` too: one may answer the request whose limit just
-    /// passed, and a SIGINT sent for it would land in the next request.
+    /// passed, which then needs no SIGINT.
     pub fn child_at(&self) -> ChildAt {
         let in_loop = self.counter(IN_LOOP).load(Ordering::Acquire) != 0;
         let last_coroutine = self.counter(LAST_COROUTINE).load(Ordering::Acquire);

@@ -146,8 +146,9 @@ pub(crate) struct Core {
     failed_starts: u32,
     /// Set while a timed-out child unwinds after SIGINT.
     interrupting: Option<Instant>,
-    /// The request that ran past its limit. The child runs nothing after it:
-    /// an interrupted worker exits once that request has unwound.
+    /// The request that ran past its limit, which SIGINT was sent for. A
+    /// child that stops it for the signal runs nothing after it, and exits
+    /// once it has unwound.
     interrupted: Option<u64>,
     /// `stop` was sent: no more commands, no more restarts.
     stop_sent: bool,
@@ -778,6 +779,9 @@ impl Core {
                 }
                 self.start_next_clock();
             }
+            if self.interrupting.is_some() && self.interrupted == Some(id) {
+                self.interrupted_request_answered(id);
+            }
             if matches!(done.job.request, Request::Stop) {
                 // Answered once the child is reaped, in `shut_down`.
                 self.stop_done = Some(done.job);
@@ -819,6 +823,29 @@ impl Core {
                 self.shares_ok.retain(|&index| hooks.log.is_pending(index));
             }
             self.shares_ok.insert(index);
+        }
+    }
+
+    /// The request that SIGINT was sent for has answered during the grace.
+    /// A child that did not stop it for the signal had ended it just before
+    /// the signal came: it ignores the signal and goes on with the requests
+    /// sent after it, so it is kept (replaced, it would have them run
+    /// twice). One that stopped it starts nothing more and exits. Without a
+    /// ring the child cannot tell which request a SIGINT is for; it is
+    /// taken to have stopped this one, and is replaced.
+    fn interrupted_request_answered(&mut self, id: u64) {
+        let missed = self
+            .child
+            .as_ref()
+            .and_then(|child| child.ring.as_ref())
+            .is_some_and(|ring| !ring.took_interrupt(id));
+        if !missed {
+            return;
+        }
+        self.interrupting = None;
+        self.interrupted = None;
+        if let Some(hooks) = &self.settings.hooks {
+            hooks.state.restarting.store(false, Ordering::SeqCst);
         }
     }
 
@@ -885,10 +912,11 @@ impl Core {
                         .reply
                         .slot()
                         .complete(Err(PyRunnerError::Timeout(limit)));
-                    if let Some(child) = &self.child {
-                        child.interrupt();
+                    let target = self.sync_line.front().copied();
+                    if let (Some(child), Some(target)) = (&self.child, target) {
+                        child.interrupt(target);
                     }
-                    self.interrupted = self.sync_line.front().copied();
+                    self.interrupted = target;
                     self.interrupting = Some(now);
                     return;
                 }
@@ -927,6 +955,10 @@ impl Core {
             Some(child) => child.kill_and_describe(),
             None => "there was no child".into(),
         };
+        let mut last_started = interrupted;
+        if let (Loss::TimedOut, Some(target)) = (&loss, interrupted) {
+            last_started = self.look_after_interrupt(target);
+        }
         if let Loss::CoroutineStuck {
             last_coroutine,
             sync_started,
@@ -937,9 +969,9 @@ impl Core {
         self.child = None;
         self.outgoing.clear();
         // The child runs requests in order: everything up to and including
-        // the first sync request in flight had started, the rest had not. An
-        // interrupted child starts nothing after the request that timed out.
-        let head = interrupted.or(self.sync_line.front().copied());
+        // the first sync request in flight had started, the rest had not. A
+        // child that stopped a request for SIGINT starts nothing after it.
+        let head = last_started.or(self.sync_line.front().copied());
         self.sync_line.clear();
         let mut replay = Vec::new();
         self.timed = 0;
@@ -985,7 +1017,7 @@ impl Core {
                 Loss::Protocol(why) => {
                     PyRunnerError::Protocol(format!("{why}; the child was replaced"))
                 }
-                Loss::TimedOut | Loss::CoroutineStuck { .. } if Some(id) == head => {
+                Loss::TimedOut | Loss::CoroutineStuck { .. } if Some(id) == interrupted => {
                     PyRunnerError::Timeout(flight.job.timeout.unwrap_or_default())
                 }
                 Loss::TimedOut => PyRunnerError::WorkerDied {
@@ -1053,6 +1085,23 @@ impl Core {
             // Replies it could not read: the look before the kill stands.
             ChildAt::Unsure => {}
         }
+    }
+
+    /// A child killed at the end of its grace after SIGINT may have
+    /// answered the request the signal was for just before: what it
+    /// published is read now that it is dead. The last request it started
+    /// is `target`, or, if it answered that one without stopping it for the
+    /// signal, the first sync request in flight (`None`), which is then not
+    /// sent again.
+    fn look_after_interrupt(&mut self, target: u64) -> Option<u64> {
+        let _ = self.read_replies(None);
+        let went_on = !self.inflight.contains_key(&target)
+            && self
+                .child
+                .as_ref()
+                .and_then(|child| child.ring.as_ref())
+                .is_some_and(|ring| !ring.took_interrupt(target));
+        (!went_on).then_some(target)
     }
 
     /// A pool's worker gives the calls its lost child never started to the

@@ -398,7 +398,8 @@ mod tests {
             decode_message(&frame),
             Err(PyRunnerError::Protocol(_))
         ));
-        let frame = rmp_serde::to_vec(&("hello", 2u64, "3.11.7", 4321u32, "python")).unwrap();
+        let frame =
+            rmp_serde::to_vec(&("hello", PROTOCOL_VERSION, "3.11.7", 4321u32, "python")).unwrap();
         match decode_message(&frame).unwrap() {
             Message::Hello(hello) => {
                 assert_eq!(hello.python_version, "3.11.7")

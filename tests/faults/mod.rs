@@ -98,3 +98,59 @@ pub fn write_to_protocol(bytes: &str) -> String {
          \x20   raise RuntimeError('no protocol fd found')\n"
     )
 }
+
+/// `future`, whose wake-ups each hold up the thread that wakes it for a
+/// while first, as a wake-up can on a busy machine (the woken thread takes
+/// the waker's core). A timeout wakes its caller just before the child
+/// gets SIGINT: this widens the gap between the parent's last look at the
+/// child and the signal, so a race there is hit often, not once in a while.
+pub async fn woken_slowly<F: std::future::Future>(future: F) -> F::Output {
+    struct SlowWaker(std::task::Waker);
+    impl std::task::Wake for SlowWaker {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.wake_by_ref();
+        }
+        fn wake_by_ref(self: &std::sync::Arc<Self>) {
+            std::thread::sleep(Duration::from_micros(300));
+            self.0.wake_by_ref();
+        }
+    }
+    let mut future = std::pin::pin!(future);
+    std::future::poll_fn(|cx| {
+        let waker = std::task::Waker::from(std::sync::Arc::new(SlowWaker(cx.waker().clone())));
+        future
+            .as_mut()
+            .poll(&mut std::task::Context::from_waker(&waker))
+    })
+    .await
+}
+
+/// Python for the tests of a command that ends at its limit: `busy(seconds)`
+/// spins for that long; `record(round)` notes in the file `runs` that it ran
+/// (the file outlives a replaced child), runs on for a millisecond and
+/// returns its pid.
+pub fn race_defs(runs: &std::path::Path) -> String {
+    format!(
+        "import os, time\n\
+         def busy(seconds):\n\
+         \x20   end = time.perf_counter() + seconds\n\
+         \x20   while time.perf_counter() < end:\n\
+         \x20       pass\n\
+         def record(round):\n\
+         \x20   with open({:?}, 'a') as runs:\n\
+         \x20       runs.write('%d\\n' % round)\n\
+         \x20   busy(0.001)\n\
+         \x20   return os.getpid()",
+        runs.display().to_string()
+    )
+}
+
+/// The rounds below `rounds` that `record` did not note exactly once.
+pub fn rounds_not_run_once(runs: &std::path::Path, rounds: usize) -> Vec<usize> {
+    let text = std::fs::read_to_string(runs).unwrap_or_default();
+    let mut counted = vec![0; rounds];
+    for line in text.lines() {
+        counted[line.parse::<usize>().expect("a round")] += 1;
+    }
+    (0..rounds).filter(|&round| counted[round] != 1).collect()
+}

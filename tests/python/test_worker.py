@@ -688,9 +688,81 @@ class QuickCallTests(unittest.TestCase):
         (reply,) = self.handle([1, "call", "slow", []], [2, "call", "add", [1, 1]])
         self.assertEqual(reply[:3], [1, "err", "KeyboardInterrupt"])
         self.assertTrue(self.child.interrupted)
-        self.assertFalse(self.child.interruptible)
+        self.assertIsNone(self.child.running)
         # Between calls, the signal is ignored.
         self.child.on_interrupt(signal.SIGINT, None)
+
+
+@unittest.skipUnless(hasattr(os, "memfd_create"), "the reply ring needs memfd (Linux)")
+class InterruptTargetTests(unittest.TestCase):
+    """With a reply ring, the parent names the request its SIGINT is for."""
+
+    def setUp(self):
+        requests_in, requests = os.pipe()
+        replies, replies_out = os.pipe()
+        fd = os.memfd_create("ring-test")
+        for each in (requests_in, requests, replies, replies_out, fd):
+            self.addCleanup(os.close, each)
+        os.ftruncate(fd, worker._RING_DATA + worker._RING_SIZE)
+        self.child = worker.ChildWorker(requests_in, replies_out)
+        self.child.ring = worker.ReplyRing("/proc/self/fd/%d" % fd)
+        self.counters = self.child.ring.counters
+        self.ran = []
+        self.child.globals["step"] = self.step
+
+    def step(self, name, target=None):
+        """Records that it ran; with a target, the parent's SIGINT comes
+        for that request while this one runs."""
+        self.ran.append(name)
+        if target is not None:
+            self.counters[worker._RING_INTERRUPT_TARGET] = target
+            self.child.on_interrupt(signal.SIGINT, None)
+        return name
+
+    def handle(self, *requests):
+        for request in requests:
+            self.child.inbox += frame(worker.pack(request))
+        self.child._handle_frames()
+        taken, published = self.counters[worker._RING_TAKEN], self.counters[worker._RING_PUBLISHED]
+        data = self.child.ring.map[worker._RING_DATA + taken : worker._RING_DATA + published]
+        self.counters[worker._RING_TAKEN] = published
+        replies = []
+        while data:
+            (size,) = struct.unpack(">I", data[:4])
+            replies.append(worker.unpack(data[4 : 4 + size]))
+            data = data[4 + size :]
+        return replies
+
+    def test_the_request_named_stops_and_nothing_runs_after(self):
+        replies = self.handle([7, "call", "step", ["first", 7]], [8, "call", "step", ["second"]])
+        self.assertEqual([reply[:3] for reply in replies], [[7, "err", "KeyboardInterrupt"]])
+        self.assertEqual(self.ran, ["first"])
+        self.assertTrue(self.child.interrupted)
+        # The parent reads this before the reply, and so replaces the child.
+        self.assertEqual(self.counters[worker._RING_INTERRUPT_TAKEN], 7)
+
+    def test_a_sigint_for_a_request_that_ended_does_not_stop_the_next(self):
+        # Request 7 ended just before the SIGINT sent for it came.
+        replies = self.handle([7, "call", "step", ["first"]], [8, "call", "step", ["second", 7]], [9, "call", "step", ["third"]])
+        self.assertEqual(replies, [[7, "ok", "first"], [8, "ok", "second"], [9, "ok", "third"]])
+        self.assertFalse(self.child.interrupted)
+        self.assertEqual(self.counters[worker._RING_INTERRUPT_TAKEN], 0)
+
+    def test_a_sigint_for_a_request_that_ended_is_ignored_between_requests(self):
+        self.assertEqual(self.handle([7, "call", "step", ["first"]]), [[7, "ok", "first"]])
+        self.counters[worker._RING_INTERRUPT_TARGET] = 7
+        self.child.on_interrupt(signal.SIGINT, None)
+        self.assertFalse(self.child.interrupted)
+        self.assertEqual(self.handle([8, "call", "step", ["second"]]), [[8, "ok", "second"]])
+
+    def test_a_sigint_the_code_raised_itself_stops_only_its_request(self):
+        # The parent named request 7 long ago; nothing new names request 8.
+        self.handle([7, "call", "step", ["first"]], [8, "call", "step", ["second", 7]])
+        (reply,) = self.handle([9, "call", "step", ["own", 7]])
+        self.assertEqual(reply[:3], [9, "err", "KeyboardInterrupt"])
+        self.assertFalse(self.child.interrupted)
+        self.assertEqual(self.handle([10, "call", "step", ["after"]]), [[10, "ok", "after"]])
+        self.assertEqual(self.counters[worker._RING_INTERRUPT_TAKEN], 0)
 
 
 @unittest.skipUnless(hasattr(os, "memfd_create"), "the reply ring needs memfd (Linux)")
