@@ -5,14 +5,16 @@
 //! also ends the processes user code started. The child asks the kernel to
 //! kill it when its parent dies (Linux) and exits on end of file of its
 //! request pipe; dropping a `ChildProcess` kills the group and reaps the
-//! child, so no zombie is left behind. A pool's children are forked by its
+//! child, so no zombie is left behind. Its death is judged by a pidfd
+//! (or, without one, by looking every [`EXIT_CHECK`]), never by end of
+//! file on its pipes alone: a copy it forked may hold them open. A pool's children are forked by its
 //! zygote (see `zygote`), their parent, which reaps them and reports how
 //! they ended.
 
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::os::fd::OwnedFd;
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::io::AsRawFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
@@ -33,6 +35,10 @@ const STDERR_TAIL: usize = 20;
 
 /// The longest piece of a stderr line forwarded (and kept) at once.
 const STDERR_LINE: u64 = 64 << 10;
+
+/// How often a child that has no pidfd (before Linux 5.3) is looked at
+/// for its end while it is waited on.
+pub(crate) const EXIT_CHECK: Duration = Duration::from_millis(100);
 
 /// How a child starts the worker; see the file for the arguments.
 const BOOTSTRAP: &str = include_str!("../../python/bootstrap.py");
@@ -101,6 +107,9 @@ pub(crate) struct ChildProcess {
     pub ring: Option<Arc<ReplyRing>>,
     reaped: Option<ExitStatus>,
     group_killed: bool,
+    /// A pidfd of the child, readable once it has exited: its death is
+    /// judged by the process, as a copy it forked may hold its pipes open.
+    exit_fd: Option<OwnedFd>,
 }
 
 impl ChildProcess {
@@ -120,6 +129,9 @@ impl ChildProcess {
             Some(forked) => forked,
             None => spawn(spec, ring.as_ref())?,
         };
+        // The child cannot be reaped yet (a forked one is kept unreaped by
+        // the zygote until asked), so the pid is still its own.
+        let exit_fd = open_pidfd(pid);
         let stderr_tail = Arc::new(Mutex::new(VecDeque::with_capacity(STDERR_TAIL)));
         let (done_tx, stderr_done) = mpsc::channel();
         {
@@ -160,6 +172,7 @@ impl ChildProcess {
             ring: None,
             reaped: None,
             group_killed: false,
+            exit_fd,
         };
         match process.await_hello(reader, spec.hello_timeout) {
             Ok(hello) => {
@@ -229,21 +242,37 @@ impl ChildProcess {
             if now >= deadline {
                 return Err(NoFrame::Late);
             }
-            let mut fds = [libc::pollfd {
-                fd: self.stdout.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            }];
+            let mut fds = [
+                libc::pollfd {
+                    fd: self.stdout.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: self.exit_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+            ];
+            let limit = self.exit_check(deadline - now);
             match &self.ring {
-                Some(ring) => ring.sleep(&mut fds, Some(deadline - now)),
-                None => poll(&mut fds, Some(deadline - now)),
+                Some(ring) => ring.sleep(&mut fds, Some(limit)),
+                None => poll(&mut fds, Some(limit)),
             }
-            match self.receive(reader, true) {
-                Ok(0) => closed = true,
-                Ok(_) => {}
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
-                Err(err) => return Err(NoFrame::Io(err)),
+            // Looked at before reading: all a dead child wrote is there to read.
+            let exited = self.exited();
+            loop {
+                match self.receive(reader, true) {
+                    Ok(0) => closed = true,
+                    Ok(_) if exited => continue,
+                    Ok(_) => {}
+                    Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(err) => return Err(NoFrame::Io(err)),
+                }
+                break;
             }
+            closed |= exited;
         }
     }
 
@@ -291,17 +320,62 @@ impl ChildProcess {
         Ok(taken)
     }
 
-    /// Waits until `deadline` for room in the request pipe.
+    /// Waits until `deadline` for room in the request pipe, or the child's end.
     pub fn wait_writable(&self, deadline: Instant) {
-        let mut fds = [libc::pollfd {
-            fd: self.requests_fd(),
-            events: libc::POLLOUT,
-            revents: 0,
-        }];
+        let mut fds = [
+            libc::pollfd {
+                fd: self.requests_fd(),
+                events: libc::POLLOUT,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: self.exit_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
         poll(
             &mut fds,
-            Some(deadline.saturating_duration_since(Instant::now())),
+            Some(self.exit_check(deadline.saturating_duration_since(Instant::now()))),
         );
+    }
+
+    /// The child's pidfd, for poll(2) to watch for its end (POLLIN), or -1
+    /// (which poll ignores) if there is none: then waits are cut to
+    /// [`EXIT_CHECK`] (see [`ChildProcess::exit_check`]).
+    pub fn exit_fd(&self) -> i32 {
+        self.exit_fd.as_ref().map_or(-1, |fd| fd.as_raw_fd())
+    }
+
+    /// `limit`, or less if the child's end can only be seen by looking.
+    pub fn exit_check(&self, limit: Duration) -> Duration {
+        match self.exit_fd {
+            Some(_) => limit,
+            None => limit.min(EXIT_CHECK),
+        }
+    }
+
+    /// Whether the child has exited (reaped or not). Judged by the process
+    /// itself: end of file on its pipes says nothing while a copy it forked
+    /// holds them.
+    pub fn exited(&self) -> bool {
+        if self.reaped.is_some() {
+            return true;
+        }
+        if self.exit_fd.is_some() {
+            let mut fds = [libc::pollfd {
+                fd: self.exit_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            }];
+            poll(&mut fds, Some(Duration::ZERO));
+            return fds[0].revents != 0;
+        }
+        match &self.process {
+            Process::Spawned(_) => has_exited(self.pid) == Some(true),
+            // Not ours to wait for: the zygote, its parent, says.
+            Process::Forked(zygote) => zygote.has_reported_exit(self.pid),
+        }
     }
 
     /// Writes request bytes without blocking.
@@ -472,6 +546,23 @@ fn has_exited(pid: u32) -> Option<bool> {
     }
     // SAFETY: si_pid is the field waitid sets for WEXITED.
     Some(unsafe { info.si_pid() } != 0)
+}
+
+/// A pidfd for process `pid` (Linux 5.3 and later), or `None`.
+fn open_pidfd(pid: u32) -> Option<OwnedFd> {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: pidfd_open(2) takes a pid and flags and touches no memory;
+        // it returns a new fd or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+        if fd >= 0 {
+            // SAFETY: the fd was just made for us and nothing else owns it.
+            return Some(unsafe { OwnedFd::from_raw_fd(fd as i32) });
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = pid;
+    None
 }
 
 /// How long a killed forked child's end is waited for.

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, BytesMut};
 use serde_json::Value;
 
-use super::child::{poll, ChildProcess, LaunchSpec, NoFrame};
+use super::child::{poll, ChildProcess, LaunchSpec, NoFrame, EXIT_CHECK};
 use super::ring::{ChildAt, ReplyRing};
 use super::PoolHooks;
 use crate::command::{CommandQueue, Drive, Job, Request};
@@ -447,10 +447,14 @@ impl Core {
         if !self.flush_or_lose() {
             return;
         }
+        // Looked at before the replies are read, so that all a dead child
+        // wrote is read first; by the thread only, which polls for it (a
+        // caller's spin makes no system call).
+        let exited = on_thread && self.child.as_ref().is_some_and(ChildProcess::exited);
         match self.read_replies(held) {
-            Ok(true) => {}
-            Ok(false) if self.interrupting.is_some() => self.lost = Some(Loss::TimedOut),
-            Ok(false) => self.lost = Some(Loss::Died),
+            Ok(true) if !exited => {}
+            Ok(_) if self.interrupting.is_some() => self.lost = Some(Loss::TimedOut),
+            Ok(_) => self.lost = Some(Loss::Died),
             Err(PyRunnerError::Protocol(why)) => self.lost = Some(Loss::Protocol(why)),
             Err(err) => self.lost = Some(Loss::Protocol(err.to_string())),
         }
@@ -517,6 +521,7 @@ impl Core {
             return Some(WaitPlan {
                 replies: -1,
                 ring: None,
+                exit: -1,
                 requests: -1,
                 limit: self
                     .retry_at
@@ -547,15 +552,21 @@ impl Core {
                 next = Some(next.map_or(deadline, |n| n.min(deadline)));
             }
         }
+        let limit = next.map(|deadline| deadline.saturating_duration_since(now));
         Some(WaitPlan {
             replies: child.stdout.as_raw_fd(),
             ring: child.ring.clone(),
+            exit: child.exit_fd(),
             requests: if self.outgoing.is_empty() {
                 -1
             } else {
                 child.requests_fd()
             },
-            limit: next.map(|deadline| deadline.saturating_duration_since(now)),
+            limit: match limit {
+                Some(limit) => Some(child.exit_check(limit)),
+                None if child.exit_fd() < 0 => Some(EXIT_CHECK),
+                None => None,
+            },
         })
     }
 
@@ -1104,6 +1115,8 @@ struct WaitPlan {
     replies: i32,
     /// The child's reply ring, if replies come through one.
     ring: Option<Arc<ReplyRing>>,
+    /// The child's pidfd, readable once it has exited.
+    exit: i32,
     requests: i32,
     limit: Option<Duration>,
 }
@@ -1284,6 +1297,13 @@ impl Shared {
                 libc::pollfd {
                     fd: plan.requests,
                     events: libc::POLLOUT,
+                    revents: 0,
+                },
+                // A child's death wakes the thread even while a copy it
+                // forked keeps its pipes open.
+                libc::pollfd {
+                    fd: plan.exit,
+                    events: libc::POLLIN,
                     revents: 0,
                 },
             ];

@@ -232,6 +232,12 @@ impl Zygote {
         Some(ExitStatus::from_raw(status))
     }
 
+    /// Whether the zygote has said that forked worker `pid` ended (and its
+    /// word is not taken yet).
+    pub fn has_reported_exit(&self, pid: u32) -> bool {
+        self.shared.heard().exits.contains_key(&pid)
+    }
+
     /// Whether the zygote can still fork.
     pub fn alive(&self) -> bool {
         let heard = self.shared.heard();
