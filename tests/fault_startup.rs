@@ -99,3 +99,65 @@ fn bad_settings_are_refused_by_name_at_build() {
     let runner = builder().max_frame_length(8 << 10).build().unwrap();
     assert_eq!(runner.eval_sync("'x' * 10").unwrap(), json!("xxxxxxxxxx"));
 }
+
+/// A child that dies right after each good start (here a timer in its
+/// startup code) is restarted a few times, backing off, and not again
+/// while the runner is idle; a command then hears of the loop, or gets a
+/// fresh child that answers in time.
+#[test]
+fn a_child_that_dies_soon_after_every_start_is_not_restarted_in_a_loop() {
+    within(60, || {
+        let dir = tempfile::tempdir().unwrap();
+        let starts = dir.path().join("starts");
+        let startup = counting_startup(
+            &starts,
+            "import os, threading\nthreading.Timer(0.05, os._exit, [1]).start()",
+        );
+        let cpu = cpu_seconds();
+        let runner = builder().startup(startup).build().unwrap();
+        std::thread::sleep(std::time::Duration::from_secs(5));
+        let count = count_starts(&starts);
+        assert!(count <= 6, "{count} starts in 5 s of idle");
+        match runner.eval_sync("1") {
+            Err(PyRunnerError::Startup(message)) => {
+                assert!(message.contains("within 1 s of starting"), "{message}")
+            }
+            Ok(one) => assert_eq!(one, json!(1)),
+            other => panic!("expected a Startup error or 1, got {other:?}"),
+        }
+        let spent = cpu_seconds() - cpu;
+        assert!(spent < 2.0, "{spent:.2} s of CPU while idle");
+    });
+}
+
+/// An interpreter that says hello and exits at once: a few starts, then
+/// the next command gets `Startup` naming the loop, and the process stays
+/// idle meanwhile.
+#[test]
+fn an_interpreter_that_exits_after_its_hello_is_not_restarted_in_a_loop() {
+    within(60, || {
+        let dir = tempfile::tempdir().unwrap();
+        let starts = dir.path().join("starts");
+        let fake = fake_python(
+            dir.path(),
+            &format!("printf x >> '{}'\n{HELLO}", starts.display()),
+        );
+        let cpu = cpu_seconds();
+        let runner = async_py::PyRunner::builder()
+            .subprocess()
+            .python(&fake)
+            .build()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_secs(3));
+        let count = count_starts(&starts);
+        assert!(count <= 6, "{count} starts in 3 s of idle");
+        match runner.eval_sync("1") {
+            Err(PyRunnerError::Startup(message)) => {
+                assert!(message.contains("within 1 s of starting"), "{message}")
+            }
+            other => panic!("expected a Startup error, got {other:?}"),
+        }
+        let spent = cpu_seconds() - cpu;
+        assert!(spent < 2.0, "{spent:.2} s of CPU while idle");
+    });
+}

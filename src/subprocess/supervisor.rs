@@ -80,9 +80,22 @@ const COROUTINE_BACKSTOP: Duration = Duration::from_secs(2);
 /// cannot be judged yet.
 const COROUTINE_RECHECK: Duration = Duration::from_millis(10);
 
-/// Children that die before they are ready this many times in a row make
-/// queued commands fail with `Startup` instead of a busy restart loop.
+/// Children that die before they are ready (or soon after, see
+/// [`QUICK_DEATH`]) this many times in a row make queued commands fail
+/// with `Startup` instead of a busy restart loop.
 const MAX_FAILED_STARTS: u32 = 3;
+
+/// A child that dies this soon after it was ready, running nothing and
+/// before it answered anything, counts as a failed start: nothing sent to
+/// it killed it, so its next start would most likely end the same way. (A
+/// death in a command is put down to the command: the next child starts
+/// at once, as after any death.)
+const QUICK_DEATH: Duration = Duration::from_secs(1);
+
+/// After such a death the next start waits this long, twice as long after
+/// each further one in a row; a command that comes meanwhile starts one
+/// at once.
+const QUICK_DEATH_RETRY: Duration = Duration::from_millis(50);
 
 /// A pool's worker whose child could not start tries again this long after
 /// its first failure, then twice as long after each further one, up to
@@ -144,6 +157,13 @@ pub(crate) struct Core {
     next_id: u64,
     backlog: VecDeque<Job>,
     failed_starts: u32,
+    /// When the current child was ready, and how many replies had been
+    /// handed out by then: it died young if it dies before either moves on
+    /// (see [`QUICK_DEATH`]).
+    ready_at: Option<(Instant, usize)>,
+    /// Children died young too often in a row: what the next command hears
+    /// instead of starting one more.
+    crash_loop: Option<PyRunnerError>,
     /// Set while a timed-out child unwinds after SIGINT.
     interrupting: Option<Instant>,
     /// The request that ran past its limit. The child runs nothing after it:
@@ -164,8 +184,9 @@ pub(crate) struct Core {
     /// What those of them that were still running on the pool raised here,
     /// for this worker's own share of the run to answer with.
     replay_errors: HashMap<usize, PyRunnerError>,
-    /// A pool's worker left without a child by a failed start: when it
-    /// tries again on its own.
+    /// A worker left without a child by a failed start, or a runner or
+    /// worker whose child died young (see [`QUICK_DEATH`]): when it tries
+    /// again on its own.
     retry_at: Option<Instant>,
     /// The pool's runs whose share here was answered without an error
     /// (those not yet settled; see `replay_runs`).
@@ -194,6 +215,8 @@ impl Core {
             next_id: 1,
             backlog: VecDeque::new(),
             failed_starts: 0,
+            ready_at: None,
+            crash_loop: None,
             interrupting: None,
             interrupted: None,
             stop_sent: false,
@@ -236,7 +259,10 @@ impl Core {
             .and_then(|()| self.replay_remembered());
         match started {
             Ok(()) => {
-                self.failed_starts = 0;
+                // Not a loop's end yet: that is judged when the child dies
+                // (see `replace_child`).
+                self.ready_at = Some((Instant::now(), self.handed_out));
+                self.crash_loop = None;
                 self.retry_at = None;
                 if let (Some(hooks), Some(child)) = (&self.settings.hooks, &self.child) {
                     hooks.state.pid.store(child.pid, Ordering::SeqCst);
@@ -246,6 +272,7 @@ impl Core {
             }
             Err(err) => {
                 self.failed_starts += 1;
+                self.retry_at = None;
                 if let Some(mut child) = self.child.take() {
                     child.kill_group();
                 }
@@ -253,8 +280,7 @@ impl Core {
                     // Counted as full by the pool, which sends its calls
                     // elsewhere, until a start succeeds.
                     hooks.state.restarting.store(true, Ordering::SeqCst);
-                    let doublings = self.failed_starts.saturating_sub(1).min(5);
-                    let wait = (START_RETRY * (1 << doublings)).min(START_RETRY_MAX);
+                    let wait = backoff(START_RETRY, self.failed_starts);
                     self.retry_at = Some(Instant::now() + wait);
                 }
                 Err(err)
@@ -610,6 +636,11 @@ impl Core {
                 continue;
             }
             if self.child.is_none() {
+                if let Some(failure) = self.crash_loop.take() {
+                    // Heard once; the command after it gets a fresh try.
+                    job.reply.send(Err(failure));
+                    continue;
+                }
                 // A fresh command gets one fresh try even after a crash loop.
                 self.failed_starts = self.failed_starts.min(MAX_FAILED_STARTS - 1);
                 if let Err(err) = self.start_child() {
@@ -921,6 +952,13 @@ impl Core {
         }
         self.interrupting = None;
         let interrupted = self.interrupted.take();
+        let young = matches!(loss, Loss::Died | Loss::Protocol(_)) && self.child_is_young();
+        let died_young = young && self.inflight.is_empty();
+        if died_young {
+            self.failed_starts += 1;
+        } else if !young && self.child.is_some() {
+            self.failed_starts = 0;
+        }
         let reason = match self.child.as_mut() {
             Some(child) => child.kill_and_describe(),
             None => "there was no child".into(),
@@ -1007,6 +1045,10 @@ impl Core {
             return;
         }
         self.hand_back_unstarted();
+        if died_young && (self.backlog.is_empty() || self.failed_starts >= MAX_FAILED_STARTS) {
+            self.back_off(&reason);
+            return;
+        }
         // A fresh child now, so the next command does not wait for a start.
         // (A pool's worker counts as restarting until one has started.)
         if let Err(err) = self.start_child() {
@@ -1019,8 +1061,40 @@ impl Core {
         }
     }
 
-    /// A pool's worker left without a child tries a start on its own once
-    /// its wait is over, so that it serves again without a call to make it.
+    /// Whether the child is young: it answered nothing yet, and was ready
+    /// less than [`QUICK_DEATH`] ago.
+    fn child_is_young(&self) -> bool {
+        self.child.is_some()
+            && self.ready_at.is_some_and(|(at, handed_out)| {
+                self.handed_out == handed_out && at.elapsed() < QUICK_DEATH
+            })
+    }
+
+    /// After a child died young: the next start waits, longer after each
+    /// such death in a row. After [`MAX_FAILED_STARTS`] of them a runner
+    /// starts no more children on its own, and the next command hears of
+    /// the loop; a pool's worker tries again as after a failed start, its
+    /// siblings taking its calls meanwhile.
+    fn back_off(&mut self, reason: &str) {
+        let deaths = self.failed_starts;
+        let wait = if deaths < MAX_FAILED_STARTS {
+            Some(backoff(QUICK_DEATH_RETRY, deaths))
+        } else {
+            self.crash_loop = Some(PyRunnerError::Startup(format!(
+                "the child died {deaths} times in a row within {} s of starting, \
+                 before it answered anything (a crash loop); the last time: {reason}",
+                QUICK_DEATH.as_secs()
+            )));
+            self.settings
+                .hooks
+                .is_some()
+                .then(|| backoff(START_RETRY, deaths - MAX_FAILED_STARTS + 1))
+        };
+        self.retry_at = wait.map(|wait| Instant::now() + wait);
+    }
+
+    /// A worker left without a child tries a start on its own once its
+    /// wait is over, so that it serves again without a call to make it.
     fn retry_start(&mut self) {
         let due = self.retry_at.is_some_and(|at| Instant::now() >= at);
         if due && self.child.is_none() && !self.stop_sent {
@@ -1474,6 +1548,13 @@ impl Drive for Shared {
     fn line_busy(&self) -> bool {
         self.line_busy.load(Ordering::Relaxed)
     }
+}
+
+/// The wait before the next start after `failures` in a row: `first`,
+/// doubled for each further one, up to [`START_RETRY_MAX`].
+fn backoff(first: Duration, failures: u32) -> Duration {
+    let doublings = failures.saturating_sub(1).min(5);
+    (first * (1 << doublings)).min(START_RETRY_MAX)
 }
 
 /// Whether a command that succeeded is one a runner's fresh child replays.
