@@ -771,6 +771,8 @@ impl PyPool {
 
     /// Ends every worker once the calls sent before have been answered.
     /// Later commands give [`PyRunnerError::Stopped`]; stopping again is `Ok`.
+    /// A worker's child that does not answer the stop is killed after a
+    /// grace, as [`PyRunner::stop`] says.
     pub async fn stop(&self) -> Result<(), PyRunnerError> {
         self.inner.admission.close();
         // Runs queued before are ahead of the stop on every worker; later

@@ -195,3 +195,18 @@ fn a_crash_is_noticed_while_a_copy_of_the_worker_lives() {
         }
     });
 }
+
+/// A worker whose child does not answer `stop` (stopped by SIGSTOP here)
+/// is killed after a grace: the pool's `stop` returns `Ok` in bounded time,
+/// with every worker reaped.
+#[test]
+fn stop_ends_a_worker_that_does_not_answer() {
+    let pool = pool::pool(2);
+    let pids = pool::pids(&pool);
+    let stopped = *pids.iter().next().unwrap();
+    faults::kill(stopped, libc::SIGSTOP);
+    pool::within(10, move || pool.stop_sync()).expect("stop is Ok");
+    for pid in pids {
+        assert!(is_gone(pid), "worker {pid} outlived stop()");
+    }
+}

@@ -103,7 +103,10 @@ const QUICK_DEATH_RETRY: Duration = Duration::from_millis(50);
 const START_RETRY: Duration = Duration::from_secs(1);
 const START_RETRY_MAX: Duration = Duration::from_secs(30);
 
-/// How long a dropped runner's child gets to exit on end of file.
+/// How long a child asked to end gets to do so before it is killed with
+/// its group: a stopped runner's child to answer `stop` once that is the
+/// next thing it would run, a dropped runner's child to exit on end of
+/// file.
 const EXIT_GRACE: Duration = Duration::from_millis(500);
 
 pub(crate) struct Settings {
@@ -674,7 +677,13 @@ impl Core {
         }
     }
 
-    fn send(&mut self, job: Job) {
+    fn send(&mut self, mut job: Job) {
+        if matches!(job.request, Request::Stop) {
+            // Its clock runs, like a command's, once the child would get to
+            // it: a child that answers nothing then is killed, so `stop`
+            // always ends (see `enforce_deadlines`).
+            job.timeout = Some(EXIT_GRACE);
+        }
         if let Request::Broadcast { index, .. } = job.request {
             // A child started after this run was logged ran it at its start.
             if index < self.replayed {
@@ -874,6 +883,18 @@ impl Core {
         if self.timed == 0 {
             return; // no limit in flight: nothing to look at
         }
+        if self.stop_overdue(now) {
+            // Stopped by a signal, wedged, or not reading: ask no more.
+            if let Some(child) = self.child.as_mut() {
+                child.kill_group();
+            }
+            let head = self.sync_line.pop_front();
+            if let Some(stop) = head.and_then(|id| self.inflight.remove(&id)) {
+                self.timed -= 1;
+                self.stop_done = Some(stop.job);
+            }
+            return;
+        }
         // With a ring the child says when it is in its event loop, where no
         // request runs: then only a coroutine can be what holds it up.
         let at = self
@@ -941,6 +962,18 @@ impl Core {
                 sync_started: None,
             });
         }
+    }
+
+    /// Whether `stop` is the next request the child would run, and it has
+    /// not answered it within [`EXIT_GRACE`].
+    fn stop_overdue(&self, now: Instant) -> bool {
+        self.sync_line
+            .front()
+            .and_then(|head| self.inflight.get(head))
+            .is_some_and(|flight| {
+                matches!(flight.job.request, Request::Stop)
+                    && flight.deadline.is_some_and(|deadline| now >= deadline)
+            })
     }
 
     /// Kills the child; fails the requests it had started and queues the
@@ -1320,6 +1353,10 @@ impl Shared {
             if let Some(loss) = core.lost.take() {
                 core.replace_child(loss);
                 continue;
+            }
+            if core.stop_done.is_some() {
+                core.shut_down();
+                return;
             }
             self.outstanding.store(core.outstanding(), Ordering::SeqCst);
             let plan = core.wait_plan();
