@@ -161,3 +161,28 @@ fn an_interpreter_that_exits_after_its_hello_is_not_restarted_in_a_loop() {
         assert!(spent < 2.0, "{spent:.2} s of CPU while idle");
     });
 }
+
+/// An interpreter that never says hello fails `build` with `Startup` once
+/// the start timeout has passed, naming it.
+#[test]
+fn an_interpreter_that_never_says_hello_fails_build_at_the_start_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = fake_python(dir.path(), "exec sleep 600");
+    let built = within(10, move || {
+        async_py::PyRunner::builder()
+            .subprocess()
+            .python(&fake)
+            .start_timeout(std::time::Duration::from_secs(1))
+            .build()
+            .map(drop)
+    });
+    match built {
+        Err(PyRunnerError::Startup(message)) => {
+            assert!(
+                message.contains("1s") && message.contains("start timeout"),
+                "{message}"
+            )
+        }
+        other => panic!("expected a Startup error, got {other:?}"),
+    }
+}

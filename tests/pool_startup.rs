@@ -38,3 +38,58 @@ fn children_that_die_soon_after_every_start_are_not_restarted_in_a_loop() {
         assert!(spent < 2.0, "{spent:.2} s of CPU while idle");
     });
 }
+
+/// A pool whose interpreter never says hello fails `build` once its one
+/// start timeout has passed (not once for the zygote and again for the
+/// workers), naming it.
+#[test]
+fn a_pool_whose_interpreter_never_says_hello_fails_build_at_the_start_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = faults::fake_python(dir.path(), "exec sleep 600");
+    let built = pool::within(10, move || {
+        async_py::PyPool::builder()
+            .workers(2)
+            .python(&fake)
+            .start_timeout(Duration::from_secs(1))
+            .build()
+            .map(drop)
+    });
+    match built {
+        Err(PyRunnerError::Startup(message)) => {
+            assert!(
+                message.contains("1s") && message.contains("start timeout"),
+                "{message}"
+            )
+        }
+        other => panic!("expected a Startup error, got {other:?}"),
+    }
+}
+
+/// The same when the zygote fails at once and the workers start their
+/// children themselves: they share what is left of the one start timeout.
+#[test]
+fn workers_started_without_a_zygote_share_the_pool_start_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = faults::fake_python(
+        dir.path(),
+        // The zygote's own argument comes last.
+        "for last; do :; done\n[ \"$last\" = --zygote ] && exit 1\nexec sleep 600",
+    );
+    let built = pool::within(10, move || {
+        async_py::PyPool::builder()
+            .workers(2)
+            .python(&fake)
+            .start_timeout(Duration::from_secs(1))
+            .build()
+            .map(drop)
+    });
+    match built {
+        Err(PyRunnerError::Startup(message)) => {
+            assert!(
+                message.contains("1s") && message.contains("start timeout"),
+                "{message}"
+            )
+        }
+        other => panic!("expected a Startup error, got {other:?}"),
+    }
+}

@@ -212,7 +212,7 @@ impl ChildProcess {
             Err(NoFrame::Bad(err)) => {
                 Err(format!("{err}; its stdout began with {:?}", seen(reader)))
             }
-            Err(NoFrame::Late) => Err(format!("no hello within {limit:?}")),
+            Err(NoFrame::Late) => Err(format!("no hello within {limit:?} (the start timeout)")),
             Err(NoFrame::Closed) if reader.buffer().is_empty() => {
                 Err("it closed its stdout without a word".into())
             }

@@ -202,8 +202,13 @@ pub(crate) struct Core {
 }
 
 impl Core {
-    /// Starts the first child; errors here are `build()`'s errors.
-    fn start(queue: Arc<CommandQueue>, settings: Settings) -> Result<Core, PyRunnerError> {
+    /// Starts the first child, which must say hello by `first_start_by` if
+    /// given; errors here are `build()`'s errors.
+    fn start(
+        queue: Arc<CommandQueue>,
+        settings: Settings,
+        first_start_by: Option<Instant>,
+    ) -> Result<Core, PyRunnerError> {
         let remembered = (settings.replay && settings.hooks.is_none()).then(Vec::new);
         let mut core = Core {
             queue,
@@ -234,8 +239,14 @@ impl Core {
             remembered,
             replay_failure: None,
         };
-        core.start_child()?;
-        Ok(core)
+        let start_timeout = core.settings.spec.hello_timeout;
+        if let Some(by) = first_start_by {
+            let left = by.saturating_duration_since(Instant::now());
+            core.settings.spec.hello_timeout = left.min(start_timeout);
+        }
+        let started = core.start_child();
+        core.settings.spec.hello_timeout = start_timeout;
+        started.map(|()| core)
     }
 
     /// Starts a child, runs the startup code, then replays what the runner
@@ -1282,6 +1293,7 @@ impl Shared {
     pub fn start(
         queue: Arc<CommandQueue>,
         settings: Settings,
+        first_start_by: Option<Instant>,
     ) -> Result<Arc<Shared>, PyRunnerError> {
         let (wake, wake_write) = UnixStream::pair().map_err(|err| {
             PyRunnerError::Startup(format!("could not make a wake-up socket: {err}"))
@@ -1300,7 +1312,7 @@ impl Shared {
         } else {
             ((CALLER_SPIN, CALLER_YIELD_EVERY), THREAD_SPIN)
         };
-        let core = Core::start(queue.clone(), settings)?;
+        let core = Core::start(queue.clone(), settings, first_start_by)?;
         let shared = Arc::new(Shared {
             core: Mutex::new(core),
             queue: queue.clone(),

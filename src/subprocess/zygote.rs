@@ -171,9 +171,14 @@ impl Zygote {
             });
         match ready {
             Some(()) => Ok(zygote),
-            None => Err(PyRunnerError::Startup(format!(
-                "{} did not start a zygote",
+            None if zygote.shared.heard().gone => Err(PyRunnerError::Startup(format!(
+                "{} did not start a zygote: it exited",
                 spec.python.display()
+            ))),
+            None => Err(PyRunnerError::Startup(format!(
+                "{} did not start a zygote: it was not ready within {:?} (the start timeout)",
+                spec.python.display(),
+                spec.hello_timeout
             ))),
         }
     }
