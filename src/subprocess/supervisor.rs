@@ -199,6 +199,9 @@ pub(crate) struct Core {
     remembered: Option<Vec<Request>>,
     /// What a fresh child could not replay, for the next command to answer.
     replay_failure: Option<PyRunnerError>,
+    /// When the thread next looks whether the child has exited; `None`:
+    /// at its next turn (its poll saw the child's pidfd fire).
+    next_exit_look: Option<Instant>,
 }
 
 impl Core {
@@ -238,6 +241,7 @@ impl Core {
             shares_ok: HashSet::new(),
             remembered,
             replay_failure: None,
+            next_exit_look: None,
         };
         let start_timeout = core.settings.spec.hello_timeout;
         if let Some(by) = first_start_by {
@@ -490,7 +494,7 @@ impl Core {
         // Looked at before the replies are read, so that all a dead child
         // wrote is read first; by the thread only, which polls for it (a
         // caller's spin makes no system call).
-        let exited = on_thread && self.child.as_ref().is_some_and(ChildProcess::exited);
+        let exited = on_thread && self.look_for_exit();
         match self.read_replies(held) {
             Ok(true) if !exited => {}
             Ok(_) if self.interrupting.is_some() => self.lost = Some(Loss::TimedOut),
@@ -503,6 +507,21 @@ impl Core {
             self.send_backlog();
             self.flush_or_lose();
         }
+    }
+
+    /// Whether the child has exited, looked at when the thread's poll saw
+    /// its pidfd fire, else once in [`EXIT_CHECK`]: a look is a system
+    /// call, and the thread may turn many times between two polls.
+    fn look_for_exit(&mut self) -> bool {
+        let Some(child) = &self.child else {
+            return false;
+        };
+        let now = Instant::now();
+        if self.next_exit_look.is_some_and(|at| now < at) {
+            return false;
+        }
+        self.next_exit_look = Some(now + EXIT_CHECK);
+        child.exited()
     }
 
     /// Flushes; on failure records the loss and returns false. A closed pipe
@@ -1272,6 +1291,8 @@ pub(crate) struct Shared {
     /// `Core::outstanding` as of the last pump, readable without the lock.
     outstanding: AtomicUsize,
     line_busy: AtomicBool,
+    /// The thread's poll saw the child's pidfd fire: it has exited.
+    exit_seen: AtomicBool,
     wake: Mutex<UnixStream>,
     /// How long a driving caller spins for a reply, and how often it yields.
     caller_spin: (Duration, u32),
@@ -1323,6 +1344,7 @@ impl Shared {
             thread_needed: AtomicBool::new(false),
             outstanding: AtomicUsize::new(0),
             line_busy: AtomicBool::new(false),
+            exit_seen: AtomicBool::new(false),
             wake: Mutex::new(wake),
             caller_spin,
             thread_spin,
@@ -1346,6 +1368,9 @@ impl Shared {
     pub fn run(&self) {
         loop {
             let mut core = self.lock();
+            if self.exit_seen.swap(false, Ordering::SeqCst) {
+                core.next_exit_look = None;
+            }
             if self.queue.is_closed() && !core.stop_sent {
                 core.shut_down();
                 return;
@@ -1433,6 +1458,9 @@ impl Shared {
             match &plan.ring {
                 Some(ring) if watch => ring.sleep(&mut fds, limit),
                 _ => poll(&mut fds, limit),
+            }
+            if fds[3].revents != 0 {
+                self.exit_seen.store(true, Ordering::SeqCst);
             }
             self.blind.store(false, Ordering::SeqCst);
         });
