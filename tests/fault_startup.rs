@@ -186,3 +186,44 @@ fn an_interpreter_that_never_says_hello_fails_build_at_the_start_timeout() {
         other => panic!("expected a Startup error, got {other:?}"),
     }
 }
+
+/// A fresh child that dies while a replayed run larger than its request
+/// pipe is still being sent, with a copy it forked holding the pipe: the
+/// start fails at once, not when its time is up.
+#[test]
+fn a_child_that_dies_while_a_replay_is_sent_fails_the_start_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let armed = dir.path().join("armed");
+    // Armed, the child leaves a copy, reads its requests slowly, and dies
+    // before it has read the whole replayed run.
+    let startup = format!(
+        "import os, threading, time\n\
+         if os.path.exists({armed:?}):\n\
+         \x20   if os.fork() == 0:\n\
+         \x20       time.sleep(60)\n\
+         \x20       os._exit(0)\n\
+         \x20   threading.Timer(0.3, os._exit, [5]).start()\n\
+         \x20   slow_read = os.read\n\
+         \x20   os.read = lambda fd, size: (time.sleep(1), slow_read(fd, size))[1]",
+        armed = armed.display().to_string(),
+    );
+    let runner = builder().startup(startup).build().unwrap();
+    let big = format!("big = 1\n# {}\n", "x".repeat(4 << 20));
+    runner.run_sync(&big).unwrap();
+    std::fs::write(&armed, "").unwrap();
+    let (died, next) = within(20, move || {
+        let died = runner.run_sync("import os\nos._exit(1)");
+        (died, runner.eval_sync("big"))
+    });
+    assert!(
+        matches!(died, Err(PyRunnerError::WorkerDied { .. })),
+        "{died:?}"
+    );
+    match next {
+        Err(PyRunnerError::Startup(message)) => {
+            assert!(message.contains("died running it"), "{message}");
+            assert!(message.contains("status 5"), "{message}");
+        }
+        other => panic!("expected a Startup error, got {other:?}"),
+    }
+}

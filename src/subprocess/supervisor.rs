@@ -437,10 +437,14 @@ impl Core {
             if Instant::now() >= deadline {
                 return Err(late());
             }
-            self.child
-                .as_ref()
-                .expect("started above")
-                .wait_writable(deadline);
+            let child = self.child.as_mut().expect("started above");
+            child.wait_writable(deadline);
+            // Dead, it reads no more: a copy it forked may keep the pipe
+            // open, and full.
+            if child.exited() {
+                let reason = child.kill_and_describe();
+                return Err(failed(format!("the child died running it: {reason}")));
+            }
         }
         let child = self.child.as_mut().expect("started above");
         loop {
