@@ -227,3 +227,21 @@ fn a_child_that_dies_while_a_replay_is_sent_fails_the_start_at_once() {
         other => panic!("expected a Startup error, got {other:?}"),
     }
 }
+
+/// A child whose startup code leaves a copy of it and then dies fails its
+/// start at once: its death is seen though the copy holds its pipes.
+#[test]
+fn a_child_that_dies_in_its_startup_code_while_a_copy_lives_fails_at_once() {
+    let startup = "import os, time\n\
+                   if os.fork() == 0:\n\
+                   \x20   time.sleep(60)\n\
+                   \x20   os._exit(0)\n\
+                   os._exit(6)";
+    let built = within(20, move || builder().startup(startup).build().map(drop));
+    match built {
+        Err(PyRunnerError::Startup(message)) => {
+            assert!(message.contains("status 6"), "{message}")
+        }
+        other => panic!("expected a Startup error, got {other:?}"),
+    }
+}

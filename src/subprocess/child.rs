@@ -7,9 +7,9 @@
 //! request pipe; dropping a `ChildProcess` kills the group and reaps the
 //! child, so no zombie is left behind. Its death is judged by a pidfd
 //! (or, without one, by looking every [`EXIT_CHECK`]), never by end of
-//! file on its pipes alone: a copy it forked may hold them open. A pool's children are forked by its
-//! zygote (see `zygote`), their parent, which reaps them and reports how
-//! they ended.
+//! file on its pipes alone: a copy it forked may hold them open. A pool's
+//! children are forked by its zygote (see `zygote`), their parent, which
+//! reaps them and reports how they ended.
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -259,18 +259,23 @@ impl ChildProcess {
                 Some(ring) => ring.sleep(&mut fds, Some(limit)),
                 None => poll(&mut fds, Some(limit)),
             }
-            // Looked at before reading: all a dead child wrote is there to read.
+            // Looked at before reading: all a dead child wrote is there to
+            // read, a pipe's worth at most (a copy it forked may write on,
+            // and is not waited for).
             let exited = self.exited();
-            loop {
+            let mut reads = if exited { DEAD_CHILD_READS } else { 1 };
+            while reads > 0 {
+                reads -= 1;
                 match self.receive(reader, true) {
-                    Ok(0) => closed = true,
-                    Ok(_) if exited => continue,
+                    Ok(0) => {
+                        closed = true;
+                        break;
+                    }
                     Ok(_) => {}
-                    Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
                     Err(err) => return Err(NoFrame::Io(err)),
                 }
-                break;
             }
             closed |= exited;
         }
@@ -564,6 +569,9 @@ fn open_pidfd(pid: u32) -> Option<OwnedFd> {
     let _ = pid;
     None
 }
+
+/// How many reads take what a dead child left in its 1 MiB pipe.
+const DEAD_CHILD_READS: usize = 2 * (1 << 20) / READ_CHUNK;
 
 /// How long a killed forked child's end is waited for.
 const REAP_LIMIT: Duration = Duration::from_secs(5);
