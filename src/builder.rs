@@ -48,6 +48,13 @@ pub(crate) struct RunnerConfig {
     pub frame_limit: usize,
     /// A fresh child replays the runner's `run`, `run_file` and `set_venv`.
     pub replay: bool,
+    /// How long a child may take from its start to its hello.
+    #[cfg_attr(not(feature = "subprocess"), allow(dead_code))]
+    pub start_timeout: Duration,
+    /// A pool's worker: when its first child must have said hello, the
+    /// pool's one deadline for `build` (see `PyPoolBuilder::build`).
+    #[cfg(feature = "subprocess")]
+    pub first_start_by: Option<std::time::Instant>,
     /// Set for a pool's workers.
     #[cfg(feature = "subprocess")]
     pub pool_hooks: Option<crate::subprocess::PoolHooks>,
@@ -66,11 +73,17 @@ impl Default for RunnerConfig {
             current_dir: None,
             frame_limit: DEFAULT_FRAME_LIMIT,
             replay: true,
+            start_timeout: DEFAULT_START_TIMEOUT,
+            #[cfg(feature = "subprocess")]
+            first_start_by: None,
             #[cfg(feature = "subprocess")]
             pool_hooks: None,
         }
     }
 }
+
+/// How long a child may take from its start to its hello, by default.
+const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The smallest `max_frame_length` taken: the child's hello names its
 /// interpreter's path, which may be up to about 4 KiB long.
@@ -152,6 +165,13 @@ impl PyRunnerBuilder {
     #[cfg(feature = "subprocess")]
     pub(crate) fn pool_hooks(mut self, hooks: crate::subprocess::PoolHooks) -> Self {
         self.config.pool_hooks = Some(hooks);
+        self
+    }
+
+    /// Makes a pool's worker's first child say hello by `deadline`.
+    #[cfg(feature = "subprocess")]
+    pub(crate) fn first_start_by(mut self, deadline: std::time::Instant) -> Self {
+        self.config.first_start_by = Some(deadline);
         self
     }
 
@@ -243,6 +263,16 @@ impl PyRunnerBuilder {
     /// `sys.path` changes of the dead child are gone.
     pub fn replay(mut self, replay: bool) -> Self {
         self.config.replay = replay;
+        self
+    }
+
+    /// Subprocess: how long a child may take from its start until it says
+    /// hello (default 30 s). Past it, `build` fails with
+    /// [`PyRunnerError::Startup`] naming the limit; so does the command
+    /// whose fresh child (after a crash or a timeout) is that late. It does
+    /// not bound the `startup` code. A limit of over a century is no limit.
+    pub fn start_timeout(mut self, limit: Duration) -> Self {
+        self.config.start_timeout = limit.min(crate::command::NO_LIMIT_PAST);
         self
     }
 

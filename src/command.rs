@@ -31,7 +31,7 @@ const CALLER_SPIN: Duration = Duration::from_micros(40);
 /// Limits longer than this (about a century) are no limit: every deadline
 /// is the clock plus a limit plus a little slack, and a user's
 /// `Duration::MAX` must not overflow that sum anywhere.
-const NO_LIMIT_PAST: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
+pub(crate) const NO_LIMIT_PAST: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
 
 /// A limit as a user gave it, as the crate keeps it: `None` for no limit.
 pub(crate) fn user_limit(limit: Duration) -> Option<Duration> {

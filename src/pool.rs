@@ -137,6 +137,15 @@ impl PyPoolBuilder {
         self
     }
 
+    /// How long starting the pool may take until every worker's child has
+    /// said hello (default 30 s): one limit for the whole of `build`, and
+    /// for each fresh child after it (see
+    /// [`PyRunnerBuilder::start_timeout`]).
+    pub fn start_timeout(mut self, limit: Duration) -> Self {
+        self.runner = self.runner.start_timeout(limit);
+        self
+    }
+
     /// The largest frame accepted from a child, in bytes (default 64 MiB).
     pub fn max_frame_length(mut self, bytes: usize) -> Self {
         self.runner = self.runner.max_frame_length(bytes);
@@ -145,17 +154,26 @@ impl PyPoolBuilder {
 
     /// Starts every worker at once and waits until all are ready; the first
     /// failure is returned (and the workers already started are ended).
-    /// Synchronous: needs no tokio runtime.
+    /// Every child must have said hello within the start timeout of the
+    /// call (see [`start_timeout`](Self::start_timeout)). Synchronous:
+    /// needs no tokio runtime.
     pub fn build(self) -> Result<PyPool, PyRunnerError> {
         self.runner.config().check()?;
+        let start_timeout = self.runner.config().start_timeout;
+        let deadline = Instant::now() + start_timeout;
         let pool: Arc<OnceLock<Weak<Inner>>> = Arc::default();
         let log = Arc::new(ReplayLog::default());
         // The workers' children are forks of one started interpreter, when
         // it starts; else each starts its own (see `subprocess::Zygote`).
-        let zygote = crate::subprocess::start_zygote(self.runner.config()).ok();
+        let zygote = match crate::subprocess::start_zygote(self.runner.config()) {
+            Ok(zygote) => Some(zygote),
+            // It had all the time there is: the workers would have none.
+            Err(err) if Instant::now() >= deadline => return Err(err),
+            Err(_) => None,
+        };
         let starts: Vec<_> = (0..self.workers)
             .map(|_| {
-                let runner = self.runner.clone();
+                let runner = self.runner.clone().first_start_by(deadline);
                 let (log, pool, zygote) = (log.clone(), pool.clone(), zygote.clone());
                 thread::Builder::new()
                     .name("async_py-pool-start".into())
@@ -175,6 +193,13 @@ impl PyPoolBuilder {
             };
             match started {
                 Ok(worker) => workers.push(worker),
+                // A worker's own limit was what was left of the pool's.
+                Err(PyRunnerError::Startup(why)) if Instant::now() >= deadline => {
+                    failure = failure.or(Some(PyRunnerError::Startup(format!(
+                        "the pool's workers did not start within its start timeout \
+                         of {start_timeout:?}: {why}"
+                    ))))
+                }
                 Err(err) => failure = failure.or(Some(err)),
             }
         }
@@ -789,6 +814,8 @@ impl PyPool {
 
     /// Ends every worker once the calls sent before have been answered.
     /// Later commands give [`PyRunnerError::Stopped`]; stopping again is `Ok`.
+    /// A worker's child that does not answer the stop is killed after a
+    /// grace, as [`PyRunner::stop`] says.
     pub async fn stop(&self) -> Result<(), PyRunnerError> {
         self.inner.admission.close();
         // Runs queued before are ahead of the stop on every worker; later

@@ -208,6 +208,11 @@ impl PyRunner {
 
     /// Ends the runner once the commands sent before it have run. Later
     /// commands give [`PyRunnerError::Stopped`]; stopping again is `Ok`.
+    ///
+    /// A child that does not answer the stop within 500 ms of getting to
+    /// it (stopped by a signal, wedged in C code, not reading its input) is
+    /// killed with its process group; either way `stop` returns `Ok` once
+    /// the child is reaped.
     pub async fn stop(&self) -> Result<(), PyRunnerError> {
         // A runner that never started has nothing to stop.
         if self.shared.failed.is_some() {

@@ -322,3 +322,47 @@ fn a_stderr_line_without_end_is_held_in_pieces_not_whole() {
     );
     assert_eq!(runner.eval_sync("1 + 1").unwrap(), json!(2));
 }
+
+/// Python that starts a copy of the child which sleeps for two minutes
+/// (by `multiprocessing` or a bare `os.fork`) and keeps its pid in `copy`.
+/// The copy holds the child's pipes, so only the child's own end can say
+/// that it died.
+fn start_copy(how: &str) -> String {
+    match how {
+        "multiprocessing" => "import multiprocessing, time\n\
+             proc = multiprocessing.Process(target=time.sleep, args=(120,))\n\
+             proc.start()\n\
+             copy = proc.pid"
+            .into(),
+        _ => "import os, time\n\
+             copy = os.fork()\n\
+             if copy == 0:\n\
+             \x20   time.sleep(120)\n\
+             \x20   os._exit(0)"
+            .into(),
+    }
+}
+
+#[test]
+fn a_crash_is_noticed_while_a_copy_of_the_child_lives() {
+    within(40, || {
+        for how in ["multiprocessing", "fork"] {
+            for limit in [None, Some(Duration::from_secs(60))] {
+                let runner = match limit {
+                    Some(limit) => builder().timeout(limit).build().unwrap(),
+                    None => runner(),
+                };
+                runner.run_sync(&start_copy(how)).unwrap();
+                let copy = runner.read_variable_sync("copy").unwrap().as_u64().unwrap() as u32;
+                assert!(is_running(copy), "{how}: the copy runs");
+                let reason = within(20, {
+                    let runner = runner.clone();
+                    move || died(runner.eval_sync("__import__('ctypes').string_at(0)"))
+                });
+                assert!(reason.contains("SIGSEGV"), "{how}: {reason}");
+                eventually("the copy is killed", || !is_running(copy));
+                assert_eq!(runner.eval_sync("6 * 7").unwrap(), json!(42), "{how}");
+            }
+        }
+    });
+}

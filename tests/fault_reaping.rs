@@ -99,3 +99,41 @@ fn a_runner_built_on_a_short_lived_thread_keeps_its_child() {
     assert!(is_running(pid));
     assert_eq!(child_pid(&runner), pid, "the same child still answers");
 }
+
+/// A child that does not answer `stop` (stopped by SIGSTOP here) is killed
+/// with its group after a grace: `stop` returns `Ok` in bounded time, with
+/// the child reaped.
+#[test]
+fn stop_ends_a_child_that_does_not_answer() {
+    let runner = runner();
+    let child = child_pid(&runner);
+    kill(child, libc::SIGSTOP);
+    within(10, move || runner.stop_sync()).expect("stop is Ok");
+    assert!(is_gone(child), "stop returns after the child is reaped");
+}
+
+/// The same for an interpreter that says hello and then never reads.
+#[test]
+fn stop_ends_an_interpreter_that_ignores_its_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let pid_file = dir.path().join("pid");
+    let fake = fake_python(
+        dir.path(),
+        &format!(
+            "echo $$ > '{}'\n{HELLO}\nexec sleep 600",
+            pid_file.display()
+        ),
+    );
+    let runner = async_py::PyRunner::builder()
+        .subprocess()
+        .python(&fake)
+        .build()
+        .unwrap();
+    let child: u32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    within(10, move || runner.stop_sync()).expect("stop is Ok");
+    assert!(is_gone(child), "stop returns after the child is reaped");
+}

@@ -158,3 +158,55 @@ fn stop_ends_a_replacement_that_is_still_starting() {
         }
     });
 }
+
+/// A worker whose child crashes while a copy it forked holds its pipes
+/// fails that call with `WorkerDied` at once, the copy is killed, and the
+/// worker serves again with a fresh child.
+#[test]
+fn a_crash_is_noticed_while_a_copy_of_the_worker_lives() {
+    pool::within(40, || {
+        for start in [
+            "import multiprocessing, time\n\
+             proc = multiprocessing.Process(target=time.sleep, args=(120,))\n\
+             proc.start()\n\
+             copy = proc.pid",
+            "import os, time\n\
+             copy = os.fork()\n\
+             if copy == 0:\n\
+             \x20   time.sleep(120)\n\
+             \x20   os._exit(0)",
+        ] {
+            let pool = pool::pool(1);
+            pool.run_sync(start).unwrap();
+            let copy = pool.eval_sync("copy").unwrap().as_u64().unwrap() as u32;
+            assert!(faults::is_running(copy));
+            let crashed = pool::within(20, {
+                let pool = pool.clone();
+                move || pool.eval_sync("__import__('ctypes').string_at(0)")
+            });
+            match crashed {
+                Err(PyRunnerError::WorkerDied { reason }) => {
+                    assert!(reason.contains("SIGSEGV"), "{reason}")
+                }
+                other => panic!("expected WorkerDied, got {other:?}"),
+            }
+            eventually("the copy is killed", || !faults::is_running(copy));
+            assert_eq!(pool.eval_sync("6 * 7").unwrap(), 42);
+        }
+    });
+}
+
+/// A worker whose child does not answer `stop` (stopped by SIGSTOP here)
+/// is killed after a grace: the pool's `stop` returns `Ok` in bounded time,
+/// with every worker reaped.
+#[test]
+fn stop_ends_a_worker_that_does_not_answer() {
+    let pool = pool::pool(2);
+    let pids = pool::pids(&pool);
+    let stopped = *pids.iter().next().unwrap();
+    faults::kill(stopped, libc::SIGSTOP);
+    pool::within(10, move || pool.stop_sync()).expect("stop is Ok");
+    for pid in pids {
+        assert!(is_gone(pid), "worker {pid} outlived stop()");
+    }
+}

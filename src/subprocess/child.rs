@@ -5,13 +5,15 @@
 //! also ends the processes user code started. The child asks the kernel to
 //! kill it when its parent dies (Linux) and exits on end of file of its
 //! request pipe; dropping a `ChildProcess` kills the group and reaps the
-//! child, so no zombie is left behind. A pool's children are forked by its
-//! zygote (see `zygote`), their parent, which reaps them and reports how
-//! they ended.
+//! child, so no zombie is left behind. Its death is judged by a pidfd
+//! (or, without one, by looking every [`EXIT_CHECK`]), never by end of
+//! file on its pipes alone: a copy it forked may hold them open. A pool's
+//! children are forked by its zygote (see `zygote`), their parent, which
+//! reaps them and reports how they ended.
 
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::OwnedFd;
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::io::AsRawFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
@@ -27,6 +29,10 @@ use super::stderr::StderrForwarder;
 use super::zygote::{self, Zygote};
 use crate::error::PyRunnerError;
 use crate::wire::{decode_message, FrameReader, Hello, Message};
+
+/// How often a child that has no pidfd (before Linux 5.3) is looked at
+/// for its end while it is waited on.
+pub(crate) const EXIT_CHECK: Duration = Duration::from_millis(100);
 
 /// How a child starts the worker; see the file for the arguments.
 const BOOTSTRAP: &str = include_str!("../../python/bootstrap.py");
@@ -94,6 +100,9 @@ pub(crate) struct ChildProcess {
     pub ring: Option<Arc<ReplyRing>>,
     reaped: Option<ExitStatus>,
     group_killed: bool,
+    /// A pidfd of the child, readable once it has exited: its death is
+    /// judged by the process, as a copy it forked may hold its pipes open.
+    exit_fd: Option<OwnedFd>,
 }
 
 impl ChildProcess {
@@ -113,6 +122,9 @@ impl ChildProcess {
             Some(forked) => forked,
             None => spawn(spec, ring.as_ref())?,
         };
+        // The child cannot be reaped yet (a forked one is kept unreaped by
+        // the zygote until asked), so the pid is still its own.
+        let exit_fd = open_pidfd(pid);
         let stderr = match StderrForwarder::start(pid, OwnedFd::from(stderr)) {
             Ok(stderr) => stderr,
             Err(err) => {
@@ -147,6 +159,7 @@ impl ChildProcess {
             ring: None,
             reaped: None,
             group_killed: false,
+            exit_fd,
         };
         match process.await_hello(reader, spec.hello_timeout) {
             Ok(hello) => {
@@ -188,7 +201,7 @@ impl ChildProcess {
             Err(NoFrame::Bad(err)) => {
                 Err(format!("{err}; its stdout began with {:?}", seen(reader)))
             }
-            Err(NoFrame::Late) => Err(format!("no hello within {limit:?}")),
+            Err(NoFrame::Late) => Err(format!("no hello within {limit:?} (the start timeout)")),
             Err(NoFrame::Closed) if reader.buffer().is_empty() => {
                 Err("it closed its stdout without a word".into())
             }
@@ -218,21 +231,42 @@ impl ChildProcess {
             if now >= deadline {
                 return Err(NoFrame::Late);
             }
-            let mut fds = [libc::pollfd {
-                fd: self.stdout.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            }];
+            let mut fds = [
+                libc::pollfd {
+                    fd: self.stdout.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: self.exit_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+            ];
+            let limit = self.exit_check(deadline - now);
             match &self.ring {
-                Some(ring) => ring.sleep(&mut fds, Some(deadline - now)),
-                None => poll(&mut fds, Some(deadline - now)),
+                Some(ring) => ring.sleep(&mut fds, Some(limit)),
+                None => poll(&mut fds, Some(limit)),
             }
-            match self.receive(reader, true) {
-                Ok(0) => closed = true,
-                Ok(_) => {}
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
-                Err(err) => return Err(NoFrame::Io(err)),
+            // Looked at before reading: all a dead child wrote is there to
+            // read, a pipe's worth at most (a copy it forked may write on,
+            // and is not waited for).
+            let exited = self.exited();
+            let mut reads = if exited { DEAD_CHILD_READS } else { 1 };
+            while reads > 0 {
+                reads -= 1;
+                match self.receive(reader, true) {
+                    Ok(0) => {
+                        closed = true;
+                        break;
+                    }
+                    Ok(_) => {}
+                    Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                    Err(err) => return Err(NoFrame::Io(err)),
+                }
             }
+            closed |= exited;
         }
     }
 
@@ -280,17 +314,62 @@ impl ChildProcess {
         Ok(taken)
     }
 
-    /// Waits until `deadline` for room in the request pipe.
+    /// Waits until `deadline` for room in the request pipe, or the child's end.
     pub fn wait_writable(&self, deadline: Instant) {
-        let mut fds = [libc::pollfd {
-            fd: self.requests_fd(),
-            events: libc::POLLOUT,
-            revents: 0,
-        }];
+        let mut fds = [
+            libc::pollfd {
+                fd: self.requests_fd(),
+                events: libc::POLLOUT,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: self.exit_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
         poll(
             &mut fds,
-            Some(deadline.saturating_duration_since(Instant::now())),
+            Some(self.exit_check(deadline.saturating_duration_since(Instant::now()))),
         );
+    }
+
+    /// The child's pidfd, for poll(2) to watch for its end (POLLIN), or -1
+    /// (which poll ignores) if there is none: then waits are cut to
+    /// [`EXIT_CHECK`] (see [`ChildProcess::exit_check`]).
+    pub fn exit_fd(&self) -> i32 {
+        self.exit_fd.as_ref().map_or(-1, |fd| fd.as_raw_fd())
+    }
+
+    /// `limit`, or less if the child's end can only be seen by looking.
+    pub fn exit_check(&self, limit: Duration) -> Duration {
+        match self.exit_fd {
+            Some(_) => limit,
+            None => limit.min(EXIT_CHECK),
+        }
+    }
+
+    /// Whether the child has exited (reaped or not). Judged by the process
+    /// itself: end of file on its pipes says nothing while a copy it forked
+    /// holds them.
+    pub fn exited(&self) -> bool {
+        if self.reaped.is_some() {
+            return true;
+        }
+        if self.exit_fd.is_some() {
+            let mut fds = [libc::pollfd {
+                fd: self.exit_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            }];
+            poll(&mut fds, Some(Duration::ZERO));
+            return fds[0].revents != 0;
+        }
+        match &self.process {
+            Process::Spawned(_) => has_exited(self.pid) == Some(true),
+            // Not ours to wait for: the zygote, its parent, says.
+            Process::Forked(zygote) => zygote.has_reported_exit(self.pid),
+        }
     }
 
     /// Writes request bytes without blocking.
@@ -474,6 +553,26 @@ fn has_exited(pid: u32) -> Option<bool> {
     // SAFETY: si_pid is the field waitid sets for WEXITED.
     Some(unsafe { info.si_pid() } != 0)
 }
+
+/// A pidfd for process `pid` (Linux 5.3 and later), or `None`.
+fn open_pidfd(pid: u32) -> Option<OwnedFd> {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: pidfd_open(2) takes a pid and flags and touches no memory;
+        // it returns a new fd or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+        if fd >= 0 {
+            // SAFETY: the fd was just made for us and nothing else owns it.
+            return Some(unsafe { OwnedFd::from_raw_fd(fd as i32) });
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = pid;
+    None
+}
+
+/// How many reads take what a dead child left in its 1 MiB pipe.
+const DEAD_CHILD_READS: usize = 2 * (1 << 20) / READ_CHUNK;
 
 /// How long a killed forked child's end is waited for.
 const REAP_LIMIT: Duration = Duration::from_secs(5);

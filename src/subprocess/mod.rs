@@ -14,7 +14,6 @@ mod zygote;
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use crate::builder::RunnerConfig;
 use crate::command::{start_backend_thread, CommandQueue, Job};
@@ -27,9 +26,6 @@ pub(crate) use zygote::Zygote;
 /// The supervisor thread decodes replies, which nest up to rmp-serde's
 /// depth limit; room to spare.
 const SUPERVISOR_STACK: usize = 8 << 20;
-
-/// How long a child may take from spawn to hello.
-const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What ties a pool's worker to its pool: the definitions every child must
 /// hold, counters the pool reports, and where a lost child's unstarted
@@ -167,13 +163,14 @@ pub(crate) fn spawn(config: &RunnerConfig, queue: Arc<CommandQueue>) -> Result<(
         timeout: config.timeout,
         replay: config.replay,
     };
+    let first_start_by = config.first_start_by;
     // Every child is started by the supervisor thread, which lives as long
     // as the runner: Linux's parent-death signal fires when the thread that
     // forked the child exits, not the process.
     start_backend_thread(
         "async_py-subprocess",
         SUPERVISOR_STACK,
-        move |ready| match Shared::start(queue.clone(), settings) {
+        move |ready| match Shared::start(queue.clone(), settings, first_start_by) {
             Ok(shared) => {
                 let _ended = queue.end_awaited();
                 ready.report(Ok(()));
@@ -196,7 +193,7 @@ fn launch_spec(config: &RunnerConfig) -> Result<LaunchSpec, PyRunnerError> {
         env: config.env.clone(),
         env_clear: config.env_clear,
         current_dir: config.current_dir.clone(),
-        hello_timeout: HELLO_TIMEOUT,
+        hello_timeout: config.start_timeout,
         zygote,
         share_cores: config.pool_hooks.is_some(),
     })

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, BytesMut};
 use serde_json::Value;
 
-use super::child::{poll, ChildProcess, LaunchSpec, NoFrame};
+use super::child::{poll, ChildProcess, LaunchSpec, NoFrame, EXIT_CHECK};
 use super::ring::{ChildAt, ReplyRing};
 use super::PoolHooks;
 use crate::command::{CommandQueue, Drive, Job, Request};
@@ -80,9 +80,22 @@ const COROUTINE_BACKSTOP: Duration = Duration::from_secs(2);
 /// cannot be judged yet.
 const COROUTINE_RECHECK: Duration = Duration::from_millis(10);
 
-/// Children that die before they are ready this many times in a row make
-/// queued commands fail with `Startup` instead of a busy restart loop.
+/// Children that die before they are ready (or soon after, see
+/// [`QUICK_DEATH`]) this many times in a row make queued commands fail
+/// with `Startup` instead of a busy restart loop.
 const MAX_FAILED_STARTS: u32 = 3;
+
+/// A child that dies this soon after it was ready, running nothing and
+/// before it answered anything, counts as a failed start: nothing sent to
+/// it killed it, so its next start would most likely end the same way. (A
+/// death in a command is put down to the command: the next child starts
+/// at once, as after any death.)
+const QUICK_DEATH: Duration = Duration::from_secs(1);
+
+/// After such a death the next start waits this long, twice as long after
+/// each further one in a row; a command that comes meanwhile starts one
+/// at once.
+const QUICK_DEATH_RETRY: Duration = Duration::from_millis(50);
 
 /// A pool's worker whose child could not start tries again this long after
 /// its first failure, then twice as long after each further one, up to
@@ -90,7 +103,10 @@ const MAX_FAILED_STARTS: u32 = 3;
 const START_RETRY: Duration = Duration::from_secs(1);
 const START_RETRY_MAX: Duration = Duration::from_secs(30);
 
-/// How long a dropped runner's child gets to exit on end of file.
+/// How long a child asked to end gets to do so before it is killed with
+/// its group: a stopped runner's child to answer `stop` once that is the
+/// next thing it would run, a dropped runner's child to exit on end of
+/// file.
 const EXIT_GRACE: Duration = Duration::from_millis(500);
 
 pub(crate) struct Settings {
@@ -144,6 +160,13 @@ pub(crate) struct Core {
     next_id: u64,
     backlog: VecDeque<Job>,
     failed_starts: u32,
+    /// When the current child was ready, and how many replies had been
+    /// handed out by then: it died young if it dies before either moves on
+    /// (see [`QUICK_DEATH`]).
+    ready_at: Option<(Instant, usize)>,
+    /// Children died young too often in a row: what the next command hears
+    /// instead of starting one more.
+    crash_loop: Option<PyRunnerError>,
     /// Set while a timed-out child unwinds after SIGINT.
     interrupting: Option<Instant>,
     /// The request that ran past its limit, which SIGINT was sent for. A
@@ -165,8 +188,9 @@ pub(crate) struct Core {
     /// What those of them that were still running on the pool raised here,
     /// for this worker's own share of the run to answer with.
     replay_errors: HashMap<usize, PyRunnerError>,
-    /// A pool's worker left without a child by a failed start: when it
-    /// tries again on its own.
+    /// A worker left without a child by a failed start, or a runner or
+    /// worker whose child died young (see [`QUICK_DEATH`]): when it tries
+    /// again on its own.
     retry_at: Option<Instant>,
     /// The pool's runs whose share here was answered without an error
     /// (those not yet settled; see `replay_runs`).
@@ -176,11 +200,19 @@ pub(crate) struct Core {
     remembered: Option<Vec<Request>>,
     /// What a fresh child could not replay, for the next command to answer.
     replay_failure: Option<PyRunnerError>,
+    /// When the thread next looks whether the child has exited; `None`:
+    /// at its next turn (its poll saw the child's pidfd fire).
+    next_exit_look: Option<Instant>,
 }
 
 impl Core {
-    /// Starts the first child; errors here are `build()`'s errors.
-    fn start(queue: Arc<CommandQueue>, settings: Settings) -> Result<Core, PyRunnerError> {
+    /// Starts the first child, which must say hello by `first_start_by` if
+    /// given; errors here are `build()`'s errors.
+    fn start(
+        queue: Arc<CommandQueue>,
+        settings: Settings,
+        first_start_by: Option<Instant>,
+    ) -> Result<Core, PyRunnerError> {
         let remembered = (settings.replay && settings.hooks.is_none()).then(Vec::new);
         let mut core = Core {
             queue,
@@ -195,6 +227,8 @@ impl Core {
             next_id: 1,
             backlog: VecDeque::new(),
             failed_starts: 0,
+            ready_at: None,
+            crash_loop: None,
             interrupting: None,
             interrupted: None,
             stop_sent: false,
@@ -208,9 +242,16 @@ impl Core {
             shares_ok: HashSet::new(),
             remembered,
             replay_failure: None,
+            next_exit_look: None,
         };
-        core.start_child()?;
-        Ok(core)
+        let start_timeout = core.settings.spec.hello_timeout;
+        if let Some(by) = first_start_by {
+            let left = by.saturating_duration_since(Instant::now());
+            core.settings.spec.hello_timeout = left.min(start_timeout);
+        }
+        let started = core.start_child();
+        core.settings.spec.hello_timeout = start_timeout;
+        started.map(|()| core)
     }
 
     /// Starts a child, runs the startup code, then replays what the runner
@@ -237,7 +278,10 @@ impl Core {
             .and_then(|()| self.replay_remembered());
         match started {
             Ok(()) => {
-                self.failed_starts = 0;
+                // Not a loop's end yet: that is judged when the child dies
+                // (see `replace_child`).
+                self.ready_at = Some((Instant::now(), self.handed_out));
+                self.crash_loop = None;
                 self.retry_at = None;
                 if let (Some(hooks), Some(child)) = (&self.settings.hooks, &self.child) {
                     hooks.state.pid.store(child.pid, Ordering::SeqCst);
@@ -247,6 +291,7 @@ impl Core {
             }
             Err(err) => {
                 self.failed_starts += 1;
+                self.retry_at = None;
                 if let Some(mut child) = self.child.take() {
                     child.kill_group();
                 }
@@ -254,8 +299,7 @@ impl Core {
                     // Counted as full by the pool, which sends its calls
                     // elsewhere, until a start succeeds.
                     hooks.state.restarting.store(true, Ordering::SeqCst);
-                    let doublings = self.failed_starts.saturating_sub(1).min(5);
-                    let wait = (START_RETRY * (1 << doublings)).min(START_RETRY_MAX);
+                    let wait = backoff(START_RETRY, self.failed_starts);
                     self.retry_at = Some(Instant::now() + wait);
                 }
                 Err(err)
@@ -394,10 +438,14 @@ impl Core {
             if Instant::now() >= deadline {
                 return Err(late());
             }
-            self.child
-                .as_ref()
-                .expect("started above")
-                .wait_writable(deadline);
+            let child = self.child.as_mut().expect("started above");
+            child.wait_writable(deadline);
+            // Dead, it reads no more: a copy it forked may keep the pipe
+            // open, and full.
+            if child.exited() {
+                let reason = child.kill_and_describe();
+                return Err(failed(format!("the child died running it: {reason}")));
+            }
         }
         let child = self.child.as_mut().expect("started above");
         loop {
@@ -451,10 +499,14 @@ impl Core {
         if !self.flush_or_lose() {
             return;
         }
+        // Looked at before the replies are read, so that all a dead child
+        // wrote is read first; by the thread only, which polls for it (a
+        // caller's spin makes no system call).
+        let exited = on_thread && self.look_for_exit();
         match self.read_replies(held) {
-            Ok(true) => {}
-            Ok(false) if self.interrupting.is_some() => self.lost = Some(Loss::TimedOut),
-            Ok(false) => self.lost = Some(Loss::Died),
+            Ok(true) if !exited => {}
+            Ok(_) if self.interrupting.is_some() => self.lost = Some(Loss::TimedOut),
+            Ok(_) => self.lost = Some(Loss::Died),
             Err(PyRunnerError::Protocol(why)) => self.lost = Some(Loss::Protocol(why)),
             Err(err) => self.lost = Some(Loss::Protocol(err.to_string())),
         }
@@ -463,6 +515,21 @@ impl Core {
             self.send_backlog();
             self.flush_or_lose();
         }
+    }
+
+    /// Whether the child has exited, looked at when the thread's poll saw
+    /// its pidfd fire, else once in [`EXIT_CHECK`]: a look is a system
+    /// call, and the thread may turn many times between two polls.
+    fn look_for_exit(&mut self) -> bool {
+        let Some(child) = &self.child else {
+            return false;
+        };
+        let now = Instant::now();
+        if self.next_exit_look.is_some_and(|at| now < at) {
+            return false;
+        }
+        self.next_exit_look = Some(now + EXIT_CHECK);
+        child.exited()
     }
 
     /// Flushes; on failure records the loss and returns false. A closed pipe
@@ -521,6 +588,7 @@ impl Core {
             return Some(WaitPlan {
                 replies: -1,
                 ring: None,
+                exit: -1,
                 requests: -1,
                 limit: self
                     .retry_at
@@ -551,15 +619,21 @@ impl Core {
                 next = Some(next.map_or(deadline, |n| n.min(deadline)));
             }
         }
+        let limit = next.map(|deadline| deadline.saturating_duration_since(now));
         Some(WaitPlan {
             replies: child.stdout.as_raw_fd(),
             ring: child.ring.clone(),
+            exit: child.exit_fd(),
             requests: if self.outgoing.is_empty() {
                 -1
             } else {
                 child.requests_fd()
             },
-            limit: next.map(|deadline| deadline.saturating_duration_since(now)),
+            limit: match limit {
+                Some(limit) => Some(child.exit_check(limit)),
+                None if child.exit_fd() < 0 => Some(EXIT_CHECK),
+                None => None,
+            },
         })
     }
 
@@ -603,6 +677,11 @@ impl Core {
                 continue;
             }
             if self.child.is_none() {
+                if let Some(failure) = self.crash_loop.take() {
+                    // Heard once; the command after it gets a fresh try.
+                    job.reply.send(Err(failure));
+                    continue;
+                }
                 // A fresh command gets one fresh try even after a crash loop.
                 self.failed_starts = self.failed_starts.min(MAX_FAILED_STARTS - 1);
                 if let Err(err) = self.start_child() {
@@ -636,7 +715,13 @@ impl Core {
         }
     }
 
-    fn send(&mut self, job: Job) {
+    fn send(&mut self, mut job: Job) {
+        if matches!(job.request, Request::Stop) {
+            // Its clock runs, like a command's, once the child would get to
+            // it: a child that answers nothing then is killed, so `stop`
+            // always ends (see `enforce_deadlines`).
+            job.timeout = Some(EXIT_GRACE);
+        }
         if let Request::Broadcast { index, .. } = job.request {
             // A child started after this run was logged ran it at its start.
             if index < self.replayed {
@@ -872,6 +957,18 @@ impl Core {
         if self.timed == 0 {
             return; // no limit in flight: nothing to look at
         }
+        if self.stop_overdue(now) {
+            // Stopped by a signal, wedged, or not reading: ask no more.
+            if let Some(child) = self.child.as_mut() {
+                child.kill_group();
+            }
+            let head = self.sync_line.pop_front();
+            if let Some(stop) = head.and_then(|id| self.inflight.remove(&id)) {
+                self.timed -= 1;
+                self.stop_done = Some(stop.job);
+            }
+            return;
+        }
         // With a ring the child says when it is in its event loop, where no
         // request runs: then only a coroutine can be what holds it up.
         let at = self
@@ -942,6 +1039,18 @@ impl Core {
         }
     }
 
+    /// Whether `stop` is the next request the child would run, and it has
+    /// not answered it within [`EXIT_GRACE`].
+    fn stop_overdue(&self, now: Instant) -> bool {
+        self.sync_line
+            .front()
+            .and_then(|head| self.inflight.get(head))
+            .is_some_and(|flight| {
+                matches!(flight.job.request, Request::Stop)
+                    && flight.deadline.is_some_and(|deadline| now >= deadline)
+            })
+    }
+
     /// Kills the child; fails the requests it had started and queues the
     /// ones it had not for a fresh child, which starts at once.
     fn replace_child(&mut self, mut loss: Loss) {
@@ -951,6 +1060,13 @@ impl Core {
         }
         self.interrupting = None;
         let interrupted = self.interrupted.take();
+        let young = matches!(loss, Loss::Died | Loss::Protocol(_)) && self.child_is_young();
+        let died_young = young && self.inflight.is_empty();
+        if died_young {
+            self.failed_starts += 1;
+        } else if !young && self.child.is_some() {
+            self.failed_starts = 0;
+        }
         let reason = match self.child.as_mut() {
             Some(child) => child.kill_and_describe(),
             None => "there was no child".into(),
@@ -1041,6 +1157,10 @@ impl Core {
             return;
         }
         self.hand_back_unstarted();
+        if died_young && (self.backlog.is_empty() || self.failed_starts >= MAX_FAILED_STARTS) {
+            self.back_off(&reason);
+            return;
+        }
         // A fresh child now, so the next command does not wait for a start.
         // (A pool's worker counts as restarting until one has started.)
         if let Err(err) = self.start_child() {
@@ -1053,8 +1173,40 @@ impl Core {
         }
     }
 
-    /// A pool's worker left without a child tries a start on its own once
-    /// its wait is over, so that it serves again without a call to make it.
+    /// Whether the child is young: it answered nothing yet, and was ready
+    /// less than [`QUICK_DEATH`] ago.
+    fn child_is_young(&self) -> bool {
+        self.child.is_some()
+            && self.ready_at.is_some_and(|(at, handed_out)| {
+                self.handed_out == handed_out && at.elapsed() < QUICK_DEATH
+            })
+    }
+
+    /// After a child died young: the next start waits, longer after each
+    /// such death in a row. After [`MAX_FAILED_STARTS`] of them a runner
+    /// starts no more children on its own, and the next command hears of
+    /// the loop; a pool's worker tries again as after a failed start, its
+    /// siblings taking its calls meanwhile.
+    fn back_off(&mut self, reason: &str) {
+        let deaths = self.failed_starts;
+        let wait = if deaths < MAX_FAILED_STARTS {
+            Some(backoff(QUICK_DEATH_RETRY, deaths))
+        } else {
+            self.crash_loop = Some(PyRunnerError::Startup(format!(
+                "the child died {deaths} times in a row within {} s of starting, \
+                 before it answered anything (a crash loop); the last time: {reason}",
+                QUICK_DEATH.as_secs()
+            )));
+            self.settings
+                .hooks
+                .is_some()
+                .then(|| backoff(START_RETRY, deaths - MAX_FAILED_STARTS + 1))
+        };
+        self.retry_at = wait.map(|wait| Instant::now() + wait);
+    }
+
+    /// A worker left without a child tries a start on its own once its
+    /// wait is over, so that it serves again without a call to make it.
     fn retry_start(&mut self) {
         let due = self.retry_at.is_some_and(|at| Instant::now() >= at);
         if due && self.child.is_none() && !self.stop_sent {
@@ -1168,6 +1320,8 @@ struct WaitPlan {
     replies: i32,
     /// The child's reply ring, if replies come through one.
     ring: Option<Arc<ReplyRing>>,
+    /// The child's pidfd, readable once it has exited.
+    exit: i32,
     requests: i32,
     limit: Option<Duration>,
 }
@@ -1205,6 +1359,8 @@ pub(crate) struct Shared {
     /// `Core::outstanding` as of the last pump, readable without the lock.
     outstanding: AtomicUsize,
     line_busy: AtomicBool,
+    /// The thread's poll saw the child's pidfd fire: it has exited.
+    exit_seen: AtomicBool,
     wake: Mutex<UnixStream>,
     /// How long a driving caller spins for a reply, and how often it yields.
     caller_spin: (Duration, u32),
@@ -1226,6 +1382,7 @@ impl Shared {
     pub fn start(
         queue: Arc<CommandQueue>,
         settings: Settings,
+        first_start_by: Option<Instant>,
     ) -> Result<Arc<Shared>, PyRunnerError> {
         let (wake, wake_write) = UnixStream::pair().map_err(|err| {
             PyRunnerError::Startup(format!("could not make a wake-up socket: {err}"))
@@ -1244,7 +1401,7 @@ impl Shared {
         } else {
             ((CALLER_SPIN, CALLER_YIELD_EVERY), THREAD_SPIN)
         };
-        let core = Core::start(queue.clone(), settings)?;
+        let core = Core::start(queue.clone(), settings, first_start_by)?;
         let shared = Arc::new(Shared {
             core: Mutex::new(core),
             queue: queue.clone(),
@@ -1255,6 +1412,7 @@ impl Shared {
             thread_needed: AtomicBool::new(false),
             outstanding: AtomicUsize::new(0),
             line_busy: AtomicBool::new(false),
+            exit_seen: AtomicBool::new(false),
             wake: Mutex::new(wake),
             caller_spin,
             thread_spin,
@@ -1278,6 +1436,9 @@ impl Shared {
     pub fn run(&self) {
         loop {
             let mut core = self.lock();
+            if self.exit_seen.swap(false, Ordering::SeqCst) {
+                core.next_exit_look = None;
+            }
             if self.queue.is_closed() && !core.stop_sent {
                 core.shut_down();
                 return;
@@ -1297,6 +1458,10 @@ impl Shared {
             if let Some(loss) = core.lost.take() {
                 core.replace_child(loss);
                 continue;
+            }
+            if core.stop_done.is_some() {
+                core.shut_down();
+                return;
             }
             self.outstanding.store(core.outstanding(), Ordering::SeqCst);
             let plan = core.wait_plan();
@@ -1350,10 +1515,20 @@ impl Shared {
                     events: libc::POLLOUT,
                     revents: 0,
                 },
+                // A child's death wakes the thread even while a copy it
+                // forked keeps its pipes open.
+                libc::pollfd {
+                    fd: plan.exit,
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
             ];
             match &plan.ring {
                 Some(ring) if watch => ring.sleep(&mut fds, limit),
                 _ => poll(&mut fds, limit),
+            }
+            if fds[3].revents != 0 {
+                self.exit_seen.store(true, Ordering::SeqCst);
             }
             self.blind.store(false, Ordering::SeqCst);
         });
@@ -1518,6 +1693,13 @@ impl Drive for Shared {
     fn line_busy(&self) -> bool {
         self.line_busy.load(Ordering::Relaxed)
     }
+}
+
+/// The wait before the next start after `failures` in a row: `first`,
+/// doubled for each further one, up to [`START_RETRY_MAX`].
+fn backoff(first: Duration, failures: u32) -> Duration {
+    let doublings = failures.saturating_sub(1).min(5);
+    (first * (1 << doublings)).min(START_RETRY_MAX)
 }
 
 /// Whether a command that succeeded is one a runner's fresh child replays.

@@ -173,9 +173,14 @@ impl Zygote {
             });
         match ready {
             Some(()) => Ok(zygote),
-            None => Err(PyRunnerError::Startup(format!(
-                "{} did not start a zygote",
+            None if zygote.shared.heard().gone => Err(PyRunnerError::Startup(format!(
+                "{} did not start a zygote: it exited",
                 spec.python.display()
+            ))),
+            None => Err(PyRunnerError::Startup(format!(
+                "{} did not start a zygote: it was not ready within {:?} (the start timeout)",
+                spec.python.display(),
+                spec.hello_timeout
             ))),
         }
     }
@@ -232,6 +237,12 @@ impl Zygote {
                 });
         }
         Some(ExitStatus::from_raw(status))
+    }
+
+    /// Whether the zygote has said that forked worker `pid` ended (and its
+    /// word is not taken yet).
+    pub fn has_reported_exit(&self, pid: u32) -> bool {
+        self.shared.heard().exits.contains_key(&pid)
     }
 
     /// Whether the zygote can still fork.

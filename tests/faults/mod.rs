@@ -154,3 +154,44 @@ pub fn rounds_not_run_once(runs: &std::path::Path, rounds: usize) -> Vec<usize> 
     }
     (0..rounds).filter(|&round| counted[round] != 1).collect()
 }
+
+/// CPU time this process has used so far (all its threads), in seconds.
+pub fn cpu_seconds() -> f64 {
+    // SAFETY: getrusage(2) only writes the rusage it is given.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
+    let seconds = |time: libc::timeval| time.tv_sec as f64 + time.tv_usec as f64 / 1e6;
+    seconds(usage.ru_utime) + seconds(usage.ru_stime)
+}
+
+/// How many times a startup made by [`counting_startup`] ran.
+pub fn count_starts(file: &std::path::Path) -> usize {
+    std::fs::read_to_string(file).map_or(0, |text| text.len())
+}
+
+/// Startup code that notes each run in `file` (see [`count_starts`]), then
+/// `then`.
+pub fn counting_startup(file: &std::path::Path, then: &str) -> String {
+    format!(
+        "open({:?}, 'a').write('x')\n{then}",
+        file.to_str().expect("a UTF-8 temp path")
+    )
+}
+
+/// A stand-in for an interpreter, at `dir/python`: a shell script that
+/// ignores its arguments and runs `body`. [`HELLO`] in `body` writes a
+/// valid hello frame to stdout.
+pub fn fake_python(dir: &std::path::Path, body: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join("python");
+    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+/// Shell that writes the smallest hello the parent takes: the frame of
+/// `["hello", 2]`.
+pub const HELLO: &str = r"printf '\000\000\000\010\222\245hello\002'";
