@@ -404,6 +404,28 @@ fn a_reply_over_the_frame_limit_is_a_protocol_error_and_the_child_is_replaced() 
     );
 }
 
+/// A request over the frame limit is refused before it is sent, naming both
+/// sizes, and the child goes on.
+#[test]
+fn a_request_over_the_frame_limit_names_its_size_and_the_limit() {
+    let runner = PyRunner::builder()
+        .subprocess()
+        .python(conformance::base_python())
+        .max_frame_length(64 << 10)
+        .build()
+        .unwrap();
+    let pid = runner.eval_sync("__import__('os').getpid()").unwrap();
+    let big = "x".repeat(100 << 10);
+    match runner.call_function_sync("len", vec![json!(big)]) {
+        Err(PyRunnerError::Protocol(message)) => {
+            assert!(message.contains("over the frame limit of 65536 bytes"), "{message}");
+            assert!(message.contains("a request of 1024"), "{message}");
+        }
+        other => panic!("expected a Protocol error, got {other:?}"),
+    }
+    assert_eq!(runner.eval_sync("__import__('os').getpid()").unwrap(), pid);
+}
+
 #[test]
 fn an_echo_of_a_large_list_round_trips() {
     let runner = make_runner();

@@ -58,12 +58,15 @@ pub(crate) struct FrameWriter {
     codec: LengthDelimitedCodec,
     /// Where a request is encoded; handed to the codec without a copy.
     scratch: BytesMut,
+    /// The codec's `max_frame_length`, to name in the error of a request over it.
+    limit: usize,
 }
 
 impl FrameWriter {
     pub fn new(limit: usize) -> Self {
         FrameWriter {
             codec: codec(limit),
+            limit,
             scratch: BytesMut::with_capacity(256),
         }
     }
@@ -88,12 +91,11 @@ impl FrameWriter {
             }
             Request::Eval { expr } => rmp_serde::encode::write(buf, &(id, "eval", expr)),
             Request::ReadVariable { name } => rmp_serde::encode::write(buf, &(id, "read", name)),
+            // Arguments were checked for depth when the request was made.
             Request::CallFunction { name, args } => {
-                check_depth(args)?;
                 rmp_serde::encode::write(buf, &(id, "call", name, args))
             }
             Request::CallAsyncFunction { name, args } => {
-                check_depth(args)?;
                 rmp_serde::encode::write(buf, &(id, "call_async", name, args, limit))
             }
             Request::SetVenv { dir } => {
@@ -105,9 +107,16 @@ impl FrameWriter {
             PyRunnerError::Conversion(format!("could not encode the request: {err}"))
         })?;
         let frame = self.scratch.split().freeze();
+        let size = frame.len();
+        if size > self.limit {
+            return Err(PyRunnerError::Protocol(format!(
+                "a request of {size} bytes is over the frame limit of {} bytes (max_frame_length)",
+                self.limit
+            )));
+        }
         self.codec
             .encode(frame, out)
-            .map_err(|err| PyRunnerError::Protocol(format!("request too large to send: {err}")))
+            .map_err(|err| PyRunnerError::Protocol(format!("could not frame the request: {err}")))
     }
 }
 
@@ -120,26 +129,6 @@ impl serde::Serialize for PathArg<'_> {
             PathArg::Text(text) => serializer.serialize_str(text),
             PathArg::Bytes(bytes) => serializer.collect_seq(bytes.iter()),
         }
-    }
-}
-
-/// Arguments nesting deeper than the value table allows are refused here,
-/// before they reach the child's recursive decoder.
-fn check_depth(args: &[Value]) -> Result<(), PyRunnerError> {
-    fn depth_ok(value: &Value, depth: usize) -> bool {
-        if depth > crate::value::MAX_DEPTH {
-            return false;
-        }
-        match value {
-            Value::Array(items) => items.iter().all(|item| depth_ok(item, depth + 1)),
-            Value::Object(map) => map.values().all(|item| depth_ok(item, depth + 1)),
-            _ => true,
-        }
-    }
-    if args.iter().all(|arg| depth_ok(arg, 0)) {
-        Ok(())
-    } else {
-        Err(PyRunnerError::Conversion(crate::value::too_deep()))
     }
 }
 
