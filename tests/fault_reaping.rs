@@ -7,9 +7,10 @@ mod faults;
 use faults::*;
 
 const SPAWN_GRANDCHILD: &str =
-    "import subprocess\ngrandchild = subprocess.Popen(['sleep', '1000'])\ngrandchild_pid = grandchild.pid";
+    "import subprocess\ngrandchild = subprocess.Popen(['sleep', '1000'])\ngrandchild_pid = outer_pid(grandchild.pid)";
 
 fn grandchild(runner: &async_py::PyRunner) -> u32 {
+    runner.run_sync(OUTER_PID).unwrap();
     runner.run_sync(SPAWN_GRANDCHILD).unwrap();
     runner
         .read_variable_sync("grandchild_pid")
