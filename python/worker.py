@@ -2048,10 +2048,9 @@ def _stand_in(worker, init):
     try:
         for signum in _PASSED_ON:
             signal.signal(signum, pass_on)
-        # The worker's stdout stays open here until this process ends: end
-        # of file there then tells the parent that all of it has ended, and
-        # that the status it reaps is the worker's.
-        os.close(0)
+        # The worker's pipes stay open here until this process ends: end of
+        # file or a broken pipe then tells the parent that all of it is
+        # ending, with the worker's status.
         # Unreaped, the worker's pid cannot be another's while signals may
         # be passed on to it.
         os.waitid(os.P_PID, worker, os.WEXITED | os.WNOWAIT)
