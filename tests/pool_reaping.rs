@@ -178,7 +178,10 @@ fn a_crash_is_noticed_while_a_copy_of_the_worker_lives() {
         ] {
             let pool = pool::pool(1);
             pool.run_sync(start).unwrap();
-            let copy = pool.eval_sync("copy").unwrap().as_u64().unwrap() as u32;
+            // Its pid where this test looks: the worker's may be a pid
+            // namespace's.
+            pool.run_sync(faults::OUTER_PID).unwrap();
+            let copy = pool.eval_sync("outer_pid(copy)").unwrap().as_u64().unwrap() as u32;
             assert!(faults::is_running(copy));
             let crashed = pool::within(20, {
                 let pool = pool.clone();
