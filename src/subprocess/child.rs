@@ -16,9 +16,9 @@
 //! (a process that left the group with `setsid()` too) is killed by the
 //! kernel when that init dies: after the worker, or with the stand-in,
 //! which dies with this process by any route, SIGKILL included. The
-//! stand-in passes SIGINT and SIGTERM on, keeps the worker's stdout open
+//! stand-in passes SIGINT and SIGTERM on, keeps the worker's pipes open
 //! until it ends, and ends as the worker did, after all of it: its end,
-//! its status and end of file on its stdout read as the worker's own
+//! its status, and end of file or a broken pipe read as the worker's own
 //! (`python/PROTOCOL.md`, "Containment").
 //! The worker's `os.getpid()` is `pid` where the kernel lets the init
 //! choose it; its children see pids of the namespace, not the ones this
