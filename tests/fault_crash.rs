@@ -353,7 +353,14 @@ fn a_crash_is_noticed_while_a_copy_of_the_child_lives() {
                     None => runner(),
                 };
                 runner.run_sync(&start_copy(how)).unwrap();
-                let copy = runner.read_variable_sync("copy").unwrap().as_u64().unwrap() as u32;
+                // Its pid where this test looks: the child's may be a pid
+                // namespace's.
+                runner.run_sync(OUTER_PID).unwrap();
+                let copy = runner
+                    .eval_sync("outer_pid(copy)")
+                    .unwrap()
+                    .as_u64()
+                    .unwrap() as u32;
                 assert!(is_running(copy), "{how}: the copy runs");
                 let reason = within(20, {
                     let runner = runner.clone();

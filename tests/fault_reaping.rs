@@ -1,15 +1,19 @@
 #![cfg(feature = "subprocess")]
 //! No child outlives its runner: `stop()` and dropping the last handle end
-//! the child's whole process group and reap it.
+//! the child and everything it started, also what left its process group,
+//! and reap it; so does the end of this process, by any route.
 
 mod faults;
+
+use std::path::Path;
 
 use faults::*;
 
 const SPAWN_GRANDCHILD: &str =
-    "import subprocess\ngrandchild = subprocess.Popen(['sleep', '1000'])\ngrandchild_pid = grandchild.pid";
+    "import subprocess\ngrandchild = subprocess.Popen(['sleep', '1000'])\ngrandchild_pid = outer_pid(grandchild.pid)";
 
 fn grandchild(runner: &async_py::PyRunner) -> u32 {
+    runner.run_sync(OUTER_PID).unwrap();
     runner.run_sync(SPAWN_GRANDCHILD).unwrap();
     runner
         .read_variable_sync("grandchild_pid")
@@ -136,4 +140,108 @@ fn stop_ends_an_interpreter_that_ignores_its_input() {
         .unwrap();
     within(10, move || runner.stop_sync()).expect("stop is Ok");
     assert!(is_gone(child), "stop returns after the child is reaped");
+}
+
+/// A copy that left the child's process group and session, reported in a
+/// file of `folder`: its pid, and a guard that kills it if the test fails.
+fn copy_in_a_session_of_its_own(runner: &async_py::PyRunner, folder: &Path) -> KillOnDrop {
+    let report = folder.join("copy");
+    runner
+        .run_sync(&setsid_copy(&python_text(&report)))
+        .unwrap();
+    let copy = KillOnDrop(reported_pid(&report));
+    assert!(is_running(copy.0));
+    copy
+}
+
+#[test]
+fn stop_ends_a_copy_that_left_the_process_group() {
+    within(60, || {
+        let folder = tempfile::tempdir().unwrap();
+        let runner = runner();
+        let copy = copy_in_a_session_of_its_own(&runner, folder.path());
+        runner.stop_sync().unwrap();
+        eventually("the copy is killed", || !is_running(copy.0));
+    });
+}
+
+#[test]
+fn dropping_the_last_handle_ends_a_copy_that_left_the_process_group() {
+    within(60, || {
+        let folder = tempfile::tempdir().unwrap();
+        let runner = runner();
+        let copy = copy_in_a_session_of_its_own(&runner, folder.path());
+        drop(runner);
+        eventually("the copy is killed", || !is_running(copy.0));
+    });
+}
+
+/// How the probe process below ends, once its child has started a
+/// grandchild and a copy in a session of its own.
+const PROBE_ENDS: &str = "ASYNC_PY_CONTAINMENT_PROBE_ENDS";
+
+/// Runs this test binary again as a probe that builds a runner, has its
+/// child start `sleep 300` and a copy that calls `os.setsid()`, reports
+/// their pids in `folder`, and once told to, ends as `ending` says: `exit`
+/// (by `std::process::exit`) or `killed` (it waits for a SIGKILL from here).
+/// Both must be gone soon after.
+fn nothing_outlives_the_probe(test: &str, ending: &str) {
+    if let Some(folder) = std::env::var_os("ASYNC_PY_CONTAINMENT_PROBE") {
+        let folder = Path::new(&folder);
+        let runner = runner();
+        let grandchild = grandchild(&runner);
+        std::fs::write(folder.join("grandchild"), grandchild.to_string()).unwrap();
+        runner
+            .run_sync(&setsid_copy(&python_text(&folder.join("copy"))))
+            .unwrap();
+        reported_pid(&folder.join("copy"));
+        std::fs::write(folder.join("ready"), "").unwrap();
+        // Ended only once the test has seen both running.
+        eventually("the test says go", || folder.join("go").exists());
+        if std::env::var(PROBE_ENDS).unwrap() == "exit" {
+            std::process::exit(0);
+        }
+        std::thread::sleep(std::time::Duration::from_secs(60));
+        return;
+    }
+    let folder = tempfile::tempdir().unwrap();
+    let mut probe = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", test, "--nocapture"])
+        .env("ASYNC_PY_CONTAINMENT_PROBE", folder.path())
+        .env(PROBE_ENDS, ending)
+        .spawn()
+        .unwrap();
+    eventually("the probe is ready", || {
+        folder.path().join("ready").exists()
+    });
+    let grandchild = KillOnDrop(reported_pid(&folder.path().join("grandchild")));
+    let copy = KillOnDrop(reported_pid(&folder.path().join("copy")));
+    assert!(is_running(grandchild.0) && is_running(copy.0));
+    std::fs::write(folder.path().join("go"), "").unwrap();
+    if ending == "killed" {
+        probe.kill().unwrap();
+    }
+    probe.wait().unwrap();
+    eventually("the grandchild is killed", || !is_running(grandchild.0));
+    eventually("the copy is killed", || !is_running(copy.0));
+}
+
+#[test]
+fn nothing_a_child_started_outlives_this_process_calling_exit() {
+    within(60, || {
+        nothing_outlives_the_probe(
+            "nothing_a_child_started_outlives_this_process_calling_exit",
+            "exit",
+        )
+    });
+}
+
+#[test]
+fn nothing_a_child_started_outlives_this_process_killed() {
+    within(60, || {
+        nothing_outlives_the_probe(
+            "nothing_a_child_started_outlives_this_process_killed",
+            "killed",
+        )
+    });
 }

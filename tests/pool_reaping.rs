@@ -178,7 +178,10 @@ fn a_crash_is_noticed_while_a_copy_of_the_worker_lives() {
         ] {
             let pool = pool::pool(1);
             pool.run_sync(start).unwrap();
-            let copy = pool.eval_sync("copy").unwrap().as_u64().unwrap() as u32;
+            // Its pid where this test looks: the worker's may be a pid
+            // namespace's.
+            pool.run_sync(faults::OUTER_PID).unwrap();
+            let copy = pool.eval_sync("outer_pid(copy)").unwrap().as_u64().unwrap() as u32;
             assert!(faults::is_running(copy));
             let crashed = pool::within(20, {
                 let pool = pool.clone();
@@ -209,4 +212,64 @@ fn stop_ends_a_worker_that_does_not_answer() {
     for pid in pids {
         assert!(is_gone(pid), "worker {pid} outlived stop()");
     }
+}
+
+/// The pids of the copies that `setsid_copy` reported in `folder`, once
+/// there are `count`, each with a guard that kills it if the test fails.
+fn copies_in(folder: &std::path::Path, count: usize) -> Vec<faults::KillOnDrop> {
+    let reports = || -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(folder)
+            .unwrap()
+            .map(|entry| entry.unwrap().path())
+            .filter(|path| path.extension().is_none())
+            .collect()
+    };
+    eventually("every copy reports", || reports().len() == count);
+    let copies: Vec<_> = reports()
+        .iter()
+        .map(|report| faults::KillOnDrop(faults::reported_pid(report)))
+        .collect();
+    assert!(copies.iter().all(|copy| faults::is_running(copy.0)));
+    copies
+}
+
+#[test]
+fn stop_ends_what_the_workers_started_outside_their_process_groups() {
+    pool::within(60, || {
+        let folder = tempfile::tempdir().unwrap();
+        let pool = pool::pool(2);
+        // One copy per worker, each reporting in a file of its own.
+        let report = format!(
+            "os.path.join({}, __import__('uuid').uuid4().hex)",
+            faults::python_text(folder.path())
+        );
+        pool.run_sync(&faults::setsid_copy(&report)).unwrap();
+        let copies = copies_in(folder.path(), 2);
+        pool.stop_sync().unwrap();
+        for copy in copies {
+            eventually("a worker's copy is killed", || !faults::is_running(copy.0));
+        }
+    });
+}
+
+#[test]
+fn a_killed_workers_copy_outside_its_process_group_ends_with_it() {
+    pool::within(60, || {
+        let folder = tempfile::tempdir().unwrap();
+        let pool = pool::pool(1);
+        let report = folder.path().join("copy");
+        pool.run_sync(&faults::setsid_copy(&faults::python_text(&report)))
+            .unwrap();
+        let copy = copies_in(folder.path(), 1).remove(0);
+        let worker = pool.stats()[0].pid;
+        faults::kill(worker, 9);
+        eventually("the killed worker's copy is killed", || {
+            !faults::is_running(copy.0)
+        });
+        eventually("the worker is replaced", || {
+            let now = pool.stats()[0].pid;
+            now != worker && now != 0
+        });
+        assert_eq!(pool.eval_sync("1 + 1").unwrap(), 2);
+    });
 }

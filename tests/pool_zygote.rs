@@ -21,6 +21,27 @@ fn parent_of(pid: u32) -> u32 {
         .expect("a parent pid")
 }
 
+/// The process that serves as worker `pid`: the worker itself or, where it
+/// runs in a pid namespace of its own, its child there that is not the
+/// namespace's init (pid 1 in it).
+fn serving_process(pid: u32) -> u32 {
+    let status_of = |child: u32| std::fs::read_to_string(format!("/proc/{child}/status")).ok();
+    let field = |status: &str, name: &str| -> Option<String> {
+        let line = status.lines().find(|line| line.starts_with(name))?;
+        line.split_whitespace().last().map(str::to_owned)
+    };
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .find(|&child| {
+            status_of(child).is_some_and(|status| {
+                field(&status, "PPid:") == Some(pid.to_string())
+                    && field(&status, "NSpid:") != Some("1".into())
+            })
+        })
+        .unwrap_or(pid)
+}
+
 /// The arguments a process was started with.
 fn arguments(pid: u32) -> Vec<String> {
     let line = std::fs::read(format!("/proc/{pid}/cmdline")).expect("the process exists");
@@ -196,6 +217,7 @@ fn a_forked_worker_maps_its_reply_ring_and_closes_the_fd_it_was_passed() {
     pool.run_sync(DEFS).unwrap();
     for pid in pool::pids(&pool) {
         assert_ne!(parent_of(pid), std::process::id(), "forked by the zygote");
+        let pid = serving_process(pid);
         let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
         assert!(maps.contains("memfd:async_py-replies"), "{maps}");
         // Python's mmap keeps a duplicate of the fd it mapped; the passed

@@ -107,7 +107,10 @@ async fn two_hundred_kill_and_restart_cycles_under_sixteen_callers() {
                     }
                 };
                 pids.insert(pid);
-                kill(pid, 9);
+                // The answer may come from a worker whose stand-in outside its
+                // pid namespace was killed a moment ago (and reaped since):
+                // the kernel's kill of the namespace lands just after.
+                try_kill(pid, 9);
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
             pids

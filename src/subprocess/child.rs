@@ -10,6 +10,22 @@
 //! file on its pipes alone: a copy it forked may hold them open. A pool's
 //! children are forked by its zygote (see `zygote`), their parent, which
 //! reaps them and reports how they ended.
+//!
+//! On Linux the process behind `pid` is a stand-in: the worker runs in a
+//! pid namespace of its own, with a small init, and everything it starts
+//! (a process that left the group with `setsid()` too) is killed by the
+//! kernel when that init dies: after the worker, or with the stand-in,
+//! which dies with this process by any route, SIGKILL included. The
+//! stand-in passes SIGINT and SIGTERM on, keeps the worker's pipes open
+//! until it ends, and ends as the worker did, after all of it: its end,
+//! its status, and end of file or a broken pipe read as the worker's own
+//! (`python/PROTOCOL.md`, "Containment").
+//! The worker's `os.getpid()` is `pid` where the kernel lets the init
+//! choose it; its children see pids of the namespace, not the ones this
+//! process sees. A SIGKILL to `pid` alone ends the worker a moment later,
+//! so a reply it was writing may still come. Where no namespace can be
+//! made (not Linux, or neither `CLONE_NEWPID` nor a user namespace
+//! allowed), the child is the worker, and what left its group lives on.
 
 use std::fs::File;
 use std::io::{self, Read, Write};

@@ -109,6 +109,9 @@ const START_RETRY_MAX: Duration = Duration::from_secs(30);
 /// file.
 const EXIT_GRACE: Duration = Duration::from_millis(500);
 
+/// How long a child whose request pipe lost its reader has to show its end.
+const PIPE_END_GRACE: Duration = Duration::from_millis(100);
+
 pub(crate) struct Settings {
     pub spec: LaunchSpec,
     pub startup: Option<String>,
@@ -430,8 +433,17 @@ impl Core {
         // The whole request first: code larger than the pipe goes out as
         // the child reads it.
         loop {
-            self.flush()
-                .map_err(|err| failed(format!("the child stopped reading: {err}")))?;
+            if let Err(err) = self.flush() {
+                // No reader left is, as a rule, a child that is ending: a
+                // contained one's pipes close with all of it, just before
+                // its end shows.
+                let child = self.child.as_mut().expect("started above");
+                if child.wait_for_exit(PIPE_END_GRACE).is_some() {
+                    let reason = child.kill_and_describe();
+                    return Err(failed(format!("the child died running it: {reason}")));
+                }
+                return Err(failed(format!("the child stopped reading: {err}")));
+            }
             if self.outgoing.is_empty() {
                 break;
             }

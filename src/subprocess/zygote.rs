@@ -7,8 +7,11 @@
 //!
 //! # Caveats
 //! A forked worker's parent is the zygote, so the kernel kills it when the
-//! zygote dies (and the zygote when this process dies). A worker that
-//! cannot be forked (the zygote died, say) is started the usual way.
+//! zygote dies (and the zygote when this process dies). Each forked worker
+//! makes a pid namespace of its own, as a started one does (see `child`),
+//! so stopping or replacing one worker ends what it started and nothing
+//! of its siblings'. A worker that cannot be forked (the zygote died, say)
+//! is started the usual way.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::File;

@@ -70,6 +70,17 @@ pub fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
     }
 }
 
+/// Sends `signal` to `pid`; false if there is no such process (any more).
+pub fn try_kill(pid: u32, signal: i32) -> bool {
+    std::process::Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("kill runs")
+        .success()
+}
+
 pub fn kill(pid: u32, signal: i32) {
     let status = std::process::Command::new("kill")
         .arg(format!("-{signal}"))
@@ -195,3 +206,72 @@ pub fn fake_python(dir: &std::path::Path, body: &str) -> PathBuf {
 /// Shell that writes the smallest hello the parent takes: the frame of
 /// `["hello", 2]`.
 pub const HELLO: &str = r"printf '\000\000\000\010\222\245hello\002'";
+
+/// Python defining `outer_pid(inner)`: the pid that a process of the
+/// worker's pid namespace, `inner` there, has where these tests look (None
+/// if it is gone). Outside any namespace of its own the two are the same.
+pub const OUTER_PID: &str = r#"
+import os
+def outer_pid(inner):
+    here = os.readlink('/proc/self/ns/pid')
+    for entry in os.listdir('/proc'):
+        if not entry.isdigit():
+            continue
+        try:
+            if os.readlink('/proc/%s/ns/pid' % entry) != here:
+                continue
+            with open('/proc/%s/status' % entry) as status:
+                for line in status:
+                    if line.startswith('NSpid:') and int(line.split()[-1]) == inner:
+                        return int(entry)
+        except (OSError, ValueError):
+            pass
+    return None
+"#;
+
+/// Python that forks a copy of the worker which leaves its process group
+/// and session (`os.setsid()`), writes its pid as seen from here into the
+/// file that the Python expression `report` names, and sleeps for five
+/// minutes.
+pub fn setsid_copy(report: &str) -> String {
+    format!(
+        "import os, time\n\
+         report = {report}\n\
+         if os.fork() == 0:\n\
+         \x20   os.setsid()\n\
+         \x20   with open(report + '.partial', 'w') as partial:\n\
+         \x20       partial.write(os.readlink('/proc/self'))\n\
+         \x20   os.rename(report + '.partial', report)\n\
+         \x20   time.sleep(300)\n\
+         \x20   os._exit(0)"
+    )
+}
+
+/// `path` as a Python string literal.
+pub fn python_text(path: &std::path::Path) -> String {
+    format!("{:?}", path.to_str().expect("a UTF-8 temp path"))
+}
+
+/// The pid written into `report`, once it is there.
+pub fn reported_pid(report: &std::path::Path) -> u32 {
+    eventually("the pid is reported", || report.exists());
+    std::fs::read_to_string(report)
+        .unwrap()
+        .trim()
+        .parse()
+        .expect("a pid")
+}
+
+/// SIGKILLs a process when dropped, so that a failed test leaves nothing
+/// running.
+pub struct KillOnDrop(pub u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if is_running(self.0) {
+            let _ = std::process::Command::new("kill")
+                .args(["-9", &self.0.to_string()])
+                .status();
+        }
+    }
+}
