@@ -418,7 +418,10 @@ fn a_request_over_the_frame_limit_names_its_size_and_the_limit() {
     let big = "x".repeat(100 << 10);
     match runner.call_function_sync("len", vec![json!(big)]) {
         Err(PyRunnerError::Protocol(message)) => {
-            assert!(message.contains("over the frame limit of 65536 bytes"), "{message}");
+            assert!(
+                message.contains("over the frame limit of 65536 bytes"),
+                "{message}"
+            );
             assert!(message.contains("a request of 1024"), "{message}");
         }
         other => panic!("expected a Protocol error, got {other:?}"),
