@@ -5,9 +5,17 @@
 //! async_py are not affected: their binaries choose their own, so the
 //! version and folder of that libpython are also handed to the crate, which
 //! checks at start that the one loaded matches.
+//!
+//! It also joins the worker's modules (`python/*.py`, in the order
+//! `python/MODULES` lists them) into the sources the crate compiles in:
+//! `$OUT_DIR/worker.py`, the whole program a child runs, and
+//! `$OUT_DIR/helpers.py`, the part the in-process backends load.
+
+use std::path::Path;
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
+    join_worker();
     #[cfg(feature = "pyo3")]
     {
         // `Py_LIMITED_API` and the like, as pyo3 itself sees them.
@@ -46,4 +54,47 @@ fn built_version(config: &pyo3_build_config::InterpreterConfig) -> String {
         let version = config.version();
         format!("{}.{}", version.major, version.minor)
     })
+}
+
+/// Writes the joined worker sources into `OUT_DIR` (see the file's docs).
+/// Each module is put under a line naming it; tests/python/worker_source.py
+/// joins them the same way for the Python tests.
+fn join_worker() {
+    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("python");
+    let listing_path = python.join("MODULES");
+    println!("cargo:rerun-if-changed={}", listing_path.display());
+    let listing = std::fs::read_to_string(&listing_path).expect("python/MODULES is readable");
+    let mut in_process = Vec::new();
+    let mut child_only = Vec::new();
+    let mut group = None;
+    for line in listing.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        match line {
+            "[in-process]" => group = Some(&mut in_process),
+            "[child]" => group = Some(&mut child_only),
+            name => group
+                .as_mut()
+                .expect("python/MODULES names a group before its modules")
+                .push(name.to_owned()),
+        }
+    }
+    let join = |names: &[String]| {
+        let parts: Vec<String> = names
+            .iter()
+            .map(|name| {
+                let path = python.join(name);
+                println!("cargo:rerun-if-changed={}", path.display());
+                let text = std::fs::read_to_string(&path)
+                    .unwrap_or_else(|err| panic!("python/{name} is readable: {err}"));
+                format!("# python/{name}\n{}\n", text.trim_end_matches('\n'))
+            })
+            .collect();
+        parts.join("\n\n")
+    };
+    let out = std::path::PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
+    let all: Vec<String> = in_process.iter().chain(&child_only).cloned().collect();
+    std::fs::write(out.join("helpers.py"), join(&in_process)).expect("OUT_DIR is writable");
+    std::fs::write(out.join("worker.py"), join(&all)).expect("OUT_DIR is writable");
 }

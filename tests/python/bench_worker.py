@@ -1,4 +1,4 @@
-"""Timings of python/worker.py's codec and of round trips to a worker child.
+"""Timings of the worker's codec and of round trips to a worker child.
 
     python3 tests/python/bench_worker.py [python ...]
 
@@ -16,7 +16,9 @@ import time
 import timeit
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-WORKER = os.path.join(HERE, "..", "..", "python", "worker.py")
+sys.path.insert(0, HERE)
+from worker_source import WORKER  # noqa: E402  (python/*.py joined as build.rs joins them)
+
 sys.path.insert(0, os.path.dirname(WORKER))
 import worker  # noqa: E402
 

@@ -1,10 +1,10 @@
-"""Tests of python/worker.py.
+"""Tests of the worker: python/*.py, joined into one source as build.rs joins them.
 
     python3 -m unittest discover -s tests/python -v
 
 `CodecTests` check the MessagePack codec in this interpreter against bytes
 written by hand the way rmp-serde writes them. The `ChildOnPython*` classes
-run python/worker.py as a child process (the subprocess backend's program,
+run the joined worker as a child process (the subprocess backend's program,
 PROTOCOL.md; the `_bootstrap` ones start it the way the Rust side does) on
 every CPython 3.8, 3.10, 3.11, 3.12 and 3.13 found under
 /root/.pyenv/versions, on this interpreter, and on any named in
@@ -14,6 +14,7 @@ ASYNC_PY_TEST_PYTHONS (paths separated by os.pathsep: a venv with the C
 child that hangs fails its test instead of the run.
 """
 
+import fractions
 import glob
 import os
 import queue
@@ -31,9 +32,12 @@ import unittest
 from unittest import mock
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-WORKER = os.path.normpath(os.path.join(HERE, "..", "..", "python", "worker.py"))
+sys.path.insert(0, HERE)
+from worker_source import WORKER  # noqa: E402  (python/*.py joined as build.rs joins them)
+import worker_source  # noqa: E402
+
 sys.path.insert(0, os.path.dirname(WORKER))
-import worker  # noqa: E402  (the module under test, imported in-process for its codec)
+import worker  # noqa: E402  (the joined worker, imported in-process for its codec)
 
 REPLY_TIMEOUT = 10.0
 """Seconds to wait for one reply, or for a child to exit."""
@@ -222,6 +226,62 @@ class InterpreterTests(unittest.TestCase):
             "none of CPython %s found under /root/.pyenv/versions: the worker is only tested on %s"
             % (", ".join(REQUIRED_VERSIONS), sys.executable),
         )
+
+
+# == the join: python/MODULES ================================================
+
+
+class JoinTests(unittest.TestCase):
+    """python/MODULES and the sources joined from it."""
+
+    HELPER_NAMES = (
+        "RunnerTimeout",
+        "new_globals",
+        "run_code",
+        "eval_expr",
+        "run_file",
+        "set_venv",
+        "resolve",
+        "describe_error",
+        "table_form",
+        "CoroutineDriver",
+        "os",
+    )
+    """What the PyO3 and RustPython backends look up in the helpers."""
+
+    def test_every_module_is_listed_once(self):
+        groups = worker_source.modules()
+        listed = groups["in-process"] + groups["child"]
+        on_disk = sorted(name for name in os.listdir(worker_source.PYTHON_DIR) if name.endswith(".py") and name != "bootstrap.py")
+        self.assertEqual(sorted(listed), on_disk)
+        self.assertEqual(len(set(listed)), len(listed))
+        self.assertEqual(listed[-1], "serve.py", "the child's program (main) comes last")
+
+    def test_every_module_states_the_rule_and_imports_only_plain_names(self):
+        for name in os.listdir(worker_source.PYTHON_DIR):
+            if not name.endswith(".py") or name == "bootstrap.py":
+                continue
+            with open(os.path.join(worker_source.PYTHON_DIR, name), encoding="utf-8") as module:
+                text = module.read()
+            self.assertTrue(text.startswith("# A worker module, joined with the others"), name)
+            self.assertNotRegex(text, r"(?m)^\s*from \.", name)
+
+    def test_the_in_process_helpers_stand_alone(self):
+        namespace = {"__name__": "async_py_worker", "__file__": "async_py/worker.py"}
+        exec(compile(worker_source.in_process_source(), "async_py/worker.py", "exec"), namespace)
+        for name in self.HELPER_NAMES:
+            self.assertIn(name, namespace)
+        self.assertNotIn("ChildWorker", namespace)
+        self.assertEqual(namespace["table_form"](fractions.Fraction(1, 4)), 0.25)
+        try:
+            namespace["run_code"]("raise ValueError('bad \\udc80')", namespace["new_globals"]())
+        except ValueError as exc:
+            kind, message, trace = namespace["describe_error"](exc)
+        self.assertEqual((kind, message), ("ValueError", "bad \\udc80"))
+        self.assertIn("<string>", trace)
+
+
+# == codec.py ================================================================
 
 
 class CodecTests(unittest.TestCase):
@@ -506,6 +566,9 @@ class MsgpackCodecTests(unittest.TestCase):
         self.assertRaises(worker._TooDeep, self.unpack, b"\x91" * 3000 + b"\x01")
 
 
+# == helpers.py ==============================================================
+
+
 class CoroutineDriverTests(unittest.TestCase):
     """CoroutineDriver the way the in-process backend drives it."""
 
@@ -612,6 +675,9 @@ class CoroutineDriverTests(unittest.TestCase):
         loop = self.driver.loop
         self.assertEqual(loop.run_until_complete(self.wait(0.05, "mine")), "mine")
         self.assertEqual(self.driver.turn(True), [(4, True, "early")])
+
+
+# == serve.py: a ChildWorker in this process =================================
 
 
 class SpinTests(unittest.TestCase):
@@ -766,6 +832,9 @@ class InterruptTargetTests(unittest.TestCase):
 
 
 @unittest.skipUnless(hasattr(os, "memfd_create"), "the reply ring needs memfd (Linux)")
+# == ring.py =================================================================
+
+
 class ReplyRingTests(unittest.TestCase):
     """The child's end of the reply ring, against a parent played here."""
 
@@ -832,6 +901,9 @@ class ReplyRingTests(unittest.TestCase):
         self.start_at(0)
         self.assertTrue(self.ring.put(b"x" * worker._RING_SIZE, self.doorbell))
         self.assertFalse(self.ring.put(b"one more", lambda: False))
+
+
+# == the whole worker as a child (serve.py's main, every module) =============
 
 
 class ChildTests:

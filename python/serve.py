@@ -1,0 +1,792 @@
+# A worker module, joined with the others into one source (python/MODULES): stdlib imports only; the others' names are globals here.
+"""The child program: a subprocess worker speaks the wire protocol of
+PROTOCOL.md on its stdin and stdout:
+
+- frames are a 4-byte big-endian length and one MessagePack value;
+- the child first sends `["hello", 2, "3.11.7", pid, executable, ring]`;
+- with the reply ring the parent offers (shared memory), replies go there
+  and stdout carries only doorbells;
+- requests are `[id, op, ...]` (ops `run`, `run_file`, `eval`, `read`,
+  `call`, `call_async`, `set_venv`, `stop`) and are handled in arrival order;
+- replies are `[id, "ok", value]`, `[id, "err", kind, message, traceback]`,
+  `[id, "conv", message]` or `[id, "timeout"]`; only `call_async` replies
+  can come back out of order;
+- `["out"]` goes before the replies that follow output written through
+  sys.stdout or sys.stderr, which is in the stderr pipe by then.
+
+The whole worker uses the standard library only, and runs on CPython 3.8
+and later. It carries its own MessagePack codec, and uses the C `msgpack`
+package instead when the interpreter has it. The child runs every module
+of python/MODULES joined into one source, this one last.
+"""
+
+import io
+import os
+import reprlib
+import select
+import signal
+import struct
+import sys
+import time
+import traceback
+
+PROTOCOL_VERSION = 2
+FRAME_LIMIT = 1 << 30
+"""Frames longer than this (1 GiB) make the child exit with status 3."""
+
+EXIT_PROTOCOL = 3
+"""Exit status after bytes that are not a frame of valid MessagePack."""
+
+# A pipe wake-up costs more than this, so the child polls for the next
+# request for a moment before it sleeps in the selector.
+_SPIN_SECONDS = 50e-6
+# Pipes hand over at most 64 KiB at a time, and a bigger read buffer costs
+# an mmap per read.
+_READ_CHUNK = 1 << 16
+
+_frame_header = struct.Struct(">I").pack
+# ["out"]: what sys.stdout and sys.stderr took is in the stderr pipe.
+_OUTPUT_MARK = _frame_header(5) + b"\x91\xa3out"
+# The frame header and the start of [id, "ok", value], the id as a uint 64.
+_ok_head = struct.Struct(">IBBQ3s").pack
+_OK_HEAD_SIZE = 13
+# How request ids are written after their marker: (width, reader).
+_ID_READERS = {0xCC: (1, _unpack_u8), 0xCD: (2, _unpack_u16), 0xCE: (4, _unpack_u32), 0xCF: (8, _unpack_u64)}
+_LATER = object()
+"""Returned by a request handler whose reply comes when a coroutine finishes."""
+
+
+_in_forked_copy = False
+"""True in a process forked (os.fork) by user code in the worker."""
+
+_worker_driver = None
+"""The worker's CoroutineDriver, once it has one (a child worker only)."""
+
+
+def _note_fork():
+    global _in_forked_copy
+    _in_forked_copy = True
+    # Forked in a coroutine: the copy's loop turn ends after what is ready
+    # now, and the copy with it (see ChildWorker._turn_loop). Only the
+    # worker's own loop, and only in its turn: a loop that user code runs
+    # inside a request (asyncio.run) is the user's, and the copy leaves when
+    # that request returns. (asyncio cannot tell: it reports no running
+    # loop in a forked process.)
+    driver = _worker_driver
+    if driver is not None and driver.turning:
+        driver.loop.stop()
+
+
+def _leave_forked_copy(exc):
+    """Ends a copy of the worker that user code forked, once the code that
+    forked returns into the worker (the worker is the other copy, and it
+    answers): its output flushed, with the status a script ending with
+    `exc` (None: none) would have."""
+    status = 0
+    try:
+        if isinstance(exc, SystemExit):
+            if isinstance(exc.code, int):
+                status = exc.code & 0xFF
+            elif exc.code is not None:
+                print(exc.code, file=sys.stderr)
+                status = 1
+        elif exc is not None:
+            traceback.print_exception(type(exc), exc, exc.__traceback__)
+            status = 1
+        _flush_stdio()
+    finally:
+        os._exit(status)
+
+
+_output_written = False
+"""True once sys.stdout or sys.stderr took a write since the last output
+mark (see ChildWorker._flush)."""
+
+_fileio_write = io.FileIO.write
+
+
+class _NotedFileIO(io.FileIO):
+    """The fd under the worker's sys.stdout and sys.stderr: each write is
+    noted, so that only replies that follow output go out behind a mark,
+    and a reply after none costs nothing more."""
+
+    def write(self, data):
+        global _output_written
+        _output_written = True
+        return _fileio_write(self, data)
+
+
+def _noted_stream(fd, like):
+    """A text stream on `fd` that notes its writes, writing through as
+    `python -u` streams do, with `like`'s encoding and error handler."""
+    return io.TextIOWrapper(
+        _NotedFileIO(fd, "w", closefd=False),
+        encoding=getattr(like, "encoding", None) or "utf-8",
+        errors=getattr(like, "errors", None) or "backslashreplace",
+        newline="\n",
+        line_buffering=True,
+        write_through=True,
+    )
+
+
+def _say(message):
+    """One line on stderr, straight to the fd: user code may have replaced sys.stderr."""
+    global _output_written
+    _output_written = True
+    try:
+        os.write(2, ("async_py worker: %s\n" % message).encode("utf-8", "backslashreplace"))
+    except OSError:
+        pass
+
+
+def _flush_stdio():
+    """Flushes what user code printed (sys.stdout is fd 2 by now)."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # closed or replaced by user code
+            pass
+
+
+def _is_limit(value):
+    """nil, or a finite number of seconds that is not negative."""
+    return value is None or (type(value) in (int, float) and _isfinite(value) and value >= 0)
+
+
+# The types of each op's arguments after [id, op]; `call_async`'s limit is nil
+# or a number of seconds.
+_OPS = {
+    "run": (str,),
+    "run_file": (str,),
+    "eval": (str,),
+    "read": (str,),
+    "call": (str, list),
+    "call_async": (str, list, "limit"),
+    "set_venv": (str,),
+    "stop": (),
+}
+
+
+class ChildWorker:
+    """Answers the requests of one parent until `stop` or end of input.
+
+    Every op runs to completion in the order its request arrived, outside the
+    event loop (so user code may call `asyncio.run`), except `call_async`,
+    whose coroutine runs on the CoroutineDriver's loop while the child waits
+    for the next request in that loop's selector.
+    """
+
+    def __init__(
+        self, proto_in, proto_out, pack_value=pack, unpack_frame=unpack, ring=None, share=False
+    ):
+        self.proto_in = proto_in
+        # A pool's worker shares the cores with its siblings and the parent:
+        # while it polls for a request it gives its core to whichever of them
+        # is ready to run.
+        self.pause = getattr(os, "sched_yield", None) if share else None
+        self.proto_out = proto_out
+        # Replies take the ring from the first one after the hello.
+        self.offered_ring = ring
+        self.ring = None
+        self.pack_value = pack_value
+        self.unpack_frame = unpack_frame
+        self.globals = new_globals()
+        self.driver = None  # made by the first call_async
+        self.poller = select.poll()
+        self.poller.register(proto_in, select.POLLIN)
+        self.inbox = bytearray()
+        self.outbox = []
+        self.at_eof = False
+        self.stopping = False
+        self.running = None  # the id of the request running now, if any
+        self.interrupted = False
+        self.handlers = {op: getattr(self, "op_" + op) for op in _OPS}
+        # The common request gets a decoder of its own with the pure-Python codec.
+        self.quick_calls = unpack_frame is unpack
+        # Streams that write straight to their fd need no flush before a reply.
+        streams = (sys.stdout, sys.stderr)
+        self.direct_streams = streams if all(map(_writes_through, streams)) else (_LATER, _LATER)
+        os.set_blocking(proto_in, False)
+
+    # -- the loop ----------------------------------------------------------
+
+    def serve(self):
+        """Handles requests until `stop` or end of input; returns the exit status."""
+        global _output_written
+        hello = ["hello", PROTOCOL_VERSION, "%d.%d.%d" % sys.version_info[:3], _pid_outside or os.getpid(), _executable()]
+        self._send(pack(hello + [self.offered_ring is not None]))
+        _output_written = False  # nothing goes before the hello
+        self._flush()
+        if self.offered_ring is not None:
+            os.set_blocking(self.proto_out, False)  # a full pipe holds doorbells enough
+            self.ring = self.offered_ring
+        while True:
+            self._handle_frames()
+            if self.driver is not None and self.driver.pending and not self.stopping:
+                self._turn_loop(block=False)  # let coroutines move between batches
+            # Every reply is out by now: each request's and each turn's flush it.
+            if self.stopping:
+                return 0
+            if self.interrupted:
+                return 130
+            if self.at_eof:
+                if self.inbox:
+                    self._fail("the request pipe ended inside a frame (%d bytes left)" % len(self.inbox))
+                return 0
+            # A loop turn may have moved whole requests into the inbox.
+            if self._has_whole_frame() or self._spin():
+                continue
+            if self.driver is None:
+                self.poller.poll()
+                self._read_available()
+            else:
+                self._turn_loop(block=True)
+
+    def close(self):
+        """Cancels pending coroutines and closes the event loop."""
+        if self.driver is None or self.driver.loop.is_closed():
+            return
+        self.driver.loop.remove_reader(self.proto_in)
+        try:
+            self.driver.cancel_all()
+        except BaseException as exc:
+            _say("while cancelling pending calls: %s: %s" % (type(exc).__name__, exc))
+
+    def _coroutine_driver(self):
+        """The event loop for coroutines, made on first use; from then on the
+        child also waits for requests in it."""
+        global _worker_driver
+        if self.driver is None:
+            self.driver = CoroutineDriver()
+            self.driver.loop.add_reader(self.proto_in, self._on_readable)
+            _worker_driver = self.driver
+        return self.driver
+
+    def _turn_loop(self, block):
+        """Runs the event loop once, or until bytes arrive or a call finishes.
+
+        With a ring, the child says there while it is in the loop (the id of
+        the last coroutine it started is there already, see op_call_async):
+        requests run only outside the loop, so a parent that finds a limit
+        passed while the child is inside knows a coroutine holds the loop, no
+        request runs, and which coroutines had started. (Its replies are
+        published before the flag is set.)
+        """
+        counters = None if self.ring is None else self.ring.counters
+        if counters is not None:
+            counters[_RING_IN_LOOP] = 1
+        try:
+            finished = self.driver.turn(block)
+        except BaseException as exc:
+            if _in_forked_copy:
+                _leave_forked_copy(exc)
+            # SystemExit or KeyboardInterrupt from a coroutine leaves run_forever
+            # after its task has recorded it; the task's reply follows next turn.
+            if not isinstance(exc, (SystemExit, KeyboardInterrupt)):
+                _say("event loop error: %s" % "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+            return
+        finally:
+            if _in_forked_copy:
+                _leave_forked_copy(None)
+            if counters is not None:
+                counters[_RING_IN_LOOP] = 0
+        for token, ok, value in finished:
+            self._reply_finished(token, ok, value)
+        # Published now, before the next request or turn: the parent reads
+        # the flag above as "every reply before it is out".
+        self._flush()
+
+    def on_interrupt(self, signum, frame):
+        """SIGINT during a command is a KeyboardInterrupt in it, so its
+        `finally` blocks run. When the parent sent it for this command (it
+        ran past its limit), the child then exits without starting anything
+        else: the parent replaces it and sends what was queued to the new
+        child.
+
+        With a reply ring the parent names there the request each SIGINT
+        of its own is for. One for a request that has ended (it ended just
+        before the signal came) is ignored, and the child goes on: the
+        parent, which sees that request answered without being stopped,
+        keeps this child and waits for what it sent after. A SIGINT with no
+        new name is of the command's own making (`signal.raise_signal`,
+        `_thread.interrupt_main`): only a KeyboardInterrupt. Without a ring
+        every SIGINT during a command is taken for the parent's. Between
+        commands SIGINT is ignored."""
+        running = self.running
+        if self.ring is None:
+            from_parent = True
+        else:
+            target = self.ring.new_interrupt_target()
+            if target is not None and target != running:
+                return
+            from_parent = target is not None
+        if running is None:
+            return
+        if from_parent:
+            if self.ring is not None:
+                self.ring.take_interrupt(running)
+            self.interrupted = True
+        raise KeyboardInterrupt
+
+    def _on_readable(self):
+        if _in_forked_copy:
+            _leave_forked_copy(None)  # forked in a coroutine: the requests are the worker's
+        self._read_available()
+        self.driver.wake()
+
+    def _read_available(self):
+        """Moves what the request pipe holds into the inbox; True if anything came."""
+        got = False
+        while True:
+            try:
+                chunk = os.read(self.proto_in, _READ_CHUNK)
+            except (BlockingIOError, InterruptedError):
+                return got
+            if not chunk:
+                self.at_eof = True
+                return True
+            self.inbox += chunk
+            got = True
+            if len(chunk) < _READ_CHUNK:
+                return True  # a short read leaves the pipe empty
+
+    def _spin(self):
+        """Polls briefly for the next request; True if bytes (or end of input) came."""
+        deadline = time.perf_counter() + _SPIN_SECONDS
+        poll = self.poller.poll
+        pause = self.pause
+        while True:
+            # poll(0) rather than reads that fail: each failed read builds
+            # an exception and its message.
+            if poll(0):
+                return self._read_available()
+            if time.perf_counter() >= deadline:
+                return False
+            if pause is not None:
+                pause()
+
+    def _has_whole_frame(self):
+        inbox = self.inbox
+        return len(inbox) >= 4 and len(inbox) - 4 >= _unpack_u32(inbox, 0)[0]
+
+    def _handle_frames(self):
+        """Handles every complete frame in the inbox, in order.
+
+        Each reply is written before the next request starts: the parent
+        takes the oldest unanswered request to be the one running, for its
+        time limit and to know what a dead child had not started."""
+        inbox = self.inbox
+        pos = 0
+        while len(inbox) - pos >= 4 and not self.stopping and not self.interrupted:
+            (size,) = _unpack_u32(inbox, pos)
+            if size > FRAME_LIMIT:
+                self._fail("a frame of %d bytes is over the 1 GiB limit" % size)
+            end = pos + 4 + size
+            if end > len(inbox):
+                break
+            frame = inbox[pos + 4 : end]
+            pos = end
+            self._handle_frame(frame)
+            self._flush()
+        del inbox[:pos]
+
+    def _handle_frame(self, frame):
+        call = _call_request(frame) if self.quick_calls else None
+        if call is None:
+            request = self._decode_request(frame)
+            if request is None:
+                return
+            request_id, handler, args = request[0], self.handlers[request[1]], request[2:]
+        else:
+            request_id, name, args = call
+        try:
+            self.running = request_id
+            try:
+                if call is None:
+                    value = handler(request_id, *args)
+                else:
+                    # op_call without the method call: the commonest request.
+                    value = resolve(name, self.globals)(*args)
+            finally:
+                self.running = None
+        except BaseException as exc:
+            # Anything user code raises, SystemExit and KeyboardInterrupt too,
+            # is the caller's error; the child goes on. (Set again: a signal
+            # may have cut the `finally` short.)
+            self.running = None
+            if _in_forked_copy:
+                _leave_forked_copy(exc)
+            self._reply_error(request_id, exc)
+            return
+        if value is not _LATER:
+            self._reply_value(request_id, value)
+
+    def _decode_request(self, frame):
+        """The request [id, op, ...] in a frame, checked; None if it was
+        answered (or ignored) as malformed here."""
+        try:
+            request = self.unpack_frame(frame)
+        except _TooDeep:
+            request_id = _request_id_of(frame)
+            if request_id is None:
+                _say("ignoring a request that nests too deeply and has no id")
+            else:
+                self._send_reply([request_id, "conv", _TOO_DEEP])
+            return
+        except FrameError as exc:
+            self._fail("a frame is not valid MessagePack: %s" % exc)
+        if type(request) is not list or not request or type(request[0]) is not int:
+            _say("ignoring a request without an id: %s" % _preview(request))
+            return
+        problem = _request_problem(request)
+        if problem is not None:
+            self._send_reply([request[0], "err", "ProtocolError", problem, None])
+            return None
+        return request
+
+    # -- one method per op: each returns the reply's value, or raises --------
+
+    def op_run(self, request_id, code):
+        run_code(code, self.globals)
+
+    def op_run_file(self, request_id, path):
+        run_file(path, self.globals)
+
+    def op_eval(self, request_id, expr):
+        return eval_expr(expr, self.globals)
+
+    def op_read(self, request_id, name):
+        return resolve(name, self.globals)
+
+    def op_call(self, request_id, name, args):
+        # Calls that `_call_request` decodes skip this method (_handle_frame).
+        return resolve(name, self.globals)(*args)
+
+    def op_call_async(self, request_id, name, args, limit):
+        function = resolve(name, self.globals)
+        driver = self._coroutine_driver()
+        counters = None if self.ring is None else self.ring.counters
+        if counters is not None:
+            # The last coroutine started, which the loop's turns leave in
+            # place. The call that makes it is part of it: the parent judges
+            # that call by the coroutine's limit, as it judges a coroutine
+            # that holds the loop, and knows that no request runs meanwhile.
+            counters[_RING_LAST_COROUTINE] = request_id
+            counters[_RING_IN_LOOP] = 1
+        try:
+            scheduled, value = driver.start(request_id, function, args, limit)
+        finally:
+            if counters is not None:
+                counters[_RING_IN_LOOP] = 0
+        return _LATER if scheduled else value
+
+    def op_set_venv(self, request_id, path):
+        set_venv(path)
+
+    def op_stop(self, request_id):
+        self.stopping = True
+
+    # -- replies -----------------------------------------------------------
+
+    def _reply_finished(self, request_id, ok, value):
+        """The reply to a call_async: `value` is the result, the exception,
+        or "timeout" / "cancelled" (see CoroutineDriver._done)."""
+        if ok:
+            self._reply_value(request_id, value)
+        elif isinstance(value, BaseException):
+            self._reply_error(request_id, value)
+        elif value == "timeout":
+            self._send_reply([request_id, "timeout"])
+        else:
+            self._send_reply([request_id, "err", "CancelledError", "the coroutine was cancelled", None])
+
+    def _reply_value(self, request_id, value):
+        try:
+            body = self.pack_value(value)
+        except ConversionError as exc:
+            self._send_reply([request_id, "conv", str(exc)])
+            return
+        except BaseException as exc:  # str(obj) of some object raised
+            self._reply_error(request_id, exc)
+            return
+        size = _OK_HEAD_SIZE + len(body)
+        if size > 0xFFFFFFFF:
+            self._send_reply([request_id, "conv", "a reply of %d bytes does not fit in a frame" % size])
+            return
+        if 0 <= request_id <= 0xFFFFFFFFFFFFFFFF:
+            self.outbox.append(_ok_head(size, 0x93, 0xCF, request_id, b"\xa2ok") + body)
+        else:
+            self._send(b"\x93" + pack(request_id) + b"\xa2ok" + body)
+
+    def _reply_error(self, request_id, exc):
+        self._send_reply([request_id, "err", *describe_error(exc)])
+
+    def _send_reply(self, reply):
+        self._send(pack(reply))
+
+    def _send(self, payload):
+        self.outbox += (_frame_header(len(payload)), payload)
+
+    def _flush(self):
+        """Writes every reply produced since the last flush, in one go.
+
+        What the requests printed is flushed first, so it reaches stderr
+        before their replies reach the parent; if anything was written
+        through sys.stdout or sys.stderr since the last flush, an output
+        mark goes before the replies, and the parent forwards its copy of
+        the stderr pipe up to here before it hands them out. (Writes
+        straight to fd 1 or 2, by os.write or C code, are not noted: noting
+        them would cost a system call for every reply.)
+        """
+        global _output_written
+        if _in_forked_copy:
+            # A copy whose forking code returned (one that raised left in
+            # _handle_frame): every reply passes here, once per request.
+            _leave_forked_copy(None)
+        outbox = self.outbox
+        if not outbox:
+            return
+        stdout, stderr = self.direct_streams
+        if sys.stdout is not stdout or sys.stderr is not stderr:
+            _flush_stdio()
+        if _output_written:
+            _output_written = False
+            outbox.insert(0, _OUTPUT_MARK)
+        data = outbox[0] if len(outbox) == 1 else b"".join(outbox)
+        outbox.clear()
+        if self.ring is not None:
+            if not self.ring.put(data, self._doorbell):
+                self._parent_gone()
+            return
+        data = memoryview(data)
+        while True:
+            try:
+                written = os.write(self.proto_out, data)
+            except (BlockingIOError, InterruptedError):
+                select.select([], [self.proto_out], [])
+                continue
+            except BrokenPipeError:
+                self._parent_gone()
+                return
+            if written == len(data):
+                return
+            data = data[written:]
+
+    def _doorbell(self):
+        """Wakes a parent that sleeps until replies come; False if it is gone."""
+        try:
+            os.write(self.proto_out, b"\0")
+        except (BlockingIOError, InterruptedError):
+            pass  # the pipe is full of doorbells the parent has yet to read
+        except BrokenPipeError:
+            return False
+        return True
+
+    def _parent_gone(self):
+        """The parent stopped reading: nobody is left to answer."""
+        self.at_eof = True
+        self.inbox.clear()
+
+    def _fail(self, message):
+        """A broken protocol stream: say why on stderr and exit with status 3."""
+        self._flush()
+        _flush_stdio()
+        _say(message)
+        os._exit(EXIT_PROTOCOL)
+
+
+def _writes_through(stream):
+    """Whether text written to `stream` reaches its fd at once (python -u)."""
+    return getattr(stream, "write_through", False) and type(getattr(stream, "buffer", None)) in (io.FileIO, _NotedFileIO)
+
+
+def _call_request(frame):
+    """(id, name, args) of a `call` request shaped the way the parent writes
+    one (a short name, a short argument list), or None: anything else, valid
+    or not, takes the general decoder."""
+    try:
+        if frame[0] != 0x94:
+            return None
+        marker = frame[1]
+        if marker < 0x80:
+            request_id, pos = marker, 2
+        else:
+            width, read = _ID_READERS[marker]
+            (request_id,) = read(frame, 2)
+            pos = 2 + width
+        if frame[pos : pos + 5] != b"\xa4call":
+            return None
+        marker = frame[pos + 5]
+        if not 0xA0 <= marker < 0xC0:
+            return None
+        start = pos + 6
+        end = start + (marker & 0x1F)
+        name = frame[start:end].decode()
+        marker = frame[end]
+        if not 0x90 <= marker < 0xA0:
+            return None
+        # The arguments sit one level down in the request, as in `unpack`.
+        args, end = _unpack_array(frame, end + 1, marker & 0x0F, 1)
+        if end != len(frame):
+            return None
+        return request_id, name, args
+    except Exception:
+        return None
+
+
+_PATH_OPS = ("run_file", "set_venv")
+"""Ops whose path is a str, or the bytes of a path that is not UTF-8."""
+
+
+def _is_byte_list(value):
+    return type(value) is list and all(type(b) is int and 0 <= b <= 255 for b in value)
+
+
+def _request_problem(request):
+    """Why a request [id, op, ...] is malformed, or None."""
+    if len(request) < 2 or type(request[1]) is not str:
+        return "a request is [id, op, arguments...], got %s" % _preview(request)
+    op = request[1]
+    expected = _OPS.get(op)
+    if expected is None:
+        return "unknown op %s" % _preview(op)
+    args = request[2:]
+    if op == "call_async":
+        fits = len(args) == 3 and type(args[0]) is str and type(args[1]) is list and _is_limit(args[2])
+    elif op in _PATH_OPS:
+        fits = len(args) == 1 and (type(args[0]) is str or _is_byte_list(args[0]))
+    else:
+        fits = tuple(map(type, args)) == expected
+    if fits:
+        return None
+    shape = ", ".join([repr(op)] + [getattr(kind, "__name__", kind) for kind in expected])
+    return "%s takes [id, %s], got %s" % (op, shape, _preview(request))
+
+
+def _request_id_of(frame):
+    """The id of a request whose body could not be decoded, if its start shows one."""
+    try:
+        marker = frame[0]
+        if 0x91 <= marker <= 0x9F:
+            start = 1
+        elif marker == 0xDC:
+            start = 3
+        elif marker == 0xDD:
+            start = 5
+        else:
+            return None
+        request_id, _ = _unpack(frame, start, 0)
+    except Exception:
+        return None
+    return request_id if type(request_id) is int else None
+
+
+def _preview(value):
+    """A short repr, for messages about malformed requests."""
+    return reprlib.repr(value)
+
+
+def _executable():
+    """sys.executable as text UTF-8 can carry (a path need not be)."""
+    return _wire_text(os.fsdecode(os.fsencode(sys.executable or "")))
+
+
+def _move_protocol_off_stdio():
+    """Keeps the protocol on private fds; fd 1 becomes stderr, fd 0 /dev/null.
+
+    print(), os.write(1, ...) and C printf then land on stderr, and input()
+    raises EOFError instead of eating requests. sys.stdout and sys.stderr
+    become streams that note their writes (see ChildWorker._flush).
+    Returns (proto_in, proto_out).
+    """
+    proto_in = os.dup(0)
+    proto_out = os.dup(1)
+    null = os.open(os.devnull, os.O_RDWR)
+    os.dup2(null, 0)
+    try:
+        os.dup2(2, 1)
+    except OSError:  # no stderr at all
+        os.dup2(null, 1)
+    os.close(null)
+    try:
+        # The originals are left unclosed: they do not own fds 1 and 2.
+        sys.stdout = sys.__stdout__ = _noted_stream(1, sys.stdout)
+        sys.stderr = sys.__stderr__ = _noted_stream(2, sys.stderr)
+    except OSError:  # no stderr at all: the originals stay, unnoted
+        for stream in (sys.stdout, sys.stderr):
+            if stream is not None:
+                try:
+                    stream.reconfigure(line_buffering=True)
+                except (AttributeError, ValueError):
+                    pass
+    return proto_in, proto_out
+
+
+def _exit_with_parent(proto_in):
+    """On Linux, asks for SIGKILL when the parent dies, then checks it is alive.
+
+    The death signal only covers deaths from now on. A parent that died
+    earlier left this process to init (parent pid 1) and its request pipe
+    without a writer; pid 1 alone is not proof, as a container's init can be
+    the real parent.
+    """
+    libc = _linux_libc()
+    if libc is None:
+        return
+    _die_with_parent(libc)
+    if os.getppid() == 1:
+        poller = select.poll()
+        poller.register(proto_in, select.POLLIN)
+        for _, events in poller.poll(0):
+            if events & select.POLLHUP:
+                os._exit(0)
+
+
+def _forget_own_folder():
+    """Drops the entry Python put first on sys.path for how it was started
+    (this file's folder, or '' for `python -c`), as the in-process backend
+    has no such entry and the child's working folder should not shadow
+    installed packages."""
+    here = os.path.dirname(os.path.abspath(_HERE))
+    if sys.path and (sys.path[0] == "" or os.path.abspath(sys.path[0]) == here):
+        del sys.path[0]
+
+
+def main():
+    """The child program: its arguments are `--zygote`, or an optional
+    `--share-cores` and the reply ring's path (see PROTOCOL.md)."""
+    if sys.argv[1:2] == ["--zygote"]:
+        sys.exit(_zygote_main())
+    share = sys.argv[1:2] == ["--share-cores"]
+    if share:
+        del sys.argv[1]
+    _serve(share, sys.argv.pop(1) if len(sys.argv) > 1 else "")
+
+
+def _serve(share, ring_path, ring_fd=None):
+    """Serves one parent over stdin and stdout, then exits. `ring_fd` is the
+    fd behind a ring passed as /proc/self/fd/<n>, closed once mapped."""
+    if os.environ.get("ASYNC_PY_REPLY_RING") == "0":
+        ring_path = ""  # replies take the pipe
+    _exit_with_parent(0)
+    # Mapped before containment: from a user namespace of its own the worker
+    # may not open its parent's fds through /proc.
+    ring = _open_ring(ring_path)
+    if ring_fd is not None:
+        os.close(ring_fd)
+    _contain()
+    proto_in, proto_out = _move_protocol_off_stdio()
+    os.register_at_fork(after_in_child=_note_fork)
+    _forget_own_folder()
+    codec = _msgpack_codec() or (pack, unpack)
+    worker = ChildWorker(proto_in, proto_out, *codec, ring=ring, share=share)
+    signal.signal(signal.SIGINT, worker.on_interrupt)
+    try:
+        status = worker.serve()
+    finally:
+        worker.close()
+    sys.exit(status)
+
+
+if __name__ == "__main__":
+    main()

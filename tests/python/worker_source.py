@@ -1,0 +1,53 @@
+"""python/*.py joined into the worker, as build.rs joins them for the crate.
+
+`WORKER` is the path of the joined child source (a temporary file, removed
+at exit), which the tests run as a child and import as the module `worker`.
+"""
+
+import atexit
+import os
+import shutil
+import tempfile
+
+PYTHON_DIR = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "python"))
+
+
+def modules():
+    """{"in-process": [file, ...], "child": [file, ...]} from python/MODULES."""
+    groups = {}
+    group = None
+    with open(os.path.join(PYTHON_DIR, "MODULES")) as listing:
+        for line in listing:
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            if line.startswith("["):
+                group = groups.setdefault(line.strip("[]"), [])
+            else:
+                group.append(line)
+    return groups
+
+
+def joined(names):
+    """The modules' text in this order, each under a line naming it."""
+    parts = []
+    for name in names:
+        with open(os.path.join(PYTHON_DIR, name), encoding="utf-8") as module:
+            parts.append("# python/%s\n%s\n" % (name, module.read().rstrip("\n")))
+    return "\n\n".join(parts)
+
+
+def in_process_source():
+    return joined(modules()["in-process"])
+
+
+def child_source():
+    groups = modules()
+    return joined(groups["in-process"] + groups["child"])
+
+
+_folder = tempfile.mkdtemp(prefix="async_py-worker-")
+atexit.register(shutil.rmtree, _folder, True)
+WORKER = os.path.join(_folder, "worker.py")
+with open(WORKER, "w", encoding="utf-8") as _worker:
+    _worker.write(child_source())
