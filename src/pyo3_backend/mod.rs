@@ -100,7 +100,7 @@ struct Worker<'py> {
     watchdog: Option<Arc<Watchdog<AsyncExc>>>,
 }
 
-/// Functions of `python/worker.py`, looked up once.
+/// Functions of the worker's in-process helpers (`python/helpers.py`), looked up once.
 struct Helpers<'py> {
     module: Bound<'py, PyModule>,
     run_code: Bound<'py, PyAny>,
@@ -114,7 +114,7 @@ struct Helpers<'py> {
 impl<'py> Helpers<'py> {
     fn load(py: Python<'py>) -> PyResult<Self> {
         let source =
-            CString::new(crate::worker_source::WORKER_PY).expect("worker.py holds no NUL byte");
+            CString::new(crate::worker_source::HELPERS_PY).expect("helpers.py holds no NUL byte");
         let module = PyModule::from_code(py, &source, c"async_py/worker.py", c"async_py_worker")?;
         Ok(Helpers {
             run_code: module.getattr("run_code")?,

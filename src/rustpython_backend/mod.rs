@@ -2,7 +2,7 @@
 //! dedicated thread per runner, with no libpython anywhere.
 //!
 //! Each runner has its own interpreter, so runners never share `sys.path` or
-//! modules. The helpers of `python/worker.py` run here too, so code, errors
+//! modules. The helpers of `python/helpers.py` run here too, so code, errors
 //! and tracebacks come back as the CPython backends give them. There is no
 //! event loop: `call_async_function` is `Unsupported`. A command past its
 //! limit is stopped by a user signal that the interpreter checks between
@@ -190,7 +190,7 @@ struct Worker<'vm> {
     watchdog: Option<Arc<Watchdog<Signal>>>,
 }
 
-/// Functions of `python/worker.py`, looked up once.
+/// Functions of the worker's in-process helpers (`python/helpers.py`), looked up once.
 struct Helpers {
     run_code: PyObjectRef,
     eval_expr: PyObjectRef,
@@ -215,7 +215,7 @@ impl Helpers {
             .map_err(fail)?;
         let code = vm
             .compile(
-                crate::worker_source::WORKER_PY,
+                crate::worker_source::HELPERS_PY,
                 Mode::Exec,
                 HELPERS_FILE.to_owned(),
             )
