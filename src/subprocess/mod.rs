@@ -1,9 +1,10 @@
 //! The subprocess backend: Python in a child process, driven over stdio.
 //!
 //! The child is started from the interpreter [`find_python`] picks and runs
-//! the bundled `python/worker.py`. One supervisor thread per runner owns it
-//! (see `supervisor`), so the runner needs no tokio runtime of its own and
-//! the caller's runtime is never blocked.
+//! the bundled worker (`python/*.py`, joined into one source). One
+//! supervisor thread per runner owns it (see `supervisor`), so the runner
+//! needs no tokio runtime of its own and the caller's runtime is never
+//! blocked.
 
 mod child;
 mod interpreter;
