@@ -1,9 +1,8 @@
-#![cfg(feature = "subprocess")]
 //! Sync commands while coroutines are pending, and batches of requests in
 //! one child: limits still hold, large requests still go out, every request
 //! runs once, and a child that dies while idle is replaced before it is needed.
 
-mod faults;
+use crate::faults;
 
 use std::future::Future;
 use std::time::Duration;

@@ -1,8 +1,7 @@
-#![cfg(feature = "subprocess")]
 //! PyPool timeouts: a call past its limit fails alone; its worker is replaced and the others go on.
 
-mod faults;
-mod pool;
+use crate::faults;
+use crate::pool;
 
 use std::time::Duration;
 

@@ -1,4 +1,3 @@
-#![cfg(feature = "pyo3")]
 //! How the in-process backend starts CPython. CPython starts once per
 //! process, so each test runs this test binary again as a child, with the
 //! environment it needs, and reads what the child prints.
@@ -17,7 +16,12 @@ fn in_child() -> bool {
 /// Runs `test` of this binary again, alone, with `env` set.
 fn run_child(test: &str, env: &[(&str, &str)]) -> Output {
     let output = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", test, "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            &crate::common::test_name(module_path!(), test),
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(PROBE, "1")
         .envs(env.iter().copied())
         .output()

@@ -1,8 +1,7 @@
-#![cfg(feature = "subprocess")]
 //! PyPool: calls go to idle workers first, run in parallel, and many callers share the pool.
 
-mod faults;
-mod pool;
+use crate::faults;
+use crate::pool;
 
 use async_py::{PyRunnerError, Value};
 use faults::eventually;

@@ -1,7 +1,6 @@
-#![cfg(feature = "subprocess")]
 //! PyPool::map: one result per input, in input order, each failure in its own slot.
 
-mod pool;
+use crate::pool;
 
 use async_py::{PyRunnerError, Value};
 

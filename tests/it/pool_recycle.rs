@@ -1,8 +1,7 @@
-#![cfg(feature = "subprocess")]
 //! PyPool::max_calls_per_worker: workers are replaced after that many calls, with no call failing or waiting for a start.
 
-mod faults;
-mod pool;
+use crate::faults;
+use crate::pool;
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};

@@ -1,9 +1,8 @@
-#![cfg(feature = "subprocess")]
 //! No child outlives its runner: `stop()` and dropping the last handle end
 //! the child and everything it started, also what left its process group,
 //! and reap it; so does the end of this process, by any route.
 
-mod faults;
+use crate::faults;
 
 use std::path::Path;
 
@@ -73,7 +72,7 @@ fn a_child_never_outlives_its_parent_process() {
     let mut parent = std::process::Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
-            "a_child_never_outlives_its_parent_process",
+            &crate::common::test_name(module_path!(), "a_child_never_outlives_its_parent_process"),
             "--nocapture",
         ])
         .env("ASYNC_PY_ORPHAN_PROBE", &report)
@@ -206,7 +205,11 @@ fn nothing_outlives_the_probe(test: &str, ending: &str) {
     }
     let folder = tempfile::tempdir().unwrap();
     let mut probe = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", test, "--nocapture"])
+        .args([
+            "--exact",
+            &crate::common::test_name(module_path!(), test),
+            "--nocapture",
+        ])
         .env("ASYNC_PY_CONTAINMENT_PROBE", folder.path())
         .env(PROBE_ENDS, ending)
         .spawn()

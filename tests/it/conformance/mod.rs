@@ -1,6 +1,7 @@
 //! The conformance suite: every test is written once here, as a function that
-//! takes a fresh runner, and instantiated per backend by `conformance_suite!`
-//! in that backend's test file (`tests/pyo3.rs`, …).
+//! takes a fresh runner, and listed once in `conformance_suite!` below,
+//! which each backend's module (`pyo3.rs`, …) invokes once with its runner's
+//! constructor. A new test is its function and its name in that list.
 #![allow(dead_code)]
 
 pub mod concurrency;
@@ -18,12 +19,13 @@ pub mod values;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// Instantiates every conformance test for one backend. The caller defines
-/// `fn make_runner() -> async_py::PyRunner` beside the macro call.
+/// Instantiates every conformance test for one backend, in the module that
+/// invokes it, with runners from `$make_runner`: the full path of a
+/// `fn() -> async_py::PyRunner` (`crate::pyo3::make_runner`).
 #[macro_export]
 macro_rules! conformance_suite {
-    () => {
-        $crate::conformance_suite!(@tokio
+    ($make_runner:path) => {
+        $crate::conformance_suite!(@tokio $make_runner;
             values {
                 none_round_trips bools_are_checked_before_ints ints_in_i64_and_u64_range
                 ints_past_64_bits_are_conversion_errors floats_and_non_finite_floats
@@ -75,7 +77,7 @@ macro_rules! conformance_suite {
                 a_coroutine_limit_counts_from_its_start limits_of_any_size_never_panic
             }
         );
-        $crate::conformance_suite!(@plain
+        $crate::conformance_suite!(@plain $make_runner;
             sync_twins {
                 twins_work_from_plain_threads twins_work_inside_a_current_thread_runtime
                 twins_work_inside_a_multi_thread_runtime every_twin_does_its_job
@@ -83,26 +85,26 @@ macro_rules! conformance_suite {
             seeds { seed_five_threads_add_to_x }
         );
     };
-    (@tokio $($module:ident { $($name:ident)* })*) => {
+    (@tokio $make_runner:path; $($module:ident { $($name:ident)* })*) => {
         $(
             mod $module {
                 $(
                     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                     async fn $name() {
-                        $crate::conformance::$module::$name($crate::make_runner()).await;
+                        $crate::conformance::$module::$name($make_runner()).await;
                     }
                 )*
             }
         )*
     };
-    (@plain $($module:ident { $($name:ident)* })*) => {
+    (@plain $make_runner:path; $($module:ident { $($name:ident)* })*) => {
         mod blocking {
             $(
                 mod $module {
                     $(
                         #[test]
                         fn $name() {
-                            $crate::conformance::$module::$name($crate::make_runner());
+                            $crate::conformance::$module::$name($make_runner());
                         }
                     )*
                 }
@@ -134,8 +136,24 @@ macro_rules! in_process_suite {
     };
 }
 
+/// A new runner of `runner`'s backend, made as that backend's module makes
+/// the runners it gives the conformance tests.
+pub fn another_runner(runner: &async_py::PyRunner) -> async_py::PyRunner {
+    match runner.backend() {
+        #[cfg(feature = "pyo3")]
+        async_py::Backend::PyO3 => crate::pyo3::make_runner(),
+        #[cfg(feature = "subprocess")]
+        async_py::Backend::Subprocess => crate::subprocess::make_runner(),
+        #[cfg(feature = "rustpython")]
+        async_py::Backend::RustPython => crate::rustpython::make_runner(),
+        #[allow(unreachable_patterns)]
+        other => unreachable!("a runner of a backend not compiled in: {other:?}"),
+    }
+}
+
 /// In-process runners share one `sys.path`; tests that change it take this
-/// lock so that they do not see each other's entries.
+/// lock so that they do not see each other's entries. One lock for the
+/// whole binary: the PyO3 and RustPython tests now share a process.
 pub static SYS_PATH: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// For tests outside a runtime; async tests use `SYS_PATH.lock().await`.

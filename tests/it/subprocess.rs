@@ -1,9 +1,8 @@
-#![cfg(feature = "subprocess")]
 //! The conformance suite on the subprocess backend.
 
-mod conformance;
+use crate::conformance;
 
-fn make_runner() -> async_py::PyRunner {
+pub fn make_runner() -> async_py::PyRunner {
     async_py::PyRunner::builder()
         .subprocess()
         .python(conformance::base_python())
@@ -11,7 +10,7 @@ fn make_runner() -> async_py::PyRunner {
         .expect("the subprocess backend starts")
 }
 
-conformance_suite!();
+crate::conformance_suite!(crate::subprocess::make_runner);
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -134,7 +133,7 @@ fn child_stderr_is_forwarded_with_its_pid() {
     let output = Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
-            "child_stderr_is_forwarded_with_its_pid",
+            &crate::common::test_name(module_path!(), "child_stderr_is_forwarded_with_its_pid"),
             "--nocapture",
             "--test-threads=1",
         ])
@@ -163,7 +162,12 @@ fn child_stderr_is_forwarded_with_its_pid() {
 /// stderr.
 fn rerun_as_probe(test: &str, probe: &str, mode: &str) -> (String, String) {
     let output = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", test, "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            &crate::common::test_name(module_path!(), test),
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(probe, mode)
         .output()
         .unwrap();
@@ -319,7 +323,10 @@ fn a_python3_shim_on_path_runs_once_for_every_child_of_the_process() {
     let output = Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
-            "a_python3_shim_on_path_runs_once_for_every_child_of_the_process",
+            &crate::common::test_name(
+                module_path!(),
+                "a_python3_shim_on_path_runs_once_for_every_child_of_the_process",
+            ),
             "--nocapture",
             "--test-threads=1",
         ])

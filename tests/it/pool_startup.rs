@@ -1,9 +1,8 @@
-#![cfg(feature = "subprocess")]
 //! PyPool: workers whose children die right after they start, or never
 //! start, fail in bounded time and without a restart loop.
 
-mod faults;
-mod pool;
+use crate::faults;
+use crate::pool;
 
 use std::time::Duration;
 

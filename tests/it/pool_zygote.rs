@@ -1,9 +1,8 @@
-#![cfg(feature = "subprocess")]
 //! PyPool: the workers' children are forks of one zygote, a child of ours;
 //! without it they are started the usual way.
 
-mod faults;
-mod pool;
+use crate::faults;
+use crate::pool;
 
 use std::collections::BTreeSet;
 

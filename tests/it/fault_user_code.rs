@@ -1,9 +1,8 @@
-#![cfg(feature = "subprocess")]
 //! What user code does to its own process: a fork that comes back into the
 //! worker, and SIGINT raised by the code itself. Neither may answer for the
 //! worker or cost it its globals.
 
-mod faults;
+use crate::faults;
 
 use std::time::Duration;
 

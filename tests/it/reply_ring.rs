@@ -1,9 +1,8 @@
-#![cfg(feature = "subprocess")]
 //! The reply ring: replies cross shared memory, whatever their size and
 //! however long they take, and a child that declines the ring is served
 //! over its pipe.
 
-mod faults;
+use crate::faults;
 
 use std::time::{Duration, Instant};
 

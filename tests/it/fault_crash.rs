@@ -1,8 +1,7 @@
-#![cfg(feature = "subprocess")]
 //! A child that exits or is killed fails the command it ran with
 //! `WorkerDied`, and the commands queued behind it run on a fresh child.
 
-mod faults;
+use crate::faults;
 
 use std::time::Duration;
 

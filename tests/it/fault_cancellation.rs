@@ -1,9 +1,8 @@
-#![cfg(feature = "subprocess")]
 //! Dropped futures: one not yet sent never runs; one that is running lets
 //! the command finish, its reply is discarded, and every later reply still
 //! reaches the right caller.
 
-mod faults;
+use crate::faults;
 
 use std::time::Duration;
 

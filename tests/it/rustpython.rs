@@ -1,17 +1,14 @@
-#![cfg(feature = "rustpython")]
 //! The conformance suite on the RustPython backend, and what is its own:
 //! no event loop, an interpreter per runner, recursion that never crashes.
 
-mod conformance;
-
-fn make_runner() -> async_py::PyRunner {
+pub fn make_runner() -> async_py::PyRunner {
     async_py::PyRunner::builder()
         .rustpython()
         .build()
         .expect("the rustpython backend starts")
 }
 
-conformance_suite!();
+crate::conformance_suite!(crate::rustpython::make_runner);
 
 use std::time::{Duration, Instant};
 
@@ -202,4 +199,4 @@ fn two_runners_time_out_at_once_and_both_recover() {
     }
 }
 
-in_process_suite!(rustpython);
+crate::in_process_suite!(rustpython);

@@ -1,8 +1,7 @@
-#![cfg(feature = "subprocess")]
 //! PyPool: stop() and dropping the last handle end and reap every worker.
 
-mod faults;
-mod pool;
+use crate::faults;
+use crate::pool;
 
 use async_py::PyRunnerError;
 use faults::{eventually, is_gone};

@@ -1,9 +1,8 @@
-#![cfg(feature = "subprocess")]
 //! Many callers against one child, and a child killed again and again under
 //! load: every call either succeeds or fails with `WorkerDied`/`Timeout`,
 //! none hangs, and no child is left behind.
 
-mod faults;
+use crate::faults;
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -1,8 +1,7 @@
-#![cfg(feature = "subprocess")]
 //! A child that dies while starting, again and again, gives `Startup`
 //! errors after a few tries instead of a busy restart loop.
 
-mod faults;
+use crate::faults;
 
 use std::fs;
 

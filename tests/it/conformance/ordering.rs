@@ -92,7 +92,7 @@ pub async fn two_runners_keep_globals_apart(runner: PyRunner) {
         json!("same runner")
     );
     // … a second runner of the same backend does not.
-    let second = crate::make_runner();
+    let second = crate::conformance::another_runner(&runner);
     second
         .run("shared = 'second runner'\nonly_second = 1")
         .await

@@ -1,16 +1,15 @@
-#![cfg(feature = "pyo3")]
 //! The conformance suite on the in-process CPython backend.
 
-mod conformance;
+use crate::conformance;
 
-fn make_runner() -> async_py::PyRunner {
+pub fn make_runner() -> async_py::PyRunner {
     async_py::PyRunner::builder()
         .pyo3()
         .build()
         .expect("the pyo3 backend starts")
 }
 
-conformance_suite!();
+crate::conformance_suite!(crate::pyo3::make_runner);
 
 use async_py::{Backend, PyRunner};
 
@@ -24,7 +23,7 @@ fn new_and_builder_pick_the_pyo3_backend() {
     assert_eq!(make_runner().backend(), Backend::PyO3);
 }
 
-in_process_suite!(pyo3);
+crate::in_process_suite!(pyo3);
 
 /// numpy from a uv venv, on the in-process backend.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,8 +1,7 @@
-#![cfg(feature = "subprocess")]
 //! PyPool: `run` reaches every worker, and a replaced worker gets `startup` and every run again.
 
-mod faults;
-mod pool;
+use crate::faults;
+use crate::pool;
 
 use std::path::PathBuf;
 

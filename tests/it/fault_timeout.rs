@@ -1,8 +1,7 @@
-#![cfg(feature = "subprocess")]
 //! A command past its limit returns `Timeout`; the child gets SIGINT (its
 //! `finally` blocks run), then SIGKILL, and is replaced.
 
-mod faults;
+use crate::faults;
 
 use std::time::Duration;
 

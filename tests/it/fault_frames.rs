@@ -1,8 +1,7 @@
-#![cfg(feature = "subprocess")]
 //! Frames over the limit and bytes that do not decode give `Protocol` and a
 //! fresh child: never a panic, a huge allocation, or a hang.
 
-mod faults;
+use crate::faults;
 
 use async_py::{PyRunner, PyRunnerError};
 use faults::*;
