@@ -577,20 +577,7 @@ fn every_installed_cpython_version_runs_the_worker_from_its_venv() {
 fn a_uv_venv_with_a_package_from_the_index() {
     let dir = tempfile::tempdir().unwrap();
     let venv = dir.path().join(".venv");
-    let uv = |args: &[&str]| {
-        let output = Command::new("uv")
-            .args(args)
-            .current_dir(dir.path())
-            .output()
-            .unwrap_or_else(|err| {
-                panic!("uv could not be run ({err}); install it with `pip install uv`")
-            });
-        assert!(
-            output.status.success(),
-            "uv {args:?}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    };
+    let uv = |args: &[&str]| conformance::uv(dir.path(), args);
     uv(&[
         "venv",
         "--python",

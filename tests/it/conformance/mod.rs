@@ -231,6 +231,23 @@ fn refuses_coroutines(reply: Result<serde_json::Value, async_py::PyRunnerError>)
     }
 }
 
+/// Runs `uv` with these arguments in `dir`; a failure fails the test,
+/// saying what uv said.
+pub fn uv<S: AsRef<std::ffi::OsStr> + std::fmt::Debug>(dir: &Path, args: &[S]) {
+    let output = Command::new("uv")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap_or_else(|err| {
+            panic!("uv could not be run ({err}); install it with `pip install uv`")
+        });
+    assert!(
+        output.status.success(),
+        "uv {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 /// A uv venv with numpy from the package index, made once and kept under
 /// the target folder (`.ci/run` makes it before the tests). Made with the
 /// interpreter the in-process backend links, so both CPython backends can
@@ -246,34 +263,28 @@ pub fn numpy_venv() -> PathBuf {
     // the same work, and neither may see a half-made venv.
     let building = venv.with_extension(format!("building-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&building);
-    let uv = |args: &[&std::ffi::OsStr]| {
-        let output = Command::new("uv")
-            .args(args)
-            .output()
-            .unwrap_or_else(|err| {
-                panic!("uv could not be run ({err}); install it with `pip install uv`")
-            });
-        assert!(
-            output.status.success(),
-            "uv {args:?}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    };
-    uv(&[
-        "venv".as_ref(),
-        "--quiet".as_ref(),
-        "--python".as_ref(),
-        base_python().as_os_str(),
-        building.as_os_str(),
-    ]);
-    uv(&[
-        "pip".as_ref(),
-        "install".as_ref(),
-        "--quiet".as_ref(),
-        "--python".as_ref(),
-        building.join("bin/python").as_os_str(),
-        "numpy".as_ref(),
-    ]);
+    let here = Path::new(".");
+    uv(
+        here,
+        &[
+            "venv".as_ref(),
+            "--quiet".as_ref(),
+            "--python".as_ref(),
+            base_python().as_os_str(),
+            building.as_os_str(),
+        ],
+    );
+    uv(
+        here,
+        &[
+            "pip".as_ref(),
+            "install".as_ref(),
+            "--quiet".as_ref(),
+            "--python".as_ref(),
+            building.join("bin/python").as_os_str(),
+            "numpy".as_ref(),
+        ],
+    );
     std::fs::write(building.join("numpy-installed"), "").unwrap();
     if std::fs::rename(&building, &venv).is_err() {
         // Another binary put its own in place first.
