@@ -1,4 +1,4 @@
-//! The seed example: define a Python function with state, call it twice.
+//! The first example: define a Python function with state, call it twice.
 use async_py::PyRunner;
 
 #[tokio::main]

@@ -172,7 +172,7 @@ pub async fn non_awaitable_result_is_returned_as_is(runner: PyRunner) {
         json!(2)
     );
     // And the other way round: call_function on an async def gives the
-    // unawaited coroutine as a string, as the seed describes.
+    // unawaited coroutine as a string, as documented.
     runner.run("async def coro():\n    return 1").await.unwrap();
     let got = runner.call_function("coro", vec![]).await.unwrap();
     assert!(got.as_str().unwrap().contains("coroutine"), "{got}");

@@ -134,8 +134,8 @@ pub async fn set_venv_of_a_missing_folder_is_an_error(runner: PyRunner) {
     assert_eq!(runner.eval("1").await.unwrap(), json!(1));
 }
 
-/// The seed's example: `set_venv` on a venv made by `python3 -m venv`, then import from it.
-pub async fn set_venv_seed_example_with_a_real_venv(runner: PyRunner) {
+/// The README's example: `set_venv` on a venv made by `python3 -m venv`, then import from it.
+pub async fn set_venv_example_with_a_real_venv(runner: PyRunner) {
     let _sys_path = super::SYS_PATH.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let venv = dir.path().join(".venv");

@@ -7,11 +7,11 @@
 pub mod concurrency;
 pub mod errors;
 pub mod files;
+pub mod first_examples;
 pub mod in_process;
 pub mod lifecycle;
 pub mod names;
 pub mod ordering;
-pub mod seeds;
 pub mod sync_twins;
 pub mod timeouts;
 pub mod values;
@@ -53,7 +53,7 @@ macro_rules! conformance_suite {
             files {
                 run_file_puts_its_folder_first_on_sys_path missing_file_is_an_error
                 set_venv_adds_site_packages_and_honours_pth_files set_venv_of_a_missing_folder_is_an_error
-                set_venv_seed_example_with_a_real_venv run_file_takes_a_name_that_is_not_utf8
+                set_venv_example_with_a_real_venv run_file_takes_a_name_that_is_not_utf8
                 set_venv_of_another_python_version_is_named
             }
             ordering {
@@ -68,7 +68,7 @@ macro_rules! conformance_suite {
                 background_tasks_run_between_commands servers_answer_between_commands
             }
             lifecycle { stop_makes_later_commands_stopped stop_is_idempotent stop_ends_pending_coroutines }
-            seeds { seed_greet_counter seed_add_and_sleep_overlap }
+            first_examples { greet_counter add_and_sleep_overlap }
             timeouts {
                 runaway_loop_times_out_and_runner_recovers timeout_is_not_swallowed_by_except_exception
                 blocking_call_past_its_limit_does_not_poison_the_next_command
@@ -82,7 +82,7 @@ macro_rules! conformance_suite {
                 twins_work_from_plain_threads twins_work_inside_a_current_thread_runtime
                 twins_work_inside_a_multi_thread_runtime every_twin_does_its_job
             }
-            seeds { seed_five_threads_add_to_x }
+            first_examples { five_threads_add_to_x }
         );
     };
     (@tokio $make_runner:path; $($module:ident { $($name:ident)* })*) => {

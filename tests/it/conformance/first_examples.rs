@@ -1,10 +1,10 @@
-//! The examples of the library's original description, as written there.
+//! The README's first examples, as a user writes them.
 
 use async_py::{PyRunner, PyRunnerError};
 use serde_json::Value;
 use std::thread;
 
-pub async fn seed_greet_counter(runner: PyRunner) {
+pub async fn greet_counter(runner: PyRunner) {
     let code = r#"
 counter = 0
 def greet(name):
@@ -32,7 +32,7 @@ def greet(name):
     );
 }
 
-pub async fn seed_add_and_sleep_overlap(runner: PyRunner) {
+pub async fn add_and_sleep_overlap(runner: PyRunner) {
     if !crate::conformance::runs_coroutines(&runner).await {
         return;
     }
@@ -55,8 +55,8 @@ async def add_and_sleep(a, b, sleep_time):
     assert_eq!(result2.unwrap(), Value::Number(16.into()));
 }
 
-pub fn seed_five_threads_add_to_x(runner: PyRunner) {
-    fn seed(runner: PyRunner) -> Result<(), PyRunnerError> {
+pub fn five_threads_add_to_x(runner: PyRunner) {
+    fn example(runner: PyRunner) -> Result<(), PyRunnerError> {
         runner.run_sync("x = 0")?;
         let mut handles = vec![];
         for i in 0..5 {
@@ -76,5 +76,5 @@ pub fn seed_five_threads_add_to_x(runner: PyRunner) {
         runner.stop_sync()?;
         Ok(())
     }
-    seed(runner).unwrap();
+    example(runner).unwrap();
 }
