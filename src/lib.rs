@@ -8,6 +8,7 @@ compile_error!(
 
 mod builder;
 mod command;
+mod config;
 mod error;
 #[cfg(feature = "subprocess")]
 mod pool;
@@ -18,6 +19,7 @@ mod runner;
 mod rustpython_backend;
 #[cfg(feature = "subprocess")]
 mod subprocess;
+mod tuning;
 mod value;
 #[cfg(any(feature = "pyo3", feature = "rustpython"))]
 mod watchdog;
@@ -32,7 +34,8 @@ pub mod fuzzing {
 }
 mod worker_source;
 
-pub use builder::{Backend, PyRunnerBuilder};
+pub use builder::PyRunnerBuilder;
+pub use config::Backend;
 pub use error::PyRunnerError;
 #[cfg(feature = "subprocess")]
 pub use pool::{PyPool, PyPoolBuilder, WorkerStats};

@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::builder::{Backend, PyRunnerBuilder};
+use crate::builder::PyRunnerBuilder;
 use crate::command::{block_on, user_limit, CommandQueue, Reply, Request, Submission};
+use crate::config::Backend;
 use crate::error::PyRunnerError;
 
 /// A handle to one Python interpreter context: its own globals, its own

@@ -24,22 +24,16 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyModule, PyString};
 use serde_json::Value;
 
-use crate::builder::RunnerConfig;
 use crate::command::{
     path_arg, prepare_in_process, start_backend_thread, CommandQueue, Job, PathArg, Reply, Request,
     Responder, Serve,
 };
+use crate::config::RunnerConfig;
 use crate::error::PyRunnerError;
+use crate::tuning::{LOOP_TURN_GAP, WORKER_SPIN};
 use crate::watchdog::Watchdog;
 use convert::{to_args, to_value, ToValueError};
 use watchdog::AsyncExc;
-
-/// How long the worker spins for the next command before it parks.
-const WORKER_SPIN: Duration = Duration::from_micros(100);
-
-/// Under a steady stream of commands the loop is turned at least this
-/// often, so background tasks are not starved by busy callers.
-const LOOP_TURN_GAP: Duration = Duration::from_millis(2);
 
 /// Deep Python recursion and deep values need room; the pages are only
 /// committed when touched.

@@ -27,17 +27,15 @@ use rustpython_vm::{
 };
 use serde_json::Value;
 
-use crate::builder::RunnerConfig;
 use crate::command::{
     path_arg, prepare_in_process, start_backend_thread, CommandQueue, Job, PathArg, Reply, Request,
     Serve,
 };
+use crate::config::RunnerConfig;
 use crate::error::PyRunnerError;
+use crate::tuning::{INTERRUPT_AGAIN, INTERRUPT_AGAIN_AT_MOST, WORKER_SPIN};
 use crate::watchdog::{Interrupt, Watchdog};
 use convert::{exception_text, to_args, to_value, ToValueError};
-
-/// How long the worker spins for the next command before it parks.
-const WORKER_SPIN: Duration = Duration::from_micros(100);
 
 /// RustPython's frames are deep native recursion; the interpreter checks the
 /// stack it runs on and raises `RecursionError` near its end. The pages are
@@ -46,11 +44,6 @@ const WORKER_SPIN: Duration = Duration::from_micros(100);
 /// 3.7 s, release build), so a runaway recursion past a lifted limit took a
 /// minute to fail on 256 MiB, and about three seconds on this.
 const STACK_SIZE: usize = 32 << 20;
-
-/// How soon a timed-out command is told again to stop (see [`Signal`]); the
-/// pause doubles each time, up to [`INTERRUPT_AGAIN_AT_MOST`].
-const INTERRUPT_AGAIN: Duration = Duration::from_millis(5);
-const INTERRUPT_AGAIN_AT_MOST: Duration = Duration::from_millis(500);
 
 /// RustPython's parser and code generator recurse once per level of nesting
 /// (brackets, operators, `x if c else …`) with no limit of their own. A

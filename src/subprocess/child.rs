@@ -44,11 +44,8 @@ use super::ring::ReplyRing;
 use super::stderr::StderrForwarder;
 use super::zygote::{self, Zygote};
 use crate::error::PyRunnerError;
+use crate::tuning::EXIT_CHECK;
 use crate::wire::{decode_message, FrameReader, Hello, Message};
-
-/// How often a child that has no pidfd (before Linux 5.3) is looked at
-/// for its end while it is waited on.
-pub(crate) const EXIT_CHECK: Duration = Duration::from_millis(100);
 
 /// How a child starts the worker; see the file for the arguments.
 const BOOTSTRAP: &str = include_str!("../../python/bootstrap.py");

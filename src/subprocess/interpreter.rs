@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use super::child::poll;
-use crate::builder::RunnerConfig;
+use crate::config::RunnerConfig;
 use crate::error::PyRunnerError;
 
 /// How long an interpreter that is a script gets to say what it runs.

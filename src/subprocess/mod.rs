@@ -13,12 +13,13 @@ mod stderr;
 mod supervisor;
 mod zygote;
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::time::Instant;
 
-use crate::builder::RunnerConfig;
-use crate::command::{start_backend_thread, CommandQueue, Job};
+use crate::command::{start_backend_thread, CommandQueue, Job, Request};
+use crate::config::RunnerConfig;
 use crate::error::PyRunnerError;
+use crate::tuning::{Supervision, RUNNER};
 use child::LaunchSpec;
 pub(crate) use interpreter::find_python;
 use supervisor::{Settings, Shared};
@@ -28,143 +29,90 @@ pub(crate) use zygote::Zygote;
 /// depth limit; room to spare.
 const SUPERVISOR_STACK: usize = 8 << 20;
 
-/// What ties a pool's worker to its pool: the definitions every child must
-/// hold, counters the pool reports, and where a lost child's unstarted
-/// calls go.
-#[derive(Clone)]
-pub(crate) struct PoolHooks {
-    pub log: Arc<ReplayLog>,
-    pub state: Arc<WorkerState>,
-    /// Places a call this worker's lost child never started on another
-    /// worker; gives it back if there is none to take it.
-    pub hand_back: Arc<dyn Fn(Job) -> Option<Job> + Send + Sync>,
-    /// The pool's zygote, which forks this worker's children.
+/// What a supervisor tells, and asks of, the one it serves beside others
+/// (a pool's worker tells its pool). A runner's supervisor has none. Every
+/// call comes from the supervisor's side, one at a time, and must not
+/// block for long: the child's callers wait meanwhile.
+pub(crate) trait Companion: Send + Sync {
+    /// A child with this pid started and holds all it must: it serves.
+    fn serving(&self, pid: u32);
+    /// The child cannot take work for now: it failed to start, or it
+    /// unwinds after a timeout. `replaced`: a child was killed to be
+    /// replaced.
+    fn unavailable(&self, replaced: bool);
+    /// The child serves again (it kept running after a timeout's signal).
+    fn available(&self);
+    /// Runs on a fresh child, after `startup` and before anything else,
+    /// what it must hold, through `run`; an outer error fails the start.
+    fn replay(&self, run: &mut RunAtStart<'_>) -> Result<(), PyRunnerError>;
+    /// Whether a request goes to the child even if its caller gave up.
+    fn must_run(&self, request: &Request) -> bool;
+    /// A request about to be sent: `None` if it was answered here instead.
+    fn before_send(&self, job: Job) -> Option<Job>;
+    /// A request's reply came from the child (`ok`: not an error).
+    fn answered(&self, request: &Request, ok: bool);
+    /// A request the child had started when it was lost.
+    fn lost_running(&self, request: &Request);
+    /// A request the lost child never started: `Some` gives it back to this
+    /// supervisor, `None` means another took it.
+    fn hand_back(&self, job: Job) -> Option<Job>;
+}
+
+/// Runs one request on a child as it starts: the outer error is a failed
+/// start, the inner one what the request raised.
+pub(crate) type RunAtStart<'a> =
+    dyn FnMut(&Request) -> Result<Result<(), PyRunnerError>, PyRunnerError> + 'a;
+
+/// How a supervisor serves beside others: who it tells, who forks its
+/// children, and when its first child must be ready.
+pub(crate) struct Attachment {
+    pub companion: Arc<dyn Companion>,
+    /// Forks the children, if given (see [`Zygote`]).
     pub zygote: Option<Arc<Zygote>>,
-}
-
-impl std::fmt::Debug for PoolHooks {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PoolHooks").finish_non_exhaustive()
-    }
-}
-
-/// The code of every `run` sent to a pool, in order: each child a worker
-/// starts runs them all (after `startup`) before its first call. A run that
-/// failed anywhere is blanked, so it is not replayed.
-#[derive(Default)]
-pub(crate) struct ReplayLog {
-    entries: Mutex<Vec<Option<LoggedRun>>>,
-}
-
-struct LoggedRun {
-    code: String,
-    /// Settled, awaited or given up (a blanked run has no entry).
-    state: RunState,
-}
-
-/// A logged run, as [`ReplayLog::state`] tells it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum RunState {
-    /// It ran on every worker without raising.
-    Settled,
-    /// Its outcome is not recorded yet, and its caller waits for it.
-    Awaited,
-    /// Its caller dropped it before its outcome: it never gets one.
-    GivenUp,
-    /// It failed somewhere (or there is no such run): it is not replayed.
-    Blank,
-}
-
-impl ReplayLog {
-    /// Adds a run; its index.
-    pub fn push(&self, code: &str) -> usize {
-        let mut entries = self.lock();
-        entries.push(Some(LoggedRun {
-            code: code.to_owned(),
-            state: RunState::Awaited,
-        }));
-        entries.len() - 1
-    }
-
-    /// Keeps a run that failed from being replayed.
-    pub fn blank(&self, index: usize) {
-        if let Some(entry) = self.lock().get_mut(index) {
-            *entry = None;
-        }
-    }
-
-    /// Marks a run that every worker ran without raising: one that raises
-    /// when replayed would leave that child unlike the others.
-    pub fn settle(&self, index: usize) {
-        if let Some(Some(run)) = self.lock().get_mut(index) {
-            run.state = RunState::Settled;
-        }
-    }
-
-    /// Notes that the caller of a run still awaited dropped it.
-    pub fn give_up(&self, index: usize) {
-        if let Some(Some(run)) = self.lock().get_mut(index) {
-            if run.state == RunState::Awaited {
-                run.state = RunState::GivenUp;
-            }
-        }
-    }
-
-    /// Where the run at `index` stands.
-    pub fn state(&self, index: usize) -> RunState {
-        match self.lock().get(index) {
-            Some(Some(run)) => run.state,
-            _ => RunState::Blank,
-        }
-    }
-
-    /// Whether the run at `index` ran on every worker without raising.
-    pub fn is_settled(&self, index: usize) -> bool {
-        self.state(index) == RunState::Settled
-    }
-
-    /// Whether the run at `index` is still in progress on the pool: neither
-    /// settled nor blanked.
-    pub fn is_pending(&self, index: usize) -> bool {
-        matches!(self.state(index), RunState::Awaited | RunState::GivenUp)
-    }
-
-    /// The code of every entry so far (blanked ones as `None`).
-    pub fn snapshot(&self) -> Vec<Option<String>> {
-        self.lock()
-            .iter()
-            .map(|entry| entry.as_ref().map(|run| run.code.clone()))
-            .collect()
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Option<LoggedRun>>> {
-        self.entries.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-/// A worker's child as the pool sees it.
-#[derive(Default)]
-pub(crate) struct WorkerState {
-    /// The current child's pid (0 before the first start).
-    pub pid: AtomicU32,
-    /// Children replaced after a death, a timeout or a broken stream.
-    pub restarts: AtomicU64,
-    /// The child is being replaced: calls sent now wait for its start.
-    pub restarting: AtomicBool,
+    /// The first child must say hello by then, if given.
+    pub first_start_by: Option<Instant>,
+    pub supervision: Supervision,
 }
 
 /// Starts the child and its supervisor thread; returns once the child has
 /// said hello and run the startup code.
 pub(crate) fn spawn(config: &RunnerConfig, queue: Arc<CommandQueue>) -> Result<(), PyRunnerError> {
+    spawn_with(config, queue, None)
+}
+
+/// [`spawn`] for a supervisor that serves beside others.
+pub(crate) fn spawn_attached(
+    config: &RunnerConfig,
+    queue: Arc<CommandQueue>,
+    attachment: Attachment,
+) -> Result<(), PyRunnerError> {
+    spawn_with(config, queue, Some(attachment))
+}
+
+fn spawn_with(
+    config: &RunnerConfig,
+    queue: Arc<CommandQueue>,
+    attachment: Option<Attachment>,
+) -> Result<(), PyRunnerError> {
+    let (companion, zygote, first_start_by, supervision) = match attachment {
+        Some(attached) => (
+            Some(attached.companion),
+            attached.zygote,
+            attached.first_start_by,
+            attached.supervision,
+        ),
+        None => (None, None, None, RUNNER),
+    };
+    let share_cores = companion.is_some();
     let settings = Settings {
-        spec: launch_spec(config)?,
+        spec: launch_spec(config, zygote, share_cores)?,
         startup: config.startup.clone(),
         frame_limit: config.frame_limit,
-        hooks: config.pool_hooks.clone(),
+        replay: config.replay && companion.is_none(),
+        companion,
         timeout: config.timeout,
-        replay: config.replay,
+        supervision,
     };
-    let first_start_by = config.first_start_by;
     // Every child is started by the supervisor thread, which lives as long
     // as the runner: Linux's parent-death signal fires when the thread that
     // forked the child exits, not the process.
@@ -182,13 +130,13 @@ pub(crate) fn spawn(config: &RunnerConfig, queue: Arc<CommandQueue>) -> Result<(
     )
 }
 
-/// How the children of a runner with `config` start: a pool's worker's
-/// are forked by the pool's zygote if it has one.
-fn launch_spec(config: &RunnerConfig) -> Result<LaunchSpec, PyRunnerError> {
-    let zygote = config
-        .pool_hooks
-        .as_ref()
-        .and_then(|hooks| hooks.zygote.clone());
+/// How the children of a runner with `config` start: forked by `zygote` if
+/// given; `share_cores` when they serve beside others.
+fn launch_spec(
+    config: &RunnerConfig,
+    zygote: Option<Arc<Zygote>>,
+    share_cores: bool,
+) -> Result<LaunchSpec, PyRunnerError> {
     Ok(LaunchSpec {
         python: find_python(config)?,
         env: config.env.clone(),
@@ -196,11 +144,12 @@ fn launch_spec(config: &RunnerConfig) -> Result<LaunchSpec, PyRunnerError> {
         current_dir: config.current_dir.clone(),
         hello_timeout: config.start_timeout,
         zygote,
-        share_cores: config.pool_hooks.is_some(),
+        share_cores,
     })
 }
 
-/// Starts a zygote for the children of a pool's workers with `config`.
+/// Starts a zygote for the children of runners with `config` that serve
+/// side by side.
 pub(crate) fn start_zygote(config: &RunnerConfig) -> Result<Arc<Zygote>, PyRunnerError> {
-    Zygote::start(&launch_spec(config)?)
+    Zygote::start(&launch_spec(config, None, false)?)
 }

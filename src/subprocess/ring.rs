@@ -55,7 +55,7 @@ const DATA: usize = 4096;
 pub(crate) const RING_SIZE: usize = 1 << 20;
 
 /// How long a parent sleeps before it looks at the ring once more.
-const RECHECK: Duration = Duration::from_micros(200);
+const RECHECK: Duration = crate::tuning::RING_RECHECK;
 
 /// What [`ReplyRing::child_at`] finds.
 pub(crate) enum ChildAt {

@@ -9,7 +9,7 @@
 //! never deadlock a parent that is writing. Only the supervisor thread does
 //! what may block or take long: starting, killing and replacing children.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::io::{self, Read};
 use std::os::unix::io::AsRawFd;
 use std::os::unix::net::UnixStream;
@@ -21,107 +21,35 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, BytesMut};
 use serde_json::Value;
 
-use super::child::{poll, ChildProcess, LaunchSpec, NoFrame, EXIT_CHECK};
+use super::child::{poll, ChildProcess, LaunchSpec, NoFrame};
 use super::ring::{ChildAt, ReplyRing};
-use super::PoolHooks;
+use super::Companion;
 use crate::command::{CommandQueue, Drive, Job, Request};
 use crate::error::PyRunnerError;
+use crate::tuning::{
+    Supervision, BLIND_LOOK, COROUTINE_BACKSTOP, COROUTINE_RECHECK, EXIT_CHECK, EXIT_GRACE, GATHER,
+    INTERRUPT_GRACE, LEAVE_WINDOW_NANOS, PIPE_END_GRACE, QUICK_DEATH, QUICK_DEATH_RETRY,
+    START_RETRY, START_RETRY_MAX,
+};
 use crate::wire::{decode_message, FrameReader, FrameWriter, Message, Outcome};
-
-/// How long a caller that drives the child spins for its reply.
-const CALLER_SPIN: Duration = Duration::from_micros(150);
-
-/// The same for a pool's worker: its siblings need the cores more than a
-/// spinning caller does.
-const POOL_CALLER_SPIN: Duration = Duration::from_micros(50);
-
-/// A caller that drives the child gives up its core once in this many turns
-/// of its spin.
-const CALLER_YIELD_EVERY: u32 = 8;
-
-/// The same for a pool's worker: two children and the callers share the
-/// cores. 8 callers on 2 workers made about 3.5% more calls a second
-/// yielding every 2 turns than every 8 (ahead in 24 and 20 of 30 rounds,
-/// the two taking turns in one process); a runner's 8 tasks were level.
-const POOL_CALLER_YIELD_EVERY: u32 = 2;
-
-/// How long requests are gathered into one batch after a batch of replies
-/// (not by a pool's worker: see `answer_frames`).
-const GATHER: Duration = Duration::from_micros(20);
-
-/// A runner's caller whose first poll finds the seat parked leaves its job
-/// to the holder only this soon after the holder parked it (nanoseconds):
-/// a holder parked longer may not be polled again soon (it sits in a
-/// `select!`, or its thread is blocked), and callers then take the seat as
-/// before instead of each waiting for the thread's next look.
-const LEAVE_WINDOW_NANOS: u64 = 100_000;
-
-/// How long the supervisor thread spins for replies or commands while calls
-/// are in flight and no caller drives.
-const THREAD_SPIN: Duration = Duration::from_micros(40);
-
-/// The same for a pool's worker, whose thread does not spin: with the
-/// callers, the siblings' threads and every child on the same cores, a
-/// spinning thread takes more from them than it saves its own calls.
-const POOL_THREAD_SPIN: Duration = Duration::ZERO;
-
-/// With calls in flight, how long the thread sleeps without watching for
-/// replies before it looks whether a caller still drives.
-const BLIND_LOOK: Duration = Duration::from_micros(500);
-
-/// After SIGINT, how long a timed-out child gets to unwind before SIGKILL.
-const INTERRUPT_GRACE: Duration = Duration::from_millis(250);
-
-/// A coroutine's limit is enforced in the child; past it by this much, the
-/// child is taken to be stuck and is killed.
-const COROUTINE_BACKSTOP: Duration = Duration::from_secs(2);
-
-/// How often a coroutine's passed backstop is looked at again while it
-/// cannot be judged yet.
-const COROUTINE_RECHECK: Duration = Duration::from_millis(10);
 
 /// Children that die before they are ready (or soon after, see
 /// [`QUICK_DEATH`]) this many times in a row make queued commands fail
 /// with `Startup` instead of a busy restart loop.
 const MAX_FAILED_STARTS: u32 = 3;
 
-/// A child that dies this soon after it was ready, running nothing and
-/// before it answered anything, counts as a failed start: nothing sent to
-/// it killed it, so its next start would most likely end the same way. (A
-/// death in a command is put down to the command: the next child starts
-/// at once, as after any death.)
-const QUICK_DEATH: Duration = Duration::from_secs(1);
-
-/// After such a death the next start waits this long, twice as long after
-/// each further one in a row; a command that comes meanwhile starts one
-/// at once.
-const QUICK_DEATH_RETRY: Duration = Duration::from_millis(50);
-
-/// A pool's worker whose child could not start tries again this long after
-/// its first failure, then twice as long after each further one, up to
-/// [`START_RETRY_MAX`]; meanwhile its siblings take its calls.
-const START_RETRY: Duration = Duration::from_secs(1);
-const START_RETRY_MAX: Duration = Duration::from_secs(30);
-
-/// How long a child asked to end gets to do so before it is killed with
-/// its group: a stopped runner's child to answer `stop` once that is the
-/// next thing it would run, a dropped runner's child to exit on end of
-/// file.
-const EXIT_GRACE: Duration = Duration::from_millis(500);
-
-/// How long a child whose request pipe lost its reader has to show its end.
-const PIPE_END_GRACE: Duration = Duration::from_millis(100);
-
 pub(crate) struct Settings {
     pub spec: LaunchSpec,
     pub startup: Option<String>,
     pub frame_limit: usize,
-    pub hooks: Option<PoolHooks>,
+    /// Who this supervisor serves beside, if anyone (see [`Companion`]).
+    pub companion: Option<Arc<dyn Companion>>,
     /// The per-command limit, which replayed runs get too.
     pub timeout: Option<Duration>,
-    /// A runner's fresh child replays what the runner did (a pool's worker
-    /// replays the pool's runs instead).
+    /// A fresh child replays what the runner did (with a companion, the
+    /// companion says what a fresh child replays instead).
     pub replay: bool,
+    pub supervision: Supervision,
 }
 
 struct Inflight {
@@ -186,18 +114,10 @@ pub(crate) struct Core {
     gather: Option<(Instant, usize)>,
     /// Replies handed out so far.
     handed_out: usize,
-    /// How many entries of a pool's replay log the child ran at its start.
-    replayed: usize,
-    /// What those of them that were still running on the pool raised here,
-    /// for this worker's own share of the run to answer with.
-    replay_errors: HashMap<usize, PyRunnerError>,
-    /// A worker left without a child by a failed start, or a runner or
-    /// worker whose child died young (see [`QUICK_DEATH`]): when it tries
-    /// again on its own.
+    /// A supervisor with a companion left without a child by a failed
+    /// start, or one whose child died young (see [`QUICK_DEATH`]): when it
+    /// tries again on its own.
     retry_at: Option<Instant>,
-    /// The pool's runs whose share here was answered without an error
-    /// (those not yet settled; see `replay_runs`).
-    shares_ok: HashSet<usize>,
     /// A runner's `run`, `run_file` and `set_venv` answered without an
     /// error, in order, for a fresh child to replay; `None` when it does not.
     remembered: Option<Vec<Request>>,
@@ -216,7 +136,7 @@ impl Core {
         settings: Settings,
         first_start_by: Option<Instant>,
     ) -> Result<Core, PyRunnerError> {
-        let remembered = (settings.replay && settings.hooks.is_none()).then(Vec::new);
+        let remembered = settings.replay.then(Vec::new);
         let mut core = Core {
             queue,
             reader: FrameReader::new(settings.frame_limit),
@@ -239,10 +159,7 @@ impl Core {
             lost: None,
             gather: None,
             handed_out: 0,
-            replayed: 0,
-            replay_errors: HashMap::new(),
             retry_at: None,
-            shares_ok: HashSet::new(),
             remembered,
             replay_failure: None,
             next_exit_look: None,
@@ -258,13 +175,10 @@ impl Core {
     }
 
     /// Starts a child, runs the startup code, then replays what the runner
-    /// did (for a pool's worker, every run sent to the pool so far), and
-    /// counts failures.
+    /// did (or what the companion says), and counts failures.
     fn start_child(&mut self) -> Result<(), PyRunnerError> {
         self.reader = FrameReader::new(self.settings.frame_limit);
         self.outgoing.clear();
-        self.replayed = 0;
-        self.replay_errors.clear();
         let started = ChildProcess::start(&self.settings.spec, &mut self.reader)
             .and_then(|child| {
                 self.child = Some(child);
@@ -277,7 +191,7 @@ impl Core {
                     None => Ok(()),
                 }
             })
-            .and_then(|()| self.replay_runs())
+            .and_then(|()| self.replay_for_companion())
             .and_then(|()| self.replay_remembered());
         match started {
             Ok(()) => {
@@ -286,9 +200,8 @@ impl Core {
                 self.ready_at = Some((Instant::now(), self.handed_out));
                 self.crash_loop = None;
                 self.retry_at = None;
-                if let (Some(hooks), Some(child)) = (&self.settings.hooks, &self.child) {
-                    hooks.state.pid.store(child.pid, Ordering::SeqCst);
-                    hooks.state.restarting.store(false, Ordering::SeqCst);
+                if let (Some(companion), Some(child)) = (&self.settings.companion, &self.child) {
+                    companion.serving(child.pid);
                 }
                 Ok(())
             }
@@ -298,10 +211,10 @@ impl Core {
                 if let Some(mut child) = self.child.take() {
                     child.kill_group();
                 }
-                if let Some(hooks) = &self.settings.hooks {
-                    // Counted as full by the pool, which sends its calls
-                    // elsewhere, until a start succeeds.
-                    hooks.state.restarting.store(true, Ordering::SeqCst);
+                if let Some(companion) = &self.settings.companion {
+                    // Its companion takes its work elsewhere until a start
+                    // succeeds; it tries again on its own.
+                    companion.unavailable(false);
                     let wait = backoff(START_RETRY, self.failed_starts);
                     self.retry_at = Some(Instant::now() + wait);
                 }
@@ -310,48 +223,14 @@ impl Core {
         }
     }
 
-    /// A pool's worker: runs what was sent to the pool so far. A run that
-    /// raises here though it ran on every worker without raising (it read a
-    /// file since deleted, say) fails the start: this child would lack what
-    /// the others hold. One still running on the others may yet fail there
-    /// too, and is left to that outcome.
-    fn replay_runs(&mut self) -> Result<(), PyRunnerError> {
-        let Some(hooks) = self.settings.hooks.clone() else {
+    /// A supervisor with a companion: the fresh child runs what the
+    /// companion says it must hold.
+    fn replay_for_companion(&mut self) -> Result<(), PyRunnerError> {
+        let Some(companion) = self.settings.companion.clone() else {
             return Ok(());
         };
-        let entries = hooks.log.snapshot();
         let limit = self.settings.timeout;
-        for (index, code) in entries.iter().enumerate() {
-            let Some(code) = code else {
-                continue;
-            };
-            let run = Request::Run { code: code.clone() };
-            let raised = self.run_at_start(&run, "a replayed run", limit)?;
-            if let Err(err) = raised {
-                let before = if hooks.log.is_settled(index) {
-                    Some("on every worker")
-                } else if self.shares_ok.contains(&index) {
-                    // Still running elsewhere, but this worker's share was
-                    // answered: nothing is left here to fail the run with.
-                    Some("on this worker's child before")
-                } else {
-                    None
-                };
-                if let Some(before) = before {
-                    return Err(PyRunnerError::Startup(format!(
-                        "the pool's run number {} raised when replayed on a fresh child, \
-                         though it had run {before}: {err}",
-                        index + 1
-                    )));
-                }
-                // Still running on the pool: this worker's share answers
-                // with it, so the run fails (and is forgotten) as it would
-                // have on the child this one replaced.
-                self.replay_errors.insert(index, err);
-            }
-        }
-        self.replayed = entries.len();
-        Ok(())
+        companion.replay(&mut |request| self.run_at_start(request, "a replayed run", limit))
     }
 
     /// A runner's fresh child: does again what the runner did, in order (see
@@ -664,14 +543,14 @@ impl Core {
             return;
         }
         if self.child.is_none() && self.retry_at.is_some() {
-            // A pool's worker whose child could not start: its siblings
-            // take what they can; what is left gets a start of its own.
+            // A supervisor whose child could not start: its companion takes
+            // what it can; what is left gets a start of its own.
             self.hand_back_unstarted();
         }
         while let Some(job) = self.backlog.pop_front() {
-            // A pool's run goes out even if its caller gave up: every child
-            // must hold what the others hold.
-            if job.reply.is_abandoned() && !matches!(job.request, Request::Broadcast { .. }) {
+            // Some requests go out even if their caller gave up (the
+            // companion says which).
+            if job.reply.is_abandoned() && !self.must_run(&job.request) {
                 continue;
             }
             if self.stop_sent {
@@ -734,17 +613,11 @@ impl Core {
             // always ends (see `enforce_deadlines`).
             job.timeout = Some(EXIT_GRACE);
         }
-        if let Request::Broadcast { index, .. } = job.request {
-            // A child started after this run was logged ran it at its start.
-            if index < self.replayed {
-                job.reply.send(
-                    self.replay_errors
-                        .remove(&index)
-                        .map_or(Ok(Value::Null), Err),
-                );
-                return;
+        if let Some(companion) = &self.settings.companion {
+            match companion.before_send(job) {
+                Some(unanswered) => job = unanswered,
+                None => return,
             }
-            self.replayed = index + 1;
         }
         let id = self.take_id();
         let is_coroutine = matches!(job.request, Request::CallAsyncFunction { .. });
@@ -832,11 +705,9 @@ impl Core {
         let before = self.handed_out;
         let result = self.answer_each_frame(held);
         let answered = self.handed_out - before;
-        // A pool's worker does not gather: the callers it answered send
-        // their next calls to whichever worker is least loaded, often a
-        // sibling, and the batch it waited for would not fill. (8 callers
-        // on 2 workers, alternating builds: 117k against 108k calls/s.)
-        if answered >= 2 && self.sync_line.is_empty() && self.settings.hooks.is_none() {
+        // Not beside others: the callers it answered send their next calls
+        // to whichever sibling is least loaded (see `tuning::POOL_WORKER`).
+        if answered >= 2 && self.sync_line.is_empty() && self.settings.supervision.gathers {
             self.gather = Some((Instant::now() + GATHER, answered));
         }
         result
@@ -890,8 +761,8 @@ impl Core {
                     Err(PyRunnerError::Timeout(done.job.timeout.unwrap_or_default()))
                 }
             };
-            if let (Request::Broadcast { index, .. }, Ok(_)) = (&done.job.request, &reply) {
-                self.note_share_ok(*index);
+            if let Some(companion) = &self.settings.companion {
+                companion.answered(&done.job.request, reply.is_ok());
             }
             // Its caller heard `Timeout` already: that run killed the child.
             let remember = reply.is_ok()
@@ -912,15 +783,12 @@ impl Core {
         Ok(())
     }
 
-    /// Notes a pool's run that this worker's child ran without raising; the
-    /// runs no longer in progress are let go now and then.
-    fn note_share_ok(&mut self, index: usize) {
-        if let Some(hooks) = &self.settings.hooks {
-            if self.shares_ok.len() >= 64 {
-                self.shares_ok.retain(|&index| hooks.log.is_pending(index));
-            }
-            self.shares_ok.insert(index);
-        }
+    /// Whether `request` goes to the child even if its caller gave up.
+    fn must_run(&self, request: &Request) -> bool {
+        self.settings
+            .companion
+            .as_ref()
+            .is_some_and(|companion| companion.must_run(request))
     }
 
     /// The request that SIGINT was sent for has answered during the grace.
@@ -941,8 +809,8 @@ impl Core {
         }
         self.interrupting = None;
         self.interrupted = None;
-        if let Some(hooks) = &self.settings.hooks {
-            hooks.state.restarting.store(false, Ordering::SeqCst);
+        if let Some(companion) = &self.settings.companion {
+            companion.available();
         }
     }
 
@@ -1008,12 +876,11 @@ impl Core {
                     // not while it waits); a coroutine's backstop decides.
                     running.deadline = Some(now + limit);
                 } else {
-                    if let Some(hooks) = &self.settings.hooks {
+                    if let Some(companion) = &self.settings.companion {
                         // From here the child only unwinds and exits: the
-                        // pool counts this worker as full until a fresh child
-                        // has started, and sends the caller's next call (made
-                        // as soon as it hears) to another worker.
-                        hooks.state.restarting.store(true, Ordering::SeqCst);
+                        // caller's next call (made as soon as it hears) is
+                        // better sent elsewhere.
+                        companion.unavailable(false);
                     }
                     // The caller hears at the deadline; the child gets to unwind.
                     running
@@ -1066,9 +933,8 @@ impl Core {
     /// Kills the child; fails the requests it had started and queues the
     /// ones it had not for a fresh child, which starts at once.
     fn replace_child(&mut self, mut loss: Loss) {
-        if let Some(hooks) = &self.settings.hooks {
-            hooks.state.restarting.store(true, Ordering::SeqCst);
-            hooks.state.restarts.fetch_add(1, Ordering::SeqCst);
+        if let Some(companion) = &self.settings.companion {
+            companion.unavailable(true);
         }
         self.interrupting = None;
         let interrupted = self.interrupted.take();
@@ -1124,15 +990,8 @@ impl Core {
                 replay.push(flight.job);
                 continue;
             }
-            if let (Request::Broadcast { index, .. }, Some(hooks)) =
-                (&flight.job.request, &self.settings.hooks)
-            {
-                // A pool's run that killed its child is not replayed on the
-                // next, unless every worker ran it: then the next child must
-                // run it too (and fails its start if it cannot).
-                if !hooks.log.is_settled(*index) {
-                    hooks.log.blank(*index);
-                }
+            if let Some(companion) = &self.settings.companion {
+                companion.lost_running(&flight.job.request);
             }
             let err = match &loss {
                 _ if matches!(flight.job.request, Request::Stop) => {
@@ -1174,7 +1033,7 @@ impl Core {
             return;
         }
         // A fresh child now, so the next command does not wait for a start.
-        // (A pool's worker counts as restarting until one has started.)
+        // (Its companion counts it unavailable until one has started.)
         if let Err(err) = self.start_child() {
             if self.failed_starts >= MAX_FAILED_STARTS && !self.backlog.is_empty() {
                 self.replay_failure = None;
@@ -1197,8 +1056,8 @@ impl Core {
     /// After a child died young: the next start waits, longer after each
     /// such death in a row. After [`MAX_FAILED_STARTS`] of them a runner
     /// starts no more children on its own, and the next command hears of
-    /// the loop; a pool's worker tries again as after a failed start, its
-    /// siblings taking its calls meanwhile.
+    /// the loop; one with a companion tries again as after a failed start,
+    /// the companion taking its calls meanwhile.
     fn back_off(&mut self, reason: &str) {
         let deaths = self.failed_starts;
         let wait = if deaths < MAX_FAILED_STARTS {
@@ -1210,7 +1069,7 @@ impl Core {
                 QUICK_DEATH.as_secs()
             )));
             self.settings
-                .hooks
+                .companion
                 .is_some()
                 .then(|| backoff(START_RETRY, deaths - MAX_FAILED_STARTS + 1))
         };
@@ -1268,26 +1127,17 @@ impl Core {
         (!went_on).then_some(target)
     }
 
-    /// A pool's worker gives the calls its lost child never started to the
-    /// other workers rather than make them wait for a new child. Its own
-    /// share of a broadcast stays: the new child runs it at start.
+    /// A supervisor with a companion offers it the requests its lost child
+    /// never started, rather than make them wait for a new child; what it
+    /// gives back stays.
     fn hand_back_unstarted(&mut self) {
-        let Some(hooks) = self.settings.hooks.clone() else {
+        let Some(companion) = self.settings.companion.clone() else {
             return;
         };
         self.queue.take_all(&mut self.backlog);
         let mut kept = VecDeque::new();
         for job in self.backlog.drain(..) {
-            let movable = matches!(
-                job.request,
-                Request::Eval { .. }
-                    | Request::ReadVariable { .. }
-                    | Request::CallFunction { .. }
-                    | Request::CallAsyncFunction { .. }
-            );
-            if !movable || job.reply.is_abandoned() {
-                kept.push_back(job);
-            } else if let Some(job) = (hooks.hand_back)(job) {
+            if let Some(job) = companion.hand_back(job) {
                 kept.push_back(job);
             }
         }
@@ -1378,11 +1228,8 @@ pub(crate) struct Shared {
     caller_spin: (Duration, u32),
     /// How long the thread spins for work before it sleeps.
     thread_spin: Duration,
-    /// A runner's callers leave their first poll's job to the holder of a
-    /// parked seat (see [`Drive::leave_to_parked`]): its one child is what
-    /// limits many callers, and it gets their requests together. A pool's
-    /// children more often wait for work than not, and there the first
-    /// request of a batch is better sent at once.
+    /// Callers leave their first poll's job to the holder of a parked seat
+    /// (see [`Drive::leave_to_parked`] and `tuning::Supervision`).
     batch_behind_parked: bool,
     /// When the seat was last parked, in nanoseconds from `started`.
     parked_at: AtomicU64,
@@ -1404,15 +1251,7 @@ impl Shared {
             .map_err(|err| {
                 PyRunnerError::Startup(format!("could not set up the wake-up socket: {err}"))
             })?;
-        let pool_worker = settings.hooks.is_some();
-        let (caller_spin, thread_spin) = if pool_worker {
-            (
-                (POOL_CALLER_SPIN, POOL_CALLER_YIELD_EVERY),
-                POOL_THREAD_SPIN,
-            )
-        } else {
-            ((CALLER_SPIN, CALLER_YIELD_EVERY), THREAD_SPIN)
-        };
+        let tune = settings.supervision;
         let core = Core::start(queue.clone(), settings, first_start_by)?;
         let shared = Arc::new(Shared {
             core: Mutex::new(core),
@@ -1426,9 +1265,9 @@ impl Shared {
             line_busy: AtomicBool::new(false),
             exit_seen: AtomicBool::new(false),
             wake: Mutex::new(wake),
-            caller_spin,
-            thread_spin,
-            batch_behind_parked: !pool_worker,
+            caller_spin: (tune.caller_spin, tune.caller_yield_every),
+            thread_spin: tune.thread_spin,
+            batch_behind_parked: tune.batch_behind_parked,
             parked_at: AtomicU64::new(0),
             started: Instant::now(),
         });
@@ -1551,7 +1390,7 @@ impl Shared {
 impl Shared {
     /// With calls in flight and no caller driving, the next reply or command
     /// is usually microseconds away: spin for it before paying for a wake-up
-    /// (a runner's thread; a pool's worker's does not spin).
+    /// (for as long as `tuning::Supervision::thread_spin` says).
     fn spin_for_work(&self, plan: &WaitPlan) -> bool {
         let start = Instant::now();
         while start.elapsed() < self.thread_spin {

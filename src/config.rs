@@ -1,0 +1,121 @@
+//! What every backend is started from: a leaf, so that no backend depends on
+//! the builder that fills it in.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::error::PyRunnerError;
+
+/// Frames over this many bytes are a `Protocol` error unless configured otherwise.
+pub(crate) const DEFAULT_FRAME_LIMIT: usize = 64 << 20;
+
+/// Where a runner's Python runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Backend {
+    /// CPython in this process, on one dedicated thread (feature `pyo3`).
+    PyO3,
+    /// A child interpreter driven over stdio (feature `subprocess`).
+    Subprocess,
+    /// RustPython in this process (feature `rustpython`).
+    RustPython,
+}
+
+impl Backend {
+    /// The Cargo feature that compiles this backend in.
+    pub fn feature(self) -> &'static str {
+        match self {
+            Backend::PyO3 => "pyo3",
+            Backend::Subprocess => "subprocess",
+            Backend::RustPython => "rustpython",
+        }
+    }
+}
+
+/// Everything a backend needs to start; filled in by `PyRunnerBuilder`
+/// (and `PyPoolBuilder`, for its workers).
+#[derive(Debug, Clone)]
+pub(crate) struct RunnerConfig {
+    pub backend: Backend,
+    pub python: Option<PathBuf>,
+    pub venv: Option<PathBuf>,
+    pub startup: Option<String>,
+    pub timeout: Option<Duration>,
+    pub env: Vec<(OsString, OsString)>,
+    pub env_clear: bool,
+    pub current_dir: Option<PathBuf>,
+    pub frame_limit: usize,
+    /// A fresh child replays the runner's `run`, `run_file` and `set_venv`.
+    pub replay: bool,
+    /// How long a child may take from its start to its hello.
+    #[cfg_attr(not(feature = "subprocess"), allow(dead_code))]
+    pub start_timeout: Duration,
+}
+
+impl Default for RunnerConfig {
+    fn default() -> Self {
+        RunnerConfig {
+            backend: Backend::PyO3,
+            python: None,
+            venv: None,
+            startup: None,
+            timeout: None,
+            env: Vec::new(),
+            env_clear: false,
+            current_dir: None,
+            frame_limit: DEFAULT_FRAME_LIMIT,
+            replay: true,
+            start_timeout: DEFAULT_START_TIMEOUT,
+        }
+    }
+}
+
+/// How long a child may take from its start to its hello, by default.
+const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The smallest `max_frame_length` taken: the child's hello names its
+/// interpreter's path, which may be up to about 4 KiB long.
+pub(crate) const MIN_FRAME_LIMIT: usize = 8 << 10;
+
+impl RunnerConfig {
+    /// Settings that could only fail later, or in a misleading way, are
+    /// refused before anything starts.
+    pub(crate) fn check(&self) -> Result<(), PyRunnerError> {
+        if self.backend != Backend::Subprocess {
+            return Ok(());
+        }
+        for (key, value) in &self.env {
+            let key_bytes = key.as_encoded_bytes();
+            if key_bytes.is_empty() {
+                return Err(PyRunnerError::Startup(
+                    "env: a variable needs a name, and \"\" was given".into(),
+                ));
+            }
+            if key_bytes.contains(&b'=') || key_bytes.contains(&0) {
+                return Err(PyRunnerError::Startup(format!(
+                    "env: the variable name {key:?} holds '=' or a NUL byte, which no name may"
+                )));
+            }
+            if value.as_encoded_bytes().contains(&0) {
+                return Err(PyRunnerError::Startup(format!(
+                    "env: the value of {key:?} holds a NUL byte"
+                )));
+            }
+        }
+        if self.frame_limit < MIN_FRAME_LIMIT {
+            return Err(PyRunnerError::Startup(format!(
+                "max_frame_length of {} bytes is below the least a child needs ({MIN_FRAME_LIMIT} bytes)",
+                self.frame_limit
+            )));
+        }
+        if let Some(dir) = &self.current_dir {
+            if !dir.is_dir() {
+                return Err(PyRunnerError::Startup(format!(
+                    "current_dir {} is not a folder that exists",
+                    dir.display()
+                )));
+            }
+        }
+        Ok(())
+    }
+}

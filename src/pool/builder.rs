@@ -1,0 +1,188 @@
+//! [`PyPoolBuilder`]: a pool's size and what its workers start from.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{watch, Semaphore};
+
+use super::dispatch::ADMITTED_PER_WORKER;
+use super::replay::ReplayLog;
+use super::worker::{Slot, Worker};
+use super::{Inner, PyPool};
+use crate::builder::PyRunnerBuilder;
+use crate::error::PyRunnerError;
+
+/// Configures and starts a [`PyPool`]. Made by [`PyPool::builder`].
+#[must_use = "a builder does nothing until `build` is called"]
+#[derive(Debug, Clone)]
+pub struct PyPoolBuilder {
+    /// What every worker's runner is built from.
+    pub(super) runner: PyRunnerBuilder,
+    pub(super) workers: usize,
+    pub(super) max_calls: Option<u64>,
+}
+
+impl PyPoolBuilder {
+    /// How many workers (child processes); default: the number of cores.
+    /// Zero is taken as one.
+    pub fn workers(mut self, count: usize) -> Self {
+        self.workers = count.max(1);
+        self
+    }
+
+    /// Run exactly this interpreter in every worker, as given (see
+    /// [`PyRunnerBuilder::python`]).
+    pub fn python(mut self, path: impl Into<PathBuf>) -> Self {
+        self.runner = self.runner.python(path);
+        self
+    }
+
+    /// Run the venv's own interpreter in every worker.
+    pub fn venv(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.runner = self.runner.venv(dir);
+        self
+    }
+
+    /// Code every child runs first, before the pool's runs are replayed.
+    /// If it raises, `build` fails with [`PyRunnerError::Startup`].
+    pub fn startup(mut self, code: impl Into<String>) -> Self {
+        self.runner = self.runner.startup(code);
+        self
+    }
+
+    /// A limit for every command, counted from the moment it starts to run
+    /// on its worker. A call past it is stopped, that worker's child is
+    /// replaced, and the other workers go on.
+    pub fn timeout(mut self, limit: Duration) -> Self {
+        self.runner = self.runner.timeout(limit);
+        self
+    }
+
+    /// Retire a worker after it answered this many calls. Its replacement
+    /// is started first and takes over once ready, so no call waits for a
+    /// start; the old child finishes what it was given, then ends. A
+    /// replacement that fails to start, or to replay the pool's runs, is
+    /// given up: the old worker serves on, and the next try comes after as
+    /// many calls again.
+    pub fn max_calls_per_worker(mut self, calls: u64) -> Self {
+        self.max_calls = Some(calls.max(1));
+        self
+    }
+
+    /// Set an environment variable for every child.
+    pub fn env(
+        mut self,
+        key: impl Into<std::ffi::OsString>,
+        value: impl Into<std::ffi::OsString>,
+    ) -> Self {
+        self.runner = self.runner.env(key, value);
+        self
+    }
+
+    /// Start the children with no inherited environment.
+    pub fn env_clear(mut self) -> Self {
+        self.runner = self.runner.env_clear();
+        self
+    }
+
+    /// The children's working folder.
+    pub fn current_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.runner = self.runner.current_dir(dir);
+        self
+    }
+
+    /// How long starting the pool may take until every worker's child has
+    /// said hello (default 30 s): one limit for the whole of `build`, and
+    /// for each fresh child after it (see
+    /// [`PyRunnerBuilder::start_timeout`]).
+    pub fn start_timeout(mut self, limit: Duration) -> Self {
+        self.runner = self.runner.start_timeout(limit);
+        self
+    }
+
+    /// The largest frame accepted from a child, in bytes (default 64 MiB).
+    pub fn max_frame_length(mut self, bytes: usize) -> Self {
+        self.runner = self.runner.max_frame_length(bytes);
+        self
+    }
+
+    /// Starts every worker at once and waits until all are ready; the first
+    /// failure is returned (and the workers already started are ended).
+    /// Every child must have said hello within the start timeout of the
+    /// call (see [`start_timeout`](Self::start_timeout)). Synchronous:
+    /// needs no tokio runtime.
+    pub fn build(self) -> Result<PyPool, PyRunnerError> {
+        self.runner.config().check()?;
+        let start_timeout = self.runner.config().start_timeout;
+        let deadline = Instant::now() + start_timeout;
+        let pool: Arc<OnceLock<Weak<Inner>>> = Arc::default();
+        let log = Arc::new(ReplayLog::default());
+        // The workers' children are forks of one started interpreter, when
+        // it starts; else each starts its own (see `subprocess::Zygote`).
+        let zygote = match crate::subprocess::start_zygote(self.runner.config()) {
+            Ok(zygote) => Some(zygote),
+            // It had all the time there is: the workers would have none.
+            Err(err) if Instant::now() >= deadline => return Err(err),
+            Err(_) => None,
+        };
+        let starts: Vec<_> = (0..self.workers)
+            .map(|_| {
+                let config = self.runner.config().clone();
+                let (log, pool, zygote) = (log.clone(), pool.clone(), zygote.clone());
+                thread::Builder::new()
+                    .name("async_py-pool-start".into())
+                    .spawn(move || Worker::start(&config, log, pool, zygote, Some(deadline)))
+            })
+            .collect();
+        let mut workers = Vec::with_capacity(starts.len());
+        let mut failure = None;
+        for start in starts {
+            let started = match start {
+                Ok(handle) => handle.join().unwrap_or_else(|_| {
+                    Err(PyRunnerError::Startup("a worker's start panicked".into()))
+                }),
+                Err(err) => Err(PyRunnerError::Startup(format!(
+                    "could not start a thread to start a worker: {err}"
+                ))),
+            };
+            match started {
+                Ok(worker) => workers.push(worker),
+                // A worker's own limit was what was left of the pool's.
+                Err(PyRunnerError::Startup(why)) if Instant::now() >= deadline => {
+                    failure = failure.or(Some(PyRunnerError::Startup(format!(
+                        "the pool's workers did not start within its start timeout \
+                         of {start_timeout:?}: {why}"
+                    ))))
+                }
+                Err(err) => failure = failure.or(Some(err)),
+            }
+        }
+        if let Some(err) = failure {
+            for worker in workers {
+                let _ = worker.runner.stop_sync();
+            }
+            return Err(err);
+        }
+        let count = workers.len();
+        let inner = Arc::new(Inner {
+            runner: self.runner,
+            zygote: Mutex::new(zygote),
+            log,
+            slots: workers.into_iter().map(Slot::new).collect(),
+            admission: Semaphore::new(count * ADMITTED_PER_WORKER),
+            broadcasts: Mutex::new(()),
+            warm: AtomicUsize::new(0),
+            next: AtomicUsize::new(0),
+            max_calls: self.max_calls,
+            pool,
+            stopped: AtomicBool::new(false),
+            retired: Mutex::default(),
+            recycles: Arc::new(watch::Sender::new(0)),
+        });
+        let _ = inner.pool.set(Arc::downgrade(&inner));
+        Ok(PyPool { inner })
+    }
+}

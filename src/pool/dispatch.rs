@@ -1,0 +1,127 @@
+//! Dispatch: which worker a call goes to, how many calls are admitted at
+//! once, and where the calls of a lost child go.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::TryAcquireError;
+
+use super::join::{join_in_order, BoxedCall};
+use super::worker::{Load, Slot, Worker, WorkerState};
+use super::{Inner, PyPool};
+use serde_json::Value;
+
+use crate::command::{Job, Reply, Request};
+use crate::error::PyRunnerError;
+use crate::tuning::MAP_QUEUED;
+
+/// Calls admitted per worker at once, queued ones included; past that,
+/// callers wait their turn (first come, first served) instead of piling up.
+pub(super) const ADMITTED_PER_WORKER: usize = 64;
+
+/// The fewest calls of a `map` in flight per worker: one running, one next.
+pub(super) const MAP_WINDOW_MIN: usize = 2;
+
+/// How a call gets its place among the calls admitted to the pool.
+#[derive(Clone, Copy)]
+pub(super) enum Admission {
+    /// Waits its turn for a place.
+    Wait,
+    /// Takes a place if one is free, else goes without: for the `_sync`
+    /// twins. A twin called inside a tokio task blocks that task's thread,
+    /// and the places may all be held by other tasks' calls that only that
+    /// thread would poll again to give them back. Each blocked thread adds
+    /// at most one call (or one `map`'s window) past the bound.
+    Skip,
+}
+
+impl Inner {
+    /// The worker for the next call, its load already counted: the first
+    /// idle one from the warm worker on, else the least loaded.
+    pub(super) fn pick(&self) -> (usize, Load) {
+        let count = self.slots.len();
+        let weight = |index: usize| self.slots[index].read().weight();
+        let warm = self.warm.load(Ordering::Relaxed) % count;
+        let idle = (0..count)
+            .map(|step| (warm + step) % count)
+            .find(|&index| weight(index) == 0);
+        let index = idle.unwrap_or_else(|| {
+            // None idle: the least loaded, ties going to each in turn.
+            let first = self.next.fetch_add(1, Ordering::Relaxed) % count;
+            (0..count)
+                .map(|step| (first + step) % count)
+                .min_by_key(|&index| weight(index))
+                .unwrap_or(first)
+        });
+        // Counted under the read lock, so a recycle that swaps the worker
+        // out (under the write lock) sees every call sent to the old one.
+        let guard = self.slots[index].read();
+        guard.load.fetch_add(1, Ordering::SeqCst);
+        (index, Load(guard.clone()))
+    }
+
+    /// A call that `from`'s lost child never started goes to the least
+    /// loaded other worker; `Some` gives it back if none takes it.
+    pub(super) fn place_elsewhere(&self, job: Job, from: &Arc<WorkerState>) -> Option<Job> {
+        let mut others: Vec<Arc<Worker>> = self
+            .slots
+            .iter()
+            .map(Slot::current)
+            .filter(|worker| !Arc::ptr_eq(&worker.state, from))
+            .filter(|worker| !worker.state.restarting.load(Ordering::SeqCst))
+            .filter(|worker| !worker.retiring.load(Ordering::SeqCst))
+            .collect();
+        others.sort_by_key(|worker| worker.weight());
+        let mut job = job;
+        for worker in others {
+            match worker.runner.queue().push(job) {
+                Ok(()) => return None,
+                Err(refused) => job = refused,
+            }
+        }
+        Some(job)
+    }
+}
+
+impl PyPool {
+    pub(super) async fn dispatch(&self, request: Request, admission: Admission) -> Reply {
+        let _admitted = match admission {
+            Admission::Wait => match self.inner.admission.acquire().await {
+                Ok(permit) => Some(permit),
+                Err(_) => return Err(PyRunnerError::Stopped),
+            },
+            Admission::Skip => match self.inner.admission.try_acquire() {
+                Ok(permit) => Some(permit),
+                Err(TryAcquireError::NoPermits) => None,
+                Err(TryAcquireError::Closed) => return Err(PyRunnerError::Stopped),
+            },
+        };
+        let (index, load) = self.inner.pick();
+        let reply = load.0.runner.send(request).await;
+        if !matches!(reply, Err(PyRunnerError::Stopped)) {
+            self.inner.answered(index, &load.0);
+        }
+        reply
+    }
+
+    pub(super) async fn map_admitted(
+        &self,
+        name: &str,
+        inputs: Vec<Vec<Value>>,
+        admission: Admission,
+    ) -> Vec<Reply> {
+        let calls = inputs.into_iter().map(|args| {
+            Box::pin(async move { self.dispatch(Request::call(name, args)?, admission).await })
+                as BoxedCall<'_, Reply>
+        });
+        let workers = self.workers();
+        let (least, most) = (workers * MAP_WINDOW_MIN, workers * ADMITTED_PER_WORKER);
+        let started = Instant::now();
+        join_in_order(calls, |finished| {
+            let rate = finished as f64 / started.elapsed().as_secs_f64();
+            ((rate * MAP_QUEUED.as_secs_f64()) as usize).clamp(least, most)
+        })
+        .await
+    }
+}
