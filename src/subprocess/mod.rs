@@ -7,6 +7,7 @@
 //! blocked.
 
 mod child;
+mod flights;
 mod interpreter;
 mod ring;
 mod stderr;

@@ -9,7 +9,7 @@
 //! never deadlock a parent that is writing. Only the supervisor thread does
 //! what may block or take long: starting, killing and replacing children.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::io::{self, Read};
 use std::os::unix::io::AsRawFd;
 use std::os::unix::net::UnixStream;
@@ -22,14 +22,14 @@ use bytes::{Buf, BytesMut};
 use serde_json::Value;
 
 use super::child::{poll, ChildProcess, LaunchSpec, NoFrame};
+use super::flights::{Due, Flight, Flights, Kind, Reached};
 use super::ring::{ChildAt, ReplyRing};
 use super::Companion;
 use crate::command::{CommandQueue, Drive, Job, Request};
 use crate::error::PyRunnerError;
 use crate::tuning::{
-    Supervision, BLIND_LOOK, COROUTINE_BACKSTOP, COROUTINE_RECHECK, EXIT_CHECK, EXIT_GRACE, GATHER,
-    INTERRUPT_GRACE, LEAVE_WINDOW_NANOS, PIPE_END_GRACE, QUICK_DEATH, QUICK_DEATH_RETRY,
-    START_RETRY, START_RETRY_MAX,
+    Supervision, BLIND_LOOK, EXIT_CHECK, EXIT_GRACE, GATHER, INTERRUPT_GRACE, LEAVE_WINDOW_NANOS,
+    PIPE_END_GRACE, QUICK_DEATH, QUICK_DEATH_RETRY, START_RETRY, START_RETRY_MAX,
 };
 use crate::wire::{decode_message, FrameReader, FrameWriter, Message, Outcome};
 
@@ -50,15 +50,6 @@ pub(crate) struct Settings {
     /// companion says what a fresh child replays instead).
     pub replay: bool,
     pub supervision: Supervision,
-}
-
-struct Inflight {
-    job: Job,
-    /// A sync request's limit runs from when it reaches the head of the
-    /// child's line; a coroutine's from when it was sent, and this is its
-    /// backstop: [`COROUTINE_BACKSTOP`] past the limit.
-    deadline: Option<Instant>,
-    is_coroutine: bool,
 }
 
 /// Why a child is being replaced.
@@ -82,12 +73,8 @@ pub(crate) struct Core {
     reader: FrameReader,
     writer: FrameWriter,
     outgoing: BytesMut,
-    /// Requests in flight by id; ids grow, so this is also send order.
-    inflight: BTreeMap<u64, Inflight>,
-    /// How many of them have a limit, whose clock the thread keeps.
-    timed: usize,
-    /// Ids of sync requests in flight, in the order the child runs them.
-    sync_line: VecDeque<u64>,
+    /// Requests in flight to the child.
+    flights: Flights<Job>,
     next_id: u64,
     backlog: VecDeque<Job>,
     failed_starts: u32,
@@ -144,9 +131,7 @@ impl Core {
             settings,
             child: None,
             outgoing: BytesMut::with_capacity(64 << 10),
-            inflight: BTreeMap::new(),
-            timed: 0,
-            sync_line: VecDeque::new(),
+            flights: Flights::default(),
             next_id: 1,
             backlog: VecDeque::new(),
             failed_starts: 0,
@@ -451,7 +436,7 @@ impl Core {
         self.lost.is_some()
             || !self.outgoing.is_empty()
             || self.interrupting.is_some()
-            || self.timed > 0
+            || self.flights.any_timed()
     }
 
     /// True while the batch after a multi-reply batch is still being gathered.
@@ -469,7 +454,7 @@ impl Core {
 
     /// Commands taken but not answered.
     fn outstanding(&self) -> usize {
-        self.inflight.len() + self.backlog.len()
+        self.flights.len() + self.backlog.len()
     }
 
     /// What the supervisor thread waits for next: the child's replies, room
@@ -489,7 +474,7 @@ impl Core {
         let gathering = self.gather.map(|(until, _)| until);
         if !self.backlog.is_empty()
             && self.interrupting.is_none()
-            && self.sync_line.is_empty()
+            && !self.flights.line_busy()
             && gathering.is_none()
         {
             return None;
@@ -499,16 +484,8 @@ impl Core {
         if !self.backlog.is_empty() {
             next = gathering.or(next);
         }
-        for flight in self.inflight.values() {
-            if let Some(mut deadline) = flight.deadline {
-                if flight.is_coroutine && deadline <= now {
-                    // A backstop passed while a sync request runs waits for
-                    // it to end (or for the child to be seen in its loop):
-                    // look again now and then rather than spin.
-                    deadline = now + COROUTINE_RECHECK;
-                }
-                next = Some(next.map_or(deadline, |n| n.min(deadline)));
-            }
+        if let Some(deadline) = self.flights.next_deadline(now) {
+            next = Some(next.map_or(deadline, |n| n.min(deadline)));
         }
         let limit = next.map(|deadline| deadline.saturating_duration_since(now));
         Some(WaitPlan {
@@ -539,7 +516,7 @@ impl Core {
     /// requests tend to arrive within microseconds of each other: they are
     /// gathered for up to [`GATHER`] so the child gets them in one read.
     fn send_backlog(&mut self) {
-        if !self.sync_line.is_empty() || self.gathering() {
+        if self.flights.line_busy() || self.gathering() {
             return;
         }
         if self.child.is_none() && self.retry_at.is_some() {
@@ -620,7 +597,12 @@ impl Core {
             }
         }
         let id = self.take_id();
-        let is_coroutine = matches!(job.request, Request::CallAsyncFunction { .. });
+        let kind = match job.request {
+            Request::CallAsyncFunction { .. } => Kind::Coroutine,
+            Request::Stop => Kind::Stop,
+            _ => Kind::Sync,
+        };
+        let is_coroutine = kind == Kind::Coroutine;
         let limit = if is_coroutine {
             job.timeout.map(|d| d.as_secs_f64())
         } else {
@@ -633,24 +615,8 @@ impl Core {
             job.reply.send(Err(err));
             return;
         }
-        let now = Instant::now();
-        let deadline = match (is_coroutine, job.timeout) {
-            (true, Some(limit)) => Some(now + limit + COROUTINE_BACKSTOP),
-            (false, Some(limit)) if self.sync_line.is_empty() => Some(now + limit),
-            _ => None,
-        };
-        if !is_coroutine {
-            self.sync_line.push_back(id);
-        }
-        self.timed += usize::from(job.timeout.is_some());
-        self.inflight.insert(
-            id,
-            Inflight {
-                job,
-                deadline,
-                is_coroutine,
-            },
-        );
+        let timeout = job.timeout;
+        self.flights.sent(id, job, kind, timeout, Instant::now());
     }
 
     /// Writes what the pipe takes now; the rest waits for POLLOUT.
@@ -707,7 +673,7 @@ impl Core {
         let answered = self.handed_out - before;
         // Not beside others: the callers it answered send their next calls
         // to whichever sibling is least loaded (see `tuning::POOL_WORKER`).
-        if answered >= 2 && self.sync_line.is_empty() && self.settings.supervision.gathers {
+        if answered >= 2 && !self.flights.line_busy() && self.settings.supervision.gathers {
             self.gather = Some((Instant::now() + GATHER, answered));
         }
         result
@@ -733,49 +699,38 @@ impl Core {
                     ))
                 }
             };
-            let Some(done) = self.inflight.remove(&id) else {
+            let Some(Flight { item: done, .. }) = self.flights.answered(id, Instant::now) else {
                 return Err(PyRunnerError::Protocol(format!(
                     "a reply to unknown request {id}"
                 )));
             };
-            self.timed -= usize::from(done.job.timeout.is_some());
-            if !done.is_coroutine {
-                if self.sync_line.front() == Some(&id) {
-                    self.sync_line.pop_front();
-                } else {
-                    self.sync_line.retain(|&queued| queued != id);
-                }
-                self.start_next_clock();
-            }
             if self.interrupting.is_some() && self.interrupted == Some(id) {
                 self.interrupted_request_answered(id);
             }
-            if matches!(done.job.request, Request::Stop) {
+            if matches!(done.request, Request::Stop) {
                 // Answered once the child is reaped, in `shut_down`.
-                self.stop_done = Some(done.job);
+                self.stop_done = Some(done);
                 continue;
             }
             let reply = match outcome {
                 Outcome::Done(reply) => reply,
-                Outcome::TimedOut => {
-                    Err(PyRunnerError::Timeout(done.job.timeout.unwrap_or_default()))
-                }
+                Outcome::TimedOut => Err(PyRunnerError::Timeout(done.timeout.unwrap_or_default())),
             };
             if let Some(companion) = &self.settings.companion {
-                companion.answered(&done.job.request, reply.is_ok());
+                companion.answered(&done.request, reply.is_ok());
             }
             // Its caller heard `Timeout` already: that run killed the child.
             let remember = reply.is_ok()
                 && self.remembered.is_some()
-                && changes_child(&done.job.request)
-                && !done.job.reply.slot().is_ready();
+                && changes_child(&done.request)
+                && !done.reply.slot().is_ready();
             match held.as_deref_mut() {
-                Some(held) => held.extend(done.job.reply.send_unwoken(reply)),
-                None => done.job.reply.send(reply),
+                Some(held) => held.extend(done.reply.send_unwoken(reply)),
+                None => done.reply.send(reply),
             }
             if remember {
                 if let Some(remembered) = &mut self.remembered {
-                    remembered.push(done.job.request);
+                    remembered.push(done.request);
                 }
             }
             self.handed_out += 1;
@@ -814,18 +769,6 @@ impl Core {
         }
     }
 
-    /// The sync request now at the head of the child's line starts its clock.
-    fn start_next_clock(&mut self) {
-        let Some(head) = self.sync_line.front() else {
-            return;
-        };
-        if let Some(next) = self.inflight.get_mut(head) {
-            if let (None, Some(limit)) = (next.deadline, next.job.timeout) {
-                next.deadline = Some(Instant::now() + limit);
-            }
-        }
-    }
-
     fn enforce_deadlines(&mut self) {
         let now = Instant::now();
         if let Some(since) = self.interrupting {
@@ -834,18 +777,16 @@ impl Core {
             }
             return;
         }
-        if self.timed == 0 {
+        if !self.flights.any_timed() {
             return; // no limit in flight: nothing to look at
         }
-        if self.stop_overdue(now) {
+        if self.flights.stop_overdue(now) {
             // Stopped by a signal, wedged, or not reading: ask no more.
             if let Some(child) = self.child.as_mut() {
                 child.kill_group();
             }
-            let head = self.sync_line.pop_front();
-            if let Some(stop) = head.and_then(|id| self.inflight.remove(&id)) {
-                self.timed -= 1;
-                self.stop_done = Some(stop.job);
+            if let Some(stop) = self.flights.take_head() {
+                self.stop_done = Some(stop.item);
             }
             return;
         }
@@ -863,71 +804,38 @@ impl Core {
             // Replies to take first; the thread is back as soon as it has.
             Some(ChildAt::Unsure) => return,
         };
-        if let Some(running) = self
-            .sync_line
-            .front()
-            .and_then(|head| self.inflight.get_mut(head))
-        {
-            if running.deadline.is_some_and(|deadline| now >= deadline) {
-                let limit = running.job.timeout.unwrap_or_default();
-                if in_loop {
-                    // Not started: a coroutine holds the loop. Its clock
-                    // starts again (a limit counts while a command runs,
-                    // not while it waits); a coroutine's backstop decides.
-                    running.deadline = Some(now + limit);
-                } else {
-                    if let Some(companion) = &self.settings.companion {
-                        // From here the child only unwinds and exits: the
-                        // caller's next call (made as soon as it hears) is
-                        // better sent elsewhere.
-                        companion.unavailable(false);
-                    }
-                    // The caller hears at the deadline; the child gets to unwind.
+        match self.flights.judge(now, in_loop) {
+            Due::Nothing => {}
+            Due::Sync { id, limit } => {
+                if let Some(companion) = &self.settings.companion {
+                    // From here the child only unwinds and exits: the
+                    // caller's next call (made as soon as it hears) is
+                    // better sent elsewhere.
+                    companion.unavailable(false);
+                }
+                // The caller hears at the deadline; the child gets to unwind.
+                if let Some(running) = self.flights.get(id) {
                     running
-                        .job
+                        .item
                         .reply
                         .slot()
                         .complete(Err(PyRunnerError::Timeout(limit)));
-                    let target = self.sync_line.front().copied();
-                    if let (Some(child), Some(target)) = (&self.child, target) {
-                        child.interrupt(target);
-                    }
-                    self.interrupted = target;
-                    self.interrupting = Some(now);
-                    return;
                 }
+                if let Some(child) = &self.child {
+                    child.interrupt(id);
+                }
+                self.interrupted = Some(id);
+                self.interrupting = Some(now);
+            }
+            Due::Coroutine { id } => {
+                self.interrupted = Some(id);
+                // Without a ring, any coroutine in flight may have run.
+                self.replace_child(Loss::CoroutineStuck {
+                    last_coroutine: last_coroutine.unwrap_or(u64::MAX),
+                    sync_started: None,
+                });
             }
         }
-        // A coroutine only runs while no sync request does: its backstop is
-        // judged only then (or while the child says it is in its loop), so
-        // a long sync request is not blamed on it.
-        if !self.sync_line.is_empty() && !in_loop {
-            return;
-        }
-        let stuck = self.inflight.iter().find_map(|(&id, flight)| {
-            (flight.is_coroutine && flight.deadline.is_some_and(|deadline| now >= deadline))
-                .then_some(id)
-        });
-        if let Some(id) = stuck {
-            self.interrupted = Some(id);
-            // Without a ring, any coroutine in flight may have run.
-            self.replace_child(Loss::CoroutineStuck {
-                last_coroutine: last_coroutine.unwrap_or(u64::MAX),
-                sync_started: None,
-            });
-        }
-    }
-
-    /// Whether `stop` is the next request the child would run, and it has
-    /// not answered it within [`EXIT_GRACE`].
-    fn stop_overdue(&self, now: Instant) -> bool {
-        self.sync_line
-            .front()
-            .and_then(|head| self.inflight.get(head))
-            .is_some_and(|flight| {
-                matches!(flight.job.request, Request::Stop)
-                    && flight.deadline.is_some_and(|deadline| now >= deadline)
-            })
     }
 
     /// Kills the child; fails the requests it had started and queues the
@@ -939,7 +847,7 @@ impl Core {
         self.interrupting = None;
         let interrupted = self.interrupted.take();
         let young = matches!(loss, Loss::Died | Loss::Protocol(_)) && self.child_is_young();
-        let died_young = young && self.inflight.is_empty();
+        let died_young = young && self.flights.is_empty();
         if died_young {
             self.failed_starts += 1;
         } else if !young && self.child.is_some() {
@@ -965,37 +873,28 @@ impl Core {
         // The child runs requests in order: everything up to and including
         // the first sync request in flight had started, the rest had not. A
         // child that stopped a request for SIGINT starts nothing after it.
-        let head = last_started.or(self.sync_line.front().copied());
-        self.sync_line.clear();
-        let mut replay = Vec::new();
-        self.timed = 0;
-        for (id, flight) in std::mem::take(&mut self.inflight) {
-            let unstarted = match loss {
-                // No coroutine after the last one the child started had
-                // run, nor any sync request but the one it may have gone on
-                // to after the look that judged it.
-                Loss::CoroutineStuck {
-                    last_coroutine,
-                    sync_started,
-                } => {
-                    if flight.is_coroutine {
-                        id > last_coroutine
-                    } else {
-                        Some(id) != sync_started
-                    }
-                }
-                _ => head.is_some_and(|head| id > head),
-            };
-            if unstarted {
-                replay.push(flight.job);
-                continue;
-            }
+        let reached = match loss {
+            // No coroutine after the last one the child started had run,
+            // nor any sync request but the one it may have gone on to after
+            // the look that judged it.
+            Loss::CoroutineStuck {
+                last_coroutine,
+                sync_started,
+            } => Reached::Coroutines {
+                last_coroutine,
+                sync_started,
+            },
+            _ => Reached::Upto(last_started.or(self.flights.head())),
+        };
+        let (started, replay) = self.flights.drain_after_loss(reached);
+        for (id, flight) in started {
+            let job = flight.item;
             if let Some(companion) = &self.settings.companion {
-                companion.lost_running(&flight.job.request);
+                companion.lost_running(&job.request);
             }
             let err = match &loss {
-                _ if matches!(flight.job.request, Request::Stop) => {
-                    self.stop_done = Some(flight.job);
+                _ if flight.kind == Kind::Stop => {
+                    self.stop_done = Some(job);
                     continue;
                 }
                 Loss::Died => PyRunnerError::WorkerDied {
@@ -1005,7 +904,7 @@ impl Core {
                     PyRunnerError::Protocol(format!("{why}; the child was replaced"))
                 }
                 Loss::TimedOut | Loss::CoroutineStuck { .. } if Some(id) == interrupted => {
-                    PyRunnerError::Timeout(flight.job.timeout.unwrap_or_default())
+                    PyRunnerError::Timeout(flight.limit.unwrap_or_default())
                 }
                 Loss::TimedOut => PyRunnerError::WorkerDied {
                     reason: format!(
@@ -1019,7 +918,7 @@ impl Core {
                     ),
                 },
             };
-            flight.job.reply.send(Err(err));
+            job.reply.send(Err(err));
         }
         for job in replay.into_iter().rev() {
             self.backlog.push_front(job);
@@ -1103,7 +1002,7 @@ impl Core {
                 last_coroutine: last,
             } => {
                 *last_coroutine = last;
-                *sync_started = self.sync_line.front().copied();
+                *sync_started = self.flights.head();
             }
             // Replies it could not read: the look before the kill stands.
             ChildAt::Unsure => {}
@@ -1118,7 +1017,7 @@ impl Core {
     /// sent again.
     fn look_after_interrupt(&mut self, target: u64) -> Option<u64> {
         let _ = self.read_replies(None);
-        let went_on = !self.inflight.contains_key(&target)
+        let went_on = !self.flights.contains(target)
             && self
                 .child
                 .as_ref()
@@ -1162,14 +1061,13 @@ impl Core {
             // All it printed is out before `stop` (or the drop) returns.
             child.forward_last_stderr();
         }
-        self.timed = 0;
-        for (_, flight) in std::mem::take(&mut self.inflight) {
-            let reply = if matches!(flight.job.request, Request::Stop) {
+        for (_, flight) in self.flights.drain() {
+            let reply = if flight.kind == Kind::Stop {
                 Ok(Value::Null)
             } else {
                 Err(PyRunnerError::Stopped)
             };
-            flight.job.reply.send(reply);
+            flight.item.reply.send(reply);
         }
         if let Some(stop) = self.stop_done.take() {
             stop.reply.send(Ok(Value::Null));
@@ -1424,7 +1322,7 @@ impl Shared {
         core.pump(Some(held));
         self.outstanding.store(core.outstanding(), Ordering::SeqCst);
         self.line_busy
-            .store(!core.sync_line.is_empty(), Ordering::Relaxed);
+            .store(core.flights.line_busy(), Ordering::Relaxed);
         self.thread_needed
             .store(core.needs_thread(), Ordering::SeqCst);
         core.handed_out - before
@@ -1449,12 +1347,12 @@ impl Shared {
         if core.only_thread_can() {
             return false;
         }
-        core.sync_line
-            .iter()
-            .take(4)
-            .filter_map(|id| core.inflight.get(id))
-            .filter(|flight| !flight.job.reply.is_abandoned())
-            .any(|flight| flight.job.reply.slot().nudge())
+        let nudged = core
+            .flights
+            .in_line(4)
+            .filter(|flight| !flight.item.reply.is_abandoned())
+            .any(|flight| flight.item.reply.slot().nudge());
+        nudged
     }
 
     /// Calls are in flight and the thread does not watch their replies: not

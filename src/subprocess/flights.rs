@@ -1,0 +1,467 @@
+//! What is in flight to a child, as plain data: which request runs, whose
+//! clock is running, which deadline has passed, and, after the child is
+//! lost, which requests it had started and which it never did.
+//!
+//! No I/O and no clock of its own: every call that needs the time is given
+//! it, so the tests below drive it with made-up instants. The supervisor
+//! holds one [`Flights`] per child and acts on what it says.
+//!
+//! The child runs sync requests one at a time, in the order sent (its
+//! "line"); coroutines run on its event loop between them. A sync request's
+//! limit counts from when it reaches the head of the line; a coroutine's
+//! limit is enforced in the child, and here only its backstop, past the
+//! limit by [`COROUTINE_BACKSTOP`], is judged.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use crate::tuning::{COROUTINE_BACKSTOP, COROUTINE_RECHECK};
+
+/// How a request runs in the child.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Kind {
+    /// In the child's line, one at a time.
+    Sync,
+    /// On the child's event loop.
+    Coroutine,
+    /// `stop`: in the line; once at its head, a child that does not answer
+    /// it within its limit is killed.
+    Stop,
+}
+
+/// One request in flight.
+pub(super) struct Flight<T> {
+    pub item: T,
+    pub kind: Kind,
+    pub limit: Option<Duration>,
+    /// A sync request's runs from when it reached the head of the line; a
+    /// coroutine's is its backstop.
+    deadline: Option<Instant>,
+}
+
+/// A limit passed, as [`Flights::judge`] finds it.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Due {
+    Nothing,
+    /// The sync request running in the child ran past its limit.
+    Sync {
+        id: u64,
+        limit: Duration,
+    },
+    /// A coroutine ran on past its backstop: it holds the loop, or will
+    /// not stop.
+    Coroutine {
+        id: u64,
+    },
+}
+
+/// How far a lost child had got, for [`Flights::drain_after_loss`].
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Reached {
+    /// Everything up to and including this request had started; nothing
+    /// after it had. `None`: every coroutine had started, and no sync
+    /// request was in flight.
+    Upto(Option<u64>),
+    /// No coroutine after `last_coroutine` had started, and no sync
+    /// request but `sync_started`.
+    Coroutines {
+        last_coroutine: u64,
+        sync_started: Option<u64>,
+    },
+}
+
+/// The requests in flight to one child, by id (ids grow: this is also the
+/// order they were sent in).
+pub(super) struct Flights<T> {
+    by_id: BTreeMap<u64, Flight<T>>,
+    /// Ids of sync requests, in the order the child runs them.
+    line: VecDeque<u64>,
+    /// How many have a limit.
+    timed: usize,
+}
+
+impl<T> Default for Flights<T> {
+    fn default() -> Self {
+        Flights {
+            by_id: BTreeMap::new(),
+            line: VecDeque::new(),
+            timed: 0,
+        }
+    }
+}
+
+impl<T> Flights<T> {
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+
+    /// Whether a sync request is in flight: the child is not free to start
+    /// the next one.
+    pub fn line_busy(&self) -> bool {
+        !self.line.is_empty()
+    }
+
+    /// Whether any request in flight has a limit, whose clock someone
+    /// must keep.
+    pub fn any_timed(&self) -> bool {
+        self.timed > 0
+    }
+
+    /// The sync request the child runs now (or would run next).
+    pub fn head(&self) -> Option<u64> {
+        self.line.front().copied()
+    }
+
+    pub fn contains(&self, id: u64) -> bool {
+        self.by_id.contains_key(&id)
+    }
+
+    pub fn get(&self, id: u64) -> Option<&Flight<T>> {
+        self.by_id.get(&id)
+    }
+
+    /// The first `count` sync requests in line, in order.
+    pub fn in_line(&self, count: usize) -> impl Iterator<Item = &Flight<T>> {
+        self.line
+            .iter()
+            .take(count)
+            .filter_map(|id| self.by_id.get(id))
+    }
+
+    /// Notes a request sent at `now`.
+    pub fn sent(&mut self, id: u64, item: T, kind: Kind, limit: Option<Duration>, now: Instant) {
+        let deadline = match (kind, limit) {
+            (Kind::Coroutine, Some(limit)) => Some(now + limit + COROUTINE_BACKSTOP),
+            (Kind::Sync | Kind::Stop, Some(limit)) if self.line.is_empty() => Some(now + limit),
+            _ => None,
+        };
+        if kind != Kind::Coroutine {
+            self.line.push_back(id);
+        }
+        self.timed += usize::from(limit.is_some());
+        self.by_id.insert(
+            id,
+            Flight {
+                item,
+                kind,
+                limit,
+                deadline,
+            },
+        );
+    }
+
+    /// Takes the request `id`, just answered; the next sync request in line
+    /// starts its clock at `now()` (asked only then: this is the reply
+    /// path). `None`: no such request is in flight.
+    pub fn answered(&mut self, id: u64, now: impl FnOnce() -> Instant) -> Option<Flight<T>> {
+        let done = self.by_id.remove(&id)?;
+        self.timed -= usize::from(done.limit.is_some());
+        if done.kind != Kind::Coroutine {
+            if self.line.front() == Some(&id) {
+                self.line.pop_front();
+            } else {
+                self.line.retain(|&queued| queued != id);
+            }
+            self.start_head_clock(now);
+        }
+        Some(done)
+    }
+
+    fn start_head_clock(&mut self, now: impl FnOnce() -> Instant) {
+        let Some(head) = self.line.front() else {
+            return;
+        };
+        if let Some(next) = self.by_id.get_mut(head) {
+            if let (None, Some(limit)) = (next.deadline, next.limit) {
+                next.deadline = Some(now() + limit);
+            }
+        }
+    }
+
+    /// When a deadline next needs a look. A backstop that passed while a
+    /// sync request runs waits for it to end (or for the child to be seen
+    /// in its loop): it is looked at again every [`COROUTINE_RECHECK`]
+    /// rather than at once, again and again.
+    pub fn next_deadline(&self, now: Instant) -> Option<Instant> {
+        self.by_id
+            .values()
+            .filter_map(|flight| {
+                let deadline = flight.deadline?;
+                Some(if flight.kind == Kind::Coroutine && deadline <= now {
+                    now + COROUTINE_RECHECK
+                } else {
+                    deadline
+                })
+            })
+            .min()
+    }
+
+    /// Whether `stop` is at the head of the line and has not been answered
+    /// within its limit.
+    pub fn stop_overdue(&self, now: Instant) -> bool {
+        self.line
+            .front()
+            .and_then(|head| self.by_id.get(head))
+            .is_some_and(|flight| {
+                flight.kind == Kind::Stop && flight.deadline.is_some_and(|deadline| now >= deadline)
+            })
+    }
+
+    /// Takes the request at the head of the line, without starting the
+    /// next one's clock (its child is gone).
+    pub fn take_head(&mut self) -> Option<Flight<T>> {
+        let head = self.line.pop_front()?;
+        let flight = self.by_id.remove(&head)?;
+        self.timed -= usize::from(flight.limit.is_some());
+        Some(flight)
+    }
+
+    /// Which limit has passed at `now`. `in_loop`: the child says it is in
+    /// its event loop, where no sync request runs; a sync request past its
+    /// deadline then has not started (a coroutine holds the loop), and its
+    /// clock starts again, for a limit counts while a command runs, not
+    /// while it waits. A coroutine's backstop is judged only while no sync
+    /// request runs (or in the loop), so a long sync request is not blamed
+    /// on it.
+    pub fn judge(&mut self, now: Instant, in_loop: bool) -> Due {
+        if let Some(&head) = self.line.front() {
+            if let Some(running) = self.by_id.get_mut(&head) {
+                if running.deadline.is_some_and(|deadline| now >= deadline) {
+                    let limit = running.limit.unwrap_or_default();
+                    if !in_loop {
+                        return Due::Sync { id: head, limit };
+                    }
+                    running.deadline = Some(now + limit);
+                }
+            }
+        }
+        if !self.line.is_empty() && !in_loop {
+            return Due::Nothing;
+        }
+        self.by_id
+            .iter()
+            .find(|(_, flight)| {
+                flight.kind == Kind::Coroutine
+                    && flight.deadline.is_some_and(|deadline| now >= deadline)
+            })
+            .map_or(Due::Nothing, |(&id, _)| Due::Coroutine { id })
+    }
+
+    /// Empties the flights of a lost child: those it had started, by id
+    /// (their callers hear how it ended), and the items of those it never
+    /// started, in the order sent (for a fresh child).
+    pub fn drain_after_loss(&mut self, reached: Reached) -> (Vec<(u64, Flight<T>)>, Vec<T>) {
+        self.line.clear();
+        self.timed = 0;
+        let mut started = Vec::new();
+        let mut unstarted = Vec::new();
+        for (id, flight) in std::mem::take(&mut self.by_id) {
+            let never_started = match reached {
+                Reached::Upto(head) => head.is_some_and(|head| id > head),
+                Reached::Coroutines {
+                    last_coroutine,
+                    sync_started,
+                } => match flight.kind {
+                    Kind::Coroutine => id > last_coroutine,
+                    Kind::Sync | Kind::Stop => Some(id) != sync_started,
+                },
+            };
+            if never_started {
+                unstarted.push(flight.item);
+            } else {
+                started.push((id, flight));
+            }
+        }
+        (started, unstarted)
+    }
+
+    /// Empties them all, in the order sent.
+    pub fn drain(&mut self) -> impl Iterator<Item = (u64, Flight<T>)> {
+        self.line.clear();
+        self.timed = 0;
+        std::mem::take(&mut self.by_id).into_iter()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    /// A fake clock: instants at whole milliseconds after a fixed start.
+    struct Clock(Instant);
+
+    impl Clock {
+        fn new() -> Clock {
+            Clock(Instant::now())
+        }
+
+        fn at(&self, ms: u64) -> Instant {
+            self.0 + Duration::from_millis(ms)
+        }
+    }
+
+    #[test]
+    fn a_sync_limit_runs_from_the_head_of_the_line() {
+        let clock = Clock::new();
+        let mut flights = Flights::default();
+        flights.sent(1, "first", Kind::Sync, Some(100 * MS), clock.at(0));
+        flights.sent(2, "second", Kind::Sync, Some(100 * MS), clock.at(0));
+        // The second waits: at 150 ms only the first is overdue.
+        assert_eq!(
+            flights.judge(clock.at(150), false),
+            Due::Sync {
+                id: 1,
+                limit: 100 * MS
+            }
+        );
+        // Answered at 150 ms: the second's clock starts then.
+        assert_eq!(flights.answered(1, || clock.at(150)).unwrap().item, "first");
+        assert_eq!(flights.judge(clock.at(249), false), Due::Nothing);
+        assert_eq!(flights.next_deadline(clock.at(200)), Some(clock.at(250)));
+        assert_eq!(
+            flights.judge(clock.at(250), false),
+            Due::Sync {
+                id: 2,
+                limit: 100 * MS
+            }
+        );
+    }
+
+    #[test]
+    fn a_sync_request_past_its_deadline_while_the_child_is_in_its_loop_starts_again() {
+        let clock = Clock::new();
+        let mut flights = Flights::default();
+        flights.sent(1, (), Kind::Sync, Some(100 * MS), clock.at(0));
+        assert_eq!(flights.judge(clock.at(120), true), Due::Nothing);
+        // Its clock started again at 120 ms.
+        assert_eq!(flights.judge(clock.at(219), false), Due::Nothing);
+        assert_eq!(
+            flights.judge(clock.at(220), false),
+            Due::Sync {
+                id: 1,
+                limit: 100 * MS
+            }
+        );
+    }
+
+    #[test]
+    fn a_coroutine_is_judged_at_its_backstop_and_only_while_no_sync_request_runs() {
+        let clock = Clock::new();
+        let mut flights = Flights::default();
+        flights.sent(1, (), Kind::Coroutine, Some(100 * MS), clock.at(0));
+        flights.sent(2, (), Kind::Sync, None, clock.at(0));
+        let backstop = 100 + COROUTINE_BACKSTOP.as_millis() as u64;
+        assert_eq!(flights.judge(clock.at(backstop - 1), false), Due::Nothing);
+        // Past its backstop, but a sync request runs: not its fault.
+        assert_eq!(flights.judge(clock.at(backstop), false), Due::Nothing);
+        // ... looked at again later, not at once and again.
+        let now = clock.at(backstop + 5);
+        assert_eq!(flights.next_deadline(now), Some(now + COROUTINE_RECHECK));
+        // In its loop, the child runs no sync request: the coroutine it is.
+        assert_eq!(
+            flights.judge(clock.at(backstop), true),
+            Due::Coroutine { id: 1 }
+        );
+        flights.answered(2, || clock.at(backstop + 1));
+        assert_eq!(
+            flights.judge(clock.at(backstop + 1), false),
+            Due::Coroutine { id: 1 }
+        );
+    }
+
+    #[test]
+    fn untimed_requests_keep_no_clock() {
+        let clock = Clock::new();
+        let mut flights = Flights::default();
+        flights.sent(1, (), Kind::Sync, None, clock.at(0));
+        flights.sent(2, (), Kind::Coroutine, None, clock.at(0));
+        assert!(!flights.any_timed());
+        assert_eq!(flights.next_deadline(clock.at(0)), None);
+        assert_eq!(flights.judge(clock.at(1_000_000), false), Due::Nothing);
+        flights.sent(3, (), Kind::Sync, Some(MS), clock.at(0));
+        assert!(flights.any_timed());
+        flights.answered(3, || clock.at(1));
+        assert!(!flights.any_timed());
+    }
+
+    #[test]
+    fn stop_is_overdue_only_once_it_heads_the_line_and_its_limit_passed() {
+        let clock = Clock::new();
+        let mut flights = Flights::default();
+        flights.sent(1, "call", Kind::Sync, None, clock.at(0));
+        flights.sent(2, "stop", Kind::Stop, Some(500 * MS), clock.at(0));
+        assert!(!flights.stop_overdue(clock.at(10_000)));
+        flights.answered(1, || clock.at(10_000));
+        assert!(!flights.stop_overdue(clock.at(10_499)));
+        assert!(flights.stop_overdue(clock.at(10_500)));
+        assert_eq!(flights.take_head().unwrap().item, "stop");
+        assert!(flights.is_empty() && !flights.any_timed());
+    }
+
+    #[test]
+    fn an_answer_out_of_line_leaves_the_head_running() {
+        let clock = Clock::new();
+        let mut flights = Flights::default();
+        flights.sent(1, (), Kind::Sync, Some(100 * MS), clock.at(0));
+        flights.sent(2, (), Kind::Sync, Some(100 * MS), clock.at(0));
+        flights.answered(2, || clock.at(50));
+        assert_eq!(flights.head(), Some(1));
+        assert!(flights.answered(2, || clock.at(50)).is_none());
+        assert_eq!(
+            flights.judge(clock.at(100), false),
+            Due::Sync {
+                id: 1,
+                limit: 100 * MS
+            }
+        );
+    }
+
+    #[test]
+    fn a_lost_child_had_started_everything_up_to_its_head() {
+        let clock = Clock::new();
+        let mut flights = Flights::default();
+        flights.sent(1, "coroutine", Kind::Coroutine, None, clock.at(0));
+        flights.sent(2, "running", Kind::Sync, None, clock.at(0));
+        flights.sent(3, "late coroutine", Kind::Coroutine, None, clock.at(0));
+        flights.sent(4, "queued", Kind::Sync, None, clock.at(0));
+        let (started, unstarted) = flights.drain_after_loss(Reached::Upto(flights.head()));
+        let started: Vec<_> = started.into_iter().map(|(id, f)| (id, f.item)).collect();
+        assert_eq!(started, [(1, "coroutine"), (2, "running")]);
+        assert_eq!(unstarted, ["late coroutine", "queued"]);
+        assert!(flights.is_empty() && !flights.line_busy());
+    }
+
+    #[test]
+    fn with_no_sync_request_in_flight_every_coroutine_had_started() {
+        let clock = Clock::new();
+        let mut flights = Flights::default();
+        flights.sent(1, 'a', Kind::Coroutine, None, clock.at(0));
+        flights.sent(2, 'b', Kind::Coroutine, None, clock.at(0));
+        let (started, unstarted) = flights.drain_after_loss(Reached::Upto(None));
+        assert_eq!(started.len(), 2);
+        assert!(unstarted.is_empty());
+    }
+
+    #[test]
+    fn a_stuck_coroutine_s_child_had_started_no_later_coroutine_nor_queued_sync_request() {
+        let clock = Clock::new();
+        let mut flights = Flights::default();
+        flights.sent(1, "stuck", Kind::Coroutine, Some(MS), clock.at(0));
+        flights.sent(2, "sync it went on to", Kind::Sync, None, clock.at(0));
+        flights.sent(3, "after", Kind::Coroutine, None, clock.at(0));
+        flights.sent(4, "queued sync", Kind::Sync, None, clock.at(0));
+        let (started, unstarted) = flights.drain_after_loss(Reached::Coroutines {
+            last_coroutine: 1,
+            sync_started: Some(2),
+        });
+        let started: Vec<_> = started.into_iter().map(|(_, f)| f.item).collect();
+        assert_eq!(started, ["stuck", "sync it went on to"]);
+        assert_eq!(unstarted, ["after", "queued sync"]);
+    }
+}
