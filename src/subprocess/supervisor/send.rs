@@ -1,0 +1,138 @@
+//! Requests out: the backlog, one request at a time into the outgoing
+//! buffer, and the buffer into the pipe.
+
+use super::*;
+
+impl Core {
+    /// Sends what is queued, starting a child first if there is none.
+    ///
+    /// While the child runs a sync request, new requests wait here and go
+    /// out together once it answers: the child would not start them sooner
+    /// anyway, and one read of many requests (and one write of their
+    /// replies) costs the child far less than many reads of one.
+    ///
+    /// Right after the child answered several callers at once, their next
+    /// requests tend to arrive within microseconds of each other: they are
+    /// gathered for up to [`GATHER`] so the child gets them in one read.
+    pub(super) fn send_backlog(&mut self) {
+        if self.flights.line_busy() || self.gathering() {
+            return;
+        }
+        if self.child.is_none() && self.retry_at.is_some() {
+            // A supervisor whose child could not start: its companion takes
+            // what it can; what is left gets a start of its own.
+            self.hand_back_unstarted();
+        }
+        while let Some(job) = self.backlog.pop_front() {
+            // Some requests go out even if their caller gave up (the
+            // companion says which).
+            if job.reply.is_abandoned() && !self.must_run(&job.request) {
+                continue;
+            }
+            if self.stop_sent {
+                job.reply.send(Err(PyRunnerError::Stopped));
+                continue;
+            }
+            if self.child.is_none() && matches!(job.request, Request::Stop) {
+                // Nothing runs to be stopped: no child is started just to
+                // end it (nor one left to start later, after `stop`).
+                self.stop_sent = true;
+                for late in self.queue.close() {
+                    late.reply.send(Err(PyRunnerError::Stopped));
+                }
+                self.stop_done = Some(job);
+                continue;
+            }
+            if self.child.is_none() {
+                if let Some(failure) = self.crash_loop.take() {
+                    // Heard once; the command after it gets a fresh try.
+                    job.reply.send(Err(failure));
+                    continue;
+                }
+                // A fresh command gets one fresh try even after a crash loop.
+                self.failed_starts = self.failed_starts.min(MAX_FAILED_STARTS - 1);
+                if let Err(err) = self.start_child() {
+                    // It names a replay that failed, if that was why.
+                    self.replay_failure = None;
+                    job.reply.send(Err(err.clone()));
+                    if self.failed_starts >= MAX_FAILED_STARTS {
+                        for job in self.backlog.drain(..) {
+                            job.reply.send(Err(err.clone()));
+                        }
+                    }
+                    continue;
+                }
+            }
+            if let Some(failure) = self.replay_failure.take() {
+                if !matches!(job.request, Request::Stop) {
+                    // The command that needed the fresh child hears what it
+                    // lacks instead of running without it unawares.
+                    job.reply.send(Err(failure));
+                    continue;
+                }
+            }
+            if matches!(job.request, Request::Stop) {
+                self.stop_sent = true;
+                // Later pushes are refused from here on; queued ones get `Stopped`.
+                for late in self.queue.close() {
+                    late.reply.send(Err(PyRunnerError::Stopped));
+                }
+            }
+            self.send(job);
+        }
+    }
+
+    pub(super) fn send(&mut self, mut job: Job) {
+        if matches!(job.request, Request::Stop) {
+            // Its clock runs, like a command's, once the child would get to
+            // it: a child that answers nothing then is killed, so `stop`
+            // always ends (see `enforce_deadlines`).
+            job.timeout = Some(EXIT_GRACE);
+        }
+        if let Some(companion) = &self.settings.companion {
+            match companion.before_send(job) {
+                Some(unanswered) => job = unanswered,
+                None => return,
+            }
+        }
+        let id = self.take_id();
+        let kind = match job.request {
+            Request::CallAsyncFunction { .. } => Kind::Coroutine,
+            Request::Stop => Kind::Stop,
+            _ => Kind::Sync,
+        };
+        let is_coroutine = kind == Kind::Coroutine;
+        let limit = if is_coroutine {
+            job.timeout.map(|d| d.as_secs_f64())
+        } else {
+            None
+        };
+        if let Err(err) = self
+            .writer
+            .request(&mut self.outgoing, id, &job.request, limit)
+        {
+            job.reply.send(Err(err));
+            return;
+        }
+        let timeout = job.timeout;
+        self.flights.sent(id, job, kind, timeout, Instant::now());
+    }
+
+    /// Writes what the pipe takes now; the rest waits for POLLOUT.
+    pub(super) fn flush(&mut self) -> io::Result<()> {
+        let Some(child) = self.child.as_mut() else {
+            self.outgoing.clear();
+            return Ok(());
+        };
+        while !self.outgoing.is_empty() {
+            match child.write_requests(&self.outgoing) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => self.outgoing.advance(n),
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(())
+    }
+}
