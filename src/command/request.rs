@@ -1,0 +1,113 @@
+//! A command as it travels to a backend, and the limits and paths it carries.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::Responder;
+use crate::error::PyRunnerError;
+use crate::value::checked_args;
+
+/// Limits longer than this (about a century) are no limit: every deadline
+/// is the clock plus a limit plus a little slack, and a user's
+/// `Duration::MAX` must not overflow that sum anywhere.
+pub(crate) const NO_LIMIT_PAST: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
+
+/// A limit as a user gave it, as the crate keeps it: `None` for no limit.
+pub(crate) fn user_limit(limit: Duration) -> Option<Duration> {
+    (limit <= NO_LIMIT_PAST).then_some(limit)
+}
+
+/// A path as the Python side takes it (`run_file`, `set_venv`): its text,
+/// or, for one that is not UTF-8, its bytes, which the helpers decode as
+/// `os.fsdecode` does so that the os functions find the same file.
+pub(crate) enum PathArg<'a> {
+    Text(&'a str),
+    Bytes(std::borrow::Cow<'a, [u8]>),
+}
+
+pub(crate) fn path_arg(path: &std::path::Path) -> PathArg<'_> {
+    if let Some(text) = path.to_str() {
+        return PathArg::Text(text);
+    }
+    #[cfg(unix)]
+    let bytes = {
+        use std::os::unix::ffi::OsStrExt;
+        std::borrow::Cow::Borrowed(path.as_os_str().as_bytes())
+    };
+    // Elsewhere a path that is not Unicode has no bytes of its own to pass.
+    #[cfg(not(unix))]
+    let bytes = std::borrow::Cow::Owned(path.to_string_lossy().into_owned().into_bytes());
+    PathArg::Bytes(bytes)
+}
+
+/// One command, as every backend receives it.
+#[derive(Debug, Clone)]
+pub(crate) enum Request {
+    Run {
+        code: String,
+    },
+    RunFile {
+        path: PathBuf,
+    },
+    Eval {
+        expr: String,
+    },
+    ReadVariable {
+        name: String,
+    },
+    CallFunction {
+        name: String,
+        args: Vec<Value>,
+    },
+    #[cfg_attr(not(any(feature = "pyo3", feature = "subprocess")), allow(dead_code))]
+    CallAsyncFunction {
+        name: String,
+        args: Vec<Value>,
+    },
+    SetVenv {
+        dir: PathBuf,
+    },
+    Stop,
+    /// A pool's `run`: entry `index` of its replay log (see `subprocess::PoolHooks`).
+    #[cfg_attr(not(feature = "subprocess"), allow(dead_code))]
+    Broadcast {
+        code: String,
+        index: usize,
+    },
+}
+
+impl Request {
+    /// `eval(expr)`, as a runner or a pool sends it.
+    pub fn eval(expr: &str) -> Request {
+        Request::Eval {
+            expr: expr.to_owned(),
+        }
+    }
+
+    /// `call_function(name, args)`; arguments nested too deeply are
+    /// refused here (see [`checked_args`]).
+    pub fn call(name: &str, args: Vec<Value>) -> Result<Request, PyRunnerError> {
+        Ok(Request::CallFunction {
+            name: name.to_owned(),
+            args: checked_args(args)?,
+        })
+    }
+
+    /// `call_async_function(name, args)`, checked as [`Request::call`].
+    pub fn call_async(name: &str, args: Vec<Value>) -> Result<Request, PyRunnerError> {
+        Ok(Request::CallAsyncFunction {
+            name: name.to_owned(),
+            args: checked_args(args)?,
+        })
+    }
+}
+
+/// A request with the slot its reply goes to.
+pub(crate) struct Job {
+    pub request: Request,
+    pub reply: Responder,
+    /// The limit for this command, counted from the moment it starts to run.
+    pub timeout: Option<Duration>,
+}
