@@ -131,6 +131,20 @@ impl PyRunner {
         Submission::new(self.shared.queue.clone(), request, self.timeout).await
     }
 
+    /// [`send`](Self::send), with `follow` attached to the job (see
+    /// `Job::follow`).
+    #[cfg(feature = "subprocess")]
+    pub(crate) async fn send_following(
+        &self,
+        request: Request,
+        follow: crate::command::Follow,
+    ) -> Reply {
+        if let Some(err) = &self.shared.failed {
+            return Err(err.clone());
+        }
+        Submission::following(self.shared.queue.clone(), request, self.timeout, follow).await
+    }
+
     /// Queues the request at once (see [`Submission::queued`]); the reply
     /// comes through the returned future.
     #[cfg(feature = "subprocess")]

@@ -14,6 +14,17 @@
 
 use std::time::Duration;
 
+// Every backend.
+
+/// A caller of an in-process backend polls this long for its reply before
+/// its thread or task sleeps: a trivial call answers well inside it.
+pub(crate) const CALLER_SPIN: Duration = Duration::from_micros(40);
+
+/// The seat's holder holds back the wake-ups of the callers it answered
+/// this long at most while more replies are due: on a multi-thread runtime
+/// each wake-up beyond the first from one poll wakes another tokio worker.
+pub(crate) const HOLD_WAKES: Duration = Duration::from_micros(50);
+
 // In-process backends (PyO3, RustPython).
 
 /// The interpreter thread spins this long for the next command before it

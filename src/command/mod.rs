@@ -25,6 +25,8 @@ use serde_json::Value;
 use crate::error::PyRunnerError;
 
 pub(crate) use queue::{CommandQueue, Drive};
+#[cfg(feature = "subprocess")]
+pub(crate) use request::Follow;
 pub(crate) use request::{path_arg, user_limit, Job, PathArg, Request, NO_LIMIT_PAST};
 pub(crate) use serve::start_backend_thread;
 #[cfg(any(feature = "pyo3", feature = "rustpython"))]

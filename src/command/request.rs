@@ -110,4 +110,12 @@ pub(crate) struct Job {
     pub reply: Responder,
     /// The limit for this command, counted from the moment it starts to run.
     pub timeout: Option<Duration>,
+    /// What its sender attached to follow it wherever it goes (a pool
+    /// counts a call against the worker that holds it this way); dropped
+    /// with the job, once it is answered.
+    #[cfg_attr(not(feature = "subprocess"), allow(dead_code))]
+    pub follow: Option<Follow>,
 }
+
+/// See [`Job::follow`].
+pub(crate) type Follow = std::sync::Arc<dyn std::any::Any + Send + Sync>;

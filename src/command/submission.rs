@@ -8,15 +8,11 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
+#[cfg(feature = "subprocess")]
+use super::Follow;
 use super::{CommandQueue, Drive, Job, Reply, ReplySlot, Request, Responder};
 use crate::error::PyRunnerError;
-
-/// How long a caller polls for its reply before it lets its thread or task sleep.
-const CALLER_SPIN: Duration = Duration::from_micros(40);
-
-/// How long the seat's holder holds back the wake-ups of callers it
-/// answered while more replies are due.
-const HOLD_WAKES: Duration = Duration::from_micros(50);
+use crate::tuning::{CALLER_SPIN, HOLD_WAKES};
 
 /// Wake-ups of the callers the seat's holder answered during its turn. They
 /// are woken together when the turn ends (the child has answered everything
@@ -85,6 +81,7 @@ impl Submission {
             request,
             reply: Responder(slot.clone()),
             timeout,
+            follow: None,
         });
         // One rule on every backend and the pool: a zero limit times out
         // without running the command.
@@ -100,6 +97,22 @@ impl Submission {
             driver: None,
             seat: None,
         }
+    }
+
+    /// [`Submission::new`] with `follow` attached to the job (see
+    /// [`Job::follow`]).
+    #[cfg(feature = "subprocess")]
+    pub fn following(
+        queue: Arc<CommandQueue>,
+        request: Request,
+        timeout: Option<Duration>,
+        follow: Follow,
+    ) -> Self {
+        let mut submission = Submission::new(queue, request, timeout);
+        if let Some(job) = &mut submission.job {
+            job.follow = Some(follow);
+        }
+        submission
     }
 
     /// A submission whose job is queued now rather than on its first poll,

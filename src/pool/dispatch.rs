@@ -8,7 +8,7 @@ use std::time::Instant;
 use tokio::sync::TryAcquireError;
 
 use super::join::{join_in_order, BoxedCall};
-use super::worker::{Load, Slot, Worker, WorkerState};
+use super::worker::{Charge, Slot, Worker, WorkerState};
 use super::{Inner, PyPool};
 use serde_json::Value;
 
@@ -39,7 +39,7 @@ pub(super) enum Admission {
 impl Inner {
     /// The worker for the next call, its load already counted: the first
     /// idle one from the warm worker on, else the least loaded.
-    pub(super) fn pick(&self) -> (usize, Load) {
+    pub(super) fn pick(&self) -> Arc<Charge> {
         let count = self.slots.len();
         let weight = |index: usize| self.slots[index].read().weight();
         let warm = self.warm.load(Ordering::Relaxed) % count;
@@ -57,28 +57,41 @@ impl Inner {
         // Counted under the read lock, so a recycle that swaps the worker
         // out (under the write lock) sees every call sent to the old one.
         let guard = self.slots[index].read();
-        guard.load.fetch_add(1, Ordering::SeqCst);
-        (index, Load(guard.clone()))
+        Charge::new(index, guard.clone())
     }
 
     /// A call that `from`'s lost child never started goes to the least
-    /// loaded other worker; `Some` gives it back if none takes it.
+    /// loaded other worker, and its load goes with it; `Some` gives it back
+    /// if none takes it.
     pub(super) fn place_elsewhere(&self, job: Job, from: &Arc<WorkerState>) -> Option<Job> {
-        let mut others: Vec<Arc<Worker>> = self
+        let mut others: Vec<(usize, Arc<Worker>)> = self
             .slots
             .iter()
             .map(Slot::current)
-            .filter(|worker| !Arc::ptr_eq(&worker.state, from))
-            .filter(|worker| !worker.state.restarting.load(Ordering::SeqCst))
-            .filter(|worker| !worker.retiring.load(Ordering::SeqCst))
+            .enumerate()
+            .filter(|(_, worker)| !Arc::ptr_eq(&worker.state, from))
+            .filter(|(_, worker)| !worker.state.restarting.load(Ordering::SeqCst))
+            .filter(|(_, worker)| !worker.retiring.load(Ordering::SeqCst))
             .collect();
-        others.sort_by_key(|worker| worker.weight());
+        others.sort_by_key(|(_, worker)| worker.weight());
+        let charge = job
+            .follow
+            .clone()
+            .and_then(|follow| follow.downcast::<Charge>().ok());
+        let origin = charge.as_ref().map(|charge| charge.holder());
         let mut job = job;
-        for worker in others {
+        for (index, worker) in others {
+            // Moved before the push: once pushed, it may be answered at once.
+            if let Some(charge) = &charge {
+                charge.move_to(index, worker.clone());
+            }
             match worker.runner.queue().push(job) {
                 Ok(()) => return None,
                 Err(refused) => job = refused,
             }
+        }
+        if let (Some(charge), Some((index, worker))) = (charge, origin) {
+            charge.move_to(index, worker);
         }
         Some(job)
     }
@@ -97,10 +110,13 @@ impl PyPool {
                 Err(TryAcquireError::Closed) => return Err(PyRunnerError::Stopped),
             },
         };
-        let (index, load) = self.inner.pick();
-        let reply = load.0.runner.send(request).await;
+        let charge = self.inner.pick();
+        let (_, worker) = charge.holder();
+        let reply = worker.runner.send_following(request, charge.clone()).await;
         if !matches!(reply, Err(PyRunnerError::Stopped)) {
-            self.inner.answered(index, &load.0);
+            // The worker that answered: another one, if the call moved.
+            let (index, worker) = charge.holder();
+            self.inner.answered(index, &worker);
         }
         reply
     }

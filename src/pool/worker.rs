@@ -121,12 +121,39 @@ impl Slot {
     }
 }
 
-/// Counts a call against its worker until it is answered or dropped.
-pub(super) struct Load(pub(super) Arc<Worker>);
+/// Counts a call against the worker that holds it (in place `index`) until
+/// it is answered or dropped. It follows the call (see `Job::follow`): a
+/// call that a lost child never started, moved to another worker, counts
+/// there from then on.
+pub(super) struct Charge(Mutex<(usize, Arc<Worker>)>);
 
-impl Drop for Load {
+impl Charge {
+    /// A call for `worker`, counted from now.
+    pub(super) fn new(index: usize, worker: Arc<Worker>) -> Arc<Charge> {
+        worker.load.fetch_add(1, Ordering::SeqCst);
+        Arc::new(Charge(Mutex::new((index, worker))))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, (usize, Arc<Worker>)> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The worker the call is counted against, and its place.
+    pub(super) fn holder(&self) -> (usize, Arc<Worker>) {
+        self.lock().clone()
+    }
+
+    /// Counts the call against `worker`, in place `index`, instead.
+    pub(super) fn move_to(&self, index: usize, worker: Arc<Worker>) {
+        worker.load.fetch_add(1, Ordering::SeqCst);
+        let (_, before) = std::mem::replace(&mut *self.lock(), (index, worker));
+        before.load.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Charge {
     fn drop(&mut self) {
-        self.0.load.fetch_sub(1, Ordering::SeqCst);
+        self.lock().1.load.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

@@ -222,6 +222,7 @@ impl Serve for Worker<'_> {
             request,
             reply,
             timeout,
+            ..
         } = job;
         if let Request::CallAsyncFunction { name, args } = request {
             self.start_coroutine(&name, &args, reply, timeout);

@@ -321,6 +321,7 @@ impl Serve for Worker<'_> {
             request,
             reply,
             timeout,
+            ..
         } = job;
         let armed = crate::watchdog::arm(&mut self.watchdog, timeout, reply.slot(), || {
             Ok(Signal {

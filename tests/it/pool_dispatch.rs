@@ -241,3 +241,68 @@ fn sync_twins_on_every_runtime_thread_next_to_an_async_map() {
         }
     });
 }
+
+/// A call queued behind one that kills its worker's child never started
+/// there: it moves to the other worker, and its load goes with it, so the
+/// lost worker counts as idle while the call waits elsewhere, and the
+/// call is counted on the worker that answered it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_moved_off_a_lost_child_counts_on_the_worker_that_runs_it() {
+    let pool = pool::pool(2);
+    let folder = tempfile::tempdir().unwrap();
+    pool.run(
+        "import os, time\n\
+         def wait_for(folder, started, go):\n\
+         \x20   open(os.path.join(folder, started), 'w').close()\n\
+         \x20   while not os.path.exists(os.path.join(folder, go)):\n\
+         \x20       time.sleep(0.01)\n\
+         def die_on(folder):\n\
+         \x20   wait_for(folder, 'dying', 'die')\n\
+         \x20   os._exit(3)\n\
+         def pid():\n\
+         \x20   return os.getpid()",
+    )
+    .await
+    .unwrap();
+    let dir = text(folder.path());
+    let call = |name: &'static str, args: Vec<Value>| {
+        let pool = pool.clone();
+        tokio::spawn(async move { pool.call_function(name, args).await })
+    };
+    // Worker 0 (idle, first from the warm one) takes the call that dies,
+    // worker 1 (the idle one) the call that holds; with both busy, ties go
+    // to each in turn from worker 0, so the third call queues on worker 0.
+    let dying = call("die_on", vec![dir.clone()]);
+    eventually("the dying call started", || {
+        folder.path().join("dying").exists()
+    });
+    let held = call("wait_for", vec![dir.clone(), "held".into(), "go".into()]);
+    eventually("the held call started", || {
+        folder.path().join("held").exists()
+    });
+    let moved = call("pid", vec![]);
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    std::fs::write(folder.path().join("die"), "").unwrap();
+    assert!(matches!(
+        dying.await.unwrap(),
+        Err(PyRunnerError::WorkerDied { .. })
+    ));
+    // The moved call waits behind the held one on worker 1.
+    eventually("the lost child's worker counts as idle", || {
+        let stats = pool.stats();
+        !stats[0].busy && stats[1].busy
+    });
+    assert!(
+        !moved.is_finished(),
+        "the moved call waits for the held one"
+    );
+    std::fs::write(folder.path().join("go"), "").unwrap();
+    held.await.unwrap().unwrap();
+    let ran_on = moved.await.unwrap().unwrap();
+    let stats = pool.stats();
+    assert_eq!(ran_on, Value::from(stats[1].pid), "{stats:?}");
+    assert_eq!(stats[0].restarts, 1, "{stats:?}");
+    let calls: Vec<u64> = stats.iter().map(|w| w.calls).collect();
+    assert_eq!(calls, [1, 2], "each call counts where it was answered");
+    eventually("no worker busy", || pool.stats().iter().all(|w| !w.busy));
+}
