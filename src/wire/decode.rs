@@ -64,7 +64,7 @@ impl Item<'_> {
 /// The items of the array that fills a frame, read one at a time, each
 /// where it is wanted: no vector for them, and no copy of the strings
 /// that are only looked at. What it gives, and refuses, is what
-/// [`decode_items`] does, once [`Items::finish`] has read the rest.
+/// `decode_items` does, once [`Items::finish`] has read the rest.
 pub(crate) struct Items<'a> {
     reader: Reader<'a>,
     /// Items not read yet.
