@@ -11,11 +11,125 @@
 //! bytes after the value, and binary data anywhere (rmp-serde read a bin as
 //! an array of ints, or as a map key when it was valid UTF-8). The child
 //! writes no binary data: its bytes go as arrays of ints.
+//!
+//! A frame's own array is read an item at a time ([`Items`]), so that a
+//! message is taken from it with no vector of its items and no copy of a
+//! status; `decode_items`, which reads them all into one, is kept for the
+//! tests, as what that reader must agree with.
 
 use serde_json::{Map, Number, Value};
 
+/// One item of a frame's array. A string is left in the frame: a status
+/// is only compared, and needs no allocation of its own.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Item<'a> {
+    Text(&'a str),
+    Other(Value),
+}
+
+impl Item<'_> {
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Item::Text(text) => Some(text),
+            Item::Other(_) => None,
+        }
+    }
+
+    pub fn as_u64(&self) -> Option<u64> {
+        match self {
+            Item::Other(value) => value.as_u64(),
+            Item::Text(_) => None,
+        }
+    }
+
+    pub fn as_bool(&self) -> Option<bool> {
+        match self {
+            Item::Other(value) => value.as_bool(),
+            Item::Text(_) => None,
+        }
+    }
+
+    pub fn into_string(self) -> Option<String> {
+        self.as_str().map(str::to_owned)
+    }
+
+    pub fn into_value(self) -> Value {
+        match self {
+            Item::Text(text) => Value::String(text.to_owned()),
+            Item::Other(value) => value,
+        }
+    }
+}
+
+/// The items of the array that fills a frame, read one at a time, each
+/// where it is wanted: no vector for them, and no copy of the strings
+/// that are only looked at. What it gives, and refuses, is what
+/// `decode_items` does, once [`Items::finish`] has read the rest.
+pub(crate) struct Items<'a> {
+    reader: Reader<'a>,
+    /// Items not read yet.
+    left: usize,
+}
+
+impl<'a> Items<'a> {
+    /// Reads the array's header. At most `max_depth` containers nest, the
+    /// frame's own array included.
+    pub fn open(frame: &'a [u8], max_depth: usize) -> Result<Self, String> {
+        let mut reader = Reader {
+            data: frame,
+            pos: 0,
+            depth_left: max_depth,
+            room: frame.len(),
+        };
+        let count = match frame.first() {
+            Some(&marker @ 0x90..=0x9f) => {
+                reader.pos = 1;
+                usize::from(marker & 0x0f)
+            }
+            Some(&marker @ (0xdc | 0xdd)) => {
+                reader.pos = 1;
+                reader.size(marker - 0xdc + 1)?
+            }
+            _ => {
+                let other = reader.value()?;
+                return Err(format!("a frame holds {}, not an array", kind(&other)));
+            }
+        };
+        reader.open(count)?;
+        // The room the items would have been given in a vector.
+        reader.room -= count.min(reader.room);
+        Ok(Items {
+            reader,
+            left: count,
+        })
+    }
+
+    /// The next item, `None` past the last.
+    #[inline(always)]
+    pub fn next(&mut self) -> Result<Option<Item<'a>>, String> {
+        if self.left == 0 {
+            return Ok(None);
+        }
+        self.left -= 1;
+        self.reader.item().map(Some)
+    }
+
+    /// Reads the items left, and checks that nothing follows the array.
+    pub fn finish(mut self) -> Result<(), String> {
+        while self.left > 0 {
+            self.left -= 1;
+            self.reader.value()?;
+        }
+        match self.reader.data.len() - self.reader.pos {
+            0 => Ok(()),
+            extra => Err(format!("{extra} bytes after the value")),
+        }
+    }
+}
+
 /// The items of the array that fills `frame`, or why the bytes are not one.
 /// At most `max_depth` containers nest, the frame's own array included.
+#[cfg(test)]
 pub(crate) fn decode_items(frame: &[u8], max_depth: usize) -> Result<Vec<Value>, String> {
     let mut reader = Reader {
         data: frame,
@@ -135,6 +249,23 @@ impl<'a> Reader<'a> {
         })
     }
 
+    /// An item of the frame's own array: a string stays in the frame.
+    #[inline(always)]
+    fn item(&mut self) -> Result<Item<'a>, String> {
+        let size = match self.data.get(self.pos) {
+            Some(&marker @ 0xa0..=0xbf) => {
+                self.pos += 1;
+                usize::from(marker & 0x1f)
+            }
+            Some(&marker @ 0xd9..=0xdb) => {
+                self.pos += 1;
+                self.size(marker - 0xd9)?
+            }
+            _ => return self.value().map(Item::Other),
+        };
+        self.str_of(size).map(Item::Text)
+    }
+
     /// A length that follows its marker in 1, 2 or 4 bytes (`width` 0, 1, 2).
     fn size(&mut self, width: u8) -> Result<usize, String> {
         Ok(match width {
@@ -145,11 +276,13 @@ impl<'a> Reader<'a> {
     }
 
     fn text(&mut self, size: usize) -> Result<String, String> {
+        self.str_of(size).map(str::to_owned)
+    }
+
+    /// The next `size` bytes, which must be UTF-8.
+    fn str_of(&mut self, size: usize) -> Result<&'a str, String> {
         let bytes = self.take(size)?;
-        match std::str::from_utf8(bytes) {
-            Ok(text) => Ok(text.to_owned()),
-            Err(err) => Err(format!("a string that is not UTF-8: {err}")),
-        }
+        std::str::from_utf8(bytes).map_err(|err| format!("a string that is not UTF-8: {err}"))
     }
 
     /// Enters a container whose items take at least `count` bytes.
@@ -248,9 +381,21 @@ mod tests {
             theirs.is_ok(),
             "{frame:02x?}: ours {ours:?}, rmp-serde {theirs:?}"
         );
-        if let (Ok(ours), Ok(theirs)) = (ours, theirs) {
-            assert_eq!(ours, theirs, "{frame:02x?}");
+        if let (Ok(ours), Ok(theirs)) = (&ours, theirs) {
+            assert_eq!(*ours, theirs, "{frame:02x?}");
         }
+        // Read one at a time, the items are the same, and so are the errors.
+        assert_eq!(one_at_a_time(frame, depth), ours, "{frame:02x?}");
+    }
+
+    fn one_at_a_time(frame: &[u8], depth: usize) -> Result<Vec<Value>, String> {
+        let mut items = Items::open(frame, depth)?;
+        let mut values = Vec::new();
+        while let Some(item) = items.next()? {
+            values.push(item.into_value());
+        }
+        items.finish()?;
+        Ok(values)
     }
 
     #[test]
@@ -340,6 +485,22 @@ mod tests {
     }
 
     #[test]
+    fn items_leave_strings_in_the_frame() {
+        let long = "x".repeat(40);
+        let frame = rmp_serde::to_vec(&json!([7, "ok", long, [1]])).unwrap();
+        let mut items = Items::open(&frame, DEPTH).unwrap();
+        assert_eq!(items.next(), Ok(Some(Item::Other(json!(7)))));
+        assert_eq!(items.next(), Ok(Some(Item::Text("ok"))));
+        assert_eq!(items.next(), Ok(Some(Item::Text(&long))));
+        // What is not read is checked all the same.
+        assert_eq!(items.finish(), Ok(()));
+        let frame = b"\x93\x01\x02\xc1";
+        let mut items = Items::open(frame, DEPTH).unwrap();
+        assert_eq!(items.next(), Ok(Some(Item::Other(json!(1)))));
+        assert_eq!(items.finish(), Err("the reserved marker 0xc1".into()));
+    }
+
+    #[test]
     fn binary_data_is_refused_where_rmp_serde_took_it() {
         for (frame, theirs) in [
             (&b"\xc4\x01\x05"[..], json!([5])),
@@ -421,7 +582,11 @@ mod tests {
         };
         let decoded = std::thread::Builder::new()
             .stack_size(stack)
-            .spawn(move || decode_items(&frame, depth).map(|items| items.len()))
+            .spawn(move || {
+                let all = decode_items(&frame, depth).map(|items| items.len());
+                assert_eq!(one_at_a_time(&frame, depth).map(|items| items.len()), all);
+                all
+            })
             .unwrap()
             .join()
             .unwrap();

@@ -1,0 +1,249 @@
+//! What comes from the child: its hello, replies, and output marks, read
+//! from a frame's bytes by the fast decoder of `decode.rs`.
+
+use serde_json::Value;
+
+use super::decode::{self, Item};
+use super::PROTOCOL_VERSION;
+use crate::command::Reply;
+use crate::error::PyRunnerError;
+
+/// The child's first frame.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Hello {
+    pub python_version: String,
+    /// The child took the reply ring it was offered.
+    pub ring: bool,
+}
+
+/// What a reply frame says about its request.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Outcome {
+    Done(Reply),
+    /// A coroutine ran past its limit and was cancelled in the child.
+    TimedOut,
+}
+
+/// One message from the child: one frame.
+#[derive(Debug, PartialEq)]
+pub(crate) enum FromChild {
+    Hello(Hello),
+    Reply {
+        id: u64,
+        outcome: Outcome,
+    },
+    /// What the child wrote through `sys.stdout` and `sys.stderr` before
+    /// this frame is in its stderr pipe: forward that before the replies
+    /// that follow.
+    OutputMark,
+}
+
+fn malformed(what: &str) -> PyRunnerError {
+    PyRunnerError::Protocol(format!("malformed frame from the child: {what}"))
+}
+
+/// What is wrong with a frame: its bytes, or the message they make.
+enum Bad {
+    Bytes(String),
+    Message(PyRunnerError),
+}
+
+impl From<String> for Bad {
+    fn from(why: String) -> Self {
+        Bad::Bytes(why)
+    }
+}
+
+impl From<PyRunnerError> for Bad {
+    fn from(err: PyRunnerError) -> Self {
+        Bad::Message(err)
+    }
+}
+
+fn undecodable(why: String) -> PyRunnerError {
+    PyRunnerError::Protocol(format!("undecodable frame from the child: {why}"))
+}
+
+impl FromChild {
+    /// The message one frame (without its length) holds. A hello must
+    /// speak [`PROTOCOL_VERSION`].
+    pub fn decode(frame: &[u8]) -> Result<FromChild, PyRunnerError> {
+        // Whoever reads a reply decodes it, on whatever stack it has:
+        // nesting is capped just past the value table's own limit, never
+        // left to the stack. The frame's array and a reply's own envelope
+        // hold the value.
+        let mut items =
+            decode::Items::open(frame, crate::value::MAX_DEPTH + 2).map_err(undecodable)?;
+        let message = match Self::read(&mut items) {
+            Ok(message) => Ok(message),
+            Err(Bad::Bytes(why)) => return Err(undecodable(why)),
+            Err(Bad::Message(err)) => Err(err),
+        };
+        // Bytes that are not MessagePack, anywhere in the frame, are what
+        // is wrong with it before what they say.
+        items.finish().map_err(undecodable)?;
+        message
+    }
+
+    fn read(items: &mut decode::Items<'_>) -> Result<FromChild, Bad> {
+        let head = items.next()?.ok_or_else(|| malformed("empty array"))?;
+        if head.as_str() == Some("out") {
+            return Ok(FromChild::OutputMark);
+        }
+        if head.as_str() == Some("hello") {
+            let version = items
+                .next()?
+                .and_then(|v| v.as_u64())
+                .ok_or_else(|| malformed("hello without a version"))?;
+            if version != PROTOCOL_VERSION {
+                return Err(Bad::Message(PyRunnerError::Protocol(format!(
+                    "the child speaks protocol {version}, this crate speaks {PROTOCOL_VERSION}"
+                ))));
+            }
+            let python_version = items
+                .next()?
+                .and_then(Item::into_string)
+                .unwrap_or_default();
+            // The pid and the executable that follow are not used: signals
+            // go to the process this side started, whatever the child claims.
+            items.next()?;
+            items.next()?;
+            let ring = items.next()?.and_then(|v| v.as_bool()).unwrap_or(false);
+            return Ok(FromChild::Hello(Hello {
+                python_version,
+                ring,
+            }));
+        }
+        let id = head
+            .as_u64()
+            .ok_or_else(|| malformed("reply without an id"))?;
+        let outcome = match items.next()?.as_ref().and_then(Item::as_str) {
+            None => return Err(malformed("reply without a status").into()),
+            Some("ok") => Outcome::Done(Ok(items.next()?.map_or(Value::Null, Item::into_value))),
+            Some("err") => {
+                let kind = items.next()?.and_then(Item::into_string);
+                let message = items.next()?.and_then(Item::into_string);
+                let traceback = items.next()?.and_then(Item::into_string);
+                Outcome::Done(Err(PyRunnerError::Python {
+                    kind: kind.unwrap_or_else(|| "Exception".into()),
+                    message: message.unwrap_or_default(),
+                    traceback,
+                }))
+            }
+            Some("conv") => Outcome::Done(Err(PyRunnerError::Conversion(
+                items
+                    .next()?
+                    .and_then(Item::into_string)
+                    .unwrap_or_default(),
+            ))),
+            Some("timeout") => Outcome::TimedOut,
+            Some(other) => return Err(malformed(&format!("unknown status {other:?}")).into()),
+        };
+        Ok(FromChild::Reply { id, outcome })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    /// How frames were read before `decode_frame`: every item into a
+    /// `Value`, then the message taken from those.
+    fn as_before(frame: &[u8]) -> Result<FromChild, PyRunnerError> {
+        fn take_string(value: Option<Value>) -> Option<String> {
+            match value {
+                Some(Value::String(s)) => Some(s),
+                _ => None,
+            }
+        }
+        let items = decode::decode_items(frame, crate::value::MAX_DEPTH + 2).map_err(|err| {
+            PyRunnerError::Protocol(format!("undecodable frame from the child: {err}"))
+        })?;
+        let mut items = items.into_iter();
+        let head = items.next().ok_or_else(|| malformed("empty array"))?;
+        if head.as_str() == Some("out") {
+            return Ok(FromChild::OutputMark);
+        }
+        if head.as_str() == Some("hello") {
+            let version = items
+                .next()
+                .and_then(|v| v.as_u64())
+                .ok_or_else(|| malformed("hello without a version"))?;
+            if version != PROTOCOL_VERSION {
+                return Err(PyRunnerError::Protocol(format!(
+                    "the child speaks protocol {version}, this crate speaks {PROTOCOL_VERSION}"
+                )));
+            }
+            let python_version = take_string(items.next()).unwrap_or_default();
+            let ring = items.nth(2).and_then(|v| v.as_bool()).unwrap_or(false);
+            return Ok(FromChild::Hello(Hello {
+                python_version,
+                ring,
+            }));
+        }
+        let id = head
+            .as_u64()
+            .ok_or_else(|| malformed("reply without an id"))?;
+        let status =
+            take_string(items.next()).ok_or_else(|| malformed("reply without a status"))?;
+        let outcome = match status.as_str() {
+            "ok" => Outcome::Done(Ok(items.next().unwrap_or(Value::Null))),
+            "err" => {
+                let kind = take_string(items.next()).unwrap_or_else(|| "Exception".into());
+                let message = take_string(items.next()).unwrap_or_default();
+                let traceback = take_string(items.next());
+                Outcome::Done(Err(PyRunnerError::Python {
+                    kind,
+                    message,
+                    traceback,
+                }))
+            }
+            "conv" => Outcome::Done(Err(PyRunnerError::Conversion(
+                take_string(items.next()).unwrap_or_default(),
+            ))),
+            "timeout" => Outcome::TimedOut,
+            other => return Err(malformed(&format!("unknown status {other:?}"))),
+        };
+        Ok(FromChild::Reply { id, outcome })
+    }
+
+    #[test]
+    fn every_message_reads_as_it_did_however_its_bytes_are_cut_or_changed() {
+        let messages = [
+            json!(["hello", PROTOCOL_VERSION, "3.12.1", 4321, "python", true]),
+            json!(["hello", PROTOCOL_VERSION, "3.9.0", 1, "python"]),
+            json!(["hello", 99, "3.9.0"]),
+            json!(["out"]),
+            json!([7, "ok", {"k": [1, -2, 3.5, "s", null, true], "j": {}}]),
+            json!([8, "ok", "text"]),
+            json!([9, "ok"]),
+            json!([300, "err", "KeyError", "'k'", "Traceback ...\n"]),
+            json!([301, "err", 5, null]),
+            json!([70000, "conv", "too big"]),
+            json!([u64::MAX, "timeout"]),
+            json!([1, "ok", 1, 2, 3, 4, 5, 6, 7]),
+            json!(["x".repeat(40), "ok"]),
+            json!([-1, "ok", 1]),
+        ];
+        for message in messages {
+            let frame = rmp_serde::to_vec(&message).unwrap();
+            for end in 0..=frame.len() {
+                let cut = &frame[..end];
+                assert_eq!(FromChild::decode(cut), as_before(cut), "{cut:02x?}");
+            }
+            for at in 0..frame.len() {
+                for byte in 0..=0xffu8 {
+                    let mut changed = frame.clone();
+                    changed[at] = byte;
+                    assert_eq!(
+                        FromChild::decode(&changed),
+                        as_before(&changed),
+                        "{changed:02x?}"
+                    );
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,160 @@
+//! What goes to the child: one typed message per request, borrowing the
+//! request's data, written as the positional array of `python/PROTOCOL.md`
+//! (`[id, op, args...]`).
+
+use std::path::Path;
+
+use serde::ser::{Serialize, SerializeTuple, Serializer};
+use serde_json::Value;
+
+use crate::command::{path_arg, PathArg, Request};
+
+/// One request to the child, with the id its reply will carry.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum ToChild<'a> {
+    Run {
+        id: u64,
+        code: &'a str,
+    },
+    RunFile {
+        id: u64,
+        path: &'a Path,
+    },
+    Eval {
+        id: u64,
+        expr: &'a str,
+    },
+    Read {
+        id: u64,
+        name: &'a str,
+    },
+    /// Arguments were checked for depth when the request was made.
+    Call {
+        id: u64,
+        name: &'a str,
+        args: &'a [Value],
+    },
+    /// `limit` is the coroutine's time limit in seconds; the child cancels
+    /// it and answers `timeout` past it.
+    CallAsync {
+        id: u64,
+        name: &'a str,
+        args: &'a [Value],
+        limit: Option<f64>,
+    },
+    SetVenv {
+        id: u64,
+        dir: &'a Path,
+    },
+    Stop {
+        id: u64,
+    },
+}
+
+impl<'a> ToChild<'a> {
+    /// What goes out for `request` under `id`. `limit` is the coroutine
+    /// time limit in seconds, used by `call_async` alone. A pool's
+    /// broadcast goes out as a plain `run`: which worker runs it is the
+    /// pool's business, not the child's.
+    pub fn new(id: u64, request: &'a Request, limit: Option<f64>) -> Self {
+        match request {
+            Request::Run { code } | Request::Broadcast { code, .. } => ToChild::Run { id, code },
+            Request::RunFile { path } => ToChild::RunFile { id, path },
+            Request::Eval { expr } => ToChild::Eval { id, expr },
+            Request::ReadVariable { name } => ToChild::Read { id, name },
+            Request::CallFunction { name, args } => ToChild::Call { id, name, args },
+            Request::CallAsyncFunction { name, args } => ToChild::CallAsync {
+                id,
+                name,
+                args,
+                limit,
+            },
+            Request::SetVenv { dir } => ToChild::SetVenv { id, dir },
+            Request::Stop => ToChild::Stop { id },
+        }
+    }
+
+    /// The id the child's reply will carry.
+    pub fn id(&self) -> u64 {
+        match *self {
+            ToChild::Run { id, .. }
+            | ToChild::RunFile { id, .. }
+            | ToChild::Eval { id, .. }
+            | ToChild::Read { id, .. }
+            | ToChild::Call { id, .. }
+            | ToChild::CallAsync { id, .. }
+            | ToChild::SetVenv { id, .. }
+            | ToChild::Stop { id } => id,
+        }
+    }
+
+    /// The operation's name on the wire.
+    pub fn op(&self) -> &'static str {
+        match self {
+            ToChild::Run { .. } => "run",
+            ToChild::RunFile { .. } => "run_file",
+            ToChild::Eval { .. } => "eval",
+            ToChild::Read { .. } => "read",
+            ToChild::Call { .. } => "call",
+            ToChild::CallAsync { .. } => "call_async",
+            ToChild::SetVenv { .. } => "set_venv",
+            ToChild::Stop { .. } => "stop",
+        }
+    }
+}
+
+/// `(request, id, limit)`, as [`ToChild::new`] takes them.
+impl<'a> From<(&'a Request, u64, Option<f64>)> for ToChild<'a> {
+    fn from((request, id, limit): (&'a Request, u64, Option<f64>)) -> Self {
+        ToChild::new(id, request, limit)
+    }
+}
+
+/// The array `[id, op, args...]`: the same bytes as the tuple of those
+/// values would make.
+impl Serialize for ToChild<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let len = match self {
+            ToChild::Stop { .. } => 2,
+            ToChild::Call { .. } => 4,
+            ToChild::CallAsync { .. } => 5,
+            _ => 3,
+        };
+        let mut array = serializer.serialize_tuple(len)?;
+        array.serialize_element(&self.id())?;
+        array.serialize_element(self.op())?;
+        match *self {
+            ToChild::Run { code: text, .. }
+            | ToChild::Eval { expr: text, .. }
+            | ToChild::Read { name: text, .. } => array.serialize_element(text)?,
+            ToChild::RunFile { path, .. } | ToChild::SetVenv { dir: path, .. } => {
+                array.serialize_element(&path_arg(path))?
+            }
+            ToChild::Call { name, args, .. } => {
+                array.serialize_element(name)?;
+                array.serialize_element(args)?;
+            }
+            ToChild::CallAsync {
+                name, args, limit, ..
+            } => {
+                array.serialize_element(name)?;
+                array.serialize_element(args)?;
+                array.serialize_element(&limit)?;
+            }
+            ToChild::Stop { .. } => {}
+        }
+        array.end()
+    }
+}
+
+/// On the wire a path is a str, or, when it is not UTF-8, an array of its
+/// bytes as ints: a str there must be UTF-8, and bin is kept out of the
+/// protocol.
+impl Serialize for PathArg<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            PathArg::Text(text) => serializer.serialize_str(text),
+            PathArg::Bytes(bytes) => serializer.collect_seq(bytes.iter()),
+        }
+    }
+}
