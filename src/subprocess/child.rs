@@ -38,14 +38,12 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
-
 use super::ring::ReplyRing;
 use super::stderr::StderrForwarder;
 use super::zygote::{self, Zygote};
 use crate::error::PyRunnerError;
 use crate::tuning::EXIT_CHECK;
-use crate::wire::{decode_message, FrameReader, Hello, Message};
+use crate::wire::{FrameReader, FromChild, Hello, WireError};
 
 /// How a child starts the worker; see the file for the arguments.
 const BOOTSTRAP: &str = include_str!("../../python/bootstrap.py");
@@ -193,26 +191,27 @@ impl ChildProcess {
     }
 
     fn await_hello(&mut self, reader: &mut FrameReader, limit: Duration) -> Result<Hello, String> {
-        let frame = self.next_frame(reader, Instant::now() + limit);
+        let message = self.next_message(reader, Instant::now() + limit);
         // What the child wrote, to quote if it is not a hello: a frame the
         // codec refused, or a partial one, is still in the buffer.
         let seen = |reader: &mut FrameReader| {
             let buffered = reader.buffer();
             String::from_utf8_lossy(&buffered[..buffered.len().min(120)]).into_owned()
         };
-        match frame {
-            Ok(frame) => match decode_message(&frame) {
-                Ok(Message::Hello(hello)) => Ok(hello),
-                Ok(Message::Reply { .. } | Message::OutputMark) => {
-                    Err("its first frame was not a hello".into())
-                }
-                Err(err) => Err(format!(
-                    "{err}; its stdout began with {:?}",
-                    String::from_utf8_lossy(&frame[..frame.len().min(120)])
-                )),
-            },
+        match message {
+            Ok(FromChild::Hello(hello)) => Ok(hello),
+            Ok(FromChild::Reply { .. } | FromChild::OutputMark) => {
+                Err("its first frame was not a hello".into())
+            }
+            // A frame that did not decode comes with the error.
             Err(NoFrame::Bad(err)) => {
-                Err(format!("{err}; its stdout began with {:?}", seen(reader)))
+                let began = match err.frame() {
+                    Some(frame) => {
+                        String::from_utf8_lossy(&frame[..frame.len().min(120)]).into_owned()
+                    }
+                    None => seen(reader),
+                };
+                Err(format!("{err}; its stdout began with {began:?}"))
             }
             Err(NoFrame::Late) => Err(format!("no hello within {limit:?} (the start timeout)")),
             Err(NoFrame::Closed) if reader.buffer().is_empty() => {
@@ -226,16 +225,16 @@ impl ChildProcess {
         }
     }
 
-    /// Waits until `deadline` for the child's next frame.
-    pub fn next_frame(
+    /// Waits until `deadline` for the child's next message.
+    pub fn next_message(
         &mut self,
         reader: &mut FrameReader,
         deadline: Instant,
-    ) -> Result<BytesMut, NoFrame> {
+    ) -> Result<FromChild, NoFrame> {
         let mut closed = false;
         loop {
-            if let Some(frame) = reader.next_frame().map_err(NoFrame::Bad)? {
-                return Ok(frame);
+            if let Some(message) = reader.next_message().map_err(NoFrame::Bad)? {
+                return Ok(message);
             }
             if closed {
                 return Err(NoFrame::Closed);
@@ -590,15 +589,15 @@ const DEAD_CHILD_READS: usize = 2 * (1 << 20) / READ_CHUNK;
 /// How long a killed forked child's end is waited for.
 const REAP_LIMIT: Duration = Duration::from_secs(5);
 
-/// Why [`ChildProcess::next_frame`] has no frame.
+/// Why [`ChildProcess::next_message`] has no message.
 pub(crate) enum NoFrame {
     /// The deadline passed.
     Late,
     /// The child closed its stdout: it is dead or dying.
     Closed,
     Io(io::Error),
-    /// Bytes that are not a frame.
-    Bad(PyRunnerError),
+    /// Bytes that are not a message.
+    Bad(WireError),
 }
 
 /// Where children cache the compiled worker: `$XDG_CACHE_HOME/async_py`

@@ -18,11 +18,9 @@ use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec};
 
 mod decode;
 mod from_child;
-mod legacy;
 mod to_child;
 
 pub(crate) use from_child::{FromChild, Hello, Outcome};
-pub(crate) use legacy::{decode_message, FrameWriter, Message};
 pub(crate) use to_child::ToChild;
 
 use crate::error::PyRunnerError;
@@ -54,10 +52,6 @@ impl WireError {
 
     /// The frame that did not decode, if it was one (rather than a length
     /// over the limit, or a request this side could not encode).
-    #[cfg_attr(
-        not(any(test, feature = "fuzzing")),
-        expect(dead_code, reason = "src/subprocess reads it once it leaves legacy.rs")
-    )]
     pub fn frame(&self) -> Option<&[u8]> {
         self.0.frame.as_deref()
     }
@@ -187,10 +181,6 @@ impl FrameReader {
     }
 
     /// The next message, if the buffer holds a whole frame.
-    #[cfg_attr(
-        not(any(test, feature = "fuzzing")),
-        expect(dead_code, reason = "src/subprocess reads it once it leaves legacy.rs")
-    )]
     pub fn next_message(&mut self) -> Result<Option<FromChild>, WireError> {
         self.codec.decode(&mut self.buffer)
     }
@@ -648,28 +638,6 @@ mod tests {
                 python_version: "3.12.1".into(),
                 ring: true
             }))
-        );
-    }
-
-    #[test]
-    fn the_old_names_give_what_the_typed_api_gives() {
-        let mut writer = FrameWriter::new(1 << 20);
-        for request in every_request() {
-            let mut out = BytesMut::new();
-            writer.request(&mut out, 12, &request, Some(3.0)).unwrap();
-            assert_eq!(out.to_vec(), framed_as_before(12, &request, Some(3.0)));
-        }
-        let mut reader = FrameReader::new(1 << 10);
-        reader
-            .buffer()
-            .extend_from_slice(&frame_of(&(2u64, "ok", "v")));
-        let frame = reader.next_frame().unwrap().unwrap();
-        assert_eq!(
-            decode_message(&frame),
-            Ok(Message::Reply {
-                id: 2,
-                outcome: Outcome::Done(Ok(Value::from("v")))
-            })
         );
     }
 

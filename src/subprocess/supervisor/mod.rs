@@ -43,7 +43,8 @@ use crate::tuning::{
     Supervision, BLIND_LOOK, EXIT_CHECK, EXIT_GRACE, GATHER, INTERRUPT_GRACE, LEAVE_WINDOW_NANOS,
     PIPE_END_GRACE, QUICK_DEATH, QUICK_DEATH_RETRY, START_RETRY, START_RETRY_MAX,
 };
-use crate::wire::{decode_message, FrameReader, FrameWriter, Message, Outcome};
+use crate::wire::{ChildCodec, FrameReader, FromChild, Outcome, ToChild};
+use tokio_util::codec::Encoder;
 
 /// Children that die before they are ready (or soon after, see
 /// [`QUICK_DEATH`]) this many times in a row make queued commands fail
@@ -87,7 +88,7 @@ pub(crate) struct Core {
     settings: Settings,
     child: Option<ChildProcess>,
     reader: FrameReader,
-    writer: FrameWriter,
+    writer: ChildCodec,
     outgoing: BytesMut,
     /// Requests in flight to the child.
     flights: Flights<Job>,
@@ -143,7 +144,7 @@ impl Core {
         let mut core = Core {
             queue,
             reader: FrameReader::new(settings.frame_limit),
-            writer: FrameWriter::new(settings.frame_limit),
+            writer: ChildCodec::new(settings.frame_limit),
             settings,
             child: None,
             outgoing: BytesMut::with_capacity(64 << 10),

@@ -85,17 +85,17 @@ impl Core {
         &mut self,
         mut held: Option<&mut Vec<Waker>>,
     ) -> Result<(), PyRunnerError> {
-        while let Some(frame) = self.reader.next_frame()? {
-            let (id, outcome) = match decode_message(&frame)? {
-                Message::Reply { id, outcome } => (id, outcome),
-                Message::OutputMark => {
+        while let Some(message) = self.reader.next_message()? {
+            let (id, outcome) = match message {
+                FromChild::Reply { id, outcome } => (id, outcome),
+                FromChild::OutputMark => {
                     // What the replies after it follow goes out before them.
                     if let Some(child) = &self.child {
                         child.forward_stderr();
                     }
                     continue;
                 }
-                Message::Hello(_) => {
+                FromChild::Hello(_) => {
                     return Err(PyRunnerError::Protocol(
                         "a second hello from the child".into(),
                     ))

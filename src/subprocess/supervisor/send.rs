@@ -109,9 +109,9 @@ impl Core {
         };
         if let Err(err) = self
             .writer
-            .request(&mut self.outgoing, id, &job.request, limit)
+            .encode(ToChild::new(id, &job.request, limit), &mut self.outgoing)
         {
-            job.reply.send(Err(err));
+            job.reply.send(Err(err.into()));
             return;
         }
         let timeout = job.timeout;

@@ -129,7 +129,7 @@ impl Core {
         let id = self.take_id();
         let failed = |why: String| PyRunnerError::Startup(format!("{what}: {why}"));
         self.writer
-            .request(&mut self.outgoing, id, request, None)
+            .encode(ToChild::new(id, request, None), &mut self.outgoing)
             .map_err(|err| failed(err.to_string()))?;
         let deadline = Instant::now()
             + limit.unwrap_or(
@@ -170,8 +170,8 @@ impl Core {
         }
         let child = self.child.as_mut().expect("started above");
         loop {
-            let frame = match child.next_frame(&mut self.reader, deadline) {
-                Ok(frame) => frame,
+            let message = match child.next_message(&mut self.reader, deadline) {
+                Ok(message) => message,
                 Err(NoFrame::Late) => return Err(late()),
                 Err(NoFrame::Closed) => {
                     let reason = child.kill_and_describe();
@@ -182,11 +182,10 @@ impl Core {
                 }
                 Err(NoFrame::Bad(err)) => return Err(failed(err.to_string())),
             };
-            let message = decode_message(&frame).map_err(|e| failed(e.to_string()))?;
-            if let Message::OutputMark = message {
+            if let FromChild::OutputMark = message {
                 child.forward_stderr();
             }
-            if let Message::Reply { id: got, outcome } = message {
+            if let FromChild::Reply { id: got, outcome } = message {
                 if got == id {
                     return match outcome {
                         Outcome::Done(done) => Ok(done.map(drop)),
