@@ -15,7 +15,9 @@ use crate::command::{path_arg, PathArg, Reply, Request};
 mod decode;
 use crate::error::PyRunnerError;
 
-/// The protocol version this crate speaks; the child's hello must match.
+/// The protocol version this crate speaks; the child's hello must match
+/// (`PROTOCOL_VERSION` of `python/protocol.py`, checked by
+/// `tests/python/test_protocol.py`).
 pub(crate) const PROTOCOL_VERSION: u64 = 2;
 
 fn codec(limit: usize) -> LengthDelimitedCodec {
