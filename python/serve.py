@@ -350,12 +350,13 @@ class ChildWorker:
         takes the oldest unanswered request to be the one running, for its
         time limit and to know what a dead child had not started."""
         inbox = self.inbox
+        header = FRAME_HEADER_SIZE
         pos = 0
-        while len(inbox) - pos >= FRAME_HEADER_SIZE and not self.stopping and not self.interrupted:
+        while len(inbox) - pos >= header and not self.stopping and not self.interrupted:
             (size,) = _frame_size(inbox, pos)
             if size > FRAME_LIMIT:
                 self._fail("a frame of %d bytes is over the %d GiB limit" % (size, FRAME_LIMIT >> 30))
-            start = pos + FRAME_HEADER_SIZE
+            start = pos + header
             end = start + size
             if end > len(inbox):
                 break
@@ -592,13 +593,13 @@ def _call_request(frame):
             width, read = REQUEST_ID_READERS[marker]
             (request_id,) = read(frame, 2)
             pos = 2 + width
-        if not frame.startswith(CALL_OP, pos):
+        end = pos + _CALL_OP_SIZE
+        if frame[pos:end] != CALL_OP:
             return None
-        pos += _CALL_OP_SIZE
-        marker = frame[pos]
+        marker = frame[end]
         if not 0xA0 <= marker < 0xC0:
             return None
-        start = pos + 1
+        start = end + 1
         end = start + (marker & 0x1F)
         name = frame[start:end].decode()
         marker = frame[end]
