@@ -1,9 +1,9 @@
 # A worker module, joined with the others into one source (python/MODULES): stdlib imports only; the others' names are globals here.
 """The child program: a subprocess worker speaks the wire protocol of
-PROTOCOL.md on its stdin and stdout:
+PROTOCOL.md on its stdin and stdout (protocol.py states its layout):
 
 - frames are a 4-byte big-endian length and one MessagePack value;
-- the child first sends `["hello", 2, "3.11.7", pid, executable, ring]`;
+- the child first sends `["hello", PROTOCOL_VERSION, "3.11.7", pid, executable, ring]`;
 - with the reply ring the parent offers (shared memory), replies go there
   and stdout carries only doorbells;
 - requests are `[id, op, ...]` (ops `run`, `run_file`, `eval`, `read`,
@@ -25,17 +25,9 @@ import os
 import reprlib
 import select
 import signal
-import struct
 import sys
 import time
 import traceback
-
-PROTOCOL_VERSION = 2
-FRAME_LIMIT = 1 << 30
-"""Frames longer than this (1 GiB) make the child exit with status 3."""
-
-EXIT_PROTOCOL = 3
-"""Exit status after bytes that are not a frame of valid MessagePack."""
 
 # A pipe wake-up costs more than this, so the child polls for the next
 # request for a moment before it sleeps in the selector.
@@ -44,14 +36,10 @@ _SPIN_SECONDS = 50e-6
 # an mmap per read.
 _READ_CHUNK = 1 << 16
 
-_frame_header = struct.Struct(">I").pack
-# ["out"]: what sys.stdout and sys.stderr took is in the stderr pipe.
-_OUTPUT_MARK = _frame_header(5) + b"\x91\xa3out"
-# The frame header and the start of [id, "ok", value], the id as a uint 64.
-_ok_head = struct.Struct(">IBBQ3s").pack
-_OK_HEAD_SIZE = 13
-# How request ids are written after their marker: (width, reader).
-_ID_READERS = {0xCC: (1, _unpack_u8), 0xCD: (2, _unpack_u16), 0xCE: (4, _unpack_u32), 0xCF: (8, _unpack_u64)}
+# The frame layout and the bytes the fast paths write are protocol.py's.
+_frame_header = FRAME_HEADER.pack
+_frame_size = FRAME_HEADER.unpack_from
+_ok_head = OK_HEAD.pack
 _LATER = object()
 """Returned by a request handler whose reply comes when a coroutine finishes."""
 
@@ -153,20 +141,6 @@ def _is_limit(value):
     return value is None or (type(value) in (int, float) and _isfinite(value) and value >= 0)
 
 
-# The types of each op's arguments after [id, op]; `call_async`'s limit is nil
-# or a number of seconds.
-_OPS = {
-    "run": (str,),
-    "run_file": (str,),
-    "eval": (str,),
-    "read": (str,),
-    "call": (str, list),
-    "call_async": (str, list, "limit"),
-    "set_venv": (str,),
-    "stop": (),
-}
-
-
 class ChildWorker:
     """Answers the requests of one parent until `stop` or end of input.
 
@@ -200,7 +174,7 @@ class ChildWorker:
         self.stopping = False
         self.running = None  # the id of the request running now, if any
         self.interrupted = False
-        self.handlers = {op: getattr(self, "op_" + op) for op in _OPS}
+        self.handlers = {op: getattr(self, "op_" + op) for op in OPS}
         # The common request gets a decoder of its own with the pure-Python codec.
         self.quick_calls = unpack_frame is unpack
         # Streams that write straight to their fd need no flush before a reply.
@@ -213,7 +187,7 @@ class ChildWorker:
     def serve(self):
         """Handles requests until `stop` or end of input; returns the exit status."""
         global _output_written
-        hello = ["hello", PROTOCOL_VERSION, "%d.%d.%d" % sys.version_info[:3], _pid_outside or os.getpid(), _executable()]
+        hello = [HELLO, PROTOCOL_VERSION, "%d.%d.%d" % sys.version_info[:3], _pid_outside or os.getpid(), _executable()]
         self._send(pack(hello + [self.offered_ring is not None]))
         _output_written = False  # nothing goes before the hello
         self._flush()
@@ -228,7 +202,7 @@ class ChildWorker:
             if self.stopping:
                 return 0
             if self.interrupted:
-                return 130
+                return EXIT_INTERRUPTED
             if self.at_eof:
                 if self.inbox:
                     self._fail("the request pipe ended inside a frame (%d bytes left)" % len(self.inbox))
@@ -274,7 +248,7 @@ class ChildWorker:
         """
         counters = None if self.ring is None else self.ring.counters
         if counters is not None:
-            counters[_RING_IN_LOOP] = 1
+            counters[_COUNTER_IN_LOOP] = 1
         try:
             finished = self.driver.turn(block)
         except BaseException as exc:
@@ -289,7 +263,7 @@ class ChildWorker:
             if _in_forked_copy:
                 _leave_forked_copy(None)
             if counters is not None:
-                counters[_RING_IN_LOOP] = 0
+                counters[_COUNTER_IN_LOOP] = 0
         for token, ok, value in finished:
             self._reply_finished(token, ok, value)
         # Published now, before the next request or turn: the parent reads
@@ -367,7 +341,7 @@ class ChildWorker:
 
     def _has_whole_frame(self):
         inbox = self.inbox
-        return len(inbox) >= 4 and len(inbox) - 4 >= _unpack_u32(inbox, 0)[0]
+        return len(inbox) >= FRAME_HEADER_SIZE and len(inbox) - FRAME_HEADER_SIZE >= _frame_size(inbox, 0)[0]
 
     def _handle_frames(self):
         """Handles every complete frame in the inbox, in order.
@@ -376,15 +350,17 @@ class ChildWorker:
         takes the oldest unanswered request to be the one running, for its
         time limit and to know what a dead child had not started."""
         inbox = self.inbox
+        header = FRAME_HEADER_SIZE
         pos = 0
-        while len(inbox) - pos >= 4 and not self.stopping and not self.interrupted:
-            (size,) = _unpack_u32(inbox, pos)
+        while len(inbox) - pos >= header and not self.stopping and not self.interrupted:
+            (size,) = _frame_size(inbox, pos)
             if size > FRAME_LIMIT:
-                self._fail("a frame of %d bytes is over the 1 GiB limit" % size)
-            end = pos + 4 + size
+                self._fail("a frame of %d bytes is over the %d GiB limit" % (size, FRAME_LIMIT >> 30))
+            start = pos + header
+            end = start + size
             if end > len(inbox):
                 break
-            frame = inbox[pos + 4 : end]
+            frame = inbox[start:end]
             pos = end
             self._handle_frame(frame)
             self._flush()
@@ -431,7 +407,7 @@ class ChildWorker:
             if request_id is None:
                 _say("ignoring a request that nests too deeply and has no id")
             else:
-                self._send_reply([request_id, "conv", _TOO_DEEP])
+                self._send_reply([request_id, REPLY_CONV, _TOO_DEEP])
             return
         except FrameError as exc:
             self._fail("a frame is not valid MessagePack: %s" % exc)
@@ -440,7 +416,7 @@ class ChildWorker:
             return
         problem = _request_problem(request)
         if problem is not None:
-            self._send_reply([request[0], "err", "ProtocolError", problem, None])
+            self._send_reply([request[0], REPLY_ERR, PROTOCOL_ERROR, problem, None])
             return None
         return request
 
@@ -471,13 +447,13 @@ class ChildWorker:
             # place. The call that makes it is part of it: the parent judges
             # that call by the coroutine's limit, as it judges a coroutine
             # that holds the loop, and knows that no request runs meanwhile.
-            counters[_RING_LAST_COROUTINE] = request_id
-            counters[_RING_IN_LOOP] = 1
+            counters[_COUNTER_LAST_COROUTINE] = request_id
+            counters[_COUNTER_IN_LOOP] = 1
         try:
             scheduled, value = driver.start(request_id, function, args, limit)
         finally:
             if counters is not None:
-                counters[_RING_IN_LOOP] = 0
+                counters[_COUNTER_IN_LOOP] = 0
         return _LATER if scheduled else value
 
     def op_set_venv(self, request_id, path):
@@ -496,30 +472,30 @@ class ChildWorker:
         elif isinstance(value, BaseException):
             self._reply_error(request_id, value)
         elif value == "timeout":
-            self._send_reply([request_id, "timeout"])
+            self._send_reply([request_id, REPLY_TIMEOUT])
         else:
-            self._send_reply([request_id, "err", "CancelledError", "the coroutine was cancelled", None])
+            self._send_reply([request_id, REPLY_ERR, "CancelledError", "the coroutine was cancelled", None])
 
     def _reply_value(self, request_id, value):
         try:
             body = self.pack_value(value)
         except ConversionError as exc:
-            self._send_reply([request_id, "conv", str(exc)])
+            self._send_reply([request_id, REPLY_CONV, str(exc)])
             return
         except BaseException as exc:  # str(obj) of some object raised
             self._reply_error(request_id, exc)
             return
-        size = _OK_HEAD_SIZE + len(body)
+        size = OK_HEAD_PAYLOAD + len(body)
         if size > 0xFFFFFFFF:
-            self._send_reply([request_id, "conv", "a reply of %d bytes does not fit in a frame" % size])
+            self._send_reply([request_id, REPLY_CONV, "a reply of %d bytes does not fit in a frame" % size])
             return
         if 0 <= request_id <= 0xFFFFFFFFFFFFFFFF:
-            self.outbox.append(_ok_head(size, 0x93, 0xCF, request_id, b"\xa2ok") + body)
+            self.outbox.append(_ok_head(size, OK_HEAD_ID_START, request_id, REPLY_OK_KIND) + body)
         else:
-            self._send(b"\x93" + pack(request_id) + b"\xa2ok" + body)
+            self._send(REPLY_OK_ARRAY + pack(request_id) + REPLY_OK_KIND + body)
 
     def _reply_error(self, request_id, exc):
-        self._send_reply([request_id, "err", *describe_error(exc)])
+        self._send_reply([request_id, REPLY_ERR, *describe_error(exc)])
 
     def _send_reply(self, reply):
         self._send(pack(reply))
@@ -551,7 +527,7 @@ class ChildWorker:
             _flush_stdio()
         if _output_written:
             _output_written = False
-            outbox.insert(0, _OUTPUT_MARK)
+            outbox.insert(0, OUTPUT_MARK_FRAME)
         data = outbox[0] if len(outbox) == 1 else b"".join(outbox)
         outbox.clear()
         if self.ring is not None:
@@ -575,7 +551,7 @@ class ChildWorker:
     def _doorbell(self):
         """Wakes a parent that sleeps until replies come; False if it is gone."""
         try:
-            os.write(self.proto_out, b"\0")
+            os.write(self.proto_out, DOORBELL)
         except (BlockingIOError, InterruptedError):
             pass  # the pipe is full of doorbells the parent has yet to read
         except BrokenPipeError:
@@ -600,26 +576,30 @@ def _writes_through(stream):
     return getattr(stream, "write_through", False) and type(getattr(stream, "buffer", None)) in (io.FileIO, _NotedFileIO)
 
 
+_CALL_OP_SIZE = len(CALL_OP)
+
+
 def _call_request(frame):
     """(id, name, args) of a `call` request shaped the way the parent writes
     one (a short name, a short argument list), or None: anything else, valid
     or not, takes the general decoder."""
     try:
-        if frame[0] != 0x94:
+        if frame[0] != CALL_ARRAY:
             return None
         marker = frame[1]
         if marker < 0x80:
             request_id, pos = marker, 2
         else:
-            width, read = _ID_READERS[marker]
+            width, read = REQUEST_ID_READERS[marker]
             (request_id,) = read(frame, 2)
             pos = 2 + width
-        if frame[pos : pos + 5] != b"\xa4call":
+        end = pos + _CALL_OP_SIZE
+        if frame[pos:end] != CALL_OP:
             return None
-        marker = frame[pos + 5]
+        marker = frame[end]
         if not 0xA0 <= marker < 0xC0:
             return None
-        start = pos + 6
+        start = end + 1
         end = start + (marker & 0x1F)
         name = frame[start:end].decode()
         marker = frame[end]
@@ -634,10 +614,6 @@ def _call_request(frame):
         return None
 
 
-_PATH_OPS = ("run_file", "set_venv")
-"""Ops whose path is a str, or the bytes of a path that is not UTF-8."""
-
-
 def _is_byte_list(value):
     return type(value) is list and all(type(b) is int and 0 <= b <= 255 for b in value)
 
@@ -647,13 +623,13 @@ def _request_problem(request):
     if len(request) < 2 or type(request[1]) is not str:
         return "a request is [id, op, arguments...], got %s" % _preview(request)
     op = request[1]
-    expected = _OPS.get(op)
+    expected = OPS.get(op)
     if expected is None:
         return "unknown op %s" % _preview(op)
     args = request[2:]
-    if op == "call_async":
+    if op == OP_CALL_ASYNC:
         fits = len(args) == 3 and type(args[0]) is str and type(args[1]) is list and _is_limit(args[2])
-    elif op in _PATH_OPS:
+    elif op in PATH_OPS:
         fits = len(args) == 1 and (type(args[0]) is str or _is_byte_list(args[0]))
     else:
         fits = tuple(map(type, args)) == expected
@@ -755,9 +731,9 @@ def _forget_own_folder():
 def main():
     """The child program: its arguments are `--zygote`, or an optional
     `--share-cores` and the reply ring's path (see PROTOCOL.md)."""
-    if sys.argv[1:2] == ["--zygote"]:
+    if sys.argv[1:2] == [ARG_ZYGOTE]:
         sys.exit(_zygote_main())
-    share = sys.argv[1:2] == ["--share-cores"]
+    share = sys.argv[1:2] == [ARG_SHARE_CORES]
     if share:
         del sys.argv[1]
     _serve(share, sys.argv.pop(1) if len(sys.argv) > 1 else "")
@@ -766,7 +742,7 @@ def main():
 def _serve(share, ring_path, ring_fd=None):
     """Serves one parent over stdin and stdout, then exits. `ring_fd` is the
     fd behind a ring passed as /proc/self/fd/<n>, closed once mapped."""
-    if os.environ.get("ASYNC_PY_REPLY_RING") == "0":
+    if os.environ.get(ENV_REPLY_RING) == "0":
         ring_path = ""  # replies take the pipe
     _exit_with_parent(0)
     # Mapped before containment: from a user namespace of its own the worker

@@ -4,7 +4,6 @@
 import os
 import select
 import signal
-import struct
 import sys
 from array import array
 
@@ -12,15 +11,16 @@ def _zygote_main():
     """A zygote: forks workers on request, so that a pool's workers start
     without paying for a Python start each (see PROTOCOL.md, "The zygote").
 
-    Its stdin is a Unix stream socket to the parent. It sends b"r" once
-    ready. A request b"f" carries, as passed fds, the new worker's stdin,
-    stdout and stderr, and its reply ring if it has one; the answer is b"p"
+    Its stdin is a Unix stream socket to the parent (the messages are
+    protocol.py's ZYGOTE_*). It sends ZYGOTE_READY once ready. A request
+    ZYGOTE_FORK carries, as passed fds, the new worker's stdin, stdout and
+    stderr, and its reply ring if it has one; the answer is ZYGOTE_FORKED
     and the worker's pid (0: no fork). When a worker it forked exits, it
-    sends b"x", the pid and the raw wait status, but leaves the worker a
-    zombie until the request b"w" and the pid (answered b"d" and the pid
-    once reaped): until then the worker's pid and process group cannot be
-    reused, so the parent's signals to them reach no other process. It
-    exits at end of file.
+    sends ZYGOTE_ENDED, the pid and the raw wait status, but leaves the
+    worker a zombie until the request ZYGOTE_REAP and the pid (answered
+    ZYGOTE_REAPED and the pid once reaped): until then the worker's pid and
+    process group cannot be reused, so the parent's signals to them reach
+    no other process. It exits at end of file.
     """
     # Before any import: what the zygote imports, every fork inherits, and
     # a file in the working folder must not stand in for a module.
@@ -38,7 +38,7 @@ def _zygote_main():
     poller.register(control.fileno(), select.POLLIN)
     poller.register(wake_r, select.POLLIN)
     running, ended = set(), set()
-    control.sendall(b"r")
+    control.sendall(ZYGOTE_READY)
     while True:
         for fd, _ in poller.poll():
             if fd == wake_r:
@@ -48,7 +48,7 @@ def _zygote_main():
                     if status is not None:
                         running.discard(pid)
                         ended.add(pid)
-                        control.sendall(struct.pack(">cIi", b"x", pid, status))
+                        control.sendall(ZYGOTE_ENDED + ZYGOTE_PID_STATUS.pack(pid, status))
                 continue
             data, ancdata, _, _ = control.recvmsg(1, socket.CMSG_SPACE(4 * 4))
             if not data:
@@ -57,15 +57,15 @@ def _zygote_main():
             for level, kind, payload in ancdata:
                 if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
                     fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
-            if data == b"w":
-                (pid,) = struct.unpack(">I", _receive_exactly(control, 4))
+            if data == ZYGOTE_REAP:
+                (pid,) = ZYGOTE_PID.unpack(_receive_exactly(control, ZYGOTE_PID.size))
                 if pid in ended:
                     ended.discard(pid)
                     os.waitpid(pid, 0)
-                control.sendall(struct.pack(">cI", b"d", pid))
+                control.sendall(ZYGOTE_REAPED + ZYGOTE_PID.pack(pid))
                 continue
             forked = None  # the worker's pid here, 0 in the worker
-            if data == b"f" and len(fds) in (3, 4):
+            if data == ZYGOTE_FORK and len(fds) in (3, 4):
                 try:
                     forked = os.fork()
                 except OSError as exc:  # no room for a process: the parent starts one
@@ -82,7 +82,7 @@ def _zygote_main():
                     pass
             for fd in fds:
                 os.close(fd)
-            control.sendall(struct.pack(">cI", b"p", pid))
+            control.sendall(ZYGOTE_FORKED + ZYGOTE_PID.pack(pid))
 
 
 def _ended_status(pid):

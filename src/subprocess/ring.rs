@@ -42,6 +42,8 @@ use bytes::BytesMut;
 
 use super::child::poll;
 
+// The child's side states these as the RING_* of python/protocol.py;
+// tests/python/test_protocol.py checks that both say the same.
 const PUBLISHED: usize = 0;
 const TAKEN: usize = 64;
 const WAITING: usize = 128;

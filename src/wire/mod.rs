@@ -25,7 +25,9 @@ pub(crate) use to_child::ToChild;
 
 use crate::error::PyRunnerError;
 
-/// The protocol version this crate speaks; the child's hello must match.
+/// The protocol version this crate speaks; the child's hello must match
+/// (`PROTOCOL_VERSION` of `python/protocol.py`, checked by
+/// `tests/python/test_protocol.py`).
 pub(crate) const PROTOCOL_VERSION: u64 = 2;
 
 /// Why the codec failed, as the [`PyRunnerError`] it turns into (`?` does

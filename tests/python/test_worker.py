@@ -769,7 +769,7 @@ class InterruptTargetTests(unittest.TestCase):
         fd = os.memfd_create("ring-test")
         for each in (requests_in, requests, replies, replies_out, fd):
             self.addCleanup(os.close, each)
-        os.ftruncate(fd, worker._RING_DATA + worker._RING_SIZE)
+        os.ftruncate(fd, worker.RING_DATA + worker.RING_SIZE)
         self.child = worker.ChildWorker(requests_in, replies_out)
         self.child.ring = worker.ReplyRing("/proc/self/fd/%d" % fd)
         self.counters = self.child.ring.counters
@@ -781,7 +781,7 @@ class InterruptTargetTests(unittest.TestCase):
         for that request while this one runs."""
         self.ran.append(name)
         if target is not None:
-            self.counters[worker._RING_INTERRUPT_TARGET] = target
+            self.counters[worker._COUNTER_INTERRUPT_TARGET] = target
             self.child.on_interrupt(signal.SIGINT, None)
         return name
 
@@ -789,9 +789,9 @@ class InterruptTargetTests(unittest.TestCase):
         for request in requests:
             self.child.inbox += frame(worker.pack(request))
         self.child._handle_frames()
-        taken, published = self.counters[worker._RING_TAKEN], self.counters[worker._RING_PUBLISHED]
-        data = self.child.ring.map[worker._RING_DATA + taken : worker._RING_DATA + published]
-        self.counters[worker._RING_TAKEN] = published
+        taken, published = self.counters[worker._COUNTER_TAKEN], self.counters[worker._COUNTER_PUBLISHED]
+        data = self.child.ring.map[worker.RING_DATA + taken : worker.RING_DATA + published]
+        self.counters[worker._COUNTER_TAKEN] = published
         replies = []
         while data:
             (size,) = struct.unpack(">I", data[:4])
@@ -805,18 +805,18 @@ class InterruptTargetTests(unittest.TestCase):
         self.assertEqual(self.ran, ["first"])
         self.assertTrue(self.child.interrupted)
         # The parent reads this before the reply, and so replaces the child.
-        self.assertEqual(self.counters[worker._RING_INTERRUPT_TAKEN], 7)
+        self.assertEqual(self.counters[worker._COUNTER_INTERRUPT_TAKEN], 7)
 
     def test_a_sigint_for_a_request_that_ended_does_not_stop_the_next(self):
         # Request 7 ended just before the SIGINT sent for it came.
         replies = self.handle([7, "call", "step", ["first"]], [8, "call", "step", ["second", 7]], [9, "call", "step", ["third"]])
         self.assertEqual(replies, [[7, "ok", "first"], [8, "ok", "second"], [9, "ok", "third"]])
         self.assertFalse(self.child.interrupted)
-        self.assertEqual(self.counters[worker._RING_INTERRUPT_TAKEN], 0)
+        self.assertEqual(self.counters[worker._COUNTER_INTERRUPT_TAKEN], 0)
 
     def test_a_sigint_for_a_request_that_ended_is_ignored_between_requests(self):
         self.assertEqual(self.handle([7, "call", "step", ["first"]]), [[7, "ok", "first"]])
-        self.counters[worker._RING_INTERRUPT_TARGET] = 7
+        self.counters[worker._COUNTER_INTERRUPT_TARGET] = 7
         self.child.on_interrupt(signal.SIGINT, None)
         self.assertFalse(self.child.interrupted)
         self.assertEqual(self.handle([8, "call", "step", ["second"]]), [[8, "ok", "second"]])
@@ -828,7 +828,7 @@ class InterruptTargetTests(unittest.TestCase):
         self.assertEqual(reply[:3], [9, "err", "KeyboardInterrupt"])
         self.assertFalse(self.child.interrupted)
         self.assertEqual(self.handle([10, "call", "step", ["after"]]), [[10, "ok", "after"]])
-        self.assertEqual(self.counters[worker._RING_INTERRUPT_TAKEN], 0)
+        self.assertEqual(self.counters[worker._COUNTER_INTERRUPT_TAKEN], 0)
 
 
 @unittest.skipUnless(hasattr(os, "memfd_create"), "the reply ring needs memfd (Linux)")
@@ -841,7 +841,7 @@ class ReplyRingTests(unittest.TestCase):
     def setUp(self):
         fd = os.memfd_create("ring-test")
         self.addCleanup(os.close, fd)
-        os.ftruncate(fd, worker._RING_DATA + worker._RING_SIZE)
+        os.ftruncate(fd, worker.RING_DATA + worker.RING_SIZE)
         self.ring = worker.ReplyRing("/proc/self/fd/%d" % fd)
         self.doorbells = 0
 
@@ -852,16 +852,16 @@ class ReplyRingTests(unittest.TestCase):
     def take(self):
         """What the parent would take: every published byte."""
         ring, counters = self.ring, self.ring.counters
-        taken, published = counters[worker._RING_TAKEN], counters[worker._RING_PUBLISHED]
+        taken, published = counters[worker._COUNTER_TAKEN], counters[worker._COUNTER_PUBLISHED]
         out = bytearray()
         for at in range(taken, published):
-            out.append(ring.map[worker._RING_DATA + at % worker._RING_SIZE])
-        counters[worker._RING_TAKEN] = published
+            out.append(ring.map[worker.RING_DATA + at % worker.RING_SIZE])
+        counters[worker._COUNTER_TAKEN] = published
         return bytes(out)
 
     def start_at(self, position):
         counters = self.ring.counters
-        counters[worker._RING_PUBLISHED] = counters[worker._RING_TAKEN] = position
+        counters[worker._COUNTER_PUBLISHED] = counters[worker._COUNTER_TAKEN] = position
         self.ring.published = position
 
     def test_bytes_come_out_as_they_went_in(self):
@@ -871,21 +871,21 @@ class ReplyRingTests(unittest.TestCase):
         self.assertEqual(self.doorbells, 0)
 
     def test_a_reply_wraps_at_the_end(self):
-        self.start_at(worker._RING_SIZE - 7)
+        self.start_at(worker.RING_SIZE - 7)
         data = bytes(range(40))
         self.assertTrue(self.ring.put(data, self.doorbell))
         self.assertEqual(self.take(), data)
-        self.assertEqual(self.ring.counters[worker._RING_PUBLISHED], worker._RING_SIZE + 33)
+        self.assertEqual(self.ring.counters[worker._COUNTER_PUBLISHED], worker.RING_SIZE + 33)
 
     def test_a_doorbell_rings_only_while_the_parent_waits(self):
         self.ring.put(b"quiet", self.doorbell)
         self.assertEqual(self.doorbells, 0)
-        self.ring.counters[worker._RING_WAITING] = 1
+        self.ring.counters[worker._COUNTER_WAITING] = 1
         self.ring.put(b"loud", self.doorbell)
         self.assertEqual(self.doorbells, 1)
 
     def test_a_reply_larger_than_the_ring_waits_for_room(self):
-        data = os.urandom(worker._RING_SIZE * 2 + 123)
+        data = os.urandom(worker.RING_SIZE * 2 + 123)
         taken = []
 
         def parent_takes():
@@ -899,7 +899,7 @@ class ReplyRingTests(unittest.TestCase):
 
     def test_a_full_ring_with_no_parent_gives_up(self):
         self.start_at(0)
-        self.assertTrue(self.ring.put(b"x" * worker._RING_SIZE, self.doorbell))
+        self.assertTrue(self.ring.put(b"x" * worker.RING_SIZE, self.doorbell))
         self.assertFalse(self.ring.put(b"one more", lambda: False))
 
 

@@ -1,0 +1,155 @@
+# A worker module, joined with the others into one source (python/MODULES): stdlib imports only; the others' names are globals here.
+"""The wire protocol's layout (PROTOCOL.md), stated once for the worker.
+
+Every name, number and offset the child writes or matches on the wire is
+here: the protocol version, the frame limit and exit statuses, the ops and
+their arguments, the message kinds, the reply ring's offsets and the
+zygote's messages. The bytes that the fast paths of serve.py write or
+match whole (the start of an `ok` reply, the output mark, a `call`
+request's op) are derived from these names with the codec, once, at
+import. The Rust side states the same numbers in src/wire/mod.rs and
+src/subprocess/ring.rs; tests/python/test_protocol.py checks that both
+agree.
+"""
+
+import struct
+
+PROTOCOL_VERSION = 2
+"""Named in the hello; changes whenever a frame changes shape or meaning."""
+
+FRAME_LIMIT = 1 << 30
+"""Frames longer than this (1 GiB) make the child exit with EXIT_PROTOCOL."""
+
+EXIT_PROTOCOL = 3
+"""Exit status after bytes that are not a frame of valid MessagePack."""
+
+EXIT_INTERRUPTED = 130
+"""Exit status after the parent's SIGINT stopped a request."""
+
+# -- frames: a 4-byte big-endian length, then one MessagePack value --------
+
+FRAME_HEADER = struct.Struct(">I")
+FRAME_HEADER_SIZE = FRAME_HEADER.size
+
+# -- the child's first frame: [HELLO, version, python, pid, executable, ring]
+
+HELLO = "hello"
+
+# -- requests: [id, op, arguments...] ---------------------------------------
+
+OP_RUN = "run"
+OP_RUN_FILE = "run_file"
+OP_EVAL = "eval"
+OP_READ = "read"
+OP_CALL = "call"
+OP_CALL_ASYNC = "call_async"
+OP_SET_VENV = "set_venv"
+OP_STOP = "stop"
+
+ARG_LIMIT = "limit"
+"""An argument that is nil or a number of seconds (finite, not negative)."""
+
+OPS = {
+    OP_RUN: (str,),
+    OP_RUN_FILE: (str,),
+    OP_EVAL: (str,),
+    OP_READ: (str,),
+    OP_CALL: (str, list),
+    OP_CALL_ASYNC: (str, list, ARG_LIMIT),
+    OP_SET_VENV: (str,),
+    OP_STOP: (),
+}
+"""The types of each op's arguments after [id, op]."""
+
+PATH_OPS = (OP_RUN_FILE, OP_SET_VENV)
+"""Ops whose path is a str, or the bytes of a path that is not UTF-8."""
+
+# -- replies: [id, kind, ...] ---------------------------------------------
+
+REPLY_OK = "ok"  # [id, "ok", value]
+REPLY_ERR = "err"  # [id, "err", kind, message, traceback]
+REPLY_CONV = "conv"  # [id, "conv", message]
+REPLY_TIMEOUT = "timeout"  # [id, "timeout"]
+
+PROTOCOL_ERROR = "ProtocolError"
+"""The `err` kind of a reply to a request the child cannot parse."""
+
+OUTPUT_MARK = "out"
+"""The frame [OUTPUT_MARK] goes before replies that follow output."""
+
+DOORBELL = b"\0"
+"""Written to stdout after a publish into the ring while the parent waits."""
+
+# -- the child's arguments and environment --------------------------------
+
+ARG_ZYGOTE = "--zygote"
+ARG_SHARE_CORES = "--share-cores"
+ENV_REPLY_RING = "ASYNC_PY_REPLY_RING"
+"""Set to "0", the child keeps its replies on the pipe."""
+
+# -- the reply ring: byte offsets in the shared memory ----------------------
+# Every counter is a native-endian u64 on its own cache line (ring.py reads
+# them as u64 indexes derived from these).
+
+RING_PUBLISHED = 0  # bytes published so far (child)
+RING_TAKEN = 64  # bytes taken so far (parent)
+RING_WAITING = 128  # 1 while the parent may sleep until a doorbell (parent)
+RING_INTERRUPT_TARGET = 192  # the request the parent's last SIGINT is for (parent)
+RING_IN_LOOP = 256  # 1 while the child runs its event loop (child)
+RING_LAST_COROUTINE = 320  # the last call_async started, stored before RING_IN_LOOP (child)
+RING_INTERRUPT_TAKEN = 384  # the request stopped for the parent's SIGINT (child)
+RING_DATA = 4096  # where the ring of reply bytes starts
+RING_SIZE = 1 << 20  # the ring's length in bytes
+
+# -- the zygote's socket: one byte names each message -----------------------
+
+ZYGOTE_READY = b"r"  # zygote: loaded, ready to fork
+ZYGOTE_FORK = b"f"  # parent: fork a worker on the fds passed with it
+ZYGOTE_FORKED = b"p"  # zygote: + ZYGOTE_PID (0: no fork), one for each fork
+ZYGOTE_ENDED = b"x"  # zygote: + ZYGOTE_PID_STATUS, a forked worker has ended
+ZYGOTE_REAP = b"w"  # parent: + ZYGOTE_PID, whose status it has taken
+ZYGOTE_REAPED = b"d"  # zygote: + ZYGOTE_PID, once reaped
+ZYGOTE_PID = struct.Struct(">I")
+ZYGOTE_PID_STATUS = struct.Struct(">Ii")  # a pid and its raw wait status
+
+# -- bytes the fast paths write and match whole, derived from the above -----
+
+
+def _framed(payload):
+    return FRAME_HEADER.pack(len(payload)) + payload
+
+
+def _array_head(count):
+    """The MessagePack header of an array of `count` items."""
+    out = []
+    _pack_header(count, 0x90, 0xDC, out)
+    return out[0]
+
+
+OUTPUT_MARK_FRAME = _framed(pack([OUTPUT_MARK]))
+"""The whole frame [OUTPUT_MARK]."""
+
+REPLY_OK_ARRAY = _array_head(3)
+"""The header of the array [id, REPLY_OK, value], before the id."""
+REPLY_OK_KIND = pack(REPLY_OK)
+
+OK_HEAD_ID_START = REPLY_OK_ARRAY + pack(1 << 63)[:1]
+"""The array's header and a uint 64's marker: the fast path writes every id
+that fits one (any the parent sends) as a uint 64."""
+OK_HEAD = struct.Struct(">I%dsQ%ds" % (len(OK_HEAD_ID_START), len(REPLY_OK_KIND)))
+"""The frame header and the start of [id, REPLY_OK, value], packed from
+(frame length, OK_HEAD_ID_START, id, REPLY_OK_KIND); the value's bytes follow."""
+OK_HEAD_PAYLOAD = OK_HEAD.size - FRAME_HEADER.size
+"""The bytes of OK_HEAD that count in the frame's length."""
+
+CALL_ARRAY = _array_head(2 + len(OPS[OP_CALL]))[0]
+"""The marker of a `call` request's array: [id, OP_CALL, name, args]."""
+CALL_OP = pack(OP_CALL)
+
+REQUEST_ID_READERS = {}
+"""After the array's marker, a request's id is a positive fixint or a uint
+of 8 to 64 bits: (width, reader) by the uint's marker."""
+for _size in (1, 2, 4, 8):
+    _marker = pack((1 << 8 * _size) - 1)[0]
+    REQUEST_ID_READERS[_marker] = (_size, _NUMBERS[_marker][0])
+del _size, _marker
