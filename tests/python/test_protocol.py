@@ -73,7 +73,7 @@ class RustAgreementTests(unittest.TestCase):
 
     RING_RS = os.path.join("src", "subprocess", "ring.rs")
     WIRE_RS = os.path.join("src", "wire", "mod.rs")
-    BUILDER_RS = os.path.join("src", "builder.rs")
+    CONFIG_RS = os.path.join("src", "config.rs")
 
     def test_the_ring_offsets_agree(self):
         # Rust names them PUBLISHED, TAKEN, ..., DATA and RING_SIZE;
@@ -105,7 +105,7 @@ class RustAgreementTests(unittest.TestCase):
     def test_the_child_takes_any_frame_a_parent_sends_by_default(self):
         # Not one number on both sides: the parent's limit is a setting
         # (max_frame_length, 64 MiB by default), the child's a backstop.
-        self.assertLessEqual(rust_constant(self.BUILDER_RS, "DEFAULT_FRAME_LIMIT"), worker.FRAME_LIMIT)
+        self.assertLessEqual(rust_constant(self.CONFIG_RS, "DEFAULT_FRAME_LIMIT"), worker.FRAME_LIMIT)
 
     def test_a_missing_constant_fails_loudly(self):
         with self.assertRaisesRegex(AssertionError, "has no line `const NO_SUCH_NAME"):
