@@ -262,7 +262,7 @@ fn death_to_next_call(runner: &PyRunner) -> String {
         // fresh child answered.
         loop {
             match runner.eval_sync("__import__('os').getpid()") {
-                Ok(pid) if pid != Value::from(killed) => break,
+                Ok(pid) if pid != killed => break,
                 _ => {}
             }
         }
