@@ -175,15 +175,7 @@ fn an_interpreter_that_never_says_hello_fails_build_at_the_start_timeout() {
             .build()
             .map(drop)
     });
-    match built {
-        Err(PyRunnerError::Startup(message)) => {
-            assert!(
-                message.contains("1s") && message.contains("start timeout"),
-                "{message}"
-            )
-        }
-        other => panic!("expected a Startup error, got {other:?}"),
-    }
+    assert_start_timed_out(built);
 }
 
 /// A fresh child that dies while a replayed run larger than its request

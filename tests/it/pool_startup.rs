@@ -53,15 +53,7 @@ fn a_pool_whose_interpreter_never_says_hello_fails_build_at_the_start_timeout() 
             .build()
             .map(drop)
     });
-    match built {
-        Err(PyRunnerError::Startup(message)) => {
-            assert!(
-                message.contains("1s") && message.contains("start timeout"),
-                "{message}"
-            )
-        }
-        other => panic!("expected a Startup error, got {other:?}"),
-    }
+    faults::assert_start_timed_out(built);
 }
 
 /// The same when the zygote fails at once and the workers start their
@@ -82,13 +74,5 @@ fn workers_started_without_a_zygote_share_the_pool_start_timeout() {
             .build()
             .map(drop)
     });
-    match built {
-        Err(PyRunnerError::Startup(message)) => {
-            assert!(
-                message.contains("1s") && message.contains("start timeout"),
-                "{message}"
-            )
-        }
-        other => panic!("expected a Startup error, got {other:?}"),
-    }
+    faults::assert_start_timed_out(built);
 }

@@ -47,6 +47,19 @@ pub fn is_gone(pid: u32) -> bool {
     !std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
 
+/// A start that failed at a start timeout of one second, as its error says.
+pub fn assert_start_timed_out<T: std::fmt::Debug>(built: Result<T, async_py::PyRunnerError>) {
+    match built {
+        Err(async_py::PyRunnerError::Startup(message)) => {
+            assert!(
+                message.contains("1s") && message.contains("start timeout"),
+                "{message}"
+            )
+        }
+        other => panic!("expected a Startup error, got {other:?}"),
+    }
+}
+
 /// Runs `body` on a thread of its own and fails the test if it has not
 /// returned within `seconds`: a hang shows as a failure, not a stuck run.
 pub fn within<T: Send + 'static>(seconds: u64, body: impl FnOnce() -> T + Send + 'static) -> T {
