@@ -70,7 +70,7 @@ pub(crate) enum Request {
         dir: PathBuf,
     },
     Stop,
-    /// A pool's `run`: entry `index` of its replay log (see `subprocess::PoolHooks`).
+    /// A pool's `run`: entry `index` of its replay log (see `pool::replay`).
     #[cfg_attr(not(feature = "subprocess"), allow(dead_code))]
     Broadcast {
         code: String,

@@ -27,7 +27,7 @@
 //!
 //! The child cannot fence its stores, so the parent may miss a doorbell
 //! when it goes to sleep just as a reply is published. It therefore sleeps
-//! at most [`RECHECK`] at first (ppoll(2), which does not round that up to
+//! at most [`RING_RECHECK`] at first (ppoll(2), which does not round that up to
 //! a millisecond), looks at the ring again, and only then sleeps as long as
 //! it likes: by then any later reply sees its flag. For the same reason, and
 //! because each counter must move in one store, the ring is made only on
@@ -41,6 +41,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 
 use super::child::poll;
+use crate::tuning::RING_RECHECK;
 
 // The child's side states these as the RING_* of python/protocol.py;
 // tests/python/test_protocol.py checks that both say the same.
@@ -55,9 +56,6 @@ const DATA: usize = 4096;
 
 /// The ring's size; a reply larger than it crosses in pieces.
 pub(crate) const RING_SIZE: usize = 1 << 20;
-
-/// How long a parent sleeps before it looks at the ring once more.
-const RECHECK: Duration = crate::tuning::RING_RECHECK;
 
 /// What [`ReplyRing::child_at`] finds.
 pub(crate) enum ChildAt {
@@ -241,11 +239,11 @@ impl ReplyRing {
         let waiting = self.counter(WAITING);
         waiting.store(1, Ordering::SeqCst);
         if !self.pending() {
-            let first = limit.map_or(RECHECK, |limit| limit.min(RECHECK));
+            let first = limit.map_or(RING_RECHECK, |limit| limit.min(RING_RECHECK));
             poll_precisely(fds, first);
             let woken = fds.iter().any(|fd| fd.revents != 0);
-            if !woken && !self.pending() && limit.is_none_or(|limit| limit > RECHECK) {
-                poll(fds, limit.map(|limit| limit - RECHECK));
+            if !woken && !self.pending() && limit.is_none_or(|limit| limit > RING_RECHECK) {
+                poll(fds, limit.map(|limit| limit - RING_RECHECK));
             }
         }
         waiting.store(0, Ordering::SeqCst);
