@@ -7,6 +7,8 @@ compile_error!(
 );
 
 mod builder;
+#[allow(dead_code)]
+mod call;
 mod command;
 mod config;
 mod error;
