@@ -7,7 +7,6 @@ compile_error!(
 );
 
 mod builder;
-#[allow(dead_code)]
 mod call;
 mod command;
 mod config;
@@ -37,6 +36,7 @@ pub mod fuzzing {
 mod worker_source;
 
 pub use builder::PyRunnerBuilder;
+pub use call::{Call, CallFuture, Exec};
 pub use config::Backend;
 pub use error::PyRunnerError;
 #[cfg(feature = "subprocess")]

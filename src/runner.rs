@@ -7,7 +7,8 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::builder::PyRunnerBuilder;
-use crate::command::{block_on, user_limit, CommandQueue, Reply, Request, Submission};
+use crate::call::{Call, Exec};
+use crate::command::{block_on, user_limit, value_of, CommandQueue, Reply, Request, Submission};
 use crate::config::Backend;
 use crate::error::PyRunnerError;
 
@@ -125,10 +126,20 @@ impl PyRunner {
     }
 
     pub(crate) async fn send(&self, request: Request) -> Reply {
+        self.send_limited(request, self.timeout).await
+    }
+
+    /// [`send`](Self::send) with this limit instead of the handle's.
+    pub(crate) async fn send_limited(&self, request: Request, limit: Option<Duration>) -> Reply {
         if let Some(err) = &self.shared.failed {
             return Err(err.clone());
         }
-        Submission::new(self.shared.queue.clone(), request, self.timeout).await
+        Submission::new(self.shared.queue.clone(), request, limit).await
+    }
+
+    /// The limit of this handle's commands.
+    pub(crate) fn limit(&self) -> Option<Duration> {
+        self.timeout
     }
 
     /// [`send`](Self::send), with `follow` attached to the job (see
@@ -137,12 +148,13 @@ impl PyRunner {
     pub(crate) async fn send_following(
         &self,
         request: Request,
+        limit: Option<Duration>,
         follow: crate::command::Follow,
     ) -> Reply {
         if let Some(err) = &self.shared.failed {
             return Err(err.clone());
         }
-        Submission::following(self.shared.queue.clone(), request, self.timeout, follow).await
+        Submission::following(self.shared.queue.clone(), request, limit, follow).await
     }
 
     /// Queues the request at once (see [`Submission::queued`]); the reply
@@ -172,6 +184,27 @@ impl PyRunner {
         .map(drop)
     }
 
+    /// `run` with options: a per-command limit (`.timeout(d)`), finished by
+    /// `.await` or the blocking `.wait()`.
+    ///
+    /// ```no_run
+    /// # async fn demo(runner: async_py::PyRunner) -> Result<(), async_py::PyRunnerError> {
+    /// use std::time::Duration;
+    /// runner.exec("import json").timeout(Duration::from_secs(5)).await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn exec(&self, code: &str) -> Exec<'_> {
+        Exec::new(self, code)
+    }
+
+    /// Starts a call of the function `name` (dotted, as in
+    /// [`call_function`](Self::call_function)): arguments of any serde
+    /// type, keyword arguments, a limit for this call and a typed result.
+    /// See [`Call`].
+    pub fn call(&self, name: &str) -> Call<'_> {
+        Call::on_runner(self, name)
+    }
+
     /// Runs a Python file in the runner's globals, with the file's folder
     /// first on `sys.path`.
     pub async fn run_file(&self, path: impl AsRef<Path>) -> Result<(), PyRunnerError> {
@@ -181,15 +214,17 @@ impl PyRunner {
 
     /// Evaluates one expression and returns its value.
     pub async fn eval(&self, expr: &str) -> Result<Value, PyRunnerError> {
-        self.send(Request::eval(expr)).await
+        value_of(self.send(Request::eval(expr)).await)
     }
 
     /// Reads a global, or an attribute path below one (`"config.db.port"`).
     pub async fn read_variable(&self, name: &str) -> Result<Value, PyRunnerError> {
-        self.send(Request::ReadVariable {
-            name: name.to_owned(),
-        })
-        .await
+        value_of(
+            self.send(Request::ReadVariable {
+                name: name.to_owned(),
+            })
+            .await,
+        )
     }
 
     /// Calls a function by (dotted) name. An `async def` function returns its
@@ -200,7 +235,7 @@ impl PyRunner {
         name: &str,
         args: Vec<Value>,
     ) -> Result<Value, PyRunnerError> {
-        self.send(Request::call(name, args)?).await
+        value_of(self.send(Request::call(name, args)?).await)
     }
 
     /// Calls a function and awaits the coroutine it returns on the runner's
@@ -211,7 +246,7 @@ impl PyRunner {
         name: &str,
         args: Vec<Value>,
     ) -> Result<Value, PyRunnerError> {
-        self.send(Request::call_async(name, args)?).await
+        value_of(self.send(Request::call_async(name, args)?).await)
     }
 
     /// Puts a venv's site-packages, and the paths its `.pth` files name, first

@@ -1,7 +1,411 @@
 //! One builder for a call: positional and keyword arguments of any serde
-//! type, a per-call limit, and a typed result.
+//! type, a limit for this call alone, and a typed result.
 
 pub(crate) mod pack;
 
-#[allow(unused_imports)]
+use std::any::{Any, TypeId};
+use std::fmt;
+use std::future::{Future, IntoFuture};
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::Value;
+
 pub(crate) use pack::Packed;
+
+use crate::command::{block_on, user_limit, Answer, Invoke, Readers, Reply, Request, Returns};
+use crate::error::PyRunnerError;
+#[cfg(feature = "subprocess")]
+use crate::pool::{block_on_pool, Admission, PyPool};
+use crate::runner::PyRunner;
+
+/// Where a call goes.
+#[derive(Clone, Copy)]
+enum Target<'a> {
+    Runner(&'a PyRunner),
+    #[cfg(feature = "subprocess")]
+    Pool(&'a PyPool),
+}
+
+/// A call being put together: made by [`PyRunner::call`] or
+/// [`PyPool::call`], finished by `.await` or [`wait`](Call::wait).
+///
+/// ```no_run
+/// # async fn demo(runner: async_py::PyRunner) -> Result<(), async_py::PyRunnerError> {
+/// use std::time::Duration;
+///
+/// #[derive(serde::Deserialize)]
+/// struct Row {
+///     name: String,
+///     score: f64,
+/// }
+///
+/// let rows: Vec<Row> = runner
+///     .call("report.top")               // a function, by dotted name
+///     .arg("physics")                   // one positional argument (any serde type)
+///     .args((10, true))                 // one positional argument per element
+///     .kwarg("order", "desc")           // one keyword argument
+///     .kwargs(serde_json::json!({"min": 0.5}))  // one per entry of a map or field of a struct
+///     .timeout(Duration::from_secs(5))  // this call only, instead of the runner's limit
+///     .returns::<Vec<Row>>()            // the result's type (default: `Value`)
+///     .await?;
+/// # Ok(()) }
+/// ```
+///
+/// - Arguments are packed when they are given; one that cannot be (an
+///   integer past 64 bits, `args` of something that is not a sequence,
+///   `kwargs` of something that is not a map or struct) makes the call
+///   fail with [`PyRunnerError::Conversion`] naming the argument when it
+///   is finished. Builders never panic.
+/// - Values cross by the value table (see the crate docs). A serde byte
+///   string (`serde_bytes::ByteBuf`, `bytes::Bytes`) becomes Python
+///   `bytes`, and `bytes`, `bytearray` or `memoryview` returned into a serde
+///   byte type arrive as bytes. Only a `Value` result turns bytes into an
+///   array of numbers.
+/// - A result that does not fit the type is a `Conversion` error naming
+///   where: `"[2].name: invalid type: string \"x\", expected u32"`.
+/// - A function that returns an awaitable (an `async def`'s coroutine, a
+///   `Future`, a `Task`) is awaited on the runner's event loop, as
+///   [`call_async_function`](PyRunner::call_async_function) does
+///   (RustPython: `Unsupported`). A generator result is a `Conversion`
+///   error.
+///
+/// # Cancellation
+/// Dropping the future of an unfinished call cancels it: a call not yet
+/// started never starts; a coroutine it started gets `CancelledError` at
+/// its await point (its `finally` runs), in-process and in a child alike;
+/// synchronous Python code that is running finishes, and the next command
+/// waits for it.
+#[must_use = "a call does nothing until it is awaited or `.wait()`ed"]
+pub struct Call<'a, R = Value> {
+    target: Target<'a>,
+    name: String,
+    args: Packed,
+    kwargs: Packed,
+    /// `Some`: this call's limit instead of the handle's (`Some(None)`: none).
+    limit: Option<Option<Duration>>,
+    /// The first argument that could not be packed.
+    error: Option<PyRunnerError>,
+    returns: PhantomData<fn() -> R>,
+}
+
+impl<R> fmt::Debug for Call<'_, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Call")
+            .field("name", &self.name)
+            .field("args", &self.args.count)
+            .field("kwargs", &self.kwargs.count)
+            .field("limit", &self.limit)
+            .field("error", &self.error)
+            .finish()
+    }
+}
+
+impl<'a> Call<'a, Value> {
+    pub(crate) fn on_runner(runner: &'a PyRunner, name: &str) -> Self {
+        Call::new(Target::Runner(runner), name)
+    }
+
+    #[cfg(feature = "subprocess")]
+    pub(crate) fn on_pool(pool: &'a PyPool, name: &str) -> Self {
+        Call::new(Target::Pool(pool), name)
+    }
+
+    fn new(target: Target<'a>, name: &str) -> Self {
+        Call {
+            target,
+            name: name.to_owned(),
+            args: Packed::default(),
+            kwargs: Packed::default(),
+            limit: None,
+            error: None,
+            returns: PhantomData,
+        }
+    }
+}
+
+impl<'a, R> Call<'a, R> {
+    /// Adds one positional argument.
+    pub fn arg<T: Serialize + ?Sized>(mut self, value: &T) -> Self {
+        if self.error.is_none() {
+            let position = self.args.count + 1;
+            if let Err(why) = self.args.push(value) {
+                self.fail(format!("argument {position}: {why}"));
+            }
+        }
+        self
+    }
+
+    /// Adds one positional argument per element of a tuple, array or
+    /// `Vec` (`()` adds none).
+    pub fn args<T: Serialize + ?Sized>(mut self, values: &T) -> Self {
+        if self.error.is_none() {
+            if let Err(why) = self.args.spread(values) {
+                self.fail(format!("args: {why}"));
+            }
+        }
+        self
+    }
+
+    /// Adds one keyword argument.
+    pub fn kwarg<T: Serialize + ?Sized>(mut self, name: &str, value: &T) -> Self {
+        if self.error.is_none() {
+            if self.kwargs.names().any(|given| given == name) {
+                self.fail(format!("keyword argument '{name}' given twice"));
+            } else if let Err(why) = self.kwargs.push_named(name, value) {
+                self.fail(format!("keyword argument '{name}': {why}"));
+            }
+        }
+        self
+    }
+
+    /// Adds one keyword argument per entry of a map (whose keys are
+    /// strings) or field of a struct.
+    pub fn kwargs<T: Serialize + ?Sized>(mut self, values: &T) -> Self {
+        if self.error.is_none() {
+            let before = self.kwargs.count;
+            match self.kwargs.spread_named(values) {
+                Err(why) => self.fail(format!("kwargs: {why}")),
+                Ok(()) if before > 0 || self.kwargs.count > 1 => self.check_names_once(),
+                Ok(()) => {}
+            }
+        }
+        self
+    }
+
+    /// The limit of this call alone, instead of the runner's or pool's
+    /// (`Duration::MAX`: none). A zero limit times out without running it.
+    pub fn timeout(mut self, limit: Duration) -> Self {
+        self.limit = Some(user_limit(limit));
+        self
+    }
+
+    /// Reads the result into `T` instead of a `Value`.
+    pub fn returns<T>(self) -> Call<'a, T>
+    where
+        T: DeserializeOwned + Send + 'static,
+    {
+        Call {
+            target: self.target,
+            name: self.name,
+            args: self.args,
+            kwargs: self.kwargs,
+            limit: self.limit,
+            error: self.error,
+            returns: PhantomData,
+        }
+    }
+
+    fn fail(&mut self, why: String) {
+        self.error = Some(PyRunnerError::Conversion(why));
+    }
+
+    fn check_names_once(&mut self) {
+        let names: Vec<&str> = self.kwargs.names().collect();
+        for (at, name) in names.iter().enumerate() {
+            if names[..at].contains(name) {
+                let why = format!("keyword argument '{name}' given twice");
+                self.fail(why);
+                return;
+            }
+        }
+    }
+}
+
+impl<'a, R> Call<'a, R>
+where
+    R: DeserializeOwned + Send + 'static,
+{
+    /// Finishes the call and blocks until it is answered: the blocking twin
+    /// of `.await`, safe in any context, inside a tokio runtime or not.
+    pub fn wait(self) -> Result<R, PyRunnerError> {
+        match self.target {
+            Target::Runner(_) => block_on(self.finish(Admission::Skip)),
+            #[cfg(feature = "subprocess")]
+            Target::Pool(_) => block_on_pool(self.finish(Admission::Skip)),
+        }
+    }
+
+    fn finish(self, admission: Admission) -> CallFuture<'a, R> {
+        let request = match self.error {
+            Some(err) => Err(err),
+            None => Ok(Request::Invoke(Box::new(Invoke {
+                name: self.name,
+                args: self.args,
+                kwargs: self.kwargs,
+                returns: returns_of::<R>(),
+            }))),
+        };
+        let (target, limit) = (self.target, self.limit);
+        CallFuture {
+            reply: Box::pin(async move {
+                let request = request?;
+                let reply = match target {
+                    Target::Runner(runner) => {
+                        let limit = limit.unwrap_or_else(|| runner.limit());
+                        runner.send_limited(request, limit).await
+                    }
+                    #[cfg(feature = "subprocess")]
+                    Target::Pool(pool) => pool.dispatch_limited(request, admission, limit).await,
+                };
+                #[cfg(not(feature = "subprocess"))]
+                let _ = admission;
+                reply
+            }),
+            returns: PhantomData,
+        }
+    }
+}
+
+#[cfg(not(feature = "subprocess"))]
+#[derive(Clone, Copy)]
+enum Admission {
+    Wait,
+    Skip,
+}
+
+impl<'a, R> IntoFuture for Call<'a, R>
+where
+    R: DeserializeOwned + Send + 'static,
+{
+    type Output = Result<R, PyRunnerError>;
+    type IntoFuture = CallFuture<'a, R>;
+
+    fn into_future(self) -> CallFuture<'a, R> {
+        self.finish(Admission::Wait)
+    }
+}
+
+/// The future of a [`Call`]. Dropping it before it is ready cancels the
+/// call (see [`Call`], "Cancellation").
+#[must_use = "futures do nothing unless polled"]
+pub struct CallFuture<'a, R> {
+    reply: Pin<Box<dyn Future<Output = Reply> + Send + 'a>>,
+    returns: PhantomData<fn() -> R>,
+}
+
+impl<R> fmt::Debug for CallFuture<'_, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("CallFuture")
+    }
+}
+
+impl<R> Future for CallFuture<'_, R>
+where
+    R: DeserializeOwned + Send + 'static,
+{
+    type Output = Result<R, PyRunnerError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.reply
+            .as_mut()
+            .poll(cx)
+            .map(|reply| read_answer(reply?))
+    }
+}
+
+/// How a result of type `R` is read: a `Value` by the value table, any
+/// other type with bytes kept.
+fn returns_of<R: DeserializeOwned + Send + 'static>() -> Returns {
+    if TypeId::of::<R>() == TypeId::of::<Value>() {
+        Returns::Value
+    } else {
+        Returns::Typed(Readers::of::<R>())
+    }
+}
+
+/// The answer as an `R`.
+fn read_answer<R: DeserializeOwned + 'static>(answer: Answer) -> Result<R, PyRunnerError> {
+    match answer {
+        Answer::Value(value) => {
+            let value: Box<dyn Any> = Box::new(value);
+            match value.downcast::<R>() {
+                Ok(result) => Ok(*result),
+                // Not asked for: `returns_of` sends every other type typed.
+                Err(value) => {
+                    let value = value.downcast::<Value>().map(|v| *v).unwrap_or_default();
+                    serde_path_to_error::deserialize(value)
+                        .map_err(|err| PyRunnerError::Conversion(at_path(&err)))
+                }
+            }
+        }
+        Answer::Packed(bytes) => {
+            let mut packed = rmp_serde::Deserializer::from_read_ref(&bytes);
+            serde_path_to_error::deserialize(&mut packed)
+                .map_err(|err| PyRunnerError::Conversion(at_path(&err)))
+        }
+        Answer::Typed(result) => result.downcast::<R>().map(|result| *result).map_err(|_| {
+            PyRunnerError::Conversion(format!(
+                "the backend read a result that is not a {}",
+                std::any::type_name::<R>()
+            ))
+        }),
+    }
+}
+
+fn at_path<E: fmt::Display>(err: &serde_path_to_error::Error<E>) -> String {
+    // Merged with the in-process readers' helper once they land.
+    let path = err.path().to_string();
+    if path == "." {
+        err.inner().to_string()
+    } else {
+        format!("{path}: {}", err.inner())
+    }
+}
+
+/// `run` with options, made by [`PyRunner::exec`]; finished by `.await` or
+/// [`wait`](Exec::wait).
+#[must_use = "an exec does nothing until it is awaited or `.wait()`ed"]
+#[derive(Debug)]
+pub struct Exec<'a> {
+    runner: &'a PyRunner,
+    code: String,
+    limit: Option<Option<Duration>>,
+}
+
+impl<'a> Exec<'a> {
+    pub(crate) fn new(runner: &'a PyRunner, code: &str) -> Self {
+        Exec {
+            runner,
+            code: code.to_owned(),
+            limit: None,
+        }
+    }
+
+    /// The limit of this command alone, instead of the runner's
+    /// (`Duration::MAX`: none).
+    pub fn timeout(mut self, limit: Duration) -> Self {
+        self.limit = Some(user_limit(limit));
+        self
+    }
+
+    /// Runs the code and blocks until it has run: the blocking twin of
+    /// `.await`, safe in any context.
+    pub fn wait(self) -> Result<(), PyRunnerError> {
+        block_on(self.into_future())
+    }
+}
+
+impl<'a> IntoFuture for Exec<'a> {
+    type Output = Result<(), PyRunnerError>;
+    type IntoFuture = Pin<Box<dyn Future<Output = Result<(), PyRunnerError>> + Send + 'a>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        let Exec {
+            runner,
+            code,
+            limit,
+        } = self;
+        Box::pin(async move {
+            let limit = limit.unwrap_or_else(|| runner.limit());
+            runner
+                .send_limited(Request::Run { code }, limit)
+                .await
+                .map(drop)
+        })
+    }
+}

@@ -27,7 +27,10 @@ use crate::error::PyRunnerError;
 pub(crate) use queue::{CommandQueue, Drive};
 #[cfg(feature = "subprocess")]
 pub(crate) use request::Follow;
-pub(crate) use request::{path_arg, user_limit, Job, PathArg, Request, NO_LIMIT_PAST};
+pub(crate) use request::{
+    path_arg, user_limit, CancelTarget, Invoke, Job, PathArg, Readers, Request, Returns,
+    NO_LIMIT_PAST,
+};
 pub(crate) use serve::start_backend_thread;
 #[cfg(any(feature = "pyo3", feature = "rustpython"))]
 pub(crate) use serve::{prepare_in_process, Serve};
@@ -35,7 +38,58 @@ pub(crate) use slot::{ReplySlot, Responder};
 pub(crate) use submission::Submission;
 
 /// The outcome of one command.
-pub(crate) type Reply = Result<Value, PyRunnerError>;
+pub(crate) type Reply = Result<Answer, PyRunnerError>;
+
+/// What a command that succeeded answers.
+pub(crate) enum Answer {
+    /// By the value table.
+    Value(Value),
+    /// A typed call's result as the child packed it (MessagePack, bytes as
+    /// bin), read into its type by the caller.
+    #[cfg_attr(not(feature = "subprocess"), allow(dead_code))]
+    Packed(Vec<u8>),
+    /// A typed call's result, read into its type by an in-process backend.
+    #[cfg_attr(not(any(feature = "pyo3", feature = "rustpython")), allow(dead_code))]
+    Typed(Box<dyn std::any::Any + Send>),
+}
+
+impl Answer {
+    /// The answer of a command that returns nothing or a `Value`.
+    pub fn into_value(self) -> Result<Value, PyRunnerError> {
+        match self {
+            Answer::Value(value) => Ok(value),
+            _ => Err(PyRunnerError::Protocol(
+                "a typed answer to a command that returns a Value".into(),
+            )),
+        }
+    }
+}
+
+impl std::fmt::Debug for Answer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Answer::Value(value) => f.debug_tuple("Value").field(value).finish(),
+            Answer::Packed(bytes) => f.debug_tuple("Packed").field(&bytes.len()).finish(),
+            Answer::Typed(_) => f.write_str("Typed"),
+        }
+    }
+}
+
+/// Typed answers, which cannot be compared, are never equal.
+impl PartialEq for Answer {
+    fn eq(&self, other: &Answer) -> bool {
+        match (self, other) {
+            (Answer::Value(a), Answer::Value(b)) => a == b,
+            (Answer::Packed(a), Answer::Packed(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
+/// A reply's `Value`, for the commands that answer one.
+pub(crate) fn value_of(reply: Reply) -> Result<Value, PyRunnerError> {
+    reply?.into_value()
+}
 
 /// Wakes a parked thread; the flag keeps a wake that comes early from being lost.
 struct ThreadWaker {

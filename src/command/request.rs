@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::Responder;
+use super::{ReplySlot, Responder};
+use crate::call::Packed;
 use crate::error::PyRunnerError;
 use crate::value::checked_args;
 
@@ -69,6 +70,12 @@ pub(crate) enum Request {
     SetVenv {
         dir: PathBuf,
     },
+    /// A call made with the call builder (`PyRunner::call`).
+    Invoke(Box<Invoke>),
+    /// The caller of the command answered in this slot dropped its future:
+    /// a coroutine it started is cancelled. Sent by the drop, answered by
+    /// no one.
+    Cancel(CancelTarget),
     Stop,
     /// A pool's `run`: entry `index` of its replay log (see `pool::replay`).
     #[cfg_attr(not(feature = "subprocess"), allow(dead_code))]
@@ -101,6 +108,73 @@ impl Request {
             name: name.to_owned(),
             args: checked_args(args)?,
         })
+    }
+}
+
+/// A call of the call builder: arguments packed on the caller's thread,
+/// and how its result is read.
+#[derive(Debug, Clone)]
+pub(crate) struct Invoke {
+    pub name: String,
+    pub args: Packed,
+    pub kwargs: Packed,
+    pub returns: Returns,
+}
+
+/// How a call's result is read.
+#[derive(Clone, Copy)]
+pub(crate) enum Returns {
+    /// By the value table, into a `Value` (bytes become arrays of numbers).
+    Value,
+    /// Into a serde type, bytes kept as bytes; the in-process backends read
+    /// it with these.
+    Typed(Readers),
+}
+
+impl std::fmt::Debug for Returns {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Returns::Value => "Value",
+            Returns::Typed(_) => "Typed",
+        })
+    }
+}
+
+/// Readers of one serde type from a Python object, one per in-process
+/// backend, with the type erased (`Box<dyn Any + Send>` holds it).
+#[derive(Clone, Copy)]
+pub(crate) struct Readers {
+    #[cfg(feature = "pyo3")]
+    pub pyo3: crate::pyo3_backend::ReadTyped,
+    #[cfg(feature = "rustpython")]
+    pub rustpython: crate::rustpython_backend::ReadTyped,
+}
+
+impl Readers {
+    pub fn of<T: serde::de::DeserializeOwned + Send + 'static>() -> Readers {
+        Readers {
+            #[cfg(feature = "pyo3")]
+            pyo3: crate::pyo3_backend::read_typed::<T>,
+            #[cfg(feature = "rustpython")]
+            rustpython: crate::rustpython_backend::read_typed::<T>,
+        }
+    }
+}
+
+/// The reply slot of a command whose caller gave up (see [`Request::Cancel`]).
+#[derive(Clone)]
+pub(crate) struct CancelTarget(pub std::sync::Arc<ReplySlot>);
+
+impl std::fmt::Debug for CancelTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CancelTarget")
+    }
+}
+
+impl CancelTarget {
+    /// Whether `reply` answers the command this cancel is for.
+    pub fn is_for(&self, reply: &Responder) -> bool {
+        std::sync::Arc::ptr_eq(&self.0, reply.slot())
     }
 }
 

@@ -9,7 +9,7 @@ use std::thread;
 use serde_json::Value;
 
 #[cfg(any(feature = "pyo3", feature = "rustpython"))]
-use super::{CommandQueue, Job, Request};
+use super::{Answer, CommandQueue, Job, Request};
 use crate::error::PyRunnerError;
 
 /// An in-process backend's thread: it runs its queue's commands one at a
@@ -45,7 +45,7 @@ pub(crate) trait Serve {
                 if matches!(job.request, Request::Stop) {
                     drop(batch);
                     self.shut_down();
-                    job.reply.send(Ok(Value::Null));
+                    job.reply.send(Ok(Answer::Value(Value::Null)));
                     return;
                 }
                 self.execute(job);

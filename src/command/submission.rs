@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 #[cfg(feature = "subprocess")]
 use super::Follow;
-use super::{CommandQueue, Drive, Job, Reply, ReplySlot, Request, Responder};
+use super::{CancelTarget, CommandQueue, Drive, Job, Reply, ReplySlot, Request, Responder};
 use crate::error::PyRunnerError;
 use crate::tuning::{CALLER_SPIN, HOLD_WAKES};
 
@@ -70,6 +70,8 @@ pub(crate) struct Submission {
     /// The token of the driver's seat, while this caller holds it (also
     /// parked between polls).
     seat: Option<u64>,
+    /// The command may run as a coroutine, which a drop cancels.
+    cancellable: bool,
 }
 
 impl Submission {
@@ -77,6 +79,10 @@ impl Submission {
         let slot = Arc::new(ReplySlot::default());
         // Coroutines take at least one loop turn; spinning for them only burns CPU.
         let spin = !matches!(request, Request::CallAsyncFunction { .. });
+        let cancellable = matches!(
+            request,
+            Request::CallAsyncFunction { .. } | Request::Invoke(_)
+        );
         let mut job = Some(Job {
             request,
             reply: Responder(slot.clone()),
@@ -96,6 +102,7 @@ impl Submission {
             spin,
             driver: None,
             seat: None,
+            cancellable,
         }
     }
 
@@ -270,8 +277,21 @@ impl Drop for Submission {
     fn drop(&mut self) {
         // Given back on every way out, unwinding included.
         self.leave_seat();
-        if !self.slot.is_ready() {
-            self.slot.abandoned.store(true, Ordering::Relaxed);
+        if self.slot.is_ready() {
+            return;
+        }
+        self.slot.abandoned.store(true, Ordering::Relaxed);
+        // A job still held here never went out; one that did may be a
+        // coroutine by now, which its backend cancels.
+        if self.cancellable && self.job.is_none() {
+            let cancel = Job {
+                request: Request::Cancel(CancelTarget(self.slot.clone())),
+                reply: Responder(Arc::new(ReplySlot::default())),
+                timeout: None,
+                follow: None,
+            };
+            // Refused, the backend has ended: nothing of the call runs.
+            let _ = self.queue.push(cancel);
         }
     }
 }

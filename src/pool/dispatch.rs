@@ -12,7 +12,7 @@ use super::worker::{Charge, Slot, Worker, WorkerState};
 use super::{Inner, PyPool};
 use serde_json::Value;
 
-use crate::command::{Job, Reply, Request};
+use crate::command::{value_of, Job, Reply, Request};
 use crate::error::PyRunnerError;
 use crate::tuning::MAP_QUEUED;
 
@@ -25,7 +25,7 @@ pub(super) const MAP_WINDOW_MIN: usize = 2;
 
 /// How a call gets its place among the calls admitted to the pool.
 #[derive(Clone, Copy)]
-pub(super) enum Admission {
+pub(crate) enum Admission {
     /// Waits its turn for a place.
     Wait,
     /// Takes a place if one is free, else goes without: for the `_sync`
@@ -99,6 +99,17 @@ impl Inner {
 
 impl PyPool {
     pub(super) async fn dispatch(&self, request: Request, admission: Admission) -> Reply {
+        self.dispatch_limited(request, admission, None).await
+    }
+
+    /// [`dispatch`](Self::dispatch); `limit`, when given, instead of the
+    /// pool's own (`Some(None)`: no limit).
+    pub(crate) async fn dispatch_limited(
+        &self,
+        request: Request,
+        admission: Admission,
+        limit: Option<Option<std::time::Duration>>,
+    ) -> Reply {
         let _admitted = match admission {
             Admission::Wait => match self.inner.admission.acquire().await {
                 Ok(permit) => Some(permit),
@@ -112,7 +123,11 @@ impl PyPool {
         };
         let charge = self.inner.pick();
         let (_, worker) = charge.holder();
-        let reply = worker.runner.send_following(request, charge.clone()).await;
+        let limit = limit.unwrap_or_else(|| worker.runner.limit());
+        let reply = worker
+            .runner
+            .send_following(request, limit, charge.clone())
+            .await;
         if !matches!(reply, Err(PyRunnerError::Stopped)) {
             // The worker that answered: another one, if the call moved.
             let (index, worker) = charge.holder();
@@ -126,10 +141,11 @@ impl PyPool {
         name: &str,
         inputs: Vec<Vec<Value>>,
         admission: Admission,
-    ) -> Vec<Reply> {
+    ) -> Vec<Result<Value, PyRunnerError>> {
         let calls = inputs.into_iter().map(|args| {
-            Box::pin(async move { self.dispatch(Request::call(name, args)?, admission).await })
-                as BoxedCall<'_, Reply>
+            Box::pin(
+                async move { value_of(self.dispatch(Request::call(name, args)?, admission).await) },
+            ) as BoxedCall<'_, Result<Value, PyRunnerError>>
         });
         let workers = self.workers();
         let (least, most) = (workers * MAP_WINDOW_MIN, workers * ADMITTED_PER_WORKER);

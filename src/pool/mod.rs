@@ -23,13 +23,14 @@ use serde_json::Value;
 use tokio::sync::{watch, Semaphore};
 
 pub use builder::PyPoolBuilder;
-use dispatch::Admission;
+pub(crate) use dispatch::Admission;
 use join::{join_in_order, BoxedCall};
 use replay::ReplayLog;
 use worker::{Slot, Worker};
 
 use crate::builder::PyRunnerBuilder;
-use crate::command::{block_on, Reply, Request};
+use crate::call::Call;
+use crate::command::{block_on, value_of, Request};
 use crate::error::PyRunnerError;
 use crate::runner::PyRunner;
 use crate::subprocess::Zygote;
@@ -181,7 +182,7 @@ impl PyPool {
 
     /// Evaluates one expression on one worker.
     pub async fn eval(&self, expr: &str) -> Result<Value, PyRunnerError> {
-        self.dispatch(Request::eval(expr), Admission::Wait).await
+        value_of(self.dispatch(Request::eval(expr), Admission::Wait).await)
     }
 
     /// Calls a function by (dotted) name on one worker.
@@ -190,8 +191,10 @@ impl PyPool {
         name: &str,
         args: Vec<Value>,
     ) -> Result<Value, PyRunnerError> {
-        self.dispatch(Request::call(name, args)?, Admission::Wait)
-            .await
+        value_of(
+            self.dispatch(Request::call(name, args)?, Admission::Wait)
+                .await,
+        )
     }
 
     /// Calls a function on one worker and awaits the coroutine it returns
@@ -201,13 +204,27 @@ impl PyPool {
         name: &str,
         args: Vec<Value>,
     ) -> Result<Value, PyRunnerError> {
-        self.dispatch(Request::call_async(name, args)?, Admission::Wait)
-            .await
+        value_of(
+            self.dispatch(Request::call_async(name, args)?, Admission::Wait)
+                .await,
+        )
+    }
+
+    /// Starts a call of the function `name` on one worker, dispatched like
+    /// [`call_function`](Self::call_function): arguments of any serde type,
+    /// keyword arguments, a limit for this call and a typed result. See
+    /// [`Call`].
+    pub fn call(&self, name: &str) -> Call<'_> {
+        Call::on_pool(self, name)
     }
 
     /// Calls `name` once per argument list, spread over the workers; one
     /// result per input, in input order, each failure in its own slot.
-    pub async fn map(&self, name: &str, inputs: Vec<Vec<Value>>) -> Vec<Reply> {
+    pub async fn map(
+        &self,
+        name: &str,
+        inputs: Vec<Vec<Value>>,
+    ) -> Vec<Result<Value, PyRunnerError>> {
         self.map_admitted(name, inputs, Admission::Wait).await
     }
 
@@ -276,14 +293,18 @@ impl PyPool {
 
     /// Blocking twin of [`eval`](Self::eval).
     pub fn eval_sync(&self, expr: &str) -> Result<Value, PyRunnerError> {
-        block_on_pool(self.dispatch(Request::eval(expr), Admission::Skip))
+        value_of(block_on_pool(
+            self.dispatch(Request::eval(expr), Admission::Skip),
+        ))
     }
 
     /// Blocking twin of [`call_function`](Self::call_function).
     pub fn call_function_sync(&self, name: &str, args: Vec<Value>) -> Result<Value, PyRunnerError> {
         block_on_pool(async {
-            self.dispatch(Request::call(name, args)?, Admission::Skip)
-                .await
+            value_of(
+                self.dispatch(Request::call(name, args)?, Admission::Skip)
+                    .await,
+            )
         })
     }
 
@@ -294,13 +315,19 @@ impl PyPool {
         args: Vec<Value>,
     ) -> Result<Value, PyRunnerError> {
         block_on_pool(async {
-            self.dispatch(Request::call_async(name, args)?, Admission::Skip)
-                .await
+            value_of(
+                self.dispatch(Request::call_async(name, args)?, Admission::Skip)
+                    .await,
+            )
         })
     }
 
     /// Blocking twin of [`map`](Self::map).
-    pub fn map_sync(&self, name: &str, inputs: Vec<Vec<Value>>) -> Vec<Reply> {
+    pub fn map_sync(
+        &self,
+        name: &str,
+        inputs: Vec<Vec<Value>>,
+    ) -> Vec<Result<Value, PyRunnerError>> {
         block_on_pool(self.map_admitted(name, inputs, Admission::Skip))
     }
 
@@ -315,6 +342,6 @@ impl PyPool {
 /// the budget of the tokio task they run in and, once it is spent, ask to be
 /// polled later; a twin called inside a task never hands back to the
 /// runtime to refill it, so without this it would spin there.
-fn block_on_pool<F: Future>(future: F) -> F::Output {
+pub(crate) fn block_on_pool<F: Future>(future: F) -> F::Output {
     block_on(tokio::task::unconstrained(future))
 }

@@ -12,7 +12,7 @@ use super::dispatch::ADMITTED_PER_WORKER;
 use super::recycle::Joining;
 use super::replay::ReplayLog;
 use super::Inner;
-use crate::command::{CommandQueue, Job, Request};
+use crate::command::{Answer, CommandQueue, Job, Request};
 use crate::config::{Backend, RunnerConfig};
 use crate::error::PyRunnerError;
 use crate::runner::PyRunner;
@@ -276,7 +276,7 @@ impl Companion for PoolLink {
             let reply = shares
                 .replay_errors
                 .remove(&index)
-                .map_or(Ok(Value::Null), Err);
+                .map_or(Ok(Answer::Value(Value::Null)), Err);
             drop(shares);
             job.reply.send(reply);
             return None;
@@ -319,6 +319,7 @@ impl Companion for PoolLink {
                 | Request::ReadVariable { .. }
                 | Request::CallFunction { .. }
                 | Request::CallAsyncFunction { .. }
+                | Request::Invoke(_)
         );
         if !movable || job.reply.is_abandoned() {
             return Some(job);

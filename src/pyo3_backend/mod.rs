@@ -9,6 +9,7 @@
 
 mod convert;
 mod init;
+mod typed;
 mod watchdog;
 
 use std::collections::HashMap;
@@ -25,8 +26,8 @@ use pyo3::types::{PyBytes, PyDict, PyModule, PyString};
 use serde_json::Value;
 
 use crate::command::{
-    path_arg, prepare_in_process, start_backend_thread, CommandQueue, Job, PathArg, Reply, Request,
-    Responder, Serve,
+    path_arg, prepare_in_process, start_backend_thread, Answer, CancelTarget, CommandQueue, Invoke,
+    Job, PathArg, Reply, Request, Responder, Returns, Serve,
 };
 use crate::config::RunnerConfig;
 use crate::error::PyRunnerError;
@@ -72,10 +73,29 @@ impl Drop for CloseOnExit {
     }
 }
 
+/// How a typed call's result is read: into its type, by the value table
+/// with bytes kept (see `Readers` in `crate::command`).
+pub(crate) type ReadTyped = for<'py> fn(
+    &Bound<'py, PyAny>,
+    &Bound<'py, PyAny>,
+) -> Result<Box<dyn std::any::Any + Send>, ToValueError>;
+
+/// The [`ReadTyped`] of `T`.
+pub(crate) fn read_typed<'py, T>(
+    obj: &Bound<'py, PyAny>,
+    table_form: &Bound<'py, PyAny>,
+) -> Result<Box<dyn std::any::Any + Send>, ToValueError>
+where
+    T: serde::de::DeserializeOwned + Send + 'static,
+{
+    typed::from_python::<T>(obj, table_form).map(|value| Box::new(value) as _)
+}
+
 /// A coroutine call waiting for its task to finish.
 struct Awaiting {
     reply: Responder,
     timeout: Option<Duration>,
+    returns: Returns,
 }
 
 struct Worker<'py> {
@@ -224,9 +244,13 @@ impl Serve for Worker<'_> {
             timeout,
             ..
         } = job;
-        if let Request::CallAsyncFunction { name, args } = request {
-            self.start_coroutine(&name, &args, reply, timeout);
-            return;
+        match request {
+            Request::CallAsyncFunction { name, args } => {
+                return self.start_coroutine(&name, &args, reply, timeout)
+            }
+            Request::Invoke(invoke) => return self.invoke(*invoke, reply, timeout),
+            Request::Cancel(target) => return self.cancel(&target),
+            _ => {}
         }
         let mut started = self.watchdog.take();
         let armed =
@@ -260,12 +284,12 @@ impl<'py> Worker<'py> {
         match request {
             Request::Run { code } | Request::Broadcast { code, .. } => self
                 .run_helper(&self.helpers.run_code, &code)
-                .map(|_| Value::Null),
+                .map(|_| Answer::Value(Value::Null)),
             Request::RunFile { path } => self
                 .helpers
                 .run_file
                 .call1((self.path_arg(&path), &self.globals))
-                .map(|_| Value::Null)
+                .map(|_| Answer::Value(Value::Null))
                 .map_err(|err| self.python_error(err)),
             Request::Eval { expr } => {
                 let result = self.run_helper(&self.helpers.eval_expr, &expr)?;
@@ -281,11 +305,125 @@ impl<'py> Worker<'py> {
                 let result = function.call1(args).map_err(|err| self.python_error(err))?;
                 self.to_value(&result)
             }
-            Request::SetVenv { dir } => self.set_venv(&dir).map(|_| Value::Null),
-            Request::CallAsyncFunction { .. } | Request::Stop => {
+            Request::SetVenv { dir } => self.set_venv(&dir).map(|_| Answer::Value(Value::Null)),
+            Request::CallAsyncFunction { .. }
+            | Request::Invoke(_)
+            | Request::Cancel(_)
+            | Request::Stop => {
                 unreachable!("handled by serve and execute")
             }
         }
+    }
+
+    /// A call of the call builder: its function runs here, under the
+    /// command's limit; an awaitable it returns is awaited on the loop
+    /// with what is left of the limit.
+    fn invoke(&mut self, invoke: Invoke, reply: Responder, timeout: Option<Duration>) {
+        let started = Instant::now();
+        let mut watchdog = self.watchdog.take();
+        let armed =
+            crate::watchdog::arm(&mut watchdog, timeout, reply.slot(), || self.interrupter());
+        self.watchdog = watchdog;
+        let armed = match armed {
+            Ok(armed) => armed,
+            Err(err) => return reply.send(Err(err)),
+        };
+        let called = self.call_invoked(&invoke);
+        if let Some(armed) = armed {
+            watchdog::disarm(&armed, self.py);
+        }
+        let result = match called {
+            Ok(result) => result,
+            Err(err) => return reply.send(Err(err)),
+        };
+        if let Some(kind) = generator_kind(&result) {
+            return reply.send(Err(PyRunnerError::Conversion(format!(
+                "{} returned {kind}; read its items with .stream()",
+                invoke.name
+            ))));
+        }
+        if !is_awaitable(&result) {
+            return reply.send(self.read_result(&result, invoke.returns));
+        }
+        let left = timeout.map(|limit| limit.saturating_sub(started.elapsed()));
+        if left == Some(Duration::ZERO) {
+            // Closed unawaited, so that Python does not warn of it.
+            let _ = result.call_method0(intern!(self.py, "close"));
+            return reply.send(Err(PyRunnerError::Timeout(timeout.unwrap_or_default())));
+        }
+        let scheduled = self.driver().and_then(|driver| {
+            let token = self.next_token;
+            self.next_token += 1;
+            driver
+                .call_method1(
+                    intern!(self.py, "schedule"),
+                    (token, &result, left.map(|left| left.as_secs_f64())),
+                )
+                .map_err(|err| self.python_error(err))?;
+            Ok(token)
+        });
+        match scheduled {
+            Ok(token) => {
+                self.awaiting.insert(
+                    token,
+                    Awaiting {
+                        reply,
+                        timeout,
+                        returns: invoke.returns,
+                    },
+                );
+            }
+            Err(err) => reply.send(Err(err)),
+        }
+    }
+
+    /// Calls the function an invoke names with its arguments.
+    fn call_invoked(&self, invoke: &Invoke) -> Result<Bound<'py, PyAny>, PyRunnerError> {
+        let function = self
+            .resolve(&invoke.name)
+            .map_err(|err| self.python_error(err))?;
+        let args = typed::args_to_python(self.py, &invoke.args)?;
+        let kwargs = typed::kwargs_to_python(self.py, &invoke.kwargs)?;
+        function
+            .call(args, kwargs.as_ref())
+            .map_err(|err| self.python_error(err))
+    }
+
+    /// Cancels the coroutine of the command whose caller gave up, if one runs.
+    fn cancel(&mut self, target: &CancelTarget) {
+        let Some(token) = self
+            .awaiting
+            .iter()
+            .find(|(_, waiting)| target.is_for(&waiting.reply))
+            .map(|(token, _)| *token)
+        else {
+            return;
+        };
+        let Some(driver) = self.driver.clone() else {
+            return;
+        };
+        if let Err(err) = driver.call_method1(intern!(self.py, "cancel"), (token,)) {
+            err.write_unraisable(self.py, Some(&driver));
+        }
+    }
+
+    /// A result, read as the call asked.
+    fn read_result(&self, obj: &Bound<'py, PyAny>, returns: Returns) -> Reply {
+        let Returns::Typed(readers) = returns else {
+            return self.to_value(obj);
+        };
+        let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            (readers.pyo3)(obj, &self.helpers.table_form)
+        }));
+        let Ok(read) = read else {
+            return Err(PyRunnerError::Conversion(
+                "the value changed while it was being read".into(),
+            ));
+        };
+        read.map(Answer::Typed).map_err(|err| match err {
+            ToValueError::Python(err) => self.python_error(err),
+            ToValueError::Conversion(why) => PyRunnerError::Conversion(why),
+        })
     }
 
     fn run_helper(
@@ -347,7 +485,7 @@ impl<'py> Worker<'py> {
                 "the value changed while it was being read".into(),
             ));
         };
-        read.map_err(|err| match err {
+        read.map(Answer::Value).map_err(|err| match err {
             ToValueError::Python(err) => self.python_error(err),
             ToValueError::Conversion(why) => PyRunnerError::Conversion(why),
         })
@@ -424,7 +562,15 @@ impl<'py> Worker<'py> {
             Err(err) => reply.send(Err(err)),
             Ok((_, false, value)) => reply.send(self.to_value(&value)),
             Ok((token, true, _)) => {
-                self.awaiting.insert(token, Awaiting { reply, timeout });
+                let returns = Returns::Value;
+                self.awaiting.insert(
+                    token,
+                    Awaiting {
+                        reply,
+                        timeout,
+                        returns,
+                    },
+                );
             }
         }
     }
@@ -465,7 +611,7 @@ impl<'py> Worker<'py> {
                 continue;
             };
             let reply = if ok {
-                self.to_value(&value)
+                self.read_result(&value, waiting.returns)
             } else {
                 match (value.extract::<String>().ok().as_deref(), waiting.timeout) {
                     (Some("timeout"), Some(limit)) => Err(PyRunnerError::Timeout(limit)),
@@ -478,6 +624,34 @@ impl<'py> Worker<'py> {
             };
             waiting.reply.send(reply);
         }
+    }
+}
+
+/// "a generator" or "an async generator", for a result that is one.
+fn generator_kind(obj: &Bound<'_, PyAny>) -> Option<&'static str> {
+    let ptr = obj.as_ptr();
+    // SAFETY: `ptr` is a live object (`obj` holds a reference) and the
+    // thread is attached; the checks only read its type.
+    unsafe {
+        if pyo3::ffi::PyGen_Check(ptr) != 0 {
+            Some("a generator")
+        } else if pyo3::ffi::PyAsyncGen_CheckExact(ptr) != 0 {
+            Some("an async generator")
+        } else {
+            None
+        }
+    }
+}
+
+/// Whether `await obj` works: its type has `__await__` (coroutines,
+/// futures, tasks), as `inspect.isawaitable` checks, without a call into Python.
+fn is_awaitable(obj: &Bound<'_, PyAny>) -> bool {
+    // SAFETY: as above; `tp_as_async` is null or points to the type's
+    // async slots, which live as long as the type.
+    unsafe {
+        let kind = pyo3::ffi::Py_TYPE(obj.as_ptr());
+        let slots = (*kind).tp_as_async;
+        !slots.is_null() && (*slots).am_await.is_some()
     }
 }
 

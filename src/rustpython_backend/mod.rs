@@ -10,6 +10,7 @@
 
 mod convert;
 mod nesting;
+mod typed;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
@@ -28,14 +29,34 @@ use rustpython_vm::{
 use serde_json::Value;
 
 use crate::command::{
-    path_arg, prepare_in_process, start_backend_thread, CommandQueue, Job, PathArg, Reply, Request,
-    Serve,
+    path_arg, prepare_in_process, start_backend_thread, Answer, CommandQueue, Invoke, Job, PathArg,
+    Reply, Request, Returns, Serve,
 };
 use crate::config::RunnerConfig;
 use crate::error::PyRunnerError;
 use crate::tuning::{INTERRUPT_AGAIN, INTERRUPT_AGAIN_AT_MOST, WORKER_SPIN};
 use crate::watchdog::{Interrupt, Watchdog};
 use convert::{exception_text, to_args, to_value, ToValueError};
+
+/// How a typed call's result is read on this backend (see `Readers` in
+/// `crate::command`).
+pub(crate) type ReadTyped = fn(
+    &VirtualMachine,
+    &rustpython_vm::PyObject,
+    &rustpython_vm::PyObject,
+) -> Result<Box<dyn std::any::Any + Send>, ToValueError>;
+
+/// The [`ReadTyped`] of `T`.
+pub(crate) fn read_typed<T>(
+    vm: &VirtualMachine,
+    obj: &rustpython_vm::PyObject,
+    table_form: &rustpython_vm::PyObject,
+) -> Result<Box<dyn std::any::Any + Send>, ToValueError>
+where
+    T: serde::de::DeserializeOwned + Send + 'static,
+{
+    typed::from_python::<T>(vm, obj, table_form).map(|value| Box::new(value) as _)
+}
 
 /// RustPython's frames are deep native recursion; the interpreter checks the
 /// stack it runs on and raises `RecursionError` near its end. The pages are
@@ -323,6 +344,10 @@ impl Serve for Worker<'_> {
             timeout,
             ..
         } = job;
+        if let Request::Cancel(_) = request {
+            // No coroutine runs here to be cancelled.
+            return;
+        }
         let armed = crate::watchdog::arm(&mut self.watchdog, timeout, reply.slot(), || {
             Ok(Signal {
                 sender: self.signals.clone(),
@@ -351,8 +376,8 @@ impl Worker<'_> {
         match request {
             Request::Run { code } | Request::Broadcast { code, .. } => self
                 .run_source(&self.helpers.run_code, &code, Mode::Exec)
-                .map(|_| Value::Null),
-            Request::RunFile { path } => self.run_file(&path).map(|_| Value::Null),
+                .map(|_| Answer::Value(Value::Null)),
+            Request::RunFile { path } => self.run_file(&path).map(|_| Answer::Value(Value::Null)),
             Request::Eval { expr } => {
                 let result = self.run_source(&self.helpers.eval_expr, &expr, Mode::Eval)?;
                 self.to_value(&result)
@@ -371,8 +396,62 @@ impl Worker<'_> {
                 Err(PyRunnerError::Unsupported(NO_COROUTINES.into()))
             }
             Request::SetVenv { dir } => self.set_venv(&dir),
-            Request::Stop => unreachable!("handled by serve"),
+            Request::Invoke(invoke) => self.invoke(&invoke),
+            Request::Stop | Request::Cancel(_) => unreachable!("handled by serve and execute"),
         }
+    }
+
+    /// A call of the call builder. There is no event loop here: a function
+    /// that returns an awaitable is `Unsupported`.
+    fn invoke(&self, invoke: &Invoke) -> Reply {
+        use rustpython_vm::builtins::{PyAsyncGen, PyCoroutine, PyGenerator};
+        use rustpython_vm::function::{FuncArgs, KwArgs};
+        let vm = self.vm;
+        let function = self.resolve(&invoke.name)?;
+        let args = typed::args_to_python(vm, &invoke.args)?;
+        let kwargs: KwArgs = typed::kwargs_to_python(vm, &invoke.kwargs)?
+            .into_iter()
+            .collect();
+        let result = self.python(function.call(FuncArgs::new(args, kwargs), vm))?;
+        let generator = if result.downcast_ref::<PyGenerator>().is_some() {
+            Some("a generator")
+        } else if result.downcast_ref::<PyAsyncGen>().is_some() {
+            Some("an async generator")
+        } else {
+            None
+        };
+        if let Some(kind) = generator {
+            return Err(PyRunnerError::Conversion(format!(
+                "{} returned {kind}; read its items with .stream()",
+                invoke.name
+            )));
+        }
+        let awaitable = result.downcast_ref::<PyCoroutine>().is_some()
+            || result
+                .class()
+                .get_attr(vm.ctx.intern_str("__await__"))
+                .is_some();
+        if awaitable {
+            return Err(PyRunnerError::Unsupported(format!(
+                "{} returned an awaitable, and the RustPython backend runs no event loop \
+                 to await it: use the pyo3 or the subprocess backend for coroutines",
+                invoke.name
+            )));
+        }
+        self.read_result(&result, invoke.returns)
+    }
+
+    /// A result, read as the call asked.
+    fn read_result(&self, obj: &PyObjectRef, returns: Returns) -> Reply {
+        let Returns::Typed(readers) = returns else {
+            return self.to_value(obj);
+        };
+        (readers.rustpython)(self.vm, obj, &self.helpers.table_form)
+            .map(Answer::Typed)
+            .map_err(|err| match err {
+                ToValueError::Python(err) => self.exception_error(&err),
+                ToValueError::Conversion(why) => PyRunnerError::Conversion(why),
+            })
     }
 
     /// `run_code` or `eval_expr` of the helpers, on `source`.
@@ -459,7 +538,7 @@ impl Worker<'_> {
         let vm = self.vm;
         let dir = path_object(vm, dir);
         self.python(self.helpers.set_venv.call((dir,), vm))
-            .map(|_| Value::Null)
+            .map(|_| Answer::Value(Value::Null))
     }
 
     fn resolve(&self, name: &str) -> Result<PyObjectRef, PyRunnerError> {
@@ -469,10 +548,12 @@ impl Worker<'_> {
     }
 
     fn to_value(&self, obj: &PyObjectRef) -> Reply {
-        to_value(self.vm, obj, &self.helpers.table_form).map_err(|err| match err {
-            ToValueError::Python(err) => self.exception_error(&err),
-            ToValueError::Conversion(why) => PyRunnerError::Conversion(why),
-        })
+        to_value(self.vm, obj, &self.helpers.table_form)
+            .map(Answer::Value)
+            .map_err(|err| match err {
+                ToValueError::Python(err) => self.exception_error(&err),
+                ToValueError::Conversion(why) => PyRunnerError::Conversion(why),
+            })
     }
 
     fn python(&self, result: PyResult) -> Result<PyObjectRef, PyRunnerError> {

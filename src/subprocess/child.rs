@@ -200,7 +200,7 @@ impl ChildProcess {
         };
         match message {
             Ok(FromChild::Hello(hello)) => Ok(hello),
-            Ok(FromChild::Reply { .. } | FromChild::OutputMark) => {
+            Ok(FromChild::Reply { .. } | FromChild::OutputMark | FromChild::Awaiting { .. }) => {
                 Err("its first frame was not a hello".into())
             }
             // A frame that did not decode comes with the error.

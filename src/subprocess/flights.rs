@@ -124,6 +124,14 @@ impl<T> Flights<T> {
         self.by_id.get(&id)
     }
 
+    /// The id of the request in flight whose item `is`.
+    pub fn find(&self, is: impl Fn(&T) -> bool) -> Option<u64> {
+        self.by_id
+            .iter()
+            .find(|(_, flight)| is(&flight.item))
+            .map(|(id, _)| *id)
+    }
+
     /// The first `count` sync requests in line, in order.
     pub fn in_line(&self, count: usize) -> impl Iterator<Item = &Flight<T>> {
         self.line
@@ -169,6 +177,24 @@ impl<T> Flights<T> {
             self.start_head_clock(now);
         }
         Some(done)
+    }
+
+    /// The sync request `id` (an invoke) has become a coroutine on the
+    /// child's loop: it leaves the line, and from `now` on only its
+    /// backstop is judged, as for any coroutine. The next in line starts
+    /// its clock. False if no such sync request is in flight.
+    pub fn became_coroutine(&mut self, id: u64, now: Instant) -> bool {
+        let Some(flight) = self.by_id.get_mut(&id) else {
+            return false;
+        };
+        if flight.kind != Kind::Sync {
+            return false;
+        }
+        flight.kind = Kind::Coroutine;
+        flight.deadline = flight.limit.map(|limit| now + limit + COROUTINE_BACKSTOP);
+        self.line.retain(|&queued| queued != id);
+        self.start_head_clock(|| now);
+        true
     }
 
     fn start_head_clock(&mut self, now: impl FnOnce() -> Instant) {
@@ -463,5 +489,34 @@ mod tests {
         let started: Vec<_> = started.into_iter().map(|(_, f)| f.item).collect();
         assert_eq!(started, ["stuck", "sync it went on to"]);
         assert_eq!(unstarted, ["after", "queued sync"]);
+    }
+
+    #[test]
+    fn an_invoke_that_became_a_coroutine_leaves_the_line_for_its_backstop() {
+        let clock = Clock::new();
+        let mut flights = Flights::default();
+        flights.sent(1, "invoke", Kind::Sync, Some(100 * MS), clock.at(0));
+        flights.sent(2, "queued", Kind::Sync, Some(10 * MS), clock.at(0));
+        assert_eq!(flights.head(), Some(1));
+        assert!(flights.became_coroutine(1, clock.at(20)));
+        // The request behind it runs now, on its own clock.
+        assert_eq!(flights.head(), Some(2));
+        assert_eq!(
+            flights.judge(clock.at(30), false),
+            Due::Sync {
+                id: 2,
+                limit: 10 * MS
+            }
+        );
+        flights.answered(2, || clock.at(30));
+        // Judged at its backstop, counted from when it left the line.
+        assert_eq!(flights.judge(clock.at(120), false), Due::Nothing);
+        assert_eq!(
+            flights.judge(clock.at(120) + COROUTINE_BACKSTOP, false),
+            Due::Coroutine { id: 1 }
+        );
+        // Only a sync request in flight can become one.
+        assert!(!flights.became_coroutine(1, clock.at(130)));
+        assert!(!flights.became_coroutine(9, clock.at(130)));
     }
 }

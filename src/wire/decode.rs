@@ -7,10 +7,12 @@
 //! read as `Vec<i64>`, and a reply's shape is not known in advance. This
 //! reader gives the same values as that path and refuses what it refused:
 //! extension types, invalid UTF-8, map keys that are not strings, and
-//! nesting past the given depth. It is stricter in two ways: it refuses
-//! bytes after the value, and binary data anywhere (rmp-serde read a bin as
-//! an array of ints, or as a map key when it was valid UTF-8). The child
-//! writes no binary data: its bytes go as arrays of ints.
+//! nesting past the given depth. It refuses bytes after the value too, and
+//! binary data as a map key (rmp-serde took a bin that was valid UTF-8 as
+//! one). Binary data elsewhere, which serde's `Value` has no form for, is
+//! read as the value table reads bytes, an array of ints 0..=255; a typed
+//! call's value is not read here at all, only checked and handed on whole
+//! ([`Items::next_raw`]).
 //!
 //! A frame's own array is read an item at a time ([`Items`]), so that a
 //! message is taken from it with no vector of its items and no copy of a
@@ -90,6 +92,7 @@ impl<'a> Items<'a> {
                 reader.pos = 1;
                 reader.size(marker - 0xdc + 1)?
             }
+            Some(0xc4..=0xc6) => return Err(NOT_AN_ARRAY_BUT_BIN.into()),
             _ => {
                 let other = reader.value()?;
                 return Err(format!("a frame holds {}, not an array", kind(&other)));
@@ -112,6 +115,18 @@ impl<'a> Items<'a> {
         }
         self.left -= 1;
         self.reader.item().map(Some)
+    }
+
+    /// The bytes of the next item, checked as [`next`](Self::next) checks
+    /// them but not read into a value; `None` past the last.
+    pub fn next_raw(&mut self) -> Result<Option<&'a [u8]>, String> {
+        if self.left == 0 {
+            return Ok(None);
+        }
+        self.left -= 1;
+        let start = self.reader.pos;
+        self.reader.skip()?;
+        Ok(Some(&self.reader.data[start..self.reader.pos]))
     }
 
     /// Reads the items left, and checks that nothing follows the array.
@@ -137,6 +152,9 @@ pub(crate) fn decode_items(frame: &[u8], max_depth: usize) -> Result<Vec<Value>,
         depth_left: max_depth,
         room: frame.len(),
     };
+    if let Some(0xc4..=0xc6) = frame.first() {
+        return Err(NOT_AN_ARRAY_BUT_BIN.into());
+    }
     let items = match reader.value()? {
         Value::Array(items) => items,
         other => return Err(format!("a frame holds {}, not an array", kind(&other))),
@@ -146,6 +164,9 @@ pub(crate) fn decode_items(frame: &[u8], max_depth: usize) -> Result<Vec<Value>,
         extra => Err(format!("{extra} bytes after the value")),
     }
 }
+
+/// Bin reads as an array of ints, but a frame is an array of items.
+const NOT_AN_ARRAY_BUT_BIN: &str = "a frame holds binary data, not an array";
 
 fn kind(value: &Value) -> &'static str {
     match value {
@@ -240,13 +261,90 @@ impl<'a> Reader<'a> {
                 let count = self.size(marker - 0xde + 1)?;
                 self.map(count)?
             }
-            0xc4..=0xc6 => return Err("binary data, which no value of the table is".into()),
+            0xc4..=0xc6 => {
+                let size = self.size(marker - 0xc4)?;
+                self.bytes(size)?
+            }
             0xc7..=0xc9 | 0xd4..=0xd8 => {
                 return Err(format!("an extension type (marker {marker:#04x})"))
             }
             0xc1 => return Err("the reserved marker 0xc1".into()),
             0xe0..=0xff => Value::from(marker as i8),
         })
+    }
+
+    /// Passes over one value, checking it as [`value`](Self::value) does,
+    /// without building it.
+    fn skip(&mut self) -> Result<(), String> {
+        let marker = self.byte()?;
+        match marker {
+            0x00..=0x7f | 0xc0 | 0xc2 | 0xc3 | 0xe0..=0xff => {}
+            0x80..=0x8f => self.skip_map(usize::from(marker & 0x0f))?,
+            0x90..=0x9f => self.skip_array(usize::from(marker & 0x0f))?,
+            0xa0..=0xbf => {
+                self.str_of(usize::from(marker & 0x1f))?;
+            }
+            0xca | 0xce | 0xd2 => {
+                self.take(4)?;
+            }
+            0xcb | 0xcf | 0xd3 => {
+                self.take(8)?;
+            }
+            0xcc | 0xd0 => {
+                self.take(1)?;
+            }
+            0xcd | 0xd1 => {
+                self.take(2)?;
+            }
+            0xd9..=0xdb => {
+                let size = self.size(marker - 0xd9)?;
+                self.str_of(size)?;
+            }
+            0xdc | 0xdd => {
+                let count = self.size(marker - 0xdc + 1)?;
+                self.skip_array(count)?
+            }
+            0xde | 0xdf => {
+                let count = self.size(marker - 0xde + 1)?;
+                self.skip_map(count)?
+            }
+            0xc4..=0xc6 => {
+                let size = self.size(marker - 0xc4)?;
+                self.take(size)?;
+            }
+            0xc7..=0xc9 | 0xd4..=0xd8 => {
+                return Err(format!("an extension type (marker {marker:#04x})"))
+            }
+            0xc1 => return Err("the reserved marker 0xc1".into()),
+        }
+        Ok(())
+    }
+
+    fn skip_array(&mut self, count: usize) -> Result<(), String> {
+        self.open(count)?;
+        for _ in 0..count {
+            self.skip()?;
+        }
+        self.depth_left += 1;
+        Ok(())
+    }
+
+    fn skip_map(&mut self, count: usize) -> Result<(), String> {
+        self.open(count.saturating_mul(2))?;
+        for _ in 0..count {
+            self.key()?;
+            self.skip()?;
+        }
+        self.depth_left += 1;
+        Ok(())
+    }
+
+    /// Bin, as the value table reads bytes: an array of ints 0..=255.
+    fn bytes(&mut self, size: usize) -> Result<Value, String> {
+        let bytes = self.take(size)?;
+        let mut items = self.reserve(size);
+        items.extend(bytes.iter().map(|&byte| Value::from(byte)));
+        Ok(Value::Array(items))
     }
 
     /// An item of the frame's own array: a string stays in the frame.
@@ -501,16 +599,66 @@ mod tests {
     }
 
     #[test]
-    fn binary_data_is_refused_where_rmp_serde_took_it() {
-        for (frame, theirs) in [
-            (&b"\xc4\x01\x05"[..], json!([5])),
-            (b"\x91\x82\xa1a\x01\xc4\x01b\x02", json!([{"a": 1, "b": 2}])),
+    fn binary_data_reads_as_the_value_table_reads_bytes_but_never_as_a_map_key() {
+        for (frame, expected) in [
+            (
+                &b"\x92\xc4\x03\x00\x7f\xff\xc4\x00"[..],
+                json!([[0, 127, 255], []]),
+            ),
+            (b"\x91\xc5\x00\x02\x01\x02", json!([[1, 2]])),
+            (b"\x91\xc6\x00\x00\x00\x01\x09", json!([[9]])),
+            (b"\x91\x81\xa1k\xc4\x01\x07", json!([{"k": [7]}])),
         ] {
             assert_eq!(
-                by_serde(frame, DEPTH),
-                Ok(theirs.as_array().unwrap().clone())
+                decode_items(frame, DEPTH),
+                Ok(expected.as_array().unwrap().clone())
             );
-            assert!(decode_items(frame, DEPTH).is_err(), "{frame:02x?}");
+            assert_eq!(one_at_a_time(frame, DEPTH), decode_items(frame, DEPTH));
+        }
+        // A frame is an array, which rmp-serde took bin for.
+        assert_eq!(by_serde(b"\xc4\x01\x05", DEPTH), Ok(vec![json!(5)]));
+        assert!(decode_items(b"\xc4\x01\x05", DEPTH).is_err());
+        let frame = b"\x91\x82\xa1a\x01\xc4\x01b\x02";
+        assert_eq!(by_serde(frame, DEPTH), Ok(vec![json!({"a": 1, "b": 2})]));
+        assert!(decode_items(frame, DEPTH).is_err(), "{frame:02x?}");
+        // Cut short, or claiming more than the frame holds.
+        assert!(decode_items(b"\x91\xc4\x05\x01", DEPTH).is_err());
+        assert!(decode_items(b"\x91\xc6\xff\xff\xff\xff", DEPTH).is_err());
+    }
+
+    #[test]
+    fn a_raw_item_is_checked_and_left_whole() {
+        let value = json!({"k": [1, 2.5, "s", null, true, {"deep": [[]]}]});
+        let mut frame = rmp_serde::to_vec(&json!([7, "data"])).unwrap();
+        frame[0] = 0x93;
+        let packed = rmp_serde::to_vec(&value).unwrap();
+        let mut bin = vec![0xc5, 0x01, 0x00];
+        bin.extend(std::iter::repeat_n(0xab, 256));
+        for raw in [packed.clone(), bin.clone()] {
+            let mut whole = frame.clone();
+            whole.extend_from_slice(&raw);
+            let mut items = Items::open(&whole, DEPTH).unwrap();
+            items.next().unwrap();
+            items.next().unwrap();
+            assert_eq!(items.next_raw(), Ok(Some(&raw[..])));
+            assert_eq!(items.next_raw(), Ok(None));
+            assert_eq!(items.finish(), Ok(()));
+            // Every cut of it is refused, as reading it would refuse it.
+            for end in frame.len()..whole.len() {
+                let mut items = Items::open(&whole[..end], DEPTH).unwrap();
+                items.next().unwrap();
+                items.next().unwrap();
+                assert!(items.next_raw().is_err(), "{end}");
+            }
+        }
+        // What a value may not hold, a raw item may not either.
+        for bad in [&b"\xc1"[..], b"\xd4\x01\x00", b"\xa1\xff", b"\x81\x01\x02"] {
+            let mut whole = frame.clone();
+            whole.extend_from_slice(bad);
+            let mut items = Items::open(&whole, DEPTH).unwrap();
+            items.next().unwrap();
+            items.next().unwrap();
+            assert!(items.next_raw().is_err(), "{bad:02x?}");
         }
     }
 

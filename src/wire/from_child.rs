@@ -5,7 +5,7 @@ use serde_json::Value;
 
 use super::decode::{self, Item};
 use super::PROTOCOL_VERSION;
-use crate::command::Reply;
+use crate::command::{Answer, Reply};
 use crate::error::PyRunnerError;
 
 /// The child's first frame.
@@ -36,6 +36,12 @@ pub(crate) enum FromChild {
     /// this frame is in its stderr pipe: forward that before the replies
     /// that follow.
     OutputMark,
+    /// The function of invoke `id` returned an awaitable, now on the
+    /// child's event loop: the request has left the child's line, and its
+    /// reply comes when the coroutine ends.
+    Awaiting {
+        id: u64,
+    },
 }
 
 fn malformed(what: &str) -> PyRunnerError {
@@ -90,6 +96,13 @@ impl FromChild {
         if head.as_str() == Some("out") {
             return Ok(FromChild::OutputMark);
         }
+        if head.as_str() == Some("awaiting") {
+            let id = items
+                .next()?
+                .and_then(|v| v.as_u64())
+                .ok_or_else(|| malformed("awaiting without an id"))?;
+            return Ok(FromChild::Awaiting { id });
+        }
         if head.as_str() == Some("hello") {
             let version = items
                 .next()?
@@ -119,7 +132,17 @@ impl FromChild {
             .ok_or_else(|| malformed("reply without an id"))?;
         let outcome = match items.next()?.as_ref().and_then(Item::as_str) {
             None => return Err(malformed("reply without a status").into()),
-            Some("ok") => Outcome::Done(Ok(items.next()?.map_or(Value::Null, Item::into_value))),
+            Some("ok") => Outcome::Done(Ok(Answer::Value(
+                items.next()?.map_or(Value::Null, Item::into_value),
+            ))),
+            // Checked, and handed to the caller as it is: the caller reads
+            // it into the type it asked for.
+            Some("data") => Outcome::Done(Ok(Answer::Packed(
+                items
+                    .next_raw()?
+                    .ok_or_else(|| malformed("data without a value"))?
+                    .to_vec(),
+            ))),
             Some("err") => {
                 let kind = items.next()?.and_then(Item::into_string);
                 let message = items.next()?.and_then(Item::into_string);
@@ -166,6 +189,13 @@ mod tests {
         if head.as_str() == Some("out") {
             return Ok(FromChild::OutputMark);
         }
+        if head.as_str() == Some("awaiting") {
+            let id = items
+                .next()
+                .and_then(|v| v.as_u64())
+                .ok_or_else(|| malformed("awaiting without an id"))?;
+            return Ok(FromChild::Awaiting { id });
+        }
         if head.as_str() == Some("hello") {
             let version = items
                 .next()
@@ -189,7 +219,7 @@ mod tests {
         let status =
             take_string(items.next()).ok_or_else(|| malformed("reply without a status"))?;
         let outcome = match status.as_str() {
-            "ok" => Outcome::Done(Ok(items.next().unwrap_or(Value::Null))),
+            "ok" => Outcome::Done(Ok(Answer::Value(items.next().unwrap_or(Value::Null)))),
             "err" => {
                 let kind = take_string(items.next()).unwrap_or_else(|| "Exception".into());
                 let message = take_string(items.next()).unwrap_or_default();

@@ -28,7 +28,7 @@ use crate::error::PyRunnerError;
 /// The protocol version this crate speaks; the child's hello must match
 /// (`PROTOCOL_VERSION` of `python/protocol.py`, checked by
 /// `tests/python/test_protocol.py`).
-pub(crate) const PROTOCOL_VERSION: u64 = 2;
+pub(crate) const PROTOCOL_VERSION: u64 = 3;
 
 /// Why the codec failed, as the [`PyRunnerError`] it turns into (`?` does
 /// it); it displays as that error does. A frame that was cut whole but
@@ -117,7 +117,19 @@ impl Encoder<ToChild<'_>> for ChildCodec {
     fn encode(&mut self, message: ToChild<'_>, dst: &mut BytesMut) -> Result<(), WireError> {
         let start = dst.len();
         dst.put_u32(0);
-        let written = rmp_serde::encode::write(&mut (&mut *dst).writer(), &message);
+        let written = if let ToChild::Invoke { .. } = message {
+            // Straight into `dst`, arguments and all: one copy of them.
+            dst.reserve(message.invoke_size());
+            if message.write_invoke(&mut (&mut *dst).writer()) {
+                Ok(())
+            } else {
+                Err(rmp_serde::encode::Error::Syntax(
+                    "too many arguments for one frame".into(),
+                ))
+            }
+        } else {
+            rmp_serde::encode::write(&mut (&mut *dst).writer(), &message)
+        };
         let size = dst.len() - start - 4;
         let refused = match written {
             Err(err) => Some(WireError::new(
@@ -265,6 +277,7 @@ mod tests {
             }
             Request::SetVenv { dir } => rmp_serde::to_vec(&(id, "set_venv", path_arg(dir))),
             Request::Stop => rmp_serde::to_vec(&(id, "stop")),
+            Request::Invoke(_) | Request::Cancel(_) => unreachable!("new in protocol 3"),
         };
         let mut out = BytesMut::new();
         ChildCodec::new(1 << 20)
@@ -385,6 +398,72 @@ mod tests {
     }
 
     #[test]
+    fn an_invoke_carries_its_packed_arguments_as_they_are() {
+        use std::collections::HashMap;
+
+        use serde_bytes::ByteBuf;
+
+        use crate::call::Packed;
+        use crate::command::{Invoke, Readers, Returns};
+
+        let mut args = Packed::default();
+        args.push(&-3).unwrap();
+        args.spread(&("s", ByteBuf::from(vec![0, 255]))).unwrap();
+        let mut kwargs = Packed::default();
+        kwargs.push_named("flag", &true).unwrap();
+        for (returns, typed) in [
+            (Returns::Value, false),
+            (Returns::Typed(Readers::of::<u8>()), true),
+        ] {
+            let invoke = Request::Invoke(Box::new(Invoke {
+                name: "pkg.f".into(),
+                args: args.clone(),
+                kwargs: kwargs.clone(),
+                returns,
+            }));
+            for (id, limit) in [(1, None), (u64::MAX, Some(2.5))] {
+                let mut out = BytesMut::new();
+                ChildCodec::new(1 << 20)
+                    .encode(ToChild::new(id, &invoke, limit), &mut out)
+                    .unwrap();
+                assert_eq!(
+                    out.len() - 4,
+                    u32::from_be_bytes(out[..4].try_into().unwrap()) as usize
+                );
+                type Frame = (
+                    u64,
+                    String,
+                    String,
+                    (i64, String, ByteBuf),
+                    HashMap<String, bool>,
+                    bool,
+                    Option<f64>,
+                );
+                let frame: Frame = rmp_serde::from_slice(&out[4..]).unwrap();
+                assert_eq!(
+                    frame,
+                    (
+                        id,
+                        "invoke".into(),
+                        "pkg.f".into(),
+                        (-3, "s".into(), ByteBuf::from(vec![0, 255])),
+                        HashMap::from([("flag".into(), true)]),
+                        typed,
+                        limit
+                    )
+                );
+            }
+        }
+        let slot = std::sync::Arc::new(crate::command::ReplySlot::default());
+        let cancel = Request::Cancel(crate::command::CancelTarget(slot));
+        let mut out = BytesMut::new();
+        ChildCodec::new(1 << 20)
+            .encode(ToChild::new(9, &cancel, None), &mut out)
+            .unwrap();
+        assert_eq!(out.to_vec(), frame_of(&("cancel", 9u64)));
+    }
+
+    #[test]
     fn requests_follow_one_another_in_the_buffer() {
         let mut codec = ChildCodec::new(1 << 20);
         let mut out = BytesMut::new();
@@ -482,7 +561,7 @@ mod tests {
             reader.next_message().unwrap(),
             Some(FromChild::Reply {
                 id: 7,
-                outcome: Outcome::Done(Ok(Value::from(42)))
+                outcome: Outcome::Done(Ok(crate::command::Answer::Value(Value::from(42))))
             })
         );
         assert!(reader.buffer().is_empty());
@@ -591,7 +670,7 @@ mod tests {
             ),
             (
                 b"\xc4\x01x",
-                "undecodable frame from the child: binary data, which no value of the table is",
+                "undecodable frame from the child: a frame holds binary data, not an array",
             ),
             (b"\x90", "malformed frame from the child: empty array"),
             (b"\x91\x01", "malformed frame from the child: reply without a status"),
@@ -613,9 +692,9 @@ mod tests {
         let frame = rmp_serde::to_vec(&("hello", 99u64, "3.11.7", 1u32, "python")).unwrap();
         assert_eq!(
             FromChild::decode(&frame),
-            Err(PyRunnerError::Protocol(
-                "the child speaks protocol 99, this crate speaks 2".into()
-            ))
+            Err(PyRunnerError::Protocol(format!(
+                "the child speaks protocol 99, this crate speaks {PROTOCOL_VERSION}"
+            )))
         );
         let frame = rmp_serde::to_vec(&("hello", 1u64, "3.11.7", 4321u32, "python")).unwrap();
         assert!(matches!(

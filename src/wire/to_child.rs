@@ -7,7 +7,8 @@ use std::path::Path;
 use serde::ser::{Serialize, SerializeTuple, Serializer};
 use serde_json::Value;
 
-use crate::command::{path_arg, PathArg, Request};
+use crate::call::Packed;
+use crate::command::{path_arg, PathArg, Request, Returns};
 
 /// One request to the child, with the id its reply will carry.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -46,6 +47,22 @@ pub(crate) enum ToChild<'a> {
         id: u64,
         dir: &'a Path,
     },
+    /// A call of the call builder. Its arguments are already MessagePack:
+    /// the codec writes them as they are (see [`ToChild::write_invoke`]).
+    /// `typed`: the result is wanted with bytes kept (a `data` reply).
+    Invoke {
+        id: u64,
+        name: &'a str,
+        args: &'a Packed,
+        kwargs: &'a Packed,
+        typed: bool,
+        limit: Option<f64>,
+    },
+    /// `["cancel", id]`: cancel the coroutine of request `id`, if one runs.
+    /// No reply.
+    Cancel {
+        id: u64,
+    },
     Stop {
         id: u64,
     },
@@ -53,9 +70,10 @@ pub(crate) enum ToChild<'a> {
 
 impl<'a> ToChild<'a> {
     /// What goes out for `request` under `id`. `limit` is the coroutine
-    /// time limit in seconds, used by `call_async` alone. A pool's
+    /// time limit in seconds, used by `call_async` and `invoke`. A pool's
     /// broadcast goes out as a plain `run`: which worker runs it is the
-    /// pool's business, not the child's.
+    /// pool's business, not the child's. For a cancel, `id` is that of
+    /// the request to cancel.
     pub fn new(id: u64, request: &'a Request, limit: Option<f64>) -> Self {
         match request {
             Request::Run { code } | Request::Broadcast { code, .. } => ToChild::Run { id, code },
@@ -70,6 +88,15 @@ impl<'a> ToChild<'a> {
                 limit,
             },
             Request::SetVenv { dir } => ToChild::SetVenv { id, dir },
+            Request::Invoke(invoke) => ToChild::Invoke {
+                id,
+                name: &invoke.name,
+                args: &invoke.args,
+                kwargs: &invoke.kwargs,
+                typed: matches!(invoke.returns, Returns::Typed(_)),
+                limit,
+            },
+            Request::Cancel(_) => ToChild::Cancel { id },
             Request::Stop => ToChild::Stop { id },
         }
     }
@@ -84,6 +111,8 @@ impl<'a> ToChild<'a> {
             | ToChild::Call { id, .. }
             | ToChild::CallAsync { id, .. }
             | ToChild::SetVenv { id, .. }
+            | ToChild::Invoke { id, .. }
+            | ToChild::Cancel { id }
             | ToChild::Stop { id } => id,
         }
     }
@@ -98,8 +127,57 @@ impl<'a> ToChild<'a> {
             ToChild::Call { .. } => "call",
             ToChild::CallAsync { .. } => "call_async",
             ToChild::SetVenv { .. } => "set_venv",
+            ToChild::Invoke { .. } => "invoke",
+            ToChild::Cancel { .. } => "cancel",
             ToChild::Stop { .. } => "stop",
         }
+    }
+
+    /// About how many bytes [`write_invoke`](Self::write_invoke) writes.
+    pub fn invoke_size(&self) -> usize {
+        match self {
+            ToChild::Invoke {
+                name, args, kwargs, ..
+            } => 64 + name.len() + args.bytes.len() + kwargs.bytes.len(),
+            _ => 0,
+        }
+    }
+
+    /// Writes `[id, "invoke", name, args, kwargs, typed, limit]` with the
+    /// packed arguments copied in as they are (serde has no way to write
+    /// bytes that are already MessagePack); other messages go through
+    /// their `Serialize`. Writing to a buffer cannot fail.
+    pub fn write_invoke<W: std::io::Write>(&self, out: &mut W) -> bool {
+        let ToChild::Invoke {
+            id,
+            name,
+            args,
+            kwargs,
+            typed,
+            limit,
+        } = *self
+        else {
+            return false;
+        };
+        let (Ok(args_count), Ok(kwargs_count)) =
+            (u32::try_from(args.count), u32::try_from(kwargs.count))
+        else {
+            return false;
+        };
+        let _ = rmp::encode::write_array_len(out, 7);
+        let _ = rmp::encode::write_uint(out, id);
+        let _ = rmp::encode::write_str(out, self.op());
+        let _ = rmp::encode::write_str(out, name);
+        let _ = rmp::encode::write_array_len(out, args_count);
+        let _ = out.write_all(&args.bytes);
+        let _ = rmp::encode::write_map_len(out, kwargs_count);
+        let _ = out.write_all(&kwargs.bytes);
+        let _ = rmp::encode::write_bool(out, typed);
+        let _ = match limit {
+            Some(limit) => rmp::encode::write_f64(out, limit).map_err(drop),
+            None => rmp::encode::write_nil(out).map_err(drop),
+        };
+        true
     }
 }
 
@@ -114,6 +192,17 @@ impl<'a> From<(&'a Request, u64, Option<f64>)> for ToChild<'a> {
 /// values would make.
 impl Serialize for ToChild<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if let ToChild::Invoke { .. } = self {
+            return Err(serde::ser::Error::custom(
+                "an invoke is written by ToChild::write_invoke",
+            ));
+        }
+        if let ToChild::Cancel { id } = *self {
+            let mut array = serializer.serialize_tuple(2)?;
+            array.serialize_element(self.op())?;
+            array.serialize_element(&id)?;
+            return array.end();
+        }
         let len = match self {
             ToChild::Stop { .. } => 2,
             ToChild::Call { .. } => 4,
@@ -141,7 +230,7 @@ impl Serialize for ToChild<'_> {
                 array.serialize_element(args)?;
                 array.serialize_element(&limit)?;
             }
-            ToChild::Stop { .. } => {}
+            ToChild::Stop { .. } | ToChild::Invoke { .. } | ToChild::Cancel { .. } => {}
         }
         array.end()
     }

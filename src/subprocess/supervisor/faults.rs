@@ -261,14 +261,14 @@ impl Core {
         }
         for (_, flight) in self.flights.drain() {
             let reply = if flight.kind == Kind::Stop {
-                Ok(Value::Null)
+                Ok(Answer::Value(Value::Null))
             } else {
                 Err(PyRunnerError::Stopped)
             };
             flight.item.reply.send(reply);
         }
         if let Some(stop) = self.stop_done.take() {
-            stop.reply.send(Ok(Value::Null));
+            stop.reply.send(Ok(Answer::Value(Value::Null)));
         }
     }
 }

@@ -95,6 +95,12 @@ impl Core {
                     }
                     continue;
                 }
+                FromChild::Awaiting { id } => {
+                    // Its caller waits on: the request has left the line,
+                    // and those behind it may go out.
+                    self.flights.became_coroutine(id, Instant::now());
+                    continue;
+                }
                 FromChild::Hello(_) => {
                     return Err(PyRunnerError::Protocol(
                         "a second hello from the child".into(),

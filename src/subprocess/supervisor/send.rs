@@ -24,6 +24,10 @@ impl Core {
             self.hand_back_unstarted();
         }
         while let Some(job) = self.backlog.pop_front() {
+            if let Request::Cancel(target) = &job.request {
+                self.send_cancel(target);
+                continue;
+            }
             // Some requests go out even if their caller gave up (the
             // companion says which).
             if job.reply.is_abandoned() && !self.must_run(&job.request) {
@@ -101,8 +105,10 @@ impl Core {
             Request::Stop => Kind::Stop,
             _ => Kind::Sync,
         };
-        let is_coroutine = kind == Kind::Coroutine;
-        let limit = if is_coroutine {
+        // An invoke runs in the line until its function returns; an
+        // awaitable result then runs on the child's loop under this limit.
+        let may_await = matches!(job.request, Request::Invoke(_));
+        let limit = if kind == Kind::Coroutine || may_await {
             job.timeout.map(|d| d.as_secs_f64())
         } else {
             None
@@ -116,6 +122,31 @@ impl Core {
         }
         let timeout = job.timeout;
         self.flights.sent(id, job, kind, timeout, Instant::now());
+    }
+
+    /// Asks the child to cancel the coroutine of a request whose caller
+    /// gave up. One still in the line (an invoke whose function runs) is
+    /// asked too: the child takes the cancel after that function returns,
+    /// and cancels the coroutine it made, if it made one. A request not in
+    /// flight was answered already, or never sent.
+    fn send_cancel(&mut self, target: &CancelTarget) {
+        let Some(id) = self.flights.find(|job| target.is_for(&job.reply)) else {
+            return;
+        };
+        let may_await = self.flights.get(id).is_some_and(|flight| {
+            matches!(
+                flight.item.request,
+                Request::Invoke(_) | Request::CallAsyncFunction { .. }
+            )
+        });
+        if !may_await {
+            return;
+        }
+        let cancel = ToChild::Cancel { id };
+        if let Err(err) = self.writer.encode(cancel, &mut self.outgoing) {
+            // Only a frame over the limit fails, and this one is tiny.
+            debug_assert!(false, "a cancel did not encode: {err}");
+        }
     }
 
     /// Writes what the pipe takes now; the rest waits for POLLOUT.

@@ -4,6 +4,7 @@
 //! constructor. A new test is its function and its name in that list.
 #![allow(dead_code)]
 
+pub mod calls;
 pub mod concurrency;
 pub mod errors;
 pub mod files;
@@ -67,6 +68,14 @@ macro_rules! conformance_suite {
                 a_coroutine_that_exits_fails_only_its_own_call
                 background_tasks_run_between_commands servers_answer_between_commands
             }
+            calls {
+                kwargs_fill_defaults_and_keyword_only_parameters
+                a_struct_gives_one_keyword_argument_per_field typed_results_read_into_serde_types
+                a_result_that_does_not_fit_names_where arguments_that_cannot_cross_name_themselves
+                bytes_cross_as_bytes_both_ways awaitable_results_are_awaited_on_the_runner_s_loop
+                a_generator_result_says_to_use_stream a_call_s_limit_overrides_the_runner_s
+                a_dropped_call_cancels_its_coroutine
+            }
             lifecycle { stop_makes_later_commands_stopped stop_is_idempotent stop_ends_pending_coroutines }
             first_examples { greet_counter add_and_sleep_overlap }
             timeouts {
@@ -83,6 +92,7 @@ macro_rules! conformance_suite {
                 twins_work_inside_a_multi_thread_runtime every_twin_does_its_job
             }
             first_examples { five_threads_add_to_x }
+            calls { wait_is_safe_in_any_context }
         );
     };
     (@tokio $make_runner:path; $($module:ident { $($name:ident)* })*) => {
