@@ -5,7 +5,7 @@
 #   plain:  no rpath; run against a copy of pyo3's libpython in another
 #           folder, then against the system's libpython if there is one:
 #           one warning line on stderr, the run goes on;
-#   recipe: the README's build.rs, which adds the rpath: pyo3's libpython,
+#   recipe: the build.rs of docs/EMBEDDING.md, which adds the rpath: pyo3's libpython,
 #           no warning;
 #   plain against a newer minor version's libpython under this soname:
 #           a Startup error naming both versions.
@@ -132,7 +132,7 @@ else
     fail "plain-embed failed on $system_lib: $out $err"
 fi
 
-echo "== the README's build.rs: pyo3's libpython, no warning"
+echo "== the build.rs of docs/EMBEDDING.md: pyo3's libpython, no warning"
 if run "$recipe"; then
     [ "$(warnings)" = 0 ] || fail "the recipe's binary warned: $err"
     [ "$(grep -c "running CPython $release" <<<"$out")" = 2 ] || fail "expected CPython $release twice: $out"

@@ -1,6 +1,8 @@
-//! Prints a markdown table of call latency and throughput for each backend.
+//! Prints a markdown table of call latency and throughput for each backend,
+//! the call builder's next to the seed's commands, and the pool's.
 //!
-//! `cargo run --release --example bench`
+//! `cargo run --release --example bench` (all tables), `... bench calls`
+//! (the call builder's only), `... bench pool` (the pool's only).
 
 use std::time::{Duration, Instant};
 
@@ -319,6 +321,179 @@ async fn measure(backend: Backend) -> Vec<String> {
         memory_over_many_calls(&runner),
         death_to_next_call(&runner),
     ]
+}
+
+/// The call builder's table: a typed call next to `call_function` in the
+/// same run, and the byte and list echoes it was made for.
+mod calls_bench {
+    use super::*;
+    use serde_bytes::ByteBuf;
+
+    const ECHO: &str = "def echo(x):\n    return x\n";
+    /// Rounds of the two add loops, taken in turn.
+    const ROUNDS: usize = 5;
+    const CALLS: usize = 5000;
+
+    /// Median of `CALLS` `call_function("add", [i, 1])` on a blocking caller.
+    fn seed_add(runner: &PyRunner) -> Duration {
+        let mut samples = Vec::with_capacity(CALLS);
+        for i in 0..CALLS as i64 {
+            let start = Instant::now();
+            let args = vec![Value::from(i), Value::from(1)];
+            let sum = runner.call_function_sync("add", args).unwrap();
+            samples.push(start.elapsed());
+            assert_eq!(sum, Value::from(i + 1));
+        }
+        median(samples)
+    }
+
+    /// The same with `call("add").args((i, 1)).returns::<i64>()`.
+    fn typed_add(runner: &PyRunner) -> Duration {
+        let mut samples = Vec::with_capacity(CALLS);
+        for i in 0..CALLS as i64 {
+            let start = Instant::now();
+            let sum = runner
+                .call("add")
+                .args(&(i, 1))
+                .returns::<i64>()
+                .wait()
+                .unwrap();
+            samples.push(start.elapsed());
+            assert_eq!(sum, i + 1);
+        }
+        median(samples)
+    }
+
+    /// Medians over the rounds, and the median of the per-round ratios
+    /// (typed / seed) with their range.
+    fn add_pair(runner: &PyRunner) -> (Duration, Duration, f64, f64, f64) {
+        seed_add(runner);
+        typed_add(runner);
+        let (mut seeds, mut typeds, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..ROUNDS {
+            let seed = seed_add(runner);
+            let typed = typed_add(runner);
+            ratios.push(typed.as_secs_f64() / seed.as_secs_f64());
+            seeds.push(seed);
+            typeds.push(typed);
+        }
+        let low = ratios.iter().cloned().fold(f64::MAX, f64::min);
+        let high = ratios.iter().cloned().fold(0.0, f64::max);
+        (median(seeds), median(typeds), median(ratios), low, high)
+    }
+
+    fn echo_bytes(runner: &PyRunner) -> Duration {
+        let data = ByteBuf::from(vec![0x5a; 8 << 20]);
+        let mut samples = Vec::new();
+        for _ in 0..11 {
+            let start = Instant::now();
+            let back: ByteBuf = runner.call("echo").arg(&data).returns().wait().unwrap();
+            samples.push(start.elapsed());
+            assert_eq!(back.len(), data.len());
+        }
+        median(samples)
+    }
+
+    fn echo_ints(runner: &PyRunner) -> Duration {
+        let list: Vec<i64> = (0..100_000).collect();
+        let mut samples = Vec::new();
+        for _ in 0..11 {
+            let start = Instant::now();
+            let back: Vec<i64> = runner.call("echo").arg(&list).returns().wait().unwrap();
+            samples.push(start.elapsed());
+            assert_eq!(back.len(), list.len());
+        }
+        median(samples)
+    }
+
+    /// Python's own `ProcessPoolExecutor` echoing the same 8 MiB, median of 11.
+    fn executor_echo_bytes() -> Duration {
+        let script = "import concurrent.futures as f, time\n\
+def echo(x):\n    return x\n\
+if __name__ == '__main__':\n\
+    data = b'Z' * (8 << 20)\n\
+    with f.ProcessPoolExecutor(1) as pool:\n\
+        pool.submit(echo, data).result()\n\
+        times = []\n\
+        for _ in range(11):\n\
+            start = time.perf_counter()\n\
+            pool.submit(echo, data).result()\n\
+            times.append(time.perf_counter() - start)\n\
+    print(sorted(times)[5])\n";
+        let folder = std::env::temp_dir().join(format!("async_py_bench_{}", std::process::id()));
+        std::fs::create_dir_all(&folder).unwrap();
+        let file = folder.join("executor_echo.py");
+        std::fs::write(&file, script).unwrap();
+        let output = std::process::Command::new(python_executable())
+            .arg(&file)
+            .output()
+            .expect("python3 runs");
+        let _ = std::fs::remove_dir_all(&folder);
+        let seconds: f64 = String::from_utf8(output.stdout)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        Duration::from_secs_f64(seconds)
+    }
+
+    pub fn calls_table() {
+        let backends = [
+            #[cfg(feature = "pyo3")]
+            Backend::PyO3,
+            #[cfg(feature = "subprocess")]
+            Backend::Subprocess,
+            #[cfg(feature = "rustpython")]
+            Backend::RustPython,
+        ];
+        let mut rows: [Vec<String>; 5] = Default::default();
+        for backend in backends {
+            let builder = PyRunner::builder();
+            let builder = match backend {
+                Backend::PyO3 => builder.pyo3(),
+                Backend::Subprocess => builder.subprocess().python(python_executable()),
+                Backend::RustPython => builder.rustpython(),
+            };
+            let runner = builder.build().expect("backend starts");
+            runner.run_sync(ADD).unwrap();
+            runner.run_sync(ECHO).unwrap();
+            let (seed, typed, ratio, low, high) = add_pair(&runner);
+            rows[0].push(micros(seed));
+            rows[1].push(format!(
+                "{} (× {ratio:.2}, rounds {low:.2}–{high:.2})",
+                micros(typed)
+            ));
+            rows[2].push(format!("{:.2} ms", echo_bytes(&runner).as_secs_f64() * 1e3));
+            rows[3].push(format!("{:.2} ms", echo_ints(&runner).as_secs_f64() * 1e3));
+            rows[4].push(format!(
+                "{:.2} ms",
+                echo_large_list(&runner).as_secs_f64() * 1e3
+            ));
+            runner.stop_sync().unwrap();
+        }
+        let labels = [
+            "`call_function_sync(\"add\", [i, 1])`, median of 5 rounds of 5000",
+            "`call(\"add\").args((i, 1)).returns::<i64>().wait()`, the same rounds in turn (× the round's `call_function`)",
+            "echo of 8 MiB as `ByteBuf`, median of 11",
+            "echo of a 100 000-int list as `Vec<i64>`, median of 11",
+            "the same list as `Value` through `call_function_sync`, median of 11",
+        ];
+        print!("| call builder |");
+        for backend in backends {
+            print!(" {backend:?} |");
+        }
+        println!();
+        println!("|---|{}", "---|".repeat(backends.len()));
+        for (label, cells) in labels.iter().zip(rows) {
+            println!("| {label} | {} |", cells.join(" | "));
+        }
+        println!();
+        println!(
+            "Python's `ProcessPoolExecutor(1)` echoes the same 8 MiB in {:.1} ms (median of 11, this run).",
+            executor_echo_bytes().as_secs_f64() * 1e3
+        );
+        println!();
+    }
 }
 
 /// The pool table: `PyPool` next to Python's own `ProcessPoolExecutor`.
@@ -715,6 +890,10 @@ async fn main() {
         pool_bench::pool_table().await;
         return;
     }
+    if std::env::args().nth(1).as_deref() == Some("calls") {
+        calls_bench::calls_table();
+        return;
+    }
     let backends = [
         #[cfg(feature = "pyo3")]
         Backend::PyO3,
@@ -765,6 +944,7 @@ async fn main() {
         println!("(The RustPython column needs `--features rustpython`.)");
     }
     println!();
+    calls_bench::calls_table();
     #[cfg(feature = "subprocess")]
     pool_bench::pool_table().await;
 }

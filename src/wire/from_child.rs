@@ -276,4 +276,39 @@ mod tests {
             }
         }
     }
+
+    #[test]
+    fn a_data_reply_hands_its_value_on_whole_and_an_awaiting_note_names_its_request() {
+        let value =
+            rmp_serde::to_vec(&(serde_bytes::ByteBuf::from(vec![0, 255]), "s", 1.5)).unwrap();
+        let mut frame = rmp_serde::to_vec(&(7u64, "data")).unwrap();
+        frame[0] = 0x93;
+        frame.extend_from_slice(&value);
+        assert_eq!(
+            FromChild::decode(&frame),
+            Ok(FromChild::Reply {
+                id: 7,
+                outcome: Outcome::Done(Ok(Answer::Packed(value.clone())))
+            })
+        );
+        // Cut anywhere, or with anything after it, it is refused.
+        for end in 0..frame.len() {
+            assert!(FromChild::decode(&frame[..end]).is_err(), "{end}");
+        }
+        let mut longer = frame.clone();
+        longer.push(0xc0);
+        assert!(FromChild::decode(&longer).is_err());
+        let mut bare = rmp_serde::to_vec(&(7u64, "data")).unwrap();
+        bare[0] = 0x92;
+        assert_eq!(
+            FromChild::decode(&bare),
+            Err(PyRunnerError::Protocol(
+                "malformed frame from the child: data without a value".into()
+            ))
+        );
+        let note = rmp_serde::to_vec(&("awaiting", 12u64)).unwrap();
+        assert_eq!(FromChild::decode(&note), Ok(FromChild::Awaiting { id: 12 }));
+        let note = rmp_serde::to_vec(&("awaiting", "x")).unwrap();
+        assert!(FromChild::decode(&note).is_err());
+    }
 }
