@@ -75,7 +75,10 @@ pub(crate) enum Request {
     /// The caller of the command answered in this slot dropped its future:
     /// a coroutine it started is cancelled. Sent by the drop, answered by
     /// no one.
-    Cancel(CancelTarget),
+    Cancel(
+        #[cfg_attr(not(any(feature = "pyo3", feature = "subprocess")), allow(dead_code))]
+        CancelTarget,
+    ),
     Stop,
     /// A pool's `run`: entry `index` of its replay log (see `pool::replay`).
     #[cfg_attr(not(feature = "subprocess"), allow(dead_code))]
@@ -163,7 +166,10 @@ impl Readers {
 
 /// The reply slot of a command whose caller gave up (see [`Request::Cancel`]).
 #[derive(Clone)]
-pub(crate) struct CancelTarget(pub std::sync::Arc<ReplySlot>);
+pub(crate) struct CancelTarget(
+    #[cfg_attr(not(any(feature = "pyo3", feature = "subprocess")), allow(dead_code))]
+    pub  std::sync::Arc<ReplySlot>,
+);
 
 impl std::fmt::Debug for CancelTarget {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -171,6 +177,7 @@ impl std::fmt::Debug for CancelTarget {
     }
 }
 
+#[cfg(any(feature = "pyo3", feature = "subprocess"))]
 impl CancelTarget {
     /// Whether `reply` answers the command this cancel is for.
     pub fn is_for(&self, reply: &Responder) -> bool {
