@@ -151,7 +151,14 @@ class ChildWorker:
     """
 
     def __init__(
-        self, proto_in, proto_out, pack_value=pack, unpack_frame=unpack, ring=None, share=False
+        self,
+        proto_in,
+        proto_out,
+        pack_value=pack,
+        unpack_frame=unpack,
+        pack_data=pack_typed,
+        ring=None,
+        share=False,
     ):
         self.proto_in = proto_in
         # A pool's worker shares the cores with its siblings and the parent:
@@ -164,6 +171,7 @@ class ChildWorker:
         self.ring = None
         self.pack_value = pack_value
         self.unpack_frame = unpack_frame
+        self.pack_data = pack_data
         self.globals = new_globals()
         self.driver = None  # made by the first call_async
         self.poller = select.poll()
@@ -754,7 +762,7 @@ def _serve(share, ring_path, ring_fd=None):
     proto_in, proto_out = _move_protocol_off_stdio()
     os.register_at_fork(after_in_child=_note_fork)
     _forget_own_folder()
-    codec = _msgpack_codec() or (pack, unpack)
+    codec = _msgpack_codec() or (pack, unpack, pack_typed)
     worker = ChildWorker(proto_in, proto_out, *codec, ring=ring, share=share)
     signal.signal(signal.SIGINT, worker.on_interrupt)
     try:

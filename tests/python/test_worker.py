@@ -538,6 +538,84 @@ class CodecTests(unittest.TestCase):
                 self.assertRaises(worker.FrameError, worker.unpack, wire)
 
 
+class TypedPackTests(unittest.TestCase):
+    """pack_typed: the value table, with bytes as bin (a typed result)."""
+
+    def test_bytes_like_values_become_bin_at_any_depth(self):
+        value = {"b": b"\x00\xff", "l": [bytearray(b"ab"), (memoryview(b"cd"),)], "d": {"k": [b""]}}
+        wire = worker.pack_typed(value)
+        self.assertIn(b"\xc4\x02\x00\xff", wire)
+        self.assertEqual(worker.unpack(wire), {"b": b"\x00\xff", "l": [b"ab", [b"cd"]], "d": {"k": [b""]}})
+        self.assertEqual(worker.pack_typed(b"\x01"), b"\xc4\x01\x01")
+        self.assertEqual(worker.pack_typed([b"x"] * 20)[:5], b"\xdc\x00\x14\xc4\x01")
+
+    def test_bin_takes_the_header_its_size_needs(self):
+        for size, head in [
+            (0, b"\xc4\x00"),
+            (255, b"\xc4\xff"),
+            (256, b"\xc5\x01\x00"),
+            (65535, b"\xc5\xff\xff"),
+            (65536, b"\xc6\x00\x01\x00\x00"),
+        ]:
+            with self.subTest(size=size):
+                data = bytes(range(256)) * (size // 256) + bytes(size % 256)
+                self.assertEqual(worker.pack_typed(data), head + data)
+                self.assertEqual(worker.unpack(head + data), data)
+
+    def test_a_memoryview_goes_as_its_bytes(self):
+        from array import array
+
+        numbers = array("i", [1, -1])
+        self.assertEqual(worker.unpack(worker.pack_typed(memoryview(numbers))), numbers.tobytes())
+        strided = memoryview(b"abcdef")[::2]
+        self.assertEqual(worker.unpack(worker.pack_typed([strided])), [b"ace"])
+
+    def test_a_subclass_goes_as_its_stored_bytes(self):
+        class Tagged(bytes):
+            def __bytes__(self):
+                return b"not these"
+
+            def __len__(self):
+                return 99
+
+        class Growing(bytearray):
+            def __bytes__(self):
+                return b"not these"
+
+        self.assertEqual(worker.unpack(worker.pack_typed([Tagged(b"ab"), Growing(b"cd")])), [b"ab", b"cd"])
+
+    def test_the_rest_of_the_table_holds(self):
+        self.assertEqual(worker.unpack(worker.pack_typed([float("nan"), float("inf"), 1.5])), [None, None, 1.5])
+        self.assertEqual(worker.unpack(worker.pack_typed({1: {2}, None: (3,)})), {"1": [2], "None": [3]})
+        self.assertEqual(worker.unpack(worker.pack_typed([0.5] * 20 + [float("nan")])), [0.5] * 20 + [None])
+        self.assertEqual(worker.unpack(worker.pack_typed(fractions.Fraction(1, 4))), 0.25)
+        for value in (2**64, [b"x", -(2**63) - 1]):
+            with self.subTest(value=value):
+                with self.assertRaises(worker.ConversionError) as caught:
+                    worker.pack_typed(value)
+                self.assertIn("does not fit in a 64-bit integer (i64 or u64)", str(caught.exception))
+        deep = b"x"
+        for _ in range(201):
+            deep = [deep]
+        self.assertRaises(worker.ConversionError, worker.pack_typed, deep)
+
+    def test_pack_still_sends_bytes_as_ints(self):
+        self.assertEqual(worker.pack(b"\x01\xff"), b"\x92\xcc\x01\xcc\xff")
+        self.assertEqual(worker.unpack(worker.pack([memoryview(b"ab")])), [[97, 98]])
+
+    def test_8_mib_of_bytes_pack_and_unpack_whole(self):
+        data = os.urandom(8 << 20)
+        wire = worker.pack_typed(data)
+        self.assertEqual(wire[:5], b"\xc6" + struct.pack(">I", len(data)))
+        self.assertEqual(len(wire), len(data) + 5)
+        for frame_bytes in (wire, bytearray(wire)):  # the worker's frames are bytearrays
+            back = worker.unpack(frame_bytes)
+            self.assertIs(type(back), bytes)
+            self.assertEqual(back, data)
+        self.assertEqual(worker.unpack(worker.pack_typed([bytearray(data)]))[0], data)
+        self.assertEqual(worker.unpack(worker.pack_typed(memoryview(data)[1:])), data[1:])
+
+
 class MsgpackCodecTests(unittest.TestCase):
     """The C `msgpack` package's codec gives the same answers as the pure one."""
 
@@ -545,7 +623,7 @@ class MsgpackCodecTests(unittest.TestCase):
         codec = worker._msgpack_codec()
         if codec is None:
             self.skipTest("no msgpack package in this interpreter (set ASYNC_PY_TEST_PYTHONS to a venv with it)")
-        self.pack, self.unpack = codec
+        self.pack, self.unpack, self.pack_typed = codec
 
     def test_replies_match_the_pure_codec(self):
         values = [
@@ -557,6 +635,25 @@ class MsgpackCodecTests(unittest.TestCase):
                 self.assertEqual(worker.unpack(self.pack(value)), worker.unpack(worker.pack(value)))
         for value in (2**64, "\ud800", [2**70]):
             self.assertRaises(worker.ConversionError, self.pack, value)
+
+    def test_typed_replies_match_the_pure_codec(self):
+        values = [
+            None, 7, "é", b"\x00\xff", bytearray(b"ab"), memoryview(b"cd"), [b"x", 1, None], (b"y",),
+            {"k": b"z"}, {"k": [b"z"]}, [float("nan")], {1, 2}, {1: b"a"}, object, list(range(100)),
+        ]
+        for value in values:
+            with self.subTest(value=value):
+                self.assertEqual(self.unpack(self.pack_typed(value)), worker.unpack(worker.pack_typed(value)))
+        for value in (2**64, "\ud800", [2**70], [b"x", 2**70]):
+            self.assertRaises(worker.ConversionError, self.pack_typed, value)
+
+    def test_8_mib_of_bytes_pack_and_unpack_whole(self):
+        data = os.urandom(8 << 20)
+        wire = self.pack_typed(data)
+        self.assertEqual(wire, worker.pack_typed(data))
+        back = self.unpack(bytearray(wire))
+        self.assertIs(type(back), bytes)
+        self.assertEqual(back, data)
 
     def test_requests_match_the_pure_codec(self):
         for wire in (worker.pack([7, "call", "add", [1, 2.5, "x", None, {"k": [True]}]]), b"\xc4\x02\x00\xff"):
