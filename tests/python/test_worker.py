@@ -766,6 +766,72 @@ class CoroutineDriverTests(unittest.TestCase):
         self.wake_write.send(b"x")
         self.assertEqual(self.driver.turn(True), [])
 
+    def finish_all(self, count):
+        finished = []
+        while len(finished) < count:
+            finished += self.driver.turn(True)
+        return finished
+
+    def test_an_awaitable_scheduled_as_made_finishes_under_its_token(self):
+        self.driver.schedule("mine", self.wait(0.01, "done"), None)
+        self.driver.schedule(11, self.wait(0, "limited"), 5.0)
+        self.assertEqual(self.driver.pending, 2)
+        self.assertCountEqual(self.finish_all(2), [(11, True, "limited"), ("mine", True, "done")])
+        self.assertEqual((self.driver.pending, self.driver.tasks), (0, {}))
+
+    def test_a_scheduled_call_past_its_limit_is_a_timeout(self):
+        self.driver.schedule(12, self.wait(60, None), 0.01)
+        self.assertEqual(self.finish_all(1), [(12, False, "timeout")])
+
+    def test_cancel_stops_a_pending_call_at_its_await_point(self):
+        worker.run_code(
+            textwrap.dedent(
+                """
+                unwound = []
+                async def guarded(token):
+                    try:
+                        await asyncio.sleep(60)
+                    finally:
+                        unwound.append(token)
+                """
+            ),
+            self.namespace,
+        )
+        guarded = self.namespace["guarded"]
+        self.driver.schedule(13, guarded(13), None)
+        self.driver.start(14, guarded, (14,), 30.0)
+        self.driver.turn(False)  # both reach their await
+        self.assertTrue(self.driver.cancel(13))
+        self.assertTrue(self.driver.cancel(14))
+        self.assertEqual(sorted(self.finish_all(2)), [(13, False, "cancelled"), (14, False, "cancelled")])
+        self.assertEqual(sorted(self.namespace["unwound"]), [13, 14])
+        self.assertEqual(self.driver.tasks, {})
+
+    def test_cancel_of_a_call_not_pending_is_false(self):
+        self.assertFalse(self.driver.cancel(15))
+        self.driver.schedule(15, self.wait(0, "quick"), None)
+        self.assertEqual(self.finish_all(1), [(15, True, "quick")])
+        self.assertFalse(self.driver.cancel(15))
+        self.assertEqual(self.driver.turn(False), [])
+
+    def test_a_call_that_catches_its_cancellation_goes_on(self):
+        worker.run_code(
+            textwrap.dedent(
+                """
+                async def stubborn():
+                    try:
+                        await asyncio.sleep(60)
+                    except asyncio.CancelledError:
+                        return "went on"
+                """
+            ),
+            self.namespace,
+        )
+        self.driver.schedule(16, self.namespace["stubborn"](), None)
+        self.driver.turn(False)
+        self.assertTrue(self.driver.cancel(16))
+        self.assertEqual(self.finish_all(1), [(16, True, "went on")])
+
     def test_user_code_may_run_the_loop_while_a_call_is_pending(self):
         self.driver.start(4, self.wait, (0, "early"), None)
         self.wake_write.send(b"x")
