@@ -2,7 +2,8 @@
 """Values on the wire: the value table and a small MessagePack codec.
 
 `pack` turns a Python object into MessagePack by the value table in the
-crate docs, and `unpack` turns one MessagePack value back into Python.
+crate docs, `pack_typed` does the same for a typed result (whose bytes go
+as bin), and `unpack` turns one MessagePack value back into Python.
 Most values take the plain recursive path. Two fast paths keep big
 homogeneous lists cheap, because their per-item cost would dominate a call:
 a long list of plain ints or floats is packed with `array` and strided
@@ -82,6 +83,27 @@ def pack(value):
     return b"".join(out)
 
 
+class _TypedOut(list):
+    """The parts `pack_typed` joins: packing into one of these turns bytes,
+    bytearray and memoryview into bin instead of arrays of ints. The mode
+    rides on the output's type so that `pack`'s own path checks nothing
+    more (bytes reach only `_pack_other`)."""
+
+    __slots__ = ()
+
+
+def pack_typed(value):
+    """MessagePack bytes of a typed result: the value table of `pack`,
+    except that bytes, bytearray and memoryview, at any depth, become bin
+    (a memoryview its `tobytes()`), never arrays of ints.
+
+    Raises as `pack` does.
+    """
+    out = _TypedOut()
+    _pack(value, out, 0)
+    return b"".join(out)
+
+
 def _pack(obj, out, depth):
     kind = type(obj)
     if kind is str:
@@ -119,6 +141,10 @@ def _pack_other(obj, out, depth):
         _pack_map(obj, out, depth)
     elif isinstance(obj, (set, frozenset)):
         _pack_array(list(obj), out, depth)
+    elif type(out) is _TypedOut and isinstance(obj, (bytes, bytearray, memoryview)):
+        # The stored bytes, whatever a subclass's own methods say; bytes
+        # themselves are not copied here, the others once.
+        _pack_bin(obj if type(obj) is bytes else memoryview(obj).tobytes(), out)
     elif isinstance(obj, (bytes, bytearray)):
         _pack_bytes(obj, out)
     else:
@@ -220,6 +246,20 @@ def _pack_map(mapping, out, depth):
     for key, item in items:
         _pack_str(key if isinstance(key, str) else str(key), out)
         _pack(item, out, depth)
+
+
+def _pack_bin(data, out):
+    """bytes as bin (typed results only): the header, then `data` itself."""
+    size = len(data)
+    if size <= 0xFF:
+        out.append(_U8(0xC4, size))
+    elif size <= 0xFFFF:
+        out.append(_U16(0xC5, size))
+    elif size <= 0xFFFFFFFF:
+        out.append(_U32(0xC6, size))
+    else:
+        raise ConversionError("bytes of %d bytes are too long for MessagePack" % size)
+    out.append(data)
 
 
 def _pack_bytes(data, out):
@@ -559,8 +599,10 @@ def _unpack_str(size_of):
 def _unpack_bin(size_of):
     def unpack_bin(data, pos, depth):
         size, pos = size_of(data, pos)
-        blob, end = _take(data, pos, size)
-        return bytes(blob), end
+        end = pos + size
+        # One copy, out of a bytearray frame too (a slice of it would be a
+        # second). A view past the end stops at the end, as a slice does.
+        return bytes(memoryview(data)[pos:end]), end
 
     return unpack_bin
 
@@ -636,12 +678,15 @@ _UNPACK_MARKER = [
 
 
 def _msgpack_codec():
-    """(pack, unpack) backed by the C `msgpack` package, or None without it.
+    """(pack, unpack, pack_typed) backed by the C `msgpack` package, or None
+    without it.
 
     Requests are decoded by the package. Replies are packed by it only when
     a shallow look shows nothing the value table treats differently from
-    MessagePack's defaults (bytes, sets, NaN, subclasses, other objects);
-    everything else, and anything the package refuses, goes through `pack`.
+    MessagePack's defaults (bytes, sets, NaN, subclasses, other objects; for
+    a typed result bytes and bytearray are plain: both become bin);
+    everything else, and anything the package refuses, goes through `pack`
+    or `pack_typed`.
     """
     try:
         import msgpack
@@ -652,20 +697,26 @@ def _msgpack_codec():
     stack_error = getattr(msgpack.exceptions, "StackError", ())
     scalars = {type(None), bool, int, str}
 
-    def is_plain(value):
-        kind = type(value)
-        if kind in scalars:
-            return True
-        if kind is float:
-            return _isfinite(value)
-        if kind is list or kind is tuple:
-            kinds = set(map(type, value))
-            if kinds == {float}:
-                return _isfinite(sum(value))
-            return kinds <= scalars
-        if kind is dict:
-            return set(map(type, value)) <= {str} and set(map(type, value.values())) <= scalars
-        return False
+    def plain_check(scalars):
+        def is_plain(value):
+            kind = type(value)
+            if kind in scalars:
+                return True
+            if kind is float:
+                return _isfinite(value)
+            if kind is list or kind is tuple:
+                kinds = set(map(type, value))
+                if kinds == {float}:
+                    return _isfinite(sum(value))
+                return kinds <= scalars
+            if kind is dict:
+                return set(map(type, value)) <= {str} and set(map(type, value.values())) <= scalars
+            return False
+
+        return is_plain
+
+    is_plain = plain_check(scalars)
+    is_plain_typed = plain_check(scalars | {bytes, bytearray})
 
     def fast_pack(value):
         if is_plain(value):
@@ -674,6 +725,14 @@ def _msgpack_codec():
             except Exception:
                 pass  # a big int or a lone surrogate: `pack` names the problem
         return pack(value)
+
+    def fast_pack_typed(value):
+        if is_plain_typed(value):
+            try:
+                return packb(value, use_bin_type=True)
+            except Exception:
+                pass
+        return pack_typed(value)
 
     def reject_ext(code, data):
         raise ValueError("ext type %d is not supported" % code)
@@ -686,4 +745,4 @@ def _msgpack_codec():
         except Exception as exc:
             raise FrameError(str(exc) or type(exc).__name__) from None
 
-    return fast_pack, fast_unpack
+    return fast_pack, fast_unpack, fast_pack_typed

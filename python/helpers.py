@@ -212,7 +212,9 @@ class CoroutineDriver:
     (futures, locks, sessions) stay usable in the next, because they all
     belong to this loop. The host drives the loop in turns: `turn(False)`
     runs what is ready and returns; `turn(True)` blocks until a call
-    finishes or the host writes to its wake-up fd.
+    finishes or the host writes to its wake-up fd. Each call has a token,
+    the host's name for it (unique among the calls pending), by which its
+    outcome comes back and by which it can be cancelled.
     """
 
     def __init__(self, wake_fd=None):
@@ -221,6 +223,7 @@ class CoroutineDriver:
         asyncio.set_event_loop(self.loop)
         self.finished = []
         self.pending = 0
+        self.tasks = {}  # token -> the task of each pending call
         self.turning = False
         if wake_fd is not None:
             self.loop.add_reader(wake_fd, self._on_wake, wake_fd)
@@ -234,17 +237,35 @@ class CoroutineDriver:
         result = function(*args)
         if not inspect.isawaitable(result):
             return False, result
+        self.schedule(token, result, limit)
+        return True, None
+
+    def schedule(self, token, awaitable, limit):
+        """Runs `awaitable` (a coroutine, future or other awaitable) on the
+        loop, cancelled past `limit` seconds (None: no limit). Its outcome
+        later appears in `finished` as (token, ok, value)."""
         asyncio.set_event_loop(self.loop)
         ended = []
         if limit is not None:
-            result = self._noting_end(result, ended)
-        task = asyncio.ensure_future(result, loop=self.loop)
+            awaitable = self._noting_end(awaitable, ended)
+        task = asyncio.ensure_future(awaitable, loop=self.loop)
         timer = None
         if limit is not None:
             timer = self.loop.call_later(limit, self._expire, task)
         task.add_done_callback(functools.partial(self._done, token, timer, ended))
+        self.tasks[token] = task
         self.pending += 1
-        return True, None
+
+    def cancel(self, token):
+        """Cancels the pending call `token`: it gets CancelledError at its
+        await point (its `finally` blocks run there), and its outcome then
+        appears in `finished`, (token, False, "cancelled") unless it caught
+        the error and went on. True if a pending call was cancelled; False
+        if none is pending under that token (it finished, or never was)."""
+        task = self.tasks.get(token)
+        if task is None or task.done():
+            return False
+        return task.cancel()
 
     async def _noting_end(self, awaitable, ended):
         """Awaits a limited call, noting when it ended: its done callback
@@ -267,6 +288,8 @@ class CoroutineDriver:
         )
         if timer is not None:
             timer.cancel()
+        if self.tasks.get(token) is task:
+            del self.tasks[token]
         self.pending -= 1
         if late:
             if not task.cancelled():

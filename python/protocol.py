@@ -5,16 +5,16 @@ Every name, number and offset the child writes or matches on the wire is
 here: the protocol version, the frame limit and exit statuses, the ops and
 their arguments, the message kinds, the reply ring's offsets and the
 zygote's messages. The bytes that the fast paths of serve.py write or
-match whole (the start of an `ok` reply, the output mark, a `call`
-request's op) are derived from these names with the codec, once, at
-import. The Rust side states the same numbers in src/wire/mod.rs and
+match whole (the start of an `ok` or `data` reply, the output mark, the
+start of a `call` or `invoke` request) are derived from these names with
+the codec, once, at import. The Rust side states the same numbers in src/wire/mod.rs and
 src/subprocess/ring.rs; tests/python/test_protocol.py checks that both
 agree.
 """
 
 import struct
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 """Named in the hello; changes whenever a frame changes shape or meaning."""
 
 FRAME_LIMIT = 1 << 30
@@ -43,6 +43,7 @@ OP_EVAL = "eval"
 OP_READ = "read"
 OP_CALL = "call"
 OP_CALL_ASYNC = "call_async"
+OP_INVOKE = "invoke"
 OP_SET_VENV = "set_venv"
 OP_STOP = "stop"
 
@@ -56,6 +57,7 @@ OPS = {
     OP_READ: (str,),
     OP_CALL: (str, list),
     OP_CALL_ASYNC: (str, list, ARG_LIMIT),
+    OP_INVOKE: (str, list, dict, bool, ARG_LIMIT),  # name, args, kwargs, typed, limit
     OP_SET_VENV: (str,),
     OP_STOP: (),
 }
@@ -70,6 +72,16 @@ REPLY_OK = "ok"  # [id, "ok", value]
 REPLY_ERR = "err"  # [id, "err", kind, message, traceback]
 REPLY_CONV = "conv"  # [id, "conv", message]
 REPLY_TIMEOUT = "timeout"  # [id, "timeout"]
+REPLY_DATA = "data"  # [id, "data", value]: a typed invoke's result, bytes as bin
+
+# -- other messages: [kind, ...] --------------------------------------------
+
+MSG_CANCEL = "cancel"
+"""Parent to child, [MSG_CANCEL, id]: cancel that request's pending coroutine.
+It gets no reply of its own."""
+MSG_AWAITING = "awaiting"
+"""Child to parent, [MSG_AWAITING, id]: that invoke's result is being
+awaited on the event loop; its reply comes when it finishes."""
 
 PROTOCOL_ERROR = "ProtocolError"
 """The `err` kind of a reply to a request the child cannot parse."""
@@ -130,8 +142,10 @@ OUTPUT_MARK_FRAME = _framed(pack([OUTPUT_MARK]))
 """The whole frame [OUTPUT_MARK]."""
 
 REPLY_OK_ARRAY = _array_head(3)
-"""The header of the array [id, REPLY_OK, value], before the id."""
+"""The header of the array [id, REPLY_OK, value] (and [id, REPLY_DATA,
+value]), before the id."""
 REPLY_OK_KIND = pack(REPLY_OK)
+REPLY_DATA_KIND = pack(REPLY_DATA)
 
 OK_HEAD_ID_START = REPLY_OK_ARRAY + pack(1 << 63)[:1]
 """The array's header and a uint 64's marker: the fast path writes every id
@@ -141,10 +155,19 @@ OK_HEAD = struct.Struct(">I%dsQ%ds" % (len(OK_HEAD_ID_START), len(REPLY_OK_KIND)
 (frame length, OK_HEAD_ID_START, id, REPLY_OK_KIND); the value's bytes follow."""
 OK_HEAD_PAYLOAD = OK_HEAD.size - FRAME_HEADER.size
 """The bytes of OK_HEAD that count in the frame's length."""
+DATA_HEAD = struct.Struct(">I%dsQ%ds" % (len(OK_HEAD_ID_START), len(REPLY_DATA_KIND)))
+"""As OK_HEAD, for [id, REPLY_DATA, value]: packed from (frame length,
+OK_HEAD_ID_START, id, REPLY_DATA_KIND)."""
+DATA_HEAD_PAYLOAD = DATA_HEAD.size - FRAME_HEADER.size
 
 CALL_ARRAY = _array_head(2 + len(OPS[OP_CALL]))[0]
 """The marker of a `call` request's array: [id, OP_CALL, name, args]."""
 CALL_OP = pack(OP_CALL)
+
+INVOKE_ARRAY = _array_head(2 + len(OPS[OP_INVOKE]))[0]
+"""The marker of an `invoke` request's array: [id, OP_INVOKE, name, args,
+kwargs, typed, limit]."""
+INVOKE_OP = pack(OP_INVOKE)
 
 REQUEST_ID_READERS = {}
 """After the array's marker, a request's id is a positive fixint or a uint

@@ -7,10 +7,13 @@ PROTOCOL.md on its stdin and stdout (protocol.py states its layout):
 - with the reply ring the parent offers (shared memory), replies go there
   and stdout carries only doorbells;
 - requests are `[id, op, ...]` (ops `run`, `run_file`, `eval`, `read`,
-  `call`, `call_async`, `set_venv`, `stop`) and are handled in arrival order;
-- replies are `[id, "ok", value]`, `[id, "err", kind, message, traceback]`,
-  `[id, "conv", message]` or `[id, "timeout"]`; only `call_async` replies
-  can come back out of order;
+  `call`, `call_async`, `invoke`, `set_venv`, `stop`) and are handled in
+  arrival order, as is `["cancel", id]`, which cancels a pending coroutine;
+- replies are `[id, "ok", value]`, `[id, "data", value]` (a typed
+  `invoke`'s, whose bytes are bin), `[id, "err", kind, message, traceback]`,
+  `[id, "conv", message]` or `[id, "timeout"]`; only the replies to
+  coroutines (`call_async`, and an `invoke` that first sent
+  `["awaiting", id]`) can come back out of order;
 - `["out"]` goes before the replies that follow output written through
   sys.stdout or sys.stderr, which is in the stderr pipe by then.
 
@@ -28,6 +31,7 @@ import signal
 import sys
 import time
 import traceback
+import types
 
 # A pipe wake-up costs more than this, so the child polls for the next
 # request for a moment before it sleeps in the selector.
@@ -40,6 +44,8 @@ _READ_CHUNK = 1 << 16
 _frame_header = FRAME_HEADER.pack
 _frame_size = FRAME_HEADER.unpack_from
 _ok_head = OK_HEAD.pack
+_data_head = DATA_HEAD.pack
+_monotonic = time.monotonic
 _LATER = object()
 """Returned by a request handler whose reply comes when a coroutine finishes."""
 
@@ -147,11 +153,19 @@ class ChildWorker:
     Every op runs to completion in the order its request arrived, outside the
     event loop (so user code may call `asyncio.run`), except `call_async`,
     whose coroutine runs on the CoroutineDriver's loop while the child waits
-    for the next request in that loop's selector.
+    for the next request in that loop's selector, and so does the awaitable
+    an `invoke` returns.
     """
 
     def __init__(
-        self, proto_in, proto_out, pack_value=pack, unpack_frame=unpack, ring=None, share=False
+        self,
+        proto_in,
+        proto_out,
+        pack_value=pack,
+        unpack_frame=unpack,
+        pack_data=pack_typed,
+        ring=None,
+        share=False,
     ):
         self.proto_in = proto_in
         # A pool's worker shares the cores with its siblings and the parent:
@@ -164,8 +178,9 @@ class ChildWorker:
         self.ring = None
         self.pack_value = pack_value
         self.unpack_frame = unpack_frame
+        self.pack_data = pack_data
         self.globals = new_globals()
-        self.driver = None  # made by the first call_async
+        self.driver = None  # made by the first call_async, or invoke that awaits
         self.poller = select.poll()
         self.poller.register(proto_in, select.POLLIN)
         self.inbox = bytearray()
@@ -173,9 +188,10 @@ class ChildWorker:
         self.at_eof = False
         self.stopping = False
         self.running = None  # the id of the request running now, if any
+        self.typed_coroutines = set()  # ids of typed invokes pending on the loop
         self.interrupted = False
         self.handlers = {op: getattr(self, "op_" + op) for op in OPS}
-        # The common request gets a decoder of its own with the pure-Python codec.
+        # The common requests get decoders of their own with the pure-Python codec.
         self.quick_calls = unpack_frame is unpack
         # Streams that write straight to their fd need no flush before a reply.
         streams = (sys.stdout, sys.stderr)
@@ -367,12 +383,27 @@ class ChildWorker:
         del inbox[:pos]
 
     def _handle_frame(self, frame):
-        call = _call_request(frame) if self.quick_calls else None
+        call = None
+        if self.quick_calls and frame:
+            marker = frame[0]
+            if marker == CALL_ARRAY:
+                call = _call_request(frame)
+            elif marker == INVOKE_ARRAY:
+                invoke = _invoke_request(frame)
+                if invoke is not None:
+                    # Unpacked here: a call with *invoke costs twice as much.
+                    request_id, name, args, kwargs, typed, limit = invoke
+                    self.op_invoke(request_id, name, args, kwargs, typed, limit)
+                    return
         if call is None:
             request = self._decode_request(frame)
             if request is None:
                 return
-            request_id, handler, args = request[0], self.handlers[request[1]], request[2:]
+            request_id, op, args = request[0], request[1], request[2:]
+            if op == OP_INVOKE:
+                self.op_invoke(request_id, *args)  # it says itself what runs when
+                return
+            handler = self.handlers[op]
         else:
             request_id, name, args = call
         try:
@@ -386,16 +417,19 @@ class ChildWorker:
             finally:
                 self.running = None
         except BaseException as exc:
-            # Anything user code raises, SystemExit and KeyboardInterrupt too,
-            # is the caller's error; the child goes on. (Set again: a signal
-            # may have cut the `finally` short.)
-            self.running = None
-            if _in_forked_copy:
-                _leave_forked_copy(exc)
-            self._reply_error(request_id, exc)
+            self._request_failed(request_id, exc)
             return
         if value is not _LATER:
             self._reply_value(request_id, value)
+
+    def _request_failed(self, request_id, exc):
+        """The reply to a request that raised. Anything user code raises,
+        SystemExit and KeyboardInterrupt too, is the caller's error; the
+        child goes on."""
+        self.running = None  # set again: a signal may have cut the `finally` short
+        if _in_forked_copy:
+            _leave_forked_copy(exc)
+        self._reply_error(request_id, exc)
 
     def _decode_request(self, frame):
         """The request [id, op, ...] in a frame, checked; None if it was
@@ -412,7 +446,10 @@ class ChildWorker:
         except FrameError as exc:
             self._fail("a frame is not valid MessagePack: %s" % exc)
         if type(request) is not list or not request or type(request[0]) is not int:
-            _say("ignoring a request without an id: %s" % _preview(request))
+            if type(request) is list and request and request[0] == MSG_CANCEL:
+                self._cancel(request)
+            else:
+                _say("ignoring a request without an id: %s" % _preview(request))
             return
         problem = _request_problem(request)
         if problem is not None:
@@ -456,6 +493,73 @@ class ChildWorker:
                 counters[_COUNTER_IN_LOOP] = 0
         return _LATER if scheduled else value
 
+    def op_invoke(self, request_id, name, args, kwargs, typed, limit):
+        """`name(*args, **kwargs)`, run as a sync request. Its result, if it
+        is awaitable, is awaited on the event loop (see _await_invoked) for
+        what is left of `limit`; a generator is a `conv` reply; anything else
+        is the reply's value, packed as `data` when `typed`."""
+        try:
+            self.running = request_id
+            try:
+                if limit is None:
+                    value = resolve(name, self.globals)(*args, **kwargs)
+                else:
+                    function = resolve(name, self.globals)
+                    started = _monotonic()
+                    value = function(*args, **kwargs)
+                    limit -= _monotonic() - started
+            finally:
+                self.running = None
+        except BaseException as exc:
+            self._request_failed(request_id, exc)
+            return
+        if type(value) not in _PLAIN_RESULTS:
+            streamed = _generator_kind(value)
+            if streamed is not None:
+                self._send_reply([request_id, REPLY_CONV, "%s returned %s; read its items with .stream()" % (name, streamed)])
+                return
+            if _is_awaitable(value):
+                self._await_invoked(request_id, value, typed, limit)
+                return
+        if typed:
+            self._reply_data(request_id, value)
+        else:
+            self._reply_value(request_id, value)
+
+    def _await_invoked(self, request_id, awaitable, typed, limit):
+        """Schedules an invoke's awaitable on the event loop and tells the
+        parent (["awaiting", id]); its reply comes when it finishes, as a
+        call_async's does. A limit used up by the call that made it is a
+        timeout at once."""
+        if limit is not None and limit <= 0:
+            _close_awaitable(awaitable)
+            self._send_reply([request_id, REPLY_TIMEOUT])
+            return
+        try:
+            driver = self._coroutine_driver()
+            if self.ring is not None:
+                # As for call_async, stored before it can start. The call that
+                # made it ran as a sync request: the flag of the loop stays clear.
+                self.ring.counters[_COUNTER_LAST_COROUTINE] = request_id
+            driver.schedule(request_id, awaitable, limit)
+        except BaseException as exc:
+            self._reply_error(request_id, exc)
+            return
+        if typed:
+            self.typed_coroutines.add(request_id)
+        self._send(pack([MSG_AWAITING, request_id]))
+
+    def _cancel(self, message):
+        """[MSG_CANCEL, id]: cancels that request's coroutine if it is pending
+        on the loop (its reply follows when it has stopped). Anything else
+        (finished, unknown, never a coroutine) is ignored; a cancel gets no
+        reply of its own."""
+        if len(message) != 2 or type(message[1]) is not int:
+            _say("ignoring a malformed cancel: %s" % _preview(message))
+            return
+        if self.driver is not None:
+            self.driver.cancel(message[1])
+
     def op_set_venv(self, request_id, path):
         set_venv(path)
 
@@ -465,10 +569,17 @@ class ChildWorker:
     # -- replies -----------------------------------------------------------
 
     def _reply_finished(self, request_id, ok, value):
-        """The reply to a call_async: `value` is the result, the exception,
-        or "timeout" / "cancelled" (see CoroutineDriver._done)."""
+        """The reply to a coroutine (a call_async, or an invoke that is
+        awaiting): `value` is the result, the exception, or "timeout" /
+        "cancelled" (see CoroutineDriver._done)."""
+        typed = request_id in self.typed_coroutines
+        if typed:
+            self.typed_coroutines.discard(request_id)
         if ok:
-            self._reply_value(request_id, value)
+            if typed:
+                self._reply_data(request_id, value)
+            else:
+                self._reply_value(request_id, value)
         elif isinstance(value, BaseException):
             self._reply_error(request_id, value)
         elif value == "timeout":
@@ -477,22 +588,45 @@ class ChildWorker:
             self._send_reply([request_id, REPLY_ERR, "CancelledError", "the coroutine was cancelled", None])
 
     def _reply_value(self, request_id, value):
+        """[id, "ok", value], the value packed by the value table."""
         try:
             body = self.pack_value(value)
-        except ConversionError as exc:
-            self._send_reply([request_id, REPLY_CONV, str(exc)])
-            return
-        except BaseException as exc:  # str(obj) of some object raised
-            self._reply_error(request_id, exc)
+        except BaseException as exc:
+            self._reply_unpacked(request_id, exc)
             return
         size = OK_HEAD_PAYLOAD + len(body)
-        if size > 0xFFFFFFFF:
-            self._send_reply([request_id, REPLY_CONV, "a reply of %d bytes does not fit in a frame" % size])
-            return
-        if 0 <= request_id <= 0xFFFFFFFFFFFFFFFF:
+        if size <= 0xFFFFFFFF and 0 <= request_id <= 0xFFFFFFFFFFFFFFFF:
             self.outbox.append(_ok_head(size, OK_HEAD_ID_START, request_id, REPLY_OK_KIND) + body)
         else:
-            self._send(REPLY_OK_ARRAY + pack(request_id) + REPLY_OK_KIND + body)
+            self._reply_body(request_id, REPLY_OK_KIND, body, size)
+
+    def _reply_data(self, request_id, value):
+        """[id, "data", value], a typed result: bytes go as bin."""
+        try:
+            body = self.pack_data(value)
+        except BaseException as exc:
+            self._reply_unpacked(request_id, exc)
+            return
+        size = DATA_HEAD_PAYLOAD + len(body)
+        if size <= 0xFFFFFFFF and 0 <= request_id <= 0xFFFFFFFFFFFFFFFF:
+            self.outbox.append(_data_head(size, OK_HEAD_ID_START, request_id, REPLY_DATA_KIND) + body)
+        else:
+            self._reply_body(request_id, REPLY_DATA_KIND, body, size)
+
+    def _reply_unpacked(self, request_id, exc):
+        """The reply to a value that did not pack."""
+        if isinstance(exc, ConversionError):
+            self._send_reply([request_id, REPLY_CONV, str(exc)])
+        else:  # str(obj) of some object raised
+            self._reply_error(request_id, exc)
+
+    def _reply_body(self, request_id, kind, body, size):
+        """A reply the fast head cannot write: too long for a frame, or an
+        id that is not a uint 64."""
+        if size > 0xFFFFFFFF:
+            self._send_reply([request_id, REPLY_CONV, "a reply of %d bytes does not fit in a frame" % size])
+        else:
+            self._send(REPLY_OK_ARRAY + pack(request_id) + kind + body)
 
     def _reply_error(self, request_id, exc):
         self._send_reply([request_id, REPLY_ERR, *describe_error(exc)])
@@ -577,6 +711,7 @@ def _writes_through(stream):
 
 
 _CALL_OP_SIZE = len(CALL_OP)
+_INVOKE_OP_SIZE = len(INVOKE_OP)
 
 
 def _call_request(frame):
@@ -614,6 +749,119 @@ def _call_request(frame):
         return None
 
 
+def _invoke_request(frame):
+    """(id, name, args, kwargs, typed, limit) of an `invoke` request shaped
+    the way the parent writes one (a short name, str keys, a float limit),
+    or None: anything else, valid or not, takes the general decoder."""
+    try:
+        if frame[0] != INVOKE_ARRAY:
+            return None
+        marker = frame[1]
+        if marker < 0x80:
+            request_id, pos = marker, 2
+        else:
+            width, read = REQUEST_ID_READERS[marker]
+            (request_id,) = read(frame, 2)
+            pos = 2 + width
+        end = pos + _INVOKE_OP_SIZE
+        if frame[pos:end] != INVOKE_OP:
+            return None
+        marker = frame[end]
+        if not 0xA0 <= marker < 0xC0:
+            return None
+        start = end + 1
+        end = start + (marker & 0x1F)
+        name = frame[start:end].decode()
+        # The arguments sit one level down in the request, as in `unpack`.
+        marker = frame[end]
+        if 0x90 <= marker < 0xA0:
+            args, end = _unpack_array(frame, end + 1, marker & 0x0F, 1)
+        elif marker == 0xDC or marker == 0xDD:
+            args, end = _unpack(frame, end, 1)
+        else:
+            return None
+        marker = frame[end]
+        if marker == 0x80:  # the commonest: none
+            kwargs = {}
+            end += 1
+        else:
+            if 0x80 < marker < 0x90:
+                kwargs, end = _unpack_map(frame, end + 1, marker & 0x0F, 1)
+            elif marker == 0xDE or marker == 0xDF:
+                kwargs, end = _unpack(frame, end, 1)
+            else:
+                return None
+            for key in kwargs:
+                if type(key) is not str:
+                    return None
+        typed = frame[end]
+        marker = frame[end + 1]
+        if marker == 0xC0:
+            limit = None
+            end += 2
+        elif marker == 0xCB:
+            (limit,) = _unpack_f64(frame, end + 2)
+            if not (_isfinite(limit) and limit >= 0):
+                return None
+            end += 10
+        else:
+            return None
+        if end != len(frame) or not 0xC2 <= typed <= 0xC3:  # false, true
+            return None
+        return request_id, name, args, kwargs, typed == 0xC3, limit
+    except Exception:
+        return None
+
+
+_PLAIN_RESULTS = frozenset((type(None), bool, int, float, str, bytes, bytearray, list, tuple, dict))
+"""Result types that are neither generators nor awaitable: an invoke's
+result of one of them is answered without a closer look."""
+_CO_ITERABLE_COROUTINE = 0x100
+"""inspect.CO_ITERABLE_COROUTINE: a generator made awaitable by @types.coroutine."""
+
+
+def _generator_kind(value):
+    """"a generator" or "an async generator" for an invoke's result that
+    only a stream reads, else None. A generator is closed here (its
+    `finally` runs if it had started); an async one is dropped."""
+    kind = type(value)
+    if kind is types.AsyncGeneratorType:
+        return "an async generator"
+    if kind is not types.GeneratorType or value.gi_code.co_flags & _CO_ITERABLE_COROUTINE:
+        return None
+    try:
+        value.close()
+    except BaseException as exc:
+        _say("closing a generator raised %s: %s" % (type(exc).__name__, exc))
+    return "a generator"
+
+
+def _is_awaitable(value):
+    """inspect.isawaitable, with its import left until a result's type
+    could be awaitable at all."""
+    kind = type(value)
+    if kind is types.CoroutineType:
+        return True
+    if kind is not types.GeneratorType and getattr(kind, "__await__", None) is None:
+        return False
+    _import_asyncio()
+    return inspect.isawaitable(value)
+
+
+def _close_awaitable(awaitable):
+    """Drops an awaitable that will not be awaited: a coroutine is closed
+    (no "never awaited" warning), an asyncio future cancelled."""
+    try:
+        if type(awaitable) in (types.CoroutineType, types.GeneratorType):
+            awaitable.close()
+            return
+        _import_asyncio()
+        if asyncio.isfuture(awaitable):
+            awaitable.cancel()
+    except BaseException as exc:
+        _say("dropping an awaitable past its limit raised %s: %s" % (type(exc).__name__, exc))
+
+
 def _is_byte_list(value):
     return type(value) is list and all(type(b) is int and 0 <= b <= 255 for b in value)
 
@@ -629,6 +877,16 @@ def _request_problem(request):
     args = request[2:]
     if op == OP_CALL_ASYNC:
         fits = len(args) == 3 and type(args[0]) is str and type(args[1]) is list and _is_limit(args[2])
+    elif op == OP_INVOKE:
+        fits = (
+            len(args) == 5
+            and type(args[0]) is str
+            and type(args[1]) is list
+            and type(args[2]) is dict
+            and type(args[3]) is bool
+            and (args[4] is None or _is_limit(args[4]))
+            and (not args[2] or set(map(type, args[2])) == {str})
+        )
     elif op in PATH_OPS:
         fits = len(args) == 1 and (type(args[0]) is str or _is_byte_list(args[0]))
     else:
@@ -754,7 +1012,7 @@ def _serve(share, ring_path, ring_fd=None):
     proto_in, proto_out = _move_protocol_off_stdio()
     os.register_at_fork(after_in_child=_note_fork)
     _forget_own_folder()
-    codec = _msgpack_codec() or (pack, unpack)
+    codec = _msgpack_codec() or (pack, unpack, pack_typed)
     worker = ChildWorker(proto_in, proto_out, *codec, ring=ring, share=share)
     signal.signal(signal.SIGINT, worker.on_interrupt)
     try:

@@ -135,6 +135,32 @@ class FastPathBytesTests(unittest.TestCase):
         self.assertEqual(child.outbox, expected)
         self.assertEqual([worker.unpack(frame[4:]) for frame in expected], [[7, "ok", 3], [2**64 - 1, "ok", "x"]])
 
+    def test_a_data_reply_as_the_fast_path_writes_it(self):
+        read, write = os.pipe()
+        self.addCleanup(os.close, read)
+        self.addCleanup(os.close, write)
+        child = worker.ChildWorker(read, write)
+        child._reply_data(7, b"\x00\xff")
+        child._reply_data(2**64 - 1, [b""])
+        expected = [
+            b"\x00\x00\x00\x13\x93\xcf" + struct.pack(">Q", 7) + b"\xa4data\xc4\x02\x00\xff",
+            b"\x00\x00\x00\x12\x93\xcf" + b"\xff" * 8 + b"\xa4data\x91\xc4\x00",
+        ]
+        self.assertEqual(child.outbox, expected)
+        self.assertEqual([worker.unpack(frame[4:]) for frame in expected], [[7, "data", b"\x00\xff"], [2**64 - 1, "data", [b""]]])
+
+    def test_the_invoke_request_prefix(self):
+        self.assertEqual(worker.INVOKE_ARRAY, 0x97)
+        self.assertEqual(worker.INVOKE_OP, b"\xa6invoke")
+        for request_id in (0, 0x7F, 0x80, 2**64 - 1):
+            with self.subTest(request_id=request_id):
+                frame = bytearray(worker.pack_typed([request_id, "invoke", "f", [b"\x01"], {"k": 2}, True, 0.5]))
+                self.assertEqual(worker._invoke_request(frame), (request_id, "f", [b"\x01"], {"k": 2}, True, 0.5))
+
+    def test_the_message_names(self):
+        self.assertEqual((worker.MSG_CANCEL, worker.MSG_AWAITING, worker.REPLY_DATA), ("cancel", "awaiting", "data"))
+        self.assertEqual(worker.OPS[worker.OP_INVOKE], (str, list, dict, bool, worker.ARG_LIMIT))
+
     def test_the_call_request_prefix(self):
         self.assertEqual(worker.CALL_ARRAY, 0x94)
         self.assertEqual(worker.CALL_OP, b"\xa4call")

@@ -76,6 +76,19 @@ def frame(payload):
     return struct.pack(">I", len(payload)) + payload
 
 
+class WithBin(list):
+    """A request whose bytes go as bin, as the parent writes an invoke's."""
+
+
+def packed(request):
+    return worker.pack_typed(request) if isinstance(request, WithBin) else worker.pack(request)
+
+
+def invoke(request_id, name, args=(), kwargs=None, typed=False, limit=None):
+    """An invoke request as the parent writes it."""
+    return WithBin([request_id, "invoke", name, list(args), kwargs or {}, typed, limit])
+
+
 def child_env():
     """The child's environment, without what would hide buffering bugs."""
     env = dict(os.environ)
@@ -166,7 +179,7 @@ class Child:
             pass  # the child is gone; the test sees that in its replies
 
     def send(self, request):
-        self.send_raw(frame(worker.pack(request)))
+        self.send_raw(frame(packed(request)))
 
     def reply(self, timeout=REPLY_TIMEOUT):
         try:
@@ -538,6 +551,84 @@ class CodecTests(unittest.TestCase):
                 self.assertRaises(worker.FrameError, worker.unpack, wire)
 
 
+class TypedPackTests(unittest.TestCase):
+    """pack_typed: the value table, with bytes as bin (a typed result)."""
+
+    def test_bytes_like_values_become_bin_at_any_depth(self):
+        value = {"b": b"\x00\xff", "l": [bytearray(b"ab"), (memoryview(b"cd"),)], "d": {"k": [b""]}}
+        wire = worker.pack_typed(value)
+        self.assertIn(b"\xc4\x02\x00\xff", wire)
+        self.assertEqual(worker.unpack(wire), {"b": b"\x00\xff", "l": [b"ab", [b"cd"]], "d": {"k": [b""]}})
+        self.assertEqual(worker.pack_typed(b"\x01"), b"\xc4\x01\x01")
+        self.assertEqual(worker.pack_typed([b"x"] * 20)[:5], b"\xdc\x00\x14\xc4\x01")
+
+    def test_bin_takes_the_header_its_size_needs(self):
+        for size, head in [
+            (0, b"\xc4\x00"),
+            (255, b"\xc4\xff"),
+            (256, b"\xc5\x01\x00"),
+            (65535, b"\xc5\xff\xff"),
+            (65536, b"\xc6\x00\x01\x00\x00"),
+        ]:
+            with self.subTest(size=size):
+                data = bytes(range(256)) * (size // 256) + bytes(size % 256)
+                self.assertEqual(worker.pack_typed(data), head + data)
+                self.assertEqual(worker.unpack(head + data), data)
+
+    def test_a_memoryview_goes_as_its_bytes(self):
+        from array import array
+
+        numbers = array("i", [1, -1])
+        self.assertEqual(worker.unpack(worker.pack_typed(memoryview(numbers))), numbers.tobytes())
+        strided = memoryview(b"abcdef")[::2]
+        self.assertEqual(worker.unpack(worker.pack_typed([strided])), [b"ace"])
+
+    def test_a_subclass_goes_as_its_stored_bytes(self):
+        class Tagged(bytes):
+            def __bytes__(self):
+                return b"not these"
+
+            def __len__(self):
+                return 99
+
+        class Growing(bytearray):
+            def __bytes__(self):
+                return b"not these"
+
+        self.assertEqual(worker.unpack(worker.pack_typed([Tagged(b"ab"), Growing(b"cd")])), [b"ab", b"cd"])
+
+    def test_the_rest_of_the_table_holds(self):
+        self.assertEqual(worker.unpack(worker.pack_typed([float("nan"), float("inf"), 1.5])), [None, None, 1.5])
+        self.assertEqual(worker.unpack(worker.pack_typed({1: {2}, None: (3,)})), {"1": [2], "None": [3]})
+        self.assertEqual(worker.unpack(worker.pack_typed([0.5] * 20 + [float("nan")])), [0.5] * 20 + [None])
+        self.assertEqual(worker.unpack(worker.pack_typed(fractions.Fraction(1, 4))), 0.25)
+        for value in (2**64, [b"x", -(2**63) - 1]):
+            with self.subTest(value=value):
+                with self.assertRaises(worker.ConversionError) as caught:
+                    worker.pack_typed(value)
+                self.assertIn("does not fit in a 64-bit integer (i64 or u64)", str(caught.exception))
+        deep = b"x"
+        for _ in range(201):
+            deep = [deep]
+        self.assertRaises(worker.ConversionError, worker.pack_typed, deep)
+
+    def test_pack_still_sends_bytes_as_ints(self):
+        self.assertEqual(worker.pack(b"\x01\xff"), b"\x92\xcc\x01\xcc\xff")
+        self.assertEqual(worker.unpack(worker.pack([memoryview(b"ab")])), [[97, 98]])
+
+    def test_8_mib_of_bytes_pack_and_unpack_whole(self):
+        data = os.urandom(8 << 20)
+        wire = worker.pack_typed(data)
+        self.assertEqual(wire[:5], b"\xc6" + struct.pack(">I", len(data)))
+        self.assertEqual(len(wire), len(data) + 5)
+        for frame_bytes in (wire, bytearray(wire)):  # the worker's frames are bytearrays
+            back = worker.unpack(frame_bytes)
+            self.assertIs(type(back), bytes)
+            self.assertEqual(back, data)
+        self.assertEqual(worker.unpack(worker.pack_typed([bytearray(data)]))[0], data)
+        self.assertEqual(worker.unpack(worker.pack_typed(memoryview(data)[1:])), data[1:])
+
+
 class MsgpackCodecTests(unittest.TestCase):
     """The C `msgpack` package's codec gives the same answers as the pure one."""
 
@@ -545,7 +636,7 @@ class MsgpackCodecTests(unittest.TestCase):
         codec = worker._msgpack_codec()
         if codec is None:
             self.skipTest("no msgpack package in this interpreter (set ASYNC_PY_TEST_PYTHONS to a venv with it)")
-        self.pack, self.unpack = codec
+        self.pack, self.unpack, self.pack_typed = codec
 
     def test_replies_match_the_pure_codec(self):
         values = [
@@ -557,6 +648,25 @@ class MsgpackCodecTests(unittest.TestCase):
                 self.assertEqual(worker.unpack(self.pack(value)), worker.unpack(worker.pack(value)))
         for value in (2**64, "\ud800", [2**70]):
             self.assertRaises(worker.ConversionError, self.pack, value)
+
+    def test_typed_replies_match_the_pure_codec(self):
+        values = [
+            None, 7, "é", b"\x00\xff", bytearray(b"ab"), memoryview(b"cd"), [b"x", 1, None], (b"y",),
+            {"k": b"z"}, {"k": [b"z"]}, [float("nan")], {1, 2}, {1: b"a"}, object, list(range(100)),
+        ]
+        for value in values:
+            with self.subTest(value=value):
+                self.assertEqual(self.unpack(self.pack_typed(value)), worker.unpack(worker.pack_typed(value)))
+        for value in (2**64, "\ud800", [2**70], [b"x", 2**70]):
+            self.assertRaises(worker.ConversionError, self.pack_typed, value)
+
+    def test_8_mib_of_bytes_pack_and_unpack_whole(self):
+        data = os.urandom(8 << 20)
+        wire = self.pack_typed(data)
+        self.assertEqual(wire, worker.pack_typed(data))
+        back = self.unpack(bytearray(wire))
+        self.assertIs(type(back), bytes)
+        self.assertEqual(back, data)
 
     def test_requests_match_the_pure_codec(self):
         for wire in (worker.pack([7, "call", "add", [1, 2.5, "x", None, {"k": [True]}]]), b"\xc4\x02\x00\xff"):
@@ -669,6 +779,72 @@ class CoroutineDriverTests(unittest.TestCase):
         self.wake_write.send(b"x")
         self.assertEqual(self.driver.turn(True), [])
 
+    def finish_all(self, count):
+        finished = []
+        while len(finished) < count:
+            finished += self.driver.turn(True)
+        return finished
+
+    def test_an_awaitable_scheduled_as_made_finishes_under_its_token(self):
+        self.driver.schedule("mine", self.wait(0.01, "done"), None)
+        self.driver.schedule(11, self.wait(0, "limited"), 5.0)
+        self.assertEqual(self.driver.pending, 2)
+        self.assertCountEqual(self.finish_all(2), [(11, True, "limited"), ("mine", True, "done")])
+        self.assertEqual((self.driver.pending, self.driver.tasks), (0, {}))
+
+    def test_a_scheduled_call_past_its_limit_is_a_timeout(self):
+        self.driver.schedule(12, self.wait(60, None), 0.01)
+        self.assertEqual(self.finish_all(1), [(12, False, "timeout")])
+
+    def test_cancel_stops_a_pending_call_at_its_await_point(self):
+        worker.run_code(
+            textwrap.dedent(
+                """
+                unwound = []
+                async def guarded(token):
+                    try:
+                        await asyncio.sleep(60)
+                    finally:
+                        unwound.append(token)
+                """
+            ),
+            self.namespace,
+        )
+        guarded = self.namespace["guarded"]
+        self.driver.schedule(13, guarded(13), None)
+        self.driver.start(14, guarded, (14,), 30.0)
+        self.driver.turn(False)  # both reach their await
+        self.assertTrue(self.driver.cancel(13))
+        self.assertTrue(self.driver.cancel(14))
+        self.assertEqual(sorted(self.finish_all(2)), [(13, False, "cancelled"), (14, False, "cancelled")])
+        self.assertEqual(sorted(self.namespace["unwound"]), [13, 14])
+        self.assertEqual(self.driver.tasks, {})
+
+    def test_cancel_of_a_call_not_pending_is_false(self):
+        self.assertFalse(self.driver.cancel(15))
+        self.driver.schedule(15, self.wait(0, "quick"), None)
+        self.assertEqual(self.finish_all(1), [(15, True, "quick")])
+        self.assertFalse(self.driver.cancel(15))
+        self.assertEqual(self.driver.turn(False), [])
+
+    def test_a_call_that_catches_its_cancellation_goes_on(self):
+        worker.run_code(
+            textwrap.dedent(
+                """
+                async def stubborn():
+                    try:
+                        await asyncio.sleep(60)
+                    except asyncio.CancelledError:
+                        return "went on"
+                """
+            ),
+            self.namespace,
+        )
+        self.driver.schedule(16, self.namespace["stubborn"](), None)
+        self.driver.turn(False)
+        self.assertTrue(self.driver.cancel(16))
+        self.assertEqual(self.finish_all(1), [(16, True, "went on")])
+
     def test_user_code_may_run_the_loop_while_a_call_is_pending(self):
         self.driver.start(4, self.wait, (0, "early"), None)
         self.wake_write.send(b"x")
@@ -759,6 +935,312 @@ class QuickCallTests(unittest.TestCase):
         self.child.on_interrupt(signal.SIGINT, None)
 
 
+INVOKE_SOURCE = textwrap.dedent(
+    """
+    import asyncio, math, time
+    state = []
+    def add(a, b):
+        return a + b
+    def kw(a, b=2, *, c, d=4):
+        return [a, b, c, d]
+    def echo(x):
+        return x
+    def blobs():
+        return {"b": b"\\x00\\xff", "l": [bytearray(b"ab"), memoryview(b"cd")], "n": float("nan"), "s": {1}}
+    def huge():
+        return [1, 2**64]
+    def numbers():
+        yield 1
+    def started():
+        def gen():
+            try:
+                yield 1
+            finally:
+                state.append("closed")
+        items = gen()
+        next(items)
+        return items
+    async def agen():
+        yield 1
+    async def later(value, seconds=0):
+        await asyncio.sleep(seconds)
+        return value
+    async def guarded(name):
+        state.append(name + " started")
+        try:
+            await asyncio.sleep(60)
+        finally:
+            state.append(name + " unwound")
+    def slow_maker(seconds):
+        time.sleep(seconds)
+        return later("never")
+    def future():
+        made = asyncio.get_event_loop().create_future()
+        made.set_result("from a future")
+        return made
+    """
+)
+
+
+def read_frames(fd):
+    """Every whole frame waiting on a non-blocking fd, unpacked."""
+    data = b""
+    while True:
+        try:
+            chunk = os.read(fd, 1 << 16)
+        except BlockingIOError:
+            break
+        if not chunk:
+            break
+        data += chunk
+    frames = []
+    while data:
+        (size,) = struct.unpack(">I", data[:4])
+        frames.append(worker.unpack(data[4 : 4 + size]))
+        data = data[4 + size :]
+    return frames
+
+
+class InvokeTests(unittest.TestCase):
+    """`invoke` and `cancel` handled by a ChildWorker in this process, with
+    the pure codec (whose fast decoder takes the invokes the parent writes)."""
+
+    def codec(self):
+        return (worker.pack, worker.unpack, worker.pack_typed)
+
+    def setUp(self):
+        requests_in, requests = os.pipe()
+        self.replies, replies_out = os.pipe()
+        for fd in (requests_in, requests, self.replies, replies_out):
+            self.addCleanup(os.close, fd)
+        os.set_blocking(self.replies, False)
+        self.child = worker.ChildWorker(requests_in, replies_out, *self.codec())
+        self.addCleanup(self.child.close)
+        worker.run_code(INVOKE_SOURCE, self.child.globals)
+        self.state = self.child.globals["state"]
+
+    def handle(self, *frames):
+        """Replies (and other frames, output marks aside) to these frames."""
+        for each in frames:
+            self.child.inbox += each if isinstance(each, bytes) else frame(packed(each))
+        self.child._handle_frames()
+        return [reply for reply in read_frames(self.replies) if reply != ["out"]]
+
+    def turn(self, count, timeout=REPLY_TIMEOUT):
+        """Turns the event loop until `count` replies have come."""
+        deadline = time.monotonic() + timeout
+        replies = []
+        while len(replies) < count:
+            self.assertLess(time.monotonic(), deadline, "replies so far: %r" % replies)
+            self.child._turn_loop(block=False)
+            replies += [reply for reply in read_frames(self.replies) if reply != ["out"]]
+            time.sleep(0.001)
+        return replies
+
+    def test_args_and_kwargs_reach_the_function(self):
+        self.assertEqual(self.handle(invoke(1, "add", [1, 2])), [[1, "ok", 3]])
+        self.assertEqual(self.handle(invoke(2, "add", [], {"b": 2, "a": 1})), [[2, "ok", 3]])
+        self.assertEqual(self.handle(invoke(3, "kw", [1], {"c": 3})), [[3, "ok", [1, 2, 3, 4]]])
+        self.assertEqual(self.handle(invoke(4, "kw", [1, 5], {"c": 3, "d": 6}, True, 2.5)), [[4, "data", [1, 5, 3, 6]]])
+        self.assertEqual(self.handle(invoke(5, "echo", [b"\x00\xff"])), [[5, "ok", [0, 255]]])
+
+    def test_a_wrong_keyword_is_pythons_own_type_error(self):
+        (reply,) = self.handle(invoke(1, "kw", [1], {"c": 3, "e": 5}))
+        self.assertEqual(reply[:3], [1, "err", "TypeError"])
+        self.assertIn("'e'", reply[3])
+        (reply,) = self.handle(invoke(2, "kw", [1, 2, 3], {}))
+        self.assertEqual(reply[:3], [2, "err", "TypeError"])
+        self.assertEqual(self.handle(invoke(3, "add", [2, 2])), [[3, "ok", 4]])
+
+    def test_a_typed_result_sends_bytes_as_bin(self):
+        typed = {"b": b"\x00\xff", "l": [b"ab", b"cd"], "n": None, "s": [1]}
+        self.assertEqual(self.handle(invoke(1, "blobs", typed=True)), [[1, "data", typed]])
+        plain = {"b": [0, 255], "l": [[97, 98], [99, 100]], "n": None, "s": [1]}
+        self.assertEqual(self.handle(invoke(2, "blobs")), [[2, "ok", plain]])
+        big = [3, "conv", "int of 65 bits does not fit in a 64-bit integer (i64 or u64)"]
+        self.assertEqual(self.handle(invoke(3, "huge", typed=True)), [big])
+
+    def test_a_generator_is_refused_and_closed(self):
+        self.assertEqual(
+            self.handle(invoke(1, "numbers"), invoke(2, "started", typed=True), invoke(3, "agen")),
+            [
+                [1, "conv", "numbers returned a generator; read its items with .stream()"],
+                [2, "conv", "started returned a generator; read its items with .stream()"],
+                [3, "conv", "agen returned an async generator; read its items with .stream()"],
+            ],
+        )
+        self.assertEqual(self.state, ["closed"])
+
+    def test_an_awaitable_result_is_awaited_after_an_awaiting_message(self):
+        self.assertEqual(self.handle(invoke(1, "later", ["plain"])), [["awaiting", 1]])
+        self.assertEqual(self.turn(1), [[1, "ok", "plain"]])
+        self.assertEqual(self.handle(invoke(2, "later", [b"\x01"], {"seconds": 0.01}, True, 5.0)), [["awaiting", 2]])
+        self.assertEqual(self.turn(1), [[2, "data", b"\x01"]])
+        self.assertEqual(self.handle(invoke(3, "future", typed=True)), [["awaiting", 3]])
+        self.assertEqual(self.turn(1), [[3, "data", "from a future"]])
+        self.assertEqual(self.child.typed_coroutines, set())
+
+    def test_an_awaitable_past_its_limit_is_a_timeout(self):
+        self.assertEqual(self.handle(invoke(1, "later", [None, 60], {}, False, 0.05)), [["awaiting", 1]])
+        self.assertEqual(self.turn(1), [[1, "timeout"]])
+
+    def test_a_limit_the_call_used_up_is_a_timeout_at_once(self):
+        import gc
+        import warnings
+
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            self.assertEqual(self.handle(invoke(1, "slow_maker", [0.05], {}, True, 0.01)), [[1, "timeout"]])
+            gc.collect()
+        self.assertEqual([str(warning.message) for warning in caught], [])
+        self.assertIsNone(self.child.driver)
+
+    def test_cancel_stops_a_pending_coroutine_at_its_await_point(self):
+        self.assertEqual(self.handle(invoke(1, "guarded", ["invoked"], typed=True)), [["awaiting", 1]])
+        self.assertEqual(self.handle([2, "call_async", "guarded", ["awaited"], None]), [])
+        self.child._turn_loop(block=False)
+        self.assertEqual(self.state, ["invoked started", "awaited started"])
+        self.assertEqual(self.handle(["cancel", 1], ["cancel", 2]), [])
+        replies = self.turn(2)
+        for request_id in (1, 2):
+            self.assertIn([request_id, "err", "CancelledError", "the coroutine was cancelled", None], replies)
+        self.assertEqual(self.state[2:], ["invoked unwound", "awaited unwound"])
+        self.assertEqual((self.child.driver.pending, self.child.driver.tasks, self.child.typed_coroutines), (0, {}, set()))
+
+    def test_a_cancel_of_nothing_pending_is_ignored(self):
+        with mock.patch.object(worker, "_say") as say:
+            self.assertEqual(self.handle(["cancel", 1], [2, "eval", "1"]), [[2, "ok", 1]])
+            say.assert_not_called()
+            self.assertEqual(self.handle(invoke(3, "later", ["done"])), [["awaiting", 3]])
+            self.assertEqual(self.turn(1), [[3, "ok", "done"]])
+            self.assertEqual(self.handle(["cancel", 3], ["cancel", 3], [4, "eval", "2"]), [[4, "ok", 2]])
+            say.assert_not_called()
+            # Malformed: a line on stderr, and still no reply.
+            self.assertEqual(self.handle(["cancel"], ["cancel", "3"], ["cancel", 3, 4], [5, "eval", "3"]), [[5, "ok", 3]])
+        self.assertEqual(say.call_count, 3)
+        self.assertIn("cancel", say.call_args[0][0])
+
+    def test_malformed_invokes_get_a_protocol_error(self):
+        for request in [
+            [1, "invoke", "add", [], {}, False],
+            [2, "invoke", "add", [], {}, "yes", None],
+            [3, "invoke", "add", [], {}, True, -1.0],
+            [4, "invoke", "add", {}, {}, True, None],
+            [5, "invoke", "add", [], [], True, None],
+            [6, "invoke", 5, [], {}, True, None],
+            [7, "invoke", "add", [], {}, True, None, None],
+        ]:
+            with self.subTest(request=request):
+                (reply,) = self.handle(request)
+                self.assertEqual(reply[:3], [request[0], "err", "ProtocolError"])
+                self.assertIn("invoke takes [id, 'invoke', str, list, dict, bool, limit]", reply[3])
+        # A key that is not a str, written by hand ({1: 2}).
+        (reply,) = self.handle(frame(b"\x97\x08\xa6invoke\xa3add\x90\x81\x01\x02\xc2\xc0"))
+        self.assertEqual(reply[:3], [8, "err", "ProtocolError"])
+
+    def test_an_interrupt_during_the_call_is_its_error_and_nothing_runs_after(self):
+        def interrupted():
+            self.assertEqual(self.child.running, 1)
+            self.child.on_interrupt(signal.SIGINT, None)
+
+        self.child.globals["slow"] = interrupted
+        (reply,) = self.handle(invoke(1, "slow"), invoke(2, "add", [1, 1]))
+        self.assertEqual(reply[:3], [1, "err", "KeyboardInterrupt"])
+        self.assertTrue(self.child.interrupted)
+        self.assertIsNone(self.child.running)
+
+
+class QuickInvokeTests(InvokeTests):
+    """The invokes the parent writes never reach the general decoder."""
+
+    def setUp(self):
+        super().setUp()
+        self.assertTrue(self.child.quick_calls)
+        general = self.child._decode_request
+
+        def decode(frame_bytes):
+            request = worker.unpack(frame_bytes)
+            shaped = type(request) is list and len(request) == 7 and request[1] == "invoke" and type(request[6]) in (float, type(None))
+            if shaped and worker._request_problem(request) is None and len(request[2].encode()) < 32:
+                raise AssertionError("a quick invoke took the general decoder: %r" % (request,))
+            return general(frame_bytes)
+
+        self.child._decode_request = decode
+
+
+class InvokeOnMsgpackTests(InvokeTests):
+    """The same, with the C `msgpack` package's codec (the general decoder)."""
+
+    def codec(self):
+        codec = worker._msgpack_codec()
+        if codec is None:
+            self.skipTest("no msgpack package in this interpreter (set ASYNC_PY_TEST_PYTHONS to a venv with it)")
+        return codec
+
+
+class InvokeDecoderTests(unittest.TestCase):
+    """_invoke_request, the fast decoder, agrees with the general one."""
+
+    def general(self, data):
+        request = worker.unpack(data)
+        self.assertIsNone(worker._request_problem(request))
+        return (request[0],) + tuple(request[2:])
+
+    def test_the_shapes_the_parent_writes_decode_alike(self):
+        requests = [
+            [request_id, "invoke", name, args, kwargs, typed, limit]
+            for request_id in (0, 0x7F, 0x80, 0xFFFF, 0x10000, 2**32, 2**64 - 1)
+            for name, args, kwargs in [
+                ("f", [], {}),
+                ("pkg.mod.fn", [1, "a", None, [2.5, {"k": True}]], {"x": 1, "y": [b"\x00"]}),
+                ("n" * 31, [b"\x00" * 300, bytearray(70000)], {"blob": b"\xff" * 20}),
+                ("many", list(range(20)), {"k%d" % i: i for i in range(20)}),
+                ("huge", [list(range(70000))], {}),
+            ]
+            for typed in (False, True)
+            for limit in (None, 0.0, 1.5)
+        ]
+        for request in requests:
+            data = bytearray(worker.pack_typed(request))
+            with self.subTest(request=repr(request)[:80]):
+                quick = worker._invoke_request(data)
+                self.assertIsNotNone(quick)
+                self.assertEqual(quick, self.general(data))
+
+    def test_other_shapes_take_the_general_decoder(self):
+        for data in [
+            worker.pack([1, "invoke", "n" * 32, [], {}, False, None]),  # a str 8 name
+            worker.pack([1, "invoke", "f", [], {}, False, 5]),  # an int limit
+            worker.pack([1, "invoke", "f", [], {}, False, -1.0]),
+            worker.pack([1, "invoke", "f", [], {}, False, float("inf")]) [:-9] + b"\xcb" + struct.pack(">d", float("inf")),
+            worker.pack([1, "invoke", "f", [], {}, 1, None]),
+            worker.pack([1, "invoke", "f", {}, {}, False, None]),
+            worker.pack([1, "invoke", "f", [], [], False, None]),
+            worker.pack([1, "call", "f", [], {}, False, None]),
+            worker.pack([-1, "invoke", "f", [], {}, False, None]),
+            b"\x97\x01\xa6invoke\xa1f\x90\x81\x01\x02\xc2\xc0",  # a key that is not a str
+            b"\x97\x01\xa6invoke\xa1f\x90\x80\xc2\xc0\xc0",  # a byte after it
+            b"\x97\x01\xa6invoke\xa1f\x90\x80\xc2\xca\x00\x00\x00\x00",  # a float 32 limit
+            b"\x97\x01\xa6invoke\xa2\xff\xfe\x90\x80\xc2\xc0",  # a name that is not UTF-8
+            b"",
+        ]:
+            with self.subTest(data=data[:40]):
+                self.assertIsNone(worker._invoke_request(bytearray(data)))
+
+    def test_cut_and_mutated_frames_never_decode_as_something_else(self):
+        rng = random.Random(99)
+        base = worker.pack_typed([300, "invoke", "fn", [1, b"ab", [2.5]], {"k": "v", "b": b"\x00"}, True, 1.5])
+        for cut in range(len(base)):
+            self.assertIsNone(worker._invoke_request(bytearray(base[:cut])), cut)
+        for _ in range(2000):
+            data = bytearray(base)
+            for _ in range(rng.randrange(1, 4)):
+                data[rng.randrange(len(data))] = rng.getrandbits(8)
+            quick = worker._invoke_request(data)
+            if quick is not None:
+                self.assertEqual(quick, self.general(data), bytes(data))
+
+
 @unittest.skipUnless(hasattr(os, "memfd_create"), "the reply ring needs memfd (Linux)")
 class InterruptTargetTests(unittest.TestCase):
     """With a reply ring, the parent names the request its SIGINT is for."""
@@ -820,6 +1302,32 @@ class InterruptTargetTests(unittest.TestCase):
         self.child.on_interrupt(signal.SIGINT, None)
         self.assertFalse(self.child.interrupted)
         self.assertEqual(self.handle([8, "call", "step", ["second"]]), [[8, "ok", "second"]])
+
+    def test_an_invoke_runs_as_a_sync_request_until_its_awaitable_is_scheduled(self):
+        seen = []
+
+        def make(value):
+            # The function call is the request's: no loop flag, no coroutine named.
+            seen.append((self.child.running, self.counters[worker._COUNTER_IN_LOOP], self.counters[worker._COUNTER_LAST_COROUTINE]))
+            return asyncio_sleep(0, value)
+
+        import asyncio
+
+        asyncio_sleep = asyncio.sleep
+        self.child.globals["make"] = make
+        self.assertEqual(self.handle([7, "invoke", "make", ["slept"], {}, True, None]), [["awaiting", 7]])
+        self.assertEqual(seen, [(7, 0, 0)])
+        self.assertEqual(self.counters[worker._COUNTER_LAST_COROUTINE], 7)
+        self.addCleanup(self.child.close)
+        self.child._turn_loop(block=True)
+        self.assertEqual(self.handle(), [[7, "data", "slept"]])
+
+    def test_an_invoke_the_parent_interrupts_stops_and_nothing_runs_after(self):
+        replies = self.handle([7, "invoke", "step", ["first", 7], {}, False, None], [8, "invoke", "step", ["second"], {}, False, None])
+        self.assertEqual([reply[:3] for reply in replies], [[7, "err", "KeyboardInterrupt"]])
+        self.assertEqual(self.ran, ["first"])
+        self.assertTrue(self.child.interrupted)
+        self.assertEqual(self.counters[worker._COUNTER_INTERRUPT_TAKEN], 7)
 
     def test_a_sigint_the_code_raised_itself_stops_only_its_request(self):
         # The parent named request 7 long ago; nothing new names request 8.
@@ -947,7 +1455,7 @@ class ChildTests:
         version = subprocess.check_output(
             [self.python, "-c", "import sys; print('%d.%d.%d' % sys.version_info[:3])"], universal_newlines=True
         ).strip()
-        self.assertEqual(hello[:4], ["hello", 2, version, child.process.pid])
+        self.assertEqual(hello[:4], ["hello", worker.PROTOCOL_VERSION, version, child.process.pid])
         self.assertEqual(os.path.realpath(hello[4]), os.path.realpath(self.python))
 
     def test_a_pool_worker_takes_its_flag_and_serves_as_any_other(self):
@@ -1121,6 +1629,91 @@ class ChildTests:
         self.assertEqual(self.ok(child, [2, "read", "result"]), 1)
         self.ok(child, [3, "run", "async def two():\n    return 2\n"])
         self.assertEqual(self.ok(child, [4, "call_async", "two", [], None]), 2)
+
+    # -- invoke and cancel ---------------------------------------------------
+
+    def start_with_invoke_source(self):
+        child = self.start()
+        self.ok(child, [1, "run", INVOKE_SOURCE])
+        return child
+
+    def test_invoke_passes_args_and_kwargs(self):
+        child = self.start_with_invoke_source()
+        self.assertEqual(child.request(invoke(2, "add", [1, 2])), [2, "ok", 3])
+        self.assertEqual(child.request(invoke(3, "kw", [1], {"c": 3})), [3, "ok", [1, 2, 3, 4]])
+        self.assertEqual(child.request(invoke(4, "kw", [], {"a": 1, "b": 5, "c": 3, "d": 6}, True, 1.5)), [4, "data", [1, 5, 3, 6]])
+        self.assertEqual(child.request(invoke(5, "math.sqrt", [16])), [5, "ok", 4.0])
+        kind, message, trace = self.error(child, invoke(6, "kw", [1], {"c": 3, "nope": 0}))
+        self.assertEqual(kind, "TypeError")
+        self.assertIn("'nope'", message)
+        self.assertEqual(self.error(child, invoke(7, "kw", [1, 2]))[0], "TypeError")  # c is keyword-only
+        self.assertEqual(self.error(child, invoke(8, "missing.name"))[0], "NameError")
+        self.assertEqual(child.request(invoke(9, "add", [2, 2])), [9, "ok", 4])
+
+    def test_a_typed_invoke_sends_bytes_as_bin(self):
+        child = self.start_with_invoke_source()
+        typed = {"b": b"\x00\xff", "l": [b"ab", b"cd"], "n": None, "s": [1]}
+        self.assertEqual(child.request(invoke(2, "blobs", typed=True)), [2, "data", typed])
+        self.assertEqual(child.request(invoke(3, "blobs")), [3, "ok", {"b": [0, 255], "l": [[97, 98], [99, 100]], "n": None, "s": [1]}])
+        self.assertEqual(child.request(invoke(4, "echo", [[b"\x01", {"k": b""}]], {}, True)), [4, "data", [b"\x01", {"k": b""}]])
+        self.assertEqual(child.request(invoke(5, "echo", [float("nan")], {}, True)), [5, "data", None])
+        self.assertEqual(
+            child.request(invoke(6, "huge", typed=True)), [6, "conv", "int of 65 bits does not fit in a 64-bit integer (i64 or u64)"]
+        )
+
+    def test_an_invoke_that_returns_a_generator_is_a_conversion_error(self):
+        child = self.start_with_invoke_source()
+        self.assertEqual(child.request(invoke(2, "numbers")), [2, "conv", "numbers returned a generator; read its items with .stream()"])
+        self.assertEqual(child.request(invoke(3, "started", typed=True))[1], "conv")
+        self.assertEqual(child.request(invoke(4, "agen")), [4, "conv", "agen returned an async generator; read its items with .stream()"])
+        self.assertEqual(self.ok(child, [5, "eval", "state"]), ["closed"])
+
+    def test_an_invoke_that_returns_an_awaitable_sends_awaiting_then_its_reply(self):
+        child = self.start_with_invoke_source()
+        self.assertEqual(child.request(invoke(2, "later", ["plain", 0.01])), ["awaiting", 2])
+        self.assertEqual(child.reply(), [2, "ok", "plain"])
+        self.assertEqual(child.request(invoke(3, "later", [b"\x07"], {"seconds": 0.01}, True, 5.0)), ["awaiting", 3])
+        self.assertEqual(child.reply(), [3, "data", b"\x07"])
+        # Sync requests go on while it waits.
+        self.assertEqual(child.request(invoke(4, "later", ["slow", 0.5], {}, True)), ["awaiting", 4])
+        self.assertEqual(child.request(invoke(5, "add", [1, 1])), [5, "ok", 2])
+        self.assertEqual(child.reply(), [4, "data", "slow"])
+
+    def test_an_awaited_invoke_past_its_limit_replies_timeout(self):
+        child = self.start_with_invoke_source()
+        self.assertEqual(child.request(invoke(2, "later", [None, 3600], {}, True, 0.1)), ["awaiting", 2])
+        self.assertEqual(child.reply(), [2, "timeout"])
+        # A limit the call that made the coroutine used up: no awaiting, and
+        # the coroutine is closed, never awaited.
+        self.assertEqual(child.request(invoke(3, "slow_maker", [0.2], {}, False, 0.05)), [3, "timeout"])
+        self.assertEqual(self.ok(child, [4, "eval", "__import__('gc').collect() * 0"]), 0)
+        self.assertNotIn("never awaited", child.stderr())
+
+    def test_cancel_stops_a_pending_coroutine_at_its_await_point(self):
+        child = self.start_with_invoke_source()
+        # One write: both start in the loop's turn after it.
+        child.send_raw(frame(packed(invoke(2, "guarded", ["invoked"], {}, True))) + frame(worker.pack([3, "call_async", "guarded", ["awaited"], None])))
+        self.assertEqual(child.reply(), ["awaiting", 2])
+        self.assertEqual(self.ok(child, [4, "eval", "state"]), ["invoked started", "awaited started"])
+        child.send_raw(frame(worker.pack(["cancel", 2])) + frame(worker.pack(["cancel", 3])))
+        replies = [child.reply(), child.reply()]
+        for request_id in (2, 3):
+            self.assertIn([request_id, "err", "CancelledError", "the coroutine was cancelled", None], replies)
+        self.assertEqual(self.ok(child, [5, "eval", "state[2:]"]), ["invoked unwound", "awaited unwound"])
+        # Nothing pending under these ids, or any: ignored, no reply.
+        child.send_raw(frame(worker.pack(["cancel", 2])) + frame(worker.pack(["cancel", 99])))
+        self.assertEqual(self.ok(child, [6, "eval", "'alive'"]), "alive")
+        self.assertEqual([frame for frame in child.frames[-4:] if frame != ["out"]][-2:], [[5, "ok", ["invoked unwound", "awaited unwound"]], [6, "ok", "alive"]])
+        self.assertNotIn("async_py worker:", child.stderr())
+
+    def test_an_invoke_with_8_mib_of_bytes_in_and_out(self):
+        child = self.start_with_invoke_source()
+        data = os.urandom(8 << 20)
+        reply = child.request(invoke(2, "echo", [data], {}, True))
+        self.assertEqual(reply[:2], [2, "data"])
+        self.assertIs(type(reply[2]), bytes)
+        self.assertTrue(reply[2] == data)
+        self.assertEqual(child.request(invoke(3, "len", [data])), [3, "ok", 8 << 20])
 
     def test_many_requests_in_one_write_are_answered_in_order(self):
         child = self.start()
@@ -1362,6 +1955,10 @@ class ChildTests:
             [9, "call_async", "f", [], "soon"],
             [10, "call_async", "f", []],
             [11, "stop", "now"],
+            [12, "invoke", "f", [], {}, False],
+            [13, "invoke", "f", [], {}, None, None],
+            [14, "invoke", "f", [], {}, True, -0.5],
+            [15, "invoke", "f", [], "kwargs", True, None],
         ]:
             with self.subTest(request=request):
                 reply = child.request(request)
@@ -1369,6 +1966,14 @@ class ChildTests:
                 self.assertIsInstance(reply[3], str)
                 self.assertIsNone(reply[4])
         self.assertEqual(self.ok(child, [20, "eval", "'alive'"]), "alive")
+
+    def test_a_malformed_cancel_is_dropped_with_a_line_on_stderr(self):
+        child = self.start()
+        for message in (["cancel"], ["cancel", "1"], ["cancel", 1, 2], ["cancel", None]):
+            child.send(message)
+        self.assertEqual(self.ok(child, [5, "eval", "'alive'"]), "alive")
+        child.wait_for_stderr("ignoring a malformed cancel")
+        self.assertEqual([reply for reply in child.frames[1:] if reply != ["out"]], [[5, "ok", "alive"]])
 
     def test_requests_without_an_id_are_dropped_with_a_line_on_stderr(self):
         child = self.start()
@@ -1416,6 +2021,9 @@ class ChildTests:
             [6, "eval", "{'a': [1.5, None, True]}"],
             [7, "call", "max", [list(range(40))]],
             [8, "call", "str", [{"k": [300, -5, 70000]}]],
+            [9, "invoke", "max", [[1, 2]], {"default": 0}, True, None],
+            [10, "invoke", "len", [[1]], {}, False, 2.5],
+            ["cancel", 5],
         ]
         sentinel = [999999, "eval", "'alive'"]
         child = None
@@ -1462,7 +2070,9 @@ class ChildTests:
             if isinstance(reply, Exited):
                 return "exited"
             self.assertIsInstance(reply, list, "a reply that is not a list: %r" % (reply,))
-            self.assertIn(reply[1], ("ok", "err", "conv", "timeout"), "reply %r" % (reply,))
+            if reply[0] == "awaiting":
+                continue
+            self.assertIn(reply[1], ("ok", "data", "err", "conv", "timeout"), "reply %r" % (reply,))
             if reply[0] == sentinel_id:
                 return "alive"
 
