@@ -1304,16 +1304,15 @@ class InterruptTargetTests(unittest.TestCase):
         self.assertEqual(self.handle([8, "call", "step", ["second"]]), [[8, "ok", "second"]])
 
     def test_an_invoke_runs_as_a_sync_request_until_its_awaitable_is_scheduled(self):
+        import asyncio
+
         seen = []
 
         def make(value):
             # The function call is the request's: no loop flag, no coroutine named.
             seen.append((self.child.running, self.counters[worker._COUNTER_IN_LOOP], self.counters[worker._COUNTER_LAST_COROUTINE]))
-            return asyncio_sleep(0, value)
+            return asyncio.sleep(0, value)
 
-        import asyncio
-
-        asyncio_sleep = asyncio.sleep
         self.child.globals["make"] = make
         self.assertEqual(self.handle([7, "invoke", "make", ["slept"], {}, True, None]), [["awaiting", 7]])
         self.assertEqual(seen, [(7, 0, 0)])
@@ -1703,7 +1702,7 @@ class ChildTests:
         # Nothing pending under these ids, or any: ignored, no reply.
         child.send_raw(frame(worker.pack(["cancel", 2])) + frame(worker.pack(["cancel", 99])))
         self.assertEqual(self.ok(child, [6, "eval", "'alive'"]), "alive")
-        self.assertEqual([frame for frame in child.frames[-4:] if frame != ["out"]][-2:], [[5, "ok", ["invoked unwound", "awaited unwound"]], [6, "ok", "alive"]])
+        self.assertEqual([each for each in child.frames[-4:] if each != ["out"]][-2:], [[5, "ok", ["invoked unwound", "awaited unwound"]], [6, "ok", "alive"]])
         self.assertNotIn("async_py worker:", child.stderr())
 
     def test_an_invoke_with_8_mib_of_bytes_in_and_out(self):
