@@ -9,6 +9,8 @@
 
 mod convert;
 mod init;
+#[allow(dead_code)] // until the call builder uses it
+mod typed;
 mod watchdog;
 
 use std::collections::HashMap;
