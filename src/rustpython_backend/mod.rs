@@ -10,6 +10,8 @@
 
 mod convert;
 mod nesting;
+#[allow(dead_code)] // until the call builder uses it
+mod typed;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
