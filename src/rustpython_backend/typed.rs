@@ -20,7 +20,7 @@ use serde::de::{self, Deserialize, DeserializeOwned, DeserializeSeed, Deserializ
 use super::convert::{exception_text, ToValueError};
 use crate::call::Packed;
 use crate::error::PyRunnerError;
-use crate::value::from_python::{read, ReadError, Row, TableObject};
+use crate::value::from_python::{read, ReadError, ReadErrorKind, ReadRow, Row, TableObject};
 use crate::value::{int_too_large, too_deep, LONE_SURROGATE, MAX_DEPTH};
 
 /// The packed reader: values borrow from the bytes.
@@ -184,9 +184,10 @@ pub(crate) fn from_python<T: DeserializeOwned>(
         vm,
         obj: table_form.to_owned(),
     };
-    read(obj, &table_form).map_err(|err| match err {
-        ReadError::Python(exc) => ToValueError::Python(exc),
-        ReadError::Conversion(why) | ReadError::Mismatch(why) => ToValueError::Conversion(why),
+    read(obj, &table_form).map_err(|err| match err.into_kind() {
+        ReadErrorKind::Python(exc) => ToValueError::Python(exc),
+        ReadErrorKind::Conversion(why) => ToValueError::Conversion(why),
+        ReadErrorKind::Mismatch(mismatch) => ToValueError::Conversion(mismatch.to_string()),
     })
 }
 
@@ -201,7 +202,40 @@ impl<'vm> TableObject for Object<'vm> {
     type Items = Items<'vm>;
     type Entries = Entries<'vm>;
 
-    fn row(&self) -> Result<Option<Row<'_, Self>>, ReadError<PyBaseExceptionRef>> {
+    fn row<R: ReadRow<Self>>(
+        &self,
+        read: R,
+    ) -> Result<Result<R::Value, ReadError<PyBaseExceptionRef>>, R> {
+        match self.row_in_table_order() {
+            Ok(Some(row)) => Ok(read.read(row)),
+            Ok(None) => Err(read),
+            Err(err) => Ok(Err(err)),
+        }
+    }
+
+    fn key_text<R>(
+        &self,
+        read: impl FnOnce(&str) -> R,
+    ) -> Result<R, ReadError<PyBaseExceptionRef>> {
+        match self.obj.downcast_ref::<PyStr>() {
+            Some(s) => text(s).map(read),
+            None => {
+                let s = self.obj.str(self.vm)?;
+                text(&s).map(read)
+            }
+        }
+    }
+
+    fn table_form(&self, table_form: &Self) -> Result<Self, ReadError<PyBaseExceptionRef>> {
+        let obj = table_form.obj.call((self.obj.clone(),), self.vm)?;
+        Ok(Object { vm: self.vm, obj })
+    }
+}
+
+impl<'vm> Object<'vm> {
+    /// The row of the table that fits, in its order; `None` if none does.
+    #[allow(clippy::type_complexity)]
+    fn row_in_table_order(&self) -> Result<Option<Row<'_, Self>>, ReadError<PyBaseExceptionRef>> {
         let vm = self.vm;
         let obj = &*self.obj;
         if vm.is_none(obj) {
@@ -266,24 +300,6 @@ impl<'vm> TableObject for Object<'vm> {
             return Ok(Some(Row::ByteBuf(bytes)));
         }
         Ok(None)
-    }
-
-    fn key_text<R>(
-        &self,
-        read: impl FnOnce(&str) -> R,
-    ) -> Result<R, ReadError<PyBaseExceptionRef>> {
-        match self.obj.downcast_ref::<PyStr>() {
-            Some(s) => text(s).map(read),
-            None => {
-                let s = self.obj.str(self.vm)?;
-                text(&s).map(read)
-            }
-        }
-    }
-
-    fn table_form(&self, table_form: &Self) -> Result<Self, ReadError<PyBaseExceptionRef>> {
-        let obj = table_form.obj.call((self.obj.clone(),), self.vm)?;
-        Ok(Object { vm: self.vm, obj })
     }
 }
 
@@ -374,13 +390,13 @@ fn int_row<'a, 'vm>(
     if let Ok(u) = int.try_to_primitive::<u64>(vm) {
         return Ok(Row::UInt(u));
     }
-    Err(ReadError::Conversion(int_too_large(int.as_bigint().bits())))
+    Err(ReadError::conversion(int_too_large(int.as_bigint().bits())))
 }
 
 /// The text of a `str`; one UTF-8 cannot carry is a `Conversion` error.
 fn text(s: &PyStr) -> Result<&str, ReadError<PyBaseExceptionRef>> {
     s.to_str()
-        .ok_or_else(|| ReadError::Conversion(LONE_SURROGATE.into()))
+        .ok_or_else(|| ReadError::conversion(LONE_SURROGATE.into()))
 }
 
 #[cfg(test)]

@@ -13,14 +13,15 @@
 //! straight into the target.
 
 use std::fmt;
+use std::marker::PhantomData;
 
-use serde::de::value::{SeqDeserializer, StrDeserializer};
+use serde::de::value::{StrDeserializer, U8Deserializer};
 use serde::de::{
     self, DeserializeOwned, DeserializeSeed, Deserializer, EnumAccess, MapAccess, SeqAccess,
     VariantAccess, Visitor,
 };
 
-use super::{at_path, too_deep, MAX_DEPTH};
+use super::{placed, too_deep, Step, MAX_DEPTH};
 
 /// A Python object, as the value table reads it (a pyo3 `Bound`, or a
 /// RustPython object with its VM).
@@ -33,17 +34,33 @@ pub(crate) trait TableObject: Sized {
     /// code that changes the dict itself.
     type Entries: ExactSizeIterator<Item = (Self, Self)>;
 
-    /// The row that fits this object by its type, checked in the table's
-    /// order (`bool` before `int`); `None` when no row fits, and the object
-    /// is read again as `table_form(obj)`.
+    /// Hands `read` the row that fits this object by its type, checked in
+    /// the table's order (`bool` before `int`), and returns what it made
+    /// of it; gives `read` back (`Err`) when no row fits, and the object is
+    /// read again as `table_form(obj)`.
+    ///
+    /// `read` is called where the row is found, rather than the row
+    /// returned: inlined there, an `int` goes straight to `visit_i64`. A
+    /// row returned as a value went through memory on its way to the
+    /// visitor, and reading a list of ints took half as long again.
     #[allow(clippy::type_complexity)]
-    fn row(&self) -> Result<Option<Row<'_, Self>>, ReadError<Self::Exception>>;
+    fn row<R: ReadRow<Self>>(
+        &self,
+        read: R,
+    ) -> Result<Result<R::Value, ReadError<Self::Exception>>, R>;
 
     /// The text of a dict key: the key's own for a `str`, else `str(key)`'s.
     fn key_text<R>(&self, read: impl FnOnce(&str) -> R) -> Result<R, ReadError<Self::Exception>>;
 
     /// `table_form(self)`: what the table reads an object of no row as.
     fn table_form(&self, table_form: &Self) -> Result<Self, ReadError<Self::Exception>>;
+}
+
+/// What reads an object's row (see [`TableObject::row`]).
+pub(crate) trait ReadRow<O: TableObject>: Sized {
+    type Value;
+
+    fn read(self, row: Row<'_, O>) -> Result<Self::Value, ReadError<O::Exception>>;
 }
 
 /// One row of the value table, with what the object holds.
@@ -69,31 +86,82 @@ pub(crate) enum Row<'a, O: TableObject> {
 }
 
 /// Why an object could not be read as the type asked for.
+///
+/// Boxed: errors are rare, and a small one keeps each `Result` the reader
+/// passes along in registers.
 #[derive(Debug)]
-pub(crate) enum ReadError<X> {
+pub(crate) struct ReadError<X>(Box<ReadErrorKind<X>>);
+
+#[derive(Debug)]
+pub(crate) enum ReadErrorKind<X> {
     /// Python raised while the object was read (`str()` of an object, say).
     Python(X),
     /// A value that has no faithful form (the table's own errors:
     /// [`int_too_large`](super::int_too_large), [`too_deep`], ...).
     Conversion(String),
-    /// The value does not fit the type: serde's message, which [`read`]
-    /// returns with the place it was found (see [`at_path`]).
-    Mismatch(String),
+    /// The value does not fit the type.
+    Mismatch(Mismatch),
+}
+
+impl<X> ReadError<X> {
+    pub(crate) fn conversion(why: String) -> Self {
+        ReadError(Box::new(ReadErrorKind::Conversion(why)))
+    }
+
+    pub(crate) fn into_kind(self) -> ReadErrorKind<X> {
+        *self.0
+    }
+
+    /// The error, found inside `place`.
+    fn within(mut self, place: impl FnOnce() -> Place) -> Self {
+        if let ReadErrorKind::Mismatch(mismatch) = &mut *self.0 {
+            mismatch.path.push(place());
+        }
+        self
+    }
+}
+
+/// serde's message about a value that does not fit its type, and where it
+/// was found.
+#[derive(Debug)]
+pub(crate) struct Mismatch {
+    message: String,
+    /// Innermost first: each sequence, map or variant the error travels
+    /// out of adds its place.
+    path: Vec<Place>,
+}
+
+impl fmt::Display for Mismatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let steps = self.path.iter().rev().map(|place| match place {
+            Place::Index(index) => Step::Index(*index),
+            Place::Key(key) => Step::Key(key),
+        });
+        f.write_str(&placed(steps, &self.message))
+    }
+}
+
+/// One step into a value: an item's index, or a key, field or variant.
+#[derive(Debug)]
+enum Place {
+    Index(usize),
+    Key(String),
 }
 
 impl<X> From<X> for ReadError<X> {
     fn from(err: X) -> Self {
-        ReadError::Python(err)
+        ReadError(Box::new(ReadErrorKind::Python(err)))
     }
 }
 
 impl<X> fmt::Display for ReadError<X> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ReadError::Python(_) => {
+        match &*self.0 {
+            ReadErrorKind::Python(_) => {
                 f.write_str("Python raised an exception while reading the value")
             }
-            ReadError::Conversion(why) | ReadError::Mismatch(why) => f.write_str(why),
+            ReadErrorKind::Conversion(why) => f.write_str(why),
+            ReadErrorKind::Mismatch(mismatch) => mismatch.fmt(f),
         }
     }
 }
@@ -102,31 +170,29 @@ impl<X: fmt::Debug> std::error::Error for ReadError<X> {}
 
 impl<X: fmt::Debug> de::Error for ReadError<X> {
     fn custom<T: fmt::Display>(msg: T) -> Self {
-        ReadError::Mismatch(msg.to_string())
+        ReadError(Box::new(ReadErrorKind::Mismatch(Mismatch {
+            message: msg.to_string(),
+            path: Vec::new(),
+        })))
     }
 }
 
 /// Reads `obj` as a `T`. `table_form` is the helpers' function of that
 /// name. A mismatch says where it was found (`[2].name: invalid type:
-/// ...`); the table's own errors and Python's come out as they are.
+/// ...`, as serde_path_to_error shows it); the table's own errors and
+/// Python's come out as they are.
+///
+/// The reader keeps the path itself, and only on the way out of an error:
+/// wrapped in serde_path_to_error instead, a list of 100 000 ints took
+/// twice as long to read.
 pub(crate) fn read<T: DeserializeOwned, O: TableObject>(
     obj: O,
     table_form: &O,
 ) -> Result<T, ReadError<O::Exception>> {
-    let reader = Reader {
+    T::deserialize(Reader {
         obj,
         table_form,
         depth: 0,
-    };
-    serde_path_to_error::deserialize(reader).map_err(|err| {
-        let placed = match err.inner() {
-            ReadError::Mismatch(message) => Some(at_path(err.path(), message)),
-            _ => None,
-        };
-        match placed {
-            Some(message) => ReadError::Mismatch(message),
-            None => err.into_inner(),
-        }
     })
 }
 
@@ -140,6 +206,7 @@ struct Reader<'t, O> {
 impl<'t, O: TableObject> Reader<'t, O> {
     /// Hands the object's row to `read`; an object no row fits is read as
     /// `table_form(obj)`, one level deeper, as `to_value` does.
+    #[inline(always)]
     fn with_row<R>(
         self,
         read: impl FnOnce(RowReader<'_, 't, O>) -> Result<R, ReadError<O::Exception>>,
@@ -147,31 +214,57 @@ impl<'t, O: TableObject> Reader<'t, O> {
         let Reader {
             mut obj,
             table_form,
-            mut depth,
+            depth,
         } = self;
+        let mut deliver = Deliver {
+            read,
+            table_form,
+            depth,
+            value: PhantomData,
+        };
         loop {
-            if depth > MAX_DEPTH {
-                return Err(ReadError::Conversion(too_deep()));
+            if deliver.depth > MAX_DEPTH {
+                return Err(ReadError::conversion(too_deep()));
             }
-            let adapted = match obj.row()? {
-                Some(row) => {
-                    return read(RowReader {
-                        row,
-                        table_form,
-                        depth,
-                    })
-                }
-                None => obj.table_form(table_form)?,
-            };
-            obj = adapted;
-            depth += 1;
+            match obj.row(deliver) {
+                Ok(value) => return value,
+                Err(unread) => deliver = unread,
+            }
+            obj = obj.table_form(table_form)?;
+            deliver.depth += 1;
         }
+    }
+}
+
+/// Hands a row to `read` as a [`RowReader`] at `depth`.
+struct Deliver<'t, O, F, R> {
+    read: F,
+    table_form: &'t O,
+    depth: usize,
+    value: PhantomData<fn() -> R>,
+}
+
+impl<'t, O, F, R> ReadRow<O> for Deliver<'t, O, F, R>
+where
+    O: TableObject,
+    F: FnOnce(RowReader<'_, 't, O>) -> Result<R, ReadError<O::Exception>>,
+{
+    type Value = R;
+
+    #[inline(always)]
+    fn read(self, row: Row<'_, O>) -> Result<R, ReadError<O::Exception>> {
+        (self.read)(RowReader {
+            row,
+            table_form: self.table_form,
+            depth: self.depth,
+        })
     }
 }
 
 /// Forwards `Deserializer` methods to the object's row.
 macro_rules! by_row {
     ($($method:ident($($arg:ident: $ty:ty),*);)*) => {$(
+        #[inline]
         fn $method<V: Visitor<'de>>(self, $($arg: $ty,)* visitor: V) -> Result<V::Value, Self::Error> {
             self.with_row(move |row| row.$method($($arg,)* visitor))
         }
@@ -238,6 +331,7 @@ struct RowReader<'a, 't, O: TableObject> {
 impl<'de, O: TableObject> Deserializer<'de> for RowReader<'_, '_, O> {
     type Error = ReadError<O::Exception>;
 
+    #[inline(always)]
     fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
         match self.row {
             Row::Null => visitor.visit_unit(),
@@ -262,6 +356,7 @@ impl<'de, O: TableObject> Deserializer<'de> for RowReader<'_, '_, O> {
             }
             Row::Entries(entries) => visitor.visit_map(MapReader {
                 entries,
+                key: String::new(),
                 value: None,
                 table_form: self.table_form,
                 depth: self.depth + 1,
@@ -354,15 +449,58 @@ impl<'de, O: TableObject> Deserializer<'de> for RowReader<'_, '_, O> {
 }
 
 /// Serves bytes to a visitor that wants a sequence.
-fn visit_byte_items<'de, V, E>(bytes: impl Iterator<Item = u8>, visitor: V) -> Result<V::Value, E>
+fn visit_byte_items<'de, V, X>(
+    bytes: impl Iterator<Item = u8>,
+    visitor: V,
+) -> Result<V::Value, ReadError<X>>
 where
     V: Visitor<'de>,
-    E: de::Error,
+    X: fmt::Debug,
 {
-    let mut seq = SeqDeserializer::new(bytes);
+    let mut seq = ByteItems {
+        bytes,
+        count: 0,
+        error: PhantomData::<X>,
+    };
     let value = visitor.visit_seq(&mut seq)?;
-    seq.end()?;
+    if seq.bytes.next().is_some() {
+        let len = seq.count + 1 + seq.bytes.count();
+        return Err(de::Error::invalid_length(len, &ItemsRead(seq.count)));
+    }
     Ok(value)
+}
+
+/// Bytes as a sequence of `u8`.
+struct ByteItems<I, X> {
+    bytes: I,
+    /// How many were read.
+    count: usize,
+    error: PhantomData<X>,
+}
+
+impl<'de, I: Iterator<Item = u8>, X: fmt::Debug> SeqAccess<'de> for ByteItems<I, X> {
+    type Error = ReadError<X>;
+
+    fn next_element_seed<S: DeserializeSeed<'de>>(
+        &mut self,
+        seed: S,
+    ) -> Result<Option<S::Value>, Self::Error> {
+        let Some(byte) = self.bytes.next() else {
+            return Ok(None);
+        };
+        let index = self.count;
+        self.count += 1;
+        seed.deserialize(U8Deserializer::<Self::Error>::new(byte))
+            .map(Some)
+            .map_err(|err| err.within(|| Place::Index(index)))
+    }
+
+    fn size_hint(&self) -> Option<usize> {
+        match self.bytes.size_hint() {
+            (low, Some(high)) if low == high => Some(low),
+            _ => None,
+        }
+    }
 }
 
 /// The items of a list, tuple or set.
@@ -401,6 +539,7 @@ impl de::Expected for ItemsRead {
 impl<'de, O: TableObject> SeqAccess<'de> for SeqReader<'_, O> {
     type Error = ReadError<O::Exception>;
 
+    #[inline]
     fn next_element_seed<S: DeserializeSeed<'de>>(
         &mut self,
         seed: S,
@@ -408,6 +547,7 @@ impl<'de, O: TableObject> SeqAccess<'de> for SeqReader<'_, O> {
         let Some(obj) = self.items.next() else {
             return Ok(None);
         };
+        let index = self.count;
         self.count += 1;
         seed.deserialize(Reader {
             obj,
@@ -415,6 +555,7 @@ impl<'de, O: TableObject> SeqAccess<'de> for SeqReader<'_, O> {
             depth: self.depth,
         })
         .map(Some)
+        .map_err(|err| err.within(|| Place::Index(index)))
     }
 
     fn size_hint(&self) -> Option<usize> {
@@ -429,6 +570,8 @@ impl<'de, O: TableObject> SeqAccess<'de> for SeqReader<'_, O> {
 /// is not a `str`).
 struct MapReader<'t, O: TableObject> {
     entries: O::Entries,
+    /// The text of the key just read, for the path of an error in its value.
+    key: String,
     /// The value of the key just read.
     value: Option<O>,
     table_form: &'t O,
@@ -447,8 +590,13 @@ impl<'de, O: TableObject> MapAccess<'de> for MapReader<'_, O> {
             return Ok(None);
         };
         self.value = Some(value);
-        key.key_text(|text| seed.deserialize(StrDeserializer::<Self::Error>::new(text)))?
-            .map(Some)
+        let last = &mut self.key;
+        key.key_text(|text| {
+            last.clear();
+            last.push_str(text);
+            seed.deserialize(StrDeserializer::<Self::Error>::new(text))
+        })?
+        .map(Some)
     }
 
     fn next_value_seed<S: DeserializeSeed<'de>>(
@@ -463,6 +611,7 @@ impl<'de, O: TableObject> MapAccess<'de> for MapReader<'_, O> {
             table_form: self.table_form,
             depth: self.depth,
         })
+        .map_err(|err| err.within(|| Place::Key(self.key.clone())))
     }
 
     fn size_hint(&self) -> Option<usize> {
@@ -478,32 +627,46 @@ struct EnumReader<'t, O> {
 
 impl<'de, 't, O: TableObject> EnumAccess<'de> for EnumReader<'t, O> {
     type Error = ReadError<O::Exception>;
-    type Variant = Reader<'t, O>;
+    type Variant = ContentReader<'t, O>;
 
     fn variant_seed<S: DeserializeSeed<'de>>(
         self,
         seed: S,
     ) -> Result<(S::Value, Self::Variant), Self::Error> {
-        let variant = self
-            .variant
-            .key_text(|text| seed.deserialize(StrDeserializer::<Self::Error>::new(text)))??;
-        Ok((variant, self.content))
+        let (value, variant) = self.variant.key_text(|text| {
+            let value = seed.deserialize(StrDeserializer::<Self::Error>::new(text));
+            (value, text.to_owned())
+        })?;
+        let content = ContentReader {
+            content: self.content,
+            variant,
+        };
+        Ok((value?, content))
     }
 }
 
-impl<'de, O: TableObject> VariantAccess<'de> for Reader<'_, O> {
+/// A variant's content; an error in it is found inside the variant.
+struct ContentReader<'t, O> {
+    content: Reader<'t, O>,
+    variant: String,
+}
+
+impl<'de, O: TableObject> VariantAccess<'de> for ContentReader<'_, O> {
     type Error = ReadError<O::Exception>;
 
     /// `{variant: None}`.
     fn unit_variant(self) -> Result<(), Self::Error> {
-        de::Deserialize::deserialize(self)
+        let variant = self.variant;
+        de::Deserialize::deserialize(self.content).map_err(|err| err.within(|| Place::Key(variant)))
     }
 
     fn newtype_variant_seed<S: DeserializeSeed<'de>>(
         self,
         seed: S,
     ) -> Result<S::Value, Self::Error> {
-        seed.deserialize(self)
+        let variant = self.variant;
+        seed.deserialize(self.content)
+            .map_err(|err| err.within(|| Place::Key(variant)))
     }
 
     fn tuple_variant<V: Visitor<'de>>(
@@ -511,7 +674,10 @@ impl<'de, O: TableObject> VariantAccess<'de> for Reader<'_, O> {
         len: usize,
         visitor: V,
     ) -> Result<V::Value, Self::Error> {
-        self.deserialize_tuple(len, visitor)
+        let variant = self.variant;
+        self.content
+            .deserialize_tuple(len, visitor)
+            .map_err(|err| err.within(|| Place::Key(variant)))
     }
 
     fn struct_variant<V: Visitor<'de>>(
@@ -519,7 +685,10 @@ impl<'de, O: TableObject> VariantAccess<'de> for Reader<'_, O> {
         fields: &'static [&'static str],
         visitor: V,
     ) -> Result<V::Value, Self::Error> {
-        self.deserialize_struct("", fields, visitor)
+        let variant = self.variant;
+        self.content
+            .deserialize_struct("", fields, visitor)
+            .map_err(|err| err.within(|| Place::Key(variant)))
     }
 }
 
@@ -831,6 +1000,18 @@ pub(crate) mod conformance {
                     Err(mismatch("invalid type: string \"x\", expected u32"))
                 );
                 assert_eq!(typed::<Point>("value = {}"), Err(mismatch("missing field `x`")));
+                assert_eq!(
+                    typed::<Vec<Shape>>("value = [{'Rect': {'w': 1, 'h': 'x'}}]"),
+                    Err(mismatch("[0].Rect.h: invalid type: string \"x\", expected i64"))
+                );
+                assert_eq!(
+                    typed::<Vec<i8>>("value = b'\\x01\\xff'"),
+                    Err(mismatch("[1]: invalid value: integer `255`, expected i8"))
+                );
+                assert_eq!(
+                    typed::<BTreeMap<String, u8>>("value = {(1, 2): 300}"),
+                    Err(mismatch("(1, 2): invalid value: integer `300`, expected u8"))
+                );
                 assert_eq!(typed::<Vec<Point>>("value = [{}]"), Err(mismatch("[0]: missing field `x`")));
             }
 

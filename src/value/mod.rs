@@ -46,22 +46,59 @@ pub(crate) fn too_deep() -> String {
     format!("value nests deeper than {MAX_DEPTH} levels (or contains itself)")
 }
 
+/// One step of the path into a value, for [`placed`].
+#[derive(Clone, Copy)]
+pub(crate) enum Step<'a> {
+    /// An item of a sequence: `[2]`.
+    Index(usize),
+    /// A map's key, a struct's field or an enum's variant: `name`.
+    Key(&'a str),
+    /// A step serde_path_to_error could not name: `?`.
+    Unknown,
+}
+
 /// A serde error about a typed result (one that does not fit its type),
-/// with the place it was found: `[2].name: invalid type: string "x",
-/// expected u32`. At the top, where serde_path_to_error's path is empty (it
-/// shows as "."), or says nothing but "?", the message alone.
-// Built without either in-process backend, it waits for the child's typed
-// results, which read theirs with rmp-serde and serde_path_to_error too.
-#[cfg_attr(not(any(feature = "pyo3", feature = "rustpython")), allow(dead_code))]
-pub(crate) fn at_path(path: &serde_path_to_error::Path, message: &dyn std::fmt::Display) -> String {
-    let says_where = path
-        .iter()
-        .any(|segment| !matches!(segment, serde_path_to_error::Segment::Unknown));
-    if says_where {
-        format!("{path}: {message}")
+/// after the place it was found: `[2].name: invalid type: string "x",
+/// expected u32`. At the top, or where no step has a name, the message
+/// alone. Paths read as serde_path_to_error shows them.
+pub(crate) fn placed<'a>(
+    path: impl IntoIterator<Item = Step<'a>>,
+    message: &dyn std::fmt::Display,
+) -> String {
+    use std::fmt::Write;
+
+    let mut text = String::new();
+    let mut named = false;
+    for (at, step) in path.into_iter().enumerate() {
+        let separator = if at == 0 { "" } else { "." };
+        let _ = match step {
+            Step::Index(index) => write!(text, "[{index}]"),
+            Step::Key(key) => write!(text, "{separator}{key}"),
+            Step::Unknown => write!(text, "{separator}?"),
+        };
+        named |= !matches!(step, Step::Unknown);
+    }
+    if named {
+        format!("{text}: {message}")
     } else {
         message.to_string()
     }
+}
+
+/// [`placed`] for a path serde_path_to_error tracked (the child's typed
+/// results, read by rmp-serde).
+// Until the call builder reads the child's typed results.
+#[allow(dead_code)]
+pub(crate) fn at_path(path: &serde_path_to_error::Path, message: &dyn std::fmt::Display) -> String {
+    use serde_path_to_error::Segment;
+
+    let steps = path.iter().map(|segment| match segment {
+        Segment::Seq { index } => Step::Index(*index),
+        Segment::Map { key } => Step::Key(key),
+        Segment::Enum { variant } => Step::Key(variant),
+        Segment::Unknown => Step::Unknown,
+    });
+    placed(steps, message)
 }
 
 /// Refuses arguments that nest past [`MAX_DEPTH`], on the caller's thread and
@@ -105,14 +142,13 @@ fn dismantle(values: Vec<Value>) {
 mod tests {
     use serde::Deserialize;
 
-    use super::at_path;
+    use super::{at_path, placed, Step};
 
     /// `at_path` of what serde_path_to_error says of `json` read as `T`.
-    fn placed<T: for<'de> Deserialize<'de>>(json: &str) -> String {
+    fn path_message<T: for<'de> Deserialize<'de> + std::fmt::Debug>(json: &str) -> String {
         let mut input = serde_json::Deserializer::from_str(json);
         let err = serde_path_to_error::deserialize::<_, T>(&mut input)
-            .err()
-            .expect("the input does not fit");
+            .expect_err("the input does not fit");
         at_path(err.path(), err.inner())
     }
 
@@ -125,20 +161,61 @@ mod tests {
     #[test]
     fn a_mismatch_inside_says_where() {
         assert_eq!(
-            placed::<Vec<Item>>(r#"[{"name": 1}, {"name": 2}, {"name": "x"}]"#),
-            "[2].name: invalid type: string \"x\", expected u32 at line 1 column 41"
+            path_message::<Vec<Item>>(r#"[{"name": 1}, {"name": 2}, {"name": "x"}]"#),
+            "[2].name: invalid type: string \"x\", expected u32 at line 1 column 39"
         );
         assert_eq!(
-            placed::<std::collections::HashMap<String, Vec<u8>>>(r#"{"a": [1, 300]}"#),
+            path_message::<std::collections::HashMap<String, Vec<u8>>>(r#"{"a": [1, 300]}"#),
             "a[1]: invalid value: integer `300`, expected u8 at line 1 column 13"
         );
     }
 
     #[test]
+    fn paths_read_as_serde_path_to_error_shows_them() {
+        let json = r#"{"a": [{"b": {"C": [0, "x"]}}]}"#;
+        let mut input = serde_json::Deserializer::from_str(json);
+        let err =
+            serde_path_to_error::deserialize::<_, std::collections::HashMap<String, Vec<Deep>>>(
+                &mut input,
+            )
+            .expect_err("the input does not fit");
+        assert_eq!(
+            at_path(err.path(), err.inner()),
+            format!("{}: {}", err.path(), err.inner())
+        );
+        assert_eq!(at_path(err.path(), &"m"), "a[0].b.C[1]: m");
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[allow(dead_code)]
+    struct Deep {
+        b: Variant,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[allow(dead_code)]
+    enum Variant {
+        C(Vec<u8>),
+    }
+
+    #[test]
     fn a_mismatch_at_the_top_is_the_message_alone() {
         assert_eq!(
-            placed::<u32>(r#""x""#),
+            path_message::<u32>(r#""x""#),
             "invalid type: string \"x\", expected u32 at line 1 column 3"
         );
+    }
+
+    #[test]
+    fn a_path_that_names_no_step_is_left_out() {
+        assert_eq!(placed([], &"m"), "m");
+        assert_eq!(placed([Step::Unknown], &"m"), "m");
+        let steps = [
+            Step::Key("a"),
+            Step::Unknown,
+            Step::Index(1),
+            Step::Key("b"),
+        ];
+        assert_eq!(placed(steps, &"m"), "a.?[1].b: m");
     }
 }
