@@ -780,6 +780,10 @@ pub(crate) mod conformance {
                     Err(mismatch("invalid type: boolean `true`, expected i64"))
                 );
                 assert_eq!(typed::<i64>("value = -2**63"), Ok(i64::MIN));
+                assert_eq!(
+                    typed::<Vec<i64>>("value = [-1, 0, 2**62]"),
+                    Ok(vec![-1, 0, 1 << 62])
+                );
                 assert_eq!(typed::<u64>("value = 2**64 - 1"), Ok(u64::MAX));
                 assert_eq!(typed::<i64>("class I(int): pass\nvalue = I(7)"), Ok(7));
                 assert_eq!(typed::<u8>("value = 255"), Ok(255));
@@ -951,6 +955,12 @@ pub(crate) mod conformance {
                 assert_eq!(
                     typed::<ByteBuf>("import array\nvalue = memoryview(array.array('h', [1]))"),
                     Ok(ByteBuf::from(1i16.to_ne_bytes().to_vec()))
+                );
+                // serde_json's `Value` has no bytes (the child's results,
+                // read by rmp-serde, refuse them the same way).
+                assert_eq!(
+                    typed::<serde_json::Value>("value = b'ab'"),
+                    Err(mismatch("invalid type: byte array, expected any valid JSON value"))
                 );
                 // serde's own rule: a `String` takes bytes that are UTF-8.
                 assert_eq!(typed::<String>("value = b'ab'"), Ok("ab".to_owned()));
