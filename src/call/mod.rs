@@ -333,11 +333,12 @@ fn read_answer<R: DeserializeOwned + 'static>(answer: Answer) -> Result<R, PyRun
                 }
             }
         }
-        Answer::Packed(bytes) => {
-            let mut packed = rmp_serde::Deserializer::from_read_ref(&bytes);
-            serde_path_to_error::deserialize(&mut packed)
-                .map_err(|err| PyRunnerError::Conversion(at_path(&err)))
-        }
+        #[cfg(feature = "subprocess")]
+        Answer::Packed(bytes) => crate::wire::read_data(&bytes),
+        #[cfg(not(feature = "subprocess"))]
+        Answer::Packed(_) => Err(PyRunnerError::Protocol(
+            "a child's answer with no subprocess backend".into(),
+        )),
         Answer::Typed(result) => result.downcast::<R>().map(|result| *result).map_err(|_| {
             PyRunnerError::Conversion(format!(
                 "the backend read a result that is not a {}",
@@ -348,13 +349,7 @@ fn read_answer<R: DeserializeOwned + 'static>(answer: Answer) -> Result<R, PyRun
 }
 
 fn at_path<E: fmt::Display>(err: &serde_path_to_error::Error<E>) -> String {
-    // Merged with the in-process readers' helper once they land.
-    let path = err.path().to_string();
-    if path == "." {
-        err.inner().to_string()
-    } else {
-        format!("{path}: {}", err.inner())
-    }
+    crate::value::at_path(err.path(), err.inner())
 }
 
 /// `run` with options, made by [`PyRunner::exec`]; finished by `.await` or

@@ -154,6 +154,11 @@ pub(crate) struct Readers {
 }
 
 impl Readers {
+    // A subprocess-only build reads typed results in the caller instead.
+    #[cfg_attr(
+        not(any(feature = "pyo3", feature = "rustpython")),
+        allow(clippy::extra_unused_type_parameters)
+    )]
     pub fn of<T: serde::de::DeserializeOwned + Send + 'static>() -> Readers {
         Readers {
             #[cfg(feature = "pyo3")]

@@ -78,6 +78,7 @@ pub(crate) enum Row<'a, O: TableObject> {
     /// A `bytes`' own buffer.
     Bytes(&'a [u8]),
     /// A copy of a `bytearray`'s or `memoryview`'s bytes.
+    #[cfg_attr(not(any(feature = "pyo3", feature = "rustpython")), allow(dead_code))]
     ByteBuf(Vec<u8>),
     /// A list, tuple, set or frozenset.
     Items(O::Items),
@@ -698,7 +699,7 @@ impl<'de, O: TableObject> VariantAccess<'de> for ContentReader<'_, O> {
 /// `value` as a `T`), and `args_repr(&Packed)`, `kwargs_repr(&Packed)`
 /// (`repr()` of what the arguments became, `"None"` for no keywords; the
 /// `Conversion` message on failure).
-#[cfg(test)]
+#[cfg(all(test, any(feature = "pyo3", feature = "rustpython")))]
 pub(crate) mod conformance {
     use serde::{Deserialize, Serialize};
 

@@ -24,7 +24,6 @@ use serde_json::Value;
 
 use crate::error::PyRunnerError;
 
-#[cfg(any(feature = "pyo3", feature = "rustpython"))]
 pub(crate) mod from_python;
 
 /// How deeply values may nest. Deeper values (and self-containing ones,
@@ -85,10 +84,8 @@ pub(crate) fn placed<'a>(
     }
 }
 
-/// [`placed`] for a path serde_path_to_error tracked (the child's typed
-/// results, read by rmp-serde).
-// Until the call builder reads the child's typed results.
-#[allow(dead_code)]
+/// [`placed`] for a path serde_path_to_error tracked (a `Value` read into
+/// another type).
 pub(crate) fn at_path(path: &serde_path_to_error::Path, message: &dyn std::fmt::Display) -> String {
     use serde_path_to_error::Segment;
 

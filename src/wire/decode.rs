@@ -165,6 +165,19 @@ pub(crate) fn decode_items(frame: &[u8], max_depth: usize) -> Result<Vec<Value>,
     }
 }
 
+/// The first value in `data`, checked as [`Items::next_raw`] checks one,
+/// and what follows it.
+pub(crate) fn split_value(data: &[u8]) -> Result<(&[u8], &[u8]), String> {
+    let mut reader = Reader {
+        data,
+        pos: 0,
+        depth_left: crate::value::MAX_DEPTH + 2,
+        room: data.len(),
+    };
+    reader.skip()?;
+    Ok(data.split_at(reader.pos))
+}
+
 /// Bin reads as an array of ints, but a frame is an array of items.
 const NOT_AN_ARRAY_BUT_BIN: &str = "a frame holds binary data, not an array";
 

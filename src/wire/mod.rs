@@ -16,10 +16,12 @@ use std::io;
 use bytes::{BufMut, BytesMut};
 use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec};
 
+mod data;
 mod decode;
 mod from_child;
 mod to_child;
 
+pub(crate) use data::read_data;
 pub(crate) use from_child::{FromChild, Hello, Outcome};
 pub(crate) use to_child::ToChild;
 
