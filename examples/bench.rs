@@ -406,20 +406,37 @@ mod calls_bench {
         median(samples)
     }
 
+    /// What making and freeing the 100 000 ints costs the interpreter itself:
+    /// the floor under any echo of them.
+    fn make_and_free_ints(runner: &PyRunner) -> String {
+        let seconds = runner
+            .eval_sync(
+                "sorted(__import__('timeit').repeat('x = list(range(100_000)); del x', \
+                 number=1, repeat=11))[5]",
+            )
+            .unwrap()
+            .as_f64()
+            .unwrap();
+        format!("{:.2} ms", seconds * 1e3)
+    }
+
     /// Python's own `ProcessPoolExecutor` echoing the same 8 MiB, median of 11.
     fn executor_echo_bytes() -> Duration {
-        let script = "import concurrent.futures as f, time\n\
-def echo(x):\n    return x\n\
-if __name__ == '__main__':\n\
-    data = b'Z' * (8 << 20)\n\
-    with f.ProcessPoolExecutor(1) as pool:\n\
-        pool.submit(echo, data).result()\n\
-        times = []\n\
-        for _ in range(11):\n\
-            start = time.perf_counter()\n\
-            pool.submit(echo, data).result()\n\
-            times.append(time.perf_counter() - start)\n\
-    print(sorted(times)[5])\n";
+        let script = r#"
+import concurrent.futures as f, time
+def echo(x):
+    return x
+if __name__ == '__main__':
+    data = b'Z' * (8 << 20)
+    with f.ProcessPoolExecutor(1) as pool:
+        pool.submit(echo, data).result()
+        times = []
+        for _ in range(11):
+            start = time.perf_counter()
+            pool.submit(echo, data).result()
+            times.append(time.perf_counter() - start)
+    print(sorted(times)[5])
+"#;
         let folder = std::env::temp_dir().join(format!("async_py_bench_{}", std::process::id()));
         std::fs::create_dir_all(&folder).unwrap();
         let file = folder.join("executor_echo.py");
@@ -446,7 +463,7 @@ if __name__ == '__main__':\n\
             #[cfg(feature = "rustpython")]
             Backend::RustPython,
         ];
-        let mut rows: [Vec<String>; 5] = Default::default();
+        let mut rows: [Vec<String>; 6] = Default::default();
         for backend in backends {
             let builder = PyRunner::builder();
             let builder = match backend {
@@ -469,6 +486,7 @@ if __name__ == '__main__':\n\
                 "{:.2} ms",
                 echo_large_list(&runner).as_secs_f64() * 1e3
             ));
+            rows[5].push(make_and_free_ints(&runner));
             runner.stop_sync().unwrap();
         }
         let labels = [
@@ -477,6 +495,7 @@ if __name__ == '__main__':\n\
             "echo of 8 MiB as `ByteBuf`, median of 11",
             "echo of a 100 000-int list as `Vec<i64>`, median of 11",
             "the same list as `Value` through `call_function_sync`, median of 11",
+            "for scale: Python's own `x = list(range(100_000)); del x`, timed in the interpreter, median of 11",
         ];
         print!("| call builder |");
         for backend in backends {

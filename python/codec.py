@@ -99,6 +99,8 @@ def pack_typed(value):
 
     Raises as `pack` does.
     """
+    if type(value) is int:
+        return _int_bytes(value)  # the commonest typed result too
     out = _TypedOut()
     _pack(value, out, 0)
     return b"".join(out)

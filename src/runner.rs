@@ -131,10 +131,19 @@ impl PyRunner {
 
     /// [`send`](Self::send) with this limit instead of the handle's.
     pub(crate) async fn send_limited(&self, request: Request, limit: Option<Duration>) -> Reply {
+        self.submission(request, limit)?.await
+    }
+
+    /// The future that sends `request` with this limit, unpolled.
+    pub(crate) fn submission(
+        &self,
+        request: Request,
+        limit: Option<Duration>,
+    ) -> Result<Submission, PyRunnerError> {
         if let Some(err) = &self.shared.failed {
             return Err(err.clone());
         }
-        Submission::new(self.shared.queue.clone(), request, limit).await
+        Ok(Submission::new(self.shared.queue.clone(), request, limit))
     }
 
     /// The limit of this handle's commands.

@@ -147,3 +147,13 @@ pub(crate) const MAP_QUEUED: Duration = Duration::from_millis(10);
 /// How often a retired worker is checked for calls still running on it:
 /// often enough that a recycle ends promptly, rare enough to cost nothing.
 pub(crate) const RETIRE_POLL: Duration = Duration::from_millis(2);
+
+/// glibc's malloc in a child: blocks up to 32 MiB come from its heap, and
+/// up to 64 MiB of free heap is kept rather than given back. By default a
+/// freed block of a few MiB goes back to the kernel, and the next one
+/// faults its pages in again, zeroed: moving 8 MiB of bytes to a child and
+/// back took 17–36 ms that way, 5–10 ms with this (docs/TUNING.md). Set
+/// as `GLIBC_TUNABLES` unless the child's environment has one already;
+/// other C libraries ignore it.
+pub(crate) const CHILD_MALLOC: &str =
+    "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=67108864";

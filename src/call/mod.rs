@@ -17,7 +17,7 @@ use serde_json::Value;
 
 pub(crate) use pack::Packed;
 
-use crate::command::{block_on, user_limit, Answer, Invoke, Readers, Reply, Request, Returns};
+use crate::command::{block_on, user_limit, Answer, Invoke, Readers, Request, Returns, Submission};
 use crate::error::PyRunnerError;
 #[cfg(feature = "subprocess")]
 use crate::pool::{block_on_pool, Admission, PyPool};
@@ -241,21 +241,25 @@ where
             }))),
         };
         let (target, limit) = (self.target, self.limit);
+        let sending = match (request, target) {
+            (Err(err), _) => Sending::Failed(Some(err)),
+            // A runner's call is its submission itself: no box on the way.
+            (Ok(request), Target::Runner(runner)) => {
+                let limit = limit.unwrap_or_else(|| runner.limit());
+                match runner.submission(request, limit) {
+                    Ok(submission) => Sending::Runner(submission),
+                    Err(err) => Sending::Failed(Some(err)),
+                }
+            }
+            #[cfg(feature = "subprocess")]
+            (Ok(request), Target::Pool(pool)) => {
+                Sending::Pool(Box::pin(pool.dispatch_limited(request, admission, limit)))
+            }
+        };
+        #[cfg(not(feature = "subprocess"))]
+        let _ = admission;
         CallFuture {
-            reply: Box::pin(async move {
-                let request = request?;
-                let reply = match target {
-                    Target::Runner(runner) => {
-                        let limit = limit.unwrap_or_else(|| runner.limit());
-                        runner.send_limited(request, limit).await
-                    }
-                    #[cfg(feature = "subprocess")]
-                    Target::Pool(pool) => pool.dispatch_limited(request, admission, limit).await,
-                };
-                #[cfg(not(feature = "subprocess"))]
-                let _ = admission;
-                reply
-            }),
+            sending,
             returns: PhantomData,
         }
     }
@@ -284,8 +288,19 @@ where
 /// call (see [`Call`], "Cancellation").
 #[must_use = "futures do nothing unless polled"]
 pub struct CallFuture<'a, R> {
-    reply: Pin<Box<dyn Future<Output = Reply> + Send + 'a>>,
+    sending: Sending<'a>,
     returns: PhantomData<fn() -> R>,
+}
+
+/// Where a call's reply comes from.
+enum Sending<'a> {
+    Failed(Option<PyRunnerError>),
+    Runner(Submission),
+    #[cfg(feature = "subprocess")]
+    Pool(Pin<Box<dyn Future<Output = crate::command::Reply> + Send + 'a>>),
+    #[cfg(not(feature = "subprocess"))]
+    #[allow(dead_code)]
+    Never(PhantomData<&'a ()>),
 }
 
 impl<R> fmt::Debug for CallFuture<'_, R> {
@@ -300,11 +315,16 @@ where
 {
     type Output = Result<R, PyRunnerError>;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.reply
-            .as_mut()
-            .poll(cx)
-            .map(|reply| read_answer(reply?))
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let reply = match &mut self.get_mut().sending {
+            Sending::Failed(err) => Poll::Ready(Err(err.take().unwrap_or(PyRunnerError::Stopped))),
+            Sending::Runner(submission) => Pin::new(submission).poll(cx),
+            #[cfg(feature = "subprocess")]
+            Sending::Pool(reply) => reply.as_mut().poll(cx),
+            #[cfg(not(feature = "subprocess"))]
+            Sending::Never(_) => Poll::Pending,
+        };
+        reply.map(|reply| read_answer(reply?))
     }
 }
 

@@ -790,3 +790,21 @@ mod tests {
         assert_eq!(read::<Vec<u8>>(&packed), [vec![0, 1, 2]]);
     }
 }
+
+#[cfg(test)]
+mod speed {
+    #[test]
+    #[ignore = "a measurement: cargo test --release --lib pack_speed -- --ignored --nocapture"]
+    fn pack_speed() {
+        let list: Vec<i64> = (0..100_000).collect();
+        let mut best = std::time::Duration::MAX;
+        for _ in 0..50 {
+            let start = std::time::Instant::now();
+            let mut packed = super::Packed::default();
+            packed.push(&list).unwrap();
+            best = best.min(start.elapsed());
+            assert!(packed.bytes.len() > 100_000);
+        }
+        println!("pack 100 000 i64: {best:?}");
+    }
+}

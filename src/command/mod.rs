@@ -47,7 +47,7 @@ pub(crate) enum Answer {
     /// A typed call's result as the child packed it (MessagePack, bytes as
     /// bin), read into its type by the caller.
     #[cfg_attr(not(feature = "subprocess"), allow(dead_code))]
-    Packed(Vec<u8>),
+    Packed(bytes::Bytes),
     /// A typed call's result, read into its type by an in-process backend.
     #[cfg_attr(not(any(feature = "pyo3", feature = "rustpython")), allow(dead_code))]
     Typed(Box<dyn std::any::Any + Send>),

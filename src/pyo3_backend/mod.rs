@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use pyo3::exceptions::{PyKeyboardInterrupt, PyNameError, PySystemExit};
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyModule, PyString};
+use pyo3::types::{PyBytes, PyDict, PyModule, PyString, PyTuple};
 use serde_json::Value;
 
 use crate::command::{
@@ -319,7 +319,8 @@ impl<'py> Worker<'py> {
     /// command's limit; an awaitable it returns is awaited on the loop
     /// with what is left of the limit.
     fn invoke(&mut self, invoke: Invoke, reply: Responder, timeout: Option<Duration>) {
-        let started = Instant::now();
+        // Read only for a limit: a clock read is a good part of a fast call.
+        let started = timeout.map(|_| Instant::now());
         let mut watchdog = self.watchdog.take();
         let armed =
             crate::watchdog::arm(&mut watchdog, timeout, reply.slot(), || self.interrupter());
@@ -332,8 +333,8 @@ impl<'py> Worker<'py> {
         if let Some(armed) = armed {
             watchdog::disarm(&armed, self.py);
         }
-        let result = match called {
-            Ok(result) => result,
+        let (result, _spent) = match called {
+            Ok(called) => called,
             Err(err) => return reply.send(Err(err)),
         };
         if let Some(kind) = generator_kind(&result) {
@@ -345,7 +346,9 @@ impl<'py> Worker<'py> {
         if !is_awaitable(&result) {
             return reply.send(self.read_result(&result, invoke.returns));
         }
-        let left = timeout.map(|limit| limit.saturating_sub(started.elapsed()));
+        let left = timeout
+            .zip(started)
+            .map(|(limit, started)| limit.saturating_sub(started.elapsed()));
         if left == Some(Duration::ZERO) {
             // Closed unawaited, so that Python does not warn of it.
             let _ = result.call_method0(intern!(self.py, "close"));
@@ -378,15 +381,23 @@ impl<'py> Worker<'py> {
     }
 
     /// Calls the function an invoke names with its arguments.
-    fn call_invoked(&self, invoke: &Invoke) -> Result<Bound<'py, PyAny>, PyRunnerError> {
+    /// Calls the function an invoke names with its arguments. The
+    /// arguments come back with the result, to be dropped after the reply:
+    /// freeing a large argument (100 000 ints, say) takes as long as
+    /// making it, and the caller need not wait for that.
+    fn call_invoked(
+        &self,
+        invoke: &Invoke,
+    ) -> Result<(Bound<'py, PyAny>, Spent<'py>), PyRunnerError> {
         let function = self
             .resolve(&invoke.name)
             .map_err(|err| self.python_error(err))?;
         let args = typed::args_to_python(self.py, &invoke.args)?;
         let kwargs = typed::kwargs_to_python(self.py, &invoke.kwargs)?;
-        function
-            .call(args, kwargs.as_ref())
-            .map_err(|err| self.python_error(err))
+        let result = function
+            .call(&args, kwargs.as_ref())
+            .map_err(|err| self.python_error(err))?;
+        Ok((result, (args, kwargs)))
     }
 
     /// Cancels the coroutine of the command whose caller gave up, if one runs.
@@ -626,6 +637,9 @@ impl<'py> Worker<'py> {
         }
     }
 }
+
+/// A call's arguments, kept until its reply is sent.
+type Spent<'py> = (Bound<'py, PyTuple>, Option<Bound<'py, PyDict>>);
 
 /// "a generator" or "an async generator", for a result that is one.
 fn generator_kind(obj: &Bound<'_, PyAny>) -> Option<&'static str> {

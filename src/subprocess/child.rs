@@ -42,7 +42,7 @@ use super::ring::ReplyRing;
 use super::stderr::StderrForwarder;
 use super::zygote::{self, Zygote};
 use crate::error::PyRunnerError;
-use crate::tuning::EXIT_CHECK;
+use crate::tuning::{CHILD_MALLOC, EXIT_CHECK};
 use crate::wire::{FrameReader, FromChild, Hello, WireError};
 
 /// How a child starts the worker; see the file for the arguments.
@@ -84,6 +84,12 @@ impl LaunchSpec {
         }
         for (key, value) in &self.env {
             command.env(key, value);
+        }
+        let tunables = std::ffi::OsStr::new("GLIBC_TUNABLES");
+        let given = self.env.iter().any(|(key, _)| key == tunables)
+            || (!self.env_clear && std::env::var_os(tunables).is_some());
+        if !given {
+            command.env(tunables, CHILD_MALLOC);
         }
         if let Some(dir) = &self.current_dir {
             command.current_dir(dir);

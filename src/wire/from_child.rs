@@ -1,6 +1,7 @@
 //! What comes from the child: its hello, replies, and output marks, read
 //! from a frame's bytes by the fast decoder of `decode.rs`.
 
+use bytes::Bytes;
 use serde_json::Value;
 
 use super::decode::{self, Item};
@@ -73,14 +74,25 @@ fn undecodable(why: String) -> PyRunnerError {
 impl FromChild {
     /// The message one frame (without its length) holds. A hello must
     /// speak [`PROTOCOL_VERSION`].
+    #[cfg(test)]
     pub fn decode(frame: &[u8]) -> Result<FromChild, PyRunnerError> {
+        Self::decode_in(frame, None)
+    }
+
+    /// [`decode`](Self::decode) of a frame held in `Bytes`: a `data`
+    /// reply's value is handed on as a slice of it, not a copy.
+    pub fn decode_shared(frame: &Bytes) -> Result<FromChild, PyRunnerError> {
+        Self::decode_in(frame, Some(frame))
+    }
+
+    fn decode_in(frame: &[u8], shared: Option<&Bytes>) -> Result<FromChild, PyRunnerError> {
         // Whoever reads a reply decodes it, on whatever stack it has:
         // nesting is capped just past the value table's own limit, never
         // left to the stack. The frame's array and a reply's own envelope
         // hold the value.
         let mut items =
             decode::Items::open(frame, crate::value::MAX_DEPTH + 2).map_err(undecodable)?;
-        let message = match Self::read(&mut items) {
+        let message = match Self::read(&mut items, shared) {
             Ok(message) => Ok(message),
             Err(Bad::Bytes(why)) => return Err(undecodable(why)),
             Err(Bad::Message(err)) => Err(err),
@@ -91,7 +103,7 @@ impl FromChild {
         message
     }
 
-    fn read(items: &mut decode::Items<'_>) -> Result<FromChild, Bad> {
+    fn read(items: &mut decode::Items<'_>, shared: Option<&Bytes>) -> Result<FromChild, Bad> {
         let head = items.next()?.ok_or_else(|| malformed("empty array"))?;
         if head.as_str() == Some("out") {
             return Ok(FromChild::OutputMark);
@@ -137,12 +149,15 @@ impl FromChild {
             ))),
             // Checked, and handed to the caller as it is: the caller reads
             // it into the type it asked for.
-            Some("data") => Outcome::Done(Ok(Answer::Packed(
-                items
+            Some("data") => {
+                let value = items
                     .next_raw()?
-                    .ok_or_else(|| malformed("data without a value"))?
-                    .to_vec(),
-            ))),
+                    .ok_or_else(|| malformed("data without a value"))?;
+                Outcome::Done(Ok(Answer::Packed(match shared {
+                    Some(frame) => frame.slice_ref(value),
+                    None => Bytes::copy_from_slice(value),
+                })))
+            }
             Some("err") => {
                 let kind = items.next()?.and_then(Item::into_string);
                 let message = items.next()?.and_then(Item::into_string);
@@ -288,7 +303,7 @@ mod tests {
             FromChild::decode(&frame),
             Ok(FromChild::Reply {
                 id: 7,
-                outcome: Outcome::Done(Ok(Answer::Packed(value.clone())))
+                outcome: Outcome::Done(Ok(Answer::Packed(value.clone().into())))
             })
         );
         // Cut anywhere, or with anything after it, it is refused.

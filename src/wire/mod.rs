@@ -169,9 +169,10 @@ impl Decoder for ChildCodec {
         let Some(frame) = self.next_frame(src)? else {
             return Ok(None);
         };
-        match FromChild::decode(&frame) {
+        let frame = frame.freeze();
+        match FromChild::decode_shared(&frame) {
             Ok(message) => Ok(Some(message)),
-            Err(error) => Err(WireError::new(error, Some(frame))),
+            Err(error) => Err(WireError::new(error, Some(BytesMut::from(&frame[..])))),
         }
     }
 }
