@@ -98,6 +98,10 @@ ARG_ZYGOTE = "--zygote"
 ARG_SHARE_CORES = "--share-cores"
 ENV_REPLY_RING = "ASYNC_PY_REPLY_RING"
 """Set to "0", the child keeps its replies on the pipe."""
+ENV_MALLOC = "GLIBC_TUNABLES"
+CHILD_MALLOC = "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=67108864"
+"""What the parent sets ENV_MALLOC to when the child's environment has none
+(src/tuning.rs, CHILD_MALLOC); the child removes it from os.environ."""
 
 # -- the reply ring: byte offsets in the shared memory ----------------------
 # Every counter is a native-endian u64 on its own cache line (ring.py reads

@@ -989,6 +989,11 @@ def _forget_own_folder():
 def main():
     """The child program: its arguments are `--zygote`, or an optional
     `--share-cores` and the reply ring's path (see PROTOCOL.md)."""
+    if os.environ.get(ENV_MALLOC) == CHILD_MALLOC:
+        # The parent's setting for this interpreter's malloc, read when it
+        # started: user code sees the environment it was given, and the
+        # programs it starts do not inherit the setting.
+        del os.environ[ENV_MALLOC]
     if sys.argv[1:2] == [ARG_ZYGOTE]:
         sys.exit(_zygote_main())
     share = sys.argv[1:2] == [ARG_SHARE_CORES]

@@ -107,6 +107,15 @@ class RustAgreementTests(unittest.TestCase):
         # (max_frame_length, 64 MiB by default), the child's a backstop.
         self.assertLessEqual(rust_constant(self.CONFIG_RS, "DEFAULT_FRAME_LIMIT"), worker.FRAME_LIMIT)
 
+    def test_the_child_s_malloc_setting_agrees(self):
+        # The child takes the setting out of its environment only when it
+        # is the parent's own.
+        with open(os.path.join(ROOT, "src", "tuning.rs"), encoding="utf-8") as source:
+            text = source.read()
+        found = re.search(r'const CHILD_MALLOC: &str =\s*"([^"]*)";', text)
+        self.assertIsNotNone(found, "src/tuning.rs has no `const CHILD_MALLOC: &str = \"...\";`")
+        self.assertEqual(found.group(1), worker.CHILD_MALLOC)
+
     def test_a_missing_constant_fails_loudly(self):
         with self.assertRaisesRegex(AssertionError, "has no line `const NO_SUCH_NAME"):
             rust_constant(self.RING_RS, "NO_SUCH_NAME")
