@@ -23,7 +23,9 @@ use crate::error::PyRunnerError;
 /// # Caveats
 /// - A command is sent when its future is first polled. Dropping the future
 ///   before it runs takes it out of the queue; dropping it while it runs lets
-///   it finish and discards the result.
+///   it finish and discards the result, except a coroutine (of
+///   `call_async_function`, or a [`call`](Self::call) whose function returned
+///   one), which is cancelled: it gets `CancelledError` at its await point.
 /// - Dropping the last handle ends the runner: queued commands are answered
 ///   with [`PyRunnerError::Stopped`], pending coroutines are cancelled, the
 ///   thread exits. It does not wait for a command that is running now. On

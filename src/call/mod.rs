@@ -130,10 +130,10 @@ impl<'a> Call<'a, Value> {
 
 impl<'a, R> Call<'a, R> {
     /// Adds one positional argument.
-    pub fn arg<T: Serialize + ?Sized>(mut self, value: &T) -> Self {
+    pub fn arg<T: Serialize>(mut self, value: T) -> Self {
         if self.error.is_none() {
             let position = self.args.count + 1;
-            if let Err(why) = self.args.push(value) {
+            if let Err(why) = self.args.push(&value) {
                 self.fail(format!("argument {position}: {why}"));
             }
         }
@@ -142,9 +142,9 @@ impl<'a, R> Call<'a, R> {
 
     /// Adds one positional argument per element of a tuple, array or
     /// `Vec` (`()` adds none).
-    pub fn args<T: Serialize + ?Sized>(mut self, values: &T) -> Self {
+    pub fn args<T: Serialize>(mut self, values: T) -> Self {
         if self.error.is_none() {
-            if let Err(why) = self.args.spread(values) {
+            if let Err(why) = self.args.spread(&values) {
                 self.fail(format!("args: {why}"));
             }
         }
@@ -152,11 +152,11 @@ impl<'a, R> Call<'a, R> {
     }
 
     /// Adds one keyword argument.
-    pub fn kwarg<T: Serialize + ?Sized>(mut self, name: &str, value: &T) -> Self {
+    pub fn kwarg<T: Serialize>(mut self, name: &str, value: T) -> Self {
         if self.error.is_none() {
-            if self.kwargs.names().any(|given| given == name) {
+            if self.kwargs.names.iter().any(|given| given == name) {
                 self.fail(format!("keyword argument '{name}' given twice"));
-            } else if let Err(why) = self.kwargs.push_named(name, value) {
+            } else if let Err(why) = self.kwargs.push_named(name, &value) {
                 self.fail(format!("keyword argument '{name}': {why}"));
             }
         }
@@ -165,10 +165,10 @@ impl<'a, R> Call<'a, R> {
 
     /// Adds one keyword argument per entry of a map (whose keys are
     /// strings) or field of a struct.
-    pub fn kwargs<T: Serialize + ?Sized>(mut self, values: &T) -> Self {
+    pub fn kwargs<T: Serialize>(mut self, values: T) -> Self {
         if self.error.is_none() {
             let before = self.kwargs.count;
-            match self.kwargs.spread_named(values) {
+            match self.kwargs.spread_named(&values) {
                 Err(why) => self.fail(format!("kwargs: {why}")),
                 Ok(()) if before > 0 || self.kwargs.count > 1 => self.check_names_once(),
                 Ok(()) => {}
@@ -205,10 +205,11 @@ impl<'a, R> Call<'a, R> {
     }
 
     fn check_names_once(&mut self) {
-        let names: Vec<&str> = self.kwargs.names().collect();
+        let names = &self.kwargs.names;
         for (at, name) in names.iter().enumerate() {
             if names[..at].contains(name) {
                 let why = format!("keyword argument '{name}' given twice");
+                let _ = names;
                 self.fail(why);
                 return;
             }

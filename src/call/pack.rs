@@ -16,7 +16,6 @@
 use std::fmt;
 
 use rmp::encode;
-use serde::de::Deserialize;
 use serde::ser::{self, Serialize};
 
 use crate::value::{too_deep, MAX_DEPTH};
@@ -35,6 +34,8 @@ use crate::value::{too_deep, MAX_DEPTH};
 pub(crate) struct Packed {
     pub bytes: Vec<u8>,
     pub count: usize,
+    /// Keyword arguments' names, in order, as they were packed.
+    pub names: Vec<String>,
 }
 
 impl Packed {
@@ -70,6 +71,7 @@ impl Packed {
         match value.serialize(Packer::new(&mut self.bytes, Top::Value)) {
             Ok(_) => {
                 self.count += 1;
+                self.names.push(name.to_owned());
                 Ok(())
             }
             Err(err) => {
@@ -86,33 +88,20 @@ impl Packed {
     }
 
     fn extend<T: Serialize + ?Sized>(&mut self, values: &T, top: Top) -> Result<(), String> {
-        let start = self.bytes.len();
-        match values.serialize(Packer::new(&mut self.bytes, top)) {
+        let (start, named) = (self.bytes.len(), self.names.len());
+        let mut packer = Packer::new(&mut self.bytes, top);
+        packer.names = Some(&mut self.names);
+        match values.serialize(packer) {
             Ok(added) => {
                 self.count += added;
                 Ok(())
             }
             Err(err) => {
                 self.bytes.truncate(start);
+                self.names.truncate(named);
                 Err(err.0)
             }
         }
-    }
-
-    /// The names of keyword arguments, in order (for `count` pairs).
-    pub fn names(&self) -> impl Iterator<Item = &str> {
-        let mut rest = &self.bytes[..];
-        std::iter::from_fn(move || {
-            if rest.is_empty() {
-                return None;
-            }
-            let (name, mut after) = rmp::decode::read_str_from_slice(rest).ok()?;
-            // Reading from the slice moves it past the value.
-            serde::de::IgnoredAny::deserialize(&mut rmp_serde::Deserializer::new(&mut after))
-                .ok()?;
-            rest = after;
-            Some(name)
-        })
     }
 }
 
@@ -172,11 +161,18 @@ struct Packer<'b> {
     out: &'b mut Vec<u8>,
     depth: usize,
     top: Top,
+    /// Where a spread of keyword arguments notes their names.
+    names: Option<&'b mut Vec<String>>,
 }
 
 impl<'b> Packer<'b> {
     fn new(out: &'b mut Vec<u8>, top: Top) -> Self {
-        Packer { out, depth: 0, top }
+        Packer {
+            out,
+            depth: 0,
+            top,
+            names: None,
+        }
     }
 
     /// Refuses a top-level value that `args` or `kwargs` cannot spread.
@@ -224,6 +220,7 @@ impl<'b> Packer<'b> {
             out: self.out,
             depth: self.depth,
             top: self.top,
+            names: self.names,
             header,
             count: 0,
         })
@@ -241,6 +238,7 @@ impl<'b> Packer<'b> {
             out: self.out,
             depth: self.depth + 1,
             top: Top::Value,
+            names: None,
         })
     }
 }
@@ -251,6 +249,7 @@ struct Compound<'b> {
     out: &'b mut Vec<u8>,
     depth: usize,
     top: Top,
+    names: Option<&'b mut Vec<String>>,
     /// Where the header is, and the length it declared.
     header: Option<(usize, Option<usize>)>,
     count: usize,
@@ -262,6 +261,7 @@ impl Compound<'_> {
             out: self.out,
             depth: self.depth + 1,
             top: Top::Value,
+            names: None,
         })?;
         Ok(())
     }
@@ -270,11 +270,17 @@ impl Compound<'_> {
         let at = self.out.len();
         self.item(key)?;
         if self.top == Top::Named {
-            let marker = self.out[at];
-            let is_str = matches!(marker, 0xa0..=0xbf | 0xd9..=0xdb);
-            if !is_str {
+            let Ok((name, _)) = rmp::decode::read_str_from_slice(&self.out[at..]) else {
                 return Err(PackError("keyword argument names must be strings".into()));
+            };
+            if let Some(names) = self.names.as_deref_mut() {
+                names.push(name.to_owned());
             }
+        } else if matches!(self.out[at], 0x80..=0x9f | 0xdc..=0xdf) {
+            // A Python dict's keys must be hashable: no lists, no dicts.
+            return Err(PackError(
+                "a map key that is a sequence or a map, which no Python dict can hold".into(),
+            ));
         }
         self.count += 1;
         Ok(())
@@ -616,7 +622,7 @@ impl ser::SerializeStructVariant for Compound<'_> {
 mod tests {
     use std::collections::BTreeMap;
 
-    use serde::Serialize;
+    use serde::{Deserialize, Serialize};
     use serde_bytes::ByteBuf;
     use serde_json::json;
 
@@ -671,13 +677,11 @@ mod tests {
             .unwrap();
         kwargs.spread_named(&BTreeMap::from([("m", -1)])).unwrap();
         assert_eq!(kwargs.count, 4);
-        assert_eq!(
-            kwargs.names().collect::<Vec<_>>(),
-            ["first", "depth", "label", "m"]
-        );
+        assert_eq!(kwargs.names, ["first", "depth", "label", "m"]);
         let pairs = Packed {
             bytes: kwargs.bytes.clone(),
             count: kwargs.count * 2,
+            ..Packed::default()
         };
         let values = read::<serde_json::Value>(&pairs);
         assert_eq!(
@@ -766,6 +770,18 @@ mod tests {
         let err = packed.spread_named(&BTreeMap::from([(1, 2)])).unwrap_err();
         assert_eq!(err, "keyword argument names must be strings");
         assert_eq!(packed, Packed::default());
+        // Python's dicts take no list or dict as a key, at any depth.
+        let err = packed
+            .push(&vec![BTreeMap::from([((1, 2), "a")])])
+            .unwrap_err();
+        assert!(
+            err.starts_with("a map key that is a sequence or a map"),
+            "{err}"
+        );
+        packed.push(&BTreeMap::from([((), 1)])).unwrap();
+        packed
+            .push(&BTreeMap::from([(serde_bytes::ByteBuf::from(vec![1]), 1)]))
+            .unwrap();
     }
 
     #[test]

@@ -72,6 +72,9 @@ pub(crate) struct Submission {
     seat: Option<u64>,
     /// The command may run as a coroutine, which a drop cancels.
     cancellable: bool,
+    /// What follows the job (see [`Job::follow`]); a cancel follows it too.
+    #[cfg(feature = "subprocess")]
+    follow: Option<Follow>,
 }
 
 impl Submission {
@@ -103,6 +106,8 @@ impl Submission {
             driver: None,
             seat: None,
             cancellable,
+            #[cfg(feature = "subprocess")]
+            follow: None,
         }
     }
 
@@ -117,8 +122,9 @@ impl Submission {
     ) -> Self {
         let mut submission = Submission::new(queue, request, timeout);
         if let Some(job) = &mut submission.job {
-            job.follow = Some(follow);
+            job.follow = Some(follow.clone());
         }
+        submission.follow = Some(follow);
         submission
     }
 
@@ -288,6 +294,9 @@ impl Drop for Submission {
                 request: Request::Cancel(CancelTarget(self.slot.clone())),
                 reply: Responder(Arc::new(ReplySlot::default())),
                 timeout: None,
+                #[cfg(feature = "subprocess")]
+                follow: self.follow.clone(),
+                #[cfg(not(feature = "subprocess"))]
                 follow: None,
             };
             // Refused, the backend has ended: nothing of the call runs.

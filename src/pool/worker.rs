@@ -312,6 +312,21 @@ impl Companion for PoolLink {
     /// Calls the lost child never started go to the other workers rather
     /// than wait for a new child. Its own share of a run stays: the new
     /// child runs it at its start.
+    /// The call was moved to another worker: its charge says which.
+    fn stray_cancel(&self, job: Job) {
+        let holder = job
+            .follow
+            .as_deref()
+            .and_then(|follow| follow.downcast_ref::<Charge>())
+            .map(|charge| charge.holder().1);
+        if let Some(holder) = holder {
+            if !Arc::ptr_eq(&holder.state, &self.state) {
+                // Refused only by a stopped worker, whose calls have ended.
+                let _ = holder.runner.queue().push(job);
+            }
+        }
+    }
+
     fn hand_back(&self, job: Job) -> Option<Job> {
         let movable = matches!(
             job.request,

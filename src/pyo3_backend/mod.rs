@@ -337,21 +337,28 @@ impl<'py> Worker<'py> {
             Ok(called) => called,
             Err(err) => return reply.send(Err(err)),
         };
-        if let Some(kind) = generator_kind(&result) {
-            return reply.send(Err(PyRunnerError::Conversion(format!(
-                "{} returned {kind}; read its items with .stream()",
-                invoke.name
-            ))));
-        }
-        if !is_awaitable(&result) {
-            return reply.send(self.read_result(&result, invoke.returns));
+        match result_kind(&result) {
+            ResultKind::Value => return reply.send(self.read_result(&result, invoke.returns)),
+            ResultKind::Generator(kind) => {
+                return reply.send(Err(PyRunnerError::Conversion(format!(
+                    "{} returned {kind}; read its items with .stream()",
+                    invoke.name
+                ))))
+            }
+            ResultKind::Awaitable => {}
         }
         let left = timeout
             .zip(started)
             .map(|(limit, started)| limit.saturating_sub(started.elapsed()));
         if left == Some(Duration::ZERO) {
-            // Closed unawaited, so that Python does not warn of it.
-            let _ = result.call_method0(intern!(self.py, "close"));
+            // Cancelled (a future) or closed (a coroutine) unawaited, so
+            // that it runs no further and Python does not warn of it.
+            let end = if result.hasattr(intern!(self.py, "cancel")).unwrap_or(false) {
+                intern!(self.py, "cancel")
+            } else {
+                intern!(self.py, "close")
+            };
+            let _ = result.call_method0(end);
             return reply.send(Err(PyRunnerError::Timeout(timeout.unwrap_or_default())));
         }
         let scheduled = self.driver().and_then(|driver| {
@@ -641,32 +648,53 @@ impl<'py> Worker<'py> {
 /// A call's arguments, kept until its reply is sent.
 type Spent<'py> = (Bound<'py, PyTuple>, Option<Bound<'py, PyDict>>);
 
-/// "a generator" or "an async generator", for a result that is one.
-fn generator_kind(obj: &Bound<'_, PyAny>) -> Option<&'static str> {
-    let ptr = obj.as_ptr();
-    // SAFETY: `ptr` is a live object (`obj` holds a reference) and the
-    // thread is attached; the checks only read its type.
-    unsafe {
-        if pyo3::ffi::PyGen_Check(ptr) != 0 {
-            Some("a generator")
-        } else if pyo3::ffi::PyAsyncGen_CheckExact(ptr) != 0 {
-            Some("an async generator")
-        } else {
-            None
-        }
-    }
+/// What a called function returned, as an invoke treats it.
+enum ResultKind {
+    Value,
+    /// Awaited on the loop: its type has `__await__` (coroutines, futures,
+    /// tasks), or it is a generator-based coroutine (`@types.coroutine`),
+    /// as `inspect.isawaitable` says.
+    Awaitable,
+    /// "a generator" or "an async generator": refused, its items are for
+    /// `.stream()`.
+    Generator(&'static str),
 }
 
-/// Whether `await obj` works: its type has `__await__` (coroutines,
-/// futures, tasks), as `inspect.isawaitable` checks, without a call into Python.
-fn is_awaitable(obj: &Bound<'_, PyAny>) -> bool {
-    // SAFETY: as above; `tp_as_async` is null or points to the type's
-    // async slots, which live as long as the type.
-    unsafe {
-        let kind = pyo3::ffi::Py_TYPE(obj.as_ptr());
+/// Generator-based coroutines carry this flag on their code object.
+const CO_ITERABLE_COROUTINE: i64 = 0x100;
+
+fn result_kind(obj: &Bound<'_, PyAny>) -> ResultKind {
+    let ptr = obj.as_ptr();
+    // SAFETY: `ptr` is a live object (`obj` holds a reference) and the
+    // thread is attached; the checks only read its type and its type's
+    // async slots (`tp_as_async` is null or lives as long as the type).
+    let (generator, async_generator, awaitable) = unsafe {
+        let kind = pyo3::ffi::Py_TYPE(ptr);
         let slots = (*kind).tp_as_async;
-        !slots.is_null() && (*slots).am_await.is_some()
+        (
+            pyo3::ffi::PyGen_Check(ptr) != 0,
+            pyo3::ffi::PyAsyncGen_CheckExact(ptr) != 0,
+            !slots.is_null() && (*slots).am_await.is_some(),
+        )
+    };
+    if generator {
+        let flags = obj
+            .getattr("gi_code")
+            .and_then(|code| code.getattr("co_flags"))
+            .and_then(|flags| flags.extract::<i64>())
+            .unwrap_or(0);
+        if flags & CO_ITERABLE_COROUTINE != 0 {
+            return ResultKind::Awaitable;
+        }
+        return ResultKind::Generator("a generator");
     }
+    if async_generator {
+        return ResultKind::Generator("an async generator");
+    }
+    if awaitable {
+        return ResultKind::Awaitable;
+    }
+    ResultKind::Value
 }
 
 impl Drop for Worker<'_> {

@@ -57,6 +57,9 @@ pub(crate) trait Companion: Send + Sync {
     /// A request the lost child never started: `Some` gives it back to this
     /// supervisor, `None` means another took it.
     fn hand_back(&self, job: Job) -> Option<Job>;
+    /// A cancel (`Request::Cancel`) for a request this supervisor does not
+    /// hold: one moved to another supervisor by `hand_back`, say.
+    fn stray_cancel(&self, job: Job);
 }
 
 /// Runs one request on a child as it starts: the outer error is a failed

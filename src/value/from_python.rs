@@ -595,7 +595,7 @@ impl<'de, O: TableObject> MapAccess<'de> for MapReader<'_, O> {
         key.key_text(|text| {
             last.clear();
             last.push_str(text);
-            seed.deserialize(StrDeserializer::<Self::Error>::new(text))
+            seed.deserialize(KeyText::<Self::Error>::new(text))
         })?
         .map(Some)
     }
@@ -699,6 +699,88 @@ impl<'de, O: TableObject> VariantAccess<'de> for ContentReader<'_, O> {
 /// `value` as a `T`), and `args_repr(&Packed)`, `kwargs_repr(&Packed)`
 /// (`repr()` of what the arguments became, `"None"` for no keywords; the
 /// `Conversion` message on failure).
+/// A dict key, whose text the table made (`str(key)` for a key that is
+/// not a `str`). A type that asks for a number or a bool gets the text
+/// parsed, as serde_json reads the keys of a `Value` (`{1: "a"}` into a
+/// `HashMap<u32, String>`); anything else gets the text.
+struct KeyText<'a, E> {
+    text: &'a str,
+    error: PhantomData<E>,
+}
+
+impl<'a, E> KeyText<'a, E> {
+    fn new(text: &'a str) -> Self {
+        KeyText {
+            text,
+            error: PhantomData,
+        }
+    }
+}
+
+macro_rules! parsed_key {
+    ($($method:ident => $visit:ident: $kind:ty),*) => {
+        $(
+            fn $method<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, E> {
+                match self.text.parse::<$kind>() {
+                    Ok(value) => visitor.$visit(value),
+                    Err(_) => visitor.visit_str(self.text),
+                }
+            }
+        )*
+    };
+}
+
+impl<'de, E: de::Error> Deserializer<'de> for KeyText<'_, E> {
+    type Error = E;
+
+    fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, E> {
+        visitor.visit_str(self.text)
+    }
+
+    fn deserialize_bool<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, E> {
+        match self.text {
+            "True" | "true" => visitor.visit_bool(true),
+            "False" | "false" => visitor.visit_bool(false),
+            text => visitor.visit_str(text),
+        }
+    }
+
+    parsed_key! {
+        deserialize_i8 => visit_i8: i8, deserialize_i16 => visit_i16: i16,
+        deserialize_i32 => visit_i32: i32, deserialize_i64 => visit_i64: i64,
+        deserialize_i128 => visit_i128: i128, deserialize_u8 => visit_u8: u8,
+        deserialize_u16 => visit_u16: u16, deserialize_u32 => visit_u32: u32,
+        deserialize_u64 => visit_u64: u64, deserialize_u128 => visit_u128: u128,
+        deserialize_f32 => visit_f32: f32, deserialize_f64 => visit_f64: f64
+    }
+
+    fn deserialize_option<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, E> {
+        visitor.visit_some(self)
+    }
+
+    fn deserialize_newtype_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        visitor: V,
+    ) -> Result<V::Value, E> {
+        visitor.visit_newtype_struct(self)
+    }
+
+    fn deserialize_enum<V: Visitor<'de>>(
+        self,
+        name: &'static str,
+        variants: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, E> {
+        StrDeserializer::<E>::new(self.text).deserialize_enum(name, variants, visitor)
+    }
+
+    serde::forward_to_deserialize_any! {
+        char str string bytes byte_buf unit unit_struct seq tuple tuple_struct
+        map struct identifier ignored_any
+    }
+}
+
 #[cfg(all(test, any(feature = "pyo3", feature = "rustpython")))]
 pub(crate) mod conformance {
     use serde::{Deserialize, Serialize};
@@ -1094,9 +1176,9 @@ pub(crate) mod conformance {
                     args_repr(&args),
                     Err("argument 2: TypeError: unhashable type: 'list'".to_owned())
                 );
-                let reserved = Packed { bytes: vec![0x01, 0xc1], count: 2 };
+                let reserved = Packed { bytes: vec![0x01, 0xc1], count: 2, ..Packed::default() };
                 assert!(args_repr(&reserved).unwrap_err().starts_with("argument 2: "));
-                let short = Packed { bytes: vec![0x01], count: 2 };
+                let short = Packed { bytes: vec![0x01], count: 2, ..Packed::default() };
                 assert!(args_repr(&short).unwrap_err().starts_with("argument 2: "));
                 let mut kwargs = Packed::default();
                 push_named(&mut kwargs, "a", &1);

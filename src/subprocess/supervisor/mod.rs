@@ -37,7 +37,7 @@ use super::child::{poll, ChildProcess, LaunchSpec, NoFrame};
 use super::flights::{Due, Flight, Flights, Kind, Reached};
 use super::ring::{ChildAt, ReplyRing};
 use super::Companion;
-use crate::command::{Answer, CancelTarget, CommandQueue, Drive, Job, Request};
+use crate::command::{Answer, CommandQueue, Drive, Job, Request};
 use crate::error::PyRunnerError;
 use crate::tuning::{
     Supervision, BLIND_LOOK, EXIT_CHECK, EXIT_GRACE, GATHER, INTERRUPT_GRACE, LEAVE_WINDOW_NANOS,

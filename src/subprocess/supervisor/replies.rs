@@ -96,9 +96,7 @@ impl Core {
                     continue;
                 }
                 FromChild::Awaiting { id } => {
-                    // Its caller waits on: the request has left the line,
-                    // and those behind it may go out.
-                    self.flights.became_coroutine(id, Instant::now());
+                    self.went_awaiting(id);
                     continue;
                 }
                 FromChild::Hello(_) => {
@@ -144,6 +142,26 @@ impl Core {
             self.handed_out += 1;
         }
         Ok(())
+    }
+
+    /// Invoke `id` returned an awaitable: it has left the line, and the
+    /// requests behind it may go out. Its function had returned before a
+    /// SIGINT for it came (the child ignores that one): the child goes on.
+    /// A caller that has its answer already (`Timeout`) or gave up gets
+    /// the coroutine cancelled rather than left running for nobody.
+    pub(super) fn went_awaiting(&mut self, id: u64) {
+        if self.interrupting.is_some() && self.interrupted == Some(id) {
+            self.interrupted_request_answered(id);
+        }
+        self.flights.became_coroutine(id, Instant::now());
+        let unwanted = self.flights.get(id).is_some_and(|flight| {
+            flight.item.reply.slot().is_ready() || flight.item.reply.is_abandoned()
+        });
+        if unwanted {
+            let _ = self
+                .writer
+                .encode(ToChild::Cancel { id }, &mut self.outgoing);
+        }
     }
 
     /// Whether `request` goes to the child even if its caller gave up.

@@ -24,8 +24,8 @@ impl Core {
             self.hand_back_unstarted();
         }
         while let Some(job) = self.backlog.pop_front() {
-            if let Request::Cancel(target) = &job.request {
-                self.send_cancel(target);
+            if let Request::Cancel(_) = &job.request {
+                self.send_cancel(job);
                 continue;
             }
             // Some requests go out even if their caller gave up (the
@@ -129,8 +129,14 @@ impl Core {
     /// asked too: the child takes the cancel after that function returns,
     /// and cancels the coroutine it made, if it made one. A request not in
     /// flight was answered already, or never sent.
-    fn send_cancel(&mut self, target: &CancelTarget) {
+    fn send_cancel(&mut self, cancel: Job) {
+        let Request::Cancel(target) = &cancel.request else {
+            return;
+        };
         let Some(id) = self.flights.find(|job| target.is_for(&job.reply)) else {
+            if let Some(companion) = &self.settings.companion {
+                companion.stray_cancel(cancel);
+            }
             return;
         };
         let may_await = self.flights.get(id).is_some_and(|flight| {

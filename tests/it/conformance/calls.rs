@@ -163,6 +163,9 @@ pub async fn typed_results_read_into_serde_types(runner: PyRunner) {
     assert_eq!(when, "2024-05-17");
     let counts: HashMap<String, String> = runner.call("counts").returns().await.unwrap();
     assert_eq!(counts["1"], "one");
+    // Keys the table made text are read back as numbers where asked.
+    let counts: HashMap<u32, String> = runner.call("counts").returns().await.unwrap();
+    assert_eq!(counts[&2], "two");
     let level: Level = runner.call("echo").arg("low").returns().await.unwrap();
     assert_eq!(level, Level::Low);
     let unit: () = runner.call("echo").arg(&()).returns().await.unwrap();
@@ -244,6 +247,23 @@ pub async fn arguments_that_cannot_cross_name_themselves(runner: PyRunner) {
             other => panic!("expected Conversion {expected:?}, got {other:?}"),
         }
     }
+    // Map keys Python can hash cross; a sequence as a key fails here, on
+    // every backend, and the runner (or its child) goes on.
+    let keyed = runner
+        .call("nested_kinds")
+        .arg(HashMap::from([(7, "x")]))
+        .await
+        .unwrap();
+    assert_eq!(keyed, json!({"7": "str"}));
+    let unhashable = runner
+        .call("echo")
+        .arg(HashMap::from([((1, 2), "a")]))
+        .await;
+    assert!(
+        matches!(&unhashable, Err(PyRunnerError::Conversion(m)) if m.starts_with("argument 1: a map key that is a sequence")),
+        "{unhashable:?}"
+    );
+    assert_eq!(runner.call("add").args((1, 2)).await.unwrap(), json!(3));
     // i128 and u128 that fit 64 bits are ints.
     assert_eq!(
         runner
@@ -344,6 +364,19 @@ pub async fn awaitable_results_are_awaited_on_the_runner_s_loop(runner: PyRunner
         return;
     }
     assert_eq!(sum.unwrap(), 3);
+    // The call's limit holds for the coroutine its function returned.
+    let started = Instant::now();
+    let slow = runner
+        .call("slow_add")
+        .args((1, 2))
+        .kwarg("delay", 30.0)
+        .timeout(Duration::from_millis(200))
+        .await;
+    assert_eq!(
+        slow,
+        Err(PyRunnerError::Timeout(Duration::from_millis(200)))
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
     let done: ByteBuf = runner.call("make_future").returns().await.unwrap();
     assert_eq!(&done[..], b"done");
     // Overlapping: the waiter only passes if the opener runs meanwhile.
