@@ -354,7 +354,7 @@ mod calls_bench {
             let start = Instant::now();
             let sum = runner
                 .call("add")
-                .args(&(i, 1))
+                .args((i, 1))
                 .returns::<i64>()
                 .wait()
                 .unwrap();

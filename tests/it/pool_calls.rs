@@ -47,8 +47,8 @@ async fn calls_with_kwargs_and_typed_results_spread_over_the_workers() {
         calls.spawn(async move {
             let described = pool
                 .call("describe")
-                .arg(&i)
-                .kwarg("scale", &10)
+                .arg(i)
+                .kwarg("scale", 10)
                 .returns::<Described>()
                 .await;
             (i, described)
@@ -69,7 +69,7 @@ async fn calls_with_kwargs_and_typed_results_spread_over_the_workers() {
     assert!(echoed == data);
     let label: String = pool
         .call("describe")
-        .arg(&1)
+        .arg(1)
         .kwarg("label", "blocking")
         .returns::<Described>()
         .wait()
@@ -91,7 +91,7 @@ async fn a_call_s_limit_kills_only_its_worker_s_call() {
     assert!(started.elapsed() < Duration::from_secs(20));
     // Replaced, with the pool's runs replayed: the definitions are there.
     for i in 0..4 {
-        assert_eq!(pool.call("echo").arg(&i).await.unwrap(), json!(i));
+        assert_eq!(pool.call("echo").arg(i).await.unwrap(), json!(i));
     }
 }
 

@@ -33,21 +33,16 @@ async fn with_functions(runner: &PyRunner) {
 
 pub async fn kwargs_fill_defaults_and_keyword_only_parameters(runner: PyRunner) {
     with_functions(&runner).await;
-    let got = runner
-        .call("describe")
-        .arg(&1)
-        .kwarg("c", &3)
-        .await
-        .unwrap();
+    let got = runner.call("describe").arg(1).kwarg("c", 3).await.unwrap();
     assert_eq!(
         got,
         json!({"a": 1, "b": 2, "rest": [], "c": 3, "d": 4, "more": {}})
     );
     let got = runner
         .call("describe")
-        .args(&(1, "two", 3.5, [4]))
+        .args((1, "two", 3.5, [4]))
         .kwarg("c", "see")
-        .kwargs(&json!({"d": null, "extra": {"k": [true]}}))
+        .kwargs(json!({"d": null, "extra": {"k": [true]}}))
         .await
         .unwrap();
     assert_eq!(
@@ -56,7 +51,7 @@ pub async fn kwargs_fill_defaults_and_keyword_only_parameters(runner: PyRunner) 
                "more": {"extra": {"k": [true]}}})
     );
     // `()` adds no arguments; a missing keyword-only one is Python's own TypeError.
-    let missing = runner.call("describe").arg(&1).args(&()).await;
+    let missing = runner.call("describe").arg(1).args(()).await;
     match missing {
         Err(PyRunnerError::Python { kind, message, .. }) => {
             assert_eq!(kind, "TypeError");
@@ -65,7 +60,7 @@ pub async fn kwargs_fill_defaults_and_keyword_only_parameters(runner: PyRunner) 
         other => panic!("expected TypeError, got {other:?}"),
     }
     // A keyword the function does not take: Python's TypeError again.
-    match runner.call("add").arg(&1).kwarg("c", &2).await {
+    match runner.call("add").arg(1).kwarg("c", 2).await {
         Err(PyRunnerError::Python { kind, message, .. }) => {
             assert_eq!(kind, "TypeError");
             assert!(message.contains("'c'"), "{message}");
@@ -73,7 +68,7 @@ pub async fn kwargs_fill_defaults_and_keyword_only_parameters(runner: PyRunner) 
         other => panic!("expected TypeError, got {other:?}"),
     }
     // The runner goes on.
-    assert_eq!(runner.call("add").args(&(2, 3)).await.unwrap(), json!(5));
+    assert_eq!(runner.call("add").args((2, 3)).await.unwrap(), json!(5));
 }
 
 #[derive(Serialize)]
@@ -154,7 +149,7 @@ pub async fn typed_results_read_into_serde_types(runner: PyRunner) {
     );
     let sum: i64 = runner
         .call("add")
-        .args(&(40, 2))
+        .args((40, 2))
         .returns::<i64>()
         .await
         .unwrap();
@@ -168,7 +163,7 @@ pub async fn typed_results_read_into_serde_types(runner: PyRunner) {
     assert_eq!(counts[&2], "two");
     let level: Level = runner.call("echo").arg("low").returns().await.unwrap();
     assert_eq!(level, Level::Low);
-    let unit: () = runner.call("echo").arg(&()).returns().await.unwrap();
+    let unit: () = runner.call("echo").arg(()).returns().await.unwrap();
     assert_eq!(unit, ());
 }
 
@@ -176,7 +171,7 @@ pub async fn a_result_that_does_not_fit_names_where(runner: PyRunner) {
     with_functions(&runner).await;
     let wrong = runner
         .call("echo")
-        .arg(&json!([
+        .arg(json!([
             {"name": "a", "age": 1, "tags": [], "score": null},
             {"name": "b", "age": "old", "tags": [], "score": null}
         ]))
@@ -204,37 +199,37 @@ pub async fn a_result_that_does_not_fit_names_where(runner: PyRunner) {
         matches!(&big, Err(PyRunnerError::Conversion(m)) if m.contains("71 bits")),
         "{big:?}"
     );
-    assert_eq!(runner.call("add").args(&(1, 1)).await.unwrap(), json!(2));
+    assert_eq!(runner.call("add").args((1, 1)).await.unwrap(), json!(2));
 }
 
 pub async fn arguments_that_cannot_cross_name_themselves(runner: PyRunner) {
     with_functions(&runner).await;
     let cases: Vec<(Result<Value, PyRunnerError>, &str)> = vec![
         (
-            runner.call("echo").arg(&1).arg(&u128::MAX).await,
+            runner.call("echo").arg(1).arg(u128::MAX).await,
             "argument 2: int of 128 bits",
         ),
         (
-            runner.call("echo").args(&5).await,
+            runner.call("echo").args(5).await,
             "args: args takes a tuple, array or Vec",
         ),
         (
-            runner.call("echo").kwargs(&[1, 2]).await,
+            runner.call("echo").kwargs([1, 2]).await,
             "kwargs: kwargs takes a map or a struct",
         ),
         (
-            runner.call("echo").kwargs(&HashMap::from([(1, 2)])).await,
+            runner.call("echo").kwargs(HashMap::from([(1, 2)])).await,
             "kwargs: keyword argument names must be strings",
         ),
         (
-            runner.call("echo").kwarg("x", &1).kwarg("x", &2).await,
+            runner.call("echo").kwarg("x", 1).kwarg("x", 2).await,
             "keyword argument 'x' given twice",
         ),
         (
             runner
                 .call("echo")
-                .kwarg("x", &1)
-                .kwargs(&json!({"x": 2}))
+                .kwarg("x", 1)
+                .kwargs(json!({"x": 2}))
                 .await,
             "keyword argument 'x' given twice",
         ),
@@ -268,7 +263,7 @@ pub async fn arguments_that_cannot_cross_name_themselves(runner: PyRunner) {
     assert_eq!(
         runner
             .call("add")
-            .args(&(-5i128, 7u128))
+            .args((-5i128, 7u128))
             .returns::<i64>()
             .await
             .unwrap(),
@@ -285,7 +280,7 @@ pub async fn bytes_cross_as_bytes_both_ways(runner: PyRunner) {
     assert!(echoed == buf, "8 MiB came back changed");
     let echoed: bytes::Bytes = runner
         .call("echo")
-        .arg(&bytes::Bytes::from(data[..1000].to_vec()))
+        .arg(bytes::Bytes::from(data[..1000].to_vec()))
         .returns()
         .await
         .unwrap();
@@ -293,7 +288,7 @@ pub async fn bytes_cross_as_bytes_both_ways(runner: PyRunner) {
     // Nested, and from each of Python's byte types.
     let kinds = runner
         .call("nested_kinds")
-        .arg(&json!({"plain": [1, 2]}))
+        .arg(json!({"plain": [1, 2]}))
         .await
         .unwrap();
     assert_eq!(kinds, json!({"plain": "list"}));
@@ -329,7 +324,7 @@ pub async fn bytes_cross_as_bytes_both_ways(runner: PyRunner) {
     // Only a `Value` result turns bytes into the table's numbers.
     let value = runner
         .call("echo")
-        .arg(&ByteBuf::from(vec![0, 255]))
+        .arg(ByteBuf::from(vec![0, 255]))
         .await
         .unwrap();
     assert_eq!(value, json!([0, 255]));
@@ -350,8 +345,8 @@ pub async fn awaitable_results_are_awaited_on_the_runner_s_loop(runner: PyRunner
         .unwrap();
     let sum = runner
         .call("slow_add")
-        .args(&(1, 2))
-        .kwarg("delay", &0.01)
+        .args((1, 2))
+        .kwarg("delay", 0.01)
         .returns::<i64>()
         .await;
     if runner.backend() == Backend::RustPython {
@@ -432,17 +427,17 @@ pub async fn a_call_s_limit_overrides_the_runner_s(runner: PyRunner) {
     let limited = runner.clone().with_timeout(Duration::from_millis(100));
     let napped = limited
         .call("nap")
-        .arg(&0.3)
+        .arg(0.3)
         .timeout(Duration::from_secs(30))
         .returns::<f64>()
         .await;
     assert_eq!(napped, Ok(0.3));
-    let short = limited.call("nap").arg(&0.5).await;
+    let short = limited.call("nap").arg(0.5).await;
     assert_eq!(
         short,
         Err(PyRunnerError::Timeout(Duration::from_millis(100)))
     );
-    let zero = runner.call("nap").arg(&0).timeout(Duration::ZERO).await;
+    let zero = runner.call("nap").arg(0).timeout(Duration::ZERO).await;
     assert_eq!(zero, Err(PyRunnerError::Timeout(Duration::ZERO)));
     // exec is `run` with the same option.
     let looped = runner
@@ -534,7 +529,7 @@ pub fn wait_is_safe_in_any_context(runner: PyRunner) {
             let runner = runner.clone();
             std::thread::spawn(move || {
                 for i in 0..50i64 {
-                    let sum: i64 = runner.call("add").args(&(t, i)).returns().wait().unwrap();
+                    let sum: i64 = runner.call("add").args((t, i)).returns().wait().unwrap();
                     assert_eq!(sum, t + i);
                 }
             })
