@@ -234,12 +234,12 @@ where
     fn finish(self, admission: Admission) -> CallFuture<'a, R> {
         let request = match self.error {
             Some(err) => Err(err),
-            None => Ok(Request::Invoke(Box::new(Invoke {
+            None => Ok(Request::Invoke(Invoke {
                 name: self.name,
                 args: self.args,
                 kwargs: self.kwargs,
                 returns: returns_of::<R>(),
-            }))),
+            })),
         };
         let (target, limit) = (self.target, self.limit);
         let sending = match (request, target) {

@@ -108,7 +108,10 @@ impl CommandQueue {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Queues a job; hands it back if the queue is closed.
+    /// Queues a job; hands it back if the queue is closed. (A job is a
+    /// couple of hundred bytes, a call's arguments inline: boxing each one
+    /// to make this rare `Err` small would cost every call an allocation.)
+    #[allow(clippy::result_large_err)]
     pub fn push(&self, job: Job) -> Result<(), Job> {
         self.push_quiet(job)?;
         self.wake_consumer();
@@ -140,6 +143,7 @@ impl CommandQueue {
 
     /// Queues a job without waking the consumer, for a caller that drives
     /// the backend itself or wakes it after.
+    #[allow(clippy::result_large_err)]
     pub(super) fn push_quiet(&self, job: Job) -> Result<(), Job> {
         let mut jobs = self.lock();
         if self.is_closed() {

@@ -71,7 +71,8 @@ pub(crate) enum Request {
         dir: PathBuf,
     },
     /// A call made with the call builder (`PyRunner::call`).
-    Invoke(Box<Invoke>),
+    /// Not boxed: an allocation is a good part of a fast call's cost.
+    Invoke(Invoke),
     /// The caller of the command answered in this slot dropped its future:
     /// a coroutine it started is cancelled. Sent by the drop, answered by
     /// no one.

@@ -248,7 +248,7 @@ impl Serve for Worker<'_> {
             Request::CallAsyncFunction { name, args } => {
                 return self.start_coroutine(&name, &args, reply, timeout)
             }
-            Request::Invoke(invoke) => return self.invoke(*invoke, reply, timeout),
+            Request::Invoke(invoke) => return self.invoke(invoke, reply, timeout),
             Request::Cancel(target) => return self.cancel(&target),
             _ => {}
         }

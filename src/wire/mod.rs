@@ -418,12 +418,12 @@ mod tests {
             (Returns::Value, false),
             (Returns::Typed(Readers::of::<u8>()), true),
         ] {
-            let invoke = Request::Invoke(Box::new(Invoke {
+            let invoke = Request::Invoke(Invoke {
                 name: "pkg.f".into(),
                 args: args.clone(),
                 kwargs: kwargs.clone(),
                 returns,
-            }));
+            });
             for (id, limit) in [(1, None), (u64::MAX, Some(2.5))] {
                 let mut out = BytesMut::new();
                 ChildCodec::new(1 << 20)
