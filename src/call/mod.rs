@@ -206,13 +206,10 @@ impl<'a, R> Call<'a, R> {
 
     fn check_names_once(&mut self) {
         let names = &self.kwargs.names;
-        for (at, name) in names.iter().enumerate() {
-            if names[..at].contains(name) {
-                let why = format!("keyword argument '{name}' given twice");
-                let _ = names;
-                self.fail(why);
-                return;
-            }
+        let twice = (1..names.len()).find(|&at| names[..at].contains(&names[at]));
+        if let Some(at) = twice {
+            let why = format!("keyword argument '{}' given twice", names[at]);
+            self.fail(why);
         }
     }
 }

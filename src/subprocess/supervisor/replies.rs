@@ -125,6 +125,12 @@ impl Core {
             if let Some(companion) = &self.settings.companion {
                 companion.answered(&done.request, reply.is_ok());
             }
+            // What follows the job (a pool's charge on this worker) ends
+            // before its caller hears: a caller that sends its next call at
+            // once must find this worker idle, not wait for this thread to
+            // get round to dropping the job.
+            let mut done = done;
+            drop(done.follow.take());
             // Its caller heard `Timeout` already: that run killed the child.
             let remember = reply.is_ok()
                 && self.remembered.is_some()
