@@ -557,3 +557,11 @@ pub fn wait_is_safe_in_any_context(runner: PyRunner) {
     }
     assert_eq!(runner.eval_sync("inside").unwrap(), json!(true));
 }
+
+/// A call's future can be spawned: it is `Send`, as every command's is.
+#[allow(dead_code)]
+fn call_futures_are_send(runner: &PyRunner) {
+    fn send<T: Send>(_: T) {}
+    send(runner.call("f").arg(1).returns::<u8>().into_future());
+    send(runner.exec("x = 1").into_future());
+}
