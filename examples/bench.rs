@@ -273,13 +273,28 @@ fn death_to_next_call(runner: &PyRunner) -> String {
     micros(median(samples))
 }
 
-async fn measure(backend: Backend) -> Vec<String> {
+/// The backends compiled in, in the tables' order.
+const BACKENDS: &[Backend] = &[
+    #[cfg(feature = "pyo3")]
+    Backend::PyO3,
+    #[cfg(feature = "subprocess")]
+    Backend::Subprocess,
+    #[cfg(feature = "rustpython")]
+    Backend::RustPython,
+];
+
+/// A builder of `backend`; a child runs the real interpreter, not a shim.
+fn builder_for(backend: Backend) -> PyRunnerBuilder {
     let builder = PyRunner::builder();
-    let builder = match backend {
+    match backend {
         Backend::PyO3 => builder.pyo3(),
         Backend::Subprocess => builder.subprocess().python(python_executable()),
         Backend::RustPython => builder.rustpython(),
-    };
+    }
+}
+
+async fn measure(backend: Backend) -> Vec<String> {
+    let builder = builder_for(backend);
     let (start_time, bare) = start_times(&builder, backend == Backend::Subprocess);
     let runner = builder.build().expect("backend starts");
     runner.run(ADD).await.unwrap();
@@ -437,15 +452,13 @@ if __name__ == '__main__':
             times.append(time.perf_counter() - start)
     print(sorted(times)[5])
 "#;
-        let folder = std::env::temp_dir().join(format!("async_py_bench_{}", std::process::id()));
-        std::fs::create_dir_all(&folder).unwrap();
-        let file = folder.join("executor_echo.py");
+        let folder = tempfile::tempdir().unwrap();
+        let file = folder.path().join("executor_echo.py");
         std::fs::write(&file, script).unwrap();
         let output = std::process::Command::new(python_executable())
             .arg(&file)
             .output()
             .expect("python3 runs");
-        let _ = std::fs::remove_dir_all(&folder);
         let seconds: f64 = String::from_utf8(output.stdout)
             .unwrap()
             .trim()
@@ -455,23 +468,10 @@ if __name__ == '__main__':
     }
 
     pub fn calls_table() {
-        let backends = [
-            #[cfg(feature = "pyo3")]
-            Backend::PyO3,
-            #[cfg(feature = "subprocess")]
-            Backend::Subprocess,
-            #[cfg(feature = "rustpython")]
-            Backend::RustPython,
-        ];
+        let backends = BACKENDS;
         let mut rows: [Vec<String>; 6] = Default::default();
-        for backend in backends {
-            let builder = PyRunner::builder();
-            let builder = match backend {
-                Backend::PyO3 => builder.pyo3(),
-                Backend::Subprocess => builder.subprocess().python(python_executable()),
-                Backend::RustPython => builder.rustpython(),
-            };
-            let runner = builder.build().expect("backend starts");
+        for &backend in backends {
+            let runner = builder_for(backend).build().expect("backend starts");
             runner.run_sync(ADD).unwrap();
             runner.run_sync(ECHO).unwrap();
             let (seed, typed, ratio, low, high) = add_pair(&runner);
@@ -913,14 +913,7 @@ async fn main() {
         calls_bench::calls_table();
         return;
     }
-    let backends = [
-        #[cfg(feature = "pyo3")]
-        Backend::PyO3,
-        #[cfg(feature = "subprocess")]
-        Backend::Subprocess,
-        #[cfg(feature = "rustpython")]
-        Backend::RustPython,
-    ];
+    let backends = BACKENDS;
     let labels = [
         "start (build to ready)",
         "awaited `call_function(\"add\", [1, 2])`, median",
@@ -940,7 +933,7 @@ async fn main() {
             cells: Vec::new(),
         })
         .collect();
-    for backend in backends {
+    for &backend in backends {
         for (row, cell) in rows.iter_mut().zip(measure(backend).await) {
             row.cells.push(cell);
         }

@@ -526,37 +526,36 @@ impl ser::SerializeSeq for Compound<'_> {
     }
 }
 
+/// Tuples of every kind are sequences here.
+macro_rules! as_seq {
+    ($($kind:ident)*) => {
+        $(
+            impl ser::$kind for Compound<'_> {
+                type Ok = usize;
+                type Error = PackError;
+
+                fn serialize_field<T: Serialize + ?Sized>(
+                    &mut self,
+                    value: &T,
+                ) -> Result<(), PackError> {
+                    ser::SerializeSeq::serialize_element(self, value)
+                }
+
+                fn end(self) -> Result<usize, PackError> {
+                    Compound::end(self)
+                }
+            }
+        )*
+    };
+}
+
+as_seq!(SerializeTupleStruct SerializeTupleVariant);
+
 impl ser::SerializeTuple for Compound<'_> {
     type Ok = usize;
     type Error = PackError;
 
     fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), PackError> {
-        ser::SerializeSeq::serialize_element(self, value)
-    }
-
-    fn end(self) -> Result<usize, PackError> {
-        Compound::end(self)
-    }
-}
-
-impl ser::SerializeTupleStruct for Compound<'_> {
-    type Ok = usize;
-    type Error = PackError;
-
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), PackError> {
-        ser::SerializeSeq::serialize_element(self, value)
-    }
-
-    fn end(self) -> Result<usize, PackError> {
-        Compound::end(self)
-    }
-}
-
-impl ser::SerializeTupleVariant for Compound<'_> {
-    type Ok = usize;
-    type Error = PackError;
-
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), PackError> {
         ser::SerializeSeq::serialize_element(self, value)
     }
 
@@ -582,41 +581,32 @@ impl ser::SerializeMap for Compound<'_> {
     }
 }
 
-impl ser::SerializeStruct for Compound<'_> {
-    type Ok = usize;
-    type Error = PackError;
+/// Structs of every kind are maps here.
+macro_rules! as_map {
+    ($($kind:ident)*) => {
+        $(
+            impl ser::$kind for Compound<'_> {
+                type Ok = usize;
+                type Error = PackError;
 
-    fn serialize_field<T: Serialize + ?Sized>(
-        &mut self,
-        key: &'static str,
-        value: &T,
-    ) -> Result<(), PackError> {
-        self.key(key)?;
-        self.item(value)
-    }
+                fn serialize_field<T: Serialize + ?Sized>(
+                    &mut self,
+                    key: &'static str,
+                    value: &T,
+                ) -> Result<(), PackError> {
+                    self.key(key)?;
+                    self.item(value)
+                }
 
-    fn end(self) -> Result<usize, PackError> {
-        Compound::end(self)
-    }
+                fn end(self) -> Result<usize, PackError> {
+                    Compound::end(self)
+                }
+            }
+        )*
+    };
 }
 
-impl ser::SerializeStructVariant for Compound<'_> {
-    type Ok = usize;
-    type Error = PackError;
-
-    fn serialize_field<T: Serialize + ?Sized>(
-        &mut self,
-        key: &'static str,
-        value: &T,
-    ) -> Result<(), PackError> {
-        self.key(key)?;
-        self.item(value)
-    }
-
-    fn end(self) -> Result<usize, PackError> {
-        Compound::end(self)
-    }
-}
+as_map!(SerializeStruct SerializeStructVariant);
 
 #[cfg(test)]
 mod tests {
