@@ -339,18 +339,11 @@ fn returns_of<R: DeserializeOwned + Send + 'static>() -> Returns {
 /// The answer as an `R`.
 fn read_answer<R: DeserializeOwned + 'static>(answer: Answer) -> Result<R, PyRunnerError> {
     match answer {
-        Answer::Value(value) => {
-            let value: Box<dyn Any> = Box::new(value);
-            match value.downcast::<R>() {
-                Ok(result) => Ok(*result),
-                // Not asked for: `returns_of` sends every other type typed.
-                Err(value) => {
-                    let value = value.downcast::<Value>().map(|v| *v).unwrap_or_default();
-                    serde_path_to_error::deserialize(value)
-                        .map_err(|err| PyRunnerError::Conversion(at_path(&err)))
-                }
-            }
-        }
+        // Asked for only when `R` is `Value` (see `returns_of`).
+        Answer::Value(value) => (Box::new(value) as Box<dyn Any>)
+            .downcast::<R>()
+            .map(|result| *result)
+            .map_err(|_| PyRunnerError::Protocol("a Value answer to a typed call".into())),
         #[cfg(feature = "subprocess")]
         Answer::Packed(bytes) => crate::wire::read_data(&bytes),
         #[cfg(not(feature = "subprocess"))]
@@ -364,10 +357,6 @@ fn read_answer<R: DeserializeOwned + 'static>(answer: Answer) -> Result<R, PyRun
             ))
         }),
     }
-}
-
-fn at_path<E: fmt::Display>(err: &serde_path_to_error::Error<E>) -> String {
-    crate::value::at_path(err.path(), err.inner())
 }
 
 /// `run` with options, made by [`PyRunner::exec`]; finished by `.await` or

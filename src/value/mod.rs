@@ -52,7 +52,9 @@ pub(crate) enum Step<'a> {
     Index(usize),
     /// A map's key, a struct's field or an enum's variant: `name`.
     Key(&'a str),
-    /// A step serde_path_to_error could not name: `?`.
+    /// A step serde_path_to_error could not name: `?` (its paths are
+    /// read only by the tests, as the form this one follows).
+    #[cfg(test)]
     Unknown,
 }
 
@@ -73,29 +75,19 @@ pub(crate) fn placed<'a>(
         let _ = match step {
             Step::Index(index) => write!(text, "[{index}]"),
             Step::Key(key) => write!(text, "{separator}{key}"),
-            Step::Unknown => write!(text, "{separator}?"),
+            #[cfg(test)]
+            Step::Unknown => {
+                let _ = write!(text, "{separator}?");
+                continue;
+            }
         };
-        named |= !matches!(step, Step::Unknown);
+        named = true;
     }
     if named {
         format!("{text}: {message}")
     } else {
         message.to_string()
     }
-}
-
-/// [`placed`] for a path serde_path_to_error tracked (a `Value` read into
-/// another type).
-pub(crate) fn at_path(path: &serde_path_to_error::Path, message: &dyn std::fmt::Display) -> String {
-    use serde_path_to_error::Segment;
-
-    let steps = path.iter().map(|segment| match segment {
-        Segment::Seq { index } => Step::Index(*index),
-        Segment::Map { key } => Step::Key(key),
-        Segment::Enum { variant } => Step::Key(variant),
-        Segment::Unknown => Step::Unknown,
-    });
-    placed(steps, message)
 }
 
 /// Refuses arguments that nest past [`MAX_DEPTH`], on the caller's thread and
@@ -139,7 +131,21 @@ fn dismantle(values: Vec<Value>) {
 mod tests {
     use serde::Deserialize;
 
-    use super::{at_path, placed, Step};
+    use super::{placed, Step};
+
+    /// [`placed`] for a path serde_path_to_error tracked: the form the
+    /// reader's paths follow.
+    fn at_path(path: &serde_path_to_error::Path, message: &dyn std::fmt::Display) -> String {
+        use serde_path_to_error::Segment;
+
+        let steps = path.iter().map(|segment| match segment {
+            Segment::Seq { index } => Step::Index(*index),
+            Segment::Map { key } => Step::Key(key),
+            Segment::Enum { variant } => Step::Key(variant),
+            Segment::Unknown => Step::Unknown,
+        });
+        placed(steps, message)
+    }
 
     /// `at_path` of what serde_path_to_error says of `json` read as `T`.
     fn path_message<T: for<'de> Deserialize<'de> + std::fmt::Debug>(json: &str) -> String {
