@@ -112,6 +112,15 @@ impl PyRunnerBuilder {
         self
     }
 
+    /// Hands every line Python writes to stdout or stderr, outside a
+    /// command whose output is captured, to `f` instead of the terminal
+    /// (see the crate docs, "Output"). `f` runs on a thread of the runner's:
+    /// it should return quickly, and must not wait for this runner's commands.
+    pub fn on_output(mut self, f: impl Fn(crate::OutputLine) + Send + Sync + 'static) -> Self {
+        self.config.output = Some(crate::output::OutputSink(Arc::new(f)));
+        self
+    }
+
     /// Subprocess: whether a fresh child, started after a crash, a timeout or
     /// a broken stream, replays what the runner did (default `true`). It runs
     /// `startup`, then every `run`, `run_file` and `set_venv` that succeeded,

@@ -50,6 +50,12 @@ pub(crate) struct RunnerConfig {
     /// How long a child may take from its start to its hello.
     #[cfg_attr(not(feature = "subprocess"), allow(dead_code))]
     pub start_timeout: Duration,
+    /// Where Python's uncaptured output goes instead of the terminal.
+    #[cfg_attr(
+        not(any(feature = "pyo3", feature = "subprocess", feature = "rustpython")),
+        allow(dead_code)
+    )]
+    pub output: Option<crate::output::OutputSink>,
 }
 
 impl Default for RunnerConfig {
@@ -66,6 +72,7 @@ impl Default for RunnerConfig {
             frame_limit: DEFAULT_FRAME_LIMIT,
             replay: true,
             start_timeout: DEFAULT_START_TIMEOUT,
+            output: None,
         }
     }
 }

@@ -11,6 +11,7 @@ mod call;
 mod command;
 mod config;
 mod error;
+mod output;
 #[cfg(feature = "subprocess")]
 mod pool;
 #[cfg(feature = "pyo3")]
@@ -36,9 +37,10 @@ pub mod fuzzing {
 mod worker_source;
 
 pub use builder::PyRunnerBuilder;
-pub use call::{Call, CallFuture, Exec};
+pub use call::{BlockingIter, Call, CallFuture, CapturedCall, CapturedExec, Exec, PyStream};
 pub use config::Backend;
 pub use error::PyRunnerError;
+pub use output::{Captured, OutputLine, OutputStream};
 #[cfg(feature = "subprocess")]
 pub use pool::{PyPool, PyPoolBuilder, WorkerStats};
 pub use runner::PyRunner;

@@ -157,3 +157,26 @@ pub(crate) const RETIRE_POLL: Duration = Duration::from_millis(2);
 /// other C libraries ignore it.
 pub(crate) const CHILD_MALLOC: &str =
     "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=67108864";
+
+/// How many items of a stream Python may make before the consumer has taken
+/// them: the backpressure window (see `call::Feed`). Large enough that the
+/// consumer's credit, one wake-up of the producer per half window, costs
+/// little per item; small enough that a stream of large items holds little.
+pub(crate) const STREAM_WINDOW: usize = 256;
+
+/// What a captured command keeps of each of its two streams; past it the
+/// text is cut and the cut marked.
+#[cfg_attr(
+    not(any(feature = "pyo3", feature = "subprocess", feature = "rustpython")),
+    allow(dead_code)
+)]
+pub(crate) const CAPTURE_CAP: usize = 16 << 20;
+
+/// The longest line handed to `on_output` in one piece: a longer one
+/// (output without a newline) is passed on in pieces of this size, so that
+/// nothing waits for a newline that may never come with memory growing.
+#[cfg_attr(
+    not(any(feature = "pyo3", feature = "subprocess", feature = "rustpython")),
+    allow(dead_code)
+)]
+pub(crate) const OUTPUT_LINE_CAP: usize = 64 << 10;

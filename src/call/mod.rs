@@ -2,6 +2,7 @@
 //! type, a limit for this call alone, and a typed result.
 
 pub(crate) mod pack;
+mod stream;
 
 use std::any::{Any, TypeId};
 use std::fmt;
@@ -16,9 +17,12 @@ use serde::Serialize;
 use serde_json::Value;
 
 pub(crate) use pack::Packed;
+pub use stream::{BlockingIter, PyStream};
+pub(crate) use stream::{Feed, FeedHook};
 
 use crate::command::{block_on, user_limit, Answer, Invoke, Readers, Request, Returns, Submission};
 use crate::error::PyRunnerError;
+use crate::output::Captured;
 #[cfg(feature = "subprocess")]
 use crate::pool::{block_on_pool, Admission, PyPool};
 use crate::runner::PyRunner;
@@ -222,27 +226,89 @@ where
     /// of `.await`, safe in any context, inside a tokio runtime or not.
     pub fn wait(self) -> Result<R, PyRunnerError> {
         match self.target {
-            Target::Runner(_) => block_on(self.finish(Admission::Skip)),
+            Target::Runner(_) => block_on(self.finish(Admission::Skip, Finish::Plain)),
             #[cfg(feature = "subprocess")]
-            Target::Pool(_) => block_on_pool(self.finish(Admission::Skip)),
+            Target::Pool(_) => block_on_pool(self.finish(Admission::Skip, Finish::Plain)),
         }
     }
 
-    fn finish(self, admission: Admission) -> CallFuture<'a, R> {
-        let request = match self.error {
-            Some(err) => Err(err),
-            None => Ok(Request::Invoke(Invoke {
-                name: self.name,
-                args: self.args,
-                kwargs: self.kwargs,
-                returns: returns_of::<R>(),
-            })),
+    /// Returns what the function's Python code writes to `sys.stdout` and
+    /// `sys.stderr` while it runs, with its result, instead of printing it.
+    /// See [`Captured`] and the crate docs, "Output".
+    pub fn capture_output(self) -> CapturedCall<'a, R> {
+        CapturedCall { call: self }
+    }
+
+    /// Iterates what the function returns (a generator, an iterator, an
+    /// async generator or async iterator, or any iterable) and hands its
+    /// items over one by one as Python makes them. See [`PyStream`].
+    ///
+    /// ```no_run
+    /// # async fn demo(runner: async_py::PyRunner) -> Result<(), async_py::PyRunnerError> {
+    /// use futures_util::StreamExt;
+    ///
+    /// let mut tokens = runner.call("model.generate").arg("Once upon").returns::<String>().stream();
+    /// while let Some(token) = tokens.next().await {
+    ///     print!("{}", token?);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn stream(self) -> PyStream<R> {
+        let feed = Feed::new(crate::tuning::STREAM_WINDOW);
+        let (error, target, limit) = (self.error.clone(), self.target, self.limit);
+        if let Some(err) = error {
+            return PyStream::failed(err);
+        }
+        let request = self.request(Some(feed.clone()), false);
+        let start: stream::Start = match target {
+            Target::Runner(runner) => {
+                let limit = limit.unwrap_or_else(|| runner.limit());
+                match runner.submission(request, limit) {
+                    Ok(submission) => Box::pin(submission),
+                    Err(err) => return PyStream::failed(err),
+                }
+            }
+            #[cfg(feature = "subprocess")]
+            Target::Pool(pool) => {
+                let pool = pool.clone();
+                Box::pin(tokio::task::unconstrained(async move {
+                    pool.dispatch_limited(request, Admission::Wait, limit).await
+                }))
+            }
         };
+        PyStream::new(start, feed)
+    }
+
+    fn request(self, stream: Option<std::sync::Arc<Feed>>, capture: bool) -> Request {
+        Request::Invoke(Invoke {
+            name: self.name,
+            args: self.args,
+            kwargs: self.kwargs,
+            returns: returns_of::<R>(),
+            stream,
+            capture,
+        })
+    }
+
+    fn finish(self, admission: Admission, finish: Finish) -> CallFuture<'a, R> {
+        CallFuture {
+            sending: self.send(admission, finish),
+            returns: PhantomData,
+        }
+    }
+
+    fn send(mut self, admission: Admission, finish: Finish) -> Sending<'a> {
+        let capture = matches!(finish, Finish::Captured);
         let (target, limit) = (self.target, self.limit);
-        let sending = match (request, target) {
-            (Err(err), _) => Sending::Failed(Some(err)),
+        let request = match self.error.take() {
+            Some(err) => return Sending::Failed(Some(err)),
+            None => self.request(None, capture),
+        };
+        #[cfg(not(feature = "subprocess"))]
+        let _ = admission;
+        match target {
             // A runner's call is its submission itself: no box on the way.
-            (Ok(request), Target::Runner(runner)) => {
+            Target::Runner(runner) => {
                 let limit = limit.unwrap_or_else(|| runner.limit());
                 match runner.submission(request, limit) {
                     Ok(submission) => Sending::Runner(submission),
@@ -250,17 +316,18 @@ where
                 }
             }
             #[cfg(feature = "subprocess")]
-            (Ok(request), Target::Pool(pool)) => {
+            Target::Pool(pool) => {
                 Sending::Pool(Box::pin(pool.dispatch_limited(request, admission, limit)))
             }
-        };
-        #[cfg(not(feature = "subprocess"))]
-        let _ = admission;
-        CallFuture {
-            sending,
-            returns: PhantomData,
         }
     }
+}
+
+/// How a call is finished.
+#[derive(Clone, Copy)]
+enum Finish {
+    Plain,
+    Captured,
 }
 
 #[cfg(not(feature = "subprocess"))]
@@ -278,8 +345,63 @@ where
     type IntoFuture = CallFuture<'a, R>;
 
     fn into_future(self) -> CallFuture<'a, R> {
-        self.finish(Admission::Wait)
+        self.finish(Admission::Wait, Finish::Plain)
     }
+}
+
+/// A call whose output is captured, made by [`Call::capture_output`];
+/// finished by `.await` or [`wait`](CapturedCall::wait) into a
+/// [`Captured`].
+#[must_use = "a call does nothing until it is awaited or `.wait()`ed"]
+#[derive(Debug)]
+pub struct CapturedCall<'a, R = Value> {
+    call: Call<'a, R>,
+}
+
+impl<'a, R> CapturedCall<'a, R>
+where
+    R: DeserializeOwned + Send + 'static,
+{
+    /// The blocking twin of `.await`, safe in any context.
+    pub fn wait(self) -> Result<Captured<R>, PyRunnerError> {
+        let reply = match self.call.target {
+            Target::Runner(_) => block_on(self.call.send(Admission::Skip, Finish::Captured)),
+            #[cfg(feature = "subprocess")]
+            Target::Pool(_) => block_on_pool(self.call.send(Admission::Skip, Finish::Captured)),
+        };
+        read_captured(reply?, read_answer)
+    }
+}
+
+impl<'a, R> IntoFuture for CapturedCall<'a, R>
+where
+    R: DeserializeOwned + Send + 'static,
+{
+    type Output = Result<Captured<R>, PyRunnerError>;
+    type IntoFuture = Pin<Box<dyn Future<Output = Self::Output> + Send + 'a>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        let sending = self.call.send(Admission::Wait, Finish::Captured);
+        Box::pin(async move { read_captured(sending.await?, read_answer) })
+    }
+}
+
+/// A captured command's answer: its own, read by `read`, and what it wrote.
+fn read_captured<R>(
+    answer: Answer,
+    read: impl FnOnce(Answer) -> Result<R, PyRunnerError>,
+) -> Result<Captured<R>, PyRunnerError> {
+    let Answer::Captured(both) = answer else {
+        return Err(PyRunnerError::Protocol(
+            "a captured command answered without its output".into(),
+        ));
+    };
+    let (answer, written) = *both;
+    Ok(Captured {
+        value: read(answer)?,
+        stdout: written.stdout,
+        stderr: written.stderr,
+    })
 }
 
 /// The future of a [`Call`]. Dropping it before it is ready cancels the
@@ -301,6 +423,21 @@ enum Sending<'a> {
     Never(PhantomData<&'a ()>),
 }
 
+impl Future for Sending<'_> {
+    type Output = crate::command::Reply;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.get_mut() {
+            Sending::Failed(err) => Poll::Ready(Err(err.take().unwrap_or(PyRunnerError::Stopped))),
+            Sending::Runner(submission) => Pin::new(submission).poll(cx),
+            #[cfg(feature = "subprocess")]
+            Sending::Pool(reply) => reply.as_mut().poll(cx),
+            #[cfg(not(feature = "subprocess"))]
+            Sending::Never(_) => Poll::Pending,
+        }
+    }
+}
+
 impl<R> fmt::Debug for CallFuture<'_, R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("CallFuture")
@@ -314,15 +451,8 @@ where
     type Output = Result<R, PyRunnerError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let reply = match &mut self.get_mut().sending {
-            Sending::Failed(err) => Poll::Ready(Err(err.take().unwrap_or(PyRunnerError::Stopped))),
-            Sending::Runner(submission) => Pin::new(submission).poll(cx),
-            #[cfg(feature = "subprocess")]
-            Sending::Pool(reply) => reply.as_mut().poll(cx),
-            #[cfg(not(feature = "subprocess"))]
-            Sending::Never(_) => Poll::Pending,
-        };
-        reply.map(|reply| read_answer(reply?))
+        let sending = &mut self.get_mut().sending;
+        Pin::new(sending).poll(cx).map(|reply| read_answer(reply?))
     }
 }
 
@@ -349,6 +479,9 @@ fn read_answer<R: DeserializeOwned + 'static>(answer: Answer) -> Result<R, PyRun
         #[cfg(not(feature = "subprocess"))]
         Answer::Packed(_) => Err(PyRunnerError::Protocol(
             "a child's answer with no subprocess backend".into(),
+        )),
+        Answer::Captured(_) => Err(PyRunnerError::Protocol(
+            "output came with a command that did not capture it".into(),
         )),
         Answer::Typed(result) => result.downcast::<R>().map(|result| *result).map_err(|_| {
             PyRunnerError::Conversion(format!(
@@ -389,6 +522,47 @@ impl<'a> Exec<'a> {
     /// `.await`, safe in any context.
     pub fn wait(self) -> Result<(), PyRunnerError> {
         block_on(self.into_future())
+    }
+
+    /// Returns what the code writes to `sys.stdout` and `sys.stderr` while
+    /// it runs instead of printing it. See [`Captured`].
+    pub fn capture_output(self) -> CapturedExec<'a> {
+        CapturedExec { exec: self }
+    }
+}
+
+/// An exec whose output is captured, made by [`Exec::capture_output`];
+/// finished by `.await` or [`wait`](CapturedExec::wait).
+#[must_use = "an exec does nothing until it is awaited or `.wait()`ed"]
+#[derive(Debug)]
+pub struct CapturedExec<'a> {
+    exec: Exec<'a>,
+}
+
+impl CapturedExec<'_> {
+    /// The blocking twin of `.await`, safe in any context.
+    pub fn wait(self) -> Result<Captured<()>, PyRunnerError> {
+        block_on(self.into_future())
+    }
+}
+
+impl<'a> IntoFuture for CapturedExec<'a> {
+    type Output = Result<Captured<()>, PyRunnerError>;
+    type IntoFuture = Pin<Box<dyn Future<Output = Self::Output> + Send + 'a>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        let Exec {
+            runner,
+            code,
+            limit,
+        } = self.exec;
+        Box::pin(async move {
+            let limit = limit.unwrap_or_else(|| runner.limit());
+            let answer = runner
+                .send_limited(Request::RunCaptured { code }, limit)
+                .await?;
+            read_captured(answer, |_| Ok(()))
+        })
     }
 }
 

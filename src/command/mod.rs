@@ -51,6 +51,9 @@ pub(crate) enum Answer {
     /// A typed call's result, read into its type by an in-process backend.
     #[cfg_attr(not(any(feature = "pyo3", feature = "rustpython")), allow(dead_code))]
     Typed(Box<dyn std::any::Any + Send>),
+    /// A captured command's answer with what it wrote.
+    #[allow(dead_code)]
+    Captured(Box<(Answer, crate::output::Written)>),
 }
 
 impl Answer {
@@ -71,6 +74,7 @@ impl std::fmt::Debug for Answer {
             Answer::Value(value) => f.debug_tuple("Value").field(value).finish(),
             Answer::Packed(bytes) => f.debug_tuple("Packed").field(&bytes.len()).finish(),
             Answer::Typed(_) => f.write_str("Typed"),
+            Answer::Captured(both) => f.debug_tuple("Captured").field(&both.0).finish(),
         }
     }
 }

@@ -70,9 +70,19 @@ pub(crate) enum Request {
     SetVenv {
         dir: PathBuf,
     },
+    /// `run` whose output is captured (`exec(code).capture_output()`):
+    /// remembered and replayed as a `Run` is; answered with
+    /// `Answer::Captured`.
+    RunCaptured {
+        code: String,
+    },
     /// A call made with the call builder (`PyRunner::call`).
     /// Not boxed: an allocation is a good part of a fast call's cost.
     Invoke(Invoke),
+    /// The consumer of a stream's feed took items or dropped the stream:
+    /// the backend that opened it looks at the feed again (makes more
+    /// items, or closes the generator). Answered by no one.
+    Stream(std::sync::Arc<crate::call::Feed>),
     /// The caller of the command answered in this slot dropped its future:
     /// a coroutine it started is cancelled. Sent by the drop, answered by
     /// no one.
@@ -123,6 +133,11 @@ pub(crate) struct Invoke {
     pub args: Packed,
     pub kwargs: Packed,
     pub returns: Returns,
+    /// `.stream()`: the result is iterated, its items go to this feed, and
+    /// the call's answer (`Value(Null)`) only says the stream is open.
+    pub stream: Option<std::sync::Arc<crate::call::Feed>>,
+    /// `.capture_output()`: answered with `Answer::Captured`.
+    pub capture: bool,
 }
 
 /// How a call's result is read.

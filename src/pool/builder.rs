@@ -94,6 +94,13 @@ impl PyPoolBuilder {
         self
     }
 
+    /// Hands every line a worker's Python writes outside captured calls to
+    /// `f` (see [`PyRunnerBuilder::on_output`]).
+    pub fn on_output(mut self, f: impl Fn(crate::OutputLine) + Send + Sync + 'static) -> Self {
+        self.runner = self.runner.on_output(f);
+        self
+    }
+
     /// How long starting the pool may take until every worker's child has
     /// said hello (default 30 s): one limit for the whole of `build`, and
     /// for each fresh child after it (see

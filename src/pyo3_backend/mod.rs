@@ -250,6 +250,11 @@ impl Serve for Worker<'_> {
             }
             Request::Invoke(invoke) => return self.invoke(invoke, reply, timeout),
             Request::Cancel(target) => return self.cancel(&target),
+            // STUB(issue 23)
+            Request::Stream(_) => return,
+            Request::RunCaptured { .. } => {
+                return reply.send(Err(PyRunnerError::Unsupported("not yet".into())))
+            }
             _ => {}
         }
         let mut started = self.watchdog.take();
@@ -309,6 +314,8 @@ impl<'py> Worker<'py> {
             Request::CallAsyncFunction { .. }
             | Request::Invoke(_)
             | Request::Cancel(_)
+            | Request::Stream(_)
+            | Request::RunCaptured { .. }
             | Request::Stop => {
                 unreachable!("handled by serve and execute")
             }
@@ -319,6 +326,10 @@ impl<'py> Worker<'py> {
     /// command's limit; an awaitable it returns is awaited on the loop
     /// with what is left of the limit.
     fn invoke(&mut self, invoke: Invoke, reply: Responder, timeout: Option<Duration>) {
+        if invoke.stream.is_some() || invoke.capture {
+            // STUB(issue 23)
+            return reply.send(Err(PyRunnerError::Unsupported("not yet".into())));
+        }
         // Read only for a limit: a clock read is a good part of a fast call.
         let started = timeout.map(|_| Instant::now());
         let mut watchdog = self.watchdog.take();

@@ -344,7 +344,7 @@ impl Serve for Worker<'_> {
             timeout,
             ..
         } = job;
-        if let Request::Cancel(_) = request {
+        if let Request::Cancel(_) | Request::Stream(_) = request {
             // No coroutine runs here to be cancelled.
             return;
         }
@@ -396,8 +396,15 @@ impl Worker<'_> {
                 Err(PyRunnerError::Unsupported(NO_COROUTINES.into()))
             }
             Request::SetVenv { dir } => self.set_venv(&dir),
+            // STUB(issue 23)
+            Request::Invoke(invoke) if invoke.stream.is_some() || invoke.capture => {
+                Err(PyRunnerError::Unsupported("not yet".into()))
+            }
+            Request::RunCaptured { .. } => Err(PyRunnerError::Unsupported("not yet".into())),
             Request::Invoke(invoke) => self.invoke(&invoke),
-            Request::Stop | Request::Cancel(_) => unreachable!("handled by serve and execute"),
+            Request::Stop | Request::Cancel(_) | Request::Stream(_) => {
+                unreachable!("handled by serve and execute")
+            }
         }
     }
 

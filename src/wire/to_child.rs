@@ -76,7 +76,9 @@ impl<'a> ToChild<'a> {
     /// the request to cancel.
     pub fn new(id: u64, request: &'a Request, limit: Option<f64>) -> Self {
         match request {
-            Request::Run { code } | Request::Broadcast { code, .. } => ToChild::Run { id, code },
+            Request::Run { code }
+            | Request::RunCaptured { code }
+            | Request::Broadcast { code, .. } => ToChild::Run { id, code },
             Request::RunFile { path } => ToChild::RunFile { id, path },
             Request::Eval { expr } => ToChild::Eval { id, expr },
             Request::ReadVariable { name } => ToChild::Read { id, name },
@@ -96,7 +98,7 @@ impl<'a> ToChild<'a> {
                 typed: matches!(invoke.returns, Returns::Typed(_)),
                 limit,
             },
-            Request::Cancel(_) => ToChild::Cancel { id },
+            Request::Cancel(_) | Request::Stream(_) => ToChild::Cancel { id },
             Request::Stop => ToChild::Stop { id },
         }
     }

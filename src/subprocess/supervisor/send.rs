@@ -28,6 +28,18 @@ impl Core {
                 self.send_cancel(job);
                 continue;
             }
+            // STUB(issue 23): streams and captured output through a child.
+            let unsupported = match &job.request {
+                Request::Stream(_) => continue,
+                Request::RunCaptured { .. } => true,
+                Request::Invoke(invoke) => invoke.stream.is_some() || invoke.capture,
+                _ => false,
+            };
+            if unsupported {
+                job.reply
+                    .send(Err(PyRunnerError::Unsupported("not yet".into())));
+                continue;
+            }
             // Some requests go out even if their caller gave up (the
             // companion says which).
             if job.reply.is_abandoned() && !self.must_run(&job.request) {
