@@ -221,3 +221,17 @@ pub(crate) struct Job {
 
 /// See [`Job::follow`].
 pub(crate) type Follow = std::sync::Arc<dyn std::any::Any + Send + Sync>;
+
+impl Job {
+    /// A job whose answer nobody waits for: a stream's signal to the
+    /// backend that opened it (see [`Request::Stream`]).
+    #[allow(dead_code)]
+    pub fn unanswered(request: Request) -> Job {
+        Job {
+            request,
+            reply: Responder(std::sync::Arc::new(ReplySlot::default())),
+            timeout: None,
+            follow: None,
+        }
+    }
+}
