@@ -14,7 +14,7 @@ agree.
 
 import struct
 
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4
 """Named in the hello; changes whenever a frame changes shape or meaning."""
 
 FRAME_LIMIT = 1 << 30
@@ -46,6 +46,8 @@ OP_CALL_ASYNC = "call_async"
 OP_INVOKE = "invoke"
 OP_SET_VENV = "set_venv"
 OP_STOP = "stop"
+OP_RUN_CAPTURED = "run_captured"
+OP_INVOKE_CAPTURED = "invoke_captured"
 
 ARG_LIMIT = "limit"
 """An argument that is nil or a number of seconds (finite, not negative)."""
@@ -60,6 +62,8 @@ OPS = {
     OP_INVOKE: (str, list, dict, bool, ARG_LIMIT),  # name, args, kwargs, typed, limit
     OP_SET_VENV: (str,),
     OP_STOP: (),
+    OP_RUN_CAPTURED: (str,),
+    OP_INVOKE_CAPTURED: (str, list, dict, bool, ARG_LIMIT),  # as OP_INVOKE
 }
 """The types of each op's arguments after [id, op]."""
 
@@ -83,6 +87,14 @@ MSG_AWAITING = "awaiting"
 """Child to parent, [MSG_AWAITING, id]: that invoke's result is being
 awaited on the event loop; its reply comes when it finishes."""
 
+MSG_OUTPUT = "output"
+"""Child to parent, [MSG_OUTPUT, stream, lines]: lines written through
+sys.stdout (stream 0) or sys.stderr (1), without their "\\n"; sent only
+when the environment asked for them (ENV_OUTPUT)."""
+MSG_CAPTURED = "captured"
+"""Child to parent, [MSG_CAPTURED, id, stdout, stderr]: what captured
+request `id` wrote; it goes right before that request's reply."""
+
 PROTOCOL_ERROR = "ProtocolError"
 """The `err` kind of a reply to a request the child cannot parse."""
 
@@ -98,6 +110,9 @@ ARG_ZYGOTE = "--zygote"
 ARG_SHARE_CORES = "--share-cores"
 ENV_REPLY_RING = "ASYNC_PY_REPLY_RING"
 """Set to "0", the child keeps its replies on the pipe."""
+ENV_OUTPUT = "ASYNC_PY_OUTPUT"
+OUTPUT_FRAMES = "frames"
+"""ENV_OUTPUT set to this: uncaptured output goes as MSG_OUTPUT frames."""
 ENV_MALLOC = "GLIBC_TUNABLES"
 CHILD_MALLOC = "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=67108864"
 """What the parent sets ENV_MALLOC to when the child's environment has none
@@ -172,6 +187,8 @@ INVOKE_ARRAY = _array_head(2 + len(OPS[OP_INVOKE]))[0]
 """The marker of an `invoke` request's array: [id, OP_INVOKE, name, args,
 kwargs, typed, limit]."""
 INVOKE_OP = pack(OP_INVOKE)
+INVOKE_CAPTURED_OP = pack(OP_INVOKE_CAPTURED)
+"""invoke_captured has the arguments of invoke, and its fast path."""
 
 REQUEST_ID_READERS = {}
 """After the array's marker, a request's id is a positive fixint or a uint

@@ -147,7 +147,7 @@ def _is_limit(value):
     return value is None or (type(value) in (int, float) and _isfinite(value) and value >= 0)
 
 
-class ChildWorker:
+class ChildWorker(ChildOutput):
     """Answers the requests of one parent until `stop` or end of input.
 
     Every op runs to completion in the order its request arrived, outside the
@@ -395,6 +395,10 @@ class ChildWorker:
                     request_id, name, args, kwargs, typed, limit = invoke
                     self.op_invoke(request_id, name, args, kwargs, typed, limit)
                     return
+                invoke = _invoke_request(frame, INVOKE_CAPTURED_OP)
+                if invoke is not None:
+                    self.op_invoke_captured(*invoke)
+                    return
         if call is None:
             request = self._decode_request(frame)
             if request is None:
@@ -402,6 +406,9 @@ class ChildWorker:
             request_id, op, args = request[0], request[1], request[2:]
             if op == OP_INVOKE:
                 self.op_invoke(request_id, *args)  # it says itself what runs when
+                return
+            if op == OP_INVOKE_CAPTURED:
+                self.op_invoke_captured(request_id, *args)
                 return
             handler = self.handlers[op]
         else:
@@ -572,6 +579,8 @@ class ChildWorker:
         """The reply to a coroutine (a call_async, or an invoke that is
         awaiting): `value` is the result, the exception, or "timeout" /
         "cancelled" (see CoroutineDriver._done)."""
+        if self.coroutine_captures:
+            self.send_coroutine_capture(request_id)
         typed = request_id in self.typed_coroutines
         if typed:
             self.typed_coroutines.discard(request_id)
@@ -653,17 +662,28 @@ class ChildWorker:
             # A copy whose forking code returned (one that raised left in
             # _handle_frame): every reply passes here, once per request.
             _leave_forked_copy(None)
-        outbox = self.outbox
-        if not outbox:
+        if not self.outbox or self.flushing:
+            # (Output written during a flush, by a __del__ or a signal
+            # handler, goes with the next one.)
             return
         stdout, stderr = self.direct_streams
         if sys.stdout is not stdout or sys.stderr is not stderr:
             _flush_stdio()
+        self.end_output_lines()
+        outbox = self.outbox
+        self.outbox = []
         if _output_written:
             _output_written = False
             outbox.insert(0, OUTPUT_MARK_FRAME)
         data = outbox[0] if len(outbox) == 1 else b"".join(outbox)
-        outbox.clear()
+        self.flushing = True
+        try:
+            self._write_out(data)
+        finally:
+            self.flushing = False
+
+    def _write_out(self, data):
+        """Writes frames to the ring or the pipe, whole."""
         if self.ring is not None:
             if not self.ring.put(data, self._doorbell):
                 self._parent_gone()
@@ -711,7 +731,6 @@ def _writes_through(stream):
 
 
 _CALL_OP_SIZE = len(CALL_OP)
-_INVOKE_OP_SIZE = len(INVOKE_OP)
 
 
 def _call_request(frame):
@@ -749,10 +768,11 @@ def _call_request(frame):
         return None
 
 
-def _invoke_request(frame):
-    """(id, name, args, kwargs, typed, limit) of an `invoke` request shaped
-    the way the parent writes one (a short name, str keys, a float limit),
-    or None: anything else, valid or not, takes the general decoder."""
+def _invoke_request(frame, op=INVOKE_OP):
+    """(id, name, args, kwargs, typed, limit) of an `invoke` request (or
+    another `op` with its arguments) shaped the way the parent writes one
+    (a short name, str keys, a float limit), or None: anything else, valid
+    or not, takes the general decoder."""
     try:
         if frame[0] != INVOKE_ARRAY:
             return None
@@ -763,8 +783,8 @@ def _invoke_request(frame):
             width, read = REQUEST_ID_READERS[marker]
             (request_id,) = read(frame, 2)
             pos = 2 + width
-        end = pos + _INVOKE_OP_SIZE
-        if frame[pos:end] != INVOKE_OP:
+        end = pos + len(op)
+        if frame[pos:end] != op:
             return None
         marker = frame[end]
         if not 0xA0 <= marker < 0xC0:
@@ -877,7 +897,7 @@ def _request_problem(request):
     args = request[2:]
     if op == OP_CALL_ASYNC:
         fits = len(args) == 3 and type(args[0]) is str and type(args[1]) is list and _is_limit(args[2])
-    elif op == OP_INVOKE:
+    elif op == OP_INVOKE or op == OP_INVOKE_CAPTURED:
         fits = (
             len(args) == 5
             and type(args[0]) is str
@@ -994,6 +1014,7 @@ def main():
         # started: user code sees the environment it was given, and the
         # programs it starts do not inherit the setting.
         del os.environ[ENV_MALLOC]
+    take_output_setting()
     if sys.argv[1:2] == [ARG_ZYGOTE]:
         sys.exit(_zygote_main())
     share = sys.argv[1:2] == [ARG_SHARE_CORES]
@@ -1020,6 +1041,7 @@ def _serve(share, ring_path, ring_fd=None):
     codec = _msgpack_codec() or (pack, unpack, pack_typed)
     worker = ChildWorker(proto_in, proto_out, *codec, ring=ring, share=share)
     signal.signal(signal.SIGINT, worker.on_interrupt)
+    worker.route_output_if_asked()
     try:
         status = worker.serve()
     finally:

@@ -49,6 +49,40 @@ impl OutputSink {
     pub fn send(&self, stream: OutputStream, text: String) {
         (self.0)(OutputLine { stream, text });
     }
+
+    /// Hands on one line (without its `\n`), in pieces of at most
+    /// [`OUTPUT_LINE_CAP`](crate::tuning::OUTPUT_LINE_CAP) bytes, each cut
+    /// at a character's boundary.
+    #[cfg_attr(
+        not(any(feature = "pyo3", feature = "subprocess", feature = "rustpython")),
+        allow(dead_code)
+    )]
+    pub fn send_line(&self, stream: OutputStream, text: &str) {
+        let mut rest = text;
+        while rest.len() > crate::tuning::OUTPUT_LINE_CAP {
+            let mut cut = crate::tuning::OUTPUT_LINE_CAP;
+            while !rest.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            self.send(stream, rest[..cut].to_owned());
+            rest = &rest[cut..];
+        }
+        self.send(stream, rest.to_owned());
+    }
+
+    /// The stream of a wire or helper index: 0 is stdout, anything else
+    /// stderr.
+    #[cfg_attr(
+        not(any(feature = "pyo3", feature = "subprocess", feature = "rustpython")),
+        allow(dead_code)
+    )]
+    pub fn stream_of(index: u64) -> OutputStream {
+        if index == 0 {
+            OutputStream::Stdout
+        } else {
+            OutputStream::Stderr
+        }
+    }
 }
 
 impl fmt::Debug for OutputSink {
@@ -59,7 +93,7 @@ impl fmt::Debug for OutputSink {
 
 /// What a captured command wrote, as a backend answers it alongside the
 /// command's own answer.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, PartialEq)]
 pub(crate) struct Written {
     pub stdout: String,
     pub stderr: String,

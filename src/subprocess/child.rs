@@ -45,6 +45,13 @@ use crate::error::PyRunnerError;
 use crate::tuning::{CHILD_MALLOC, EXIT_CHECK};
 use crate::wire::{FrameReader, FromChild, Hello, WireError};
 
+/// Set in a child's environment (`ENV_OUTPUT` and `OUTPUT_FRAMES` of
+/// `python/protocol.py`): it sends what it writes through `sys.stdout`
+/// and `sys.stderr` as `output` frames. The child removes it before any
+/// user code runs.
+const OUTPUT_ENV: &str = "ASYNC_PY_OUTPUT";
+const OUTPUT_FRAMES: &str = "frames";
+
 /// How a child starts the worker; see the file for the arguments.
 const BOOTSTRAP: &str = include_str!("../../python/bootstrap.py");
 
@@ -61,6 +68,10 @@ pub(crate) struct LaunchSpec {
     /// The child is a pool's worker, which shares the cores with its
     /// siblings: it yields its core while it polls for a request.
     pub share_cores: bool,
+    /// The runner's `on_output`: the child sends its text output as
+    /// frames, and its stderr's lines go here instead of this process's
+    /// stderr.
+    pub output: Option<crate::output::OutputSink>,
 }
 
 impl LaunchSpec {
@@ -90,6 +101,9 @@ impl LaunchSpec {
             || (!self.env_clear && std::env::var_os(tunables).is_some());
         if !given {
             command.env(tunables, CHILD_MALLOC);
+        }
+        if self.output.is_some() {
+            command.env(OUTPUT_ENV, OUTPUT_FRAMES);
         }
         if let Some(dir) = &self.current_dir {
             command.current_dir(dir);
@@ -142,7 +156,7 @@ impl ChildProcess {
         // The child cannot be reaped yet (a forked one is kept unreaped by
         // the zygote until asked), so the pid is still its own.
         let exit_fd = open_pidfd(pid);
-        let stderr = match StderrForwarder::start(pid, OwnedFd::from(stderr)) {
+        let stderr = match StderrForwarder::start(pid, OwnedFd::from(stderr), spec.output.clone()) {
             Ok(stderr) => stderr,
             Err(err) => {
                 signal(-(pid as libc::pid_t), libc::SIGKILL);
@@ -206,9 +220,13 @@ impl ChildProcess {
         };
         match message {
             Ok(FromChild::Hello(hello)) => Ok(hello),
-            Ok(FromChild::Reply { .. } | FromChild::OutputMark | FromChild::Awaiting { .. }) => {
-                Err("its first frame was not a hello".into())
-            }
+            Ok(
+                FromChild::Reply { .. }
+                | FromChild::OutputMark
+                | FromChild::Awaiting { .. }
+                | FromChild::Output { .. }
+                | FromChild::Captured { .. },
+            ) => Err("its first frame was not a hello".into()),
             // A frame that did not decode comes with the error.
             Err(NoFrame::Bad(err)) => {
                 let began = match err.frame() {

@@ -149,6 +149,7 @@ fn launch_spec(
         hello_timeout: config.start_timeout,
         zygote,
         share_cores,
+        output: config.output.clone(),
     })
 }
 

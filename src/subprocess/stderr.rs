@@ -1,5 +1,6 @@
 //! A child's stderr (where its stdout goes too), forwarded line by line to
-//! this process's stderr as `[python <pid>] <line>`.
+//! this process's stderr as `[python <pid>] <line>`, or, for a runner with
+//! `on_output`, handed to that callback as `Stderr` lines.
 //!
 //! A thread of its own forwards what comes, as it comes. Whoever needs all
 //! the child wrote so far to be out (a reply that follows output, `stop`, a
@@ -15,6 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 
 use super::child::poll;
+use crate::output::{OutputSink, OutputStream};
 
 /// How many of the child's last lines are kept for a `WorkerDied` reason.
 const TAIL_LINES: usize = 20;
@@ -54,6 +56,8 @@ struct Forwarding {
 /// The child's text, cut into lines.
 struct Lines {
     pid: u32,
+    /// Where lines go instead of this process's stderr.
+    sink: Option<OutputSink>,
     /// The start of a line whose end has not come yet.
     unended: Vec<u8>,
     tail: VecDeque<String>,
@@ -62,7 +66,11 @@ struct Lines {
 impl StderrForwarder {
     /// Forwards `pipe`, the stderr of child `pid`, from a thread of its own
     /// until end of file.
-    pub fn start(pid: u32, pipe: OwnedFd) -> io::Result<Arc<StderrForwarder>> {
+    pub fn start(
+        pid: u32,
+        pipe: OwnedFd,
+        sink: Option<OutputSink>,
+    ) -> io::Result<Arc<StderrForwarder>> {
         let pipe = File::from(pipe);
         super::child::set_nonblocking(&pipe)?;
         let forwarder = Arc::new(StderrForwarder {
@@ -71,6 +79,7 @@ impl StderrForwarder {
                 chunk: vec![0; READ_SIZE].into_boxed_slice(),
                 lines: Lines {
                     pid,
+                    sink,
                     unended: Vec::new(),
                     tail: VecDeque::with_capacity(TAIL_LINES),
                 },
@@ -226,11 +235,15 @@ impl Lines {
     fn end_line(&mut self, out: &mut String) {
         let text = String::from_utf8_lossy(&self.unended);
         let text = text.trim_end_matches('\r');
-        out.push_str("[python ");
-        out.push_str(&self.pid.to_string());
-        out.push_str("] ");
-        out.push_str(text);
-        out.push('\n');
+        if let Some(sink) = &self.sink {
+            sink.send(OutputStream::Stderr, text.to_owned());
+        } else {
+            out.push_str("[python ");
+            out.push_str(&self.pid.to_string());
+            out.push_str("] ");
+            out.push_str(text);
+            out.push('\n');
+        }
         if self.tail.len() == TAIL_LINES {
             self.tail.pop_front();
         }

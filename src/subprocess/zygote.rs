@@ -145,7 +145,7 @@ impl Zygote {
                 let stderr = child.stderr.take().expect("stderr is piped");
                 let _ = started_tx.send(Ok(pid));
                 // What the zygote says goes on until its end; nothing waits for it.
-                let _ = StderrForwarder::start(pid, OwnedFd::from(stderr));
+                let _ = StderrForwarder::start(pid, OwnedFd::from(stderr), None);
                 listen(reader, &listening);
                 // Its socket ended: it exited, or is about to.
                 let _ = child.kill();

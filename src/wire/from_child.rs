@@ -8,6 +8,7 @@ use super::decode::{self, Item};
 use super::PROTOCOL_VERSION;
 use crate::command::{Answer, Reply};
 use crate::error::PyRunnerError;
+use crate::output::{OutputSink, OutputStream, Written};
 
 /// The child's first frame.
 #[derive(Debug, Clone, PartialEq)]
@@ -42,6 +43,17 @@ pub(crate) enum FromChild {
     /// reply comes when the coroutine ends.
     Awaiting {
         id: u64,
+    },
+    /// Lines written through `sys.stdout` or `sys.stderr` outside a
+    /// captured command, sent as frames because the parent has `on_output`.
+    Output {
+        stream: OutputStream,
+        lines: Vec<String>,
+    },
+    /// What captured request `id` wrote; its reply follows.
+    Captured {
+        id: u64,
+        written: Written,
     },
 }
 
@@ -115,6 +127,26 @@ impl FromChild {
                 .ok_or_else(|| malformed("awaiting without an id"))?;
             return Ok(FromChild::Awaiting { id });
         }
+        if head.as_str() == Some("output") {
+            return Self::read_output(items);
+        }
+        if head.as_str() == Some("captured") {
+            let id = items
+                .next()?
+                .and_then(|v| v.as_u64())
+                .ok_or_else(|| malformed("captured without an id"))?;
+            let mut text = || -> Result<String, Bad> {
+                Ok(items
+                    .next()?
+                    .and_then(Item::into_string)
+                    .ok_or_else(|| malformed("captured output that is not text"))?)
+            };
+            let written = Written {
+                stdout: text()?,
+                stderr: text()?,
+            };
+            return Ok(FromChild::Captured { id, written });
+        }
         if head.as_str() == Some("hello") {
             let version = items
                 .next()?
@@ -178,6 +210,30 @@ impl FromChild {
             Some(other) => return Err(malformed(&format!("unknown status {other:?}")).into()),
         };
         Ok(FromChild::Reply { id, outcome })
+    }
+}
+
+impl FromChild {
+    /// `["output", stream, [line, ...]]`.
+    fn read_output(items: &mut decode::Items<'_>) -> Result<FromChild, Bad> {
+        let stream = items
+            .next()?
+            .and_then(|v| v.as_u64())
+            .ok_or_else(|| malformed("output without its stream"))?;
+        let Some(Item::Other(Value::Array(lines))) = items.next()? else {
+            return Err(malformed("output without its lines").into());
+        };
+        let lines = lines
+            .into_iter()
+            .map(|line| match line {
+                Value::String(line) => Ok(line),
+                _ => Err(malformed("an output line that is not text")),
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(FromChild::Output {
+            stream: OutputSink::stream_of(stream),
+            lines,
+        })
     }
 }
 

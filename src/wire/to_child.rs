@@ -17,6 +17,12 @@ pub(crate) enum ToChild<'a> {
         id: u64,
         code: &'a str,
     },
+    /// A `run` whose output comes back in a `captured` frame before its
+    /// reply.
+    RunCaptured {
+        id: u64,
+        code: &'a str,
+    },
     RunFile {
         id: u64,
         path: &'a Path,
@@ -50,6 +56,8 @@ pub(crate) enum ToChild<'a> {
     /// A call of the call builder. Its arguments are already MessagePack:
     /// the codec writes them as they are (see [`ToChild::write_invoke`]).
     /// `typed`: the result is wanted with bytes kept (a `data` reply).
+    /// `captured`: its output comes back in a `captured` frame (the op
+    /// `invoke_captured`, same arguments).
     Invoke {
         id: u64,
         name: &'a str,
@@ -57,6 +65,7 @@ pub(crate) enum ToChild<'a> {
         kwargs: &'a Packed,
         typed: bool,
         limit: Option<f64>,
+        captured: bool,
     },
     /// `["cancel", id]`: cancel the coroutine of request `id`, if one runs.
     /// No reply.
@@ -76,9 +85,8 @@ impl<'a> ToChild<'a> {
     /// the request to cancel.
     pub fn new(id: u64, request: &'a Request, limit: Option<f64>) -> Self {
         match request {
-            Request::Run { code }
-            | Request::RunCaptured { code }
-            | Request::Broadcast { code, .. } => ToChild::Run { id, code },
+            Request::Run { code } | Request::Broadcast { code, .. } => ToChild::Run { id, code },
+            Request::RunCaptured { code } => ToChild::RunCaptured { id, code },
             Request::RunFile { path } => ToChild::RunFile { id, path },
             Request::Eval { expr } => ToChild::Eval { id, expr },
             Request::ReadVariable { name } => ToChild::Read { id, name },
@@ -97,6 +105,7 @@ impl<'a> ToChild<'a> {
                 kwargs: &invoke.kwargs,
                 typed: matches!(invoke.returns, Returns::Typed(_)),
                 limit,
+                captured: invoke.capture,
             },
             Request::Cancel(_) | Request::Stream(_) => ToChild::Cancel { id },
             Request::Stop => ToChild::Stop { id },
@@ -107,6 +116,7 @@ impl<'a> ToChild<'a> {
     pub fn id(&self) -> u64 {
         match *self {
             ToChild::Run { id, .. }
+            | ToChild::RunCaptured { id, .. }
             | ToChild::RunFile { id, .. }
             | ToChild::Eval { id, .. }
             | ToChild::Read { id, .. }
@@ -123,13 +133,17 @@ impl<'a> ToChild<'a> {
     pub fn op(&self) -> &'static str {
         match self {
             ToChild::Run { .. } => "run",
+            ToChild::RunCaptured { .. } => "run_captured",
             ToChild::RunFile { .. } => "run_file",
             ToChild::Eval { .. } => "eval",
             ToChild::Read { .. } => "read",
             ToChild::Call { .. } => "call",
             ToChild::CallAsync { .. } => "call_async",
             ToChild::SetVenv { .. } => "set_venv",
-            ToChild::Invoke { .. } => "invoke",
+            ToChild::Invoke {
+                captured: false, ..
+            } => "invoke",
+            ToChild::Invoke { captured: true, .. } => "invoke_captured",
             ToChild::Cancel { .. } => "cancel",
             ToChild::Stop { .. } => "stop",
         }
@@ -157,6 +171,7 @@ impl<'a> ToChild<'a> {
             kwargs,
             typed,
             limit,
+            ..
         } = *self
         else {
             return false;
@@ -216,6 +231,7 @@ impl Serialize for ToChild<'_> {
         array.serialize_element(self.op())?;
         match *self {
             ToChild::Run { code: text, .. }
+            | ToChild::RunCaptured { code: text, .. }
             | ToChild::Eval { expr: text, .. }
             | ToChild::Read { name: text, .. } => array.serialize_element(text)?,
             ToChild::RunFile { path, .. } | ToChild::SetVenv { dir: path, .. } => {

@@ -11,6 +11,12 @@ pub fn make_runner() -> async_py::PyRunner {
 
 crate::conformance_suite!(crate::pyo3::make_runner);
 
+pub fn builder() -> async_py::PyRunnerBuilder {
+    async_py::PyRunner::builder().pyo3()
+}
+
+crate::output_suite!(crate::pyo3::builder);
+
 use async_py::{Backend, PyRunner};
 
 #[test]

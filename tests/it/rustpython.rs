@@ -10,6 +10,12 @@ pub fn make_runner() -> async_py::PyRunner {
 
 crate::conformance_suite!(crate::rustpython::make_runner);
 
+pub fn builder() -> async_py::PyRunnerBuilder {
+    async_py::PyRunner::builder().rustpython()
+}
+
+crate::output_suite!(crate::rustpython::builder);
+
 use std::time::{Duration, Instant};
 
 use async_py::{Backend, PyRunner, PyRunnerError};

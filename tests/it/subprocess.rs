@@ -12,6 +12,14 @@ pub fn make_runner() -> async_py::PyRunner {
 
 crate::conformance_suite!(crate::subprocess::make_runner);
 
+pub fn builder() -> async_py::PyRunnerBuilder {
+    async_py::PyRunner::builder()
+        .subprocess()
+        .python(conformance::base_python())
+}
+
+crate::output_suite!(crate::subprocess::builder);
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;

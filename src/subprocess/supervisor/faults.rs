@@ -250,12 +250,18 @@ impl Core {
         for job in self.backlog.drain(..) {
             job.reply.send(Err(PyRunnerError::Stopped));
         }
-        if let Some(mut child) = self.child.take() {
+        if let Some(child) = self.child.as_mut() {
             // A stopped child exits by itself after its reply, once its
             // pending coroutines have unwound; a dropped one on end of file.
             child.close_requests();
             child.wait_for_exit(EXIT_GRACE);
             child.kill_group();
+        }
+        if self.settings.spec.output.is_some() {
+            // The lines it sent as it ended (a coroutine's `finally`).
+            let _ = self.read_replies(None);
+        }
+        if let Some(child) = self.child.take() {
             // All it printed is out before `stop` (or the drop) returns.
             child.forward_last_stderr();
         }

@@ -16,12 +16,13 @@
 //! `seat` is the thread and the driving caller's seat.
 
 mod faults;
+mod output;
 mod replies;
 mod seat;
 mod send;
 mod start;
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read};
 use std::os::unix::io::AsRawFd;
 use std::os::unix::net::UnixStream;
@@ -130,6 +131,9 @@ pub(crate) struct Core {
     /// When the thread next looks whether the child has exited; `None`:
     /// at its next turn (its poll saw the child's pidfd fire).
     next_exit_look: Option<Instant>,
+    /// What captured requests in flight wrote (a `captured` frame), until
+    /// their replies come (see `output`).
+    written: HashMap<u64, crate::output::Written>,
 }
 
 impl Core {
@@ -165,6 +169,7 @@ impl Core {
             remembered,
             replay_failure: None,
             next_exit_look: None,
+            written: HashMap::new(),
         };
         let start_timeout = core.settings.spec.hello_timeout;
         if let Some(by) = first_start_by {

@@ -99,6 +99,14 @@ impl Core {
                     self.went_awaiting(id);
                     continue;
                 }
+                FromChild::Output { stream, lines } => {
+                    output::hand_on_lines(self.settings.spec.output.as_ref(), stream, lines);
+                    continue;
+                }
+                FromChild::Captured { id, written } => {
+                    self.keep_written(id, written);
+                    continue;
+                }
                 FromChild::Hello(_) => {
                     return Err(PyRunnerError::Protocol(
                         "a second hello from the child".into(),
@@ -122,6 +130,7 @@ impl Core {
                 Outcome::Done(reply) => reply,
                 Outcome::TimedOut => Err(PyRunnerError::Timeout(done.timeout.unwrap_or_default())),
             };
+            let reply = self.with_written(id, &done.request, reply);
             if let Some(companion) = &self.settings.companion {
                 companion.answered(&done.request, reply.is_ok());
             }

@@ -28,11 +28,10 @@ impl Core {
                 self.send_cancel(job);
                 continue;
             }
-            // STUB(issue 23): streams and captured output through a child.
+            // STUB(issue 23): streams through a child.
             let unsupported = match &job.request {
                 Request::Stream(_) => continue,
-                Request::RunCaptured { .. } => true,
-                Request::Invoke(invoke) => invoke.stream.is_some() || invoke.capture,
+                Request::Invoke(invoke) => invoke.stream.is_some(),
                 _ => false,
             };
             if unsupported {

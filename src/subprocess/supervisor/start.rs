@@ -185,6 +185,10 @@ impl Core {
             if let FromChild::OutputMark = message {
                 child.forward_stderr();
             }
+            if let FromChild::Output { stream, lines } = message {
+                output::hand_on_lines(self.settings.spec.output.as_ref(), stream, lines);
+                continue;
+            }
             if let FromChild::Reply { id: got, outcome } = message {
                 if got == id {
                     return match outcome {
@@ -249,7 +253,10 @@ pub(super) fn backoff(first: Duration, failures: u32) -> Duration {
 pub(super) fn changes_child(request: &Request) -> bool {
     matches!(
         request,
-        Request::Run { .. } | Request::RunFile { .. } | Request::SetVenv { .. }
+        Request::Run { .. }
+            | Request::RunCaptured { .. }
+            | Request::RunFile { .. }
+            | Request::SetVenv { .. }
     )
 }
 
@@ -260,7 +267,7 @@ pub(super) fn describe_command(request: &Request) -> String {
     match request {
         Request::RunFile { path } => format!("run_file {}", path.display()),
         Request::SetVenv { dir } => format!("set_venv {}", dir.display()),
-        Request::Run { code } | Request::Broadcast { code, .. } => {
+        Request::Run { code } | Request::RunCaptured { code } | Request::Broadcast { code, .. } => {
             let first = code.trim_start().lines().next().unwrap_or("");
             let mut shown: String = first.chars().take(SHOWN).collect();
             if shown.len() < code.trim().len() {

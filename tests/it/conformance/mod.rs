@@ -13,6 +13,7 @@ pub mod in_process;
 pub mod lifecycle;
 pub mod names;
 pub mod ordering;
+pub mod output;
 pub mod sync_twins;
 pub mod timeouts;
 pub mod values;
@@ -75,6 +76,12 @@ macro_rules! conformance_suite {
                 bytes_cross_as_bytes_both_ways awaitable_results_are_awaited_on_the_runner_s_loop
                 a_generator_result_says_to_use_stream a_call_s_limit_overrides_the_runner_s
                 a_dropped_call_cancels_its_coroutine
+            }
+            output {
+                a_call_captures_print_and_stderr_and_keeps_its_value an_exec_captures_its_output
+                a_captured_command_that_fails_returns_its_error uncaptured_commands_are_unaffected
+                two_captured_coroutines_keep_their_own_output
+                a_flood_is_cut_at_the_cap_and_the_runner_answers_after
             }
             lifecycle { stop_makes_later_commands_stopped stop_is_idempotent stop_ends_pending_coroutines }
             first_examples { greet_counter add_and_sleep_overlap }
@@ -140,6 +147,31 @@ macro_rules! in_process_suite {
                 #[test]
                 fn $name() {
                     $crate::conformance::in_process::$name(async_py::PyRunner::builder().$backend());
+                }
+            )*
+        }
+    };
+}
+
+/// Instantiates the `on_output` tests (`conformance/output.rs`) for one
+/// backend, with builders from `$builder`: the full path of a
+/// `fn() -> async_py::PyRunnerBuilder`.
+#[macro_export]
+macro_rules! output_suite {
+    ($builder:path) => {
+        $crate::output_suite!($builder:
+            lines_reach_the_callback_with_their_stream
+            a_captured_command_s_output_does_not_reach_the_callback
+            a_long_line_arrives_in_capped_pieces nothing_is_lost_at_stop
+            a_reply_comes_after_its_output
+        );
+    };
+    ($builder:path: $($name:ident)*) => {
+        mod on_output {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    $crate::conformance::output::$name($builder()).await;
                 }
             )*
         }

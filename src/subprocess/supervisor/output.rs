@@ -1,0 +1,50 @@
+//! Output frames: lines for the runner's `on_output` callback, and what a
+//! captured command wrote, joined to its reply.
+
+use super::*;
+use crate::command::Reply;
+use crate::output::{OutputSink, OutputStream, Written};
+
+/// Hands lines the child sent as an `output` frame to `on_output`, in
+/// order with the replies around them.
+pub(super) fn hand_on_lines(sink: Option<&OutputSink>, stream: OutputStream, lines: Vec<String>) {
+    let Some(sink) = sink else {
+        // Sent only when asked for; should a child send them anyway, the
+        // terminal shows them as it shows the rest.
+        for line in lines {
+            eprintln!("[python] {line}");
+        }
+        return;
+    };
+    for line in &lines {
+        sink.send_line(stream, line);
+    }
+}
+
+impl Core {
+    /// Keeps what captured request `id` wrote until its reply comes.
+    pub(super) fn keep_written(&mut self, id: u64, written: Written) {
+        self.written.insert(id, written);
+    }
+
+    /// A reply as its caller takes it: a captured command's success comes
+    /// with what it wrote (its failure alone, what it wrote dropped).
+    pub(super) fn with_written(&mut self, id: u64, request: &Request, reply: Reply) -> Reply {
+        let written = self.written.remove(&id);
+        let captured = match request {
+            Request::RunCaptured { .. } => true,
+            Request::Invoke(invoke) => invoke.capture,
+            _ => false,
+        };
+        if !captured {
+            return reply;
+        }
+        let answer = reply?;
+        let written = written.ok_or_else(|| {
+            PyRunnerError::Protocol(format!(
+                "the child answered captured request {id} without its output"
+            ))
+        })?;
+        Ok(Answer::Captured(Box::new((answer, written))))
+    }
+}
