@@ -9,6 +9,7 @@
 
 mod convert;
 mod init;
+mod output;
 mod typed;
 mod watchdog;
 
@@ -44,6 +45,7 @@ const STACK_SIZE: usize = 256 << 20;
 pub(crate) fn spawn(config: &RunnerConfig, queue: Arc<CommandQueue>) -> Result<(), PyRunnerError> {
     let venv = config.venv.clone();
     let startup = config.startup.clone();
+    let output = config.output.clone();
     start_backend_thread("async_py-pyo3", STACK_SIZE, move |ready| {
         if let Err(err) = init::start_interpreter() {
             return ready.report(Err(err));
@@ -53,7 +55,7 @@ pub(crate) fn spawn(config: &RunnerConfig, queue: Arc<CommandQueue>) -> Result<(
         let _closing = CloseOnExit(queue.clone());
         Python::attach(|py| {
             queue.set_consumer();
-            match Worker::start(py, queue, venv.as_deref(), startup.as_deref()) {
+            match Worker::start(py, queue, venv.as_deref(), startup.as_deref(), output) {
                 Ok(mut worker) => {
                     ready.report(Ok(()));
                     worker.serve();
@@ -93,7 +95,7 @@ where
 
 /// A coroutine call waiting for its task to finish.
 struct Awaiting {
-    reply: Responder,
+    reply: output::ReplyTo,
     timeout: Option<Duration>,
     returns: Returns,
 }
@@ -112,6 +114,7 @@ struct Worker<'py> {
     last_turn: Instant,
     next_token: u64,
     watchdog: Option<Arc<Watchdog<AsyncExc>>>,
+    output: output::Output<'py>,
 }
 
 /// Functions of the worker's in-process helpers (`python/helpers.py`), looked up once.
@@ -148,6 +151,7 @@ impl<'py> Worker<'py> {
         queue: Arc<CommandQueue>,
         venv: Option<&std::path::Path>,
         startup: Option<&str>,
+        output: Option<crate::output::OutputSink>,
     ) -> Result<Self, PyRunnerError> {
         let load_error = |err: PyErr| {
             PyRunnerError::Startup(format!("could not load the worker helpers: {err}"))
@@ -160,7 +164,7 @@ impl<'py> Worker<'py> {
             .and_then(|g| Ok(g.cast_into::<PyDict>()?))
             .map_err(load_error)?;
         let builtins = PyModule::import(py, "builtins").map_err(load_error)?;
-        let worker = Worker {
+        let mut worker = Worker {
             py,
             queue,
             globals,
@@ -172,7 +176,11 @@ impl<'py> Worker<'py> {
             last_turn: Instant::now(),
             next_token: 0,
             watchdog: None,
+            output: output::Output::default(),
         };
+        if let Some(sink) = output {
+            worker.route_output(sink)?;
+        }
         prepare_in_process(
             venv,
             startup,
@@ -228,6 +236,7 @@ impl Serve for Worker<'_> {
         for (_, waiting) in self.awaiting.drain() {
             waiting.reply.send(Err(PyRunnerError::Stopped));
         }
+        self.unroute_output();
         // Functions defined in the globals refer back to them: clearing the
         // dict breaks those cycles, so the runner's objects are released
         // (and their `__del__` runs) now rather than at some later collection.
@@ -252,9 +261,6 @@ impl Serve for Worker<'_> {
             Request::Cancel(target) => return self.cancel(&target),
             // STUB(issue 23)
             Request::Stream(_) => return,
-            Request::RunCaptured { .. } => {
-                return reply.send(Err(PyRunnerError::Unsupported("not yet".into())))
-            }
             _ => {}
         }
         let mut started = self.watchdog.take();
@@ -269,6 +275,7 @@ impl Serve for Worker<'_> {
         if let Some(watchdog) = watchdog {
             watchdog::disarm(&watchdog, self.py);
         }
+        self.end_output_lines();
         reply.send(outcome);
     }
 }
@@ -311,11 +318,11 @@ impl<'py> Worker<'py> {
                 self.to_value(&result)
             }
             Request::SetVenv { dir } => self.set_venv(&dir).map(|_| Answer::Value(Value::Null)),
+            Request::RunCaptured { code } => self.run_captured(&code),
             Request::CallAsyncFunction { .. }
             | Request::Invoke(_)
             | Request::Cancel(_)
             | Request::Stream(_)
-            | Request::RunCaptured { .. }
             | Request::Stop => {
                 unreachable!("handled by serve and execute")
             }
@@ -326,10 +333,16 @@ impl<'py> Worker<'py> {
     /// command's limit; an awaitable it returns is awaited on the loop
     /// with what is left of the limit.
     fn invoke(&mut self, invoke: Invoke, reply: Responder, timeout: Option<Duration>) {
-        if invoke.stream.is_some() || invoke.capture {
+        if invoke.stream.is_some() {
             // STUB(issue 23)
             return reply.send(Err(PyRunnerError::Unsupported("not yet".into())));
         }
+        // Its output captured, if asked, until it has run (or scheduled
+        // the awaitable it returned, whose task keeps the capture).
+        let (reply, _capturing) = match self.reply_to(reply, invoke.capture) {
+            Ok(both) => both,
+            Err((reply, err)) => return reply.send(Err(err)),
+        };
         // Read only for a limit: a clock read is a good part of a fast call.
         let started = timeout.map(|_| Instant::now());
         let mut watchdog = self.watchdog.take();
@@ -592,6 +605,10 @@ impl<'py> Worker<'py> {
             Ok((_, false, value)) => reply.send(self.to_value(&value)),
             Ok((token, true, _)) => {
                 let returns = Returns::Value;
+                let reply = match self.reply_to(reply, false) {
+                    Ok((reply, _)) => reply,
+                    Err((reply, _)) => reply.into(),
+                };
                 self.awaiting.insert(
                     token,
                     Awaiting {
