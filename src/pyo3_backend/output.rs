@@ -76,7 +76,9 @@ impl ReplyTo {
                 Some(capture) => {
                     let written = finish(capture.bind(py));
                     match (reply, written) {
-                        (Ok(answer), Ok(written)) => Ok(Answer::Captured(Box::new((answer, written)))),
+                        (Ok(answer), Ok(written)) => {
+                            Ok(Answer::Captured(Box::new((answer, written))))
+                        }
                         (Ok(_), Err(err)) => Err(err),
                         (Err(err), _) => Err(err),
                     }
@@ -181,7 +183,11 @@ impl<'py> Worker<'py> {
         reply: Responder,
         capture: bool,
     ) -> Result<(ReplyTo, Option<CaptureScope<'py>>), (Responder, PyRunnerError)> {
-        let route = self.output.route.as_ref().map(|route| route.clone().unbind());
+        let route = self
+            .output
+            .route
+            .as_ref()
+            .map(|route| route.clone().unbind());
         if !capture {
             let reply = ReplyTo {
                 reply,
