@@ -231,7 +231,8 @@ class OutputRouter:
     """The routed sys.stdout and sys.stderr of one interpreter, the
     capture variable, and the routes by thread."""
 
-    def __init__(self):
+    def __init__(self, cap):
+        self.cap = cap
         self.capture = _ContextVar("async_py_capture", default=None) if _ContextVar else _OneCapture()
         self.routes = {}
         self.streams = (RoutedStream(self, 0, sys.stdout), RoutedStream(self, 1, sys.stderr))
@@ -239,7 +240,7 @@ class OutputRouter:
 
     def begin_capture(self, through_fd=False):
         """Opens a capture in the current context and returns it."""
-        capture = Capture(CAPTURE_CAP, through_fd)
+        capture = Capture(self.cap, through_fd)
         capture.outer = self.capture.get()
         self.capture.set(capture)
         return capture
@@ -262,12 +263,13 @@ class OutputRouter:
             route.end_lines()
 
 
-def output_router():
+def output_router(cap=CAPTURE_CAP):
     """The interpreter's router, made (and sys.stdout and sys.stderr
-    routed) on first use; kept on `sys`, as every runner of the
-    interpreter loads its own copy of these helpers."""
+    routed) on first use, its captures keeping `cap` bytes of each stream;
+    kept on `sys`, as every runner of the interpreter loads its own copy
+    of these helpers."""
     router = getattr(sys, "_async_py_output", None)
     if router is None:
-        router = OutputRouter()
+        router = OutputRouter(cap)
         sys._async_py_output = router
     return router

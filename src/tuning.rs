@@ -165,11 +165,10 @@ pub(crate) const CHILD_MALLOC: &str =
 pub(crate) const STREAM_WINDOW: usize = 256;
 
 /// What a captured command keeps of each of its two streams; past it the
-/// text is cut and the cut marked.
-#[cfg_attr(
-    not(any(feature = "pyo3", feature = "subprocess", feature = "rustpython")),
-    allow(dead_code)
-)]
+/// text is cut and the cut marked. The in-process backends give it to the
+/// router; a child's is `CAPTURE_CAP` of `python/output.py` (checked equal
+/// by `tests/python/test_output.py`).
+#[cfg_attr(not(any(feature = "pyo3", feature = "rustpython")), allow(dead_code))]
 pub(crate) const CAPTURE_CAP: usize = 16 << 20;
 
 /// The longest line handed to `on_output` in one piece: a longer one

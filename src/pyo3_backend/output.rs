@@ -117,7 +117,7 @@ impl<'py> Worker<'py> {
             .helpers
             .module
             .getattr(intern!(self.py, "output_router"))
-            .and_then(|make| make.call0())
+            .and_then(|make| make.call1((crate::tuning::CAPTURE_CAP,)))
             .map_err(|err| self.python_error(err))?;
         Ok(self.output.router.get_or_init(|| router))
     }

@@ -10,6 +10,7 @@
 
 mod convert;
 mod nesting;
+mod output;
 mod typed;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -147,13 +148,21 @@ fn collect_if_alone() {
 pub(crate) fn spawn(config: &RunnerConfig, queue: Arc<CommandQueue>) -> Result<(), PyRunnerError> {
     let venv = config.venv.clone();
     let startup = config.startup.clone();
+    let output = config.output.clone();
     start_backend_thread("async_py-rustpython", STACK_SIZE, move |ready| {
         queue.set_consumer();
         let _live = Live::new();
         let (signals, signal_rx) = user_signal_channel();
         let interpreter = interpreter(signal_rx);
         interpreter.enter(|vm| {
-            match Worker::start(vm, queue, signals, venv.as_deref(), startup.as_deref()) {
+            match Worker::start(
+                vm,
+                queue,
+                signals,
+                venv.as_deref(),
+                startup.as_deref(),
+                output,
+            ) {
                 Ok(mut worker) => {
                     ready.report(Ok(()));
                     worker.serve();
@@ -202,6 +211,7 @@ struct Worker<'vm> {
     helpers: Helpers,
     signals: UserSignalSender,
     watchdog: Option<Arc<Watchdog<Signal>>>,
+    output: output::Output,
 }
 
 /// Functions of the worker's in-process helpers (`python/helpers.py`), looked up once.
@@ -215,6 +225,7 @@ struct Helpers {
     table_form: PyObjectRef,
     abspath: PyObjectRef,
     timeout: PyTypeRef,
+    output_router: PyObjectRef,
 }
 
 impl Helpers {
@@ -258,6 +269,7 @@ impl Helpers {
                 .and_then(|path| path.get_attr("abspath", vm))
                 .map_err(fail)?,
             timeout,
+            output_router: get("output_router")?,
         };
         Ok((helpers, globals))
     }
@@ -284,6 +296,7 @@ impl<'vm> Worker<'vm> {
         signals: UserSignalSender,
         venv: Option<&Path>,
         startup: Option<&str>,
+        output: Option<crate::output::OutputSink>,
     ) -> Result<Self, PyRunnerError> {
         // Before anything can import `json` and take the unguarded parser.
         guard_json(vm).map_err(|err| {
@@ -292,14 +305,18 @@ impl<'vm> Worker<'vm> {
         let (helpers, globals) = Helpers::load(vm).map_err(|err| {
             PyRunnerError::Startup(format!("could not load the worker helpers: {err}"))
         })?;
-        let worker = Worker {
+        let mut worker = Worker {
             vm,
             queue,
             globals,
             helpers,
             signals,
             watchdog: None,
+            output: output::Output::default(),
         };
+        if let Some(sink) = output {
+            worker.route_output(sink)?;
+        }
         prepare_in_process(
             venv,
             startup,
@@ -335,6 +352,7 @@ impl Serve for Worker<'_> {
         if let Some(watchdog) = self.watchdog.take() {
             watchdog.shutdown();
         }
+        self.unroute_output();
     }
 
     fn execute(&mut self, job: Job) {
@@ -366,6 +384,7 @@ impl Serve for Worker<'_> {
         if let Some(watchdog) = watchdog {
             watchdog.disarm();
         }
+        self.end_output_lines();
         reply.send(outcome);
     }
 }
@@ -397,10 +416,11 @@ impl Worker<'_> {
             }
             Request::SetVenv { dir } => self.set_venv(&dir),
             // STUB(issue 23)
-            Request::Invoke(invoke) if invoke.stream.is_some() || invoke.capture => {
+            Request::Invoke(invoke) if invoke.stream.is_some() => {
                 Err(PyRunnerError::Unsupported("not yet".into()))
             }
-            Request::RunCaptured { .. } => Err(PyRunnerError::Unsupported("not yet".into())),
+            Request::Invoke(invoke) if invoke.capture => self.captured(|| self.invoke(&invoke)),
+            Request::RunCaptured { code } => self.run_captured(&code),
             Request::Invoke(invoke) => self.invoke(&invoke),
             Request::Stop | Request::Cancel(_) | Request::Stream(_) => {
                 unreachable!("handled by serve and execute")
