@@ -2,9 +2,13 @@
 //! the call builder's next to the seed's commands, and the pool's.
 //!
 //! `cargo run --release --example bench` (all tables), `... bench calls`
-//! (the call builder's only), `... bench pool` (the pool's only).
+//! (the call builder's only), `... bench pool` (the pool's only), `...
+//! bench output` (captured output's only).
 
 use std::time::{Duration, Instant};
+
+#[path = "bench/output.rs"]
+mod output_bench;
 
 use async_py::{Backend, PyRunner, PyRunnerBuilder};
 use serde_json::Value;
@@ -913,6 +917,10 @@ async fn main() {
         calls_bench::calls_table();
         return;
     }
+    if std::env::args().nth(1).as_deref() == Some("output") {
+        output_bench::output_table();
+        return;
+    }
     let backends = BACKENDS;
     let labels = [
         "start (build to ready)",
@@ -957,6 +965,7 @@ async fn main() {
     }
     println!();
     calls_bench::calls_table();
+    output_bench::output_table();
     #[cfg(feature = "subprocess")]
     pool_bench::pool_table().await;
 }

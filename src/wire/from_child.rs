@@ -382,4 +382,43 @@ mod tests {
         let note = rmp_serde::to_vec(&("awaiting", "x")).unwrap();
         assert!(FromChild::decode(&note).is_err());
     }
+
+    #[test]
+    fn output_lines_and_captured_text_read_as_sent_and_bad_ones_are_refused() {
+        let frame = rmp_serde::to_vec(&("output", 1u8, ["one", "", "t\u{e9}"])).unwrap();
+        assert_eq!(
+            FromChild::decode(&frame),
+            Ok(FromChild::Output {
+                stream: OutputStream::Stderr,
+                lines: vec!["one".into(), "".into(), "t\u{e9}".into()],
+            })
+        );
+        let frame = rmp_serde::to_vec(&("captured", 7u64, "out\n", "")).unwrap();
+        assert_eq!(
+            FromChild::decode(&frame),
+            Ok(FromChild::Captured {
+                id: 7,
+                written: Written {
+                    stdout: "out\n".into(),
+                    stderr: String::new(),
+                },
+            })
+        );
+        for bad in [
+            rmp_serde::to_vec(&("output", 0u8, [1, 2])).unwrap(),
+            rmp_serde::to_vec(&("output", 0u8, "not a list")).unwrap(),
+            rmp_serde::to_vec(&("output",)).unwrap(),
+            rmp_serde::to_vec(&("captured", 7u64, "out")).unwrap(),
+            rmp_serde::to_vec(&("captured", "x", "", "")).unwrap(),
+        ] {
+            assert!(
+                matches!(FromChild::decode(&bad), Err(PyRunnerError::Protocol(_))),
+                "{bad:02x?}"
+            );
+        }
+        let frame = rmp_serde::to_vec(&("output", 0u8, ["a"])).unwrap();
+        for end in 0..frame.len() {
+            assert!(FromChild::decode(&frame[..end]).is_err(), "{end}");
+        }
+    }
 }

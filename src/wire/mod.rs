@@ -280,7 +280,9 @@ mod tests {
             }
             Request::SetVenv { dir } => rmp_serde::to_vec(&(id, "set_venv", path_arg(dir))),
             Request::Stop => rmp_serde::to_vec(&(id, "stop")),
+            Request::RunCaptured { code } => rmp_serde::to_vec(&(id, "run_captured", code)),
             Request::Invoke(_) | Request::Cancel(_) => unreachable!("new in protocol 3"),
+            Request::Stream(_) => unreachable!("no message of its own"),
         };
         let mut out = BytesMut::new();
         ChildCodec::new(1 << 20)
@@ -334,6 +336,9 @@ mod tests {
             },
             Request::SetVenv {
                 dir: "/opt/venv".into(),
+            },
+            Request::RunCaptured {
+                code: "print('x')".into(),
             },
             Request::Stop,
         ]
@@ -414,15 +419,18 @@ mod tests {
         args.spread(&("s", ByteBuf::from(vec![0, 255]))).unwrap();
         let mut kwargs = Packed::default();
         kwargs.push_named("flag", &true).unwrap();
-        for (returns, typed) in [
-            (Returns::Value, false),
-            (Returns::Typed(Readers::of::<u8>()), true),
+        for (returns, typed, capture, op) in [
+            (Returns::Value, false, false, "invoke"),
+            (Returns::Typed(Readers::of::<u8>()), true, false, "invoke"),
+            (Returns::Value, false, true, "invoke_captured"),
         ] {
             let invoke = Request::Invoke(Invoke {
                 name: "pkg.f".into(),
                 args: args.clone(),
                 kwargs: kwargs.clone(),
                 returns,
+                stream: None,
+                capture,
             });
             for (id, limit) in [(1, None), (u64::MAX, Some(2.5))] {
                 let mut out = BytesMut::new();
@@ -447,7 +455,7 @@ mod tests {
                     frame,
                     (
                         id,
-                        "invoke".into(),
+                        op.into(),
                         "pkg.f".into(),
                         (-3, "s".into(), ByteBuf::from(vec![0, 255])),
                         HashMap::from([("flag".into(), true)]),
