@@ -18,6 +18,9 @@ and output frames for a parent with `on_output` (PROTOCOL.md, "Output").
 
 import os
 
+_lseek = os.lseek
+_SEEK_CUR = os.SEEK_CUR
+
 _frames_asked = False
 """The parent asked for output frames (read, and removed from the
 environment, before any user code runs)."""
@@ -36,10 +39,9 @@ def _capture_file():
     return tempfile.TemporaryFile(buffering=0)
 
 
-def _read_capture_file(fd, capture, index):
-    """Moves what fd `fd` holds into the capture (at most its cap), and
-    empties the file for the next command."""
-    size = os.lseek(fd, 0, os.SEEK_CUR)
+def _read_capture_file(fd, size, capture, index):
+    """Moves what fd `fd` holds (`size` bytes) into the capture (at most
+    its cap), and empties the file for the next command."""
     if not size:
         return
     cap = capture.cap
@@ -73,7 +75,8 @@ class ChildOutput:
     output_route = None
     """The LineRoute of the main thread once output frames are on."""
     capture_files = None
-    """(file for fd 1, file for fd 2, the stderr pipe), made on first use."""
+    """(fd for fd 1, fd for fd 2, the stderr pipe, and the two files that
+    hold those fds open), made on first use."""
     coroutine_captures = None
     """{request id: Capture} of captured invokes awaiting on the loop."""
 
@@ -125,72 +128,112 @@ class ChildOutput:
 
     # -- captured commands ----------------------------------------------------
 
-    def _begin_fd_capture(self, router):
+    capturing = False
+    """True while a captured invoke's function runs: an awaitable it
+    returns is scheduled with a capture of its own (schedule_captured)."""
+    router = None
+
+    def _begin_fd_capture(self):
+        """Points fds 1 and 2 at the capture files. Only with a route
+        (on_output) does the main thread's text need telling to go to the
+        fds rather than the route; the Capture that says so is returned."""
         files = self.capture_files
         if files is None:
+            self.router = self._output_router()
             out, err = _capture_file(), _capture_file()
-            files = self.capture_files = (out, err, os.dup(2))
-        if sys.stdout is not router.streams[0] or sys.stderr is not router.streams[1]:
+            files = self.capture_files = (out.fileno(), err.fileno(), os.dup(2), out, err)
+        streams = self.router.streams
+        if sys.stdout is not streams[0] or sys.stderr is not streams[1]:
             _flush_stdio()
-        capture = router.begin_capture(through_fd=True)
-        os.dup2(files[0].fileno(), 1)
-        os.dup2(files[1].fileno(), 2)
+        capture = None if self.output_route is None else self.router.begin_capture(through_fd=True)
+        os.dup2(files[0], 1)
+        os.dup2(files[1], 2)
         return capture
 
-    def _end_fd_capture(self, router, capture):
-        global _output_written
-        if sys.stdout is not router.streams[0] or sys.stderr is not router.streams[1]:
+    def _end_fd_capture(self, capture):
+        """Points fds 1 and 2 back at the stderr pipe; returns a Capture
+        holding what went to the files (at most its cap of each), or None
+        if nothing did and there was none."""
+        streams = self.router.streams
+        if sys.stdout is not streams[0] or sys.stderr is not streams[1]:
             _flush_stdio()
-        out, err, pipe = self.capture_files
+        out, err, pipe = self.capture_files[:3]
         os.dup2(pipe, 1)
         os.dup2(pipe, 2)
-        router.leave_capture(capture)
-        capture.through_fd = False
-        _read_capture_file(out.fileno(), capture, 0)
-        _read_capture_file(err.fileno(), capture, 1)
+        if capture is not None:
+            self.router.leave_capture(capture)
+            capture.through_fd = False
+        out_size = _lseek(out, 0, _SEEK_CUR)
+        err_size = _lseek(err, 0, _SEEK_CUR)
+        if out_size or err_size:
+            if capture is None:
+                capture = Capture(self.router.cap)
+            _read_capture_file(out, out_size, capture, 0)
+            _read_capture_file(err, err_size, capture, 1)
+        return capture
 
     def _captured_frame(self, request_id, capture):
+        """The frame of what a captured request wrote; none (an empty
+        tuple) for a request that wrote nothing."""
+        if capture is None:
+            return ()
         stdout, stderr = capture.finish()
+        if not stdout and not stderr:
+            return ()
         payload = pack([MSG_CAPTURED, request_id, stdout, stderr])
         return _frame_header(len(payload)), payload
 
     def op_run_captured(self, request_id, code):
         global _output_written
-        router = self._output_router()
         noted = _output_written
-        capture = self._begin_fd_capture(router)
+        capture = self._begin_fd_capture()
         try:
             run_code(code, self.globals)
         finally:
-            self._end_fd_capture(router, capture)
+            capture = self._end_fd_capture(capture)
             _output_written = noted
         self.outbox += self._captured_frame(request_id, capture)
 
     def op_invoke_captured(self, request_id, name, args, kwargs, typed, limit):
         """An invoke whose output is captured: its reply (when it succeeds)
-        follows a `captured` frame. An awaitable result runs with the
-        capture in its context, and its frame goes before its reply."""
+        follows a `captured` frame. An awaitable result runs with a capture
+        in its context, and that frame goes before its reply."""
         global _output_written
-        router = self._output_router()
         noted = _output_written
-        capture = self._begin_fd_capture(router)
+        capture = self._begin_fd_capture()
         at = len(self.outbox)
+        self.capturing = True
         try:
             self.op_invoke(request_id, name, args, kwargs, typed, limit)
         finally:
-            self._end_fd_capture(router, capture)
+            self.capturing = False
+            capture = self._end_fd_capture(capture)
             _output_written = noted
-        driver = self.driver
-        if driver is not None and request_id in driver.tasks:
-            if self.coroutine_captures is None:
-                self.coroutine_captures = {}
-            self.coroutine_captures[request_id] = capture
+        awaited = self.coroutine_captures and self.coroutine_captures.get(request_id)
+        if awaited is not None:
+            # What the call wrote comes before what its awaitable writes,
+            # which has not started yet.
+            for index in (0, 1) if capture is not None else ():
+                for part in capture.parts[index]:
+                    awaited.write(index, part)
+                awaited.cut[index] = awaited.cut[index] or capture.cut[index]
             return
         self.outbox[at:at] = self._captured_frame(request_id, capture)
 
+    def schedule_captured(self, driver, request_id, awaitable, limit):
+        """Schedules a captured invoke's awaitable with a capture in the
+        context its task copies."""
+        capture = self.router.begin_capture()
+        try:
+            driver.schedule(request_id, awaitable, limit)
+        finally:
+            self.router.leave_capture(capture)
+        if self.coroutine_captures is None:
+            self.coroutine_captures = {}
+        self.coroutine_captures[request_id] = capture
+
     def send_coroutine_capture(self, request_id):
         """Before the reply of a captured invoke's awaitable: what it wrote."""
-        captures = self.coroutine_captures
-        capture = captures.pop(request_id, None) if captures else None
+        capture = self.coroutine_captures.pop(request_id, None)
         if capture is not None:
             self.outbox += self._captured_frame(request_id, capture)

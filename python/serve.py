@@ -548,7 +548,10 @@ class ChildWorker(ChildOutput):
                 # As for call_async, stored before it can start. The call that
                 # made it ran as a sync request: the flag of the loop stays clear.
                 self.ring.counters[_COUNTER_LAST_COROUTINE] = request_id
-            driver.schedule(request_id, awaitable, limit)
+            if self.capturing:
+                self.schedule_captured(driver, request_id, awaitable, limit)
+            else:
+                driver.schedule(request_id, awaitable, limit)
         except BaseException as exc:
             self._reply_error(request_id, exc)
             return

@@ -28,9 +28,9 @@ impl Core {
     }
 
     /// A reply as its caller takes it: a captured command's success comes
-    /// with what it wrote (its failure alone, what it wrote dropped).
+    /// with what it wrote (no `captured` frame: nothing), its failure
+    /// alone (what it wrote is dropped).
     pub(super) fn with_written(&mut self, id: u64, request: &Request, reply: Reply) -> Reply {
-        let written = self.written.remove(&id);
         let captured = match request {
             Request::RunCaptured { .. } => true,
             Request::Invoke(invoke) => invoke.capture,
@@ -39,12 +39,7 @@ impl Core {
         if !captured {
             return reply;
         }
-        let answer = reply?;
-        let written = written.ok_or_else(|| {
-            PyRunnerError::Protocol(format!(
-                "the child answered captured request {id} without its output"
-            ))
-        })?;
-        Ok(Answer::Captured(Box::new((answer, written))))
+        let written = self.written.remove(&id).unwrap_or_default();
+        Ok(Answer::Captured(Box::new((reply?, written))))
     }
 }
