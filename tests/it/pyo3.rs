@@ -59,3 +59,33 @@ fn builder_venv_of_another_python_version_is_a_startup_error() {
         other => panic!("expected a Startup error, got {other:?}"),
     }
 }
+
+/// PyO3 runners share one interpreter and one `sys.stdout`: each routes
+/// its own thread, so two runners printing at once each hear their own
+/// lines; a thread that user code starts is routed to neither.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_runners_route_their_own_output_through_one_sys_stdout() {
+    use conformance::output::collecting;
+    let (one, one_lines) = collecting(builder());
+    let (two, two_lines) = collecting(builder());
+    let code = |tag: &str| format!("for i in range(300):\n    print('{tag}', i)");
+    let (code_one, code_two) = (code("one"), code("two"));
+    let (a, b) = tokio::join!(one.run(&code_one), two.run(&code_two));
+    a.unwrap();
+    b.unwrap();
+    for (lines, tag) in [(&one_lines, "one"), (&two_lines, "two")] {
+        let lines = lines.lock().unwrap();
+        assert_eq!(lines.len(), 300);
+        assert!(lines.iter().all(|line| line.text.starts_with(tag)));
+    }
+    one.run("import threading\nt = threading.Thread(target=print, args=('from a thread',))\nt.start()\nt.join()")
+        .await
+        .unwrap();
+    assert_eq!(one_lines.lock().unwrap().len(), 300);
+    // A runner without on_output captures as the others do.
+    let plain = make_runner();
+    let captured = plain.exec("print('mine')").capture_output().await.unwrap();
+    assert_eq!(captured.stdout, "mine\n");
+    one.stop().await.unwrap();
+    two.stop().await.unwrap();
+}

@@ -220,7 +220,7 @@ pub async fn a_flood_is_cut_at_the_cap_and_the_runner_answers_after(runner: PyRu
 /// `on_output` on one backend: each test gets a builder of that backend.
 pub type Lines = Arc<Mutex<Vec<OutputLine>>>;
 
-fn collecting(builder: PyRunnerBuilder) -> (PyRunner, Lines) {
+pub fn collecting(builder: PyRunnerBuilder) -> (PyRunner, Lines) {
     let lines: Lines = Arc::default();
     let kept = lines.clone();
     let runner = builder
