@@ -15,7 +15,11 @@ PROTOCOL.md on its stdin and stdout (protocol.py states its layout):
   coroutines (`call_async`, and an `invoke` that first sent
   `["awaiting", id]`) can come back out of order;
 - `["out"]` goes before the replies that follow output written through
-  sys.stdout or sys.stderr, which is in the stderr pipe by then.
+  sys.stdout or sys.stderr, which is in the stderr pipe by then;
+- `run_captured` and `invoke_captured` capture a request's output, sent
+  as `["captured", id, stdout, stderr]` before its reply, and a child
+  started with ASYNC_PY_OUTPUT=frames sends its output as
+  `["output", stream, lines]` frames (child_output.py).
 
 The whole worker uses the standard library only, and runs on CPython 3.8
 and later. It carries its own MessagePack codec, and uses the C `msgpack`

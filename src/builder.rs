@@ -114,7 +114,8 @@ impl PyRunnerBuilder {
 
     /// Hands every line Python writes to stdout or stderr, outside a
     /// command whose output is captured, to `f` instead of the terminal
-    /// (see the crate docs, "Output"). `f` runs on a thread of the runner's:
+    /// (see [`OutputLine`](crate::OutputLine) for what goes where, and in
+    /// which order). `f` runs on a thread of the runner's:
     /// it should return quickly, and must not wait for this runner's commands.
     pub fn on_output(mut self, f: impl Fn(crate::OutputLine) + Send + Sync + 'static) -> Self {
         self.config.output = Some(crate::output::OutputSink(Arc::new(f)));

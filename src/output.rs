@@ -15,8 +15,41 @@ pub enum OutputStream {
 
 /// One line that Python code wrote outside a captured command, as given to
 /// the builder's `on_output` callback. `text` has no line ending; a line
-/// longer than the cap (see the crate docs, "Output") arrives in pieces,
-/// each but the last ending where it was cut.
+/// longer than 64 KiB arrives in pieces of at most 64 KiB, each but the
+/// last ending where it was cut (at a character's boundary), so a line
+/// that never ends cannot grow memory.
+///
+/// With `on_output`, every line that Python code writes to `sys.stdout` or
+/// `sys.stderr` outside a captured command goes to the callback instead of
+/// the terminal, on every backend; without it, output goes where it always
+/// did (in-process: where Python's own goes; a child's: to this process's
+/// stderr as `[python <pid>] <line>`).
+///
+/// - **Order.** A command's reply comes after the lines it wrote before it
+///   returned have been handed to the callback; `stop()` returns after
+///   every line has been. A line still open (no `\n` yet) is handed on
+///   when the command that wrote it ends (in a child, when any command
+///   ends), or at `stop()`.
+/// - **In-process** (PyO3, RustPython): the callback runs on the runner's
+///   own thread, during the write (PyO3 releases the GIL meanwhile).
+///   Several PyO3 runners share one `sys.stdout`; each routes the writes of
+///   its own thread (and of the coroutines on its loop). Output of threads
+///   that user code starts is not routed: it goes where Python's own goes.
+///   Writes to file descriptors (`os.write(1, ..)`, C `printf`) are never
+///   seen.
+/// - **In a child**: text written through `sys.stdout` and `sys.stderr` by
+///   the worker's main thread (commands and coroutines) comes as protocol
+///   frames, in order with the replies, with its stream. Everything else
+///   (writes to fds 1 and 2, C code, processes the child starts, threads
+///   user code starts) reaches the callback from the child's stderr pipe,
+///   as `Stderr` lines (fd 1 is joined to fd 2 in a child), in no set
+///   order with replies.
+///
+/// # Caveats
+/// The callback runs on one of the runner's threads (in a child's case,
+/// the thread reading its replies or its stderr): it should return
+/// quickly, and must not wait for a command of the same runner, which
+/// cannot answer until it returns.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutputLine {
     /// Where Python wrote it.
@@ -26,7 +59,30 @@ pub struct OutputLine {
 }
 
 /// A command's result with what its Python code wrote while it ran, made
-/// by `.capture_output()` on a call or an exec.
+/// by `.capture_output()` on a call or an exec (`PyRunner` or `PyPool`).
+///
+/// - **What is captured**: what the command writes to `sys.stdout` and
+///   `sys.stderr` while it runs, including the coroutine it returns (which
+///   the runner awaits) and the tasks that coroutine starts; not what
+///   other commands write meanwhile, even coroutines interleaving with it
+///   (the capture lives in a `contextvars` variable, which asyncio tasks
+///   copy when they are made).
+/// - **In a child**, the synchronous part of the command runs with fds 1
+///   and 2 pointed at two temporary files, so writes to them
+///   (`os.write(1, ..)`, C `printf`, processes it starts) are captured too,
+///   in order with its `print`s; its coroutine's fd writes are not.
+///   **In-process** (PyO3, RustPython) only `sys.stdout` and `sys.stderr`
+///   are captured; writes to fds go where they always go.
+/// - **Caps**: each stream keeps at most 16 MiB (of UTF-8); past that the
+///   text is cut at a character's boundary and one line
+///   `[async_py: output cut at 16777216 bytes]` is added. A flood past the
+///   cap costs no memory beyond it (a child's fd writes go to a file on
+///   disk, of which 16 MiB is read back).
+/// - **Failure**: a captured command that fails returns its error alone;
+///   what it wrote is dropped.
+/// - Code that replaces `sys.stdout` itself (`contextlib.redirect_stdout`)
+///   takes that output away from the capture, as it would from a
+///   terminal.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Captured<R> {
     /// The command's own result.

@@ -234,7 +234,7 @@ where
 
     /// Returns what the function's Python code writes to `sys.stdout` and
     /// `sys.stderr` while it runs, with its result, instead of printing it.
-    /// See [`Captured`] and the crate docs, "Output".
+    /// See [`Captured`] for what is captured on each backend.
     pub fn capture_output(self) -> CapturedCall<'a, R> {
         CapturedCall { call: self }
     }
