@@ -115,10 +115,7 @@ class LineRoute:
         parts = self.parts[index]
         if "\n" not in text:
             if text:
-                parts.append(text)
-                self.sizes[index] += len(text)
-                if self.sizes[index] >= LINE_CAP:
-                    self._pass_pieces(index)
+                self._keep_open(index, text)
             return
         lines = text.split("\n")
         long = len(text) + self.sizes[index] > LINE_CAP
@@ -126,13 +123,19 @@ class LineRoute:
             parts.append(lines[0])
             lines[0] = "".join(parts)
             parts.clear()
+        self.sizes[index] = 0
         rest = lines.pop()
-        self.sizes[index] = len(rest)
-        if rest:
-            parts.append(rest)
         if long:
             lines = _in_pieces(lines)
+        # Nothing is left open while `emit` runs: it may end open lines
+        # (a child's flush does), and those are the next write's.
         self.emit(index, lines)
+        if rest:
+            self._keep_open(index, rest)
+
+    def _keep_open(self, index, text):
+        self.parts[index].append(text)
+        self.sizes[index] += len(text)
         if self.sizes[index] >= LINE_CAP:
             self._pass_pieces(index)
 
@@ -141,12 +144,11 @@ class LineRoute:
         parts = self.parts[index]
         pending = "".join(parts)
         parts.clear()
+        self.sizes[index] = 0
         whole = len(pending) - len(pending) % LINE_CAP
-        rest = pending[whole:]
-        if rest:
-            parts.append(rest)
-        self.sizes[index] = len(rest)
         self.emit(index, [pending[at : at + LINE_CAP] for at in range(0, whole, LINE_CAP)])
+        if whole < len(pending):
+            self._keep_open(index, pending[whole:])
 
     def end_lines(self):
         """Hands on the lines still open, each as a line of its own."""

@@ -125,3 +125,10 @@ class ChildOutputTests(unittest.TestCase):
         self.assertEqual(child.reply(), [1, "ok", None])
         child.wait_for_stderr("raw\n")
         self.assertNotIn("one", child.stderr())
+
+    def test_a_line_written_in_pieces_stays_one_line(self):
+        child = self.start(frames=True)
+        child.send([1, "run", "import sys\nsys.stdout.write('a\\nb')\nsys.stdout.write('c\\n')"])
+        self.assertEqual(child.reply(), ["output", 0, ["a"]])
+        self.assertEqual(child.reply(), ["output", 0, ["bc"]])
+        self.assertEqual(child.reply(), [1, "ok", None])

@@ -258,6 +258,7 @@ class JoinTests(unittest.TestCase):
         "describe_error",
         "table_form",
         "CoroutineDriver",
+        "output_router",
         "os",
     )
     """What the PyO3 and RustPython backends look up in the helpers."""

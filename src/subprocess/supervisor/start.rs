@@ -9,6 +9,8 @@ impl Core {
     pub(super) fn start_child(&mut self) -> Result<(), PyRunnerError> {
         self.reader = FrameReader::new(self.settings.frame_limit);
         self.outgoing.clear();
+        // What a lost child's captured requests wrote has no reply to join.
+        self.written.clear();
         let started = ChildProcess::start(&self.settings.spec, &mut self.reader)
             .and_then(|child| {
                 self.child = Some(child);

@@ -242,7 +242,8 @@ pub async fn lines_reach_the_callback_with_their_stream(builder: PyRunnerBuilder
     runner
         .run(
             "import sys\nprint('one')\nprint('two', file=sys.stderr)\n\
-             sys.stdout.write('three\\nfour\\n')\nprint('')\nsys.stdout.write('fi')\nsys.stdout.write('ve\\n')",
+             sys.stdout.write('three\\nfour\\n')\nprint('')\nsys.stdout.write('fi')\nsys.stdout.write('ve\\n')\n\
+             sys.stdout.write('six\\nsev')\nsys.stdout.write('en\\n')",
         )
         .await
         .unwrap();
@@ -256,6 +257,8 @@ pub async fn lines_reach_the_callback_with_their_stream(builder: PyRunnerBuilder
             line(Stdout, "four"),
             line(Stdout, ""),
             line(Stdout, "five"),
+            line(Stdout, "six"),
+            line(Stdout, "seven"),
         ]
     );
     runner.stop().await.unwrap();
