@@ -62,7 +62,7 @@ def _read_capture_file(fd, size, capture, index):
         text = data.decode("utf-8", "backslashreplace")
     capture.write(index, text)
     if cut:
-        capture.cut[index] = True
+        capture.mark_cut(index)
 
 
 class ChildOutput:
@@ -213,10 +213,11 @@ class ChildOutput:
         if awaited is not None:
             # What the call wrote comes before what its awaitable writes,
             # which has not started yet.
-            for index in (0, 1) if capture is not None else ():
+            for index in (0, 1) if capture is not None and capture.parts is not None else ():
                 for part in capture.parts[index]:
                     awaited.write(index, part)
-                awaited.cut[index] = awaited.cut[index] or capture.cut[index]
+                if capture.cut[index]:
+                    awaited.mark_cut(index)
             return
         self.outbox[at:at] = self._captured_frame(request_id, capture)
 

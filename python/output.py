@@ -61,15 +61,30 @@ class Capture:
     __slots__ = ("parts", "sizes", "cut", "cap", "open", "through_fd", "outer")
 
     def __init__(self, cap=CAPTURE_CAP, through_fd=False):
-        self.parts = ([], [])
-        self.sizes = [0, 0]
-        self.cut = [False, False]
+        # Made by the first write: most captured calls write nothing.
+        self.parts = None
+        self.sizes = None
+        self.cut = None
         self.cap = cap
         self.open = True
         self.through_fd = through_fd
         self.outer = None
 
+    def _start(self):
+        self.parts = ([], [])
+        self.sizes = [0, 0]
+        self.cut = [False, False]
+
+    def mark_cut(self, index):
+        if self.parts is None:
+            self._start()
+        self.cut[index] = True
+
     def write(self, index, text):
+        if self.parts is None:
+            if not text:
+                return
+            self._start()
         if self.cut[index] or not text:
             return
         size = _utf8_size(text)
@@ -95,7 +110,12 @@ class Capture:
         """Closes the capture (later writes from its context, a task left
         running, go where uncaptured ones do) and returns (stdout, stderr)."""
         self.open = False
+        if self.parts is None:
+            return _NOTHING
         return self.text(0), self.text(1)
+
+
+_NOTHING = ("", "")
 
 
 class LineRoute:
@@ -252,6 +272,12 @@ class OutputRouter:
         until `finish`, for the tasks that copied it)."""
         self.capture.set(capture.outer)
         capture.outer = None
+
+    def end_capture(self, capture):
+        """Leaves the capture's context and closes it: (stdout, stderr)."""
+        self.capture.set(capture.outer)
+        capture.outer = None
+        return capture.finish()
 
     def route_thread(self, emit):
         """Routes this thread's uncaptured output to `emit` (see LineRoute)."""

@@ -7,7 +7,7 @@
 
 use std::cell::{OnceCell, RefCell};
 
-use rustpython_vm::builtins::{PyListRef, PyStr};
+use rustpython_vm::builtins::{PyListRef, PyStr, PyTuple};
 use rustpython_vm::{PyObjectRef, PyResult, VirtualMachine};
 use serde_json::Value;
 
@@ -98,9 +98,11 @@ impl Worker<'_> {
         let router = self.output_router()?.clone();
         let capture = self.python(vm.call_method(&router, "begin_capture", ()))?;
         let answer = command();
-        let _ = vm.call_method(&router, "leave_capture", (capture.clone(),));
-        let written = self.finish(&capture);
-        Ok(Answer::Captured(Box::new((answer?, written?))))
+        let written = self.python(vm.call_method(&router, "end_capture", (capture,)));
+        Ok(Answer::Captured(Box::new((
+            answer?,
+            written_of(&written?)?,
+        ))))
     }
 
     /// `exec(code).capture_output()`.
@@ -114,24 +116,21 @@ impl Worker<'_> {
             .map(|_| Answer::Value(Value::Null))
         })
     }
+}
 
-    fn finish(&self, capture: &PyObjectRef) -> Result<Written, PyRunnerError> {
-        let vm = self.vm;
-        let both = self.python(vm.call_method(capture, "finish", ()))?;
-        let text = |index: usize| {
-            both.get_item(&index, vm)
-                .ok()
-                .and_then(|text| {
-                    text.downcast_ref::<PyStr>()
-                        .map(|text| text.to_string_lossy().into_owned())
-                })
-                .ok_or_else(|| {
-                    PyRunnerError::Conversion("the captured output could not be read".into())
-                })
-        };
-        Ok(Written {
-            stdout: text(0)?,
-            stderr: text(1)?,
-        })
-    }
+/// The (stdout, stderr) a capture's `finish` returns.
+fn written_of(both: &PyObjectRef) -> Result<Written, PyRunnerError> {
+    let unreadable = || PyRunnerError::Conversion("the captured output could not be read".into());
+    let both = both.downcast_ref::<PyTuple>().ok_or_else(unreadable)?;
+    let text = |index: usize| {
+        both.as_slice()
+            .get(index)
+            .and_then(|text| text.downcast_ref::<PyStr>())
+            .map(|text| text.to_string_lossy().into_owned())
+            .ok_or_else(unreadable)
+    };
+    Ok(Written {
+        stdout: text(0)?,
+        stderr: text(1)?,
+    })
 }
