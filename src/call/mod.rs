@@ -17,7 +17,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 pub(crate) use pack::Packed;
-pub(crate) use stream::Feed;
+pub(crate) use stream::{hook_on, Feed};
 pub use stream::{BlockingIter, PyStream};
 
 use crate::command::{block_on, user_limit, Answer, Invoke, Readers, Request, Returns, Submission};

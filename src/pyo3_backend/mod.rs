@@ -355,6 +355,11 @@ impl<'py> Worker<'py> {
             Err(err) => return reply.send(Err(err)),
         };
         let called = self.call_invoked(&invoke);
+        // A stream's iterator is made under the call's limit too.
+        let source = match (&called, &invoke.stream) {
+            (Ok((result, _)), Some(_)) => Some(self.stream_source(&invoke.name, result)),
+            _ => None,
+        };
         if let Some(armed) = armed {
             watchdog::disarm(&armed, self.py);
         }
@@ -362,8 +367,8 @@ impl<'py> Worker<'py> {
             Ok(called) => called,
             Err(err) => return reply.send(Err(err)),
         };
-        if let Some(feed) = invoke.stream {
-            return self.open_stream(&invoke.name, result, feed, invoke.returns, reply, timeout);
+        if let (Some(feed), Some(source)) = (invoke.stream, source) {
+            return self.open_stream(source, feed, invoke.returns, reply, timeout);
         }
         match result_kind(&result) {
             ResultKind::Value => return reply.send(self.read_result(&result, invoke.returns)),

@@ -20,9 +20,10 @@ use pyo3::prelude::*;
 use pyo3::types::PyIterator;
 
 use super::{watchdog, Worker};
-use crate::call::Feed;
-use crate::command::{Job, ReplySlot, Request, Responder, Returns};
+use crate::call::{hook_on, Feed};
+use crate::command::{ReplySlot, Responder, Returns};
 use crate::error::PyRunnerError;
+use crate::tuning::LOOP_TURN_GAP;
 
 /// A sync stream pulls at most this many items in a row before it lets the
 /// other streams have a turn (the queue is looked at after every item).
@@ -47,9 +48,21 @@ struct Stream<'py> {
     timeout: Option<Duration>,
     /// Out of room: it waits for its feed's hook.
     stalled: bool,
+    /// Its feed was ended on purpose (see `Drop`).
+    ended: bool,
 }
 
-enum Source<'py> {
+impl Drop for Stream<'_> {
+    /// A stream dropped without an end (its thread unwinding) ends with
+    /// `Stopped`, so that no consumer waits for it forever.
+    fn drop(&mut self) {
+        if !self.ended {
+            self.feed.end(Some(PyRunnerError::Stopped));
+        }
+    }
+}
+
+pub(super) enum Source<'py> {
     Sync(Bound<'py, PyIterator>),
     /// An async iterator, with the loop token of its pending `__anext__`.
     Async(Bound<'py, PyAny>, Option<u64>),
@@ -74,22 +87,17 @@ impl<'py> Worker<'py> {
     /// the first items.
     pub(super) fn open_stream(
         &mut self,
-        name: &str,
-        result: Bound<'py, PyAny>,
+        source: Result<Source<'py>, PyRunnerError>,
         feed: Arc<Feed>,
         returns: Returns,
         reply: Responder,
         timeout: Option<Duration>,
     ) {
-        let source = match self.stream_source(name, &result) {
+        let source = match source {
             Ok(source) => source,
             Err(err) => return reply.send(Err(err)),
         };
-        let queue = self.queue.clone();
-        feed.set_hook(Box::new(move |feed| {
-            // Refused once the runner has ended; its streams ended with it.
-            let _ = queue.push(Job::unanswered(Request::Stream(feed.clone())));
-        }));
+        feed.set_hook(hook_on(&self.queue));
         reply.send(Ok(crate::command::Answer::Value(serde_json::Value::Null)));
         let id = self.streams.next_id;
         self.streams.next_id += 1;
@@ -102,14 +110,16 @@ impl<'py> Worker<'py> {
                 returns,
                 timeout,
                 stalled: false,
+                ended: false,
             },
         );
         self.look_at_stream(id);
     }
 
     /// What a stream reads: an async iterator if the result has `__anext__`
-    /// or `__aiter__`, else `iter(result)`.
-    fn stream_source(
+    /// or `__aiter__`, else `iter(result)`. Called while the call's limit
+    /// is armed: `__iter__` and `__aiter__` are user code.
+    pub(super) fn stream_source(
         &self,
         name: &str,
         result: &Bound<'py, PyAny>,
@@ -184,14 +194,24 @@ impl<'py> Worker<'py> {
             .collect();
         for id in ids {
             for _ in 0..PULLS_IN_A_ROW {
-                if self.queue.has_jobs() || !self.pull_sync(id) {
+                if self.must_stop_pumping() || !self.pull_sync(id) {
                     break;
                 }
             }
-            if self.queue.has_jobs() {
+            // A C-level iterator (a list, `range`) runs no bytecode, so the
+            // interpreter never offers the GIL to other threads meanwhile.
+            self.py.detach(|| ());
+            if self.must_stop_pumping() {
                 return;
             }
         }
+    }
+
+    /// A command waits, or the loop is due a turn (coroutines and async
+    /// streams go on while a sync stream makes items).
+    fn must_stop_pumping(&self) -> bool {
+        self.queue.has_jobs()
+            || (self.driver.is_some() && self.last_turn.elapsed() >= LOOP_TURN_GAP)
     }
 
     /// Makes one item of a sync stream; false if the stream cannot go on
@@ -231,13 +251,15 @@ impl<'py> Worker<'py> {
             watchdog::disarm(&armed, self.py);
         }
         let item = match next {
-            None => {
-                self.end_stream(id, None);
-                return false;
-            }
-            Some(Err(_)) if clock.is_ready() => {
+            // Past the limit, the item is a timeout however it ended: a
+            // blocking call that returned late raises nothing.
+            Some(_) if clock.is_ready() => {
                 let limit = timeout.unwrap_or_default();
                 self.close_stream(id, Some(PyRunnerError::Timeout(limit)));
+                return false;
+            }
+            None => {
+                self.end_stream(id, None);
                 return false;
             }
             Some(Err(err)) => {
@@ -350,8 +372,9 @@ impl<'py> Worker<'py> {
     /// The generator has ended (returned, or raised `err`): the stream ends
     /// after its items.
     fn end_stream(&mut self, id: u64, err: Option<PyRunnerError>) {
-        if let Some(stream) = self.streams.open.remove(&id) {
+        if let Some(mut stream) = self.streams.open.remove(&id) {
             stream.feed.end(err);
+            stream.ended = true;
         }
     }
 
@@ -360,55 +383,95 @@ impl<'py> Worker<'py> {
     /// `aclose()` scheduled), so its `finally` runs; then the feed ends,
     /// with `err` as its last item if given.
     pub(super) fn close_stream(&mut self, id: u64, err: Option<PyRunnerError>) {
-        let Some(stream) = self.streams.open.remove(&id) else {
-            return;
+        self.close_stream_noting(id, err);
+    }
+
+    /// [`close_stream`](Self::close_stream); the loop token of the
+    /// `aclose()` it scheduled, if it did.
+    fn close_stream_noting(&mut self, id: u64, err: Option<PyRunnerError>) -> Option<u64> {
+        let mut closing = None;
+        let Some(mut stream) = self.streams.open.remove(&id) else {
+            return None;
         };
         let py = self.py;
         match &stream.source {
             Source::Sync(iterator) => {
                 if iterator.hasattr(intern!(py, "close")).unwrap_or(false) {
-                    if let Err(err) = iterator.call_method0(intern!(py, "close")) {
+                    // A `finally` is user code: under the call's limit too.
+                    let clock = Arc::new(ReplySlot::default());
+                    let mut started = self.watchdog.take();
+                    let armed = crate::watchdog::arm(&mut started, stream.timeout, &clock, || {
+                        self.interrupter()
+                    });
+                    self.watchdog = started;
+                    let closed = iterator.call_method0(intern!(py, "close"));
+                    if let Ok(Some(armed)) = armed {
+                        watchdog::disarm(&armed, py);
+                    }
+                    if let Err(err) = closed {
                         err.write_unraisable(py, Some(iterator.as_any()));
                     }
                 }
             }
             Source::Async(iterator, pending) => {
-                if let Some(driver) = self.driver.clone() {
-                    let ended = match pending {
-                        // Cancelled at its await point: the generator's
-                        // `finally` runs and it is finished.
-                        Some(token) => {
-                            self.streams.pulls.remove(token);
-                            driver.call_method1(intern!(py, "cancel"), (*token,))
-                        }
-                        None if iterator.hasattr(intern!(py, "aclose")).unwrap_or(false) => {
-                            let token = self.next_token;
-                            self.next_token += 1;
-                            iterator
-                                .call_method0(intern!(py, "aclose"))
-                                .and_then(|closing| {
-                                    driver.call_method1(
-                                        intern!(py, "schedule"),
-                                        (token, closing, None::<f64>),
-                                    )
-                                })
-                        }
-                        None => Ok(driver.clone()),
-                    };
-                    if let Err(err) = ended {
-                        err.write_unraisable(py, Some(iterator));
-                    }
+                let pending = *pending;
+                if let Some(token) = pending {
+                    self.streams.pulls.remove(&token);
+                }
+                match self.close_async(iterator, pending) {
+                    Ok(token) => closing = token,
+                    Err(err) => err.write_unraisable(py, Some(iterator)),
                 }
             }
         }
         stream.feed.end(err);
+        stream.ended = true;
+        closing
+    }
+
+    /// Closes an async iterator: its pending `__anext__` cancelled (the
+    /// generator gets `CancelledError` at its await, so its `finally`
+    /// runs), or, with none pending (or one that finished meanwhile),
+    /// `aclose()` scheduled on the loop (its token returned).
+    fn close_async(
+        &mut self,
+        iterator: &Bound<'py, PyAny>,
+        pending: Option<u64>,
+    ) -> PyResult<Option<u64>> {
+        let py = self.py;
+        let Some(driver) = self.driver.clone() else {
+            return Ok(None);
+        };
+        if let Some(token) = pending {
+            let cancelled = driver.call_method1(intern!(py, "cancel"), (token,))?;
+            if cancelled.is_truthy()? {
+                return Ok(None);
+            }
+        }
+        if !iterator.hasattr(intern!(py, "aclose"))? {
+            return Ok(None);
+        }
+        let token = self.next_token;
+        self.next_token += 1;
+        let closing = iterator.call_method0(intern!(py, "aclose"))?;
+        driver.call_method1(intern!(py, "schedule"), (token, closing, None::<f64>))?;
+        Ok(Some(token))
     }
 
     /// Ends every open stream with `Stopped` (the runner is ending).
     pub(super) fn stop_streams(&mut self) {
         let ids: Vec<u64> = self.streams.open.keys().copied().collect();
-        for id in ids {
-            self.close_stream(id, Some(PyRunnerError::Stopped));
+        let closing: Vec<u64> = ids
+            .into_iter()
+            .filter_map(|id| self.close_stream_noting(id, Some(PyRunnerError::Stopped)))
+            .collect();
+        // The `aclose()`s scheduled just now run before the loop's end
+        // cancels what is left (one cancelled before its first step would
+        // not run at all).
+        if let (Some(driver), false) = (self.driver.clone(), closing.is_empty()) {
+            if let Err(err) = driver.call_method1(intern!(self.py, "finish"), (closing,)) {
+                err.write_unraisable(self.py, Some(&driver));
+            }
         }
     }
 }

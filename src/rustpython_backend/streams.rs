@@ -11,8 +11,8 @@ use rustpython_vm::protocol::{PyIter, PyIterReturn};
 use rustpython_vm::PyObjectRef;
 
 use super::{panicked, Worker};
-use crate::call::Feed;
-use crate::command::{Answer, Invoke, Job, ReplySlot, Request, Responder, Returns};
+use crate::call::{hook_on, Feed};
+use crate::command::{Answer, Invoke, ReplySlot, Responder, Returns};
 use crate::error::PyRunnerError;
 
 /// A stream pulls at most this many items in a row before the others get
@@ -32,6 +32,18 @@ struct Stream {
     returns: Returns,
     timeout: Option<Duration>,
     stalled: bool,
+    /// Its feed was ended on purpose (see `Drop`).
+    ended: bool,
+}
+
+impl Drop for Stream {
+    /// A stream dropped without an end (its thread unwinding) ends with
+    /// `Stopped`, so that no consumer waits for it forever.
+    fn drop(&mut self) {
+        if !self.ended {
+            self.feed.end(Some(PyRunnerError::Stopped));
+        }
+    }
 }
 
 impl Streams {
@@ -55,20 +67,21 @@ impl Worker<'_> {
             Ok(armed) => armed,
             Err(err) => return reply.send(Err(err)),
         };
-        let called = catch_unwind(AssertUnwindSafe(|| self.call_invoked(&invoke)))
-            .unwrap_or_else(|panic| Err(panicked(panic)));
+        // `__iter__` is user code: under the call's limit, and a panic in
+        // it fails the call, not the thread.
+        let iterator = catch_unwind(AssertUnwindSafe(|| {
+            self.call_invoked(&invoke)
+                .and_then(|result| self.stream_source(&invoke.name, &result))
+        }))
+        .unwrap_or_else(|panic| Err(panicked(panic)));
         if let Some(armed) = armed {
             armed.disarm();
         }
-        let iterator = called.and_then(|result| self.stream_source(&invoke.name, &result));
         let iterator = match iterator {
             Ok(iterator) => iterator,
             Err(err) => return reply.send(Err(err)),
         };
-        let queue = self.queue.clone();
-        feed.set_hook(Box::new(move |feed| {
-            let _ = queue.push(Job::unanswered(Request::Stream(feed.clone())));
-        }));
+        feed.set_hook(hook_on(&self.queue));
         reply.send(Ok(Answer::Value(serde_json::Value::Null)));
         self.streams.open.push(Stream {
             feed,
@@ -77,6 +90,7 @@ impl Worker<'_> {
             returns: invoke.returns,
             timeout,
             stalled: false,
+            ended: false,
         });
         let at = self.streams.open.len() - 1;
         self.look_at_stream(at);
@@ -176,13 +190,22 @@ impl Worker<'_> {
         if let Some(armed) = armed {
             armed.disarm();
         }
+        let late = clock
+            .is_ready()
+            .then(|| PyRunnerError::Timeout(timeout.unwrap_or_default()));
         let item = match next {
             // RustPython 0.5 can panic ("InvalidBytecode") when the
             // watchdog's signal lands in a generator's frame: past the
-            // limit that is the item's timeout all the same.
-            Err(_) | Ok(Err(_)) if clock.is_ready() => {
-                let limit = timeout.unwrap_or_default();
-                self.close_stream(at, Some(PyRunnerError::Timeout(limit)));
+            // limit that is the item's timeout all the same. The generator
+            // is left as it was (running), so it is not closed.
+            Err(_) if late.is_some() => {
+                self.end_stream(at, late);
+                return false;
+            }
+            // Past the limit, the item is a timeout however it ended: a
+            // blocking call that returned late raises nothing.
+            Ok(_) if late.is_some() => {
+                self.close_stream(at, late);
                 return false;
             }
             Err(panic) => {
@@ -201,7 +224,10 @@ impl Worker<'_> {
             Ok(Ok(PyIterReturn::Return(item))) => item,
         };
         let returns = self.streams.open[at].returns;
-        match self.read_result(&item, returns) {
+        // Reading runs user code (`__str__`): a panic there fails the item.
+        let read = catch_unwind(AssertUnwindSafe(|| self.read_result(&item, returns)))
+            .unwrap_or_else(|panic| Err(panicked(panic)));
+        match read {
             Ok(answer) => {
                 let stream = &mut self.streams.open[at];
                 stream.made += 1;
@@ -216,8 +242,9 @@ impl Worker<'_> {
     }
 
     fn end_stream(&mut self, at: usize, err: Option<PyRunnerError>) {
-        let stream = self.streams.open.remove(at);
+        let mut stream = self.streams.open.remove(at);
         stream.feed.end(err);
+        stream.ended = true;
     }
 
     /// Ends a stream before its generator has: `close()` runs its `finally`.

@@ -83,7 +83,8 @@ macro_rules! conformance_suite {
                 python_runs_only_a_window_ahead_of_a_slow_consumer other_commands_run_between_items
                 items_are_read_into_their_type a_result_that_is_not_iterable_is_a_conversion_error
                 each_item_has_the_call_s_limit async_generators_stream_on_the_runner_s_loop
-                stop_ends_open_streams
+                stop_ends_open_streams coroutines_go_on_while_a_stream_makes_items
+                a_stream_dropped_before_it_opened_never_runs
             }
             lifecycle { stop_makes_later_commands_stopped stop_is_idempotent stop_ends_pending_coroutines }
             first_examples { greet_counter add_and_sleep_overlap }

@@ -45,6 +45,20 @@ def spins_after_one():
     while True:
         pass
 
+def sleeps_after_one():
+    yield 1
+    time.sleep(3)
+    yield 2
+
+def slow_to_start():
+    time.sleep(0.5)
+    return endless()
+
+def paced(n):
+    for i in range(n):
+        time.sleep(0.02)
+        yield i
+
 def words():
     return ["a", "b", "c"]
 
@@ -80,6 +94,29 @@ async def ticks(n):
             yield i
     finally:
         async_closed = True
+
+fast_made = 0
+fast_closed = False
+
+async def fast():
+    global fast_made, fast_closed
+    try:
+        while True:
+            fast_made += 1
+            await asyncio.sleep(0)
+            yield fast_made
+    finally:
+        fast_closed = True
+
+async def stuck_after_one():
+    yield 1
+    await asyncio.sleep(30)
+    yield 2
+
+async def ten_steps():
+    for _ in range(10):
+        await asyncio.sleep(0.01)
+    return "done"
 
 class Later:
     def __init__(self, n):
@@ -181,16 +218,22 @@ pub async fn dropping_a_stream_closes_its_generator(runner: PyRunner) {
 pub async fn python_runs_only_a_window_ahead_of_a_slow_consumer(runner: PyRunner) {
     define(&runner).await;
     let mut stream = runner.call("endless").returns::<u64>().stream();
-    for expected in 1..=20u64 {
-        assert_eq!(stream.next().await.unwrap().unwrap(), expected);
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(stream.next().await.unwrap().unwrap(), 1);
+    // The consumer stops: Python fills the window and waits.
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let made = runner.eval("made").await.unwrap().as_u64().unwrap();
-    // 256 items of window, and one in the making.
     assert!(
-        (20..=20 + 256 + 1).contains(&made),
-        "Python made {made} items for a consumer that took 20"
+        (2..=1 + 256 + 1).contains(&made),
+        "Python made {made} items for a consumer that took 1"
+    );
+    // It goes on as the consumer takes items, never further ahead.
+    for expected in 2..=1000u64 {
+        assert_eq!(stream.next().await.unwrap().unwrap(), expected);
+    }
+    let made = runner.eval("made").await.unwrap().as_u64().unwrap();
+    assert!(
+        (1000..=1000 + 256 + 1).contains(&made),
+        "Python made {made} items for a consumer that took 1000"
     );
     drop(stream);
     assert_eq!(runner.eval("closed").await.unwrap(), json!(true));
@@ -282,6 +325,24 @@ pub async fn each_item_has_the_call_s_limit(runner: PyRunner) {
     // The runner answers after it.
     let answered = tokio::time::timeout(Duration::from_secs(10), runner.eval("40 + 2")).await;
     assert_eq!(answered.expect("the runner answers").unwrap(), json!(42));
+    // An item held up in a blocking call is a timeout too, even though the
+    // call itself raises nothing when it returns.
+    let mut stream = runner
+        .call("sleeps_after_one")
+        .timeout(Duration::from_secs(1))
+        .returns::<i64>()
+        .stream();
+    assert_eq!(stream.next().await.unwrap().unwrap(), 1);
+    let second = stream
+        .next()
+        .await
+        .expect("the timeout is the stream's last item");
+    assert!(
+        matches!(second, Err(PyRunnerError::Timeout(_))),
+        "expected a Timeout, got {second:?}"
+    );
+    assert!(stream.next().await.is_none());
+    assert_eq!(runner.eval("'after'").await.unwrap(), json!("after"));
 }
 
 pub async fn async_generators_stream_on_the_runner_s_loop(runner: PyRunner) {
@@ -311,14 +372,77 @@ pub async fn async_generators_stream_on_the_runner_s_loop(runner: PyRunner) {
     let mut stream = runner.call("ticks").arg(1000).returns::<i64>().stream();
     assert_eq!(stream.next().await.unwrap().unwrap(), 0);
     drop(stream);
+    wait_for_true(&runner, "async_closed").await;
+    // One whose window is full has no pull pending: it is closed with aclose().
+    let mut stream = runner.call("fast").returns::<i64>().stream();
+    assert_eq!(stream.next().await.unwrap().unwrap(), 1);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let made = runner.eval("fast_made").await.unwrap().as_u64().unwrap();
+    assert!(
+        (2..=1 + 256 + 1).contains(&made),
+        "made {made} ahead of one taken"
+    );
+    drop(stream);
+    wait_for_true(&runner, "fast_closed").await;
+    // Each item has the call's limit.
+    let mut stream = runner
+        .call("stuck_after_one")
+        .timeout(Duration::from_secs(1))
+        .returns::<i64>()
+        .stream();
+    assert_eq!(stream.next().await.unwrap().unwrap(), 1);
+    let second = tokio::time::timeout(Duration::from_secs(10), stream.next())
+        .await
+        .expect("the item's limit ends the stream");
+    assert!(
+        matches!(second, Some(Err(PyRunnerError::Timeout(_)))),
+        "{second:?}"
+    );
+}
+
+/// Polls a Python global until it is `True` (5 s at most).
+async fn wait_for_true(runner: &PyRunner, name: &str) {
     let deadline = Instant::now() + Duration::from_secs(5);
-    while runner.eval("async_closed").await.unwrap() != json!(true) {
-        assert!(
-            Instant::now() < deadline,
-            "the async generator was never closed"
-        );
+    while runner.eval(name).await.unwrap() != json!(true) {
+        assert!(Instant::now() < deadline, "{name} never became True");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+pub async fn coroutines_go_on_while_a_stream_makes_items(runner: PyRunner) {
+    if runner.backend() == Backend::RustPython {
+        return; // no coroutines there
+    }
+    define(&runner).await;
+    runner.run(ASYNC_GENERATORS).await.unwrap();
+    // 100 items, 20 ms each, read as they come by another task.
+    let stream = runner.call("paced").arg(100).returns::<i64>().stream();
+    let reader = tokio::spawn(async move { stream.collect::<Vec<_>>().await.len() });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = Instant::now();
+    let done = runner.call("ten_steps").returns::<String>().await.unwrap();
+    let took = started.elapsed();
+    assert_eq!(done, "done");
+    assert!(
+        took < Duration::from_millis(1500),
+        "a coroutine of ten 10 ms steps took {took:?} beside a stream"
+    );
+    assert_eq!(reader.await.unwrap(), 100);
+}
+
+pub async fn a_stream_dropped_before_it_opened_never_runs(runner: PyRunner) {
+    define(&runner).await;
+    let mut stream = runner.call("slow_to_start").returns::<u64>().stream();
+    // Sent, and its function is running (it sleeps before it returns).
+    assert!(
+        tokio::time::timeout(Duration::from_millis(100), stream.next())
+            .await
+            .is_err()
+    );
+    drop(stream);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(runner.eval("made").await.unwrap(), json!(0));
+    assert_eq!(runner.eval("'working'").await.unwrap(), json!("working"));
 }
 
 pub async fn stop_ends_open_streams(runner: PyRunner) {
@@ -336,9 +460,11 @@ pub async fn stop_ends_open_streams(runner: PyRunner) {
     })
     .await
     .expect("the stream ends when its runner stops");
-    if let Some(Err(err)) = rest {
-        assert!(matches!(err, PyRunnerError::Stopped), "{err:?}");
-    }
+    // An endless generator did not finish: its stream ends with `Stopped`.
+    assert!(
+        matches!(rest, Some(Err(PyRunnerError::Stopped))),
+        "{rest:?}"
+    );
 }
 
 /// `blocking_iter` on a plain thread, outside any runtime.
