@@ -10,6 +10,7 @@
 mod convert;
 mod init;
 mod output;
+mod streams;
 mod typed;
 mod watchdog;
 
@@ -115,6 +116,7 @@ struct Worker<'py> {
     next_token: u64,
     watchdog: Option<Arc<Watchdog<AsyncExc>>>,
     output: output::Output<'py>,
+    streams: streams::Streams<'py>,
 }
 
 /// Functions of the worker's in-process helpers (`python/helpers.py`), looked up once.
@@ -177,6 +179,7 @@ impl<'py> Worker<'py> {
             next_token: 0,
             watchdog: None,
             output: output::Output::default(),
+            streams: streams::Streams::default(),
         };
         if let Some(sink) = output {
             worker.route_output(sink)?;
@@ -197,6 +200,13 @@ impl Serve for Worker<'_> {
     }
 
     fn idle(&mut self) {
+        if self.streams.have_work() {
+            // A stream with room makes items instead of sleeping; coroutines
+            // still get their turns of the loop.
+            self.pump_streams();
+            self.after_batch();
+            return;
+        }
         if self.driver.is_none() {
             let queue = &self.queue;
             self.py.detach(|| queue.wait(WORKER_SPIN));
@@ -219,6 +229,9 @@ impl Serve for Worker<'_> {
     }
 
     fn after_batch(&mut self) {
+        if self.streams.have_work() {
+            self.pump_streams();
+        }
         let due = !self.awaiting.is_empty()
             || (self.driver.is_some() && self.last_turn.elapsed() >= LOOP_TURN_GAP);
         if due {
@@ -228,6 +241,7 @@ impl Serve for Worker<'_> {
 
     fn shut_down(&mut self) {
         drop(self.queue.close());
+        self.stop_streams();
         if let Some(driver) = self.driver.take() {
             if let Err(err) = driver.call_method0("cancel_all") {
                 err.write_unraisable(self.py, Some(&driver));
@@ -259,8 +273,7 @@ impl Serve for Worker<'_> {
             }
             Request::Invoke(invoke) => return self.invoke(invoke, reply, timeout),
             Request::Cancel(target) => return self.cancel(&target),
-            // STUB(issue 23)
-            Request::Stream(_) => return,
+            Request::Stream(feed) => return self.stream_signal(&feed),
             _ => {}
         }
         let mut started = self.watchdog.take();
@@ -333,10 +346,6 @@ impl<'py> Worker<'py> {
     /// command's limit; an awaitable it returns is awaited on the loop
     /// with what is left of the limit.
     fn invoke(&mut self, invoke: Invoke, reply: Responder, timeout: Option<Duration>) {
-        if invoke.stream.is_some() {
-            // STUB(issue 23)
-            return reply.send(Err(PyRunnerError::Unsupported("not yet".into())));
-        }
         // Its output captured, if asked, until it has run (or scheduled
         // the awaitable it returned, whose task keeps the capture).
         let (reply, _capturing) = match self.reply_to(reply, invoke.capture) {
@@ -354,6 +363,11 @@ impl<'py> Worker<'py> {
             Err(err) => return reply.send(Err(err)),
         };
         let called = self.call_invoked(&invoke);
+        // A stream's iterator is made under the call's limit too.
+        let source = match (&called, &invoke.stream) {
+            (Ok((result, _)), Some(_)) => Some(self.stream_source(&invoke.name, result)),
+            _ => None,
+        };
         if let Some(armed) = armed {
             watchdog::disarm(&armed, self.py);
         }
@@ -361,6 +375,10 @@ impl<'py> Worker<'py> {
             Ok(called) => called,
             Err(err) => return reply.send(Err(err)),
         };
+        if let (Some(feed), Some(source)) = (invoke.stream, source) {
+            let reply = reply.into_responder();
+            return self.open_stream(source, feed, invoke.returns, reply, timeout);
+        }
         match result_kind(&result) {
             ResultKind::Value => return reply.send(self.read_result(&result, invoke.returns)),
             ResultKind::Generator(kind) => {
@@ -653,6 +671,10 @@ impl<'py> Worker<'py> {
             return;
         };
         for (token, ok, value) in finished {
+            if self.streams.is_pull(token) {
+                self.pulled(token, ok, &value);
+                continue;
+            }
             let Some(waiting) = self.awaiting.remove(&token) else {
                 continue;
             };

@@ -56,6 +56,12 @@ impl Deref for ReplyTo {
 }
 
 impl ReplyTo {
+    /// The responder alone, for an answer that carries no output (a
+    /// stream's opening: `.stream()` captures nothing).
+    pub fn into_responder(self) -> Responder {
+        self.reply
+    }
+
     /// Answers the caller: a captured command's success with what it
     /// wrote, its failure alone (what it wrote is dropped).
     pub fn send(self, reply: Reply) {
