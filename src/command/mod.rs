@@ -52,7 +52,6 @@ pub(crate) enum Answer {
     #[cfg_attr(not(any(feature = "pyo3", feature = "rustpython")), allow(dead_code))]
     Typed(Box<dyn std::any::Any + Send>),
     /// A captured command's answer with what it wrote.
-    #[allow(dead_code)]
     Captured(Box<(Answer, crate::output::Written)>),
 }
 
