@@ -19,7 +19,7 @@ import _thread
 
 try:
     from contextvars import ContextVar as _ContextVar
-except ImportError:  # an interpreter without contextvars: one capture at a time
+except ImportError:
     _ContextVar = None
 
 CAPTURE_CAP = 16 << 20
@@ -255,6 +255,9 @@ class OutputRouter:
 
     def __init__(self, cap):
         self.cap = cap
+        # A capture that ended having held nothing, for end_capture's
+        # caller to take again (making one costs RustPython microseconds).
+        self.spare = None
         self.capture = _ContextVar("async_py_capture", default=None) if _ContextVar else _OneCapture()
         self.routes = {}
         self.streams = (RoutedStream(self, 0, sys.stdout), RoutedStream(self, 1, sys.stderr))
@@ -273,11 +276,29 @@ class OutputRouter:
         self.capture.set(capture.outer)
         capture.outer = None
 
+    def begin_reused_capture(self):
+        """begin_capture for a caller whose captures no task or thread can
+        have copied (RustPython's: it runs no event loop), ended with
+        end_capture, which may keep one for the next."""
+        capture = self.spare
+        if capture is None:
+            return self.begin_capture()
+        self.spare = None
+        capture.open = True
+        capture.outer = self.capture.get()
+        self.capture.set(capture)
+        return capture
+
     def end_capture(self, capture):
-        """Leaves the capture's context and closes it: (stdout, stderr)."""
+        """Leaves the context of a capture from begin_reused_capture and
+        closes it: (stdout, stderr)."""
         self.capture.set(capture.outer)
         capture.outer = None
-        return capture.finish()
+        capture.open = False
+        if capture.parts is None:
+            self.spare = capture
+            return _NOTHING
+        return capture.text(0), capture.text(1)
 
     def route_thread(self, emit):
         """Routes this thread's uncaptured output to `emit` (see LineRoute)."""

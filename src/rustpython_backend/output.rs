@@ -96,7 +96,7 @@ impl Worker<'_> {
     pub(super) fn captured(&self, command: impl FnOnce() -> Reply) -> Reply {
         let vm = self.vm;
         let router = self.output_router()?.clone();
-        let capture = self.python(vm.call_method(&router, "begin_capture", ()))?;
+        let capture = self.python(vm.call_method(&router, "begin_reused_capture", ()))?;
         let answer = command();
         let written = self.python(vm.call_method(&router, "end_capture", (capture,)));
         Ok(Answer::Captured(Box::new((

@@ -39,6 +39,31 @@ class CaptureTests(unittest.TestCase):
         self.assertEqual(capture.finish()[0], "a\\udc80")
 
 
+class RouterTests(unittest.TestCase):
+    def setUp(self):
+        streams = sys.stdout, sys.stderr
+        self.addCleanup(setattr, sys, "stdout", streams[0])
+        self.addCleanup(setattr, sys, "stderr", streams[1])
+        self.router = worker.OutputRouter(100)
+
+    def test_a_capture_takes_the_writes_of_its_context_only_while_open(self):
+        capture = self.router.begin_capture()
+        print("captured")
+        self.router.leave_capture(capture)
+        self.assertEqual(capture.finish(), ("captured\n", ""))
+        self.assertIsNone(self.router.capture.get())
+
+    def test_an_empty_capture_is_taken_again_and_one_that_held_output_is_not(self):
+        first = self.router.begin_reused_capture()
+        self.assertEqual(self.router.end_capture(first), ("", ""))
+        again = self.router.begin_reused_capture()
+        self.assertIs(again, first)
+        self.assertTrue(again.open)
+        sys.stderr.write("kept")
+        self.assertEqual(self.router.end_capture(again), ("", "kept"))
+        self.assertIsNot(self.router.begin_reused_capture(), first)
+
+
 class LineRouteTests(unittest.TestCase):
     def setUp(self):
         self.lines = []
