@@ -200,7 +200,11 @@ class ChildOutput:
         in its context, and that frame goes before its reply."""
         global _output_written
         noted = _output_written
-        capture = self._begin_fd_capture()
+        try:
+            capture = self._begin_fd_capture()
+        except BaseException as exc:  # no capture file (a full or read-only TMPDIR)
+            self._request_failed(request_id, exc)
+            return
         at = len(self.outbox)
         self.capturing = True
         try:

@@ -132,6 +132,17 @@ class ChildOutputTests(unittest.TestCase):
         child.wait_for_stderr("after\n")
         self.assertNotIn("a\n", child.stderr())
 
+    def test_without_a_capture_file_a_captured_request_fails_and_the_child_goes_on(self):
+        child = self.start()
+        child.send([1, "run", "import tempfile\nclass Refused:\n    def __init__(self, *a, **k):\n        raise OSError('no room')\ntempfile.TemporaryFile = Refused\ndef f():\n    return 1"])
+        self.assertEqual(child.reply(), [1, "ok", None])
+        child.send([2, "invoke_captured", "f", [], {}, False, None])
+        reply = child.reply()
+        self.assertEqual(reply[:4], [2, "err", "OSError", "no room"])
+        child.send([3, "run_captured", "x = 1"])
+        self.assertEqual(child.reply()[:3], [3, "err", "OSError"])
+        self.assertEqual(child.request([4, "eval", "f() + x if 'x' in globals() else f()"]), [4, "ok", 1])
+
     def test_a_captured_invoke_that_awaits_sends_its_output_before_its_reply(self):
         child = self.start()
         child.send([1, "run", "import asyncio\nasync def later():\n    await asyncio.sleep(0)\n    print('awaited')\n    return 3\ndef starts():\n    print('called')\n    return later()"])
