@@ -20,6 +20,8 @@ import os
 
 _lseek = os.lseek
 _SEEK_CUR = os.SEEK_CUR
+_FRAME_TEXT = 1 << 20
+"""About how much text (characters) one output frame carries."""
 
 _frames_asked = False
 """The parent asked for output frames (read, and removed from the
@@ -103,13 +105,23 @@ class ChildOutput:
             except OSError:
                 pass
             return
-        try:
-            payload = pack([MSG_OUTPUT, index, lines])
-        except Exception:  # lone surrogates
-            payload = pack([MSG_OUTPUT, index, [_wire_text(line) for line in lines]])
-        self._send(payload)
-        if not self.flushing:
-            self._flush()
+        # One write may end many lines, or one line of many pieces: frames
+        # of about a MiB each stay far below any frame limit.
+        start = 0
+        while start < len(lines):
+            end, size = start, 0
+            while end < len(lines) and (size < _FRAME_TEXT or end == start):
+                size += len(lines[end]) + 1
+                end += 1
+            batch = lines if start == 0 and end == len(lines) else lines[start:end]
+            try:
+                payload = pack([MSG_OUTPUT, index, batch])
+            except Exception:  # lone surrogates
+                payload = pack([MSG_OUTPUT, index, [_wire_text(line) for line in batch]])
+            self._send(payload)
+            if not self.flushing:
+                self._flush()
+            start = end
 
     def end_output_lines(self):
         """Sends the lines left open (their commands have ended) ahead of

@@ -162,3 +162,24 @@ async fn a_pool_routes_output_and_captures_on_one_worker() {
     assert_eq!(count(OutputStream::Stderr, "err 1"), 1, "{texts:?}");
     assert_eq!(count(OutputStream::Stdout, "call 2"), 0, "{texts:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_write_past_the_frame_limit_arrives_in_capped_pieces() {
+    // 100 MiB in one write, no newline: more than one frame could hold.
+    let pieces = Arc::new(Mutex::new(Vec::<usize>::new()));
+    let kept = pieces.clone();
+    let runner = crate::subprocess::builder()
+        .timeout(Duration::from_secs(120))
+        .on_output(move |line| kept.lock().unwrap().push(line.text.len()))
+        .build()
+        .unwrap();
+    runner
+        .run("import sys\nsys.stdout.write('y' * (100 << 20))")
+        .await
+        .unwrap();
+    assert_eq!(runner.eval("1 + 1").await.unwrap(), json!(2), "the same child answers");
+    runner.stop().await.unwrap();
+    let pieces = pieces.lock().unwrap();
+    assert_eq!(pieces.iter().sum::<usize>(), 100 << 20);
+    assert!(pieces.iter().all(|&size| size <= 64 << 10));
+}
