@@ -97,14 +97,21 @@ class Capture:
         self.sizes[index] += size
 
     def text(self, index):
-        """What was kept of one stream, as text UTF-8 can carry, with the
-        marker line after a cut."""
+        """What was kept of one stream, as text UTF-8 can carry (lone
+        surrogates escaped, which can make it longer: still the cap), with
+        the marker line after a cut."""
         text = "".join(self.parts[index])
-        if self.cut[index]:
+        if not text.isascii():
+            text = _wire_text(text)
+        cut = self.cut[index]
+        if _utf8_size(text) > self.cap:
+            text = _utf8_prefix(text, self.cap)
+            cut = True
+        if cut:
             if text and not text.endswith("\n"):
                 text += "\n"
             text += cut_marker(self.cap)
-        return text if text.isascii() else _wire_text(text)
+        return text
 
     def finish(self):
         """Closes the capture (later writes from its context, a task left
