@@ -154,3 +154,42 @@ pub(crate) struct Written {
     pub stdout: String,
     pub stderr: String,
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::tuning::OUTPUT_LINE_CAP;
+
+    fn pieces_of(text: &str) -> Vec<String> {
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let kept = got.clone();
+        let sink = OutputSink(Arc::new(move |line: OutputLine| {
+            assert_eq!(line.stream, OutputStream::Stderr);
+            kept.lock().unwrap().push(line.text);
+        }));
+        sink.send_line(OutputStream::Stderr, text);
+        let pieces = got.lock().unwrap().clone();
+        pieces
+    }
+
+    #[test]
+    fn a_line_past_the_cap_goes_in_pieces_cut_between_characters() {
+        assert_eq!(pieces_of(""), vec![String::new()]);
+        assert_eq!(pieces_of("short"), vec!["short".to_owned()]);
+        let exact = "x".repeat(OUTPUT_LINE_CAP);
+        assert_eq!(pieces_of(&exact), vec![exact.clone()]);
+        // 'é' is two bytes: one byte before the cap, a character would
+        // straddle it, and the piece ends before it.
+        let text = format!("{}é{}", "a".repeat(OUTPUT_LINE_CAP - 1), "b".repeat(10));
+        let pieces = pieces_of(&text);
+        assert_eq!(pieces.len(), 2);
+        assert_eq!(pieces[0].len(), OUTPUT_LINE_CAP - 1);
+        assert_eq!(pieces.concat(), text);
+        let long = "é".repeat(3 * OUTPUT_LINE_CAP);
+        let pieces = pieces_of(&long);
+        assert!(pieces.iter().all(|piece| piece.len() <= OUTPUT_LINE_CAP));
+        assert_eq!(pieces.concat(), long);
+    }
+}

@@ -177,7 +177,11 @@ async fn one_write_past_the_frame_limit_arrives_in_capped_pieces() {
         .run("import sys\nsys.stdout.write('y' * (100 << 20))")
         .await
         .unwrap();
-    assert_eq!(runner.eval("1 + 1").await.unwrap(), json!(2), "the same child answers");
+    assert_eq!(
+        runner.eval("1 + 1").await.unwrap(),
+        json!(2),
+        "the same child answers"
+    );
     runner.stop().await.unwrap();
     let pieces = pieces.lock().unwrap();
     assert_eq!(pieces.iter().sum::<usize>(), 100 << 20);
