@@ -86,6 +86,12 @@ async fn fd_writes_reach_on_output_as_stderr_lines() {
     };
     eventually_holds(&lines, &stderr("raw out")).await;
     eventually_holds(&lines, &stderr("raw err")).await;
+    // A thread that user code starts prints through the stderr pipe too.
+    runner
+        .run("import threading\nt = threading.Thread(target=print, args=('from a thread',))\nt.start()\nt.join()")
+        .await
+        .unwrap();
+    eventually_holds(&lines, &stderr("from a thread")).await;
     assert!(lines.lock().unwrap().contains(&OutputLine {
         stream: OutputStream::Stdout,
         text: "text".into(),
