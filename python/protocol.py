@@ -6,7 +6,7 @@ here: the protocol version, the frame limit and exit statuses, the ops and
 their arguments, the message kinds, the reply ring's offsets and the
 zygote's messages. The bytes that the fast paths of serve.py write or
 match whole (the start of an `ok` or `data` reply, the output mark, the
-start of a `call` or `invoke` request) are derived from these names with
+start of a `call` or `invoke` request, a stream's item) are derived from these names with
 the codec, once, at import. The Rust side states the same numbers in src/wire/mod.rs and
 src/subprocess/ring.rs; tests/python/test_protocol.py checks that both
 agree.
@@ -14,7 +14,7 @@ agree.
 
 import struct
 
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4
 """Named in the hello; changes whenever a frame changes shape or meaning."""
 
 FRAME_LIMIT = 1 << 30
@@ -44,6 +44,7 @@ OP_READ = "read"
 OP_CALL = "call"
 OP_CALL_ASYNC = "call_async"
 OP_INVOKE = "invoke"
+OP_STREAM = "stream"
 OP_SET_VENV = "set_venv"
 OP_STOP = "stop"
 
@@ -58,6 +59,7 @@ OPS = {
     OP_CALL: (str, list),
     OP_CALL_ASYNC: (str, list, ARG_LIMIT),
     OP_INVOKE: (str, list, dict, bool, ARG_LIMIT),  # name, args, kwargs, typed, limit
+    OP_STREAM: (str, list, dict, bool, ARG_LIMIT, int),  # as invoke, then the first credit
     OP_SET_VENV: (str,),
     OP_STOP: (),
 }
@@ -73,15 +75,24 @@ REPLY_ERR = "err"  # [id, "err", kind, message, traceback]
 REPLY_CONV = "conv"  # [id, "conv", message]
 REPLY_TIMEOUT = "timeout"  # [id, "timeout"]
 REPLY_DATA = "data"  # [id, "data", value]: a typed invoke's result, bytes as bin
+REPLY_ITEM = "item"  # [id, "item", value]: one item of an open stream
+REPLY_ITEM_DATA = "item_data"  # [id, "item_data", value]: one item of a typed stream, bytes as bin
 
 # -- other messages: [kind, ...] --------------------------------------------
 
 MSG_CANCEL = "cancel"
-"""Parent to child, [MSG_CANCEL, id]: cancel that request's pending coroutine.
-It gets no reply of its own."""
+"""Parent to child, [MSG_CANCEL, id]: cancel that request's pending coroutine,
+or close its open stream. It gets no reply of its own."""
 MSG_AWAITING = "awaiting"
 """Child to parent, [MSG_AWAITING, id]: that invoke's result is being
 awaited on the event loop; its reply comes when it finishes."""
+
+MSG_STREAMING = "streaming"
+"""Child to parent, [MSG_STREAMING, id]: that stream request's function
+returned something iterable; its items follow, then its one reply."""
+MSG_MORE = "more"
+"""Parent to child, [MSG_MORE, id, granted]: stream `id` may have sent
+`granted` items in all. It gets no reply of its own."""
 
 PROTOCOL_ERROR = "ProtocolError"
 """The `err` kind of a reply to a request the child cannot parse."""
@@ -163,6 +174,14 @@ DATA_HEAD = struct.Struct(">I%dsQ%ds" % (len(OK_HEAD_ID_START), len(REPLY_DATA_K
 """As OK_HEAD, for [id, REPLY_DATA, value]: packed from (frame length,
 OK_HEAD_ID_START, id, REPLY_DATA_KIND)."""
 DATA_HEAD_PAYLOAD = DATA_HEAD.size - FRAME_HEADER.size
+REPLY_ITEM_KIND = pack(REPLY_ITEM)
+REPLY_ITEM_DATA_KIND = pack(REPLY_ITEM_DATA)
+ITEM_HEAD = struct.Struct(">I%dsQ%ds" % (len(OK_HEAD_ID_START), len(REPLY_ITEM_KIND)))
+"""As OK_HEAD, for a stream's [id, REPLY_ITEM, value]."""
+ITEM_HEAD_PAYLOAD = ITEM_HEAD.size - FRAME_HEADER.size
+ITEM_DATA_HEAD = struct.Struct(">I%dsQ%ds" % (len(OK_HEAD_ID_START), len(REPLY_ITEM_DATA_KIND)))
+"""As OK_HEAD, for a typed stream's [id, REPLY_ITEM_DATA, value]."""
+ITEM_DATA_HEAD_PAYLOAD = ITEM_DATA_HEAD.size - FRAME_HEADER.size
 
 CALL_ARRAY = _array_head(2 + len(OPS[OP_CALL]))[0]
 """The marker of a `call` request's array: [id, OP_CALL, name, args]."""

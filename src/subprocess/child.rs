@@ -206,9 +206,13 @@ impl ChildProcess {
         };
         match message {
             Ok(FromChild::Hello(hello)) => Ok(hello),
-            Ok(FromChild::Reply { .. } | FromChild::OutputMark | FromChild::Awaiting { .. }) => {
-                Err("its first frame was not a hello".into())
-            }
+            Ok(
+                FromChild::Reply { .. }
+                | FromChild::OutputMark
+                | FromChild::Awaiting { .. }
+                | FromChild::Streaming { .. }
+                | FromChild::Item { .. },
+            ) => Err("its first frame was not a hello".into()),
             // A frame that did not decode comes with the error.
             Err(NoFrame::Bad(err)) => {
                 let began = match err.frame() {

@@ -43,6 +43,18 @@ pub(crate) enum FromChild {
     Awaiting {
         id: u64,
     },
+    /// The function of stream `id` returned something iterable: the
+    /// request has left the child's line, its items follow, and its reply
+    /// comes when the stream ends.
+    Streaming {
+        id: u64,
+    },
+    /// One item of stream `id`: a `Value` (`item`) or, for a typed stream,
+    /// a slice of the frame (`item_data`).
+    Item {
+        id: u64,
+        item: Answer,
+    },
 }
 
 fn malformed(what: &str) -> PyRunnerError {
@@ -115,6 +127,13 @@ impl FromChild {
                 .ok_or_else(|| malformed("awaiting without an id"))?;
             return Ok(FromChild::Awaiting { id });
         }
+        if head.as_str() == Some("streaming") {
+            let id = items
+                .next()?
+                .and_then(|v| v.as_u64())
+                .ok_or_else(|| malformed("streaming without an id"))?;
+            return Ok(FromChild::Streaming { id });
+        }
         if head.as_str() == Some("hello") {
             let version = items
                 .next()?
@@ -144,6 +163,27 @@ impl FromChild {
             .ok_or_else(|| malformed("reply without an id"))?;
         let outcome = match items.next()?.as_ref().and_then(Item::as_str) {
             None => return Err(malformed("reply without a status").into()),
+            Some("item") => {
+                let value = items
+                    .next()?
+                    .ok_or_else(|| malformed("item without a value"))?;
+                return Ok(FromChild::Item {
+                    id,
+                    item: Answer::Value(value.into_value()),
+                });
+            }
+            Some("item_data") => {
+                let value = items
+                    .next_raw()?
+                    .ok_or_else(|| malformed("item_data without a value"))?;
+                return Ok(FromChild::Item {
+                    id,
+                    item: Answer::Packed(match shared {
+                        Some(frame) => frame.slice_ref(value),
+                        None => Bytes::copy_from_slice(value),
+                    }),
+                });
+            }
             Some("ok") => Outcome::Done(Ok(Answer::Value(
                 items.next()?.map_or(Value::Null, Item::into_value),
             ))),

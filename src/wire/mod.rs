@@ -30,7 +30,7 @@ use crate::error::PyRunnerError;
 /// The protocol version this crate speaks; the child's hello must match
 /// (`PROTOCOL_VERSION` of `python/protocol.py`, checked by
 /// `tests/python/test_protocol.py`).
-pub(crate) const PROTOCOL_VERSION: u64 = 3;
+pub(crate) const PROTOCOL_VERSION: u64 = 4;
 
 /// Why the codec failed, as the [`PyRunnerError`] it turns into (`?` does
 /// it); it displays as that error does. A frame that was cut whole but
@@ -119,7 +119,7 @@ impl Encoder<ToChild<'_>> for ChildCodec {
     fn encode(&mut self, message: ToChild<'_>, dst: &mut BytesMut) -> Result<(), WireError> {
         let start = dst.len();
         dst.put_u32(0);
-        let written = if let ToChild::Invoke { .. } = message {
+        let written = if let ToChild::Invoke { .. } | ToChild::Stream { .. } = message {
             // Straight into `dst`, arguments and all: one copy of them.
             dst.reserve(message.invoke_size());
             if message.write_invoke(&mut (&mut *dst).writer()) {

@@ -60,6 +60,8 @@ mod rustpython;
 #[cfg(feature = "rustpython")]
 mod rustpython_cycles;
 #[cfg(feature = "subprocess")]
+mod stream_child;
+#[cfg(feature = "subprocess")]
 mod stress;
 #[cfg(feature = "subprocess")]
 mod subprocess;

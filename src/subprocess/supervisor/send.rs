@@ -28,16 +28,21 @@ impl Core {
                 self.send_cancel(job);
                 continue;
             }
-            // STUB(issue 23): streams and captured output through a child.
+            if let Request::Stream(feed) = &job.request {
+                self.stream_signal(feed);
+                continue;
+            }
+            // STUB(issue 23): captured output through a child.
             let unsupported = match &job.request {
-                Request::Stream(_) => continue,
-                Request::RunCaptured { .. } => true,
-                Request::Invoke(invoke) => invoke.stream.is_some() || invoke.capture,
-                _ => false,
+                Request::RunCaptured { .. } => Some("not yet"),
+                Request::Invoke(invoke) if invoke.capture && invoke.stream.is_some() => {
+                    Some("a stream's output cannot be captured")
+                }
+                Request::Invoke(invoke) if invoke.capture => Some("not yet"),
+                _ => None,
             };
-            if unsupported {
-                job.reply
-                    .send(Err(PyRunnerError::Unsupported("not yet".into())));
+            if let Some(why) = unsupported {
+                job.reply.send(Err(PyRunnerError::Unsupported(why.into())));
                 continue;
             }
             // Some requests go out even if their caller gave up (the
@@ -118,7 +123,8 @@ impl Core {
             _ => Kind::Sync,
         };
         // An invoke runs in the line until its function returns; an
-        // awaitable result then runs on the child's loop under this limit.
+        // awaitable result then runs on the child's loop under this limit,
+        // and a stream's items each under it.
         let may_await = matches!(job.request, Request::Invoke(_));
         let limit = if kind == Kind::Coroutine || may_await {
             job.timeout.map(|d| d.as_secs_f64())
