@@ -54,6 +54,11 @@ _item_head = ITEM_HEAD.pack
 _item_data_head = ITEM_DATA_HEAD.pack
 # A sync stream runs at most this long before the child looks for requests.
 _STREAM_SLICE = 500e-6
+# While a sync stream makes items, SIGALRM rings this often: no item waits
+# longer for the ones after it (and an item's limit is judged this finely).
+# At most _STREAM_BATCH items go out in one write (see ChildWorker._make_items).
+_STREAM_TICK = 200e-6
+_STREAM_BATCH = 16
 _setitimer = getattr(signal, "setitimer", None)
 _monotonic = time.monotonic
 _LATER = object()
@@ -233,7 +238,12 @@ class ChildWorker:
         self.typed_coroutines = set()  # ids of typed invokes pending on the loop
         self.streams = {}  # id -> _OpenStream, for each open stream
         self.ready = []  # the sync streams that may send items now, in turn
-        self.alarm_for = None  # the stream whose item SIGALRM stops past its limit
+        # A sync stream's slice and its SIGALRM (see _make_items):
+        self.in_next = False  # the iterator's `next` runs
+        self.item_deadline = None  # when the item it makes is past its limit
+        self.ticking = False  # the timer rings every _STREAM_TICK
+        self.hold_rang = False  # it rang while not in_next: items may wait
+        self.flushing = False  # _flush_held runs
         self.interrupted = False
         self.handlers = {op: getattr(self, "op_" + op) for op in OPS}
         # The common requests get decoders of their own with the pure-Python codec.
@@ -715,48 +725,31 @@ class ChildWorker:
             self.ready.remove(stream)
 
     def _run_stream(self, stream):
-        """Sends items of a sync stream for up to _STREAM_SLICE, each written
-        out as soon as it is made; True if the stream may send more.
+        """Sends items of a sync stream for up to _STREAM_SLICE; True if the
+        stream may send more.
 
         While an item is made, the ring says the child is "in its loop" with
         this stream as its last coroutine: no request runs meanwhile, so a
         request's clock in the parent starts over, and only the stream's
-        backstop is judged. An item's limit is kept here with SIGALRM, which
-        raises _ItemTimeout into the iterator (its `finally` blocks run)."""
+        backstop is judged. SIGALRM's handler is this worker's only during
+        the slice (see _make_items)."""
         counters = None if self.ring is None else self.ring.counters
         if counters is not None:
             counters[_COUNTER_LAST_COROUTINE] = stream.id
             counters[_COUNTER_IN_LOOP] = 1
-        limit = stream.limit
-        timed = limit is not None and _setitimer is not None
-        next_item = type(stream.iterator).__next__
-        iterator = stream.iterator
         outcome = None
         self.running = stream.id
         try:
-            if timed:
-                previous = signal.signal(signal.SIGALRM, self._on_item_alarm)
-                limit = max(limit, 1e-6)  # 0 would disarm the timer
-            try:
-                slice_end = _monotonic() + _STREAM_SLICE
-                while stream.sent < stream.granted:
-                    if timed:
-                        self.alarm_for = stream
-                        _setitimer(signal.ITIMER_REAL, limit)
-                        try:
-                            value = next_item(iterator)
-                        finally:
-                            self.alarm_for = None
-                            _setitimer(signal.ITIMER_REAL, 0)
-                    else:
-                        value = next_item(iterator)
-                    self._send_item(stream, value)
-                    stream.sent += 1
-                    self._flush()
-                    if _monotonic() >= slice_end:
-                        break
-            finally:
-                if timed:
+            if _setitimer is None:
+                self._make_items(stream, False)
+            else:
+                previous = signal.signal(signal.SIGALRM, self._on_stream_alarm)
+                try:
+                    self._make_items(stream, True)
+                finally:
+                    self.in_next = False
+                    self.item_deadline = None
+                    _setitimer(signal.ITIMER_REAL, 0)
                     signal.signal(signal.SIGALRM, previous)
         except StopIteration:
             outcome = (True, None)
@@ -766,17 +759,88 @@ class ChildWorker:
             self.running = None
             if counters is not None:
                 counters[_COUNTER_IN_LOOP] = 0
-        if outcome is None:
-            return stream.sent < stream.granted
-        self._end_stream(stream, *outcome)
+        if outcome is not None:
+            self._end_stream(stream, *outcome)
         self._flush()
-        return False
+        return outcome is None and stream.sent < stream.granted
 
-    def _on_item_alarm(self, signum, frame):
-        """SIGALRM while a stream's item is made: that item is past its limit."""
-        if self.alarm_for is not None:
-            self.alarm_for = None
-            raise _ItemTimeout()
+    def _make_items(self, stream, ticks):
+        """Makes items for a slice and writes them out in batches of up to
+        _STREAM_BATCH: a write per item would cost the child, and above all
+        the parent, more than a fast generator takes to make one.
+
+        With `ticks`, SIGALRM rings every _STREAM_TICK while items are made
+        (one timer for the slice: arming one per item costs more than an
+        item). At each ring the handler (_on_stream_alarm) writes out the
+        items held so far if the loop is inside `next`, where it does not
+        touch the outbox, so that no item waits on a slow one behind it; a
+        ring outside `next` is taken up before the next `next`. It also
+        raises _ItemTimeout into an item past the stream's limit (its
+        `finally` blocks run). A `next` that blocks in C code without
+        returning to the interpreter holds both up; the parent's backstop
+        is for that. Without `ticks` (no setitimer) each item is written at
+        once and items have no limit here."""
+        next_item = type(stream.iterator).__next__
+        iterator = stream.iterator
+        outbox = self.outbox
+        limit = stream.limit
+        now = _monotonic()
+        slice_end = now + _STREAM_SLICE
+        if ticks:
+            self.ticking = True
+            _setitimer(signal.ITIMER_REAL, _STREAM_TICK, _STREAM_TICK)
+        while stream.sent < stream.granted:
+            if ticks:
+                if not self.ticking:
+                    # The handler slowed the timer down during a long `next`.
+                    self.ticking = True
+                    _setitimer(signal.ITIMER_REAL, _STREAM_TICK, _STREAM_TICK)
+                if limit is not None:
+                    self.item_deadline = now + limit
+                self.in_next = True
+                if self.hold_rang and outbox:
+                    self._flush_held()
+                value = next_item(iterator)
+                self.in_next = False
+            else:
+                value = next_item(iterator)
+            self._send_item(stream, value)
+            stream.sent += 1
+            if not ticks or stream.sent == 1 or len(outbox) >= _STREAM_BATCH:
+                self._flush()
+            now = _monotonic()
+            if now >= slice_end:
+                return
+
+    def _on_stream_alarm(self, signum, frame):
+        """SIGALRM during a slice of a sync stream (see _make_items)."""
+        if not self.in_next:
+            self.hold_rang = True
+            return
+        if self.outbox and not self.flushing:
+            self._flush_held()
+        deadline = self.item_deadline
+        if deadline is not None:
+            left = deadline - _monotonic()
+            if left <= 0:
+                self.item_deadline = None
+                raise _ItemTimeout()
+        else:
+            left = 0  # no limit: the timer stops until the loop needs it
+        if self.ticking or left > 0:
+            # Nothing is held while `next` runs on: ring again only at the
+            # item's limit (0: never), rather than every tick.
+            self.ticking = False
+            _setitimer(signal.ITIMER_REAL, left)
+
+    def _flush_held(self):
+        """_flush, marked so that SIGALRM's handler does not flush inside it."""
+        self.flushing = True
+        try:
+            self.hold_rang = False
+            self._flush()
+        finally:
+            self.flushing = False
 
     async def _pump_async(self, stream):
         """Sends the items of an async stream as they come, while the

@@ -25,6 +25,10 @@ def early():
     yield "first"
     time.sleep(2)
     yield "second"
+def burst(count, then):
+    yield from range(count)
+    time.sleep(then)
+    yield -1
 async def acount(n):
     for i in range(n):
         await asyncio.sleep(0.001)
@@ -141,6 +145,19 @@ async fn items_come_in_order_and_each_as_soon_as_it_is_made() {
     assert_eq!(read(&mut stream).await.unwrap().unwrap(), "second");
     assert!(started.elapsed() >= Duration::from_secs(2));
     assert!(read(&mut stream).await.is_none());
+
+    // Items made in a burst go out together, but none waits for a slow one.
+    let started = Instant::now();
+    let mut stream = runner.call("burst").args((40, 2)).returns::<i64>().stream();
+    for expected in 0..40 {
+        assert_eq!(read(&mut stream).await.unwrap().unwrap(), expected);
+    }
+    let burst = started.elapsed();
+    assert!(
+        burst < Duration::from_millis(1500),
+        "the burst waited for the item after it: {burst:?}"
+    );
+    assert_eq!(read(&mut stream).await.unwrap().unwrap(), -1);
 }
 
 #[tokio::test]
