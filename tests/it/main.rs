@@ -46,6 +46,8 @@ mod pool_replay;
 #[cfg(feature = "subprocess")]
 mod pool_startup;
 #[cfg(feature = "subprocess")]
+mod pool_streams;
+#[cfg(feature = "subprocess")]
 mod pool_timeout;
 #[cfg(feature = "subprocess")]
 mod pool_zygote;
