@@ -366,4 +366,38 @@ mod tests {
         let note = rmp_serde::to_vec(&("awaiting", "x")).unwrap();
         assert!(FromChild::decode(&note).is_err());
     }
+
+    #[test]
+    fn a_stream_s_note_and_items_name_their_request() {
+        let note = rmp_serde::to_vec(&("streaming", 12u64)).unwrap();
+        assert_eq!(
+            FromChild::decode(&note),
+            Ok(FromChild::Streaming { id: 12 })
+        );
+        assert!(FromChild::decode(&rmp_serde::to_vec(&("streaming",)).unwrap()).is_err());
+        let item = rmp_serde::to_vec(&(5u64, "item", [1, 2])).unwrap();
+        assert_eq!(
+            FromChild::decode(&item),
+            Ok(FromChild::Item {
+                id: 5,
+                item: Answer::Value(json!([1, 2]))
+            })
+        );
+        let value = rmp_serde::to_vec(&serde_bytes::ByteBuf::from(vec![0, 255])).unwrap();
+        let mut frame = rmp_serde::to_vec(&(6u64, "item_data")).unwrap();
+        frame[0] = 0x93;
+        frame.extend_from_slice(&value);
+        assert_eq!(
+            FromChild::decode(&frame),
+            Ok(FromChild::Item {
+                id: 6,
+                item: Answer::Packed(value.into())
+            })
+        );
+        // An item without its value, or cut short, is refused.
+        assert!(FromChild::decode(&rmp_serde::to_vec(&(5u64, "item")).unwrap()).is_err());
+        for end in 0..frame.len() {
+            assert!(FromChild::decode(&frame[..end]).is_err(), "{end}");
+        }
+    }
 }

@@ -281,6 +281,9 @@ mod tests {
             Request::SetVenv { dir } => rmp_serde::to_vec(&(id, "set_venv", path_arg(dir))),
             Request::Stop => rmp_serde::to_vec(&(id, "stop")),
             Request::Invoke(_) | Request::Cancel(_) => unreachable!("new in protocol 3"),
+            Request::RunCaptured { .. } | Request::Stream(_) => {
+                unreachable!("not among every_request's")
+            }
         };
         let mut out = BytesMut::new();
         ChildCodec::new(1 << 20)
@@ -423,6 +426,8 @@ mod tests {
                 args: args.clone(),
                 kwargs: kwargs.clone(),
                 returns,
+                stream: None,
+                capture: false,
             });
             for (id, limit) in [(1, None), (u64::MAX, Some(2.5))] {
                 let mut out = BytesMut::new();
@@ -464,6 +469,71 @@ mod tests {
             .encode(ToChild::new(9, &cancel, None), &mut out)
             .unwrap();
         assert_eq!(out.to_vec(), frame_of(&("cancel", 9u64)));
+    }
+
+    #[test]
+    fn the_stream_fuzz_seeds_are_frames_the_reader_takes_whole() {
+        let seeds = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/frames");
+        for (name, frames) in [
+            ("streaming", 1),
+            ("stream_item", 1),
+            ("stream_item_data", 1),
+            ("stream_open_items_end", 5),
+        ] {
+            let data = std::fs::read(seeds.join(name)).unwrap();
+            assert_eq!(read_child_output(&data), frames, "{name}");
+        }
+    }
+
+    #[test]
+    fn a_stream_is_an_invoke_with_its_first_credit_and_more_names_the_new_total() {
+        use crate::call::{Feed, Packed};
+        use crate::command::{Invoke, Returns};
+
+        let mut args = Packed::default();
+        args.push(&7).unwrap();
+        let stream = Request::Invoke(Invoke {
+            name: "gen".into(),
+            args,
+            kwargs: Packed::default(),
+            returns: Returns::Value,
+            stream: Some(Feed::new(256)),
+            capture: false,
+        });
+        let mut codec = ChildCodec::new(1 << 20);
+        let mut out = BytesMut::new();
+        codec
+            .encode(ToChild::new(3, &stream, Some(0.5)), &mut out)
+            .unwrap();
+        type Frame = (
+            u64,
+            String,
+            String,
+            (i64,),
+            std::collections::HashMap<String, bool>,
+            bool,
+            Option<f64>,
+            u64,
+        );
+        let frame: Frame = rmp_serde::from_slice(&out[4..]).unwrap();
+        assert_eq!(
+            frame,
+            (
+                3,
+                "stream".into(),
+                "gen".into(),
+                (7,),
+                Default::default(),
+                false,
+                Some(0.5),
+                256
+            )
+        );
+        let mut out = BytesMut::new();
+        codec
+            .encode(ToChild::More { id: 3, granted: 384 }, &mut out)
+            .unwrap();
+        assert_eq!(out.to_vec(), frame_of(&("more", 3u64, 384u64)));
     }
 
     #[test]
