@@ -164,7 +164,6 @@ pub(crate) const CHILD_MALLOC: &str =
 /// little per item; small enough that a stream of large items holds little.
 pub(crate) const STREAM_WINDOW: usize = 256;
 
-
 /// What a captured command keeps of each of its two streams; past it the
 /// text is cut and the cut marked.
 #[cfg_attr(

@@ -549,7 +549,10 @@ mod tests {
         assert_eq!(flights.head(), Some(2));
         flights.answered(2, || clock.at(20));
         let backstop = 100 * MS + COROUTINE_BACKSTOP;
-        assert_eq!(flights.judge(clock.at(10) + backstop - MS, false), Due::Nothing);
+        assert_eq!(
+            flights.judge(clock.at(10) + backstop - MS, false),
+            Due::Nothing
+        );
         // An item came at 50 ms: the next one's backstop runs from then.
         flights.stream_moved(1, true, clock.at(50));
         assert_eq!(flights.judge(clock.at(10) + backstop, false), Due::Nothing);

@@ -531,7 +531,13 @@ mod tests {
         );
         let mut out = BytesMut::new();
         codec
-            .encode(ToChild::More { id: 3, granted: 384 }, &mut out)
+            .encode(
+                ToChild::More {
+                    id: 3,
+                    granted: 384,
+                },
+                &mut out,
+            )
             .unwrap();
         assert_eq!(out.to_vec(), frame_of(&("more", 3u64, 384u64)));
     }

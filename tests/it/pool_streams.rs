@@ -72,10 +72,21 @@ async fn two_streams_on_a_pool_run_at_once() {
     let pool = pool::pool(2);
     pool.run(DEFS).await.unwrap();
     let started = Instant::now();
-    let first = pool.call("pids").args((20, 0.05)).returns::<(u64, u32)>().stream();
-    let second = pool.call("pids").args((20, 0.05)).returns::<(u64, u32)>().stream();
+    let first = pool
+        .call("pids")
+        .args((20, 0.05))
+        .returns::<(u64, u32)>()
+        .stream();
+    let second = pool
+        .call("pids")
+        .args((20, 0.05))
+        .returns::<(u64, u32)>()
+        .stream();
     let (first, second) = tokio::join!(read_all(first), read_all(second));
-    let (a, b) = (one_worker_in_order(first, 20), one_worker_in_order(second, 20));
+    let (a, b) = (
+        one_worker_in_order(first, 20),
+        one_worker_in_order(second, 20),
+    );
     // An open stream counts as its worker's load: the second went to the other.
     assert_ne!(a, b);
     assert!(started.elapsed() < Duration::from_millis(1900));

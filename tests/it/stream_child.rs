@@ -198,7 +198,10 @@ async fn an_exception_mid_stream_is_one_error_after_the_items_then_the_end() {
     assert_eq!(read(&mut stream).await.unwrap().unwrap(), 2);
     match read(&mut stream).await {
         Some(Err(PyRunnerError::Python { kind, message, .. })) => {
-            assert_eq!((kind.as_str(), message.as_str()), ("ValueError", "bad third"))
+            assert_eq!(
+                (kind.as_str(), message.as_str()),
+                ("ValueError", "bad third")
+            )
         }
         other => panic!("expected the ValueError, got {other:?}"),
     }
@@ -211,7 +214,11 @@ async fn dropping_a_stream_closes_its_generator_and_it_runs_no_more() {
     let runner = runner();
     let dir = tempfile::tempdir().unwrap();
     let mark = dir.path().join("closed");
-    let mut stream = runner.call("endless").arg(text(&mark)).returns::<u64>().stream();
+    let mut stream = runner
+        .call("endless")
+        .arg(text(&mark))
+        .returns::<u64>()
+        .stream();
     for expected in 1..=3 {
         assert_eq!(read(&mut stream).await.unwrap().unwrap(), expected);
     }
@@ -380,7 +387,10 @@ async fn typed_items_keep_bytes_and_read_into_structs() {
         .into_iter()
         .map(|item| item.expect("bytes"))
         .collect();
-    assert_eq!(blobs, [ByteBuf::from(vec![0, 255]), ByteBuf::from(b"ab".to_vec())]);
+    assert_eq!(
+        blobs,
+        [ByteBuf::from(vec![0, 255]), ByteBuf::from(b"ab".to_vec())]
+    );
     let plain: Vec<Value> = read_all(runner.call("blobs").stream())
         .await
         .into_iter()
@@ -392,7 +402,13 @@ async fn typed_items_keep_bytes_and_read_into_structs() {
         .into_iter()
         .map(|item| item.expect("a point"))
         .collect();
-    assert_eq!(points[2], Point { x: 2, label: "p2".into() });
+    assert_eq!(
+        points[2],
+        Point {
+            x: 2,
+            label: "p2".into()
+        }
+    );
     // An item that does not fit the type is that item's error.
     let mut wrong = runner.call("points").returns::<u64>().stream();
     assert!(matches!(
@@ -413,5 +429,8 @@ async fn stop_ends_open_streams() {
         assert_eq!(*err, PyRunnerError::Stopped);
     }
     let after = read_all(runner.call("count").arg(3).stream()).await;
-    assert!(matches!(after[..], [Err(PyRunnerError::Stopped)]), "{after:?}");
+    assert!(
+        matches!(after[..], [Err(PyRunnerError::Stopped)]),
+        "{after:?}"
+    );
 }

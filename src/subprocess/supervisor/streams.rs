@@ -10,7 +10,7 @@
 //! supervisor send `cancel`, and the child closes the iterator.
 
 use super::*;
-use crate::call::Feed;
+use crate::call::{Feed, FeedHook};
 
 /// A stream open in the child.
 pub(super) struct OpenStream {
@@ -62,12 +62,13 @@ impl Core {
         // supervisor answers (`stream_signal`). Weak: the queue holds jobs,
         // whose requests hold feeds.
         let queue = Arc::downgrade(&self.queue);
-        feed.set_hook(Box::new(move |feed| {
+        let hook: FeedHook = Box::new(move |feed| {
             if let Some(queue) = queue.upgrade() {
                 // Refused, the runner has ended, and the stream with it.
                 let _ = queue.push(Job::unanswered(Request::Stream(feed.clone())));
             }
-        }));
+        });
+        feed.set_hook(hook);
         let window = feed.window();
         self.streams.insert(
             id,
@@ -136,8 +137,9 @@ impl Core {
             self.close_stream(id);
             return;
         }
-        let (consumed, window) = (feed.consumed(), feed.window());
-        let granted = consumed + window;
+        let consumed = feed.consumed();
+        // What was made, and as many more as the window has room for now.
+        let granted = stream.received + feed.room(stream.received);
         if granted > stream.granted {
             let stalled = stream.received >= stream.granted;
             stream.granted = granted;
@@ -146,7 +148,7 @@ impl Core {
                 self.flights.stream_moved(id, true, Instant::now());
             }
         }
-        feed.notify_at(consumed + half(window));
+        feed.notify_at(consumed + half(feed.window()));
     }
 
     /// Asks the child to close stream `id`'s iterator; its reply, which
