@@ -57,6 +57,13 @@ def slow_second(seconds, mark):
         yield 2
     finally:
         open(mark, "w").close()
+def deaf(seconds):
+    import signal
+    yield 1
+    # No signal reaches this item: only the parent's backstop can end it.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM, signal.SIGINT})
+    time.sleep(seconds)
+    yield 2
 def dies():
     yield 1
     os._exit(7)
@@ -329,6 +336,31 @@ async fn an_item_past_the_limit_ends_the_stream_with_a_timeout_and_the_runner_go
     )
     .await;
     assert_eq!(items.len(), 12);
+}
+
+#[tokio::test]
+async fn an_item_no_signal_can_stop_is_ended_by_the_backstop_and_the_child_replaced() {
+    let runner = runner();
+    let pid = runner.eval("os.getpid()").await.unwrap();
+    let started = Instant::now();
+    let mut stream = runner
+        .call("deaf")
+        .arg(60)
+        .timeout(Duration::from_millis(300))
+        .returns::<u64>()
+        .stream();
+    assert_eq!(read(&mut stream).await.unwrap().unwrap(), 1);
+    match read(&mut stream).await {
+        Some(Err(PyRunnerError::Timeout(limit))) => {
+            assert_eq!(limit, Duration::from_millis(300))
+        }
+        other => panic!("expected a Timeout, got {other:?}"),
+    }
+    assert!(read(&mut stream).await.is_none());
+    // The limit, the 2 s backstop, and a margin; far from the item's 60 s.
+    assert!(started.elapsed() < Duration::from_secs(8));
+    runner.run(DEFS).await.unwrap();
+    assert_ne!(runner.eval("os.getpid()").await.unwrap(), pid);
 }
 
 /// `read_all` for a stream that was cut short with `take`.
