@@ -330,6 +330,14 @@ class CoroutineDriver:
         finished, self.finished = self.finished, []
         return finished
 
+    def finish(self, tokens):
+        """Runs the pending calls `tokens` (an async generator's `aclose()`,
+        say) for up to a second, before `cancel_all` cancels what is left:
+        one cancelled before its first step would never run at all."""
+        tasks = [self.tasks[token] for token in tokens if token in self.tasks]
+        if tasks:
+            self.loop.run_until_complete(asyncio.wait(tasks, timeout=1.0))
+
     def cancel_all(self):
         """Cancels every pending call, gives them a moment to unwind, closes the loop."""
         tasks = [task for task in asyncio.all_tasks(self.loop) if not task.done()]

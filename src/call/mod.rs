@@ -17,8 +17,8 @@ use serde::Serialize;
 use serde_json::Value;
 
 pub(crate) use pack::Packed;
+pub(crate) use stream::{hook_on, Feed};
 pub use stream::{BlockingIter, PyStream};
-pub(crate) use stream::{Feed, FeedHook};
 
 use crate::command::{block_on, user_limit, Answer, Invoke, Readers, Request, Returns, Submission};
 use crate::error::PyRunnerError;

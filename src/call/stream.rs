@@ -6,7 +6,7 @@ use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::task::{Context, Poll, Waker};
 
@@ -20,6 +20,19 @@ use crate::error::PyRunnerError;
 /// it queues a [`Request::Stream`](crate::command::Request::Stream) on its
 /// own queue. Installed by the backend that opened the stream.
 pub(crate) type FeedHook = Box<dyn Fn(&Arc<Feed>) + Send + Sync>;
+
+/// The usual hook: a `Request::Stream` on `queue`, if the runner still
+/// lives (a stream kept past its runner holds no part of it).
+pub(crate) fn hook_on(queue: &Arc<crate::command::CommandQueue>) -> FeedHook {
+    let queue = Arc::downgrade(queue);
+    Box::new(move |feed| {
+        if let Some(queue) = queue.upgrade() {
+            // Refused once the runner has ended; its streams ended with it.
+            let request = crate::command::Request::Stream(feed.clone());
+            let _ = queue.push(crate::command::Job::unanswered(request));
+        }
+    })
+}
 
 /// Where a stream's items go, shared by the backend that makes them and the
 /// [`PyStream`] that reads them.
@@ -86,6 +99,9 @@ impl Feed {
     /// after it: a consumer that went away before saw no hook to call.
     pub fn set_hook(&self, hook: FeedHook) {
         let _ = self.hook.set(hook);
+        // Against `close`: either it sees the hook or the backend, reading
+        // `closed` next, sees the close.
+        fence(Ordering::SeqCst);
     }
 
     /// Asks for the hook once the consumer has taken `count` items (or at
@@ -186,6 +202,7 @@ impl Feed {
         if self.closed.swap(true, Ordering::SeqCst) {
             return;
         }
+        fence(Ordering::SeqCst);
         let (ended, items) = {
             let mut state = self.lock();
             (state.ended, std::mem::take(&mut state.items))
@@ -257,7 +274,7 @@ impl<R> PyStream<R> {
 impl<R> fmt::Debug for PyStream<R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PyStream")
-            .field("started", &self.start.is_none())
+            .field("starting", &self.start.is_some())
             .field("feed", &self.feed)
             .field("done", &self.done)
             .finish()
@@ -302,7 +319,16 @@ where
                 self.feed.close();
                 Poll::Ready(Some(Err(err)))
             }
-            Poll::Ready(Some(Ok(answer))) => Poll::Ready(Some(read_answer(answer))),
+            Poll::Ready(Some(Ok(answer))) => {
+                let item = read_answer(answer);
+                if item.is_err() {
+                    // An item that does not fit ends the stream, as one
+                    // the backend could not read does.
+                    self.done = true;
+                    self.feed.close();
+                }
+                Poll::Ready(Some(item))
+            }
         }
     }
 }
@@ -336,8 +362,9 @@ impl<R> Drop for PyStream<R> {
     }
 }
 
-/// [`PyStream::blocking_iter`]'s iterator.
+/// [`PyStream::blocking_iter`]'s iterator. Dropping it drops the stream.
 #[derive(Debug)]
+#[must_use = "an iterator does nothing unless advanced"]
 pub struct BlockingIter<R> {
     stream: PyStream<R>,
 }
@@ -353,3 +380,5 @@ where
         block_on(std::future::poll_fn(|cx| stream.poll_item(cx)))
     }
 }
+
+impl<R> std::iter::FusedIterator for BlockingIter<R> where R: DeserializeOwned + Send + 'static {}

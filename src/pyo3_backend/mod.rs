@@ -9,6 +9,7 @@
 
 mod convert;
 mod init;
+mod streams;
 mod typed;
 mod watchdog;
 
@@ -112,6 +113,7 @@ struct Worker<'py> {
     last_turn: Instant,
     next_token: u64,
     watchdog: Option<Arc<Watchdog<AsyncExc>>>,
+    streams: streams::Streams<'py>,
 }
 
 /// Functions of the worker's in-process helpers (`python/helpers.py`), looked up once.
@@ -172,6 +174,7 @@ impl<'py> Worker<'py> {
             last_turn: Instant::now(),
             next_token: 0,
             watchdog: None,
+            streams: streams::Streams::default(),
         };
         prepare_in_process(
             venv,
@@ -189,6 +192,13 @@ impl Serve for Worker<'_> {
     }
 
     fn idle(&mut self) {
+        if self.streams.have_work() {
+            // A stream with room makes items instead of sleeping; coroutines
+            // still get their turns of the loop.
+            self.pump_streams();
+            self.after_batch();
+            return;
+        }
         if self.driver.is_none() {
             let queue = &self.queue;
             self.py.detach(|| queue.wait(WORKER_SPIN));
@@ -211,6 +221,9 @@ impl Serve for Worker<'_> {
     }
 
     fn after_batch(&mut self) {
+        if self.streams.have_work() {
+            self.pump_streams();
+        }
         let due = !self.awaiting.is_empty()
             || (self.driver.is_some() && self.last_turn.elapsed() >= LOOP_TURN_GAP);
         if due {
@@ -220,6 +233,7 @@ impl Serve for Worker<'_> {
 
     fn shut_down(&mut self) {
         drop(self.queue.close());
+        self.stop_streams();
         if let Some(driver) = self.driver.take() {
             if let Err(err) = driver.call_method0("cancel_all") {
                 err.write_unraisable(self.py, Some(&driver));
@@ -250,8 +264,8 @@ impl Serve for Worker<'_> {
             }
             Request::Invoke(invoke) => return self.invoke(invoke, reply, timeout),
             Request::Cancel(target) => return self.cancel(&target),
+            Request::Stream(feed) => return self.stream_signal(&feed),
             // STUB(issue 23)
-            Request::Stream(_) => return,
             Request::RunCaptured { .. } => {
                 return reply.send(Err(PyRunnerError::Unsupported("not yet".into())))
             }
@@ -326,7 +340,7 @@ impl<'py> Worker<'py> {
     /// command's limit; an awaitable it returns is awaited on the loop
     /// with what is left of the limit.
     fn invoke(&mut self, invoke: Invoke, reply: Responder, timeout: Option<Duration>) {
-        if invoke.stream.is_some() || invoke.capture {
+        if invoke.capture {
             // STUB(issue 23)
             return reply.send(Err(PyRunnerError::Unsupported("not yet".into())));
         }
@@ -341,6 +355,11 @@ impl<'py> Worker<'py> {
             Err(err) => return reply.send(Err(err)),
         };
         let called = self.call_invoked(&invoke);
+        // A stream's iterator is made under the call's limit too.
+        let source = match (&called, &invoke.stream) {
+            (Ok((result, _)), Some(_)) => Some(self.stream_source(&invoke.name, result)),
+            _ => None,
+        };
         if let Some(armed) = armed {
             watchdog::disarm(&armed, self.py);
         }
@@ -348,6 +367,9 @@ impl<'py> Worker<'py> {
             Ok(called) => called,
             Err(err) => return reply.send(Err(err)),
         };
+        if let (Some(feed), Some(source)) = (invoke.stream, source) {
+            return self.open_stream(source, feed, invoke.returns, reply, timeout);
+        }
         match result_kind(&result) {
             ResultKind::Value => return reply.send(self.read_result(&result, invoke.returns)),
             ResultKind::Generator(kind) => {
@@ -636,6 +658,10 @@ impl<'py> Worker<'py> {
             return;
         };
         for (token, ok, value) in finished {
+            if self.streams.is_pull(token) {
+                self.pulled(token, ok, &value);
+                continue;
+            }
             let Some(waiting) = self.awaiting.remove(&token) else {
                 continue;
             };

@@ -10,6 +10,7 @@
 
 mod convert;
 mod nesting;
+mod streams;
 mod typed;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -202,6 +203,7 @@ struct Worker<'vm> {
     helpers: Helpers,
     signals: UserSignalSender,
     watchdog: Option<Arc<Watchdog<Signal>>>,
+    streams: streams::Streams,
 }
 
 /// Functions of the worker's in-process helpers (`python/helpers.py`), looked up once.
@@ -299,6 +301,7 @@ impl<'vm> Worker<'vm> {
             helpers,
             signals,
             watchdog: None,
+            streams: streams::Streams::default(),
         };
         prepare_in_process(
             venv,
@@ -320,15 +323,25 @@ impl Serve for Worker<'_> {
     }
 
     fn idle(&mut self) {
+        if self.streams.have_work() {
+            // A stream with room makes items instead of sleeping.
+            self.pump_streams();
+            collect_if_alone();
+            return;
+        }
         self.queue.wait(WORKER_SPIN);
     }
 
     fn after_batch(&mut self) {
+        if self.streams.have_work() {
+            self.pump_streams();
+        }
         collect_if_alone();
     }
 
     fn shut_down(&mut self) {
         drop(self.queue.close());
+        self.stop_streams();
         // Functions in the globals refer back to them: clearing the dict
         // breaks those cycles, so the runner's objects are released now.
         self.globals.clear();
@@ -344,17 +357,17 @@ impl Serve for Worker<'_> {
             timeout,
             ..
         } = job;
-        if let Request::Cancel(_) | Request::Stream(_) = request {
+        let request = match request {
             // No coroutine runs here to be cancelled.
-            return;
-        }
-        let armed = crate::watchdog::arm(&mut self.watchdog, timeout, reply.slot(), || {
-            Ok(Signal {
-                sender: self.signals.clone(),
-                exception: self.helpers.timeout.clone(),
-                again: std::sync::Mutex::new((0, INTERRUPT_AGAIN)),
-            })
-        });
+            Request::Cancel(_) => return,
+            Request::Stream(feed) => return self.stream_signal(&feed),
+            Request::Invoke(mut invoke) if invoke.stream.is_some() && !invoke.capture => {
+                let feed = invoke.stream.take().expect("checked just before");
+                return self.start_stream(invoke, feed, reply, timeout);
+            }
+            request => request,
+        };
+        let armed = self.arm(timeout, reply.slot());
         let watchdog = match armed {
             Ok(watchdog) => watchdog,
             Err(err) => return reply.send(Err(err)),
@@ -397,7 +410,7 @@ impl Worker<'_> {
             }
             Request::SetVenv { dir } => self.set_venv(&dir),
             // STUB(issue 23)
-            Request::Invoke(invoke) if invoke.stream.is_some() || invoke.capture => {
+            Request::Invoke(invoke) if invoke.capture => {
                 Err(PyRunnerError::Unsupported("not yet".into()))
             }
             Request::RunCaptured { .. } => Err(PyRunnerError::Unsupported("not yet".into())),
@@ -408,10 +421,28 @@ impl Worker<'_> {
         }
     }
 
-    /// A call of the call builder. There is no event loop here: a function
-    /// that returns an awaitable is `Unsupported`.
-    fn invoke(&self, invoke: &Invoke) -> Reply {
-        use rustpython_vm::builtins::{PyAsyncGen, PyCoroutine, PyGenerator};
+    /// Arms the watchdog for a command (or a stream's item) with a limit:
+    /// at the deadline it answers `clock` with `Timeout` and signals the
+    /// interpreter.
+    fn arm(
+        &mut self,
+        timeout: Option<Duration>,
+        clock: &Arc<crate::command::ReplySlot>,
+    ) -> Result<Option<Arc<Watchdog<Signal>>>, PyRunnerError> {
+        let mut watchdog = self.watchdog.take();
+        let armed = crate::watchdog::arm(&mut watchdog, timeout, clock, || {
+            Ok(Signal {
+                sender: self.signals.clone(),
+                exception: self.helpers.timeout.clone(),
+                again: std::sync::Mutex::new((0, INTERRUPT_AGAIN)),
+            })
+        });
+        self.watchdog = watchdog;
+        armed
+    }
+
+    /// Calls the function an invoke names with its arguments.
+    fn call_invoked(&self, invoke: &Invoke) -> Result<PyObjectRef, PyRunnerError> {
         use rustpython_vm::function::{FuncArgs, KwArgs};
         let vm = self.vm;
         let function = self.resolve(&invoke.name)?;
@@ -419,7 +450,15 @@ impl Worker<'_> {
         let kwargs: KwArgs = typed::kwargs_to_python(vm, &invoke.kwargs)?
             .into_iter()
             .collect();
-        let result = self.python(function.call(FuncArgs::new(args, kwargs), vm))?;
+        self.python(function.call(FuncArgs::new(args, kwargs), vm))
+    }
+
+    /// A call of the call builder. There is no event loop here: a function
+    /// that returns an awaitable is `Unsupported`.
+    fn invoke(&self, invoke: &Invoke) -> Reply {
+        use rustpython_vm::builtins::{PyAsyncGen, PyCoroutine, PyGenerator};
+        let vm = self.vm;
+        let result = self.call_invoked(invoke)?;
         let generator = if result.downcast_ref::<PyGenerator>().is_some() {
             Some("a generator")
         } else if result.downcast_ref::<PyAsyncGen>().is_some() {

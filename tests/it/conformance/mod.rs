@@ -13,6 +13,7 @@ pub mod in_process;
 pub mod lifecycle;
 pub mod names;
 pub mod ordering;
+pub mod streams;
 pub mod sync_twins;
 pub mod timeouts;
 pub mod values;
@@ -76,6 +77,15 @@ macro_rules! conformance_suite {
                 a_generator_result_says_to_use_stream a_call_s_limit_overrides_the_runner_s
                 a_dropped_call_cancels_its_coroutine
             }
+            streams {
+                items_arrive_in_order the_first_item_comes_before_the_generator_finishes
+                an_exception_ends_the_stream_with_one_error dropping_a_stream_closes_its_generator
+                python_runs_only_a_window_ahead_of_a_slow_consumer other_commands_run_between_items
+                items_are_read_into_their_type a_result_that_is_not_iterable_is_a_conversion_error
+                each_item_has_the_call_s_limit async_generators_stream_on_the_runner_s_loop
+                stop_ends_open_streams coroutines_go_on_while_a_stream_makes_items
+                a_stream_dropped_before_it_opened_never_runs
+            }
             lifecycle { stop_makes_later_commands_stopped stop_is_idempotent stop_ends_pending_coroutines }
             first_examples { greet_counter add_and_sleep_overlap }
             timeouts {
@@ -93,6 +103,7 @@ macro_rules! conformance_suite {
             }
             first_examples { five_threads_add_to_x }
             calls { wait_is_safe_in_any_context }
+            streams { blocking_iter_reads_from_a_plain_thread }
         );
     };
     (@tokio $make_runner:path; $($module:ident { $($name:ident)* })*) => {
