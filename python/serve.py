@@ -279,11 +279,13 @@ class ChildWorker:
                     self._fail("the request pipe ended inside a frame (%d bytes left)" % len(self.inbox))
                 return 0
             if self.ready:
-                # Requests first, then items: a slice of each stream that
-                # has credit, then a look for what came meanwhile.
-                self._pump_streams()
+                # Requests first (a cancel among them), then items: a slice
+                # of each stream that has credit.
                 if self.poller.poll(0):
                     self._read_available()
+                    if self._has_whole_frame():
+                        continue
+                self._pump_streams()
                 continue
             # A loop turn may have moved whole requests into the inbox.
             if self._has_whole_frame() or self._spin():

@@ -16,6 +16,7 @@ impl Core {
     /// gathered for up to [`GATHER`] so the child gets them in one read.
     pub(super) fn send_backlog(&mut self) {
         if self.flights.line_busy() || self.gathering() {
+            self.send_signals();
             return;
         }
         if self.child.is_none() && self.retry_at.is_some() {
@@ -100,6 +101,26 @@ impl Core {
                 }
             }
             self.send(job);
+        }
+    }
+
+    /// Sends the cancels and stream signals of the backlog now, leaving
+    /// the requests in it in order. The child reads them after the sync
+    /// request it runs, before anything sent later: a consumer that left a
+    /// stream whose function still runs is heard before the stream makes
+    /// its first item.
+    fn send_signals(&mut self) {
+        let signal = |job: &Job| matches!(job.request, Request::Cancel(_) | Request::Stream(_));
+        if !self.backlog.iter().any(signal) {
+            return;
+        }
+        let jobs: Vec<Job> = self.backlog.drain(..).collect();
+        for job in jobs {
+            match &job.request {
+                Request::Cancel(_) => self.send_cancel(job),
+                Request::Stream(feed) => self.stream_signal(feed),
+                _ => self.backlog.push_back(job),
+            }
         }
     }
 

@@ -10,7 +10,7 @@
 //! supervisor send `cancel`, and the child closes the iterator.
 
 use super::*;
-use crate::call::{Feed, FeedHook};
+use crate::call::{hook_on, Feed};
 
 /// A stream open in the child.
 pub(super) struct OpenStream {
@@ -59,16 +59,8 @@ impl Core {
             )));
         };
         // The hook queues a signal on this runner's queue, which the
-        // supervisor answers (`stream_signal`). Weak: the queue holds jobs,
-        // whose requests hold feeds.
-        let queue = Arc::downgrade(&self.queue);
-        let hook: FeedHook = Box::new(move |feed| {
-            if let Some(queue) = queue.upgrade() {
-                // Refused, the runner has ended, and the stream with it.
-                let _ = queue.push(Job::unanswered(Request::Stream(feed.clone())));
-            }
-        });
-        feed.set_hook(hook);
+        // supervisor answers (`stream_signal`).
+        feed.set_hook(hook_on(&self.queue));
         let window = feed.window();
         self.streams.insert(
             id,
