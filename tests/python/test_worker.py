@@ -1293,6 +1293,24 @@ class StreamTests(unittest.TestCase):
         self.assertEqual(self.state, ["closed"])
         self.assertEqual(signal.getsignal(signal.SIGALRM), signal.SIG_DFL)
 
+    def test_held_items_go_out_while_the_next_one_is_slow(self):
+        seen = []
+
+        def peek():
+            yield 0  # the first item goes out at once
+            yield 1
+            yield 2
+            time.sleep(0.05)  # SIGALRM writes out 1 and 2 meanwhile
+            seen.extend(reply for reply in read_frames(self.replies) if reply != ["out"])
+            yield 3
+
+        self.child.globals["peek"] = peek
+        self.assertEqual(self.handle(stream(1, "peek")), [["streaming", 1]])
+        self.assertEqual(self.pump(), [[1, "item", 3], [1, "ok", None]])
+        self.assertEqual(seen, [[1, "item", 0], [1, "item", 1], [1, "item", 2]])
+        self.assertEqual(signal.getsignal(signal.SIGALRM), signal.SIG_DFL)
+        self.assertEqual(signal.getitimer(signal.ITIMER_REAL), (0.0, 0.0))
+
     def test_an_async_generator_streams_and_a_cancel_acloses_it(self):
         self.assertEqual(self.handle(stream(1, "agen", [3])), [["streaming", 1]])
         self.assertEqual(self.pump(), [[1, "item", 0], [1, "item", 1], [1, "item", 2], [1, "ok", None]])
