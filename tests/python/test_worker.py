@@ -1372,6 +1372,12 @@ class InvokeOnMsgpackTests(InvokeTests):
         return codec
 
 
+class StreamOnMsgpackTests(StreamTests):
+    """StreamTests with the C `msgpack` package's codec."""
+
+    codec = InvokeOnMsgpackTests.codec
+
+
 class InvokeDecoderTests(unittest.TestCase):
     """_invoke_request, the fast decoder, agrees with the general one."""
 
