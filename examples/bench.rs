@@ -2,8 +2,9 @@
 //! the call builder's next to the seed's commands, and the pool's.
 //!
 //! `cargo run --release --example bench` (all tables), `... bench calls`
-//! (the call builder's only), `... bench pool` (the pool's only), `...
-//! bench output` (captured output's only).
+//! (the call builder's only), `... bench pool` (the pool's only),
+//! `... bench streams` (streams only), `... bench output` (captured
+//! output's only).
 
 use std::time::{Duration, Instant};
 
@@ -906,8 +907,134 @@ if __name__ == "__main__":
     }
 }
 
+/// The streams table: a generator's items through `call(..).stream()`.
+mod streams_bench {
+    use super::*;
+    use futures_util::StreamExt;
+
+    const GENERATORS: &str = r#"
+import time
+def ints(n):
+    yield from range(n)
+def stamped():
+    yield time.monotonic()
+    time.sleep(0.05)
+"#;
+
+    /// This process's `CLOCK_MONOTONIC`, the clock of Python's
+    /// `time.monotonic()` on Linux, in seconds.
+    fn monotonic() -> f64 {
+        let mut now = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `now` is a valid timespec for the call to fill.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+        now.tv_sec as f64 + now.tv_nsec as f64 * 1e-9
+    }
+
+    /// Items per second through a stream of `count` ints, read as `T`;
+    /// `Err` if the backend cannot stream.
+    async fn rate<T>(runner: &PyRunner, count: u64) -> Result<f64, String>
+    where
+        T: serde::de::DeserializeOwned + Send + 'static,
+    {
+        let start = Instant::now();
+        let mut stream = runner.call("ints").arg(count).returns::<T>().stream();
+        let mut seen = 0;
+        while let Some(item) = stream.next().await {
+            item.map_err(|err| err.to_string())?;
+            seen += 1;
+        }
+        assert_eq!(seen, count);
+        Ok(count as f64 / start.elapsed().as_secs_f64())
+    }
+
+    /// How long after its `yield` the first item of a generator that then
+    /// sleeps reaches the consumer.
+    async fn first_item(runner: &PyRunner) -> Result<Duration, String> {
+        let mut stream = runner.call("stamped").returns::<f64>().stream();
+        let yielded = match stream.next().await {
+            Some(item) => item.map_err(|err| err.to_string())?,
+            None => return Err("no item".into()),
+        };
+        let late = monotonic() - yielded;
+        while stream.next().await.is_some() {}
+        Ok(Duration::from_secs_f64(late.max(0.0)))
+    }
+
+    fn summary(samples: Vec<f64>, show: impl Fn(f64) -> String) -> String {
+        let low = samples.iter().copied().fold(f64::INFINITY, f64::min);
+        let high = samples.iter().copied().fold(0.0, f64::max);
+        format!("{} ({}–{})", show(median(samples)), show(low), show(high))
+    }
+
+    pub async fn streams_table() {
+        let backends = BACKENDS;
+        let mut rows: [Vec<String>; 3] = Default::default();
+        for &backend in backends {
+            let runner = builder_for(backend).build().expect("backend starts");
+            runner.run(GENERATORS).await.unwrap();
+            let per_second = |rate: f64| format!("{:.0} k/s", rate / 1e3);
+            let mut cells = Vec::new();
+            let mut values = Vec::new();
+            let mut typed = Vec::new();
+            let mut firsts = Vec::new();
+            let mut unsupported = None;
+            for _ in 0..5 {
+                match (
+                    rate::<Value>(&runner, 100_000).await,
+                    rate::<i64>(&runner, 100_000).await,
+                    first_item(&runner).await,
+                ) {
+                    (Ok(value), Ok(int), Ok(first)) => {
+                        values.push(value);
+                        typed.push(int);
+                        firsts.push(first.as_secs_f64());
+                    }
+                    (Err(err), ..) | (_, Err(err), _) | (.., Err(err)) => {
+                        unsupported = Some(err);
+                        break;
+                    }
+                }
+            }
+            match unsupported {
+                Some(err) => cells.extend([err.clone(), err.clone(), err]),
+                None => {
+                    cells.push(summary(values, per_second));
+                    cells.push(summary(typed, per_second));
+                    cells.push(summary(firsts, |s| micros(Duration::from_secs_f64(s))));
+                }
+            }
+            for (row, cell) in rows.iter_mut().zip(cells) {
+                row.push(cell);
+            }
+            runner.stop().await.unwrap();
+        }
+        let labels = [
+            "100 000 ints as `Value` items, items/s: median (min–max) of 5",
+            "the same as `returns::<i64>()` items",
+            "first item of a generator that then sleeps, after its `yield`: median (min–max) of 5",
+        ];
+        print!("| streams |");
+        for backend in backends {
+            print!(" {backend:?} |");
+        }
+        println!();
+        println!("|---|{}", "---|".repeat(backends.len()));
+        for (label, cells) in labels.iter().zip(rows) {
+            println!("| {label} | {} |", cells.join(" | "));
+        }
+        println!();
+    }
+}
+
 #[tokio::main]
 async fn main() {
+    if std::env::args().nth(1).as_deref() == Some("streams") {
+        streams_bench::streams_table().await;
+        return;
+    }
     #[cfg(feature = "subprocess")]
     if std::env::args().nth(1).as_deref() == Some("pool") {
         pool_bench::pool_table().await;
@@ -966,6 +1093,7 @@ async fn main() {
     println!();
     calls_bench::calls_table();
     output_bench::output_table();
+    streams_bench::streams_table().await;
     #[cfg(feature = "subprocess")]
     pool_bench::pool_table().await;
 }

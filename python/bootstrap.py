@@ -1,12 +1,15 @@
 # How the subprocess backend starts a child: `python -u -c <this file>
-# <worker.py source> <cache prefix> [--share-cores] <reply ring path>`; the
-# rest are the worker's own (see PROTOCOL.md), and the path may be empty. Compiling the worker takes tens of
+# <n> <worker.py source, in n pieces> <cache prefix> [--share-cores] <reply
+# ring path>`; the rest are the worker's own (see PROTOCOL.md), and the path
+# may be empty. The source comes in pieces cut at line ends, because Linux
+# refuses any one argument past 128 KiB. Compiling the worker takes tens of
 # milliseconds, longer than the rest of a start, so the compiled code is kept
 # (marshal) under the cache prefix, one file per interpreter version; an empty
 # prefix means no cache. The file name given to compile() keeps the worker's
 # own frames apart from user code's "<string>" in tracebacks.
 import sys, marshal
-source, cache = sys.argv.pop(1), sys.argv.pop(1)
+source = ''.join([sys.argv.pop(1) for _ in range(int(sys.argv.pop(1)))])
+cache = sys.argv.pop(1)
 __file__ = 'async_py/worker.py'
 code = None
 if cache:

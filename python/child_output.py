@@ -71,9 +71,10 @@ class ChildOutput:
     """The part of ChildWorker that handles output (a mixin: it uses the
     worker's outbox, flush and coroutine driver)."""
 
-    flushing = False
-    """True while _flush writes: output written meanwhile (a __del__, a
-    signal handler) waits for the next flush."""
+    writing = False
+    """True while _flush writes frames out, or lines are ended ahead of
+    the replies: output written meanwhile (a __del__, a signal handler)
+    waits for the next flush."""
     output_route = None
     """The LineRoute of the main thread once output frames are on."""
     capture_files = None
@@ -119,7 +120,7 @@ class ChildOutput:
             except Exception:  # lone surrogates
                 payload = pack([MSG_OUTPUT, index, [_wire_text(line) for line in batch]])
             self._send(payload)
-            if not self.flushing:
+            if not self.writing:
                 self._flush()
             start = end
 
@@ -129,14 +130,16 @@ class ChildOutput:
         route = self.output_route
         if route is None or not (route.parts[0] or route.parts[1]):
             return
-        replies = self.outbox
-        self.outbox = []
-        self.flushing = True
+        # In place: a stream's loop holds the outbox (see _make_items).
+        outbox = self.outbox
+        replies = outbox[:]
+        outbox.clear()
+        self.writing = True
         try:
             route.end_lines()
         finally:
-            self.flushing = False
-        self.outbox += replies
+            self.writing = False
+        outbox += replies
 
     # -- captured commands ----------------------------------------------------
 

@@ -6,7 +6,7 @@ here: the protocol version, the frame limit and exit statuses, the ops and
 their arguments, the message kinds, the reply ring's offsets and the
 zygote's messages. The bytes that the fast paths of serve.py write or
 match whole (the start of an `ok` or `data` reply, the output mark, the
-start of a `call` or `invoke` request) are derived from these names with
+start of a `call` or `invoke` request, a stream's item) are derived from these names with
 the codec, once, at import. The Rust side states the same numbers in src/wire/mod.rs and
 src/subprocess/ring.rs; tests/python/test_protocol.py checks that both
 agree.
@@ -44,6 +44,7 @@ OP_READ = "read"
 OP_CALL = "call"
 OP_CALL_ASYNC = "call_async"
 OP_INVOKE = "invoke"
+OP_STREAM = "stream"
 OP_SET_VENV = "set_venv"
 OP_STOP = "stop"
 OP_RUN_CAPTURED = "run_captured"
@@ -60,6 +61,7 @@ OPS = {
     OP_CALL: (str, list),
     OP_CALL_ASYNC: (str, list, ARG_LIMIT),
     OP_INVOKE: (str, list, dict, bool, ARG_LIMIT),  # name, args, kwargs, typed, limit
+    OP_STREAM: (str, list, dict, bool, ARG_LIMIT, int),  # as invoke, then the first credit
     OP_SET_VENV: (str,),
     OP_STOP: (),
     OP_RUN_CAPTURED: (str,),
@@ -77,12 +79,14 @@ REPLY_ERR = "err"  # [id, "err", kind, message, traceback]
 REPLY_CONV = "conv"  # [id, "conv", message]
 REPLY_TIMEOUT = "timeout"  # [id, "timeout"]
 REPLY_DATA = "data"  # [id, "data", value]: a typed invoke's result, bytes as bin
+REPLY_ITEM = "item"  # [id, "item", value]: one item of an open stream
+REPLY_ITEM_DATA = "item_data"  # [id, "item_data", value]: one item of a typed stream, bytes as bin
 
 # -- other messages: [kind, ...] --------------------------------------------
 
 MSG_CANCEL = "cancel"
-"""Parent to child, [MSG_CANCEL, id]: cancel that request's pending coroutine.
-It gets no reply of its own."""
+"""Parent to child, [MSG_CANCEL, id]: cancel that request's pending coroutine,
+or close its open stream. It gets no reply of its own."""
 MSG_AWAITING = "awaiting"
 """Child to parent, [MSG_AWAITING, id]: that invoke's result is being
 awaited on the event loop; its reply comes when it finishes."""
@@ -94,6 +98,12 @@ when the environment asked for them (ENV_OUTPUT)."""
 MSG_CAPTURED = "captured"
 """Child to parent, [MSG_CAPTURED, id, stdout, stderr]: what captured
 request `id` wrote; it goes right before that request's reply."""
+MSG_STREAMING = "streaming"
+"""Child to parent, [MSG_STREAMING, id]: that stream request's function
+returned something iterable; its items follow, then its one reply."""
+MSG_MORE = "more"
+"""Parent to child, [MSG_MORE, id, granted]: stream `id` may have sent
+`granted` items in all. It gets no reply of its own."""
 
 PROTOCOL_ERROR = "ProtocolError"
 """The `err` kind of a reply to a request the child cannot parse."""
@@ -126,8 +136,8 @@ RING_PUBLISHED = 0  # bytes published so far (child)
 RING_TAKEN = 64  # bytes taken so far (parent)
 RING_WAITING = 128  # 1 while the parent may sleep until a doorbell (parent)
 RING_INTERRUPT_TARGET = 192  # the request the parent's last SIGINT is for (parent)
-RING_IN_LOOP = 256  # 1 while the child runs its event loop (child)
-RING_LAST_COROUTINE = 320  # the last call_async started, stored before RING_IN_LOOP (child)
+RING_IN_LOOP = 256  # 1 while the child runs its event loop or a sync stream (child)
+RING_LAST_COROUTINE = 320  # the last call_async or stream started, stored before RING_IN_LOOP (child)
 RING_INTERRUPT_TAKEN = 384  # the request stopped for the parent's SIGINT (child)
 RING_DATA = 4096  # where the ring of reply bytes starts
 RING_SIZE = 1 << 20  # the ring's length in bytes
@@ -178,6 +188,14 @@ DATA_HEAD = struct.Struct(">I%dsQ%ds" % (len(OK_HEAD_ID_START), len(REPLY_DATA_K
 """As OK_HEAD, for [id, REPLY_DATA, value]: packed from (frame length,
 OK_HEAD_ID_START, id, REPLY_DATA_KIND)."""
 DATA_HEAD_PAYLOAD = DATA_HEAD.size - FRAME_HEADER.size
+REPLY_ITEM_KIND = pack(REPLY_ITEM)
+REPLY_ITEM_DATA_KIND = pack(REPLY_ITEM_DATA)
+ITEM_HEAD = struct.Struct(">I%dsQ%ds" % (len(OK_HEAD_ID_START), len(REPLY_ITEM_KIND)))
+"""As OK_HEAD, for a stream's [id, REPLY_ITEM, value]."""
+ITEM_HEAD_PAYLOAD = ITEM_HEAD.size - FRAME_HEADER.size
+ITEM_DATA_HEAD = struct.Struct(">I%dsQ%ds" % (len(OK_HEAD_ID_START), len(REPLY_ITEM_DATA_KIND)))
+"""As OK_HEAD, for a typed stream's [id, REPLY_ITEM_DATA, value]."""
+ITEM_DATA_HEAD_PAYLOAD = ITEM_DATA_HEAD.size - FRAME_HEADER.size
 
 CALL_ARRAY = _array_head(2 + len(OPS[OP_CALL]))[0]
 """The marker of a `call` request's array: [id, OP_CALL, name, args]."""

@@ -7,13 +7,18 @@ PROTOCOL.md on its stdin and stdout (protocol.py states its layout):
 - with the reply ring the parent offers (shared memory), replies go there
   and stdout carries only doorbells;
 - requests are `[id, op, ...]` (ops `run`, `run_file`, `eval`, `read`,
-  `call`, `call_async`, `invoke`, `set_venv`, `stop`) and are handled in
-  arrival order, as is `["cancel", id]`, which cancels a pending coroutine;
+  `call`, `call_async`, `invoke`, `stream`, `set_venv`, `stop`) and are
+  handled in arrival order, as are `["cancel", id]`, which cancels a
+  pending coroutine or closes an open stream, and `["more", id, granted]`,
+  which lets a stream send more items;
 - replies are `[id, "ok", value]`, `[id, "data", value]` (a typed
   `invoke`'s, whose bytes are bin), `[id, "err", kind, message, traceback]`,
   `[id, "conv", message]` or `[id, "timeout"]`; only the replies to
   coroutines (`call_async`, and an `invoke` that first sent
   `["awaiting", id]`) can come back out of order;
+- a `stream` request's function result is iterated: `["streaming", id]`,
+  then `[id, "item", value]` (or `"item_data"`) for each item, as far as
+  the parent's credit goes, then the request's one reply;
 - `["out"]` goes before the replies that follow output written through
   sys.stdout or sys.stderr, which is in the stderr pipe by then;
 - `run_captured` and `invoke_captured` capture a request's output, sent
@@ -49,6 +54,16 @@ _frame_header = FRAME_HEADER.pack
 _frame_size = FRAME_HEADER.unpack_from
 _ok_head = OK_HEAD.pack
 _data_head = DATA_HEAD.pack
+_item_head = ITEM_HEAD.pack
+_item_data_head = ITEM_DATA_HEAD.pack
+# A sync stream runs at most this long before the child looks for requests.
+_STREAM_SLICE = 500e-6
+# While a sync stream makes items, SIGALRM rings this often: no item waits
+# longer for the ones after it (and an item's limit is judged this finely).
+# At most _STREAM_BATCH items go out in one write (see ChildWorker._make_items).
+_STREAM_TICK = 200e-6
+_STREAM_BATCH = 16
+_setitimer = getattr(signal, "setitimer", None)
 _monotonic = time.monotonic
 _LATER = object()
 """Returned by a request handler whose reply comes when a coroutine finishes."""
@@ -146,6 +161,38 @@ def _flush_stdio():
             pass
 
 
+class _ItemTimeout(BaseException):
+    """Raised into a stream's iterator whose item ran past its limit; a
+    BaseException, so that user code's `except Exception` lets it pass."""
+
+
+class _ItemUnpacked(Exception):
+    """A stream's item that did not pack: the stream ends with the reply
+    that value would have had."""
+
+    def __init__(self, cause):
+        Exception.__init__(self, cause)
+        self.cause = cause
+
+
+class _OpenStream:
+    """A stream request whose iterator is open: how far the parent's credit
+    goes (`granted`), and how many items went out (`sent`)."""
+
+    __slots__ = ("id", "iterator", "typed", "limit", "granted", "sent", "is_async", "queued", "wake")
+
+    def __init__(self, request_id, iterator, typed, limit, granted, is_async):
+        self.id = request_id
+        self.iterator = iterator
+        self.typed = typed
+        self.limit = limit
+        self.granted = granted
+        self.sent = 0
+        self.is_async = is_async
+        self.queued = False  # in ChildWorker.ready (sync streams)
+        self.wake = None  # the future an async stream without credit waits on
+
+
 def _is_limit(value):
     """nil, or a finite number of seconds that is not negative."""
     return value is None or (type(value) in (int, float) and _isfinite(value) and value >= 0)
@@ -193,6 +240,14 @@ class ChildWorker(ChildOutput):
         self.stopping = False
         self.running = None  # the id of the request running now, if any
         self.typed_coroutines = set()  # ids of typed invokes pending on the loop
+        self.streams = {}  # id -> _OpenStream, for each open stream
+        self.ready = []  # the sync streams that may send items now, in turn
+        # A sync stream's slice and its SIGALRM (see _make_items):
+        self.in_next = False  # the iterator's `next` runs
+        self.item_deadline = None  # when the item it makes is past its limit
+        self.ticking = False  # the timer rings every _STREAM_TICK
+        self.hold_rang = False  # it rang while not in_next: items may wait
+        self.flushing = False  # _flush_held runs
         self.interrupted = False
         self.handlers = {op: getattr(self, "op_" + op) for op in OPS}
         # The common requests get decoders of their own with the pure-Python codec.
@@ -227,6 +282,15 @@ class ChildWorker(ChildOutput):
                 if self.inbox:
                     self._fail("the request pipe ended inside a frame (%d bytes left)" % len(self.inbox))
                 return 0
+            if self.ready:
+                # Requests first (a cancel among them), then items: a slice
+                # of each stream that has credit.
+                if self.poller.poll(0):
+                    self._read_available()
+                    if self._has_whole_frame():
+                        continue
+                self._pump_streams()
+                continue
             # A loop turn may have moved whole requests into the inbox.
             if self._has_whole_frame() or self._spin():
                 continue
@@ -237,7 +301,12 @@ class ChildWorker(ChildOutput):
                 self._turn_loop(block=True)
 
     def close(self):
-        """Cancels pending coroutines and closes the event loop."""
+        """Closes open sync streams (their `finally` blocks run), cancels
+        pending coroutines and async streams, and closes the event loop."""
+        for stream in list(self.streams.values()):
+            if not stream.is_async:
+                del self.streams[stream.id]
+                _close_iterator(stream.iterator)
         if self.driver is None or self.driver.loop.is_closed():
             return
         self.driver.loop.remove_reader(self.proto_in)
@@ -414,6 +483,9 @@ class ChildWorker(ChildOutput):
             if op == OP_INVOKE_CAPTURED:
                 self.op_invoke_captured(request_id, *args)
                 return
+            if op == OP_STREAM:
+                self.op_stream(request_id, *args)
+                return
             handler = self.handlers[op]
         else:
             request_id, name, args = call
@@ -459,6 +531,8 @@ class ChildWorker(ChildOutput):
         if type(request) is not list or not request or type(request[0]) is not int:
             if type(request) is list and request and request[0] == MSG_CANCEL:
                 self._cancel(request)
+            elif type(request) is list and request and request[0] == MSG_MORE:
+                self._more(request)
             else:
                 _say("ignoring a request without an id: %s" % _preview(request))
             return
@@ -571,8 +645,307 @@ class ChildWorker(ChildOutput):
         if len(message) != 2 or type(message[1]) is not int:
             _say("ignoring a malformed cancel: %s" % _preview(message))
             return
+        stream = self.streams.get(message[1])
+        if stream is not None and not stream.is_async:
+            self._end_stream(stream, True, None)
+            return
         if self.driver is not None:
             self.driver.cancel(message[1])
+
+    # -- streams -----------------------------------------------------------
+
+    def op_stream(self, request_id, name, args, kwargs, typed, limit, credit):
+        """`name(*args, **kwargs)`, run as a sync request, whose result is
+        iterated: `["streaming", id]` once the iterator exists, then each
+        item as `[id, "item", value]` (`"item_data"` when `typed`) while the
+        parent's credit lasts (`credit` items at first; `more` adds), and
+        last the request's reply: `ok` at the end of the items, `err`,
+        `conv`, or `timeout` for an item that took longer than `limit`.
+        A sync iterator runs between requests (_pump_streams); an async
+        one on the event loop (_pump_async)."""
+        try:
+            self.running = request_id
+            try:
+                value = resolve(name, self.globals)(*args, **kwargs)
+            finally:
+                self.running = None
+        except BaseException as exc:
+            self._request_failed(request_id, exc)
+            return
+        try:
+            stream = self._open_stream(request_id, name, value, typed, limit, credit)
+        except BaseException as exc:  # __iter__ or __aiter__ raised
+            self._request_failed(request_id, exc)
+            return
+        if stream is None:
+            return
+        if stream.is_async:
+            try:
+                driver = self._coroutine_driver()
+                if self.ring is not None:
+                    # As for an awaiting invoke: stored before it can start.
+                    self.ring.counters[_COUNTER_LAST_COROUTINE] = request_id
+                driver.schedule(request_id, self._pump_async(stream), None)
+            except BaseException as exc:
+                self._reply_error(request_id, exc)
+                return
+        self.streams[request_id] = stream
+        self._send(pack([MSG_STREAMING, request_id]))
+        if not stream.is_async and stream.granted > 0:
+            stream.queued = True
+            self.ready.append(stream)
+
+    def _open_stream(self, request_id, name, value, typed, limit, credit):
+        """The open stream over `value`, or None when it has no items to give
+        (a `conv` reply is sent)."""
+        kind = type(value)
+        if getattr(kind, "__aiter__", None) is not None:
+            iterator = kind.__aiter__(value)
+            if getattr(type(iterator), "__anext__", None) is None:
+                raise TypeError("%s.__aiter__ returned %s, which has no __anext__" % (kind.__name__, type(iterator).__name__))
+            return _OpenStream(request_id, iterator, typed, limit, credit, True)
+        if getattr(kind, "__iter__", None) is None and getattr(kind, "__getitem__", None) is None:
+            if _is_awaitable(value):
+                _close_awaitable(value)
+                what = "an awaitable"
+            else:
+                what = "%s, which is not iterable" % kind.__name__
+            self._send_reply([request_id, REPLY_CONV, "%s returned %s; read its result with .await" % (name, what)])
+            return None
+        return _OpenStream(request_id, iter(value), typed, limit, credit, False)
+
+    def _more(self, message):
+        """[MSG_MORE, id, granted]: stream `id` may have sent `granted` items
+        in all. One for a stream that is not open is ignored."""
+        if len(message) != 3 or type(message[1]) is not int or type(message[2]) is not int:
+            _say("ignoring a malformed more: %s" % _preview(message))
+            return
+        stream = self.streams.get(message[1])
+        if stream is None or message[2] <= stream.granted:
+            return
+        stream.granted = message[2]
+        if stream.is_async:
+            wake = stream.wake
+            if wake is not None and not wake.done():
+                wake.set_result(None)
+        elif not stream.queued:
+            stream.queued = True
+            self.ready.append(stream)
+
+    def _pump_streams(self):
+        """Gives each sync stream that has credit a slice of items."""
+        for stream in tuple(self.ready):
+            if self._run_stream(stream) or not stream.queued:
+                continue  # more to send, or ended (and taken out) already
+            stream.queued = False
+            self.ready.remove(stream)
+
+    def _run_stream(self, stream):
+        """Sends items of a sync stream for up to _STREAM_SLICE; True if the
+        stream may send more.
+
+        While an item is made, the ring says the child is "in its loop" with
+        this stream as its last coroutine: no request runs meanwhile, so a
+        request's clock in the parent starts over, and only the stream's
+        backstop is judged. SIGALRM's handler is this worker's only during
+        the slice (see _make_items)."""
+        counters = None if self.ring is None else self.ring.counters
+        if counters is not None:
+            counters[_COUNTER_LAST_COROUTINE] = stream.id
+            counters[_COUNTER_IN_LOOP] = 1
+        outcome = None
+        self.running = stream.id
+        try:
+            if _setitimer is None:
+                self._make_items(stream, False)
+            else:
+                previous = signal.signal(signal.SIGALRM, self._on_stream_alarm)
+                try:
+                    self._make_items(stream, True)
+                finally:
+                    self.in_next = False
+                    self.item_deadline = None
+                    _setitimer(signal.ITIMER_REAL, 0)
+                    signal.signal(signal.SIGALRM, previous)
+        except StopIteration:
+            outcome = (True, None)
+        except BaseException as exc:
+            outcome = (False, exc)
+        finally:
+            self.running = None
+            if counters is not None:
+                counters[_COUNTER_IN_LOOP] = 0
+        if outcome is not None:
+            self._end_stream(stream, *outcome)
+        self._flush()
+        return outcome is None and stream.sent < stream.granted
+
+    def _make_items(self, stream, ticks):
+        """Makes items for a slice and writes them out in batches of up to
+        _STREAM_BATCH: a write per item would cost the child, and above all
+        the parent, more than a fast generator takes to make one.
+
+        With `ticks`, SIGALRM rings every _STREAM_TICK while items are made
+        (one timer for the slice: arming one per item costs more than an
+        item). At each ring the handler (_on_stream_alarm) writes out the
+        items held so far if the loop is inside `next`, where it does not
+        touch the outbox, so that no item waits on a slow one behind it; a
+        ring outside `next` is taken up before the next `next`. It also
+        raises _ItemTimeout into an item past the stream's limit (its
+        `finally` blocks run). A `next` that blocks in C code without
+        returning to the interpreter holds both up; the parent's backstop
+        is for that. Without `ticks` (no setitimer) each item is written at
+        once and items have no limit here."""
+        next_item = type(stream.iterator).__next__
+        iterator = stream.iterator
+        outbox = self.outbox
+        limit = stream.limit
+        now = _monotonic()
+        slice_end = now + _STREAM_SLICE
+        if ticks:
+            self.ticking = True
+            _setitimer(signal.ITIMER_REAL, _STREAM_TICK, _STREAM_TICK)
+        while stream.sent < stream.granted:
+            if ticks:
+                if not self.ticking:
+                    # The handler slowed the timer down during a long `next`.
+                    self.ticking = True
+                    _setitimer(signal.ITIMER_REAL, _STREAM_TICK, _STREAM_TICK)
+                if limit is not None:
+                    self.item_deadline = now + limit
+                self.in_next = True
+                if self.hold_rang and outbox:
+                    self._flush_held()
+                value = next_item(iterator)
+                self.in_next = False
+            else:
+                value = next_item(iterator)
+            self._send_item(stream, value)
+            stream.sent += 1
+            if not ticks or stream.sent == 1 or len(outbox) >= _STREAM_BATCH:
+                self._flush()
+            now = _monotonic()
+            if now >= slice_end:
+                return
+
+    def _on_stream_alarm(self, signum, frame):
+        """SIGALRM during a slice of a sync stream (see _make_items)."""
+        if not self.in_next:
+            self.hold_rang = True
+            return
+        if self.outbox and not self.flushing:
+            self._flush_held()
+        deadline = self.item_deadline
+        if deadline is not None:
+            left = deadline - _monotonic()
+            if left <= 0:
+                self.item_deadline = None
+                raise _ItemTimeout()
+        else:
+            left = 0  # no limit: the timer stops until the loop needs it
+        if self.ticking or left > 0:
+            # Nothing is held while `next` runs on: ring again only at the
+            # item's limit (0: never), rather than every tick.
+            self.ticking = False
+            _setitimer(signal.ITIMER_REAL, left)
+
+    def _flush_held(self):
+        """_flush, marked so that SIGALRM's handler does not flush inside it."""
+        self.flushing = True
+        try:
+            self.hold_rang = False
+            self._flush()
+        finally:
+            self.flushing = False
+
+    async def _pump_async(self, stream):
+        """Sends the items of an async stream as they come, while the
+        parent's credit lasts; its outcome is the stream's (see
+        _reply_finished). Past an item's limit the item is cancelled (its
+        `finally` blocks run) and the stream ends with a timeout."""
+        iterator = stream.iterator
+        next_item = type(iterator).__anext__
+        limit = stream.limit
+        loop = self.driver.loop
+        try:
+            while True:
+                while stream.sent >= stream.granted:
+                    stream.wake = loop.create_future()
+                    await stream.wake
+                if limit is None:
+                    value = await next_item(iterator)
+                else:
+                    started = loop.time()
+                    try:
+                        value = await asyncio.wait_for(next_item(iterator), limit)
+                    except asyncio.TimeoutError:
+                        if loop.time() - started < limit:
+                            raise  # the iterator's own
+                        raise _ItemTimeout() from None
+                self._send_item(stream, value)
+                stream.sent += 1
+                # The turn ends, and with it the flush of this item.
+                self.driver.wake()
+        except StopAsyncIteration:
+            return None
+        finally:
+            aclose = getattr(iterator, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+    def _send_item(self, stream, value):
+        """Queues [id, "item", value] (or "item_data"); a value that does not
+        pack raises _ItemUnpacked."""
+        try:
+            if stream.typed:
+                body = self.pack_data(value)
+            else:
+                body = self.pack_value(value)
+        except BaseException as exc:
+            raise _ItemUnpacked(exc) from None
+        request_id = stream.id
+        if stream.typed:
+            head, payload, kind = _item_data_head, ITEM_DATA_HEAD_PAYLOAD, REPLY_ITEM_DATA_KIND
+        else:
+            head, payload, kind = _item_head, ITEM_HEAD_PAYLOAD, REPLY_ITEM_KIND
+        size = payload + len(body)
+        if size > 0xFFFFFFFF:
+            raise _ItemUnpacked(ConversionError("an item of %d bytes does not fit in a frame" % size))
+        if 0 <= request_id <= 0xFFFFFFFFFFFFFFFF:
+            self.outbox.append(head(size, OK_HEAD_ID_START, request_id, kind) + body)
+        else:
+            self._send(REPLY_OK_ARRAY + pack(request_id) + kind + body)
+
+    def _end_stream(self, stream, ok, value):
+        """Closes a sync stream's iterator (its `finally` blocks run, if it
+        stopped at a yield) and sends the stream's reply."""
+        self.streams.pop(stream.id, None)
+        if stream.queued:
+            stream.queued = False
+            self.ready.remove(stream)
+        self.running = stream.id
+        try:
+            closed = _close_iterator(stream.iterator, quiet=False)
+        except BaseException as exc:
+            closed = exc
+        finally:
+            self.running = None
+        if ok and closed is not None:
+            ok, value = False, closed
+        self._stream_reply(stream.id, ok, value)
+
+    def _stream_reply(self, request_id, ok, value):
+        """A stream's one reply: `ok` (nil) at its end, or what ended it."""
+        if ok or value == "cancelled":
+            self._reply_value(request_id, None)  # closed for a consumer that left
+        elif isinstance(value, _ItemTimeout):
+            self._send_reply([request_id, REPLY_TIMEOUT])
+        elif isinstance(value, _ItemUnpacked):
+            self._reply_unpacked(request_id, value.cause)
+        elif isinstance(value, BaseException):
+            self._request_failed(request_id, value)
+        else:
+            self._send_reply([request_id, REPLY_TIMEOUT])
 
     def op_set_venv(self, request_id, path):
         set_venv(path)
@@ -585,7 +958,11 @@ class ChildWorker(ChildOutput):
     def _reply_finished(self, request_id, ok, value):
         """The reply to a coroutine (a call_async, or an invoke that is
         awaiting): `value` is the result, the exception, or "timeout" /
-        "cancelled" (see CoroutineDriver._done)."""
+        "cancelled" (see CoroutineDriver._done). An async stream's pump
+        ends its stream."""
+        if self.streams.pop(request_id, None) is not None:
+            self._stream_reply(request_id, ok, value)
+            return
         if self.coroutine_captures:
             self.send_coroutine_capture(request_id)
         typed = request_id in self.typed_coroutines
@@ -669,25 +1046,27 @@ class ChildWorker(ChildOutput):
             # A copy whose forking code returned (one that raised left in
             # _handle_frame): every reply passes here, once per request.
             _leave_forked_copy(None)
-        if not self.outbox or self.flushing:
-            # (Output written during a flush, by a __del__ or a signal
-            # handler, goes with the next one.)
+        if not self.outbox or self.writing:
+            # (Output written while frames are written, by a __del__ or a
+            # signal handler, goes with the next flush.)
             return
         stdout, stderr = self.direct_streams
         if sys.stdout is not stdout or sys.stderr is not stderr:
             _flush_stdio()
         self.end_output_lines()
         outbox = self.outbox
-        self.outbox = []
         if _output_written:
             _output_written = False
             outbox.insert(0, OUTPUT_MARK_FRAME)
-        data = outbox[0] if len(outbox) == 1 else b"".join(outbox)
-        self.flushing = True
+        count = len(outbox)
+        data = outbox[0] if count == 1 else b"".join(outbox)
+        # Only what was joined: whatever came meanwhile stays for the next.
+        del outbox[:count]
+        self.writing = True
         try:
             self._write_out(data)
         finally:
-            self.flushing = False
+            self.writing = False
 
     def _write_out(self, data):
         """Writes frames to the ring or the pipe, whole."""
@@ -863,6 +1242,22 @@ def _generator_kind(value):
     return "a generator"
 
 
+def _close_iterator(iterator, quiet=True):
+    """Closes a sync iterator that has `close` (a generator: its `finally`
+    blocks run). What closing raised is returned, or, if `quiet`, said on
+    stderr."""
+    close = getattr(iterator, "close", None)
+    if close is None:
+        return None
+    try:
+        close()
+    except BaseException as exc:
+        if not quiet:
+            return exc
+        _say("closing a stream raised %s: %s" % (type(exc).__name__, exc))
+    return None
+
+
 def _is_awaitable(value):
     """inspect.isawaitable, with its import left until a result's type
     could be awaitable at all."""
@@ -904,15 +1299,16 @@ def _request_problem(request):
     args = request[2:]
     if op == OP_CALL_ASYNC:
         fits = len(args) == 3 and type(args[0]) is str and type(args[1]) is list and _is_limit(args[2])
-    elif op == OP_INVOKE or op == OP_INVOKE_CAPTURED:
+    elif op == OP_INVOKE or op == OP_INVOKE_CAPTURED or op == OP_STREAM:
         fits = (
-            len(args) == 5
+            len(args) == len(expected)
             and type(args[0]) is str
             and type(args[1]) is list
             and type(args[2]) is dict
             and type(args[3]) is bool
             and (args[4] is None or _is_limit(args[4]))
             and (not args[2] or set(map(type, args[2])) == {str})
+            and (op != OP_STREAM or (type(args[5]) is int and args[5] >= 0))
         )
     elif op in PATH_OPS:
         fits = len(args) == 1 and (type(args[0]) is str or _is_byte_list(args[0]))

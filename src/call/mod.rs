@@ -412,7 +412,9 @@ pub struct CallFuture<'a, R> {
     returns: PhantomData<fn() -> R>,
 }
 
-/// Where a call's reply comes from.
+/// Where a call's reply comes from. A runner's call is its submission
+/// itself, unboxed: an allocation is a good part of a fast call's cost.
+#[allow(clippy::large_enum_variant)]
 enum Sending<'a> {
     Failed(Option<PyRunnerError>),
     Runner(Submission),

@@ -155,6 +155,7 @@ impl Feed {
     }
 
     /// True once [`end`](Self::end) was called.
+    #[allow(dead_code)] // no backend has needed to ask yet
     pub fn has_ended(&self) -> bool {
         self.lock().ended
     }

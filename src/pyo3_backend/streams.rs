@@ -390,9 +390,7 @@ impl<'py> Worker<'py> {
     /// `aclose()` it scheduled, if it did.
     fn close_stream_noting(&mut self, id: u64, err: Option<PyRunnerError>) -> Option<u64> {
         let mut closing = None;
-        let Some(mut stream) = self.streams.open.remove(&id) else {
-            return None;
-        };
+        let mut stream = self.streams.open.remove(&id)?;
         let py = self.py;
         match &stream.source {
             Source::Sync(iterator) => {

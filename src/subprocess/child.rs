@@ -52,6 +52,34 @@ use crate::wire::{FrameReader, FromChild, Hello, WireError};
 const OUTPUT_ENV: &str = "ASYNC_PY_OUTPUT";
 const OUTPUT_FRAMES: &str = "frames";
 
+/// The largest piece of the worker's source passed as one argument: Linux
+/// refuses an argument past 128 KiB (`MAX_ARG_STRLEN`), and the joined
+/// worker is larger.
+const SOURCE_PIECE: usize = 96 << 10;
+
+/// The worker's source in pieces of at most [`SOURCE_PIECE`] bytes, each
+/// cut after a line's end (so never inside a character), for the
+/// bootstrap to join.
+fn source_pieces(source: &str) -> Vec<&str> {
+    let mut pieces = Vec::new();
+    let mut rest = source;
+    while rest.len() > SOURCE_PIECE {
+        let cut = rest[..SOURCE_PIECE]
+            .rfind('\n')
+            .map(|at| at + 1)
+            .unwrap_or_else(|| {
+                (1..=SOURCE_PIECE)
+                    .rev()
+                    .find(|&at| rest.is_char_boundary(at))
+                    .unwrap_or(rest.len())
+            });
+        pieces.push(&rest[..cut]);
+        rest = &rest[cut..];
+    }
+    pieces.push(rest);
+    pieces
+}
+
 /// How a child starts the worker; see the file for the arguments.
 const BOOTSTRAP: &str = include_str!("../../python/bootstrap.py");
 
@@ -80,11 +108,13 @@ impl LaunchSpec {
     /// this spec's environment and folder; stdio is the caller's to set.
     pub fn command(&self, last: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut command = Command::new(&self.python);
+        let source = source_pieces(crate::worker_source::WORKER_PY);
         command
             .arg("-u")
             .arg("-c")
             .arg(BOOTSTRAP)
-            .arg(crate::worker_source::WORKER_PY)
+            .arg(source.len().to_string())
+            .args(source)
             .arg(compiled_worker_cache());
         if self.share_cores {
             command.arg("--share-cores");
@@ -225,7 +255,9 @@ impl ChildProcess {
                 | FromChild::OutputMark
                 | FromChild::Awaiting { .. }
                 | FromChild::Output { .. }
-                | FromChild::Captured { .. },
+                | FromChild::Captured { .. }
+                | FromChild::Streaming { .. }
+                | FromChild::Item { .. },
             ) => Err("its first frame was not a hello".into()),
             // A frame that did not decode comes with the error.
             Err(NoFrame::Bad(err)) => {
@@ -774,3 +806,25 @@ pub(crate) fn read_some(stdout: &mut File, reader: &mut FrameReader) -> io::Resu
 
 /// How much room a read of the reply pipe offers: a full pipe's worth.
 const READ_CHUNK: usize = 64 << 10;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_worker_goes_in_pieces_under_the_argument_limit_cut_after_lines() {
+        let source = crate::worker_source::WORKER_PY;
+        let pieces = source_pieces(source);
+        assert_eq!(pieces.concat(), source);
+        assert!(pieces.iter().all(|piece| piece.len() <= SOURCE_PIECE));
+        assert!(pieces[..pieces.len() - 1]
+            .iter()
+            .all(|piece| piece.ends_with('\n')));
+        // A text without line ends is cut between characters.
+        let long = "é".repeat(SOURCE_PIECE);
+        let pieces = source_pieces(&long);
+        assert_eq!(pieces.concat(), long);
+        assert!(pieces.iter().all(|piece| piece.len() <= SOURCE_PIECE));
+        assert_eq!(source_pieces(""), vec![""]);
+    }
+}

@@ -10,7 +10,8 @@
 //! "line"); coroutines run on its event loop between them. A sync request's
 //! limit counts from when it reaches the head of the line; a coroutine's
 //! limit is enforced in the child, and here only its backstop, past the
-//! limit by [`COROUTINE_BACKSTOP`], is judged.
+//! limit by [`COROUTINE_BACKSTOP`], is judged; so is an open stream's, for
+//! each item.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -27,6 +28,18 @@ pub(super) enum Kind {
     /// `stop`: in the line; once at its head, a child that does not answer
     /// it within its limit is killed.
     Stop,
+    /// An open stream: out of the line, its items made between requests
+    /// (or on the event loop). Its limit is each item's, kept by the child;
+    /// here only a backstop past it, while the child may send, is judged.
+    /// It had always started.
+    Stream,
+}
+
+impl Kind {
+    /// Whether it runs outside the child's line: judged by its backstop.
+    fn off_the_line(self) -> bool {
+        matches!(self, Kind::Coroutine | Kind::Stream)
+    }
 }
 
 /// One request in flight.
@@ -147,7 +160,7 @@ impl<T> Flights<T> {
             (Kind::Sync | Kind::Stop, Some(limit)) if self.line.is_empty() => Some(now + limit),
             _ => None,
         };
-        if kind != Kind::Coroutine {
+        if !kind.off_the_line() {
             self.line.push_back(id);
         }
         self.timed += usize::from(limit.is_some());
@@ -168,7 +181,7 @@ impl<T> Flights<T> {
     pub fn answered(&mut self, id: u64, now: impl FnOnce() -> Instant) -> Option<Flight<T>> {
         let done = self.by_id.remove(&id)?;
         self.timed -= usize::from(done.limit.is_some());
-        if done.kind != Kind::Coroutine {
+        if !done.kind.off_the_line() {
             if self.line.front() == Some(&id) {
                 self.line.pop_front();
             } else {
@@ -197,6 +210,37 @@ impl<T> Flights<T> {
         true
     }
 
+    /// The sync request `id` (a stream's invoke) has opened its stream: it
+    /// leaves the line, and its backstop runs for the first item. False if
+    /// no such sync request is in flight.
+    pub fn became_stream(&mut self, id: u64, now: Instant) -> bool {
+        let Some(flight) = self.by_id.get_mut(&id) else {
+            return false;
+        };
+        if flight.kind != Kind::Sync {
+            return false;
+        }
+        flight.kind = Kind::Stream;
+        flight.deadline = flight.limit.map(|limit| now + limit + COROUTINE_BACKSTOP);
+        self.line.retain(|&queued| queued != id);
+        self.start_head_clock(|| now);
+        true
+    }
+
+    /// Stream `id` sent an item or got credit at `now`: the backstop of its
+    /// next item runs from then if the child `may_send`, else (it waits for
+    /// credit) no clock runs.
+    pub fn stream_moved(&mut self, id: u64, may_send: bool, now: Instant) {
+        if let Some(flight) = self.by_id.get_mut(&id) {
+            if flight.kind == Kind::Stream {
+                flight.deadline = match (may_send, flight.limit) {
+                    (true, Some(limit)) => Some(now + limit + COROUTINE_BACKSTOP),
+                    _ => None,
+                };
+            }
+        }
+    }
+
     fn start_head_clock(&mut self, now: impl FnOnce() -> Instant) {
         let Some(head) = self.line.front() else {
             return;
@@ -217,7 +261,7 @@ impl<T> Flights<T> {
             .values()
             .filter_map(|flight| {
                 let deadline = flight.deadline?;
-                Some(if flight.kind == Kind::Coroutine && deadline <= now {
+                Some(if flight.kind.off_the_line() && deadline <= now {
                     now + COROUTINE_RECHECK
                 } else {
                     deadline
@@ -271,7 +315,7 @@ impl<T> Flights<T> {
         self.by_id
             .iter()
             .find(|(_, flight)| {
-                flight.kind == Kind::Coroutine
+                flight.kind.off_the_line()
                     && flight.deadline.is_some_and(|deadline| now >= deadline)
             })
             .map_or(Due::Nothing, |(&id, _)| Due::Coroutine { id })
@@ -294,8 +338,11 @@ impl<T> Flights<T> {
                 } => match flight.kind {
                     Kind::Coroutine => id > last_coroutine,
                     Kind::Sync | Kind::Stop => Some(id) != sync_started,
+                    Kind::Stream => false,
                 },
             };
+            // Items of an open stream went out: it is never run again.
+            let never_started = never_started && flight.kind != Kind::Stream;
             if never_started {
                 unstarted.push(flight.item);
             } else {
@@ -489,6 +536,44 @@ mod tests {
         let started: Vec<_> = started.into_iter().map(|(_, f)| f.item).collect();
         assert_eq!(started, ["stuck", "sync it went on to"]);
         assert_eq!(unstarted, ["after", "queued sync"]);
+    }
+
+    #[test]
+    fn an_open_stream_leaves_the_line_keeps_a_backstop_only_while_it_may_send_and_is_never_sent_again(
+    ) {
+        let clock = Clock::new();
+        let mut flights = Flights::default();
+        flights.sent(1, "stream", Kind::Sync, Some(100 * MS), clock.at(0));
+        flights.sent(2, "queued", Kind::Sync, None, clock.at(0));
+        assert!(flights.became_stream(1, clock.at(10)));
+        assert_eq!(flights.head(), Some(2));
+        flights.answered(2, || clock.at(20));
+        let backstop = 100 * MS + COROUTINE_BACKSTOP;
+        assert_eq!(
+            flights.judge(clock.at(10) + backstop - MS, false),
+            Due::Nothing
+        );
+        // An item came at 50 ms: the next one's backstop runs from then.
+        flights.stream_moved(1, true, clock.at(50));
+        assert_eq!(flights.judge(clock.at(10) + backstop, false), Due::Nothing);
+        assert_eq!(
+            flights.judge(clock.at(50) + backstop, false),
+            Due::Coroutine { id: 1 }
+        );
+        // Out of credit, it waits for the consumer: no clock.
+        flights.stream_moved(1, false, clock.at(60));
+        assert_eq!(flights.next_deadline(clock.at(60)), None);
+        assert_eq!(flights.judge(clock.at(1_000_000), false), Due::Nothing);
+        // A lost child had started it, whatever the ring said.
+        flights.sent(3, "coroutine", Kind::Coroutine, None, clock.at(70));
+        let (started, unstarted) = flights.drain_after_loss(Reached::Coroutines {
+            last_coroutine: 0,
+            sync_started: None,
+        });
+        assert_eq!(started.len(), 1);
+        assert_eq!(started[0].1.item, "stream");
+        assert_eq!(unstarted, ["coroutine"]);
+        assert!(!flights.became_stream(9, clock.at(80)));
     }
 
     #[test]

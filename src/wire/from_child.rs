@@ -55,6 +55,18 @@ pub(crate) enum FromChild {
         id: u64,
         written: Written,
     },
+    /// The function of stream `id` returned something iterable: the
+    /// request has left the child's line, its items follow, and its reply
+    /// comes when the stream ends.
+    Streaming {
+        id: u64,
+    },
+    /// One item of stream `id`: a `Value` (`item`) or, for a typed stream,
+    /// a slice of the frame (`item_data`).
+    Item {
+        id: u64,
+        item: Answer,
+    },
 }
 
 fn malformed(what: &str) -> PyRunnerError {
@@ -147,6 +159,13 @@ impl FromChild {
             };
             return Ok(FromChild::Captured { id, written });
         }
+        if head.as_str() == Some("streaming") {
+            let id = items
+                .next()?
+                .and_then(|v| v.as_u64())
+                .ok_or_else(|| malformed("streaming without an id"))?;
+            return Ok(FromChild::Streaming { id });
+        }
         if head.as_str() == Some("hello") {
             let version = items
                 .next()?
@@ -176,6 +195,27 @@ impl FromChild {
             .ok_or_else(|| malformed("reply without an id"))?;
         let outcome = match items.next()?.as_ref().and_then(Item::as_str) {
             None => return Err(malformed("reply without a status").into()),
+            Some("item") => {
+                let value = items
+                    .next()?
+                    .ok_or_else(|| malformed("item without a value"))?;
+                return Ok(FromChild::Item {
+                    id,
+                    item: Answer::Value(value.into_value()),
+                });
+            }
+            Some("item_data") => {
+                let value = items
+                    .next_raw()?
+                    .ok_or_else(|| malformed("item_data without a value"))?;
+                return Ok(FromChild::Item {
+                    id,
+                    item: Answer::Packed(match shared {
+                        Some(frame) => frame.slice_ref(value),
+                        None => Bytes::copy_from_slice(value),
+                    }),
+                });
+            }
             Some("ok") => Outcome::Done(Ok(Answer::Value(
                 items.next()?.map_or(Value::Null, Item::into_value),
             ))),
@@ -417,6 +457,40 @@ mod tests {
             );
         }
         let frame = rmp_serde::to_vec(&("output", 0u8, ["a"])).unwrap();
+        for end in 0..frame.len() {
+            assert!(FromChild::decode(&frame[..end]).is_err(), "{end}");
+        }
+    }
+
+    #[test]
+    fn a_stream_s_note_and_items_name_their_request() {
+        let note = rmp_serde::to_vec(&("streaming", 12u64)).unwrap();
+        assert_eq!(
+            FromChild::decode(&note),
+            Ok(FromChild::Streaming { id: 12 })
+        );
+        assert!(FromChild::decode(&rmp_serde::to_vec(&("streaming",)).unwrap()).is_err());
+        let item = rmp_serde::to_vec(&(5u64, "item", [1, 2])).unwrap();
+        assert_eq!(
+            FromChild::decode(&item),
+            Ok(FromChild::Item {
+                id: 5,
+                item: Answer::Value(json!([1, 2]))
+            })
+        );
+        let value = rmp_serde::to_vec(&serde_bytes::ByteBuf::from(vec![0, 255])).unwrap();
+        let mut frame = rmp_serde::to_vec(&(6u64, "item_data")).unwrap();
+        frame[0] = 0x93;
+        frame.extend_from_slice(&value);
+        assert_eq!(
+            FromChild::decode(&frame),
+            Ok(FromChild::Item {
+                id: 6,
+                item: Answer::Packed(value.into())
+            })
+        );
+        // An item without its value, or cut short, is refused.
+        assert!(FromChild::decode(&rmp_serde::to_vec(&(5u64, "item")).unwrap()).is_err());
         for end in 0..frame.len() {
             assert!(FromChild::decode(&frame[..end]).is_err(), "{end}");
         }

@@ -119,7 +119,7 @@ impl Encoder<ToChild<'_>> for ChildCodec {
     fn encode(&mut self, message: ToChild<'_>, dst: &mut BytesMut) -> Result<(), WireError> {
         let start = dst.len();
         dst.put_u32(0);
-        let written = if let ToChild::Invoke { .. } = message {
+        let written = if let ToChild::Invoke { .. } | ToChild::Stream { .. } = message {
             // Straight into `dst`, arguments and all: one copy of them.
             dst.reserve(message.invoke_size());
             if message.write_invoke(&mut (&mut *dst).writer()) {
@@ -282,7 +282,7 @@ mod tests {
             Request::Stop => rmp_serde::to_vec(&(id, "stop")),
             Request::RunCaptured { code } => rmp_serde::to_vec(&(id, "run_captured", code)),
             Request::Invoke(_) | Request::Cancel(_) => unreachable!("new in protocol 3"),
-            Request::Stream(_) => unreachable!("no message of its own"),
+            Request::Stream(_) => unreachable!("not among every_request's"),
         };
         let mut out = BytesMut::new();
         ChildCodec::new(1 << 20)
@@ -472,6 +472,77 @@ mod tests {
             .encode(ToChild::new(9, &cancel, None), &mut out)
             .unwrap();
         assert_eq!(out.to_vec(), frame_of(&("cancel", 9u64)));
+    }
+
+    #[test]
+    fn the_stream_fuzz_seeds_are_frames_the_reader_takes_whole() {
+        let seeds = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/frames");
+        for (name, frames) in [
+            ("streaming", 1),
+            ("stream_item", 1),
+            ("stream_item_data", 1),
+            ("stream_open_items_end", 5),
+        ] {
+            let data = std::fs::read(seeds.join(name)).unwrap();
+            assert_eq!(read_child_output(&data), frames, "{name}");
+        }
+    }
+
+    #[test]
+    fn a_stream_is_an_invoke_with_its_first_credit_and_more_names_the_new_total() {
+        use crate::call::{Feed, Packed};
+        use crate::command::{Invoke, Returns};
+
+        let mut args = Packed::default();
+        args.push(&7).unwrap();
+        let stream = Request::Invoke(Invoke {
+            name: "gen".into(),
+            args,
+            kwargs: Packed::default(),
+            returns: Returns::Value,
+            stream: Some(Feed::new(256)),
+            capture: false,
+        });
+        let mut codec = ChildCodec::new(1 << 20);
+        let mut out = BytesMut::new();
+        codec
+            .encode(ToChild::new(3, &stream, Some(0.5)), &mut out)
+            .unwrap();
+        type Frame = (
+            u64,
+            String,
+            String,
+            (i64,),
+            std::collections::HashMap<String, bool>,
+            bool,
+            Option<f64>,
+            u64,
+        );
+        let frame: Frame = rmp_serde::from_slice(&out[4..]).unwrap();
+        assert_eq!(
+            frame,
+            (
+                3,
+                "stream".into(),
+                "gen".into(),
+                (7,),
+                Default::default(),
+                false,
+                Some(0.5),
+                256
+            )
+        );
+        let mut out = BytesMut::new();
+        codec
+            .encode(
+                ToChild::More {
+                    id: 3,
+                    granted: 384,
+                },
+                &mut out,
+            )
+            .unwrap();
+        assert_eq!(out.to_vec(), frame_of(&("more", 3u64, 384u64)));
     }
 
     #[test]

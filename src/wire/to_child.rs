@@ -67,8 +67,26 @@ pub(crate) enum ToChild<'a> {
         limit: Option<f64>,
         captured: bool,
     },
-    /// `["cancel", id]`: cancel the coroutine of request `id`, if one runs.
-    /// No reply.
+    /// A call of the call builder whose result is iterated: written as an
+    /// invoke is, with the first `credit` (how many items the child may
+    /// send before it hears `more`) at the end. `limit` is each item's.
+    Stream {
+        id: u64,
+        name: &'a str,
+        args: &'a Packed,
+        kwargs: &'a Packed,
+        typed: bool,
+        limit: Option<f64>,
+        credit: u64,
+    },
+    /// `["more", id, granted]`: stream `id` may have sent `granted` items
+    /// in all. No reply.
+    More {
+        id: u64,
+        granted: u64,
+    },
+    /// `["cancel", id]`: cancel the coroutine of request `id`, if one runs,
+    /// or close its stream, if one is open. No reply.
     Cancel {
         id: u64,
     },
@@ -98,15 +116,28 @@ impl<'a> ToChild<'a> {
                 limit,
             },
             Request::SetVenv { dir } => ToChild::SetVenv { id, dir },
-            Request::Invoke(invoke) => ToChild::Invoke {
-                id,
-                name: &invoke.name,
-                args: &invoke.args,
-                kwargs: &invoke.kwargs,
-                typed: matches!(invoke.returns, Returns::Typed(_)),
-                limit,
-                captured: invoke.capture,
+            Request::Invoke(invoke) => match &invoke.stream {
+                None => ToChild::Invoke {
+                    id,
+                    name: &invoke.name,
+                    args: &invoke.args,
+                    kwargs: &invoke.kwargs,
+                    typed: matches!(invoke.returns, Returns::Typed(_)),
+                    limit,
+                    captured: invoke.capture,
+                },
+                Some(feed) => ToChild::Stream {
+                    id,
+                    name: &invoke.name,
+                    args: &invoke.args,
+                    kwargs: &invoke.kwargs,
+                    typed: matches!(invoke.returns, Returns::Typed(_)),
+                    limit,
+                    credit: feed.window(),
+                },
             },
+            // A stream's signal is answered with `more` or a cancel, which
+            // the supervisor writes itself; it never goes out as it is.
             Request::Cancel(_) | Request::Stream(_) => ToChild::Cancel { id },
             Request::Stop => ToChild::Stop { id },
         }
@@ -124,6 +155,8 @@ impl<'a> ToChild<'a> {
             | ToChild::CallAsync { id, .. }
             | ToChild::SetVenv { id, .. }
             | ToChild::Invoke { id, .. }
+            | ToChild::Stream { id, .. }
+            | ToChild::More { id, .. }
             | ToChild::Cancel { id }
             | ToChild::Stop { id } => id,
         }
@@ -144,6 +177,8 @@ impl<'a> ToChild<'a> {
                 captured: false, ..
             } => "invoke",
             ToChild::Invoke { captured: true, .. } => "invoke_captured",
+            ToChild::Stream { .. } => "stream",
+            ToChild::More { .. } => "more",
             ToChild::Cancel { .. } => "cancel",
             ToChild::Stop { .. } => "stop",
         }
@@ -154,34 +189,47 @@ impl<'a> ToChild<'a> {
         match self {
             ToChild::Invoke {
                 name, args, kwargs, ..
-            } => 64 + name.len() + args.bytes.len() + kwargs.bytes.len(),
+            }
+            | ToChild::Stream {
+                name, args, kwargs, ..
+            } => 80 + name.len() + args.bytes.len() + kwargs.bytes.len(),
             _ => 0,
         }
     }
 
-    /// Writes `[id, "invoke", name, args, kwargs, typed, limit]` with the
-    /// packed arguments copied in as they are (serde has no way to write
-    /// bytes that are already MessagePack); other messages go through
-    /// their `Serialize`. Writing to a buffer cannot fail.
+    /// Writes `[id, "invoke", name, args, kwargs, typed, limit]` (a stream:
+    /// `[id, "stream", ..., limit, credit]`) with the packed arguments
+    /// copied in as they are (serde has no way to write bytes that are
+    /// already MessagePack); other messages go through their `Serialize`.
+    /// Writing to a buffer cannot fail.
     pub fn write_invoke<W: std::io::Write>(&self, out: &mut W) -> bool {
-        let ToChild::Invoke {
-            id,
-            name,
-            args,
-            kwargs,
-            typed,
-            limit,
-            ..
-        } = *self
-        else {
-            return false;
+        let (id, name, args, kwargs, typed, limit, credit) = match *self {
+            ToChild::Invoke {
+                id,
+                name,
+                args,
+                kwargs,
+                typed,
+                limit,
+                ..
+            } => (id, name, args, kwargs, typed, limit, None),
+            ToChild::Stream {
+                id,
+                name,
+                args,
+                kwargs,
+                typed,
+                limit,
+                credit,
+            } => (id, name, args, kwargs, typed, limit, Some(credit)),
+            _ => return false,
         };
         let (Ok(args_count), Ok(kwargs_count)) =
             (u32::try_from(args.count), u32::try_from(kwargs.count))
         else {
             return false;
         };
-        let _ = rmp::encode::write_array_len(out, 7);
+        let _ = rmp::encode::write_array_len(out, if credit.is_some() { 8 } else { 7 });
         let _ = rmp::encode::write_uint(out, id);
         let _ = rmp::encode::write_str(out, self.op());
         let _ = rmp::encode::write_str(out, name);
@@ -194,6 +242,9 @@ impl<'a> ToChild<'a> {
             Some(limit) => rmp::encode::write_f64(out, limit).map_err(drop),
             None => rmp::encode::write_nil(out).map_err(drop),
         };
+        if let Some(credit) = credit {
+            let _ = rmp::encode::write_uint(out, credit);
+        }
         true
     }
 }
@@ -209,10 +260,17 @@ impl<'a> From<(&'a Request, u64, Option<f64>)> for ToChild<'a> {
 /// values would make.
 impl Serialize for ToChild<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        if let ToChild::Invoke { .. } = self {
+        if let ToChild::Invoke { .. } | ToChild::Stream { .. } = self {
             return Err(serde::ser::Error::custom(
                 "an invoke is written by ToChild::write_invoke",
             ));
+        }
+        if let ToChild::More { id, granted } = *self {
+            let mut array = serializer.serialize_tuple(3)?;
+            array.serialize_element(self.op())?;
+            array.serialize_element(&id)?;
+            array.serialize_element(&granted)?;
+            return array.end();
         }
         if let ToChild::Cancel { id } = *self {
             let mut array = serializer.serialize_tuple(2)?;
@@ -248,7 +306,11 @@ impl Serialize for ToChild<'_> {
                 array.serialize_element(args)?;
                 array.serialize_element(&limit)?;
             }
-            ToChild::Stop { .. } | ToChild::Invoke { .. } | ToChild::Cancel { .. } => {}
+            ToChild::Stop { .. }
+            | ToChild::Invoke { .. }
+            | ToChild::Stream { .. }
+            | ToChild::More { .. }
+            | ToChild::Cancel { .. } => {}
         }
         array.end()
     }

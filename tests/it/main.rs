@@ -48,6 +48,8 @@ mod pool_replay;
 #[cfg(feature = "subprocess")]
 mod pool_startup;
 #[cfg(feature = "subprocess")]
+mod pool_streams;
+#[cfg(feature = "subprocess")]
 mod pool_timeout;
 #[cfg(feature = "subprocess")]
 mod pool_zygote;
@@ -61,6 +63,8 @@ mod reply_ring;
 mod rustpython;
 #[cfg(feature = "rustpython")]
 mod rustpython_cycles;
+#[cfg(feature = "subprocess")]
+mod stream_child;
 #[cfg(feature = "subprocess")]
 mod stress;
 #[cfg(feature = "subprocess")]

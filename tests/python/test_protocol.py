@@ -169,6 +169,25 @@ class FastPathBytesTests(unittest.TestCase):
     def test_the_message_names(self):
         self.assertEqual((worker.MSG_CANCEL, worker.MSG_AWAITING, worker.REPLY_DATA), ("cancel", "awaiting", "data"))
         self.assertEqual(worker.OPS[worker.OP_INVOKE], (str, list, dict, bool, worker.ARG_LIMIT))
+        self.assertEqual(
+            (worker.OP_STREAM, worker.MSG_STREAMING, worker.MSG_MORE, worker.REPLY_ITEM, worker.REPLY_ITEM_DATA),
+            ("stream", "streaming", "more", "item", "item_data"),
+        )
+        self.assertEqual(worker.OPS[worker.OP_STREAM], (str, list, dict, bool, worker.ARG_LIMIT, int))
+
+    def test_a_stream_item_as_the_fast_path_writes_it(self):
+        read, write = os.pipe()
+        self.addCleanup(os.close, read)
+        self.addCleanup(os.close, write)
+        child = worker.ChildWorker(read, write)
+        child._send_item(worker._OpenStream(7, iter(()), False, None, 1, False), b"\x01")
+        child._send_item(worker._OpenStream(2**64 - 1, iter(()), True, None, 1, False), b"\x01")
+        expected = [
+            b"\x00\x00\x00\x11\x93\xcf" + struct.pack(">Q", 7) + b"\xa4item\x91\x01",
+            b"\x00\x00\x00\x17\x93\xcf" + b"\xff" * 8 + b"\xa9item_data\xc4\x01\x01",
+        ]
+        self.assertEqual(child.outbox, expected)
+        self.assertEqual([worker.unpack(frame[4:]) for frame in expected], [[7, "item", [1]], [2**64 - 1, "item_data", b"\x01"]])
 
     def test_the_call_request_prefix(self):
         self.assertEqual(worker.CALL_ARRAY, 0x94)

@@ -120,7 +120,8 @@ class Child:
         else:
             with open(WORKER) as source:
                 # No cache prefix: each start compiles the worker afresh.
-                command = [python, "-u", "-c", BOOTSTRAP, source.read(), ""]
+                pieces = worker_source.argument_pieces(source.read())
+                command = [python, "-u", "-c", BOOTSTRAP, str(len(pieces))] + pieces + [""]
         command.extend(args)
         self.process = subprocess.Popen(
             command,
@@ -1151,6 +1152,200 @@ class InvokeTests(unittest.TestCase):
         self.assertIsNone(self.child.running)
 
 
+STREAM_SOURCE = textwrap.dedent(
+    """
+    import asyncio, time
+    state = []
+    def numbers(count):
+        for i in range(count):
+            state.append(i)
+            yield i
+    def guarded(count):
+        try:
+            yield from range(count)
+        finally:
+            state.append("closed")
+    def failing():
+        yield 1
+        raise ValueError("bad item")
+    def blobs():
+        yield b"\\x00\\xff"
+        yield {"k": bytearray(b"ab")}
+    def huge():
+        try:
+            yield 1
+            yield 2**64
+        finally:
+            state.append("closed")
+    def sleepy(seconds):
+        try:
+            yield "first"
+            time.sleep(seconds)
+            yield "second"
+        finally:
+            state.append("closed")
+    def plain():
+        return 5
+    async def coroutine():
+        return 5
+    async def agen(count, pause=0):
+        try:
+            for i in range(count):
+                await asyncio.sleep(pause)
+                state.append(i)
+                yield i
+        finally:
+            state.append("aclosed")
+    """
+)
+
+
+def stream(request_id, name, args=(), typed=False, limit=None, credit=256):
+    """A stream request as the parent writes it."""
+    return WithBin([request_id, "stream", name, list(args), {}, typed, limit, credit])
+
+
+class StreamTests(unittest.TestCase):
+    """`stream`, `more` and `cancel` of streams, handled by a ChildWorker
+    in this process (set up as InvokeTests's)."""
+
+    codec = InvokeTests.codec
+    handle = InvokeTests.handle
+
+    def setUp(self):
+        InvokeTests.setUp(self)
+        worker.run_code(STREAM_SOURCE, self.child.globals)
+        self.state = self.child.globals["state"]
+
+    def pump(self, rounds=50):
+        """Lets the sync streams and the event loop run; the frames written."""
+        frames = []
+        for _ in range(rounds):
+            if self.child.ready:
+                self.child._pump_streams()
+            if self.child.driver is not None and self.child.driver.pending:
+                self.child._turn_loop(block=False)
+            frames += [reply for reply in read_frames(self.replies) if reply != ["out"]]
+            if not self.child.ready and (self.child.driver is None or not self.child.driver.pending):
+                break
+            time.sleep(0.001)
+        return frames
+
+    def test_items_follow_the_streaming_note_then_the_end(self):
+        self.assertEqual(self.handle(stream(1, "numbers", [3])), [["streaming", 1]])
+        self.assertEqual(self.pump(), [[1, "item", 0], [1, "item", 1], [1, "item", 2], [1, "ok", None]])
+        self.assertEqual(self.child.streams, {})
+        self.assertEqual(self.child.ready, [])
+
+    def test_any_iterable_streams_and_a_plain_value_is_a_conversion_error(self):
+        self.assertEqual(self.handle(stream(1, "echo", [[4, 5]])), [["streaming", 1]])
+        self.assertEqual(self.pump(), [[1, "item", 4], [1, "item", 5], [1, "ok", None]])
+        self.assertEqual(
+            self.handle(stream(2, "plain"), stream(3, "coroutine")),
+            [
+                [2, "conv", "plain returned int, which is not iterable; read its result with .await"],
+                [3, "conv", "coroutine returned an awaitable; read its result with .await"],
+            ],
+        )
+
+    def test_the_credit_bounds_what_is_made_and_more_extends_it(self):
+        self.assertEqual(self.handle(stream(1, "numbers", [10], credit=3)), [["streaming", 1]])
+        self.assertEqual(self.pump(), [[1, "item", 0], [1, "item", 1], [1, "item", 2]])
+        self.assertEqual(self.state, [0, 1, 2])
+        self.assertEqual(self.handle(["more", 1, 2], ["more", 1, 5]), [])
+        self.assertEqual(self.pump(), [[1, "item", 3], [1, "item", 4]])
+        self.assertEqual(self.state, [0, 1, 2, 3, 4])
+
+    def test_a_request_runs_while_a_stream_waits_for_credit(self):
+        self.assertEqual(self.handle(stream(1, "numbers", [10], credit=1)), [["streaming", 1]])
+        self.assertEqual(self.pump(), [[1, "item", 0]])
+        self.assertEqual(self.handle([2, "eval", "len(state)"]), [[2, "ok", 1]])
+
+    def test_an_exception_ends_the_stream_after_its_items(self):
+        self.handle(stream(1, "failing"))
+        frames = self.pump()
+        self.assertEqual(frames[0], [1, "item", 1])
+        self.assertEqual(frames[1][:4], [1, "err", "ValueError", "bad item"])
+        self.assertEqual(len(frames), 2)
+
+    def test_a_cancel_closes_the_generator(self):
+        self.handle(stream(1, "guarded", [100], credit=2))
+        self.assertEqual(self.pump(), [[1, "item", 0], [1, "item", 1]])
+        self.assertEqual(self.handle(["cancel", 1]), [[1, "ok", None]])
+        self.assertEqual(self.state, ["closed"])
+        self.assertEqual(self.handle(["more", 1, 50]), [])
+        self.assertEqual(self.pump(), [])
+
+    def test_typed_items_keep_bytes_and_an_item_that_does_not_pack_ends_it(self):
+        self.handle(stream(1, "blobs", typed=True))
+        self.assertEqual(self.pump(), [[1, "item_data", b"\x00\xff"], [1, "item_data", {"k": b"ab"}], [1, "ok", None]])
+        self.handle(stream(2, "blobs"))
+        self.assertEqual(self.pump(), [[2, "item", [0, 255]], [2, "item", {"k": [97, 98]}], [2, "ok", None]])
+        self.handle(stream(3, "huge"))
+        self.assertEqual(
+            self.pump(), [[3, "item", 1], [3, "conv", "int of 65 bits does not fit in a 64-bit integer (i64 or u64)"]]
+        )
+        self.assertEqual(self.state, ["closed"])
+
+    def test_an_item_past_its_limit_ends_the_stream_with_a_timeout(self):
+        self.handle(stream(1, "sleepy", [30], limit=0.1))
+        started = time.monotonic()
+        self.assertEqual(self.pump(), [[1, "item", "first"], [1, "timeout"]])
+        self.assertLess(time.monotonic() - started, 10)
+        self.assertEqual(self.state, ["closed"])
+        self.assertEqual(signal.getsignal(signal.SIGALRM), signal.SIG_DFL)
+
+    def test_held_items_go_out_while_the_next_one_is_slow(self):
+        seen = []
+
+        def peek():
+            yield 0  # the first item goes out at once
+            yield 1
+            yield 2
+            time.sleep(0.05)  # SIGALRM writes out 1 and 2 meanwhile
+            seen.extend(reply for reply in read_frames(self.replies) if reply != ["out"])
+            yield 3
+
+        self.child.globals["peek"] = peek
+        self.assertEqual(self.handle(stream(1, "peek")), [["streaming", 1]])
+        self.assertEqual(self.pump(), [[1, "item", 3], [1, "ok", None]])
+        self.assertEqual(seen, [[1, "item", 0], [1, "item", 1], [1, "item", 2]])
+        self.assertEqual(signal.getsignal(signal.SIGALRM), signal.SIG_DFL)
+        self.assertEqual(signal.getitimer(signal.ITIMER_REAL), (0.0, 0.0))
+
+    def test_an_async_generator_streams_and_a_cancel_acloses_it(self):
+        self.assertEqual(self.handle(stream(1, "agen", [3])), [["streaming", 1]])
+        self.assertEqual(self.pump(), [[1, "item", 0], [1, "item", 1], [1, "item", 2], [1, "ok", None]])
+        self.assertEqual(self.state, [0, 1, 2, "aclosed"])
+        del self.state[:]
+        self.handle(stream(2, "agen", [100], credit=2))
+        frames = []
+        while len(frames) < 2:
+            frames += self.pump(rounds=1)
+        self.assertEqual(frames, [[2, "item", 0], [2, "item", 1]])
+        self.handle(["cancel", 2])
+        self.assertEqual(self.pump(), [[2, "ok", None]])
+        self.assertEqual(self.state, [0, 1, "aclosed"])
+
+    def test_an_async_item_past_its_limit_ends_the_stream_with_a_timeout(self):
+        self.handle(stream(1, "agen", [3, 30], limit=0.05))
+        self.assertEqual(self.pump(rounds=2000), [[1, "timeout"]])
+        self.assertEqual(self.state, ["aclosed"])
+
+    def test_malformed_streams_and_mores(self):
+        for request in [
+            [1, "stream", "numbers", [1], {}, False, None],
+            [2, "stream", "numbers", [1], {}, False, None, -1],
+            [3, "stream", "numbers", [1], {}, False, None, 1.0],
+        ]:
+            with self.subTest(request=request):
+                (reply,) = self.handle(request)
+                self.assertEqual(reply[:3], [request[0], "err", "ProtocolError"])
+        with mock.patch.object(worker, "_say") as say:
+            self.assertEqual(self.handle(["more", 1], ["more", "1", 2], [4, "eval", "1"]), [[4, "ok", 1]])
+        self.assertEqual(say.call_count, 2)
+
+
 class QuickInvokeTests(InvokeTests):
     """The invokes the parent writes never reach the general decoder."""
 
@@ -1177,6 +1372,12 @@ class InvokeOnMsgpackTests(InvokeTests):
         if codec is None:
             self.skipTest("no msgpack package in this interpreter (set ASYNC_PY_TEST_PYTHONS to a venv with it)")
         return codec
+
+
+class StreamOnMsgpackTests(StreamTests):
+    """StreamTests with the C `msgpack` package's codec."""
+
+    codec = InvokeOnMsgpackTests.codec
 
 
 class InvokeDecoderTests(unittest.TestCase):

@@ -37,6 +37,23 @@ def joined(names):
     return "\n\n".join(parts)
 
 
+def argument_pieces(source, size=96 << 10):
+    """The source in pieces of at most `size` bytes cut after line ends, as
+    the crate passes it to the bootstrap (one argument may not pass 128 KiB)."""
+    pieces = []
+    piece = []
+    length = 0
+    for line in source.splitlines(keepends=True):
+        taken = len(line.encode("utf-8"))
+        if piece and length + taken > size:
+            pieces.append("".join(piece))
+            piece, length = [], 0
+        piece.append(line)
+        length += taken
+    pieces.append("".join(piece))
+    return pieces
+
+
 def in_process_source():
     return joined(modules()["in-process"])
 

@@ -153,8 +153,12 @@ impl Core {
                     ),
                 },
             };
-            job.reply.send(Err(err));
+            if let Err(reply) = self.end_stream(id, Err(err)) {
+                job.reply.send(reply);
+            }
         }
+        // Every open stream was in flight, and has ended above.
+        debug_assert!(self.streams.is_empty());
         for job in replay.into_iter().rev() {
             self.backlog.push_front(job);
         }
@@ -265,13 +269,16 @@ impl Core {
             // All it printed is out before `stop` (or the drop) returns.
             child.forward_last_stderr();
         }
-        for (_, flight) in self.flights.drain() {
+        let flights: Vec<_> = self.flights.drain().collect();
+        for (id, flight) in flights {
             let reply = if flight.kind == Kind::Stop {
                 Ok(Answer::Value(Value::Null))
             } else {
                 Err(PyRunnerError::Stopped)
             };
-            flight.item.reply.send(reply);
+            if let Err(reply) = self.end_stream(id, reply) {
+                flight.item.reply.send(reply);
+            }
         }
         if let Some(stop) = self.stop_done.take() {
             stop.reply.send(Ok(Answer::Value(Value::Null)));

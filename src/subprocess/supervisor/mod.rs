@@ -21,6 +21,7 @@ mod replies;
 mod seat;
 mod send;
 mod start;
+mod streams;
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read};
@@ -38,7 +39,7 @@ use super::child::{poll, ChildProcess, LaunchSpec, NoFrame};
 use super::flights::{Due, Flight, Flights, Kind, Reached};
 use super::ring::{ChildAt, ReplyRing};
 use super::Companion;
-use crate::command::{Answer, CommandQueue, Drive, Job, Request};
+use crate::command::{Answer, CommandQueue, Drive, Job, Reply, Request};
 use crate::error::PyRunnerError;
 use crate::tuning::{
     Supervision, BLIND_LOOK, EXIT_CHECK, EXIT_GRACE, GATHER, INTERRUPT_GRACE, LEAVE_WINDOW_NANOS,
@@ -93,6 +94,9 @@ pub(crate) struct Core {
     outgoing: BytesMut,
     /// Requests in flight to the child.
     flights: Flights<Job>,
+    /// The streams open in the child, by their request's id (each is in
+    /// `flights` too, until its reply).
+    streams: std::collections::BTreeMap<u64, streams::OpenStream>,
     next_id: u64,
     backlog: VecDeque<Job>,
     failed_starts: u32,
@@ -153,6 +157,7 @@ impl Core {
             child: None,
             outgoing: BytesMut::with_capacity(64 << 10),
             flights: Flights::default(),
+            streams: std::collections::BTreeMap::new(),
             next_id: 1,
             backlog: VecDeque::new(),
             failed_starts: 0,

@@ -107,6 +107,14 @@ impl Core {
                     self.keep_written(id, written);
                     continue;
                 }
+                FromChild::Streaming { id } => {
+                    self.stream_opened(id)?;
+                    continue;
+                }
+                FromChild::Item { id, item } => {
+                    self.stream_item(id, item)?;
+                    continue;
+                }
                 FromChild::Hello(_) => {
                     return Err(PyRunnerError::Protocol(
                         "a second hello from the child".into(),
@@ -140,6 +148,12 @@ impl Core {
             // get round to dropping the job.
             let mut done = done;
             drop(done.follow.take());
+            // An open stream's reply is its end; its start was answered
+            // when it opened.
+            let Err(reply) = self.end_stream(id, reply) else {
+                self.handed_out += 1;
+                continue;
+            };
             // Its caller heard `Timeout` already: that run killed the child.
             let remember = reply.is_ok()
                 && self.remembered.is_some()

@@ -16,6 +16,7 @@ impl Core {
     /// gathered for up to [`GATHER`] so the child gets them in one read.
     pub(super) fn send_backlog(&mut self) {
         if self.flights.line_busy() || self.gathering() {
+            self.send_signals();
             return;
         }
         if self.child.is_none() && self.retry_at.is_some() {
@@ -28,15 +29,19 @@ impl Core {
                 self.send_cancel(job);
                 continue;
             }
-            // STUB(issue 23): streams through a child.
+            if let Request::Stream(feed) = &job.request {
+                self.stream_signal(feed);
+                continue;
+            }
+            // The call builder never asks for both.
             let unsupported = match &job.request {
-                Request::Stream(_) => continue,
-                Request::Invoke(invoke) => invoke.stream.is_some(),
-                _ => false,
+                Request::Invoke(invoke) if invoke.capture && invoke.stream.is_some() => {
+                    Some("a stream's output cannot be captured")
+                }
+                _ => None,
             };
-            if unsupported {
-                job.reply
-                    .send(Err(PyRunnerError::Unsupported("not yet".into())));
+            if let Some(why) = unsupported {
+                job.reply.send(Err(PyRunnerError::Unsupported(why.into())));
                 continue;
             }
             // Some requests go out even if their caller gave up (the
@@ -97,6 +102,26 @@ impl Core {
         }
     }
 
+    /// Sends the cancels and stream signals of the backlog now, leaving
+    /// the requests in it in order. The child reads them after the sync
+    /// request it runs, before anything sent later: a consumer that left a
+    /// stream whose function still runs is heard before the stream makes
+    /// its first item.
+    fn send_signals(&mut self) {
+        let signal = |job: &Job| matches!(job.request, Request::Cancel(_) | Request::Stream(_));
+        if !self.backlog.iter().any(signal) {
+            return;
+        }
+        let jobs: Vec<Job> = self.backlog.drain(..).collect();
+        for job in jobs {
+            match &job.request {
+                Request::Cancel(_) => self.send_cancel(job),
+                Request::Stream(feed) => self.stream_signal(feed),
+                _ => self.backlog.push_back(job),
+            }
+        }
+    }
+
     pub(super) fn send(&mut self, mut job: Job) {
         if matches!(job.request, Request::Stop) {
             // Its clock runs, like a command's, once the child would get to
@@ -117,7 +142,8 @@ impl Core {
             _ => Kind::Sync,
         };
         // An invoke runs in the line until its function returns; an
-        // awaitable result then runs on the child's loop under this limit.
+        // awaitable result then runs on the child's loop under this limit,
+        // and a stream's items each under it.
         let may_await = matches!(job.request, Request::Invoke(_));
         let limit = if kind == Kind::Coroutine || may_await {
             job.timeout.map(|d| d.as_secs_f64())
