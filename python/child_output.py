@@ -75,6 +75,9 @@ class ChildOutput:
     """True while _flush writes frames out, or lines are ended ahead of
     the replies: output written meanwhile (a __del__, a signal handler)
     waits for the next flush."""
+    emitting = False
+    """True while _emit_lines flushes its frames: lines left open then are
+    still being written, not ended."""
     output_route = None
     """The LineRoute of the main thread once output frames are on."""
     capture_files = None
@@ -121,14 +124,18 @@ class ChildOutput:
                 payload = pack([MSG_OUTPUT, index, [_wire_text(line) for line in batch]])
             self._send(payload)
             if not self.writing:
-                self._flush()
+                self.emitting = True
+                try:
+                    self._flush()
+                finally:
+                    self.emitting = False
             start = end
 
     def end_output_lines(self):
         """Sends the lines left open (their commands have ended) ahead of
         the outbox's replies."""
         route = self.output_route
-        if route is None or not (route.parts[0] or route.parts[1]):
+        if route is None or self.emitting or not (route.parts[0] or route.parts[1]):
             return
         # In place: a stream's loop holds the outbox (see _make_items).
         outbox = self.outbox

@@ -164,7 +164,8 @@ class ChildOutputTests(unittest.TestCase):
 
     def test_a_line_written_in_pieces_stays_one_line(self):
         child = self.start(frames=True)
-        child.send([1, "run", "import sys\nsys.stdout.write('a\\nb')\nsys.stdout.write('c\\n')"])
+        child.send([1, "run", "import sys\nsys.stdout.write('a\\nb')\nsys.stderr.write('x')\nsys.stdout.write('c\\n')\nsys.stderr.write('y\\n')"])
         self.assertEqual(child.reply(), ["output", 0, ["a"]])
-        self.assertEqual(child.reply(), ["output", 0, ["bc"]])
+        self.assertEqual(child.reply(), ["output", 0, ["bc"]], "the other stream's open line stays open")
+        self.assertEqual(child.reply(), ["output", 1, ["xy"]])
         self.assertEqual(child.reply(), [1, "ok", None])

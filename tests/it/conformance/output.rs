@@ -243,7 +243,8 @@ pub async fn lines_reach_the_callback_with_their_stream(builder: PyRunnerBuilder
         .run(
             "import sys\nprint('one')\nprint('two', file=sys.stderr)\n\
              sys.stdout.write('three\\nfour\\n')\nprint('')\nsys.stdout.write('fi')\nsys.stdout.write('ve\\n')\n\
-             sys.stdout.write('six\\nsev')\nsys.stdout.write('en\\n')",
+             sys.stdout.write('six\\nsev')\nsys.stdout.write('en\\n')\n\
+             sys.stderr.write('x')\nsys.stdout.write('y\\n')\nsys.stderr.write('z\\n')",
         )
         .await
         .unwrap();
@@ -259,6 +260,8 @@ pub async fn lines_reach_the_callback_with_their_stream(builder: PyRunnerBuilder
             line(Stdout, "five"),
             line(Stdout, "six"),
             line(Stdout, "seven"),
+            line(Stdout, "y"),
+            line(Stderr, "xz"),
         ]
     );
     runner.stop().await.unwrap();
