@@ -797,11 +797,13 @@ class ChildWorker:
                     # The handler slowed the timer down during a long `next`.
                     self.ticking = True
                     _setitimer(signal.ITIMER_REAL, _STREAM_TICK, _STREAM_TICK)
-                if limit is not None:
-                    self.item_deadline = now + limit
-                self.in_next = True
                 if self.hold_rang and outbox:
                     self._flush_held()
+                if limit is not None:
+                    self.item_deadline = _monotonic() + limit
+                # Only the item's own `next` may be interrupted: never a
+                # write, which would leave half a frame published.
+                self.in_next = True
                 value = next_item(iterator)
                 self.in_next = False
             else:
@@ -815,11 +817,16 @@ class ChildWorker:
                 return
 
     def _on_stream_alarm(self, signum, frame):
-        """SIGALRM during a slice of a sync stream (see _make_items)."""
-        if not self.in_next:
+        """SIGALRM during a slice of a sync stream (see _make_items).
+
+        It raises only inside the item's `next`, and never while a write
+        runs (one of the loop's, or this handler's own when a ring comes
+        inside it): an exception there would leave half a frame out. The
+        item's deadline is judged after the held items are written."""
+        if not self.in_next or self.flushing:
             self.hold_rang = True
             return
-        if self.outbox and not self.flushing:
+        if self.outbox:
             self._flush_held()
         deadline = self.item_deadline
         if deadline is not None:

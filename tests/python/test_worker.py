@@ -1311,6 +1311,54 @@ class StreamTests(unittest.TestCase):
         self.assertEqual(signal.getsignal(signal.SIGALRM), signal.SIG_DFL)
         self.assertEqual(signal.getitimer(signal.ITIMER_REAL), (0.0, 0.0))
 
+    def test_an_item_timeout_that_falls_while_held_items_are_written_leaves_whole_frames(self):
+        big = "x" * 100_000
+
+        def bulky():
+            try:
+                yield 0  # the first item goes out at once
+                for _ in range(3):
+                    yield big  # held: more than the pipe takes
+                time.sleep(30)  # SIGALRM writes them out, and the limit passes meanwhile
+                yield "late"
+            finally:
+                self.state.append("closed")
+
+        self.child.globals["bulky"] = bulky
+        self.assertEqual(self.handle(stream(1, "bulky", limit=0.1)), [["streaming", 1]])
+        data = bytearray()
+        done = threading.Event()
+
+        def parent():
+            time.sleep(0.5)  # the write waits for room past the item's limit
+            while True:
+                try:
+                    data.extend(os.read(self.replies, 1 << 16))
+                except BlockingIOError:
+                    if done.is_set():
+                        return
+                    time.sleep(0.001)
+
+        reader = threading.Thread(target=parent)
+        reader.start()
+        try:
+            while self.child.ready:
+                self.child._pump_streams()
+        finally:
+            done.set()
+            reader.join()
+        frames = []
+        while data:
+            (size,) = struct.unpack(">I", data[:4])
+            self.assertLessEqual(4 + size, len(data), "half a frame was written")
+            frames.append(worker.unpack(bytes(data[4 : 4 + size])))
+            del data[: 4 + size]
+        frames = [each for each in frames if each != ["out"]]
+        self.assertEqual(frames, [[1, "item", 0]] + [[1, "item", big]] * 3 + [[1, "timeout"]])
+        self.assertEqual(self.state, ["closed"])
+        self.assertEqual(self.handle([2, "eval", "1"]), [[2, "ok", 1]])
+        self.assertEqual(signal.getsignal(signal.SIGALRM), signal.SIG_DFL)
+
     def test_an_async_generator_streams_and_a_cancel_acloses_it(self):
         self.assertEqual(self.handle(stream(1, "agen", [3])), [["streaming", 1]])
         self.assertEqual(self.pump(), [[1, "item", 0], [1, "item", 1], [1, "item", 2], [1, "ok", None]])
