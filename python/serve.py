@@ -333,7 +333,7 @@ class ChildWorker:
         """
         counters = None if self.ring is None else self.ring.counters
         if counters is not None:
-            counters[_COUNTER_IN_LOOP] = 1
+            counters[_COUNTER_IN_LOOP] = _IN_LOOP
         try:
             finished = self.driver.turn(block)
         except BaseException as exc:
@@ -559,7 +559,7 @@ class ChildWorker:
             # that call by the coroutine's limit, as it judges a coroutine
             # that holds the loop, and knows that no request runs meanwhile.
             counters[_COUNTER_LAST_COROUTINE] = request_id
-            counters[_COUNTER_IN_LOOP] = 1
+            counters[_COUNTER_IN_LOOP] = _IN_LOOP
         try:
             scheduled, value = driver.start(request_id, function, args, limit)
         finally:
@@ -730,15 +730,17 @@ class ChildWorker:
         """Sends items of a sync stream for up to _STREAM_SLICE; True if the
         stream may send more.
 
-        While an item is made, the ring says the child is "in its loop" with
-        this stream as its last coroutine: no request runs meanwhile, so a
-        request's clock in the parent starts over, and only the stream's
-        backstop is judged. SIGALRM's handler is this worker's only during
-        the slice (see _make_items)."""
+        While its items are made, the ring says so (2 at RING_IN_LOOP, the
+        stream's id at RING_MAKING): no request or coroutine runs meanwhile,
+        so their clocks in the parent start over, and only this stream's
+        backstop is judged. The last coroutine started (RING_LAST_COROUTINE)
+        is left alone: the parent takes every coroutine after it to be one
+        a lost child never started. SIGALRM's handler is this worker's only
+        during the slice (see _make_items)."""
         counters = None if self.ring is None else self.ring.counters
         if counters is not None:
-            counters[_COUNTER_LAST_COROUTINE] = stream.id
-            counters[_COUNTER_IN_LOOP] = 1
+            counters[_COUNTER_MAKING] = stream.id
+            counters[_COUNTER_IN_LOOP] = _IN_STREAM
         outcome = None
         self.running = stream.id
         try:

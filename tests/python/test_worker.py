@@ -1359,6 +1359,35 @@ class StreamTests(unittest.TestCase):
         self.assertEqual(self.handle([2, "eval", "1"]), [[2, "ok", 1]])
         self.assertEqual(signal.getsignal(signal.SIGALRM), signal.SIG_DFL)
 
+    def test_a_sync_stream_s_slice_names_its_stream_and_leaves_the_last_coroutine_alone(self):
+        replies_out = self.child.proto_out
+
+        class PipeRing:
+            """Counters as the ring's, replies on the pipe as before."""
+
+            counters = memoryview(bytearray(worker.RING_DATA)).cast("Q")
+
+            def put(self, data, doorbell):
+                os.write(replies_out, data)
+                return True
+
+        counters = PipeRing.counters
+        self.child.ring = PipeRing()
+        counters[worker._COUNTER_LAST_COROUTINE] = 20  # started after stream 5 opened
+        seen = []
+
+        def watched():
+            for item in range(2):
+                seen.append((counters[worker._COUNTER_IN_LOOP], counters[worker._COUNTER_MAKING]))
+                yield item
+
+        self.child.globals["watched"] = watched
+        self.assertEqual(self.handle(stream(5, "watched")), [["streaming", 5]])
+        self.assertEqual(self.pump(), [[5, "item", 0], [5, "item", 1], [5, "ok", None]])
+        self.assertEqual(seen, [(worker.RING_IN_STREAM, 5)] * 2)
+        self.assertEqual(counters[worker._COUNTER_IN_LOOP], 0)
+        self.assertEqual(counters[worker._COUNTER_LAST_COROUTINE], 20)
+
     def test_an_async_generator_streams_and_a_cancel_acloses_it(self):
         self.assertEqual(self.handle(stream(1, "agen", [3])), [["streaming", 1]])
         self.assertEqual(self.pump(), [[1, "item", 0], [1, "item", 1], [1, "item", 2], [1, "ok", None]])

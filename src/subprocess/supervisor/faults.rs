@@ -35,7 +35,9 @@ impl Core {
         let (in_loop, last_coroutine) = match at {
             None => (false, None),
             Some(ChildAt::Outside { last_coroutine }) => (false, Some(last_coroutine)),
-            Some(ChildAt::Loop { last_coroutine }) => (true, Some(last_coroutine)),
+            Some(ChildAt::Loop { last_coroutine } | ChildAt::Stream { last_coroutine, .. }) => {
+                (true, Some(last_coroutine))
+            }
             // Replies to take first; the thread is back as soon as it has.
             Some(ChildAt::Unsure) => return,
         };
@@ -197,8 +199,13 @@ impl Core {
             return;
         };
         match ring.child_at() {
+            // A sync stream's slice, like the loop, runs no request.
             ChildAt::Loop {
                 last_coroutine: last,
+            }
+            | ChildAt::Stream {
+                last_coroutine: last,
+                ..
             } => *last_coroutine = last,
             ChildAt::Outside {
                 last_coroutine: last,
