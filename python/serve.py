@@ -16,7 +16,7 @@ PROTOCOL.md on its stdin and stdout (protocol.py states its layout):
   `[id, "conv", message]` or `[id, "timeout"]`; only the replies to
   coroutines (`call_async`, and an `invoke` that first sent
   `["awaiting", id]`) can come back out of order;
-- a `stream` request's function result is iterated: `["streaming", id]`,
+- a `stream` request's function result is iterated: `["streaming", id, on_loop]`,
   then `[id, "item", value]` (or `"item_data"`) for each item, as far as
   the parent's credit goes, then the request's one reply;
 - `["out"]` goes before the replies that follow output written through
@@ -642,7 +642,7 @@ class ChildWorker:
 
     def op_stream(self, request_id, name, args, kwargs, typed, limit, credit):
         """`name(*args, **kwargs)`, run as a sync request, whose result is
-        iterated: `["streaming", id]` once the iterator exists, then each
+        iterated: `["streaming", id, on_loop]` once the iterator exists, then each
         item as `[id, "item", value]` (`"item_data"` when `typed`) while the
         parent's credit lasts (`credit` items at first; `more` adds), and
         last the request's reply: `ok` at the end of the items, `err`,
@@ -676,7 +676,7 @@ class ChildWorker:
                 self._reply_error(request_id, exc)
                 return
         self.streams[request_id] = stream
-        self._send(pack([MSG_STREAMING, request_id]))
+        self._send(pack([MSG_STREAMING, request_id, stream.is_async]))
         if not stream.is_async and stream.granted > 0:
             stream.queued = True
             self.ready.append(stream)
@@ -739,6 +739,7 @@ class ChildWorker:
         during the slice (see _make_items)."""
         counters = None if self.ring is None else self.ring.counters
         if counters is not None:
+            counters[_COUNTER_SLICES] = (counters[_COUNTER_SLICES] + 1) & 0xFFFFFFFFFFFFFFFF
             counters[_COUNTER_MAKING] = stream.id
             counters[_COUNTER_IN_LOOP] = _IN_STREAM
         outcome = None

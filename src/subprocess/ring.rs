@@ -16,6 +16,7 @@
 //! | 320 | the id of the last coroutine the child started, set before 256 (u64) | child |
 //! | 384 | the id of the request the child stopped for a SIGINT, set before its reply (u64) | child |
 //! | 448 | the id of the sync stream whose items the child makes, set before 256 is 2 (u64) | child |
+//! | 512 | how many slices of sync streams the child has begun, counted before 448 is set (u64) | child |
 //! | 4096 | the ring: [`RING_SIZE`] bytes of reply frames | child |
 //!
 //! The ring carries the same frames the pipe would, as one byte stream: the
@@ -54,6 +55,7 @@ const IN_LOOP: usize = 256;
 const LAST_COROUTINE: usize = 320;
 const INTERRUPT_TAKEN: usize = 384;
 const MAKING: usize = 448;
+const SLICES: usize = 512;
 const DATA: usize = 4096;
 
 /// What offset 256 holds while the child makes a sync stream's items.
@@ -75,6 +77,8 @@ pub(crate) enum ChildAt {
     Stream {
         last_coroutine: u64,
         stream: u64,
+        /// How many slices the child had begun, this one included.
+        slice: u64,
     },
     Unsure,
 }
@@ -160,7 +164,7 @@ impl ReplyRing {
     }
 
     fn counter(&self, offset: usize) -> &AtomicU64 {
-        // SAFETY: the offset is one of the eight aligned header slots inside
+        // SAFETY: the offset is one of the nine aligned header slots inside
         // the mapping, which outlives `self`.
         unsafe { &*self.base.add(offset).cast::<AtomicU64>() }
     }
@@ -197,6 +201,7 @@ impl ReplyRing {
     pub fn child_at(&self) -> ChildAt {
         let in_loop = self.counter(IN_LOOP).load(Ordering::Acquire);
         let last_coroutine = self.counter(LAST_COROUTINE).load(Ordering::Acquire);
+        let slice = self.slices();
         let stream = self.counter(MAKING).load(Ordering::Acquire);
         if self.pending() {
             return ChildAt::Unsure;
@@ -206,9 +211,16 @@ impl ReplyRing {
             IN_STREAM => ChildAt::Stream {
                 last_coroutine,
                 stream,
+                slice,
             },
             _ => ChildAt::Loop { last_coroutine },
         }
+    }
+
+    /// How many slices of sync streams the child has begun: a stream's
+    /// backstop that started before its slice began is not that slice's.
+    pub fn slices(&self) -> u64 {
+        self.counter(SLICES).load(Ordering::Acquire)
     }
 
     /// Whether the child has published bytes not yet taken.

@@ -75,6 +75,9 @@ def points():
         yield {"x": i, "label": "p%d" % i}
 def plain():
     return 5
+def nap(seconds):
+    time.sleep(seconds)
+    return seconds
 def letters():
     return "abc"
 "#;
@@ -361,6 +364,69 @@ async fn an_item_no_signal_can_stop_is_ended_by_the_backstop_and_the_child_repla
     assert!(started.elapsed() < Duration::from_secs(8));
     runner.run(DEFS).await.unwrap();
     assert_ne!(runner.eval("os.getpid()").await.unwrap(), pid);
+}
+
+#[tokio::test]
+async fn a_limited_stream_beside_a_long_call_keeps_its_child() {
+    let runner = runner();
+    let pid = runner.eval("os.getpid()").await.unwrap();
+    // Each item is well within its limit; the call holds the child for
+    // longer than the stream's backstop (the limit and 2 s).
+    let mut stream = runner
+        .call("ticking")
+        .arg(0.05)
+        .timeout(Duration::from_millis(500))
+        .returns::<u64>()
+        .stream();
+    assert_eq!(read(&mut stream).await.unwrap().unwrap(), 0);
+    let napped = runner.call("nap").arg(4).returns::<u64>().await;
+    assert_eq!(napped.unwrap(), 4);
+    let mut items = Vec::new();
+    for _ in 0..10 {
+        items.push(read(&mut stream).await.unwrap().unwrap());
+    }
+    assert_eq!(items, (1..11).collect::<Vec<_>>());
+    assert_eq!(runner.eval("os.getpid()").await.unwrap(), pid);
+}
+
+#[tokio::test]
+async fn two_limited_streams_with_slow_items_keep_their_child() {
+    let runner = runner();
+    let pid = runner.eval("os.getpid()").await.unwrap();
+    // A's items, each within its own limit, hold the child for longer than
+    // B's backstop (its limit and 2 s) while B waits for its turn.
+    let mut slow = runner
+        .call("ticking")
+        .arg(3.2)
+        .timeout(Duration::from_secs(5))
+        .returns::<u64>()
+        .stream();
+    let mut quick = runner
+        .call("ticking")
+        .arg(0.05)
+        .timeout(Duration::from_millis(500))
+        .returns::<u64>()
+        .stream();
+    let (slow_items, quick_items) = tokio::join!(
+        async {
+            let mut items = Vec::new();
+            for _ in 0..2 {
+                items.push(read(&mut slow).await.unwrap());
+            }
+            items
+        },
+        async {
+            let mut items = Vec::new();
+            for _ in 0..3 {
+                items.push(read(&mut quick).await.unwrap());
+            }
+            items
+        }
+    );
+    assert_eq!(slow_items, [Ok(0), Ok(1)]);
+    assert_eq!(quick_items, [Ok(0), Ok(1), Ok(2)]);
+    assert_eq!(runner.eval("os.getpid()").await.unwrap(), pid);
+    assert_eq!(runner.eval("1 + 1").await.unwrap(), json!(2));
 }
 
 /// `read_all` for a stream that was cut short with `take`.

@@ -1230,13 +1230,13 @@ class StreamTests(unittest.TestCase):
         return frames
 
     def test_items_follow_the_streaming_note_then_the_end(self):
-        self.assertEqual(self.handle(stream(1, "numbers", [3])), [["streaming", 1]])
+        self.assertEqual(self.handle(stream(1, "numbers", [3])), [["streaming", 1, False]])
         self.assertEqual(self.pump(), [[1, "item", 0], [1, "item", 1], [1, "item", 2], [1, "ok", None]])
         self.assertEqual(self.child.streams, {})
         self.assertEqual(self.child.ready, [])
 
     def test_any_iterable_streams_and_a_plain_value_is_a_conversion_error(self):
-        self.assertEqual(self.handle(stream(1, "echo", [[4, 5]])), [["streaming", 1]])
+        self.assertEqual(self.handle(stream(1, "echo", [[4, 5]])), [["streaming", 1, False]])
         self.assertEqual(self.pump(), [[1, "item", 4], [1, "item", 5], [1, "ok", None]])
         self.assertEqual(
             self.handle(stream(2, "plain"), stream(3, "coroutine")),
@@ -1247,7 +1247,7 @@ class StreamTests(unittest.TestCase):
         )
 
     def test_the_credit_bounds_what_is_made_and_more_extends_it(self):
-        self.assertEqual(self.handle(stream(1, "numbers", [10], credit=3)), [["streaming", 1]])
+        self.assertEqual(self.handle(stream(1, "numbers", [10], credit=3)), [["streaming", 1, False]])
         self.assertEqual(self.pump(), [[1, "item", 0], [1, "item", 1], [1, "item", 2]])
         self.assertEqual(self.state, [0, 1, 2])
         self.assertEqual(self.handle(["more", 1, 2], ["more", 1, 5]), [])
@@ -1255,7 +1255,7 @@ class StreamTests(unittest.TestCase):
         self.assertEqual(self.state, [0, 1, 2, 3, 4])
 
     def test_a_request_runs_while_a_stream_waits_for_credit(self):
-        self.assertEqual(self.handle(stream(1, "numbers", [10], credit=1)), [["streaming", 1]])
+        self.assertEqual(self.handle(stream(1, "numbers", [10], credit=1)), [["streaming", 1, False]])
         self.assertEqual(self.pump(), [[1, "item", 0]])
         self.assertEqual(self.handle([2, "eval", "len(state)"]), [[2, "ok", 1]])
 
@@ -1305,7 +1305,7 @@ class StreamTests(unittest.TestCase):
             yield 3
 
         self.child.globals["peek"] = peek
-        self.assertEqual(self.handle(stream(1, "peek")), [["streaming", 1]])
+        self.assertEqual(self.handle(stream(1, "peek")), [["streaming", 1, False]])
         self.assertEqual(self.pump(), [[1, "item", 3], [1, "ok", None]])
         self.assertEqual(seen, [[1, "item", 0], [1, "item", 1], [1, "item", 2]])
         self.assertEqual(signal.getsignal(signal.SIGALRM), signal.SIG_DFL)
@@ -1325,7 +1325,7 @@ class StreamTests(unittest.TestCase):
                 self.state.append("closed")
 
         self.child.globals["bulky"] = bulky
-        self.assertEqual(self.handle(stream(1, "bulky", limit=0.1)), [["streaming", 1]])
+        self.assertEqual(self.handle(stream(1, "bulky", limit=0.1)), [["streaming", 1, False]])
         data = bytearray()
         done = threading.Event()
 
@@ -1382,14 +1382,14 @@ class StreamTests(unittest.TestCase):
                 yield item
 
         self.child.globals["watched"] = watched
-        self.assertEqual(self.handle(stream(5, "watched")), [["streaming", 5]])
+        self.assertEqual(self.handle(stream(5, "watched")), [["streaming", 5, False]])
         self.assertEqual(self.pump(), [[5, "item", 0], [5, "item", 1], [5, "ok", None]])
         self.assertEqual(seen, [(worker.RING_IN_STREAM, 5)] * 2)
         self.assertEqual(counters[worker._COUNTER_IN_LOOP], 0)
         self.assertEqual(counters[worker._COUNTER_LAST_COROUTINE], 20)
 
     def test_an_async_generator_streams_and_a_cancel_acloses_it(self):
-        self.assertEqual(self.handle(stream(1, "agen", [3])), [["streaming", 1]])
+        self.assertEqual(self.handle(stream(1, "agen", [3])), [["streaming", 1, True]])
         self.assertEqual(self.pump(), [[1, "item", 0], [1, "item", 1], [1, "item", 2], [1, "ok", None]])
         self.assertEqual(self.state, [0, 1, 2, "aclosed"])
         del self.state[:]

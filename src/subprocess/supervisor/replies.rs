@@ -99,8 +99,8 @@ impl Core {
                     self.went_awaiting(id);
                     continue;
                 }
-                FromChild::Streaming { id } => {
-                    self.stream_opened(id)?;
+                FromChild::Streaming { id, on_loop } => {
+                    self.stream_opened(id, on_loop)?;
                     continue;
                 }
                 FromChild::Item { id, item } => {
