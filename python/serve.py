@@ -63,6 +63,11 @@ _setitimer = getattr(signal, "setitimer", None)
 _monotonic = time.monotonic
 _LATER = object()
 """Returned by a request handler whose reply comes when a coroutine finishes."""
+_STREAM_TURN = object()
+"""ChildWorker.running while a sync stream's items are made or its iterator
+closed: no request the parent can name (the stream's own call returned when
+it opened), so a late SIGINT the parent sent for that call is ignored, and
+one of the user's own making is a KeyboardInterrupt in the iterator."""
 
 
 _in_forked_copy = False
@@ -743,7 +748,7 @@ class ChildWorker:
             counters[_COUNTER_MAKING] = stream.id
             counters[_COUNTER_IN_LOOP] = _IN_STREAM
         outcome = None
-        self.running = stream.id
+        self.running = _STREAM_TURN
         try:
             if _setitimer is None:
                 self._make_items(stream, False)
@@ -919,7 +924,7 @@ class ChildWorker:
         if stream.queued:
             stream.queued = False
             self.ready.remove(stream)
-        self.running = stream.id
+        self.running = _STREAM_TURN
         try:
             closed = _close_iterator(stream.iterator, quiet=False)
         except BaseException as exc:

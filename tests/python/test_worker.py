@@ -1388,6 +1388,35 @@ class StreamTests(unittest.TestCase):
         self.assertEqual(counters[worker._COUNTER_IN_LOOP], 0)
         self.assertEqual(counters[worker._COUNTER_LAST_COROUTINE], 20)
 
+    def test_a_late_sigint_for_the_stream_s_own_call_does_not_reach_its_items(self):
+        fd = os.memfd_create("ring-test")
+        self.addCleanup(os.close, fd)
+        os.ftruncate(fd, worker.RING_DATA + worker.RING_SIZE)
+        ring = worker.ReplyRing("/proc/self/fd/%d" % fd)
+        replies_out = self.child.proto_out
+        ring.put = lambda data, doorbell: os.write(replies_out, data) > 0
+        self.child.ring = ring
+        previous = signal.signal(signal.SIGINT, self.child.on_interrupt)
+        self.addCleanup(signal.signal, signal.SIGINT, previous)
+
+        def interrupted():
+            yield 0
+            # The parent's SIGINT for call 1 (its function ran past its
+            # limit) lands only now, in the stream's items.
+            ring.counters[worker._COUNTER_INTERRUPT_TARGET] = 1
+            signal.raise_signal(signal.SIGINT)
+            yield 1
+            try:
+                signal.raise_signal(signal.SIGINT)  # the user's own
+            except KeyboardInterrupt:
+                yield "own"
+
+        self.child.globals["interrupted"] = interrupted
+        self.assertEqual(self.handle(stream(1, "interrupted")), [["streaming", 1, False]])
+        self.assertEqual(self.pump(), [[1, "item", 0], [1, "item", 1], [1, "item", "own"], [1, "ok", None]])
+        self.assertFalse(self.child.interrupted)
+        self.assertEqual(ring.counters[worker._COUNTER_INTERRUPT_TAKEN], 0)
+
     def test_an_async_generator_streams_and_a_cancel_acloses_it(self):
         self.assertEqual(self.handle(stream(1, "agen", [3])), [["streaming", 1, True]])
         self.assertEqual(self.pump(), [[1, "item", 0], [1, "item", 1], [1, "item", 2], [1, "ok", None]])
