@@ -75,6 +75,10 @@ def points():
         yield {"x": i, "label": "p%d" % i}
 def plain():
     return 5
+def answer_streams_as_calls():
+    import gc
+    worker = next(o for o in gc.get_objects() if type(o).__name__ == "ChildWorker")
+    worker.op_stream = lambda request_id, *rest: worker._reply_value(request_id, 5)
 def nap(seconds):
     time.sleep(seconds)
     return seconds
@@ -427,6 +431,23 @@ async fn two_limited_streams_with_slow_items_keep_their_child() {
     assert_eq!(quick_items, [Ok(0), Ok(1), Ok(2)]);
     assert_eq!(runner.eval("os.getpid()").await.unwrap(), pid);
     assert_eq!(runner.eval("1 + 1").await.unwrap(), json!(2));
+}
+
+#[tokio::test]
+async fn a_result_for_a_stream_that_never_opened_is_a_protocol_error() {
+    let runner = runner();
+    let pid = runner.eval("os.getpid()").await.unwrap();
+    // A child that answers a stream request as a call (its replacement,
+    // which replays the definitions, does not).
+    runner.call("answer_streams_as_calls").await.unwrap();
+    let items = read_all(runner.call("count").arg(3).returns::<u64>().stream()).await;
+    assert!(
+        matches!(&items[..], [Err(PyRunnerError::Protocol(message))] if message.contains("streaming")),
+        "{items:?}"
+    );
+    assert_ne!(runner.eval("os.getpid()").await.unwrap(), pid);
+    let items = read_all(runner.call("count").arg(3).returns::<u64>().stream()).await;
+    assert_eq!(items, [Ok(0), Ok(1), Ok(2)]);
 }
 
 /// `read_all` for a stream that was cut short with `take`.
