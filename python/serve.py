@@ -60,6 +60,8 @@ _STREAM_SLICE = 500e-6
 _STREAM_TICK = 200e-6
 _STREAM_BATCH = 16
 _setitimer = getattr(signal, "setitimer", None)
+_pthread_sigmask = getattr(signal, "pthread_sigmask", None)
+_ALARM_ONLY = {signal.SIGALRM} if hasattr(signal, "SIGALRM") else set()
 _monotonic = time.monotonic
 _LATER = object()
 """Returned by a request handler whose reply comes when a coroutine finishes."""
@@ -194,6 +196,32 @@ class _OpenStream:
         self.wake = None  # the future an async stream without credit waits on
 
 
+def _may_tick():
+    """Whether a turn of a sync stream may take SIGALRM for its ticks:
+    setitimer exists, SIGALRM has the default handler (or is ignored) and
+    no timer is pending. A handler of user code's own (or one installed
+    from C, which Python sees as None) or a pending timer is left alone:
+    that turn writes each item at once and keeps no item limit (the
+    parent's backstop still holds)."""
+    if _setitimer is None:
+        return False
+    if signal.getsignal(signal.SIGALRM) not in (signal.SIG_DFL, signal.SIG_IGN):
+        return False
+    return signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+
+
+def _stop_own_timer():
+    """Stops the stream's ticks if the timer is still theirs (it repeats
+    every _STREAM_TICK); a timer user code set is left."""
+    if abs(signal.getitimer(signal.ITIMER_REAL)[1] - _STREAM_TICK) < 1e-6:
+        _setitimer(signal.ITIMER_REAL, 0)
+
+
+def _let_handlers_run():
+    """Python code: the interpreter runs any signal handler still due
+    here, while it is ours."""
+
+
 def _is_limit(value):
     """nil, or a finite number of seconds that is not negative."""
     return value is None or (type(value) in (int, float) and _isfinite(value) and value >= 0)
@@ -249,6 +277,8 @@ class ChildWorker:
         self.ticking = False  # the timer rings every _STREAM_TICK
         self.hold_rang = False  # it rang while not in_next: items may wait
         self.flushing = False  # _flush_held runs
+        self.rang_at = 0.0  # when the handler last ran (or the ticks began)
+        self.alarm_handler = self._on_stream_alarm  # the one object installed
         self.interrupted = False
         self.handlers = {op: getattr(self, "op_" + op) for op in OPS}
         # The common requests get decoders of their own with the pure-Python codec.
@@ -741,7 +771,8 @@ class ChildWorker:
         backstop is judged. The last coroutine started (RING_LAST_COROUTINE)
         is left alone: the parent takes every coroutine after it to be one
         a lost child never started. SIGALRM's handler is this worker's only
-        during the slice (see _make_items)."""
+        during the slice (see _make_items), and only if user code has none
+        of its own and no timer pending (see _may_tick)."""
         counters = None if self.ring is None else self.ring.counters
         if counters is not None:
             counters[_COUNTER_SLICES] = (counters[_COUNTER_SLICES] + 1) & 0xFFFFFFFFFFFFFFFF
@@ -750,17 +781,14 @@ class ChildWorker:
         outcome = None
         self.running = _STREAM_TURN
         try:
-            if _setitimer is None:
+            if not _may_tick():
                 self._make_items(stream, False)
             else:
-                previous = signal.signal(signal.SIGALRM, self._on_stream_alarm)
+                previous = signal.signal(signal.SIGALRM, self.alarm_handler)
                 try:
                     self._make_items(stream, True)
                 finally:
-                    self.in_next = False
-                    self.item_deadline = None
-                    _setitimer(signal.ITIMER_REAL, 0)
-                    signal.signal(signal.SIGALRM, previous)
+                    self._stop_ticks(previous)
         except StopIteration:
             outcome = (True, None)
         except BaseException as exc:
@@ -788,8 +816,13 @@ class ChildWorker:
         raises _ItemTimeout into an item past the stream's limit (its
         `finally` blocks run). A `next` that blocks in C code without
         returning to the interpreter holds both up; the parent's backstop
-        is for that. Without `ticks` (no setitimer) each item is written at
-        once and items have no limit here."""
+        is for that. Without `ticks` (see _may_tick) each item is written
+        at once and items have no limit here. No ring of ours for two ticks
+        means user code took SIGALRM's handler (the turn goes on without
+        ticks, theirs left in place) or cancelled the timer (it is armed
+        again): see _ticks_lost. That is seen when an item returns: until
+        then held items and the item's limit wait (the parent's backstop
+        holds), as they would at most to the slice's end."""
         next_item = type(stream.iterator).__next__
         iterator = stream.iterator
         outbox = self.outbox
@@ -798,12 +831,14 @@ class ChildWorker:
         slice_end = now + _STREAM_SLICE
         if ticks:
             self.ticking = True
+            self.rang_at = now
             _setitimer(signal.ITIMER_REAL, _STREAM_TICK, _STREAM_TICK)
         while stream.sent < stream.granted:
             if ticks:
                 if not self.ticking:
                     # The handler slowed the timer down during a long `next`.
                     self.ticking = True
+                    self.rang_at = _monotonic()
                     _setitimer(signal.ITIMER_REAL, _STREAM_TICK, _STREAM_TICK)
                 if self.hold_rang and outbox:
                     self._flush_held()
@@ -814,6 +849,8 @@ class ChildWorker:
                 self.in_next = True
                 value = next_item(iterator)
                 self.in_next = False
+                if self.ticking and _monotonic() - self.rang_at > 2 * _STREAM_TICK:
+                    ticks = self._ticks_lost()
             else:
                 value = next_item(iterator)
             self._send_item(stream, value)
@@ -824,6 +861,44 @@ class ChildWorker:
             if now >= slice_end:
                 return
 
+    def _ticks_lost(self):
+        """No ring of ours came for two ticks: whether the ticks go on. User code that installed its own SIGALRM handler
+        keeps it (and its timer), and the rest of the turn goes without
+        ticks; a timer that user code cancelled is armed again."""
+        if signal.getsignal(signal.SIGALRM) is not self.alarm_handler:
+            self.in_next = False
+            self.item_deadline = None
+            _stop_own_timer()
+            return False
+        self.rang_at = _monotonic()
+        if signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0):
+            self.ticking = True
+            _setitimer(signal.ITIMER_REAL, _STREAM_TICK, _STREAM_TICK)
+        return True
+
+    def _stop_ticks(self, previous):
+        """Ends a turn's ticks, with SIGALRM blocked so that no ring cuts
+        this short: the timer stops and `previous` is back, unless user
+        code installed a handler of its own during the turn (it stays, with
+        any timer it set)."""
+        self.in_next = False
+        self.item_deadline = None
+        block = _pthread_sigmask
+        if block is not None:
+            block(signal.SIG_BLOCK, _ALARM_ONLY)
+        try:
+            if signal.getsignal(signal.SIGALRM) is self.alarm_handler:
+                _setitimer(signal.ITIMER_REAL, 0)
+                if block is not None and signal.SIGALRM in signal.sigpending():
+                    signal.sigtimedwait(_ALARM_ONLY, 0)  # a last ring of ours
+                _let_handlers_run()
+                signal.signal(signal.SIGALRM, previous)
+            else:
+                _stop_own_timer()
+        finally:
+            if block is not None:
+                block(signal.SIG_UNBLOCK, _ALARM_ONLY)
+
     def _on_stream_alarm(self, signum, frame):
         """SIGALRM during a slice of a sync stream (see _make_items).
 
@@ -831,6 +906,7 @@ class ChildWorker:
         runs (one of the loop's, or this handler's own when a ring comes
         inside it): an exception there would leave half a frame out. The
         item's deadline is judged after the held items are written."""
+        self.rang_at = _monotonic()
         if not self.in_next or self.flushing:
             self.hold_rang = True
             return

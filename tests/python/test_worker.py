@@ -1417,6 +1417,64 @@ class StreamTests(unittest.TestCase):
         self.assertFalse(self.child.interrupted)
         self.assertEqual(ring.counters[worker._COUNTER_INTERRUPT_TAKEN], 0)
 
+    def test_a_user_s_pending_alarm_and_its_handler_outlive_a_stream(self):
+        fired = []
+        previous = signal.signal(signal.SIGALRM, lambda signum, frame: fired.append(signum))
+        self.addCleanup(signal.signal, signal.SIGALRM, previous)
+        self.addCleanup(signal.setitimer, signal.ITIMER_REAL, 0)
+        signal.setitimer(signal.ITIMER_REAL, 0.5)
+        self.handle(stream(1, "numbers", [100]))
+        frames = self.pump()
+        self.assertEqual(frames, [[1, "item", i] for i in range(100)] + [[1, "ok", None]])
+        self.assertGreater(signal.getitimer(signal.ITIMER_REAL)[0], 0)
+        deadline = time.monotonic() + 5
+        while not fired and time.monotonic() < deadline:
+            time.sleep(0.01)
+        self.assertEqual(fired, [signal.SIGALRM])
+
+    def test_a_generator_that_installs_its_own_sigalrm_handler_keeps_it(self):
+        fired = []
+
+        def own_alarm():
+            signal.signal(signal.SIGALRM, lambda signum, frame: fired.append(signum))
+            signal.setitimer(signal.ITIMER_REAL, 0.05)
+            yield 0
+            time.sleep(0.3)  # its own alarm rings its own handler
+            yield bool(fired)
+            yield 2
+
+        self.addCleanup(signal.signal, signal.SIGALRM, signal.SIG_DFL)
+        self.addCleanup(signal.setitimer, signal.ITIMER_REAL, 0)
+        self.child.globals["own_alarm"] = own_alarm
+        self.handle(stream(1, "own_alarm", limit=5))
+        self.assertEqual(self.pump(), [[1, "item", 0], [1, "item", True], [1, "item", 2], [1, "ok", None]])
+        self.assertIsNot(signal.getsignal(signal.SIGALRM), signal.SIG_DFL)
+        self.assertEqual(signal.getitimer(signal.ITIMER_REAL), (0.0, 0.0))
+        # The next stream leaves that handler alone too.
+        del fired[:]
+        self.handle(stream(2, "numbers", [3]))
+        self.assertEqual(self.pump(), [[2, "item", 0], [2, "item", 1], [2, "item", 2], [2, "ok", None]])
+        self.assertEqual(fired, [])
+
+    def test_a_timer_the_generator_cancels_is_armed_again_for_the_next_items(self):
+        def cancels():
+            try:
+                yield 0
+                signal.setitimer(signal.ITIMER_REAL, 0)
+                time.sleep(0.05)  # slow, and no ring comes
+                yield 1
+                time.sleep(30)  # past its limit: the ticks are back
+                yield "late"
+            finally:
+                self.state.append("closed")
+
+        self.child.globals["cancels"] = cancels
+        self.handle(stream(1, "cancels", limit=0.5))
+        self.assertEqual(self.pump(), [[1, "item", 0], [1, "item", 1], [1, "timeout"]])
+        self.assertEqual(self.state, ["closed"])
+        self.assertEqual(signal.getsignal(signal.SIGALRM), signal.SIG_DFL)
+        self.assertEqual(signal.getitimer(signal.ITIMER_REAL), (0.0, 0.0))
+
     def test_an_async_generator_streams_and_a_cancel_acloses_it(self):
         self.assertEqual(self.handle(stream(1, "agen", [3])), [["streaming", 1, True]])
         self.assertEqual(self.pump(), [[1, "item", 0], [1, "item", 1], [1, "item", 2], [1, "ok", None]])
