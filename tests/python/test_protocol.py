@@ -234,5 +234,28 @@ class JoinedNamesTests(unittest.TestCase):
                     owners[name] = module
 
 
+class JoinedSourceTests(unittest.TestCase):
+    """The child gets the joined source as one argument (Linux caps one at
+    128 KiB), with comment-only lines left empty (build.rs)."""
+
+    def test_every_line_left_empty_is_a_comment(self):
+        import io
+        import tokenize
+
+        groups = modules()
+        for module in groups["in-process"] + groups["child"]:
+            with open(os.path.join(PYTHON_DIR, module), encoding="utf-8") as source:
+                text = source.read()
+            comments = {token.start[0] for token in tokenize.generate_tokens(io.StringIO(text).readline) if token.type == tokenize.COMMENT}
+            for number, line in enumerate(text.split("\n"), 1):
+                if line.lstrip().startswith("#"):
+                    self.assertIn(number, comments, "python/%s:%d starts with # inside a string: the join would empty it" % (module, number))
+
+    def test_the_joined_worker_fits_in_one_argument(self):
+        with open(WORKER, "rb") as joined:
+            size = len(joined.read())
+        self.assertLess(size, 120 * 1024, "the joined worker (%d bytes) nears the 128 KiB cap of one argument" % size)
+
+
 if __name__ == "__main__":
     unittest.main()
