@@ -65,11 +65,9 @@ _ALARM_ONLY = {signal.SIGALRM} if hasattr(signal, "SIGALRM") else set()
 _monotonic = time.monotonic
 _LATER = object()
 """Returned by a request handler whose reply comes when a coroutine finishes."""
+# ChildWorker.running during a sync stream's turn: no request the parent can
+# name, so a late SIGINT for the stream's own call is ignored.
 _STREAM_TURN = object()
-"""ChildWorker.running while a sync stream's items are made or its iterator
-closed: no request the parent can name (the stream's own call returned when
-it opened), so a late SIGINT the parent sent for that call is ignored, and
-one of the user's own making is a KeyboardInterrupt in the iterator."""
 
 
 _in_forked_copy = False
@@ -197,12 +195,10 @@ class _OpenStream:
 
 
 def _may_tick():
-    """Whether a turn of a sync stream may take SIGALRM for its ticks:
-    setitimer exists, SIGALRM has the default handler (or is ignored) and
-    no timer is pending. A handler of user code's own (or one installed
-    from C, which Python sees as None) or a pending timer is left alone:
-    that turn writes each item at once and keeps no item limit (the
-    parent's backstop still holds)."""
+    """Whether a sync stream's turn may take SIGALRM: setitimer exists, the
+    handler is SIG_DFL or SIG_IGN (not user code's, nor one from C, which
+    reads as None) and no timer is pending. Else each item goes at once,
+    with no item limit here (the parent's backstop holds)."""
     if _setitimer is None:
         return False
     if signal.getsignal(signal.SIGALRM) not in (signal.SIG_DFL, signal.SIG_IGN):
@@ -211,15 +207,35 @@ def _may_tick():
 
 
 def _stop_own_timer():
-    """Stops the stream's ticks if the timer is still theirs (it repeats
-    every _STREAM_TICK); a timer user code set is left."""
+    """Stops the ticks (a timer that repeats every _STREAM_TICK), not a
+    timer user code set."""
     if abs(signal.getitimer(signal.ITIMER_REAL)[1] - _STREAM_TICK) < 1e-6:
         _setitimer(signal.ITIMER_REAL, 0)
 
 
+def _give_back_alarm(ours, previous):
+    """Stops our timer and puts `previous` back as SIGALRM's handler, with
+    SIGALRM blocked, so that no ring cuts this short; a handler user code
+    installed meanwhile stays, with its timer."""
+    block = _pthread_sigmask
+    if block is not None:
+        block(signal.SIG_BLOCK, _ALARM_ONLY)
+    try:
+        if signal.getsignal(signal.SIGALRM) != ours:
+            _stop_own_timer()
+            return
+        _setitimer(signal.ITIMER_REAL, 0)
+        if block is not None and signal.SIGALRM in signal.sigpending():
+            signal.sigtimedwait(_ALARM_ONLY, 0)  # a last ring of ours
+        _let_handlers_run()
+        signal.signal(signal.SIGALRM, previous)
+    finally:
+        if block is not None:
+            block(signal.SIG_UNBLOCK, _ALARM_ONLY)
+
+
 def _let_handlers_run():
-    """Python code: the interpreter runs any signal handler still due
-    here, while it is ours."""
+    """Python code, where a handler still due runs while it is ours."""
 
 
 def _is_limit(value):
@@ -277,6 +293,7 @@ class ChildWorker:
         self.ticking = False  # the timer rings every _STREAM_TICK
         self.hold_rang = False  # it rang while not in_next: items may wait
         self.flushing = False  # _flush_held runs
+        self.closing = False  # a sync stream's iterator closes within its limit
         self.rang_at = 0.0  # when the handler last ran (or the ticks began)
         self.alarm_handler = self._on_stream_alarm  # the one object installed
         self.interrupted = False
@@ -768,11 +785,9 @@ class ChildWorker:
         While its items are made, the ring says so (2 at RING_IN_LOOP, the
         stream's id at RING_MAKING): no request or coroutine runs meanwhile,
         so their clocks in the parent start over, and only this stream's
-        backstop is judged. The last coroutine started (RING_LAST_COROUTINE)
-        is left alone: the parent takes every coroutine after it to be one
-        a lost child never started. SIGALRM's handler is this worker's only
-        during the slice (see _make_items), and only if user code has none
-        of its own and no timer pending (see _may_tick)."""
+        backstop is judged. RING_LAST_COROUTINE is left alone: the parent
+        resends a lost child's coroutines after it. SIGALRM is this worker's
+        only during the slice, if user code left it free (_may_tick)."""
         counters = None if self.ring is None else self.ring.counters
         if counters is not None:
             counters[_COUNTER_SLICES] = (counters[_COUNTER_SLICES] + 1) & 0xFFFFFFFFFFFFFFFF
@@ -817,12 +832,9 @@ class ChildWorker:
         `finally` blocks run). A `next` that blocks in C code without
         returning to the interpreter holds both up; the parent's backstop
         is for that. Without `ticks` (see _may_tick) each item is written
-        at once and items have no limit here. No ring of ours for two ticks
-        means user code took SIGALRM's handler (the turn goes on without
-        ticks, theirs left in place) or cancelled the timer (it is armed
-        again): see _ticks_lost. That is seen when an item returns: until
-        then held items and the item's limit wait (the parent's backstop
-        holds), as they would at most to the slice's end."""
+        at once and items have no limit here. No ring for two ticks, seen
+        when an item returns, means user code took SIGALRM or cancelled
+        the timer (_ticks_lost)."""
         next_item = type(stream.iterator).__next__
         iterator = stream.iterator
         outbox = self.outbox
@@ -862,9 +874,9 @@ class ChildWorker:
                 return
 
     def _ticks_lost(self):
-        """No ring of ours came for two ticks: whether the ticks go on. User code that installed its own SIGALRM handler
-        keeps it (and its timer), and the rest of the turn goes without
-        ticks; a timer that user code cancelled is armed again."""
+        """No ring for two ticks: whether the ticks go on. A handler user
+        code installed stays (the turn goes on without ticks); a timer it
+        cancelled is armed again."""
         if signal.getsignal(signal.SIGALRM) is not self.alarm_handler:
             self.in_next = False
             self.item_deadline = None
@@ -877,35 +889,14 @@ class ChildWorker:
         return True
 
     def _stop_ticks(self, previous):
-        """Ends a turn's ticks, with SIGALRM blocked so that no ring cuts
-        this short: the timer stops and `previous` is back, unless user
-        code installed a handler of its own during the turn (it stays, with
-        any timer it set)."""
         self.in_next = False
         self.item_deadline = None
-        block = _pthread_sigmask
-        if block is not None:
-            block(signal.SIG_BLOCK, _ALARM_ONLY)
-        try:
-            if signal.getsignal(signal.SIGALRM) is self.alarm_handler:
-                _setitimer(signal.ITIMER_REAL, 0)
-                if block is not None and signal.SIGALRM in signal.sigpending():
-                    signal.sigtimedwait(_ALARM_ONLY, 0)  # a last ring of ours
-                _let_handlers_run()
-                signal.signal(signal.SIGALRM, previous)
-            else:
-                _stop_own_timer()
-        finally:
-            if block is not None:
-                block(signal.SIG_UNBLOCK, _ALARM_ONLY)
+        _give_back_alarm(self.alarm_handler, previous)
 
     def _on_stream_alarm(self, signum, frame):
-        """SIGALRM during a slice of a sync stream (see _make_items).
-
-        It raises only inside the item's `next`, and never while a write
-        runs (one of the loop's, or this handler's own when a ring comes
-        inside it): an exception there would leave half a frame out. The
-        item's deadline is judged after the held items are written."""
+        """SIGALRM during a slice of a sync stream (see _make_items). It
+        raises only inside the item's `next`, never in a write (half a frame
+        would go out), and judges the deadline after the held items."""
         self.rang_at = _monotonic()
         if not self.in_next or self.flushing:
             self.hold_rang = True
@@ -968,7 +959,14 @@ class ChildWorker:
         finally:
             aclose = getattr(iterator, "aclose", None)
             if aclose is not None:
-                await aclose()
+                if limit is None:
+                    await aclose()
+                else:
+                    # Closed within the stream's limit too.
+                    try:
+                        await asyncio.wait_for(aclose(), limit)
+                    except asyncio.TimeoutError:
+                        raise _ItemTimeout() from None
 
     def _send_item(self, stream, value):
         """Queues [id, "item", value] (or "item_data"); a value that does not
@@ -995,21 +993,50 @@ class ChildWorker:
 
     def _end_stream(self, stream, ok, value):
         """Closes a sync stream's iterator (its `finally` blocks run, if it
-        stopped at a yield) and sends the stream's reply."""
+        stopped at a yield) and sends the stream's reply. The close counts
+        as a slice of the stream, within its limit (_close_within)."""
         self.streams.pop(stream.id, None)
         if stream.queued:
             stream.queued = False
             self.ready.remove(stream)
+        counters = None if self.ring is None else self.ring.counters
+        if counters is not None:
+            counters[_COUNTER_SLICES] = (counters[_COUNTER_SLICES] + 1) & 0xFFFFFFFFFFFFFFFF
+            counters[_COUNTER_MAKING] = stream.id
+            counters[_COUNTER_IN_LOOP] = _IN_STREAM
         self.running = _STREAM_TURN
         try:
-            closed = _close_iterator(stream.iterator, quiet=False)
+            closed = self._close_within(stream)
         except BaseException as exc:
             closed = exc
         finally:
             self.running = None
+            if counters is not None:
+                counters[_COUNTER_IN_LOOP] = 0
         if ok and closed is not None:
             ok, value = False, closed
         self._stream_reply(stream.id, ok, value)
+
+    def _close_within(self, stream):
+        """Closes a sync stream's iterator: what closing raised, or None.
+        Past the stream's limit _ItemTimeout is raised where it runs, if
+        SIGALRM may be taken (_may_tick); else the parent's backstop holds."""
+        if stream.limit is None or not _may_tick():
+            return _close_iterator(stream.iterator, quiet=False)
+        handler = self._on_close_alarm
+        previous = signal.signal(signal.SIGALRM, handler)
+        self.closing = True
+        try:
+            _setitimer(signal.ITIMER_REAL, max(stream.limit, 1e-6))
+            return _close_iterator(stream.iterator, quiet=False)
+        finally:
+            self.closing = False
+            _give_back_alarm(handler, previous)
+
+    def _on_close_alarm(self, signum, frame):
+        if self.closing:
+            self.closing = False
+            raise _ItemTimeout()
 
     def _stream_reply(self, request_id, ok, value):
         """A stream's one reply: `ok` (nil) at its end, or what ended it."""

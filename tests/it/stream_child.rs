@@ -79,6 +79,18 @@ def answer_streams_as_calls():
     import gc
     worker = next(o for o in gc.get_objects() if type(o).__name__ == "ChildWorker")
     worker.op_stream = lambda request_id, *rest: worker._reply_value(request_id, 5)
+def stubborn(seconds, mark, deaf=False):
+    import signal
+    try:
+        while True:
+            yield 1
+    finally:
+        try:
+            if deaf:
+                signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM, signal.SIGINT})
+            time.sleep(seconds)
+        finally:
+            open(mark, "w").close()
 def nap(seconds):
     time.sleep(seconds)
     return seconds
@@ -448,6 +460,46 @@ async fn a_result_for_a_stream_that_never_opened_is_a_protocol_error() {
     assert_ne!(runner.eval("os.getpid()").await.unwrap(), pid);
     let items = read_all(runner.call("count").arg(3).returns::<u64>().stream()).await;
     assert_eq!(items, [Ok(0), Ok(1), Ok(2)]);
+}
+
+#[tokio::test]
+async fn a_close_that_blocks_is_stopped_at_the_stream_s_limit() {
+    let runner = runner();
+    let pid = runner.eval("os.getpid()").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mark = dir.path().join("closed");
+    let mut stream = runner
+        .call("stubborn")
+        .args((60, text(&mark)))
+        .timeout(Duration::from_millis(300))
+        .returns::<u64>()
+        .stream();
+    assert_eq!(read(&mut stream).await.unwrap().unwrap(), 1);
+    drop(stream);
+    assert!(appears(&mark).await, "the close ran on past its limit");
+    assert_eq!(runner.eval("os.getpid()").await.unwrap(), pid);
+}
+
+#[tokio::test]
+async fn a_close_no_signal_can_stop_is_ended_by_the_backstop() {
+    let runner = runner();
+    let pid = runner.eval("os.getpid()").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mark = dir.path().join("closed");
+    let mut stream = runner
+        .call("stubborn")
+        .args((60, text(&mark), true))
+        .timeout(Duration::from_millis(300))
+        .returns::<u64>()
+        .stream();
+    assert_eq!(read(&mut stream).await.unwrap().unwrap(), 1);
+    drop(stream);
+    // Sent while the close holds the child: it goes to the fresh one.
+    let after = tokio::time::timeout(Duration::from_secs(20), runner.eval("os.getpid()"))
+        .await
+        .expect("an answer once the backstop has replaced the child");
+    assert_ne!(after.unwrap(), pid);
+    assert_eq!(runner.eval("1 + 1").await.unwrap(), json!(2));
 }
 
 /// `read_all` for a stream that was cut short with `take`.

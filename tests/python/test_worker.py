@@ -1475,6 +1475,25 @@ class StreamTests(unittest.TestCase):
         self.assertEqual(signal.getsignal(signal.SIGALRM), signal.SIG_DFL)
         self.assertEqual(signal.getitimer(signal.ITIMER_REAL), (0.0, 0.0))
 
+    def test_a_close_that_blocks_ends_at_the_stream_s_limit(self):
+        def stuck_close():
+            try:
+                while True:
+                    yield 1
+            finally:
+                try:
+                    time.sleep(30)
+                finally:
+                    self.state.append("closed")
+
+        self.child.globals["stuck_close"] = stuck_close
+        self.handle(stream(1, "stuck_close", limit=0.2, credit=2))
+        self.assertEqual(self.pump(), [[1, "item", 1], [1, "item", 1]])
+        self.assertEqual(self.handle(["cancel", 1]), [[1, "timeout"]])
+        self.assertEqual(self.state, ["closed"])
+        self.assertEqual(signal.getsignal(signal.SIGALRM), signal.SIG_DFL)
+        self.assertEqual(signal.getitimer(signal.ITIMER_REAL), (0.0, 0.0))
+
     def test_an_async_generator_streams_and_a_cancel_acloses_it(self):
         self.assertEqual(self.handle(stream(1, "agen", [3])), [["streaming", 1, True]])
         self.assertEqual(self.pump(), [[1, "item", 0], [1, "item", 1], [1, "item", 2], [1, "ok", None]])

@@ -108,7 +108,8 @@ impl Core {
                 stream.received, stream.granted
             )));
         }
-        let may_send = stream.received < stream.granted;
+        // A stream that is closing runs its backstop until its reply.
+        let may_send = stream.received < stream.granted || stream.closing;
         stream.feed.push(Ok(item));
         if self.flights.any_timed() {
             let slice = self.slices();
@@ -151,12 +152,15 @@ impl Core {
     }
 
     /// Asks the child to close stream `id`'s iterator; its reply, which
-    /// ends the stream, follows.
+    /// ends the stream, follows. The close runs within the stream's limit
+    /// in the child, and the stream's backstop runs for it here.
     fn close_stream(&mut self, id: u64) {
         if let Some(stream) = self.streams.get_mut(&id) {
             if !stream.closing {
                 stream.closing = true;
                 self.encode_small(ToChild::Cancel { id });
+                let slice = self.slices();
+                self.flights.stream_moved(id, true, Instant::now(), slice);
             }
         }
     }
