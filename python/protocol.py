@@ -136,9 +136,12 @@ RING_PUBLISHED = 0  # bytes published so far (child)
 RING_TAKEN = 64  # bytes taken so far (parent)
 RING_WAITING = 128  # 1 while the parent may sleep until a doorbell (parent)
 RING_INTERRUPT_TARGET = 192  # the request the parent's last SIGINT is for (parent)
-RING_IN_LOOP = 256  # 1 while the child runs its event loop or a sync stream (child)
-RING_LAST_COROUTINE = 320  # the last call_async or stream started, stored before RING_IN_LOOP (child)
+RING_IN_LOOP = 256  # 1 while the child runs its event loop, 2 while it makes a sync stream's items (child)
+RING_LAST_COROUTINE = 320  # the last call_async, awaiting invoke or async stream started, stored before RING_IN_LOOP (child)
 RING_INTERRUPT_TAKEN = 384  # the request stopped for the parent's SIGINT (child)
+RING_MAKING = 448  # the sync stream whose items the child makes, stored before RING_IN_LOOP is set to 2 (child)
+RING_SLICES = 512  # how many slices of sync streams the child began, counted before RING_MAKING is stored (child)
+RING_IN_STREAM = 2  # what RING_IN_LOOP holds during a sync stream's slice
 RING_DATA = 4096  # where the ring of reply bytes starts
 RING_SIZE = 1 << 20  # the ring's length in bytes
 

@@ -16,7 +16,7 @@ PROTOCOL.md on its stdin and stdout (protocol.py states its layout):
   `[id, "conv", message]` or `[id, "timeout"]`; only the replies to
   coroutines (`call_async`, and an `invoke` that first sent
   `["awaiting", id]`) can come back out of order;
-- a `stream` request's function result is iterated: `["streaming", id]`,
+- a `stream` request's function result is iterated: `["streaming", id, on_loop]`,
   then `[id, "item", value]` (or `"item_data"`) for each item, as far as
   the parent's credit goes, then the request's one reply;
 - `["out"]` goes before the replies that follow output written through
@@ -64,9 +64,14 @@ _STREAM_SLICE = 500e-6
 _STREAM_TICK = 200e-6
 _STREAM_BATCH = 16
 _setitimer = getattr(signal, "setitimer", None)
+_pthread_sigmask = getattr(signal, "pthread_sigmask", None)
+_ALARM_ONLY = {signal.SIGALRM} if hasattr(signal, "SIGALRM") else set()
 _monotonic = time.monotonic
 _LATER = object()
 """Returned by a request handler whose reply comes when a coroutine finishes."""
+# ChildWorker.running during a sync stream's turn: no request the parent can
+# name, so a late SIGINT for the stream's own call is ignored.
+_STREAM_TURN = object()
 
 
 _in_forked_copy = False
@@ -193,6 +198,50 @@ class _OpenStream:
         self.wake = None  # the future an async stream without credit waits on
 
 
+def _may_tick():
+    """Whether a sync stream's turn may take SIGALRM: setitimer exists, the
+    handler is SIG_DFL or SIG_IGN (not user code's, nor one from C, which
+    reads as None) and no timer is pending. Else each item goes at once,
+    with no item limit here (the parent's backstop holds)."""
+    if _setitimer is None:
+        return False
+    if signal.getsignal(signal.SIGALRM) not in (signal.SIG_DFL, signal.SIG_IGN):
+        return False
+    return signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+
+
+def _stop_own_timer():
+    """Stops the ticks (a timer that repeats every _STREAM_TICK), not a
+    timer user code set."""
+    if abs(signal.getitimer(signal.ITIMER_REAL)[1] - _STREAM_TICK) < 1e-6:
+        _setitimer(signal.ITIMER_REAL, 0)
+
+
+def _give_back_alarm(ours, previous):
+    """Stops our timer and puts `previous` back as SIGALRM's handler, with
+    SIGALRM blocked, so that no ring cuts this short; a handler user code
+    installed meanwhile stays, with its timer."""
+    block = _pthread_sigmask
+    if block is not None:
+        block(signal.SIG_BLOCK, _ALARM_ONLY)
+    try:
+        if signal.getsignal(signal.SIGALRM) != ours:
+            _stop_own_timer()
+            return
+        _setitimer(signal.ITIMER_REAL, 0)
+        if block is not None and signal.SIGALRM in signal.sigpending():
+            signal.sigtimedwait(_ALARM_ONLY, 0)  # a last ring of ours
+        _let_handlers_run()
+        signal.signal(signal.SIGALRM, previous)
+    finally:
+        if block is not None:
+            block(signal.SIG_UNBLOCK, _ALARM_ONLY)
+
+
+def _let_handlers_run():
+    """Python code, where a handler still due runs while it is ours."""
+
+
 def _is_limit(value):
     """nil, or a finite number of seconds that is not negative."""
     return value is None or (type(value) in (int, float) and _isfinite(value) and value >= 0)
@@ -248,6 +297,9 @@ class ChildWorker(ChildOutput):
         self.ticking = False  # the timer rings every _STREAM_TICK
         self.hold_rang = False  # it rang while not in_next: items may wait
         self.flushing = False  # _flush_held runs
+        self.closing = False  # a sync stream's iterator closes within its limit
+        self.rang_at = 0.0  # when the handler last ran (or the ticks began)
+        self.alarm_handler = self._on_stream_alarm  # the one object installed
         self.interrupted = False
         self.handlers = {op: getattr(self, "op_" + op) for op in OPS}
         # The common requests get decoders of their own with the pure-Python codec.
@@ -337,7 +389,7 @@ class ChildWorker(ChildOutput):
         """
         counters = None if self.ring is None else self.ring.counters
         if counters is not None:
-            counters[_COUNTER_IN_LOOP] = 1
+            counters[_COUNTER_IN_LOOP] = _IN_LOOP
         try:
             finished = self.driver.turn(block)
         except BaseException as exc:
@@ -570,7 +622,7 @@ class ChildWorker(ChildOutput):
             # that call by the coroutine's limit, as it judges a coroutine
             # that holds the loop, and knows that no request runs meanwhile.
             counters[_COUNTER_LAST_COROUTINE] = request_id
-            counters[_COUNTER_IN_LOOP] = 1
+            counters[_COUNTER_IN_LOOP] = _IN_LOOP
         try:
             scheduled, value = driver.start(request_id, function, args, limit)
         finally:
@@ -656,7 +708,7 @@ class ChildWorker(ChildOutput):
 
     def op_stream(self, request_id, name, args, kwargs, typed, limit, credit):
         """`name(*args, **kwargs)`, run as a sync request, whose result is
-        iterated: `["streaming", id]` once the iterator exists, then each
+        iterated: `["streaming", id, on_loop]` once the iterator exists, then each
         item as `[id, "item", value]` (`"item_data"` when `typed`) while the
         parent's credit lasts (`credit` items at first; `more` adds), and
         last the request's reply: `ok` at the end of the items, `err`,
@@ -690,7 +742,7 @@ class ChildWorker(ChildOutput):
                 self._reply_error(request_id, exc)
                 return
         self.streams[request_id] = stream
-        self._send(pack([MSG_STREAMING, request_id]))
+        self._send(pack([MSG_STREAMING, request_id, stream.is_async]))
         if not stream.is_async and stream.granted > 0:
             stream.queued = True
             self.ready.append(stream)
@@ -744,29 +796,28 @@ class ChildWorker(ChildOutput):
         """Sends items of a sync stream for up to _STREAM_SLICE; True if the
         stream may send more.
 
-        While an item is made, the ring says the child is "in its loop" with
-        this stream as its last coroutine: no request runs meanwhile, so a
-        request's clock in the parent starts over, and only the stream's
-        backstop is judged. SIGALRM's handler is this worker's only during
-        the slice (see _make_items)."""
+        While its items are made, the ring says so (2 at RING_IN_LOOP, the
+        stream's id at RING_MAKING): no request or coroutine runs meanwhile,
+        so their clocks in the parent start over, and only this stream's
+        backstop is judged. RING_LAST_COROUTINE is left alone: the parent
+        resends a lost child's coroutines after it. SIGALRM is this worker's
+        only during the slice, if user code left it free (_may_tick)."""
         counters = None if self.ring is None else self.ring.counters
         if counters is not None:
-            counters[_COUNTER_LAST_COROUTINE] = stream.id
-            counters[_COUNTER_IN_LOOP] = 1
+            counters[_COUNTER_SLICES] = (counters[_COUNTER_SLICES] + 1) & 0xFFFFFFFFFFFFFFFF
+            counters[_COUNTER_MAKING] = stream.id
+            counters[_COUNTER_IN_LOOP] = _IN_STREAM
         outcome = None
-        self.running = stream.id
+        self.running = _STREAM_TURN
         try:
-            if _setitimer is None:
+            if not _may_tick():
                 self._make_items(stream, False)
             else:
-                previous = signal.signal(signal.SIGALRM, self._on_stream_alarm)
+                previous = signal.signal(signal.SIGALRM, self.alarm_handler)
                 try:
                     self._make_items(stream, True)
                 finally:
-                    self.in_next = False
-                    self.item_deadline = None
-                    _setitimer(signal.ITIMER_REAL, 0)
-                    signal.signal(signal.SIGALRM, previous)
+                    self._stop_ticks(previous)
         except StopIteration:
             outcome = (True, None)
         except BaseException as exc:
@@ -794,8 +845,10 @@ class ChildWorker(ChildOutput):
         raises _ItemTimeout into an item past the stream's limit (its
         `finally` blocks run). A `next` that blocks in C code without
         returning to the interpreter holds both up; the parent's backstop
-        is for that. Without `ticks` (no setitimer) each item is written at
-        once and items have no limit here."""
+        is for that. Without `ticks` (see _may_tick) each item is written
+        at once and items have no limit here. No ring for two ticks, seen
+        when an item returns, means user code took SIGALRM or cancelled
+        the timer (_ticks_lost)."""
         next_item = type(stream.iterator).__next__
         iterator = stream.iterator
         outbox = self.outbox
@@ -804,20 +857,26 @@ class ChildWorker(ChildOutput):
         slice_end = now + _STREAM_SLICE
         if ticks:
             self.ticking = True
+            self.rang_at = now
             _setitimer(signal.ITIMER_REAL, _STREAM_TICK, _STREAM_TICK)
         while stream.sent < stream.granted:
             if ticks:
                 if not self.ticking:
                     # The handler slowed the timer down during a long `next`.
                     self.ticking = True
+                    self.rang_at = _monotonic()
                     _setitimer(signal.ITIMER_REAL, _STREAM_TICK, _STREAM_TICK)
-                if limit is not None:
-                    self.item_deadline = now + limit
-                self.in_next = True
                 if self.hold_rang and outbox:
                     self._flush_held()
+                if limit is not None:
+                    self.item_deadline = _monotonic() + limit
+                # Only the item's own `next` may be interrupted: never a
+                # write, which would leave half a frame published.
+                self.in_next = True
                 value = next_item(iterator)
                 self.in_next = False
+                if self.ticking and _monotonic() - self.rang_at > 2 * _STREAM_TICK:
+                    ticks = self._ticks_lost()
             else:
                 value = next_item(iterator)
             self._send_item(stream, value)
@@ -828,12 +887,35 @@ class ChildWorker(ChildOutput):
             if now >= slice_end:
                 return
 
+    def _ticks_lost(self):
+        """No ring for two ticks: whether the ticks go on. A handler user
+        code installed stays (the turn goes on without ticks); a timer it
+        cancelled is armed again."""
+        if signal.getsignal(signal.SIGALRM) is not self.alarm_handler:
+            self.in_next = False
+            self.item_deadline = None
+            _stop_own_timer()
+            return False
+        self.rang_at = _monotonic()
+        if signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0):
+            self.ticking = True
+            _setitimer(signal.ITIMER_REAL, _STREAM_TICK, _STREAM_TICK)
+        return True
+
+    def _stop_ticks(self, previous):
+        self.in_next = False
+        self.item_deadline = None
+        _give_back_alarm(self.alarm_handler, previous)
+
     def _on_stream_alarm(self, signum, frame):
-        """SIGALRM during a slice of a sync stream (see _make_items)."""
-        if not self.in_next:
+        """SIGALRM during a slice of a sync stream (see _make_items). It
+        raises only inside the item's `next`, never in a write (half a frame
+        would go out), and judges the deadline after the held items."""
+        self.rang_at = _monotonic()
+        if not self.in_next or self.flushing:
             self.hold_rang = True
             return
-        if self.outbox and not self.flushing:
+        if self.outbox:
             self._flush_held()
         deadline = self.item_deadline
         if deadline is not None:
@@ -891,7 +973,14 @@ class ChildWorker(ChildOutput):
         finally:
             aclose = getattr(iterator, "aclose", None)
             if aclose is not None:
-                await aclose()
+                if limit is None:
+                    await aclose()
+                else:
+                    # Closed within the stream's limit too.
+                    try:
+                        await asyncio.wait_for(aclose(), limit)
+                    except asyncio.TimeoutError:
+                        raise _ItemTimeout() from None
 
     def _send_item(self, stream, value):
         """Queues [id, "item", value] (or "item_data"); a value that does not
@@ -918,21 +1007,50 @@ class ChildWorker(ChildOutput):
 
     def _end_stream(self, stream, ok, value):
         """Closes a sync stream's iterator (its `finally` blocks run, if it
-        stopped at a yield) and sends the stream's reply."""
+        stopped at a yield) and sends the stream's reply. The close counts
+        as a slice of the stream, within its limit (_close_within)."""
         self.streams.pop(stream.id, None)
         if stream.queued:
             stream.queued = False
             self.ready.remove(stream)
-        self.running = stream.id
+        counters = None if self.ring is None else self.ring.counters
+        if counters is not None:
+            counters[_COUNTER_SLICES] = (counters[_COUNTER_SLICES] + 1) & 0xFFFFFFFFFFFFFFFF
+            counters[_COUNTER_MAKING] = stream.id
+            counters[_COUNTER_IN_LOOP] = _IN_STREAM
+        self.running = _STREAM_TURN
         try:
-            closed = _close_iterator(stream.iterator, quiet=False)
+            closed = self._close_within(stream)
         except BaseException as exc:
             closed = exc
         finally:
             self.running = None
+            if counters is not None:
+                counters[_COUNTER_IN_LOOP] = 0
         if ok and closed is not None:
             ok, value = False, closed
         self._stream_reply(stream.id, ok, value)
+
+    def _close_within(self, stream):
+        """Closes a sync stream's iterator: what closing raised, or None.
+        Past the stream's limit _ItemTimeout is raised where it runs, if
+        SIGALRM may be taken (_may_tick); else the parent's backstop holds."""
+        if stream.limit is None or not _may_tick():
+            return _close_iterator(stream.iterator, quiet=False)
+        handler = self._on_close_alarm
+        previous = signal.signal(signal.SIGALRM, handler)
+        self.closing = True
+        try:
+            _setitimer(signal.ITIMER_REAL, max(stream.limit, 1e-6))
+            return _close_iterator(stream.iterator, quiet=False)
+        finally:
+            self.closing = False
+            _give_back_alarm(handler, previous)
+
+    def _on_close_alarm(self, signum, frame):
+        if self.closing:
+            self.closing = False
+            raise _ItemTimeout()
 
     def _stream_reply(self, request_id, ok, value):
         """A stream's one reply: `ok` (nil) at its end, or what ended it."""

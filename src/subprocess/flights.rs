@@ -50,6 +50,49 @@ pub(super) struct Flight<T> {
     /// A sync request's runs from when it reached the head of the line; a
     /// coroutine's is its backstop.
     deadline: Option<Instant>,
+    /// A stream whose items are made on the child's event loop, as a
+    /// coroutine is, rather than in slices between requests.
+    on_loop: bool,
+    /// A sync stream's: the child's count of slices begun when its
+    /// backstop last started (see [`Seen::Stream`]), if known.
+    slice: Option<u64>,
+}
+
+impl<T> Flight<T> {
+    /// Whether this flight (request `id`, off the line) can be what holds
+    /// the child up when the child is `seen` there: a coroutine (or an
+    /// async stream) in the event loop, a sync stream in its own slice;
+    /// without a ring, anything off the line.
+    fn may_hold(&self, id: u64, seen: Seen) -> bool {
+        match (self.kind, seen) {
+            (Kind::Coroutine, Seen::Unknown | Seen::Loop) => true,
+            (Kind::Stream, Seen::Unknown) => true,
+            (Kind::Stream, Seen::Loop) => self.on_loop,
+            (Kind::Stream, Seen::Stream { id: making, .. }) => !self.on_loop && making == id,
+            _ => false,
+        }
+    }
+}
+
+/// Where the child was seen when limits are judged (its ring says so).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Seen {
+    /// No ring: the child cannot say.
+    Unknown,
+    /// Outside its event loop: a sync request runs, or nothing does.
+    Outside,
+    /// In its event loop (or making a coroutine): no sync request runs.
+    Loop,
+    /// Making items of sync stream `id`, in the `slice`th slice of any
+    /// stream it began: nothing else runs.
+    Stream { id: u64, slice: u64 },
+}
+
+impl Seen {
+    /// Whether no sync request can be running.
+    fn off_the_line(self) -> bool {
+        matches!(self, Seen::Loop | Seen::Stream { .. })
+    }
 }
 
 /// A limit passed, as [`Flights::judge`] finds it.
@@ -171,6 +214,8 @@ impl<T> Flights<T> {
                 kind,
                 limit,
                 deadline,
+                on_loop: kind == Kind::Coroutine,
+                slice: None,
             },
         );
     }
@@ -211,9 +256,17 @@ impl<T> Flights<T> {
     }
 
     /// The sync request `id` (a stream's invoke) has opened its stream: it
-    /// leaves the line, and its backstop runs for the first item. False if
-    /// no such sync request is in flight.
-    pub fn became_stream(&mut self, id: u64, now: Instant) -> bool {
+    /// leaves the line, and its backstop runs for the first item. Its
+    /// items are made `on_loop` (an async iterator) or in slices between
+    /// requests; `slice` is the child's count of slices begun, if known.
+    /// False if no such sync request is in flight.
+    pub fn became_stream(
+        &mut self,
+        id: u64,
+        on_loop: bool,
+        now: Instant,
+        slice: Option<u64>,
+    ) -> bool {
         let Some(flight) = self.by_id.get_mut(&id) else {
             return false;
         };
@@ -221,18 +274,22 @@ impl<T> Flights<T> {
             return false;
         }
         flight.kind = Kind::Stream;
+        flight.on_loop = on_loop;
+        flight.slice = slice;
         flight.deadline = flight.limit.map(|limit| now + limit + COROUTINE_BACKSTOP);
         self.line.retain(|&queued| queued != id);
         self.start_head_clock(|| now);
         true
     }
 
-    /// Stream `id` sent an item or got credit at `now`: the backstop of its
-    /// next item runs from then if the child `may_send`, else (it waits for
-    /// credit) no clock runs.
-    pub fn stream_moved(&mut self, id: u64, may_send: bool, now: Instant) {
+    /// Stream `id` sent an item or got credit at `now` (when the child had
+    /// begun `slice` slices, if known): the backstop of its next item runs
+    /// from then if the child `may_send`, else (it waits for credit) no
+    /// clock runs.
+    pub fn stream_moved(&mut self, id: u64, may_send: bool, now: Instant, slice: Option<u64>) {
         if let Some(flight) = self.by_id.get_mut(&id) {
             if flight.kind == Kind::Stream {
+                flight.slice = slice;
                 flight.deadline = match (may_send, flight.limit) {
                     (true, Some(limit)) => Some(now + limit + COROUTINE_BACKSTOP),
                     _ => None,
@@ -290,35 +347,59 @@ impl<T> Flights<T> {
         Some(flight)
     }
 
-    /// Which limit has passed at `now`. `in_loop`: the child says it is in
-    /// its event loop, where no sync request runs; a sync request past its
-    /// deadline then has not started (a coroutine holds the loop), and its
-    /// clock starts again, for a limit counts while a command runs, not
-    /// while it waits. A coroutine's backstop is judged only while no sync
-    /// request runs (or in the loop), so a long sync request is not blamed
-    /// on it.
-    pub fn judge(&mut self, now: Instant, in_loop: bool) -> Due {
+    /// Which limit has passed at `now`, with the child `seen` where its
+    /// ring says. A limit counts while its command runs, not while it
+    /// waits: a sync request past its deadline while the child is in its
+    /// loop or a stream's slice has not started, and its clock starts
+    /// again. Likewise a coroutine's or stream's backstop is judged only
+    /// where it can be what holds the child (see `Flight::may_hold`); past
+    /// it elsewhere, it starts again, for the child was busy with
+    /// something else. A sync stream is judged in its own slice only, and
+    /// only if that slice had begun when its backstop started: a slice
+    /// begun since (the child went on to other things in between) starts
+    /// it again. Without a ring (`Seen::Unknown`) a backstop waits while a
+    /// sync request is in flight and is judged otherwise.
+    pub fn judge(&mut self, now: Instant, seen: Seen) -> Due {
+        let overdue = |deadline: Option<Instant>| deadline.is_some_and(|deadline| now >= deadline);
         if let Some(&head) = self.line.front() {
             if let Some(running) = self.by_id.get_mut(&head) {
-                if running.deadline.is_some_and(|deadline| now >= deadline) {
+                if overdue(running.deadline) {
                     let limit = running.limit.unwrap_or_default();
-                    if !in_loop {
+                    if !seen.off_the_line() {
                         return Due::Sync { id: head, limit };
                     }
                     running.deadline = Some(now + limit);
                 }
             }
         }
-        if !self.line.is_empty() && !in_loop {
+        if seen == Seen::Unknown && !self.line.is_empty() {
             return Due::Nothing;
         }
-        self.by_id
-            .iter()
-            .find(|(_, flight)| {
-                flight.kind.off_the_line()
-                    && flight.deadline.is_some_and(|deadline| now >= deadline)
-            })
-            .map_or(Due::Nothing, |(&id, _)| Due::Coroutine { id })
+        let mut due = Due::Nothing;
+        for (&id, flight) in self.by_id.iter_mut() {
+            if !flight.kind.off_the_line() || !overdue(flight.deadline) {
+                continue;
+            }
+            let limit = flight.limit.unwrap_or_default();
+            let held = flight.may_hold(id, seen);
+            if let (true, Seen::Stream { slice, .. }) = (held, seen) {
+                if flight.slice != Some(slice) {
+                    // Its slice began after its clock started.
+                    flight.slice = Some(slice);
+                    flight.deadline = Some(now + limit + COROUTINE_BACKSTOP);
+                    continue;
+                }
+            }
+            if held {
+                if due == Due::Nothing {
+                    due = Due::Coroutine { id };
+                }
+            } else {
+                // It could not run: the child was busy elsewhere.
+                flight.deadline = Some(now + limit + COROUTINE_BACKSTOP);
+            }
+        }
+        due
     }
 
     /// Empties the flights of a lost child: those it had started, by id
@@ -387,7 +468,7 @@ mod tests {
         flights.sent(2, "second", Kind::Sync, Some(100 * MS), clock.at(0));
         // The second waits: at 150 ms only the first is overdue.
         assert_eq!(
-            flights.judge(clock.at(150), false),
+            flights.judge(clock.at(150), Seen::Unknown),
             Due::Sync {
                 id: 1,
                 limit: 100 * MS
@@ -395,10 +476,10 @@ mod tests {
         );
         // Answered at 150 ms: the second's clock starts then.
         assert_eq!(flights.answered(1, || clock.at(150)).unwrap().item, "first");
-        assert_eq!(flights.judge(clock.at(249), false), Due::Nothing);
+        assert_eq!(flights.judge(clock.at(249), Seen::Unknown), Due::Nothing);
         assert_eq!(flights.next_deadline(clock.at(200)), Some(clock.at(250)));
         assert_eq!(
-            flights.judge(clock.at(250), false),
+            flights.judge(clock.at(250), Seen::Unknown),
             Due::Sync {
                 id: 2,
                 limit: 100 * MS
@@ -411,11 +492,11 @@ mod tests {
         let clock = Clock::new();
         let mut flights = Flights::default();
         flights.sent(1, (), Kind::Sync, Some(100 * MS), clock.at(0));
-        assert_eq!(flights.judge(clock.at(120), true), Due::Nothing);
+        assert_eq!(flights.judge(clock.at(120), Seen::Loop), Due::Nothing);
         // Its clock started again at 120 ms.
-        assert_eq!(flights.judge(clock.at(219), false), Due::Nothing);
+        assert_eq!(flights.judge(clock.at(219), Seen::Unknown), Due::Nothing);
         assert_eq!(
-            flights.judge(clock.at(220), false),
+            flights.judge(clock.at(220), Seen::Unknown),
             Due::Sync {
                 id: 1,
                 limit: 100 * MS
@@ -430,20 +511,26 @@ mod tests {
         flights.sent(1, (), Kind::Coroutine, Some(100 * MS), clock.at(0));
         flights.sent(2, (), Kind::Sync, None, clock.at(0));
         let backstop = 100 + COROUTINE_BACKSTOP.as_millis() as u64;
-        assert_eq!(flights.judge(clock.at(backstop - 1), false), Due::Nothing);
+        assert_eq!(
+            flights.judge(clock.at(backstop - 1), Seen::Unknown),
+            Due::Nothing
+        );
         // Past its backstop, but a sync request runs: not its fault.
-        assert_eq!(flights.judge(clock.at(backstop), false), Due::Nothing);
+        assert_eq!(
+            flights.judge(clock.at(backstop), Seen::Unknown),
+            Due::Nothing
+        );
         // ... looked at again later, not at once and again.
         let now = clock.at(backstop + 5);
         assert_eq!(flights.next_deadline(now), Some(now + COROUTINE_RECHECK));
         // In its loop, the child runs no sync request: the coroutine it is.
         assert_eq!(
-            flights.judge(clock.at(backstop), true),
+            flights.judge(clock.at(backstop), Seen::Loop),
             Due::Coroutine { id: 1 }
         );
         flights.answered(2, || clock.at(backstop + 1));
         assert_eq!(
-            flights.judge(clock.at(backstop + 1), false),
+            flights.judge(clock.at(backstop + 1), Seen::Unknown),
             Due::Coroutine { id: 1 }
         );
     }
@@ -456,7 +543,10 @@ mod tests {
         flights.sent(2, (), Kind::Coroutine, None, clock.at(0));
         assert!(!flights.any_timed());
         assert_eq!(flights.next_deadline(clock.at(0)), None);
-        assert_eq!(flights.judge(clock.at(1_000_000), false), Due::Nothing);
+        assert_eq!(
+            flights.judge(clock.at(1_000_000), Seen::Unknown),
+            Due::Nothing
+        );
         flights.sent(3, (), Kind::Sync, Some(MS), clock.at(0));
         assert!(flights.any_timed());
         flights.answered(3, || clock.at(1));
@@ -487,7 +577,7 @@ mod tests {
         assert_eq!(flights.head(), Some(1));
         assert!(flights.answered(2, || clock.at(50)).is_none());
         assert_eq!(
-            flights.judge(clock.at(100), false),
+            flights.judge(clock.at(100), Seen::Unknown),
             Due::Sync {
                 id: 1,
                 limit: 100 * MS
@@ -545,25 +635,31 @@ mod tests {
         let mut flights = Flights::default();
         flights.sent(1, "stream", Kind::Sync, Some(100 * MS), clock.at(0));
         flights.sent(2, "queued", Kind::Sync, None, clock.at(0));
-        assert!(flights.became_stream(1, clock.at(10)));
+        assert!(flights.became_stream(1, false, clock.at(10), None));
         assert_eq!(flights.head(), Some(2));
         flights.answered(2, || clock.at(20));
         let backstop = 100 * MS + COROUTINE_BACKSTOP;
         assert_eq!(
-            flights.judge(clock.at(10) + backstop - MS, false),
+            flights.judge(clock.at(10) + backstop - MS, Seen::Unknown),
             Due::Nothing
         );
         // An item came at 50 ms: the next one's backstop runs from then.
-        flights.stream_moved(1, true, clock.at(50));
-        assert_eq!(flights.judge(clock.at(10) + backstop, false), Due::Nothing);
+        flights.stream_moved(1, true, clock.at(50), None);
         assert_eq!(
-            flights.judge(clock.at(50) + backstop, false),
+            flights.judge(clock.at(10) + backstop, Seen::Unknown),
+            Due::Nothing
+        );
+        assert_eq!(
+            flights.judge(clock.at(50) + backstop, Seen::Unknown),
             Due::Coroutine { id: 1 }
         );
         // Out of credit, it waits for the consumer: no clock.
-        flights.stream_moved(1, false, clock.at(60));
+        flights.stream_moved(1, false, clock.at(60), None);
         assert_eq!(flights.next_deadline(clock.at(60)), None);
-        assert_eq!(flights.judge(clock.at(1_000_000), false), Due::Nothing);
+        assert_eq!(
+            flights.judge(clock.at(1_000_000), Seen::Unknown),
+            Due::Nothing
+        );
         // A lost child had started it, whatever the ring said.
         flights.sent(3, "coroutine", Kind::Coroutine, None, clock.at(70));
         let (started, unstarted) = flights.drain_after_loss(Reached::Coroutines {
@@ -573,7 +669,7 @@ mod tests {
         assert_eq!(started.len(), 1);
         assert_eq!(started[0].1.item, "stream");
         assert_eq!(unstarted, ["coroutine"]);
-        assert!(!flights.became_stream(9, clock.at(80)));
+        assert!(!flights.became_stream(9, false, clock.at(80), None));
     }
 
     #[test]
@@ -587,7 +683,7 @@ mod tests {
         // The request behind it runs now, on its own clock.
         assert_eq!(flights.head(), Some(2));
         assert_eq!(
-            flights.judge(clock.at(30), false),
+            flights.judge(clock.at(30), Seen::Unknown),
             Due::Sync {
                 id: 2,
                 limit: 10 * MS
@@ -595,13 +691,62 @@ mod tests {
         );
         flights.answered(2, || clock.at(30));
         // Judged at its backstop, counted from when it left the line.
-        assert_eq!(flights.judge(clock.at(120), false), Due::Nothing);
+        assert_eq!(flights.judge(clock.at(120), Seen::Unknown), Due::Nothing);
         assert_eq!(
-            flights.judge(clock.at(120) + COROUTINE_BACKSTOP, false),
+            flights.judge(clock.at(120) + COROUTINE_BACKSTOP, Seen::Unknown),
             Due::Coroutine { id: 1 }
         );
         // Only a sync request in flight can become one.
         assert!(!flights.became_coroutine(1, clock.at(130)));
         assert!(!flights.became_coroutine(9, clock.at(130)));
+    }
+
+    #[test]
+    fn with_a_ring_a_backstop_is_judged_only_where_its_flight_can_hold_the_child() {
+        let clock = Clock::new();
+        let span = 100 * MS + COROUTINE_BACKSTOP;
+        let after = |spans: u32| clock.at(0) + span * spans;
+        let open = || {
+            let mut flights = Flights::default();
+            flights.sent(1, "sync stream", Kind::Sync, Some(100 * MS), clock.at(0));
+            assert!(flights.became_stream(1, false, clock.at(0), Some(7)));
+            flights.sent(2, "async stream", Kind::Sync, Some(100 * MS), clock.at(0));
+            assert!(flights.became_stream(2, true, clock.at(0), Some(7)));
+            flights.sent(3, "coroutine", Kind::Coroutine, Some(100 * MS), clock.at(0));
+            flights
+        };
+        // A long call ran: nothing off the line could run, every clock
+        // starts again.
+        let mut flights = open();
+        flights.sent(4, "long call", Kind::Sync, None, clock.at(0));
+        assert_eq!(flights.judge(after(1), Seen::Outside), Due::Nothing);
+        assert_eq!(flights.next_deadline(after(1)), Some(after(2)));
+        flights.answered(4, || after(1));
+        // Stream 1's slice, begun after its clock started: again; still
+        // that slice at its next backstop: stream 1 holds the child.
+        let slice_9 = Seen::Stream { id: 1, slice: 9 };
+        assert_eq!(flights.judge(after(2), slice_9), Due::Nothing);
+        assert_eq!(flights.judge(after(3), slice_9), Due::Coroutine { id: 1 });
+        // In the loop a sync stream cannot run; the async one and the
+        // coroutine can.
+        let mut flights = open();
+        assert_eq!(
+            flights.judge(after(1), Seen::Loop),
+            Due::Coroutine { id: 2 }
+        );
+        let mut flights = open();
+        flights.answered(2, || after(0));
+        assert_eq!(
+            flights.judge(after(1), Seen::Loop),
+            Due::Coroutine { id: 3 }
+        );
+        // Another stream's slice holds the child: none is blamed.
+        let mut flights = open();
+        let other = Seen::Stream { id: 5, slice: 7 };
+        assert_eq!(flights.judge(after(1), other), Due::Nothing);
+        assert_eq!(flights.next_deadline(after(1)), Some(after(2)));
+        // Its own slice, the one its clock started in: blamed at once.
+        let own = Seen::Stream { id: 1, slice: 7 };
+        assert_eq!(flights.judge(after(2), own), Due::Coroutine { id: 1 });
     }
 }

@@ -12,9 +12,11 @@
 //! | 64 | bytes taken so far (u64) | parent |
 //! | 128 | 1 while the parent may sleep until a doorbell (u64) | parent |
 //! | 192 | the id of the request the last SIGINT targets, stored before it (u64) | parent |
-//! | 256 | 1 while the child runs its event loop, or makes a coroutine (u64) | child |
+//! | 256 | 1 while the child runs its event loop, or makes a coroutine; 2 while it makes a sync stream's items (u64) | child |
 //! | 320 | the id of the last coroutine the child started, set before 256 (u64) | child |
 //! | 384 | the id of the request the child stopped for a SIGINT, set before its reply (u64) | child |
+//! | 448 | the id of the sync stream whose items the child makes, set before 256 is 2 (u64) | child |
+//! | 512 | how many slices of sync streams the child has begun, counted before 448 is set (u64) | child |
 //! | 4096 | the ring: [`RING_SIZE`] bytes of reply frames | child |
 //!
 //! The ring carries the same frames the pipe would, as one byte stream: the
@@ -52,15 +54,32 @@ const INTERRUPT_TARGET: usize = 192;
 const IN_LOOP: usize = 256;
 const LAST_COROUTINE: usize = 320;
 const INTERRUPT_TAKEN: usize = 384;
+const MAKING: usize = 448;
+const SLICES: usize = 512;
 const DATA: usize = 4096;
+
+/// What offset 256 holds while the child makes a sync stream's items.
+const IN_STREAM: u64 = 2;
 
 /// The ring's size; a reply larger than it crosses in pieces.
 pub(crate) const RING_SIZE: usize = 1 << 20;
 
 /// What [`ReplyRing::child_at`] finds.
 pub(crate) enum ChildAt {
-    Outside { last_coroutine: u64 },
-    Loop { last_coroutine: u64 },
+    Outside {
+        last_coroutine: u64,
+    },
+    Loop {
+        last_coroutine: u64,
+    },
+    /// Making items of the sync stream `stream`: no request or coroutine
+    /// runs meanwhile.
+    Stream {
+        last_coroutine: u64,
+        stream: u64,
+        /// How many slices the child had begun, this one included.
+        slice: u64,
+    },
     Unsure,
 }
 
@@ -145,7 +164,7 @@ impl ReplyRing {
     }
 
     fn counter(&self, offset: usize) -> &AtomicU64 {
-        // SAFETY: the offset is one of the seven aligned header slots inside
+        // SAFETY: the offset is one of the nine aligned header slots inside
         // the mapping, which outlives `self`.
         unsafe { &*self.base.add(offset).cast::<AtomicU64>() }
     }
@@ -172,23 +191,36 @@ impl ReplyRing {
     /// (only coroutines, or nothing while it waits). The body of no
     /// coroutine after `last_coroutine` (an id; 0 for none) has run: bodies
     /// run only in the loop, and the id is stored as the call that makes a
-    /// coroutine starts (that call counts as its loop). The
+    /// coroutine starts (that call counts as its loop); a sync stream's
+    /// slice leaves it alone, and names its stream at offset 448. The
     /// child publishes its replies, then the id, then the flag: a flag seen
     /// with replies still to take is `Unsure`, as those may be to requests
     /// that ran just before the loop. Outside the loop, replies still to
     /// take are `Unsure` too: one may answer the request whose limit just
     /// passed, which then needs no SIGINT.
     pub fn child_at(&self) -> ChildAt {
-        let in_loop = self.counter(IN_LOOP).load(Ordering::Acquire) != 0;
+        let in_loop = self.counter(IN_LOOP).load(Ordering::Acquire);
         let last_coroutine = self.counter(LAST_COROUTINE).load(Ordering::Acquire);
+        let slice = self.slices();
+        let stream = self.counter(MAKING).load(Ordering::Acquire);
         if self.pending() {
             return ChildAt::Unsure;
         }
-        if in_loop {
-            ChildAt::Loop { last_coroutine }
-        } else {
-            ChildAt::Outside { last_coroutine }
+        match in_loop {
+            0 => ChildAt::Outside { last_coroutine },
+            IN_STREAM => ChildAt::Stream {
+                last_coroutine,
+                stream,
+                slice,
+            },
+            _ => ChildAt::Loop { last_coroutine },
         }
+    }
+
+    /// How many slices of sync streams the child has begun: a stream's
+    /// backstop that started before its slice began is not that slice's.
+    pub fn slices(&self) -> u64 {
+        self.counter(SLICES).load(Ordering::Acquire)
     }
 
     /// Whether the child has published bytes not yet taken.

@@ -57,9 +57,12 @@ pub(crate) enum FromChild {
     },
     /// The function of stream `id` returned something iterable: the
     /// request has left the child's line, its items follow, and its reply
-    /// comes when the stream ends.
+    /// comes when the stream ends. `on_loop`: its items are made on the
+    /// child's event loop (an async iterator), not in slices between
+    /// requests; a note that does not say is taken to be one.
     Streaming {
         id: u64,
+        on_loop: bool,
     },
     /// One item of stream `id`: a `Value` (`item`) or, for a typed stream,
     /// a slice of the frame (`item_data`).
@@ -164,7 +167,8 @@ impl FromChild {
                 .next()?
                 .and_then(|v| v.as_u64())
                 .ok_or_else(|| malformed("streaming without an id"))?;
-            return Ok(FromChild::Streaming { id });
+            let on_loop = items.next()?.and_then(|v| v.as_bool()).unwrap_or(true);
+            return Ok(FromChild::Streaming { id, on_loop });
         }
         if head.as_str() == Some("hello") {
             let version = items
@@ -464,10 +468,21 @@ mod tests {
 
     #[test]
     fn a_stream_s_note_and_items_name_their_request() {
+        let note = rmp_serde::to_vec(&("streaming", 12u64, false)).unwrap();
+        assert_eq!(
+            FromChild::decode(&note),
+            Ok(FromChild::Streaming {
+                id: 12,
+                on_loop: false
+            })
+        );
         let note = rmp_serde::to_vec(&("streaming", 12u64)).unwrap();
         assert_eq!(
             FromChild::decode(&note),
-            Ok(FromChild::Streaming { id: 12 })
+            Ok(FromChild::Streaming {
+                id: 12,
+                on_loop: true
+            })
         );
         assert!(FromChild::decode(&rmp_serde::to_vec(&("streaming",)).unwrap()).is_err());
         let item = rmp_serde::to_vec(&(5u64, "item", [1, 2])).unwrap();

@@ -75,6 +75,25 @@ def points():
         yield {"x": i, "label": "p%d" % i}
 def plain():
     return 5
+def answer_streams_as_calls():
+    import gc
+    worker = next(o for o in gc.get_objects() if type(o).__name__ == "ChildWorker")
+    worker.op_stream = lambda request_id, *rest: worker._reply_value(request_id, 5)
+def stubborn(seconds, mark, deaf=False):
+    import signal
+    try:
+        while True:
+            yield 1
+    finally:
+        try:
+            if deaf:
+                signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM, signal.SIGINT})
+            time.sleep(seconds)
+        finally:
+            open(mark, "w").close()
+def nap(seconds):
+    time.sleep(seconds)
+    return seconds
 def letters():
     return "abc"
 "#;
@@ -363,6 +382,126 @@ async fn an_item_no_signal_can_stop_is_ended_by_the_backstop_and_the_child_repla
     assert_ne!(runner.eval("os.getpid()").await.unwrap(), pid);
 }
 
+#[tokio::test]
+async fn a_limited_stream_beside_a_long_call_keeps_its_child() {
+    let runner = runner();
+    let pid = runner.eval("os.getpid()").await.unwrap();
+    // Each item is well within its limit; the call holds the child for
+    // longer than the stream's backstop (the limit and 2 s).
+    let mut stream = runner
+        .call("ticking")
+        .arg(0.05)
+        .timeout(Duration::from_millis(500))
+        .returns::<u64>()
+        .stream();
+    assert_eq!(read(&mut stream).await.unwrap().unwrap(), 0);
+    let napped = runner.call("nap").arg(4).returns::<u64>().await;
+    assert_eq!(napped.unwrap(), 4);
+    let mut items = Vec::new();
+    for _ in 0..10 {
+        items.push(read(&mut stream).await.unwrap().unwrap());
+    }
+    assert_eq!(items, (1..11).collect::<Vec<_>>());
+    assert_eq!(runner.eval("os.getpid()").await.unwrap(), pid);
+}
+
+#[tokio::test]
+async fn two_limited_streams_with_slow_items_keep_their_child() {
+    let runner = runner();
+    let pid = runner.eval("os.getpid()").await.unwrap();
+    // A's items, each within its own limit, hold the child for longer than
+    // B's backstop (its limit and 2 s) while B waits for its turn.
+    let mut slow = runner
+        .call("ticking")
+        .arg(3.2)
+        .timeout(Duration::from_secs(5))
+        .returns::<u64>()
+        .stream();
+    let mut quick = runner
+        .call("ticking")
+        .arg(0.05)
+        .timeout(Duration::from_millis(500))
+        .returns::<u64>()
+        .stream();
+    let (slow_items, quick_items) = tokio::join!(
+        async {
+            let mut items = Vec::new();
+            for _ in 0..2 {
+                items.push(read(&mut slow).await.unwrap());
+            }
+            items
+        },
+        async {
+            let mut items = Vec::new();
+            for _ in 0..3 {
+                items.push(read(&mut quick).await.unwrap());
+            }
+            items
+        }
+    );
+    assert_eq!(slow_items, [Ok(0), Ok(1)]);
+    assert_eq!(quick_items, [Ok(0), Ok(1), Ok(2)]);
+    assert_eq!(runner.eval("os.getpid()").await.unwrap(), pid);
+    assert_eq!(runner.eval("1 + 1").await.unwrap(), json!(2));
+}
+
+#[tokio::test]
+async fn a_result_for_a_stream_that_never_opened_is_a_protocol_error() {
+    let runner = runner();
+    let pid = runner.eval("os.getpid()").await.unwrap();
+    // A child that answers a stream request as a call (its replacement,
+    // which replays the definitions, does not).
+    runner.call("answer_streams_as_calls").await.unwrap();
+    let items = read_all(runner.call("count").arg(3).returns::<u64>().stream()).await;
+    assert!(
+        matches!(&items[..], [Err(PyRunnerError::Protocol(message))] if message.contains("streaming")),
+        "{items:?}"
+    );
+    assert_ne!(runner.eval("os.getpid()").await.unwrap(), pid);
+    let items = read_all(runner.call("count").arg(3).returns::<u64>().stream()).await;
+    assert_eq!(items, [Ok(0), Ok(1), Ok(2)]);
+}
+
+#[tokio::test]
+async fn a_close_that_blocks_is_stopped_at_the_stream_s_limit() {
+    let runner = runner();
+    let pid = runner.eval("os.getpid()").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mark = dir.path().join("closed");
+    let mut stream = runner
+        .call("stubborn")
+        .args((60, text(&mark)))
+        .timeout(Duration::from_millis(300))
+        .returns::<u64>()
+        .stream();
+    assert_eq!(read(&mut stream).await.unwrap().unwrap(), 1);
+    drop(stream);
+    assert!(appears(&mark).await, "the close ran on past its limit");
+    assert_eq!(runner.eval("os.getpid()").await.unwrap(), pid);
+}
+
+#[tokio::test]
+async fn a_close_no_signal_can_stop_is_ended_by_the_backstop() {
+    let runner = runner();
+    let pid = runner.eval("os.getpid()").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mark = dir.path().join("closed");
+    let mut stream = runner
+        .call("stubborn")
+        .args((60, text(&mark), true))
+        .timeout(Duration::from_millis(300))
+        .returns::<u64>()
+        .stream();
+    assert_eq!(read(&mut stream).await.unwrap().unwrap(), 1);
+    drop(stream);
+    // Sent while the close holds the child: it goes to the fresh one.
+    let after = tokio::time::timeout(Duration::from_secs(20), runner.eval("os.getpid()"))
+        .await
+        .expect("an answer once the backstop has replaced the child");
+    assert_ne!(after.unwrap(), pid);
+    assert_eq!(runner.eval("1 + 1").await.unwrap(), json!(2));
+}
+
 /// `read_all` for a stream that was cut short with `take`.
 async fn read_all_of<S: futures_util::Stream + Unpin>(mut stream: S) -> Vec<S::Item> {
     let mut items = Vec::new();
@@ -457,9 +596,13 @@ async fn stop_ends_open_streams() {
     runner.stop().await.unwrap();
     let rest = read_all(stream).await;
     assert!(rest.len() <= WINDOW as usize + 1);
-    if let Some(Err(err)) = rest.last() {
-        assert_eq!(*err, PyRunnerError::Stopped);
-    }
+    // Whatever items came before, the stream ends with `Stopped`.
+    assert!(
+        matches!(rest.last(), Some(Err(PyRunnerError::Stopped))),
+        "{:?}",
+        rest.last()
+    );
+    assert!(rest[..rest.len() - 1].iter().all(Result::is_ok));
     let after = read_all(runner.call("count").arg(3).stream()).await;
     assert!(
         matches!(after[..], [Err(PyRunnerError::Stopped)]),

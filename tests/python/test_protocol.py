@@ -89,12 +89,13 @@ class RustAgreementTests(unittest.TestCase):
                 self.assertEqual(python[name], rust[name], "%s: python/protocol.py and %s differ" % (name, self.RING_RS))
 
     def test_every_ring_counter_has_its_own_cache_line_before_the_data(self):
-        counters = [value for name, value in vars(worker).items() if name.startswith("RING_") and name not in ("RING_DATA", "RING_SIZE")]
+        counters = [value for name, value in vars(worker).items() if name.startswith("RING_") and name not in ("RING_DATA", "RING_SIZE", "RING_IN_STREAM")]
         self.assertEqual(len(set(value // 64 for value in counters)), len(counters))
         self.assertTrue(all(value % 8 == 0 and value + 8 <= worker.RING_DATA for value in counters))
         # ring.py's indexes into its u64 view of the counters.
         self.assertEqual(worker._COUNTER_TAKEN * 8, worker.RING_TAKEN)
         self.assertEqual(worker._COUNTER_INTERRUPT_TAKEN * 8, worker.RING_INTERRUPT_TAKEN)
+        self.assertEqual(worker._COUNTER_MAKING * 8, worker.RING_MAKING)
 
     def test_the_protocol_version_agrees(self):
         self.assertEqual(worker.PROTOCOL_VERSION, rust_constant(self.WIRE_RS, "PROTOCOL_VERSION"))
@@ -231,6 +232,29 @@ class JoinedNamesTests(unittest.TestCase):
                 with self.subTest(name=name):
                     self.assertFalse(name in owners, "python/%s and python/%s both define %s" % (owners.get(name), module, name))
                     owners[name] = module
+
+
+class JoinedSourceTests(unittest.TestCase):
+    """The child gets the joined source as one argument (Linux caps one at
+    128 KiB), with comment-only lines left empty (build.rs)."""
+
+    def test_every_line_left_empty_is_a_comment(self):
+        import io
+        import tokenize
+
+        groups = modules()
+        for module in groups["in-process"] + groups["child"]:
+            with open(os.path.join(PYTHON_DIR, module), encoding="utf-8") as source:
+                text = source.read()
+            comments = {token.start[0] for token in tokenize.generate_tokens(io.StringIO(text).readline) if token.type == tokenize.COMMENT}
+            for number, line in enumerate(text.split("\n"), 1):
+                if line.lstrip().startswith("#"):
+                    self.assertIn(number, comments, "python/%s:%d starts with # inside a string: the join would empty it" % (module, number))
+
+    def test_the_joined_worker_fits_in_one_argument(self):
+        with open(WORKER, "rb") as joined:
+            size = len(joined.read())
+        self.assertLess(size, 120 * 1024, "the joined worker (%d bytes) nears the 128 KiB cap of one argument" % size)
 
 
 if __name__ == "__main__":

@@ -1232,13 +1232,13 @@ class StreamTests(unittest.TestCase):
         return frames
 
     def test_items_follow_the_streaming_note_then_the_end(self):
-        self.assertEqual(self.handle(stream(1, "numbers", [3])), [["streaming", 1]])
+        self.assertEqual(self.handle(stream(1, "numbers", [3])), [["streaming", 1, False]])
         self.assertEqual(self.pump(), [[1, "item", 0], [1, "item", 1], [1, "item", 2], [1, "ok", None]])
         self.assertEqual(self.child.streams, {})
         self.assertEqual(self.child.ready, [])
 
     def test_any_iterable_streams_and_a_plain_value_is_a_conversion_error(self):
-        self.assertEqual(self.handle(stream(1, "echo", [[4, 5]])), [["streaming", 1]])
+        self.assertEqual(self.handle(stream(1, "echo", [[4, 5]])), [["streaming", 1, False]])
         self.assertEqual(self.pump(), [[1, "item", 4], [1, "item", 5], [1, "ok", None]])
         self.assertEqual(
             self.handle(stream(2, "plain"), stream(3, "coroutine")),
@@ -1249,7 +1249,7 @@ class StreamTests(unittest.TestCase):
         )
 
     def test_the_credit_bounds_what_is_made_and_more_extends_it(self):
-        self.assertEqual(self.handle(stream(1, "numbers", [10], credit=3)), [["streaming", 1]])
+        self.assertEqual(self.handle(stream(1, "numbers", [10], credit=3)), [["streaming", 1, False]])
         self.assertEqual(self.pump(), [[1, "item", 0], [1, "item", 1], [1, "item", 2]])
         self.assertEqual(self.state, [0, 1, 2])
         self.assertEqual(self.handle(["more", 1, 2], ["more", 1, 5]), [])
@@ -1257,7 +1257,7 @@ class StreamTests(unittest.TestCase):
         self.assertEqual(self.state, [0, 1, 2, 3, 4])
 
     def test_a_request_runs_while_a_stream_waits_for_credit(self):
-        self.assertEqual(self.handle(stream(1, "numbers", [10], credit=1)), [["streaming", 1]])
+        self.assertEqual(self.handle(stream(1, "numbers", [10], credit=1)), [["streaming", 1, False]])
         self.assertEqual(self.pump(), [[1, "item", 0]])
         self.assertEqual(self.handle([2, "eval", "len(state)"]), [[2, "ok", 1]])
 
@@ -1307,14 +1307,197 @@ class StreamTests(unittest.TestCase):
             yield 3
 
         self.child.globals["peek"] = peek
-        self.assertEqual(self.handle(stream(1, "peek")), [["streaming", 1]])
+        self.assertEqual(self.handle(stream(1, "peek")), [["streaming", 1, False]])
         self.assertEqual(self.pump(), [[1, "item", 3], [1, "ok", None]])
         self.assertEqual(seen, [[1, "item", 0], [1, "item", 1], [1, "item", 2]])
         self.assertEqual(signal.getsignal(signal.SIGALRM), signal.SIG_DFL)
         self.assertEqual(signal.getitimer(signal.ITIMER_REAL), (0.0, 0.0))
 
+    def test_an_item_timeout_that_falls_while_held_items_are_written_leaves_whole_frames(self):
+        big = "x" * 100_000
+
+        def bulky():
+            try:
+                yield 0  # the first item goes out at once
+                for _ in range(3):
+                    yield big  # held: more than the pipe takes
+                time.sleep(30)  # SIGALRM writes them out, and the limit passes meanwhile
+                yield "late"
+            finally:
+                self.state.append("closed")
+
+        self.child.globals["bulky"] = bulky
+        self.assertEqual(self.handle(stream(1, "bulky", limit=0.1)), [["streaming", 1, False]])
+        data = bytearray()
+        done = threading.Event()
+
+        def parent():
+            time.sleep(0.5)  # the write waits for room past the item's limit
+            while True:
+                try:
+                    data.extend(os.read(self.replies, 1 << 16))
+                except BlockingIOError:
+                    if done.is_set():
+                        return
+                    time.sleep(0.001)
+
+        reader = threading.Thread(target=parent)
+        reader.start()
+        try:
+            while self.child.ready:
+                self.child._pump_streams()
+        finally:
+            done.set()
+            reader.join()
+        frames = []
+        while data:
+            (size,) = struct.unpack(">I", data[:4])
+            self.assertLessEqual(4 + size, len(data), "half a frame was written")
+            frames.append(worker.unpack(bytes(data[4 : 4 + size])))
+            del data[: 4 + size]
+        frames = [each for each in frames if each != ["out"]]
+        self.assertEqual(frames, [[1, "item", 0]] + [[1, "item", big]] * 3 + [[1, "timeout"]])
+        self.assertEqual(self.state, ["closed"])
+        self.assertEqual(self.handle([2, "eval", "1"]), [[2, "ok", 1]])
+        self.assertEqual(signal.getsignal(signal.SIGALRM), signal.SIG_DFL)
+
+    def test_a_sync_stream_s_slice_names_its_stream_and_leaves_the_last_coroutine_alone(self):
+        replies_out = self.child.proto_out
+
+        class PipeRing:
+            """Counters as the ring's, replies on the pipe as before."""
+
+            counters = memoryview(bytearray(worker.RING_DATA)).cast("Q")
+
+            def put(self, data, doorbell):
+                os.write(replies_out, data)
+                return True
+
+        counters = PipeRing.counters
+        self.child.ring = PipeRing()
+        counters[worker._COUNTER_LAST_COROUTINE] = 20  # started after stream 5 opened
+        seen = []
+
+        def watched():
+            for item in range(2):
+                seen.append((counters[worker._COUNTER_IN_LOOP], counters[worker._COUNTER_MAKING]))
+                yield item
+
+        self.child.globals["watched"] = watched
+        self.assertEqual(self.handle(stream(5, "watched")), [["streaming", 5, False]])
+        self.assertEqual(self.pump(), [[5, "item", 0], [5, "item", 1], [5, "ok", None]])
+        self.assertEqual(seen, [(worker.RING_IN_STREAM, 5)] * 2)
+        self.assertEqual(counters[worker._COUNTER_IN_LOOP], 0)
+        self.assertEqual(counters[worker._COUNTER_LAST_COROUTINE], 20)
+
+    def test_a_late_sigint_for_the_stream_s_own_call_does_not_reach_its_items(self):
+        fd = os.memfd_create("ring-test")
+        self.addCleanup(os.close, fd)
+        os.ftruncate(fd, worker.RING_DATA + worker.RING_SIZE)
+        ring = worker.ReplyRing("/proc/self/fd/%d" % fd)
+        replies_out = self.child.proto_out
+        ring.put = lambda data, doorbell: os.write(replies_out, data) > 0
+        self.child.ring = ring
+        previous = signal.signal(signal.SIGINT, self.child.on_interrupt)
+        self.addCleanup(signal.signal, signal.SIGINT, previous)
+
+        def interrupted():
+            yield 0
+            # The parent's SIGINT for call 1 (its function ran past its
+            # limit) lands only now, in the stream's items.
+            ring.counters[worker._COUNTER_INTERRUPT_TARGET] = 1
+            signal.raise_signal(signal.SIGINT)
+            yield 1
+            try:
+                signal.raise_signal(signal.SIGINT)  # the user's own
+            except KeyboardInterrupt:
+                yield "own"
+
+        self.child.globals["interrupted"] = interrupted
+        self.assertEqual(self.handle(stream(1, "interrupted")), [["streaming", 1, False]])
+        self.assertEqual(self.pump(), [[1, "item", 0], [1, "item", 1], [1, "item", "own"], [1, "ok", None]])
+        self.assertFalse(self.child.interrupted)
+        self.assertEqual(ring.counters[worker._COUNTER_INTERRUPT_TAKEN], 0)
+
+    def test_a_user_s_pending_alarm_and_its_handler_outlive_a_stream(self):
+        fired = []
+        previous = signal.signal(signal.SIGALRM, lambda signum, frame: fired.append(signum))
+        self.addCleanup(signal.signal, signal.SIGALRM, previous)
+        self.addCleanup(signal.setitimer, signal.ITIMER_REAL, 0)
+        signal.setitimer(signal.ITIMER_REAL, 0.5)
+        self.handle(stream(1, "numbers", [100]))
+        frames = self.pump()
+        self.assertEqual(frames, [[1, "item", i] for i in range(100)] + [[1, "ok", None]])
+        self.assertGreater(signal.getitimer(signal.ITIMER_REAL)[0], 0)
+        deadline = time.monotonic() + 5
+        while not fired and time.monotonic() < deadline:
+            time.sleep(0.01)
+        self.assertEqual(fired, [signal.SIGALRM])
+
+    def test_a_generator_that_installs_its_own_sigalrm_handler_keeps_it(self):
+        fired = []
+
+        def own_alarm():
+            signal.signal(signal.SIGALRM, lambda signum, frame: fired.append(signum))
+            signal.setitimer(signal.ITIMER_REAL, 0.05)
+            yield 0
+            time.sleep(0.3)  # its own alarm rings its own handler
+            yield bool(fired)
+            yield 2
+
+        self.addCleanup(signal.signal, signal.SIGALRM, signal.SIG_DFL)
+        self.addCleanup(signal.setitimer, signal.ITIMER_REAL, 0)
+        self.child.globals["own_alarm"] = own_alarm
+        self.handle(stream(1, "own_alarm", limit=5))
+        self.assertEqual(self.pump(), [[1, "item", 0], [1, "item", True], [1, "item", 2], [1, "ok", None]])
+        self.assertIsNot(signal.getsignal(signal.SIGALRM), signal.SIG_DFL)
+        self.assertEqual(signal.getitimer(signal.ITIMER_REAL), (0.0, 0.0))
+        # The next stream leaves that handler alone too.
+        del fired[:]
+        self.handle(stream(2, "numbers", [3]))
+        self.assertEqual(self.pump(), [[2, "item", 0], [2, "item", 1], [2, "item", 2], [2, "ok", None]])
+        self.assertEqual(fired, [])
+
+    def test_a_timer_the_generator_cancels_is_armed_again_for_the_next_items(self):
+        def cancels():
+            try:
+                yield 0
+                signal.setitimer(signal.ITIMER_REAL, 0)
+                time.sleep(0.05)  # slow, and no ring comes
+                yield 1
+                time.sleep(30)  # past its limit: the ticks are back
+                yield "late"
+            finally:
+                self.state.append("closed")
+
+        self.child.globals["cancels"] = cancels
+        self.handle(stream(1, "cancels", limit=0.5))
+        self.assertEqual(self.pump(), [[1, "item", 0], [1, "item", 1], [1, "timeout"]])
+        self.assertEqual(self.state, ["closed"])
+        self.assertEqual(signal.getsignal(signal.SIGALRM), signal.SIG_DFL)
+        self.assertEqual(signal.getitimer(signal.ITIMER_REAL), (0.0, 0.0))
+
+    def test_a_close_that_blocks_ends_at_the_stream_s_limit(self):
+        def stuck_close():
+            try:
+                while True:
+                    yield 1
+            finally:
+                try:
+                    time.sleep(30)
+                finally:
+                    self.state.append("closed")
+
+        self.child.globals["stuck_close"] = stuck_close
+        self.handle(stream(1, "stuck_close", limit=0.2, credit=2))
+        self.assertEqual(self.pump(), [[1, "item", 1], [1, "item", 1]])
+        self.assertEqual(self.handle(["cancel", 1]), [[1, "timeout"]])
+        self.assertEqual(self.state, ["closed"])
+        self.assertEqual(signal.getsignal(signal.SIGALRM), signal.SIG_DFL)
+        self.assertEqual(signal.getitimer(signal.ITIMER_REAL), (0.0, 0.0))
+
     def test_an_async_generator_streams_and_a_cancel_acloses_it(self):
-        self.assertEqual(self.handle(stream(1, "agen", [3])), [["streaming", 1]])
+        self.assertEqual(self.handle(stream(1, "agen", [3])), [["streaming", 1, True]])
         self.assertEqual(self.pump(), [[1, "item", 0], [1, "item", 1], [1, "item", 2], [1, "ok", None]])
         self.assertEqual(self.state, [0, 1, 2, "aclosed"])
         del self.state[:]

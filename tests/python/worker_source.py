@@ -28,12 +28,18 @@ def modules():
     return groups
 
 
+def without_comment_lines(text):
+    """The text with each line that is only a comment left empty."""
+    return "\n".join("" if line.lstrip().startswith("#") else line for line in text.rstrip("\n").split("\n"))
+
+
 def joined(names):
-    """The modules' text in this order, each under a line naming it."""
+    """The modules' text in this order, each under a line naming it, with
+    comment-only lines left empty (as build.rs does)."""
     parts = []
     for name in names:
         with open(os.path.join(PYTHON_DIR, name), encoding="utf-8") as module:
-            parts.append("# python/%s\n%s\n" % (name, module.read().rstrip("\n")))
+            parts.append("# python/%s\n%s\n" % (name, without_comment_lines(module.read())))
     return "\n\n".join(parts)
 
 

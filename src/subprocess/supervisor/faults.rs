@@ -26,20 +26,26 @@ impl Core {
             return;
         }
         // With a ring the child says when it is in its event loop, where no
-        // request runs: then only a coroutine can be what holds it up.
+        // request runs (then only a coroutine can be what holds it up), or
+        // in a sync stream's slice (then only that stream).
         let at = self
             .child
             .as_ref()
             .and_then(|child| child.ring.as_ref())
             .map(|ring| ring.child_at());
-        let (in_loop, last_coroutine) = match at {
-            None => (false, None),
-            Some(ChildAt::Outside { last_coroutine }) => (false, Some(last_coroutine)),
-            Some(ChildAt::Loop { last_coroutine }) => (true, Some(last_coroutine)),
+        let (seen, last_coroutine) = match at {
+            None => (Seen::Unknown, None),
+            Some(ChildAt::Outside { last_coroutine }) => (Seen::Outside, Some(last_coroutine)),
+            Some(ChildAt::Loop { last_coroutine }) => (Seen::Loop, Some(last_coroutine)),
+            Some(ChildAt::Stream {
+                last_coroutine,
+                stream,
+                slice,
+            }) => (Seen::Stream { id: stream, slice }, Some(last_coroutine)),
             // Replies to take first; the thread is back as soon as it has.
             Some(ChildAt::Unsure) => return,
         };
-        match self.flights.judge(now, in_loop) {
+        match self.flights.judge(now, seen) {
             Due::Nothing => {}
             Due::Sync { id, limit } => {
                 if let Some(companion) = &self.settings.companion {
@@ -197,8 +203,13 @@ impl Core {
             return;
         };
         match ring.child_at() {
+            // A sync stream's slice, like the loop, runs no request.
             ChildAt::Loop {
                 last_coroutine: last,
+            }
+            | ChildAt::Stream {
+                last_coroutine: last,
+                ..
             } => *last_coroutine = last,
             ChildAt::Outside {
                 last_coroutine: last,

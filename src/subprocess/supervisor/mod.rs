@@ -36,7 +36,7 @@ use bytes::{Buf, BytesMut};
 use serde_json::Value;
 
 use super::child::{poll, ChildProcess, LaunchSpec, NoFrame};
-use super::flights::{Due, Flight, Flights, Kind, Reached};
+use super::flights::{Due, Flight, Flights, Kind, Reached, Seen};
 use super::ring::{ChildAt, ReplyRing};
 use super::Companion;
 use crate::command::{Answer, CommandQueue, Drive, Job, Reply, Request};

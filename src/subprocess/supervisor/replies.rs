@@ -107,8 +107,8 @@ impl Core {
                     self.keep_written(id, written);
                     continue;
                 }
-                FromChild::Streaming { id } => {
-                    self.stream_opened(id)?;
+                FromChild::Streaming { id, on_loop } => {
+                    self.stream_opened(id, on_loop)?;
                     continue;
                 }
                 FromChild::Item { id, item } => {
@@ -138,6 +138,22 @@ impl Core {
                 Outcome::Done(reply) => reply,
                 Outcome::TimedOut => Err(PyRunnerError::Timeout(done.timeout.unwrap_or_default())),
             };
+            if reply.is_ok()
+                && super::streams::feed_of(&done.request).is_some()
+                && !self.streams.contains_key(&id)
+            {
+                // A stream's result is its items: answered as a call, its
+                // feed would never end.
+                let why = format!(
+                    "malformed frame from the child: a result for stream request {id}, \
+                     which never said it was streaming"
+                );
+                if let Some(companion) = &self.settings.companion {
+                    companion.answered(&done.request, false);
+                }
+                done.reply.send(Err(PyRunnerError::Protocol(why.clone())));
+                return Err(PyRunnerError::Protocol(why));
+            }
             let reply = self.with_written(id, &done.request, reply);
             if let Some(companion) = &self.settings.companion {
                 companion.answered(&done.request, reply.is_ok());

@@ -41,7 +41,7 @@ pub(super) fn feed_of(request: &Request) -> Option<&Arc<Feed>> {
 impl Core {
     /// The child says stream `id` is open: its invoke leaves the line, its
     /// caller's start is answered, and the feed's hook is installed.
-    pub(super) fn stream_opened(&mut self, id: u64) -> Result<(), PyRunnerError> {
+    pub(super) fn stream_opened(&mut self, id: u64, on_loop: bool) -> Result<(), PyRunnerError> {
         if self.interrupting.is_some() && self.interrupted == Some(id) {
             // Its function returned before a SIGINT for it came: the
             // child ignores that one and goes on.
@@ -52,7 +52,11 @@ impl Core {
             .get(id)
             .and_then(|flight| feed_of(&flight.item.request))
             .cloned();
-        let Some(feed) = feed.filter(|_| self.flights.became_stream(id, Instant::now())) else {
+        let slice = self.slices();
+        let Some(feed) = feed.filter(|_| {
+            self.flights
+                .became_stream(id, on_loop, Instant::now(), slice)
+        }) else {
             return Err(PyRunnerError::Protocol(format!(
                 "malformed frame from the child: a streaming note for request {id}, \
                  which is no stream in its line"
@@ -104,10 +108,13 @@ impl Core {
                 stream.received, stream.granted
             )));
         }
-        let may_send = stream.received < stream.granted;
+        // A stream that is closing runs its backstop until its reply.
+        let may_send = stream.received < stream.granted || stream.closing;
         stream.feed.push(Ok(item));
         if self.flights.any_timed() {
-            self.flights.stream_moved(id, may_send, Instant::now());
+            let slice = self.slices();
+            self.flights
+                .stream_moved(id, may_send, Instant::now(), slice);
         }
         Ok(())
     }
@@ -137,21 +144,32 @@ impl Core {
             stream.granted = granted;
             self.encode_small(ToChild::More { id, granted });
             if stalled {
-                self.flights.stream_moved(id, true, Instant::now());
+                let slice = self.slices();
+                self.flights.stream_moved(id, true, Instant::now(), slice);
             }
         }
         feed.notify_at(consumed + half(feed.window()));
     }
 
     /// Asks the child to close stream `id`'s iterator; its reply, which
-    /// ends the stream, follows.
+    /// ends the stream, follows. The close runs within the stream's limit
+    /// in the child, and the stream's backstop runs for it here.
     fn close_stream(&mut self, id: u64) {
         if let Some(stream) = self.streams.get_mut(&id) {
             if !stream.closing {
                 stream.closing = true;
                 self.encode_small(ToChild::Cancel { id });
+                let slice = self.slices();
+                self.flights.stream_moved(id, true, Instant::now(), slice);
             }
         }
+    }
+
+    /// How many slices of sync streams the child has begun, if its ring
+    /// says.
+    fn slices(&self) -> Option<u64> {
+        let ring = self.child.as_ref()?.ring.as_ref()?;
+        Some(ring.slices())
     }
 
     /// Writes a message of a few bytes, which cannot fail.
