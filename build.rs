@@ -57,9 +57,10 @@ fn built_version(config: &pyo3_build_config::InterpreterConfig) -> String {
 }
 
 /// A module's text with each line that is only a comment left empty (so
-/// line numbers stay): a child gets the joined source as one argument,
-/// which Linux caps at 128 KiB. tests/python/test_protocol.py checks that
-/// every such line is a comment, not text inside a string.
+/// line numbers stay): a child gets the joined source on its command line
+/// (in pieces, one argument being capped at 128 KiB), and a comment is no
+/// use there. tests/python/test_protocol.py checks that every such line is
+/// a comment, not text inside a string.
 fn without_comment_lines(text: &str) -> String {
     let lines: Vec<&str> = text
         .trim_end_matches('\n')
