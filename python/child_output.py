@@ -192,6 +192,9 @@ class ChildOutput:
                 capture = Capture(self.router.cap)
             _read_capture_file(out, out_size, capture, 0)
             _read_capture_file(err, err_size, capture, 1)
+        if capture is not None:
+            # A task the command left running writes as uncaptured output.
+            capture.open = False
         return capture
 
     def _captured_frame(self, request_id, capture):

@@ -46,10 +46,13 @@ pub enum OutputStream {
 ///   order with replies.
 ///
 /// # Caveats
-/// The callback runs on one of the runner's threads (in a child's case,
-/// the thread reading its replies or its stderr): it should return
-/// quickly, and must not wait for a command of the same runner, which
-/// cannot answer until it returns.
+/// The callback runs on whichever thread hands the line on: in-process the
+/// runner's thread; for a child, the one reading its replies at that
+/// moment (the runner's own thread, or a caller's thread that waits for a
+/// reply, holding the runner's state) or the thread forwarding its stderr.
+/// It should return quickly and must not send commands to the same runner,
+/// which cannot answer until it returns. A panic in it loses that line and
+/// nothing else.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutputLine {
     /// Where Python wrote it.
@@ -99,9 +102,12 @@ pub struct Captured<R> {
 pub(crate) struct OutputSink(pub Arc<dyn Fn(OutputLine) + Send + Sync>);
 
 impl OutputSink {
+    /// Calls the callback. A panic in it is caught (the panic hook has
+    /// reported it): the line is lost, the runner's thread goes on.
     #[allow(dead_code)] // until a backend sends output to it
     pub fn send(&self, stream: OutputStream, text: String) {
-        (self.0)(OutputLine { stream, text });
+        let line = OutputLine { stream, text };
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (self.0)(line)));
     }
 
     /// Hands on one line (without its `\n`), in pieces of at most

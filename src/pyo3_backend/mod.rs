@@ -250,11 +250,12 @@ impl Serve for Worker<'_> {
         for (_, waiting) in self.awaiting.drain() {
             waiting.reply.send(Err(PyRunnerError::Stopped));
         }
-        self.unroute_output();
         // Functions defined in the globals refer back to them: clearing the
         // dict breaks those cycles, so the runner's objects are released
-        // (and their `__del__` runs) now rather than at some later collection.
+        // (and their `__del__` runs) now rather than at some later collection;
+        // what those print is still routed.
         self.globals.clear();
+        self.unroute_output();
         if let Some(watchdog) = self.watchdog.take() {
             watchdog.shutdown();
         }

@@ -97,8 +97,12 @@ impl Worker<'_> {
         let vm = self.vm;
         let router = self.output_router()?.clone();
         let capture = self.python(vm.call_method(&router, "begin_reused_capture", ()))?;
-        let answer = command();
+        // Closed even if the interpreter panics in the command (the caller
+        // catches that), or everything the runner wrote later would go on
+        // into this capture.
+        let answer = std::panic::catch_unwind(std::panic::AssertUnwindSafe(command));
         let written = self.python(vm.call_method(&router, "end_capture", (capture,)));
+        let answer = answer.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
         Ok(Answer::Captured(Box::new((
             answer?,
             written_of(&written?)?,

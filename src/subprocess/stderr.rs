@@ -200,6 +200,26 @@ impl Forwarding {
     }
 }
 
+/// How many bytes at the end of `bytes` begin a UTF-8 character that is
+/// not complete there.
+fn incomplete_tail(bytes: &[u8]) -> usize {
+    let len = bytes.len();
+    for back in 1..=len.min(4) {
+        let byte = bytes[len - back];
+        if byte & 0xC0 == 0x80 {
+            continue; // a continuation byte: its lead is further back
+        }
+        let needs = match byte {
+            0xF0.. => 4,
+            0xE0.. => 3,
+            0xC0.. => 2,
+            _ => 1,
+        };
+        return if needs > back { back } else { 0 };
+    }
+    0
+}
+
 impl Lines {
     /// Adds the lines `bytes` ends (and pieces of a line grown past
     /// [`LINE_PIECE`]) to `out`; the rest waits in `unended`.
@@ -218,6 +238,13 @@ impl Lines {
                     if self.unended.len() < LINE_PIECE {
                         return;
                     }
+                    // A full piece is cut between characters: a character
+                    // it would cut in two waits for the next piece.
+                    let keep = incomplete_tail(&self.unended);
+                    let tail = self.unended.split_off(self.unended.len() - keep);
+                    self.end_line(out);
+                    self.unended = tail;
+                    continue;
                 }
             }
             self.end_line(out);
@@ -249,5 +276,22 @@ impl Lines {
         }
         self.tail.push_back(text.to_owned());
         self.unended.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::incomplete_tail;
+
+    #[test]
+    fn a_character_cut_in_two_is_found_at_the_end() {
+        let text = "aé€😀".as_bytes(); // 1, 2, 3 and 4 bytes
+        assert_eq!(incomplete_tail(text), 0);
+        assert_eq!(incomplete_tail(&text[..text.len() - 1]), 3);
+        assert_eq!(incomplete_tail(&text[..text.len() - 3]), 1);
+        assert_eq!(incomplete_tail(&text[..3]), 0); // "aé"
+        assert_eq!(incomplete_tail(&text[..2]), 1); // "a" and half of "é"
+        assert_eq!(incomplete_tail(&text[..5]), 2); // "aé" and two thirds of "€"
+        assert_eq!(incomplete_tail(b"\x80\x80\x80\x80"), 0); // no lead: nothing to wait for
     }
 }

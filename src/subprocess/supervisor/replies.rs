@@ -104,7 +104,7 @@ impl Core {
                     continue;
                 }
                 FromChild::Captured { id, written } => {
-                    self.keep_written(id, written);
+                    self.keep_written(id, written)?;
                     continue;
                 }
                 FromChild::Streaming { id, on_loop } => {

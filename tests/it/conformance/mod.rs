@@ -174,7 +174,7 @@ macro_rules! output_suite {
             lines_reach_the_callback_with_their_stream
             a_captured_command_s_output_does_not_reach_the_callback
             a_long_line_arrives_in_capped_pieces nothing_is_lost_at_stop
-            a_reply_comes_after_its_output
+            a_reply_comes_after_its_output a_panicking_callback_loses_only_its_line
         );
     };
     ($builder:path: $($name:ident)*) => {

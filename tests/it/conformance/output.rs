@@ -343,3 +343,31 @@ pub async fn a_reply_comes_after_its_output(builder: PyRunnerBuilder) {
     }
     runner.stop().await.unwrap();
 }
+
+pub async fn a_panicking_callback_loses_only_its_line(builder: PyRunnerBuilder) {
+    let lines: Lines = Arc::default();
+    let kept = lines.clone();
+    let runner = builder
+        .on_output(move |line| {
+            if line.text == "boom" {
+                panic!("the callback refuses this line");
+            }
+            kept.lock().unwrap().push(line);
+        })
+        .build()
+        .unwrap();
+    runner
+        .run("print('before')\nprint('boom')\nprint('after')")
+        .await
+        .unwrap();
+    assert_eq!(runner.eval("40 + 2").await.unwrap(), json!(42));
+    runner.run("print('later')").await.unwrap();
+    runner.stop().await.unwrap();
+    let texts: Vec<String> = lines
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|l| l.text.clone())
+        .collect();
+    assert_eq!(texts, ["before", "after", "later"]);
+}
