@@ -98,13 +98,11 @@ pub struct Captured<R> {
 
 /// The `on_output` callback, shared by a runner's threads.
 #[derive(Clone)]
-#[allow(dead_code)] // until a backend sends output to it
 pub(crate) struct OutputSink(pub Arc<dyn Fn(OutputLine) + Send + Sync>);
 
 impl OutputSink {
     /// Calls the callback. A panic in it is caught (the panic hook has
     /// reported it): the line is lost, the runner's thread goes on.
-    #[allow(dead_code)] // until a backend sends output to it
     pub fn send(&self, stream: OutputStream, text: String) {
         let line = OutputLine { stream, text };
         let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (self.0)(line)));

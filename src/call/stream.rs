@@ -154,12 +154,6 @@ impl Feed {
         }
     }
 
-    /// True once [`end`](Self::end) was called.
-    #[allow(dead_code)] // no backend has needed to ask yet
-    pub fn has_ended(&self) -> bool {
-        self.lock().ended
-    }
-
     // -- the consumer's side -----------------------------------------------
 
     fn fire(self: &Arc<Self>, count: u64) {

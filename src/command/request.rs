@@ -225,7 +225,6 @@ pub(crate) type Follow = std::sync::Arc<dyn std::any::Any + Send + Sync>;
 impl Job {
     /// A job whose answer nobody waits for: a stream's signal to the
     /// backend that opened it (see [`Request::Stream`]).
-    #[allow(dead_code)]
     pub fn unanswered(request: Request) -> Job {
         Job {
             request,
