@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use serde_json::Value;
+
 use crate::command::{user_limit, CommandQueue};
 use crate::config::{Backend, RunnerConfig};
 use crate::error::PyRunnerError;
@@ -122,6 +124,48 @@ impl PyRunnerBuilder {
         self
     }
 
+    /// Gives Python a sync Rust function to call as
+    /// `import async_py; async_py.host.NAME(*args, **kwargs)` (see
+    /// [`HostCall`](crate::HostCall) for what `f` is given). `Ok` is
+    /// returned to Python by the value table; `Err(message)`, and a panic
+    /// of `f`, raise `async_py.HostError(message)`. `f` runs on the thread
+    /// that runs the calling Python (the runner's own thread in-process; a
+    /// thread of the runner's supervisor for a child): Python waits while
+    /// it runs, so it should not block for long. It may send commands to
+    /// the runner that called it ([`HostCall::runner`](crate::HostCall::runner));
+    /// they run before it returns.
+    ///
+    /// A name that Python cannot write after `async_py.host.` (not an
+    /// identifier, a keyword, or starting with `_`), or one given twice,
+    /// fails `build` with [`PyRunnerError::Startup`].
+    pub fn host_function(
+        mut self,
+        name: impl Into<String>,
+        f: impl Fn(crate::HostCall) -> Result<Value, String> + Send + Sync + 'static,
+    ) -> Self {
+        crate::host::HostSetup::register(&mut self.config.host, |table| {
+            table.add_sync(name.into(), f)
+        });
+        self
+    }
+
+    /// Gives Python an async Rust function: `async_py.host.NAME` is a
+    /// coroutine function, awaited on the runner's event loop while other
+    /// coroutines go on. The future runs on a tokio runtime of async_py's
+    /// own (so it runs whether or not the caller has a runtime); when the
+    /// command that awaits it is cancelled or times out, the future is
+    /// dropped. Otherwise as [`host_function`](Self::host_function).
+    pub fn host_async_function<F, Fut>(mut self, name: impl Into<String>, f: F) -> Self
+    where
+        F: Fn(crate::HostCall) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<Value, String>> + Send + 'static,
+    {
+        crate::host::HostSetup::register(&mut self.config.host, |table| {
+            table.add_async(name.into(), f)
+        });
+        self
+    }
+
     /// Subprocess: whether a fresh child, started after a crash, a timeout or
     /// a broken stream, replays what the runner did (default `true`). It runs
     /// `startup`, then every `run`, `run_file` and `set_venv` that succeeded,
@@ -161,8 +205,10 @@ impl PyRunnerBuilder {
     /// Starts the runner and waits until its interpreter is ready. Synchronous:
     /// needs no tokio runtime.
     pub fn build(self) -> Result<PyRunner, PyRunnerError> {
-        let config = self.config;
+        let mut config = self.config;
         config.check()?;
+        // Each runner built is linked to its own host functions' runner.
+        config.host = config.host.as_ref().map(|host| host.for_another_runner());
         let queue = Arc::new(CommandQueue::new());
         match config.backend {
             #[cfg(feature = "pyo3")]
@@ -179,6 +225,10 @@ impl PyRunnerBuilder {
                 )))
             }
         }
-        Ok(PyRunner::from_parts(queue, config.backend, config.timeout))
+        let runner = PyRunner::from_parts(queue, config.backend, config.timeout);
+        if let Some(host) = &config.host {
+            host.link.set(&runner);
+        }
+        Ok(runner)
     }
 }

@@ -56,6 +56,9 @@ pub(crate) struct RunnerConfig {
         allow(dead_code)
     )]
     pub output: Option<crate::output::OutputSink>,
+    /// Host functions, and the runner they are given (see `crate::host`).
+    /// A builder's link is replaced by a fresh one for each runner built.
+    pub host: Option<crate::host::HostSetup>,
 }
 
 impl Default for RunnerConfig {
@@ -73,6 +76,7 @@ impl Default for RunnerConfig {
             replay: true,
             start_timeout: DEFAULT_START_TIMEOUT,
             output: None,
+            host: None,
         }
     }
 }
@@ -88,6 +92,9 @@ impl RunnerConfig {
     /// Settings that could only fail later, or in a misleading way, are
     /// refused before anything starts.
     pub(crate) fn check(&self) -> Result<(), PyRunnerError> {
+        if let Some(host) = &self.host {
+            host.table.check()?;
+        }
         if self.backend != Backend::Subprocess {
             return Ok(());
         }

@@ -11,6 +11,7 @@ mod call;
 mod command;
 mod config;
 mod error;
+mod host;
 mod output;
 #[cfg(feature = "subprocess")]
 mod pool;
@@ -40,6 +41,7 @@ pub use builder::PyRunnerBuilder;
 pub use call::{BlockingIter, Call, CallFuture, CapturedCall, CapturedExec, Exec, PyStream};
 pub use config::Backend;
 pub use error::PyRunnerError;
+pub use host::HostCall;
 pub use output::{Captured, OutputLine, OutputStream};
 #[cfg(feature = "subprocess")]
 pub use pool::{PyPool, PyPoolBuilder, WorkerStats};

@@ -39,6 +39,27 @@ pub struct PyRunner {
     timeout: Option<Duration>,
 }
 
+/// See [`PyRunner::downgrade`].
+#[derive(Clone)]
+pub(crate) struct WeakRunner {
+    shared: std::sync::Weak<Shared>,
+    timeout: Option<Duration>,
+    backend: Backend,
+}
+
+impl WeakRunner {
+    /// The runner, or one whose commands return `Stopped` if it is gone.
+    pub fn upgrade(&self) -> PyRunner {
+        match self.shared.upgrade() {
+            Some(shared) => PyRunner {
+                shared,
+                timeout: self.timeout,
+            },
+            None => PyRunner::gone(self.backend),
+        }
+    }
+}
+
 struct Shared {
     queue: Arc<CommandQueue>,
     backend: Backend,
@@ -106,6 +127,30 @@ impl PyRunner {
                 failed: None,
             }),
             timeout,
+        }
+    }
+
+    /// A handle that does not keep the runner alive (see `host::RunnerLink`).
+    pub(crate) fn downgrade(&self) -> WeakRunner {
+        WeakRunner {
+            shared: Arc::downgrade(&self.shared),
+            timeout: self.timeout,
+            backend: self.shared.backend,
+        }
+    }
+
+    /// A handle whose commands all return `Stopped`: a host function's
+    /// runner once every handle of it is gone.
+    pub(crate) fn gone(backend: Backend) -> PyRunner {
+        let queue = Arc::new(CommandQueue::new());
+        drop(queue.close());
+        PyRunner {
+            shared: Arc::new(Shared {
+                queue,
+                backend,
+                failed: Some(PyRunnerError::Stopped),
+            }),
+            timeout: None,
         }
     }
 

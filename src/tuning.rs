@@ -179,3 +179,8 @@ pub(crate) const CAPTURE_CAP: usize = 16 << 20;
     allow(dead_code)
 )]
 pub(crate) const OUTPUT_LINE_CAP: usize = 64 << 10;
+
+/// Worker threads of the runtime async host functions run on (see
+/// `host::runtime`). Host functions mostly wait on I/O; two let one that
+/// computes for a while not hold up the rest.
+pub(crate) const HOST_RUNTIME_THREADS: usize = 2;

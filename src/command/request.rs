@@ -91,6 +91,15 @@ pub(crate) enum Request {
         CancelTarget,
     ),
     Stop,
+    /// An async host function finished (in-process: the runner's loop
+    /// hands its result to the awaiting coroutine), or a host function a
+    /// child called returned (the supervisor sends the reply); `token`
+    /// names the call. Answered by no one.
+    #[allow(dead_code)]
+    HostDone {
+        token: u64,
+        result: crate::host::HostResult,
+    },
     /// A pool's `run`: entry `index` of its replay log (see `pool::replay`).
     #[cfg_attr(not(feature = "subprocess"), allow(dead_code))]
     Broadcast {
@@ -217,6 +226,10 @@ pub(crate) struct Job {
     /// with the job, once it is answered.
     #[cfg_attr(not(feature = "subprocess"), allow(dead_code))]
     pub follow: Option<Follow>,
+    /// Sent by a host function to the runner that waits for it (see
+    /// `host::nest`): a child serves it while it waits.
+    #[allow(dead_code)]
+    pub nested: bool,
 }
 
 /// See [`Job::follow`].
@@ -231,6 +244,7 @@ impl Job {
             reply: Responder(std::sync::Arc::new(ReplySlot::default())),
             timeout: None,
             follow: None,
+            nested: false,
         }
     }
 }

@@ -91,6 +91,7 @@ impl Submission {
             reply: Responder(slot.clone()),
             timeout,
             follow: None,
+            nested: false,
         });
         // One rule on every backend and the pool: a zero limit times out
         // without running the command.
@@ -231,7 +232,13 @@ impl Future for Submission {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Reply> {
         let this = self.get_mut();
         let first = this.job.is_some();
-        if let Some(job) = this.job.take() {
+        // A host function's command to the runner waiting for it (see
+        // `host::nest`) may be answered here and then.
+        let job = this
+            .job
+            .take()
+            .and_then(|job| crate::host::nest::route(&this.queue, job));
+        if let Some(job) = job {
             let driver = if this.spin { this.queue.driver() } else { None };
             match driver {
                 Some(driver) => {
@@ -298,6 +305,7 @@ impl Drop for Submission {
                 follow: self.follow.clone(),
                 #[cfg(not(feature = "subprocess"))]
                 follow: None,
+                nested: false,
             };
             // Refused, the backend has ended: nothing of the call runs.
             let _ = self.queue.push(cancel);

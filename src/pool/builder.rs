@@ -101,6 +101,29 @@ impl PyPoolBuilder {
         self
     }
 
+    /// Gives every worker's Python a sync Rust function, replacements
+    /// included (see [`PyRunnerBuilder::host_function`]). `f` is given the
+    /// runner of the worker that called.
+    pub fn host_function(
+        mut self,
+        name: impl Into<String>,
+        f: impl Fn(crate::HostCall) -> Result<crate::Value, String> + Send + Sync + 'static,
+    ) -> Self {
+        self.runner = self.runner.host_function(name, f);
+        self
+    }
+
+    /// Gives every worker's Python an async Rust function (see
+    /// [`PyRunnerBuilder::host_async_function`]).
+    pub fn host_async_function<F, Fut>(mut self, name: impl Into<String>, f: F) -> Self
+    where
+        F: Fn(crate::HostCall) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<crate::Value, String>> + Send + 'static,
+    {
+        self.runner = self.runner.host_async_function(name, f);
+        self
+    }
+
     /// How long starting the pool may take until every worker's child has
     /// said hello (default 30 s): one limit for the whole of `build`, and
     /// for each fresh child after it (see

@@ -62,6 +62,10 @@ impl Worker {
             shares: Mutex::default(),
         });
         let queue = Arc::new(CommandQueue::new());
+        // Its host functions are given this worker's runner.
+        let mut config = config.clone();
+        config.host = config.host.as_ref().map(|host| host.for_another_runner());
+        let config = &config;
         let attachment = Attachment {
             companion: link,
             zygote,
@@ -69,8 +73,12 @@ impl Worker {
             supervision: POOL_WORKER,
         };
         crate::subprocess::spawn_attached(config, queue.clone(), attachment)?;
+        let runner = PyRunner::from_parts(queue, Backend::Subprocess, config.timeout);
+        if let Some(host) = &config.host {
+            host.link.set(&runner);
+        }
         Ok(Worker {
-            runner: PyRunner::from_parts(queue, Backend::Subprocess, config.timeout),
+            runner,
             state,
             load: AtomicUsize::new(0),
             calls: AtomicU64::new(0),

@@ -275,6 +275,7 @@ impl Serve for Worker<'_> {
             Request::Invoke(invoke) => return self.invoke(invoke, reply, timeout),
             Request::Cancel(target) => return self.cancel(&target),
             Request::Stream(feed) => return self.stream_signal(&feed),
+            Request::HostDone { .. } => return,
             _ => {}
         }
         let mut started = self.watchdog.take();
@@ -337,6 +338,7 @@ impl<'py> Worker<'py> {
             | Request::Invoke(_)
             | Request::Cancel(_)
             | Request::Stream(_)
+            | Request::HostDone { .. }
             | Request::Stop => {
                 unreachable!("handled by serve and execute")
             }

@@ -379,6 +379,7 @@ impl Serve for Worker<'_> {
             // No coroutine runs here to be cancelled.
             Request::Cancel(_) => return,
             Request::Stream(feed) => return self.stream_signal(&feed),
+            Request::HostDone { .. } => return,
             Request::Invoke(mut invoke) if invoke.stream.is_some() && !invoke.capture => {
                 let feed = invoke.stream.take().expect("checked just before");
                 return self.start_stream(invoke, feed, reply, timeout);
@@ -431,7 +432,7 @@ impl Worker<'_> {
             Request::Invoke(invoke) if invoke.capture => self.captured(|| self.invoke(&invoke)),
             Request::RunCaptured { code } => self.run_captured(&code),
             Request::Invoke(invoke) => self.invoke(&invoke),
-            Request::Stop | Request::Cancel(_) | Request::Stream(_) => {
+            Request::Stop | Request::Cancel(_) | Request::Stream(_) | Request::HostDone { .. } => {
                 unreachable!("handled by serve and execute")
             }
         }

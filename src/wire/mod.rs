@@ -282,7 +282,9 @@ mod tests {
             Request::Stop => rmp_serde::to_vec(&(id, "stop")),
             Request::RunCaptured { code } => rmp_serde::to_vec(&(id, "run_captured", code)),
             Request::Invoke(_) | Request::Cancel(_) => unreachable!("new in protocol 3"),
-            Request::Stream(_) => unreachable!("not among every_request's"),
+            Request::Stream(_) | Request::HostDone { .. } => {
+                unreachable!("not among every_request's")
+            }
         };
         let mut out = BytesMut::new();
         ChildCodec::new(1 << 20)

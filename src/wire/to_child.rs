@@ -139,6 +139,7 @@ impl<'a> ToChild<'a> {
             // A stream's signal is answered with `more` or a cancel, which
             // the supervisor writes itself; it never goes out as it is.
             Request::Cancel(_) | Request::Stream(_) => ToChild::Cancel { id },
+            Request::HostDone { .. } => unreachable!("the supervisor writes host replies itself"),
             Request::Stop => ToChild::Stop { id },
         }
     }
