@@ -33,12 +33,22 @@ pub(super) enum Kind {
     /// here only a backstop past it, while the child may send, is judged.
     /// It had always started.
     Stream,
+    /// Sent by a host function to the child that waits for it: the child
+    /// runs it at once, inside the request that called the host function,
+    /// so it is not in the line (the caller of the host function is). Its
+    /// limit runs from when it was sent. Once sent, it counts as started.
+    Nested,
 }
 
 impl Kind {
     /// Whether it runs outside the child's line: judged by its backstop.
     fn off_the_line(self) -> bool {
         matches!(self, Kind::Coroutine | Kind::Stream)
+    }
+
+    /// Whether it waits its turn in the child's line.
+    fn in_line(self) -> bool {
+        matches!(self, Kind::Sync | Kind::Stop)
     }
 }
 
@@ -201,9 +211,10 @@ impl<T> Flights<T> {
         let deadline = match (kind, limit) {
             (Kind::Coroutine, Some(limit)) => Some(now + limit + COROUTINE_BACKSTOP),
             (Kind::Sync | Kind::Stop, Some(limit)) if self.line.is_empty() => Some(now + limit),
+            (Kind::Nested, Some(limit)) => Some(now + limit),
             _ => None,
         };
-        if !kind.off_the_line() {
+        if kind.in_line() {
             self.line.push_back(id);
         }
         self.timed += usize::from(limit.is_some());
@@ -226,7 +237,7 @@ impl<T> Flights<T> {
     pub fn answered(&mut self, id: u64, now: impl FnOnce() -> Instant) -> Option<Flight<T>> {
         let done = self.by_id.remove(&id)?;
         self.timed -= usize::from(done.limit.is_some());
-        if !done.kind.off_the_line() {
+        if done.kind.in_line() {
             if self.line.front() == Some(&id) {
                 self.line.pop_front();
             } else {
@@ -245,7 +256,7 @@ impl<T> Flights<T> {
         let Some(flight) = self.by_id.get_mut(&id) else {
             return false;
         };
-        if flight.kind != Kind::Sync {
+        if !matches!(flight.kind, Kind::Sync | Kind::Nested) {
             return false;
         }
         flight.kind = Kind::Coroutine;
@@ -270,7 +281,7 @@ impl<T> Flights<T> {
         let Some(flight) = self.by_id.get_mut(&id) else {
             return false;
         };
-        if flight.kind != Kind::Sync {
+        if !matches!(flight.kind, Kind::Sync | Kind::Nested) {
             return false;
         }
         flight.kind = Kind::Stream;
@@ -372,6 +383,18 @@ impl<T> Flights<T> {
                 }
             }
         }
+        // A nested request runs as soon as the child reads it, inside the
+        // request that waits for its host function.
+        for (&id, flight) in self.by_id.iter_mut() {
+            if flight.kind != Kind::Nested || !overdue(flight.deadline) {
+                continue;
+            }
+            let limit = flight.limit.unwrap_or_default();
+            if !seen.off_the_line() {
+                return Due::Sync { id, limit };
+            }
+            flight.deadline = Some(now + limit);
+        }
         if seen == Seen::Unknown && !self.line.is_empty() {
             return Due::Nothing;
         }
@@ -419,9 +442,11 @@ impl<T> Flights<T> {
                 } => match flight.kind {
                     Kind::Coroutine => id > last_coroutine,
                     Kind::Sync | Kind::Stop => Some(id) != sync_started,
-                    Kind::Stream => false,
+                    Kind::Stream | Kind::Nested => false,
                 },
             };
+            // A nested request ran inside the one that waited for it.
+            let never_started = never_started && flight.kind != Kind::Nested;
             // Items of an open stream went out: it is never run again.
             let never_started = never_started && flight.kind != Kind::Stream;
             if never_started {

@@ -32,6 +32,8 @@ mod fault_timeout;
 #[cfg(feature = "subprocess")]
 mod fault_user_code;
 #[cfg(feature = "subprocess")]
+mod host_wire;
+#[cfg(feature = "subprocess")]
 mod output_child;
 #[cfg(feature = "subprocess")]
 mod pool_calls;
