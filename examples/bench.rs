@@ -1,13 +1,15 @@
 //! Prints a markdown table of call latency and throughput for each backend,
-//! the call builder's next to the seed's commands, and the pool's.
+//! the call builder's next to the simple commands, and the pool's.
 //!
 //! `cargo run --release --example bench` (all tables), `... bench calls`
 //! (the call builder's only), `... bench pool` (the pool's only),
 //! `... bench streams` (streams only), `... bench output` (captured
-//! output's only).
+//! output's only), `... bench host` (host functions only).
 
 use std::time::{Duration, Instant};
 
+#[path = "bench/host.rs"]
+mod host_bench;
 #[path = "bench/output.rs"]
 mod output_bench;
 
@@ -1048,6 +1050,10 @@ async fn main() {
         output_bench::output_table();
         return;
     }
+    if std::env::args().nth(1).as_deref() == Some("host") {
+        host_bench::host_table().await;
+        return;
+    }
     let backends = BACKENDS;
     let labels = [
         "start (build to ready)",
@@ -1093,6 +1099,7 @@ async fn main() {
     println!();
     calls_bench::calls_table();
     output_bench::output_table();
+    host_bench::host_table().await;
     streams_bench::streams_table().await;
     #[cfg(feature = "subprocess")]
     pool_bench::pool_table().await;
