@@ -32,6 +32,8 @@ mod fault_timeout;
 #[cfg(feature = "subprocess")]
 mod fault_user_code;
 #[cfg(feature = "subprocess")]
+mod host_child;
+#[cfg(feature = "subprocess")]
 mod host_wire;
 #[cfg(feature = "subprocess")]
 mod output_child;
@@ -39,6 +41,8 @@ mod output_child;
 mod pool_calls;
 #[cfg(feature = "subprocess")]
 mod pool_dispatch;
+#[cfg(feature = "subprocess")]
+mod pool_host;
 #[cfg(feature = "subprocess")]
 mod pool_map;
 #[cfg(feature = "subprocess")]
