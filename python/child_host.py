@@ -22,6 +22,11 @@ kwargs]` to the parent, which runs the Rust function and answers
 import _thread
 import os
 
+_HOST_SPIN_SECONDS = 200e-6
+"""How long a sync host call polls for its reply before it sleeps: the
+parent's host thread answers a quick function within microseconds, and a
+wake-up costs tens of them."""
+
 _host_asked = ()
 """(name, is_async) of each host function the parent gave this child."""
 
@@ -136,7 +141,7 @@ class ChildHost:
         if frame is None:
             if self.at_eof:
                 raise host_error("the parent closed the request pipe")
-            if not self._spin():
+            if not self._spin(_HOST_SPIN_SECONDS):
                 self.poller.poll()
                 self._read_available()
             return

@@ -380,9 +380,9 @@ class ChildWorker(ChildOutput, ChildStreams, ChildHost):
             if len(chunk) < _READ_CHUNK:
                 return True  # a short read leaves the pipe empty
 
-    def _spin(self):
+    def _spin(self, seconds=_SPIN_SECONDS):
         """Polls briefly for the next request; True if bytes (or end of input) came."""
-        deadline = time.perf_counter() + _SPIN_SECONDS
+        deadline = time.perf_counter() + seconds
         poll = self.poller.poll
         pause = self.pause
         while True:

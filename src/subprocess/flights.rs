@@ -774,4 +774,51 @@ mod tests {
         let own = Seen::Stream { id: 1, slice: 7 };
         assert_eq!(flights.judge(after(2), own), Due::Coroutine { id: 1 });
     }
+
+    #[test]
+    fn a_nested_request_runs_past_the_line_on_its_own_clock_and_always_started() {
+        let clock = Clock::new();
+        let mut flights = Flights::default();
+        flights.sent(
+            1,
+            "waits for a host function",
+            Kind::Sync,
+            None,
+            clock.at(0),
+        );
+        flights.sent(2, "queued behind", Kind::Sync, Some(50 * MS), clock.at(0));
+        flights.sent(3, "nested", Kind::Nested, Some(100 * MS), clock.at(10));
+        // Not in the line: the one that waits is still its head.
+        assert_eq!(flights.head(), Some(1));
+        assert_eq!(flights.judge(clock.at(109), Seen::Outside), Due::Nothing);
+        assert_eq!(
+            flights.judge(clock.at(110), Seen::Outside),
+            Due::Sync {
+                id: 3,
+                limit: 100 * MS
+            }
+        );
+        // Seen in the event loop, it cannot be running: its clock starts again.
+        assert_eq!(flights.judge(clock.at(120), Seen::Loop), Due::Nothing);
+        assert_eq!(flights.next_deadline(clock.at(120)), Some(clock.at(220)));
+        // Lost while the first waited: the nested one had started; the one
+        // queued behind had not.
+        let (started, unstarted) = flights.drain_after_loss(Reached::Upto(Some(1)));
+        let started: Vec<u64> = started.into_iter().map(|(id, _)| id).collect();
+        assert_eq!(started, vec![1, 3]);
+        assert_eq!(unstarted, vec!["queued behind"]);
+    }
+
+    #[test]
+    fn a_nested_request_answered_leaves_the_line_as_it_was() {
+        let clock = Clock::new();
+        let mut flights = Flights::default();
+        flights.sent(1, "waits", Kind::Sync, Some(MS * 1000), clock.at(0));
+        flights.sent(2, "nested", Kind::Nested, None, clock.at(1));
+        assert!(flights.answered(2, || clock.at(2)).is_some());
+        assert_eq!(flights.head(), Some(1));
+        assert!(flights.line_busy());
+        assert!(flights.became_coroutine(1, clock.at(3)));
+        assert!(!flights.line_busy());
+    }
 }

@@ -288,10 +288,13 @@ impl Drop for HostThreads {
     }
 }
 
-/// A host thread: runs each call in a nesting scope and queues its result
-/// for the supervisor. Between calls it spins for [`HOST_THREAD_SPIN`] (a
-/// Python loop of host calls sends the next one within microseconds), then
-/// parks.
+/// A host thread: runs each call in a nesting scope and hands its result
+/// to the supervisor's state itself. Between calls it spins for
+/// [`HOST_THREAD_SPIN`], moving that state forward as a waiting caller
+/// does (`Drive::drive`): a Python loop of host calls sends the next one
+/// within microseconds of its reply, and this thread, which reads it and
+/// runs it, then costs no wake-up of another thread on either side. Then
+/// it parks, and the supervisor thread takes over.
 fn serve_calls(line: &HostLine, setup: &HostSetup, queue: &Arc<CommandQueue>) {
     // A command the host function sends to this runner is nested: the
     // supervisor sends it past the request that waits, and the child runs
@@ -299,6 +302,15 @@ fn serve_calls(line: &HostLine, setup: &HostSetup, queue: &Arc<CommandQueue>) {
     let take = |mut job: Job| {
         job.nested = true;
         Some(job)
+    };
+    let mut held = Vec::new();
+    let drive = |held: &mut Vec<Waker>| {
+        if let Some(driver) = queue.driver() {
+            driver.drive(held);
+            for waker in held.drain(..) {
+                waker.wake();
+            }
+        }
     };
     loop {
         if line.closed.load(Ordering::SeqCst) {
@@ -310,13 +322,29 @@ fn serve_calls(line: &HostLine, setup: &HostSetup, queue: &Arc<CommandQueue>) {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .pop_front();
         let Some(call) = next else {
+            // In the seat, if free: the supervisor thread then leaves the
+            // child's frames to this one instead of waking for each.
+            let driver = queue.driver();
+            let seat = driver.as_ref().and_then(|driver| driver.try_begin());
             let spin_until = Instant::now() + HOST_THREAD_SPIN;
+            let mut parked = false;
             while line.queued.load(Ordering::SeqCst) == 0 && !line.closed.load(Ordering::SeqCst) {
+                drive(&mut held);
                 if Instant::now() >= spin_until {
-                    std::thread::park();
+                    parked = true;
                     break;
                 }
                 std::hint::spin_loop();
+            }
+            if let (Some(driver), Some(token)) = (&driver, seat) {
+                // Wakes the supervisor thread if work is left for it.
+                driver.end(token, false, false);
+            }
+            if parked {
+                if queue.has_jobs() {
+                    queue.wake_consumer();
+                }
+                std::thread::park();
             }
             continue;
         };
@@ -331,6 +359,8 @@ fn serve_calls(line: &HostLine, setup: &HostSetup, queue: &Arc<CommandQueue>) {
         } = call;
         let result = nest::within(queue, &take, || setup.call_sync(&name, &*f, args, kwargs));
         line.idle.fetch_add(1, Ordering::SeqCst);
-        let _ = queue.push(Job::unanswered(Request::HostDone { token, result }));
+        // Sent by this thread's next turn, or by whoever drives first.
+        let _ = queue.push_quiet(Job::unanswered(Request::HostDone { token, result }));
+        drive(&mut held);
     }
 }
