@@ -1,19 +1,20 @@
 #!/usr/bin/env bash
 # A new project of a user's own that enables the rustpython feature, resolved
-# against today's crates.io with the README's pins, must still compile: this
-# repo's Cargo.lock hides what a newer libc, mio or malachite-bigint release
-# does to such a project.
+# against today's crates.io with the pins of docs/EMBEDDING.md, must still
+# compile: this repo's Cargo.lock hides what a newer libc, mio or
+# malachite-bigint release does to such a project.
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 
-# The lines of the README's sh block under "Build: RustPython 0.5", run as
-# printed there, so that the two cannot drift apart.
-pins="$(awk '/^- Build: RustPython 0.5/ { on = 1 }
+# The lines of the sh block in docs/EMBEDDING.md under "RustPython: why a
+# project pins three crates", run as printed there, so that the two cannot
+# drift apart.
+pins="$(awk '/^## RustPython: why a project pins/ { on = 1 }
     on && /^ *```sh/ { inblock = 1; next }
     inblock && /^ *```/ { exit }
-    inblock { sub(/^ +/, ""); print }' "$repo/README.md")"
+    inblock { sub(/^ +/, ""); print }' "$repo/docs/EMBEDDING.md")"
 if [ -z "$pins" ]; then
-    echo "rustpython-fresh: no sh block under \"- Build: RustPython 0.5\" in README.md" >&2
+    echo "rustpython-fresh: no sh block under \"RustPython: why a project pins\" in docs/EMBEDDING.md" >&2
     exit 1
 fi
 
@@ -38,7 +39,7 @@ done <<<"$pins"
 # A second malachite-bigint would fail the check below too, in a screen of
 # type errors; say it plainly first.
 if cargo tree --edges normal --duplicates | grep -q '^malachite-bigint '; then
-    echo "rustpython-fresh: two malachite-bigint versions after the README's pins" >&2
+    echo "rustpython-fresh: two malachite-bigint versions after the pins of docs/EMBEDDING.md" >&2
     exit 1
 fi
 for crate in libc mio malachite-bigint; do

@@ -1,13 +1,15 @@
 //! Prints a markdown table of call latency and throughput for each backend,
-//! the call builder's next to the seed's commands, and the pool's.
+//! the call builder's next to the simple commands, and the pool's.
 //!
 //! `cargo run --release --example bench` (all tables), `... bench calls`
 //! (the call builder's only), `... bench pool` (the pool's only),
 //! `... bench streams` (streams only), `... bench output` (captured
-//! output's only).
+//! output's only), `... bench host` (host functions only).
 
 use std::time::{Duration, Instant};
 
+#[path = "bench/host.rs"]
+mod host_bench;
 #[path = "bench/output.rs"]
 mod output_bench;
 
@@ -355,7 +357,7 @@ mod calls_bench {
     const CALLS: usize = 5000;
 
     /// Median of `CALLS` `call_function("add", [i, 1])` on a blocking caller.
-    fn seed_add(runner: &PyRunner) -> Duration {
+    fn simple_add(runner: &PyRunner) -> Duration {
         let mut samples = Vec::with_capacity(CALLS);
         for i in 0..CALLS as i64 {
             let start = Instant::now();
@@ -385,21 +387,21 @@ mod calls_bench {
     }
 
     /// Medians over the rounds, and the median of the per-round ratios
-    /// (typed / seed) with their range.
+    /// (typed / simple) with their range.
     fn add_pair(runner: &PyRunner) -> (Duration, Duration, f64, f64, f64) {
-        seed_add(runner);
+        simple_add(runner);
         typed_add(runner);
-        let (mut seeds, mut typeds, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut simples, mut typeds, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..ROUNDS {
-            let seed = seed_add(runner);
+            let simple = simple_add(runner);
             let typed = typed_add(runner);
-            ratios.push(typed.as_secs_f64() / seed.as_secs_f64());
-            seeds.push(seed);
+            ratios.push(typed.as_secs_f64() / simple.as_secs_f64());
+            simples.push(simple);
             typeds.push(typed);
         }
         let low = ratios.iter().cloned().fold(f64::MAX, f64::min);
         let high = ratios.iter().cloned().fold(0.0, f64::max);
-        (median(seeds), median(typeds), median(ratios), low, high)
+        (median(simples), median(typeds), median(ratios), low, high)
     }
 
     fn echo_bytes(runner: &PyRunner) -> Duration {
@@ -479,8 +481,8 @@ if __name__ == '__main__':
             let runner = builder_for(backend).build().expect("backend starts");
             runner.run_sync(ADD).unwrap();
             runner.run_sync(ECHO).unwrap();
-            let (seed, typed, ratio, low, high) = add_pair(&runner);
-            rows[0].push(micros(seed));
+            let (simple, typed, ratio, low, high) = add_pair(&runner);
+            rows[0].push(micros(simple));
             rows[1].push(format!(
                 "{} (× {ratio:.2}, rounds {low:.2}–{high:.2})",
                 micros(typed)
@@ -1048,6 +1050,10 @@ async fn main() {
         output_bench::output_table();
         return;
     }
+    if std::env::args().nth(1).as_deref() == Some("host") {
+        host_bench::host_table().await;
+        return;
+    }
     let backends = BACKENDS;
     let labels = [
         "start (build to ready)",
@@ -1093,6 +1099,7 @@ async fn main() {
     println!();
     calls_bench::calls_table();
     output_bench::output_table();
+    host_bench::host_table().await;
     streams_bench::streams_table().await;
     #[cfg(feature = "subprocess")]
     pool_bench::pool_table().await;

@@ -32,11 +32,15 @@ mod fault_timeout;
 #[cfg(feature = "subprocess")]
 mod fault_user_code;
 #[cfg(feature = "subprocess")]
+mod host_child;
+#[cfg(feature = "subprocess")]
 mod output_child;
 #[cfg(feature = "subprocess")]
 mod pool_calls;
 #[cfg(feature = "subprocess")]
 mod pool_dispatch;
+#[cfg(feature = "subprocess")]
+mod pool_host;
 #[cfg(feature = "subprocess")]
 mod pool_map;
 #[cfg(feature = "subprocess")]

@@ -16,6 +16,7 @@ pub fn builder() -> async_py::PyRunnerBuilder {
 }
 
 crate::output_suite!(crate::pyo3::builder);
+crate::host_suite!(crate::pyo3::builder);
 
 use async_py::{Backend, PyRunner};
 

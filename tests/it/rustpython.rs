@@ -15,6 +15,15 @@ pub fn builder() -> async_py::PyRunnerBuilder {
 }
 
 crate::output_suite!(crate::rustpython::builder);
+// RustPython runs no coroutines of a runner's: the async host functions'
+// tests do not apply.
+crate::host_suite!(crate::rustpython::builder:
+    sync_functions_take_args_and_kwargs results_cross_by_the_value_table
+    errors_and_panics_raise_host_error an_unknown_name_is_an_attribute_error
+    a_runner_without_host_functions_has_the_module progress_arrives_in_order
+    nested_commands_run_before_the_host_function_returns
+    commands_from_other_clones_wait_for_the_command_that_runs a_timeout_counts_host_time
+);
 
 use std::time::{Duration, Instant};
 

@@ -19,6 +19,7 @@ pub fn builder() -> async_py::PyRunnerBuilder {
 }
 
 crate::output_suite!(crate::subprocess::builder);
+crate::host_suite!(crate::subprocess::builder);
 
 use std::fs;
 use std::path::{Path, PathBuf};

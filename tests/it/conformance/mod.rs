@@ -9,6 +9,7 @@ pub mod concurrency;
 pub mod errors;
 pub mod files;
 pub mod first_examples;
+pub mod host;
 pub mod in_process;
 pub mod lifecycle;
 pub mod names;
@@ -185,6 +186,40 @@ macro_rules! output_suite {
                     $crate::conformance::output::$name($builder()).await;
                 }
             )*
+        }
+    };
+}
+
+/// Instantiates the host function tests (`conformance/host.rs`) for one
+/// backend, with builders from `$builder`: the full path of a
+/// `fn() -> async_py::PyRunnerBuilder`. A backend that cannot run some of
+/// them lists the ones it runs after a colon.
+#[macro_export]
+macro_rules! host_suite {
+    ($builder:path) => {
+        $crate::host_suite!($builder:
+            sync_functions_take_args_and_kwargs results_cross_by_the_value_table
+            errors_and_panics_raise_host_error an_unknown_name_is_an_attribute_error
+            a_runner_without_host_functions_has_the_module progress_arrives_in_order
+            nested_commands_run_before_the_host_function_returns
+            commands_from_other_clones_wait_for_the_command_that_runs a_timeout_counts_host_time
+            async_functions_are_awaited async_functions_overlap
+            nested_commands_from_an_async_function a_timeout_drops_an_async_host_future
+        );
+    };
+    ($builder:path: $($name:ident)*) => {
+        mod host {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    $crate::conformance::host::$name($builder()).await;
+                }
+            )*
+
+            #[test]
+            fn bad_names_fail_build() {
+                $crate::conformance::host::bad_names_fail_build($builder());
+            }
         }
     };
 }
