@@ -8,6 +8,7 @@
 //! on a socket when a command arrives.
 
 mod convert;
+mod host;
 mod init;
 mod namespace;
 mod output;
@@ -19,6 +20,7 @@ use std::collections::HashMap;
 use std::ops::Deref;
 use std::os::unix::io::AsRawFd;
 use std::os::unix::net::UnixStream;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -49,6 +51,7 @@ pub(crate) fn spawn(config: &RunnerConfig, queue: Arc<CommandQueue>) -> Result<(
     let venv = config.venv.clone();
     let startup = config.startup.clone();
     let output = config.output.clone();
+    let host = config.host.clone();
     start_backend_thread("async_py-pyo3", STACK_SIZE, move |ready| {
         if let Err(err) = init::start_interpreter() {
             return ready.report(Err(err));
@@ -58,7 +61,8 @@ pub(crate) fn spawn(config: &RunnerConfig, queue: Arc<CommandQueue>) -> Result<(
         let _closing = CloseOnExit(queue.clone());
         Python::attach(|py| {
             queue.set_consumer();
-            match Worker::start(py, queue, venv.as_deref(), startup.as_deref(), output) {
+            let started = Worker::start(py, queue, venv.as_deref(), startup.as_deref(), output, host);
+            match started {
                 Ok(mut worker) => {
                     ready.report(Ok(()));
                     worker.serve();
@@ -107,6 +111,9 @@ struct Worker<'py> {
     /// What plain commands need (the worker reads it through `Deref`).
     ns: Namespace<'py>,
     queue: Arc<CommandQueue>,
+    host: host::Host,
+    /// Set by the watchdog when it interrupts a command (see `watchdog`).
+    interrupted: Arc<AtomicBool>,
     driver: Option<Bound<'py, PyAny>>,
     /// Keeps the read end of the loop's wake-up socket open.
     wake_read: Option<UnixStream>,
@@ -126,6 +133,7 @@ impl<'py> Worker<'py> {
         venv: Option<&std::path::Path>,
         startup: Option<&str>,
         output: Option<crate::output::OutputSink>,
+        host: Option<crate::host::HostSetup>,
     ) -> Result<Self, PyRunnerError> {
         let load_error = |err: PyErr| {
             PyRunnerError::Startup(format!("could not load the worker helpers: {err}"))
@@ -138,14 +146,21 @@ impl<'py> Worker<'py> {
             .and_then(|g| Ok(g.cast_into::<PyDict>()?))
             .map_err(load_error)?;
         let builtins = PyModule::import(py, "builtins").map_err(load_error)?;
+        let ns = Namespace {
+            py,
+            globals,
+            builtins,
+            helpers,
+        };
+        let interrupted = Arc::new(AtomicBool::new(false));
+        let host = host::Host::install(&ns, &queue, host, &interrupted).map_err(|err| {
+            PyRunnerError::Startup(format!("could not install the host functions: {err}"))
+        })?;
         let mut worker = Worker {
-            ns: Namespace {
-                py,
-                globals,
-                builtins,
-                helpers,
-            },
+            ns,
             queue,
+            host,
+            interrupted,
             driver: None,
             wake_read: None,
             awaiting: HashMap::new(),
@@ -230,6 +245,9 @@ impl Serve for Worker<'_> {
                 err.write_unraisable(self.py, Some(&driver));
             }
         }
+        // What the cancelled coroutines still awaited from async host
+        // functions is dropped.
+        self.host.abort_all();
         for (_, waiting) in self.awaiting.drain() {
             waiting.reply.send(Err(PyRunnerError::Stopped));
         }
@@ -258,7 +276,7 @@ impl Serve for Worker<'_> {
             Request::Invoke(invoke) => return self.invoke(invoke, reply, timeout),
             Request::Cancel(target) => return self.cancel(&target),
             Request::Stream(feed) => return self.stream_signal(&feed),
-            Request::HostDone { .. } => return,
+            Request::HostDone { token, result } => return self.host.done(self.py, token, result),
             _ => {}
         }
         let mut started = self.watchdog.take();
@@ -296,7 +314,10 @@ impl<'py> Worker<'py> {
             .module
             .getattr("RunnerTimeout")
             .map_err(|err| self.python_error(err))?;
-        Ok(watchdog::interrupt_this_thread(exception.unbind()))
+        Ok(watchdog::interrupt_this_thread(
+            exception.unbind(),
+            self.interrupted.clone(),
+        ))
     }
 
     /// A call of the call builder: its function runs here, under the
@@ -474,7 +495,9 @@ impl<'py> Worker<'py> {
         let Some(driver) = self.driver.clone() else {
             return;
         };
+        self.host.set_turning(true);
         let finished = driver.call_method1(intern!(self.py, "turn"), (block,));
+        self.host.set_turning(false);
         self.last_turn = Instant::now();
         let finished = match finished {
             Ok(finished) => finished,

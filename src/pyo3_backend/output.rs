@@ -221,6 +221,19 @@ impl<'py> Worker<'py> {
 impl<'py> Namespace<'py> {
     /// `exec(code).capture_output()`.
     pub(super) fn run_captured(&self, router: &Bound<'py, PyAny>, code: &str) -> Reply {
+        self.captured(router, || {
+            self.run_helper(&self.helpers.run_code, code)
+                .map(|_| Answer::Value(serde_json::Value::Null))
+        })
+    }
+
+    /// Runs `body` (a command that runs to its end here) with its output
+    /// captured: its success comes with what it wrote.
+    pub(super) fn captured(
+        &self,
+        router: &Bound<'py, PyAny>,
+        body: impl FnOnce() -> Reply,
+    ) -> Reply {
         let capture = router
             .call_method0(intern!(self.py, "begin_capture"))
             .map_err(|err| self.python_error(err))?;
@@ -228,14 +241,10 @@ impl<'py> Namespace<'py> {
             router: router.clone(),
             capture: capture.clone(),
         };
-        let ran = self.run_helper(&self.helpers.run_code, code);
+        let ran = body();
         drop(scope);
         let written = finish(&capture)?;
-        ran?;
-        Ok(Answer::Captured(Box::new((
-            Answer::Value(serde_json::Value::Null),
-            written,
-        ))))
+        Ok(Answer::Captured(Box::new((ran?, written))))
     }
 }
 
