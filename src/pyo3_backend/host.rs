@@ -126,9 +126,7 @@ impl Host {
             }
             _ => None,
         };
-        helpers
-            .getattr("install_host")?
-            .call1((functions, true))?;
+        helpers.getattr("install_host")?.call1((functions, true))?;
         Ok(Host { state })
     }
 
@@ -192,7 +190,7 @@ impl HostState {
                     let start = self.start_function(py, name, f.clone())?;
                     helpers
                         .getattr(intern!(py, "host_coroutine"))?
-                        .call1((&**name, start, &*cancel))?
+                        .call1((&**name, start, cancel))?
                 }
             };
             functions.set_item(&**name, function)?;
@@ -372,11 +370,7 @@ impl HostState {
 
     /// What `settle_host` is given for a result: `(True, value)` or
     /// `(False, message)`.
-    fn outcome<'py>(
-        &self,
-        py: Python<'py>,
-        result: HostResult,
-    ) -> (bool, Bound<'py, PyAny>) {
+    fn outcome<'py>(&self, py: Python<'py>, result: HostResult) -> (bool, Bound<'py, PyAny>) {
         let converted = result.and_then(|value| {
             to_python(py, &value).map_err(|err| format!("the host function returned {err}"))
         });

@@ -31,8 +31,8 @@ use pyo3::types::{PyDict, PyModule};
 use serde_json::Value;
 
 use crate::command::{
-    prepare_in_process, start_backend_thread, CancelTarget, CommandQueue, Invoke,
-    Job, Reply, Request, Responder, Returns, Serve,
+    prepare_in_process, start_backend_thread, CancelTarget, CommandQueue, Invoke, Job, Reply,
+    Request, Responder, Returns, Serve,
 };
 use crate::config::RunnerConfig;
 use crate::error::PyRunnerError;
@@ -61,7 +61,8 @@ pub(crate) fn spawn(config: &RunnerConfig, queue: Arc<CommandQueue>) -> Result<(
         let _closing = CloseOnExit(queue.clone());
         Python::attach(|py| {
             queue.set_consumer();
-            let started = Worker::start(py, queue, venv.as_deref(), startup.as_deref(), output, host);
+            let started =
+                Worker::start(py, queue, venv.as_deref(), startup.as_deref(), output, host);
             match started {
                 Ok(mut worker) => {
                     ready.report(Ok(()));
