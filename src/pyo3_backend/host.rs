@@ -29,6 +29,10 @@
 //!   need the worker's state answers `Unsupported`: a coroutine or an
 //!   awaitable result (the loop is the worker's, and it is not turning), a
 //!   stream, and `stop` (it would wait for the command that waits for it).
+//!   Called on another thread (`asyncio.to_thread`), a host function's
+//!   commands queue as usual: the runner serves them while its coroutine
+//!   awaits the thread, but a command that blocks the runner's thread on
+//!   that thread (`Thread.join()`) waits for them forever.
 //! - An async host function is a coroutine function (`host_coroutine`):
 //!   its `start` begins the Rust future on the host runtime and its result
 //!   comes back to the future Python awaits. Awaited on the runner's loop
