@@ -62,6 +62,8 @@ mod pool_zygote;
 #[cfg(feature = "pyo3")]
 mod pyo3;
 #[cfg(feature = "pyo3")]
+mod pyo3_host;
+#[cfg(feature = "pyo3")]
 mod pyo3_startup;
 #[cfg(feature = "subprocess")]
 mod reply_ring;
