@@ -112,6 +112,16 @@ def host_coroutine(name, start, cancel):
     return call
 
 
+def host_wake_on(loop, fd, drain):
+    """Has `loop` call `drain()` whenever a byte arrives on `fd`, once per
+    loop: for a backend whose async host functions finish on another
+    thread, which cannot touch the interpreter and so wakes the loop
+    through `fd`, and `drain` settles what finished."""
+    if getattr(loop, "_async_py_host_wake", None) != fd:
+        loop.add_reader(fd, drain)
+        loop._async_py_host_wake = fd
+
+
 def settle_host(future, ok, value):
     """Ends an async host call's future, unless it was cancelled."""
     if future.done():
