@@ -71,7 +71,9 @@ pub async fn host_table() {
         let mut naps_failed = None;
         for _ in 0..RUNS {
             host.push(seconds(runner.call("host_loop").arg(calls).await.unwrap()));
-            python.push(seconds(runner.call("python_loop").arg(calls).await.unwrap()));
+            python.push(seconds(
+                runner.call("python_loop").arg(calls).await.unwrap(),
+            ));
             match runner.call("naps").arg(20).await {
                 Ok(took) => naps.push(seconds(took)),
                 Err(err) => naps_failed = Some(err.to_string()),

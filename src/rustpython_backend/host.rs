@@ -18,23 +18,28 @@
 //! Python futures on the loop's own thread.
 
 use std::cell::Cell;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::io::{ErrorKind, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
 
 use rustpython_vm::builtins::{PyBaseExceptionRef, PyDict, PyTuple, PyType, PyTypeRef};
 use rustpython_vm::class::PyClassImpl;
 use rustpython_vm::function::FuncArgs;
 use rustpython_vm::types::{Callable, Representable};
-use rustpython_vm::{pyclass, AsObject, Py, PyObject, PyObjectRef, PyPayload, PyResult, VirtualMachine};
+use rustpython_vm::{
+    pyclass, AsObject, Py, PyObject, PyObjectRef, PyPayload, PyResult, VirtualMachine,
+};
 use serde_json::{Map, Value};
 
 use super::convert::{to_python, to_value, ToValueError};
 use super::{Commands, Helpers};
-use crate::command::Job;
+use crate::command::{CommandQueue, Job};
 use crate::host::{AsyncFn, HostFn, HostResult, HostSetup, HostTask, SyncFn};
 
 thread_local! {
@@ -79,9 +84,7 @@ pub(super) struct HostHelpers {
 }
 
 impl HostHelpers {
-    pub fn load(
-        get: &impl Fn(&str) -> Result<PyObjectRef, String>,
-    ) -> Result<HostHelpers, String> {
+    pub fn load(get: &impl Fn(&str) -> Result<PyObjectRef, String>) -> Result<HostHelpers, String> {
         Ok(HostHelpers {
             install_host: get("install_host")?,
             host_coroutine: get("host_coroutine")?,
@@ -101,9 +104,10 @@ pub(super) struct Port {
 
 /// What one runner's host functions share. The Python objects here are
 /// only used on threads of the interpreter; the host runtime's threads see
-/// only [`Wake`].
+/// only the [`Inbox`].
 struct Shared {
     setup: HostSetup,
+    queue: Arc<CommandQueue>,
     table_form: PyObjectRef,
     host_error: PyTypeRef,
     settle_host: PyObjectRef,
@@ -112,10 +116,9 @@ struct Shared {
     wake: Option<Wake>,
 }
 
-/// Where async host functions that finished are put aside, and the socket
-/// that wakes the loop awaiting them.
+/// The async host functions' side of the loop that awaits them.
 struct Wake {
-    settled: Arc<Settled>,
+    inbox: Arc<Inbox>,
     /// The end the loop reads (`host_wake_on`).
     reader: UnixStream,
     /// The calls started and not yet settled, by token.
@@ -123,9 +126,13 @@ struct Wake {
     next_token: AtomicU64,
 }
 
-/// Filled on the host runtime's threads.
-struct Settled {
+/// What the host runtime's threads hand the loop, and the socket that
+/// wakes it.
+pub(super) struct Inbox {
+    /// Async host functions that finished, by token.
     results: Mutex<Vec<(u64, HostResult)>>,
+    /// Commands async host functions sent to their runner (nested).
+    nested: Mutex<VecDeque<Job>>,
     writer: UnixStream,
 }
 
@@ -136,7 +143,9 @@ struct Pending {
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Port {
@@ -145,13 +154,14 @@ impl Port {
     pub fn install(
         vm: &VirtualMachine,
         helpers: &Helpers,
+        queue: &Arc<CommandQueue>,
         setup: Option<HostSetup>,
     ) -> Result<Port, String> {
         let fail = |err| super::convert::exception_text(vm, &err);
         let functions = vm.ctx.new_dict();
         let shared = match setup {
             Some(setup) => {
-                let shared = Arc::new(Shared::new(helpers, setup)?);
+                let shared = Arc::new(Shared::new(helpers, queue.clone(), setup)?);
                 for (name, function) in shared.setup.table.iter() {
                     let object = shared.python_function(vm, &helpers.host, name, function)?;
                     functions.set_item(&**name, object, vm).map_err(fail)?;
@@ -177,6 +187,14 @@ impl Port {
         }
     }
 
+    /// What wakes the loop that awaits this runner's async host functions
+    /// (`None` if it has none): a limit that passes wakes it too, so that
+    /// its signal is seen.
+    pub fn loop_wake(&self) -> Option<Arc<Inbox>> {
+        let shared = self.shared.as_ref()?;
+        shared.wake.as_ref().map(|wake| wake.inbox.clone())
+    }
+
     /// The runner is stopping: async host functions are dropped, and
     /// `async_py.host` loses its functions, so that the Rust functions (and
     /// what they hold) are released with the Python objects.
@@ -189,7 +207,11 @@ impl Port {
 }
 
 impl Shared {
-    fn new(helpers: &Helpers, setup: HostSetup) -> Result<Shared, String> {
+    fn new(
+        helpers: &Helpers,
+        queue: Arc<CommandQueue>,
+        setup: HostSetup,
+    ) -> Result<Shared, String> {
         let host_error = helpers
             .host
             .host_error
@@ -206,6 +228,7 @@ impl Shared {
         };
         Ok(Shared {
             setup,
+            queue,
             table_form: helpers.table_form.clone(),
             host_error,
             settle_host: helpers.host.settle_host.clone(),
@@ -308,8 +331,9 @@ impl Wake {
         reader.set_nonblocking(true)?;
         writer.set_nonblocking(true)?;
         Ok(Wake {
-            settled: Arc::new(Settled {
+            inbox: Arc::new(Inbox {
                 results: Mutex::default(),
+                nested: Mutex::default(),
                 writer,
             }),
             reader,
@@ -327,15 +351,56 @@ impl Wake {
         }
         // Released past the lock: releasing a future may run Python code.
         drop(pending);
+        // Their callers are told `Stopped`.
+        let nested = std::mem::take(&mut *lock(&self.inbox.nested));
+        drop(nested);
+        lock(&self.inbox.results).clear();
     }
 }
 
-impl Settled {
-    /// On a host runtime thread: keeps the result and wakes the loop.
-    fn put(&self, token: u64, result: HostResult) {
-        lock(&self.results).push((token, result));
+impl Inbox {
+    /// Wakes the loop (from any thread).
+    pub fn wake(&self) {
         // A full socket already holds a wake-up the loop has not read.
         let _ = (&self.writer).write(&[1]);
+    }
+
+    /// On a host runtime thread: an async host function's result.
+    fn put(&self, token: u64, result: HostResult) {
+        lock(&self.results).push((token, result));
+        self.wake();
+    }
+
+    /// On a host runtime thread: a command an async host function sent to
+    /// its runner, which is busy running the loop that awaits it.
+    fn nest(&self, job: Job) {
+        lock(&self.nested).push_back(job);
+        self.wake();
+    }
+}
+
+/// An async host function's future, polled with a nesting scope open on
+/// the host runtime's thread: the commands it sends to its runner (whose
+/// thread runs the loop that awaits it, inside a command) go to the
+/// [`Inbox`], and the loop's `drain` runs them.
+struct NestedOnLoop {
+    future: Pin<Box<dyn Future<Output = HostResult> + Send>>,
+    queue: Arc<CommandQueue>,
+    inbox: Arc<Inbox>,
+}
+
+impl Future for NestedOnLoop {
+    type Output = HostResult;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<HostResult> {
+        let this = self.get_mut();
+        let inbox = &this.inbox;
+        let take = |job| {
+            inbox.nest(job);
+            None
+        };
+        let future = &mut this.future;
+        crate::host::nest::within(&this.queue, &take, || future.as_mut().poll(cx))
     }
 }
 
@@ -443,14 +508,25 @@ impl Callable for HostStart {
         )?;
         let token = wake.next_token.fetch_add(1, Ordering::Relaxed);
         lock(&wake.pending).insert(token, Pending { future, task: None });
-        let settled = wake.settled.clone();
-        let task = shared.setup.start_async(
-            &zelf.name,
-            &*zelf.function,
-            args,
-            kwargs,
-            move |result| settled.put(token, result),
+        let (function, queue, inbox) = (
+            zelf.function.clone(),
+            shared.queue.clone(),
+            wake.inbox.clone(),
         );
+        let nested_on_loop = move |call| -> Pin<Box<dyn Future<Output = HostResult> + Send>> {
+            Box::pin(NestedOnLoop {
+                future: function(call),
+                queue: queue.clone(),
+                inbox: inbox.clone(),
+            })
+        };
+        let inbox = wake.inbox.clone();
+        let task =
+            shared
+                .setup
+                .start_async(&zelf.name, &nested_on_loop, args, kwargs, move |result| {
+                    inbox.put(token, result)
+                });
         if let Some(call) = lock(&wake.pending).get_mut(&token) {
             call.task = Some(task);
         }
@@ -524,7 +600,18 @@ impl Callable for HostDrain {
                 Err(_) => break,
             }
         }
-        let finished = std::mem::take(&mut *lock(&wake.settled.results));
+        // Commands first: the host functions that sent them wait.
+        loop {
+            let job = lock(&wake.inbox.nested).pop_front();
+            let Some(job) = job else { break };
+            let _calling = Calling::enter();
+            // Unanswered here only off the runner's thread (a loop Python
+            // code runs on a thread of its own): queued as usual.
+            if let Some(job) = crate::host::nest::route(&shared.queue, job) {
+                let _ = shared.queue.push(job);
+            }
+        }
+        let finished = std::mem::take(&mut *lock(&wake.inbox.results));
         for (token, result) in finished {
             // A call cancelled meanwhile has no future left to settle.
             let Some(call) = lock(&wake.pending).remove(&token) else {
@@ -534,9 +621,7 @@ impl Callable for HostDrain {
                 Ok(value) => (true, value),
                 Err(err) => (false, err.as_object().str(vm)?.into()),
             };
-            shared
-                .settle_host
-                .call((call.future, ok, value), vm)?;
+            shared.settle_host.call((call.future, ok, value), vm)?;
         }
         Ok(vm.ctx.none())
     }

@@ -356,7 +356,7 @@ impl<'vm> Worker<'vm> {
         let (helpers, globals) = Helpers::load(vm).map_err(|err| {
             PyRunnerError::Startup(format!("could not load the worker helpers: {err}"))
         })?;
-        let host = host::Port::install(vm, &helpers, host).map_err(|err| {
+        let host = host::Port::install(vm, &helpers, &queue, host).map_err(|err| {
             PyRunnerError::Startup(format!("could not install the async_py module: {err}"))
         })?;
         let mut worker = Worker {
@@ -544,6 +544,7 @@ impl Worker<'_> {
                 sender: self.signals.clone(),
                 exception: self.helpers.timeout.clone(),
                 again: std::sync::Mutex::new((0, INTERRUPT_AGAIN)),
+                loop_wake: self.host.loop_wake(),
             })
         });
         self.watchdog = watchdog;
@@ -779,6 +780,9 @@ struct Signal {
     exception: PyTypeRef,
     /// The command last interrupted, and the pause before its next signal.
     again: std::sync::Mutex<(u64, Duration)>,
+    /// A loop that Python code runs and that awaits an async host function
+    /// may be asleep in `select`, where no signal is seen: woken too.
+    loop_wake: Option<Arc<host::Inbox>>,
 }
 
 impl Interrupt for Signal {
@@ -797,6 +801,9 @@ impl Interrupt for Signal {
         }));
         if sent.is_err() {
             return None;
+        }
+        if let Some(loop_wake) = &self.loop_wake {
+            loop_wake.wake();
         }
         let mut again = self.again.lock().unwrap_or_else(|p| p.into_inner());
         let pause = if again.0 == seq {
