@@ -14,8 +14,10 @@
 //! coroutine function awaited there. Its future runs on the host runtime,
 //! whose threads must not touch the interpreter: when it finishes, the
 //! result is put aside and a byte is written to a socket that the awaiting
-//! loop watches; the loop then calls the port's `drain`, which settles the
-//! Python futures on the loop's own thread.
+//! loop watches; the loop then calls [`HostDrain`], which settles the
+//! Python futures on the loop's own thread. A command the future sends to
+//! its runner (busy running that loop) goes the same way, and the drain
+//! runs it as a nested command.
 
 use std::cell::Cell;
 use std::collections::{HashMap, VecDeque};
@@ -43,7 +45,9 @@ use crate::command::{CommandQueue, Job};
 use crate::host::{AsyncFn, HostFn, HostResult, HostSetup, HostTask, SyncFn};
 
 thread_local! {
-    /// How many sync host functions this thread is inside now.
+    /// How many sync host functions (or drains running an async one's
+    /// commands) this thread is inside now: commands to the runner sent
+    /// meanwhile are nested.
     static CALLING: Cell<usize> = const { Cell::new(0) };
 }
 

@@ -437,6 +437,9 @@ impl Serve for Worker<'_> {
             // No coroutine runs here to be cancelled.
             Request::Cancel(_) => return,
             Request::Stream(feed) => return self.stream_signal(&feed),
+            // Not sent here: the thread that would take it is inside the
+            // command that runs the awaiting loop, so async host functions'
+            // results reach that loop through `host::Inbox` instead.
             Request::HostDone { .. } => return,
             Request::Invoke(mut invoke) if invoke.stream.is_some() && !invoke.capture => {
                 let feed = invoke.stream.take().expect("checked just before");

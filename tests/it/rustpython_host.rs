@@ -380,3 +380,31 @@ async fn a_stopped_runner_lets_its_host_functions_go() {
     runner.stop().await.unwrap();
     wait_for(&released, "the host function was kept after stop").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nested_capture_keeps_its_own_output() {
+    let runner = builder()
+        .host_function("inner", |call: HostCall| {
+            let captured = call
+                .runner()
+                .exec("print('inner')")
+                .capture_output()
+                .wait()
+                .map_err(|err| err.to_string())?;
+            Ok(json!(captured.stdout))
+        })
+        .build()
+        .unwrap();
+    runner
+        .run("import async_py\ndef outer():\n    print('before')\n    got = async_py.host.inner()\n    print('after')\n    return got")
+        .await
+        .unwrap();
+    let captured = within_10s(
+        "a captured nested command inside a captured call",
+        runner.call("outer").capture_output().into_future(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(captured.value, "inner\n");
+    assert_eq!(captured.stdout, "before\nafter\n");
+}
