@@ -50,24 +50,37 @@ class HostFunctions:
 _NO_RUNNER = HostFunctions({})
 
 
-def _module_getattr(name):
-    if name == "host":
-        current = _sys.modules["async_py"]._current
-        return current.get(_NO_RUNNER) if current is not None else _NO_RUNNER
-    raise AttributeError("module 'async_py' has no attribute %r" % (name,))
+class _NoContext:
+    """Stands in for the context variable where `contextvars` is missing:
+    every thread then sees the module's shared namespace."""
+
+    def get(self, default):
+        return default
+
+    def set(self, value):
+        raise RuntimeError("no context variables here")
+
+
+class _HostModule(_types.ModuleType):
+    """The type of the module `async_py`. `host` is a property of the type,
+    read on every access (which runner's functions it names depends on who
+    looks): a property costs about a tenth of a module `__getattr__`, which
+    CPython reaches only after a failed lookup."""
+
+    host = property(lambda module: module._current.get(module._shared))
 
 
 def host_module():
     """`sys.modules['async_py']`, made on first need."""
     module = _sys.modules.get("async_py")
     if module is None or not getattr(module, "_async_py_made_here", False):
-        module = _types.ModuleType(
+        module = _HostModule(
             "async_py",
             "Rust functions this runner gives Python: async_py.host.NAME(...).",
         )
         module.HostError = HostError
-        module.__getattr__ = _module_getattr
-        module._current = _ContextVar("async_py.host") if _ContextVar is not None else None
+        module._current = _ContextVar("async_py.host") if _ContextVar is not None else _NoContext()
+        module._shared = _NO_RUNNER
         module._async_py_made_here = True
         _sys.modules["async_py"] = module
     return module
@@ -76,13 +89,13 @@ def host_module():
 def install_host(functions, per_thread):
     """Gives this runner's Python its host functions (a dict of callables).
     `per_thread`: in-process CPython, where runners share the interpreter;
-    otherwise the namespace is the module's own `host`."""
+    otherwise the namespace is the module's own, seen by every thread."""
     module = host_module()
     namespace = HostFunctions(functions)
-    if per_thread and module._current is not None:
+    if per_thread and not isinstance(module._current, _NoContext):
         module._current.set(namespace)
     else:
-        module.host = namespace
+        module._shared = namespace
     return namespace
 
 

@@ -14,7 +14,7 @@ agree.
 
 import struct
 
-PROTOCOL_VERSION = 4
+PROTOCOL_VERSION = 5
 """Named in the hello; changes whenever a frame changes shape or meaning."""
 
 FRAME_LIMIT = 1 << 30
@@ -104,6 +104,17 @@ returned something iterable; its items follow, then its one reply."""
 MSG_MORE = "more"
 """Parent to child, [MSG_MORE, id, granted]: stream `id` may have sent
 `granted` items in all. It gets no reply of its own."""
+MSG_HOST = "host"
+"""Child to parent, [MSG_HOST, hid, name, args, kwargs]: Python called host
+function `name`; `hid` (an int the child chose, unique among its host calls
+pending) names the call in its reply. Bytes in the arguments go as bin."""
+MSG_HOST_REPLY = "host_reply"
+"""Parent to child, [MSG_HOST_REPLY, hid, ok, value]: host call `hid`
+returned `value` (ok true) or failed with the message `value` (ok false)."""
+MSG_HOST_CANCEL = "host_cancel"
+"""Child to parent, [MSG_HOST_CANCEL, hid]: the coroutine awaiting async
+host call `hid` was cancelled; the parent drops its future and sends no
+reply (a reply already on its way is ignored)."""
 
 PROTOCOL_ERROR = "ProtocolError"
 """The `err` kind of a reply to a request the child cannot parse."""
@@ -123,6 +134,11 @@ ENV_REPLY_RING = "ASYNC_PY_REPLY_RING"
 ENV_OUTPUT = "ASYNC_PY_OUTPUT"
 OUTPUT_FRAMES = "frames"
 """ENV_OUTPUT set to this: uncaptured output goes as MSG_OUTPUT frames."""
+ENV_HOST = "ASYNC_PY_HOST"
+"""The runner's host functions, as `kind:name` entries joined by ","
+(kind HOST_SYNC or HOST_ASYNC); the child removes it from os.environ."""
+HOST_SYNC = "s"
+HOST_ASYNC = "a"
 ENV_MALLOC = "GLIBC_TUNABLES"
 CHILD_MALLOC = "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=67108864"
 """What the parent sets ENV_MALLOC to when the child's environment has none
@@ -210,6 +226,9 @@ kwargs, typed, limit]."""
 INVOKE_OP = pack(OP_INVOKE)
 INVOKE_CAPTURED_OP = pack(OP_INVOKE_CAPTURED)
 """invoke_captured has the arguments of invoke, and its fast path."""
+
+HOST_REPLY_START = _array_head(4) + pack(MSG_HOST_REPLY)
+"""How a host reply's frame begins: [MSG_HOST_REPLY, hid, ok, value]."""
 
 REQUEST_ID_READERS = {}
 """After the array's marker, a request's id is a positive fixint or a uint

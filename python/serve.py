@@ -10,7 +10,8 @@ PROTOCOL.md on its stdin and stdout (protocol.py states its layout):
   `call`, `call_async`, `invoke`, `stream`, `set_venv`, `stop`) and are
   handled in arrival order, as are `["cancel", id]`, which cancels a
   pending coroutine or closes an open stream, and `["more", id, granted]`,
-  which lets a stream send more items;
+  which lets a stream send more items, and `["host_reply", hid, ok, value]`,
+  the answer to a host call (child_host.py);
 - replies are `[id, "ok", value]`, `[id, "data", value]` (a typed
   `invoke`'s, whose bytes are bin), `[id, "err", kind, message, traceback]`,
   `[id, "conv", message]` or `[id, "timeout"]`; only the replies to
@@ -24,7 +25,10 @@ PROTOCOL.md on its stdin and stdout (protocol.py states its layout):
 - `run_captured` and `invoke_captured` capture a request's output, sent
   as `["captured", id, stdout, stderr]` before its reply, and a child
   started with ASYNC_PY_OUTPUT=frames sends its output as
-  `["output", stream, lines]` frames (child_output.py).
+  `["output", stream, lines]` frames (child_output.py);
+- Python's calls of the runner's host functions go out as
+  `["host", hid, name, args, kwargs]` (and `["host_cancel", hid]` when an
+  async one's await is cancelled) (child_host.py).
 
 The whole worker uses the standard library only, and runs on CPython 3.8
 and later. It carries its own MessagePack codec, and uses the C `msgpack`
@@ -155,7 +159,7 @@ def _is_limit(value):
     return value is None or (type(value) in (int, float) and _isfinite(value) and value >= 0)
 
 
-class ChildWorker(ChildOutput, ChildStreams):
+class ChildWorker(ChildOutput, ChildStreams, ChildHost):
     """Answers the requests of one parent until `stop` or end of input.
 
     Every op runs to completion in the order its request arrived, outside the
@@ -216,6 +220,7 @@ class ChildWorker(ChildOutput, ChildStreams):
         streams = (sys.stdout, sys.stderr)
         self.direct_streams = streams if all(map(_writes_through, streams)) else (_LATER, _LATER)
         os.set_blocking(proto_in, False)
+        self.install_host_functions()
 
     # -- the loop ----------------------------------------------------------
 
@@ -340,14 +345,16 @@ class ChildWorker(ChildOutput, ChildStreams):
             from_parent = True
         else:
             target = self.ring.new_interrupt_target()
-            if target is not None and target != running:
+            if target is not None and target != running and not self.holds_for_host(target):
                 return
             from_parent = target is not None
         if running is None:
             return
         if from_parent:
             if self.ring is not None:
-                self.ring.take_interrupt(running)
+                # A request that waits for a host function stops through
+                # the nested request running now (ChildHost).
+                self.ring.take_interrupt(running if target is None else target)
             self.interrupted = True
         raise KeyboardInterrupt
 
@@ -373,9 +380,9 @@ class ChildWorker(ChildOutput, ChildStreams):
             if len(chunk) < _READ_CHUNK:
                 return True  # a short read leaves the pipe empty
 
-    def _spin(self):
+    def _spin(self, seconds=_SPIN_SECONDS):
         """Polls briefly for the next request; True if bytes (or end of input) came."""
-        deadline = time.perf_counter() + _SPIN_SECONDS
+        deadline = time.perf_counter() + seconds
         poll = self.poller.poll
         pause = self.pause
         while True:
@@ -398,22 +405,30 @@ class ChildWorker(ChildOutput, ChildStreams):
         Each reply is written before the next request starts: the parent
         takes the oldest unanswered request to be the one running, for its
         time limit and to know what a dead child had not started."""
-        inbox = self.inbox
-        header = FRAME_HEADER_SIZE
-        pos = 0
-        while len(inbox) - pos >= header and not self.stopping and not self.interrupted:
-            (size,) = _frame_size(inbox, pos)
-            if size > FRAME_LIMIT:
-                self._fail("a frame of %d bytes is over the %d GiB limit" % (size, FRAME_LIMIT >> 30))
-            start = pos + header
-            end = start + size
-            if end > len(inbox):
-                break
-            frame = inbox[start:end]
-            pos = end
+        while not self.stopping and not self.interrupted:
+            frame = self._take_frame()
+            if frame is None:
+                return
             self._handle_frame(frame)
             self._flush()
-        del inbox[:pos]
+
+    def _take_frame(self):
+        """The next whole frame, taken out of the inbox (before it is
+        handled: a sync host call handles the frames after it while its
+        request runs), or None."""
+        inbox = self.inbox
+        if len(inbox) < FRAME_HEADER_SIZE:
+            return None
+        (size,) = _frame_size(inbox, 0)
+        if size > FRAME_LIMIT:
+            self._fail("a frame of %d bytes is over the %d GiB limit" % (size, FRAME_LIMIT >> 30))
+        end = FRAME_HEADER_SIZE + size
+        if end > len(inbox):
+            return None
+        frame = inbox[FRAME_HEADER_SIZE:end]
+        # Dropping the front of a bytearray moves its start, not its bytes.
+        del inbox[:end]
+        return frame
 
     def _handle_frame(self, frame):
         call = None
@@ -493,6 +508,8 @@ class ChildWorker(ChildOutput, ChildStreams):
                 self._cancel(request)
             elif type(request) is list and request and request[0] == MSG_MORE:
                 self._more(request)
+            elif type(request) is list and request and request[0] == MSG_HOST_REPLY:
+                self._host_reply(request)
             else:
                 _say("ignoring a request without an id: %s" % _preview(request))
             return
@@ -921,6 +938,7 @@ def main():
         # programs it starts do not inherit the setting.
         del os.environ[ENV_MALLOC]
     take_output_setting()
+    take_host_setting()
     if sys.argv[1:2] == [ARG_ZYGOTE]:
         sys.exit(_zygote_main())
     share = sys.argv[1:2] == [ARG_SHARE_CORES]

@@ -184,3 +184,15 @@ pub(crate) const OUTPUT_LINE_CAP: usize = 64 << 10;
 /// `host::runtime`). Host functions mostly wait on I/O; two let one that
 /// computes for a while not hold up the rest.
 pub(crate) const HOST_RUNTIME_THREADS: usize = 2;
+
+/// How long a subprocess runner's host thread spins for the next sync host
+/// call before it parks: a Python loop of host calls sends the next one
+/// within microseconds of its reply, and a wake-up costs tens of them.
+#[cfg(feature = "subprocess")]
+pub(crate) const HOST_THREAD_SPIN: Duration = Duration::from_micros(100);
+
+/// How often a child's start, while its startup code or a replayed
+/// command waits for a host function, looks for the function's result
+/// and the commands it sends.
+#[cfg(feature = "subprocess")]
+pub(crate) const HOST_START_LOOK: Duration = Duration::from_millis(1);

@@ -137,14 +137,14 @@ impl CommandQueue {
         let _ = self.driver.set(driver);
     }
 
-    pub(super) fn driver(&self) -> Option<Arc<dyn Drive>> {
+    pub(crate) fn driver(&self) -> Option<Arc<dyn Drive>> {
         self.driver.get().and_then(Weak::upgrade)
     }
 
     /// Queues a job without waking the consumer, for a caller that drives
     /// the backend itself or wakes it after.
     #[allow(clippy::result_large_err)]
-    pub(super) fn push_quiet(&self, job: Job) -> Result<(), Job> {
+    pub(crate) fn push_quiet(&self, job: Job) -> Result<(), Job> {
         let mut jobs = self.lock();
         if self.is_closed() {
             return Err(job);

@@ -8,34 +8,38 @@
 //! on a socket when a command arrives.
 
 mod convert;
+mod host;
 mod init;
+mod namespace;
 mod output;
 mod streams;
 mod typed;
 mod watchdog;
 
 use std::collections::HashMap;
-use std::ffi::CString;
+use std::ops::Deref;
 use std::os::unix::io::AsRawFd;
 use std::os::unix::net::UnixStream;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pyo3::exceptions::{PyKeyboardInterrupt, PyNameError, PySystemExit};
+use pyo3::exceptions::{PyKeyboardInterrupt, PySystemExit};
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyModule, PyString, PyTuple};
+use pyo3::types::{PyDict, PyModule};
 use serde_json::Value;
 
 use crate::command::{
-    path_arg, prepare_in_process, start_backend_thread, Answer, CancelTarget, CommandQueue, Invoke,
-    Job, PathArg, Reply, Request, Responder, Returns, Serve,
+    prepare_in_process, start_backend_thread, CancelTarget, CommandQueue, Invoke, Job, Reply,
+    Request, Responder, Returns, Serve,
 };
 use crate::config::RunnerConfig;
 use crate::error::PyRunnerError;
 use crate::tuning::{LOOP_TURN_GAP, WORKER_SPIN};
 use crate::watchdog::Watchdog;
-use convert::{to_args, to_value, ToValueError};
+use convert::{to_args, ToValueError};
+use namespace::{Helpers, Namespace};
 use watchdog::AsyncExc;
 
 /// Deep Python recursion and deep values need room; the pages are only
@@ -47,6 +51,7 @@ pub(crate) fn spawn(config: &RunnerConfig, queue: Arc<CommandQueue>) -> Result<(
     let venv = config.venv.clone();
     let startup = config.startup.clone();
     let output = config.output.clone();
+    let host = config.host.clone();
     start_backend_thread("async_py-pyo3", STACK_SIZE, move |ready| {
         if let Err(err) = init::start_interpreter() {
             return ready.report(Err(err));
@@ -56,7 +61,9 @@ pub(crate) fn spawn(config: &RunnerConfig, queue: Arc<CommandQueue>) -> Result<(
         let _closing = CloseOnExit(queue.clone());
         Python::attach(|py| {
             queue.set_consumer();
-            match Worker::start(py, queue, venv.as_deref(), startup.as_deref(), output) {
+            let started =
+                Worker::start(py, queue, venv.as_deref(), startup.as_deref(), output, host);
+            match started {
                 Ok(mut worker) => {
                     ready.report(Ok(()));
                     worker.serve();
@@ -102,11 +109,12 @@ struct Awaiting {
 }
 
 struct Worker<'py> {
-    py: Python<'py>,
+    /// What plain commands need (the worker reads it through `Deref`).
+    ns: Namespace<'py>,
     queue: Arc<CommandQueue>,
-    globals: Bound<'py, PyDict>,
-    builtins: Bound<'py, PyModule>,
-    helpers: Helpers<'py>,
+    host: host::Host,
+    /// Set by the watchdog when it interrupts a command (see `watchdog`).
+    interrupted: Arc<AtomicBool>,
     driver: Option<Bound<'py, PyAny>>,
     /// Keeps the read end of the loop's wake-up socket open.
     wake_read: Option<UnixStream>,
@@ -119,34 +127,6 @@ struct Worker<'py> {
     streams: streams::Streams<'py>,
 }
 
-/// Functions of the worker's in-process helpers (`python/helpers.py`), looked up once.
-struct Helpers<'py> {
-    module: Bound<'py, PyModule>,
-    run_code: Bound<'py, PyAny>,
-    eval_expr: Bound<'py, PyAny>,
-    run_file: Bound<'py, PyAny>,
-    set_venv: Bound<'py, PyAny>,
-    describe_error: Bound<'py, PyAny>,
-    table_form: Bound<'py, PyAny>,
-}
-
-impl<'py> Helpers<'py> {
-    fn load(py: Python<'py>) -> PyResult<Self> {
-        let source =
-            CString::new(crate::worker_source::HELPERS_PY).expect("helpers.py holds no NUL byte");
-        let module = PyModule::from_code(py, &source, c"async_py/worker.py", c"async_py_worker")?;
-        Ok(Helpers {
-            run_code: module.getattr("run_code")?,
-            eval_expr: module.getattr("eval_expr")?,
-            run_file: module.getattr("run_file")?,
-            set_venv: module.getattr("set_venv")?,
-            describe_error: module.getattr("describe_error")?,
-            table_form: module.getattr("table_form")?,
-            module,
-        })
-    }
-}
-
 impl<'py> Worker<'py> {
     fn start(
         py: Python<'py>,
@@ -154,6 +134,7 @@ impl<'py> Worker<'py> {
         venv: Option<&std::path::Path>,
         startup: Option<&str>,
         output: Option<crate::output::OutputSink>,
+        host: Option<crate::host::HostSetup>,
     ) -> Result<Self, PyRunnerError> {
         let load_error = |err: PyErr| {
             PyRunnerError::Startup(format!("could not load the worker helpers: {err}"))
@@ -166,12 +147,21 @@ impl<'py> Worker<'py> {
             .and_then(|g| Ok(g.cast_into::<PyDict>()?))
             .map_err(load_error)?;
         let builtins = PyModule::import(py, "builtins").map_err(load_error)?;
-        let mut worker = Worker {
+        let ns = Namespace {
             py,
-            queue,
             globals,
             builtins,
             helpers,
+        };
+        let interrupted = Arc::new(AtomicBool::new(false));
+        let host = host::Host::install(&ns, &queue, host, &interrupted).map_err(|err| {
+            PyRunnerError::Startup(format!("could not install the host functions: {err}"))
+        })?;
+        let mut worker = Worker {
+            ns,
+            queue,
+            host,
+            interrupted,
             driver: None,
             wake_read: None,
             awaiting: HashMap::new(),
@@ -191,6 +181,15 @@ impl<'py> Worker<'py> {
             |code| worker.run_helper(&worker.helpers.run_code, code).map(drop),
         )?;
         Ok(worker)
+    }
+}
+
+/// The worker's plain part: `self.py`, `self.globals`, `self.resolve(..)`.
+impl<'py> Deref for Worker<'py> {
+    type Target = Namespace<'py>;
+
+    fn deref(&self) -> &Namespace<'py> {
+        &self.ns
     }
 }
 
@@ -247,6 +246,9 @@ impl Serve for Worker<'_> {
                 err.write_unraisable(self.py, Some(&driver));
             }
         }
+        // What the cancelled coroutines still awaited from async host
+        // functions is dropped.
+        self.host.abort_all();
         for (_, waiting) in self.awaiting.drain() {
             waiting.reply.send(Err(PyRunnerError::Stopped));
         }
@@ -275,7 +277,7 @@ impl Serve for Worker<'_> {
             Request::Invoke(invoke) => return self.invoke(invoke, reply, timeout),
             Request::Cancel(target) => return self.cancel(&target),
             Request::Stream(feed) => return self.stream_signal(&feed),
-            Request::HostDone { .. } => return,
+            Request::HostDone { token, result } => return self.host.done(self.py, token, result),
             _ => {}
         }
         let mut started = self.watchdog.take();
@@ -296,6 +298,15 @@ impl Serve for Worker<'_> {
 }
 
 impl<'py> Worker<'py> {
+    /// A plain command; a captured run goes through the router this
+    /// worker keeps.
+    fn run_request(&self, request: Request) -> Reply {
+        match request {
+            Request::RunCaptured { code } => self.run_captured(self.output_router()?, &code),
+            request => self.ns.run_request(request),
+        }
+    }
+
     /// How the watchdog stops a command past its limit: `RunnerTimeout`
     /// raised in this thread.
     fn interrupter(&self) -> Result<watchdog::AsyncExc, PyRunnerError> {
@@ -304,45 +315,10 @@ impl<'py> Worker<'py> {
             .module
             .getattr("RunnerTimeout")
             .map_err(|err| self.python_error(err))?;
-        Ok(watchdog::interrupt_this_thread(exception.unbind()))
-    }
-
-    fn run_request(&self, request: Request) -> Reply {
-        match request {
-            Request::Run { code } | Request::Broadcast { code, .. } => self
-                .run_helper(&self.helpers.run_code, &code)
-                .map(|_| Answer::Value(Value::Null)),
-            Request::RunFile { path } => self
-                .helpers
-                .run_file
-                .call1((self.path_arg(&path), &self.globals))
-                .map(|_| Answer::Value(Value::Null))
-                .map_err(|err| self.python_error(err)),
-            Request::Eval { expr } => {
-                let result = self.run_helper(&self.helpers.eval_expr, &expr)?;
-                self.to_value(&result)
-            }
-            Request::ReadVariable { name } => {
-                let value = self.resolve(&name).map_err(|err| self.python_error(err))?;
-                self.to_value(&value)
-            }
-            Request::CallFunction { name, args } => {
-                let function = self.resolve(&name).map_err(|err| self.python_error(err))?;
-                let args = to_args(self.py, &args)?;
-                let result = function.call1(args).map_err(|err| self.python_error(err))?;
-                self.to_value(&result)
-            }
-            Request::SetVenv { dir } => self.set_venv(&dir).map(|_| Answer::Value(Value::Null)),
-            Request::RunCaptured { code } => self.run_captured(&code),
-            Request::CallAsyncFunction { .. }
-            | Request::Invoke(_)
-            | Request::Cancel(_)
-            | Request::Stream(_)
-            | Request::HostDone { .. }
-            | Request::Stop => {
-                unreachable!("handled by serve and execute")
-            }
-        }
+        Ok(watchdog::interrupt_this_thread(
+            exception.unbind(),
+            self.interrupted.clone(),
+        ))
     }
 
     /// A call of the call builder: its function runs here, under the
@@ -432,26 +408,6 @@ impl<'py> Worker<'py> {
         }
     }
 
-    /// Calls the function an invoke names with its arguments.
-    /// Calls the function an invoke names with its arguments. The
-    /// arguments come back with the result, to be dropped after the reply:
-    /// freeing a large argument (100 000 ints, say) takes as long as
-    /// making it, and the caller need not wait for that.
-    fn call_invoked(
-        &self,
-        invoke: &Invoke,
-    ) -> Result<(Bound<'py, PyAny>, Spent<'py>), PyRunnerError> {
-        let function = self
-            .resolve(&invoke.name)
-            .map_err(|err| self.python_error(err))?;
-        let args = typed::args_to_python(self.py, &invoke.args)?;
-        let kwargs = typed::kwargs_to_python(self.py, &invoke.kwargs)?;
-        let result = function
-            .call(&args, kwargs.as_ref())
-            .map_err(|err| self.python_error(err))?;
-        Ok((result, (args, kwargs)))
-    }
-
     /// Cancels the coroutine of the command whose caller gave up, if one runs.
     fn cancel(&mut self, target: &CancelTarget) {
         let Some(token) = self
@@ -467,113 +423,6 @@ impl<'py> Worker<'py> {
         };
         if let Err(err) = driver.call_method1(intern!(self.py, "cancel"), (token,)) {
             err.write_unraisable(self.py, Some(&driver));
-        }
-    }
-
-    /// A result, read as the call asked.
-    fn read_result(&self, obj: &Bound<'py, PyAny>, returns: Returns) -> Reply {
-        let Returns::Typed(readers) = returns else {
-            return self.to_value(obj);
-        };
-        let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            (readers.pyo3)(obj, &self.helpers.table_form)
-        }));
-        let Ok(read) = read else {
-            return Err(PyRunnerError::Conversion(
-                "the value changed while it was being read".into(),
-            ));
-        };
-        read.map(Answer::Typed).map_err(|err| match err {
-            ToValueError::Python(err) => self.python_error(err),
-            ToValueError::Conversion(why) => PyRunnerError::Conversion(why),
-        })
-    }
-
-    fn run_helper(
-        &self,
-        helper: &Bound<'py, PyAny>,
-        text: &str,
-    ) -> Result<Bound<'py, PyAny>, PyRunnerError> {
-        helper
-            .call1((text, &self.globals))
-            .map_err(|err| self.python_error(err))
-    }
-
-    fn set_venv(&self, dir: &std::path::Path) -> Result<(), PyRunnerError> {
-        self.helpers
-            .set_venv
-            .call1((self.path_arg(dir),))
-            .map(drop)
-            .map_err(|err| self.python_error(err))
-    }
-
-    /// A path for the helpers (see [`PathArg`]).
-    fn path_arg(&self, path: &std::path::Path) -> Bound<'py, PyAny> {
-        match path_arg(path) {
-            PathArg::Text(text) => PyString::new(self.py, text).into_any(),
-            PathArg::Bytes(bytes) => PyBytes::new(self.py, &bytes).into_any(),
-        }
-    }
-
-    /// `a.b.c`: `a` from the runner's globals (or builtins), then attributes.
-    fn resolve(&self, name: &str) -> PyResult<Bound<'py, PyAny>> {
-        let mut parts = name.split('.');
-        let first = parts.next().unwrap_or_default();
-        let mut target = match self.globals.get_item(first)? {
-            Some(found) => found,
-            None => match self.builtins.getattr(first) {
-                Ok(found) if !first.is_empty() => found,
-                _ => {
-                    return Err(PyNameError::new_err(format!(
-                        "name '{first}' is not defined"
-                    )))
-                }
-            },
-        };
-        for part in parts {
-            target = target.getattr(part)?;
-        }
-        Ok(target)
-    }
-
-    fn to_value(&self, obj: &Bound<'py, PyAny>) -> Reply {
-        // Reading Python objects runs their code (`__str__`), which can
-        // change them under the reader; should that ever panic in pyo3,
-        // the command fails, not the runner's thread.
-        let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            to_value(obj, &self.helpers.table_form)
-        }));
-        let Ok(read) = read else {
-            return Err(PyRunnerError::Conversion(
-                "the value changed while it was being read".into(),
-            ));
-        };
-        read.map(Answer::Value).map_err(|err| match err {
-            ToValueError::Python(err) => self.python_error(err),
-            ToValueError::Conversion(why) => PyRunnerError::Conversion(why),
-        })
-    }
-
-    fn python_error(&self, err: PyErr) -> PyRunnerError {
-        let exception = err.into_value(self.py).into_bound(self.py);
-        self.exception_error(exception.as_any())
-    }
-
-    fn exception_error(&self, exception: &Bound<'py, PyAny>) -> PyRunnerError {
-        match self
-            .helpers
-            .describe_error
-            .call1((exception,))
-            .and_then(|d| d.extract::<(String, String, Option<String>)>())
-        {
-            Ok((kind, message, traceback)) => PyRunnerError::Python {
-                kind,
-                message,
-                traceback,
-            },
-            Err(_) => {
-                PyRunnerError::python("Exception", "an exception that could not be described")
-            }
         }
     }
 
@@ -647,7 +496,9 @@ impl<'py> Worker<'py> {
         let Some(driver) = self.driver.clone() else {
             return;
         };
+        self.host.set_turning(true);
         let finished = driver.call_method1(intern!(self.py, "turn"), (block,));
+        self.host.set_turning(false);
         self.last_turn = Instant::now();
         let finished = match finished {
             Ok(finished) => finished,
@@ -697,9 +548,6 @@ impl<'py> Worker<'py> {
         }
     }
 }
-
-/// A call's arguments, kept until its reply is sent.
-type Spent<'py> = (Bound<'py, PyTuple>, Option<Bound<'py, PyDict>>);
 
 /// What a called function returned, as an invoke treats it.
 enum ResultKind {

@@ -14,6 +14,7 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyCFunction, PyList, PyTuple};
 
+use super::namespace::Namespace;
 use super::Worker;
 use crate::command::{Answer, Reply, Responder};
 use crate::error::PyRunnerError;
@@ -115,16 +116,11 @@ impl Drop for CaptureScope<'_> {
 }
 
 impl<'py> Worker<'py> {
-    fn output_router(&self) -> Result<&Bound<'py, PyAny>, PyRunnerError> {
+    pub(super) fn output_router(&self) -> Result<&Bound<'py, PyAny>, PyRunnerError> {
         if let Some(router) = self.output.router.get() {
             return Ok(router);
         }
-        let router = self
-            .helpers
-            .module
-            .getattr(intern!(self.py, "output_router"))
-            .and_then(|make| make.call1((crate::tuning::CAPTURE_CAP,)))
-            .map_err(|err| self.python_error(err))?;
+        let router = self.ns.output_router()?;
         Ok(self.output.router.get_or_init(|| router))
     }
 
@@ -220,10 +216,24 @@ impl<'py> Worker<'py> {
             Err(err) => Err((reply, err)),
         }
     }
+}
 
+impl<'py> Namespace<'py> {
     /// `exec(code).capture_output()`.
-    pub(super) fn run_captured(&self, code: &str) -> Reply {
-        let router = self.output_router()?;
+    pub(super) fn run_captured(&self, router: &Bound<'py, PyAny>, code: &str) -> Reply {
+        self.captured(router, || {
+            self.run_helper(&self.helpers.run_code, code)
+                .map(|_| Answer::Value(serde_json::Value::Null))
+        })
+    }
+
+    /// Runs `body` (a command that runs to its end here) with its output
+    /// captured: its success comes with what it wrote.
+    pub(super) fn captured(
+        &self,
+        router: &Bound<'py, PyAny>,
+        body: impl FnOnce() -> Reply,
+    ) -> Reply {
         let capture = router
             .call_method0(intern!(self.py, "begin_capture"))
             .map_err(|err| self.python_error(err))?;
@@ -231,14 +241,10 @@ impl<'py> Worker<'py> {
             router: router.clone(),
             capture: capture.clone(),
         };
-        let ran = self.run_helper(&self.helpers.run_code, code);
+        let ran = body();
         drop(scope);
         let written = finish(&capture)?;
-        ran?;
-        Ok(Answer::Captured(Box::new((
-            Answer::Value(serde_json::Value::Null),
-            written,
-        ))))
+        Ok(Answer::Captured(Box::new((ran?, written))))
     }
 }
 

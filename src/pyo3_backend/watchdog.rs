@@ -14,18 +14,24 @@ use crate::watchdog::{Interrupt, Watchdog};
 
 pub(crate) struct AsyncExc {
     /// Set when an asynchronous exception was sent, so the worker clears any
-    /// that is still pending when the command ends on its own.
-    interrupted: AtomicBool,
+    /// that is still pending when the command ends on its own; a sync host
+    /// function that returns while it is set raises at once (see
+    /// `super::host`).
+    interrupted: Arc<AtomicBool>,
     worker_thread: c_long,
     exception: Py<PyAny>,
 }
 
-/// Raises `exception` in the calling worker thread. Call it on that thread.
-pub(crate) fn interrupt_this_thread(exception: Py<PyAny>) -> AsyncExc {
+/// Raises `exception` in the calling worker thread, noting it in
+/// `interrupted`. Call it on that thread.
+pub(crate) fn interrupt_this_thread(
+    exception: Py<PyAny>,
+    interrupted: Arc<AtomicBool>,
+) -> AsyncExc {
     // SAFETY: plain query of the calling thread's identifier; it has no preconditions.
     let worker_thread = unsafe { pyo3::ffi::PyThread_get_thread_ident() } as c_long;
     AsyncExc {
-        interrupted: AtomicBool::new(false),
+        interrupted,
         worker_thread,
         exception,
     }

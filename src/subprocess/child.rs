@@ -52,6 +52,11 @@ use crate::wire::{FrameReader, FromChild, Hello, WireError};
 const OUTPUT_ENV: &str = "ASYNC_PY_OUTPUT";
 const OUTPUT_FRAMES: &str = "frames";
 
+/// Set in a child's environment (`ENV_HOST` of `python/protocol.py`): the
+/// runner's host functions, which the child's `async_py.host` names. The
+/// child removes it before any user code runs.
+const HOST_ENV: &str = "ASYNC_PY_HOST";
+
 /// The largest piece of the worker's source passed as one argument: Linux
 /// refuses an argument past 128 KiB (`MAX_ARG_STRLEN`), and the joined
 /// worker is larger.
@@ -100,6 +105,8 @@ pub(crate) struct LaunchSpec {
     /// frames, and its stderr's lines go here instead of this process's
     /// stderr.
     pub output: Option<crate::output::OutputSink>,
+    /// The runner's host functions as the child is told them, if it has any.
+    pub host: Option<String>,
 }
 
 impl LaunchSpec {
@@ -134,6 +141,9 @@ impl LaunchSpec {
         }
         if self.output.is_some() {
             command.env(OUTPUT_ENV, OUTPUT_FRAMES);
+        }
+        if let Some(host) = &self.host {
+            command.env(HOST_ENV, host);
         }
         if let Some(dir) = &self.current_dir {
             command.current_dir(dir);
@@ -257,7 +267,9 @@ impl ChildProcess {
                 | FromChild::Output { .. }
                 | FromChild::Captured { .. }
                 | FromChild::Streaming { .. }
-                | FromChild::Item { .. },
+                | FromChild::Item { .. }
+                | FromChild::Host { .. }
+                | FromChild::HostCancel { .. },
             ) => Err("its first frame was not a hello".into()),
             // A frame that did not decode comes with the error.
             Err(NoFrame::Bad(err)) => {

@@ -33,12 +33,22 @@ pub(super) enum Kind {
     /// here only a backstop past it, while the child may send, is judged.
     /// It had always started.
     Stream,
+    /// Sent by a host function to the child that waits for it: the child
+    /// runs it at once, inside the request that called the host function,
+    /// so it is not in the line (the caller of the host function is). Its
+    /// limit runs from when it was sent. Once sent, it counts as started.
+    Nested,
 }
 
 impl Kind {
     /// Whether it runs outside the child's line: judged by its backstop.
     fn off_the_line(self) -> bool {
         matches!(self, Kind::Coroutine | Kind::Stream)
+    }
+
+    /// Whether it waits its turn in the child's line.
+    fn in_line(self) -> bool {
+        matches!(self, Kind::Sync | Kind::Stop)
     }
 }
 
@@ -201,9 +211,10 @@ impl<T> Flights<T> {
         let deadline = match (kind, limit) {
             (Kind::Coroutine, Some(limit)) => Some(now + limit + COROUTINE_BACKSTOP),
             (Kind::Sync | Kind::Stop, Some(limit)) if self.line.is_empty() => Some(now + limit),
+            (Kind::Nested, Some(limit)) => Some(now + limit),
             _ => None,
         };
-        if !kind.off_the_line() {
+        if kind.in_line() {
             self.line.push_back(id);
         }
         self.timed += usize::from(limit.is_some());
@@ -226,7 +237,7 @@ impl<T> Flights<T> {
     pub fn answered(&mut self, id: u64, now: impl FnOnce() -> Instant) -> Option<Flight<T>> {
         let done = self.by_id.remove(&id)?;
         self.timed -= usize::from(done.limit.is_some());
-        if !done.kind.off_the_line() {
+        if done.kind.in_line() {
             if self.line.front() == Some(&id) {
                 self.line.pop_front();
             } else {
@@ -245,7 +256,7 @@ impl<T> Flights<T> {
         let Some(flight) = self.by_id.get_mut(&id) else {
             return false;
         };
-        if flight.kind != Kind::Sync {
+        if !matches!(flight.kind, Kind::Sync | Kind::Nested) {
             return false;
         }
         flight.kind = Kind::Coroutine;
@@ -270,7 +281,7 @@ impl<T> Flights<T> {
         let Some(flight) = self.by_id.get_mut(&id) else {
             return false;
         };
-        if flight.kind != Kind::Sync {
+        if !matches!(flight.kind, Kind::Sync | Kind::Nested) {
             return false;
         }
         flight.kind = Kind::Stream;
@@ -372,6 +383,18 @@ impl<T> Flights<T> {
                 }
             }
         }
+        // A nested request runs as soon as the child reads it, inside the
+        // request that waits for its host function.
+        for (&id, flight) in self.by_id.iter_mut() {
+            if flight.kind != Kind::Nested || !overdue(flight.deadline) {
+                continue;
+            }
+            let limit = flight.limit.unwrap_or_default();
+            if !seen.off_the_line() {
+                return Due::Sync { id, limit };
+            }
+            flight.deadline = Some(now + limit);
+        }
         if seen == Seen::Unknown && !self.line.is_empty() {
             return Due::Nothing;
         }
@@ -419,9 +442,11 @@ impl<T> Flights<T> {
                 } => match flight.kind {
                     Kind::Coroutine => id > last_coroutine,
                     Kind::Sync | Kind::Stop => Some(id) != sync_started,
-                    Kind::Stream => false,
+                    Kind::Stream | Kind::Nested => false,
                 },
             };
+            // A nested request ran inside the one that waited for it.
+            let never_started = never_started && flight.kind != Kind::Nested;
             // Items of an open stream went out: it is never run again.
             let never_started = never_started && flight.kind != Kind::Stream;
             if never_started {
@@ -748,5 +773,52 @@ mod tests {
         // Its own slice, the one its clock started in: blamed at once.
         let own = Seen::Stream { id: 1, slice: 7 };
         assert_eq!(flights.judge(after(2), own), Due::Coroutine { id: 1 });
+    }
+
+    #[test]
+    fn a_nested_request_runs_past_the_line_on_its_own_clock_and_always_started() {
+        let clock = Clock::new();
+        let mut flights = Flights::default();
+        flights.sent(
+            1,
+            "waits for a host function",
+            Kind::Sync,
+            None,
+            clock.at(0),
+        );
+        flights.sent(2, "queued behind", Kind::Sync, Some(50 * MS), clock.at(0));
+        flights.sent(3, "nested", Kind::Nested, Some(100 * MS), clock.at(10));
+        // Not in the line: the one that waits is still its head.
+        assert_eq!(flights.head(), Some(1));
+        assert_eq!(flights.judge(clock.at(109), Seen::Outside), Due::Nothing);
+        assert_eq!(
+            flights.judge(clock.at(110), Seen::Outside),
+            Due::Sync {
+                id: 3,
+                limit: 100 * MS
+            }
+        );
+        // Seen in the event loop, it cannot be running: its clock starts again.
+        assert_eq!(flights.judge(clock.at(120), Seen::Loop), Due::Nothing);
+        assert_eq!(flights.next_deadline(clock.at(120)), Some(clock.at(220)));
+        // Lost while the first waited: the nested one had started; the one
+        // queued behind had not.
+        let (started, unstarted) = flights.drain_after_loss(Reached::Upto(Some(1)));
+        let started: Vec<u64> = started.into_iter().map(|(id, _)| id).collect();
+        assert_eq!(started, vec![1, 3]);
+        assert_eq!(unstarted, vec!["queued behind"]);
+    }
+
+    #[test]
+    fn a_nested_request_answered_leaves_the_line_as_it_was() {
+        let clock = Clock::new();
+        let mut flights = Flights::default();
+        flights.sent(1, "waits", Kind::Sync, Some(MS * 1000), clock.at(0));
+        flights.sent(2, "nested", Kind::Nested, None, clock.at(1));
+        assert!(flights.answered(2, || clock.at(2)).is_some());
+        assert_eq!(flights.head(), Some(1));
+        assert!(flights.line_busy());
+        assert!(flights.became_coroutine(1, clock.at(3)));
+        assert!(!flights.line_busy());
     }
 }

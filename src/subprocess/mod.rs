@@ -115,6 +115,7 @@ fn spawn_with(
         replay: config.replay && companion.is_none(),
         companion,
         timeout: config.timeout,
+        host: config.host.clone(),
         supervision,
     };
     // Every child is started by the supervisor thread, which lives as long
@@ -150,6 +151,11 @@ fn launch_spec(
         zygote,
         share_cores,
         output: config.output.clone(),
+        host: config
+            .host
+            .as_ref()
+            .filter(|host| !host.table.is_empty())
+            .map(|host| supervisor::host_setting(&host.table)),
     })
 }
 

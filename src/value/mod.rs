@@ -102,6 +102,12 @@ pub(crate) fn checked_args(args: Vec<Value>) -> Result<Vec<Value>, PyRunnerError
     Ok(args)
 }
 
+/// Whether `value` nests past [`MAX_DEPTH`].
+#[cfg(feature = "subprocess")]
+pub(crate) fn nests_too_deep(value: &Value) -> bool {
+    nests_past(value, 0)
+}
+
 /// Whether `value`, found at `depth`, reaches past [`MAX_DEPTH`]. The
 /// recursion stops there, so its own depth is bounded.
 fn nests_past(value: &Value, depth: usize) -> bool {

@@ -2,7 +2,7 @@
 //! from a frame's bytes by the fast decoder of `decode.rs`.
 
 use bytes::Bytes;
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use super::decode::{self, Item};
 use super::PROTOCOL_VERSION;
@@ -69,6 +69,19 @@ pub(crate) enum FromChild {
     Item {
         id: u64,
         item: Answer,
+    },
+    /// Python called host function `name`; `hid`, the child's, names the
+    /// call in the reply (`host_reply`).
+    Host {
+        hid: u64,
+        name: String,
+        args: Vec<Value>,
+        kwargs: Map<String, Value>,
+    },
+    /// The coroutine that awaited async host call `hid` was cancelled: its
+    /// future is dropped, and no reply is sent.
+    HostCancel {
+        hid: u64,
     },
 }
 
@@ -170,6 +183,16 @@ impl FromChild {
             let on_loop = items.next()?.and_then(|v| v.as_bool()).unwrap_or(true);
             return Ok(FromChild::Streaming { id, on_loop });
         }
+        if head.as_str() == Some("host") {
+            return Self::read_host(items);
+        }
+        if head.as_str() == Some("host_cancel") {
+            let hid = items
+                .next()?
+                .and_then(|v| v.as_u64())
+                .ok_or_else(|| malformed("host_cancel without a call id"))?;
+            return Ok(FromChild::HostCancel { hid });
+        }
         if head.as_str() == Some("hello") {
             let version = items
                 .next()?
@@ -258,6 +281,30 @@ impl FromChild {
 }
 
 impl FromChild {
+    /// `["host", hid, name, [arg, ...], {name: arg, ...}]`.
+    fn read_host(items: &mut decode::Items<'_>) -> Result<FromChild, Bad> {
+        let hid = items
+            .next()?
+            .and_then(|v| v.as_u64())
+            .ok_or_else(|| malformed("host without a call id"))?;
+        let name = items
+            .next()?
+            .and_then(Item::into_string)
+            .ok_or_else(|| malformed("host without a function name"))?;
+        let Some(Item::Other(Value::Array(args))) = items.next()? else {
+            return Err(malformed("host without its arguments").into());
+        };
+        let Some(Item::Other(Value::Object(kwargs))) = items.next()? else {
+            return Err(malformed("host without its keyword arguments").into());
+        };
+        Ok(FromChild::Host {
+            hid,
+            name,
+            args,
+            kwargs,
+        })
+    }
+
     /// `["output", stream, [line, ...]]`.
     fn read_output(items: &mut decode::Items<'_>) -> Result<FromChild, Bad> {
         let stream = items

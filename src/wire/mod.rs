@@ -30,7 +30,7 @@ use crate::error::PyRunnerError;
 /// The protocol version this crate speaks; the child's hello must match
 /// (`PROTOCOL_VERSION` of `python/protocol.py`, checked by
 /// `tests/python/test_protocol.py`).
-pub(crate) const PROTOCOL_VERSION: u64 = 4;
+pub(crate) const PROTOCOL_VERSION: u64 = 5;
 
 /// Why the codec failed, as the [`PyRunnerError`] it turns into (`?` does
 /// it); it displays as that error does. A frame that was cut whole but

@@ -93,6 +93,12 @@ pub(crate) enum ToChild<'a> {
     Stop {
         id: u64,
     },
+    /// `["host_reply", hid, ok, value]`: host call `hid` returned `value`
+    /// (`ok`) or failed with the message `value`. No reply.
+    HostReply {
+        hid: u64,
+        result: &'a Result<Value, String>,
+    },
 }
 
 impl<'a> ToChild<'a> {
@@ -160,6 +166,7 @@ impl<'a> ToChild<'a> {
             | ToChild::More { id, .. }
             | ToChild::Cancel { id }
             | ToChild::Stop { id } => id,
+            ToChild::HostReply { hid, .. } => hid,
         }
     }
 
@@ -182,6 +189,7 @@ impl<'a> ToChild<'a> {
             ToChild::More { .. } => "more",
             ToChild::Cancel { .. } => "cancel",
             ToChild::Stop { .. } => "stop",
+            ToChild::HostReply { .. } => "host_reply",
         }
     }
 
@@ -273,6 +281,17 @@ impl Serialize for ToChild<'_> {
             array.serialize_element(&granted)?;
             return array.end();
         }
+        if let ToChild::HostReply { hid, result } = *self {
+            let mut array = serializer.serialize_tuple(4)?;
+            array.serialize_element(self.op())?;
+            array.serialize_element(&hid)?;
+            array.serialize_element(&result.is_ok())?;
+            match result {
+                Ok(value) => array.serialize_element(value)?,
+                Err(message) => array.serialize_element(message)?,
+            }
+            return array.end();
+        }
         if let ToChild::Cancel { id } = *self {
             let mut array = serializer.serialize_tuple(2)?;
             array.serialize_element(self.op())?;
@@ -311,7 +330,8 @@ impl Serialize for ToChild<'_> {
             | ToChild::Invoke { .. }
             | ToChild::Stream { .. }
             | ToChild::More { .. }
-            | ToChild::Cancel { .. } => {}
+            | ToChild::Cancel { .. }
+            | ToChild::HostReply { .. } => {}
         }
         array.end()
     }

@@ -34,6 +34,8 @@ mod fault_user_code;
 #[cfg(feature = "subprocess")]
 mod host_child;
 #[cfg(feature = "subprocess")]
+mod host_wire;
+#[cfg(feature = "subprocess")]
 mod output_child;
 #[cfg(feature = "subprocess")]
 mod pool_calls;
@@ -59,6 +61,8 @@ mod pool_timeout;
 mod pool_zygote;
 #[cfg(feature = "pyo3")]
 mod pyo3;
+#[cfg(feature = "pyo3")]
+mod pyo3_host;
 #[cfg(feature = "pyo3")]
 mod pyo3_startup;
 #[cfg(feature = "subprocess")]

@@ -68,10 +68,17 @@ async fn every_worker_has_the_functions_and_its_own_runner() {
     pool.run(CODE).await.unwrap();
     let pids = check_every_worker(&pool, 20).await;
     assert_eq!(pids.len(), 2, "both workers answered: {pids:?}");
-    let answers = pool
-        .map("awaited", (0..6).map(|i| vec![json!(i)]).collect())
-        .await;
-    for (i, answer) in answers.into_iter().enumerate() {
+    // Awaited on the workers' loops, the calls spread over both workers.
+    let calls: Vec<_> = (0..6)
+        .map(|i| {
+            let pool = pool.clone();
+            tokio::spawn(async move { pool.call("awaited").arg(i).into_future().await })
+        })
+        .collect();
+    for (i, call) in calls.into_iter().enumerate() {
+        let answer = within_10s("an async host call on a pool", call)
+            .await
+            .unwrap();
         assert_eq!(answer.unwrap()[1], json!(i));
     }
 }

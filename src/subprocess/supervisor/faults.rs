@@ -125,8 +125,17 @@ impl Core {
                 last_coroutine,
                 sync_started,
             },
-            _ => Reached::Upto(last_started.or(self.flights.head())),
+            // A child waiting for a sync host function serves what its
+            // pipe holds: what was sent before its last host call may have
+            // run.
+            _ => Reached::Upto(
+                last_started
+                    .or(self.flights.head())
+                    .map(|head| head.max(self.host.sent_before_call.unwrap_or(0))),
+            ),
         };
+        // Its host calls are forgotten: a result that comes later is dropped.
+        self.host_forget_child();
         let (started, replay) = self.flights.drain_after_loss(reached);
         for (id, flight) in started {
             let job = flight.item;
@@ -259,6 +268,7 @@ impl Core {
     /// Ends the child: on `stop`, after it has answered; when dropped, by end
     /// of file on its requests and then, after a grace, by force.
     pub(super) fn shut_down(&mut self) {
+        self.host_forget_child();
         for job in self.queue.close() {
             job.reply.send(Err(PyRunnerError::Stopped));
         }

@@ -16,6 +16,7 @@
 //! `seat` is the thread and the driving caller's seat.
 
 mod faults;
+mod host;
 mod output;
 mod replies;
 mod seat;
@@ -42,8 +43,9 @@ use super::Companion;
 use crate::command::{Answer, CommandQueue, Drive, Job, Reply, Request};
 use crate::error::PyRunnerError;
 use crate::tuning::{
-    Supervision, BLIND_LOOK, EXIT_CHECK, EXIT_GRACE, GATHER, INTERRUPT_GRACE, LEAVE_WINDOW_NANOS,
-    PIPE_END_GRACE, QUICK_DEATH, QUICK_DEATH_RETRY, START_RETRY, START_RETRY_MAX,
+    Supervision, BLIND_LOOK, EXIT_CHECK, EXIT_GRACE, GATHER, HOST_START_LOOK, INTERRUPT_GRACE,
+    LEAVE_WINDOW_NANOS, PIPE_END_GRACE, QUICK_DEATH, QUICK_DEATH_RETRY, START_RETRY,
+    START_RETRY_MAX,
 };
 use crate::wire::{ChildCodec, FrameReader, FromChild, Outcome, ToChild};
 use tokio_util::codec::Encoder;
@@ -61,6 +63,8 @@ pub(crate) struct Settings {
     pub companion: Option<Arc<dyn Companion>>,
     /// The per-command limit, which replayed runs get too.
     pub timeout: Option<Duration>,
+    /// The runner's host functions, if it has any.
+    pub host: Option<crate::host::HostSetup>,
     /// A fresh child replays what the runner did (with a companion, the
     /// companion says what a fresh child replays instead).
     pub replay: bool,
@@ -81,6 +85,7 @@ enum Loss {
     },
 }
 
+pub(crate) use host::child_setting as host_setting;
 pub(crate) use seat::Shared;
 use seat::WaitPlan;
 use start::changes_child;
@@ -138,6 +143,8 @@ pub(crate) struct Core {
     /// What captured requests in flight wrote (a `captured` frame), until
     /// their replies come (see `output`).
     written: HashMap<u64, crate::output::Written>,
+    /// The child's host calls (see `host`).
+    host: host::HostCalls,
 }
 
 impl Core {
@@ -149,6 +156,7 @@ impl Core {
         first_start_by: Option<Instant>,
     ) -> Result<Core, PyRunnerError> {
         let remembered = settings.replay.then(Vec::new);
+        let host = host::HostCalls::new(settings.host.clone());
         let mut core = Core {
             queue,
             reader: FrameReader::new(settings.frame_limit),
@@ -175,6 +183,7 @@ impl Core {
             replay_failure: None,
             next_exit_look: None,
             written: HashMap::new(),
+            host,
         };
         let start_timeout = core.settings.spec.hello_timeout;
         if let Some(by) = first_start_by {

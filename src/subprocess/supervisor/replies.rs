@@ -115,77 +115,102 @@ impl Core {
                     self.stream_item(id, item)?;
                     continue;
                 }
+                FromChild::Host {
+                    hid,
+                    name,
+                    args,
+                    kwargs,
+                } => {
+                    self.host_call(hid, name, args, kwargs)?;
+                    continue;
+                }
+                FromChild::HostCancel { hid } => {
+                    self.host_cancelled(hid);
+                    continue;
+                }
                 FromChild::Hello(_) => {
                     return Err(PyRunnerError::Protocol(
                         "a second hello from the child".into(),
                     ))
                 }
             };
-            let Some(Flight { item: done, .. }) = self.flights.answered(id, Instant::now) else {
-                return Err(PyRunnerError::Protocol(format!(
-                    "a reply to unknown request {id}"
-                )));
-            };
-            if self.interrupting.is_some() && self.interrupted == Some(id) {
-                self.interrupted_request_answered(id);
-            }
-            if matches!(done.request, Request::Stop) {
-                // Answered once the child is reaped, in `shut_down`.
-                self.stop_done = Some(done);
-                continue;
-            }
-            let reply = match outcome {
-                Outcome::Done(reply) => reply,
-                Outcome::TimedOut => Err(PyRunnerError::Timeout(done.timeout.unwrap_or_default())),
-            };
-            if reply.is_ok()
-                && super::streams::feed_of(&done.request).is_some()
-                && !self.streams.contains_key(&id)
-            {
-                // A stream's result is its items: answered as a call, its
-                // feed would never end.
-                let why = format!(
-                    "malformed frame from the child: a result for stream request {id}, \
-                     which never said it was streaming"
-                );
-                if let Some(companion) = &self.settings.companion {
-                    companion.answered(&done.request, false);
-                }
-                done.reply.send(Err(PyRunnerError::Protocol(why.clone())));
-                return Err(PyRunnerError::Protocol(why));
-            }
-            let reply = self.with_written(id, &done.request, reply);
-            if let Some(companion) = &self.settings.companion {
-                companion.answered(&done.request, reply.is_ok());
-            }
-            // What follows the job (a pool's charge on this worker) ends
-            // before its caller hears: a caller that sends its next call at
-            // once must find this worker idle, not wait for this thread to
-            // get round to dropping the job.
-            let mut done = done;
-            drop(done.follow.take());
-            // An open stream's reply is its end; its start was answered
-            // when it opened.
-            let Err(reply) = self.end_stream(id, reply) else {
-                self.handed_out += 1;
-                continue;
-            };
-            // Its caller heard `Timeout` already: that run killed the child.
-            let remember = reply.is_ok()
-                && self.remembered.is_some()
-                && changes_child(&done.request)
-                && !done.reply.slot().is_ready();
-            match held.as_deref_mut() {
-                Some(held) => held.extend(done.reply.send_unwoken(reply)),
-                None => done.reply.send(reply),
-            }
-            if remember {
-                if let Some(remembered) = &mut self.remembered {
-                    remembered.push(done.request);
-                }
-            }
-            self.handed_out += 1;
+            self.answer_reply(id, outcome, held.as_deref_mut())?;
         }
+        Ok(())
+    }
+
+    /// Answers the reply to request `id`; with `held`, its caller's waker
+    /// goes there instead of being woken.
+    pub(super) fn answer_reply(
+        &mut self,
+        id: u64,
+        outcome: Outcome,
+        held: Option<&mut Vec<Waker>>,
+    ) -> Result<(), PyRunnerError> {
+        let Some(Flight { item: done, .. }) = self.flights.answered(id, Instant::now) else {
+            return Err(PyRunnerError::Protocol(format!(
+                "a reply to unknown request {id}"
+            )));
+        };
+        if self.interrupting.is_some() && self.interrupted == Some(id) {
+            self.interrupted_request_answered(id);
+        }
+        if matches!(done.request, Request::Stop) {
+            // Answered once the child is reaped, in `shut_down`.
+            self.stop_done = Some(done);
+            return Ok(());
+        }
+        let reply = match outcome {
+            Outcome::Done(reply) => reply,
+            Outcome::TimedOut => Err(PyRunnerError::Timeout(done.timeout.unwrap_or_default())),
+        };
+        if reply.is_ok()
+            && super::streams::feed_of(&done.request).is_some()
+            && !self.streams.contains_key(&id)
+        {
+            // A stream's result is its items: answered as a call, its
+            // feed would never end.
+            let why = format!(
+                "malformed frame from the child: a result for stream request {id}, \
+                     which never said it was streaming"
+            );
+            if let Some(companion) = &self.settings.companion {
+                companion.answered(&done.request, false);
+            }
+            done.reply.send(Err(PyRunnerError::Protocol(why.clone())));
+            return Err(PyRunnerError::Protocol(why));
+        }
+        let reply = self.with_written(id, &done.request, reply);
+        if let Some(companion) = &self.settings.companion {
+            companion.answered(&done.request, reply.is_ok());
+        }
+        // What follows the job (a pool's charge on this worker) ends
+        // before its caller hears: a caller that sends its next call at
+        // once must find this worker idle, not wait for this thread to
+        // get round to dropping the job.
+        let mut done = done;
+        drop(done.follow.take());
+        // An open stream's reply is its end; its start was answered
+        // when it opened.
+        let Err(reply) = self.end_stream(id, reply) else {
+            self.handed_out += 1;
+            return Ok(());
+        };
+        // Its caller heard `Timeout` already: that run killed the child.
+        let remember = reply.is_ok()
+            && self.remembered.is_some()
+            && changes_child(&done.request)
+            && !done.reply.slot().is_ready();
+        match held {
+            Some(held) => held.extend(done.reply.send_unwoken(reply)),
+            None => done.reply.send(reply),
+        }
+        if remember {
+            if let Some(remembered) = &mut self.remembered {
+                remembered.push(done.request);
+            }
+        }
+        self.handed_out += 1;
         Ok(())
     }
 

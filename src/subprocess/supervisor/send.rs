@@ -29,6 +29,10 @@ impl Core {
                 self.send_cancel(job);
                 continue;
             }
+            if let Request::HostDone { .. } = &job.request {
+                self.send_host_done(job);
+                continue;
+            }
             if let Request::Stream(feed) = &job.request {
                 self.stream_signal(feed);
                 continue;
@@ -102,13 +106,21 @@ impl Core {
         }
     }
 
-    /// Sends the cancels and stream signals of the backlog now, leaving
-    /// the requests in it in order. The child reads them after the sync
-    /// request it runs, before anything sent later: a consumer that left a
-    /// stream whose function still runs is heard before the stream makes
-    /// its first item.
+    /// Sends the cancels, stream signals, host replies and nested requests
+    /// of the backlog now, leaving the other requests in it in order. The
+    /// child reads the signals after the sync request it runs, before
+    /// anything sent later: a consumer that left a stream whose function
+    /// still runs is heard before the stream makes its first item. A host
+    /// reply and a nested request are read while it runs: the request
+    /// waits for a host function, which waits for the nested request.
     fn send_signals(&mut self) {
-        let signal = |job: &Job| matches!(job.request, Request::Cancel(_) | Request::Stream(_));
+        let signal = |job: &Job| {
+            job.nested
+                || matches!(
+                    job.request,
+                    Request::Cancel(_) | Request::Stream(_) | Request::HostDone { .. }
+                )
+        };
         if !self.backlog.iter().any(signal) {
             return;
         }
@@ -117,9 +129,30 @@ impl Core {
             match &job.request {
                 Request::Cancel(_) => self.send_cancel(job),
                 Request::Stream(feed) => self.stream_signal(feed),
+                Request::HostDone { .. } => self.send_host_done(job),
+                _ if job.nested && self.child.is_some() => self.send_nested(job),
                 _ => self.backlog.push_back(job),
             }
         }
+    }
+
+    pub(super) fn send_host_done(&mut self, job: Job) {
+        if let Request::HostDone { token, result } = job.request {
+            self.host_done(token, result);
+        }
+    }
+
+    /// A command a host function sent to this runner while the child
+    /// waits for it.
+    pub(super) fn send_nested(&mut self, job: Job) {
+        if job.reply.is_abandoned() && !self.must_run(&job.request) {
+            return;
+        }
+        if self.stop_sent {
+            job.reply.send(Err(PyRunnerError::Stopped));
+            return;
+        }
+        self.send(job);
     }
 
     pub(super) fn send(&mut self, mut job: Job) {
@@ -139,6 +172,7 @@ impl Core {
         let kind = match job.request {
             Request::CallAsyncFunction { .. } => Kind::Coroutine,
             Request::Stop => Kind::Stop,
+            _ if job.nested => Kind::Nested,
             _ => Kind::Sync,
         };
         // An invoke runs in the line until its function returns; an

@@ -7,6 +7,8 @@ impl Core {
     /// Starts a child, runs the startup code, then replays what the runner
     /// did (or what the companion says), and counts failures.
     pub(super) fn start_child(&mut self) -> Result<(), PyRunnerError> {
+        // A result for the last child's host calls is not this one's.
+        self.host_forget_child();
         self.reader = FrameReader::new(self.settings.frame_limit);
         self.outgoing.clear();
         // What a lost child's captured requests wrote has no reply to join.
@@ -170,10 +172,22 @@ impl Core {
                 return Err(failed(format!("the child died running it: {reason}")));
             }
         }
-        let child = self.child.as_mut().expect("started above");
         loop {
-            let message = match child.next_message(&mut self.reader, deadline) {
+            // While the child waits for a host function, the runner's queue
+            // is looked at too, for its result and the commands it sends.
+            let look_until = if self.host.any_pending() {
+                deadline.min(Instant::now() + HOST_START_LOOK)
+            } else {
+                deadline
+            };
+            let child = self.child.as_mut().expect("started above");
+            let message = match child.next_message(&mut self.reader, look_until) {
                 Ok(message) => message,
+                Err(NoFrame::Late) if Instant::now() < deadline => {
+                    self.serve_host_at_start()
+                        .map_err(|err| failed(format!("writing to the child failed: {err}")))?;
+                    continue;
+                }
                 Err(NoFrame::Late) => return Err(late()),
                 Err(NoFrame::Closed) => {
                     let reason = child.kill_and_describe();
@@ -191,15 +205,49 @@ impl Core {
                 output::hand_on_lines(self.settings.spec.output.as_ref(), stream, lines);
                 continue;
             }
-            if let FromChild::Reply { id: got, outcome } = message {
-                if got == id {
+            match message {
+                FromChild::Reply { id: got, outcome } if got == id => {
                     return match outcome {
                         Outcome::Done(done) => Ok(done.map(drop)),
                         Outcome::TimedOut => Err(failed("timed out".into())),
                     };
                 }
+                // A command a host function sent.
+                FromChild::Reply { id: got, outcome } if self.flights.contains(got) => {
+                    self.answer_reply(got, outcome, None)
+                        .map_err(|err| failed(err.to_string()))?;
+                }
+                FromChild::Host {
+                    hid,
+                    name,
+                    args,
+                    kwargs,
+                } => {
+                    self.host_call(hid, name, args, kwargs)
+                        .map_err(|err| failed(err.to_string()))?;
+                    self.serve_host_at_start()
+                        .map_err(|err| failed(format!("writing to the child failed: {err}")))?;
+                }
+                FromChild::HostCancel { hid } => self.host_cancelled(hid),
+                _ => {}
             }
         }
+    }
+
+    /// While a start's request waits for a host function: its result goes
+    /// to the child, and so do the commands it sent to this runner; the
+    /// rest of the queue waits for the start to end.
+    fn serve_host_at_start(&mut self) -> io::Result<()> {
+        self.queue.take_all(&mut self.backlog);
+        let jobs: Vec<Job> = self.backlog.drain(..).collect();
+        for job in jobs {
+            match job.request {
+                Request::HostDone { .. } => self.send_host_done(job),
+                _ if job.nested => self.send_nested(job),
+                _ => self.backlog.push_back(job),
+            }
+        }
+        self.flush()
     }
 
     /// Whether the child is young: it answered nothing yet, and was ready

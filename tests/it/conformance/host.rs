@@ -25,8 +25,11 @@ fn python_kind(result: Result<Value, PyRunnerError>) -> (String, String) {
     }
 }
 
+/// What a host function was called with: its arguments and keyword arguments.
+type Calls = Arc<Mutex<Vec<(Vec<Value>, Value)>>>;
+
 pub async fn sync_functions_take_args_and_kwargs(builder: PyRunnerBuilder) {
-    let seen: Arc<Mutex<Vec<(Vec<Value>, Value)>>> = Arc::default();
+    let seen: Calls = Arc::default();
     let record = seen.clone();
     let runner = builder
         .host_function("echo", move |call: HostCall| {

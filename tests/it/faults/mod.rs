@@ -217,8 +217,8 @@ pub fn fake_python(dir: &std::path::Path, body: &str) -> PathBuf {
 }
 
 /// Shell that writes the smallest hello the parent takes: the frame of
-/// `["hello", 4]`.
-pub const HELLO: &str = r"printf '\000\000\000\010\222\245hello\004'";
+/// `["hello", 5]`.
+pub const HELLO: &str = r"printf '\000\000\000\010\222\245hello\005'";
 
 /// Python defining `outer_pid(inner)`: the pid that a process of the
 /// worker's pid namespace, `inner` there, has where these tests look (None

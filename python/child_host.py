@@ -1,0 +1,188 @@
+# A worker module, joined with the others into one source (python/MODULES): stdlib imports only; the others' names are globals here.
+"""A child's host functions (PROTOCOL.md, "Host functions"), mixed into
+`ChildWorker`: `async_py.host.NAME(...)` sends `["host", hid, name, args,
+kwargs]` to the parent, which runs the Rust function and answers
+`["host_reply", hid, ok, value]`.
+
+- The parent names its host functions in the environment (ENV_HOST), read
+  and removed before any user code runs; a zygote's forks inherit them.
+- A sync host function sends its call and waits for the reply reading the
+  request pipe itself. What arrives meanwhile is served as the serve loop
+  would serve it, in order and re-entrantly: the parent sends requests past
+  a request that waits for a host function only when the host function
+  sent them to this runner (nested commands), and they must run before
+  it returns. Replies to other host calls, cancels and credit are handled
+  as they come.
+- An async host function is a coroutine function (host.py's
+  `host_coroutine`): its call goes out at once, and the serve loop's frame
+  reader settles its future when the reply comes. A cancelled await sends
+  `["host_cancel", hid]`, and the parent drops the Rust future.
+"""
+
+import _thread
+import os
+
+_HOST_SPIN_SECONDS = 200e-6
+"""How long a sync host call polls for its reply before it sleeps: the
+parent's host thread answers a quick function within microseconds, and a
+wake-up costs tens of them."""
+
+_host_asked = ()
+"""(name, is_async) of each host function the parent gave this child."""
+
+
+def take_host_setting():
+    """Reads ENV_HOST once and removes it, so that user code and the
+    programs it starts do not see it (a zygote's forks inherit this global)."""
+    global _host_asked
+    setting = os.environ.pop(ENV_HOST, None)
+    if not setting:
+        return
+    asked = []
+    for entry in setting.split(","):
+        kind, _, name = entry.partition(":")
+        if name and kind in (HOST_SYNC, HOST_ASYNC):
+            asked.append((name, kind == HOST_ASYNC))
+    _host_asked = tuple(asked)
+
+
+class ChildHost:
+    """The host functions of a `ChildWorker` (a mixin: it uses the worker's
+    outbox, flush, inbox and frame handling)."""
+
+    host_next = 0
+    """The last hid given out."""
+    host_waiting = None
+    """{hid: None, or (ok, value) once answered} of the sync calls waiting."""
+    host_futures = None
+    """{hid: future} of the async calls awaiting their reply."""
+    host_holding = None
+    """The requests (ids, outermost first) that wait for a sync host call:
+    a SIGINT of the parent for any of them stops the innermost request."""
+    main_thread = None
+
+    def install_host_functions(self, asked=None):
+        """Makes `async_py.host` name the functions the parent gave."""
+        self.host_waiting = {}
+        self.host_futures = {}
+        self.host_holding = []
+        self.main_thread = _thread.get_ident()
+        functions = {}
+        for name, is_async in _host_asked if asked is None else asked:
+            if is_async:
+                functions[name] = host_coroutine(name, self._host_starter(name), self._host_cancel)
+            else:
+                functions[name] = self._host_sync(name)
+        install_host(functions, False)
+
+    def _host_sync(self, name):
+        call_host = self.call_host
+
+        def call(*args, **kwargs):
+            return call_host(name, args, kwargs)
+
+        call.__name__ = call.__qualname__ = name
+        return call
+
+    def _host_starter(self, name):
+        def start(args, kwargs, future):
+            hid = self._send_host_call(name, args, kwargs)
+            self.host_futures[hid] = future
+            return hid
+
+        return start
+
+    def _host_cancel(self, hid):
+        if self.host_futures.pop(hid, None) is not None:
+            self._send(pack([MSG_HOST_CANCEL, hid]))
+            self._flush()
+
+    def _send_host_call(self, name, args, kwargs):
+        """Sends one host call at once; its hid."""
+        if _thread.get_ident() != self.main_thread:
+            raise host_error(
+                "async_py.host.%s was called from a thread the worker did not start its requests on; "
+                "in a subprocess runner, call host functions from the thread that runs the command" % name
+            )
+        self.host_next += 1
+        hid = self.host_next
+        try:
+            payload = self.pack_data([MSG_HOST, hid, name, list(args), kwargs])
+        except ConversionError as exc:  # an int past 64 bits, nesting past the limit
+            raise host_error("the arguments of %s could not be sent: %s" % (name, exc)) from None
+        self._send(payload)
+        self._flush()
+        return hid
+
+    def call_host(self, name, args, kwargs):
+        """A sync host call: sent, then the request pipe served until its
+        reply comes."""
+        hid = self._send_host_call(name, args, kwargs)
+        waiting = self.host_waiting
+        waiting[hid] = None
+        holder = self.running
+        self.host_holding.append(holder)
+        try:
+            while waiting[hid] is None:
+                self._serve_while_waiting(holder)
+            ok, value = waiting[hid]
+        finally:
+            del waiting[hid]
+            self.host_holding.pop()
+            self.running = holder
+        if ok:
+            return value
+        raise host_error(value)
+
+    def _serve_while_waiting(self, holder):
+        """One step of a sync host call's wait: the next frame handled (a
+        nested request run, a host reply noted), or the pipe read."""
+        frame = self._take_frame()
+        if frame is None:
+            if self.at_eof:
+                raise host_error("the parent closed the request pipe")
+            if not self._spin(_HOST_SPIN_SECONDS):
+                self.poller.poll()
+                self._read_available()
+            return
+        if frame.startswith(HOST_REPLY_START):
+            self._host_reply(self.unpack_frame(frame))
+            return
+        counters = None if self.ring is None else self.ring.counters
+        in_loop = 0
+        if counters is not None:
+            # A request runs now: the parent must not take the child for
+            # one in its event loop (a coroutine called the host function).
+            in_loop = counters[_COUNTER_IN_LOOP]
+            counters[_COUNTER_IN_LOOP] = 0
+        try:
+            self._handle_frame(frame)
+            self._flush()
+        finally:
+            self.running = holder
+            if counters is not None:
+                counters[_COUNTER_IN_LOOP] = in_loop
+        if self.interrupted:
+            # The parent's SIGINT was for a request that waits here: it
+            # stopped the nested request, and the waiting one stops too.
+            raise KeyboardInterrupt
+
+    def _host_reply(self, message):
+        """[MSG_HOST_REPLY, hid, ok, value]: settles that host call; a
+        reply for a call nobody waits for (cancelled) is ignored."""
+        if len(message) != 4 or type(message[1]) is not int or type(message[2]) is not bool:
+            _say("ignoring a malformed host reply: %s" % _preview(message))
+            return
+        _, hid, ok, value = message
+        if not ok and type(value) is not str:
+            value = str(value)
+        if hid in self.host_waiting:
+            self.host_waiting[hid] = (ok, value)
+            return
+        future = self.host_futures.pop(hid, None)
+        if future is not None:
+            settle_host(future, ok, value)
+
+    def holds_for_host(self, target):
+        """Whether request `target` waits for a sync host call."""
+        return bool(self.host_holding) and target in self.host_holding

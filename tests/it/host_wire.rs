@@ -1,0 +1,268 @@
+//! Host functions through a child: what only the subprocess backend can
+//! meet (a child that dies while a host function runs, frames that lie,
+//! host calls while a fresh child replays), and the wire's own rules.
+
+use std::time::Duration;
+
+use async_py::{HostCall, PyRunnerBuilder, PyRunnerError};
+use serde_json::{json, Value};
+
+use crate::faults::{builder, child_pid, within};
+
+fn text(call: &HostCall, index: usize) -> Result<String, String> {
+    call.arg(index)
+}
+
+/// A runner with a few host functions: `add(a, b)`, `echo(*args,
+/// **kwargs)`, `nest(code)` (evaluates `code` on the runner that called),
+/// `nest_run(code)` and `fail(message)`.
+fn host_builder() -> PyRunnerBuilder {
+    builder()
+        .host_function("add", |call| {
+            Ok(json!(call.arg::<i64>(0)? + call.arg::<i64>(1)?))
+        })
+        .host_function("echo", |call| {
+            Ok(json!({"args": call.args, "kwargs": call.kwargs}))
+        })
+        .host_function("nest", |call| {
+            let code = text(&call, 0)?;
+            call.runner()
+                .eval_sync(&code)
+                .map_err(|err| format!("nested eval: {err}"))
+        })
+        .host_function("nest_run", |call| {
+            let code = text(&call, 0)?;
+            call.runner()
+                .run_sync(&code)
+                .map(|()| Value::Null)
+                .map_err(|err| format!("nested run: {err}"))
+        })
+        .host_function("fail", |call| Err(text(&call, 0)?))
+}
+
+#[test]
+fn values_cross_both_ways_with_bytes_as_numbers() {
+    within(60, || {
+        let runner = host_builder().build().unwrap();
+        runner.run_sync("import async_py").unwrap();
+        assert_eq!(
+            runner.eval_sync("async_py.host.add(2, 40)").unwrap(),
+            json!(42)
+        );
+        assert_eq!(
+            runner
+                .eval_sync("async_py.host.echo(b'\\x00\\xff', [1.5, None], k={'x': 'é'})")
+                .unwrap(),
+            json!({"args": [[0, 255], [1.5, null]], "kwargs": {"k": {"x": "é"}}})
+        );
+        runner
+            .run_sync(
+                "try:\n    async_py.host.fail('no luck')\nexcept async_py.HostError as e:\n    caught = str(e)\n",
+            )
+            .unwrap();
+        assert_eq!(runner.eval_sync("caught").unwrap(), json!("no luck"));
+        match runner.eval_sync("async_py.host.nope()") {
+            Err(PyRunnerError::Python { kind, message, .. }) => {
+                assert_eq!(kind, "AttributeError");
+                assert!(message.contains("nope"), "{message}");
+            }
+            other => panic!("expected AttributeError, got {other:?}"),
+        }
+    });
+}
+
+#[test]
+fn a_nested_command_runs_while_its_caller_waits_and_a_nested_run_is_replayed() {
+    within(60, || {
+        let runner = host_builder().build().unwrap();
+        runner
+            .run_sync("import async_py\nx = 5\ndef twice(code):\n    return [async_py.host.nest(code), async_py.host.nest(code)]")
+            .unwrap();
+        assert_eq!(
+            runner.eval_sync("async_py.host.nest('x * 2')").unwrap(),
+            json!(10)
+        );
+        // Nested twice over: a host function's command calls a host function.
+        assert_eq!(
+            runner
+                .eval_sync("async_py.host.nest(\"async_py.host.nest('x + 1')\")")
+                .unwrap(),
+            json!(6)
+        );
+        assert_eq!(
+            runner.call("twice").arg("x - 1").wait().unwrap(),
+            json!([4, 4])
+        );
+        runner
+            .run_sync("async_py.host.nest_run('y = x * 3')")
+            .unwrap();
+        assert_eq!(runner.eval_sync("y").unwrap(), json!(15));
+        // A fresh child replays the nested run as well as the one around it.
+        let first = child_pid(&runner);
+        let _ = runner.run_sync("import os\nos.kill(os.getpid(), 9)");
+        assert_ne!(child_pid(&runner), first);
+        assert_eq!(runner.eval_sync("y").unwrap(), json!(15));
+    });
+}
+
+#[test]
+fn a_late_result_for_a_dead_child_never_reaches_the_fresh_one() {
+    within(60, || {
+        let runner = builder()
+            .host_function("kill_me_and_wait", |call| {
+                let pid: i32 = call.arg(0)?;
+                // SAFETY: a plain kill(2) of the child that called.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+                std::thread::sleep(Duration::from_millis(300));
+                Ok(json!("late"))
+            })
+            .host_function("slow", |_| {
+                std::thread::sleep(Duration::from_millis(600));
+                Ok(json!("fresh"))
+            })
+            .build()
+            .unwrap();
+        runner.run_sync("import os, async_py").unwrap();
+        let outcome = runner.eval_sync("async_py.host.kill_me_and_wait(os.getpid())");
+        assert!(
+            matches!(outcome, Err(PyRunnerError::WorkerDied { .. })),
+            "{outcome:?}"
+        );
+        // The fresh child's first host call has the dead child's call id;
+        // the dead call's result comes while it waits, and is dropped.
+        assert_eq!(
+            runner.eval_sync("async_py.host.slow()").unwrap(),
+            json!("fresh")
+        );
+    });
+}
+
+/// Python that writes one frame of `payload` (Python bytes of MessagePack)
+/// straight to the parent, behind the worker's back, through the reply
+/// ring or the pipe, whichever the worker uses.
+fn write_frame(payload: &str) -> String {
+    format!(
+        "import gc, struct\n\
+         worker = next(o for o in gc.get_objects() if type(o).__name__ == 'ChildWorker')\n\
+         payload = {payload}\n\
+         worker._send(payload)\n\
+         worker._flush()\n"
+    )
+}
+
+#[test]
+fn a_malformed_host_frame_is_a_protocol_error_and_the_child_is_replaced() {
+    within(60, || {
+        let runner = host_builder().build().unwrap();
+        let first = child_pid(&runner);
+        for payload in [
+            // No arguments.
+            "worker.pack_data(['host', 1, 'add'])",
+            // Arguments that are not an array.
+            "worker.pack_data(['host', 1, 'add', 3, {}])",
+            // No call id.
+            "worker.pack_data(['host', 'x', 'add', [], {}])",
+            "worker.pack_data(['host_cancel'])",
+        ] {
+            match runner.run_sync(&write_frame(payload)) {
+                Err(PyRunnerError::Protocol(message)) => {
+                    assert!(message.contains("host"), "{message}")
+                }
+                other => panic!("expected a Protocol error for {payload}, got {other:?}"),
+            }
+            assert_ne!(child_pid(&runner), first);
+        }
+        // A name the child was not given: an error raised in Python, as the
+        // honest child's own namespace would.
+        let unknown = "import async_py\n\
+                       worker = next(o for o in __import__('gc').get_objects() \
+                       if type(o).__name__ == 'ChildWorker')\n\
+                       worker.call_host('nope', (), {})";
+        match runner.run_sync(unknown) {
+            Err(PyRunnerError::Python { kind, message, .. }) => {
+                assert_eq!(kind, "HostError");
+                assert!(
+                    message.contains("no host function named \"nope\""),
+                    "{message}"
+                );
+            }
+            other => panic!("expected HostError, got {other:?}"),
+        }
+        assert_eq!(
+            runner.eval_sync("async_py.host.add(1, 2)").unwrap(),
+            json!(3)
+        );
+    });
+}
+
+#[test]
+fn startup_code_and_replays_may_call_host_functions_and_nest_commands() {
+    within(60, || {
+        let runner = host_builder()
+            .startup("import async_py\nbase = async_py.host.add(1, 1)")
+            .build()
+            .unwrap();
+        assert_eq!(runner.eval_sync("base").unwrap(), json!(2));
+        // A run that calls a host function whose nested command defines a
+        // name: a fresh child replays it, host call and nested command.
+        runner
+            .run_sync("z = async_py.host.nest('base * 10') + 1")
+            .unwrap();
+        assert_eq!(runner.eval_sync("z").unwrap(), json!(21));
+        let first = child_pid(&runner);
+        let _ = runner.run_sync("import os\nos.kill(os.getpid(), 9)");
+        assert_ne!(child_pid(&runner), first);
+        assert_eq!(runner.eval_sync("[base, z]").unwrap(), json!([2, 21]));
+    });
+}
+
+#[test]
+fn host_calls_take_the_pipe_as_well_as_the_ring() {
+    within(60, || {
+        let runner = host_builder()
+            .env("ASYNC_PY_REPLY_RING", "0")
+            .build()
+            .unwrap();
+        runner.run_sync("import async_py\nx = 4").unwrap();
+        assert_eq!(
+            runner
+                .eval_sync("[async_py.host.add(i, 1) for i in range(100)][-1]")
+                .unwrap(),
+            json!(100)
+        );
+        assert_eq!(
+            runner.eval_sync("async_py.host.nest('x * x')").unwrap(),
+            json!(16)
+        );
+    });
+}
+
+#[test]
+fn a_sync_host_function_past_the_limit_times_out_its_command_through_a_nested_one() {
+    within(60, || {
+        let runner = builder()
+            .timeout(Duration::from_millis(500))
+            .host_function("nest", |call| {
+                let code: String = call.arg(0)?;
+                call.runner()
+                    .clone()
+                    .with_timeout(Duration::from_secs(30))
+                    .run_sync(&code)
+                    .map(|()| Value::Null)
+                    .map_err(|err| err.to_string())
+            })
+            .build()
+            .unwrap();
+        runner.run_sync("import async_py, time").unwrap();
+        // The limit passes while the nested command runs: the command that
+        // waits for the host function is the one that times out.
+        let started = std::time::Instant::now();
+        let outcome = runner.run_sync("async_py.host.nest('time.sleep(5)')");
+        assert!(
+            matches!(outcome, Err(PyRunnerError::Timeout(_))),
+            "{outcome:?}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(3));
+        assert_eq!(runner.eval_sync("1 + 1").unwrap(), json!(2));
+    });
+}

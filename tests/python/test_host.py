@@ -1,0 +1,112 @@
+"""Tests of python/child_host.py: a child's host calls, played against a
+parent written here (PROTOCOL.md, "Host functions").
+
+    python3 -m unittest discover -s tests/python -v
+"""
+
+import os
+import sys
+import unittest
+from unittest import mock
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from test_worker import Child  # noqa: E402
+
+FUNCTIONS = "s:add,s:fail,a:later"
+
+
+def host_child():
+    """A child given the host functions of FUNCTIONS."""
+    with mock.patch.dict(os.environ, {"ASYNC_PY_HOST": FUNCTIONS}):
+        return Child(sys.executable)
+
+
+class HostCallTests(unittest.TestCase):
+    def setUp(self):
+        self.child = host_child()
+        self.assertEqual(self.child.reply()[0], "hello")
+        self.addCleanup(self.child.finish)
+
+    def test_the_setting_names_the_functions_and_leaves_the_environment(self):
+        reply = self.child.request([1, "eval", "(__import__('async_py').host, __import__('os').environ.get('ASYNC_PY_HOST'))"])
+        self.assertEqual(reply, [1, "ok", ["<async_py.host: add, fail, later>", None]])
+
+    def test_a_sync_call_serves_a_nested_request_before_its_reply(self):
+        self.child.send([1, "run", "import async_py\nr = async_py.host.add(1, b'\\x01', k=[2])"])
+        self.assertEqual(self.child.reply(), ["host", 1, "add", [1, b"\x01"], {"k": [2]}])
+        # The request waits: a nested request runs meanwhile.
+        self.assertEqual(self.child.request([2, "eval", "40 + 2"]), [2, "ok", 42])
+        # A reply for a call nobody waits for is ignored.
+        self.child.send(["host_reply", 99, True, "stray"])
+        self.child.send(["host_reply", 1, True, {"sum": 3}])
+        self.assertEqual(self.child.reply(), [1, "ok", None])
+        self.assertEqual(self.child.request([3, "eval", "r"]), [3, "ok", {"sum": 3}])
+
+    def test_a_nested_request_may_call_again(self):
+        self.child.send([1, "eval", "__import__('async_py').host.add(1)"])
+        self.assertEqual(self.child.reply(), ["host", 1, "add", [1], {}])
+        self.child.send([2, "eval", "__import__('async_py').host.add(2)"])
+        self.assertEqual(self.child.reply(), ["host", 2, "add", [2], {}])
+        self.child.send(["host_reply", 2, True, "inner"])
+        self.assertEqual(self.child.reply(), [2, "ok", "inner"])
+        self.child.send(["host_reply", 1, True, "outer"])
+        self.assertEqual(self.child.reply(), [1, "ok", "outer"])
+
+    def test_an_error_reply_raises_host_error(self):
+        self.child.send([1, "eval", "__import__('async_py').host.fail()"])
+        self.assertEqual(self.child.reply()[:3], ["host", 1, "fail"])
+        self.child.send(["host_reply", 1, False, "it failed"])
+        reply = self.child.reply()
+        self.assertEqual(reply[:4], [1, "err", "HostError", "it failed"])
+
+    def test_an_async_call_is_settled_by_the_serve_loop(self):
+        self.child.send([1, "run", "import async_py\nasync def twice(x):\n    return 2 * await async_py.host.later(x)"])
+        self.assertEqual(self.child.reply(), [1, "ok", None])
+        self.child.send([2, "call_async", "twice", [5], None])
+        self.assertEqual(self.child.reply(), ["host", 1, "later", [5], {}])
+        # Other requests run while the coroutine awaits.
+        self.assertEqual(self.child.request([3, "eval", "'meanwhile'"]), [3, "ok", "meanwhile"])
+        self.child.send(["host_reply", 1, True, 21])
+        self.assertEqual(self.child.reply(), [2, "ok", 42])
+
+    def test_a_cancelled_await_sends_host_cancel(self):
+        self.child.send([1, "run", "import async_py\nasync def wait():\n    return await async_py.host.later()"])
+        self.assertEqual(self.child.reply(), [1, "ok", None])
+        self.child.send([2, "call_async", "wait", [], 0.2])
+        self.assertEqual(self.child.reply(), ["host", 1, "later", [], {}])
+        self.assertEqual(self.child.reply(), ["host_cancel", 1])
+        self.assertEqual(self.child.reply(), [2, "timeout"])
+        # The late reply is ignored; the child serves on.
+        self.child.send(["host_reply", 1, True, "late"])
+        self.assertEqual(self.child.request([3, "eval", "1"]), [3, "ok", 1])
+
+    def test_a_call_from_another_thread_raises_host_error(self):
+        code = (
+            "import async_py, threading\n"
+            "caught = []\n"
+            "def call():\n"
+            "    try:\n"
+            "        async_py.host.add(1)\n"
+            "    except async_py.HostError as exc:\n"
+            "        caught.append(str(exc))\n"
+            "t = threading.Thread(target=call)\n"
+            "t.start()\n"
+            "t.join()\n"
+        )
+        self.assertEqual(self.child.request([1, "run", code]), [1, "ok", None])
+        reply = self.child.request([2, "eval", "caught"])
+        self.assertIn("thread", reply[2][0])
+
+
+class NoHostTests(unittest.TestCase):
+    def test_a_child_without_functions_has_the_module(self):
+        child = Child(sys.executable)
+        self.addCleanup(child.finish)
+        self.assertEqual(child.reply()[0], "hello")
+        reply = child.request([1, "eval", "repr(__import__('async_py').host)"])
+        self.assertEqual(reply, [1, "ok", "<async_py.host: no functions>"])
+
+
+if __name__ == "__main__":
+    unittest.main()
