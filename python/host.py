@@ -62,25 +62,32 @@ class _NoContext:
 
 
 class _HostModule(_types.ModuleType):
-    """The type of the module `async_py`. `host` is a property of the type,
-    read on every access (which runner's functions it names depends on who
-    looks): a property costs about a tenth of a module `__getattr__`, which
-    CPython reaches only after a failed lookup."""
+    """The type of the module `async_py` where runners share the
+    interpreter. `host` is a property of the type, read on every access
+    (which runner's functions it names depends on who looks): a property
+    costs about a tenth of a module `__getattr__`, which CPython reaches
+    only after a failed lookup."""
 
     host = property(lambda module: module._current.get(module._shared))
 
 
-def host_module():
-    """`sys.modules['async_py']`, made on first need."""
+def host_module(per_thread=True):
+    """`sys.modules['async_py']`, made on first need: with `host` read per
+    thread (`per_thread`), or as a plain attribute where the interpreter
+    has one runner, which is cheaper still (on RustPython the property
+    doubled the cost of a host call)."""
     module = _sys.modules.get("async_py")
     if module is None or not getattr(module, "_async_py_made_here", False):
-        module = _HostModule(
+        kind = _HostModule if per_thread else _types.ModuleType
+        module = kind(
             "async_py",
             "Rust functions this runner gives Python: async_py.host.NAME(...).",
         )
         module.HostError = HostError
         module._current = _ContextVar("async_py.host") if _ContextVar is not None else _NoContext()
         module._shared = _NO_RUNNER
+        if not isinstance(module, _HostModule):
+            module.host = _NO_RUNNER
         module._async_py_made_here = True
         _sys.modules["async_py"] = module
     return module
@@ -90,12 +97,14 @@ def install_host(functions, per_thread):
     """Gives this runner's Python its host functions (a dict of callables).
     `per_thread`: in-process CPython, where runners share the interpreter;
     otherwise the namespace is the module's own, seen by every thread."""
-    module = host_module()
+    module = host_module(per_thread)
     namespace = HostFunctions(functions)
     if per_thread and not isinstance(module._current, _NoContext):
         module._current.set(namespace)
     else:
         module._shared = namespace
+        if not isinstance(module, _HostModule):
+            module.host = namespace
     return namespace
 
 
@@ -123,6 +132,16 @@ def host_coroutine(name, start, cancel):
 
     call.__name__ = call.__qualname__ = name
     return call
+
+
+def host_wake_on(loop, fd, drain):
+    """Has `loop` call `drain()` whenever a byte arrives on `fd`, once per
+    loop: for a backend whose async host functions finish on another
+    thread, which cannot touch the interpreter and so wakes the loop
+    through `fd`, and `drain` settles what finished."""
+    if getattr(loop, "_async_py_host_wake", None) != fd:
+        loop.add_reader(fd, drain)
+        loop._async_py_host_wake = fd
 
 
 def settle_host(future, ok, value):

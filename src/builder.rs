@@ -155,6 +155,11 @@ impl PyRunnerBuilder {
     /// own (so it runs whether or not the caller has a runtime); when the
     /// command that awaits it is cancelled or times out, the future is
     /// dropped. Otherwise as [`host_function`](Self::host_function).
+    ///
+    /// The RustPython backend runs no event loop of the runner's: there it
+    /// is awaited by a loop the command's own code runs
+    /// (`asyncio.run(...)`), and the commands the future sends to its
+    /// runner are run by that loop while it waits.
     pub fn host_async_function<F, Fut>(mut self, name: impl Into<String>, f: F) -> Self
     where
         F: Fn(crate::HostCall) -> Fut + Send + Sync + 'static,

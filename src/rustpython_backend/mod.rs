@@ -9,13 +9,17 @@
 //! bytecodes (see [`Signal`]).
 
 mod convert;
+mod host;
 mod nesting;
 mod output;
 mod streams;
 mod typed;
 
+use std::cell::{Cell, OnceCell};
+use std::ops::Deref;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -88,6 +92,15 @@ const STACK_PER_LEVEL: usize = if cfg!(debug_assertions) {
 /// of user tracebacks by it.
 const HELPERS_FILE: &str = "async_py/worker.py";
 
+/// What a host function's `.stream()` call to its own runner answers.
+const NESTED_STREAM: &str = "a stream's items are made between the runner's commands, and a \
+     host function's command runs inside the command that called it: start the stream \
+     before that command, or from another thread";
+
+/// What a host function's `stop` of its own runner answers.
+const NESTED_STOP: &str = "stop waits for the runner's commands to end, among them the one \
+     that waits for this host function: stop the runner from outside its host functions";
+
 /// What `call_async_function` answers on this backend.
 const NO_COROUTINES: &str = "call_async_function needs an asyncio event loop, which \
      the RustPython backend does not run: use the pyo3 or the subprocess backend for coroutines";
@@ -150,23 +163,30 @@ pub(crate) fn spawn(config: &RunnerConfig, queue: Arc<CommandQueue>) -> Result<(
     let venv = config.venv.clone();
     let startup = config.startup.clone();
     let output = config.output.clone();
+    let host = config.host.clone();
     start_backend_thread("async_py-rustpython", STACK_SIZE, move |ready| {
         queue.set_consumer();
         let _live = Live::new();
         let (signals, signal_rx) = user_signal_channel();
         let interpreter = interpreter(signal_rx);
         interpreter.enter(|vm| {
-            match Worker::start(
+            let started = Worker::start(
                 vm,
-                queue,
+                queue.clone(),
                 signals,
                 venv.as_deref(),
                 startup.as_deref(),
                 output,
-            ) {
+                host,
+            );
+            match started {
                 Ok(mut worker) => {
                     ready.report(Ok(()));
-                    worker.serve();
+                    // A host function's command to this runner runs here
+                    // and then, inside the call that waits for it.
+                    let commands = worker.commands.clone();
+                    let take = |job| host::take_nested(&commands, job);
+                    crate::host::nest::within(&queue, &take, || worker.serve());
                 }
                 Err(err) => ready.report(Err(err)),
             }
@@ -205,15 +225,41 @@ fn interpreter(signal_rx: rustpython_vm::signal::UserSignalReceiver) -> Interpre
         .build()
 }
 
+/// The runner's thread: its queue and what lives from one command to
+/// the next. What a plain command needs is in [`Commands`], which the
+/// worker shares with its host functions' nested commands; they run while
+/// a command of the worker's is on the stack, so they never touch the
+/// worker itself.
 struct Worker<'vm> {
-    vm: &'vm VirtualMachine,
+    commands: Rc<Commands<'vm>>,
     queue: Arc<CommandQueue>,
-    globals: PyDictRef,
-    helpers: Helpers,
     signals: UserSignalSender,
     watchdog: Option<Arc<Watchdog<Signal>>>,
     output: output::Output,
     streams: streams::Streams,
+    host: host::Port,
+}
+
+/// What a plain command (`run`, `eval`, a call, ...) needs: run by the
+/// worker, and by a host function's nested command inside it.
+struct Commands<'vm> {
+    vm: &'vm VirtualMachine,
+    globals: PyDictRef,
+    helpers: Helpers,
+    /// The output router (see `output`), made on first need.
+    router: OnceCell<PyObjectRef>,
+    /// The limit of the command (or stream item) that runs: a nested
+    /// command runs under it, and is told `Timeout` with it when the
+    /// limit interrupts it.
+    limit: Cell<Option<Duration>>,
+}
+
+impl<'vm> Deref for Worker<'vm> {
+    type Target = Commands<'vm>;
+
+    fn deref(&self) -> &Commands<'vm> {
+        &self.commands
+    }
 }
 
 /// Functions of the worker's in-process helpers (`python/helpers.py`), looked up once.
@@ -228,6 +274,7 @@ struct Helpers {
     abspath: PyObjectRef,
     timeout: PyTypeRef,
     output_router: PyObjectRef,
+    host: host::HostHelpers,
 }
 
 impl Helpers {
@@ -272,6 +319,7 @@ impl Helpers {
                 .map_err(fail)?,
             timeout,
             output_router: get("output_router")?,
+            host: host::HostHelpers::load(&get)?,
         };
         Ok((helpers, globals))
     }
@@ -299,6 +347,7 @@ impl<'vm> Worker<'vm> {
         venv: Option<&Path>,
         startup: Option<&str>,
         output: Option<crate::output::OutputSink>,
+        host: Option<crate::host::HostSetup>,
     ) -> Result<Self, PyRunnerError> {
         // Before anything can import `json` and take the unguarded parser.
         guard_json(vm).map_err(|err| {
@@ -307,15 +356,23 @@ impl<'vm> Worker<'vm> {
         let (helpers, globals) = Helpers::load(vm).map_err(|err| {
             PyRunnerError::Startup(format!("could not load the worker helpers: {err}"))
         })?;
+        let host = host::Port::install(vm, &helpers, &queue, host).map_err(|err| {
+            PyRunnerError::Startup(format!("could not install the async_py module: {err}"))
+        })?;
         let mut worker = Worker {
-            vm,
+            commands: Rc::new(Commands {
+                vm,
+                globals,
+                helpers,
+                router: OnceCell::new(),
+                limit: Cell::new(None),
+            }),
             queue,
-            globals,
-            helpers,
             signals,
             watchdog: None,
             output: output::Output::default(),
             streams: streams::Streams::default(),
+            host,
         };
         if let Some(sink) = output {
             worker.route_output(sink)?;
@@ -362,6 +419,7 @@ impl Serve for Worker<'_> {
         // Functions in the globals refer back to them: clearing the dict
         // breaks those cycles, so the runner's objects are released now.
         self.globals.clear();
+        self.host.shut_down();
         if let Some(watchdog) = self.watchdog.take() {
             watchdog.shutdown();
         }
@@ -379,6 +437,9 @@ impl Serve for Worker<'_> {
             // No coroutine runs here to be cancelled.
             Request::Cancel(_) => return,
             Request::Stream(feed) => return self.stream_signal(&feed),
+            // Not sent here: the thread that would take it is inside the
+            // command that runs the awaiting loop, so async host functions'
+            // results reach that loop through `host::Inbox` instead.
             Request::HostDone { .. } => return,
             Request::Invoke(mut invoke) if invoke.stream.is_some() && !invoke.capture => {
                 let feed = invoke.stream.take().expect("checked just before");
@@ -391,6 +452,7 @@ impl Serve for Worker<'_> {
             Ok(watchdog) => watchdog,
             Err(err) => return reply.send(Err(err)),
         };
+        self.limit.set(timeout);
         // A panic inside the interpreter is a bug of RustPython's; it fails
         // this command and the runner goes on.
         let outcome = catch_unwind(AssertUnwindSafe(|| self.run_request(request)))
@@ -398,12 +460,18 @@ impl Serve for Worker<'_> {
         if let Some(watchdog) = watchdog {
             watchdog.disarm();
         }
+        self.limit.set(None);
+        // Past its limit, the command's async host functions are dropped
+        // (the loop that awaited them was interrupted).
+        if reply.slot().is_ready() {
+            self.host.drop_pending();
+        }
         self.end_output_lines();
         reply.send(outcome);
     }
 }
 
-impl Worker<'_> {
+impl Commands<'_> {
     fn run_request(&self, request: Request) -> Reply {
         let vm = self.vm;
         match request {
@@ -438,6 +506,33 @@ impl Worker<'_> {
         }
     }
 
+    /// A host function's command to this runner (see `host::take_nested`),
+    /// run now, under the limit of the command that called the host
+    /// function. Streams and `stop` need the worker, which waits.
+    fn run_nested(&self, job: Job) {
+        let Job { request, reply, .. } = job;
+        let outcome = match request {
+            Request::Invoke(invoke) if invoke.stream.is_some() && !invoke.capture => {
+                Err(PyRunnerError::Unsupported(NESTED_STREAM.into()))
+            }
+            Request::Stop => Err(PyRunnerError::Unsupported(NESTED_STOP.into())),
+            // Sent by no caller that waits (see `Request`): nothing to run.
+            Request::Cancel(_) | Request::Stream(_) | Request::HostDone { .. } => return,
+            request => catch_unwind(AssertUnwindSafe(|| self.run_request(request)))
+                .unwrap_or_else(|panic| Err(panicked(panic))),
+        };
+        let outcome = match outcome {
+            // The limit of the command that waits interrupted this one.
+            Err(PyRunnerError::Python { kind, .. }) if kind == "RunnerTimeout" => {
+                Err(PyRunnerError::Timeout(self.limit.get().unwrap_or_default()))
+            }
+            outcome => outcome,
+        };
+        reply.send(outcome);
+    }
+}
+
+impl Worker<'_> {
     /// Arms the watchdog for a command (or a stream's item) with a limit:
     /// at the deadline it answers `clock` with `Timeout` and signals the
     /// interpreter.
@@ -452,12 +547,15 @@ impl Worker<'_> {
                 sender: self.signals.clone(),
                 exception: self.helpers.timeout.clone(),
                 again: std::sync::Mutex::new((0, INTERRUPT_AGAIN)),
+                loop_wake: self.host.loop_wake(),
             })
         });
         self.watchdog = watchdog;
         armed
     }
+}
 
+impl Commands<'_> {
     /// Calls the function an invoke names with its arguments.
     fn call_invoked(&self, invoke: &Invoke) -> Result<PyObjectRef, PyRunnerError> {
         use rustpython_vm::function::{FuncArgs, KwArgs};
@@ -685,6 +783,9 @@ struct Signal {
     exception: PyTypeRef,
     /// The command last interrupted, and the pause before its next signal.
     again: std::sync::Mutex<(u64, Duration)>,
+    /// A loop that Python code runs and that awaits an async host function
+    /// may be asleep in `select`, where no signal is seen: woken too.
+    loop_wake: Option<Arc<host::Inbox>>,
 }
 
 impl Interrupt for Signal {
@@ -703,6 +804,9 @@ impl Interrupt for Signal {
         }));
         if sent.is_err() {
             return None;
+        }
+        if let Some(loop_wake) = &self.loop_wake {
+            loop_wake.wake();
         }
         let mut again = self.again.lock().unwrap_or_else(|p| p.into_inner());
         let pause = if again.0 == seq {

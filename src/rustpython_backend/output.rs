@@ -5,13 +5,13 @@
 //! `sys.stdout`; the route is its thread's, as on PyO3. What a captured
 //! command writes to its fds is not captured here.
 
-use std::cell::{OnceCell, RefCell};
+use std::cell::RefCell;
 
 use rustpython_vm::builtins::{PyListRef, PyStr, PyTuple};
 use rustpython_vm::{PyObjectRef, PyResult, VirtualMachine};
 use serde_json::Value;
 
-use super::Worker;
+use super::{Commands, Worker};
 use crate::command::{Answer, Reply};
 use crate::error::PyRunnerError;
 use crate::output::{OutputSink, Written};
@@ -23,10 +23,9 @@ thread_local! {
     static SINK: RefCell<Option<OutputSink>> = const { RefCell::new(None) };
 }
 
-/// A runner's share of the router, made on first use.
+/// The runner's route (`on_output`); the router itself is `Commands::router`.
 #[derive(Default)]
 pub(super) struct Output {
-    router: OnceCell<PyObjectRef>,
     route: Option<PyObjectRef>,
 }
 
@@ -52,16 +51,19 @@ fn emit(index: usize, lines: PyListRef, _vm: &VirtualMachine) -> PyResult<()> {
     Ok(())
 }
 
-impl Worker<'_> {
+impl Commands<'_> {
+    /// The runner's share of the router, made on first use.
     fn output_router(&self) -> Result<&PyObjectRef, PyRunnerError> {
-        if let Some(router) = self.output.router.get() {
+        if let Some(router) = self.router.get() {
             return Ok(router);
         }
         let cap = crate::tuning::CAPTURE_CAP;
         let router = self.python(self.helpers.output_router.call((cap,), self.vm))?;
-        Ok(self.output.router.get_or_init(|| router))
+        Ok(self.router.get_or_init(|| router))
     }
+}
 
+impl Worker<'_> {
     /// Routes this runner's thread to `sink` (`on_output`).
     pub(super) fn route_output(&mut self, sink: OutputSink) -> Result<(), PyRunnerError> {
         SINK.with(|slot| *slot.borrow_mut() = Some(sink));
@@ -78,7 +80,7 @@ impl Worker<'_> {
         if self.output.route.take().is_none() {
             return;
         }
-        if let Some(router) = self.output.router.get() {
+        if let Some(router) = self.router.get() {
             let _ = self.vm.call_method(router, "unroute_thread", ());
         }
         SINK.with(|slot| slot.borrow_mut().take());
@@ -90,7 +92,9 @@ impl Worker<'_> {
             let _ = self.vm.call_method(route, "end_lines", ());
         }
     }
+}
 
+impl Commands<'_> {
     /// Runs `command` with its output captured: its success comes with
     /// what it wrote, its failure alone.
     pub(super) fn captured(&self, command: impl FnOnce() -> Reply) -> Reply {

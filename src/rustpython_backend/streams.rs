@@ -186,7 +186,9 @@ impl Worker<'_> {
             }
         };
         let vm = self.vm;
+        self.limit.set(timeout);
         let next = catch_unwind(AssertUnwindSafe(|| iterator.next(vm)));
+        self.limit.set(None);
         if let Some(armed) = armed {
             armed.disarm();
         }

@@ -71,6 +71,8 @@ mod reply_ring;
 mod rustpython;
 #[cfg(feature = "rustpython")]
 mod rustpython_cycles;
+#[cfg(feature = "rustpython")]
+mod rustpython_host;
 #[cfg(feature = "subprocess")]
 mod stream_child;
 #[cfg(feature = "subprocess")]
