@@ -138,13 +138,17 @@ def host_coroutine(name, start, cancel):
 
 
 def host_wake_on(loop, fd, drain):
-    """Has `loop` call `drain()` whenever a byte arrives on `fd`, once per
-    loop: for a backend whose async host functions finish on another
-    thread, which cannot touch the interpreter and so wakes the loop
-    through `fd`, and `drain` settles what finished."""
-    if getattr(loop, "_async_py_host_wake", None) != fd:
-        loop.add_reader(fd, drain)
-        loop._async_py_host_wake = fd
+    """Has `loop` call `drain(loop)` whenever a byte arrives on `fd`, once
+    per loop and fd: for a backend whose async host functions finish on
+    another thread, which cannot touch the interpreter and so wakes the
+    loop through `fd`, and `drain` settles what finished (the futures of
+    the loop it is given there, others through their own loops)."""
+    watched = getattr(loop, "_async_py_host_wake", None)
+    if watched is None:
+        watched = loop._async_py_host_wake = set()
+    if fd not in watched:
+        loop.add_reader(fd, drain, loop)
+        watched.add(fd)
 
 
 def settle_host(future, ok, value):

@@ -7,17 +7,33 @@
 //! thread), while Python waits. On the runner's thread a command the host
 //! function sends to its runner is a nested command: the worker's nesting
 //! scope (opened around its whole loop, see `spawn`) hands it to
-//! [`take_nested`], which runs it at once.
+//! [`take_nested`], which runs it at once, under the limit of the command
+//! that called the host function (a nested command's own limit is not
+//! applied apart from it).
 //!
 //! The runner runs no event loop of its own, but Python code may run one
-//! (`asyncio.run(...)` inside a command); an async host function is a
-//! coroutine function awaited there. Its future runs on the host runtime,
-//! whose threads must not touch the interpreter: when it finishes, the
-//! result is put aside and a byte is written to a socket that the awaiting
-//! loop watches; the loop then calls [`HostDrain`], which settles the
-//! Python futures on the loop's own thread. A command the future sends to
-//! its runner (busy running that loop) goes the same way, and the drain
-//! runs it as a nested command.
+//! (`asyncio.run(...)` inside a command, or on a thread of its own); an
+//! async host function is a coroutine function awaited there. Its future
+//! runs on the host runtime, whose threads must not touch the interpreter:
+//! when it finishes, the result is put aside and a byte is written to a
+//! socket that the awaiting loop watches; the loop then calls [`HostDrain`],
+//! which settles the Python futures of that loop there, and hands those of
+//! another open loop to it with `call_soon_threadsafe`. Loops on the
+//! runner's thread and loops on other threads watch sockets of their own,
+//! so that a loop on another thread never takes the wake-up of the
+//! runner's.
+//!
+//! A command the future of a call awaited on the runner's thread sends to
+//! its runner (busy running that loop) goes the same way: the future is
+//! polled in a nesting scope that puts the command in the [`Inbox`], and
+//! the drain of the runner's loop runs it as a nested command. A command
+//! of a call awaited by a loop on another thread is not nested; it queues
+//! as usual, and the runner serves it between its commands.
+//!
+//! Past a command's limit (and at stop), every async host call still
+//! awaited is dropped, and its Python future fails with `HostError`, so
+//! that a loop kept from one command to the next does not await it
+//! forever.
 
 use std::cell::Cell;
 use std::collections::{HashMap, VecDeque};
@@ -29,6 +45,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
+use std::thread::ThreadId;
 
 use rustpython_vm::builtins::{PyBaseExceptionRef, PyDict, PyTuple, PyType, PyTypeRef};
 use rustpython_vm::class::PyClassImpl;
@@ -112,6 +129,8 @@ pub(super) struct Port {
 struct Shared {
     setup: HostSetup,
     queue: Arc<CommandQueue>,
+    /// The runner's thread: only a call awaited there nests its commands.
+    runner_thread: ThreadId,
     table_form: PyObjectRef,
     host_error: PyTypeRef,
     settle_host: PyObjectRef,
@@ -120,30 +139,46 @@ struct Shared {
     wake: Option<Wake>,
 }
 
-/// The async host functions' side of the loop that awaits them.
+/// The async host functions' side of the loops that await them.
 struct Wake {
     inbox: Arc<Inbox>,
-    /// The end the loop reads (`host_wake_on`).
-    reader: UnixStream,
+    /// The end that loops on the runner's thread read (`host_wake_on`).
+    runner_reader: UnixStream,
+    /// The end that loops on other threads read.
+    others_reader: UnixStream,
     /// The calls started and not yet settled, by token.
     pending: Mutex<HashMap<u64, Pending>>,
     next_token: AtomicU64,
 }
 
-/// What the host runtime's threads hand the loop, and the socket that
-/// wakes it.
+/// What the host runtime's threads hand the loops, and the sockets that
+/// wake them.
 pub(super) struct Inbox {
     /// Async host functions that finished, by token.
     results: Mutex<Vec<(u64, HostResult)>>,
     /// Commands async host functions sent to their runner (nested).
     nested: Mutex<VecDeque<Job>>,
-    writer: UnixStream,
+    /// Wakes the loops on the runner's thread.
+    runner_writer: UnixStream,
+    /// Wakes the loops on other threads.
+    others_writer: UnixStream,
 }
 
 struct Pending {
     future: PyObjectRef,
+    /// The loop that awaits `future`.
+    event_loop: PyObjectRef,
     /// `None` until `start_async` returns.
     task: Option<HostTask>,
+}
+
+impl Pending {
+    /// The call is over: its task is aborted.
+    fn end(&self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -183,17 +218,18 @@ impl Port {
     }
 
     /// Drops the future of every async host function still awaited (their
-    /// command ran past its limit, or the runner stops). Their Python
-    /// futures stay pending.
-    pub fn drop_pending(&self) {
-        if let Some(wake) = self.shared.as_ref().and_then(|shared| shared.wake.as_ref()) {
-            wake.drop_pending();
+    /// command ran past its limit, or the runner stops), and fails its
+    /// Python future with `HostError(why)`. On the runner's thread, while
+    /// it runs no loop.
+    pub fn drop_pending(&self, vm: &VirtualMachine, why: &str) {
+        if let Some(shared) = &self.shared {
+            shared.drop_pending(vm, why);
         }
     }
 
-    /// What wakes the loop that awaits this runner's async host functions
-    /// (`None` if it has none): a limit that passes wakes it too, so that
-    /// its signal is seen.
+    /// What wakes a loop on the runner's thread that awaits this runner's
+    /// async host functions (`None` if it has none): a limit that passes
+    /// wakes it too, so that its signal is seen.
     pub fn loop_wake(&self) -> Option<Arc<Inbox>> {
         let shared = self.shared.as_ref()?;
         shared.wake.as_ref().map(|wake| wake.inbox.clone())
@@ -202,8 +238,8 @@ impl Port {
     /// The runner is stopping: async host functions are dropped, and
     /// `async_py.host` loses its functions, so that the Rust functions (and
     /// what they hold) are released with the Python objects.
-    pub fn shut_down(&self) {
-        self.drop_pending();
+    pub fn shut_down(&self, vm: &VirtualMachine) {
+        self.drop_pending(vm, "the runner stopped");
         if let Some(dict) = self.namespace.dict() {
             dict.clear();
         }
@@ -233,6 +269,7 @@ impl Shared {
         Ok(Shared {
             setup,
             queue,
+            runner_thread: std::thread::current().id(),
             table_form: helpers.table_form.clone(),
             host_error,
             settle_host: helpers.host.settle_host.clone(),
@@ -329,50 +366,106 @@ impl Shared {
     }
 }
 
+impl Shared {
+    /// See [`Port::drop_pending`].
+    fn drop_pending(&self, vm: &VirtualMachine, why: &str) {
+        let Some(wake) = &self.wake else { return };
+        let pending: Vec<Pending> = lock(&wake.pending).drain().map(|(_, call)| call).collect();
+        for call in &pending {
+            call.end();
+        }
+        // Their callers are told `Stopped`.
+        let nested = std::mem::take(&mut *lock(&wake.inbox.nested));
+        drop(nested);
+        lock(&wake.inbox.results).clear();
+        // Past the locks: failing a future runs Python code.
+        for call in pending {
+            let message: PyObjectRef = vm.ctx.new_str(why).into();
+            let settled = self.settle_elsewhere(vm, &call, false, message);
+            if let Err(err) = settled {
+                vm.run_unraisable(err, Some("failing an async host call".into()), call.future);
+            }
+        }
+    }
+
+    /// Settles `call`'s future from a thread that does not run its loop:
+    /// handed to that loop with `call_soon_threadsafe` (settled when the
+    /// loop next runs, if it does not now), not at all once it is closed.
+    fn settle_elsewhere(
+        &self,
+        vm: &VirtualMachine,
+        call: &Pending,
+        ok: bool,
+        value: PyObjectRef,
+    ) -> PyResult<()> {
+        let event_loop = &call.event_loop;
+        if vm
+            .call_method(event_loop, "is_closed", ())?
+            .try_to_bool(vm)?
+        {
+            return Ok(());
+        }
+        let args = (self.settle_host.clone(), call.future.clone(), ok, value);
+        vm.call_method(event_loop, "call_soon_threadsafe", args)
+            .map(drop)
+    }
+}
+
+/// A socket pair whose reading end a loop watches.
+fn wake_pair() -> std::io::Result<(UnixStream, UnixStream)> {
+    let (reader, writer) = UnixStream::pair()?;
+    reader.set_nonblocking(true)?;
+    writer.set_nonblocking(true)?;
+    Ok((reader, writer))
+}
+
 impl Wake {
     fn new() -> std::io::Result<Wake> {
-        let (reader, writer) = UnixStream::pair()?;
-        reader.set_nonblocking(true)?;
-        writer.set_nonblocking(true)?;
+        let (runner_reader, runner_writer) = wake_pair()?;
+        let (others_reader, others_writer) = wake_pair()?;
         Ok(Wake {
             inbox: Arc::new(Inbox {
                 results: Mutex::default(),
                 nested: Mutex::default(),
-                writer,
+                runner_writer,
+                others_writer,
             }),
-            reader,
+            runner_reader,
+            others_reader,
             pending: Mutex::default(),
             next_token: AtomicU64::new(1),
         })
     }
 
-    fn drop_pending(&self) {
-        let pending: Vec<Pending> = lock(&self.pending).drain().map(|(_, call)| call).collect();
-        for call in &pending {
-            if let Some(task) = &call.task {
-                task.abort();
-            }
+    fn reader(&self, on_runner_thread: bool) -> &UnixStream {
+        if on_runner_thread {
+            &self.runner_reader
+        } else {
+            &self.others_reader
         }
-        // Released past the lock: releasing a future may run Python code.
-        drop(pending);
-        // Their callers are told `Stopped`.
-        let nested = std::mem::take(&mut *lock(&self.inbox.nested));
-        drop(nested);
-        lock(&self.inbox.results).clear();
     }
 }
 
 impl Inbox {
-    /// Wakes the loop (from any thread).
+    /// Wakes the loops on the runner's thread (from any thread).
     pub fn wake(&self) {
-        // A full socket already holds a wake-up the loop has not read.
-        let _ = (&self.writer).write(&[1]);
+        Inbox::write_wake(&self.runner_writer);
     }
 
-    /// On a host runtime thread: an async host function's result.
-    fn put(&self, token: u64, result: HostResult) {
+    fn write_wake(mut writer: &UnixStream) {
+        // A full socket already holds a wake-up the loop has not read.
+        let _ = writer.write(&[1]);
+    }
+
+    /// On a host runtime thread: an async host function's result, for a
+    /// loop on the runner's thread or on another.
+    fn put(&self, token: u64, result: HostResult, on_runner_thread: bool) {
         lock(&self.results).push((token, result));
-        self.wake();
+        if on_runner_thread {
+            self.wake();
+        } else {
+            Inbox::write_wake(&self.others_writer);
+        }
     }
 
     /// On a host runtime thread: a command an async host function sent to
@@ -380,6 +473,10 @@ impl Inbox {
     fn nest(&self, job: Job) {
         lock(&self.nested).push_back(job);
         self.wake();
+    }
+
+    fn next_nested(&self) -> Option<Job> {
+        lock(&self.nested).pop_front()
     }
 }
 
@@ -502,37 +599,51 @@ impl Callable for HostStart {
         )?;
         // The loop that awaits wakes up when the result is put aside.
         let event_loop = vm.call_method(&future, "get_loop", ())?;
+        let on_runner_thread = std::thread::current().id() == shared.runner_thread;
         let drain = HostDrain {
             shared: shared.clone(),
+            on_runner_thread,
         };
         HostDrain::make_static_type();
-        shared.host_wake_on.call(
-            (event_loop, wake.reader.as_raw_fd(), drain.into_ref(&vm.ctx)),
-            vm,
-        )?;
+        let fd = wake.reader(on_runner_thread).as_raw_fd();
+        shared
+            .host_wake_on
+            .call((event_loop.clone(), fd, drain.into_ref(&vm.ctx)), vm)?;
         let token = wake.next_token.fetch_add(1, Ordering::Relaxed);
-        lock(&wake.pending).insert(token, Pending { future, task: None });
-        let (function, queue, inbox) = (
-            zelf.function.clone(),
-            shared.queue.clone(),
-            wake.inbox.clone(),
-        );
-        let nested_on_loop: Arc<AsyncFn> = Arc::new(
-            move |call| -> Pin<Box<dyn Future<Output = HostResult> + Send>> {
-                Box::pin(NestedOnLoop {
-                    future: function(call),
-                    queue: queue.clone(),
-                    inbox: inbox.clone(),
-                })
-            },
-        );
+        let call = Pending {
+            future,
+            event_loop,
+            task: None,
+        };
+        lock(&wake.pending).insert(token, call);
+        let function = if on_runner_thread {
+            // The runner's thread runs this loop, inside a command: what
+            // the function sends to the runner is nested (see the module's
+            // docs).
+            let (function, queue, inbox) = (
+                zelf.function.clone(),
+                shared.queue.clone(),
+                wake.inbox.clone(),
+            );
+            let nested_on_loop: Arc<AsyncFn> = Arc::new(
+                move |call| -> Pin<Box<dyn Future<Output = HostResult> + Send>> {
+                    Box::pin(NestedOnLoop {
+                        future: function(call),
+                        queue: queue.clone(),
+                        inbox: inbox.clone(),
+                    })
+                },
+            );
+            nested_on_loop
+        } else {
+            zelf.function.clone()
+        };
         let inbox = wake.inbox.clone();
-        let task =
-            shared
-                .setup
-                .start_async(&zelf.name, nested_on_loop, args, kwargs, move |result| {
-                    inbox.put(token, result)
-                });
+        let task = shared
+            .setup
+            .start_async(&zelf.name, function, args, kwargs, move |result| {
+                inbox.put(token, result, on_runner_thread)
+            });
         if let Some(call) = lock(&wake.pending).get_mut(&token) {
             call.task = Some(task);
         }
@@ -563,8 +674,8 @@ impl Callable for HostCancel {
     fn call(zelf: &Py<Self>, (token,): Self::Args, vm: &VirtualMachine) -> PyResult {
         if let Some(wake) = &zelf.shared.wake {
             let call = lock(&wake.pending).remove(&token);
-            if let Some(task) = call.as_ref().and_then(|call| call.task.as_ref()) {
-                task.abort();
+            if let Some(call) = &call {
+                call.end();
             }
             drop(call);
         }
@@ -572,12 +683,15 @@ impl Callable for HostCancel {
     }
 }
 
-/// Called by the loop when the wake socket has bytes: settles the Python
-/// futures of the async host functions that finished.
+/// Called by a loop when its wake socket has bytes (`drain(loop)`):
+/// settles the Python futures of the async host functions that finished,
+/// and on the runner's thread runs the commands they sent.
 #[pyclass(module = "async_py", name = "host_drain")]
 #[derive(PyPayload)]
 struct HostDrain {
     shared: Arc<Shared>,
+    /// It drains the socket of the loops on the runner's thread.
+    on_runner_thread: bool,
 }
 
 impl std::fmt::Debug for HostDrain {
@@ -590,31 +704,30 @@ impl std::fmt::Debug for HostDrain {
 impl HostDrain {}
 
 impl Callable for HostDrain {
-    type Args = ();
+    type Args = (PyObjectRef,);
 
-    fn call(zelf: &Py<Self>, (): Self::Args, vm: &VirtualMachine) -> PyResult {
+    fn call(zelf: &Py<Self>, (running,): Self::Args, vm: &VirtualMachine) -> PyResult {
         let shared = &zelf.shared;
         let Some(wake) = &shared.wake else {
             return Ok(vm.ctx.none());
         };
         let mut bytes = [0u8; 256];
         loop {
-            match (&wake.reader).read(&mut bytes) {
+            match wake.reader(zelf.on_runner_thread).read(&mut bytes) {
                 Ok(0) => break,
                 Ok(_) => continue,
                 Err(err) if err.kind() == ErrorKind::Interrupted => continue,
                 Err(_) => break,
             }
         }
-        // Commands first: the host functions that sent them wait.
-        loop {
-            let job = lock(&wake.inbox.nested).pop_front();
-            let Some(job) = job else { break };
-            let _calling = Calling::enter();
-            // Unanswered here only off the runner's thread (a loop Python
-            // code runs on a thread of its own): queued as usual.
-            if let Some(job) = crate::host::nest::route(&shared.queue, job) {
-                let _ = shared.queue.push(job);
+        // Commands first: the host functions that sent them wait. Only the
+        // runner's thread runs them (there, the worker's scope takes them).
+        if zelf.on_runner_thread {
+            while let Some(job) = wake.inbox.next_nested() {
+                let _calling = Calling::enter();
+                if let Some(job) = crate::host::nest::route(&shared.queue, job) {
+                    let _ = shared.queue.push(job);
+                }
             }
         }
         let finished = std::mem::take(&mut *lock(&wake.inbox.results));
@@ -623,12 +736,35 @@ impl Callable for HostDrain {
             let Some(call) = lock(&wake.pending).remove(&token) else {
                 continue;
             };
-            let (ok, value) = match shared.result(vm, result) {
-                Ok(value) => (true, value),
-                Err(err) => (false, err.as_object().str(vm)?.into()),
-            };
-            shared.settle_host.call((call.future, ok, value), vm)?;
+            call.end();
+            // One future that cannot be settled leaves the others to be.
+            if let Err(err) = settle(shared, vm, &call, &running, result) {
+                vm.run_unraisable(err, Some("settling an async host call".into()), call.future);
+            }
         }
         Ok(vm.ctx.none())
+    }
+}
+
+/// Settles one finished call's future: here if `running` (the loop that
+/// drains) awaits it, else through its own loop.
+fn settle(
+    shared: &Shared,
+    vm: &VirtualMachine,
+    call: &Pending,
+    running: &PyObject,
+    result: HostResult,
+) -> PyResult<()> {
+    let (ok, value) = match shared.result(vm, result) {
+        Ok(value) => (true, value),
+        Err(err) => (false, err.as_object().str(vm)?.into()),
+    };
+    if call.event_loop.is(running) {
+        shared
+            .settle_host
+            .call((call.future.clone(), ok, value), vm)
+            .map(drop)
+    } else {
+        shared.settle_elsewhere(vm, call, ok, value)
     }
 }

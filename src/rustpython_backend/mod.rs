@@ -36,7 +36,7 @@ use serde_json::Value;
 
 use crate::command::{
     path_arg, prepare_in_process, start_backend_thread, Answer, CommandQueue, Invoke, Job, PathArg,
-    Reply, Request, Returns, Serve,
+    Reply, ReplySlot, Request, Returns, Serve,
 };
 use crate::config::RunnerConfig;
 use crate::error::PyRunnerError;
@@ -426,7 +426,7 @@ impl Serve for Worker<'_> {
         // Functions in the globals refer back to them: clearing the dict
         // breaks those cycles, so the runner's objects are released now.
         self.globals.clear();
-        self.host.shut_down();
+        self.host.shut_down(self.vm);
         if let Some(watchdog) = self.watchdog.take() {
             watchdog.shutdown();
         }
@@ -459,22 +459,31 @@ impl Serve for Worker<'_> {
             Ok(watchdog) => watchdog,
             Err(err) => return reply.send(Err(err)),
         };
-        self.limit.set(timeout);
         // A panic inside the interpreter is a bug of RustPython's; it fails
         // this command and the runner goes on.
+        self.limit.set(timeout);
         let outcome = catch_unwind(AssertUnwindSafe(|| self.run_request(request)))
             .unwrap_or_else(|panic| Err(panicked(panic)));
         if let Some(watchdog) = watchdog {
             watchdog.disarm();
         }
         self.limit.set(None);
-        // Past its limit, the command's async host functions are dropped
-        // (the loop that awaited them was interrupted).
-        if reply.slot().is_ready() {
-            self.host.drop_pending();
-        }
+        self.past_limit(reply.slot());
         self.end_output_lines();
         reply.send(outcome);
+    }
+}
+
+impl Worker<'_> {
+    /// After a command (or a stream's item) whose watchdog answered
+    /// `clock`: past its limit, the async host functions still awaited are
+    /// dropped (the loop that awaited them was interrupted) and their
+    /// futures failed, for a loop kept to the next command.
+    fn past_limit(&self, clock: &ReplySlot) {
+        if clock.is_ready() {
+            self.host
+                .drop_pending(self.vm, "the command ran past its limit");
+        }
     }
 }
 
@@ -515,7 +524,8 @@ impl Commands<'_> {
 
     /// A host function's command to this runner (see `host::take_nested`),
     /// run now, under the limit of the command that called the host
-    /// function. Streams and `stop` need the worker, which waits.
+    /// function (its own limit is not applied apart from that one).
+    /// Streams and `stop` need the worker, which waits.
     fn run_nested(&self, job: Job) {
         let Job { request, reply, .. } = job;
         let outcome = match request {

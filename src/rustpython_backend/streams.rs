@@ -77,6 +77,7 @@ impl Worker<'_> {
         if let Some(armed) = armed {
             armed.disarm();
         }
+        self.past_limit(reply.slot());
         let iterator = match iterator {
             Ok(iterator) => iterator,
             Err(err) => return reply.send(Err(err)),
@@ -192,6 +193,7 @@ impl Worker<'_> {
         if let Some(armed) = armed {
             armed.disarm();
         }
+        self.past_limit(&clock);
         let late = clock
             .is_ready()
             .then(|| PyRunnerError::Timeout(timeout.unwrap_or_default()));

@@ -408,3 +408,187 @@ async fn a_nested_capture_keeps_its_own_output() {
     assert_eq!(captured.value, "inner\n");
     assert_eq!(captured.stdout, "before\nafter\n");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_future_of_a_closed_loop_does_not_keep_the_others_pending() {
+    let runner = with_async_functions(builder()).build().unwrap();
+    runner.run(ASYNC_CODE).await.unwrap();
+    // Two loops kept from one command to the next, each awaiting a call:
+    // one is closed before its call finishes, the other stays open.
+    runner
+        .run(
+            r#"
+import time
+
+closed = asyncio.new_event_loop()
+closed_task = closed.create_task(async_py.host.slow("closed"))
+closed.run_until_complete(asyncio.sleep(0))
+closed.close()
+kept = asyncio.new_event_loop()
+kept_task = kept.create_task(async_py.host.slow("kept"))
+kept.run_until_complete(asyncio.sleep(0))
+
+async def busy_then_gather():
+    tasks = [asyncio.ensure_future(async_py.host.slow(i)) for i in range(3)]
+    await asyncio.sleep(0)
+    time.sleep(0.3)
+    return await asyncio.gather(*tasks)
+"#,
+        )
+        .await
+        .unwrap();
+    // The loop that runs next is busy while every call finishes, so that
+    // one drain finds all their results, the closed loop's first.
+    let answer = within_10s(
+        "calls finishing with one of a closed loop",
+        runner.eval("asyncio.run(busy_then_gather())"),
+    )
+    .await;
+    assert_eq!(answer.unwrap(), json!([0, 1, 2]));
+    // The open loop's future was handed to it, and is settled when it runs.
+    let kept = within_10s(
+        "the kept loop's call",
+        runner.eval("kept.run_until_complete(kept_task)"),
+    )
+    .await;
+    assert_eq!(kept.unwrap(), "kept");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_item_past_its_limit_drops_the_host_future() {
+    let dropped = Arc::new(AtomicBool::new(false));
+    let flag = dropped.clone();
+    let runner = builder()
+        .host_async_function("forever", move |_| {
+            let guard = SetOnDrop(flag.clone());
+            async move {
+                let _guard = guard;
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                Ok(Value::Null)
+            }
+        })
+        .build()
+        .unwrap();
+    // The call is awaited by a loop the generator keeps: nothing cancels
+    // it when the second item runs past its limit.
+    runner
+        .run(
+            r#"
+import asyncio, async_py
+
+def items():
+    kept = asyncio.new_event_loop()
+    task = kept.create_task(async_py.host.forever())
+    kept.run_until_complete(asyncio.sleep(0))
+    yield 1
+    kept.run_until_complete(asyncio.sleep(30))
+    yield 2
+"#,
+        )
+        .await
+        .unwrap();
+    let streaming = runner.clone();
+    let items = within_10s(
+        "a stream whose item awaits a host function past its limit",
+        tokio::task::spawn_blocking(move || {
+            streaming
+                .call("items")
+                .timeout(Duration::from_millis(300))
+                .stream()
+                .blocking_iter()
+                .collect::<Vec<Result<Value, _>>>()
+        }),
+    )
+    .await
+    .unwrap();
+    assert!(matches!(items[0], Ok(ref one) if one == 1), "{items:?}");
+    assert!(
+        matches!(items.last(), Some(Err(PyRunnerError::Timeout(_)))),
+        "{items:?}"
+    );
+    wait_for(&dropped, "the stream item's host future was not dropped").await;
+    assert_eq!(runner.eval("2 + 2").await.unwrap(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loop_kept_past_a_timeout_sees_its_host_call_fail() {
+    let runner = builder()
+        .host_async_function("forever", |_| async {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            Ok(Value::Null)
+        })
+        .build()
+        .unwrap();
+    runner
+        .run(
+            r#"
+import asyncio, async_py
+kept = asyncio.new_event_loop()
+task = kept.create_task(async_py.host.forever())
+
+async def outcome():
+    try:
+        await task
+    except async_py.HostError as e:
+        return str(e)
+    return "no error"
+"#,
+        )
+        .await
+        .unwrap();
+    let timed_out = within_10s(
+        "a kept loop past its limit",
+        runner
+            .clone()
+            .with_timeout(Duration::from_millis(300))
+            .eval("kept.run_until_complete(asyncio.sleep(30))"),
+    )
+    .await;
+    assert!(
+        matches!(timed_out, Err(PyRunnerError::Timeout(_))),
+        "{timed_out:?}"
+    );
+    let message = within_10s(
+        "the kept loop's task after the timeout",
+        runner.eval("kept.run_until_complete(outcome())"),
+    )
+    .await
+    .unwrap();
+    assert!(
+        message.as_str().unwrap().contains("past its limit"),
+        "{message}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loops_on_a_thread_and_on_the_runner_s_thread_both_get_their_results() {
+    let runner = with_async_functions(builder()).build().unwrap();
+    runner.run(ASYNC_CODE).await.unwrap();
+    runner
+        .run(
+            r#"
+import threading
+
+def both(rounds):
+    out = []
+    for _ in range(rounds):
+        box = {}
+        def other():
+            box["thread"] = asyncio.run(many(10))
+        t = threading.Thread(target=other)
+        t.start()
+        mine = asyncio.run(many(10))
+        t.join(10)
+        out.append([mine == list(range(10)), box.get("thread") == list(range(10))])
+    return out
+"#,
+        )
+        .await
+        .unwrap();
+    let answer = within_10s(
+        "a loop on a Python thread and one on the runner's",
+        runner.call("both").arg(5).into_future(),
+    )
+    .await;
+    assert_eq!(answer.unwrap(), json!(vec![[true, true]; 5]));
+}
