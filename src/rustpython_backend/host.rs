@@ -24,11 +24,16 @@
 //! runner's.
 //!
 //! A command the future of a call awaited on the runner's thread sends to
-//! its runner (busy running that loop) goes the same way: the future is
-//! polled in a nesting scope that puts the command in the [`Inbox`], and
-//! the drain of the runner's loop runs it as a nested command. A command
-//! of a call awaited by a loop on another thread is not nested; it queues
-//! as usual, and the runner serves it between its commands.
+//! its runner (busy running that loop) goes the same way: the future, the
+//! part of the function that makes it included, is polled in a nesting
+//! scope that puts the command in the [`Inbox`], and the drain of the
+//! runner's loop runs it as a nested command. Commands from tasks or
+//! threads the host function starts itself are not nested: they queue
+//! behind the command that awaits the host function. Neither is a command
+//! of a call awaited by a loop on another thread; those queue as usual,
+//! and the runner serves them between its commands. A nested command of a
+//! call that ended (cancelled, past its limit, or the runner stopped) is
+//! answered `Stopped` at once.
 //!
 //! Past a command's limit (and at stop), every async host call still
 //! awaited is dropped, and its Python future fails with `HostError`, so
@@ -42,7 +47,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::thread::ThreadId;
@@ -59,7 +64,8 @@ use serde_json::{Map, Value};
 use super::convert::{to_python, to_value, ToValueError};
 use super::{Commands, Helpers};
 use crate::command::{CommandQueue, Job};
-use crate::host::{AsyncFn, HostFn, HostResult, HostSetup, HostTask, SyncFn};
+use crate::error::PyRunnerError;
+use crate::host::{AsyncFn, HostCall, HostFn, HostResult, HostSetup, HostTask, SyncFn};
 
 thread_local! {
     /// How many sync host functions (or drains running an async one's
@@ -157,24 +163,37 @@ pub(super) struct Inbox {
     /// Async host functions that finished, by token.
     results: Mutex<Vec<(u64, HostResult)>>,
     /// Commands async host functions sent to their runner (nested).
-    nested: Mutex<VecDeque<Job>>,
+    nested: Mutex<Nested>,
     /// Wakes the loops on the runner's thread.
     runner_writer: UnixStream,
     /// Wakes the loops on other threads.
     others_writer: UnixStream,
 }
 
+/// The nested commands waiting for the runner's loop to run them.
+#[derive(Default)]
+struct Nested {
+    /// Each with the liveness of the call that sent it.
+    jobs: VecDeque<(Arc<AtomicBool>, Job)>,
+    /// Set when the runner stops: nothing is taken in any more.
+    closed: bool,
+}
+
 struct Pending {
     future: PyObjectRef,
     /// The loop that awaits `future`.
     event_loop: PyObjectRef,
+    /// Cleared when the call ends (settled, cancelled, or dropped): its
+    /// nested commands are then answered `Stopped`.
+    live: Arc<AtomicBool>,
     /// `None` until `start_async` returns.
     task: Option<HostTask>,
 }
 
 impl Pending {
-    /// The call is over: its task is aborted.
+    /// The call is over: its task is aborted and its commands refused.
     fn end(&self) {
+        self.live.store(false, Ordering::SeqCst);
         if let Some(task) = &self.task {
             task.abort();
         }
@@ -235,10 +254,14 @@ impl Port {
         shared.wake.as_ref().map(|wake| wake.inbox.clone())
     }
 
-    /// The runner is stopping: async host functions are dropped, and
-    /// `async_py.host` loses its functions, so that the Rust functions (and
-    /// what they hold) are released with the Python objects.
+    /// The runner is stopping: async host functions are dropped, their
+    /// commands from now on answered `Stopped`, and `async_py.host` loses
+    /// its functions, so that the Rust functions (and what they hold) are
+    /// released with the Python objects.
     pub fn shut_down(&self, vm: &VirtualMachine) {
+        if let Some(wake) = self.shared.as_ref().and_then(|shared| shared.wake.as_ref()) {
+            lock(&wake.inbox.nested).closed = true;
+        }
         self.drop_pending(vm, "the runner stopped");
         if let Some(dict) = self.namespace.dict() {
             dict.clear();
@@ -374,8 +397,9 @@ impl Shared {
         for call in &pending {
             call.end();
         }
-        // Their callers are told `Stopped`.
-        let nested = std::mem::take(&mut *lock(&wake.inbox.nested));
+        // Their callers are told `Stopped` (the calls are no longer live, so
+        // nothing more is taken in for them).
+        let nested = std::mem::take(&mut lock(&wake.inbox.nested).jobs);
         drop(nested);
         lock(&wake.inbox.results).clear();
         // Past the locks: failing a future runs Python code.
@@ -469,25 +493,62 @@ impl Inbox {
     }
 
     /// On a host runtime thread: a command an async host function sent to
-    /// its runner, which is busy running the loop that awaits it.
-    fn nest(&self, job: Job) {
-        lock(&self.nested).push_back(job);
+    /// its runner, which is busy running the loop that awaits it. A call
+    /// that ended, or a runner that stopped, takes no more: the command is
+    /// answered `Stopped`.
+    fn nest(&self, live: &Arc<AtomicBool>, job: Job) {
+        let mut nested = lock(&self.nested);
+        // Looked at under the lock that `drop_pending` and `HostCancel`
+        // empty the queue under, after they clear `live`.
+        if nested.closed || !live.load(Ordering::SeqCst) {
+            drop(nested);
+            job.reply.send(Err(PyRunnerError::Stopped));
+            return;
+        }
+        nested.jobs.push_back((live.clone(), job));
+        drop(nested);
         self.wake();
     }
 
+    /// The next nested command of a call still live; those of calls that
+    /// ended are answered `Stopped` on the way.
     fn next_nested(&self) -> Option<Job> {
-        lock(&self.nested).pop_front()
+        loop {
+            let (live, job) = lock(&self.nested).jobs.pop_front()?;
+            if live.load(Ordering::SeqCst) && !job.reply.is_abandoned() {
+                return Some(job);
+            }
+            job.reply.send(Err(PyRunnerError::Stopped));
+        }
+    }
+
+    /// Answers `Stopped` to the nested commands of one call that ended.
+    fn refuse_nested_of(&self, live: &Arc<AtomicBool>) {
+        let mut nested = lock(&self.nested);
+        let (dead, kept) = std::mem::take(&mut nested.jobs)
+            .into_iter()
+            .partition(|(of, _)| Arc::ptr_eq(of, live));
+        nested.jobs = kept;
+        drop(nested);
+        let dead: VecDeque<_> = dead;
+        for (_, job) in dead {
+            job.reply.send(Err(PyRunnerError::Stopped));
+        }
     }
 }
 
 /// An async host function's future, polled with a nesting scope open on
 /// the host runtime's thread: the commands it sends to its runner (whose
 /// thread runs the loop that awaits it, inside a command) go to the
-/// [`Inbox`], and the loop's `drain` runs them.
+/// [`Inbox`], and the loop's `drain` runs them. The future is made on the
+/// first poll, in that scope too: the part of the function that makes it
+/// may send commands and wait for them.
 struct NestedOnLoop {
-    future: Pin<Box<dyn Future<Output = HostResult> + Send>>,
+    making: Option<(Arc<AsyncFn>, HostCall)>,
+    future: Option<Pin<Box<dyn Future<Output = HostResult> + Send>>>,
     queue: Arc<CommandQueue>,
     inbox: Arc<Inbox>,
+    live: Arc<AtomicBool>,
 }
 
 impl Future for NestedOnLoop {
@@ -495,13 +556,26 @@ impl Future for NestedOnLoop {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<HostResult> {
         let this = self.get_mut();
-        let inbox = &this.inbox;
+        let (inbox, live) = (&this.inbox, &this.live);
         let take = |job| {
-            inbox.nest(job);
+            inbox.nest(live, job);
             None
         };
-        let future = &mut this.future;
-        crate::host::nest::within(&this.queue, &take, || future.as_mut().poll(cx))
+        let (making, future) = (&mut this.making, &mut this.future);
+        crate::host::nest::within(&this.queue, &take, || {
+            if future.is_none() {
+                // Gone only if making the future panicked, after which the
+                // task is not polled again.
+                let Some((function, call)) = making.take() else {
+                    return Poll::Ready(Err("the host function's future was not made".into()));
+                };
+                *future = Some(function(call));
+            }
+            match future {
+                Some(future) => future.as_mut().poll(cx),
+                None => Poll::Pending,
+            }
+        })
     }
 }
 
@@ -610,9 +684,11 @@ impl Callable for HostStart {
             .host_wake_on
             .call((event_loop.clone(), fd, drain.into_ref(&vm.ctx)), vm)?;
         let token = wake.next_token.fetch_add(1, Ordering::Relaxed);
+        let live = Arc::new(AtomicBool::new(true));
         let call = Pending {
             future,
             event_loop,
+            live: live.clone(),
             task: None,
         };
         lock(&wake.pending).insert(token, call);
@@ -628,9 +704,11 @@ impl Callable for HostStart {
             let nested_on_loop: Arc<AsyncFn> = Arc::new(
                 move |call| -> Pin<Box<dyn Future<Output = HostResult> + Send>> {
                     Box::pin(NestedOnLoop {
-                        future: function(call),
+                        making: Some((function.clone(), call)),
+                        future: None,
                         queue: queue.clone(),
                         inbox: inbox.clone(),
+                        live: live.clone(),
                     })
                 },
             );
@@ -676,6 +754,7 @@ impl Callable for HostCancel {
             let call = lock(&wake.pending).remove(&token);
             if let Some(call) = &call {
                 call.end();
+                wake.inbox.refuse_nested_of(&call.live);
             }
             drop(call);
         }

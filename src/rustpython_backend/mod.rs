@@ -528,6 +528,9 @@ impl Commands<'_> {
     /// Streams and `stop` need the worker, which waits.
     fn run_nested(&self, job: Job) {
         let Job { request, reply, .. } = job;
+        if reply.is_abandoned() {
+            return;
+        }
         let outcome = match request {
             Request::Invoke(invoke) if invoke.stream.is_some() && !invoke.capture => {
                 Err(PyRunnerError::Unsupported(NESTED_STREAM.into()))

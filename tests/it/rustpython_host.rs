@@ -455,6 +455,88 @@ async def busy_then_gather():
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_async_function_may_send_commands_before_its_first_await_under_asyncio_run() {
+    let runner = builder()
+        .host_async_function("early", |call: HostCall| {
+            // Made on a runtime thread while the runner's thread runs the
+            // loop that awaits it: a blocking command to that runner.
+            let seen = call.runner().eval_sync("base");
+            async move {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                seen.map_err(|err| err.to_string())
+            }
+        })
+        .build()
+        .unwrap();
+    runner
+        .run("import asyncio, async_py\nbase = 7")
+        .await
+        .unwrap();
+    let answer = within_10s(
+        "a command sent as an async host function is made",
+        runner.eval("asyncio.run(async_py.host.early())"),
+    )
+    .await;
+    assert_eq!(answer.unwrap(), 7);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_future_that_sends_commands_in_a_loop_ends_after_its_call() {
+    let ended = Arc::new(AtomicBool::new(false));
+    let flag = ended.clone();
+    let runner = builder()
+        .host_async_function("hammer", move |call: HostCall| {
+            let flag = flag.clone();
+            async move {
+                // Blocking commands, with no await in between (an abort
+                // cannot end this loop): it ends once 50 are refused, which
+                // takes no time only if refusals come at once.
+                let mut refused = 0;
+                while refused < 50 {
+                    if call.runner().eval_sync("1").is_err() {
+                        refused += 1;
+                    }
+                }
+                flag.store(true, Ordering::SeqCst);
+                Ok(Value::Null)
+            }
+        })
+        .build()
+        .unwrap();
+    // Awaited by a loop kept from one command to the next, which a command
+    // past its limit runs: the call is dropped, and no loop runs after.
+    runner
+        .run(
+            r#"
+import asyncio, async_py
+kept = asyncio.new_event_loop()
+task = kept.create_task(async_py.host.hammer())
+"#,
+        )
+        .await
+        .unwrap();
+    let outcome = within_10s(
+        "a loop serving a host function's commands past its limit",
+        runner
+            .clone()
+            .with_timeout(Duration::from_millis(300))
+            .eval("kept.run_until_complete(asyncio.sleep(30))"),
+    )
+    .await;
+    assert!(
+        matches!(outcome, Err(PyRunnerError::Timeout(_))),
+        "{outcome:?}"
+    );
+    wait_for(
+        &ended,
+        "the host future blocked on its commands after its call",
+    )
+    .await;
+    assert_eq!(runner.eval("2 + 2").await.unwrap(), 4);
+    within_10s("stop", runner.stop()).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_item_past_its_limit_drops_the_host_future() {
     let dropped = Arc::new(AtomicBool::new(false));
     let flag = dropped.clone();
