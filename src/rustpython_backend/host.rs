@@ -9,7 +9,8 @@
 //! scope (opened around its whole loop, see `spawn`) hands it to
 //! [`take_nested`], which runs it at once, under the limit of the command
 //! that called the host function (a nested command's own limit is not
-//! applied apart from it).
+//! applied apart from it); once that limit has passed, nested commands are
+//! refused with `Timeout`, so that a host function that retries ends.
 //!
 //! The runner runs no event loop of its own, but Python code may run one
 //! (`asyncio.run(...)` inside a command, or on a thread of its own); an

@@ -15,7 +15,7 @@ mod output;
 mod streams;
 mod typed;
 
-use std::cell::{Cell, OnceCell};
+use std::cell::{Cell, OnceCell, RefCell};
 use std::ops::Deref;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
@@ -252,6 +252,9 @@ struct Commands<'vm> {
     /// command runs under it, and is told `Timeout` with it when the
     /// limit interrupts it.
     limit: Cell<Option<Duration>>,
+    /// The reply slot the watchdog of that command (or item) answers: once
+    /// answered, the limit has passed and nested commands are refused.
+    clock: RefCell<Option<Arc<ReplySlot>>>,
 }
 
 impl<'vm> Deref for Worker<'vm> {
@@ -366,6 +369,7 @@ impl<'vm> Worker<'vm> {
                 helpers,
                 router: OnceCell::new(),
                 limit: Cell::new(None),
+                clock: RefCell::new(None),
             }),
             queue,
             signals,
@@ -461,13 +465,13 @@ impl Serve for Worker<'_> {
         };
         // A panic inside the interpreter is a bug of RustPython's; it fails
         // this command and the runner goes on.
-        self.limit.set(timeout);
-        let outcome = catch_unwind(AssertUnwindSafe(|| self.run_request(request)))
-            .unwrap_or_else(|panic| Err(panicked(panic)));
+        let outcome = self.under_limit(timeout, reply.slot(), || {
+            catch_unwind(AssertUnwindSafe(|| self.run_request(request)))
+                .unwrap_or_else(|panic| Err(panicked(panic)))
+        });
         if let Some(watchdog) = watchdog {
             watchdog.disarm();
         }
-        self.limit.set(None);
         self.past_limit(reply.slot());
         self.end_output_lines();
         reply.send(outcome);
@@ -488,6 +492,22 @@ impl Worker<'_> {
 }
 
 impl Commands<'_> {
+    /// Runs `body` as the command (or stream item) whose limit is `limit`
+    /// and whose watchdog answers `clock` (see `run_nested`).
+    fn under_limit<R>(
+        &self,
+        limit: Option<Duration>,
+        clock: &Arc<ReplySlot>,
+        body: impl FnOnce() -> R,
+    ) -> R {
+        self.limit.set(limit);
+        *self.clock.borrow_mut() = Some(clock.clone());
+        let result = body();
+        self.limit.set(None);
+        *self.clock.borrow_mut() = None;
+        result
+    }
+
     fn run_request(&self, request: Request) -> Reply {
         let vm = self.vm;
         match request {
@@ -524,12 +544,23 @@ impl Commands<'_> {
 
     /// A host function's command to this runner (see `host::take_nested`),
     /// run now, under the limit of the command that called the host
-    /// function (its own limit is not applied apart from that one).
-    /// Streams and `stop` need the worker, which waits.
+    /// function (its own limit is not applied apart from that one); once
+    /// that limit has passed it is refused with `Timeout`. Streams and
+    /// `stop` need the worker, which waits.
     fn run_nested(&self, job: Job) {
         let Job { request, reply, .. } = job;
         if reply.is_abandoned() {
             return;
+        }
+        let past_limit = self
+            .clock
+            .borrow()
+            .as_ref()
+            .is_some_and(|clock| clock.is_ready());
+        if past_limit {
+            // Refused, so that a host function that retries in a loop ends.
+            let limit = self.limit.get().unwrap_or_default();
+            return reply.send(Err(PyRunnerError::Timeout(limit)));
         }
         let outcome = match request {
             Request::Invoke(invoke) if invoke.stream.is_some() && !invoke.capture => {
@@ -541,9 +572,19 @@ impl Commands<'_> {
             request => catch_unwind(AssertUnwindSafe(|| self.run_request(request)))
                 .unwrap_or_else(|panic| Err(panicked(panic))),
         };
+        let late = self
+            .clock
+            .borrow()
+            .as_ref()
+            .is_some_and(|clock| clock.is_ready());
         let outcome = match outcome {
             // The limit of the command that waits interrupted this one.
             Err(PyRunnerError::Python { kind, .. }) if kind == "RunnerTimeout" => {
+                Err(PyRunnerError::Timeout(self.limit.get().unwrap_or_default()))
+            }
+            // RustPython 0.5 can panic ("InvalidBytecode") when the limit's
+            // signal lands in a frame: past the limit, a timeout all the same.
+            Err(PyRunnerError::WorkerDied { .. }) if late => {
                 Err(PyRunnerError::Timeout(self.limit.get().unwrap_or_default()))
             }
             outcome => outcome,

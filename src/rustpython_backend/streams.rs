@@ -69,11 +69,13 @@ impl Worker<'_> {
         };
         // `__iter__` is user code: under the call's limit, and a panic in
         // it fails the call, not the thread.
-        let iterator = catch_unwind(AssertUnwindSafe(|| {
-            self.call_invoked(&invoke)
-                .and_then(|result| self.stream_source(&invoke.name, &result))
-        }))
-        .unwrap_or_else(|panic| Err(panicked(panic)));
+        let iterator = self.under_limit(timeout, reply.slot(), || {
+            catch_unwind(AssertUnwindSafe(|| {
+                self.call_invoked(&invoke)
+                    .and_then(|result| self.stream_source(&invoke.name, &result))
+            }))
+            .unwrap_or_else(|panic| Err(panicked(panic)))
+        });
         if let Some(armed) = armed {
             armed.disarm();
         }
@@ -187,9 +189,9 @@ impl Worker<'_> {
             }
         };
         let vm = self.vm;
-        self.limit.set(timeout);
-        let next = catch_unwind(AssertUnwindSafe(|| iterator.next(vm)));
-        self.limit.set(None);
+        let next = self.under_limit(timeout, &clock, || {
+            catch_unwind(AssertUnwindSafe(|| iterator.next(vm)))
+        });
         if let Some(armed) = armed {
             armed.disarm();
         }

@@ -5,7 +5,7 @@
 //! runner lets go.
 
 use std::future::IntoFuture;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -481,6 +481,52 @@ async fn an_async_function_may_send_commands_before_its_first_await_under_asynci
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_function_that_retries_after_the_limit_ends() {
+    const TRIES: usize = 20_000;
+    let tries = Arc::new(AtomicUsize::new(0));
+    let ran = Arc::new(AtomicUsize::new(0));
+    let (counted, succeeded) = (tries.clone(), ran.clone());
+    let runner = builder()
+        .host_function("retry", move |call: HostCall| {
+            std::thread::sleep(Duration::from_millis(400));
+            // Past the limit now: every nested command is refused, so a
+            // loop that retries until one succeeds ends.
+            for _ in 0..TRIES {
+                counted.fetch_add(1, Ordering::SeqCst);
+                match call.runner().eval_sync("1") {
+                    Ok(_) => {
+                        succeeded.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Err(PyRunnerError::Timeout(limit)) if limit == Duration::from_millis(150) => {}
+                    Err(err) => return Err(format!("not the outer limit: {err}")),
+                }
+            }
+            Err("gave up".into())
+        })
+        .build()
+        .unwrap();
+    runner.run("import async_py").await.unwrap();
+    let limited = runner.clone().with_timeout(Duration::from_millis(150));
+    let outcome = within_10s(
+        "a host function that retries",
+        limited.eval("async_py.host.retry()"),
+    )
+    .await;
+    assert!(
+        matches!(outcome, Err(PyRunnerError::Timeout(_))),
+        "{outcome:?}"
+    );
+    let after = within_10s("a command after the retries", runner.eval("2")).await;
+    assert_eq!(after.unwrap(), 2);
+    assert_eq!(tries.load(Ordering::SeqCst), TRIES);
+    assert_eq!(
+        ran.load(Ordering::SeqCst),
+        0,
+        "nested commands ran past the limit"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_future_that_sends_commands_in_a_loop_ends_after_its_call() {
     let ended = Arc::new(AtomicBool::new(false));
     let flag = ended.clone();
@@ -590,6 +636,55 @@ def items():
     );
     wait_for(&dropped, "the stream item's host future was not dropped").await;
     assert_eq!(runner.eval("2 + 2").await.unwrap(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nested_command_at_a_stream_s_start_is_told_the_stream_s_limit() {
+    let seen: Arc<Mutex<Option<Result<(), PyRunnerError>>>> = Arc::default();
+    let record = seen.clone();
+    let runner = builder()
+        .host_function("spin", move |call: HostCall| {
+            let nested = call.runner().run_sync("while True:\n    pass");
+            *record.lock().unwrap() = Some(nested);
+            Ok(Value::Null)
+        })
+        .build()
+        .unwrap();
+    runner
+        .run("import async_py\ndef items():\n    async_py.host.spin()\n    return iter([1])")
+        .await
+        .unwrap();
+    let streaming = runner.clone();
+    let items = within_10s(
+        "a stream whose start nests a command past its limit",
+        tokio::task::spawn_blocking(move || {
+            streaming
+                .call("items")
+                .timeout(Duration::from_millis(300))
+                .stream()
+                .blocking_iter()
+                .collect::<Vec<Result<Value, _>>>()
+        }),
+    )
+    .await
+    .unwrap();
+    assert!(
+        matches!(items.last(), Some(Err(PyRunnerError::Timeout(_)))),
+        "{items:?}"
+    );
+    let started = Instant::now();
+    while seen.lock().unwrap().is_none() {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the nested command never ended"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let nested = seen.lock().unwrap().take().unwrap();
+    assert!(
+        matches!(nested, Err(PyRunnerError::Timeout(limit)) if limit == Duration::from_millis(300)),
+        "{nested:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
