@@ -466,8 +466,10 @@ impl Serve for Worker<'_> {
         // A panic inside the interpreter is a bug of RustPython's; it fails
         // this command and the runner goes on.
         let outcome = self.under_limit(timeout, reply.slot(), || {
-            catch_unwind(AssertUnwindSafe(|| self.run_request(request)))
-                .unwrap_or_else(|panic| Err(panicked(panic)))
+            catch_unwind(AssertUnwindSafe(|| self.run_request(request))).unwrap_or_else(|panic| {
+                self.forget_running_loop();
+                Err(panicked(panic))
+            })
         });
         if let Some(watchdog) = watchdog {
             watchdog.disarm();
@@ -506,6 +508,38 @@ impl Commands<'_> {
         self.limit.set(None);
         *self.clock.borrow_mut() = None;
         result
+    }
+
+    /// After a panic of the interpreter: a loop it was running is left set
+    /// as running on this thread (the `finally` that unsets it never ran),
+    /// and the next `asyncio.run` would refuse to start.
+    fn forget_running_loop(&self) {
+        self.set_running_loop(self.vm.ctx.none());
+    }
+
+    /// `asyncio.events._set_running_loop(running)`, if asyncio is loaded.
+    fn set_running_loop(&self, running: PyObjectRef) {
+        if let Some(events) = self.asyncio_events() {
+            if let Ok(set) = events.get_attr("_set_running_loop", self.vm) {
+                let _ = set.call((running,), self.vm);
+            }
+        }
+    }
+
+    /// The loop running on this thread (`None` for none, or if asyncio
+    /// is not loaded).
+    fn running_loop(&self) -> PyObjectRef {
+        let vm = self.vm;
+        self.asyncio_events()
+            .and_then(|events| events.get_attr("_get_running_loop", vm).ok())
+            .and_then(|get| get.call((), vm).ok())
+            .unwrap_or_else(|| vm.ctx.none())
+    }
+
+    fn asyncio_events(&self) -> Option<PyObjectRef> {
+        let vm = self.vm;
+        let modules = vm.sys_module.get_attr("modules", vm).ok()?;
+        modules.get_item("asyncio.events", vm).ok()
     }
 
     fn run_request(&self, request: Request) -> Reply {
@@ -569,8 +603,17 @@ impl Commands<'_> {
             Request::Stop => Err(PyRunnerError::Unsupported(NESTED_STOP.into())),
             // Sent by no caller that waits (see `Request`): nothing to run.
             Request::Cancel(_) | Request::Stream(_) | Request::HostDone { .. } => return,
-            request => catch_unwind(AssertUnwindSafe(|| self.run_request(request)))
-                .unwrap_or_else(|panic| Err(panicked(panic))),
+            request => {
+                // The loop of the command that waits, if it runs one: a
+                // panic leaves whatever the nested command ran set instead.
+                let running = self.running_loop();
+                catch_unwind(AssertUnwindSafe(|| self.run_request(request))).unwrap_or_else(
+                    |panic| {
+                        self.set_running_loop(running);
+                        Err(panicked(panic))
+                    },
+                )
+            }
         };
         let late = self
             .clock

@@ -74,7 +74,10 @@ impl Worker<'_> {
                 self.call_invoked(&invoke)
                     .and_then(|result| self.stream_source(&invoke.name, &result))
             }))
-            .unwrap_or_else(|panic| Err(panicked(panic)))
+            .unwrap_or_else(|panic| {
+                self.forget_running_loop();
+                Err(panicked(panic))
+            })
         });
         if let Some(armed) = armed {
             armed.disarm();
@@ -190,7 +193,11 @@ impl Worker<'_> {
         };
         let vm = self.vm;
         let next = self.under_limit(timeout, &clock, || {
-            catch_unwind(AssertUnwindSafe(|| iterator.next(vm)))
+            let next = catch_unwind(AssertUnwindSafe(|| iterator.next(vm)));
+            if next.is_err() {
+                self.forget_running_loop();
+            }
+            next
         });
         if let Some(armed) = armed {
             armed.disarm();
