@@ -31,6 +31,7 @@ class ThreadedHost:
         self.cancelled = []
         self.next_token = 1
         self.lock = threading.Lock()
+        self.drained_by = []
 
     def start(self, args, kwargs, future):
         worker.host_wake_on(future.get_loop(), self.reader.fileno(), self.drain)
@@ -52,7 +53,8 @@ class ThreadedHost:
         self.cancelled.append(token)
         self.pending.pop(token, None)
 
-    def drain(self):
+    def drain(self, loop):
+        self.drained_by.append(loop)
         try:
             while self.reader.recv(256):
                 pass
@@ -94,8 +96,22 @@ class HostWakeTests(unittest.TestCase):
             self.addCleanup(loop.close)
             loop.run_until_complete(self.call(1))
             loop.run_until_complete(self.call(2))
-            self.assertEqual(loop._async_py_host_wake, self.host.reader.fileno())
+            self.assertEqual(loop._async_py_host_wake, {self.host.reader.fileno()})
             self.assertEqual(len(loop._selector.get_map()), 2)  # its self-pipe and ours
+            self.assertIs(self.host.drained_by[-1], loop)  # the drain is told its loop
+
+    def test_a_loop_may_watch_several_sockets(self):
+        other = ThreadedHost(0.05)
+        self.addCleanup(other.close)
+        other_call = worker.host_coroutine("other", other.start, other.cancel)
+
+        async def main():
+            return await asyncio.gather(self.call(1), other_call(2))
+
+        loop = asyncio.new_event_loop()
+        self.addCleanup(loop.close)
+        self.assertEqual(loop.run_until_complete(main()), [[(1,), {}], [(2,), {}]])
+        self.assertEqual(loop._async_py_host_wake, {self.host.reader.fileno(), other.reader.fileno()})
 
     def test_a_cancelled_await_cancels_the_call_and_a_late_result_is_dropped(self):
         async def main():
