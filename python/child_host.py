@@ -7,12 +7,13 @@ kwargs]` to the parent, which runs the Rust function and answers
 - The parent names its host functions in the environment (ENV_HOST), read
   and removed before any user code runs; a zygote's forks inherit them.
 - A sync host function sends its call and waits for the reply reading the
-  request pipe itself. What arrives meanwhile is served as the serve loop
-  would serve it, in order and re-entrantly: the parent sends requests past
-  a request that waits for a host function only when the host function
-  sent them to this runner (nested commands), and they must run before
-  it returns. Replies to other host calls, cancels and credit are handled
-  as they come.
+  request pipe itself. Of what arrives meanwhile it serves only what the
+  wait needs: host replies, stream credit, and the requests the parent
+  marked nested (a `["nested", id]` note right before each: a host
+  function sent them to this runner, and they must run before it returns;
+  their own host calls wait the same way, re-entrantly). Every other frame
+  (requests queued behind the one that waits, cancels, stop) is put aside
+  in order, and the serve loop takes those first once the wait ends.
 - An async host function is a coroutine function (host.py's
   `host_coroutine`): its call goes out at once, and the serve loop's frame
   reader settles its future when the reply comes. A cancelled await sends
@@ -56,6 +57,8 @@ class ChildHost:
     """{hid: None, or (ok, value) once answered} of the sync calls waiting."""
     host_futures = None
     """{hid: future} of the async calls awaiting their reply."""
+    nested_next = False
+    """A wait read a `nested` note: the next frame is the request it names."""
     host_holding = None
     """The requests (ids, outermost first) that wait for a sync host call:
     a SIGINT of the parent for any of them stops the innermost request."""
@@ -130,14 +133,19 @@ class ChildHost:
             del waiting[hid]
             self.host_holding.pop()
             self.running = holder
+            if self.deferred and self.driver is not None:
+                # Called from a coroutine: the loop's turn ends, so that the
+                # serve loop takes what the wait put aside.
+                self.driver.wake()
         if ok:
             return value
         raise host_error(value)
 
     def _serve_while_waiting(self, holder):
         """One step of a sync host call's wait: the next frame handled (a
-        nested request run, a host reply noted), or the pipe read."""
-        frame = self._take_frame()
+        nested request run, a host reply or credit noted, anything else put
+        aside for the serve loop), or the pipe read."""
+        frame = self._take_inbox_frame()
         if frame is None:
             if self.at_eof:
                 raise host_error("the parent closed the request pipe")
@@ -148,6 +156,16 @@ class ChildHost:
         if frame.startswith(HOST_REPLY_START):
             self._host_reply(self.unpack_frame(frame))
             return
+        if not self.nested_next:
+            if frame.startswith(NESTED_START):
+                # The parent writes the note and its request together.
+                self.nested_next = True
+            elif frame.startswith(MORE_START):
+                self._more(self.unpack_frame(frame))
+            else:
+                self.deferred.append(frame)
+            return
+        self.nested_next = False
         counters = None if self.ring is None else self.ring.counters
         in_loop = 0
         if counters is not None:

@@ -72,7 +72,7 @@ fn values_cross_both_ways_with_bytes_as_numbers() {
 }
 
 #[test]
-fn a_nested_command_runs_while_its_caller_waits_and_a_nested_run_is_replayed() {
+fn a_nested_command_runs_while_its_caller_waits_and_is_replayed_by_its_caller() {
     within(60, || {
         let runner = host_builder().build().unwrap();
         runner
@@ -94,14 +94,15 @@ fn a_nested_command_runs_while_its_caller_waits_and_a_nested_run_is_replayed() {
             json!([4, 4])
         );
         runner
-            .run_sync("async_py.host.nest_run('y = x * 3')")
+            .run_sync("async_py.host.nest_run('y = x * 3; runs = globals().get(\"runs\", 0) + 1')")
             .unwrap();
-        assert_eq!(runner.eval_sync("y").unwrap(), json!(15));
-        // A fresh child replays the nested run as well as the one around it.
+        assert_eq!(runner.eval_sync("[y, runs]").unwrap(), json!([15, 1]));
+        // A fresh child replays the run around the nested one, which runs
+        // the nested one again: it is not replayed on its own as well.
         let first = child_pid(&runner);
         let _ = runner.run_sync("import os\nos.kill(os.getpid(), 9)");
         assert_ne!(child_pid(&runner), first);
-        assert_eq!(runner.eval_sync("y").unwrap(), json!(15));
+        assert_eq!(runner.eval_sync("[y, runs]").unwrap(), json!([15, 1]));
     });
 }
 
@@ -264,5 +265,136 @@ fn a_sync_host_function_past_the_limit_times_out_its_command_through_a_nested_on
         );
         assert!(started.elapsed() < Duration::from_secs(3));
         assert_eq!(runner.eval_sync("1 + 1").unwrap(), json!(2));
+    });
+}
+
+/// Runs `code` on a clone of `runner` on a thread of its own.
+fn run_on_thread(
+    runner: &async_py::PyRunner,
+    code: &str,
+) -> std::thread::JoinHandle<Result<(), PyRunnerError>> {
+    let runner = runner.clone();
+    let code = code.to_owned();
+    std::thread::spawn(move || runner.run_sync(&code))
+}
+
+#[test]
+fn requests_queued_behind_one_that_waits_for_a_host_function_run_after_it() {
+    within(60, || {
+        let runner = builder()
+            .host_function("slow", |_| {
+                std::thread::sleep(Duration::from_millis(300));
+                Ok(Value::Null)
+            })
+            .build()
+            .unwrap();
+        runner
+            .run_sync("import async_py, time\norder = []")
+            .unwrap();
+        // A and B wait while P runs, and go out together in one write.
+        let p = run_on_thread(&runner, "time.sleep(0.4)");
+        std::thread::sleep(Duration::from_millis(100));
+        let a = run_on_thread(
+            &runner,
+            "order.append('A0'); async_py.host.slow(); order.append('A1')",
+        );
+        std::thread::sleep(Duration::from_millis(50));
+        let b = run_on_thread(&runner, "order.append('B')");
+        for handle in [p, a, b] {
+            handle.join().unwrap().unwrap();
+        }
+        assert_eq!(runner.eval_sync("order").unwrap(), json!(["A0", "A1", "B"]));
+    });
+}
+
+#[test]
+fn a_stop_queued_behind_one_that_waits_for_a_host_function_comes_after_it() {
+    within(60, || {
+        let runner = builder()
+            .host_function("slow", |_| {
+                std::thread::sleep(Duration::from_millis(300));
+                Ok(json!("done"))
+            })
+            .build()
+            .unwrap();
+        runner.run_sync("import async_py, time").unwrap();
+        let p = run_on_thread(&runner, "time.sleep(0.4)");
+        std::thread::sleep(Duration::from_millis(100));
+        let a = {
+            let runner = runner.clone();
+            std::thread::spawn(move || runner.eval_sync("async_py.host.slow()"))
+        };
+        std::thread::sleep(Duration::from_millis(50));
+        let stop = {
+            let runner = runner.clone();
+            std::thread::spawn(move || runner.stop_sync())
+        };
+        p.join().unwrap().unwrap();
+        assert_eq!(a.join().unwrap().unwrap(), json!("done"));
+        stop.join().unwrap().unwrap();
+    });
+}
+
+/// A runner whose host function `nest(kind)` sends one command of `kind`
+/// to the runner that called, and returns what it heard, as text.
+fn nesting_runner() -> async_py::PyRunner {
+    builder()
+        .host_function("nest", |call| {
+            let kind: String = call.arg(0)?;
+            let runner = call.runner();
+            let outcome = match kind.as_str() {
+                "coroutine" => runner.call_async_function_sync("coro", vec![]).map(drop),
+                "awaitable" => runner.call("coro").wait().map(drop),
+                "stream" => match runner.call("gen").stream().blocking_iter().next() {
+                    Some(Err(err)) => Err(err),
+                    _ => Ok(()),
+                },
+                "stop" => runner.stop_sync(),
+                _ => runner.eval_sync(&kind).map(drop),
+            };
+            Ok(json!(match outcome {
+                Ok(()) => "ok".to_owned(),
+                Err(err) => format!("{err:?}"),
+            }))
+        })
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn nested_commands_that_need_the_loop_or_the_stream_pump_are_refused() {
+    within(60, || {
+        let runner = nesting_runner();
+        runner
+            .run_sync(
+                "import async_py\n\
+                 async def coro():\n    return 1\n\
+                 def gen():\n    yield 1\n",
+            )
+            .unwrap();
+        for kind in ["coroutine", "stream", "stop"] {
+            let heard = runner
+                .eval_sync(&format!("async_py.host.nest({kind:?})"))
+                .unwrap();
+            let heard = heard.as_str().unwrap();
+            assert!(heard.starts_with("Unsupported("), "{kind}: {heard}");
+        }
+        let heard = runner.eval_sync("async_py.host.nest('awaitable')").unwrap();
+        let heard = heard.as_str().unwrap();
+        assert!(
+            heard.contains("RuntimeError") && heard.contains("awaitable"),
+            "{heard}"
+        );
+        // The runner goes on, the same child, the coroutine never left running.
+        let pid = child_pid(&runner);
+        assert_eq!(
+            runner.eval_sync("async_py.host.nest('1 + 1')").unwrap(),
+            json!("ok")
+        );
+        assert_eq!(
+            runner.call_async_function_sync("coro", vec![]).unwrap(),
+            json!(1)
+        );
+        assert_eq!(child_pid(&runner), pid);
     });
 }

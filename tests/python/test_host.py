@@ -36,6 +36,7 @@ class HostCallTests(unittest.TestCase):
         self.child.send([1, "run", "import async_py\nr = async_py.host.add(1, b'\\x01', k=[2])"])
         self.assertEqual(self.child.reply(), ["host", 1, "add", [1, b"\x01"], {"k": [2]}])
         # The request waits: a nested request runs meanwhile.
+        self.child.send(["nested", 2])
         self.assertEqual(self.child.request([2, "eval", "40 + 2"]), [2, "ok", 42])
         # A reply for a call nobody waits for is ignored.
         self.child.send(["host_reply", 99, True, "stray"])
@@ -46,12 +47,45 @@ class HostCallTests(unittest.TestCase):
     def test_a_nested_request_may_call_again(self):
         self.child.send([1, "eval", "__import__('async_py').host.add(1)"])
         self.assertEqual(self.child.reply(), ["host", 1, "add", [1], {}])
+        self.child.send(["nested", 2])
         self.child.send([2, "eval", "__import__('async_py').host.add(2)"])
         self.assertEqual(self.child.reply(), ["host", 2, "add", [2], {}])
         self.child.send(["host_reply", 2, True, "inner"])
         self.assertEqual(self.child.reply(), [2, "ok", "inner"])
         self.child.send(["host_reply", 1, True, "outer"])
         self.assertEqual(self.child.reply(), [1, "ok", "outer"])
+
+    def test_frames_behind_a_waiting_request_wait_for_it_in_order(self):
+        self.child.send([1, "run", "import async_py\norder = []\norder.append(async_py.host.add(1))"])
+        self.assertEqual(self.child.reply(), ["host", 1, "add", [1], {}])
+        # Not nested: they run once the request that waits has ended.
+        self.child.send([2, "run", "order.append('B')"])
+        self.child.send(["cancel", 2])
+        self.child.send([3, "stop"])
+        self.child.send(["nested", 4])
+        self.child.send([4, "run", "order.append('nested')"])
+        self.assertEqual(self.child.reply(), [4, "ok", None])
+        self.child.send(["host_reply", 1, True, "A"])
+        self.assertEqual(self.child.reply(), [1, "ok", None])
+        self.assertEqual(self.child.reply(), [2, "ok", None])
+        self.assertEqual(self.child.reply(), [3, "ok", None])
+        self.child.process.wait(timeout=10)
+
+    def test_a_nested_note_outside_a_wait_is_dropped(self):
+        self.child.send(["nested", 1])
+        self.assertEqual(self.child.request([1, "eval", "6 * 7"]), [1, "ok", 42])
+
+    def test_a_nested_awaitable_is_closed_and_refused(self):
+        self.child.send([1, "run", "import async_py\nasync def coro():\n    global ran\n    ran = True\nran = False\nr = async_py.host.add(1)"])
+        self.assertEqual(self.child.reply(), ["host", 1, "add", [1], {}])
+        self.child.send(["nested", 2])
+        self.child.send([2, "invoke", "coro", [], {}, False, None])
+        reply = self.child.reply()
+        self.assertEqual(reply[:3], [2, "err", "RuntimeError"])
+        self.assertIn("awaitable", reply[3])
+        self.child.send(["host_reply", 1, True, 0])
+        self.assertEqual(self.child.reply(), [1, "ok", None])
+        self.assertEqual(self.child.request([3, "eval", "ran"]), [3, "ok", False])
 
     def test_an_error_reply_raises_host_error(self):
         self.child.send([1, "eval", "__import__('async_py').host.fail()"])

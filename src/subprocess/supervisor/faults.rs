@@ -125,14 +125,10 @@ impl Core {
                 last_coroutine,
                 sync_started,
             },
-            // A child waiting for a sync host function serves what its
-            // pipe holds: what was sent before its last host call may have
-            // run.
-            _ => Reached::Upto(
-                last_started
-                    .or(self.flights.head())
-                    .map(|head| head.max(self.host.sent_before_call.unwrap_or(0))),
-            ),
+            // A child waiting for a sync host function runs only the
+            // requests its host functions sent (nested ones, started once
+            // sent): the requests behind the one that waits had not run.
+            _ => Reached::Upto(last_started.or(self.flights.head())),
         };
         // Its host calls are forgotten: a result that comes later is dropped.
         self.host_forget_child();

@@ -43,10 +43,6 @@ pub(super) struct HostCalls {
     next_token: u64,
     /// Run sync host functions, once one was called.
     threads: Option<HostThreads>,
-    /// Every request sent before the child's latest host call may have
-    /// run: a child waiting for a sync host function serves what its pipe
-    /// holds, the requests sent behind the one that called included.
-    pub(super) sent_before_call: Option<u64>,
 }
 
 struct Pending {
@@ -83,7 +79,6 @@ impl Core {
                 "malformed frame from the child: host call {hid} while one of that id is pending"
             )));
         }
-        self.host.sent_before_call = Some(self.next_id - 1);
         let found = self.host.setup.as_ref().and_then(|setup| {
             let (name, f) = setup.table.get(&name)?;
             Some((setup.clone(), name.clone(), f.clone()))
@@ -122,7 +117,7 @@ impl Core {
             HostFn::Async(f) => {
                 let queue = self.queue.clone();
                 let task = setup.start_async(&name, &*f, args, kwargs, move |result| {
-                    let _ = queue.push(Job::unanswered(Request::HostDone { token, result }));
+                    queue.push_unanswered(Job::unanswered(Request::HostDone { token, result }));
                 });
                 self.host.pending.insert(
                     token,
@@ -195,7 +190,6 @@ impl Core {
     /// dropped. A sync function still running finishes on its thread, which
     /// then ends; the next child's calls get a thread of their own.
     pub(super) fn host_forget_child(&mut self) {
-        self.host.sent_before_call = None;
         let mut sync_running = false;
         for (_, call) in self.host.pending.drain() {
             match call.task {
@@ -360,7 +354,7 @@ fn serve_calls(line: &HostLine, setup: &HostSetup, queue: &Arc<CommandQueue>) {
         let result = nest::within(queue, &take, || setup.call_sync(&name, &*f, args, kwargs));
         line.idle.fetch_add(1, Ordering::SeqCst);
         // Sent by this thread's next turn, or by whoever drives first.
-        let _ = queue.push_quiet(Job::unanswered(Request::HostDone { token, result }));
+        queue.push_unanswered_quiet(Job::unanswered(Request::HostDone { token, result }));
         drive(&mut held);
     }
 }
