@@ -125,9 +125,15 @@ class ChildHost:
         waiting[hid] = None
         holder = self.running
         self.host_holding.append(holder)
+        # Called from a sync stream's item: its SIGALRM ticks must not raise
+        # or write inside the wait (a nested request, a frame half taken);
+        # the item's limit is judged where the wait polls (ChildStreams).
+        in_next, deadline = self.in_next, self.item_deadline
+        self.in_next = False
+        self.item_deadline = None
         try:
             while waiting[hid] is None:
-                self._serve_while_waiting(holder)
+                self._serve_while_waiting(holder, deadline if in_next else None)
             ok, value = waiting[hid]
         finally:
             del waiting[hid]
@@ -137,20 +143,33 @@ class ChildHost:
                 # Called from a coroutine: the loop's turn ends, so that the
                 # serve loop takes what the wait put aside.
                 self.driver.wake()
+            self.item_deadline = deadline
+            self.in_next = in_next
         if ok:
             return value
         raise host_error(value)
 
-    def _serve_while_waiting(self, holder):
+    def _serve_while_waiting(self, holder, deadline):
         """One step of a sync host call's wait: the next frame handled (a
         nested request run, a host reply or credit noted, anything else put
-        aside for the serve loop), or the pipe read."""
+        aside for the serve loop), or the pipe read. `deadline` is the limit
+        of the stream item that made the call, if any: past it the item
+        stops with _ItemTimeout, raised here, between frames."""
+        if deadline is not None and _monotonic() >= deadline:
+            raise _ItemTimeout()
         frame = self._take_inbox_frame()
         if frame is None:
             if self.at_eof:
                 raise host_error("the parent closed the request pipe")
             if not self._spin(_HOST_SPIN_SECONDS):
-                self.poller.poll()
+                if deadline is None:
+                    self.poller.poll()
+                else:
+                    left = deadline - _monotonic()
+                    if left <= 0 or not self.poller.poll(max(1, int(left * 1000 + 0.999))):
+                        if _monotonic() >= deadline:
+                            raise _ItemTimeout()
+                        return
                 self._read_available()
             return
         if frame.startswith(HOST_REPLY_START):

@@ -398,3 +398,96 @@ fn nested_commands_that_need_the_loop_or_the_stream_pump_are_refused() {
         assert_eq!(child_pid(&runner), pid);
     });
 }
+
+#[test]
+fn dropping_a_stream_whose_item_waits_for_a_host_function_closes_it_cleanly() {
+    within(60, || {
+        let runner = builder()
+            .host_function("slow", |call| {
+                std::thread::sleep(Duration::from_millis(200));
+                Ok(call.args[0].clone())
+            })
+            .build()
+            .unwrap();
+        runner
+            .run_sync(
+                "import async_py\nclosed = []\n\
+                 def gen():\n    try:\n        for i in range(10):\n            \
+                 yield async_py.host.slow(i)\n    finally:\n        closed.append(True)\n",
+            )
+            .unwrap();
+        let pid = child_pid(&runner);
+        let mut items = runner.call("gen").stream().blocking_iter();
+        assert_eq!(items.next().unwrap().unwrap(), json!(0));
+        // The generator is inside its next host call: the close waits for it.
+        drop(items);
+        assert_eq!(runner.eval_sync("closed").unwrap(), json!([true]));
+        assert_eq!(child_pid(&runner), pid);
+        assert_eq!(runner.eval_sync("async_py.host.slow(7)").unwrap(), json!(7));
+    });
+}
+
+#[test]
+fn a_limited_stream_item_whose_host_function_nests_commands_keeps_the_wire_whole() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    within(60, || {
+        let failures = Arc::new(AtomicUsize::new(0));
+        let failed = failures.clone();
+        let runner = builder()
+            .host_function("busy", move |call| {
+                let millis: u64 = call.arg(0)?;
+                let until = std::time::Instant::now() + Duration::from_millis(millis);
+                let mut answered = 0;
+                while std::time::Instant::now() < until {
+                    match call
+                        .runner()
+                        .eval_sync("(__import__('time').sleep(0.01), sum(range(100)))[1]")
+                    {
+                        Ok(value) if value == json!(4950) => answered += 1,
+                        _ => {
+                            failed.fetch_add(1, Ordering::SeqCst);
+                        }
+                    }
+                }
+                Ok(json!(answered))
+            })
+            .build()
+            .unwrap();
+        runner
+            .run_sync(
+                "import async_py\n\
+                 def gen(millis):\n    for _ in range(3):\n        yield async_py.host.busy(millis)\n",
+            )
+            .unwrap();
+        let pid = child_pid(&runner);
+        // Within the limit: every item comes, each after many nested commands.
+        let items: Vec<Value> = runner
+            .call("gen")
+            .arg(100)
+            .timeout(Duration::from_secs(5))
+            .stream()
+            .blocking_iter()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(items.len(), 3);
+        assert!(items.iter().all(|n| n.as_u64().unwrap() > 0), "{items:?}");
+        // Past it: the item stops with Timeout while its host function goes on.
+        let mut items = runner
+            .call("gen")
+            .arg(600)
+            .timeout(Duration::from_millis(150))
+            .stream()
+            .blocking_iter();
+        let first = items.next().unwrap();
+        assert!(
+            matches!(first, Err(PyRunnerError::Timeout { .. })),
+            "{first:?}"
+        );
+        drop(items);
+        std::thread::sleep(Duration::from_millis(700));
+        assert_eq!(failures.load(Ordering::SeqCst), 0);
+        assert_eq!(runner.eval_sync("1 + 1").unwrap(), json!(2));
+        assert_eq!(child_pid(&runner), pid);
+    });
+}
