@@ -79,16 +79,28 @@ class ChildHost:
         install_host(functions, False)
 
     def _host_sync(self, name):
-        call_host = self.call_host
+        wait = self._host_wait
 
         def call(*args, **kwargs):
-            return call_host(name, args, kwargs)
+            ok, value = wait(name, args, kwargs)
+            if ok:
+                return value
+            raise host_error(value)
 
         call.__name__ = call.__qualname__ = name
         return call
 
     def _host_starter(self, name):
         def start(args, kwargs, future):
+            driver = self.driver
+            if driver is None or future.get_loop() is not driver.loop:
+                # A loop of user code's own (asyncio.run in a command): the
+                # serve loop, which reads replies, does not run while it
+                # does, so the call is made as a sync one is and the future
+                # is settled before the coroutine awaits it.
+                ok, value = self._host_wait(name, args, kwargs)
+                settle_host(future, ok, value)
+                return None
             hid = self._send_host_call(name, args, kwargs)
             self.host_futures[hid] = future
             return hid
@@ -96,7 +108,7 @@ class ChildHost:
         return start
 
     def _host_cancel(self, hid):
-        if self.host_futures.pop(hid, None) is not None:
+        if hid is not None and self.host_futures.pop(hid, None) is not None:
             self._send(pack([MSG_HOST_CANCEL, hid]))
             self._flush()
 
@@ -120,6 +132,14 @@ class ChildHost:
     def call_host(self, name, args, kwargs):
         """A sync host call: sent, then the request pipe served until its
         reply comes."""
+        ok, value = self._host_wait(name, args, kwargs)
+        if ok:
+            return value
+        raise host_error(value)
+
+    def _host_wait(self, name, args, kwargs):
+        """Sends a host call and serves the request pipe until its reply
+        comes: (ok, value)."""
         hid = self._send_host_call(name, args, kwargs)
         waiting = self.host_waiting
         waiting[hid] = None
@@ -145,9 +165,7 @@ class ChildHost:
                 self.driver.wake()
             self.item_deadline = deadline
             self.in_next = in_next
-        if ok:
-            return value
-        raise host_error(value)
+        return ok, value
 
     def _serve_while_waiting(self, holder, deadline):
         """One step of a sync host call's wait: the next frame handled (a

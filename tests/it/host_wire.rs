@@ -491,3 +491,28 @@ fn a_limited_stream_item_whose_host_function_nests_commands_keeps_the_wire_whole
         assert_eq!(child_pid(&runner), pid);
     });
 }
+
+#[test]
+fn an_async_host_function_awaited_on_a_loop_of_the_commands_own_answers() {
+    within(60, || {
+        let runner = builder()
+            .host_async_function("later", |call| async move {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                Ok(call.args[0].clone())
+            })
+            .build()
+            .unwrap();
+        runner
+            .run_sync(
+                "import async_py, asyncio\n\
+                 async def main():\n    return await asyncio.gather(*(async_py.host.later(i) for i in range(3)))\n",
+            )
+            .unwrap();
+        assert_eq!(
+            runner.eval_sync("asyncio.run(main())").unwrap(),
+            json!([0, 1, 2])
+        );
+        // The worker's own loop still awaits them concurrently.
+        assert_eq!(runner.call("main").wait().unwrap(), json!([0, 1, 2]));
+    });
+}

@@ -104,6 +104,22 @@ class HostCallTests(unittest.TestCase):
         self.child.send(["host_reply", 1, True, 21])
         self.assertEqual(self.child.reply(), [2, "ok", 42])
 
+    def test_an_async_call_on_a_loop_of_its_own_is_made_as_a_sync_one(self):
+        code = "import async_py, asyncio\nr = asyncio.run(async_py.host.later(3))"
+        self.child.send([1, "run", code])
+        self.assertEqual(self.child.reply(), ["host", 1, "later", [3], {}])
+        # Nested requests run meanwhile, as in a sync call's wait.
+        self.child.send(["nested", 2])
+        self.assertEqual(self.child.request([2, "eval", "'nested'"]), [2, "ok", "nested"])
+        self.child.send(["host_reply", 1, True, 9])
+        self.assertEqual(self.child.reply(), [1, "ok", None])
+        self.assertEqual(self.child.request([3, "eval", "r"]), [3, "ok", 9])
+        self.child.send([4, "run", "try:\n    asyncio.run(async_py.host.later())\nexcept async_py.HostError as e:\n    f = str(e)"])
+        self.assertEqual(self.child.reply(), ["host", 2, "later", [], {}])
+        self.child.send(["host_reply", 2, False, "no"])
+        self.assertEqual(self.child.reply(), [4, "ok", None])
+        self.assertEqual(self.child.request([5, "eval", "f"]), [5, "ok", "no"])
+
     def test_a_cancelled_await_sends_host_cancel(self):
         self.child.send([1, "run", "import async_py\nasync def wait():\n    return await async_py.host.later()"])
         self.assertEqual(self.child.reply(), [1, "ok", None])
