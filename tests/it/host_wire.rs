@@ -516,3 +516,46 @@ fn an_async_host_function_awaited_on_a_loop_of_the_commands_own_answers() {
         assert_eq!(runner.call("main").wait().unwrap(), json!([0, 1, 2]));
     });
 }
+
+#[test]
+fn a_captured_command_nested_in_a_captured_one_keeps_its_own_output() {
+    within(60, || {
+        let runner = builder()
+            .host_function("inner", |call| {
+                let code: String = call.arg(0)?;
+                let captured = call
+                    .runner()
+                    .exec(&code)
+                    .capture_output()
+                    .wait()
+                    .map_err(|err| err.to_string())?;
+                Ok(json!([captured.stdout, captured.stderr]))
+            })
+            .build()
+            .unwrap();
+        runner.run_sync("import async_py, os, sys").unwrap();
+        let outer = runner
+            .exec(
+                "print('outer 1')\n\
+                 heard = async_py.host.inner(\"print('inner'); os.write(2, b'inner fd\\\\n')\")\n\
+                 print('outer 2', file=sys.stderr)\n\
+                 os.write(1, b'outer fd\\n')\n",
+            )
+            .capture_output()
+            .wait()
+            .unwrap();
+        assert_eq!(outer.stdout, "outer 1\nouter fd\n");
+        assert_eq!(outer.stderr, "outer 2\n");
+        assert_eq!(
+            runner.eval_sync("heard").unwrap(),
+            json!(["inner\n", "inner fd\n"])
+        );
+        // The files are clean for the next command.
+        let next = runner
+            .exec("print('next')")
+            .capture_output()
+            .wait()
+            .unwrap();
+        assert_eq!(next.stdout, "next\n");
+    });
+}
