@@ -559,3 +559,82 @@ fn a_captured_command_nested_in_a_captured_one_keeps_its_own_output() {
         assert_eq!(next.stdout, "next\n");
     });
 }
+
+#[test]
+fn a_command_sent_by_a_host_function_after_its_child_died_is_worker_died() {
+    use std::sync::{Arc, Mutex};
+    within(60, || {
+        let heard = Arc::new(Mutex::new(None));
+        let hear = heard.clone();
+        let runner = builder()
+            .host_function("kill_then_nest", move |call| {
+                let pid: i32 = call.arg(0)?;
+                // SAFETY: a plain kill(2) of the child that called.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+                std::thread::sleep(Duration::from_millis(300));
+                *hear.lock().unwrap() = Some(call.runner().run_sync("leak = 1"));
+                Ok(Value::Null)
+            })
+            .build()
+            .unwrap();
+        runner.run_sync("import os, async_py").unwrap();
+        let outcome = runner.run_sync("async_py.host.kill_then_nest(os.getpid())");
+        assert!(
+            matches!(outcome, Err(PyRunnerError::WorkerDied { .. })),
+            "{outcome:?}"
+        );
+        // The fresh child serves on; the late command never reached it.
+        assert_eq!(runner.eval_sync("1 + 1").unwrap(), json!(2));
+        std::thread::sleep(Duration::from_millis(500));
+        let nested = heard.lock().unwrap().take();
+        assert!(
+            matches!(nested, Some(Err(PyRunnerError::WorkerDied { .. }))),
+            "{nested:?}"
+        );
+        assert_eq!(
+            runner.eval_sync("'leak' in globals()").unwrap(),
+            json!(false)
+        );
+    });
+}
+
+#[test]
+fn a_nested_command_of_a_failed_replay_does_not_judge_the_next_child() {
+    within(60, || {
+        let flag =
+            std::env::temp_dir().join(format!("async_py_replay_kill_{}", std::process::id()));
+        let _ = std::fs::remove_file(&flag);
+        let runner = builder()
+            .timeout(Duration::from_millis(600))
+            .host_function("nest", |call| {
+                let code: String = call.arg(0)?;
+                call.runner()
+                    .run_sync(&code)
+                    .map(|()| Value::Null)
+                    .map_err(|err| err.to_string())
+            })
+            .build()
+            .unwrap();
+        runner
+            .run_sync(&format!(
+                "import async_py, os, time\nFLAG = {:?}",
+                flag.display().to_string()
+            ))
+            .unwrap();
+        // Remembered: a fresh child runs it again, nested command and all.
+        runner
+            .run_sync("async_py.host.nest('if os.path.exists(FLAG): os.kill(os.getpid(), 9)')")
+            .unwrap();
+        std::fs::write(&flag, b"").unwrap();
+        // Its child dies; the next one dies in the replay's nested command.
+        let _ = runner.run_sync("os.kill(os.getpid(), 9)");
+        let _ = runner.eval_sync("1");
+        std::fs::remove_file(&flag).unwrap();
+        let pid = child_pid(&runner);
+        // Past the failed replay's nested command's limit: the fresh
+        // child's command is not taken for it.
+        assert_eq!(runner.eval_sync("time.sleep(0.4) or 1").unwrap(), json!(1));
+        assert_eq!(runner.eval_sync("time.sleep(0.4) or 2").unwrap(), json!(2));
+        assert_eq!(child_pid(&runner), pid);
+    });
+}

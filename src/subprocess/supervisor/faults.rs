@@ -253,7 +253,9 @@ impl Core {
         };
         self.queue.take_all(&mut self.backlog);
         let mut kept = VecDeque::new();
-        for job in self.backlog.drain(..) {
+        for mut job in self.backlog.drain(..) {
+            // No child of another worker waits for a host function of this one's.
+            job.nested = false;
             if let Some(job) = companion.hand_back(job) {
                 kept.push_back(job);
             }

@@ -12,7 +12,10 @@
 //!
 //! A token names one call of one child: a lost child's calls are
 //! forgotten (its async futures dropped), so a result that comes later
-//! finds no call and is dropped, never sent to the fresh child.
+//! finds no call and is dropped, never sent to the fresh child. So are its
+//! nested commands: those queued fail with `WorkerDied`, and a sync host
+//! function that outlived its child and sends another hears the same,
+//! instead of having it jump the fresh child's line.
 
 use std::collections::VecDeque;
 use std::sync::atomic::AtomicBool;
@@ -198,7 +201,18 @@ impl Core {
             }
         }
         if sync_running {
+            // Closed: their later nested commands fail (see `serve_calls`).
             self.host.threads = None;
+        }
+        // Those queued before: no child waits for them.
+        self.queue.take_all(&mut self.backlog);
+        let (nested, rest): (VecDeque<Job>, VecDeque<Job>) =
+            self.backlog.drain(..).partition(|job| job.nested);
+        self.backlog = rest;
+        for job in nested {
+            job.reply.send(Err(PyRunnerError::WorkerDied {
+                reason: "the child whose host function sent this command was lost".into(),
+            }));
         }
     }
 }
@@ -230,6 +244,11 @@ struct HostLine {
     /// Threads waiting for a call.
     idle: AtomicUsize,
     closed: AtomicBool,
+    /// Held while `closed` is set, and while a nested command is checked
+    /// against it and queued: once the supervisor has closed the line (its
+    /// child is lost), no nested command of that child's calls is queued
+    /// behind its back.
+    nesting: Mutex<()>,
 }
 
 impl HostThreads {
@@ -275,7 +294,14 @@ impl HostThreads {
 
 impl Drop for HostThreads {
     fn drop(&mut self) {
-        self.line.closed.store(true, Ordering::SeqCst);
+        {
+            let _nesting = self
+                .line
+                .nesting
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            self.line.closed.store(true, Ordering::SeqCst);
+        }
         for thread in &self.threads {
             thread.unpark();
         }
@@ -292,10 +318,25 @@ impl Drop for HostThreads {
 fn serve_calls(line: &HostLine, setup: &HostSetup, queue: &Arc<CommandQueue>) {
     // A command the host function sends to this runner is nested: the
     // supervisor sends it past the request that waits, and the child runs
-    // it while it waits.
+    // it while it waits. Once the child that waits is lost (the line
+    // closed), no child waits for it: it fails as the command that called
+    // the host function did.
     let take = |mut job: Job| {
+        let _nesting = line
+            .nesting
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if line.closed.load(Ordering::SeqCst) {
+            job.reply.send(Err(PyRunnerError::WorkerDied {
+                reason: "the child whose host function sent this command was lost".into(),
+            }));
+            return None;
+        }
         job.nested = true;
-        Some(job)
+        if let Err(job) = queue.push(job) {
+            job.reply.send(Err(PyRunnerError::Stopped));
+        }
+        None
     };
     let mut held = Vec::new();
     let drive = |held: &mut Vec<Waker>| {
