@@ -175,6 +175,9 @@ class ChildHost:
         stops with _ItemTimeout, raised here, between frames."""
         if deadline is not None and _monotonic() >= deadline:
             raise _ItemTimeout()
+        if self.interrupted:
+            # The parent's SIGINT came between frames (ChildWorker.on_interrupt).
+            raise KeyboardInterrupt
         frame = self._take_inbox_frame()
         if frame is None:
             if self.at_eof:

@@ -351,6 +351,14 @@ class ChildWorker(ChildOutput, ChildStreams, ChildHost):
                 return
             from_parent = target is not None
         if running is None:
+            holding = self.host_holding
+            if from_parent and holding and type(holding[-1]) is int:
+                # Inside a host call's wait, between frames (a nested
+                # request's reply being packed or written): noted, and the
+                # wait raises once that frame is whole (ChildHost).
+                if self.ring is not None:
+                    self.ring.take_interrupt(holding[-1] if target is None else target)
+                self.interrupted = True
             return
         if from_parent:
             if self.ring is not None:

@@ -87,6 +87,18 @@ class HostCallTests(unittest.TestCase):
         self.assertEqual(self.child.reply(), [1, "ok", None])
         self.assertEqual(self.child.request([3, "eval", "ran"]), [3, "ok", False])
 
+    def test_a_sigint_between_frames_of_a_wait_stops_the_waiting_request(self):
+        self.child.send([1, "run", "import async_py, gc, signal\nworker = next(o for o in gc.get_objects() if type(o).__name__ == 'ChildWorker')\nasync_py.host.add(1)"])
+        self.assertEqual(self.child.reply(), ["host", 1, "add", [1], {}])
+        # As if the signal came while the nested request's reply is written:
+        # no request runs, but one waits.
+        self.child.send(["nested", 2])
+        self.child.send([2, "eval", "(setattr(worker, 'running', None), signal.raise_signal(signal.SIGINT))[1]"])
+        self.assertEqual(self.child.reply(), [2, "ok", None])
+        reply = self.child.reply()
+        self.assertEqual(reply[:3], [1, "err", "KeyboardInterrupt"])
+        self.assertEqual(self.child.process.wait(timeout=10), 130)  # EXIT_INTERRUPTED
+
     def test_an_error_reply_raises_host_error(self):
         self.child.send([1, "eval", "__import__('async_py').host.fail()"])
         self.assertEqual(self.child.reply()[:3], ["host", 1, "fail"])
