@@ -119,6 +119,13 @@ class ChildHost:
                 "async_py.host.%s was called from a thread the worker did not start its requests on; "
                 "in a subprocess runner, call host functions from the thread that runs the command" % name
             )
+        if self.writing:
+            # A __del__ or a signal handler while frames are written: the
+            # call would wait behind the write it interrupted.
+            raise host_error(
+                "async_py.host.%s was called while the worker was writing its frames "
+                "(from a __del__ or a signal handler); call it from the command's own code" % name
+            )
         self.host_next += 1
         hid = self.host_next
         try:

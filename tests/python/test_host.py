@@ -99,6 +99,18 @@ class HostCallTests(unittest.TestCase):
         self.assertEqual(reply[:3], [1, "err", "KeyboardInterrupt"])
         self.assertEqual(self.child.process.wait(timeout=10), 130)  # EXIT_INTERRUPTED
 
+    def test_a_call_while_frames_are_written_raises_host_error(self):
+        code = (
+            "import async_py, gc\n"
+            "worker = next(o for o in gc.get_objects() if type(o).__name__ == 'ChildWorker')\n"
+            "worker.writing = True\n"
+            "try:\n    async_py.host.add(1)\nexcept async_py.HostError as e:\n    heard = str(e)\n"
+            "finally:\n    worker.writing = False\n"
+        )
+        self.assertEqual(self.child.request([1, "run", code]), [1, "ok", None])
+        heard = self.child.request([2, "eval", "heard"])[2]
+        self.assertIn("while the worker was writing its frames", heard)
+
     def test_an_error_reply_raises_host_error(self):
         self.child.send([1, "eval", "__import__('async_py').host.fail()"])
         self.assertEqual(self.child.reply()[:3], ["host", 1, "fail"])

@@ -266,6 +266,8 @@ impl Core {
     /// Ends the child: on `stop`, after it has answered; when dropped, by end
     /// of file on its requests and then, after a grace, by force.
     pub(super) fn shut_down(&mut self) {
+        // The replies read below may hold host calls: none starts now.
+        self.host.refuse();
         self.host_forget_child();
         for job in self.queue.close() {
             job.reply.send(Err(PyRunnerError::Stopped));

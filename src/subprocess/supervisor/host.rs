@@ -46,6 +46,8 @@ pub(super) struct HostCalls {
     next_token: u64,
     /// Run sync host functions, once one was called.
     threads: Option<HostThreads>,
+    /// The runner shuts down: a call read from here on is not run.
+    refused: bool,
 }
 
 struct Pending {
@@ -60,6 +62,12 @@ impl HostCalls {
             setup,
             ..HostCalls::default()
         }
+    }
+
+    /// From here on, host calls the child makes are not run (the runner
+    /// shuts down).
+    pub(super) fn refuse(&mut self) {
+        self.refused = true;
     }
 
     /// Whether the child waits for a host call.
@@ -77,6 +85,10 @@ impl Core {
         args: Vec<Value>,
         kwargs: Map<String, Value>,
     ) -> Result<(), PyRunnerError> {
+        if self.host.refused {
+            // Read as the runner shuts down: nobody waits for its result.
+            return Ok(());
+        }
         if self.host.pending.values().any(|call| call.hid == hid) {
             return Err(PyRunnerError::Protocol(format!(
                 "malformed frame from the child: host call {hid} while one of that id is pending"
