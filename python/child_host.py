@@ -57,8 +57,10 @@ class ChildHost:
     """{hid: None, or (ok, value) once answered} of the sync calls waiting."""
     host_futures = None
     """{hid: future} of the async calls awaiting their reply."""
-    nested_next = False
-    """A wait read a `nested` note: the next frame is the request it names."""
+    nested_next = None
+    """The id a wait read in a `nested` note: the next frame is that request."""
+    nested_ids = None
+    """The ids of the nested requests running, outermost first."""
     host_holding = None
     """The requests (ids, outermost first) that wait for a sync host call:
     a SIGINT of the parent for any of them stops the innermost request."""
@@ -69,6 +71,7 @@ class ChildHost:
         self.host_waiting = {}
         self.host_futures = {}
         self.host_holding = []
+        self.nested_ids = []
         self.main_thread = _thread.get_ident()
         functions = {}
         for name, is_async in _host_asked if asked is None else asked:
@@ -203,16 +206,17 @@ class ChildHost:
         if frame.startswith(HOST_REPLY_START):
             self._host_reply(self.unpack_frame(frame))
             return
-        if not self.nested_next:
+        if self.nested_next is None:
             if frame.startswith(NESTED_START):
                 # The parent writes the note and its request together.
-                self.nested_next = True
+                note = self.unpack_frame(frame)
+                self.nested_next = note[1] if len(note) == 2 and type(note[1]) is int else -1
             elif frame.startswith(MORE_START):
                 self._more(self.unpack_frame(frame))
             else:
                 self.deferred.append(frame)
             return
-        self.nested_next = False
+        nested, self.nested_next = self.nested_next, None
         counters = None if self.ring is None else self.ring.counters
         in_loop = 0
         if counters is not None:
@@ -220,10 +224,12 @@ class ChildHost:
             # one in its event loop (a coroutine called the host function).
             in_loop = counters[_COUNTER_IN_LOOP]
             counters[_COUNTER_IN_LOOP] = 0
+        self.nested_ids.append(nested)
         try:
             self._handle_frame(frame)
             self._flush()
         finally:
+            self.nested_ids.pop()
             self.running = holder
             if counters is not None:
                 counters[_COUNTER_IN_LOOP] = in_loop
@@ -247,6 +253,14 @@ class ChildHost:
         future = self.host_futures.pop(hid, None)
         if future is not None:
             settle_host(future, ok, value)
+
+    def stops_nested_alone(self, target):
+        """Whether the parent's SIGINT for `target` stops only that request:
+        a nested request running (not itself waiting for a host call),
+        past its own limit. Its caller, a host function, hears `Timeout`;
+        the request that waits for the host function goes on."""
+        nested = self.nested_ids
+        return bool(nested) and nested[-1] == target == self.running and target not in self.host_holding
 
     def holds_for_host(self, target):
         """Whether request `target` waits for a sync host call."""

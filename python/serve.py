@@ -362,6 +362,11 @@ class ChildWorker(ChildOutput, ChildStreams, ChildHost):
             return
         if from_parent:
             if self.ring is not None:
+                if target is not None and self.stops_nested_alone(target):
+                    # That nested request alone, and the child goes on: not
+                    # taken, so the parent, which sees it answered, keeps
+                    # this child, as for a signal that came too late.
+                    raise KeyboardInterrupt
                 # A request that waits for a host function stops through
                 # the nested request running now (ChildHost).
                 self.ring.take_interrupt(running if target is None else target)

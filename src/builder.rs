@@ -133,7 +133,15 @@ impl PyRunnerBuilder {
     /// thread of the runner's supervisor for a child): Python waits while
     /// it runs, so it should not block for long. It may send commands to
     /// the runner that called it ([`HostCall::runner`](crate::HostCall::runner));
-    /// they run before it returns.
+    /// they run before it returns, under the calling command's limit and
+    /// their own. One past its own limit is stopped alone (`f` hears
+    /// [`PyRunnerError::Timeout`] and the calling command goes on; on the
+    /// subprocess backend without its reply ring, where the child cannot
+    /// tell which command a signal is for, the child is replaced and the
+    /// calling command fails too). A coroutine, a stream, a call whose
+    /// result must be awaited, or `stop`, sent from here, is
+    /// [`PyRunnerError::Unsupported`] or an error: the runner is busy with
+    /// the command that waits for `f`.
     ///
     /// A name that Python cannot write after `async_py.host.` (not an
     /// identifier, a keyword, or starting with `_`), or one given twice,

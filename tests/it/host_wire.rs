@@ -638,3 +638,35 @@ fn a_nested_command_of_a_failed_replay_does_not_judge_the_next_child() {
         assert_eq!(child_pid(&runner), pid);
     });
 }
+
+#[test]
+fn a_nested_command_past_its_own_limit_times_out_alone() {
+    within(60, || {
+        let runner = builder()
+            .host_function("nest", |call| {
+                let code: String = call.arg(0)?;
+                let heard = call
+                    .runner()
+                    .clone()
+                    .with_timeout(Duration::from_millis(200))
+                    .run_sync(&code);
+                Ok(json!(format!("{heard:?}")))
+            })
+            .build()
+            .unwrap();
+        runner.run_sync("import async_py, time").unwrap();
+        let pid = child_pid(&runner);
+        let started = std::time::Instant::now();
+        runner
+            .run_sync("heard = async_py.host.nest('time.sleep(5)')\nafter = 'went on'")
+            .unwrap();
+        assert!(started.elapsed() < Duration::from_secs(3));
+        let heard = runner.eval_sync("[heard, after]").unwrap();
+        assert!(
+            heard[0].as_str().unwrap().starts_with("Err(Timeout("),
+            "{heard}"
+        );
+        assert_eq!(heard[1], json!("went on"));
+        assert_eq!(child_pid(&runner), pid);
+    });
+}
