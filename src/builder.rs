@@ -138,10 +138,11 @@ impl PyRunnerBuilder {
     /// [`PyRunnerError::Timeout`] and the calling command goes on; on the
     /// subprocess backend without its reply ring, where the child cannot
     /// tell which command a signal is for, the child is replaced and the
-    /// calling command fails too). A coroutine, a stream, a call whose
-    /// result must be awaited, or `stop`, sent from here, is
-    /// [`PyRunnerError::Unsupported`] or an error: the runner is busy with
-    /// the command that waits for `f`.
+    /// calling command fails too). Commands that need what the runner
+    /// serves only between commands are refused, with
+    /// [`PyRunnerError::Unsupported`] or an error, rather than left
+    /// waiting: a stream on every backend, and on the subprocess backend
+    /// also a coroutine, a call whose result must be awaited, and `stop`.
     ///
     /// A name that Python cannot write after `async_py.host.` (not an
     /// identifier, a keyword, or starting with `_`), or one given twice,
