@@ -670,3 +670,43 @@ fn a_nested_command_past_its_own_limit_times_out_alone() {
         assert_eq!(child_pid(&runner), pid);
     });
 }
+
+/// How many threads of this process carry `name` (as the kernel keeps it:
+/// its first 15 bytes).
+fn threads_named(name: &str) -> usize {
+    let short = &name[..name.len().min(15)];
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .filter(|comm| comm.trim_end() == short)
+        .count()
+}
+
+#[test]
+fn surplus_host_threads_end_after_idling() {
+    within(60, || {
+        let runner = host_builder().build().unwrap();
+        runner.run_sync("import async_py").unwrap();
+        // Three calls nested in one another: a thread for each.
+        assert_eq!(
+            runner
+                .eval_sync("async_py.host.nest(\"async_py.host.nest('async_py.host.add(1, 2)')\")")
+                .unwrap(),
+            json!(3)
+        );
+        assert!(threads_named("async_py-host-calls") >= 3);
+        std::thread::sleep(Duration::from_secs(3));
+        assert_eq!(threads_named("async_py-host-calls"), 1);
+        // The one left serves on, and more start when calls nest again.
+        assert_eq!(
+            runner.eval_sync("async_py.host.add(2, 2)").unwrap(),
+            json!(4)
+        );
+        assert_eq!(
+            runner
+                .eval_sync("async_py.host.nest('async_py.host.add(3, 3)')")
+                .unwrap(),
+            json!(6)
+        );
+    });
+}

@@ -25,7 +25,7 @@ use serde_json::Map;
 
 use super::*;
 use crate::host::{nest, HostFn, HostResult, HostSetup, HostTable, HostTask, SyncFn};
-use crate::tuning::HOST_THREAD_SPIN;
+use crate::tuning::{HOST_THREAD_IDLE, HOST_THREAD_SPIN};
 
 /// What the child is told of the host functions: `kind:name` entries
 /// joined by `,` (`ENV_HOST` of `python/protocol.py`).
@@ -246,7 +246,6 @@ struct HostThreads {
     line: Arc<HostLine>,
     setup: HostSetup,
     queue: Arc<CommandQueue>,
-    threads: Vec<Thread>,
 }
 
 #[derive(Default)]
@@ -256,6 +255,8 @@ struct HostLine {
     /// Threads waiting for a call.
     idle: AtomicUsize,
     closed: AtomicBool,
+    /// The threads parked for want of a call: a call wakes one of them.
+    parked: Mutex<Vec<Thread>>,
     /// Held while `closed` is set, and while a nested command is checked
     /// against it and queued: once the supervisor has closed the line (its
     /// child is lost), no nested command of that child's calls is queued
@@ -269,7 +270,6 @@ impl HostThreads {
             line: Arc::default(),
             setup,
             queue,
-            threads: Vec::new(),
         }
     }
 
@@ -282,12 +282,9 @@ impl HostThreads {
             let started = std::thread::Builder::new()
                 .name("async_py-host-calls".into())
                 .spawn(move || serve_calls(&line, &setup, &queue));
-            match started {
-                Ok(handle) => self.threads.push(handle.thread().clone()),
-                Err(err) => {
-                    self.line.idle.fetch_sub(1, Ordering::SeqCst);
-                    return Err(err);
-                }
+            if let Err(err) = started {
+                self.line.idle.fetch_sub(1, Ordering::SeqCst);
+                return Err(err);
             }
         }
         self.line
@@ -296,25 +293,30 @@ impl HostThreads {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .push_back(call);
         self.line.queued.fetch_add(1, Ordering::SeqCst);
-        // Waking one that spins or runs costs an atomic store.
-        for thread in &self.threads {
+        // One that spins takes it by itself; else one parked is woken. A
+        // thread that is about to park looks at `queued` under the same
+        // lock first, so the call is never left with all of them asleep.
+        let sleeper = lock(&self.line.parked).pop();
+        if let Some(thread) = sleeper {
             thread.unpark();
         }
         Ok(())
     }
 }
 
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 impl Drop for HostThreads {
     fn drop(&mut self) {
         {
-            let _nesting = self
-                .line
-                .nesting
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let _nesting = lock(&self.line.nesting);
             self.line.closed.store(true, Ordering::SeqCst);
         }
-        for thread in &self.threads {
+        for thread in lock(&self.line.parked).drain(..) {
             thread.unpark();
         }
     }
@@ -391,7 +393,9 @@ fn serve_calls(line: &HostLine, setup: &HostSetup, queue: &Arc<CommandQueue>) {
                 if queue.has_jobs() {
                     queue.wake_consumer();
                 }
-                std::thread::park();
+                if !park_for_a_call(line) {
+                    return;
+                }
             }
             continue;
         };
@@ -410,4 +414,40 @@ fn serve_calls(line: &HostLine, setup: &HostSetup, queue: &Arc<CommandQueue>) {
         queue.push_unanswered_quiet(Job::unanswered(Request::HostDone { token, result }));
         drive(&mut held);
     }
+}
+
+/// Parks a host thread until a call may be there for it; false when it is
+/// surplus (others are idle too and none called for [`HOST_THREAD_IDLE`])
+/// and ends.
+fn park_for_a_call(line: &HostLine) -> bool {
+    let me = std::thread::current();
+    {
+        let mut parked = lock(&line.parked);
+        if line.queued.load(Ordering::SeqCst) > 0 || line.closed.load(Ordering::SeqCst) {
+            return true;
+        }
+        parked.push(me.clone());
+    }
+    let since = Instant::now();
+    std::thread::park_timeout(HOST_THREAD_IDLE);
+    let mut parked = lock(&line.parked);
+    // Still listed: not woken by a call (a timeout, or a spurious wake).
+    let listed = parked.iter().position(|thread| thread.id() == me.id());
+    if let Some(at) = listed {
+        parked.swap_remove(at);
+    }
+    let idle_long = listed.is_some() && since.elapsed() >= HOST_THREAD_IDLE;
+    if idle_long && line.queued.load(Ordering::SeqCst) == 0 {
+        // The last idle thread stays for the next call.
+        let surplus = line
+            .idle
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |idle| {
+                (idle > 1).then(|| idle - 1)
+            })
+            .is_ok();
+        if surplus {
+            return false;
+        }
+    }
+    true
 }
