@@ -197,20 +197,19 @@ impl Core {
             None
         };
         let before = self.outgoing.len();
-        if let Err(err) = self
-            .writer
-            .encode(ToChild::new(id, &job.request, limit), &mut self.outgoing)
-        {
-            job.reply.send(Err(err.into()));
-            return;
-        }
         if kind == Kind::Nested {
             // The child tells a request a host function sent from one that
             // merely waits behind the request that called: this note goes
             // right before it, in the same write.
-            let request = self.outgoing.split_off(before);
             self.encode_small(ToChild::Nested { id });
-            self.outgoing.unsplit(request);
+        }
+        if let Err(err) = self
+            .writer
+            .encode(ToChild::new(id, &job.request, limit), &mut self.outgoing)
+        {
+            self.outgoing.truncate(before);
+            job.reply.send(Err(err.into()));
+            return;
         }
         let timeout = job.timeout;
         self.flights.sent(id, job, kind, timeout, Instant::now());
