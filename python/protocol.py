@@ -233,6 +233,8 @@ INVOKE_CAPTURED_OP = pack(OP_INVOKE_CAPTURED)
 
 HOST_REPLY_START = _array_head(4) + pack(MSG_HOST_REPLY)
 """How a host reply's frame begins: [MSG_HOST_REPLY, hid, ok, value]."""
+HOST_CALL_START = _array_head(5) + pack(MSG_HOST)
+"""How a host call's frame begins: [MSG_HOST, hid, name, args, kwargs]."""
 NESTED_START = _array_head(2) + pack(MSG_NESTED)
 """How a nested request's note begins: [MSG_NESTED, id]."""
 MORE_START = _array_head(3) + pack(MSG_MORE)

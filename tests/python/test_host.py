@@ -11,7 +11,7 @@ from unittest import mock
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from test_worker import Child  # noqa: E402
+from test_worker import Child, worker  # noqa: E402
 
 FUNCTIONS = "s:add,s:fail,a:later"
 
@@ -184,3 +184,40 @@ class NoHostTests(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class HostFrameTests(unittest.TestCase):
+    """The fixed-shape paths of a host call's frames, against the general
+    codec."""
+
+    def test_a_reply_is_read_as_the_general_decoder_reads_it(self):
+        for hid in (0, 127, 128, 70000, 1 << 40):
+            for ok, value in ((True, None), (True, [1, "é", {"k": b"\x00"}]), (False, "it failed"), (True, 2.5)):
+                frame = worker.pack([ "host_reply", hid, ok, value])
+                self.assertEqual(worker._host_reply_fields(frame), (hid, ok, worker.unpack(frame)[3]))
+
+    def test_a_reply_of_another_shape_takes_the_general_decoder(self):
+        for message in (["host_reply", 1, 1, 2], ["host_reply", -1, True, 2], ["host_reply", 1, True]):
+            self.assertIsNone(worker._host_reply_fields(worker.pack(message)))
+        self.assertIsNone(worker._host_reply_fields(worker.pack(["host_reply", 1, True, 2]) + b"\xc0"))
+
+    def test_a_call_is_packed_as_the_general_packer_packs_it(self):
+        sent = []
+
+        class Fake(worker.ChildHost):
+            pack_data = staticmethod(worker.pack_typed)
+            main_thread = worker._thread.get_ident()
+            writing = False
+
+            def _send(self, payload):
+                sent.append(payload)
+
+            def _flush(self):
+                pass
+
+        fake = Fake()
+        for hid_start, args, kwargs in ((0, (1, b"\x01"), {}), (300, ([1.5, None],), {"k": "v"}), (1 << 33, (), {})):
+            fake.host_next = hid_start
+            fake._send_host_call("tick", args, kwargs)
+            expected = worker.pack_typed(["host", hid_start + 1, "tick", list(args), kwargs])
+            self.assertEqual(sent.pop(), expected)
