@@ -225,6 +225,7 @@ class CoroutineDriver:
         self.pending = 0
         self.tasks = {}  # token -> the task of each pending call
         self.turning = False
+        self.host_drain = None  # settles async host calls' results (PyO3)
         if wake_fd is not None:
             self.loop.add_reader(wake_fd, self._on_wake, wake_fd)
 
@@ -309,6 +310,8 @@ class CoroutineDriver:
             os.read(fd, 4096)
         except (BlockingIOError, InterruptedError):
             pass
+        if self.host_drain is not None:
+            self.host_drain()
         self.wake()
 
     def wake(self):

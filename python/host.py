@@ -117,8 +117,9 @@ def host_coroutine(name, start, cancel):
     """The coroutine function of async host function `name`. `start(args,
     kwargs, future)` begins the Rust future and returns a token; the
     backend later calls `settle_host(future, ok, value)` on the future's
-    loop. A cancelled await (the command's limit, or its caller gone)
-    calls `cancel(token)`, which drops the Rust future."""
+    loop. An await that ends any other way (cancelled by the command's
+    limit or its caller, or abandoned) calls `cancel(token)`, which drops
+    the Rust future."""
     import asyncio
 
     async def call(*args, **kwargs):
@@ -126,9 +127,11 @@ def host_coroutine(name, start, cancel):
         token = start(args, kwargs, future)
         try:
             return await future
-        except asyncio.CancelledError:
-            cancel(token)
-            raise
+        finally:
+            # Not settled by the backend: the await was cancelled (the
+            # future with it) or abandoned (GeneratorExit, an interrupt).
+            if not future.done() or future.cancelled():
+                cancel(token)
 
     call.__name__ = call.__qualname__ = name
     return call

@@ -147,6 +147,25 @@ impl PyRunnerBuilder {
     /// A name that Python cannot write after `async_py.host.` (not an
     /// identifier, a keyword, or starting with `_`), or one given twice,
     /// fails `build` with [`PyRunnerError::Startup`].
+    ///
+    /// # Caveats
+    /// - A nested command runs within the limit of the command that called
+    ///   the host function (its own limit is not kept apart); past that
+    ///   limit, nested commands fail. One that needs the runner's loop or
+    ///   stream machinery (a coroutine, an awaitable result, a stream) or
+    ///   `stop` is `Unsupported` there.
+    /// - Only the runner that called is served this way. A host function of
+    ///   runner A that waits for runner B, whose Python calls a host
+    ///   function that waits for A, waits forever; so does one whose
+    ///   commands are sent from another thread it waits for.
+    /// - In-process, a thread that Python starts itself (`threading.Thread`,
+    ///   `loop.run_in_executor`) does not see the runner's `async_py.host`
+    ///   unless handed it (`asyncio.to_thread` does see it). A sync host
+    ///   function called from a coroutine holds the runner's loop while it
+    ///   runs: that coroutine's `Timeout` comes when it returns.
+    /// - A handle from [`HostCall::runner`](crate::HostCall::runner) kept
+    ///   by a pending async host function keeps its runner alive until the
+    ///   function ends.
     pub fn host_function(
         mut self,
         name: impl Into<String>,
@@ -224,6 +243,14 @@ impl PyRunnerBuilder {
         // Each runner built is linked to its own host functions' runner.
         config.host = config.host.as_ref().map(|host| host.for_another_runner());
         let queue = Arc::new(CommandQueue::new());
+        // The handle exists, and its host functions know it, before the
+        // backend starts: startup code may call a host function that sends
+        // commands to its runner. Dropped on a failed start, it closes the
+        // queue.
+        let runner = PyRunner::from_parts(queue.clone(), config.backend, config.timeout);
+        if let Some(host) = &config.host {
+            host.link.set(&runner);
+        }
         match config.backend {
             #[cfg(feature = "pyo3")]
             Backend::PyO3 => crate::pyo3_backend::spawn(&config, queue.clone())?,
@@ -238,10 +265,6 @@ impl PyRunnerBuilder {
                     other.feature()
                 )))
             }
-        }
-        let runner = PyRunner::from_parts(queue, config.backend, config.timeout);
-        if let Some(host) = &config.host {
-            host.link.set(&runner);
         }
         Ok(runner)
     }

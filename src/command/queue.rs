@@ -200,6 +200,18 @@ impl CommandQueue {
         let _ = self.consumer.set(thread::current());
     }
 
+    /// Writes a byte to the event loop's wake-up socket, whether or not the
+    /// consumer sleeps in the loop: whenever the loop next runs, its reader
+    /// sees it (an in-process backend's async host results wait there).
+    #[cfg(feature = "pyo3")]
+    pub fn wake_loop(&self) {
+        if let Some(mut wake) = self.loop_wake.get() {
+            use std::io::Write;
+            // A full socket already holds a wake-up; nothing is lost.
+            let _ = wake.write(&[1]);
+        }
+    }
+
     /// Registers the socket an event loop watches while it waits (see [`Sleep::InLoop`]).
     #[cfg(unix)]
     #[cfg(any(feature = "pyo3", feature = "subprocess"))]

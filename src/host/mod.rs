@@ -282,26 +282,21 @@ impl HostSetup {
 
     /// Starts async function `f` on the host runtime; `done` gets its
     /// result (a panic caught as in [`call_sync`](Self::call_sync)) on a
-    /// runtime thread. Dropping (or aborting) the returned handle's task
-    /// drops the future, and `done` is then never called.
+    /// runtime thread. The future is made there too: making it runs user
+    /// code, which may send commands to its runner and wait for them, and
+    /// the thread that starts the call may be the one that would serve
+    /// them (or hold what serving them needs). Aborting the returned
+    /// task drops the future, and `done` is then never called.
     pub fn start_async(
         &self,
         name: &Arc<str>,
-        f: &AsyncFn,
+        f: Arc<AsyncFn>,
         args: Vec<Value>,
         kwargs: Map<String, Value>,
         done: impl FnOnce(HostResult) + Send + 'static,
     ) -> HostTask {
         let call = HostCall::new(name.clone(), args, kwargs, self.link.clone());
         let name = name.clone();
-        // Making the future runs user code too.
-        let future = match catch_unwind(AssertUnwindSafe(|| f(call))) {
-            Ok(future) => future,
-            Err(panic) => {
-                done(Err(panicked(&name, &*panic)));
-                return HostTask(None);
-            }
-        };
         let runtime = match runtime::get() {
             Ok(runtime) => runtime,
             Err(why) => {
@@ -310,7 +305,10 @@ impl HostSetup {
             }
         };
         let task = runtime.spawn(async move {
-            let result = CatchUnwind(future).await;
+            let result = match catch_unwind(AssertUnwindSafe(|| f(call))) {
+                Ok(future) => CatchUnwind(future).await,
+                Err(panic) => Err(panic),
+            };
             done(result.unwrap_or_else(|panic| Err(panicked(&name, &*panic))));
         });
         HostTask(Some(task.abort_handle()))
@@ -375,7 +373,7 @@ impl RunnerLink {
     pub fn runner(&self) -> PyRunner {
         match self.0.get() {
             Some(runner) => runner.upgrade(),
-            // Set before the runner's first command: no host function runs before.
+            // Set before the backend starts: no host function runs before.
             None => PyRunner::gone(crate::config::Backend::PyO3),
         }
     }

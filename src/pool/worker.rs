@@ -72,11 +72,13 @@ impl Worker {
             first_start_by,
             supervision: POOL_WORKER,
         };
-        crate::subprocess::spawn_attached(config, queue.clone(), attachment)?;
-        let runner = PyRunner::from_parts(queue, Backend::Subprocess, config.timeout);
+        // Linked before the first start, whose replay may send commands
+        // from host functions (see `PyRunnerBuilder::build`).
+        let runner = PyRunner::from_parts(queue.clone(), Backend::Subprocess, config.timeout);
         if let Some(host) = &config.host {
             host.link.set(&runner);
         }
+        crate::subprocess::spawn_attached(config, queue, attachment)?;
         Ok(Worker {
             runner,
             state,

@@ -35,16 +35,20 @@
 //!   that thread (`Thread.join()`) waits for them forever.
 //! - An async host function is a coroutine function (`host_coroutine`):
 //!   its `start` begins the Rust future on the host runtime and its result
-//!   comes back to the future Python awaits. Awaited on the runner's loop
-//!   while the runner turns it (the usual case), the result is queued on
-//!   the runner's queue as `Request::HostDone`, which wakes the loop like
-//!   any command, and the worker settles the future on its thread: Python
-//!   is never touched from the runtime's threads. Awaited on another loop
-//!   (`asyncio.run` in a sync command, or in a thread), the result is handed
-//!   to that loop with `call_soon_threadsafe` from a blocking thread of the
-//!   runtime, since the runner's thread may be the one waiting. A cancelled
-//!   await (the command's limit, its caller gone, the runner stopping)
-//!   aborts the task, which drops the future.
+//!   comes back to the future Python awaits. Awaited on the runner's own
+//!   loop (the usual case), the result is put in the state's `finished`
+//!   list and a byte written to the loop's wake-up socket: whenever that
+//!   loop next runs (a turn of the worker's, or user code's own
+//!   `run_until_complete` inside a command, or the loop's last turns at
+//!   `stop`), its reader (`CoroutineDriver._on_wake`) calls the drain, which
+//!   settles the futures on the loop's thread. Python is never touched from
+//!   the runtime's threads. Awaited on another loop (`asyncio.run` in a sync
+//!   command, or in a thread), the result is handed to that loop with
+//!   `call_soon_threadsafe` from a blocking thread of the runtime, since the
+//!   runner's thread may be the one waiting. A cancelled await (the
+//!   command's limit, its caller gone) aborts the task, which drops the
+//!   future; at `stop` every task left is aborted, and a future on another
+//!   loop is settled with `HostError` so that nothing awaits it forever.
 
 use std::collections::HashMap;
 use std::ffi::{CStr, CString};
@@ -83,8 +87,10 @@ struct HostState {
     runner_timeout: Py<PyType>,
     /// Set while the command that runs is past its limit (see `watchdog`).
     interrupted: Arc<AtomicBool>,
-    /// Set while the worker turns its loop.
-    turning: AtomicBool,
+    /// The worker's loop, once it has one (see `Host::attach_loop`).
+    worker_loop: OnceLock<Py<PyAny>>,
+    /// Results of async calls awaited on the worker's loop, for the drain.
+    finished: Mutex<Vec<(u64, HostResult)>>,
     /// Async calls under way, by token.
     calls: Mutex<HashMap<u64, AsyncCall>>,
     next_token: AtomicU64,
@@ -121,7 +127,8 @@ impl Host {
                     settle_host: helpers.getattr("settle_host")?.unbind(),
                     runner_timeout: helpers.getattr("RunnerTimeout")?.cast_into()?.unbind(),
                     interrupted: interrupted.clone(),
-                    turning: AtomicBool::new(false),
+                    worker_loop: OnceLock::new(),
+                    finished: Mutex::default(),
                     calls: Mutex::default(),
                     next_token: AtomicU64::new(0),
                 });
@@ -134,29 +141,23 @@ impl Host {
         Ok(Host { state })
     }
 
-    /// Notes whether the worker is turning its loop: async host calls
-    /// awaited meanwhile hand their results back through the queue.
-    pub fn set_turning(&self, turning: bool) {
-        if let Some(state) = &self.state {
-            state.turning.store(turning, Ordering::Relaxed);
-        }
-    }
-
-    /// `Request::HostDone`: settles the future of async call `token`, on
-    /// the runner's thread.
-    pub fn done(&self, py: Python<'_>, token: u64, result: HostResult) {
+    /// The worker made its loop (`driver`, a `CoroutineDriver`): async
+    /// calls awaited there hand their results to its drain.
+    pub fn attach_loop(&self, driver: &Bound<'_, PyAny>) -> PyResult<()> {
         let Some(state) = &self.state else {
-            return;
+            return Ok(());
         };
-        let Some(call) = state.take_call(token) else {
-            // Cancelled meanwhile: nobody awaits it.
-            return;
+        let py = driver.py();
+        let _ = state
+            .worker_loop
+            .set(driver.getattr(intern!(py, "loop"))?.unbind());
+        let drained = state.clone();
+        let drain = move |args: &Bound<'_, PyTuple>, _: Option<&Bound<'_, PyDict>>| {
+            drained.drain(args.py());
+            PyResult::Ok(())
         };
-        let future = call.future.bind(py);
-        let (ok, value) = state.outcome(py, result);
-        if let Err(err) = state.settle_host.bind(py).call1((future, ok, value)) {
-            err.write_unraisable(py, Some(future));
-        }
+        let drain = PyCFunction::new_closure(py, Some(c"async_py_host_drain"), None, drain)?;
+        driver.setattr(intern!(py, "host_drain"), drain)
     }
 
     /// Aborts every async call under way (the runner stops): their
@@ -171,6 +172,34 @@ impl Host {
                 task.abort();
             }
         }
+        // A future of another loop (a thread's, another runner's) would be
+        // awaited forever: it gets the error instead, on its loop.
+        Python::attach(|py| {
+            for call in &calls {
+                let future = call.future.bind(py);
+                let on_worker_loop = match (
+                    future.call_method0(intern!(py, "get_loop")),
+                    state.worker_loop.get(),
+                ) {
+                    (Ok(event_loop), Some(worker_loop)) => event_loop.is(worker_loop.bind(py)),
+                    _ => false,
+                };
+                if on_worker_loop {
+                    continue;
+                }
+                let (ok, value) = state.outcome(py, Err("the runner stopped".into()));
+                let handed = future
+                    .call_method0(intern!(py, "get_loop"))
+                    .and_then(|event_loop| {
+                        event_loop.call_method1(
+                            intern!(py, "call_soon_threadsafe"),
+                            (state.settle_host.bind(py), future, ok, value),
+                        )
+                    });
+                // A loop closed meanwhile has nobody awaiting on it.
+                drop(handed);
+            }
+        });
     }
 }
 
@@ -288,7 +317,7 @@ impl HostState {
                 Option<Bound<'_, PyDict>>,
                 Bound<'_, PyAny>,
             ) = args.extract()?;
-            state.start_async(&name, &*f, &call_args, call_kwargs.as_ref(), future)
+            state.start_async(&name, &f, &call_args, call_kwargs.as_ref(), future)
         };
         Ok(PyCFunction::new_closure(py, Some(function_name), None, start)?.into_any())
     }
@@ -296,7 +325,7 @@ impl HostState {
     fn start_async(
         self: &Arc<Self>,
         name: &Arc<str>,
-        f: &AsyncFn,
+        f: &Arc<AsyncFn>,
         args: &Bound<'_, PyTuple>,
         kwargs: Option<&Bound<'_, PyDict>>,
         future: Bound<'_, PyAny>,
@@ -304,12 +333,14 @@ impl HostState {
         let py = args.py();
         let (args, kwargs) = self.read_args(py, name, args, kwargs)?;
         let token = self.next_token.fetch_add(1, Ordering::Relaxed);
-        // The worker turns the loop that awaits: it takes the result off
-        // its queue between turns. Otherwise the awaiting loop may be
-        // running inside a command on the runner's thread, which would
-        // not look at its queue before the command ends.
-        let through_queue =
-            thread::current().id() == self.thread && self.turning.load(Ordering::Relaxed);
+        // Awaited on the worker's loop, the result goes to that loop's
+        // drain; on any other, to `call_soon_threadsafe`.
+        let on_worker_loop = match self.worker_loop.get() {
+            Some(worker_loop) => future
+                .call_method0(intern!(py, "get_loop"))?
+                .is(worker_loop.bind(py)),
+            None => false,
+        };
         let call = AsyncCall {
             future: future.unbind(),
             task: None,
@@ -317,15 +348,14 @@ impl HostState {
         self.lock_calls().insert(token, call);
         let state = self.clone();
         let done = move |result: HostResult| {
-            if through_queue {
-                let job = Job::unanswered(Request::HostDone { token, result });
-                // Refused, the runner has stopped: nobody awaits.
-                let _ = state.queue.push(job);
+            if on_worker_loop {
+                state.lock_finished().push((token, result));
+                state.queue.wake_loop();
             } else {
                 state.settle_elsewhere(token, result);
             }
         };
-        let task = py.detach(|| self.setup.start_async(name, f, args, kwargs, done));
+        let task = py.detach(|| self.setup.start_async(name, f.clone(), args, kwargs, done));
         if let Some(call) = self.lock_calls().get_mut(&token) {
             call.task = Some(task);
         }
@@ -360,6 +390,29 @@ impl HostState {
             // Called at once, by `start_async`, on the thread that started.
             Err(_) => settle(),
         }
+    }
+
+    /// Settles the futures of the results handed to the worker's loop;
+    /// called by that loop's wake-up reader, on its thread.
+    fn drain(&self, py: Python<'_>) {
+        let finished = std::mem::take(&mut *self.lock_finished());
+        for (token, result) in finished {
+            let Some(call) = self.take_call(token) else {
+                // Cancelled meanwhile: nobody awaits it.
+                continue;
+            };
+            let future = call.future.bind(py);
+            let (ok, value) = self.outcome(py, result);
+            if let Err(err) = self.settle_host.bind(py).call1((future, ok, value)) {
+                err.write_unraisable(py, Some(future));
+            }
+        }
+    }
+
+    fn lock_finished(&self) -> MutexGuard<'_, Vec<(u64, HostResult)>> {
+        self.finished
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn take_call(&self, token: u64) -> Option<AsyncCall> {
@@ -447,6 +500,16 @@ impl HostState {
         }
         let Job { request, reply, .. } = job;
         if reply.is_abandoned() {
+            return None;
+        }
+        if self.interrupted.load(Ordering::SeqCst) {
+            // The command that called the host function is past its limit:
+            // what the host function sends now is refused, so that one
+            // that retries in a loop ends too.
+            reply.send(Err(PyRunnerError::python(
+                "RunnerTimeout",
+                "the command that called the host function ran past its limit",
+            )));
             return None;
         }
         let answer = match self.namespace.bind(py) {

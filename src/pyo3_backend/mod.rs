@@ -277,7 +277,8 @@ impl Serve for Worker<'_> {
             Request::Invoke(invoke) => return self.invoke(invoke, reply, timeout),
             Request::Cancel(target) => return self.cancel(&target),
             Request::Stream(feed) => return self.stream_signal(&feed),
-            Request::HostDone { token, result } => return self.host.done(self.py, token, result),
+            // Not sent on this backend: async host results go to the loop's drain.
+            Request::HostDone { .. } => return,
             _ => {}
         }
         let mut started = self.watchdog.take();
@@ -444,6 +445,9 @@ impl<'py> Worker<'py> {
             .getattr("CoroutineDriver")
             .and_then(|class| class.call1((wake_read.as_raw_fd(),)))
             .map_err(|err| self.python_error(err))?;
+        self.host
+            .attach_loop(&driver)
+            .map_err(|err| self.python_error(err))?;
         self.queue.set_loop_wake(wake_write);
         self.wake_read = Some(wake_read);
         self.driver = Some(driver.clone());
@@ -496,9 +500,7 @@ impl<'py> Worker<'py> {
         let Some(driver) = self.driver.clone() else {
             return;
         };
-        self.host.set_turning(true);
         let finished = driver.call_method1(intern!(self.py, "turn"), (block,));
-        self.host.set_turning(false);
         self.last_turn = Instant::now();
         let finished = match finished {
             Ok(finished) => finished,

@@ -517,18 +517,20 @@ impl Callable for HostStart {
             shared.queue.clone(),
             wake.inbox.clone(),
         );
-        let nested_on_loop = move |call| -> Pin<Box<dyn Future<Output = HostResult> + Send>> {
-            Box::pin(NestedOnLoop {
-                future: function(call),
-                queue: queue.clone(),
-                inbox: inbox.clone(),
-            })
-        };
+        let nested_on_loop: Arc<AsyncFn> = Arc::new(
+            move |call| -> Pin<Box<dyn Future<Output = HostResult> + Send>> {
+                Box::pin(NestedOnLoop {
+                    future: function(call),
+                    queue: queue.clone(),
+                    inbox: inbox.clone(),
+                })
+            },
+        );
         let inbox = wake.inbox.clone();
         let task =
             shared
                 .setup
-                .start_async(&zelf.name, &nested_on_loop, args, kwargs, move |result| {
+                .start_async(&zelf.name, nested_on_loop, args, kwargs, move |result| {
                     inbox.put(token, result)
                 });
         if let Some(call) = lock(&wake.pending).get_mut(&token) {

@@ -377,16 +377,23 @@ impl<'vm> Worker<'vm> {
         if let Some(sink) = output {
             worker.route_output(sink)?;
         }
-        prepare_in_process(
-            venv,
-            startup,
-            |dir| worker.set_venv(dir).map(drop),
-            |code| {
-                worker
-                    .run_source(&worker.helpers.run_code, code, Mode::Exec)
-                    .map(drop)
-            },
-        )?;
+        // Startup code may call a host function that sends commands to
+        // this runner: they run inside that call, as they do later.
+        let commands = worker.commands.clone();
+        let take = |job| host::take_nested(&commands, job);
+        let queue = worker.queue.clone();
+        crate::host::nest::within(&queue, &take, || {
+            prepare_in_process(
+                venv,
+                startup,
+                |dir| worker.set_venv(dir).map(drop),
+                |code| {
+                    worker
+                        .run_source(&worker.helpers.run_code, code, Mode::Exec)
+                        .map(drop)
+                },
+            )
+        })?;
         Ok(worker)
     }
 }

@@ -427,3 +427,112 @@ async fn stopping_drops_the_futures_of_pending_async_calls() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_function_that_retries_after_the_limit_ends() {
+    let tries = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = tries.clone();
+    let runner = builder()
+        .host_function("retry", move |call: HostCall| {
+            std::thread::sleep(Duration::from_millis(400));
+            // Past the limit now: every nested command is refused, so a
+            // loop that retries until one succeeds ends.
+            for _ in 0..1_000_000 {
+                counted.fetch_add(1, Ordering::SeqCst);
+                if call.runner().eval_sync("1").is_ok() {
+                    return Ok(json!("a nested command ran past the limit"));
+                }
+            }
+            Err("gave up".into())
+        })
+        .build()
+        .unwrap();
+    runner.run("import async_py").await.unwrap();
+    let limited = runner.clone().with_timeout(Duration::from_millis(150));
+    let outcome = within_10s(
+        "a host function that retries",
+        limited.eval("async_py.host.retry()"),
+    )
+    .await;
+    assert!(
+        matches!(outcome, Err(PyRunnerError::Timeout(_))),
+        "{outcome:?}"
+    );
+    // The runner is free again once the host function gave up.
+    let after = within_10s("a command after the retries", runner.eval("2")).await;
+    assert_eq!(after.unwrap(), 2);
+    assert_eq!(tries.load(Ordering::SeqCst), 1_000_000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_awaited_by_a_command_s_own_run_until_complete_gets_its_result() {
+    let runner = builder()
+        .host_async_function("later", |call: HostCall| async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            Ok(call.args[0].clone())
+        })
+        .build()
+        .unwrap();
+    runner
+        .run("import asyncio, async_py\nasync def start():\n    global task\n    task = asyncio.ensure_future(async_py.host.later(5))")
+        .await
+        .unwrap();
+    // The task starts on the runner's loop in a turn, and is awaited by a
+    // sync command that runs the loop itself.
+    runner.call("start").await.unwrap();
+    let value = within_10s(
+        "run_until_complete of a task awaiting a host function",
+        runner.eval("asyncio.get_event_loop().run_until_complete(task)"),
+    )
+    .await;
+    assert_eq!(value.unwrap(), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_future_of_another_loop_is_failed_at_stop() {
+    let runner = builder()
+        .host_async_function("forever", |_| async {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            Ok(Value::Null)
+        })
+        .build()
+        .unwrap();
+    runner
+        .run(
+            r#"
+import asyncio, sys, threading, async_py
+# Held by the thread itself: the runner's globals are cleared at stop.
+def in_thread(fn, outcome):
+    async def main():
+        try:
+            await fn()
+        except Exception as e:
+            outcome.append(type(e).__name__ + ": " + str(e))
+    asyncio.run(main())
+sys.async_py_test_outcome = []
+threading.Thread(target=in_thread, args=(async_py.host.forever, sys.async_py_test_outcome)).start()
+"#,
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    runner.stop().await.unwrap();
+    // Another runner of the same interpreter reads what the thread saw.
+    let reader = builder().build().unwrap();
+    let started = Instant::now();
+    loop {
+        let outcome = reader
+            .eval("__import__('sys').async_py_test_outcome")
+            .await
+            .unwrap();
+        if outcome != json!([]) {
+            assert_eq!(outcome, json!(["HostError: the runner stopped"]));
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the thread still waits"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -23,6 +23,7 @@ crate::host_suite!(crate::rustpython::builder:
     a_runner_without_host_functions_has_the_module progress_arrives_in_order
     nested_commands_run_before_the_host_function_returns
     commands_from_other_clones_wait_for_the_command_that_runs a_timeout_counts_host_time
+    startup_code_may_call_host_functions_that_send_commands
 );
 
 use std::time::{Duration, Instant};

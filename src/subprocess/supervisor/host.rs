@@ -131,7 +131,7 @@ impl Core {
             }
             HostFn::Async(f) => {
                 let queue = self.queue.clone();
-                let task = setup.start_async(&name, &*f, args, kwargs, move |result| {
+                let task = setup.start_async(&name, f.clone(), args, kwargs, move |result| {
                     queue.push_unanswered(Job::unanswered(Request::HostDone { token, result }));
                 });
                 self.host.pending.insert(

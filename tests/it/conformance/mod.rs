@@ -203,8 +203,10 @@ macro_rules! host_suite {
             a_runner_without_host_functions_has_the_module progress_arrives_in_order
             nested_commands_run_before_the_host_function_returns
             commands_from_other_clones_wait_for_the_command_that_runs a_timeout_counts_host_time
+            startup_code_may_call_host_functions_that_send_commands
             async_functions_are_awaited async_functions_overlap
             nested_commands_from_an_async_function a_timeout_drops_an_async_host_future
+            an_async_function_may_send_commands_before_its_first_await
         );
     };
     ($builder:path: $($name:ident)*) => {
