@@ -290,6 +290,21 @@ const BACKENDS: &[Backend] = &[
     Backend::RustPython,
 ];
 
+/// Prints a table of one row per label, a column per backend of
+/// [`BACKENDS`], and a blank line.
+fn print_backend_table(title: &str, labels: &[&str], rows: impl IntoIterator<Item = Vec<String>>) {
+    print!("| {title} |");
+    for backend in BACKENDS {
+        print!(" {backend:?} |");
+    }
+    println!();
+    println!("|---|{}", "---|".repeat(BACKENDS.len()));
+    for (label, cells) in labels.iter().zip(rows) {
+        println!("| {label} | {} |", cells.join(" | "));
+    }
+    println!();
+}
+
 /// A builder of `backend`; a child runs the real interpreter, not a shim.
 fn builder_for(backend: Backend) -> PyRunnerBuilder {
     let builder = PyRunner::builder();
@@ -1018,16 +1033,7 @@ def stamped():
             "the same as `returns::<i64>()` items",
             "first item of a generator that then sleeps, after its `yield`: median (min–max) of 5",
         ];
-        print!("| streams |");
-        for backend in backends {
-            print!(" {backend:?} |");
-        }
-        println!();
-        println!("|---|{}", "---|".repeat(backends.len()));
-        for (label, cells) in labels.iter().zip(rows) {
-            println!("| {label} | {} |", cells.join(" | "));
-        }
-        println!();
+        print_backend_table("streams", &labels, rows);
     }
 }
 

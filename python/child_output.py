@@ -41,15 +41,16 @@ def _capture_file():
     return tempfile.TemporaryFile(buffering=0)
 
 
-def _read_capture_file(fd, size, capture, index):
-    """Moves what fd `fd` holds (`size` bytes) into the capture (at most
-    its cap), and empties the file for the next command."""
+def _read_capture_file(fd, size, capture, index, start=0):
+    """Moves what fd `fd` holds from `start` (`size` bytes) into the capture
+    (at most its cap), and cuts the file back to `start` for the next
+    command (or for the captured command around a nested one)."""
     if not size:
         return
     cap = capture.cap
-    data = os.pread(fd, min(size, cap), 0)
-    os.ftruncate(fd, 0)
-    os.lseek(fd, 0, os.SEEK_SET)
+    data = os.pread(fd, min(size, cap), start)
+    os.ftruncate(fd, start)
+    os.lseek(fd, start, os.SEEK_SET)
     cut = size > cap
     text = None
     if cut:
@@ -154,6 +155,13 @@ class ChildOutput:
     """True while a captured invoke's function runs: an awaitable it
     returns is scheduled with a capture of its own (schedule_captured)."""
     router = None
+    fd_capturing = 0
+    """How many captured commands have fds 1 and 2 on the capture files."""
+    capture_starts = ()
+    """For each captured command running around the one running now (a
+    nested request inside a host call's wait), where its text in the two
+    capture files ends: the nested one's text follows, and is cut off
+    again when it ends."""
 
     def _begin_fd_capture(self):
         """Points fds 1 and 2 at the capture files. Only with a route
@@ -168,8 +176,14 @@ class ChildOutput:
         if sys.stdout is not streams[0] or sys.stderr is not streams[1]:
             _flush_stdio()
         capture = None if self.output_route is None else self.router.begin_capture(through_fd=True)
-        os.dup2(files[0], 1)
-        os.dup2(files[1], 2)
+        if self.fd_capturing:
+            # Nested: the fds point at the files already; its text goes
+            # after what the captured command around it wrote so far.
+            self.capture_starts += ((_lseek(files[0], 0, _SEEK_CUR), _lseek(files[1], 0, _SEEK_CUR)),)
+        else:
+            os.dup2(files[0], 1)
+            os.dup2(files[1], 2)
+        self.fd_capturing += 1
         return capture
 
     def _end_fd_capture(self, capture):
@@ -180,18 +194,23 @@ class ChildOutput:
         if sys.stdout is not streams[0] or sys.stderr is not streams[1]:
             _flush_stdio()
         out, err, pipe = self.capture_files[:3]
-        os.dup2(pipe, 1)
-        os.dup2(pipe, 2)
+        self.fd_capturing -= 1
+        if self.fd_capturing:
+            (out_start, err_start), self.capture_starts = self.capture_starts[-1], self.capture_starts[:-1]
+        else:
+            out_start = err_start = 0
+            os.dup2(pipe, 1)
+            os.dup2(pipe, 2)
         if capture is not None:
             self.router.leave_capture(capture)
             capture.through_fd = False
-        out_size = _lseek(out, 0, _SEEK_CUR)
-        err_size = _lseek(err, 0, _SEEK_CUR)
+        out_size = _lseek(out, 0, _SEEK_CUR) - out_start
+        err_size = _lseek(err, 0, _SEEK_CUR) - err_start
         if out_size or err_size:
             if capture is None:
                 capture = Capture(self.router.cap)
-            _read_capture_file(out, out_size, capture, 0)
-            _read_capture_file(err, err_size, capture, 1)
+            _read_capture_file(out, out_size, capture, 0, out_start)
+            _read_capture_file(err, err_size, capture, 1, err_start)
         if capture is not None:
             # A task the command left running writes as uncaptured output.
             capture.open = False

@@ -111,6 +111,10 @@ pending) names the call in its reply. Bytes in the arguments go as bin."""
 MSG_HOST_REPLY = "host_reply"
 """Parent to child, [MSG_HOST_REPLY, hid, ok, value]: host call `hid`
 returned `value` (ok true) or failed with the message `value` (ok false)."""
+MSG_NESTED = "nested"
+"""Parent to child, [MSG_NESTED, id]: the request right after this note, `id`,
+was sent by a host function the child waits for, and runs inside that
+wait. It gets no reply of its own."""
 MSG_HOST_CANCEL = "host_cancel"
 """Child to parent, [MSG_HOST_CANCEL, hid]: the coroutine awaiting async
 host call `hid` was cancelled; the parent drops its future and sends no
@@ -229,6 +233,12 @@ INVOKE_CAPTURED_OP = pack(OP_INVOKE_CAPTURED)
 
 HOST_REPLY_START = _array_head(4) + pack(MSG_HOST_REPLY)
 """How a host reply's frame begins: [MSG_HOST_REPLY, hid, ok, value]."""
+HOST_CALL_START = _array_head(5) + pack(MSG_HOST)
+"""How a host call's frame begins: [MSG_HOST, hid, name, args, kwargs]."""
+NESTED_START = _array_head(2) + pack(MSG_NESTED)
+"""How a nested request's note begins: [MSG_NESTED, id]."""
+MORE_START = _array_head(3) + pack(MSG_MORE)
+"""How a stream's credit begins: [MSG_MORE, id, granted]."""
 
 REQUEST_ID_READERS = {}
 """After the array's marker, a request's id is a positive fixint or a uint

@@ -36,6 +36,7 @@ package instead when the interpreter has it. The child runs every module
 of python/MODULES joined into one source, this one last.
 """
 
+import collections
 import io
 import os
 import select
@@ -196,6 +197,7 @@ class ChildWorker(ChildOutput, ChildStreams, ChildHost):
         self.poller = select.poll()
         self.poller.register(proto_in, select.POLLIN)
         self.inbox = bytearray()
+        self.deferred = collections.deque()  # frames a host call's wait put aside, in order
         self.outbox = []
         self.at_eof = False
         self.stopping = False
@@ -349,9 +351,22 @@ class ChildWorker(ChildOutput, ChildStreams, ChildHost):
                 return
             from_parent = target is not None
         if running is None:
+            holding = self.host_holding
+            if from_parent and holding and type(holding[-1]) is int:
+                # Inside a host call's wait, between frames (a nested
+                # request's reply being packed or written): noted, and the
+                # wait raises once that frame is whole (ChildHost).
+                if self.ring is not None:
+                    self.ring.take_interrupt(holding[-1] if target is None else target)
+                self.interrupted = True
             return
         if from_parent:
             if self.ring is not None:
+                if target is not None and self.stops_nested_alone(target):
+                    # That nested request alone, and the child goes on: not
+                    # taken, so the parent, which sees it answered, keeps
+                    # this child, as for a signal that came too late.
+                    raise KeyboardInterrupt
                 # A request that waits for a host function stops through
                 # the nested request running now (ChildHost).
                 self.ring.take_interrupt(running if target is None else target)
@@ -396,6 +411,8 @@ class ChildWorker(ChildOutput, ChildStreams, ChildHost):
                 pause()
 
     def _has_whole_frame(self):
+        if self.deferred:
+            return True
         inbox = self.inbox
         return len(inbox) >= FRAME_HEADER_SIZE and len(inbox) - FRAME_HEADER_SIZE >= _frame_size(inbox, 0)[0]
 
@@ -413,8 +430,15 @@ class ChildWorker(ChildOutput, ChildStreams, ChildHost):
             self._flush()
 
     def _take_frame(self):
+        """The next whole frame to serve: the first a sync host call's wait
+        put aside (ChildHost), else the inbox's; None if there is none."""
+        if self.deferred:
+            return self.deferred.popleft()
+        return self._take_inbox_frame()
+
+    def _take_inbox_frame(self):
         """The next whole frame, taken out of the inbox (before it is
-        handled: a sync host call handles the frames after it while its
+        handled: a sync host call's wait takes the frames after it while its
         request runs), or None."""
         inbox = self.inbox
         if len(inbox) < FRAME_HEADER_SIZE:
@@ -510,6 +534,10 @@ class ChildWorker(ChildOutput, ChildStreams, ChildHost):
                 self._more(request)
             elif type(request) is list and request and request[0] == MSG_HOST_REPLY:
                 self._host_reply(request)
+            elif type(request) is list and request and request[0] == MSG_NESTED:
+                # The host call that sent the request after it has returned
+                # without waiting for it: it runs in order, as any other.
+                pass
             else:
                 _say("ignoring a request without an id: %s" % _preview(request))
             return
@@ -596,6 +624,12 @@ class ChildWorker(ChildOutput, ChildStreams, ChildHost):
         if limit is not None and limit <= 0:
             _close_awaitable(awaitable)
             self._send_reply([request_id, REPLY_TIMEOUT])
+            return
+        if self.host_holding:
+            # A nested request (ChildHost): the loop turns only once the
+            # request that waits for its host function has ended.
+            _close_awaitable(awaitable)
+            self._send_reply([request_id, REPLY_ERR, "RuntimeError", _NESTED_AWAITABLE, None])
             return
         try:
             driver = self._coroutine_driver()
@@ -803,6 +837,13 @@ _PLAIN_RESULTS = frozenset((type(None), bool, int, float, str, bytes, bytearray,
 result of one of them is answered without a closer look."""
 _CO_ITERABLE_COROUTINE = 0x100
 """inspect.CO_ITERABLE_COROUTINE: a generator made awaitable by @types.coroutine."""
+
+
+_NESTED_AWAITABLE = (
+    "the function returned an awaitable, which a command sent from inside a sync host function "
+    "cannot await: the child's event loop turns only once the command that called the host "
+    "function has ended (use an async host function, whose commands queue as usual)"
+)
 
 
 def _generator_kind(value):

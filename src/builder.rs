@@ -133,7 +133,16 @@ impl PyRunnerBuilder {
     /// thread of the runner's supervisor for a child): Python waits while
     /// it runs, so it should not block for long. It may send commands to
     /// the runner that called it ([`HostCall::runner`](crate::HostCall::runner));
-    /// they run before it returns.
+    /// they run before it returns, under the calling command's limit and
+    /// their own. One past its own limit is stopped alone (`f` hears
+    /// [`PyRunnerError::Timeout`] and the calling command goes on; on the
+    /// subprocess backend without its reply ring, where the child cannot
+    /// tell which command a signal is for, the child is replaced and the
+    /// calling command fails too). Commands that need what the runner
+    /// serves only between commands are refused, with
+    /// [`PyRunnerError::Unsupported`] or an error, rather than left
+    /// waiting: a stream on every backend, and on the subprocess backend
+    /// also a coroutine, a call whose result must be awaited, and `stop`.
     ///
     /// A name that Python cannot write after `async_py.host.` (not an
     /// identifier, a keyword, or starting with `_`), or one given twice,

@@ -191,6 +191,12 @@ pub(crate) const HOST_RUNTIME_THREADS: usize = 2;
 #[cfg(feature = "subprocess")]
 pub(crate) const HOST_THREAD_SPIN: Duration = Duration::from_micros(100);
 
+/// How long a subprocess runner's surplus host thread (one of several,
+/// started for host calls nested in others) stays parked without a call
+/// before it ends; the last one stays.
+#[cfg(feature = "subprocess")]
+pub(crate) const HOST_THREAD_IDLE: Duration = Duration::from_secs(2);
+
 /// How often a child's start, while its startup code or a replayed
 /// command waits for a host function, looks for the function's result
 /// and the commands it sends.

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use async_py::{HostCall, PyRunner, Value};
 
-use super::{builder_for, median, micros, BACKENDS};
+use super::{builder_for, median, micros, print_backend_table, BACKENDS};
 
 const RUNS: usize = 5;
 
@@ -102,14 +102,5 @@ pub async fn host_table() {
         "the same loop calling a Python function `noop(i)` instead, per call",
         "20 coroutines each awaiting a 100 ms async host function, in all",
     ];
-    print!("| host functions |");
-    for backend in BACKENDS {
-        print!(" {backend:?} |");
-    }
-    println!();
-    println!("|---|{}", "---|".repeat(BACKENDS.len()));
-    for (label, cells) in labels.iter().zip(rows) {
-        println!("| {label} | {} |", cells.join(" | "));
-    }
-    println!();
+    print_backend_table("host functions", &labels, rows);
 }

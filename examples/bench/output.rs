@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::{builder_for, median, micros, ADD, BACKENDS};
+use super::{builder_for, median, micros, print_backend_table, ADD, BACKENDS};
 
 /// A round is `TURNS` turns of `CALLS` plain calls then `CALLS` captured
 /// ones, so that both see the same load on a shared machine.
@@ -89,14 +89,5 @@ pub fn output_table() {
         "the same `.capture_output().wait()`, in turns of 500 with the plain calls",
         "added by the capture: median (range) of the rounds' differences",
     ];
-    print!("| output |");
-    for backend in BACKENDS {
-        print!(" {backend:?} |");
-    }
-    println!();
-    println!("|---|{}", "---|".repeat(BACKENDS.len()));
-    for (label, cells) in labels.iter().zip(rows) {
-        println!("| {label} | {} |", cells.join(" | "));
-    }
-    println!();
+    print_backend_table("output", &labels, rows);
 }

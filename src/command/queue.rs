@@ -154,6 +154,24 @@ impl CommandQueue {
         Ok(())
     }
 
+    /// Queues a job nobody answers (a host function's result) even after
+    /// `close`, without waking the consumer: a stop waits behind the
+    /// request whose host function it is, and that request ends only once
+    /// the result reaches the child.
+    #[cfg(feature = "subprocess")]
+    pub(crate) fn push_unanswered_quiet(&self, job: Job) {
+        self.lock().push_back(job);
+        self.queued.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// As [`push_unanswered_quiet`](Self::push_unanswered_quiet), waking
+    /// the consumer.
+    #[cfg(feature = "subprocess")]
+    pub(crate) fn push_unanswered(&self, job: Job) {
+        self.push_unanswered_quiet(job);
+        self.wake_consumer();
+    }
+
     pub fn is_closed(&self) -> bool {
         self.closed.load(Ordering::SeqCst)
     }

@@ -12,6 +12,12 @@
 //! `Submission` asks [`route`] on its first poll. Commands sent from other
 //! threads (an async host function's task, a thread the host function
 //! started) are not nested and queue as usual.
+//!
+//! A scope lives on the stack of the thread that opened it. Python
+//! libraries that switch stacks within one thread (greenlet, gevent) and
+//! switch away inside a nested command would leave the thread's scope
+//! pointing into a stack that is swapped out; host functions are not meant
+//! to be called from such code.
 
 use std::cell::Cell;
 use std::ptr;

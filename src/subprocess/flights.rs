@@ -458,6 +458,24 @@ impl<T> Flights<T> {
         (started, unstarted)
     }
 
+    /// Takes the nested requests in flight, in the order sent: a start
+    /// whose child failed answers them (no child waits for them).
+    pub fn take_nested(&mut self) -> Vec<(u64, Flight<T>)> {
+        let ids: Vec<u64> = self
+            .by_id
+            .iter()
+            .filter(|(_, flight)| flight.kind == Kind::Nested)
+            .map(|(&id, _)| id)
+            .collect();
+        ids.into_iter()
+            .filter_map(|id| {
+                let flight = self.by_id.remove(&id)?;
+                self.timed -= usize::from(flight.limit.is_some());
+                Some((id, flight))
+            })
+            .collect()
+    }
+
     /// Empties them all, in the order sent.
     pub fn drain(&mut self) -> impl Iterator<Item = (u64, Flight<T>)> {
         self.line.clear();
@@ -807,6 +825,25 @@ mod tests {
         let started: Vec<u64> = started.into_iter().map(|(id, _)| id).collect();
         assert_eq!(started, vec![1, 3]);
         assert_eq!(unstarted, vec!["queued behind"]);
+    }
+
+    #[test]
+    fn nested_requests_are_taken_alone() {
+        let clock = Clock::new();
+        let mut flights = Flights::default();
+        flights.sent(1, "waits", Kind::Sync, Some(MS * 1000), clock.at(0));
+        flights.sent(2, "nested", Kind::Nested, Some(MS * 100), clock.at(1));
+        flights.sent(3, "behind", Kind::Sync, None, clock.at(1));
+        let taken: Vec<u64> = flights
+            .take_nested()
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        assert_eq!(taken, vec![2]);
+        assert_eq!(flights.len(), 2);
+        assert_eq!(flights.head(), Some(1));
+        // Only the first one's clock is left.
+        assert_eq!(flights.next_deadline(clock.at(2)), Some(clock.at(1000)));
     }
 
     #[test]

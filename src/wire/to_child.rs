@@ -93,6 +93,12 @@ pub(crate) enum ToChild<'a> {
     Stop {
         id: u64,
     },
+    /// `["nested", id]`: the request that follows, `id`, was sent by a
+    /// host function the child waits for, and runs inside that wait. No
+    /// reply.
+    Nested {
+        id: u64,
+    },
     /// `["host_reply", hid, ok, value]`: host call `hid` returned `value`
     /// (`ok`) or failed with the message `value`. No reply.
     HostReply {
@@ -165,6 +171,7 @@ impl<'a> ToChild<'a> {
             | ToChild::Stream { id, .. }
             | ToChild::More { id, .. }
             | ToChild::Cancel { id }
+            | ToChild::Nested { id }
             | ToChild::Stop { id } => id,
             ToChild::HostReply { hid, .. } => hid,
         }
@@ -188,6 +195,7 @@ impl<'a> ToChild<'a> {
             ToChild::Stream { .. } => "stream",
             ToChild::More { .. } => "more",
             ToChild::Cancel { .. } => "cancel",
+            ToChild::Nested { .. } => "nested",
             ToChild::Stop { .. } => "stop",
             ToChild::HostReply { .. } => "host_reply",
         }
@@ -292,7 +300,7 @@ impl Serialize for ToChild<'_> {
             }
             return array.end();
         }
-        if let ToChild::Cancel { id } = *self {
+        if let ToChild::Cancel { id } | ToChild::Nested { id } = *self {
             let mut array = serializer.serialize_tuple(2)?;
             array.serialize_element(self.op())?;
             array.serialize_element(&id)?;
@@ -331,6 +339,7 @@ impl Serialize for ToChild<'_> {
             | ToChild::Stream { .. }
             | ToChild::More { .. }
             | ToChild::Cancel { .. }
+            | ToChild::Nested { .. }
             | ToChild::HostReply { .. } => {}
         }
         array.end()

@@ -125,14 +125,10 @@ impl Core {
                 last_coroutine,
                 sync_started,
             },
-            // A child waiting for a sync host function serves what its
-            // pipe holds: what was sent before its last host call may have
-            // run.
-            _ => Reached::Upto(
-                last_started
-                    .or(self.flights.head())
-                    .map(|head| head.max(self.host.sent_before_call.unwrap_or(0))),
-            ),
+            // A child waiting for a sync host function runs only the
+            // requests its host functions sent (nested ones, started once
+            // sent): the requests behind the one that waits had not run.
+            _ => Reached::Upto(last_started.or(self.flights.head())),
         };
         // Its host calls are forgotten: a result that comes later is dropped.
         self.host_forget_child();
@@ -257,7 +253,9 @@ impl Core {
         };
         self.queue.take_all(&mut self.backlog);
         let mut kept = VecDeque::new();
-        for job in self.backlog.drain(..) {
+        for mut job in self.backlog.drain(..) {
+            // No child of another worker waits for a host function of this one's.
+            job.nested = false;
             if let Some(job) = companion.hand_back(job) {
                 kept.push_back(job);
             }
@@ -268,6 +266,8 @@ impl Core {
     /// Ends the child: on `stop`, after it has answered; when dropped, by end
     /// of file on its requests and then, after a grace, by force.
     pub(super) fn shut_down(&mut self) {
+        // The replies read below may hold host calls: none starts now.
+        self.host.refuse();
         self.host_forget_child();
         for job in self.queue.close() {
             job.reply.send(Err(PyRunnerError::Stopped));

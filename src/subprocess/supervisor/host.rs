@@ -12,7 +12,10 @@
 //!
 //! A token names one call of one child: a lost child's calls are
 //! forgotten (its async futures dropped), so a result that comes later
-//! finds no call and is dropped, never sent to the fresh child.
+//! finds no call and is dropped, never sent to the fresh child. So are its
+//! nested commands: those queued fail with `WorkerDied`, and a sync host
+//! function that outlived its child and sends another hears the same,
+//! instead of having it jump the fresh child's line.
 
 use std::collections::VecDeque;
 use std::sync::atomic::AtomicBool;
@@ -22,7 +25,7 @@ use serde_json::Map;
 
 use super::*;
 use crate::host::{nest, HostFn, HostResult, HostSetup, HostTable, HostTask, SyncFn};
-use crate::tuning::HOST_THREAD_SPIN;
+use crate::tuning::{HOST_THREAD_IDLE, HOST_THREAD_SPIN};
 
 /// What the child is told of the host functions: `kind:name` entries
 /// joined by `,` (`ENV_HOST` of `python/protocol.py`).
@@ -43,10 +46,8 @@ pub(super) struct HostCalls {
     next_token: u64,
     /// Run sync host functions, once one was called.
     threads: Option<HostThreads>,
-    /// Every request sent before the child's latest host call may have
-    /// run: a child waiting for a sync host function serves what its pipe
-    /// holds, the requests sent behind the one that called included.
-    pub(super) sent_before_call: Option<u64>,
+    /// The runner shuts down: a call read from here on is not run.
+    refused: bool,
 }
 
 struct Pending {
@@ -61,6 +62,12 @@ impl HostCalls {
             setup,
             ..HostCalls::default()
         }
+    }
+
+    /// From here on, host calls the child makes are not run (the runner
+    /// shuts down).
+    pub(super) fn refuse(&mut self) {
+        self.refused = true;
     }
 
     /// Whether the child waits for a host call.
@@ -78,12 +85,15 @@ impl Core {
         args: Vec<Value>,
         kwargs: Map<String, Value>,
     ) -> Result<(), PyRunnerError> {
+        if self.host.refused {
+            // Read as the runner shuts down: nobody waits for its result.
+            return Ok(());
+        }
         if self.host.pending.values().any(|call| call.hid == hid) {
             return Err(PyRunnerError::Protocol(format!(
                 "malformed frame from the child: host call {hid} while one of that id is pending"
             )));
         }
-        self.host.sent_before_call = Some(self.next_id - 1);
         let found = self.host.setup.as_ref().and_then(|setup| {
             let (name, f) = setup.table.get(&name)?;
             Some((setup.clone(), name.clone(), f.clone()))
@@ -122,7 +132,7 @@ impl Core {
             HostFn::Async(f) => {
                 let queue = self.queue.clone();
                 let task = setup.start_async(&name, f.clone(), args, kwargs, move |result| {
-                    let _ = queue.push(Job::unanswered(Request::HostDone { token, result }));
+                    queue.push_unanswered(Job::unanswered(Request::HostDone { token, result }));
                 });
                 self.host.pending.insert(
                     token,
@@ -195,7 +205,6 @@ impl Core {
     /// dropped. A sync function still running finishes on its thread, which
     /// then ends; the next child's calls get a thread of their own.
     pub(super) fn host_forget_child(&mut self) {
-        self.host.sent_before_call = None;
         let mut sync_running = false;
         for (_, call) in self.host.pending.drain() {
             match call.task {
@@ -204,7 +213,18 @@ impl Core {
             }
         }
         if sync_running {
+            // Closed: their later nested commands fail (see `serve_calls`).
             self.host.threads = None;
+        }
+        // Those queued before: no child waits for them.
+        self.queue.take_all(&mut self.backlog);
+        let (nested, rest): (VecDeque<Job>, VecDeque<Job>) =
+            self.backlog.drain(..).partition(|job| job.nested);
+        self.backlog = rest;
+        for job in nested {
+            job.reply.send(Err(PyRunnerError::WorkerDied {
+                reason: "the child whose host function sent this command was lost".into(),
+            }));
         }
     }
 }
@@ -226,7 +246,6 @@ struct HostThreads {
     line: Arc<HostLine>,
     setup: HostSetup,
     queue: Arc<CommandQueue>,
-    threads: Vec<Thread>,
 }
 
 #[derive(Default)]
@@ -236,6 +255,13 @@ struct HostLine {
     /// Threads waiting for a call.
     idle: AtomicUsize,
     closed: AtomicBool,
+    /// The threads parked for want of a call: a call wakes one of them.
+    parked: Mutex<Vec<Thread>>,
+    /// Held while `closed` is set, and while a nested command is checked
+    /// against it and queued: once the supervisor has closed the line (its
+    /// child is lost), no nested command of that child's calls is queued
+    /// behind its back.
+    nesting: Mutex<()>,
 }
 
 impl HostThreads {
@@ -244,7 +270,6 @@ impl HostThreads {
             line: Arc::default(),
             setup,
             queue,
-            threads: Vec::new(),
         }
     }
 
@@ -257,12 +282,9 @@ impl HostThreads {
             let started = std::thread::Builder::new()
                 .name("async_py-host-calls".into())
                 .spawn(move || serve_calls(&line, &setup, &queue));
-            match started {
-                Ok(handle) => self.threads.push(handle.thread().clone()),
-                Err(err) => {
-                    self.line.idle.fetch_sub(1, Ordering::SeqCst);
-                    return Err(err);
-                }
+            if let Err(err) = started {
+                self.line.idle.fetch_sub(1, Ordering::SeqCst);
+                return Err(err);
             }
         }
         self.line
@@ -271,18 +293,30 @@ impl HostThreads {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .push_back(call);
         self.line.queued.fetch_add(1, Ordering::SeqCst);
-        // Waking one that spins or runs costs an atomic store.
-        for thread in &self.threads {
+        // One that spins takes it by itself; else one parked is woken. A
+        // thread that is about to park looks at `queued` under the same
+        // lock first, so the call is never left with all of them asleep.
+        let sleeper = lock(&self.line.parked).pop();
+        if let Some(thread) = sleeper {
             thread.unpark();
         }
         Ok(())
     }
 }
 
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 impl Drop for HostThreads {
     fn drop(&mut self) {
-        self.line.closed.store(true, Ordering::SeqCst);
-        for thread in &self.threads {
+        {
+            let _nesting = lock(&self.line.nesting);
+            self.line.closed.store(true, Ordering::SeqCst);
+        }
+        for thread in lock(&self.line.parked).drain(..) {
             thread.unpark();
         }
     }
@@ -298,10 +332,25 @@ impl Drop for HostThreads {
 fn serve_calls(line: &HostLine, setup: &HostSetup, queue: &Arc<CommandQueue>) {
     // A command the host function sends to this runner is nested: the
     // supervisor sends it past the request that waits, and the child runs
-    // it while it waits.
+    // it while it waits. Once the child that waits is lost (the line
+    // closed), no child waits for it: it fails as the command that called
+    // the host function did.
     let take = |mut job: Job| {
+        let _nesting = line
+            .nesting
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if line.closed.load(Ordering::SeqCst) {
+            job.reply.send(Err(PyRunnerError::WorkerDied {
+                reason: "the child whose host function sent this command was lost".into(),
+            }));
+            return None;
+        }
         job.nested = true;
-        Some(job)
+        if let Err(job) = queue.push(job) {
+            job.reply.send(Err(PyRunnerError::Stopped));
+        }
+        None
     };
     let mut held = Vec::new();
     let drive = |held: &mut Vec<Waker>| {
@@ -344,7 +393,9 @@ fn serve_calls(line: &HostLine, setup: &HostSetup, queue: &Arc<CommandQueue>) {
                 if queue.has_jobs() {
                     queue.wake_consumer();
                 }
-                std::thread::park();
+                if !park_for_a_call(line) {
+                    return;
+                }
             }
             continue;
         };
@@ -360,7 +411,43 @@ fn serve_calls(line: &HostLine, setup: &HostSetup, queue: &Arc<CommandQueue>) {
         let result = nest::within(queue, &take, || setup.call_sync(&name, &*f, args, kwargs));
         line.idle.fetch_add(1, Ordering::SeqCst);
         // Sent by this thread's next turn, or by whoever drives first.
-        let _ = queue.push_quiet(Job::unanswered(Request::HostDone { token, result }));
+        queue.push_unanswered_quiet(Job::unanswered(Request::HostDone { token, result }));
         drive(&mut held);
     }
+}
+
+/// Parks a host thread until a call may be there for it; false when it is
+/// surplus (others are idle too and none called for [`HOST_THREAD_IDLE`])
+/// and ends.
+fn park_for_a_call(line: &HostLine) -> bool {
+    let me = std::thread::current();
+    {
+        let mut parked = lock(&line.parked);
+        if line.queued.load(Ordering::SeqCst) > 0 || line.closed.load(Ordering::SeqCst) {
+            return true;
+        }
+        parked.push(me.clone());
+    }
+    let since = Instant::now();
+    std::thread::park_timeout(HOST_THREAD_IDLE);
+    let mut parked = lock(&line.parked);
+    // Still listed: not woken by a call (a timeout, or a spurious wake).
+    let listed = parked.iter().position(|thread| thread.id() == me.id());
+    if let Some(at) = listed {
+        parked.swap_remove(at);
+    }
+    let idle_long = listed.is_some() && since.elapsed() >= HOST_THREAD_IDLE;
+    if idle_long && line.queued.load(Ordering::SeqCst) == 0 {
+        // The last idle thread stays for the next call.
+        let surplus = line
+            .idle
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |idle| {
+                (idle > 1).then(|| idle - 1)
+            })
+            .is_ok();
+        if surplus {
+            return false;
+        }
+    }
+    true
 }

@@ -197,7 +197,10 @@ impl Core {
             return Ok(());
         };
         // Its caller heard `Timeout` already: that run killed the child.
+        // A nested command is not remembered on its own: the command whose
+        // host function sent it runs it again on replay, if remembered.
         let remember = reply.is_ok()
+            && !done.nested
             && self.remembered.is_some()
             && changes_child(&done.request)
             && !done.reply.slot().is_ready();

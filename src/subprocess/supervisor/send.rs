@@ -25,6 +25,9 @@ impl Core {
             self.hand_back_unstarted();
         }
         while let Some(job) = self.backlog.pop_front() {
+            let Some(job) = refuse_nested(job) else {
+                continue;
+            };
             if let Request::Cancel(_) = &job.request {
                 self.send_cancel(job);
                 continue;
@@ -97,9 +100,15 @@ impl Core {
             }
             if matches!(job.request, Request::Stop) {
                 self.stop_sent = true;
-                // Later pushes are refused from here on; queued ones get `Stopped`.
+                // Later pushes are refused from here on; queued ones get
+                // `Stopped`, but for host functions' results: the requests
+                // before the stop wait for them.
                 for late in self.queue.close() {
-                    late.reply.send(Err(PyRunnerError::Stopped));
+                    if let Request::HostDone { .. } = late.request {
+                        self.backlog.push_back(late);
+                    } else {
+                        late.reply.send(Err(PyRunnerError::Stopped));
+                    }
                 }
             }
             self.send(job);
@@ -145,6 +154,9 @@ impl Core {
     /// A command a host function sent to this runner while the child
     /// waits for it.
     pub(super) fn send_nested(&mut self, job: Job) {
+        let Some(job) = refuse_nested(job) else {
+            return;
+        };
         if job.reply.is_abandoned() && !self.must_run(&job.request) {
             return;
         }
@@ -184,10 +196,18 @@ impl Core {
         } else {
             None
         };
+        let before = self.outgoing.len();
+        if kind == Kind::Nested {
+            // The child tells a request a host function sent from one that
+            // merely waits behind the request that called: this note goes
+            // right before it, in the same write.
+            self.encode_small(ToChild::Nested { id });
+        }
         if let Err(err) = self
             .writer
             .encode(ToChild::new(id, &job.request, limit), &mut self.outgoing)
         {
+            self.outgoing.truncate(before);
             job.reply.send(Err(err.into()));
             return;
         }
@@ -243,4 +263,30 @@ impl Core {
         }
         Ok(())
     }
+}
+
+/// A nested command that cannot be served while the request that waits for
+/// its host function holds the child is answered `Unsupported` here (None
+/// then); others come back.
+fn refuse_nested(job: Job) -> Option<Job> {
+    if !job.nested {
+        return Some(job);
+    }
+    let why = match &job.request {
+        Request::CallAsyncFunction { .. } => {
+            "a coroutine sent from a sync host function would run on the child's event loop, \
+             which turns only once the command that called the host function has ended"
+        }
+        Request::Invoke(invoke) if invoke.stream.is_some() => {
+            "a stream sent from a sync host function would make its items only once the \
+             command that called the host function has ended"
+        }
+        Request::Stop => {
+            "a stop sent from a sync host function cannot be served while the command that \
+             called it waits for it"
+        }
+        _ => return Some(job),
+    };
+    job.reply.send(Err(PyRunnerError::Unsupported(why.into())));
+    None
 }

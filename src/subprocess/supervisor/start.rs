@@ -45,6 +45,12 @@ impl Core {
                 if let Some(mut child) = self.child.take() {
                     child.kill_group();
                 }
+                // Commands a host function sent during the start: no child
+                // runs them now, and a fresh one must not be judged by them.
+                for (_, flight) in self.flights.take_nested() {
+                    flight.item.reply.send(Err(err.clone()));
+                }
+                self.host_forget_child();
                 if let Some(companion) = &self.settings.companion {
                     // Its companion takes its work elsewhere until a start
                     // succeeds; it tries again on its own.

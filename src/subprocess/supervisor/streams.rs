@@ -173,7 +173,7 @@ impl Core {
     }
 
     /// Writes a message of a few bytes, which cannot fail.
-    fn encode_small(&mut self, message: ToChild<'_>) {
+    pub(super) fn encode_small(&mut self, message: ToChild<'_>) {
         if let Err(err) = self.writer.encode(message, &mut self.outgoing) {
             debug_assert!(false, "a small message did not encode: {err}");
         }
