@@ -199,23 +199,37 @@ class ChildHost:
         # Called from a sync stream's item: its SIGALRM ticks must not raise
         # or write inside the wait (a nested request, a frame half taken);
         # the item's limit is judged where the wait polls (ChildStreams).
-        in_next, deadline = self.in_next, self.item_deadline
+        # So must the alarm of a stream's close (a generator's `finally` that
+        # calls a host function): its limit is then the parent's backstop.
+        in_next, deadline, closing = self.in_next, self.item_deadline, self.closing
         self.in_next = False
         self.item_deadline = None
+        self.closing = False
+        answered = False
         try:
             while waiting[hid] is None:
                 self._serve_while_waiting(holder, deadline if in_next else None)
             ok, value = waiting[hid]
+            answered = True
         finally:
             del waiting[hid]
             self.host_holding.pop()
             self.running = holder
+            # A wait that ends between a nested note and its request (an
+            # item's limit, an interrupt) leaves the request to run in
+            # order, as one after a note outside a wait does.
+            self.nested_next = None
             if self.deferred and self.driver is not None:
                 # Called from a coroutine: the loop's turn ends, so that the
                 # serve loop takes what the wait put aside.
                 self.driver.wake()
-            self.item_deadline = deadline
-            self.in_next = in_next
+            if answered:
+                # A wait that raised (the item's limit) leaves them off, as
+                # the alarm's handler does, so that the generator's cleanup
+                # is not stopped a second time.
+                self.item_deadline = deadline
+                self.in_next = in_next
+                self.closing = closing
         return ok, value
 
     def _serve_while_waiting(self, holder, deadline):

@@ -250,11 +250,13 @@ class ChildOutput:
             self._request_failed(request_id, exc)
             return
         at = len(self.outbox)
+        # Saved: a captured invoke may run nested in another's host call.
+        outer_capturing = self.capturing
         self.capturing = True
         try:
             self.op_invoke(request_id, name, args, kwargs, typed, limit)
         finally:
-            self.capturing = False
+            self.capturing = outer_capturing
             capture = self._end_fd_capture(capture)
             _output_written = noted
         awaited = self.coroutine_captures and self.coroutine_captures.get(request_id)

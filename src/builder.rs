@@ -163,6 +163,10 @@ impl PyRunnerBuilder {
     ///   unless handed it (`asyncio.to_thread` does see it). A sync host
     ///   function called from a coroutine holds the runner's loop while it
     ///   runs: that coroutine's `Timeout` comes when it returns.
+    /// - Through a child, an async host function awaited on a loop of the
+    ///   command's own (`asyncio.run` inside it) is waited for as a sync one
+    ///   is, and commands its future sends to the runner wait for that
+    ///   command: they run once it ends, or at its limit.
     /// - A handle from [`HostCall::runner`](crate::HostCall::runner) kept
     ///   by a pending async host function keeps its runner alive until the
     ///   function ends.

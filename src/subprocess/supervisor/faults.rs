@@ -62,6 +62,10 @@ impl Core {
                         .slot()
                         .complete(Err(PyRunnerError::Timeout(limit)));
                 }
+                self.interrupted_nested = self
+                    .flights
+                    .get(id)
+                    .is_some_and(|running| running.kind == Kind::Nested);
                 if let Some(child) = &self.child {
                     child.interrupt(id);
                 }
@@ -101,6 +105,12 @@ impl Core {
         let mut last_started = interrupted;
         if let (Loss::TimedOut, Some(target)) = (&loss, interrupted) {
             last_started = self.look_after_interrupt(target);
+        }
+        if std::mem::take(&mut self.interrupted_nested) {
+            // A nested request ran inside its caller's wait: the requests
+            // between the two, put aside by the wait, had not run; the
+            // caller, the line's head, had.
+            last_started = None;
         }
         if let Loss::CoroutineStuck {
             last_coroutine,

@@ -118,6 +118,9 @@ pub(crate) struct Core {
     /// child that stops it for the signal runs nothing after it, and exits
     /// once it has unwound.
     interrupted: Option<u64>,
+    /// ... and it was a nested request (see `host`): the requests before
+    /// it that wait behind its host call had not run.
+    interrupted_nested: bool,
     /// `stop` was sent: no more commands, no more restarts.
     stop_sent: bool,
     /// `stop` was answered by the child: shut down now, then answer it.
@@ -173,6 +176,7 @@ impl Core {
             crash_loop: None,
             interrupting: None,
             interrupted: None,
+            interrupted_nested: false,
             stop_sent: false,
             stop_done: None,
             lost: None,

@@ -263,6 +263,7 @@ impl Core {
         }
         self.interrupting = None;
         self.interrupted = None;
+        self.interrupted_nested = false;
         if let Some(companion) = &self.settings.companion {
             companion.available();
         }
