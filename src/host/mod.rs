@@ -136,6 +136,7 @@ pub(crate) enum HostFn {
 }
 
 impl HostFn {
+    #[cfg_attr(not(feature = "subprocess"), allow(dead_code))]
     pub fn is_async(&self) -> bool {
         matches!(self, HostFn::Async(_))
     }
@@ -194,10 +195,12 @@ impl HostTable {
         }
     }
 
+    #[cfg_attr(not(any(feature = "pyo3", feature = "subprocess")), allow(dead_code))]
     pub fn is_empty(&self) -> bool {
         self.order.is_empty()
     }
 
+    #[cfg_attr(not(feature = "subprocess"), allow(dead_code))]
     pub fn get(&self, name: &str) -> Option<(&Arc<str>, &HostFn)> {
         self.functions.get_key_value(name)
     }
