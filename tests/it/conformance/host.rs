@@ -432,8 +432,8 @@ pub async fn async_functions_overlap(builder: PyRunnerBuilder) {
     .await;
     let took = started.elapsed();
     assert_eq!(all.unwrap(), json!((0..20).collect::<Vec<_>>()));
-    // 20 × 100 ms one after another would be 2 s.
-    assert!(took < Duration::from_millis(1500), "{took:?}");
+    // 20 × 100 ms one after another would take 2 s at least.
+    assert!(took < Duration::from_millis(1900), "{took:?}");
     // Other commands run while a coroutine awaits a host function.
     let (slow, quick) = tokio::join!(runner.call("one").arg(1).into_future(), async {
         tokio::time::sleep(Duration::from_millis(20)).await;
