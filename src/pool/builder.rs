@@ -72,6 +72,16 @@ impl PyPoolBuilder {
         self
     }
 
+    /// The most memory each child may take, in bytes; an allocation past
+    /// it raises `MemoryError` in Python and the child serves on (see
+    /// [`PyRunnerBuilder::memory_limit`]). Every child has it: those the
+    /// pool's zygote forks, the replacement of a lost child, and a
+    /// recycle's.
+    pub fn memory_limit(mut self, bytes: u64) -> Self {
+        self.runner = self.runner.memory_limit(bytes);
+        self
+    }
+
     /// Set an environment variable for every child.
     pub fn env(
         mut self,
