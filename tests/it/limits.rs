@@ -1,5 +1,5 @@
 //! Memory limits: `memory_limit` on a child and on every worker of a pool,
-//! and the in-process backends' refusal.
+//! `max_memory_per_worker` recycling, and the in-process backends' refusal.
 
 use crate::faults;
 use crate::pool;
@@ -102,6 +102,41 @@ fn every_worker_of_a_pool_and_each_replacement_has_the_limit() {
             Err(PyRunnerError::Python { kind, .. }) => assert_eq!(kind, "MemoryError"),
             other => panic!("expected MemoryError, got {other:?}"),
         }
+    });
+}
+
+#[test]
+fn a_worker_over_max_memory_is_recycled_and_no_call_fails() {
+    within(90, || {
+        let pool = pool::builder(1)
+            .max_memory_per_worker(200 << 20)
+            .build()
+            .unwrap();
+        pool.run_sync(pool::DEFS).unwrap();
+        pool.run_sync(
+            "KEPT = None\n\
+             def keep(mib):\n\
+             \x20   global KEPT\n\
+             \x20   KEPT = b'\\x01' * (mib << 20)",
+        )
+        .unwrap();
+        let first = pool::pids(&pool);
+        for _ in 0..5 {
+            pool.call_function_sync("pid", Vec::new()).unwrap();
+        }
+        assert_eq!(pool::pids(&pool), first, "a small worker is kept");
+        pool.call_function_sync("keep", vec![300.into()]).unwrap();
+        faults::eventually("the worker is recycled", || {
+            // Calls go on meanwhile; each may be the one after which it is looked at.
+            pool.call_function_sync("pid", Vec::new()).unwrap();
+            pool::pids(&pool) != first
+        });
+        assert_eq!(pool.stats()[0].restarts, 1, "{:?}", pool.stats());
+        assert_eq!(
+            pool.call_function_sync("var", vec!["KEPT".into()]).unwrap(),
+            Value::Null,
+            "the fresh child holds none of it"
+        );
     });
 }
 
