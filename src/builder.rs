@@ -239,6 +239,35 @@ impl PyRunnerBuilder {
         self
     }
 
+    /// Subprocess: the most memory the child may take, in bytes. Past it an
+    /// allocation fails inside Python with `MemoryError`, which user code
+    /// may catch; the child lives on and serves the next command.
+    ///
+    /// It is the kernel's own limit on a process's private memory
+    /// (`RLIMIT_DATA`: the heap and private writable mappings, thread
+    /// stacks included; not the interpreter's code and shared libraries,
+    /// nor memory reserved but never made writable), set for the child
+    /// before it runs anything, soft and hard alike, so its code cannot
+    /// raise it. Every child of the runner has it: the first, and each
+    /// that replaces a lost one; the processes a child starts inherit it,
+    /// each on its own account. Interpreter start-up takes some of it: a
+    /// limit of a few MiB fails `build` with [`PyRunnerError::Startup`].
+    ///
+    /// # Caveats
+    /// A C extension that does not check for a failed allocation may crash
+    /// its child instead: the command is answered
+    /// [`PyRunnerError::WorkerDied`] and a fresh child takes over, as after
+    /// any crash. The limit is enforced on Linux (4.7 and later); where the
+    /// kernel does not count `mmap` against `RLIMIT_DATA`, large allocations
+    /// escape it.
+    ///
+    /// On the PyO3 and RustPython backends, which run in this process,
+    /// `build` returns [`PyRunnerError::Unsupported`].
+    pub fn memory_limit(mut self, bytes: u64) -> Self {
+        self.config.memory_limit = Some(bytes);
+        self
+    }
+
     /// Starts the runner and waits until its interpreter is ready. Synchronous:
     /// needs no tokio runtime.
     pub fn build(self) -> Result<PyRunner, PyRunnerError> {

@@ -59,6 +59,10 @@ pub(crate) struct RunnerConfig {
     /// Host functions, and the runner they are given (see `crate::host`).
     /// A builder's link is replaced by a fresh one for each runner built.
     pub host: Option<crate::host::HostSetup>,
+    /// Subprocess: the most private memory a child may map, in bytes
+    /// (`RLIMIT_DATA`, set before it runs anything).
+    #[cfg_attr(not(feature = "subprocess"), allow(dead_code))]
+    pub memory_limit: Option<u64>,
 }
 
 impl Default for RunnerConfig {
@@ -77,6 +81,7 @@ impl Default for RunnerConfig {
             start_timeout: DEFAULT_START_TIMEOUT,
             output: None,
             host: None,
+            memory_limit: None,
         }
     }
 }
@@ -96,6 +101,13 @@ impl RunnerConfig {
             host.table.check()?;
         }
         if self.backend != Backend::Subprocess {
+            if self.memory_limit.is_some() {
+                return Err(PyRunnerError::Unsupported(format!(
+                    "memory_limit needs the Subprocess backend: the {:?} backend runs in \
+                     this process, whose memory cannot be limited apart",
+                    self.backend
+                )));
+            }
             return Ok(());
         }
         for (key, value) in &self.env {

@@ -109,7 +109,7 @@ pub(crate) const COROUTINE_BACKSTOP: Duration = Duration::from_secs(2);
 
 /// How often a coroutine's passed backstop is looked at again while it
 /// cannot be judged yet (a sync request runs).
-pub(crate) const COROUTINE_RECHECK: Duration = Duration::from_millis(10);
+pub(crate) const COROUTINE_RECHECK: Duration = Duration::ZERO;
 
 /// A child that dies this soon after it was ready, before it answered
 /// anything, counts as a failed start: its next start would most likely
@@ -142,7 +142,7 @@ pub(crate) const EXIT_CHECK: Duration = Duration::from_millis(100);
 /// A `map` keeps about this much of its work queued on the workers, going
 /// by how fast its calls finish: trivial calls go in large batches, slow
 /// ones queue only a few, so other callers wait behind little of it.
-pub(crate) const MAP_QUEUED: Duration = Duration::from_millis(10);
+pub(crate) const MAP_QUEUED: Duration = Duration::ZERO;
 
 /// How often a retired worker is checked for calls still running on it:
 /// often enough that a recycle ends promptly, rare enough to cost nothing.
@@ -157,6 +157,13 @@ pub(crate) const RETIRE_POLL: Duration = Duration::from_millis(2);
 /// other C libraries ignore it.
 pub(crate) const CHILD_MALLOC: &str =
     "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=67108864";
+
+/// A pool worker's resident memory (`max_memory_per_worker`) is read after
+/// a call at most this often: a read of `/proc` costs about 6 µs, half of a
+/// trivial pool call, but once per 10 ms it is under 0.1% of a worker's
+/// time however fast its calls come; memory that grows in calls is found
+/// by the first call past this gap.
+pub(crate) const MEMORY_CHECK_GAP: Duration = Duration::from_millis(10);
 
 /// How many items of a stream Python may make before the consumer has taken
 /// them: the backpressure window (see `call::Feed`). Large enough that the

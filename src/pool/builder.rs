@@ -23,6 +23,7 @@ pub struct PyPoolBuilder {
     pub(super) runner: PyRunnerBuilder,
     pub(super) workers: usize,
     pub(super) max_calls: Option<u64>,
+    pub(super) max_memory: Option<u64>,
 }
 
 impl PyPoolBuilder {
@@ -69,6 +70,37 @@ impl PyPoolBuilder {
     /// many calls again.
     pub fn max_calls_per_worker(mut self, calls: u64) -> Self {
         self.max_calls = Some(calls.max(1));
+        self
+    }
+
+    /// The most memory each child may take, in bytes; an allocation past
+    /// it raises `MemoryError` in Python and the child serves on (see
+    /// [`PyRunnerBuilder::memory_limit`]). Every child has it: those the
+    /// pool's zygote forks, the replacement of a lost child, and a
+    /// recycle's.
+    pub fn memory_limit(mut self, bytes: u64) -> Self {
+        self.runner = self.runner.memory_limit(bytes);
+        self
+    }
+
+    /// Recycle a worker found holding more than this much resident memory
+    /// (in bytes) after a call, as [`max_calls_per_worker`] recycles: its
+    /// replacement is started first and takes over once ready, the old
+    /// child finishes what it was given, and [`PyPool::stats`] counts it
+    /// in `restarts`. No call fails for it.
+    ///
+    /// A worker is looked at after a call it answered, at most once every
+    /// few milliseconds, so a worker may run over until its next call, and
+    /// a burst of calls may go on a while past the limit. It measures the
+    /// resident memory (Linux's `/proc/<pid>/statm`) of the worker process
+    /// alone, not of the processes it started; without `/proc` it never
+    /// recycles. To stop an allocation itself, see
+    /// [`memory_limit`](Self::memory_limit).
+    ///
+    /// [`max_calls_per_worker`]: Self::max_calls_per_worker
+    /// [`PyPool::stats`]: super::PyPool::stats
+    pub fn max_memory_per_worker(mut self, bytes: u64) -> Self {
+        self.max_memory = Some(bytes);
         self
     }
 
@@ -207,6 +239,7 @@ impl PyPoolBuilder {
             warm: AtomicUsize::new(0),
             next: AtomicUsize::new(0),
             max_calls: self.max_calls,
+            max_memory: self.max_memory,
             pool,
             stopped: AtomicBool::new(false),
             retired: Mutex::default(),

@@ -10,6 +10,7 @@
 mod builder;
 mod dispatch;
 mod join;
+mod memory;
 mod recycle;
 mod replay;
 mod worker;
@@ -100,6 +101,8 @@ struct Inner {
     /// Where the search for the least loaded worker starts, in turn.
     next: AtomicUsize,
     max_calls: Option<u64>,
+    /// Resident bytes past which a worker is recycled after a call.
+    max_memory: Option<u64>,
     /// This pool, for the workers' hand-back hooks.
     pool: Arc<OnceLock<Weak<Inner>>>,
     /// `stop` was called: no more runs, no more recycles.
@@ -146,6 +149,7 @@ impl PyPool {
             runner: PyRunner::builder().subprocess(),
             workers: thread::available_parallelism().map_or(1, |n| n.get()),
             max_calls: None,
+            max_memory: None,
         }
     }
 

@@ -1,10 +1,12 @@
-//! Recycling: a worker that answered `max_calls_per_worker` calls is
-//! replaced by a fresh one, which catches up on the pool's runs before it
-//! takes the old one's place; the old one ends after its calls.
+//! Recycling: a worker that answered `max_calls_per_worker` calls, or was
+//! found over `max_memory_per_worker` after one, is replaced by a fresh
+//! one, which catches up on the pool's runs before it takes the old one's
+//! place; the old one ends after its calls.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::thread;
+use std::time::Instant;
 
 use tokio::sync::watch;
 
@@ -56,18 +58,17 @@ impl Drop for Verdict {
 }
 
 impl Inner {
-    /// Counts an answered call; past the limit, starts the worker's recycle.
+    /// Counts an answered call; past the calls or the memory allowed,
+    /// starts the worker's recycle.
     pub(super) fn answered(self: &Arc<Self>, index: usize, worker: &Arc<Worker>) {
         self.warm.store(index, Ordering::Relaxed);
         self.slots[index].calls.fetch_add(1, Ordering::SeqCst);
         let calls = worker.calls.fetch_add(1, Ordering::SeqCst) + 1;
-        let Some(limit) = self.max_calls else {
-            return;
-        };
-        if self.stopped.load(Ordering::SeqCst) {
+        let too_many_calls = self.max_calls.is_some_and(|limit| calls >= limit);
+        if !too_many_calls && !self.over_memory(worker) {
             return;
         }
-        if calls < limit || worker.retiring.swap(true, Ordering::SeqCst) {
+        if self.stopped.load(Ordering::SeqCst) || worker.retiring.swap(true, Ordering::SeqCst) {
             return;
         }
         let pool = Arc::downgrade(self);
@@ -82,6 +83,22 @@ impl Inner {
         if started.is_err() {
             worker.retiring.store(false, Ordering::SeqCst);
         }
+    }
+}
+
+impl Inner {
+    /// Whether the worker holds more resident memory than allowed, when it
+    /// is time to look (see `MemoryWatch::over`). A look under way on
+    /// another thread is not waited for.
+    fn over_memory(&self, worker: &Worker) -> bool {
+        let Some(limit) = self.max_memory else {
+            return false;
+        };
+        let Ok(mut watch) = worker.memory.try_lock() else {
+            return false;
+        };
+        let pid = worker.state.pid.load(Ordering::SeqCst);
+        watch.over(pid, limit, Instant::now())
     }
 }
 

@@ -9,6 +9,7 @@ use std::time::Instant;
 use serde_json::Value;
 
 use super::dispatch::ADMITTED_PER_WORKER;
+use super::memory::MemoryWatch;
 use super::recycle::Joining;
 use super::replay::ReplayLog;
 use super::Inner;
@@ -42,6 +43,8 @@ pub(super) struct Worker {
     /// Its replacement is being started; it takes no new calls once that
     /// replacement is in place.
     pub(super) retiring: AtomicBool,
+    /// When its memory was last looked at (`max_memory_per_worker`).
+    pub(super) memory: Mutex<MemoryWatch>,
 }
 
 impl Worker {
@@ -85,6 +88,7 @@ impl Worker {
             load: AtomicUsize::new(0),
             calls: AtomicU64::new(0),
             retiring: AtomicBool::new(false),
+            memory: Mutex::default(),
         })
     }
 

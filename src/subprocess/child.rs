@@ -107,6 +107,9 @@ pub(crate) struct LaunchSpec {
     pub output: Option<crate::output::OutputSink>,
     /// The runner's host functions as the child is told them, if it has any.
     pub host: Option<String>,
+    /// The child's `RLIMIT_DATA`, in bytes; the zygote's too, so that every
+    /// child it forks inherits it.
+    pub memory_limit: Option<u64>,
 }
 
 impl LaunchSpec {
@@ -148,7 +151,45 @@ impl LaunchSpec {
         if let Some(dir) = &self.current_dir {
             command.current_dir(dir);
         }
+        if let Some(bytes) = self.memory_limit {
+            limit_memory(&mut command, bytes);
+        }
         command
+    }
+}
+
+/// Has `command`'s process limit its private memory to `bytes` before it
+/// runs the interpreter: `RLIMIT_DATA` rather than `RLIMIT_AS`, which also
+/// counts what is only reserved (glibc's 64 MiB arena per thread, shared
+/// libraries, the reply ring), so that a worker's threads would use up a
+/// limit its data never reached.
+fn limit_memory(command: &mut Command, bytes: u64) {
+    let wanted = libc::rlim_t::try_from(bytes).unwrap_or(libc::RLIM_INFINITY);
+    let set_limit = move || {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit and setrlimit are plain system calls, safe
+        // between fork and exec; `limit` is a valid rlimit for both.
+        unsafe {
+            if libc::getrlimit(libc::RLIMIT_DATA, &mut limit) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // A hard limit may only be lowered: a lower one already set stays.
+            let bound = wanted.min(limit.rlim_max);
+            limit.rlim_cur = bound;
+            limit.rlim_max = bound;
+            if libc::setrlimit(libc::RLIMIT_DATA, &limit) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        Ok(())
+    };
+    // SAFETY: the closure makes only async-signal-safe calls (getrlimit,
+    // setrlimit, reading errno) and allocates nothing.
+    unsafe {
+        command.pre_exec(set_limit);
     }
 }
 

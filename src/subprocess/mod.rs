@@ -156,6 +156,7 @@ fn launch_spec(
             .as_ref()
             .filter(|host| !host.table.is_empty())
             .map(|host| supervisor::host_setting(&host.table)),
+        memory_limit: config.memory_limit,
     })
 }
 
