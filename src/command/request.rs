@@ -91,11 +91,11 @@ pub(crate) enum Request {
         CancelTarget,
     ),
     Stop,
-    /// An async host function finished (in-process: the runner's loop
-    /// hands its result to the awaiting coroutine), or a host function a
-    /// child called returned (the supervisor sends the reply); `token`
-    /// names the call. Answered by no one.
-    #[allow(dead_code)]
+    /// A host function a child called returned: the supervisor sends its
+    /// reply to the child; `token` names the call. Answered by no one. (The
+    /// in-process backends hand an async host function's result to the
+    /// loop that awaits it directly, and never queue this.)
+    #[cfg_attr(not(feature = "subprocess"), allow(dead_code))]
     HostDone {
         token: u64,
         result: crate::host::HostResult,
@@ -228,7 +228,7 @@ pub(crate) struct Job {
     pub follow: Option<Follow>,
     /// Sent by a host function to the runner that waits for it (see
     /// `host::nest`): a child serves it while it waits.
-    #[allow(dead_code)]
+    #[cfg_attr(not(feature = "subprocess"), allow(dead_code))]
     pub nested: bool,
 }
 
