@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use async_py::{HostCall, PyRunner, PyRunnerBuilder, PyRunnerError, Value};
 use serde_json::json;
 
-use crate::conformance::host::within_10s;
+use crate::conformance::host::{wait_for, within_10s, SetOnDrop};
 
 fn builder() -> PyRunnerBuilder {
     PyRunner::builder().pyo3()
@@ -392,12 +392,6 @@ async fn stopping_drops_the_futures_of_pending_async_calls() {
     let flag = dropped.clone();
     let runner = builder()
         .host_async_function("forever", move |_| {
-            struct SetOnDrop(Arc<AtomicBool>);
-            impl Drop for SetOnDrop {
-                fn drop(&mut self) {
-                    self.0.store(true, Ordering::SeqCst);
-                }
-            }
             let guard = SetOnDrop(flag.clone());
             async move {
                 let _guard = guard;
@@ -421,11 +415,7 @@ async fn stopping_drops_the_futures_of_pending_async_calls() {
     within_10s("stop", runner.stop()).await.unwrap();
     let waited = waiting.await.unwrap();
     assert!(waited.is_err(), "{waited:?}");
-    let started = Instant::now();
-    while !dropped.load(Ordering::SeqCst) {
-        assert!(started.elapsed() < Duration::from_secs(5), "not dropped");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_for(&dropped, "not dropped").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,28 +12,10 @@ use std::time::{Duration, Instant};
 use async_py::{HostCall, PyRunner, PyRunnerBuilder, PyRunnerError, Value};
 use serde_json::json;
 
-use crate::conformance::host::within_10s;
+use crate::conformance::host::{wait_for, within_10s, SetOnDrop};
 
 fn builder() -> PyRunnerBuilder {
     PyRunner::builder().rustpython()
-}
-
-/// Sets its flag when dropped: tells when a host function's future, or
-/// the closure itself, was let go.
-struct SetOnDrop(Arc<AtomicBool>);
-
-impl Drop for SetOnDrop {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::SeqCst);
-    }
-}
-
-async fn wait_for(flag: &AtomicBool, what: &str) {
-    let started = Instant::now();
-    while !flag.load(Ordering::SeqCst) {
-        assert!(started.elapsed() < Duration::from_secs(5), "{what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 const ASYNC_CODE: &str = r#"

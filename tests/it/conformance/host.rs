@@ -17,6 +17,25 @@ pub async fn within_10s<T>(what: &str, future: impl Future<Output = T>) -> T {
         .unwrap_or_else(|_| panic!("{what}: no answer in 10 s (a deadlock?)"))
 }
 
+/// Sets its flag when dropped: tells when a host function's future, or
+/// the closure itself, was let go.
+pub struct SetOnDrop(pub Arc<AtomicBool>);
+
+impl Drop for SetOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Fails the test with `what` unless `flag` is set within 5 s.
+pub async fn wait_for(flag: &AtomicBool, what: &str) {
+    let started = Instant::now();
+    while !flag.load(Ordering::SeqCst) {
+        assert!(started.elapsed() < Duration::from_secs(5), "{what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// The Python error's class name, or a panic naming what came instead.
 fn python_kind(result: Result<Value, PyRunnerError>) -> (String, String) {
     match result {
@@ -473,12 +492,6 @@ pub async fn nested_commands_from_an_async_function(builder: PyRunnerBuilder) {
 }
 
 pub async fn a_timeout_drops_an_async_host_future(builder: PyRunnerBuilder) {
-    struct SetOnDrop(Arc<AtomicBool>);
-    impl Drop for SetOnDrop {
-        fn drop(&mut self) {
-            self.0.store(true, Ordering::SeqCst);
-        }
-    }
     let dropped = Arc::new(AtomicBool::new(false));
     let flag = dropped.clone();
     let runner = builder
@@ -508,14 +521,7 @@ pub async fn a_timeout_drops_an_async_host_future(builder: PyRunnerBuilder) {
         matches!(outcome, Err(PyRunnerError::Timeout(_))),
         "{outcome:?}"
     );
-    let started = Instant::now();
-    while !dropped.load(Ordering::SeqCst) {
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "the host function's future was not dropped"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_for(&dropped, "the host function's future was not dropped").await;
     assert_eq!(runner.eval("3").await.unwrap(), 3);
 }
 
