@@ -26,6 +26,9 @@ def _die_with_parent(libc):
 
 _CLONE_NEWPID = 0x20000000
 _CLONE_NEWUSER = 0x10000000
+_CLONE_NEWIPC = 0x08000000
+_CLONE_NEWNET = 0x40000000
+_CLONE_NEWNS = 0x00020000
 
 _PASSED_ON = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 """The signals the stand-in passes on to a contained worker."""
@@ -34,7 +37,7 @@ _pid_outside = None
 """A contained worker's pid as its parent knows it (the stand-in's)."""
 
 
-def _contain():
+def _contain(sandbox=None):
     """Moves the rest of this worker into a pid namespace of its own, so that
     nothing it starts outlives it: not a process that left its process
     group (os.setsid()), nor one whose parent is gone. When the init of a
@@ -52,11 +55,16 @@ def _contain():
 
     Where the kernel makes no namespace (not Linux; no privilege for one and
     no user namespaces), this returns at once, and the worker runs here,
-    uncontained.
+    uncontained. A sandboxed child (`sandbox`, its settings) always makes a
+    user namespace too, and IPC and network ones (see sandbox.py), or ends.
     """
     global _pid_outside
     libc = _linux_libc()
-    if libc is None or not _unshare_pid_namespace(libc):
+    if sandbox is not None:
+        if libc is None:
+            sandbox_failed("making its namespaces", "no C library through ctypes")
+        _unshare_sandbox_namespaces(libc, sandbox)
+    elif libc is None or not _unshare_pid_namespace(libc):
         return
     outside = os.getpid()
     # The init reads end of file here when the stand-in is gone.
@@ -98,6 +106,36 @@ def _unshare_pid_namespace(libc):
     uid, gid = os.geteuid(), os.getegid()
     if libc.unshare(_CLONE_NEWUSER | _CLONE_NEWPID) != 0:
         return False
+    _map_own_ids(uid, gid)
+    return True
+
+
+def _unshare_sandbox_namespaces(libc, sandbox):
+    """A sandboxed child's namespaces: a user namespace, in which it holds
+    no capability over anything outside (also when it runs as root), a pid
+    namespace for its children, an IPC one (no System V memory of other
+    processes), a mount one (in which sandbox.py makes all but its writable
+    folders read-only), and without network a network one. Ends the child
+    if the kernel refuses."""
+    flags = _CLONE_NEWUSER | _CLONE_NEWPID | _CLONE_NEWIPC | _CLONE_NEWNS
+    if sandbox.get("network") != "1":
+        flags |= _CLONE_NEWNET
+    uid, gid = os.geteuid(), os.getegid()
+    if libc.unshare(flags) != 0:
+        import ctypes
+
+        error = ctypes.get_errno()
+        sandbox_failed(
+            "making its user, pid, IPC, mount and network namespaces (unshare)",
+            "%s; user namespaces may be off (sysctl user.max_user_namespaces, "
+            "kernel.unprivileged_userns_clone, or an AppArmor restriction)" % os.strerror(error),
+        )
+    _map_own_ids(uid, gid, strict=True)
+
+
+def _map_own_ids(uid, gid, strict=False):
+    """Maps this user's ids (`uid` and `gid`, as they were before) to
+    themselves in the user namespace just made."""
     for path, text in (
         ("/proc/self/uid_map", "%d %d 1" % (uid, uid)),
         ("/proc/self/setgroups", "deny"),  # the kernel's condition for a gid map
@@ -107,8 +145,9 @@ def _unshare_pid_namespace(libc):
             with open(path, "w") as file:
                 file.write(text)
         except OSError as exc:
+            if strict:
+                sandbox_failed("writing " + path, exc)
             _say("could not write %s: %s" % (path, exc))
-    return True
 
 
 def _namespace_init(libc, outside, alive, ready):

@@ -138,6 +138,9 @@ ENV_REPLY_RING = "ASYNC_PY_REPLY_RING"
 ENV_OUTPUT = "ASYNC_PY_OUTPUT"
 OUTPUT_FRAMES = "frames"
 """ENV_OUTPUT set to this: uncaptured output goes as MSG_OUTPUT frames."""
+ENV_SANDBOX = "ASYNC_PY_SANDBOX"
+"""A started child's sandbox settings, `key=value` lines (see sandbox.py);
+the child removes it from os.environ."""
 ENV_HOST = "ASYNC_PY_HOST"
 """The runner's host functions, as `kind:name` entries joined by ","
 (kind HOST_SYNC or HOST_ASYNC); the child removes it from os.environ."""
@@ -169,6 +172,7 @@ RING_SIZE = 1 << 20  # the ring's length in bytes
 
 ZYGOTE_READY = b"r"  # zygote: loaded, ready to fork
 ZYGOTE_FORK = b"f"  # parent: fork a worker on the fds passed with it
+ZYGOTE_FORK_SANDBOXED = b"s"  # parent: the same, the ruleset's fd after stderr's, + ZYGOTE_PID-sized length + settings
 ZYGOTE_FORKED = b"p"  # zygote: + ZYGOTE_PID (0: no fork), one for each fork
 ZYGOTE_ENDED = b"x"  # zygote: + ZYGOTE_PID_STATUS, a forked worker has ended
 ZYGOTE_REAP = b"w"  # parent: + ZYGOTE_PID, whose status it has taken

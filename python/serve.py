@@ -980,17 +980,19 @@ def main():
         del os.environ[ENV_MALLOC]
     take_output_setting()
     take_host_setting()
+    sandbox = take_sandbox_setting()
     if sys.argv[1:2] == [ARG_ZYGOTE]:
         sys.exit(_zygote_main())
     share = sys.argv[1:2] == [ARG_SHARE_CORES]
     if share:
         del sys.argv[1]
-    _serve(share, sys.argv.pop(1) if len(sys.argv) > 1 else "")
+    _serve(share, sys.argv.pop(1) if len(sys.argv) > 1 else "", sandbox=sandbox)
 
 
-def _serve(share, ring_path, ring_fd=None):
+def _serve(share, ring_path, ring_fd=None, sandbox=None):
     """Serves one parent over stdin and stdout, then exits. `ring_fd` is the
-    fd behind a ring passed as /proc/self/fd/<n>, closed once mapped."""
+    fd behind a ring passed as /proc/self/fd/<n>, closed once mapped;
+    `sandbox` the settings of the sandbox to enter (sandbox.py)."""
     if os.environ.get(ENV_REPLY_RING) == "0":
         ring_path = ""  # replies take the pipe
     _exit_with_parent(0)
@@ -999,7 +1001,11 @@ def _serve(share, ring_path, ring_fd=None):
     ring = _open_ring(ring_path)
     if ring_fd is not None:
         os.close(ring_fd)
-    _contain()
+    if sandbox is not None:
+        sandbox_outer(sandbox)
+    _contain(sandbox)
+    if sandbox is not None:
+        enter_sandbox(sandbox)
     proto_in, proto_out = _move_protocol_off_stdio()
     os.register_at_fork(after_in_child=_note_fork)
     _forget_own_folder()

@@ -50,7 +50,7 @@ def _zygote_main():
                         ended.add(pid)
                         control.sendall(ZYGOTE_ENDED + ZYGOTE_PID_STATUS.pack(pid, status))
                 continue
-            data, ancdata, _, _ = control.recvmsg(1, socket.CMSG_SPACE(4 * 4))
+            data, ancdata, _, _ = control.recvmsg(1, socket.CMSG_SPACE(5 * 4))
             if not data:
                 return 0
             fds = array("i")
@@ -65,13 +65,22 @@ def _zygote_main():
                 control.sendall(ZYGOTE_REAPED + ZYGOTE_PID.pack(pid))
                 continue
             forked = None  # the worker's pid here, 0 in the worker
-            if data == ZYGOTE_FORK and len(fds) in (3, 4):
+            sandbox = None
+            if data == ZYGOTE_FORK_SANDBOXED:
+                (size,) = ZYGOTE_PID.unpack(_receive_exactly(control, ZYGOTE_PID.size))
+                sandbox = parse_sandbox(_receive_exactly(control, size).decode("utf-8", "surrogateescape"))
+                if len(fds) >= 4:
+                    sandbox["ruleset"] = str(fds[3])
+            stdio, ring = list(fds[:3]), fds[3:]
+            if sandbox is not None:
+                ring = ring[1:]
+            if data in (ZYGOTE_FORK, ZYGOTE_FORK_SANDBOXED) and len(stdio) == 3 and len(ring) <= 1 and (sandbox is None or len(fds) >= 4):
                 try:
                     forked = os.fork()
                 except OSError as exc:  # no room for a process: the parent starts one
                     _say("the zygote could not fork: %s" % exc)
             if forked == 0:
-                _forked_worker(list(fds), control, (wake_r, wake_w))
+                _forked_worker(stdio, ring[0] if ring else None, sandbox, control, (wake_r, wake_w))
             pid = forked or 0
             if pid > 0:
                 running.add(pid)
@@ -111,12 +120,12 @@ def _receive_exactly(sock, size):
     return data
 
 
-def _forked_worker(fds, control, wake):
+def _forked_worker(fds, ring_fd, sandbox, control, wake):
     """In a child the zygote forked: takes the passed fds as stdin, stdout
     and stderr (and the reply ring), leads a process group of its own, and
-    serves as a started pool worker does. Never returns: SystemExit ends the
-    interpreter as it ends a started worker (atexit handlers, threads
-    joined)."""
+    serves as a started pool worker does, in its sandbox if it has one.
+    Never returns: SystemExit ends the interpreter as it ends a started
+    worker (atexit handlers, threads joined)."""
     try:
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
@@ -124,12 +133,11 @@ def _forked_worker(fds, control, wake):
         control.detach()  # fd 0, about to be the worker's stdin
         for target, fd in enumerate(fds[:3]):
             os.dup2(fd, target)
-        for fd in fds[:3] + list(wake):
+        for fd in fds + list(wake):
             os.close(fd)
-        ring_fd = fds[3] if len(fds) > 3 else None
         ring_path = "" if ring_fd is None else "/proc/self/fd/%d" % ring_fd
         del sys.argv[1:]  # as a started worker's, once its arguments are taken
-        _serve(True, ring_path, ring_fd)
+        _serve(True, ring_path, ring_fd, sandbox)
     except SystemExit:
         raise
     except BaseException as exc:

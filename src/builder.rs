@@ -268,6 +268,22 @@ impl PyRunnerBuilder {
         self
     }
 
+    /// Subprocess: runs the child in a [`Sandbox`](crate::Sandbox), for code
+    /// you do not trust. Every child of the runner enters it before any
+    /// user code runs, the replacement of a lost one too; `startup` code
+    /// runs inside it. The child's environment is cleared: only what
+    /// [`env`](Self::env) sets is there, with `TMPDIR` and `HOME` its
+    /// scratch folder, which is also its working folder
+    /// ([`current_dir`](Self::current_dir) is not taken).
+    ///
+    /// `build` fails with [`PyRunnerError::Startup`] naming what is missing
+    /// if this kernel or this process cannot give a rule; on the PyO3 and
+    /// RustPython backends it returns [`PyRunnerError::Unsupported`].
+    pub fn sandbox(mut self, sandbox: crate::Sandbox) -> Self {
+        self.config.sandbox = Some(sandbox);
+        self
+    }
+
     /// Starts the runner and waits until its interpreter is ready. Synchronous:
     /// needs no tokio runtime.
     pub fn build(self) -> Result<PyRunner, PyRunnerError> {

@@ -63,6 +63,9 @@ pub(crate) struct RunnerConfig {
     /// (`RLIMIT_DATA`, set before it runs anything).
     #[cfg_attr(not(feature = "subprocess"), allow(dead_code))]
     pub memory_limit: Option<u64>,
+    /// Subprocess: what the child may do (see `crate::Sandbox`).
+    #[cfg_attr(not(feature = "subprocess"), allow(dead_code))]
+    pub sandbox: Option<crate::sandbox::Sandbox>,
 }
 
 impl Default for RunnerConfig {
@@ -82,6 +85,7 @@ impl Default for RunnerConfig {
             output: None,
             host: None,
             memory_limit: None,
+            sandbox: None,
         }
     }
 }
@@ -105,6 +109,13 @@ impl RunnerConfig {
                 return Err(PyRunnerError::Unsupported(format!(
                     "memory_limit needs the Subprocess backend: the {:?} backend runs in \
                      this process, whose memory cannot be limited apart",
+                    self.backend
+                )));
+            }
+            if self.sandbox.is_some() {
+                return Err(PyRunnerError::Unsupported(format!(
+                    "sandbox needs the Subprocess backend: the {:?} backend runs Python in \
+                     this process, which no sandbox can hold apart from it",
                     self.backend
                 )));
             }

@@ -20,6 +20,7 @@ mod pyo3_backend;
 mod runner;
 #[cfg(feature = "rustpython")]
 mod rustpython_backend;
+mod sandbox;
 #[cfg(feature = "subprocess")]
 mod subprocess;
 mod tuning;
@@ -46,5 +47,6 @@ pub use output::{Captured, OutputLine, OutputStream};
 #[cfg(feature = "subprocess")]
 pub use pool::{PyPool, PyPoolBuilder, WorkerStats};
 pub use runner::PyRunner;
+pub use sandbox::Sandbox;
 /// Every value that crosses between Rust and Python (see the value table).
 pub use serde_json::Value;

@@ -83,6 +83,15 @@ impl PyPoolBuilder {
         self
     }
 
+    /// Runs every child in a [`Sandbox`](crate::Sandbox) (see
+    /// [`PyRunnerBuilder::sandbox`]): those the pool's zygote forks (the
+    /// zygote itself runs no user code), replacements and recycles, each
+    /// with a scratch folder and a process bound of its own.
+    pub fn sandbox(mut self, sandbox: crate::Sandbox) -> Self {
+        self.runner = self.runner.sandbox(sandbox);
+        self
+    }
+
     /// Recycle a worker found holding more than this much resident memory
     /// (in bytes) after a call, as [`max_calls_per_worker`] recycles: its
     /// replacement is started first and takes over once ready, the old

@@ -39,6 +39,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use super::ring::ReplyRing;
+use super::sandbox::{self, SandboxPlan, SandboxSeat};
 use super::stderr::StderrForwarder;
 use super::zygote::{self, Zygote};
 use crate::error::PyRunnerError;
@@ -110,6 +111,8 @@ pub(crate) struct LaunchSpec {
     /// The child's `RLIMIT_DATA`, in bytes; the zygote's too, so that every
     /// child it forks inherits it.
     pub memory_limit: Option<u64>,
+    /// The runner's sandbox: each child gets a seat of its own.
+    pub sandbox: Option<Arc<SandboxPlan>>,
 }
 
 impl LaunchSpec {
@@ -215,6 +218,9 @@ pub(crate) struct ChildProcess {
     /// A pidfd of the child, readable once it has exited: its death is
     /// judged by the process, as a copy it forked may hold its pipes open.
     exit_fd: Option<OwnedFd>,
+    /// Its sandbox's scratch folder and cgroup, removed once it is reaped
+    /// (a field drops after `drop` has killed and reaped the child).
+    _sandbox: Option<SandboxSeat>,
 }
 
 impl ChildProcess {
@@ -225,14 +231,18 @@ impl ChildProcess {
     ) -> Result<ChildProcess, PyRunnerError> {
         // Without a ring (no memfd here) replies take the pipe, only slower.
         let ring = ReplyRing::create().ok();
+        let seat = match &spec.sandbox {
+            Some(plan) => Some(plan.seat()?),
+            None => None,
+        };
         let forked = spec
             .zygote
             .as_ref()
             .filter(|zygote| zygote.alive())
-            .and_then(|zygote| fork(zygote, ring.as_ref()).ok());
+            .and_then(|zygote| fork(zygote, ring.as_ref(), seat.as_ref()).ok());
         let (process, pid, stdin, stdout, stderr) = match forked {
             Some(forked) => forked,
-            None => spawn(spec, ring.as_ref())?,
+            None => spawn(spec, ring.as_ref(), seat.as_ref())?,
         };
         // The child cannot be reaped yet (a forked one is kept unreaped by
         // the zygote until asked), so the pid is still its own.
@@ -272,6 +282,7 @@ impl ChildProcess {
             reaped: None,
             group_killed: false,
             exit_fd,
+            _sandbox: seat,
         };
         match process.await_hello(reader, spec.hello_timeout) {
             Ok(hello) => {
@@ -606,9 +617,17 @@ impl Drop for ChildProcess {
 type Started = (Process, u32, File, File, File);
 
 /// Starts a child from `spec`'s interpreter.
-fn spawn(spec: &LaunchSpec, ring: Option<&ReplyRing>) -> Result<Started, PyRunnerError> {
-    let mut child = spec
-        .command(ring.map_or(String::new(), ReplyRing::path_for_child))
+fn spawn(
+    spec: &LaunchSpec,
+    ring: Option<&ReplyRing>,
+    seat: Option<&SandboxSeat>,
+) -> Result<Started, PyRunnerError> {
+    let mut command = spec.command(ring.map_or(String::new(), ReplyRing::path_for_child));
+    if let Some(seat) = seat {
+        command.env(sandbox::ENV, seat.settings(true));
+        inherit_fd(&mut command, seat.ruleset());
+    }
+    let mut child = command
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -629,8 +648,29 @@ fn spawn(spec: &LaunchSpec, ring: Option<&ReplyRing>) -> Result<Started, PyRunne
     ))
 }
 
+/// Has `command`'s process keep `fd` open across its exec.
+fn inherit_fd(command: &mut Command, fd: std::os::fd::RawFd) {
+    let keep = move || {
+        // SAFETY: fcntl(2) on an fd this process holds is async-signal-safe
+        // and touches no memory.
+        if unsafe { libc::fcntl(fd, libc::F_SETFD, 0) } == -1 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    };
+    // SAFETY: the closure makes one async-signal-safe call and allocates
+    // nothing.
+    unsafe {
+        command.pre_exec(keep);
+    }
+}
+
 /// Has the zygote fork a child, with pipes made here.
-fn fork(zygote: &Arc<Zygote>, ring: Option<&ReplyRing>) -> io::Result<Started> {
+fn fork(
+    zygote: &Arc<Zygote>,
+    ring: Option<&ReplyRing>,
+    seat: Option<&SandboxSeat>,
+) -> io::Result<Started> {
     let (their_stdin, stdin) = zygote::pipe()?;
     let (stdout, their_stdout) = zygote::pipe()?;
     let (stderr, their_stderr) = zygote::pipe()?;
@@ -638,6 +678,7 @@ fn fork(zygote: &Arc<Zygote>, ring: Option<&ReplyRing>) -> io::Result<Started> {
     let pid = zygote.fork(
         [&theirs[0], &theirs[1], &theirs[2]],
         ring.map(ReplyRing::raw_fd),
+        seat.map(|seat| (seat.ruleset(), seat.settings(false))),
     )?;
     // Their ends close here: the child holds its own copies.
     Ok((Process::Forked(zygote.clone()), pid, stdin, stdout, stderr))

@@ -52,6 +52,19 @@ pub(crate) fn find_python(config: &RunnerConfig) -> Result<PathBuf, PyRunnerErro
     Ok(real_executable(found, config))
 }
 
+/// `python` as a child with a cleared environment can start it: a bare
+/// name looked up on this process's `PATH`, and a script (a version
+/// manager's shim, which needs its environment) replaced by the executable
+/// it runs (see [`real_executable`]).
+pub(crate) fn python_for_clear_env(python: PathBuf, config: &RunnerConfig) -> PathBuf {
+    let found = if python.components().count() == 1 {
+        which::which(&python).unwrap_or(python)
+    } else {
+        python
+    };
+    real_executable(found, config)
+}
+
 fn discover_python(config: &RunnerConfig) -> Result<PathBuf, PyRunnerError> {
     if let Some(venv) = &config.venv {
         return venv_python(venv);

@@ -10,6 +10,7 @@ mod child;
 mod flights;
 mod interpreter;
 mod ring;
+mod sandbox;
 mod stderr;
 mod supervisor;
 mod zygote;
@@ -142,10 +143,18 @@ fn launch_spec(
     zygote: Option<Arc<Zygote>>,
     share_cores: bool,
 ) -> Result<LaunchSpec, PyRunnerError> {
+    let mut python = find_python(config)?;
+    let sandbox = match &config.sandbox {
+        Some(rules) => {
+            python = interpreter::python_for_clear_env(python, config);
+            Some(sandbox::SandboxPlan::prepare(rules, &python, &config.env)?)
+        }
+        None => None,
+    };
     Ok(LaunchSpec {
-        python: find_python(config)?,
+        python,
         env: config.env.clone(),
-        env_clear: config.env_clear,
+        env_clear: config.env_clear || sandbox.is_some(),
         current_dir: config.current_dir.clone(),
         hello_timeout: config.start_timeout,
         zygote,
@@ -157,6 +166,7 @@ fn launch_spec(
             .filter(|host| !host.table.is_empty())
             .map(|host| supervisor::host_setting(&host.table)),
         memory_limit: config.memory_limit,
+        sandbox,
     })
 }
 

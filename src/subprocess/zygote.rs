@@ -189,12 +189,30 @@ impl Zygote {
     }
 
     /// Forks a worker whose stdin, stdout and stderr are the given fds (and
-    /// whose reply ring is `ring`); its pid.
-    pub fn fork(&self, stdio: [&OwnedFd; 3], ring: Option<RawFd>) -> io::Result<u32> {
+    /// whose reply ring is `ring`); its pid. A sandboxed worker is given its
+    /// landlock ruleset's fd and its settings (see `sandbox`).
+    pub fn fork(
+        &self,
+        stdio: [&OwnedFd; 3],
+        ring: Option<RawFd>,
+        sandbox: Option<(RawFd, String)>,
+    ) -> io::Result<u32> {
         let mut fds: Vec<RawFd> = stdio.iter().map(|fd| fd.as_raw_fd()).collect();
-        fds.extend(ring);
         let requests = self.requests.lock().unwrap_or_else(|p| p.into_inner());
-        send_with_fds(&requests, b'f', &fds)?;
+        match &sandbox {
+            Some((ruleset, settings)) => {
+                fds.push(*ruleset);
+                fds.extend(ring);
+                send_with_fds(&requests, b's', &fds)?;
+                let mut message = (settings.len() as u32).to_be_bytes().to_vec();
+                message.extend_from_slice(settings.as_bytes());
+                (&*requests).write_all(&message)?;
+            }
+            None => {
+                fds.extend(ring);
+                send_with_fds(&requests, b'f', &fds)?;
+            }
+        }
         let pid = self
             .shared
             .wait_until(Instant::now() + FORK_TIMEOUT, |heard| {

@@ -75,6 +75,8 @@ mod rustpython;
 mod rustpython_cycles;
 #[cfg(feature = "rustpython")]
 mod rustpython_host;
+#[cfg(all(feature = "subprocess", target_os = "linux"))]
+mod sandbox;
 #[cfg(feature = "subprocess")]
 mod stream_child;
 #[cfg(feature = "subprocess")]

@@ -1,0 +1,144 @@
+# A worker module, joined with the others into one source (python/MODULES): stdlib imports only; the others' names are globals here.
+"""The sandbox a child enters (src/subprocess/sandbox/ makes its parts).
+
+The parent made the scratch folder, the pids cgroup, the landlock ruleset
+and the socket filter, and tells the child where they are: in ENV_SANDBOX
+for a started child (which inherits the ruleset's fd), in the zygote's
+ZYGOTE_FORK_SANDBOXED request for a forked one (the fd passed with it).
+The child enters it in three steps, before any user code runs:
+- sandbox_outer, in the process the parent sees, before it forks anything:
+  joins the cgroup, so that every process of the sandbox is counted, and
+  sets the open-file limit;
+- contain.py makes the namespaces (_unshare_sandbox_namespaces) and forks
+  the worker into them;
+- enter_sandbox, in the worker: its scratch folder as working folder,
+  TMPDIR and HOME; every mount read-only but its writable folders (landlock
+  does not govern a file's metadata: the owner of a file, which root in a
+  user namespace still is, could chmod, chown or touch it); then
+  no_new_privs, the ruleset and the filter.
+A step that fails ends the child with the reason on stderr: the parent
+quotes it in its Startup error, and no user code runs unsandboxed.
+"""
+
+import os
+
+_MS_BIND = 0x1000
+_MS_REC = 0x4000
+_MS_PRIVATE = 1 << 18
+_MOUNT_ATTR_RDONLY = 0x1
+_AT_FDCWD = -100
+_AT_RECURSIVE = 0x8000
+_PR_SET_NO_NEW_PRIVS = 38
+_PR_SET_SECCOMP = 22
+_SECCOMP_MODE_FILTER = 2
+
+
+def parse_sandbox(text):
+    """The settings in `key=value` lines, as a dict."""
+    settings = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            settings[key] = value
+    return settings
+
+
+def take_sandbox_setting():
+    """A started child's settings (ENV_SANDBOX, removed), or None."""
+    setting = os.environ.pop(ENV_SANDBOX, None)
+    return None if setting is None else parse_sandbox(setting)
+
+
+def sandbox_failed(what, why):
+    """Ends the child: it cannot be sandboxed as asked."""
+    _say("could not enter the sandbox: %s: %s" % (what, why))
+    os._exit(1)
+
+
+def sandbox_outer(settings):
+    """The part that must come before any fork: the cgroup and the limits."""
+    procs = settings.get("cgroup")
+    if procs:
+        try:
+            with open(procs, "w") as group:
+                group.write("0")  # this process
+        except OSError as exc:
+            sandbox_failed("joining the pids cgroup (%s)" % procs, exc)
+    try:
+        import resource
+
+        files = int(settings["nofile"])
+        resource.setrlimit(resource.RLIMIT_NOFILE, (files, files))
+    except (KeyError, ValueError, OSError, ImportError) as exc:
+        sandbox_failed("setting the open-file limit", exc)
+
+
+def _read_only_but_writable(libc, settings):
+    """In its own mount namespace: binds each writable folder onto itself,
+    makes every mount read-only and private (one mount_setattr for the whole
+    tree), then the binds writable again."""
+    import ctypes
+
+    class MountAttr(ctypes.Structure):
+        _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64), ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64)]
+
+    try:
+        setattr_call = int(settings["mount_setattr"])
+        writable = [os.fsencode(bytes.fromhex(h).decode("utf-8", "surrogateescape")) for h in settings.get("write", "").split(",") if h]
+    except (KeyError, ValueError) as exc:
+        sandbox_failed("reading its writable folders", exc)
+
+    def set_attr(path, flags, attr):
+        done = libc.syscall(ctypes.c_long(setattr_call), ctypes.c_int(_AT_FDCWD), ctypes.c_char_p(path), ctypes.c_uint(flags), ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr)))
+        if done != 0:
+            sandbox_failed("changing the mount at %r (mount_setattr)" % path, os.strerror(ctypes.get_errno()))
+
+    for path in writable:
+        if libc.mount(path, path, None, ctypes.c_ulong(_MS_BIND | _MS_REC), None) != 0:
+            sandbox_failed("binding %r writable" % path, os.strerror(ctypes.get_errno()))
+    set_attr(b"/", _AT_RECURSIVE, MountAttr(_MOUNT_ATTR_RDONLY, 0, _MS_PRIVATE, 0))
+    for path in writable:
+        set_attr(path, 0, MountAttr(0, _MOUNT_ATTR_RDONLY, 0, 0))
+
+
+def enter_sandbox(settings):
+    """In the worker, once in its namespaces: the rest, last the kernel's
+    rules, which it cannot leave."""
+    import ctypes
+
+    libc = _linux_libc()
+    if libc is None:
+        sandbox_failed("entering its rules", "no C library through ctypes")
+    _read_only_but_writable(libc, settings)
+    scratch = settings.get("scratch", "")
+    try:
+        os.chdir(scratch)  # after the bind: the writable mount, not the one under it
+    except OSError as exc:
+        sandbox_failed("entering its scratch folder", exc)
+    for name in ("TMPDIR", "HOME"):
+        os.environ.setdefault(name, scratch)
+    import sys
+
+    if "tempfile" in sys.modules:
+        sys.modules["tempfile"].tempdir = None  # a zygote's choice, made before
+    ulong = ctypes.c_ulong
+    if libc.prctl(_PR_SET_NO_NEW_PRIVS, ulong(1), ulong(0), ulong(0), ulong(0)) != 0:
+        sandbox_failed("setting no_new_privs", os.strerror(ctypes.get_errno()))
+    try:
+        ruleset = int(settings["ruleset"])
+        restrict = int(settings["restrict"])
+    except (KeyError, ValueError) as exc:
+        sandbox_failed("finding its landlock ruleset", exc)
+    if libc.syscall(ctypes.c_long(restrict), ctypes.c_long(ruleset), ctypes.c_long(0)) != 0:
+        sandbox_failed("entering its landlock ruleset", os.strerror(ctypes.get_errno()))
+    os.close(ruleset)
+    program = bytes.fromhex(settings.get("filter", ""))
+    if program:
+
+        class Program(ctypes.Structure):
+            _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+        code = ctypes.create_string_buffer(program, len(program))
+        fprog = Program(len(program) // 8, ctypes.cast(code, ctypes.c_void_p))
+        if libc.prctl(_PR_SET_SECCOMP, ulong(_SECCOMP_MODE_FILTER), ctypes.byref(fprog), ulong(0), ulong(0)) != 0:
+            sandbox_failed("installing its socket filter", os.strerror(ctypes.get_errno()))
