@@ -40,10 +40,10 @@ use std::path::PathBuf;
 ///
 /// ```no_run
 /// # async fn demo() -> Result<(), async_py::PyRunnerError> {
-/// use async_py::{Backend, PyRunner, Sandbox};
+/// use async_py::{PyRunner, Sandbox};
 ///
 /// let runner = PyRunner::builder()
-///     .backend(Backend::Subprocess)
+///     .subprocess()
 ///     .sandbox(Sandbox::new().allow_read("/srv/data").max_processes(4))
 ///     .timeout(std::time::Duration::from_secs(5))
 ///     .build()?;
