@@ -765,3 +765,121 @@ fn in_process_backends_refuse_a_sandbox() {
         other => panic!("expected Unsupported, got {other:?}"),
     }
 }
+
+/// The pyenv root, where every CPython of this machine is.
+fn pyenv_versions() -> Vec<(String, PathBuf)> {
+    let root = std::process::Command::new("pyenv")
+        .arg("root")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|_| format!("{}/.pyenv", std::env::var("HOME").unwrap()));
+    let mut found = Vec::new();
+    for minor in ["3.8", "3.10", "3.11", "3.12", "3.13"] {
+        let python = std::fs::read_dir(PathBuf::from(&root).join("versions"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|entry| entry.path())
+            .filter(|path| {
+                let name = path.file_name().unwrap().to_string_lossy().to_string();
+                name == minor || name.starts_with(&format!("{minor}."))
+            })
+            .map(|path| path.join("bin/python3"))
+            .find(|python| python.exists())
+            .unwrap_or_else(|| {
+                panic!("CPython {minor} was not found under {root}/versions: install it")
+            });
+        found.push((minor.to_string(), python));
+    }
+    found
+}
+
+#[test]
+fn every_installed_cpython_runs_sandboxed_from_its_venv() {
+    within(180, || {
+        for (minor, python) in pyenv_versions() {
+            let dir = tempfile::tempdir().unwrap();
+            let venv = dir.path().join("venv");
+            let site_packages = crate::conformance::make_venv(&python, &venv);
+            std::fs::write(
+                site_packages.join("venv_pkg.py"),
+                "VALUE = 'from the venv'\n",
+            )
+            .unwrap();
+            let runner = PyRunner::builder()
+                .subprocess()
+                .venv(&venv)
+                .sandbox(Sandbox::new())
+                .build()
+                .unwrap_or_else(|err| panic!("CPython {minor}: {err}"));
+            assert_eq!(
+                runner
+                    .eval_sync("'%d.%d' % __import__('sys').version_info[:2]")
+                    .unwrap(),
+                text(&minor)
+            );
+            assert_eq!(
+                runner.eval_sync("__import__('venv_pkg').VALUE").unwrap(),
+                text("from the venv"),
+                "CPython {minor}"
+            );
+            runner
+                .run_sync("import json, decimal, sqlite3, asyncio\nasyncio.run(asyncio.sleep(0))")
+                .unwrap_or_else(|err| panic!("CPython {minor}: {err}"));
+            assert_eq!(
+                python_error(runner.eval_sync("open('/etc/passwd').read()")),
+                "PermissionError",
+                "CPython {minor}"
+            );
+            assert_eq!(
+                python_error(runner.eval_sync("__import__('socket').socket()")),
+                "PermissionError",
+                "CPython {minor}"
+            );
+            // The venv's own files are read, not written.
+            assert_eq!(
+                python_error(runner.eval_sync(&format!(
+                    "open({:?}, 'a').write('x')",
+                    site_packages.join("venv_pkg.py")
+                ))),
+                "OSError",
+                "CPython {minor}"
+            );
+        }
+    });
+}
+
+#[test]
+fn a_uv_venv_with_a_package_from_the_index_runs_sandboxed() {
+    within(180, || {
+        let dir = tempfile::tempdir().unwrap();
+        let venv = dir.path().join(".venv");
+        let uv = |args: &[&str]| crate::conformance::uv(dir.path(), args);
+        let base = crate::conformance::base_python();
+        uv(&[
+            "venv",
+            "--python",
+            base.to_str().unwrap(),
+            venv.to_str().unwrap(),
+        ]);
+        uv(&[
+            "pip",
+            "install",
+            "--python",
+            venv.join("bin/python").to_str().unwrap(),
+            "six==1.16.0",
+        ]);
+        let pool = PyPool::builder()
+            .workers(2)
+            .venv(&venv)
+            .sandbox(Sandbox::new())
+            .build()
+            .unwrap();
+        pool.run_sync("import six").unwrap();
+        assert_eq!(pool.eval_sync("six.__version__").unwrap(), text("1.16.0"));
+        assert_eq!(
+            python_error(pool.eval_sync("open('/etc/passwd').read()")),
+            "PermissionError"
+        );
+    });
+}
