@@ -883,3 +883,44 @@ fn a_uv_venv_with_a_package_from_the_index_runs_sandboxed() {
         );
     });
 }
+
+#[test]
+fn a_timeout_capture_and_host_functions_work_inside() {
+    within(60, || {
+        let runner = faults::builder()
+            .sandbox(Sandbox::new())
+            .timeout(Duration::from_secs(1))
+            .host_function("double", |call: async_py::HostCall| {
+                Ok(Value::from(call.arg::<i64>(0)? * 2))
+            })
+            .build()
+            .unwrap();
+        let first = faults::child_pid(&runner);
+        // Captured output takes a temporary file for fds 1 and 2: in TMPDIR.
+        let captured = runner
+            .exec("import os\nprint('printed')\nos.write(1, b'written\\n')")
+            .capture_output()
+            .wait()
+            .unwrap();
+        assert_eq!(captured.stdout, "printed\nwritten\n");
+        assert_eq!(
+            runner
+                .eval_sync("__import__('async_py').host.double(21)")
+                .unwrap(),
+            Value::from(42)
+        );
+        match runner.run_sync("while True:\n    pass") {
+            Err(PyRunnerError::Timeout(_)) => {}
+            other => panic!("expected a Timeout, got {other:?}"),
+        }
+        assert_ne!(
+            faults::child_pid(&runner),
+            first,
+            "the stuck child was replaced"
+        );
+        assert_eq!(
+            python_error(runner.eval_sync("open('/etc/passwd').read()")),
+            "PermissionError"
+        );
+    });
+}
