@@ -8,6 +8,10 @@
 # prefix means no cache. The file name given to compile() keeps the worker's
 # own frames apart from user code's "<string>" in tracebacks.
 import sys, marshal
+# `-c` put the working folder first on sys.path: no module of the worker's
+# is to be found there (a sandboxed child's folder is not yet its own).
+if sys.path and sys.path[0] == '':
+    del sys.path[0]
 source = ''.join([sys.argv.pop(1) for _ in range(int(sys.argv.pop(1)))])
 cache = sys.argv.pop(1)
 __file__ = 'async_py/worker.py'

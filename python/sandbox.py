@@ -14,15 +14,20 @@ The child enters it in three steps, before any user code runs:
 - enter_sandbox, in the worker: its scratch folder as working folder,
   TMPDIR and HOME; every mount read-only but its writable folders (landlock
   does not govern a file's metadata: the owner of a file, which root in a
-  user namespace still is, could chmod, chown or touch it); then
-  no_new_privs, the ruleset and the filter.
+  user namespace still is, could chmod, chown or touch it); then it gives
+  up every capability (else it could make the mounts writable again), and
+  sets no_new_privs, the ruleset and the filter (which refuses mounts and
+  namespaces too).
 A step that fails ends the child with the reason on stderr: the parent
 quotes it in its Startup error, and no user code runs unsandboxed.
 """
 
 import os
 
+_MS_NOSUID = 0x2
+_MS_NODEV = 0x4
 _MS_BIND = 0x1000
+_SHM_OPTIONS = b"mode=1777,size=64m"
 _MS_REC = 0x4000
 _MS_PRIVATE = 1 << 18
 _MOUNT_ATTR_RDONLY = 0x1
@@ -36,11 +41,16 @@ _SECCOMP_MODE_FILTER = 2
 def parse_sandbox(text):
     """The settings in `key=value` lines, as a dict."""
     settings = {}
-    for line in text.splitlines():
+    for line in text.split("\n"):
         key, sep, value = line.partition("=")
         if sep:
             settings[key] = value
     return settings
+
+
+def _path(settings, key):
+    """A path of the settings (hex of its bytes), as str."""
+    return os.fsdecode(bytes.fromhex(settings.get(key, "")))
 
 
 def take_sandbox_setting():
@@ -55,9 +65,28 @@ def sandbox_failed(what, why):
     os._exit(1)
 
 
+def close_inherited_fds(keep):
+    """Closes every fd but 0, 1, 2 and `keep`: what this process inherited
+    from its parent's own parents (a service manager's socket, a log file)
+    would reach past the rules, which govern only what is opened from now."""
+    try:
+        fds = [int(name) for name in os.listdir("/proc/self/fd")]
+    except (OSError, ValueError):
+        fds = range(3, 4096)
+    for fd in fds:
+        if fd > 2 and fd not in keep:
+            try:
+                os.close(fd)
+            except OSError:
+                pass  # the listing's own fd, closed already
+
+
 def sandbox_outer(settings):
     """The part that must come before any fork: the cgroup and the limits."""
-    procs = settings.get("cgroup")
+    try:
+        procs = _path(settings, "cgroup")
+    except ValueError as exc:
+        sandbox_failed("reading its cgroup", exc)
     if procs:
         try:
             with open(procs, "w") as group:
@@ -68,6 +97,9 @@ def sandbox_outer(settings):
         import resource
 
         files = int(settings["nofile"])
+        _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard != resource.RLIM_INFINITY:
+            files = min(files, hard)  # a limit is only lowered
         resource.setrlimit(resource.RLIMIT_NOFILE, (files, files))
     except (KeyError, ValueError, OSError, ImportError) as exc:
         sandbox_failed("setting the open-file limit", exc)
@@ -84,7 +116,8 @@ def _read_only_but_writable(libc, settings):
 
     try:
         setattr_call = int(settings["mount_setattr"])
-        writable = [os.fsencode(bytes.fromhex(h).decode("utf-8", "surrogateescape")) for h in settings.get("write", "").split(",") if h]
+        writable = [bytes.fromhex(h) for h in settings.get("write", "").split(",") if h]
+        shm = bytes.fromhex(settings.get("shm", ""))
     except (KeyError, ValueError) as exc:
         sandbox_failed("reading its writable folders", exc)
 
@@ -96,9 +129,53 @@ def _read_only_but_writable(libc, settings):
     for path in writable:
         if libc.mount(path, path, None, ctypes.c_ulong(_MS_BIND | _MS_REC), None) != 0:
             sandbox_failed("binding %r writable" % path, os.strerror(ctypes.get_errno()))
+    if shm:
+        # POSIX shared memory and semaphores (multiprocessing's locks): an
+        # empty memory file system of its own, not the machine's.
+        if libc.mount(b"tmpfs", shm, b"tmpfs", ctypes.c_ulong(_MS_NOSUID | _MS_NODEV), _SHM_OPTIONS) != 0:
+            sandbox_failed("mounting its own %r" % shm, os.strerror(ctypes.get_errno()))
+        writable.append(shm)
     set_attr(b"/", _AT_RECURSIVE, MountAttr(_MOUNT_ATTR_RDONLY, 0, _MS_PRIVATE, 0))
     for path in writable:
         set_attr(path, 0, MountAttr(0, _MOUNT_ATTR_RDONLY, 0, 0))
+
+
+_PR_CAPBSET_DROP = 24
+_PR_CAP_AMBIENT = 47
+_PR_CAP_AMBIENT_CLEAR_ALL = 4
+_CAPABILITY_VERSION_3 = 0x20080522
+
+
+def _drop_capabilities(libc):
+    """Gives up every capability the worker holds in its user namespace
+    (it holds them all there, having made it): none to change mounts,
+    files' owners or anything else with, nor to regain by running a
+    program (an empty bounding set; root's programs get no more)."""
+    import ctypes
+
+    last = 63
+    try:
+        with open("/proc/sys/kernel/cap_last_cap") as cap_last:
+            last = int(cap_last.read())
+    except (OSError, ValueError):
+        pass
+    ulong = ctypes.c_ulong
+    for cap in range(last + 1):
+        if libc.prctl(_PR_CAPBSET_DROP, ulong(cap), ulong(0), ulong(0), ulong(0)) != 0:
+            error = ctypes.get_errno()
+            if error != 22:  # EINVAL: past the kernel's last capability
+                sandbox_failed("dropping capability %d from the bounding set" % cap, os.strerror(error))
+    libc.prctl(_PR_CAP_AMBIENT, ulong(_PR_CAP_AMBIENT_CLEAR_ALL), ulong(0), ulong(0), ulong(0))
+
+    class Header(ctypes.Structure):
+        _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+    class Data(ctypes.Structure):
+        _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+    none = (Data * 2)()
+    if libc.capset(ctypes.byref(Header(_CAPABILITY_VERSION_3, 0)), none) != 0:
+        sandbox_failed("dropping its capabilities (capset)", os.strerror(ctypes.get_errno()))
 
 
 def enter_sandbox(settings):
@@ -110,8 +187,8 @@ def enter_sandbox(settings):
     if libc is None:
         sandbox_failed("entering its rules", "no C library through ctypes")
     _read_only_but_writable(libc, settings)
-    scratch = settings.get("scratch", "")
     try:
+        scratch = _path(settings, "scratch")
         os.chdir(scratch)  # after the bind: the writable mount, not the one under it
     except OSError as exc:
         sandbox_failed("entering its scratch folder", exc)
@@ -121,6 +198,7 @@ def enter_sandbox(settings):
 
     if "tempfile" in sys.modules:
         sys.modules["tempfile"].tempdir = None  # a zygote's choice, made before
+    _drop_capabilities(libc)
     ulong = ctypes.c_ulong
     if libc.prctl(_PR_SET_NO_NEW_PRIVS, ulong(1), ulong(0), ulong(0), ulong(0)) != 0:
         sandbox_failed("setting no_new_privs", os.strerror(ctypes.get_errno()))
@@ -132,13 +210,18 @@ def enter_sandbox(settings):
     if libc.syscall(ctypes.c_long(restrict), ctypes.c_long(ruleset), ctypes.c_long(0)) != 0:
         sandbox_failed("entering its landlock ruleset", os.strerror(ctypes.get_errno()))
     os.close(ruleset)
-    program = bytes.fromhex(settings.get("filter", ""))
-    if program:
 
-        class Program(ctypes.Structure):
-            _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+    class Program(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
 
+    try:
+        programs = [bytes.fromhex(h) for h in settings.get("filter", "").split(",") if h]
+    except ValueError as exc:
+        sandbox_failed("reading its seccomp filters", exc)
+    if not programs:
+        sandbox_failed("installing its seccomp filters", "the parent sent none")
+    for program in programs:
         code = ctypes.create_string_buffer(program, len(program))
         fprog = Program(len(program) // 8, ctypes.cast(code, ctypes.c_void_p))
         if libc.prctl(_PR_SET_SECCOMP, ulong(_SECCOMP_MODE_FILTER), ctypes.byref(fprog), ulong(0), ulong(0)) != 0:
-            sandbox_failed("installing its socket filter", os.strerror(ctypes.get_errno()))
+            sandbox_failed("installing its seccomp filter", os.strerror(ctypes.get_errno()))

@@ -995,6 +995,8 @@ def _serve(share, ring_path, ring_fd=None, sandbox=None):
     `sandbox` the settings of the sandbox to enter (sandbox.py)."""
     if os.environ.get(ENV_REPLY_RING) == "0":
         ring_path = ""  # replies take the pipe
+    if sandbox is not None:
+        close_inherited_fds({ring_fd, int(sandbox.get("ruleset", "-1") or -1)})
     _exit_with_parent(0)
     # Mapped before containment: from a user namespace of its own the worker
     # may not open its parent's fds through /proc.

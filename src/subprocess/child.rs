@@ -624,7 +624,9 @@ fn spawn(
 ) -> Result<Started, PyRunnerError> {
     let mut command = spec.command(ring.map_or(String::new(), ReplyRing::path_for_child));
     if let Some(seat) = seat {
-        command.env(sandbox::ENV, seat.settings(true));
+        command
+            .env(sandbox::ENV, seat.settings(true))
+            .current_dir(seat.scratch());
         inherit_fd(&mut command, seat.ruleset());
     }
     let mut child = command
@@ -748,6 +750,14 @@ pub(crate) enum NoFrame {
     Io(io::Error),
     /// Bytes that are not a message.
     Bad(WireError),
+}
+
+/// The folder children load the compiled worker from, if they have one.
+pub(crate) fn compiled_worker_folder() -> Option<PathBuf> {
+    let prefix = compiled_worker_cache();
+    (!prefix.is_empty())
+        .then(|| PathBuf::from(prefix).parent().map(PathBuf::from))
+        .flatten()
 }
 
 /// Where children cache the compiled worker: `$XDG_CACHE_HOME/async_py`

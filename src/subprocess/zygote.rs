@@ -199,19 +199,25 @@ impl Zygote {
     ) -> io::Result<u32> {
         let mut fds: Vec<RawFd> = stdio.iter().map(|fd| fd.as_raw_fd()).collect();
         let requests = self.requests.lock().unwrap_or_else(|p| p.into_inner());
-        match &sandbox {
+        let sent = match &sandbox {
             Some((ruleset, settings)) => {
                 fds.push(*ruleset);
                 fds.extend(ring);
-                send_with_fds(&requests, b's', &fds)?;
-                let mut message = (settings.len() as u32).to_be_bytes().to_vec();
+                // One message: the zygote's listener writes to the same
+                // socket without this lock, and must not land inside it.
+                let mut message = vec![b's'];
+                message.extend_from_slice(&(settings.len() as u32).to_be_bytes());
                 message.extend_from_slice(settings.as_bytes());
-                (&*requests).write_all(&message)?;
+                send_with_fds(&requests, &message, &fds)
             }
             None => {
                 fds.extend(ring);
-                send_with_fds(&requests, b'f', &fds)?;
+                send_with_fds(&requests, b"f", &fds)
             }
+        };
+        if let Err(err) = sent {
+            self.shared.heard().broken = true;
+            return Err(err);
         }
         let pid = self
             .shared
@@ -369,12 +375,14 @@ fn reap_request(pid: u32) -> [u8; 5] {
     request
 }
 
-/// Sends one byte with `fds` attached (SCM_RIGHTS).
-fn send_with_fds(socket: &UnixStream, byte: u8, fds: &[RawFd]) -> io::Result<()> {
-    let mut data = [byte];
+/// Sends `data` with `fds` attached (SCM_RIGHTS) in one message, all of
+/// it (a stream socket takes a whole message or, full, none of it: the
+/// zygote reads its requests as they come).
+fn send_with_fds(socket: &UnixStream, data: &[u8], fds: &[RawFd]) -> io::Result<()> {
+    let mut data = data.to_vec();
     let mut iov = libc::iovec {
         iov_base: data.as_mut_ptr().cast(),
-        iov_len: 1,
+        iov_len: data.len(),
     };
     let payload = std::mem::size_of_val(fds) as u32;
     // SAFETY: CMSG_SPACE is arithmetic on its argument.
@@ -400,8 +408,13 @@ fn send_with_fds(socket: &UnixStream, byte: u8, fds: &[RawFd]) -> io::Result<()>
         );
         libc::sendmsg(socket.as_raw_fd(), &message, libc::MSG_NOSIGNAL)
     };
-    if sent != 1 {
+    if sent < 0 {
         return Err(io::Error::last_os_error());
+    }
+    if sent as usize != data.len() {
+        // The rest of a partly sent message would follow the listener's
+        // words: the zygote is no longer to be trusted with requests.
+        return Err(io::Error::other("the zygote's socket took part of a request"));
     }
     Ok(())
 }

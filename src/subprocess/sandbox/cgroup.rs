@@ -6,7 +6,6 @@
 //! `RLIMIT_NPROC` does not.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::time::Duration;
 
 use crate::error::PyRunnerError;
@@ -23,14 +22,14 @@ pub(crate) struct Group {
     dir: PathBuf,
 }
 
-/// Groups that still held a process when their child was dropped (a
-/// process ends a moment after its parent is reaped): removed later.
-static LEFT: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
-
-/// How often, and how far apart, a group is tried before it is left for
-/// later.
-const REMOVE_TRIES: u32 = 5;
+/// How often, and how far apart, a group is tried when its child is
+/// dropped before it is left for later.
+pub(crate) const REMOVE_TRIES: u32 = 5;
 const REMOVE_GAP: Duration = Duration::from_millis(2);
+
+/// The largest `pids.max` the kernel takes (`PIDS_MAX`, 2^22 + 1, less one);
+/// a larger bound is written as `max`.
+const PIDS_MAX: u32 = 1 << 22;
 
 impl Parent {
     /// This process's group of the pids controller: of a cgroup v1 pids
@@ -85,7 +84,6 @@ impl Parent {
 
     /// Makes the group `name` with room for `max` processes and threads.
     pub fn make(&self, name: &str, max: u32) -> Result<Group, PyRunnerError> {
-        remove_left();
         let dir = self.dir.join(name);
         let failed = |what: &str, dir: &Path, err: std::io::Error| {
             PyRunnerError::Startup(format!(
@@ -95,8 +93,16 @@ impl Parent {
         };
         std::fs::create_dir(&dir).map_err(|err| failed("make", &dir, err))?;
         let group = Group { dir };
-        std::fs::write(group.dir.join("pids.max"), max.to_string())
-            .map_err(|err| failed("bound", &group.dir, err))?;
+        let bound = if max > PIDS_MAX {
+            "max".to_string()
+        } else {
+            max.to_string()
+        };
+        if let Err(err) = std::fs::write(group.dir.join("pids.max"), bound) {
+            let err = failed("bound", &group.dir, err);
+            group.remove(1);
+            return Err(err);
+        }
         Ok(group)
     }
 }
@@ -149,18 +155,18 @@ impl Group {
         self.dir.join("cgroup.procs")
     }
 
-    /// Removes the group, now or, if a process of it has not yet been
-    /// released, when the next group is made.
-    pub fn remove(self) {
-        for _ in 0..REMOVE_TRIES {
-            if remove_dir(&self.dir) {
-                return;
+    /// Removes the group, trying `tries` times (a process of it may not
+    /// have been released yet); true once it is gone.
+    pub fn remove(&self, tries: u32) -> bool {
+        for attempt in 0..tries {
+            if attempt > 0 {
+                std::thread::sleep(REMOVE_GAP);
             }
-            std::thread::sleep(REMOVE_GAP);
+            if remove_dir(&self.dir) {
+                return true;
+            }
         }
-        LEFT.lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(self.dir);
+        false
     }
 }
 
@@ -172,10 +178,6 @@ fn remove_dir(dir: &Path) -> bool {
     }
 }
 
-fn remove_left() {
-    let mut left = LEFT.lock().unwrap_or_else(|p| p.into_inner());
-    left.retain(|dir| !remove_dir(dir));
-}
 
 #[cfg(test)]
 mod tests {

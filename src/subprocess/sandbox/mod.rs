@@ -40,6 +40,10 @@ use crate::sandbox::Sandbox;
 /// (`ENV_SANDBOX` of `python/protocol.py`), removed before user code runs.
 pub(crate) const ENV: &str = "ASYNC_PY_SANDBOX";
 
+/// Where POSIX shared memory and semaphores live (`multiprocessing`'s
+/// locks): each sandboxed child mounts an empty one of its own there.
+const SHM: &str = "/dev/shm";
+
 /// The processes of a sandbox that are the worker's own, not the user's:
 /// the process this side started (the stand-in), its pid namespace's init,
 /// and the worker (see `python/contain.py`).
@@ -73,22 +77,34 @@ impl SandboxPlan {
         #[cfg(target_os = "linux")]
         {
             rules::check_kernel(sandbox)?;
-            for path in sandbox.read.iter().chain(&sandbox.write) {
-                if let Err(err) = std::fs::metadata(path) {
-                    return Err(PyRunnerError::Startup(format!(
-                        "sandbox: {} cannot be allowed: {err}",
-                        path.display()
-                    )));
-                }
+            let mut rules = sandbox.clone();
+            rules.read = absolute(&sandbox.read)?;
+            rules.write = absolute(&sandbox.write)?;
+            // What runs before a child enters its sandbox: the interpreter,
+            // its import path, the libraries it loads, the compiled worker.
+            let mut loaded = probe::interpreter_paths(python, env)?;
+            loaded.extend(rules::system_paths());
+            loaded.extend(super::child::compiled_worker_folder());
+            if let Some((write, code)) = rules.write.iter().find_map(|write| {
+                loaded
+                    .iter()
+                    .find(|code| code.starts_with(write) || write.starts_with(code))
+                    .map(|code| (write, code))
+            }) {
+                return Err(PyRunnerError::Startup(format!(
+                    "sandbox: allow_write({}) would let a child change {}, which later \
+                     children run before they enter their sandbox",
+                    write.display(),
+                    code.display()
+                )));
             }
-            let mut read = probe::interpreter_paths(python, env)?;
-            read.extend(rules::system_paths());
-            read.extend(sandbox.read.iter().cloned());
+            let mut read = loaded;
+            read.extend(rules.read.iter().cloned());
             Ok(Arc::new(SandboxPlan {
-                sandbox: sandbox.clone(),
+                filter: rules::filter(&rules)?,
+                sandbox: rules,
                 read,
                 cgroups: cgroup::Parent::find()?,
-                filter: rules::socket_filter(sandbox)?,
             }))
         }
         #[cfg(not(target_os = "linux"))]
@@ -106,8 +122,8 @@ impl SandboxPlan {
     pub fn seat(&self) -> Result<SandboxSeat, PyRunnerError> {
         #[cfg(target_os = "linux")]
         {
-            let name = unique_name();
-            let scratch = make_scratch(&name)?;
+            remove_left();
+            let (name, scratch) = make_scratch()?;
             let mut seat = SandboxSeat {
                 scratch,
                 cgroup: None,
@@ -122,19 +138,20 @@ impl SandboxPlan {
             seat.cgroup = Some(group);
             let mut write = vec![seat.scratch.clone()];
             write.extend(self.sandbox.write.iter().cloned());
-            seat.ruleset = Some(rules::ruleset(&self.sandbox, &self.read, &write)?);
-            let writable: Vec<String> = write
-                .iter()
-                .map(|path| hex(path.as_os_str().as_encoded_bytes()))
-                .collect();
+            // The child mounts a memory file system of its own on it.
+            let shm = Path::new(SHM).is_dir().then(|| PathBuf::from(SHM));
+            let fenced: Vec<PathBuf> = write.iter().cloned().chain(shm.clone()).collect();
+            seat.ruleset = Some(rules::ruleset(&self.sandbox, &self.read, &fenced)?);
+            let writable: Vec<String> = write.iter().map(|path| hex_path(path)).collect();
             seat.settings = settings(&[
-                ("scratch", seat.scratch.to_string_lossy().as_ref()),
-                ("cgroup", procs.to_string_lossy().as_ref()),
+                ("scratch", &hex_path(&seat.scratch)),
+                ("cgroup", &hex_path(&procs)),
                 ("nofile", &self.sandbox.max_open_files.to_string()),
                 ("network", if self.sandbox.network { "1" } else { "0" }),
                 ("restrict", &rules::RESTRICT_SELF.to_string()),
                 ("mount_setattr", &rules::MOUNT_SETATTR.to_string()),
                 ("write", &writable.join(",")),
+                ("shm", &shm.as_deref().map(hex_path).unwrap_or_default()),
                 ("filter", &self.filter),
             ]);
             Ok(seat)
@@ -142,6 +159,30 @@ impl SandboxPlan {
         #[cfg(not(target_os = "linux"))]
         unreachable!("a plan is only made on Linux")
     }
+}
+
+impl Drop for SandboxPlan {
+    fn drop(&mut self) {
+        // What this runner's children left is tried once more.
+        remove_left();
+    }
+}
+
+/// `paths`, each made absolute and resolved (a child and this process may
+/// not share a working folder); `Startup` for one that does not exist.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+fn absolute(paths: &[PathBuf]) -> Result<Vec<PathBuf>, PyRunnerError> {
+    paths
+        .iter()
+        .map(|path| {
+            std::fs::canonicalize(path).map_err(|err| {
+                PyRunnerError::Startup(format!(
+                    "sandbox: {} cannot be allowed: {err}",
+                    path.display()
+                ))
+            })
+        })
+        .collect()
 }
 
 /// `key=value` lines, as `python/sandbox.py` reads them.
@@ -157,38 +198,53 @@ fn settings(pairs: &[(&str, &str)]) -> String {
     text
 }
 
-/// `bytes` as lowercase hex: a path in the settings, whatever bytes it holds.
+/// `bytes` as lowercase hex.
 #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
-/// A name no other child of any runner of this process has had.
+/// A path in the settings, whatever bytes it holds.
 #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
-fn unique_name() -> String {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    format!(
-        "async_py-{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )
+fn hex_path(path: &Path) -> String {
+    hex(path.as_os_str().as_encoded_bytes())
 }
 
-/// A folder only this user may enter, under the system's temporary folder.
+/// A fresh folder only this user may enter, under the system's temporary
+/// folder, and its name, which the child's cgroup shares. The name is not
+/// to be guessed: another user could make it first.
 #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
-fn make_scratch(name: &str) -> Result<PathBuf, PyRunnerError> {
+fn make_scratch() -> Result<(String, PathBuf), PyRunnerError> {
     use std::os::unix::fs::DirBuilderExt;
-    let path = std::env::temp_dir().join(name);
-    std::fs::DirBuilder::new()
-        .mode(0o700)
-        .create(&path)
-        .map_err(|err| {
-            PyRunnerError::Startup(format!(
-                "sandbox: could not make the scratch folder {}: {err}",
-                path.display()
-            ))
-        })?;
-    Ok(path)
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let mut last = None;
+    for _ in 0..8 {
+        let mut random = [0u8; 8];
+        // SAFETY: getrandom(2) writes at most `random.len()` bytes into it.
+        let got = unsafe { libc::getrandom(random.as_mut_ptr().cast(), random.len(), 0) };
+        if got != random.len() as isize {
+            let seq = NEXT.fetch_add(1, Ordering::Relaxed);
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |t| t.as_nanos() as u64);
+            random = (nanos ^ seq.rotate_left(32)).to_ne_bytes();
+        }
+        let name = format!("async_py-{}-{}", std::process::id(), hex(&random));
+        let path = std::env::temp_dir().join(&name);
+        match std::fs::DirBuilder::new().mode(0o700).create(&path) {
+            Ok(()) => return Ok((name, path)),
+            Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => last = Some(err),
+            Err(err) => {
+                last = Some(err);
+                break;
+            }
+        }
+    }
+    Err(PyRunnerError::Startup(format!(
+        "sandbox: could not make a scratch folder under {}: {}",
+        std::env::temp_dir().display(),
+        last.map_or_else(String::new, |err| err.to_string())
+    )))
 }
 
 /// What one child is sandboxed with; removed when dropped, once the child
@@ -203,6 +259,11 @@ pub(crate) struct SandboxSeat {
 }
 
 impl SandboxSeat {
+    /// The child's working folder.
+    pub fn scratch(&self) -> &Path {
+        &self.scratch
+    }
+
     /// The landlock ruleset the child enters, to pass to it.
     pub fn ruleset(&self) -> RawFd {
         self.ruleset.as_ref().map_or(-1, |fd| fd.as_raw_fd())
@@ -219,13 +280,85 @@ impl SandboxSeat {
     }
 }
 
+/// A child's cgroup and scratch folder not yet removed: the cgroup still
+/// held a process (the last of a namespace is released a moment after the
+/// child is reaped), or the folder could not be emptied.
+#[cfg(target_os = "linux")]
+struct Left {
+    group: Option<cgroup::Group>,
+    scratch: Option<PathBuf>,
+}
+
+#[cfg(target_os = "linux")]
+static LEFT: std::sync::Mutex<Vec<Left>> = std::sync::Mutex::new(Vec::new());
+
+#[cfg(target_os = "linux")]
+impl Left {
+    /// Removes what it can, the cgroup first: once it is empty, no process
+    /// of the child's writes to its folder any more. True when all is gone.
+    fn remove(&mut self, tries: u32) -> bool {
+        if let Some(group) = &self.group {
+            if !group.remove(tries) {
+                return false;
+            }
+            self.group = None;
+        }
+        if let Some(scratch) = &self.scratch {
+            if !remove_scratch(scratch) {
+                return false;
+            }
+            self.scratch = None;
+        }
+        true
+    }
+}
+
+/// Tries again what earlier children left.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+fn remove_left() {
+    #[cfg(target_os = "linux")]
+    LEFT.lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .retain_mut(|left| !left.remove(1));
+}
+
+/// Removes a scratch folder and all in it, symlinks unfollowed; a folder its
+/// child made unwritable (which only root could empty) is made writable
+/// first. True when it is gone.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+fn remove_scratch(scratch: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    fn open_up(dir: &Path) {
+        let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            if entry.file_type().is_ok_and(|kind| kind.is_dir()) {
+                open_up(&entry.path());
+            }
+        }
+    }
+    match std::fs::remove_dir_all(scratch) {
+        Ok(()) => true,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => true,
+        Err(_) => {
+            open_up(scratch);
+            std::fs::remove_dir_all(scratch).is_ok() || !scratch.exists()
+        }
+    }
+}
+
 impl Drop for SandboxSeat {
     fn drop(&mut self) {
-        // What the child wrote goes with it; its symlinks are not followed.
-        let _ = std::fs::remove_dir_all(&self.scratch);
         #[cfg(target_os = "linux")]
-        if let Some(group) = self.cgroup.take() {
-            group.remove();
+        {
+            let mut left = Left {
+                group: self.cgroup.take(),
+                scratch: Some(self.scratch.clone()),
+            };
+            if !left.remove(cgroup::REMOVE_TRIES) {
+                LEFT.lock().unwrap_or_else(|p| p.into_inner()).push(left);
+            }
         }
+        #[cfg(not(target_os = "linux"))]
+        let _ = remove_scratch(&self.scratch);
     }
 }

@@ -1,5 +1,5 @@
 //! The kernel's part of a sandbox: the landlock ruleset (filesystem, TCP,
-//! signals and abstract sockets) made by the landlock crate, and the socket
+//! signals and abstract sockets) made by the landlock crate, and the seccomp
 //! filter compiled by seccompiler. Both are made here and entered by the
 //! child (`python/sandbox.py`).
 
@@ -11,7 +11,10 @@ use landlock::{
     path_beneath_rules, Access, AccessFs, AccessNet, CompatLevel, Compatible, Ruleset, RulesetAttr,
     RulesetCreatedAttr, RulesetError, Scope, ABI,
 };
-use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, TargetArch};
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule, TargetArch,
+};
 
 use crate::error::PyRunnerError;
 use crate::sandbox::Sandbox;
@@ -158,42 +161,125 @@ fn abi(number: u32) -> ABI {
     }
 }
 
-/// The socket filter, hex-encoded for the child: without network, making a
-/// socket of any family, or an io_uring (whose requests make sockets
-/// without the system call), fails with EACCES (`PermissionError`).
-/// Empty with network: the child then installs none.
-pub(crate) fn socket_filter(sandbox: &Sandbox) -> Result<String, PyRunnerError> {
-    if sandbox.network {
-        return Ok(String::new());
-    }
+/// Calls a sandboxed child is refused whatever its rules, as EACCES
+/// (`PermissionError`): mounts and namespaces (a mount's read-only flag,
+/// set by the child itself, could be cleared with `mount_setattr`, which no
+/// security module governs), the kernel's keyrings, BPF, performance
+/// counters, `userfaultfd`, and io_uring (whose requests open files and
+/// make sockets without the system calls).
+const ALWAYS_DENIED: [libc::c_long; 19] = [
+    libc::SYS_mount,
+    libc::SYS_umount2,
+    libc::SYS_pivot_root,
+    libc::SYS_mount_setattr,
+    libc::SYS_open_tree,
+    libc::SYS_move_mount,
+    libc::SYS_fsopen,
+    libc::SYS_fsconfig,
+    libc::SYS_fsmount,
+    libc::SYS_fspick,
+    libc::SYS_unshare,
+    libc::SYS_setns,
+    libc::SYS_keyctl,
+    libc::SYS_add_key,
+    libc::SYS_request_key,
+    libc::SYS_bpf,
+    libc::SYS_perf_event_open,
+    libc::SYS_userfaultfd,
+    libc::SYS_io_uring_setup,
+];
+
+/// The namespace flags of `clone(2)`: a child makes no namespace, as it
+/// may not `unshare` one (a user namespace would give it capabilities
+/// again, over a fresh namespace: kernel code it has no business reaching).
+const CLONE_NAMESPACES: [u64; 7] = [
+    libc::CLONE_NEWNS as u64,
+    libc::CLONE_NEWCGROUP as u64,
+    libc::CLONE_NEWUTS as u64,
+    libc::CLONE_NEWIPC as u64,
+    libc::CLONE_NEWUSER as u64,
+    libc::CLONE_NEWPID as u64,
+    libc::CLONE_NEWNET as u64,
+];
+
+/// The filters, each hex-encoded for the child (8-byte instructions in
+/// native byte order) and joined by commas:
+/// - EACCES for [`ALWAYS_DENIED`], `clone` with a namespace flag, and
+///   `socket` for every family without network, or only for `AF_UNIX` with
+///   it (Unix sockets on the filesystem, a container engine's say, are no
+///   part of a network). `socketpair` stays: asyncio and pipes between a
+///   child's own processes use it.
+/// - ENOSYS for `clone3`, whose flags are out of a filter's reach: the C
+///   library then falls back to `clone`.
+pub(crate) fn filter(sandbox: &Sandbox) -> Result<String, PyRunnerError> {
     let failed = |why: String| {
-        PyRunnerError::Startup(format!(
-            "sandbox: could not compile the socket filter: {why}"
-        ))
+        PyRunnerError::Startup(format!("sandbox: could not compile the seccomp filter: {why}"))
     };
     let arch =
         TargetArch::try_from(std::env::consts::ARCH).map_err(|err| failed(err.to_string()))?;
-    let denied = [libc::SYS_socket, libc::SYS_io_uring_setup];
+    let socket = if sandbox.network {
+        let unix = SeccompCondition::new(
+            0,
+            SeccompCmpArgLen::Dword,
+            SeccompCmpOp::Eq,
+            libc::AF_UNIX as u64,
+        )
+        .and_then(|condition| SeccompRule::new(vec![condition]))
+        .map_err(|err| failed(err.to_string()))?;
+        vec![unix]
+    } else {
+        Vec::new() // every call
+    };
+    let clone = CLONE_NAMESPACES
+        .into_iter()
+        .map(|flag| {
+            SeccompCondition::new(0, SeccompCmpArgLen::Qword, SeccompCmpOp::MaskedEq(flag), flag)
+                .and_then(|condition| SeccompRule::new(vec![condition]))
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|err| failed(err.to_string()))?;
     // c_long is i64 here, i32 on 32-bit targets.
     #[allow(clippy::useless_conversion)]
-    let rules: BTreeMap<i64, Vec<_>> = denied
+    let denied: Vec<(i64, Vec<SeccompRule>)> = ALWAYS_DENIED
         .into_iter()
         .map(|call| (i64::from(call), Vec::new()))
+        .chain([
+            (i64::from(libc::SYS_socket), socket),
+            (i64::from(libc::SYS_clone), clone),
+        ])
         .collect();
-    let filter = SeccompFilter::new(
-        rules,
-        SeccompAction::Allow,
-        SeccompAction::Errno(libc::EACCES as u32),
-        arch,
-    )
-    .map_err(|err| failed(err.to_string()))?;
-    let program = BpfProgram::try_from(filter).map_err(|err| failed(err.to_string()))?;
-    let mut bytes = Vec::with_capacity(program.len() * 8);
-    for op in &program {
-        bytes.extend_from_slice(&op.code.to_ne_bytes());
-        bytes.push(op.jt);
-        bytes.push(op.jf);
-        bytes.extend_from_slice(&op.k.to_ne_bytes());
+    #[allow(clippy::useless_conversion)]
+    let absent = vec![(i64::from(libc::SYS_clone3), Vec::new())];
+    let mut programs = Vec::new();
+    for (calls, errno) in [(denied, libc::EACCES), (absent, libc::ENOSYS)] {
+        let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
+        for (call, chain) in calls {
+            // x86-64's x32 calls carry the same arch and the number with
+            // this bit: the same calls again under those numbers.
+            if cfg!(target_arch = "x86_64") {
+                rules.insert(call | X32_SYSCALL_BIT, chain.clone());
+            }
+            rules.insert(call, chain);
+        }
+        let filter = SeccompFilter::new(
+            rules,
+            SeccompAction::Allow,
+            SeccompAction::Errno(errno as u32),
+            arch.clone(),
+        )
+        .map_err(|err| failed(err.to_string()))?;
+        let program = BpfProgram::try_from(filter).map_err(|err| failed(err.to_string()))?;
+        let mut bytes = Vec::with_capacity(program.len() * 8);
+        for op in &program {
+            bytes.extend_from_slice(&op.code.to_ne_bytes());
+            bytes.push(op.jt);
+            bytes.push(op.jf);
+            bytes.extend_from_slice(&op.k.to_ne_bytes());
+        }
+        programs.push(super::hex(&bytes));
     }
-    Ok(super::hex(&bytes))
+    Ok(programs.join(","))
 }
+
+/// `__X32_SYSCALL_BIT`.
+const X32_SYSCALL_BIT: i64 = 0x4000_0000;
