@@ -77,6 +77,8 @@ mod rustpython_cycles;
 mod rustpython_host;
 #[cfg(all(feature = "subprocess", target_os = "linux"))]
 mod sandbox;
+#[cfg(all(feature = "subprocess", target_os = "linux"))]
+mod sandbox_attacks;
 #[cfg(feature = "subprocess")]
 mod stream_child;
 #[cfg(feature = "subprocess")]
