@@ -7,8 +7,8 @@ for a started child (which inherits the ruleset's fd), in the zygote's
 ZYGOTE_FORK_SANDBOXED request for a forked one (the fd passed with it).
 The child enters it in three steps, before any user code runs:
 - sandbox_outer, in the process the parent sees, before it forks anything:
-  joins the cgroup, so that every process of the sandbox is counted, and
-  sets the open-file limit;
+  waits until the parent has moved it into its cgroup, so that every
+  process of the sandbox is counted, and sets the open-file limit;
 - contain.py makes the namespaces (_unshare_sandbox_namespaces) and forks
   the worker into them;
 - enter_sandbox, in the worker: its scratch folder as working folder,
@@ -24,10 +24,8 @@ quotes it in its Startup error, and no user code runs unsandboxed.
 
 import os
 
-_MS_NOSUID = 0x2
-_MS_NODEV = 0x4
 _MS_BIND = 0x1000
-_SHM_OPTIONS = b"mode=1777,size=64m"
+_SHM = b"/dev/shm"
 _MS_REC = 0x4000
 _MS_PRIVATE = 1 << 18
 _MOUNT_ATTR_RDONLY = 0x1
@@ -81,18 +79,37 @@ def close_inherited_fds(keep):
                 pass  # the listing's own fd, closed already
 
 
+_CGROUP_WAIT = 10.0
+"""How long a child waits for its parent to move it into its cgroup."""
+
+
+def _wait_for_cgroup(group):
+    """Waits until the parent has moved this process into its pids cgroup
+    `group` (a move can wait for a grace period of the kernel's, which the
+    parent pays while this one starts): nothing forks before it is counted."""
+    import time
+
+    deadline = time.monotonic() + _CGROUP_WAIT
+    while True:
+        try:
+            with open("/proc/self/cgroup") as own:
+                if any(line.rstrip("\n").split(":", 2)[-1] == group for line in own):
+                    return
+        except OSError as exc:
+            sandbox_failed("reading /proc/self/cgroup", exc)
+        if time.monotonic() > deadline:
+            sandbox_failed("waiting to be moved into its pids cgroup", "not moved within %.0f s" % _CGROUP_WAIT)
+        time.sleep(0.0005)
+
+
 def sandbox_outer(settings):
     """The part that must come before any fork: the cgroup and the limits."""
     try:
-        procs = _path(settings, "cgroup")
+        group = _path(settings, "cgroup")
     except ValueError as exc:
         sandbox_failed("reading its cgroup", exc)
-    if procs:
-        try:
-            with open(procs, "w") as group:
-                group.write("0")  # this process
-        except OSError as exc:
-            sandbox_failed("joining the pids cgroup (%s)" % procs, exc)
+    if group:
+        _wait_for_cgroup(group)
     try:
         import resource
 
@@ -130,11 +147,11 @@ def _read_only_but_writable(libc, settings):
         if libc.mount(path, path, None, ctypes.c_ulong(_MS_BIND | _MS_REC), None) != 0:
             sandbox_failed("binding %r writable" % path, os.strerror(ctypes.get_errno()))
     if shm:
-        # POSIX shared memory and semaphores (multiprocessing's locks): an
-        # empty memory file system of its own, not the machine's.
-        if libc.mount(b"tmpfs", shm, b"tmpfs", ctypes.c_ulong(_MS_NOSUID | _MS_NODEV), _SHM_OPTIONS) != 0:
-            sandbox_failed("mounting its own %r" % shm, os.strerror(ctypes.get_errno()))
-        writable.append(shm)
+        # POSIX shared memory and semaphores (multiprocessing's locks): a
+        # folder of its own, not the machine's.
+        if libc.mount(shm, _SHM, None, ctypes.c_ulong(_MS_BIND), None) != 0:
+            sandbox_failed("binding its own %r" % _SHM, os.strerror(ctypes.get_errno()))
+        writable.append(_SHM)
     set_attr(b"/", _AT_RECURSIVE, MountAttr(_MOUNT_ATTR_RDONLY, 0, _MS_PRIVATE, 0))
     for path in writable:
         set_attr(path, 0, MountAttr(0, _MOUNT_ATTR_RDONLY, 0, 0))

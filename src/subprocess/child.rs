@@ -244,6 +244,12 @@ impl ChildProcess {
             Some(forked) => forked,
             None => spawn(spec, ring.as_ref(), seat.as_ref())?,
         };
+        if let Some(Err(err)) = seat.as_ref().map(|seat| seat.admit(pid)) {
+            signal(-(pid as libc::pid_t), libc::SIGKILL);
+            let mut process = process;
+            reap(&mut process, pid);
+            return Err(err);
+        }
         // The child cannot be reaped yet (a forked one is kept unreaped by
         // the zygote until asked), so the pid is still its own.
         let exit_fd = open_pidfd(pid);

@@ -414,7 +414,9 @@ fn send_with_fds(socket: &UnixStream, data: &[u8], fds: &[RawFd]) -> io::Result<
     if sent as usize != data.len() {
         // The rest of a partly sent message would follow the listener's
         // words: the zygote is no longer to be trusted with requests.
-        return Err(io::Error::other("the zygote's socket took part of a request"));
+        return Err(io::Error::other(
+            "the zygote's socket took part of a request",
+        ));
     }
     Ok(())
 }

@@ -1,7 +1,8 @@
 //! The pids cgroup that bounds a sandboxed child's processes: one group per
 //! child, made under this process's own group of the pids controller, its
-//! `pids.max` set before the child joins it (`python/sandbox.py` writes
-//! itself into `cgroup.procs` before it forks anything). A cgroup counts
+//! `pids.max` set before the child is moved into it (by this process, as
+//! soon as the child is started or forked; `python/sandbox.py` waits to
+//! see itself there before it forks anything). A cgroup counts
 //! every process and thread, whoever runs them: root's too, which
 //! `RLIMIT_NPROC` does not.
 
@@ -14,12 +15,17 @@ use crate::error::PyRunnerError;
 #[derive(Debug)]
 pub(crate) struct Parent {
     dir: PathBuf,
+    /// The group's path as `/proc/<pid>/cgroup` names it.
+    path: String,
 }
 
 /// One child's group.
 #[derive(Debug)]
 pub(crate) struct Group {
     dir: PathBuf,
+    /// Its path as `/proc/<pid>/cgroup` names it, for the child to see
+    /// itself in it.
+    path: String,
 }
 
 /// How often, and how far apart, a group is tried when its child is
@@ -79,7 +85,10 @@ impl Parent {
         if !writable {
             return Err(missing(format!("{} is not writable", dir.display())));
         }
-        Ok(Parent { dir })
+        Ok(Parent {
+            dir,
+            path: path.trim_end_matches('/').to_string(),
+        })
     }
 
     /// Makes the group `name` with room for `max` processes and threads.
@@ -92,7 +101,10 @@ impl Parent {
             ))
         };
         std::fs::create_dir(&dir).map_err(|err| failed("make", &dir, err))?;
-        let group = Group { dir };
+        let group = Group {
+            dir,
+            path: format!("{}/{name}", self.path),
+        };
         let bound = if max > PIDS_MAX {
             "max".to_string()
         } else {
@@ -150,9 +162,17 @@ fn unescape(field: &str) -> String {
 }
 
 impl Group {
-    /// The file the child writes itself into.
-    pub fn procs(&self) -> PathBuf {
-        self.dir.join("cgroup.procs")
+    /// Its path as `/proc/<pid>/cgroup` names it.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// Moves process `pid`, and every thread of it, into the group. The
+    /// kernel may take a grace period of its RCU for it (10 to 20 ms here),
+    /// which is why this process does it, while the child starts, rather
+    /// than the child itself.
+    pub fn admit(&self, pid: u32) -> std::io::Result<()> {
+        std::fs::write(self.dir.join("cgroup.procs"), pid.to_string())
     }
 
     /// Removes the group, trying `tries` times (a process of it may not
@@ -177,7 +197,6 @@ fn remove_dir(dir: &Path) -> bool {
         Err(err) => err.kind() == std::io::ErrorKind::NotFound,
     }
 }
-
 
 #[cfg(test)]
 mod tests {

@@ -41,7 +41,7 @@ use crate::sandbox::Sandbox;
 pub(crate) const ENV: &str = "ASYNC_PY_SANDBOX";
 
 /// Where POSIX shared memory and semaphores live (`multiprocessing`'s
-/// locks): each sandboxed child mounts an empty one of its own there.
+/// locks): each sandboxed child binds a folder of its own there.
 const SHM: &str = "/dev/shm";
 
 /// The processes of a sandbox that are the worker's own, not the user's:
@@ -123,29 +123,41 @@ impl SandboxPlan {
         #[cfg(target_os = "linux")]
         {
             remove_left();
-            let (name, scratch) = make_scratch()?;
+            let (name, base) = make_scratch()?;
             let mut seat = SandboxSeat {
-                scratch,
+                scratch: base.join("scratch"),
+                base,
                 cgroup: None,
                 ruleset: None,
                 settings: String::new(),
             };
+            // Its POSIX shared memory (multiprocessing's semaphores), bound
+            // over /dev/shm: not the machine's, and not within its scratch
+            // folder (nor the ruleset's rule on /dev/shm, which a mount over
+            // it would hide).
+            let shm = Path::new(SHM).is_dir().then(|| seat.base.join("shm"));
+            for dir in std::iter::once(&seat.scratch).chain(&shm) {
+                std::fs::create_dir(dir).map_err(|err| {
+                    PyRunnerError::Startup(format!(
+                        "sandbox: could not make {}: {err}",
+                        dir.display()
+                    ))
+                })?;
+            }
             let group = self.cgroups.make(
                 &name,
                 self.sandbox.max_processes.saturating_add(OWN_PROCESSES),
             )?;
-            let procs = group.procs();
+            let group_path = group.path().to_string();
             seat.cgroup = Some(group);
             let mut write = vec![seat.scratch.clone()];
             write.extend(self.sandbox.write.iter().cloned());
-            // The child mounts a memory file system of its own on it.
-            let shm = Path::new(SHM).is_dir().then(|| PathBuf::from(SHM));
             let fenced: Vec<PathBuf> = write.iter().cloned().chain(shm.clone()).collect();
             seat.ruleset = Some(rules::ruleset(&self.sandbox, &self.read, &fenced)?);
             let writable: Vec<String> = write.iter().map(|path| hex_path(path)).collect();
             seat.settings = settings(&[
                 ("scratch", &hex_path(&seat.scratch)),
-                ("cgroup", &hex_path(&procs)),
+                ("cgroup", &hex(group_path.as_bytes())),
                 ("nofile", &self.sandbox.max_open_files.to_string()),
                 ("network", if self.sandbox.network { "1" } else { "0" }),
                 ("restrict", &rules::RESTRICT_SELF.to_string()),
@@ -251,6 +263,8 @@ fn make_scratch() -> Result<(String, PathBuf), PyRunnerError> {
 /// is gone.
 #[derive(Debug)]
 pub(crate) struct SandboxSeat {
+    /// The folder of all it may write: `scratch` and `shm`.
+    base: PathBuf,
     scratch: PathBuf,
     #[cfg(target_os = "linux")]
     cgroup: Option<cgroup::Group>,
@@ -262,6 +276,22 @@ impl SandboxSeat {
     /// The child's working folder.
     pub fn scratch(&self) -> &Path {
         &self.scratch
+    }
+
+    /// Moves the child `pid`, as soon as it is started (or forked), into its
+    /// cgroup, where it waits to see itself before it forks anything.
+    pub fn admit(&self, pid: u32) -> Result<(), PyRunnerError> {
+        #[cfg(target_os = "linux")]
+        if let Some(group) = &self.cgroup {
+            group.admit(pid).map_err(|err| {
+                PyRunnerError::Startup(format!(
+                    "sandbox: could not move child {pid} into its pids cgroup: {err}"
+                ))
+            })?;
+        }
+        #[cfg(not(target_os = "linux"))]
+        let _ = pid;
+        Ok(())
     }
 
     /// The landlock ruleset the child enters, to pass to it.
@@ -352,13 +382,13 @@ impl Drop for SandboxSeat {
         {
             let mut left = Left {
                 group: self.cgroup.take(),
-                scratch: Some(self.scratch.clone()),
+                scratch: Some(self.base.clone()),
             };
             if !left.remove(cgroup::REMOVE_TRIES) {
                 LEFT.lock().unwrap_or_else(|p| p.into_inner()).push(left);
             }
         }
         #[cfg(not(target_os = "linux"))]
-        let _ = remove_scratch(&self.scratch);
+        let _ = remove_scratch(&self.base);
     }
 }

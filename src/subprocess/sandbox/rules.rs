@@ -213,7 +213,9 @@ const CLONE_NAMESPACES: [u64; 7] = [
 ///   library then falls back to `clone`.
 pub(crate) fn filter(sandbox: &Sandbox) -> Result<String, PyRunnerError> {
     let failed = |why: String| {
-        PyRunnerError::Startup(format!("sandbox: could not compile the seccomp filter: {why}"))
+        PyRunnerError::Startup(format!(
+            "sandbox: could not compile the seccomp filter: {why}"
+        ))
     };
     let arch =
         TargetArch::try_from(std::env::consts::ARCH).map_err(|err| failed(err.to_string()))?;
@@ -233,8 +235,13 @@ pub(crate) fn filter(sandbox: &Sandbox) -> Result<String, PyRunnerError> {
     let clone = CLONE_NAMESPACES
         .into_iter()
         .map(|flag| {
-            SeccompCondition::new(0, SeccompCmpArgLen::Qword, SeccompCmpOp::MaskedEq(flag), flag)
-                .and_then(|condition| SeccompRule::new(vec![condition]))
+            SeccompCondition::new(
+                0,
+                SeccompCmpArgLen::Qword,
+                SeccompCmpOp::MaskedEq(flag),
+                flag,
+            )
+            .and_then(|condition| SeccompRule::new(vec![condition]))
         })
         .collect::<Result<Vec<_>, _>>()
         .map_err(|err| failed(err.to_string()))?;
