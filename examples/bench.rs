@@ -4,7 +4,8 @@
 //! `cargo run --release --example bench` (all tables), `... bench calls`
 //! (the call builder's only), `... bench pool` (the pool's only),
 //! `... bench streams` (streams only), `... bench output` (captured
-//! output's only), `... bench host` (host functions only).
+//! output's only), `... bench host` (host functions only), `... bench
+//! sandbox` (the sandbox's only: subprocess backend and pool).
 
 use std::time::{Duration, Instant};
 
@@ -12,6 +13,9 @@ use std::time::{Duration, Instant};
 mod host_bench;
 #[path = "bench/output.rs"]
 mod output_bench;
+#[cfg(feature = "subprocess")]
+#[path = "bench/sandbox.rs"]
+mod sandbox_bench;
 
 use async_py::{Backend, PyRunner, PyRunnerBuilder};
 use serde_json::Value;
@@ -1060,6 +1064,11 @@ async fn main() {
         host_bench::host_table().await;
         return;
     }
+    #[cfg(feature = "subprocess")]
+    if std::env::args().nth(1).as_deref() == Some("sandbox") {
+        sandbox_bench::sandbox_table().await;
+        return;
+    }
     let backends = BACKENDS;
     let labels = [
         "start (build to ready)",
@@ -1109,4 +1118,6 @@ async fn main() {
     streams_bench::streams_table().await;
     #[cfg(feature = "subprocess")]
     pool_bench::pool_table().await;
+    #[cfg(feature = "subprocess")]
+    sandbox_bench::sandbox_table().await;
 }
