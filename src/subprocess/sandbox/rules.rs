@@ -272,7 +272,7 @@ pub(crate) fn filter(sandbox: &Sandbox) -> Result<String, PyRunnerError> {
             rules,
             SeccompAction::Allow,
             SeccompAction::Errno(errno as u32),
-            arch.clone(),
+            arch,
         )
         .map_err(|err| failed(err.to_string()))?;
         let program = BpfProgram::try_from(filter).map_err(|err| failed(err.to_string()))?;
