@@ -273,8 +273,11 @@ impl PyRunnerBuilder {
     /// user code runs, the replacement of a lost one too; `startup` code
     /// runs inside it. The child's environment is cleared: only what
     /// [`env`](Self::env) sets is there, with `TMPDIR` and `HOME` its
-    /// scratch folder, which is also its working folder
-    /// ([`current_dir`](Self::current_dir) is not taken).
+    /// scratch folder unless `env` sets them. The scratch folder is its
+    /// working folder ([`current_dir`](Self::current_dir) only decides
+    /// where `./.venv` is looked for). The interpreter is resolved first
+    /// (a bare name on `PATH`, a version manager's shim to the executable
+    /// it runs), as a cleared environment could not find it.
     ///
     /// `build` fails with [`PyRunnerError::Startup`] naming what is missing
     /// if this kernel or this process cannot give a rule; on the PyO3 and

@@ -16,15 +16,17 @@ use std::path::PathBuf;
 ///   `/root`, `/proc`) is `PermissionError`;
 /// - writes only a private scratch folder, its working folder and `TMPDIR`
 ///   and `HOME`, made for it and removed when it ends (plus
-///   [`allow_write`](Self::allow_write) paths);
+///   [`allow_write`](Self::allow_write) paths, and a `/dev/shm` of its
+///   own); every other mount is read-only to it;
 /// - has no network: it cannot make a socket of any kind (TCP, UDP, Unix,
-///   netlink); [`network(true)`](Self::network) gives it this machine's;
+///   netlink); [`network(true)`](Self::network) gives it IP;
 /// - runs no program outside what it may read, and whatever it runs is under
-///   the same rules; gains no privileges (`no_new_privs`), and holds no
-///   capability outside its own user namespace, also when this process runs
-///   as root;
-/// - sees only the environment given with `env(..)`, and `TMPDIR` and
-///   `HOME` set to its scratch folder;
+///   the same rules; gains no privileges (`no_new_privs`) and holds no
+///   capability at all, also when this process runs as root; makes no
+///   namespace, mount, keyring, BPF program or io_uring;
+/// - sees only the environment given with `env(..)`, with `TMPDIR` and
+///   `HOME` its scratch folder unless `env(..)` sets them, and no file
+///   descriptor of this process's but its pipes;
 /// - has at most [`max_processes`](Self::max_processes) processes and
 ///   threads besides the worker's own (a pids cgroup of its own), and at
 ///   most [`max_open_files`](Self::max_open_files) open files;
@@ -81,7 +83,8 @@ impl Sandbox {
     }
 
     /// Lets the child read `path`: a file, or a folder and all beneath it.
-    /// It must exist when a child starts (`Startup` if not).
+    /// It must exist when the runner is built (`Startup` if not); a
+    /// relative path is taken from this process's working folder.
     pub fn allow_read(mut self, path: impl Into<PathBuf>) -> Sandbox {
         self.read.push(path.into());
         self
@@ -89,16 +92,21 @@ impl Sandbox {
 
     /// Lets the child read and write `path`: a file, or a folder and all
     /// beneath it (making and removing files in it too). It must exist when
-    /// a child starts.
+    /// the runner is built, and may not hold or lie within what a child
+    /// loads before it enters its sandbox (its interpreter, import path,
+    /// the system's libraries, the compiled worker's cache): `Startup` if
+    /// it does, as a child could plant code there that the next one runs.
     pub fn allow_write(mut self, path: impl Into<PathBuf>) -> Sandbox {
         self.write.push(path.into());
         self
     }
 
-    /// `true`: the child has this machine's network, as any process has.
-    /// `false` (the default): it cannot make a socket (`socket.socket()`
-    /// raises `PermissionError`); `socket.socketpair()` and pipes still
-    /// work, and so does asyncio.
+    /// `true`: the child has this machine's IP network (TCP, UDP, netlink)
+    /// as any process has; Unix sockets stay refused, as a daemon's socket
+    /// on the filesystem (a container engine's, say) is no part of a
+    /// network. `false` (the default): it cannot make a socket
+    /// (`socket.socket()` raises `PermissionError`). Either way
+    /// `socket.socketpair()` and pipes work, and so does asyncio.
     pub fn network(mut self, allowed: bool) -> Sandbox {
         self.network = allowed;
         self

@@ -52,13 +52,23 @@ pub(crate) fn find_python(config: &RunnerConfig) -> Result<PathBuf, PyRunnerErro
     Ok(real_executable(found, config))
 }
 
-/// `python` as a child with a cleared environment can start it: a bare
-/// name looked up on this process's `PATH`, and a script (a version
-/// manager's shim, which needs its environment) replaced by the executable
-/// it runs (see [`real_executable`]).
+/// `python` as a sandboxed child can start it, with a cleared environment
+/// in a folder of its own: a bare name looked up on this process's `PATH`,
+/// a relative path made absolute (against `current_dir`, where `./.venv`
+/// was found), and a script (a version manager's shim, which needs its
+/// environment) replaced by the executable it runs (see
+/// [`real_executable`]).
 pub(crate) fn python_for_clear_env(python: PathBuf, config: &RunnerConfig) -> PathBuf {
     let found = if python.components().count() == 1 {
         which::which(&python).unwrap_or(python)
+    } else if python.is_relative() {
+        config
+            .current_dir
+            .clone()
+            .or_else(|| std::env::current_dir().ok())
+            .map(|dir| dir.join(&python))
+            .and_then(|path| std::path::absolute(path).ok())
+            .unwrap_or(python)
     } else {
         python
     };

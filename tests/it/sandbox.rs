@@ -924,3 +924,72 @@ fn a_timeout_capture_and_host_functions_work_inside() {
         );
     });
 }
+
+#[test]
+fn a_relative_venv_and_a_relative_allowed_folder() {
+    within(60, || {
+        let dir = tempfile::tempdir().unwrap();
+        let venv = dir.path().join(".venv");
+        let site_packages =
+            crate::conformance::make_venv(&crate::conformance::base_python(), &venv);
+        std::fs::write(site_packages.join("found_here.py"), "OK = 1\n").unwrap();
+        std::fs::create_dir(dir.path().join("data")).unwrap();
+        std::fs::write(dir.path().join("data/in.txt"), "given").unwrap();
+        // Found as ./.venv of `current_dir`; "data" relative to this
+        // process's folder, here the same.
+        std::env::set_current_dir(dir.path()).unwrap();
+        let runner = PyRunner::builder()
+            .subprocess()
+            .current_dir(dir.path())
+            .sandbox(Sandbox::new().allow_read("data").allow_write("data"))
+            .build()
+            .unwrap();
+        assert_eq!(
+            runner.eval_sync("__import__('found_here').OK").unwrap(),
+            Value::from(1)
+        );
+        let data = dir.path().join("data");
+        assert_eq!(
+            runner
+                .eval_sync(&format!("open({:?}).read()", data.join("in.txt")))
+                .unwrap(),
+            text("given")
+        );
+        runner
+            .run_sync(&format!(
+                "open({:?}, 'w').write('out')",
+                data.join("out.txt")
+            ))
+            .unwrap();
+        assert_eq!(
+            std::fs::read_to_string(data.join("out.txt")).unwrap(),
+            "out"
+        );
+    });
+}
+
+#[test]
+fn allow_write_may_not_reach_what_children_load_before_their_sandbox() {
+    within(60, || {
+        let dir = tempfile::tempdir().unwrap();
+        let venv = dir.path().join("venv");
+        crate::conformance::make_venv(&crate::conformance::base_python(), &venv);
+        for writable in [venv.clone(), venv.join("lib"), dir.path().to_path_buf()] {
+            match PyRunner::builder()
+                .subprocess()
+                .venv(&venv)
+                .sandbox(Sandbox::new().allow_write(&writable))
+                .build()
+            {
+                Err(PyRunnerError::Startup(message)) => {
+                    assert!(message.contains("allow_write"), "{message}");
+                    assert!(
+                        message.contains("before they enter their sandbox"),
+                        "{message}"
+                    );
+                }
+                other => panic!("allow_write({writable:?}): expected Startup, got {other:?}"),
+            }
+        }
+    });
+}

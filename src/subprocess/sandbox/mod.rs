@@ -3,22 +3,24 @@
 //!
 //! Made here, once per runner ([`SandboxPlan`]): the paths it may read (its
 //! interpreter's, asked of the interpreter once per process, see `probe`),
-//! the pids cgroup it will get a group in (`cgroup`), the socket filter
+//! the pids cgroup it will get a group in (`cgroup`), the seccomp filters
 //! (`rules`, compiled by seccompiler). Made here for each child
-//! ([`SandboxSeat`]): its scratch folder, its cgroup, its landlock ruleset
-//! (by the landlock crate), all removed when the child is gone.
+//! ([`SandboxSeat`]): its folder (scratch and shm), its cgroup, its landlock
+//! ruleset (by the landlock crate), all removed when the child is gone; and
+//! the move of the child into its cgroup, as soon as it is started.
 //!
-//! The child enters it itself, in `python/sandbox.py`, after it has made
-//! its namespaces and before anything else runs: it joins the cgroup, sets
-//! its open-file limit, makes a user, pid, IPC (and without network, a
-//! network) namespace, and then, in the worker, `no_new_privs`, the ruleset
-//! (`landlock_restrict_self`, one system call on the fd made here) and the
-//! filter (`prctl(PR_SET_SECCOMP)` on the program compiled here). A
-//! started child is told in its environment (`ENV`) and inherits the
-//! ruleset's fd; a forked one is told in the zygote's fork request, the fd
-//! passed with it. A step that fails ends the child with the reason on its
-//! stderr, which `build()` quotes in its `Startup` error: no child serves
-//! unsandboxed.
+//! The child enters it itself, in `python/sandbox.py`, before any user code
+//! runs: it closes inherited fds, waits to be in its cgroup, sets its
+//! open-file limit, makes its user, pid, IPC, mount (and without network,
+//! network) namespaces, and then, in the worker, makes every mount but its
+//! writable folders read-only, gives up its capabilities, and enters
+//! `no_new_privs`, the ruleset (`landlock_restrict_self`, one system call
+//! on the fd made here) and the filters (`prctl(PR_SET_SECCOMP)` on the
+//! programs compiled here). A started child is told in its environment
+//! (`ENV`) and inherits the ruleset's fd; a forked one is told in the
+//! zygote's fork request, the fd passed with it. A step that fails ends the
+//! child with the reason on its stderr, which `build()` quotes in its
+//! `Startup` error: no child serves unsandboxed.
 
 #[cfg(target_os = "linux")]
 mod cgroup;
