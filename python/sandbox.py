@@ -70,7 +70,11 @@ def close_inherited_fds(keep):
     try:
         fds = [int(name) for name in os.listdir("/proc/self/fd")]
     except (OSError, ValueError):
-        fds = range(3, 4096)
+        # Without /proc: every fd below the limit, which an fd is (unless
+        # the limit was lowered after it was opened).
+        import resource
+
+        fds = range(3, max(resource.getrlimit(resource.RLIMIT_NOFILE)[0], 4096))
     for fd in fds:
         if fd > 2 and fd not in keep:
             try:

@@ -996,7 +996,11 @@ def _serve(share, ring_path, ring_fd=None, sandbox=None):
     if os.environ.get(ENV_REPLY_RING) == "0":
         ring_path = ""  # replies take the pipe
     if sandbox is not None:
-        close_inherited_fds({ring_fd, int(sandbox.get("ruleset", "-1") or -1)})
+        try:
+            ruleset = int(sandbox.get("ruleset", ""))
+        except ValueError as exc:
+            sandbox_failed("finding its landlock ruleset", exc)
+        close_inherited_fds({ring_fd, ruleset})
     _exit_with_parent(0)
     # Mapped before containment: from a user namespace of its own the worker
     # may not open its parent's fds through /proc.

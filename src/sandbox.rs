@@ -19,10 +19,12 @@ use std::path::PathBuf;
 ///   [`allow_write`](Self::allow_write) paths, and a `/dev/shm` of its
 ///   own); every other mount is read-only to it;
 /// - has no network: it cannot make a socket of any kind (TCP, UDP, Unix,
-///   netlink); [`network(true)`](Self::network) gives it IP;
+///   netlink), only a Unix stream pair; [`network(true)`](Self::network)
+///   gives it IP;
 /// - runs no program outside what it may read, and whatever it runs is under
 ///   the same rules; gains no privileges (`no_new_privs`) and holds no
-///   capability at all, also when this process runs as root; makes no
+///   capability at all, also when this process runs as root (so it reads
+///   another user's file only by its "other" permission bits); makes no
 ///   namespace, mount, keyring, BPF program or io_uring;
 /// - sees only the environment given with `env(..)`, with `TMPDIR` and
 ///   `HOME` its scratch folder unless `env(..)` sets them, and no file
@@ -101,12 +103,15 @@ impl Sandbox {
         self
     }
 
-    /// `true`: the child has this machine's IP network (TCP, UDP, netlink)
-    /// as any process has; Unix sockets stay refused, as a daemon's socket
-    /// on the filesystem (a container engine's, say) is no part of a
+    /// `true`: the child has this machine's IP network (`AF_INET`,
+    /// `AF_INET6`, and netlink, which name lookups use) as any process has;
+    /// other families stay refused, Unix sockets among them, as a daemon's
+    /// socket on the filesystem (a container engine's, say) is no part of a
     /// network. `false` (the default): it cannot make a socket
-    /// (`socket.socket()` raises `PermissionError`). Either way
-    /// `socket.socketpair()` and pipes work, and so does asyncio.
+    /// (`socket.socket()` raises `PermissionError`). Either way a Unix
+    /// stream `socket.socketpair()` and pipes work, and so do asyncio and
+    /// `multiprocessing`'s `fork` contexts; its `forkserver` and `Manager`,
+    /// which listen on a Unix socket, do not.
     pub fn network(mut self, allowed: bool) -> Sandbox {
         self.network = allowed;
         self

@@ -244,11 +244,18 @@ impl ChildProcess {
             Some(forked) => forked,
             None => spawn(spec, ring.as_ref(), seat.as_ref())?,
         };
+        // At once: the move may wait for the kernel, while the child starts.
         if let Some(Err(err)) = seat.as_ref().map(|seat| seat.admit(pid)) {
+            // A child that ended first is what to tell (a started one can say).
+            let ended = has_exited(pid) == Some(true);
             signal(-(pid as libc::pid_t), libc::SIGKILL);
             let mut process = process;
-            reap(&mut process, pid);
-            return Err(err);
+            let status = reap(&mut process, pid);
+            let how = match status {
+                Some(status) if ended => format!(" (it had ended: {})", describe_status(status)),
+                _ => String::new(),
+            };
+            return Err(PyRunnerError::Startup(format!("{err}{how}")));
         }
         // The child cannot be reaped yet (a forked one is kept unreaped by
         // the zygote until asked), so the pid is still its own.

@@ -62,13 +62,15 @@ pub(crate) fn python_for_clear_env(python: PathBuf, config: &RunnerConfig) -> Pa
     let found = if python.components().count() == 1 {
         which::which(&python).unwrap_or(python)
     } else if python.is_relative() {
-        config
-            .current_dir
-            .clone()
-            .or_else(|| std::env::current_dir().ok())
-            .map(|dir| dir.join(&python))
-            .and_then(|path| std::path::absolute(path).ok())
-            .unwrap_or(python)
+        // A `python(path)` of the user's is relative to the child's folder,
+        // as it would be unsandboxed; one found here (`venv`, `./.venv`) to
+        // this process's.
+        let given = config.python.is_some();
+        let from = match &config.current_dir {
+            Some(dir) if given => dir.join(&python),
+            _ => python.clone(),
+        };
+        std::path::absolute(from).unwrap_or(python)
     } else {
         python
     };

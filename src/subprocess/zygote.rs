@@ -28,6 +28,10 @@ use super::child::{signal, LaunchSpec};
 use super::stderr::StderrForwarder;
 use crate::error::PyRunnerError;
 
+/// The longest sandboxed fork request: a Unix stream socket sends one of
+/// up to 16 KiB as one piece, so no other writer's bytes land inside it.
+const SANDBOXED_FORK_MAX: usize = 16 << 10;
+
 /// How long a fork may take before the worker is started the usual way.
 const FORK_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -200,6 +204,14 @@ impl Zygote {
         let mut fds: Vec<RawFd> = stdio.iter().map(|fd| fd.as_raw_fd()).collect();
         let requests = self.requests.lock().unwrap_or_else(|p| p.into_inner());
         let sent = match &sandbox {
+            // A larger request could be split by the socket, and the
+            // listener's words land inside it: that worker is started the
+            // usual way.
+            Some((_, settings)) if settings.len() > SANDBOXED_FORK_MAX => {
+                return Err(io::Error::other(
+                    "the sandbox's settings are too long for a fork",
+                ))
+            }
             Some((ruleset, settings)) => {
                 fds.push(*ruleset);
                 fds.extend(ring);
@@ -375,9 +387,8 @@ fn reap_request(pid: u32) -> [u8; 5] {
     request
 }
 
-/// Sends `data` with `fds` attached (SCM_RIGHTS) in one message, all of
-/// it (a stream socket takes a whole message or, full, none of it: the
-/// zygote reads its requests as they come).
+/// Sends `data` with `fds` attached (SCM_RIGHTS) in one `sendmsg`; a short
+/// one (see [`SANDBOXED_FORK_MAX`]) goes as one piece or not at all.
 fn send_with_fds(socket: &UnixStream, data: &[u8], fds: &[RawFd]) -> io::Result<()> {
     let mut data = data.to_vec();
     let mut iov = libc::iovec {

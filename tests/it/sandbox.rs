@@ -328,18 +328,29 @@ fn runs_no_program_outside_and_gains_no_privilege() {
 #[test]
 fn sees_a_cleared_environment() {
     within(60, || {
-        // SAFETY (edition 2021: not unsafe): each test runs in a process
-        // of its own under nextest; the variable is this test's.
-        std::env::set_var("ASYNC_PY_TEST_SECRET", "hunter2");
+        // This process's own variables serve as the secrets: set_var would
+        // race the other tests' threads under `cargo test`.
+        let ours: Vec<(String, String)> = std::env::vars().collect();
+        assert!(!ours.is_empty());
         let runner = sandboxed(Sandbox::new())
             .env("GIVEN", "yes")
             .build()
             .unwrap();
         let env = runner.eval_sync("dict(__import__('os').environ)").unwrap();
         let env = env.as_object().unwrap();
-        assert!(!env.contains_key("ASYNC_PY_TEST_SECRET"), "{env:?}");
-        assert!(!env.values().any(|v| v == "hunter2"), "{env:?}");
-        assert!(!env.contains_key("PATH"), "{env:?}");
+        let mut keys: Vec<&str> = env.keys().map(String::as_str).collect();
+        keys.sort();
+        assert_eq!(keys, ["GIVEN", "HOME", "LC_CTYPE", "TMPDIR"], "{env:?}");
+        // Nor any value of this process's under another name (the child's
+        // own locale aside, which Python sets from nothing).
+        for (key, value) in &ours {
+            if value.len() > 3 && env.get("LC_CTYPE").is_none_or(|own| own != value) {
+                assert!(
+                    !env.values().any(|v| v == value.as_str()),
+                    "{key}'s value reached it"
+                );
+            }
+        }
         assert_eq!(env["GIVEN"], "yes");
         assert!(!env.keys().any(|k| k.starts_with("ASYNC_PY")), "{env:?}");
     });
@@ -421,18 +432,15 @@ fn a_fork_bomb_stays_inside_its_bound_also_as_root() {
             .build()
             .unwrap();
         bounded.run_sync(FORKS).unwrap();
-        let groups = cgroups_of_this_process();
-        assert!(!groups.is_empty(), "each sandboxed child has a pids cgroup");
+        let group = cgroup_of(&bounded);
         let bomb = std::thread::spawn({
             let bounded = bounded.clone();
             move || bounded.call_function_sync("spreading_bomb", vec![Value::from(2)])
         });
         let mut most = 0;
         for _ in 0..100 {
-            for group in cgroups_of_this_process() {
-                if let Ok(current) = std::fs::read_to_string(group.join("pids.current")) {
-                    most = most.max(current.trim().parse::<u32>().unwrap());
-                }
+            if let Ok(current) = std::fs::read_to_string(group.join("pids.current")) {
+                most = most.max(current.trim().parse::<u32>().unwrap());
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -449,6 +457,33 @@ fn a_fork_bomb_stays_inside_its_bound_also_as_root() {
         assert!(most >= 8, "the bomb never filled its bound: {most}");
         assert_eq!(bounded.eval_sync("1 + 1").unwrap(), Value::from(2));
     });
+}
+
+/// The pids cgroup of a sandboxed runner's child, as the kernel names it
+/// (the worker's pid is its stand-in's, which this process sees).
+fn cgroup_of(runner: &PyRunner) -> PathBuf {
+    let pid = faults::child_pid(runner);
+    let own = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let path = own
+        .lines()
+        .find_map(|line| {
+            let mut parts = line.splitn(3, ':');
+            let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+            controllers
+                .split(',')
+                .any(|c| c == "pids")
+                .then(|| path.to_string())
+        })
+        .expect("this machine has a v1 pids hierarchy");
+    let dir = PathBuf::from("/sys/fs/cgroup/pids").join(path.trim_start_matches('/'));
+    assert!(
+        dir.file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("async_py-"),
+        "{dir:?}"
+    );
+    dir
 }
 
 /// The pids cgroups this process made for its sandboxed children.
@@ -478,14 +513,12 @@ fn cgroups_of_this_process() -> Vec<PathBuf> {
 #[test]
 fn its_cgroup_goes_with_it() {
     within(60, || {
-        let before = cgroups_of_this_process().len();
         let runner = runner();
-        runner.eval_sync("1").unwrap();
-        assert_eq!(cgroups_of_this_process().len(), before + 1);
+        let group = cgroup_of(&runner);
+        assert!(group.join("pids.max").exists(), "{group:?}");
+        assert!(cgroups_of_this_process().contains(&group));
         drop(runner);
-        faults::eventually("the cgroup is removed", || {
-            cgroups_of_this_process().len() <= before
-        });
+        faults::eventually("the cgroup is removed", || !group.exists());
     });
 }
 
@@ -935,13 +968,20 @@ fn a_relative_venv_and_a_relative_allowed_folder() {
         std::fs::write(site_packages.join("found_here.py"), "OK = 1\n").unwrap();
         std::fs::create_dir(dir.path().join("data")).unwrap();
         std::fs::write(dir.path().join("data/in.txt"), "given").unwrap();
-        // Found as ./.venv of `current_dir`; "data" relative to this
-        // process's folder, here the same.
-        std::env::set_current_dir(dir.path()).unwrap();
+        // Found as ./.venv of `current_dir`; the data folder named relative
+        // to this process's working folder (not changed: other tests'
+        // threads share it under `cargo test`).
+        let cwd = std::env::current_dir().unwrap();
+        let mut relative = PathBuf::new();
+        for _ in cwd.components().skip(1) {
+            relative.push("..");
+        }
+        relative.push(dir.path().join("data").strip_prefix("/").unwrap());
+        assert!(relative.is_relative() && relative.exists(), "{relative:?}");
         let runner = PyRunner::builder()
             .subprocess()
             .current_dir(dir.path())
-            .sandbox(Sandbox::new().allow_read("data").allow_write("data"))
+            .sandbox(Sandbox::new().allow_read(&relative).allow_write(&relative))
             .build()
             .unwrap();
         assert_eq!(
@@ -990,6 +1030,82 @@ fn allow_write_may_not_reach_what_children_load_before_their_sandbox() {
                 }
                 other => panic!("allow_write({writable:?}): expected Startup, got {other:?}"),
             }
+        }
+    });
+}
+
+#[test]
+fn a_unix_datagram_pair_cannot_reach_a_daemon_and_network_true_is_ip_only() {
+    within(60, || {
+        let folder = tempfile::tempdir().unwrap();
+        let daemon = folder.path().join("daemon.sock");
+        let listener = std::os::unix::net::UnixDatagram::bind(&daemon).unwrap();
+        listener
+            .set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        for sandbox in [Sandbox::new(), Sandbox::new().network(true)] {
+            let runner = sandboxed(sandbox).build().unwrap();
+            runner.run_sync(ATTEMPT).unwrap();
+            let pid = faults::child_pid(&runner);
+            denied(
+                &runner,
+                &format!(
+                    "import socket\na, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)\n\
+                     a.sendto(b'leak', {daemon:?})"
+                ),
+                &["PermissionError"],
+            );
+            denied(
+                &runner,
+                "import socket\nsocket.socketpair(socket.AF_INET)",
+                &["PermissionError", "OSError"],
+            );
+            denied(
+                &runner,
+                "import socket\nsocket.socket(socket.AF_ALG, socket.SOCK_SEQPACKET)",
+                &["PermissionError"],
+            );
+            // Stream pairs stay: asyncio and multiprocessing.Pipe use them.
+            allowed(
+                &runner,
+                "import socket, multiprocessing\na, b = socket.socketpair()\n\
+                 r, w = multiprocessing.Pipe()\nw.send(1)\nreturn r.recv()",
+            );
+            still_serves(&runner, pid);
+        }
+        let mut buf = [0u8; 16];
+        assert!(
+            listener.recv(&mut buf).is_err(),
+            "a datagram reached the daemon"
+        );
+    });
+}
+
+#[test]
+fn allow_write_may_not_reach_other_childrens_folders_or_code_yet_to_be() {
+    within(60, || {
+        let temp = std::env::temp_dir();
+        match sandboxed(Sandbox::new().allow_write(&temp)).build() {
+            Err(PyRunnerError::Startup(message)) => {
+                assert!(message.contains("other sandboxed children"), "{message}")
+            }
+            other => panic!("expected Startup, got {other:?}"),
+        }
+        // An import folder that does not exist yet: a child could make it,
+        // and the next child import from it before its sandbox.
+        let dir = tempfile::tempdir().unwrap();
+        let later = dir.path().join("later");
+        match sandboxed(Sandbox::new().allow_write(dir.path()))
+            .env("PYTHONPATH", &later)
+            .build()
+        {
+            Err(PyRunnerError::Startup(message)) => {
+                assert!(
+                    message.contains("before they enter their sandbox"),
+                    "{message}"
+                )
+            }
+            other => panic!("expected Startup, got {other:?}"),
         }
     });
 }

@@ -83,10 +83,15 @@ impl SandboxPlan {
             rules.read = absolute(&sandbox.read)?;
             rules.write = absolute(&sandbox.write)?;
             // What runs before a child enters its sandbox: the interpreter,
-            // its import path, the libraries it loads, the compiled worker.
-            let mut loaded = probe::interpreter_paths(python, env)?;
-            loaded.extend(rules::system_paths());
+            // its import path (folders yet to be made too), the libraries
+            // it loads, what its environment names, the compiled worker.
+            let interpreter = probe::interpreter_paths(python, env)?;
+            let system = rules::system_paths();
+            let mut loaded = interpreter.loaded.clone();
+            loaded.extend(system.iter().cloned());
             loaded.extend(super::child::compiled_worker_folder());
+            loaded.extend(named_by(env));
+            loaded.push(PathBuf::from("/etc/ld.so.preload"));
             if let Some((write, code)) = rules.write.iter().find_map(|write| {
                 loaded
                     .iter()
@@ -100,7 +105,19 @@ impl SandboxPlan {
                     code.display()
                 )));
             }
-            let mut read = loaded;
+            // Other children's folders are made there.
+            let temp = std::env::temp_dir();
+            let temp = std::fs::canonicalize(&temp).unwrap_or(temp);
+            if let Some(write) = rules.write.iter().find(|write| temp.starts_with(write)) {
+                return Err(PyRunnerError::Startup(format!(
+                    "sandbox: allow_write({}) would let a child reach other sandboxed \
+                     children's folders, made in {}",
+                    write.display(),
+                    temp.display()
+                )));
+            }
+            let mut read = interpreter.read;
+            read.extend(system);
             read.extend(rules.read.iter().cloned());
             Ok(Arc::new(SandboxPlan {
                 filter: rules::filter(&rules)?,
@@ -180,6 +197,41 @@ impl Drop for SandboxPlan {
         // What this runner's children left is tried once more.
         remove_left();
     }
+}
+
+/// The variables of a child's environment that name code its interpreter
+/// or dynamic loader takes before the sandbox is entered.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+const CODE_VARIABLES: [&str; 8] = [
+    "LD_PRELOAD",
+    "LD_LIBRARY_PATH",
+    "LD_AUDIT",
+    "PYTHONPATH",
+    "PYTHONHOME",
+    "PYTHONPYCACHEPREFIX",
+    "PYTHONUSERBASE",
+    "PYTHONSTARTUP",
+];
+
+/// The absolute paths that `env`'s [`CODE_VARIABLES`] name (lists split
+/// at `:` and, for `LD_PRELOAD`, spaces).
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+fn named_by(env: &[(OsString, OsString)]) -> Vec<PathBuf> {
+    env.iter()
+        .filter(|(key, _)| CODE_VARIABLES.iter().any(|name| key == name))
+        .flat_map(|(_, value)| {
+            value
+                .as_encoded_bytes()
+                .split(|&byte| byte == b':' || byte == b' ')
+                .filter(|part| part.first() == Some(&b'/'))
+                .map(|part| {
+                    PathBuf::from(
+                        <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(part),
+                    )
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect()
 }
 
 /// `paths`, each made absolute and resolved (a child and this process may
@@ -359,9 +411,18 @@ fn remove_left() {
 /// first. True when it is gone.
 #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 fn remove_scratch(scratch: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     fn open_up(dir: &Path) {
-        let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+        // Through an fd of the folder itself: a symlink put in its place
+        // meanwhile is not followed.
+        let Ok(folder) = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_DIRECTORY)
+            .open(dir)
+        else {
+            return;
+        };
+        let _ = folder.set_permissions(std::fs::Permissions::from_mode(0o700));
         for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
             if entry.file_type().is_ok_and(|kind| kind.is_dir()) {
                 open_up(&entry.path());

@@ -204,11 +204,12 @@ const CLONE_NAMESPACES: [u64; 7] = [
 
 /// The filters, each hex-encoded for the child (8-byte instructions in
 /// native byte order) and joined by commas:
-/// - EACCES for [`ALWAYS_DENIED`], `clone` with a namespace flag, and
-///   `socket` for every family without network, or only for `AF_UNIX` with
-///   it (Unix sockets on the filesystem, a container engine's say, are no
-///   part of a network). `socketpair` stays: asyncio and pipes between a
-///   child's own processes use it.
+/// - EACCES for [`ALWAYS_DENIED`], `clone` with a namespace flag, `socket`
+///   for every family without network, and with it for every family but
+///   `AF_INET`, `AF_INET6` and `AF_NETLINK` (Unix sockets on the
+///   filesystem, a container engine's say, are no part of a network), and
+///   `socketpair` but of Unix stream sockets (asyncio's and
+///   `multiprocessing.Pipe`'s; a datagram one could `sendto` a path).
 /// - ENOSYS for `clone3`, whose flags are out of a filter's reach: the C
 ///   library then falls back to `clone`.
 pub(crate) fn filter(sandbox: &Sandbox) -> Result<String, PyRunnerError> {
@@ -219,19 +220,38 @@ pub(crate) fn filter(sandbox: &Sandbox) -> Result<String, PyRunnerError> {
     };
     let arch =
         TargetArch::try_from(std::env::consts::ARCH).map_err(|err| failed(err.to_string()))?;
+    let rule = |conditions: Vec<(u8, SeccompCmpArgLen, SeccompCmpOp, u64)>| {
+        conditions
+            .into_iter()
+            .map(|(arg, len, op, value)| SeccompCondition::new(arg, len, op, value))
+            .collect::<Result<Vec<_>, _>>()
+            .and_then(SeccompRule::new)
+            .map_err(|err| failed(err.to_string()))
+    };
+    let family =
+        |op: SeccompCmpOp, value: libc::c_int| (0, SeccompCmpArgLen::Dword, op, value as u64);
     let socket = if sandbox.network {
-        let unix = SeccompCondition::new(
-            0,
-            SeccompCmpArgLen::Dword,
-            SeccompCmpOp::Eq,
-            libc::AF_UNIX as u64,
-        )
-        .and_then(|condition| SeccompRule::new(vec![condition]))
-        .map_err(|err| failed(err.to_string()))?;
-        vec![unix]
+        // Any family but IP's and netlink's (which IP's name lookups use).
+        vec![rule(vec![
+            family(SeccompCmpOp::Ne, libc::AF_INET),
+            family(SeccompCmpOp::Ne, libc::AF_INET6),
+            family(SeccompCmpOp::Ne, libc::AF_NETLINK),
+        ])?]
     } else {
         Vec::new() // every call
     };
+    // A Unix datagram pair could be pointed at a daemon's socket on the
+    // filesystem (`sendto` a path); stream pairs cannot. Other families
+    // would only load kernel modules for nothing.
+    let socketpair = vec![
+        rule(vec![family(SeccompCmpOp::Ne, libc::AF_UNIX)])?,
+        rule(vec![(
+            1,
+            SeccompCmpArgLen::Dword,
+            SeccompCmpOp::MaskedEq(0xf),
+            libc::SOCK_DGRAM as u64,
+        )])?,
+    ];
     let clone = CLONE_NAMESPACES
         .into_iter()
         .map(|flag| {
@@ -252,6 +272,7 @@ pub(crate) fn filter(sandbox: &Sandbox) -> Result<String, PyRunnerError> {
         .map(|call| (i64::from(call), Vec::new()))
         .chain([
             (i64::from(libc::SYS_socket), socket),
+            (i64::from(libc::SYS_socketpair), socketpair),
             (i64::from(libc::SYS_clone), clone),
         ])
         .collect();
