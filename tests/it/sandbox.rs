@@ -517,8 +517,24 @@ fn its_cgroup_goes_with_it() {
         let group = cgroup_of(&runner);
         assert!(group.join("pids.max").exists(), "{group:?}");
         assert!(cgroups_of_this_process().contains(&group));
+        // A process that left the worker's session lives in the group too,
+        // and ends with the child: the group is only removed once empty.
+        runner
+            .run_sync(
+                "import subprocess, sys\n\
+                 subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'], start_new_session=True)",
+            )
+            .unwrap();
+        let count = || {
+            std::fs::read_to_string(group.join("pids.current"))
+                .map(|n| n.trim().parse::<u32>().unwrap())
+                .unwrap_or(0)
+        };
+        faults::eventually("the detached process is counted", || count() >= 4);
         drop(runner);
-        faults::eventually("the cgroup is removed", || !group.exists());
+        faults::eventually("the cgroup is removed, all its processes gone", || {
+            !group.exists()
+        });
     });
 }
 
