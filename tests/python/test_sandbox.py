@@ -43,14 +43,17 @@ class FailedStepTests(unittest.TestCase):
         self.assertIn("could not enter the sandbox: " + why, child.stderr())
 
     def test_a_missing_open_file_limit(self):
-        self.assert_ends_before_hello("network=0\n", "setting the open-file limit")
+        self.assert_ends_before_hello("ruleset=-1\nnetwork=0\n", "setting the open-file limit")
 
     def test_a_cgroup_that_is_not_hex(self):
-        self.assert_ends_before_hello("cgroup=zz\nnofile=64\n", "reading its cgroup")
+        self.assert_ends_before_hello("ruleset=-1\ncgroup=zz\nnofile=64\n", "reading its cgroup")
+
+    def test_a_ruleset_that_is_not_a_number(self):
+        self.assert_ends_before_hello("nofile=64\n", "finding its landlock ruleset")
 
     def test_a_scratch_folder_that_is_not_there(self):
         # It gets as far as its namespaces only where it may make them.
-        setting = "nofile=64\nnetwork=0\nmount_setattr=442\nscratch=%s\n" % b"/no/such/folder".hex()
+        setting = "ruleset=-1\nnofile=64\nnetwork=0\nmount_setattr=442\nscratch=%s\n" % b"/no/such/folder".hex()
         child = sandboxed_child(setting)
         self.addCleanup(child.finish)
         self.assertIsInstance(child.reply(), Exited)
