@@ -141,6 +141,13 @@ OUTPUT_FRAMES = "frames"
 ENV_SANDBOX = "ASYNC_PY_SANDBOX"
 """A started child's sandbox settings, `key=value` lines (see sandbox.py);
 the child removes it from os.environ."""
+ENV_LAUNCHED = "ASYNC_PY_LAUNCHED"
+"""Set ("1") for a child started through a launcher (ssh, container exec):
+no signal of its parent's reaches it, so it ends its own process group when
+its stdin closes; the child removes it from os.environ."""
+LINK_GRACE = 1.0
+"""How long a launched child whose stdin closed is given to exit by itself
+(it does at once unless user code is running) before it ends its group."""
 ENV_HOST = "ASYNC_PY_HOST"
 """The runner's host functions, as `kind:name` entries joined by ","
 (kind HOST_SYNC or HOST_ASYNC); the child removes it from os.environ."""

@@ -960,6 +960,32 @@ def _exit_with_parent(proto_in):
                 os._exit(0)
 
 
+_launched = False
+"""This child was started through a launcher (ENV_LAUNCHED)."""
+
+
+def _end_with_the_link(proto_in):
+    """A launched child: when its stdin closes (the link dropped, or the
+    parent stopped it), it is given LINK_GRACE to exit by itself, then ends
+    its own process group, and with it whatever user code was running and
+    started. A signal of the parent's would not cross the link."""
+    import threading
+
+    def watch():
+        poller = select.poll()
+        poller.register(proto_in, 0)  # POLLHUP and POLLERR come unasked
+        while True:
+            for _, events in poller.poll():
+                if events & (select.POLLHUP | select.POLLERR):
+                    time.sleep(LINK_GRACE)
+                    try:
+                        os.kill(0, signal.SIGKILL)
+                    finally:
+                        os._exit(1)
+
+    threading.Thread(target=watch, name="async_py-link", daemon=True).start()
+
+
 def _forget_own_folder():
     """Drops the entry Python put first on sys.path for how it was started
     (this file's folder, or '' for `python -c`), as the in-process backend
@@ -981,6 +1007,8 @@ def main():
     take_output_setting()
     take_host_setting()
     sandbox = take_sandbox_setting()
+    global _launched
+    _launched = os.environ.pop(ENV_LAUNCHED, None) == "1"
     if sys.argv[1:2] == [ARG_ZYGOTE]:
         sys.exit(_zygote_main())
     share = sys.argv[1:2] == [ARG_SHARE_CORES]
@@ -1013,6 +1041,8 @@ def _serve(share, ring_path, ring_fd=None, sandbox=None):
     if sandbox is not None:
         enter_sandbox(sandbox)
     proto_in, proto_out = _move_protocol_off_stdio()
+    if _launched:
+        _end_with_the_link(proto_in)
     os.register_at_fork(after_in_child=_note_fork)
     _forget_own_folder()
     codec = _msgpack_codec() or (pack, unpack, pack_typed)

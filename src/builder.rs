@@ -268,6 +268,34 @@ impl PyRunnerBuilder {
         self
     }
 
+    /// Subprocess: starts the child through `prefix`, a command that gives
+    /// a Python elsewhere with stdin and stdout: `["ssh", "-T", "host"]`,
+    /// `["docker", "exec", "-i", "box"]`, `["kubectl", "exec", "-i", "pod",
+    /// "--"]`, `["uv", "run", "--no-project", "--with", "numpy"]`. The child
+    /// runs `prefix... python -u -c <loader>`, with no shell of this
+    /// process's in between; [`python`](Self::python) names the far side's
+    /// interpreter (default `python3`). Only stdin and stdout cross: the
+    /// worker's source, and the variables [`env`](Self::env) sets, are
+    /// sent over stdin after the start, so the far side needs a Python 3.8
+    /// or later and nothing else. A prefix whose program is `ssh` has the
+    /// rest quoted for the far side's shell, which ssh joins its arguments
+    /// into.
+    ///
+    /// A launcher's child has no reply ring and is never forked by a pool's
+    /// zygote. A command past its limit ends the link (its `finally` blocks
+    /// do not run), and the worker ends its own process group when its
+    /// stdin closes, whatever it was running; a fresh child replays what
+    /// the runner ran, as after any death. `venv`, `memory_limit` and
+    /// `sandbox` are the far side's to give: with a launcher they are
+    /// [`PyRunnerError::Unsupported`].
+    pub fn launcher<S: Into<std::ffi::OsString>>(
+        mut self,
+        prefix: impl IntoIterator<Item = S>,
+    ) -> Self {
+        self.config.launcher = Some(prefix.into_iter().map(Into::into).collect());
+        self
+    }
+
     /// Subprocess: runs the child in a [`Sandbox`](crate::Sandbox), for code
     /// you do not trust. Every child of the runner enters it before any
     /// user code runs, the replacement of a lost one too; `startup` code

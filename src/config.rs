@@ -63,6 +63,11 @@ pub(crate) struct RunnerConfig {
     /// (`RLIMIT_DATA`, set before it runs anything).
     #[cfg_attr(not(feature = "subprocess"), allow(dead_code))]
     pub memory_limit: Option<u64>,
+    /// Subprocess: the command the child is started through (`ssh -T host`,
+    /// `docker exec -i box`, `uv run ...`), `python` then naming the far
+    /// side's interpreter.
+    #[cfg_attr(not(feature = "subprocess"), allow(dead_code))]
+    pub launcher: Option<Vec<OsString>>,
     /// Subprocess: what the child may do (see `crate::Sandbox`).
     #[cfg_attr(not(feature = "subprocess"), allow(dead_code))]
     pub sandbox: Option<crate::sandbox::Sandbox>,
@@ -85,6 +90,7 @@ impl Default for RunnerConfig {
             output: None,
             host: None,
             memory_limit: None,
+            launcher: None,
             sandbox: None,
         }
     }
@@ -112,6 +118,13 @@ impl RunnerConfig {
                     self.backend
                 )));
             }
+            if self.launcher.is_some() {
+                return Err(PyRunnerError::Unsupported(format!(
+                    "launcher needs the Subprocess backend: the {:?} backend runs Python in \
+                     this process",
+                    self.backend
+                )));
+            }
             if self.sandbox.is_some() {
                 return Err(PyRunnerError::Unsupported(format!(
                     "sandbox needs the Subprocess backend: the {:?} backend runs Python in \
@@ -120,6 +133,29 @@ impl RunnerConfig {
                 )));
             }
             return Ok(());
+        }
+        if let Some(prefix) = &self.launcher {
+            if prefix.is_empty() || prefix[0].is_empty() {
+                return Err(PyRunnerError::Startup(
+                    "launcher: the prefix needs a program to run (say [\"ssh\", \"-T\", \"host\"])"
+                        .into(),
+                ));
+            }
+            let what = if self.sandbox.is_some() {
+                Some("sandbox: the rules are the far side's to apply, where the worker runs")
+            } else if self.memory_limit.is_some() {
+                Some("memory_limit: a limit here would bind the launcher, not the far side's worker; use the far side's own limits")
+            } else if self.venv.is_some() {
+                Some("venv: the folder is on the far side; name its interpreter with python(\"/path/to/venv/bin/python\")")
+            } else {
+                None
+            };
+            if let Some(what) = what {
+                return Err(PyRunnerError::Unsupported(format!(
+                    "{what} (with launcher {:?})",
+                    prefix
+                )));
+            }
         }
         for (key, value) in &self.env {
             let key_bytes = key.as_encoded_bytes();

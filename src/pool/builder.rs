@@ -24,6 +24,8 @@ pub struct PyPoolBuilder {
     pub(super) workers: usize,
     pub(super) max_calls: Option<u64>,
     pub(super) max_memory: Option<u64>,
+    /// Workers of `add_workers`, one launcher prefix each.
+    pub(super) added: Vec<Vec<std::ffi::OsString>>,
 }
 
 impl PyPoolBuilder {
@@ -80,6 +82,33 @@ impl PyPoolBuilder {
     /// recycle's.
     pub fn memory_limit(mut self, bytes: u64) -> Self {
         self.runner = self.runner.memory_limit(bytes);
+        self
+    }
+
+    /// Starts every worker's child through `prefix` (see
+    /// [`PyRunnerBuilder::launcher`]); workers added with
+    /// [`add_workers`](Self::add_workers) keep their own.
+    pub fn launcher<S: Into<std::ffi::OsString>>(
+        mut self,
+        prefix: impl IntoIterator<Item = S>,
+    ) -> Self {
+        self.runner = self.runner.launcher(prefix);
+        self
+    }
+
+    /// Adds `n` workers whose children are started through `prefix` (see
+    /// [`PyRunnerBuilder::launcher`]), beside the [`workers`](Self::workers)
+    /// started as the rest of the builder says: one pool of local and
+    /// remote workers. Dispatch, `run`'s replay, recycling and `map` treat
+    /// them all alike; each replacement is started through its worker's
+    /// prefix. May be given more than once.
+    pub fn add_workers<S: Into<std::ffi::OsString>>(
+        mut self,
+        n: usize,
+        prefix: impl IntoIterator<Item = S>,
+    ) -> Self {
+        let prefix: Vec<std::ffi::OsString> = prefix.into_iter().map(Into::into).collect();
+        self.added.extend(std::iter::repeat_n(prefix, n));
         self
     }
 
@@ -187,22 +216,43 @@ impl PyPoolBuilder {
     /// needs no tokio runtime.
     pub fn build(self) -> Result<PyPool, PyRunnerError> {
         self.runner.config().check()?;
+        for prefix in &self.added {
+            let mut config = self.runner.config().clone();
+            config.launcher = Some(prefix.clone());
+            config.check()?;
+        }
         let start_timeout = self.runner.config().start_timeout;
         let deadline = Instant::now() + start_timeout;
         let pool: Arc<OnceLock<Weak<Inner>>> = Arc::default();
         let log = Arc::new(ReplayLog::default());
         // The workers' children are forks of one started interpreter, when
         // it starts; else each starts its own (see `subprocess::Zygote`).
-        let zygote = match crate::subprocess::start_zygote(self.runner.config()) {
-            Ok(zygote) => Some(zygote),
-            // It had all the time there is: the workers would have none.
-            Err(err) if Instant::now() >= deadline => return Err(err),
-            Err(_) => None,
+        // Not for a launcher's workers: a fork is local.
+        let zygote = match self.runner.config().launcher {
+            Some(_) => None,
+            None => match crate::subprocess::start_zygote(self.runner.config()) {
+                Ok(zygote) => Some(zygote),
+                // It had all the time there is: the workers would have none.
+                Err(err) if Instant::now() >= deadline => return Err(err),
+                Err(_) => None,
+            },
         };
-        let starts: Vec<_> = (0..self.workers)
-            .map(|_| {
-                let config = self.runner.config().clone();
-                let (log, pool, zygote) = (log.clone(), pool.clone(), zygote.clone());
+        let launchers: Vec<Option<Vec<std::ffi::OsString>>> =
+            std::iter::repeat_n(None, self.workers)
+                .chain(self.added.iter().cloned().map(Some))
+                .collect();
+        let starts: Vec<_> = launchers
+            .iter()
+            .map(|launcher| {
+                let mut config = self.runner.config().clone();
+                let zygote = match launcher {
+                    Some(prefix) => {
+                        config.launcher = Some(prefix.clone());
+                        None
+                    }
+                    None => zygote.clone(),
+                };
+                let (log, pool) = (log.clone(), pool.clone());
                 thread::Builder::new()
                     .name("async_py-pool-start".into())
                     .spawn(move || Worker::start(&config, log, pool, zygote, Some(deadline)))
@@ -210,7 +260,7 @@ impl PyPoolBuilder {
             .collect();
         let mut workers = Vec::with_capacity(starts.len());
         let mut failure = None;
-        for start in starts {
+        for (start, launcher) in starts.into_iter().zip(launchers) {
             let started = match start {
                 Ok(handle) => handle.join().unwrap_or_else(|_| {
                     Err(PyRunnerError::Startup("a worker's start panicked".into()))
@@ -220,7 +270,7 @@ impl PyPoolBuilder {
                 ))),
             };
             match started {
-                Ok(worker) => workers.push(worker),
+                Ok(worker) => workers.push((worker, launcher)),
                 // A worker's own limit was what was left of the pool's.
                 Err(PyRunnerError::Startup(why)) if Instant::now() >= deadline => {
                     failure = failure.or(Some(PyRunnerError::Startup(format!(
@@ -232,7 +282,7 @@ impl PyPoolBuilder {
             }
         }
         if let Some(err) = failure {
-            for worker in workers {
+            for (worker, _) in workers {
                 let _ = worker.runner.stop_sync();
             }
             return Err(err);
@@ -242,7 +292,10 @@ impl PyPoolBuilder {
             runner: self.runner,
             zygote: Mutex::new(zygote),
             log,
-            slots: workers.into_iter().map(Slot::new).collect(),
+            slots: workers
+                .into_iter()
+                .map(|(worker, launcher)| Slot::new(worker, launcher))
+                .collect(),
             admission: Semaphore::new(count * ADMITTED_PER_WORKER),
             broadcasts: Mutex::new(()),
             warm: AtomicUsize::new(0),

@@ -150,6 +150,7 @@ impl PyPool {
             workers: thread::available_parallelism().map_or(1, |n| n.get()),
             max_calls: None,
             max_memory: None,
+            added: Vec::new(),
         }
     }
 

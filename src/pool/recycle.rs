@@ -109,17 +109,30 @@ pub(super) fn recycle(pool: Weak<Inner>, index: usize, old: Arc<Worker>) {
     let Some(inner) = pool.upgrade() else {
         return;
     };
-    let fresh = Worker::start(
-        inner.runner.config(),
-        inner.log.clone(),
-        inner.pool.clone(),
-        inner
+    let launcher = inner.slots[index].launcher.clone();
+    let zygote = match launcher {
+        // A launcher's worker is never a local fork.
+        Some(_) => None,
+        None => inner
             .zygote
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone(),
-        None,
-    );
+    };
+    let fresh = match launcher {
+        Some(prefix) => {
+            let mut config = inner.runner.config().clone();
+            config.launcher = Some(prefix);
+            Worker::start(&config, inner.log.clone(), inner.pool.clone(), zygote, None)
+        }
+        None => Worker::start(
+            inner.runner.config(),
+            inner.log.clone(),
+            inner.pool.clone(),
+            zygote,
+            None,
+        ),
+    };
     let fresh = match fresh {
         Ok(fresh) => Arc::new(fresh),
         Err(err) => {

@@ -31,6 +31,9 @@ pub(super) struct Slot {
     pub(super) calls: AtomicU64,
     /// Restarts of the workers that held this place before, and their recycles.
     pub(super) past_restarts: AtomicU64,
+    /// The launcher its workers are started through, if not the pool's
+    /// (`PyPoolBuilder::add_workers`).
+    pub(super) launcher: Option<Vec<std::ffi::OsString>>,
 }
 
 pub(super) struct Worker {
@@ -113,12 +116,13 @@ impl Worker {
 }
 
 impl Slot {
-    pub(super) fn new(worker: Worker) -> Slot {
+    pub(super) fn new(worker: Worker, launcher: Option<Vec<std::ffi::OsString>>) -> Slot {
         Slot {
             worker: RwLock::new(Arc::new(worker)),
             joining: Mutex::new(None),
             calls: AtomicU64::new(0),
             past_restarts: AtomicU64::new(0),
+            launcher,
         }
     }
 

@@ -38,6 +38,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use super::launcher;
 use super::ring::ReplyRing;
 use super::sandbox::{self, SandboxPlan, SandboxSeat};
 use super::stderr::StderrForwarder;
@@ -113,13 +114,30 @@ pub(crate) struct LaunchSpec {
     pub memory_limit: Option<u64>,
     /// The runner's sandbox: each child gets a seat of its own.
     pub sandbox: Option<Arc<SandboxPlan>>,
+    /// The command the child is started through, if any (see `launcher`).
+    pub launcher: Option<Vec<std::ffi::OsString>>,
 }
 
 impl LaunchSpec {
+    /// The variables the worker reads its settings from (and removes).
+    pub fn worker_settings(&self) -> Vec<(&'static str, String)> {
+        let mut settings = Vec::new();
+        if self.output.is_some() {
+            settings.push((OUTPUT_ENV, OUTPUT_FRAMES.to_string()));
+        }
+        if let Some(host) = &self.host {
+            settings.push((HOST_ENV, host.clone()));
+        }
+        settings
+    }
+
     /// The command that starts the worker (`last` is its own argument: the
     /// reply ring, or `--zygote`) as the leader of a process group, with
     /// this spec's environment and folder; stdio is the caller's to set.
     pub fn command(&self, last: impl AsRef<std::ffi::OsStr>) -> Command {
+        if let Some(prefix) = &self.launcher {
+            return launcher::command(prefix, &self.python, last.as_ref());
+        }
         let mut command = Command::new(&self.python);
         let source = source_pieces(crate::worker_source::WORKER_PY);
         command
@@ -229,8 +247,12 @@ impl ChildProcess {
         spec: &LaunchSpec,
         reader: &mut FrameReader,
     ) -> Result<ChildProcess, PyRunnerError> {
-        // Without a ring (no memfd here) replies take the pipe, only slower.
-        let ring = ReplyRing::create().ok();
+        // Without a ring (no memfd here) replies take the pipe, only slower;
+        // a launcher's child may be on another machine.
+        let ring = match spec.launcher {
+            Some(_) => None,
+            None => ReplyRing::create().ok(),
+        };
         let seat = match &spec.sandbox {
             Some(plan) => Some(plan.seat()?),
             None => None,
@@ -240,10 +262,33 @@ impl ChildProcess {
             .as_ref()
             .filter(|zygote| zygote.alive())
             .and_then(|zygote| fork(zygote, ring.as_ref(), seat.as_ref()).ok());
-        let (process, pid, stdin, stdout, stderr) = match forked {
+        let (process, pid, mut stdin, stdout, stderr) = match forked {
             Some(forked) => forked,
             None => spawn(spec, ring.as_ref(), seat.as_ref())?,
         };
+        if spec.launcher.is_some() {
+            // Its source and settings, before the pipe is made non-blocking.
+            if let Err(err) = stdin.write_all(&launcher::preamble(spec)) {
+                let mut process = process;
+                signal(-(pid as libc::pid_t), libc::SIGKILL);
+                let status = reap(&mut process, pid);
+                // What it said, as far as it is there (nothing is waited for).
+                let mut said = vec![0u8; 64 << 10];
+                let _ = set_nonblocking(&stderr);
+                let read = (&stderr).read(&mut said).unwrap_or(0);
+                let rest = String::from_utf8_lossy(&said[..read]).into_owned();
+                return Err(PyRunnerError::Startup(format!(
+                    "could not send the worker through the launcher {:?}: {err}; it {}{}",
+                    spec.launcher.as_deref().unwrap_or_default(),
+                    status.map_or_else(|| "could not be reaped".into(), describe_status),
+                    if rest.trim().is_empty() {
+                        String::new()
+                    } else {
+                        format!("; it wrote:\n{}", rest.trim())
+                    }
+                )));
+            }
+        }
         // At once: the move may wait for the kernel, while the child starts.
         if let Some(Err(err)) = seat.as_ref().map(|seat| seat.admit(pid)) {
             // A child that ended first is what to tell (a started one can say).

@@ -9,6 +9,7 @@
 mod child;
 mod flights;
 mod interpreter;
+mod launcher;
 mod ring;
 mod sandbox;
 mod stderr;
@@ -109,6 +110,8 @@ fn spawn_with(
         None => (None, None, None, RUNNER),
     };
     let share_cores = companion.is_some();
+    // A launcher's child is never a local fork.
+    let zygote = zygote.filter(|_| config.launcher.is_none());
     let settings = Settings {
         spec: launch_spec(config, zygote, share_cores)?,
         startup: config.startup.clone(),
@@ -143,7 +146,14 @@ fn launch_spec(
     zygote: Option<Arc<Zygote>>,
     share_cores: bool,
 ) -> Result<LaunchSpec, PyRunnerError> {
-    let mut python = find_python(config)?;
+    let mut python = match &config.launcher {
+        // The far side's, as given: nothing here is looked at.
+        Some(_) => config
+            .python
+            .clone()
+            .unwrap_or_else(|| std::path::PathBuf::from("python3")),
+        None => find_python(config)?,
+    };
     let sandbox = match &config.sandbox {
         Some(rules) => {
             python = interpreter::python_for_clear_env(python, config);
@@ -167,6 +177,7 @@ fn launch_spec(
             .map(|host| supervisor::host_setting(&host.table)),
         memory_limit: config.memory_limit,
         sandbox,
+        launcher: config.launcher.clone(),
     })
 }
 

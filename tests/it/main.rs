@@ -36,6 +36,8 @@ mod host_child;
 #[cfg(feature = "subprocess")]
 mod host_wire;
 #[cfg(feature = "subprocess")]
+mod launcher;
+#[cfg(feature = "subprocess")]
 mod limits;
 #[cfg(feature = "subprocess")]
 mod output_child;
