@@ -1,6 +1,7 @@
 //! The integration tests, as one binary: every module links the crate,
 //! PyO3 and RustPython, so the suite links them once. A module per concern;
-//! the helpers they share are `common`, `conformance`, `faults` and `pool`.
+//! the helpers they share are `common`, `conformance`, `faults`, `pool` and
+//! `sshd`.
 //!
 //! All tests share this process. A test that needs a process to itself
 //! (CPython's start, RustPython's one cycle collector, a process that
@@ -14,6 +15,8 @@ mod conformance;
 mod faults;
 #[cfg(feature = "subprocess")]
 mod pool;
+#[cfg(feature = "subprocess")]
+mod sshd;
 
 #[cfg(feature = "subprocess")]
 mod fault_cancellation;
@@ -81,6 +84,8 @@ mod rustpython_host;
 mod sandbox;
 #[cfg(all(feature = "subprocess", target_os = "linux"))]
 mod sandbox_attacks;
+#[cfg(feature = "subprocess")]
+mod sshd_fixture;
 #[cfg(feature = "subprocess")]
 mod stream_child;
 #[cfg(feature = "subprocess")]
