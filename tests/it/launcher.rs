@@ -118,3 +118,160 @@ fn a_pool_mixes_local_and_launched_workers() {
         assert_eq!(seen.into_iter().collect::<Vec<_>>(), ["local", "yes"]);
     });
 }
+
+/// A runner whose child runs over ssh, on a fresh sshd of its own.
+fn over_ssh(sshd: &crate::sshd::Sshd) -> async_py::PyRunnerBuilder {
+    PyRunner::builder()
+        .subprocess()
+        .launcher(sshd.prefix())
+        .python(crate::sshd::remote_python())
+        .start_timeout(Duration::from_secs(30))
+}
+
+#[test]
+fn over_ssh_a_runner_runs_calls_streams_and_stops_with_the_far_pid_gone() {
+    within(120, || {
+        let sshd = crate::sshd::Sshd::start();
+        let runner = over_ssh(&sshd)
+            .env("GIVEN", "it's over ssh")
+            .build()
+            .unwrap();
+        assert_eq!(
+            runner
+                .eval_sync("__import__('os').environ['GIVEN']")
+                .unwrap(),
+            Value::from("it's over ssh")
+        );
+        runner.run_sync("def add(a, b):\n    return a + b").unwrap();
+        assert_eq!(
+            runner
+                .call_function_sync("add", vec![Value::from(40), Value::from(2)])
+                .unwrap(),
+            Value::from(42)
+        );
+        // 100 000 items, as a list and as a stream.
+        let list = runner.eval_sync("list(range(100_000))").unwrap();
+        assert_eq!(list.as_array().unwrap().len(), 100_000);
+        let streamed = runner
+            .call("range")
+            .arg(100_000)
+            .returns::<i64>()
+            .stream()
+            .blocking_iter()
+            .map(Result::unwrap)
+            .fold(0i64, |sum, item| sum + item);
+        assert_eq!(streamed, (0..100_000).sum::<i64>());
+        // The far side's worker, and what it started, go with stop().
+        runner
+            .run_sync("import subprocess, sys\nchild = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])")
+            .unwrap();
+        let far = faults::child_pid(&runner);
+        assert!(faults::is_running(far));
+        runner.stop_sync().unwrap();
+        faults::eventually("the far side's worker is gone", || faults::is_gone(far));
+    });
+}
+
+#[test]
+fn over_ssh_a_stuck_command_times_out_and_the_runner_recovers() {
+    within(120, || {
+        let sshd = crate::sshd::Sshd::start();
+        let runner = over_ssh(&sshd)
+            .timeout(Duration::from_secs(2))
+            .build()
+            .unwrap();
+        runner.run_sync("kept = 'replayed'").unwrap();
+        let far = faults::child_pid(&runner);
+        match runner.run_sync("while True:\n    pass") {
+            Err(PyRunnerError::Timeout(_)) => {}
+            other => panic!("expected a Timeout, got {other:?}"),
+        }
+        // The stuck worker on the far side ended with its link.
+        faults::eventually("the stuck far worker is gone", || faults::is_gone(far));
+        assert_eq!(runner.eval_sync("kept").unwrap(), Value::from("replayed"));
+        assert_ne!(faults::child_pid(&runner), far);
+    });
+}
+
+#[test]
+fn over_ssh_killing_the_local_ssh_mid_call_is_worker_died_and_a_replacement_serves() {
+    within(120, || {
+        let sshd = crate::sshd::Sshd::start();
+        let runner = over_ssh(&sshd).build().unwrap();
+        runner.run_sync("import time").unwrap();
+        let far = faults::child_pid(&runner);
+        // The local ssh: a child of this process running ssh to this test's
+        // sshd (other tests' run beside it under `cargo test`).
+        let ssh = local_ssh_children(sshd.port());
+        assert!(!ssh.is_empty(), "no local ssh found");
+        let call = std::thread::spawn({
+            let runner = runner.clone();
+            move || runner.run_sync("time.sleep(30)")
+        });
+        std::thread::sleep(Duration::from_millis(500));
+        for pid in &ssh {
+            faults::try_kill(*pid, 9);
+        }
+        match call.join().unwrap() {
+            Err(PyRunnerError::WorkerDied { .. }) => {}
+            other => panic!("expected WorkerDied, got {other:?}"),
+        }
+        faults::eventually("the far worker is gone", || faults::is_gone(far));
+        assert_eq!(
+            runner.eval_sync("time.time() > 0").unwrap(),
+            Value::from(true)
+        );
+        assert_ne!(faults::child_pid(&runner), far);
+    });
+}
+
+/// The pids of this process's children that run ssh to port `port`.
+fn local_ssh_children(port: u16) -> Vec<u32> {
+    let me = std::process::id().to_string();
+    let port = port.to_string();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let comm_ok = stat.contains("(ssh)");
+            let parent = stat
+                .rsplit(')')
+                .next()
+                .and_then(|rest| rest.split_whitespace().nth(1));
+            let args = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let to_port = args.split(|&b| b == 0).any(|arg| arg == port.as_bytes());
+            comm_ok && parent == Some(me.as_str()) && to_port
+        })
+        .collect()
+}
+
+#[test]
+fn over_ssh_a_pool_of_one_local_and_one_ssh_worker_serves_a_map_from_both() {
+    within(120, || {
+        let sshd = crate::sshd::Sshd::start();
+        let pool = PyPool::builder()
+            .workers(1)
+            .python(python())
+            .add_workers(1, sshd.prefix())
+            .build()
+            .unwrap();
+        pool.run_sync(
+            "import os, time\ndef where(i):\n    time.sleep(0.05)\n    return 'ssh' if 'SSH_CONNECTION' in os.environ else 'local'",
+        )
+        .unwrap();
+        let answers = pool.map_sync("where", (0..20).map(|i| vec![Value::from(i)]).collect());
+        let mut seen = std::collections::BTreeMap::new();
+        for answer in answers {
+            *seen
+                .entry(answer.unwrap().as_str().unwrap().to_string())
+                .or_insert(0) += 1;
+        }
+        assert_eq!(
+            seen.keys().collect::<Vec<_>>(),
+            ["local", "ssh"],
+            "{seen:?}"
+        );
+    });
+}
