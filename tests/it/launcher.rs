@@ -159,7 +159,7 @@ fn over_ssh_a_runner_runs_calls_streams_and_stops_with_the_far_pid_gone() {
             .stream()
             .blocking_iter()
             .map(Result::unwrap)
-            .fold(0i64, |sum, item| sum + item);
+            .sum::<i64>();
         assert_eq!(streamed, (0..100_000).sum::<i64>());
         // The far side's worker, and what it started, go with stop().
         runner
