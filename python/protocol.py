@@ -111,6 +111,18 @@ pending) names the call in its reply. Bytes in the arguments go as bin."""
 MSG_HOST_REPLY = "host_reply"
 """Parent to child, [MSG_HOST_REPLY, hid, ok, value]: host call `hid`
 returned `value` (ok true) or failed with the message `value` (ok false)."""
+MSG_BEAT = "beat"
+"""[MSG_BEAT]: either way on a launched child's link when nothing else went
+for a heartbeat's interval; no reply. It keeps an idle link open, and its
+absence tells either side the link is dead."""
+MSG_LIMIT = "limit"
+"""[MSG_LIMIT, id, seconds]: to a launched child, right before request `id`,
+its time limit; the child interrupts the request itself past it (no signal
+of the parent's crosses the link), and ends its own process group if it does
+not stop within KILL_GRACE. No reply."""
+KILL_GRACE = 0.25
+"""How long a launched child's request interrupted for its limit may take to
+stop before the child ends its process group (the parent's grace)."""
 MSG_NESTED = "nested"
 """Parent to child, [MSG_NESTED, id]: the request right after this note, `id`,
 was sent by a host function the child waits for, and runs inside that
@@ -142,9 +154,11 @@ ENV_SANDBOX = "ASYNC_PY_SANDBOX"
 """A started child's sandbox settings, `key=value` lines (see sandbox.py);
 the child removes it from os.environ."""
 ENV_LAUNCHED = "ASYNC_PY_LAUNCHED"
-"""Set ("1") for a child started through a launcher (ssh, container exec):
-no signal of its parent's reaches it, so it ends its own process group when
-its stdin closes; the child removes it from os.environ."""
+"""Set, to its heartbeat interval in seconds, for a child started through a
+launcher (ssh, container exec): no signal of its parent's reaches it, so it
+enforces its requests' limits itself (MSG_LIMIT), beats when its link is
+quiet (MSG_BEAT), and ends its own process group when its stdin closes; the
+child removes it from os.environ."""
 LINK_GRACE = 1.0
 """How long a launched child whose stdin closed is given to exit by itself
 (it does at once unless user code is running) before it ends its group."""
@@ -202,6 +216,8 @@ def _array_head(count):
 
 
 OUTPUT_MARK_FRAME = _framed(pack([OUTPUT_MARK]))
+BEAT_FRAME = _framed(pack([MSG_BEAT]))
+"""The whole frame [MSG_BEAT]."""
 """The whole frame [OUTPUT_MARK]."""
 
 REPLY_OK_ARRAY = _array_head(3)

@@ -202,6 +202,11 @@ class ChildWorker(ChildOutput, ChildStreams, ChildHost):
         self.at_eof = False
         self.stopping = False
         self.running = None  # the id of the request running now, if any
+        self.running_since = 0.0  # when it started (a launched child's limits)
+        self.limits = {}  # a launched child's request limits (MSG_LIMIT), by id
+        self.write_lock = None  # a launched child's: its link thread writes too
+        self.link_wake = None  # a launched child's: wakes its link thread
+        self.last_write = _monotonic()
         self.typed_coroutines = set()  # ids of typed invokes pending on the loop
         self.streams = {}  # id -> _OpenStream, for each open stream
         self.ready = []  # the sync streams that may send items now, in turn
@@ -490,6 +495,9 @@ class ChildWorker(ChildOutput, ChildStreams, ChildHost):
             request_id, name, args = call
         try:
             self.running = request_id
+            self.running_since = _monotonic()
+            if self.limits:
+                self._limit_started()
             try:
                 if call is None:
                     value = handler(request_id, *args)
@@ -498,6 +506,8 @@ class ChildWorker(ChildOutput, ChildStreams, ChildHost):
                     value = resolve(name, self.globals)(*args)
             finally:
                 self.running = None
+                if self.limits:
+                    self.limits.pop(request_id, None)
         except BaseException as exc:
             self._request_failed(request_id, exc)
             return
@@ -534,6 +544,10 @@ class ChildWorker(ChildOutput, ChildStreams, ChildHost):
                 self._more(request)
             elif type(request) is list and request and request[0] == MSG_HOST_REPLY:
                 self._host_reply(request)
+            elif type(request) is list and request and request[0] == MSG_LIMIT and len(request) == 3:
+                self.limits[request[1]] = request[2]
+            elif type(request) is list and request and request[0] == MSG_BEAT:
+                pass  # the parent's: the link is alive
             elif type(request) is list and request and request[0] == MSG_NESTED:
                 # The host call that sent the request after it has returned
                 # without waiting for it: it runs in order, as any other.
@@ -590,6 +604,9 @@ class ChildWorker(ChildOutput, ChildStreams, ChildHost):
         is the reply's value, packed as `data` when `typed`."""
         try:
             self.running = request_id
+            self.running_since = _monotonic()
+            if self.limits:
+                self._limit_started()
             try:
                 if limit is None:
                     value = resolve(name, self.globals)(*args, **kwargs)
@@ -600,6 +617,8 @@ class ChildWorker(ChildOutput, ChildStreams, ChildHost):
                     limit -= _monotonic() - started
             finally:
                 self.running = None
+                if self.limits:
+                    self.limits.pop(request_id, None)
         except BaseException as exc:
             self._request_failed(request_id, exc)
             return
@@ -786,6 +805,29 @@ class ChildWorker(ChildOutput, ChildStreams, ChildHost):
 
     def _write_out(self, data):
         """Writes frames to the ring or the pipe, whole."""
+        if self.write_lock is not None:
+            with self.write_lock:
+                self._write_whole(data)
+                self.last_write = _monotonic()
+            return
+        self._write_whole(data)
+
+    def _limit_started(self):
+        """Wakes a launched child's link thread for the limit of the request
+        that starts now (see _tend_the_link)."""
+        if self.running in self.limits and self.link_wake is not None:
+            try:
+                os.write(self.link_wake, b"\0")
+            except OSError:
+                pass  # full: it is awake already
+
+    def beat(self):
+        """A launched child's heartbeat (its link thread's)."""
+        with self.write_lock:
+            self._write_whole(BEAT_FRAME)
+            self.last_write = _monotonic()
+
+    def _write_whole(self, data):
         if self.ring is not None:
             if not self.ring.put(data, self._doorbell):
                 self._parent_gone()
@@ -960,30 +1002,68 @@ def _exit_with_parent(proto_in):
                 os._exit(0)
 
 
-_launched = False
-"""This child was started through a launcher (ENV_LAUNCHED)."""
+_launched = None
+"""This child's heartbeat interval if it was started through a launcher
+(ENV_LAUNCHED), else None."""
 
 
-def _end_with_the_link(proto_in):
-    """A launched child: when its stdin closes (the link dropped, or the
-    parent stopped it), it is given LINK_GRACE to exit by itself, then ends
-    its own process group, and with it whatever user code was running and
-    started. A signal of the parent's would not cross the link."""
+def _tend_the_link(worker, proto_in, beat):
+    """A launched child's thread for what no signal of the parent's can do
+    across the link:
+    - a request past the limit MSG_LIMIT gave it is interrupted here, as
+      the parent's SIGINT would (the child then exits, as a child without a
+      ring does); if it has not stopped KILL_GRACE later, the child ends
+      its process group;
+    - when nothing was written for `beat` seconds, a MSG_BEAT goes out;
+    - when its stdin closes (the link dropped, or the parent stopped it), it
+      is given LINK_GRACE to exit by itself, then ends its process group,
+      and with it whatever user code was running and started."""
     import threading
 
-    def watch():
+    worker.write_lock = threading.Lock()
+    wake_r, worker.link_wake = os.pipe()
+    os.set_blocking(worker.link_wake, False)
+
+    def end_group():
+        try:
+            os.kill(0, signal.SIGKILL)
+        finally:
+            os._exit(1)
+
+    def tend():
         poller = select.poll()
         poller.register(proto_in, 0)  # POLLHUP and POLLERR come unasked
+        poller.register(wake_r, select.POLLIN)
+        interrupted = None  # (request, when) of the interrupt sent
         while True:
-            for _, events in poller.poll():
-                if events & (select.POLLHUP | select.POLLERR):
+            now = _monotonic()
+            wake = worker.last_write + beat
+            running = worker.running
+            limit = worker.limits.get(running) if running is not None else None
+            if interrupted is not None and interrupted[0] != running:
+                interrupted = None
+            if limit is not None and interrupted is None:
+                due = worker.running_since + limit
+                if now >= due:
+                    interrupted = (running, now)
+                    os.kill(os.getpid(), signal.SIGINT)
+                    continue
+                wake = min(wake, due)
+            if interrupted is not None:
+                if now >= interrupted[1] + KILL_GRACE:
+                    end_group()
+                wake = min(wake, interrupted[1] + KILL_GRACE)
+            if now >= worker.last_write + beat:
+                worker.beat()
+                continue
+            for fd, events in poller.poll(max(0, int((wake - now) * 1000)) + 1):
+                if fd == wake_r:
+                    os.read(wake_r, 512)
+                elif events & (select.POLLHUP | select.POLLERR):
                     time.sleep(LINK_GRACE)
-                    try:
-                        os.kill(0, signal.SIGKILL)
-                    finally:
-                        os._exit(1)
+                    end_group()
 
-    threading.Thread(target=watch, name="async_py-link", daemon=True).start()
+    threading.Thread(target=tend, name="async_py-link", daemon=True).start()
 
 
 def _forget_own_folder():
@@ -1008,7 +1088,10 @@ def main():
     take_host_setting()
     sandbox = take_sandbox_setting()
     global _launched
-    _launched = os.environ.pop(ENV_LAUNCHED, None) == "1"
+    try:
+        _launched = float(os.environ.pop(ENV_LAUNCHED))
+    except (KeyError, ValueError):
+        _launched = None
     if sys.argv[1:2] == [ARG_ZYGOTE]:
         sys.exit(_zygote_main())
     share = sys.argv[1:2] == [ARG_SHARE_CORES]
@@ -1041,12 +1124,12 @@ def _serve(share, ring_path, ring_fd=None, sandbox=None):
     if sandbox is not None:
         enter_sandbox(sandbox)
     proto_in, proto_out = _move_protocol_off_stdio()
-    if _launched:
-        _end_with_the_link(proto_in)
     os.register_at_fork(after_in_child=_note_fork)
     _forget_own_folder()
     codec = _msgpack_codec() or (pack, unpack, pack_typed)
     worker = ChildWorker(proto_in, proto_out, *codec, ring=ring, share=share)
+    if _launched is not None:
+        _tend_the_link(worker, proto_in, _launched)
     signal.signal(signal.SIGINT, worker.on_interrupt)
     worker.route_output_if_asked()
     try:

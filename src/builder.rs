@@ -296,6 +296,17 @@ impl PyRunnerBuilder {
         self
     }
 
+    /// Subprocess, with a [`launcher`](Self::launcher): how long the link may
+    /// be quiet before either side sends a heartbeat (default 10 s). It
+    /// keeps an idle link open, and a link silent for three heartbeats is
+    /// dead: the command in flight fails with
+    /// [`PyRunnerError::WorkerDied`] and a fresh child is started, as after
+    /// any death.
+    pub fn heartbeat(mut self, interval: Duration) -> Self {
+        self.config.heartbeat = interval.max(Duration::from_millis(10));
+        self
+    }
+
     /// Subprocess: runs the child in a [`Sandbox`](crate::Sandbox), for code
     /// you do not trust. Every child of the runner enters it before any
     /// user code runs, the replacement of a lost one too; `startup` code

@@ -68,6 +68,11 @@ pub(crate) struct RunnerConfig {
     /// side's interpreter.
     #[cfg_attr(not(feature = "subprocess"), allow(dead_code))]
     pub launcher: Option<Vec<OsString>>,
+    /// Subprocess, with a launcher: how long a link may be quiet before
+    /// either side sends a heartbeat; one silent for three of these is
+    /// dead.
+    #[cfg_attr(not(feature = "subprocess"), allow(dead_code))]
+    pub heartbeat: Duration,
     /// Subprocess: what the child may do (see `crate::Sandbox`).
     #[cfg_attr(not(feature = "subprocess"), allow(dead_code))]
     pub sandbox: Option<crate::sandbox::Sandbox>,
@@ -91,10 +96,16 @@ impl Default for RunnerConfig {
             host: None,
             memory_limit: None,
             launcher: None,
+            heartbeat: DEFAULT_HEARTBEAT,
             sandbox: None,
         }
     }
 }
+
+/// A launched child's heartbeat interval, by default: well inside the idle
+/// limits of the links it runs over (kubernetes drops an exec session idle
+/// for about 5 minutes, many NATs and proxies a TCP flow idle for 1 to 5).
+const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(10);
 
 /// How long a child may take from its start to its hello, by default.
 const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(30);

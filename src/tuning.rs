@@ -103,6 +103,11 @@ pub(crate) const RING_RECHECK: Duration = Duration::from_micros(200);
 /// notices.
 pub(crate) const INTERRUPT_GRACE: Duration = Duration::from_millis(250);
 
+/// How many heartbeat intervals a launched child's link may stay silent
+/// before it is taken for dead: a beat is due after one quiet interval,
+/// so three leave room for a late one and the link's own delays.
+pub(crate) const LINK_SILENCE_BEATS: u32 = 3;
+
 /// A coroutine's limit is enforced in the child; past it by this much, the
 /// child is taken to be stuck (it holds its loop) and is killed.
 pub(crate) const COROUTINE_BACKSTOP: Duration = Duration::from_secs(2);

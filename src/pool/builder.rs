@@ -96,6 +96,13 @@ impl PyPoolBuilder {
         self
     }
 
+    /// How often a launched worker's quiet link beats (see
+    /// [`PyRunnerBuilder::heartbeat`]).
+    pub fn heartbeat(mut self, interval: Duration) -> Self {
+        self.runner = self.runner.heartbeat(interval);
+        self
+    }
+
     /// Adds `n` workers whose children are started through `prefix` (see
     /// [`PyRunnerBuilder::launcher`]), beside the [`workers`](Self::workers)
     /// started as the rest of the builder says: one pool of local and

@@ -116,6 +116,8 @@ pub(crate) struct LaunchSpec {
     pub sandbox: Option<Arc<SandboxPlan>>,
     /// The command the child is started through, if any (see `launcher`).
     pub launcher: Option<Vec<std::ffi::OsString>>,
+    /// A launched child's heartbeat interval.
+    pub heartbeat: Duration,
 }
 
 impl LaunchSpec {
@@ -236,6 +238,15 @@ pub(crate) struct ChildProcess {
     /// A pidfd of the child, readable once it has exited: its death is
     /// judged by the process, as a copy it forked may hold its pipes open.
     exit_fd: Option<OwnedFd>,
+    /// A launched child's heartbeat interval (see `launcher`): no signal
+    /// reaches it, and its link is watched instead.
+    pub launched: Option<Duration>,
+    /// When it last wrote anything, and when anything was last written to
+    /// it: a launched child's link is judged by these.
+    pub last_heard: Instant,
+    pub last_sent: Instant,
+    /// Why its link was given up, for the description of its end.
+    pub link_lost: Option<String>,
     /// Its sandbox's scratch folder and cgroup, removed once it is reaped
     /// (a field drops after `drop` has killed and reaped the child).
     _sandbox: Option<SandboxSeat>,
@@ -340,6 +351,10 @@ impl ChildProcess {
             reaped: None,
             group_killed: false,
             exit_fd,
+            launched: spec.launcher.as_ref().map(|_| spec.heartbeat),
+            last_heard: Instant::now(),
+            last_sent: Instant::now(),
+            link_lost: None,
             _sandbox: seat,
         };
         match process.await_hello(reader, spec.hello_timeout) {
@@ -373,6 +388,7 @@ impl ChildProcess {
             Ok(
                 FromChild::Reply { .. }
                 | FromChild::OutputMark
+                | FromChild::Beat
                 | FromChild::Awaiting { .. }
                 | FromChild::Output { .. }
                 | FromChild::Captured { .. }
@@ -467,7 +483,11 @@ impl ChildProcess {
     /// system call.
     pub fn receive(&mut self, reader: &mut FrameReader, pipe_too: bool) -> io::Result<usize> {
         let Some(ring) = &self.ring else {
-            return read_some(&mut self.stdout, reader);
+            let read = read_some(&mut self.stdout, reader);
+            if self.launched.is_some() && matches!(read, Ok(n) if n > 0) {
+                self.last_heard = Instant::now();
+            }
+            return read;
         };
         let taken = ring.take_into(reader.buffer())?;
         if pipe_too {
@@ -564,10 +584,14 @@ impl ChildProcess {
 
     /// Writes request bytes without blocking.
     pub fn write_requests(&mut self, bytes: &[u8]) -> io::Result<usize> {
-        match self.stdin.as_mut() {
+        let written = match self.stdin.as_mut() {
             Some(stdin) => stdin.write(bytes),
             None => Err(io::ErrorKind::BrokenPipe.into()),
+        };
+        if self.launched.is_some() && matches!(written, Ok(n) if n > 0) {
+            self.last_sent = Instant::now();
         }
+        written
     }
 
     /// The request pipe's fd, or -1 (which poll ignores) once it is closed.
@@ -587,6 +611,11 @@ impl ChildProcess {
     /// or, if it had ended, ignores the signal and goes on. Without one,
     /// it stops whatever request runs, and exits.
     pub fn interrupt(&self, target: u64) {
+        if self.launched.is_some() {
+            // No signal crosses its link: it interrupts itself at the limit
+            // it was sent (`send`), and the grace that follows is the same.
+            return;
+        }
         if let Some(ring) = &self.ring {
             ring.target_interrupt(target);
         }
@@ -656,6 +685,9 @@ impl ChildProcess {
             Some(status) => format!("{who} {}", describe_status(status)),
             None => format!("{who} could not be reaped"),
         };
+        if let Some(lost) = &self.link_lost {
+            reason = format!("{lost}; {reason}");
+        }
         let tail = self.stderr.tail();
         if !tail.is_empty() {
             reason.push_str("; last stderr lines:\n");

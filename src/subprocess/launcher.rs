@@ -20,8 +20,10 @@ use std::process::Command;
 use super::child::LaunchSpec;
 
 /// Set in a launched child's environment (`ENV_LAUNCHED` of
-/// `python/protocol.py`): it ends its own process group when its stdin
-/// closes, whatever it is running, as no signal of this process reaches it.
+/// `python/protocol.py`) to its heartbeat interval in seconds: as no signal
+/// of this process reaches it, it enforces its requests' limits itself,
+/// beats when its link is quiet, and ends its own process group when its
+/// stdin closes, whatever it is running.
 const LAUNCHED_ENV: &str = "ASYNC_PY_LAUNCHED";
 
 /// The `-c` code of a launched child.
@@ -106,7 +108,10 @@ pub(crate) fn preamble(spec: &LaunchSpec) -> Vec<u8> {
     for (key, value) in spec.worker_settings() {
         set(OsStr::new(key), OsStr::new(&value));
     }
-    set(OsStr::new(LAUNCHED_ENV), OsStr::new("1"));
+    set(
+        OsStr::new(LAUNCHED_ENV),
+        OsStr::new(&spec.heartbeat.as_secs_f64().to_string()),
+    );
     let source = crate::worker_source::WORKER_PY.as_bytes();
     let mut out = Vec::with_capacity(env.len() + source.len() + 8);
     for block in [&env[..], source] {

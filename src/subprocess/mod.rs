@@ -178,6 +178,7 @@ fn launch_spec(
         memory_limit: config.memory_limit,
         sandbox,
         launcher: config.launcher.clone(),
+        heartbeat: config.heartbeat,
     })
 }
 

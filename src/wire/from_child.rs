@@ -38,6 +38,9 @@ pub(crate) enum FromChild {
     /// this frame is in its stderr pipe: forward that before the replies
     /// that follow.
     OutputMark,
+    /// `["beat"]`: a launched child's link is alive (it had nothing else to
+    /// say for a heartbeat's interval).
+    Beat,
     /// The function of invoke `id` returned an awaitable, now on the
     /// child's event loop: the request has left the child's line, and its
     /// reply comes when the coroutine ends.
@@ -147,6 +150,9 @@ impl FromChild {
         let head = items.next()?.ok_or_else(|| malformed("empty array"))?;
         if head.as_str() == Some("out") {
             return Ok(FromChild::OutputMark);
+        }
+        if head.as_str() == Some("beat") {
+            return Ok(FromChild::Beat);
         }
         if head.as_str() == Some("awaiting") {
             let id = items
@@ -350,6 +356,9 @@ mod tests {
         let head = items.next().ok_or_else(|| malformed("empty array"))?;
         if head.as_str() == Some("out") {
             return Ok(FromChild::OutputMark);
+        }
+        if head.as_str() == Some("beat") {
+            return Ok(FromChild::Beat);
         }
         if head.as_str() == Some("awaiting") {
             let id = items

@@ -99,6 +99,14 @@ pub(crate) enum ToChild<'a> {
     Nested {
         id: u64,
     },
+    /// `["limit", id, seconds]`, to a launched child right before request
+    /// `id`: its time limit, which the child enforces itself. No reply.
+    Limit {
+        id: u64,
+        seconds: f64,
+    },
+    /// `["beat"]`, on a launched child's quiet link. No reply.
+    Beat,
     /// `["host_reply", hid, ok, value]`: host call `hid` returned `value`
     /// (`ok`) or failed with the message `value`. No reply.
     HostReply {
@@ -172,8 +180,10 @@ impl<'a> ToChild<'a> {
             | ToChild::More { id, .. }
             | ToChild::Cancel { id }
             | ToChild::Nested { id }
+            | ToChild::Limit { id, .. }
             | ToChild::Stop { id } => id,
             ToChild::HostReply { hid, .. } => hid,
+            ToChild::Beat => 0,
         }
     }
 
@@ -196,6 +206,8 @@ impl<'a> ToChild<'a> {
             ToChild::More { .. } => "more",
             ToChild::Cancel { .. } => "cancel",
             ToChild::Nested { .. } => "nested",
+            ToChild::Limit { .. } => "limit",
+            ToChild::Beat => "beat",
             ToChild::Stop { .. } => "stop",
             ToChild::HostReply { .. } => "host_reply",
         }
@@ -300,6 +312,18 @@ impl Serialize for ToChild<'_> {
             }
             return array.end();
         }
+        if let ToChild::Beat = *self {
+            let mut array = serializer.serialize_tuple(1)?;
+            array.serialize_element(self.op())?;
+            return array.end();
+        }
+        if let ToChild::Limit { id, seconds } = *self {
+            let mut array = serializer.serialize_tuple(3)?;
+            array.serialize_element(self.op())?;
+            array.serialize_element(&id)?;
+            array.serialize_element(&seconds)?;
+            return array.end();
+        }
         if let ToChild::Cancel { id } | ToChild::Nested { id } = *self {
             let mut array = serializer.serialize_tuple(2)?;
             array.serialize_element(self.op())?;
@@ -340,6 +364,8 @@ impl Serialize for ToChild<'_> {
             | ToChild::More { .. }
             | ToChild::Cancel { .. }
             | ToChild::Nested { .. }
+            | ToChild::Limit { .. }
+            | ToChild::Beat
             | ToChild::HostReply { .. } => {}
         }
         array.end()

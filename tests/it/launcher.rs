@@ -275,3 +275,74 @@ fn over_ssh_a_pool_of_one_local_and_one_ssh_worker_serves_a_map_from_both() {
         );
     });
 }
+
+#[test]
+fn a_command_past_its_limit_is_interrupted_by_the_worker_itself() {
+    within(60, || {
+        let marker = tempfile::tempdir().unwrap();
+        let ran = marker.path().join("finally-ran");
+        let runner = PyRunner::builder()
+            .subprocess()
+            .launcher(["/usr/bin/env"])
+            .python(python())
+            .timeout(Duration::from_secs(1))
+            .build()
+            .unwrap();
+        // No signal of this process's reaches a launched child: only its own
+        // interrupt runs the `finally`.
+        match runner.run_sync(&format!(
+            "try:\n    while True:\n        pass\nfinally:\n    open({:?}, 'w').close()",
+            ran
+        )) {
+            Err(PyRunnerError::Timeout(_)) => {}
+            other => panic!("expected a Timeout, got {other:?}"),
+        }
+        faults::eventually("the finally block ran", || ran.exists());
+        assert_eq!(runner.eval_sync("1 + 1").unwrap(), Value::from(2));
+    });
+}
+
+#[test]
+fn over_ssh_an_idle_link_beats_and_a_silent_one_is_found_dead() {
+    within(120, || {
+        let sshd = crate::sshd::Sshd::start();
+        let runner = over_ssh(&sshd)
+            .heartbeat(Duration::from_millis(200))
+            .build()
+            .unwrap();
+        runner.run_sync("import time").unwrap();
+        let far = faults::child_pid(&runner);
+        // Idle for ten heartbeats: the beats keep it, the same worker answers.
+        std::thread::sleep(Duration::from_secs(2));
+        assert_eq!(faults::child_pid(&runner), far);
+        // A link that goes silent (its ssh stopped) is given up within three
+        // heartbeats, and the command in flight fails.
+        let ssh = local_ssh_children(sshd.port());
+        assert!(!ssh.is_empty());
+        let call = std::thread::spawn({
+            let runner = runner.clone();
+            move || runner.run_sync("time.sleep(30)")
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        let stopped = std::time::Instant::now();
+        for pid in &ssh {
+            faults::try_kill(*pid, 19); // SIGSTOP
+        }
+        match call.join().unwrap() {
+            Err(PyRunnerError::WorkerDied { reason }) => {
+                assert!(reason.contains("silent"), "{reason}")
+            }
+            other => panic!("expected WorkerDied, got {other:?}"),
+        }
+        assert!(
+            stopped.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            stopped.elapsed()
+        );
+        faults::eventually("the far worker is gone", || faults::is_gone(far));
+        assert_eq!(
+            runner.eval_sync("time.time() > 0").unwrap(),
+            Value::from(true)
+        );
+    });
+}

@@ -6,6 +6,9 @@ use super::*;
 impl Core {
     pub(super) fn enforce_deadlines(&mut self) {
         let now = Instant::now();
+        if self.tend_link(now) {
+            return;
+        }
         if let Some(since) = self.interrupting {
             if now >= since + INTERRUPT_GRACE {
                 self.replace_child(Loss::TimedOut);
@@ -81,6 +84,39 @@ impl Core {
                 });
             }
         }
+    }
+
+    /// A launched child's link: one silent for [`LINK_SILENCE_BEATS`]
+    /// heartbeats is given up, as a dead child is (true then); one this
+    /// side was quiet on for a heartbeat gets a beat.
+    fn tend_link(&mut self, now: Instant) -> bool {
+        let Some(child) = self.child.as_mut() else {
+            return false;
+        };
+        let Some(beat) = child.launched else {
+            return false;
+        };
+        let silence = beat * LINK_SILENCE_BEATS;
+        let quiet = now.saturating_duration_since(child.last_heard);
+        if quiet >= silence {
+            child.link_lost = Some(format!(
+                "its link was silent for {quiet:.1?}, past the {silence:?} allowed \
+                 ({LINK_SILENCE_BEATS} heartbeats)"
+            ));
+            self.replace_child(Loss::Died);
+            return true;
+        }
+        if now.saturating_duration_since(child.last_sent) >= beat && self.outgoing.is_empty() {
+            self.encode_small(ToChild::Beat);
+        }
+        false
+    }
+
+    /// When [`tend_link`](Self::tend_link) next has something to do.
+    pub(super) fn link_due(&self) -> Option<Instant> {
+        let child = self.child.as_ref()?;
+        let beat = child.launched?;
+        Some((child.last_heard + beat * LINK_SILENCE_BEATS).min(child.last_sent + beat))
     }
 
     /// Kills the child; fails the requests it had started and queues the

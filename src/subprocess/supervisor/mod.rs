@@ -44,8 +44,8 @@ use crate::command::{Answer, CommandQueue, Drive, Job, Reply, Request};
 use crate::error::PyRunnerError;
 use crate::tuning::{
     Supervision, BLIND_LOOK, EXIT_CHECK, EXIT_GRACE, GATHER, HOST_START_LOOK, INTERRUPT_GRACE,
-    LEAVE_WINDOW_NANOS, PIPE_END_GRACE, QUICK_DEATH, QUICK_DEATH_RETRY, START_RETRY,
-    START_RETRY_MAX,
+    LEAVE_WINDOW_NANOS, LINK_SILENCE_BEATS, PIPE_END_GRACE, QUICK_DEATH, QUICK_DEATH_RETRY,
+    START_RETRY, START_RETRY_MAX,
 };
 use crate::wire::{ChildCodec, FrameReader, FromChild, Outcome, ToChild};
 use tokio_util::codec::Encoder;
@@ -304,6 +304,9 @@ impl Core {
         }
         if let Some(deadline) = self.flights.next_deadline(now) {
             next = Some(next.map_or(deadline, |n| n.min(deadline)));
+        }
+        if let Some(due) = self.link_due() {
+            next = Some(next.map_or(due, |n| n.min(due)));
         }
         let limit = next.map(|deadline| deadline.saturating_duration_since(now));
         Some(WaitPlan {

@@ -95,6 +95,8 @@ impl Core {
                     }
                     continue;
                 }
+                // The link is alive; that it came is all it says.
+                FromChild::Beat => continue,
                 FromChild::Awaiting { id } => {
                     self.went_awaiting(id);
                     continue;

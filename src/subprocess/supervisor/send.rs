@@ -197,6 +197,18 @@ impl Core {
             None
         };
         let before = self.outgoing.len();
+        // A launched child enforces a sync request's limit itself (no
+        // signal crosses its link): it is told the limit first.
+        let launched = self
+            .child
+            .as_ref()
+            .is_some_and(|child| child.launched.is_some());
+        if let (true, Some(timeout), Kind::Sync | Kind::Nested) = (launched, job.timeout, kind) {
+            self.encode_small(ToChild::Limit {
+                id,
+                seconds: timeout.as_secs_f64(),
+            });
+        }
         if kind == Kind::Nested {
             // The child tells a request a host function sent from one that
             // merely waits behind the request that called: this note goes
