@@ -162,13 +162,21 @@ fn over_ssh_a_runner_runs_calls_streams_and_stops_with_the_far_pid_gone() {
             .sum::<i64>();
         assert_eq!(streamed, (0..100_000).sum::<i64>());
         // The far side's worker, and what it started, go with stop().
+        let marker = format!("async-py-far-child-{}-{}", std::process::id(), sshd.port());
         runner
-            .run_sync("import subprocess, sys\nchild = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])")
+            .run_sync(&format!(
+                "import subprocess, sys\nchild = subprocess.Popen([sys.executable, '-c', \
+                 'import time; time.sleep(600)', {marker:?}])"
+            ))
             .unwrap();
         let far = faults::child_pid(&runner);
         assert!(faults::is_running(far));
+        faults::eventually("the far child runs", || !processes_with(&marker).is_empty());
         runner.stop_sync().unwrap();
         faults::eventually("the far side's worker is gone", || faults::is_gone(far));
+        faults::eventually("the far worker's child is gone", || {
+            processes_with(&marker).is_empty()
+        });
     });
 }
 
@@ -223,6 +231,19 @@ fn over_ssh_killing_the_local_ssh_mid_call_is_worker_died_and_a_replacement_serv
         );
         assert_ne!(faults::child_pid(&runner), far);
     });
+}
+
+/// The pids of live processes whose command line holds `marker`.
+fn processes_with(marker: &str) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let args = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            faults::is_running(*pid) && args.split(|&b| b == 0).any(|arg| arg == marker.as_bytes())
+        })
+        .collect()
 }
 
 /// The pids of this process's children that run ssh to port `port`.
