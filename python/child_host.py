@@ -272,6 +272,13 @@ class ChildHost:
                 self.nested_next = note[1] if len(note) == 2 and type(note[1]) is int else -1
             elif frame.startswith(MORE_START):
                 self._more(self.unpack_frame(frame))
+            elif frame.startswith(LIMIT_START):
+                # A launched child's: the limit of the request it goes
+                # before, a nested one maybe, to be taken at once.
+                limit = self.unpack_frame(frame)
+                self.limits[limit[1]] = limit[2]
+            elif frame.startswith(BEAT_START):
+                pass
             else:
                 self.deferred.append(frame)
             return

@@ -115,6 +115,8 @@ class ChildStreams:
         one on the event loop (_pump_async)."""
         try:
             self.running = request_id
+            if self.limits:
+                self._limit_started(request_id)
             try:
                 value = resolve(name, self.globals)(*args, **kwargs)
             finally:

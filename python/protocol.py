@@ -123,6 +123,11 @@ not stop within KILL_GRACE. No reply."""
 KILL_GRACE = 0.25
 """How long a launched child's request interrupted for its limit may take to
 stop before the child ends its process group (the parent's grace)."""
+LIMIT_MARGIN = 0.1
+"""How long after its limit a launched child interrupts a request: the
+parent's clock may start later than the child's by the link's latency, and
+the parent must find the limit passed first, to take the child's end for the
+interrupt it is."""
 MSG_NESTED = "nested"
 """Parent to child, [MSG_NESTED, id]: the request right after this note, `id`,
 was sent by a host function the child waits for, and runs inside that
@@ -216,9 +221,9 @@ def _array_head(count):
 
 
 OUTPUT_MARK_FRAME = _framed(pack([OUTPUT_MARK]))
+"""The whole frame [OUTPUT_MARK]."""
 BEAT_FRAME = _framed(pack([MSG_BEAT]))
 """The whole frame [MSG_BEAT]."""
-"""The whole frame [OUTPUT_MARK]."""
 
 REPLY_OK_ARRAY = _array_head(3)
 """The header of the array [id, REPLY_OK, value] (and [id, REPLY_DATA,
@@ -265,6 +270,8 @@ HOST_CALL_START = _array_head(5) + pack(MSG_HOST)
 NESTED_START = _array_head(2) + pack(MSG_NESTED)
 """How a nested request's note begins: [MSG_NESTED, id]."""
 MORE_START = _array_head(3) + pack(MSG_MORE)
+LIMIT_START = _array_head(3) + pack(MSG_LIMIT)
+BEAT_START = _array_head(1) + pack(MSG_BEAT)
 """How a stream's credit begins: [MSG_MORE, id, granted]."""
 
 REQUEST_ID_READERS = {}

@@ -202,8 +202,10 @@ class ChildWorker(ChildOutput, ChildStreams, ChildHost):
         self.at_eof = False
         self.stopping = False
         self.running = None  # the id of the request running now, if any
-        self.running_since = 0.0  # when it started (a launched child's limits)
         self.limits = {}  # a launched child's request limits (MSG_LIMIT), by id
+        self.limited = None  # (request, when due) of a launched child's running one
+        self.limit_target = None  # the request its link thread interrupted
+        self.on_hello = None  # what a launched child starts once it said hello
         self.write_lock = None  # a launched child's: its link thread writes too
         self.link_wake = None  # a launched child's: wakes its link thread
         self.last_write = _monotonic()
@@ -238,6 +240,8 @@ class ChildWorker(ChildOutput, ChildStreams, ChildHost):
         self._send(pack(hello + [self.offered_ring is not None]))
         _output_written = False  # nothing goes before the hello
         self._flush()
+        if self.on_hello is not None:
+            self.on_hello()
         if self.offered_ring is not None:
             os.set_blocking(self.proto_out, False)  # a full pipe holds doorbells enough
             self.ring = self.offered_ring
@@ -348,7 +352,15 @@ class ChildWorker(ChildOutput, ChildStreams, ChildHost):
         every SIGINT during a command is taken for the parent's. Between
         commands SIGINT is ignored."""
         running = self.running
-        if self.ring is None:
+        if self.link_wake is not None:
+            # Launched: the parent sends no signal; its link thread's is for
+            # the request it names, and one that comes when that request has
+            # ended is late. Any other SIGINT is the command's own.
+            target, self.limit_target = self.limit_target, None
+            if target is not None and target != running:
+                return
+            from_parent = target is not None
+        elif self.ring is None:
             from_parent = True
         else:
             target = self.ring.new_interrupt_target()
@@ -495,9 +507,8 @@ class ChildWorker(ChildOutput, ChildStreams, ChildHost):
             request_id, name, args = call
         try:
             self.running = request_id
-            self.running_since = _monotonic()
             if self.limits:
-                self._limit_started()
+                self._limit_started(request_id)
             try:
                 if call is None:
                     value = handler(request_id, *args)
@@ -506,8 +517,6 @@ class ChildWorker(ChildOutput, ChildStreams, ChildHost):
                     value = resolve(name, self.globals)(*args)
             finally:
                 self.running = None
-                if self.limits:
-                    self.limits.pop(request_id, None)
         except BaseException as exc:
             self._request_failed(request_id, exc)
             return
@@ -604,9 +613,8 @@ class ChildWorker(ChildOutput, ChildStreams, ChildHost):
         is the reply's value, packed as `data` when `typed`."""
         try:
             self.running = request_id
-            self.running_since = _monotonic()
             if self.limits:
-                self._limit_started()
+                self._limit_started(request_id)
             try:
                 if limit is None:
                     value = resolve(name, self.globals)(*args, **kwargs)
@@ -617,8 +625,6 @@ class ChildWorker(ChildOutput, ChildStreams, ChildHost):
                     limit -= _monotonic() - started
             finally:
                 self.running = None
-                if self.limits:
-                    self.limits.pop(request_id, None)
         except BaseException as exc:
             self._request_failed(request_id, exc)
             return
@@ -805,29 +811,6 @@ class ChildWorker(ChildOutput, ChildStreams, ChildHost):
 
     def _write_out(self, data):
         """Writes frames to the ring or the pipe, whole."""
-        if self.write_lock is not None:
-            with self.write_lock:
-                self._write_whole(data)
-                self.last_write = _monotonic()
-            return
-        self._write_whole(data)
-
-    def _limit_started(self):
-        """Wakes a launched child's link thread for the limit of the request
-        that starts now (see _tend_the_link)."""
-        if self.running in self.limits and self.link_wake is not None:
-            try:
-                os.write(self.link_wake, b"\0")
-            except OSError:
-                pass  # full: it is awake already
-
-    def beat(self):
-        """A launched child's heartbeat (its link thread's)."""
-        with self.write_lock:
-            self._write_whole(BEAT_FRAME)
-            self.last_write = _monotonic()
-
-    def _write_whole(self, data):
         if self.ring is not None:
             if not self.ring.put(data, self._doorbell):
                 self._parent_gone()
@@ -845,6 +828,39 @@ class ChildWorker(ChildOutput, ChildStreams, ChildHost):
             if written == len(data):
                 return
             data = data[written:]
+
+    def _limit_started(self, request_id):
+        """A launched child's request with a limit has started (`running`
+        is set): its link thread is told (request, when it is due) in one
+        go, and woken (see _tend_the_link); a tuple of another request than
+        the one running is stale to it. The entry is taken: no frame of it
+        comes again."""
+        limit = self.limits.pop(request_id, None)
+        if limit is None or self.link_wake is None:
+            return
+        self.limited = (request_id, _monotonic() + limit + LIMIT_MARGIN)
+        try:
+            os.write(self.link_wake, b"\0")
+        except OSError:
+            pass  # full: it is awake already
+
+    def _write_out_locked(self, data):
+        """_write_out of a launched child, whose link thread writes too."""
+        with self.write_lock:
+            ChildWorker._write_out(self, data)
+            self.last_write = _monotonic()
+
+    def beat(self):
+        """A launched child's heartbeat (its link thread's), unless a write
+        is under way, which says as much."""
+        if not self.write_lock.acquire(blocking=False):
+            self.last_write = _monotonic()
+            return
+        try:
+            ChildWorker._write_out(self, BEAT_FRAME)
+            self.last_write = _monotonic()
+        finally:
+            self.write_lock.release()
 
     def _doorbell(self):
         """Wakes a parent that sleeps until replies come; False if it is gone."""
@@ -1021,6 +1037,8 @@ def _tend_the_link(worker, proto_in, beat):
     import threading
 
     worker.write_lock = threading.Lock()
+    # Writes take the lock from now on (a local child's never do).
+    worker._write_out = worker._write_out_locked
     wake_r, worker.link_wake = os.pipe()
     os.set_blocking(worker.link_wake, False)
 
@@ -1034,21 +1052,22 @@ def _tend_the_link(worker, proto_in, beat):
         poller = select.poll()
         poller.register(proto_in, 0)  # POLLHUP and POLLERR come unasked
         poller.register(wake_r, select.POLLIN)
+        main = threading.main_thread().ident
         interrupted = None  # (request, when) of the interrupt sent
         while True:
             now = _monotonic()
             wake = worker.last_write + beat
             running = worker.running
-            limit = worker.limits.get(running) if running is not None else None
+            limited = worker.limited
             if interrupted is not None and interrupted[0] != running:
                 interrupted = None
-            if limit is not None and interrupted is None:
-                due = worker.running_since + limit
-                if now >= due:
+            if limited is not None and limited[0] == running and interrupted is None:
+                if now >= limited[1]:
                     interrupted = (running, now)
-                    os.kill(os.getpid(), signal.SIGINT)
+                    worker.limit_target = running
+                    signal.pthread_kill(main, signal.SIGINT)
                     continue
-                wake = min(wake, due)
+                wake = min(wake, limited[1])
             if interrupted is not None:
                 if now >= interrupted[1] + KILL_GRACE:
                     end_group()
@@ -1056,7 +1075,8 @@ def _tend_the_link(worker, proto_in, beat):
             if now >= worker.last_write + beat:
                 worker.beat()
                 continue
-            for fd, events in poller.poll(max(0, int((wake - now) * 1000)) + 1):
+            timeout = min(60000, max(0, int((wake - now) * 1000)) + 1)
+            for fd, events in poller.poll(timeout):
                 if fd == wake_r:
                     os.read(wake_r, 512)
                 elif events & (select.POLLHUP | select.POLLERR):
@@ -1092,6 +1112,13 @@ def main():
         _launched = float(os.environ.pop(ENV_LAUNCHED))
     except (KeyError, ValueError):
         _launched = None
+    if _launched is not None:
+        try:
+            # A group of its own to end (a launcher need not make one): a
+            # session leader, as under sshd, leads one already.
+            os.setpgid(0, 0)
+        except OSError:
+            pass
     if sys.argv[1:2] == [ARG_ZYGOTE]:
         sys.exit(_zygote_main())
     share = sys.argv[1:2] == [ARG_SHARE_CORES]
@@ -1129,7 +1156,7 @@ def _serve(share, ring_path, ring_fd=None, sandbox=None):
     codec = _msgpack_codec() or (pack, unpack, pack_typed)
     worker = ChildWorker(proto_in, proto_out, *codec, ring=ring, share=share)
     if _launched is not None:
-        _tend_the_link(worker, proto_in, _launched)
+        worker.on_hello = lambda: _tend_the_link(worker, proto_in, _launched)
     signal.signal(signal.SIGINT, worker.on_interrupt)
     worker.route_output_if_asked()
     try:

@@ -277,17 +277,30 @@ impl PyRunnerBuilder {
     /// interpreter (default `python3`). Only stdin and stdout cross: the
     /// worker's source, and the variables [`env`](Self::env) sets, are
     /// sent over stdin after the start, so the far side needs a Python 3.8
-    /// or later and nothing else. A prefix whose program is `ssh` has the
-    /// rest quoted for the far side's shell, which ssh joins its arguments
-    /// into.
+    /// or later and nothing else. For ssh the rest of the line is quoted
+    /// for the far side's shell, which ssh joins its arguments into.
     ///
     /// A launcher's child has no reply ring and is never forked by a pool's
-    /// zygote. A command past its limit ends the link (its `finally` blocks
-    /// do not run), and the worker ends its own process group when its
-    /// stdin closes, whatever it was running; a fresh child replays what
-    /// the runner ran, as after any death. `venv`, `memory_limit` and
-    /// `sandbox` are the far side's to give: with a launcher they are
-    /// [`PyRunnerError::Unsupported`].
+    /// zygote. No signal crosses the link: the worker interrupts a command
+    /// past its limit itself (its `finally` blocks run), ends its own
+    /// process group if it does not stop, and ends it too when its stdin
+    /// closes, whatever it was running; a fresh child replays what the
+    /// runner ran, as after any death. Heartbeats watch the link (see
+    /// [`heartbeat`](Self::heartbeat)).
+    ///
+    /// # Caveats
+    /// `venv`, `memory_limit`, `sandbox` and `current_dir` are the far
+    /// side's to give: with a launcher they are
+    /// [`PyRunnerError::Unsupported`]. Variables set with `env` reach the
+    /// worker once its interpreter runs, so those the interpreter reads at
+    /// its start (`PYTHONPATH`, `PYTHONHASHSEED`) do not act; put them in
+    /// the prefix (`["ssh", "-T", "host", "PYTHONPATH=/x"]`, `["env",
+    /// "PYTHONPATH=/x"]`). A prefix is taken to join its arguments into a
+    /// shell line, and gets them quoted, when its program is `autossh` or
+    /// one of its words is `ssh` (`sshpass -e ssh host` too); another
+    /// launcher that does so needs its own `sh -c` quoting. A pool's
+    /// `max_memory_per_worker` measures a local process, so it never
+    /// recycles a launched worker.
     pub fn launcher<S: Into<std::ffi::OsString>>(
         mut self,
         prefix: impl IntoIterator<Item = S>,
@@ -299,11 +312,13 @@ impl PyRunnerBuilder {
     /// Subprocess, with a [`launcher`](Self::launcher): how long the link may
     /// be quiet before either side sends a heartbeat (default 10 s). It
     /// keeps an idle link open, and a link silent for three heartbeats is
-    /// dead: the command in flight fails with
-    /// [`PyRunnerError::WorkerDied`] and a fresh child is started, as after
-    /// any death.
+    /// dead (thirty while a command runs: the child beats from a thread,
+    /// which a C call holding the GIL holds up too): the command in flight
+    /// fails with [`PyRunnerError::WorkerDied`] and a fresh child is
+    /// started, as after any death. Taken between 10 ms and a day.
     pub fn heartbeat(mut self, interval: Duration) -> Self {
-        self.config.heartbeat = interval.max(Duration::from_millis(10));
+        self.config.heartbeat =
+            interval.clamp(Duration::from_millis(10), Duration::from_secs(24 * 3600));
         self
     }
 

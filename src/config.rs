@@ -156,6 +156,8 @@ impl RunnerConfig {
                 Some("sandbox: the rules are the far side's to apply, where the worker runs")
             } else if self.memory_limit.is_some() {
                 Some("memory_limit: a limit here would bind the launcher, not the far side's worker; use the far side's own limits")
+            } else if self.current_dir.is_some() {
+                Some("current_dir: the folder is on the far side; put a `cd` or `env -C` in the prefix")
             } else if self.venv.is_some() {
                 Some("venv: the folder is on the far side; name its interpreter with python(\"/path/to/venv/bin/python\")")
             } else {

@@ -108,6 +108,13 @@ pub(crate) const INTERRUPT_GRACE: Duration = Duration::from_millis(250);
 /// so three leave room for a late one and the link's own delays.
 pub(crate) const LINK_SILENCE_BEATS: u32 = 3;
 
+/// The same while a request is in flight: the child's beats come from a
+/// thread of its own, which a C call holding the GIL holds up too (a long
+/// numpy sort, a regex that backtracks), so only a much longer silence is
+/// taken for a dead link (5 minutes at the default interval, within which
+/// ssh's own keepalives or a command's limit usually say it first).
+pub(crate) const BUSY_SILENCE_BEATS: u32 = 30;
+
 /// A coroutine's limit is enforced in the child; past it by this much, the
 /// child is taken to be stuck (it holds its loop) and is killed.
 pub(crate) const COROUTINE_BACKSTOP: Duration = Duration::from_secs(2);

@@ -29,10 +29,11 @@ pub struct PyPoolBuilder {
 }
 
 impl PyPoolBuilder {
-    /// How many workers (child processes); default: the number of cores.
-    /// Zero is taken as one.
+    /// How many workers (child processes) this builder's own settings start;
+    /// default: the number of cores. Zero is taken as one, unless
+    /// [`add_workers`](Self::add_workers) gives the pool others.
     pub fn workers(mut self, count: usize) -> Self {
-        self.workers = count.max(1);
+        self.workers = count;
         self
     }
 
@@ -235,8 +236,14 @@ impl PyPoolBuilder {
         // The workers' children are forks of one started interpreter, when
         // it starts; else each starts its own (see `subprocess::Zygote`).
         // Not for a launcher's workers: a fork is local.
+        let local = if self.added.is_empty() {
+            self.workers.max(1)
+        } else {
+            self.workers
+        };
         let zygote = match self.runner.config().launcher {
             Some(_) => None,
+            None if local == 0 => None,
             None => match crate::subprocess::start_zygote(self.runner.config()) {
                 Ok(zygote) => Some(zygote),
                 // It had all the time there is: the workers would have none.
@@ -244,10 +251,9 @@ impl PyPoolBuilder {
                 Err(_) => None,
             },
         };
-        let launchers: Vec<Option<Vec<std::ffi::OsString>>> =
-            std::iter::repeat_n(None, self.workers)
-                .chain(self.added.iter().cloned().map(Some))
-                .collect();
+        let launchers: Vec<Option<Vec<std::ffi::OsString>>> = std::iter::repeat_n(None, local)
+            .chain(self.added.iter().cloned().map(Some))
+            .collect();
         let starts: Vec<_> = launchers
             .iter()
             .map(|launcher| {

@@ -278,8 +278,11 @@ impl ChildProcess {
             None => spawn(spec, ring.as_ref(), seat.as_ref())?,
         };
         if spec.launcher.is_some() {
-            // Its source and settings, before the pipe is made non-blocking.
-            if let Err(err) = stdin.write_all(&launcher::preamble(spec)) {
+            // Its source and settings, within the start's time: a launcher
+            // that never reads (a host that does not answer, a password
+            // prompt) must not hold the start beyond it.
+            let deadline = Instant::now() + spec.hello_timeout;
+            if let Err(err) = write_within(&mut stdin, &launcher::preamble(spec), deadline) {
                 let mut process = process;
                 signal(-(pid as libc::pid_t), libc::SIGKILL);
                 let status = reap(&mut process, pid);
@@ -738,6 +741,38 @@ fn spawn(
         stdout.into(),
         stderr.into(),
     ))
+}
+
+/// Writes all of `bytes` to the pipe `to` by `deadline` (non-blocking from
+/// then on).
+fn write_within(to: &mut File, bytes: &[u8], deadline: Instant) -> io::Result<()> {
+    widen_pipe(to);
+    set_nonblocking(to)?;
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        match to.write(rest) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => rest = &rest[n..],
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "the launcher did not take the worker's source within the start timeout",
+                    ));
+                }
+                let mut fds = [libc::pollfd {
+                    fd: to.as_raw_fd(),
+                    events: libc::POLLOUT,
+                    revents: 0,
+                }];
+                poll(&mut fds, Some(left));
+            }
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(())
 }
 
 /// Has `command`'s process keep `fd` open across its exec.

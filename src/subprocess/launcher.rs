@@ -56,7 +56,7 @@ exec(compile(source, __file__, "exec"))
 pub(crate) fn command(prefix: &[OsString], python: &Path, last: &OsStr) -> Command {
     let mut command = Command::new(&prefix[0]);
     command.args(&prefix[1..]);
-    let through_shell = Path::new(&prefix[0]).file_name() == Some(OsStr::new("ssh"));
+    let through_shell = joins_into_a_shell_line(prefix);
     let far: [&OsStr; 5] = [
         python.as_os_str(),
         OsStr::new("-u"),
@@ -74,6 +74,17 @@ pub(crate) fn command(prefix: &[OsString], python: &Path, last: &OsStr) -> Comma
     // Its own group, as a local child's: stopping it ends what it started.
     command.process_group(0);
     command
+}
+
+/// Whether `prefix` runs ssh, which joins the far side's arguments into one
+/// line for the far shell: its program is `ssh` or `autossh`, or one of its
+/// words is `ssh` (`sshpass -e ssh host`, `env ... ssh host`).
+fn joins_into_a_shell_line(prefix: &[OsString]) -> bool {
+    let name = |word: &OsString| Path::new(word).file_name().map(OsStr::to_os_string);
+    name(&prefix[0]).is_some_and(|program| program == "autossh")
+        || prefix
+            .iter()
+            .any(|word| name(word).is_some_and(|w| w == "ssh"))
 }
 
 /// `arg` as one word for a POSIX shell: in single quotes, each `'` written
@@ -138,5 +149,20 @@ mod tests {
             .output()
             .unwrap();
         assert_eq!(out.stdout, b"x'y z\"$HOME");
+        let words = |line: &[&str]| line.iter().map(OsString::from).collect::<Vec<_>>();
+        assert!(joins_into_a_shell_line(&words(&[
+            "/usr/bin/ssh",
+            "-T",
+            "h"
+        ])));
+        assert!(joins_into_a_shell_line(&words(&[
+            "sshpass", "-e", "ssh", "h"
+        ])));
+        assert!(joins_into_a_shell_line(&words(&[
+            "autossh", "-M", "0", "h"
+        ])));
+        assert!(!joins_into_a_shell_line(&words(&[
+            "docker", "exec", "-i", "box"
+        ])));
     }
 }

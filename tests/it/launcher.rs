@@ -367,3 +367,76 @@ fn over_ssh_an_idle_link_beats_and_a_silent_one_is_found_dead() {
         );
     });
 }
+
+#[test]
+fn limits_and_beats_leave_a_slow_stream_and_busy_calls_alone() {
+    within(60, || {
+        let runner = PyRunner::builder()
+            .subprocess()
+            .launcher(["/usr/bin/env"])
+            .python(python())
+            .heartbeat(Duration::from_millis(50))
+            .timeout(Duration::from_secs(5))
+            .build()
+            .unwrap();
+        runner
+            .run_sync("import time\ndef slow(n):\n    time.sleep(0.5)\n    return iter(range(n))")
+            .unwrap();
+        let pid = faults::child_pid(&runner);
+        for _ in 0..3 {
+            let items: Vec<i64> = runner
+                .call("slow")
+                .arg(10)
+                .returns::<i64>()
+                .stream()
+                .blocking_iter()
+                .map(Result::unwrap)
+                .collect();
+            assert_eq!(items, (0..10).collect::<Vec<_>>());
+            runner.run_sync("time.sleep(0.3)").unwrap();
+        }
+        assert_eq!(
+            faults::child_pid(&runner),
+            pid,
+            "no limit or silence ended it"
+        );
+    });
+}
+
+#[test]
+fn a_pool_of_launched_workers_only_and_settings_the_far_side_gives() {
+    within(60, || {
+        let pool = PyPool::builder()
+            .workers(0)
+            .add_workers(2, ["/usr/bin/env", "ONLY=launched"])
+            .python(python())
+            .build()
+            .unwrap();
+        assert_eq!(pool.stats().len(), 2);
+        assert_eq!(
+            pool.eval_sync("__import__('os').environ['ONLY']").unwrap(),
+            Value::from("launched")
+        );
+        for builder in [
+            PyRunner::builder()
+                .subprocess()
+                .launcher(["ssh", "h"])
+                .current_dir("/"),
+            PyRunner::builder()
+                .subprocess()
+                .launcher(["ssh", "h"])
+                .venv("/v"),
+            PyRunner::builder()
+                .subprocess()
+                .launcher(["ssh", "h"])
+                .memory_limit(1 << 30),
+        ] {
+            match builder.build() {
+                Err(PyRunnerError::Unsupported(message)) => {
+                    assert!(message.contains("far side"), "{message}")
+                }
+                other => panic!("expected Unsupported, got {other:?}"),
+            }
+        }
+    });
+}

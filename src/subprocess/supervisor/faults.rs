@@ -87,21 +87,21 @@ impl Core {
     }
 
     /// A launched child's link: one silent for [`LINK_SILENCE_BEATS`]
-    /// heartbeats is given up, as a dead child is (true then); one this
+    /// heartbeats while idle, or [`BUSY_SILENCE_BEATS`] while a request is
+    /// in flight, is given up, as a dead child is (true then); one this
     /// side was quiet on for a heartbeat gets a beat.
     fn tend_link(&mut self, now: Instant) -> bool {
+        let silence = self.link_silence();
         let Some(child) = self.child.as_mut() else {
             return false;
         };
-        let Some(beat) = child.launched else {
+        let (Some(beat), Some(silence)) = (child.launched, silence) else {
             return false;
         };
-        let silence = beat * LINK_SILENCE_BEATS;
         let quiet = now.saturating_duration_since(child.last_heard);
         if quiet >= silence {
             child.link_lost = Some(format!(
-                "its link was silent for {quiet:.1?}, past the {silence:?} allowed \
-                 ({LINK_SILENCE_BEATS} heartbeats)"
+                "its link was silent for {quiet:.1?}, past the {silence:?} allowed"
             ));
             self.replace_child(Loss::Died);
             return true;
@@ -112,11 +112,36 @@ impl Core {
         false
     }
 
-    /// When [`tend_link`](Self::tend_link) next has something to do.
+    /// How long a launched child's link may be silent now. A child busy
+    /// with a request beats from a thread of its own, which a C call that
+    /// holds the GIL for long holds up too: it is given longer, and its
+    /// request's limit, if it has one, ends it first.
+    fn link_silence(&self) -> Option<Duration> {
+        let beat = self.child.as_ref()?.launched?;
+        let beats = if self.flights.is_empty() {
+            LINK_SILENCE_BEATS
+        } else {
+            BUSY_SILENCE_BEATS
+        };
+        Some(beat.saturating_mul(beats))
+    }
+
+    /// When [`tend_link`](Self::tend_link) next has something to do. A beat
+    /// is not due while bytes wait for room in the pipe: that wait is
+    /// watched already, and would otherwise be a due time always past.
     pub(super) fn link_due(&self) -> Option<Instant> {
         let child = self.child.as_ref()?;
         let beat = child.launched?;
-        Some((child.last_heard + beat * LINK_SILENCE_BEATS).min(child.last_sent + beat))
+        let dead = child.last_heard.checked_add(self.link_silence()?);
+        let beat_due = if self.outgoing.is_empty() {
+            child.last_sent.checked_add(beat)
+        } else {
+            None
+        };
+        match (dead, beat_due) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Kills the child; fails the requests it had started and queues the

@@ -43,9 +43,9 @@ use super::Companion;
 use crate::command::{Answer, CommandQueue, Drive, Job, Reply, Request};
 use crate::error::PyRunnerError;
 use crate::tuning::{
-    Supervision, BLIND_LOOK, EXIT_CHECK, EXIT_GRACE, GATHER, HOST_START_LOOK, INTERRUPT_GRACE,
-    LEAVE_WINDOW_NANOS, LINK_SILENCE_BEATS, PIPE_END_GRACE, QUICK_DEATH, QUICK_DEATH_RETRY,
-    START_RETRY, START_RETRY_MAX,
+    Supervision, BLIND_LOOK, BUSY_SILENCE_BEATS, EXIT_CHECK, EXIT_GRACE, GATHER, HOST_START_LOOK,
+    INTERRUPT_GRACE, LEAVE_WINDOW_NANOS, LINK_SILENCE_BEATS, PIPE_END_GRACE, QUICK_DEATH,
+    QUICK_DEATH_RETRY, START_RETRY, START_RETRY_MAX,
 };
 use crate::wire::{ChildCodec, FrameReader, FromChild, Outcome, ToChild};
 use tokio_util::codec::Encoder;
