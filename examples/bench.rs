@@ -5,12 +5,21 @@
 //! (the call builder's only), `... bench pool` (the pool's only),
 //! `... bench streams` (streams only), `... bench output` (captured
 //! output's only), `... bench host` (host functions only), `... bench
-//! sandbox` (the sandbox's only: subprocess backend and pool).
+//! sandbox` (the sandbox's only: subprocess backend and pool), `...
+//! bench launcher` (a child over ssh to a private sshd on 127.0.0.1, next
+//! to a bare ssh round trip), `... bench local` (a local child's start and
+//! calls, small, for comparing two builds in turn).
 
 use std::time::{Duration, Instant};
 
 #[path = "bench/host.rs"]
 mod host_bench;
+#[cfg(feature = "subprocess")]
+#[path = "bench/launcher.rs"]
+mod launcher_bench;
+#[cfg(feature = "subprocess")]
+#[path = "bench/local.rs"]
+mod local_bench;
 #[path = "bench/output.rs"]
 mod output_bench;
 #[cfg(feature = "subprocess")]
@@ -1067,6 +1076,16 @@ async fn main() {
     #[cfg(feature = "subprocess")]
     if std::env::args().nth(1).as_deref() == Some("sandbox") {
         sandbox_bench::sandbox_table().await;
+        return;
+    }
+    #[cfg(feature = "subprocess")]
+    if std::env::args().nth(1).as_deref() == Some("launcher") {
+        launcher_bench::launcher_table().await;
+        return;
+    }
+    #[cfg(feature = "subprocess")]
+    if std::env::args().nth(1).as_deref() == Some("local") {
+        local_bench::local_table().await;
         return;
     }
     let backends = BACKENDS;
