@@ -233,39 +233,38 @@ fn over_ssh_killing_the_local_ssh_mid_call_is_worker_died_and_a_replacement_serv
     });
 }
 
-/// The pids of live processes whose command line holds `marker`.
-fn processes_with(marker: &str) -> Vec<u32> {
+/// The pids of live processes of which `keep(pid, stat, args)` holds
+/// (`stat` the text of /proc/<pid>/stat, `args` its command line's words).
+fn processes(keep: impl Fn(u32, &str, &[&[u8]]) -> bool) -> Vec<u32> {
     std::fs::read_dir("/proc")
         .unwrap()
         .flatten()
         .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            let args = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            faults::is_running(*pid) && args.split(|&b| b == 0).any(|arg| arg == marker.as_bytes())
+        .filter(|&pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+            faults::is_running(pid) && keep(pid, &stat, &args)
         })
         .collect()
+}
+
+/// The pids of live processes whose command line holds `marker`.
+fn processes_with(marker: &str) -> Vec<u32> {
+    processes(|_, _, args| args.contains(&marker.as_bytes()))
 }
 
 /// The pids of this process's children that run ssh to port `port`.
 fn local_ssh_children(port: u16) -> Vec<u32> {
     let me = std::process::id().to_string();
     let port = port.to_string();
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            let comm_ok = stat.contains("(ssh)");
-            let parent = stat
-                .rsplit(')')
-                .next()
-                .and_then(|rest| rest.split_whitespace().nth(1));
-            let args = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let to_port = args.split(|&b| b == 0).any(|arg| arg == port.as_bytes());
-            comm_ok && parent == Some(me.as_str()) && to_port
-        })
-        .collect()
+    processes(|_, stat, args| {
+        let parent = stat
+            .rsplit(')')
+            .next()
+            .and_then(|rest| rest.split_whitespace().nth(1));
+        stat.contains("(ssh)") && parent == Some(me.as_str()) && args.contains(&port.as_bytes())
+    })
 }
 
 #[test]

@@ -459,10 +459,8 @@ fn a_fork_bomb_stays_inside_its_bound_also_as_root() {
     });
 }
 
-/// The pids cgroup of a sandboxed runner's child, as the kernel names it
-/// (the worker's pid is its stand-in's, which this process sees).
-fn cgroup_of(runner: &PyRunner) -> PathBuf {
-    let pid = faults::child_pid(runner);
+/// The folder of process `pid`'s group in the v1 pids hierarchy.
+fn pids_cgroup_of(pid: &str) -> PathBuf {
     let own = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
     let path = own
         .lines()
@@ -475,7 +473,13 @@ fn cgroup_of(runner: &PyRunner) -> PathBuf {
                 .then(|| path.to_string())
         })
         .expect("this machine has a v1 pids hierarchy");
-    let dir = PathBuf::from("/sys/fs/cgroup/pids").join(path.trim_start_matches('/'));
+    PathBuf::from("/sys/fs/cgroup/pids").join(path.trim_start_matches('/'))
+}
+
+/// The pids cgroup of a sandboxed runner's child, as the kernel names it
+/// (the worker's pid is its stand-in's, which this process sees).
+fn cgroup_of(runner: &PyRunner) -> PathBuf {
+    let dir = pids_cgroup_of(&faults::child_pid(runner).to_string());
     assert!(
         dir.file_name()
             .unwrap()
@@ -489,20 +493,7 @@ fn cgroup_of(runner: &PyRunner) -> PathBuf {
 /// The pids cgroups this process made for its sandboxed children.
 fn cgroups_of_this_process() -> Vec<PathBuf> {
     let prefix = format!("async_py-{}-", std::process::id());
-    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
-    let path = own
-        .lines()
-        .find_map(|line| {
-            let mut parts = line.splitn(3, ':');
-            let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
-            controllers
-                .split(',')
-                .any(|c| c == "pids")
-                .then(|| path.to_string())
-        })
-        .expect("this machine has a v1 pids hierarchy");
-    let dir = PathBuf::from("/sys/fs/cgroup/pids").join(path.trim_start_matches('/'));
-    std::fs::read_dir(dir)
+    std::fs::read_dir(pids_cgroup_of("self"))
         .unwrap()
         .filter_map(|entry| entry.ok())
         .filter(|entry| entry.file_name().to_string_lossy().starts_with(&prefix))
@@ -815,38 +806,10 @@ fn in_process_backends_refuse_a_sandbox() {
     }
 }
 
-/// The pyenv root, where every CPython of this machine is.
-fn pyenv_versions() -> Vec<(String, PathBuf)> {
-    let root = std::process::Command::new("pyenv")
-        .arg("root")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_else(|_| format!("{}/.pyenv", std::env::var("HOME").unwrap()));
-    let mut found = Vec::new();
-    for minor in ["3.8", "3.10", "3.11", "3.12", "3.13"] {
-        let python = std::fs::read_dir(PathBuf::from(&root).join("versions"))
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|entry| entry.path())
-            .filter(|path| {
-                let name = path.file_name().unwrap().to_string_lossy().to_string();
-                name == minor || name.starts_with(&format!("{minor}."))
-            })
-            .map(|path| path.join("bin/python3"))
-            .find(|python| python.exists())
-            .unwrap_or_else(|| {
-                panic!("CPython {minor} was not found under {root}/versions: install it")
-            });
-        found.push((minor.to_string(), python));
-    }
-    found
-}
-
 #[test]
 fn every_installed_cpython_runs_sandboxed_from_its_venv() {
     within(180, || {
-        for (minor, python) in pyenv_versions() {
+        for (minor, python) in crate::conformance::installed_cpythons() {
             let dir = tempfile::tempdir().unwrap();
             let venv = dir.path().join("venv");
             let site_packages = crate::conformance::make_venv(&python, &venv);

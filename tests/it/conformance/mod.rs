@@ -259,6 +259,36 @@ pub fn base_python() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("python3"))
 }
 
+/// Every CPython minor version the tests need (3.8, 3.10 to 3.13) with its
+/// interpreter under pyenv's root; a missing one fails the test loudly.
+pub fn installed_cpythons() -> Vec<(String, PathBuf)> {
+    let root = Command::new("pyenv")
+        .arg("root")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|_| format!("{}/.pyenv", std::env::var("HOME").unwrap()));
+    ["3.8", "3.10", "3.11", "3.12", "3.13"]
+        .into_iter()
+        .map(|minor| {
+            let python = std::fs::read_dir(PathBuf::from(&root).join("versions"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|entry| entry.path())
+                .filter(|path| {
+                    let name = path.file_name().unwrap().to_string_lossy().to_string();
+                    name == minor || name.starts_with(&format!("{minor}."))
+                })
+                .map(|path| path.join("bin/python3"))
+                .find(|python| python.exists())
+                .unwrap_or_else(|| {
+                    panic!("CPython {minor} was not found under {root}/versions: install it")
+                });
+            (minor.to_string(), python)
+        })
+        .collect()
+}
+
 /// Makes a venv with `python -m venv --without-pip` in `dir`, then returns
 /// its site-packages folder.
 pub fn make_venv(python: &Path, dir: &Path) -> PathBuf {
