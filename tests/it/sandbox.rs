@@ -1088,3 +1088,28 @@ fn allow_write_may_not_reach_other_childrens_folders_or_code_yet_to_be() {
         }
     });
 }
+
+#[test]
+fn what_a_process_now_gone_left_behind_is_swept_at_the_next_build() {
+    within(60, || {
+        // A process that ended with its runner alive leaves its child's
+        // cgroup and folder: made here as it would have, for a pid that is
+        // no process's (past the kernel's largest).
+        let gone = 4_194_399u32;
+        let name = format!("async_py-{gone}-0123456789abcdef");
+        let folder = std::env::temp_dir().join(&name);
+        std::fs::create_dir_all(folder.join("scratch/sub")).unwrap();
+        std::fs::write(folder.join("scratch/sub/file"), "left").unwrap();
+        let group = pids_cgroup_of("self").join(&name);
+        std::fs::create_dir(&group).unwrap();
+        // A live process's are left alone.
+        let live = std::env::temp_dir().join(format!("async_py-1-{}", "ab".repeat(8)));
+        std::fs::create_dir_all(&live).unwrap();
+        let runner = runner();
+        runner.eval_sync("1").unwrap();
+        assert!(!folder.exists(), "the folder was swept");
+        assert!(!group.exists(), "the cgroup was swept");
+        assert!(live.exists(), "pid 1's folder stays");
+        std::fs::remove_dir(&live).unwrap();
+    });
+}

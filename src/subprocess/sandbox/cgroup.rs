@@ -91,6 +91,11 @@ impl Parent {
         })
     }
 
+    /// The folder groups are made in.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// Makes the group `name` with room for `max` processes and threads.
     pub fn make(&self, name: &str, max: u32) -> Result<Group, PyRunnerError> {
         let dir = self.dir.join(name);

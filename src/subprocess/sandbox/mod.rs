@@ -119,11 +119,14 @@ impl SandboxPlan {
             let mut read = interpreter.read;
             read.extend(system);
             read.extend(rules.read.iter().cloned());
+            let cgroups = cgroup::Parent::find()?;
+            sweep_stale(cgroups.dir(), false);
+            sweep_stale(&std::env::temp_dir(), true);
             Ok(Arc::new(SandboxPlan {
                 filter: rules::filter(&rules)?,
                 sandbox: rules,
                 read,
-                cgroups: cgroup::Parent::find()?,
+                cgroups,
             }))
         }
         #[cfg(not(target_os = "linux"))]
@@ -394,6 +397,39 @@ impl Left {
             self.scratch = None;
         }
         true
+    }
+}
+
+/// Removes what a process now gone made under `dir` for its children
+/// (`async_py-<pid>-<hex>`): empty cgroups, or (`folders`) scratch folders
+/// with all in them. A process that ended with a runner still alive, or was
+/// killed, left them behind; those of a live process are its own.
+#[cfg(target_os = "linux")]
+fn sweep_stale(dir: &Path, folders: bool) {
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let name = entry.file_name();
+        let Some(owner) = name
+            .to_str()
+            .and_then(|name| name.strip_prefix("async_py-"))
+            .and_then(|rest| rest.split_once('-'))
+            .filter(|(_, tag)| !tag.is_empty() && tag.bytes().all(|b| b.is_ascii_hexdigit()))
+            .and_then(|(pid, _)| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if owner == std::process::id() || Path::new(&format!("/proc/{owner}")).exists() {
+            continue;
+        }
+        let path = entry.path();
+        if !entry.file_type().is_ok_and(|kind| kind.is_dir()) {
+            continue;
+        }
+        if folders {
+            remove_scratch(&path);
+        } else {
+            // Only an empty group goes; one still holding a process stays.
+            let _ = std::fs::remove_dir(&path);
+        }
     }
 }
 
