@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use async_py::{PyRunner, PyRunnerBuilder, Value};
 
-use super::local_bench::{list, ms, spread, us};
+use super::local_bench::{awaited_loop, list, ms, spread, sync_loop, us};
 use super::{median, python_executable};
 
 /// Rounds of every measure; a cell is the median of the rounds' medians.
@@ -292,31 +292,6 @@ impl Echo {
     }
 }
 
-/// Seconds per call of `TRIPS` `call_function_sync("f", [i])`.
-fn sync_loop(runner: &PyRunner) -> f64 {
-    let start = Instant::now();
-    for i in 0..TRIPS as i64 {
-        let got = runner
-            .call_function_sync("f", vec![Value::from(i)])
-            .unwrap();
-        assert_eq!(got, Value::from(i));
-    }
-    start.elapsed().as_secs_f64() / TRIPS as f64
-}
-
-/// Seconds per call of `TRIPS` awaited `call_function("f", [i])`.
-async fn awaited_loop(runner: &PyRunner) -> f64 {
-    let start = Instant::now();
-    for i in 0..TRIPS as i64 {
-        let got = runner
-            .call_function("f", vec![Value::from(i)])
-            .await
-            .unwrap();
-        assert_eq!(got, Value::from(i));
-    }
-    start.elapsed().as_secs_f64() / TRIPS as f64
-}
-
 /// Build → first `eval("1")` answered, and `stop_sync()` after it, in seconds.
 fn one_start(builder: &PyRunnerBuilder) -> [f64; 2] {
     let started = Instant::now();
@@ -361,9 +336,9 @@ pub async fn launcher_table() {
     }
     // Warm-up of each loop before measuring.
     echo.round_trips();
-    sync_loop(&runner);
-    awaited_loop(&runner).await;
-    sync_loop(&local);
+    sync_loop(&runner, TRIPS);
+    awaited_loop(&runner, TRIPS).await;
+    sync_loop(&local, TRIPS);
     bare_start(&sshd, &python);
     one_start(&builder);
 
@@ -377,14 +352,14 @@ pub async fn launcher_table() {
             // always follows the other.
             if turn % 2 == 0 {
                 e.push(echo.round_trips());
-                s.push(sync_loop(&runner));
-                a.push(awaited_loop(&runner).await);
+                s.push(sync_loop(&runner, TRIPS));
+                a.push(awaited_loop(&runner, TRIPS).await);
             } else {
-                a.push(awaited_loop(&runner).await);
-                s.push(sync_loop(&runner));
+                a.push(awaited_loop(&runner, TRIPS).await);
+                s.push(sync_loop(&runner, TRIPS));
                 e.push(echo.round_trips());
             }
-            l.push(sync_loop(&local));
+            l.push(sync_loop(&local, TRIPS));
         }
         let (e, s, a) = (median(e), median(s), median(a));
         echoes.push(e);

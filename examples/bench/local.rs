@@ -66,29 +66,30 @@ fn one_start(builder: &PyRunnerBuilder) -> f64 {
     answered
 }
 
-/// Seconds per call of `CALLS` `call_function_sync("f", [i])`.
-fn sync_loop(runner: &PyRunner) -> f64 {
+/// Seconds per call of `calls` `call_function_sync("f", [i])` (`f` returns
+/// its argument); the other modes' call loops too.
+pub fn sync_loop(runner: &PyRunner, calls: usize) -> f64 {
     let start = Instant::now();
-    for i in 0..CALLS as i64 {
+    for i in 0..calls as i64 {
         let got = runner
             .call_function_sync("f", vec![Value::from(i)])
             .unwrap();
         assert_eq!(got, Value::from(i));
     }
-    start.elapsed().as_secs_f64() / CALLS as f64
+    start.elapsed().as_secs_f64() / calls as f64
 }
 
-/// Seconds per call of `CALLS` awaited `call_function("f", [i])`.
-async fn awaited_loop(runner: &PyRunner) -> f64 {
+/// Seconds per call of `calls` awaited `call_function("f", [i])`.
+pub async fn awaited_loop(runner: &PyRunner, calls: usize) -> f64 {
     let start = Instant::now();
-    for i in 0..CALLS as i64 {
+    for i in 0..calls as i64 {
         let got = runner
             .call_function("f", vec![Value::from(i)])
             .await
             .unwrap();
         assert_eq!(got, Value::from(i));
     }
-    start.elapsed().as_secs_f64() / CALLS as f64
+    start.elapsed().as_secs_f64() / calls as f64
 }
 
 pub async fn local_table() {
@@ -97,19 +98,19 @@ pub async fn local_table() {
     one_start(&builder);
     let runner = builder.clone().build().unwrap();
     runner.run(F).await.unwrap();
-    sync_loop(&runner);
-    awaited_loop(&runner).await;
+    sync_loop(&runner, CALLS);
+    awaited_loop(&runner, CALLS).await;
     let (mut starts, mut syncs, mut awaits) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..ROUNDS {
         starts.push(median((0..STARTS).map(|_| one_start(&builder)).collect()));
         let (mut s, mut a) = (Vec::new(), Vec::new());
         for turn in 0..CALL_TURNS {
             if turn % 2 == 0 {
-                s.push(sync_loop(&runner));
-                a.push(awaited_loop(&runner).await);
+                s.push(sync_loop(&runner, CALLS));
+                a.push(awaited_loop(&runner, CALLS).await);
             } else {
-                a.push(awaited_loop(&runner).await);
-                s.push(sync_loop(&runner));
+                a.push(awaited_loop(&runner, CALLS).await);
+                s.push(sync_loop(&runner, CALLS));
             }
         }
         syncs.push(median(s));

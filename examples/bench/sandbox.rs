@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use async_py::{PyPool, PyPoolBuilder, PyRunner, PyRunnerBuilder, Sandbox, Value};
 
+use super::local_bench::awaited_loop;
 use super::{median, python_executable};
 
 /// Rounds of every measure; a cell is the median of the rounds' medians.
@@ -148,19 +149,6 @@ fn paired<B, const N: usize>(
     out
 }
 
-/// Seconds per call of `CALLS` awaited `call_function("f", [i])`.
-async fn call_loop(runner: &PyRunner) -> f64 {
-    let start = Instant::now();
-    for i in 0..CALLS as i64 {
-        let got = runner
-            .call_function("f", vec![Value::from(i)])
-            .await
-            .unwrap();
-        assert_eq!(got, Value::from(i));
-    }
-    start.elapsed().as_secs_f64() / CALLS as f64
-}
-
 /// Seconds per call of `CALLS` awaited `eval("1")`.
 async fn eval_loop(runner: &PyRunner) -> f64 {
     let start = Instant::now();
@@ -178,7 +166,7 @@ async fn calls(python: &Path) -> [[Vec<f64>; 3]; 2] {
     let sandboxed = runner_builder(python, true).build().unwrap();
     for runner in [&plain, &sandboxed] {
         runner.run(F).await.unwrap();
-        call_loop(runner).await;
+        awaited_loop(runner, CALLS).await;
         eval_loop(runner).await;
     }
     let mut out: [[Vec<f64>; 3]; 2] = Default::default();
@@ -191,7 +179,7 @@ async fn calls(python: &Path) -> [[Vec<f64>; 3]; 2] {
                 [(&sandboxed, 1), (&plain, 0)]
             };
             for (runner, which) in order {
-                got[0][which].push(call_loop(runner).await);
+                got[0][which].push(awaited_loop(runner, CALLS).await);
             }
             for (runner, which) in order {
                 got[1][which].push(eval_loop(runner).await);
