@@ -865,22 +865,8 @@ fn every_installed_cpython_runs_sandboxed_from_its_venv() {
 fn a_uv_venv_with_a_package_from_the_index_runs_sandboxed() {
     within(180, || {
         let dir = tempfile::tempdir().unwrap();
-        let venv = dir.path().join(".venv");
-        let uv = |args: &[&str]| crate::conformance::uv(dir.path(), args);
-        let base = crate::conformance::base_python();
-        uv(&[
-            "venv",
-            "--python",
-            base.to_str().unwrap(),
-            venv.to_str().unwrap(),
-        ]);
-        uv(&[
-            "pip",
-            "install",
-            "--python",
-            venv.join("bin/python").to_str().unwrap(),
-            "six==1.16.0",
-        ]);
+        let venv =
+            crate::conformance::uv_venv_with_six(dir.path(), &crate::conformance::base_python());
         let pool = PyPool::builder()
             .workers(2)
             .venv(&venv)

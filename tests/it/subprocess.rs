@@ -559,21 +559,7 @@ fn every_installed_cpython_version_runs_the_worker_from_its_venv() {
 #[test]
 fn a_uv_venv_with_a_package_from_the_index() {
     let dir = tempfile::tempdir().unwrap();
-    let venv = dir.path().join(".venv");
-    let uv = |args: &[&str]| conformance::uv(dir.path(), args);
-    uv(&[
-        "venv",
-        "--python",
-        which_python().to_str().unwrap(),
-        venv.to_str().unwrap(),
-    ]);
-    uv(&[
-        "pip",
-        "install",
-        "--python",
-        venv.join("bin/python").to_str().unwrap(),
-        "six==1.16.0",
-    ]);
+    let venv = conformance::uv_venv_with_six(dir.path(), &which_python());
     // Found as ./.venv in the child's folder: uv's default project venv.
     let runner = PyRunner::builder()
         .subprocess()

@@ -289,6 +289,32 @@ pub fn installed_cpythons() -> Vec<(String, PathBuf)> {
         .collect()
 }
 
+/// Makes a uv venv of `python` at `dir/.venv`, with six 1.16.0 installed
+/// from the package index; returns the venv's folder.
+pub fn uv_venv_with_six(dir: &Path, python: &Path) -> PathBuf {
+    let venv = dir.join(".venv");
+    uv(
+        dir,
+        &[
+            "venv",
+            "--python",
+            python.to_str().unwrap(),
+            venv.to_str().unwrap(),
+        ],
+    );
+    uv(
+        dir,
+        &[
+            "pip",
+            "install",
+            "--python",
+            venv.join("bin/python").to_str().unwrap(),
+            "six==1.16.0",
+        ],
+    );
+    venv
+}
+
 /// Makes a venv with `python -m venv --without-pip` in `dir`, then returns
 /// its site-packages folder.
 pub fn make_venv(python: &Path, dir: &Path) -> PathBuf {
